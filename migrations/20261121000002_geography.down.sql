@@ -1,0 +1,3 @@
+DROP TABLE IF EXISTS facilities;
+DROP TABLE IF EXISTS councils;
+DROP TABLE IF EXISTS regions;

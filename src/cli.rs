@@ -1,0 +1,80 @@
+//! Command-line interface: `serve` (the default), `migrate`, `seed`, `openapi`, `create-admin`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+
+use crate::config::Config;
+use crate::startup::{Application, prepare_database, shutdown_signal};
+use crate::state::AppState;
+
+#[derive(Debug, Parser)]
+#[command(name = "field-attendance", version, about = "Field attendance API service")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, migrate and seed the database when configured to, then serve HTTP (the default).
+    Serve,
+    /// Create the database when missing and apply pending migrations.
+    Migrate,
+    /// Load the seed data (regions, councils, the first admin). Idempotent.
+    Seed,
+    /// Print the OpenAPI document as YAML.
+    Openapi,
+    /// Create an admin account, or make an existing account an active admin.
+    CreateAdmin {
+        #[arg(long)]
+        email: String,
+        /// Read from ADMIN_PASSWORD when not given.
+        #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Openapi = command {
+        print!("{}", crate::openapi::yaml()?);
+        return Ok(());
+    }
+    let config = Config::from_env()?;
+    let _guards = crate::telemetry::init(&config.log)?;
+    match command {
+        Command::Serve => {
+            let app = Application::build(config).await?;
+            app.run_until(shutdown_signal()).await?;
+        }
+        Command::Migrate => {
+            prepare_database(&config).await?;
+            println!("migrations applied");
+        }
+        Command::Seed => {
+            let state = offline_state(config).await?;
+            crate::seed::run(&state).await?;
+            println!("seed data loaded");
+        }
+        Command::CreateAdmin { email, password } => {
+            if !(10..=128).contains(&password.chars().count()) {
+                anyhow::bail!("the password must be 10 to 128 characters");
+            }
+            let state = offline_state(config).await?;
+            let id = crate::seed::create_admin(&state, &email, SecretString::from(password))
+                .await?;
+            println!("admin {email} ready (id {id})");
+        }
+        Command::Openapi => unreachable!("handled before configuration is read"),
+    }
+    Ok(())
+}
+
+/// State for one-off commands: a small pool, no listener.
+async fn offline_state(mut config: Config) -> anyhow::Result<AppState> {
+    config.db.min_connections = 0;
+    config.db.max_connections = config.db.max_connections.min(4);
+    let db = crate::db::pool(&config.db).context("DATABASE_URL is not usable")?;
+    Ok(AppState::new(config, db))
+}

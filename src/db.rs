@@ -1,0 +1,80 @@
+//! Database access: pools, migrations and seeds. Queries live beside the resources that use
+//! them (`routes/*`), each taking an executor or a transaction.
+
+use std::str::FromStr;
+
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres};
+
+use crate::config::DbSettings;
+
+/// Migrations are embedded in the binary; `serve` applies them at start unless told not to.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Seed data, idempotent, loaded at first start and by `seed`.
+const GEOGRAPHY_SEED: &str = include_str!("../seeds/01_geography.sql");
+
+fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(PgConnectOptions::from_str(url)?
+        // PgBouncer refuses unknown startup parameters, and this one has no effect on how
+        // values travel over the binary protocol that sqlx uses.
+        .extra_float_digits(None)
+        .log_statements(tracing::log::LevelFilter::Debug)
+        .log_slow_statements(
+            tracing::log::LevelFilter::Warn,
+            std::time::Duration::from_millis(500),
+        ))
+}
+
+/// The application pool. Connects lazily so that the service starts (and `/ready` reports 503)
+/// while the database is away, and recovers by itself when it returns.
+pub fn pool(settings: &DbSettings) -> Result<PgPool, sqlx::Error> {
+    use secrecy::ExposeSecret;
+    let options = connect_options(settings.url.expose_secret())?;
+    Ok(PgPoolOptions::new()
+        .min_connections(settings.min_connections)
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .idle_timeout(Some(settings.idle_timeout))
+        .connect_lazy_with(options))
+}
+
+/// Creates the database named in `url` when it does not exist yet.
+pub async fn create_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
+    if !Postgres::database_exists(url).await? {
+        tracing::info!("creating the database");
+        Postgres::create_database(url).await?;
+    }
+    Ok(())
+}
+
+/// Applies pending migrations over a direct connection: sqlx serialises migrators with a
+/// session advisory lock, which PgBouncer's transaction pooling would not keep.
+pub async fn migrate(url: &str) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut conn = PgConnection::connect_with(&connect_options(url)?).await?;
+    MIGRATOR.run(&mut conn).await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// Loads the reference data (regions and councils). Safe to run any number of times.
+pub async fn seed_geography(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(GEOGRAPHY_SEED).execute(pool).await?;
+    Ok(())
+}
+
+/// The latest migration embedded in this binary.
+pub fn latest_migration() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// True when the database answers and has every embedded migration applied.
+pub async fn is_ready(pool: &PgPool) -> bool {
+    let applied: Result<Option<i64>, _> = sqlx::query_scalar(
+        "SELECT max(version) FROM _sqlx_migrations WHERE success",
+    )
+    .fetch_one(pool)
+    .await;
+    matches!(applied, Ok(Some(v)) if v >= latest_migration())
+}

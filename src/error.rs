@@ -1,0 +1,327 @@
+//! The one error type of the HTTP layer, and the middleware that gives every failure — ours,
+//! Axum's, tower's — the contract's envelope:
+//! `{"error": {"code", "message", "details", "request_id"}}`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// Field name → reasons, as in `details` of a 422.
+pub type FieldErrors = BTreeMap<String, Vec<String>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("authentication required")]
+    Unauthenticated,
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    #[error("the access token has expired")]
+    TokenExpired,
+    #[error("the token is invalid")]
+    InvalidToken,
+    #[error("{message}")]
+    ForbiddenWith {
+        code: &'static str,
+        message: String,
+    },
+    #[error("you are not allowed to do this")]
+    Forbidden,
+    #[error("not found")]
+    NotFound,
+    #[error("{message}")]
+    Conflict {
+        code: &'static str,
+        message: String,
+    },
+    #[error("the request body is too large")]
+    PayloadTooLarge,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("validation failed")]
+    Validation(FieldErrors),
+    #[error("too many failed logins; try again later")]
+    AccountLocked { retry_after_s: u64 },
+    #[error("too many requests; slow down")]
+    RateLimited { retry_after_s: u64 },
+    #[error("the service is temporarily unavailable")]
+    Unavailable,
+    #[error("internal error: {0}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// A 422 with a single field's reason.
+    pub fn invalid(field: &str, reason: impl Into<String>) -> Self {
+        let mut details = FieldErrors::new();
+        details.insert(field.to_string(), vec![reason.into()]);
+        ApiError::Validation(details)
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated
+            | ApiError::InvalidCredentials
+            | ApiError::TokenExpired
+            | ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden | ApiError::ForbiddenWith { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::AccountLocked { .. } => StatusCode::LOCKED,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::InvalidCredentials => "invalid_credentials",
+            ApiError::TokenExpired => "token_expired",
+            ApiError::InvalidToken => "invalid_token",
+            ApiError::ForbiddenWith { code, .. } => code,
+            ApiError::Forbidden => "forbidden",
+            ApiError::NotFound => "not_found",
+            ApiError::Conflict { code, .. } => code,
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Validation(_) => "validation_failed",
+            ApiError::AccountLocked { .. } => "account_locked",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Unavailable => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Machine-readable code, e.g. `validation_failed`, `not_found`, `already_clocked_in`.
+    #[schema(example = "validation_failed")]
+    pub code: String,
+    /// Human-readable explanation; never contains SQL, stack traces or secrets.
+    pub message: String,
+    /// For `validation_failed`: each invalid field mapped to its reasons.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>, example = json!({"email": ["must be a valid email address"]}))]
+    pub details: Option<FieldErrors>,
+    /// The request id, also sent as the `x-request-id` header.
+    pub request_id: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            ApiError::Internal(err) => {
+                // The cause stays in the logs (with the request id from the span); the client
+                // gets a generic message.
+                tracing::error!(error = ?err, "request failed with an internal error");
+                "an internal error occurred".to_string()
+            }
+            other => other.to_string(),
+        };
+        let details = match self {
+            ApiError::Validation(ref d) => Some(d.clone()),
+            _ => None,
+        };
+        let body = ErrorBody {
+            code: self.code().to_string(),
+            message,
+            details,
+            request_id: String::new(),
+        };
+        let mut response = (status, crate::extract::Json(ErrorEnvelope { error: body.clone() })).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unauthenticated
+            | ApiError::TokenExpired
+            | ApiError::InvalidToken
+            | ApiError::InvalidCredentials => {
+                let value = match self.code() {
+                    "token_expired" => {
+                        r#"Bearer error="invalid_token", error_description="the access token has expired""#
+                    }
+                    "invalid_token" => r#"Bearer error="invalid_token""#,
+                    _ => "Bearer",
+                };
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
+            }
+            ApiError::AccountLocked { retry_after_s } | ApiError::RateLimited { retry_after_s } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+            }
+            _ => {}
+        }
+        response.extensions_mut().insert(body);
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::RowNotFound => ApiError::NotFound,
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                tracing::warn!(error = %err, "database unavailable");
+                ApiError::Unavailable
+            }
+            sqlx::Error::Database(db) => match db.kind() {
+                sqlx::error::ErrorKind::UniqueViolation => {
+                    ApiError::conflict("conflict", "a record with the same unique value already exists")
+                }
+                sqlx::error::ErrorKind::ForeignKeyViolation => {
+                    ApiError::invalid(constraint_field(db.constraint()), "refers to a record that does not exist")
+                }
+                sqlx::error::ErrorKind::CheckViolation => {
+                    ApiError::invalid(constraint_field(db.constraint()), "is out of the allowed range")
+                }
+                _ => ApiError::Internal(err.into()),
+            },
+            _ => ApiError::Internal(err.into()),
+        }
+    }
+}
+
+/// Best-effort field name from a constraint such as `users_facility_id_fkey`.
+fn constraint_field(constraint: Option<&str>) -> &str {
+    let Some(name) = constraint else {
+        return "record";
+    };
+    for field in [
+        "facility_id",
+        "supervisor_id",
+        "council_id",
+        "user_id",
+        "latitude",
+        "longitude",
+        "geofence_radius_m",
+    ] {
+        if name.contains(field) {
+            return field;
+        }
+    }
+    "record"
+}
+
+impl From<validator::ValidationErrors> for ApiError {
+    fn from(errors: validator::ValidationErrors) -> Self {
+        let mut details = FieldErrors::new();
+        for (field, errs) in errors.field_errors() {
+            let reasons = errs
+                .iter()
+                .map(|e| {
+                    e.message
+                        .as_ref()
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| e.code.replace('_', " "))
+                })
+                .collect();
+            details.insert(field.to_string(), reasons);
+        }
+        ApiError::Validation(details)
+    }
+}
+
+/// Turns a named constraint violation into the client error it means, at the call site.
+pub trait ResultExt<T> {
+    fn on_constraint(self, name: &str, f: impl FnOnce() -> ApiError) -> Result<T, ApiError>;
+}
+
+impl<T> ResultExt<T> for std::result::Result<T, sqlx::Error> {
+    fn on_constraint(self, name: &str, f: impl FnOnce() -> ApiError) -> Result<T, ApiError> {
+        self.map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.constraint() == Some(name) => f(),
+            _ => e.into(),
+        })
+    }
+}
+
+/// Middleware: fills in `request_id` on our own errors and wraps every other error response
+/// (405 from the router, 413 from the body limit, a timeout, a panic) in the same envelope.
+pub async fn envelope_errors(request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let mut error = match parts.extensions.remove::<ErrorBody>() {
+        Some(error) => error,
+        None => {
+            let (code, message) = generic_error(status);
+            ErrorBody {
+                code: code.to_string(),
+                message: message.to_string(),
+                details: None,
+                request_id: String::new(),
+            }
+        }
+    };
+    drop(body);
+    error.request_id = request_id;
+    // A timeout from the timeout layer is reported as the contract's 503.
+    let status = if status == StatusCode::REQUEST_TIMEOUT {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        status
+    };
+    parts.status = status;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    let body = serde_json::to_vec(&ErrorEnvelope { error }).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+fn generic_error(status: StatusCode) -> (&'static str, &'static str) {
+    match status {
+        StatusCode::BAD_REQUEST => ("bad_request", "the request is malformed"),
+        StatusCode::UNAUTHORIZED => ("unauthenticated", "authentication required"),
+        StatusCode::FORBIDDEN => ("forbidden", "you are not allowed to do this"),
+        StatusCode::NOT_FOUND => ("not_found", "no such resource"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this method is not allowed on this resource"),
+        StatusCode::REQUEST_TIMEOUT => ("unavailable", "the request took too long and was cancelled"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "unsupported content type"),
+        StatusCode::UNPROCESSABLE_ENTITY => ("validation_failed", "validation failed"),
+        StatusCode::TOO_MANY_REQUESTS => ("rate_limited", "too many requests; slow down"),
+        StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "the service is temporarily unavailable"),
+        s if s.is_server_error() => ("internal", "an internal error occurred"),
+        _ => ("bad_request", "the request could not be processed"),
+    }
+}

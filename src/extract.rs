@@ -1,0 +1,197 @@
+//! Extractors whose rejections speak the contract's error envelope.
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use validator::Validate;
+
+use crate::error::{ApiError, FieldErrors};
+
+/// JSON body: 400 for malformed JSON or a non-JSON content type, 413 past the body limit,
+/// 422 naming the field for well-formed JSON of the wrong shape (unknown fields included).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<mime::Mime>().ok())
+            .is_some_and(|m| {
+                m.type_() == "application"
+                    && (m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json"))
+            });
+        if !is_json {
+            return Err(ApiError::BadRequest(
+                "expected a JSON body with `Content-Type: application/json`".into(),
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest("the request body could not be read".into())
+            }
+        })?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// Parses JSON with the path of the first offending field, so a 422 can name it.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Ok(value) => Ok(value),
+        Err(err) => {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            match inner.classify() {
+                serde_json::error::Category::Data => {
+                    let message = inner.to_string();
+                    let (field, reason) = match unknown_field(&message) {
+                        Some(name) => (
+                            join_path(&path, &name),
+                            "is not a field of this request".to_string(),
+                        ),
+                        None => (
+                            if path == "." { "body".to_string() } else { path },
+                            strip_position(&message),
+                        ),
+                    };
+                    let mut details = FieldErrors::new();
+                    details.insert(field, vec![reason]);
+                    Err(ApiError::Validation(details))
+                }
+                _ => Err(ApiError::BadRequest(format!(
+                    "malformed JSON: {}",
+                    strip_position(&inner.to_string())
+                ))),
+            }
+        }
+    }
+}
+
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+fn join_path(path: &str, field: &str) -> String {
+    if path.is_empty() || path == "." {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+/// serde_json appends " at line 1 column 9"; useful in logs, noise for a client.
+fn strip_position(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        let mut response = axum::Json(self.0).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, JSON_UTF8.clone());
+        response
+    }
+}
+
+/// The contract's content type for every JSON answer.
+pub static JSON_UTF8: header::HeaderValue =
+    header::HeaderValue::from_static("application/json; charset=utf-8");
+
+/// A JSON body that must also pass its `validator` rules (422 with every failing field).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ValidJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ValidJson<T>
+where
+    T: DeserializeOwned + Validate,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        value.validate()?;
+        Ok(ValidJson(value))
+    }
+}
+
+/// Query string: 400 `bad_request` naming what did not parse.
+#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::BadRequest(format!("invalid query string: {}", rejection.body_text()))
+    }
+}
+
+/// Path parameters: 400 `bad_request` when an id is not a UUID.
+#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::BadRequest(format!("invalid path parameter: {}", rejection.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Patch {
+        first_name: Option<String>,
+        age: Option<u8>,
+    }
+
+    fn details(err: ApiError) -> FieldErrors {
+        match err {
+            ApiError::Validation(d) => d,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_field_is_a_validation_error_naming_it() {
+        let d = details(parse_json::<Patch>(br#"{"role":"admin"}"#).unwrap_err());
+        assert!(d.contains_key("role"), "{d:?}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_field() {
+        let d = details(parse_json::<Patch>(br#"{"age":"old"}"#).unwrap_err());
+        assert!(d.contains_key("age"), "{d:?}");
+    }
+
+    #[test]
+    fn malformed_json_is_a_bad_request() {
+        let err = parse_json::<Patch>(br#"{"first_name": "#).unwrap_err();
+        assert!(matches!(err, ApiError::BadRequest(_)), "{err:?}");
+    }
+}

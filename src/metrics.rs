@@ -1,0 +1,55 @@
+//! Prometheus metrics: request counts and latency by matched route and status, pool gauges,
+//! and domain counters recorded where they happen.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+
+/// Latency buckets in seconds, dense under 100 ms where this service should live.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Clone)]
+pub struct Metrics {
+    handle: PrometheusHandle,
+}
+
+impl Metrics {
+    /// The process-wide recorder (the `metrics` macros write to a global one), installed on
+    /// first use.
+    pub fn global() -> Self {
+        static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+        let handle = HANDLE.get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("http_request_duration_seconds".into()),
+                    LATENCY_BUCKETS,
+                )
+                .expect("the bucket list is not empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed")
+        });
+        Self {
+            handle: handle.clone(),
+        }
+    }
+
+    /// Renders the exposition text, refreshing the pool gauges first.
+    pub fn render(&self, pool: &PgPool) -> String {
+        metrics::gauge!("db_pool_connections").set(pool.size() as f64);
+        metrics::gauge!("db_pool_idle_connections").set(pool.num_idle() as f64);
+        self.handle.render()
+    }
+}
+
+pub fn record_request(method: &str, route: &str, status: u16, seconds: f64) {
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route.to_string()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels).record(seconds);
+}

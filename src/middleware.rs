@@ -1,0 +1,160 @@
+//! The middleware stack shared by every route.
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::error::envelope_errors;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Routes whose requests are logged at debug: probes would otherwise drown the logs.
+const QUIET_ROUTES: &[&str] = &["/health", "/ready", "/metrics"];
+
+/// Wraps the router in the stack, outermost first: request id, sensitive headers, security
+/// headers, CORS, request span and metrics, error envelope, panic catcher, compression,
+/// timeout, body limits.
+pub fn apply(router: Router, config: &Config) -> Router {
+    // Uploads get their own, larger limit on their route; this is the ceiling for everything.
+    let hard_limit = config.max_upload_bytes.max(config.max_body_bytes) + 64 * 1024;
+    // Each `layer` call wraps the previous ones, so the last is the outermost. They are applied
+    // in steps because Axum middleware functions need the plain response body type.
+    let inner = ServiceBuilder::new()
+        .layer(CatchPanicLayer::new())
+        .layer(RequestBodyLimitLayer::new(hard_limit))
+        .layer(CompressionLayer::new())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes));
+    let outer = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::COOKIE,
+        ]))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            json_csp,
+        ))
+        .layer(cors(config));
+    router
+        .layer(inner)
+        .layer(middleware::from_fn(envelope_errors))
+        .layer(middleware::from_fn(trace_requests))
+        .layer(outer)
+}
+
+/// JSON never needs to load anything; the Swagger UI page sets its own policy.
+fn json_csp(response: &Response) -> Option<HeaderValue> {
+    let is_html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html") || v.starts_with("text/css") || v.contains("javascript"));
+    if is_html {
+        None
+    } else {
+        Some(HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'; base-uri 'none'",
+        ))
+    }
+}
+
+fn cors(config: &Config) -> CorsLayer {
+    let origins: Vec<HeaderValue> = config
+        .cors_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    let allow = if config.cors_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins)
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            axum::http::Method::GET,
+            axum::http::Method::POST,
+            axum::http::Method::PATCH,
+            axum::http::Method::DELETE,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, REQUEST_ID])
+        .expose_headers([
+            REQUEST_ID,
+            header::RETRY_AFTER,
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderName::from_static("x-ratelimit-after"),
+        ])
+        .max_age(Duration::from_secs(3600))
+}
+
+/// One span per request (method, matched route, request id; status and latency recorded at the
+/// end), and the request metrics. Bodies and headers are never logged.
+async fn trace_requests(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = request.method().to_string();
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let quiet = QUIET_ROUTES.contains(&route.as_str());
+    let span = if quiet {
+        tracing::debug_span!("request", %method, %route, %request_id, user.id = tracing::field::Empty)
+    } else {
+        tracing::info_span!("request", %method, %route, %request_id, user.id = tracing::field::Empty)
+    };
+    let started = Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    span.in_scope(|| {
+        if quiet {
+            tracing::debug!(status, latency_ms, "request finished");
+        } else if status >= 500 {
+            tracing::error!(status, latency_ms, "request finished");
+        } else {
+            tracing::info!(status, latency_ms, "request finished");
+        }
+    });
+    crate::metrics::record_request(&method, &route, status, elapsed.as_secs_f64());
+    response
+}
