@@ -9,7 +9,11 @@ use crate::startup::{Application, prepare_database, shutdown_signal};
 use crate::state::AppState;
 
 #[derive(Debug, Parser)]
-#[command(name = "field-attendance", version, about = "Field attendance API service")]
+#[command(
+    name = "field-attendance",
+    version,
+    about = "Field attendance API service"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -62,8 +66,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("the password must be 10 to 128 characters");
             }
             let state = offline_state(config).await?;
-            let id = crate::seed::create_admin(&state, &email, SecretString::from(password))
-                .await?;
+            let id =
+                crate::seed::create_admin(&state, &email, SecretString::from(password)).await?;
             println!("admin {email} ready (id {id})");
         }
         Command::Openapi => unreachable!("handled before configuration is read"),

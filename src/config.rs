@@ -220,7 +220,10 @@ impl Reader<'_> {
         let Some(v) = self.raw(key) else {
             return default;
         };
-        match options.iter().find(|(name, _)| name.eq_ignore_ascii_case(&v)) {
+        match options
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(&v))
+        {
             Some((_, value)) => *value,
             None => {
                 let names: Vec<_> = options.iter().map(|(n, _)| *n).collect();
@@ -274,12 +277,14 @@ impl Config {
         }
 
         let database_url = r.required("DATABASE_URL").unwrap_or_default();
-        for (key, url) in [("DATABASE_URL", Some(database_url.clone())), ("MIGRATION_DATABASE_URL", r.raw("MIGRATION_DATABASE_URL"))] {
+        for (key, url) in [
+            ("DATABASE_URL", Some(database_url.clone())),
+            ("MIGRATION_DATABASE_URL", r.raw("MIGRATION_DATABASE_URL")),
+        ] {
             if let Some(url) = url.filter(|u| !u.is_empty())
                 && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
             {
-                r.problems
-                    .push(format!("{key} must be a postgres:// URL"));
+                r.problems.push(format!("{key} must be a postgres:// URL"));
             }
         }
         let migration_url = r
@@ -308,7 +313,11 @@ impl Config {
                 .unwrap_or_else(|| "info".into()),
             format: r.choice(
                 "LOG_FORMAT",
-                if dev { LogFormat::Pretty } else { LogFormat::Json },
+                if dev {
+                    LogFormat::Pretty
+                } else {
+                    LogFormat::Json
+                },
                 &[("json", LogFormat::Json), ("pretty", LogFormat::Pretty)],
             ),
             dir: r.raw("LOG_DIR"),
@@ -318,9 +327,8 @@ impl Config {
         let jwt_secret = match r.raw("JWT_SECRET") {
             Some(s) if s.len() >= 32 || dev => s,
             Some(_) => {
-                r.problems.push(
-                    "JWT_SECRET must be at least 32 bytes outside development".to_string(),
-                );
+                r.problems
+                    .push("JWT_SECRET must be at least 32 bytes outside development".to_string());
                 String::new()
             }
             None if dev => random_secret(),
@@ -346,7 +354,9 @@ impl Config {
         }
         let auth = AuthSettings {
             jwt_secret: SecretString::from(jwt_secret),
-            issuer: r.raw("JWT_ISSUER").unwrap_or_else(|| "field-attendance".into()),
+            issuer: r
+                .raw("JWT_ISSUER")
+                .unwrap_or_else(|| "field-attendance".into()),
             audience: r
                 .raw("JWT_AUDIENCE")
                 .unwrap_or_else(|| "field-attendance-api".into()),
@@ -473,7 +483,12 @@ mod tests {
         ]))
         .unwrap_err();
         let text = err.to_string();
-        for key in ["DATABASE_URL", "JWT_SECRET", "DB_MAX_CONNECTIONS", "LOG_FORMAT"] {
+        for key in [
+            "DATABASE_URL",
+            "JWT_SECRET",
+            "DB_MAX_CONNECTIONS",
+            "LOG_FORMAT",
+        ] {
             assert!(text.contains(key), "{key} missing from: {text}");
         }
     }
@@ -495,8 +510,14 @@ mod tests {
     #[test]
     fn secrets_do_not_appear_in_debug_output() {
         let config = Config::from_map(&vars(&[
-            ("DATABASE_URL", "postgres://user:hunter2-password@localhost/db"),
-            ("JWT_SECRET", "a-very-long-signing-secret-of-more-than-32-bytes"),
+            (
+                "DATABASE_URL",
+                "postgres://user:hunter2-password@localhost/db",
+            ),
+            (
+                "JWT_SECRET",
+                "a-very-long-signing-secret-of-more-than-32-bytes",
+            ),
         ]))
         .unwrap();
         let debug = format!("{config:?}");
@@ -506,10 +527,7 @@ mod tests {
 
     #[test]
     fn rate_quotas_parse_with_units() {
-        assert_eq!(
-            "100/15m".parse::<RateQuota>().unwrap(),
-            quota(100, 900)
-        );
+        assert_eq!("100/15m".parse::<RateQuota>().unwrap(), quota(100, 900));
         assert_eq!("5/30s".parse::<RateQuota>().unwrap(), quota(5, 30));
         assert!("0/1m".parse::<RateQuota>().is_err());
         assert!("ten/1m".parse::<RateQuota>().is_err());

@@ -29,19 +29,13 @@ pub enum ApiError {
     #[error("the token is invalid")]
     InvalidToken,
     #[error("{message}")]
-    ForbiddenWith {
-        code: &'static str,
-        message: String,
-    },
+    ForbiddenWith { code: &'static str, message: String },
     #[error("you are not allowed to do this")]
     Forbidden,
     #[error("not found")]
     NotFound,
     #[error("{message}")]
-    Conflict {
-        code: &'static str,
-        message: String,
-    },
+    Conflict { code: &'static str, message: String },
     #[error("the request body is too large")]
     PayloadTooLarge,
     #[error("{0}")]
@@ -158,7 +152,13 @@ impl IntoResponse for ApiError {
             details,
             request_id: String::new(),
         };
-        let mut response = (status, crate::extract::Json(ErrorEnvelope { error: body.clone() })).into_response();
+        let mut response = (
+            status,
+            crate::extract::Json(ErrorEnvelope {
+                error: body.clone(),
+            }),
+        )
+            .into_response();
         let headers = response.headers_mut();
         match &self {
             ApiError::Unauthenticated
@@ -193,15 +193,18 @@ impl From<sqlx::Error> for ApiError {
                 ApiError::Unavailable
             }
             sqlx::Error::Database(db) => match db.kind() {
-                sqlx::error::ErrorKind::UniqueViolation => {
-                    ApiError::conflict("conflict", "a record with the same unique value already exists")
-                }
-                sqlx::error::ErrorKind::ForeignKeyViolation => {
-                    ApiError::invalid(constraint_field(db.constraint()), "refers to a record that does not exist")
-                }
-                sqlx::error::ErrorKind::CheckViolation => {
-                    ApiError::invalid(constraint_field(db.constraint()), "is out of the allowed range")
-                }
+                sqlx::error::ErrorKind::UniqueViolation => ApiError::conflict(
+                    "conflict",
+                    "a record with the same unique value already exists",
+                ),
+                sqlx::error::ErrorKind::ForeignKeyViolation => ApiError::invalid(
+                    constraint_field(db.constraint()),
+                    "refers to a record that does not exist",
+                ),
+                sqlx::error::ErrorKind::CheckViolation => ApiError::invalid(
+                    constraint_field(db.constraint()),
+                    "is out of the allowed range",
+                ),
                 _ => ApiError::Internal(err.into()),
             },
             _ => ApiError::Internal(err.into()),
@@ -314,13 +317,22 @@ fn generic_error(status: StatusCode) -> (&'static str, &'static str) {
         StatusCode::UNAUTHORIZED => ("unauthenticated", "authentication required"),
         StatusCode::FORBIDDEN => ("forbidden", "you are not allowed to do this"),
         StatusCode::NOT_FOUND => ("not_found", "no such resource"),
-        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this method is not allowed on this resource"),
-        StatusCode::REQUEST_TIMEOUT => ("unavailable", "the request took too long and was cancelled"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this method is not allowed on this resource",
+        ),
+        StatusCode::REQUEST_TIMEOUT => {
+            ("unavailable", "the request took too long and was cancelled")
+        }
         StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large"),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "unsupported content type"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("unsupported_media_type", "unsupported content type")
+        }
         StatusCode::UNPROCESSABLE_ENTITY => ("validation_failed", "validation failed"),
         StatusCode::TOO_MANY_REQUESTS => ("rate_limited", "too many requests; slow down"),
-        StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "the service is temporarily unavailable"),
+        StatusCode::SERVICE_UNAVAILABLE => {
+            ("unavailable", "the service is temporarily unavailable")
+        }
         s if s.is_server_error() => ("internal", "an internal error occurred"),
         _ => ("bad_request", "the request could not be processed"),
     }

@@ -61,12 +61,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 serde_json::error::Category::Data => {
                     let message = inner.to_string();
                     let (field, reason) = match unknown_field(&message) {
+                        // The path already ends with the unknown field's name.
                         Some(name) => (
-                            join_path(&path, &name),
+                            if path == "." { name } else { path },
                             "is not a field of this request".to_string(),
                         ),
                         None => (
-                            if path == "." { "body".to_string() } else { path },
+                            if path == "." {
+                                "body".to_string()
+                            } else {
+                                path
+                            },
                             strip_position(&message),
                         ),
                     };
@@ -86,14 +91,6 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 fn unknown_field(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     Some(rest[..rest.find('`')?].to_string())
-}
-
-fn join_path(path: &str, field: &str) -> String {
-    if path.is_empty() || path == "." {
-        field.to_string()
-    } else {
-        format!("{path}.{field}")
-    }
 }
 
 /// serde_json appends " at line 1 column 9"; useful in logs, noise for a client.

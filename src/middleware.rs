@@ -80,7 +80,9 @@ fn json_csp(response: &Response) -> Option<HeaderValue> {
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/html") || v.starts_with("text/css") || v.contains("javascript"));
+        .is_some_and(|v| {
+            v.starts_with("text/html") || v.starts_with("text/css") || v.contains("javascript")
+        });
     if is_html {
         None
     } else {

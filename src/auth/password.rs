@@ -67,7 +67,11 @@ impl Hasher {
 
     /// `hash` is `None` for an unknown account: a dummy hash is checked instead and the answer
     /// is always false.
-    pub async fn verify(&self, password: SecretString, hash: Option<String>) -> anyhow::Result<bool> {
+    pub async fn verify(
+        &self,
+        password: SecretString,
+        hash: Option<String>,
+    ) -> anyhow::Result<bool> {
         let _permit = self.permits.acquire().await?;
         let span = tracing::Span::current();
         Ok(tokio::task::spawn_blocking(move || {

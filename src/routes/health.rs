@@ -31,7 +31,9 @@ pub struct HealthStatus {
 #[utoipa::path(get, path = "/health", tag = "health",
     responses((status = 200, description = "The process is up", body = HealthStatus)))]
 async fn health() -> Json<HealthStatus> {
-    Json(HealthStatus { status: "ok".into() })
+    Json(HealthStatus {
+        status: "ok".into(),
+    })
 }
 
 /// Readiness: the database answers and every migration is applied.
@@ -45,7 +47,9 @@ async fn ready(State(state): State<AppState>) -> Result<Json<HealthStatus>, ApiE
         .await
         .unwrap_or(false);
     if ready {
-        Ok(Json(HealthStatus { status: "ready".into() }))
+        Ok(Json(HealthStatus {
+            status: "ready".into(),
+        }))
     } else {
         Err(ApiError::Unavailable)
     }
@@ -57,7 +61,10 @@ async fn ready(State(state): State<AppState>) -> Result<Json<HealthStatus>, ApiE
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(&state.db),
     )
 }

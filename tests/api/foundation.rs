@@ -1,0 +1,144 @@
+//! Health, readiness, the error envelope and the headers every response carries.
+
+use reqwest::StatusCode;
+
+use crate::helpers::{FlakyProxy, TestApp, TestDb, assert_error, send, test_env};
+
+#[tokio::test]
+async fn health_answers_ok() {
+    let app = TestApp::spawn().await;
+    let (status, body) = send(app.get("/health")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, serde_json::json!({"status": "ok"}));
+}
+
+#[tokio::test]
+async fn ready_turns_503_while_the_database_is_away_and_recovers_by_itself() {
+    let proxy = FlakyProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let test_db = TestDb::new().await;
+    let mut env = test_env(&format!(
+        "postgres://postgres@{}/{}",
+        proxy.addr, test_db.name
+    ));
+    env.insert("DB_ACQUIRE_TIMEOUT_SECS".into(), "1".into());
+    let app = TestApp::spawn_on(test_db, env).await;
+
+    let (status, _) = send(app.get("/ready")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    proxy.cut();
+    let (status, body) = send(app.get("/ready")).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    // Liveness does not depend on the database.
+    let (status, _) = send(app.get("/health")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    proxy.restore();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (status, _) = send(app.get("/ready")).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/ready did not recover"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_route_is_a_404_envelope() {
+    let app = TestApp::spawn().await;
+    let (status, body) = send(app.get("/api/no-such-thing")).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_a_405_envelope() {
+    let app = TestApp::spawn().await;
+    let (status, body) = send(app.delete("/health")).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+}
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers_and_a_request_id() {
+    let app = TestApp::spawn().await;
+    for path in ["/health", "/api/missing"] {
+        let response = app.get(path).send().await.unwrap();
+        let h = response.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("default-src 'none'")
+        );
+        assert!(!h["x-request-id"].is_empty(), "{path}");
+        assert!(
+            h["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_request_id_sent_by_the_client_is_echoed_in_header_and_error_body() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .get("/api/missing")
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-me-42");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["request_id"], "trace-me-42");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status() {
+    let app = TestApp::spawn().await;
+    send(app.get("/health")).await;
+    let text = app
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.lines().any(|l| l.starts_with("http_requests_total")
+            && l.contains(r#"route="/health""#)
+            && l.contains(r#"status="200""#)),
+        "{text}"
+    );
+    assert!(text.contains("db_pool_connections"));
+}
+
+#[tokio::test]
+async fn the_docs_and_the_spec_are_served() {
+    let app = TestApp::spawn().await;
+    let (status, spec) = send(app.get("/api-docs/openapi.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
+    let response = app.get("/docs/").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.text().await.unwrap().contains("swagger"));
+}

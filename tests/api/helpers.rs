@@ -1,0 +1,396 @@
+//! The test harness: a real service on a random port, over a fresh database of its own.
+//!
+//! Every test database is a copy of a template that is migrated and seeded once per migration
+//! set (guarded by an advisory lock, since test binaries and processes run in parallel), and
+//! is dropped when the test ends, whether it passed or panicked.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use field_attendance::config::Config;
+use field_attendance::startup::Application;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const ADMIN_EMAIL: &str = "admin@test.example";
+pub const ADMIN_PASSWORD: &str = "admin-password-123";
+pub const JWT_SECRET: &str = "test-secret-that-is-long-enough-for-hs256-signing";
+
+/// The Postgres server the tests use directly (trust auth, superuser).
+pub fn postgres_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
+}
+
+/// PgBouncer in transaction mode in front of the same server, when one runs.
+pub fn pgbouncer_url() -> Option<String> {
+    std::env::var("PGBOUNCER_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// Skips a PgBouncer test loudly on a developer machine without PgBouncer; in CI it must run.
+pub fn require_pgbouncer(test: &str) -> Option<String> {
+    match pgbouncer_url() {
+        Some(url) => Some(url),
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{test}: PGBOUNCER_URL must be set in CI")
+        }
+        None => {
+            eprintln!(
+                "SKIPPED {test}: PgBouncer tests did not run (set PGBOUNCER_URL, see README)"
+            );
+            None
+        }
+    }
+}
+
+fn url_for(base: &str, db: &str) -> String {
+    format!("{}/{db}", base.trim_end_matches('/'))
+}
+
+/// A database of this test's own, dropped (with FORCE) when the value is dropped.
+pub struct TestDb {
+    pub name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let template = template().await;
+        let name = format!("fa_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = admin_conn().await;
+        // Concurrent copies of one template can briefly collide; a short retry settles it.
+        let mut attempts = 0;
+        loop {
+            match conn
+                .execute(format!(r#"CREATE DATABASE "{name}" TEMPLATE "{template}""#).as_str())
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if attempts < 20 => {
+                    attempts += 1;
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempts)).await;
+                }
+                Err(e) => panic!("cannot create test database: {e}"),
+            }
+        }
+        Self { name }
+    }
+
+    /// An empty database (no migrations), for migration tests.
+    pub async fn empty() -> Self {
+        let name = format!("fa_test_{}", uuid::Uuid::new_v4().simple());
+        admin_conn()
+            .await
+            .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+            .await
+            .expect("create empty test database");
+        Self { name }
+    }
+
+    pub fn url(&self) -> String {
+        url_for(&postgres_url(), &self.name)
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(5)
+            .connect(&self.url())
+            .await
+            .expect("connect to test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any async context we can rely on (also during a panic), so the
+        // database is dropped from a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok(mut conn) =
+                    PgConnection::connect(&url_for(&postgres_url(), "postgres")).await
+                {
+                    let _ = conn
+                        .execute(
+                            format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str(),
+                        )
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn admin_conn() -> PgConnection {
+    PgConnection::connect(&url_for(&postgres_url(), "postgres"))
+        .await
+        .expect("Postgres must be running at TEST_DATABASE_URL (default 127.0.0.1:5432)")
+}
+
+/// The name of a migrated and seeded template database, built once per migration set.
+async fn template() -> String {
+    static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    TEMPLATE
+        .get_or_init(|| async {
+            let mut hasher = Sha256::new();
+            for dir in ["migrations", "seeds"] {
+                let mut entries: Vec<_> = std::fs::read_dir(dir)
+                    .expect("run tests from the repository root")
+                    .map(|e| e.unwrap().path())
+                    .collect();
+                entries.sort();
+                for path in entries {
+                    hasher.update(path.to_string_lossy().as_bytes());
+                    hasher.update(std::fs::read(&path).unwrap());
+                }
+            }
+            let digest = hasher.finalize();
+            let name = format!(
+                "fa_template_{}",
+                digest[..6].iter().map(|b| format!("{b:02x}")).collect::<String>()
+            );
+            let mut conn = admin_conn().await;
+            // Serialise template creation across test processes.
+            conn.execute("SELECT pg_advisory_lock(727274)").await.unwrap();
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(&name)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+            if !exists {
+                // Templates of older migration sets are dropped when nobody is using them.
+                let stale: Vec<String> = sqlx::query_scalar(
+                    "SELECT datname::text FROM pg_database WHERE datname LIKE 'fa\\_template\\_%' AND datname <> $1",
+                )
+                .bind(&name)
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+                for old in stale {
+                    let _ = conn.execute(format!(r#"DROP DATABASE IF EXISTS "{old}""#).as_str()).await;
+                }
+                let building = format!("{name}_building");
+                conn.execute(format!(r#"DROP DATABASE IF EXISTS "{building}" WITH (FORCE)"#).as_str())
+                    .await
+                    .unwrap();
+                conn.execute(format!(r#"CREATE DATABASE "{building}""#).as_str())
+                    .await
+                    .unwrap();
+                let url = url_for(&postgres_url(), &building);
+                field_attendance::db::migrate(&url).await.expect("migrate template");
+                {
+                    let pool = PgPool::connect(&url).await.unwrap();
+                    field_attendance::db::seed_geography(&pool).await.unwrap();
+                    pool.close().await;
+                }
+                conn.execute(format!(r#"ALTER DATABASE "{building}" RENAME TO "{name}""#).as_str())
+                    .await
+                    .unwrap();
+            }
+            conn.execute("SELECT pg_advisory_unlock(727274)").await.unwrap();
+            name
+        })
+        .await
+        .clone()
+}
+
+/// The base configuration of a test service; tests override single variables.
+pub fn test_env(database_url: &str) -> HashMap<String, String> {
+    [
+        ("APP_ENV", "production"),
+        ("DATABASE_URL", database_url),
+        ("BIND_ADDR", "127.0.0.1:0"),
+        ("JWT_SECRET", JWT_SECRET),
+        ("ADMIN_EMAIL", ADMIN_EMAIL),
+        ("ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ("RUN_MIGRATIONS", "false"),
+        ("SEED_ON_START", "true"),
+        ("RATE_LIMIT_ENABLED", "false"),
+        ("DB_MIN_CONNECTIONS", "0"),
+        ("DB_MAX_CONNECTIONS", "10"),
+        ("LOG_LEVEL", "warn"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    /// Direct pool to the test database, for arranging data and asserting rows.
+    pub db: PgPool,
+    pub config: Arc<Config>,
+    server: tokio::task::JoinHandle<()>,
+    // Dropped last: the database outlives the server that uses it.
+    pub test_db: TestDb,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Spawns with configuration overrides (`env["RATE_LIMIT_ENABLED"] = "true"`, ...).
+    pub async fn spawn_with(customise: impl FnOnce(&mut HashMap<String, String>)) -> Self {
+        let test_db = TestDb::new().await;
+        let mut env = test_env(&test_db.url());
+        customise(&mut env);
+        Self::spawn_on(test_db, env).await
+    }
+
+    pub async fn spawn_on(test_db: TestDb, env: HashMap<String, String>) -> Self {
+        let config = Config::from_map(&env).expect("test configuration is valid");
+        let app = Application::build(config).await.expect("build application");
+        let addr = app.local_addr();
+        let config = app.state().config.clone();
+        let server = tokio::spawn(async move {
+            app.run_until(std::future::pending()).await.expect("server");
+        });
+        let db = test_db.pool().await;
+        Self {
+            addr,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            db,
+            config,
+            server,
+            test_db,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.request(Method::GET, path)
+    }
+
+    pub fn post(&self, path: &str) -> RequestBuilder {
+        self.request(Method::POST, path)
+    }
+
+    pub fn patch(&self, path: &str) -> RequestBuilder {
+        self.request(Method::PATCH, path)
+    }
+
+    pub fn delete(&self, path: &str) -> RequestBuilder {
+        self.request(Method::DELETE, path)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Sends a request and returns status and JSON body (Null when the body is empty).
+pub async fn send(builder: RequestBuilder) -> (StatusCode, Value) {
+    let response = builder.send().await.expect("request sent");
+    let status = response.status();
+    let text = response.text().await.expect("body read");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text }))
+    };
+    (status, body)
+}
+
+/// Asserts the contract's error envelope with the given status and code.
+#[track_caller]
+pub fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
+    assert_eq!(status, expected, "unexpected status; body: {body}");
+    assert_eq!(body["error"]["code"], code, "unexpected code; body: {body}");
+    assert!(body["error"]["message"].is_string(), "no message: {body}");
+    assert!(
+        body["error"]["request_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "no request id: {body}"
+    );
+}
+
+/// A TCP proxy to Postgres whose link can be cut and restored, to take the database away from
+/// a running service without stopping the shared server.
+pub struct FlakyProxy {
+    pub addr: SocketAddr,
+    down: Arc<AtomicBool>,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl FlakyProxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let down = Arc::new(AtomicBool::new(false));
+        let connections: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            Default::default();
+        let accept = {
+            let down = down.clone();
+            let connections = connections.clone();
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if down.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    connections.lock().unwrap().push(task);
+                }
+            })
+        };
+        Self {
+            addr,
+            down,
+            connections,
+            accept,
+        }
+    }
+
+    /// Refuses new connections and cuts the open ones.
+    pub fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for FlakyProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
