@@ -22,8 +22,9 @@ CREATE TABLE users (
     failed_login_count  integer NOT NULL DEFAULT 0,
     locked_until        timestamptz,
     last_login_at       timestamptz,
-    -- Access tokens issued before this instant are refused (deactivation, role or password change).
-    tokens_valid_after  timestamptz NOT NULL DEFAULT '-infinity',
+    -- Carried in access tokens; bumped on deactivation, role or password change so that every
+    -- token issued before stops working (a version, unlike a timestamp, has no same-second gap).
+    token_version       integer NOT NULL DEFAULT 0,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now()
 );

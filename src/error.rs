@@ -252,9 +252,14 @@ impl From<validator::ValidationErrors> for ApiError {
     }
 }
 
+/// A constraint name and the client error its violation means.
+pub type ConstraintError<'a> = (&'a str, fn() -> ApiError);
+
 /// Turns a named constraint violation into the client error it means, at the call site.
 pub trait ResultExt<T> {
     fn on_constraint(self, name: &str, f: impl FnOnce() -> ApiError) -> Result<T, ApiError>;
+    /// Like `on_constraint`, for a statement that can break one of several constraints.
+    fn on_constraints(self, map: &[ConstraintError<'_>]) -> Result<T, ApiError>;
 }
 
 impl<T> ResultExt<T> for std::result::Result<T, sqlx::Error> {
@@ -262,6 +267,17 @@ impl<T> ResultExt<T> for std::result::Result<T, sqlx::Error> {
         self.map_err(|e| match &e {
             sqlx::Error::Database(db) if db.constraint() == Some(name) => f(),
             _ => e.into(),
+        })
+    }
+
+    fn on_constraints(self, map: &[ConstraintError<'_>]) -> Result<T, ApiError> {
+        self.map_err(|e| {
+            if let sqlx::Error::Database(db) = &e
+                && let Some((_, f)) = map.iter().find(|(name, _)| db.constraint() == Some(*name))
+            {
+                return f();
+            }
+            e.into()
         })
     }
 }
@@ -335,5 +351,42 @@ fn generic_error(status: StatusCode) -> (&'static str, &'static str) {
         }
         s if s.is_server_error() => ("internal", "an internal error occurred"),
         _ => ("bad_request", "the request could not be processed"),
+    }
+}
+
+/// Collects field errors while parsing a request, so a 422 names every bad field at once.
+#[derive(Debug, Default)]
+pub struct Invalid(FieldErrors);
+
+impl Invalid {
+    /// Keeps the value, or records the reason under `field`.
+    pub fn check<T>(&mut self, field: &str, result: std::result::Result<T, String>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(reason) => {
+                self.add(field, reason);
+                None
+            }
+        }
+    }
+
+    pub fn add(&mut self, field: &str, reason: impl Into<String>) {
+        self.0
+            .entry(field.to_string())
+            .or_default()
+            .push(reason.into());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Ok when nothing was recorded, else the 422.
+    pub fn finish(self) -> Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.0))
+        }
     }
 }

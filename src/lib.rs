@@ -1,10 +1,12 @@
 //! Field attendance API: clock-in/out with GPS for health-facility field workers, offline batch
 //! sync, facility imports and supervision reports, on Axum and Postgres.
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod domain;
 pub mod error;
 pub mod extract;
 pub mod jobs;

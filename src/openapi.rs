@@ -18,6 +18,9 @@ use crate::error::{ErrorBody, ErrorEnvelope};
     components(schemas(ErrorEnvelope, ErrorBody)),
     tags(
         (name = "health", description = "Liveness, readiness and metrics"),
+        (name = "auth", description = "Registration, login, token refresh and logout"),
+        (name = "users", description = "Profiles and user management, scoped by role"),
+        (name = "admin", description = "Audit trail and system information (admins)"),
     )
 )]
 pub struct ApiDoc;

@@ -64,7 +64,8 @@ pub async fn create_admin(
          VALUES ($1, $2, 'System', 'Administrator', 'admin', 'active')
          ON CONFLICT (email) DO UPDATE
             SET password_hash = EXCLUDED.password_hash, role = 'admin', status = 'active',
-                failed_login_count = 0, locked_until = NULL, tokens_valid_after = now()
+                failed_login_count = 0, locked_until = NULL,
+                token_version = users.token_version + 1
          RETURNING id",
     )
     .bind(&email)

@@ -1,28 +1,61 @@
 //! Shared application state, handed to handlers through `State` (and `FromRef` for its parts).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRef;
 use sqlx::PgPool;
 
+use crate::auth::extractor::AuthCache;
+use crate::auth::jwt::JwtKeys;
 use crate::auth::password::Hasher;
+use crate::auth::rate_limit::{Limiter, limiter};
 use crate::config::Config;
 use crate::metrics::Metrics;
+
+/// One limiter per rate-limit class of the contract.
+#[derive(Clone)]
+pub struct Limiters {
+    pub api: Limiter,
+    pub auth: Limiter,
+    pub upload: Limiter,
+    pub sync: Limiter,
+}
+
+impl Limiters {
+    pub fn all(&self) -> [&Limiter; 4] {
+        [&self.api, &self.auth, &self.upload, &self.sync]
+    }
+}
 
 #[derive(Clone)]
 pub struct AppState {
     pub db: PgPool,
     pub config: Arc<Config>,
     pub hasher: Hasher,
+    pub jwt: Arc<JwtKeys>,
+    pub auth_cache: Arc<AuthCache>,
+    /// None when rate limiting is switched off.
+    pub limiters: Option<Limiters>,
     pub metrics: Metrics,
     pub started_at: Instant,
 }
 
 impl AppState {
     pub fn new(config: Config, db: PgPool) -> Self {
+        let jwt = Arc::new(JwtKeys::new(&config.auth));
+        let rl = &config.rate_limits;
+        let limiters = rl.enabled.then(|| Limiters {
+            api: limiter(rl.api, jwt.clone(), rl.trust_proxy, true),
+            auth: limiter(rl.auth, jwt.clone(), rl.trust_proxy, false),
+            upload: limiter(rl.upload, jwt.clone(), rl.trust_proxy, true),
+            sync: limiter(rl.sync, jwt.clone(), rl.trust_proxy, true),
+        });
         Self {
             hasher: Hasher::new(config.auth.max_concurrent_hashes),
+            auth_cache: Arc::new(AuthCache::new(Duration::from_secs(30))),
+            jwt,
+            limiters,
             config: Arc::new(config),
             db,
             metrics: Metrics::global(),

@@ -1,3 +1,10 @@
-//! Authentication: password hashing, tokens, the current-user extractor and role guards.
+//! Authentication: password hashing, tokens, the current-user extractor, role guards and rate
+//! limits.
 
+pub mod extractor;
+pub mod jwt;
 pub mod password;
+pub mod rate_limit;
+pub mod refresh;
+
+pub use extractor::{AuthUser, ClientInfo};

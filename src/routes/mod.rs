@@ -1,24 +1,68 @@
-//! One module per resource, each with its own `router()`, merged here.
+//! One module per resource, each with its own `router()`, merged here under the rate-limit
+//! class it belongs to.
 
+pub mod activities;
+pub mod admin;
+pub mod auth;
 pub mod health;
+pub mod pagination;
+pub mod users;
 
 use axum::Router;
+use tower_governor::GovernorLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::auth::rate_limit::Limiter;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::state::AppState;
 
-/// Every documented route, with the spec they generate.
+/// Routes grouped by the rate limit that applies to them (the contract's four classes).
+struct Groups {
+    /// `/api/auth/*`: per client address.
+    auth: OpenApiRouter<AppState>,
+    /// The rest of `/api`: per user.
+    api: OpenApiRouter<AppState>,
+}
+
+fn groups() -> Groups {
+    Groups {
+        auth: auth::public_router().merge(auth::router()),
+        api: users::router()
+            .merge(activities::router())
+            .merge(admin::router()),
+    }
+}
+
+fn limited(router: OpenApiRouter<AppState>, limiter: Option<&Limiter>) -> OpenApiRouter<AppState> {
+    match limiter {
+        Some(config) => router.route_layer(GovernorLayer {
+            config: config.clone(),
+        }),
+        None => router,
+    }
+}
+
+/// Every documented route, without rate limits: the source of the OpenAPI document.
 pub fn api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(health::router())
+    assemble(None)
+}
+
+fn assemble(state: Option<&AppState>) -> OpenApiRouter<AppState> {
+    let limits = state.and_then(|s| s.limiters.as_ref());
+    let g = groups();
+    let api =
+        limited(g.auth, limits.map(|l| &l.auth)).merge(limited(g.api, limits.map(|l| &l.api)));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(health::router())
+        .nest("/api", api)
 }
 
 /// The complete application: routes, docs, fallback and the middleware stack.
 pub fn build(state: AppState) -> Router {
-    let (router, spec) = api().split_for_parts();
+    let (router, spec) = assemble(Some(&state)).split_for_parts();
     let config = state.config.clone();
     let router = router
         .merge(SwaggerUi::new("/docs").url("/api-docs/openapi.json", spec))

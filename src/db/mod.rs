@@ -13,7 +13,7 @@ use crate::config::DbSettings;
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// Seed data, idempotent, loaded at first start and by `seed`.
-const GEOGRAPHY_SEED: &str = include_str!("../seeds/01_geography.sql");
+const GEOGRAPHY_SEED: &str = include_str!("../../seeds/01_geography.sql");
 
 fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
     Ok(PgConnectOptions::from_str(url)?
@@ -77,3 +77,5 @@ pub async fn is_ready(pool: &PgPool) -> bool {
             .await;
     matches!(applied, Ok(Some(v)) if v >= latest_migration())
 }
+
+pub mod users;

@@ -1,0 +1,80 @@
+//! The audit trail: one `activities` row per critical operation, written in the same
+//! transaction as the change it describes.
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::auth::{AuthUser, ClientInfo};
+
+pub struct Activity {
+    actor_id: Option<Uuid>,
+    actor_email: Option<String>,
+    action: &'static str,
+    entity_type: Option<&'static str>,
+    entity_id: Option<Uuid>,
+    details: Value,
+    ip: Option<String>,
+    user_agent: Option<String>,
+}
+
+impl Activity {
+    pub fn new(action: &'static str) -> Self {
+        Self {
+            actor_id: None,
+            actor_email: None,
+            action,
+            entity_type: None,
+            entity_id: None,
+            details: Value::Object(Default::default()),
+            ip: None,
+            user_agent: None,
+        }
+    }
+
+    pub fn by(mut self, actor: &AuthUser) -> Self {
+        self.actor_id = Some(actor.id);
+        self.actor_email = Some(actor.email.clone());
+        self
+    }
+
+    pub fn by_id(mut self, id: Uuid, email: &str) -> Self {
+        self.actor_id = Some(id);
+        self.actor_email = Some(email.to_string());
+        self
+    }
+
+    pub fn on(mut self, entity_type: &'static str, id: Uuid) -> Self {
+        self.entity_type = Some(entity_type);
+        self.entity_id = Some(id);
+        self
+    }
+
+    pub fn from(mut self, client: &ClientInfo) -> Self {
+        self.ip = client.ip.clone();
+        self.user_agent = client.user_agent.clone();
+        self
+    }
+
+    pub fn details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    pub async fn record<'e>(self, executor: impl sqlx::PgExecutor<'e>) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO activities (actor_id, actor_email, action, entity_type, entity_id, details, ip, user_agent)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(self.actor_id)
+        .bind(self.actor_email)
+        .bind(self.action)
+        .bind(self.entity_type)
+        .bind(self.entity_id)
+        .bind(self.details)
+        .bind(self.ip)
+        .bind(self.user_agent)
+        .execute(executor)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,180 @@
+//! The current user, as an extractor, and the role guards that read as one line:
+//! `user.require(Role::Supervisor)?`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header;
+use axum::http::request::Parts;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::{Role, UserStatus};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// An authenticated, active user. Role and status come from the database (through a short
+/// cache), not from the token, so a role change or deactivation takes effect promptly.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub id: Uuid,
+    pub role: Role,
+    pub email: String,
+}
+
+impl AuthUser {
+    /// At least this role, or 403.
+    pub fn require(&self, minimum: Role) -> Result<(), ApiError> {
+        if self.role >= minimum {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(user) = parts.extensions.get::<AuthUser>() {
+            return Ok(user.clone());
+        }
+        let token = bearer_token(parts).ok_or(ApiError::Unauthenticated)?;
+        let claims = state.jwt.verify(token)?;
+        let record = state
+            .auth_cache
+            .get(&state.db, claims.sub)
+            .await?
+            .ok_or(ApiError::InvalidToken)?;
+        if record.status != UserStatus::Active || record.token_version != claims.ver {
+            return Err(ApiError::InvalidToken);
+        }
+        tracing::Span::current().record("user.id", tracing::field::display(claims.sub));
+        let user = AuthUser {
+            id: claims.sub,
+            role: record.role,
+            email: record.email,
+        };
+        parts.extensions.insert(user.clone());
+        Ok(user)
+    }
+}
+
+pub fn bearer_token(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// What the token check needs to know about a user.
+#[derive(Debug, Clone)]
+pub struct AuthRecord {
+    pub role: Role,
+    pub status: UserStatus,
+    pub token_version: i32,
+    pub email: String,
+}
+
+/// A small per-process cache of [`AuthRecord`]s. Writes in this process invalidate their entry
+/// at once; other instances see a change within the TTL (30 s, inside the contract's 60 s).
+pub struct AuthCache {
+    entries: RwLock<HashMap<Uuid, (AuthRecord, Instant)>>,
+    ttl: Duration,
+}
+
+impl AuthCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            entries: RwLock::new(HashMap::new()),
+            ttl,
+        }
+    }
+
+    pub async fn get(&self, db: &PgPool, id: Uuid) -> Result<Option<AuthRecord>, ApiError> {
+        if let Some((record, at)) = self.entries.read().expect("lock").get(&id)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(Some(record.clone()));
+        }
+        let row: Option<(String, String, i32, String)> =
+            sqlx::query_as("SELECT role, status, token_version, email FROM users WHERE id = $1")
+                .bind(id)
+                .fetch_optional(db)
+                .await?;
+        let Some((role, status, token_version, email)) = row else {
+            return Ok(None);
+        };
+        let record = AuthRecord {
+            role: role.parse().map_err(anyhow::Error::msg)?,
+            status: status.parse().map_err(anyhow::Error::msg)?,
+            token_version,
+            email,
+        };
+        let mut entries = self.entries.write().expect("lock");
+        if entries.len() > 100_000 {
+            entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
+        }
+        entries.insert(id, (record.clone(), Instant::now()));
+        Ok(Some(record))
+    }
+
+    pub fn invalidate(&self, id: Uuid) {
+        self.entries.write().expect("lock").remove(&id);
+    }
+}
+
+/// Where a request came from, for the audit trail and per-address rate limits.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl FromRequestParts<AppState> for ClientInfo {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Ok(ClientInfo {
+            ip: client_ip(parts, state.config.rate_limits.trust_proxy).map(|ip| ip.to_string()),
+            user_agent: parts
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.chars().take(512).collect()),
+        })
+    }
+}
+
+/// The client address: the first `X-Forwarded-For` hop when the proxy is trusted, else the
+/// peer address. Never the header otherwise, or anyone could pick their own rate-limit key.
+pub fn client_ip(parts: &Parts, trust_proxy: bool) -> Option<IpAddr> {
+    client_ip_from(&parts.headers, parts.extensions.get(), trust_proxy)
+}
+
+pub fn client_ip_from(
+    headers: &axum::http::HeaderMap,
+    peer: Option<&ConnectInfo<SocketAddr>>,
+    trust_proxy: bool,
+) -> Option<IpAddr> {
+    if trust_proxy
+        && let Some(ip) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+    {
+        return Some(ip);
+    }
+    peer.map(|ConnectInfo(addr)| addr.ip())
+}

@@ -1,0 +1,115 @@
+//! Refresh tokens: opaque random strings, stored as SHA-256 hashes, rotated on every use.
+//! Presenting a token that was already rotated (or revoked) revokes its whole family, since
+//! either the client or a thief holds a copy it should not.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::auth::ClientInfo;
+use crate::error::ApiError;
+
+fn digest(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Stores a new token (in `family`, or a new family) and returns its plain text.
+pub async fn issue(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    family: Option<Uuid>,
+    ttl: Duration,
+    client: &ClientInfo,
+) -> Result<String, sqlx::Error> {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let token = URL_SAFE_NO_PAD.encode(bytes);
+    sqlx::query(
+        "INSERT INTO refresh_tokens (user_id, family_id, token_hash, expires_at, ip, user_agent)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5, $6)",
+    )
+    .bind(user_id)
+    .bind(family.unwrap_or_else(Uuid::new_v4))
+    .bind(digest(&token))
+    .bind(ttl.as_secs_f64())
+    .bind(&client.ip)
+    .bind(&client.user_agent)
+    .execute(conn)
+    .await?;
+    Ok(token)
+}
+
+pub enum Rotation {
+    /// The token was current: it is now rotated, and this is its family and owner.
+    Rotated { user_id: Uuid, family_id: Uuid },
+    /// The token had already been used or revoked: its family is now revoked.
+    Reused { user_id: Uuid },
+}
+
+/// Marks the token rotated (within the caller's transaction), or detects its reuse.
+pub async fn rotate(conn: &mut PgConnection, token: &str) -> Result<Rotation, ApiError> {
+    let row: Option<(Uuid, Uuid, bool, bool)> = sqlx::query_as(
+        "SELECT user_id, family_id, rotated_at IS NOT NULL OR revoked_at IS NOT NULL, expires_at <= now()
+         FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
+    )
+    .bind(digest(token))
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((user_id, family_id, used, expired)) = row else {
+        return Err(ApiError::InvalidToken);
+    };
+    if used {
+        revoke_family(&mut *conn, family_id).await?;
+        return Ok(Rotation::Reused { user_id });
+    }
+    if expired {
+        return Err(ApiError::TokenExpired);
+    }
+    sqlx::query("UPDATE refresh_tokens SET rotated_at = now() WHERE token_hash = $1")
+        .bind(digest(token))
+        .execute(&mut *conn)
+        .await?;
+    Ok(Rotation::Rotated { user_id, family_id })
+}
+
+async fn revoke_family(conn: &mut PgConnection, family_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(family_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Revokes one token of this user (logout). Unknown tokens are ignored.
+pub async fn revoke(db: &PgPool, user_id: Uuid, token: &str) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = now()
+         WHERE token_hash = $1 AND user_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(digest(token))
+    .bind(user_id)
+    .execute(db)
+    .await?;
+    Ok(result.rows_affected() > 0)
+}
+
+/// Revokes every token of a user (deactivation, password change).
+pub async fn revoke_all<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    user_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .execute(executor)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,283 @@
+//! Users: the API representation with its facility → council → region hierarchy, the
+//! supervision tree, and searches scoped to what the viewer may see.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::domain::{Role, UserStatus};
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RegionRef {
+    pub id: Uuid,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CouncilRef {
+    pub id: Uuid,
+    pub name: String,
+    pub region: RegionRef,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FacilityRef {
+    pub id: Uuid,
+    pub name: String,
+    pub code: String,
+    pub council: CouncilRef,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SupervisorRef {
+    pub id: Uuid,
+    pub first_name: String,
+    pub last_name: String,
+}
+
+/// A user as the API shows it. Never carries the password hash.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub phone: Option<String>,
+    pub employee_id: Option<String>,
+    pub role: Role,
+    pub status: UserStatus,
+    pub facility: Option<FacilityRef>,
+    pub supervisor: Option<SupervisorRef>,
+    pub last_login_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: Uuid,
+    email: String,
+    first_name: String,
+    last_name: String,
+    phone: Option<String>,
+    employee_id: Option<String>,
+    role: String,
+    status: String,
+    last_login_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    facility_id: Option<Uuid>,
+    facility_name: Option<String>,
+    facility_code: Option<String>,
+    council_id: Option<Uuid>,
+    council_name: Option<String>,
+    region_id: Option<Uuid>,
+    region_name: Option<String>,
+    supervisor_id: Option<Uuid>,
+    supervisor_first_name: Option<String>,
+    supervisor_last_name: Option<String>,
+    #[sqlx(default)]
+    total: Option<i64>,
+}
+
+impl From<UserRow> for User {
+    fn from(r: UserRow) -> Self {
+        let facility = match (r.facility_id, r.council_id, r.region_id) {
+            (Some(id), Some(council_id), Some(region_id)) => Some(FacilityRef {
+                id,
+                name: r.facility_name.unwrap_or_default(),
+                code: r.facility_code.unwrap_or_default(),
+                council: CouncilRef {
+                    id: council_id,
+                    name: r.council_name.unwrap_or_default(),
+                    region: RegionRef {
+                        id: region_id,
+                        name: r.region_name.unwrap_or_default(),
+                    },
+                },
+            }),
+            _ => None,
+        };
+        User {
+            id: r.id,
+            email: r.email,
+            first_name: r.first_name,
+            last_name: r.last_name,
+            phone: r.phone,
+            employee_id: r.employee_id,
+            // The CHECK constraints guarantee these parse.
+            role: r.role.parse().unwrap_or(Role::Tester),
+            status: r.status.parse().unwrap_or(UserStatus::Inactive),
+            facility,
+            supervisor: r.supervisor_id.map(|id| SupervisorRef {
+                id,
+                first_name: r.supervisor_first_name.unwrap_or_default(),
+                last_name: r.supervisor_last_name.unwrap_or_default(),
+            }),
+            last_login_at: r.last_login_at,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+const SELECT_USER: &str = "
+    SELECT u.id, u.email, u.first_name, u.last_name, u.phone, u.employee_id, u.role, u.status,
+           u.last_login_at, u.created_at, u.updated_at,
+           f.id AS facility_id, f.name AS facility_name, f.code AS facility_code,
+           c.id AS council_id, c.name AS council_name, r.id AS region_id, r.name AS region_name,
+           s.id AS supervisor_id, s.first_name AS supervisor_first_name,
+           s.last_name AS supervisor_last_name";
+
+const FROM_USERS: &str = "
+    FROM users u
+    LEFT JOIN facilities f ON f.id = u.facility_id
+    LEFT JOIN councils c ON c.id = f.council_id
+    LEFT JOIN regions r ON r.id = c.region_id
+    LEFT JOIN users s ON s.id = u.supervisor_id";
+
+pub async fn find<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<User>, sqlx::Error> {
+    let sql = format!("{SELECT_USER} {FROM_USERS} WHERE u.id = $1");
+    let row: Option<UserRow> = sqlx::query_as(&sql).bind(id).fetch_optional(db).await?;
+    Ok(row.map(User::from))
+}
+
+/// True when `ancestor` is above `user` in the supervision tree (at any depth).
+pub async fn is_above<'e>(
+    db: impl PgExecutor<'e>,
+    ancestor: Uuid,
+    user: Uuid,
+) -> Result<bool, sqlx::Error> {
+    // The depth bound keeps a corrupted (cyclic) tree from looping forever.
+    sqlx::query_scalar(
+        "WITH RECURSIVE chain (id, depth) AS (
+             SELECT supervisor_id, 1 FROM users WHERE id = $2
+             UNION ALL
+             SELECT u.supervisor_id, c.depth + 1
+             FROM users u JOIN chain c ON u.id = c.id
+             WHERE c.id IS NOT NULL AND c.depth < 64
+         )
+         SELECT EXISTS (SELECT 1 FROM chain WHERE id = $1)",
+    )
+    .bind(ancestor)
+    .bind(user)
+    .fetch_one(db)
+    .await
+}
+
+/// Whether `viewer` may see `target`: themself, an admin, or a supervisor or backstopper above
+/// them in the tree. Everyone else gets a 404 from the caller, never a 403.
+pub async fn can_see(db: &PgPool, viewer: &AuthUser, target: Uuid) -> Result<bool, sqlx::Error> {
+    if viewer.id == target || viewer.is_admin() {
+        return Ok(true);
+    }
+    if viewer.role.is_field() {
+        return Ok(false);
+    }
+    is_above(db, viewer.id, target).await
+}
+
+/// Appends `AND <column> IN (the viewer's team)` for supervisors and backstoppers; nothing for
+/// admins. Field roles are limited to `<self_column> = viewer`.
+pub fn push_scope(qb: &mut QueryBuilder<'_, Postgres>, viewer: &AuthUser, column: &str) {
+    if viewer.is_admin() {
+        return;
+    }
+    if viewer.role.is_field() {
+        qb.push(format_args!(" AND {column} = "));
+        qb.push_bind(viewer.id);
+        return;
+    }
+    qb.push(format_args!(
+        " AND {column} IN (WITH RECURSIVE team AS (
+              SELECT id FROM users WHERE supervisor_id = "
+    ));
+    qb.push_bind(viewer.id);
+    qb.push(
+        " UNION SELECT u.id FROM users u JOIN team t ON u.supervisor_id = t.id)
+          SELECT id FROM team)",
+    );
+}
+
+#[derive(Debug, Default, Clone, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct UserFilter {
+    /// Matches name, email, phone or employee id, case-insensitively.
+    pub q: Option<String>,
+    pub role: Option<Role>,
+    pub status: Option<UserStatus>,
+    pub facility_id: Option<Uuid>,
+    pub council_id: Option<Uuid>,
+    pub region_id: Option<Uuid>,
+    pub supervisor_id: Option<Uuid>,
+    /// Page number, from 1.
+    #[param(minimum = 1, default = 1)]
+    pub page: Option<u32>,
+    /// Items per page, at most 100.
+    #[param(minimum = 1, maximum = 100, default = 50)]
+    pub per_page: Option<u32>,
+}
+
+/// A page of users matching `filter` among those `viewer` may see, and the total count.
+pub async fn search(
+    db: &PgPool,
+    viewer: &AuthUser,
+    filter: &UserFilter,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<User>, i64), sqlx::Error> {
+    let mut qb = QueryBuilder::new(SELECT_USER);
+    qb.push(", count(*) OVER () AS total");
+    qb.push(FROM_USERS);
+    qb.push(" WHERE true");
+    push_scope(&mut qb, viewer, "u.id");
+    if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
+        // Same expression as the trigram index users_search_idx.
+        qb.push(
+            " AND lower(u.first_name || ' ' || u.last_name || ' ' || u.email || ' ' || coalesce(u.phone, '') || ' '
+                    || coalesce(u.employee_id, '')) LIKE ",
+        );
+        qb.push_bind(format!("%{}%", escape_like(&q.to_lowercase())));
+    }
+    if let Some(role) = filter.role {
+        qb.push(" AND u.role = ").push_bind(role.as_str());
+    }
+    if let Some(status) = filter.status {
+        qb.push(" AND u.status = ").push_bind(status.as_str());
+    }
+    if let Some(id) = filter.facility_id {
+        qb.push(" AND u.facility_id = ").push_bind(id);
+    }
+    if let Some(id) = filter.council_id {
+        qb.push(" AND f.council_id = ").push_bind(id);
+    }
+    if let Some(id) = filter.region_id {
+        qb.push(" AND c.region_id = ").push_bind(id);
+    }
+    if let Some(id) = filter.supervisor_id {
+        qb.push(" AND u.supervisor_id = ").push_bind(id);
+    }
+    qb.push(" ORDER BY u.created_at DESC, u.id LIMIT ")
+        .push_bind(limit)
+        .push(" OFFSET ")
+        .push_bind(offset);
+    let rows: Vec<UserRow> = qb.build_query_as().fetch_all(db).await?;
+    let total = rows.first().and_then(|r| r.total).unwrap_or(0);
+    Ok((rows.into_iter().map(User::from).collect(), total))
+}
+
+/// Escapes `%`, `_` and `\` so user input matches literally inside a LIKE pattern.
+pub fn escape_like(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}

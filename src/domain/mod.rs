@@ -1,0 +1,5 @@
+//! Domain types built once at the edge, and the pure rules that act on them.
+
+pub mod identity;
+
+pub use identity::{Email, Password, Role, UserStatus};

@@ -1,0 +1,504 @@
+//! Registration, login, token refresh and logout.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::audit::Activity;
+use crate::auth::refresh::{self, Rotation};
+use crate::auth::{AuthUser, ClientInfo};
+use crate::config::Registration;
+use crate::db::users::{self, User};
+use crate::domain::{Email, Password, Role};
+use crate::error::{ApiError, ErrorEnvelope, Invalid, ResultExt};
+use crate::extract::Json;
+use crate::state::AppState;
+
+/// Routes that need no token (rate limited per client address).
+pub fn public_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh_tokens))
+}
+
+/// Routes under `/auth` that need a token.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(logout))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    #[schema(example = "amina.uwase@example.org")]
+    pub email: String,
+    /// 10 to 128 characters, not the email.
+    #[schema(example = "correct horse battery staple")]
+    pub password: String,
+    #[schema(example = "Amina")]
+    pub first_name: String,
+    #[schema(example = "Uwase")]
+    pub last_name: String,
+    pub phone: Option<String>,
+    pub employee_id: Option<String>,
+    /// A field role only (`tester`, `data_clerk`, `focal`, `ddo`); default `data_clerk`.
+    pub role: Option<Role>,
+    pub facility_id: Uuid,
+    /// A supervisor, backstopper or admin who will approve the account.
+    pub supervisor_id: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserEnvelope {
+    pub user: User,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    #[schema(example = "amina.uwase@example.org")]
+    pub email: String,
+    #[schema(example = "correct horse battery staple")]
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    pub user: User,
+    /// JWT (HS256) for `Authorization: Bearer`.
+    pub access_token: String,
+    /// Opaque; single use — each refresh returns a new one.
+    pub refresh_token: String,
+    #[schema(example = "Bearer")]
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    #[schema(example = 86400)]
+    pub expires_in: u64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// Trims optional text; blank means absent.
+pub fn optional_text(
+    value: Option<String>,
+    field: &str,
+    max: usize,
+    invalid: &mut Invalid,
+) -> Option<String> {
+    let value = value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())?;
+    if value.chars().count() > max {
+        invalid.add(field, format!("must be at most {max} characters"));
+    }
+    Some(value)
+}
+
+pub fn required_text(value: &str, field: &str, max: usize, invalid: &mut Invalid) -> String {
+    let value = value.trim().to_string();
+    if value.is_empty() {
+        invalid.add(field, "must not be blank");
+    } else if value.chars().count() > max {
+        invalid.add(field, format!("must be at most {max} characters"));
+    }
+    value
+}
+
+/// Checks that `supervisor_id` names a supervisor, backstopper or admin.
+pub async fn check_supervisor(
+    state: &AppState,
+    supervisor_id: Option<Uuid>,
+    invalid: &mut Invalid,
+) -> Result<(), ApiError> {
+    if let Some(id) = supervisor_id {
+        let role: Option<String> = sqlx::query_scalar("SELECT role FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&state.db)
+            .await?;
+        match role.and_then(|r| r.parse::<Role>().ok()) {
+            Some(role) if role.can_supervise() => {}
+            Some(_) => invalid.add(
+                "supervisor_id",
+                "must be a supervisor, backstopper or admin",
+            ),
+            None => invalid.add("supervisor_id", "no such user"),
+        }
+    }
+    Ok(())
+}
+
+pub async fn check_facility(
+    state: &AppState,
+    facility_id: Option<Uuid>,
+    invalid: &mut Invalid,
+) -> Result<(), ApiError> {
+    if let Some(id) = facility_id {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM facilities WHERE id = $1)")
+                .bind(id)
+                .fetch_one(&state.db)
+                .await?;
+        if !exists {
+            invalid.add("facility_id", "no such facility");
+        }
+    }
+    Ok(())
+}
+
+pub fn duplicate_email() -> ApiError {
+    ApiError::conflict("duplicate", "an account with this email already exists")
+}
+
+pub fn duplicate_employee_id() -> ApiError {
+    ApiError::conflict(
+        "duplicate",
+        "an account with this employee id already exists",
+    )
+}
+
+/// Self-registration: the account waits in `pending` until approved.
+#[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Account created, pending approval", body = UserEnvelope),
+        (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
+        (status = 403, description = "Registration is closed (`registration_closed`)", body = ErrorEnvelope),
+        (status = 409, description = "Email or employee id already registered (`duplicate`)", body = ErrorEnvelope),
+        (status = 422, description = "Invalid fields", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn register(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    Json(req): Json<RegisterRequest>,
+) -> Result<(StatusCode, Json<UserEnvelope>), ApiError> {
+    if state.config.auth.registration == Registration::Closed {
+        return Err(ApiError::ForbiddenWith {
+            code: "registration_closed",
+            message: "self-registration is closed; ask an administrator for an account".into(),
+        });
+    }
+    let mut invalid = Invalid::default();
+    let email = invalid.check("email", Email::parse(&req.email));
+    let password = invalid.check(
+        "password",
+        Password::parse(
+            &req.password,
+            email.as_ref().map_or(&req.email, |e| e.as_str()),
+        ),
+    );
+    let first_name = required_text(&req.first_name, "first_name", 100, &mut invalid);
+    let last_name = required_text(&req.last_name, "last_name", 100, &mut invalid);
+    let phone = optional_text(req.phone, "phone", 32, &mut invalid);
+    let employee_id = optional_text(req.employee_id, "employee_id", 64, &mut invalid);
+    let role = req.role.unwrap_or(Role::DataClerk);
+    if !role.is_field() {
+        invalid.add("role", "self-registration is for field roles only");
+    }
+    check_facility(&state, Some(req.facility_id), &mut invalid).await?;
+    check_supervisor(&state, req.supervisor_id, &mut invalid).await?;
+    invalid.finish()?;
+    let (Some(email), Some(password)) = (email, password) else {
+        unreachable!("checked above");
+    };
+
+    let hash = state.hasher.hash(password.into_secret()).await?;
+    let mut tx = state.db.begin().await?;
+    let id: Uuid = sqlx::query_scalar(
+        "INSERT INTO users (email, password_hash, first_name, last_name, phone, employee_id,
+                            role, status, facility_id, supervisor_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9) RETURNING id",
+    )
+    .bind(email.as_str())
+    .bind(hash)
+    .bind(first_name)
+    .bind(last_name)
+    .bind(phone)
+    .bind(employee_id)
+    .bind(role.as_str())
+    .bind(req.facility_id)
+    .bind(req.supervisor_id)
+    .fetch_one(&mut *tx)
+    .await
+    .on_constraints(&[
+        ("users_email_key", duplicate_email),
+        ("users_employee_id_key", duplicate_employee_id),
+    ])?;
+    Activity::new("user.register")
+        .by_id(id, email.as_str())
+        .on("user", id)
+        .from(&client)
+        .details(serde_json::json!({ "role": role, "supervisor_id": req.supervisor_id }))
+        .record(&mut *tx)
+        .await?;
+    let user = users::find(&mut *tx, id).await?.ok_or(ApiError::NotFound)?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(UserEnvelope { user })))
+}
+
+#[derive(sqlx::FromRow)]
+struct LoginRow {
+    id: Uuid,
+    email: String,
+    password_hash: String,
+    status: String,
+    role: String,
+    token_version: i32,
+    locked_for_s: Option<f64>,
+}
+
+/// Logs in with email and password. Unknown email and wrong password answer alike, in about the
+/// same time; after repeated failures the account is locked for a while.
+#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in", body = TokenResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
+        (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = ErrorEnvelope),
+        (status = 403, description = "Account pending approval (`account_pending`) or deactivated (`account_inactive`)", body = ErrorEnvelope),
+        (status = 422, description = "Invalid fields", body = ErrorEnvelope),
+        (status = 423, description = "Locked after too many failures (`account_locked`); see Retry-After", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn login(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    Json(req): Json<LoginRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let email = req.email.trim().to_lowercase();
+    if email.is_empty() || req.password.is_empty() || req.password.len() > 1024 {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let row: Option<LoginRow> = sqlx::query_as(
+        "SELECT id, email, password_hash, status, role, token_version,
+                CASE WHEN locked_until > now()
+                     THEN extract(epoch FROM locked_until - now())::float8 END AS locked_for_s
+         FROM users WHERE email = $1",
+    )
+    .bind(&email)
+    .fetch_optional(&state.db)
+    .await?;
+
+    if let Some(locked_for) = row.as_ref().and_then(|r| r.locked_for_s) {
+        return Err(ApiError::AccountLocked {
+            retry_after_s: locked_for.ceil().max(1.0) as u64,
+        });
+    }
+    let verified = state
+        .hasher
+        .verify(
+            SecretString::from(req.password),
+            row.as_ref().map(|r| r.password_hash.clone()),
+        )
+        .await?;
+
+    let Some(user) = row.filter(|_| verified) else {
+        record_failure(&state, &client, &email).await?;
+        return Err(ApiError::InvalidCredentials);
+    };
+    match user.status.as_str() {
+        "active" => {}
+        "pending" => {
+            return Err(ApiError::ForbiddenWith {
+                code: "account_pending",
+                message: "this account is waiting for approval".into(),
+            });
+        }
+        _ => {
+            return Err(ApiError::ForbiddenWith {
+                code: "account_inactive",
+                message: "this account is deactivated".into(),
+            });
+        }
+    }
+
+    let mut tx = state.db.begin().await?;
+    sqlx::query(
+        "UPDATE users SET failed_login_count = 0, locked_until = NULL, last_login_at = now()
+         WHERE id = $1",
+    )
+    .bind(user.id)
+    .execute(&mut *tx)
+    .await?;
+    let refresh_token = refresh::issue(
+        &mut tx,
+        user.id,
+        None,
+        state.config.auth.refresh_ttl,
+        &client,
+    )
+    .await?;
+    Activity::new("auth.login")
+        .by_id(user.id, &user.email)
+        .on("user", user.id)
+        .from(&client)
+        .record(&mut *tx)
+        .await?;
+    let profile = users::find(&mut *tx, user.id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    tx.commit().await?;
+
+    let role: Role = user.role.parse().map_err(anyhow::Error::msg)?;
+    Ok(Json(token_response(
+        &state,
+        profile,
+        role,
+        user.token_version,
+        refresh_token,
+    )?))
+}
+
+/// Counts a failed login against the account (if any) and locks it at the threshold.
+async fn record_failure(
+    state: &AppState,
+    client: &ClientInfo,
+    email: &str,
+) -> Result<(), ApiError> {
+    let auth = &state.config.auth;
+    let mut tx = state.db.begin().await?;
+    // A lock that has run out starts the count afresh.
+    let updated: Option<(Uuid, bool)> = sqlx::query_as(
+        "UPDATE users SET
+             failed_login_count = CASE WHEN locked_until IS NOT NULL AND locked_until <= now()
+                                       THEN 1 ELSE failed_login_count + 1 END,
+             locked_until = CASE
+                 WHEN (CASE WHEN locked_until IS NOT NULL AND locked_until <= now()
+                            THEN 1 ELSE failed_login_count + 1 END) >= $2
+                 THEN now() + make_interval(secs => $3)
+                 ELSE NULL END
+         WHERE email = $1
+         RETURNING id, locked_until IS NOT NULL",
+    )
+    .bind(email)
+    .bind(auth.max_failed_logins)
+    .bind(auth.lockout.as_secs_f64())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let mut activity = Activity::new("auth.login_failed")
+        .from(client)
+        .details(serde_json::json!({ "email": email }));
+    if let Some((id, _)) = updated {
+        activity = activity.on("user", id);
+    }
+    activity.record(&mut *tx).await?;
+    if let Some((id, true)) = updated {
+        Activity::new("auth.lockout")
+            .on("user", id)
+            .from(client)
+            .details(serde_json::json!({ "email": email, "lockout_s": auth.lockout.as_secs() }))
+            .record(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn token_response(
+    state: &AppState,
+    user: User,
+    role: Role,
+    token_version: i32,
+    refresh_token: String,
+) -> Result<TokenResponse, ApiError> {
+    Ok(TokenResponse {
+        access_token: state.jwt.issue(user.id, role, token_version)?,
+        user,
+        refresh_token,
+        token_type: "Bearer".into(),
+        expires_in: state.jwt.ttl.as_secs(),
+    })
+}
+
+/// Exchanges a refresh token for a new pair. The old one stops working; presenting it again
+/// revokes every token descended from the same login.
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new token pair", body = TokenResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
+        (status = 401, description = "Unknown, rotated, revoked or expired refresh token", body = ErrorEnvelope),
+        (status = 422, description = "Invalid fields", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn refresh_tokens(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    Json(req): Json<RefreshRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let (user_id, family_id) = match refresh::rotate(&mut tx, req.refresh_token.trim()).await? {
+        Rotation::Rotated { user_id, family_id } => (user_id, family_id),
+        Rotation::Reused { user_id } => {
+            Activity::new("auth.refresh_reuse")
+                .on("user", user_id)
+                .from(&client)
+                .record(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Err(ApiError::InvalidToken);
+        }
+    };
+    let account: Option<(String, String, i32)> =
+        sqlx::query_as("SELECT status, role, token_version FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    // A deactivated account's refresh tokens are revoked, but check anyway.
+    let Some((_, role, token_version)) = account.filter(|(status, _, _)| status == "active") else {
+        return Err(ApiError::InvalidToken);
+    };
+    let refresh_token = refresh::issue(
+        &mut tx,
+        user_id,
+        Some(family_id),
+        state.config.auth.refresh_ttl,
+        &client,
+    )
+    .await?;
+    let user = users::find(&mut *tx, user_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    tx.commit().await?;
+    let role: Role = role.parse().map_err(anyhow::Error::msg)?;
+    Ok(Json(token_response(
+        &state,
+        user,
+        role,
+        token_version,
+        refresh_token,
+    )?))
+}
+
+/// Revokes a refresh token of the caller.
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", request_body = RefreshRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "The refresh token is revoked"),
+        (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid access token", body = ErrorEnvelope),
+        (status = 422, description = "Invalid fields", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn logout(
+    State(state): State<AppState>,
+    user: AuthUser,
+    client: ClientInfo,
+    Json(req): Json<RefreshRequest>,
+) -> Result<StatusCode, ApiError> {
+    if refresh::revoke(&state.db, user.id, req.refresh_token.trim()).await? {
+        Activity::new("auth.logout")
+            .by(&user)
+            .on("user", user.id)
+            .from(&client)
+            .record(&state.db)
+            .await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
