@@ -142,3 +142,84 @@ async fn the_docs_and_the_spec_are_served() {
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.text().await.unwrap().contains("swagger"));
 }
+
+#[tokio::test]
+async fn malformed_json_is_a_400_envelope() {
+    let app = TestApp::spawn().await;
+    let (status, body) = send(
+        app.post("/api/auth/login")
+            .header("content-type", "application/json")
+            .body(r#"{"email": "a@b.org", "password": "#),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+}
+
+#[tokio::test]
+async fn a_wrong_content_type_is_a_400_envelope() {
+    let app = TestApp::spawn().await;
+    let (status, body) = send(
+        app.post("/api/auth/login")
+            .header("content-type", "text/plain")
+            .body(r#"{"email": "a@b.org", "password": "x"}"#),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_a_413_envelope() {
+    let app = TestApp::spawn().await;
+    let big = format!(
+        r#"{{"email": "a@b.org", "password": "{}"}}"#,
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let (status, body) = send(
+        app.post("/api/auth/login")
+            .header("content-type", "application/json")
+            .body(big),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+}
+
+#[tokio::test]
+async fn a_well_formed_body_of_the_wrong_shape_is_a_422_naming_the_field() {
+    let app = TestApp::spawn().await;
+    let (status, body) = send(
+        app.post("/api/auth/login")
+            .json(&serde_json::json!({"email": "a@b.org", "password": "x", "remember_me": true})),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert!(body["error"]["details"]["remember_me"].is_array(), "{body}");
+    let (status, body) = send(
+        app.post("/api/auth/login")
+            .json(&serde_json::json!({"email": 42})),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+}
+
+#[tokio::test]
+async fn a_bad_path_parameter_is_a_400_envelope() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (status, body) = send(app.get("/api/users/not-a-uuid").bearer_auth(&admin.token)).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+}

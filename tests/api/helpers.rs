@@ -394,3 +394,114 @@ impl Drop for FlakyProxy {
         self.cut();
     }
 }
+
+/// The password of every user the helpers create.
+pub const PASSWORD: &str = "field-password-123";
+
+/// One argon2 hash for every helper-made user: hashing per user would slow every test.
+static PASSWORD_HASH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| field_attendance::auth::password::hash_blocking(PASSWORD));
+
+/// A logged-in user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: uuid::Uuid,
+    pub email: String,
+    pub token: String,
+    pub refresh_token: String,
+}
+
+impl TestApp {
+    pub async fn login(&self, email: &str, password: &str) -> (StatusCode, Value) {
+        send(
+            self.post("/api/auth/login")
+                .json(&json!({ "email": email, "password": password })),
+        )
+        .await
+    }
+
+    async fn logged_in(&self, id: uuid::Uuid, email: &str, password: &str) -> TestUser {
+        let (status, body) = self.login(email, password).await;
+        assert_eq!(status, StatusCode::OK, "login of {email} failed: {body}");
+        TestUser {
+            id,
+            email: email.to_string(),
+            token: body["access_token"].as_str().unwrap().to_string(),
+            refresh_token: body["refresh_token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    pub async fn admin(&self) -> TestUser {
+        let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+            .bind(ADMIN_EMAIL)
+            .fetch_one(&self.db)
+            .await
+            .unwrap();
+        self.logged_in(id, ADMIN_EMAIL, ADMIN_PASSWORD).await
+    }
+
+    /// Inserts a user directly (no login); returns id and email.
+    pub async fn insert_user(
+        &self,
+        role: &str,
+        status: &str,
+        supervisor: Option<uuid::Uuid>,
+        facility: Option<uuid::Uuid>,
+    ) -> (uuid::Uuid, String) {
+        let email = format!(
+            "{role}-{}@test.example",
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        );
+        let id = sqlx::query_scalar(
+            "INSERT INTO users (email, password_hash, first_name, last_name, role, status, supervisor_id, facility_id)
+             VALUES ($1, $2, 'Test', initcap($3), $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(&email)
+        .bind(PASSWORD_HASH.as_str())
+        .bind(role)
+        .bind(status)
+        .bind(supervisor)
+        .bind(facility)
+        .fetch_one(&self.db)
+        .await
+        .unwrap();
+        (id, email)
+    }
+
+    /// An active user of `role` under `supervisor`, logged in.
+    pub async fn user(&self, role: &str, supervisor: Option<uuid::Uuid>) -> TestUser {
+        let facility = self.facility().await;
+        let (id, email) = self
+            .insert_user(role, "active", supervisor, Some(facility))
+            .await;
+        self.logged_in(id, &email, PASSWORD).await
+    }
+
+    /// A facility in Gasabo district at the given point, with a 200 m geofence.
+    pub async fn facility_at(&self, latitude: f64, longitude: f64) -> uuid::Uuid {
+        let code = format!("T-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        sqlx::query_scalar(
+            "INSERT INTO facilities (code, name, type, council_id, latitude, longitude)
+             SELECT $1, 'Test facility ' || $1, 'health_center', id, $2, $3 FROM councils WHERE name = 'Gasabo'
+             RETURNING id",
+        )
+        .bind(code)
+        .bind(latitude)
+        .bind(longitude)
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+
+    pub async fn facility(&self) -> uuid::Uuid {
+        self.facility_at(-1.9456, 30.1270).await
+    }
+
+    /// Actions recorded in the audit trail, oldest first.
+    pub async fn actions(&self) -> Vec<String> {
+        sqlx::query_scalar("SELECT action FROM activities ORDER BY created_at, id")
+            .fetch_all(&self.db)
+            .await
+            .unwrap()
+    }
+}

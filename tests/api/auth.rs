@@ -1,0 +1,637 @@
+//! Registration, login, lockout, tokens, refresh rotation, logout and rate limits.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{ADMIN_EMAIL, JWT_SECRET, PASSWORD, TestApp, assert_error, send};
+
+fn registration(facility: uuid::Uuid) -> Value {
+    json!({
+        "email": "Amina.Uwase@Example.org",
+        "password": "a long enough passphrase",
+        "first_name": "Amina",
+        "last_name": "Uwase",
+        "phone": "+250788123456",
+        "facility_id": facility,
+    })
+}
+
+#[tokio::test]
+async fn a_registered_account_cannot_log_in_until_approved() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility().await;
+
+    let (status, body) = send(app.post("/api/auth/register").json(&registration(facility))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["user"]["status"], "pending");
+    assert_eq!(body["user"]["email"], "amina.uwase@example.org");
+    assert_eq!(body["user"]["role"], "data_clerk");
+    assert_eq!(body["user"]["facility"]["council"]["name"], "Gasabo");
+    assert_eq!(
+        body["user"]["facility"]["council"]["region"]["name"],
+        "Kigali City"
+    );
+    assert!(!body.to_string().contains("password"), "{body}");
+    let id = body["user"]["id"].as_str().unwrap().to_string();
+
+    let (status, body) = app
+        .login("amina.uwase@example.org", "a long enough passphrase")
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "account_pending");
+
+    let admin = app.admin().await;
+    let (status, body) = send(
+        app.post(&format!("/api/users/{id}/approve"))
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user"]["status"], "active");
+
+    let (status, body) = app
+        .login("AMINA.UWASE@example.org", "a long enough passphrase")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 86400);
+    let actions = app.actions().await;
+    for action in ["user.register", "user.approve", "auth.login"] {
+        assert!(
+            actions.iter().any(|a| a == action),
+            "{action} not audited: {actions:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_rejected_registration_stays_locked_out() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility().await;
+    let (_, body) = send(app.post("/api/auth/register").json(&registration(facility))).await;
+    let id = body["user"]["id"].as_str().unwrap().to_string();
+    let admin = app.admin().await;
+    let (status, body) = send(
+        app.post(&format!("/api/users/{id}/reject"))
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["user"]["status"], "inactive");
+    let (status, body) = app
+        .login("amina.uwase@example.org", "a long enough passphrase")
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "account_inactive");
+    // Deciding twice is a conflict.
+    let (status, body) = send(
+        app.post(&format!("/api/users/{id}/approve"))
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+}
+
+#[tokio::test]
+async fn registration_can_be_closed() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("REGISTRATION".into(), "closed".into());
+    })
+    .await;
+    let facility = app.facility().await;
+    let (status, body) = send(app.post("/api/auth/register").json(&registration(facility))).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "registration_closed");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(count, 1, "only the admin exists");
+}
+
+#[tokio::test]
+async fn invalid_registrations_are_refused_naming_the_field_and_create_nothing() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility().await;
+    let (supervisor_field_worker, _) = app
+        .insert_user("focal", "active", None, Some(facility))
+        .await;
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("bad email", json!({"email": "not-an-email"}), "email"),
+        ("short password", json!({"password": "short"}), "password"),
+        (
+            "password equal to email",
+            json!({"email": "long.name@example.org", "password": "long.name@example.org"}),
+            "password",
+        ),
+        (
+            "blank first name",
+            json!({"first_name": "  "}),
+            "first_name",
+        ),
+        ("admin role", json!({"role": "admin"}), "role"),
+        ("supervisor role", json!({"role": "supervisor"}), "role"),
+        (
+            "unknown facility",
+            json!({"facility_id": uuid::Uuid::new_v4()}),
+            "facility_id",
+        ),
+        (
+            "supervisor not a supervisor",
+            json!({"supervisor_id": supervisor_field_worker}),
+            "supervisor_id",
+        ),
+        ("unknown field", json!({"status": "active"}), "status"),
+        ("unknown role", json!({"role": "overlord"}), "role"),
+    ];
+    for (name, patch, field) in cases {
+        let mut body = registration(facility);
+        for (k, v) in patch.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, response) = send(app.post("/api/auth/register").json(&body)).await;
+        assert_error(
+            status,
+            &response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+        assert!(
+            response["error"]["details"][field].is_array(),
+            "{name}: {field} not named in {response}"
+        );
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(count, 2, "nothing was created");
+}
+
+#[tokio::test]
+async fn a_second_registration_with_the_same_email_is_a_conflict() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility().await;
+    let (status, _) = send(app.post("/api/auth/register").json(&registration(facility))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut again = registration(facility);
+    again["email"] = json!("AMINA.uwase@example.org");
+    let (status, body) = send(app.post("/api/auth/register").json(&again)).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "duplicate");
+}
+
+#[tokio::test]
+async fn unknown_email_and_wrong_password_get_the_same_answer() {
+    let app = TestApp::spawn().await;
+    let (s1, b1) = app.login(ADMIN_EMAIL, "wrong-password-1").await;
+    let (s2, b2) = app.login("nobody@test.example", "wrong-password-1").await;
+    assert_error(s1, &b1, StatusCode::UNAUTHORIZED, "invalid_credentials");
+    assert_error(s2, &b2, StatusCode::UNAUTHORIZED, "invalid_credentials");
+    assert_eq!(b1["error"]["message"], b2["error"]["message"]);
+    let failures: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM activities WHERE action = 'auth.login_failed'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(failures, 2);
+}
+
+#[tokio::test]
+async fn five_failures_lock_the_account_even_against_the_right_password_until_it_expires() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    for _ in 0..5 {
+        let (status, body) = app.login(&user.email, "not-the-password").await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+        );
+    }
+    let response = app
+        .post("/api/auth/login")
+        .json(&json!({"email": user.email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::LOCKED);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((800..=900).contains(&retry_after), "{retry_after}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "account_locked");
+    assert!(app.actions().await.iter().any(|a| a == "auth.lockout"));
+
+    // The lock runs out: the right password works and the count starts again.
+    sqlx::query("UPDATE users SET locked_until = now() - interval '1 second' WHERE id = $1")
+        .bind(user.id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let (status, _) = app.login(&user.email, PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
+    let (count, locked): (i32, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT failed_login_count, locked_until FROM users WHERE id = $1")
+            .bind(user.id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!((count, locked), (0, None));
+}
+
+#[tokio::test]
+async fn a_success_resets_the_failure_count() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    for _ in 0..4 {
+        app.login(&user.email, "not-the-password").await;
+    }
+    assert_eq!(app.login(&user.email, PASSWORD).await.0, StatusCode::OK);
+    for _ in 0..4 {
+        app.login(&user.email, "not-the-password").await;
+    }
+    assert_eq!(
+        app.login(&user.email, PASSWORD).await.0,
+        StatusCode::OK,
+        "not locked after 4+4"
+    );
+}
+
+fn claims_for(user_id: uuid::Uuid, role: &str) -> Value {
+    let now = chrono::Utc::now().timestamp();
+    json!({
+        "sub": user_id, "role": role, "iat": now, "exp": now + 3600,
+        "iss": "field-attendance", "aud": "field-attendance-api",
+        "jti": uuid::Uuid::new_v4(), "ver": 0,
+    })
+}
+
+fn sign(claims: &Value, alg: Algorithm, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &Header::new(alg),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn forged_tampered_and_expired_tokens_are_refused_with_401() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    let good = claims_for(user.id, "focal");
+    // Sanity: a token signed like the service's own is accepted.
+    let (status, _) = send(app.get("/api/users/me").bearer_auth(sign(
+        &good,
+        Algorithm::HS256,
+        JWT_SECRET,
+    )))
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let with = |k: &str, v: Value| {
+        let mut c = good.clone();
+        c[k] = v;
+        c
+    };
+    let none_token = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(good.to_string())
+    );
+    let tampered_role = {
+        let token = sign(&good, Algorithm::HS256, JWT_SECRET);
+        let parts: Vec<&str> = token.split('.').collect();
+        let payload = URL_SAFE_NO_PAD.encode(with("role", json!("admin")).to_string());
+        format!("{}.{}.{}", parts[0], payload, parts[2])
+    };
+    let now = chrono::Utc::now().timestamp();
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("alg none", none_token, "invalid_token"),
+        (
+            "HS384",
+            sign(&good, Algorithm::HS384, JWT_SECRET),
+            "invalid_token",
+        ),
+        (
+            "wrong secret",
+            sign(
+                &good,
+                Algorithm::HS256,
+                "another-secret-that-is-long-enough-0000",
+            ),
+            "invalid_token",
+        ),
+        (
+            "expired",
+            sign(
+                &with("exp", json!(now - 3600)),
+                Algorithm::HS256,
+                JWT_SECRET,
+            ),
+            "token_expired",
+        ),
+        (
+            "wrong issuer",
+            sign(
+                &with("iss", json!("someone-else")),
+                Algorithm::HS256,
+                JWT_SECRET,
+            ),
+            "invalid_token",
+        ),
+        (
+            "wrong audience",
+            sign(
+                &with("aud", json!("another-api")),
+                Algorithm::HS256,
+                JWT_SECRET,
+            ),
+            "invalid_token",
+        ),
+        ("tampered role", tampered_role, "invalid_token"),
+        ("garbage", "not.a.jwt".to_string(), "invalid_token"),
+        (
+            "unknown user",
+            sign(
+                &with("sub", json!(uuid::Uuid::new_v4())),
+                Algorithm::HS256,
+                JWT_SECRET,
+            ),
+            "invalid_token",
+        ),
+        (
+            "old token version",
+            sign(&with("ver", json!(-1)), Algorithm::HS256, JWT_SECRET),
+            "invalid_token",
+        ),
+    ];
+    for (name, token, code) in cases {
+        let response = app
+            .get("/api/users/me")
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{name}");
+        assert!(
+            response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer"),
+            "{name}"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{name}: {body}");
+    }
+    let (status, body) = send(app.get("/api/users/me")).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_a_reused_token_revokes_the_whole_chain() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+
+    let (status, first) = send(
+        app.post("/api/auth/refresh")
+            .json(&json!({"refresh_token": user.refresh_token})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let second_refresh = first["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(second_refresh, user.refresh_token);
+    let (status, _) = send(
+        app.get("/api/users/me")
+            .bearer_auth(first["access_token"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The rotated token is presented again: refused, and its descendants die with it.
+    let (status, body) = send(
+        app.post("/api/auth/refresh")
+            .json(&json!({"refresh_token": user.refresh_token})),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+    let (status, body) = send(
+        app.post("/api/auth/refresh")
+            .json(&json!({"refresh_token": second_refresh})),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+    assert!(
+        app.actions()
+            .await
+            .iter()
+            .any(|a| a == "auth.refresh_reuse")
+    );
+
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT token_hash FROM refresh_tokens")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert!(
+        stored.iter().all(|h| h.len() == 32),
+        "stored as SHA-256 hashes"
+    );
+}
+
+#[tokio::test]
+async fn logout_revokes_the_refresh_token() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    let (status, _) = send(
+        app.post("/api/auth/logout")
+            .bearer_auth(&user.token)
+            .json(&json!({"refresh_token": user.refresh_token})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = send(
+        app.post("/api/auth/refresh")
+            .json(&json!({"refresh_token": user.refresh_token})),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+}
+
+#[tokio::test]
+async fn deactivation_role_change_and_password_change_cut_existing_tokens_off() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let deactivated = app.user("focal", None).await;
+    let promoted = app.user("focal", None).await;
+    let changer = app.user("focal", None).await;
+
+    let (status, _) = send(
+        app.delete(&format!("/api/users/{}", deactivated.id))
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = send(
+        app.patch(&format!("/api/users/{}", promoted.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"role": "supervisor"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = send(
+        app.post("/api/users/me/password")
+            .bearer_auth(&changer.token)
+            .json(&json!({"current_password": PASSWORD, "new_password": "a brand new passphrase"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    for user in [&deactivated, &promoted, &changer] {
+        let (status, body) = send(app.get("/api/users/me").bearer_auth(&user.token)).await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+    }
+    // Refresh tokens of the deactivated and the password changer are revoked too.
+    for user in [&deactivated, &changer] {
+        let (status, _) = send(
+            app.post("/api/auth/refresh")
+                .json(&json!({"refresh_token": user.refresh_token})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        app.login(&changer.email, "a brand new passphrase").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.login(&changer.email, PASSWORD).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, body) = app.login(&deactivated.email, PASSWORD).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "account_inactive");
+    let actions = app.actions().await;
+    for action in [
+        "user.deactivate",
+        "user.role_change",
+        "user.password_change",
+    ] {
+        assert!(actions.iter().any(|a| a == action), "{action}: {actions:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_current_password_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    let (status, body) = send(
+        app.post("/api/users/me/password")
+            .bearer_auth(&user.token)
+            .json(&json!({"current_password": "not-the-password", "new_password": "a brand new passphrase"})),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert!(body["error"]["details"]["current_password"].is_array());
+    assert_eq!(app.login(&user.email, PASSWORD).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_sixth_auth_request_in_the_window_is_rate_limited() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("RATE_LIMIT_ENABLED".into(), "true".into());
+    })
+    .await;
+    for _ in 0..5 {
+        let response = app
+            .post("/api/auth/login")
+            .json(&json!({"email": "nobody@test.example", "password": "whatever-123"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(response.headers().contains_key("x-ratelimit-remaining"));
+    }
+    let response = app
+        .post("/api/auth/login")
+        .json(&json!({"email": ADMIN_EMAIL, "password": "whatever-123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after > 0);
+    assert!(response.headers().contains_key("x-ratelimit-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert!(
+        body["error"]["request_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
+    // Health is not limited.
+    assert_eq!(send(app.get("/health")).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_general_api_limit_is_per_user() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("RATE_LIMIT_ENABLED".into(), "true".into());
+        env.insert("RATE_LIMIT_API".into(), "3/15m".into());
+    })
+    .await;
+    let a = app.user("focal", None).await;
+    let b = app.user("focal", None).await;
+    for _ in 0..3 {
+        assert_eq!(
+            send(app.get("/api/users/me").bearer_auth(&a.token)).await.0,
+            StatusCode::OK
+        );
+    }
+    let (status, body) = send(app.get("/api/users/me").bearer_auth(&a.token)).await;
+    assert_error(status, &body, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    // Another user from the same address still has their own budget.
+    assert_eq!(
+        send(app.get("/api/users/me").bearer_auth(&b.token)).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn x_forwarded_for_is_ignored_unless_the_proxy_is_trusted() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("RATE_LIMIT_ENABLED".into(), "true".into());
+        env.insert("RATE_LIMIT_AUTH".into(), "2/15m".into());
+    })
+    .await;
+    for i in 0..3 {
+        let status = app
+            .post("/api/auth/login")
+            .header("x-forwarded-for", format!("10.0.0.{i}"))
+            .json(&json!({"email": "x@test.example", "password": "whatever-123"}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        let expected = if i < 2 {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        };
+        assert_eq!(
+            status, expected,
+            "request {i}: a spoofed header must not buy a new budget"
+        );
+    }
+}

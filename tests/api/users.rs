@@ -1,0 +1,429 @@
+//! Profiles, user management, the supervision tree and who may see whom.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, TestUser, assert_error, send};
+
+#[tokio::test]
+async fn me_shows_the_facility_council_region_hierarchy_and_the_supervisor() {
+    let app = TestApp::spawn().await;
+    let boss = app.user("supervisor", None).await;
+    let worker = app.user("focal", Some(boss.id)).await;
+    let (status, me) = send(app.get("/api/users/me").bearer_auth(&worker.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["id"], json!(worker.id));
+    assert_eq!(me["role"], "focal");
+    assert_eq!(me["status"], "active");
+    assert_eq!(me["facility"]["council"]["name"], "Gasabo");
+    assert_eq!(me["facility"]["council"]["region"]["name"], "Kigali City");
+    assert_eq!(me["supervisor"]["id"], json!(boss.id));
+    assert!(me["last_login_at"].as_str().unwrap().ends_with('Z'));
+    assert!(me.get("password_hash").is_none());
+}
+
+#[tokio::test]
+async fn patch_me_changes_names_and_phone_only() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    let (status, body) = send(
+        app.patch("/api/users/me")
+            .bearer_auth(&user.token)
+            .json(&json!({"first_name": " Jean ", "phone": "+250788000111"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["first_name"], "Jean");
+    assert_eq!(body["phone"], "+250788000111");
+
+    let before: (String, String, Option<uuid::Uuid>) =
+        sqlx::query_as("SELECT role, status, facility_id FROM users WHERE id = $1")
+            .bind(user.id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    for forbidden in [
+        json!({"role": "admin"}),
+        json!({"active": true}),
+        json!({"status": "active"}),
+        json!({"facility_id": uuid::Uuid::new_v4()}),
+        json!({"first_name": "Ok", "is_admin": true}),
+    ] {
+        let (status, body) = send(
+            app.patch("/api/users/me")
+                .bearer_auth(&user.token)
+                .json(&forbidden),
+        )
+        .await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+    }
+    let after: (String, String, Option<uuid::Uuid>) =
+        sqlx::query_as("SELECT role, status, facility_id FROM users WHERE id = $1")
+            .bind(user.id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(before, after);
+    let first_name: String = sqlx::query_scalar("SELECT first_name FROM users WHERE id = $1")
+        .bind(user.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        first_name, "Jean",
+        "the refused patch with a valid field changed nothing"
+    );
+}
+
+/// admin; backstopper B > supervisor S > worker W (+ pending P who named S); unrelated
+/// supervisor U with worker X; and a field worker F of nobody.
+struct Tree {
+    admin: TestUser,
+    backstopper: TestUser,
+    supervisor: TestUser,
+    worker: TestUser,
+    unrelated: TestUser,
+    other_worker: TestUser,
+    field: TestUser,
+}
+
+async fn tree(app: &TestApp) -> Tree {
+    let admin = app.admin().await;
+    let backstopper = app.user("backstopper", None).await;
+    let supervisor = app.user("supervisor", Some(backstopper.id)).await;
+    let worker = app.user("focal", Some(supervisor.id)).await;
+    let unrelated = app.user("supervisor", None).await;
+    let other_worker = app.user("ddo", Some(unrelated.id)).await;
+    let field = app.user("data_clerk", None).await;
+    Tree {
+        admin,
+        backstopper,
+        supervisor,
+        worker,
+        unrelated,
+        other_worker,
+        field,
+    }
+}
+
+#[tokio::test]
+async fn supervisors_and_backstoppers_list_exactly_their_tree() {
+    let app = TestApp::spawn().await;
+    let t = tree(&app).await;
+    let ids = |body: &Value| -> Vec<String> {
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, body) = send(app.get("/api/users").bearer_auth(&t.supervisor.token)).await;
+    assert_eq!(ids(&body), vec![t.worker.id.to_string()]);
+    assert_eq!(body["total"], 1);
+
+    let (_, body) = send(app.get("/api/users").bearer_auth(&t.backstopper.token)).await;
+    let mut seen = ids(&body);
+    seen.sort();
+    let mut expected = vec![t.supervisor.id.to_string(), t.worker.id.to_string()];
+    expected.sort();
+    assert_eq!(seen, expected);
+
+    let (_, body) = send(
+        app.get("/api/users?per_page=100")
+            .bearer_auth(&t.admin.token),
+    )
+    .await;
+    assert_eq!(body["total"], 7);
+    assert!(ids(&body).contains(&t.other_worker.id.to_string()));
+
+    let (status, body) = send(app.get("/api/users").bearer_auth(&t.field.token)).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+}
+
+#[tokio::test]
+async fn user_search_filters_and_paginates() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    for i in 0..7 {
+        let (status, body) = send(app.post("/api/users").bearer_auth(&admin.token).json(&json!({
+            "email": format!("nurse{i}@clinic.example"), "password": "a long enough passphrase",
+            "first_name": "Nurse", "last_name": format!("Mukamana{i}"), "role": "focal",
+            "employee_id": format!("EMP-{i:03}"), "phone": format!("+25078800{i:04}"),
+        }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (_, body) = send(
+        app.get("/api/users?q=MUKAMANA&per_page=3&page=2")
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(body["total"], 7);
+    assert_eq!(body["page"], 2);
+    assert_eq!(body["per_page"], 3);
+    assert_eq!(body["data"].as_array().unwrap().len(), 3);
+    let (_, body) = send(app.get("/api/users?q=emp-004").bearer_auth(&admin.token)).await;
+    assert_eq!(body["total"], 1);
+    assert_eq!(body["data"][0]["email"], "nurse4@clinic.example");
+    let (_, body) = send(app.get("/api/users?q=nurse%25").bearer_auth(&admin.token)).await;
+    assert_eq!(body["total"], 0, "% is matched literally");
+    let (_, body) = send(app.get("/api/users?role=admin").bearer_auth(&admin.token)).await;
+    assert_eq!(body["total"], 1);
+    let (status, body) = send(app.get("/api/users?per_page=101").bearer_auth(&admin.token)).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    let (status, body) = send(
+        app.get("/api/users?role=overlord")
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+}
+
+#[tokio::test]
+async fn a_supervisor_id_must_name_a_supervisor_and_never_make_a_cycle() {
+    let app = TestApp::spawn().await;
+    let t = tree(&app).await;
+    let patch = |id: uuid::Uuid, body: Value| {
+        app.patch(&format!("/api/users/{id}"))
+            .bearer_auth(&t.admin.token)
+            .json(&body)
+    };
+    // backstopper's supervisor would be the supervisor below them: a cycle.
+    let (status, body) = send(patch(
+        t.backstopper.id,
+        json!({"supervisor_id": t.supervisor.id}),
+    ))
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert!(body["error"]["details"]["supervisor_id"].is_array());
+    let (status, _) = send(patch(
+        t.supervisor.id,
+        json!({"supervisor_id": t.supervisor.id}),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    // A field worker cannot supervise.
+    let (status, _) = send(patch(
+        t.other_worker.id,
+        json!({"supervisor_id": t.field.id}),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    // Moving a worker to another supervisor is fine; null clears it.
+    let (status, body) = send(patch(t.worker.id, json!({"supervisor_id": t.unrelated.id}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["supervisor"]["id"], json!(t.unrelated.id));
+    let (status, body) = send(patch(t.worker.id, json!({"supervisor_id": null}))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["supervisor"].is_null());
+}
+
+#[tokio::test]
+async fn supervisors_may_change_only_the_facility_of_their_team() {
+    let app = TestApp::spawn().await;
+    let t = tree(&app).await;
+    let facility = app.facility().await;
+    let (status, body) = send(
+        app.patch(&format!("/api/users/{}", t.worker.id))
+            .bearer_auth(&t.supervisor.token)
+            .json(&json!({"facility_id": facility})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["facility"]["id"], json!(facility));
+    let (status, body) = send(
+        app.patch(&format!("/api/users/{}", t.worker.id))
+            .bearer_auth(&t.supervisor.token)
+            .json(&json!({"role": "supervisor"})),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    let role: String = sqlx::query_scalar("SELECT role FROM users WHERE id = $1")
+        .bind(t.worker.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(role, "focal");
+}
+
+#[tokio::test]
+async fn an_admin_cannot_deactivate_themself() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (status, body) = send(
+        app.delete(&format!("/api/users/{}", admin.id))
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    let (status, _) = send(
+        app.patch(&format!("/api/users/{}", admin.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"status": "inactive"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        send(app.get("/api/users/me").bearer_auth(&admin.token))
+            .await
+            .0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn admins_create_users_of_any_role_and_duplicates_conflict() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let facility = app.facility().await;
+    let body = json!({
+        "email": "new.supervisor@example.org", "password": "a long enough passphrase",
+        "first_name": "Grace", "last_name": "Ingabire", "role": "supervisor", "facility_id": facility,
+    });
+    let (status, created) =
+        send(app.post("/api/users").bearer_auth(&admin.token).json(&body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["role"], "supervisor");
+    assert_eq!(created["status"], "active");
+    let (status, err) = send(app.post("/api/users").bearer_auth(&admin.token).json(&body)).await;
+    assert_error(status, &err, StatusCode::CONFLICT, "duplicate");
+    assert_eq!(
+        app.login("new.supervisor@example.org", "a long enough passphrase")
+            .await
+            .0,
+        StatusCode::OK
+    );
+}
+
+/// Every route × {anonymous, field role, the target's supervisor, the backstopper above that
+/// supervisor, an unrelated supervisor, admin}.
+#[tokio::test]
+async fn authorization_matrix() {
+    let app = TestApp::spawn().await;
+    let t = tree(&app).await;
+    let facility = app.facility().await;
+    let personas: [(&str, Option<&TestUser>); 6] = [
+        ("anonymous", None),
+        ("field", Some(&t.field)),
+        ("supervisor", Some(&t.supervisor)),
+        ("backstopper", Some(&t.backstopper)),
+        ("unrelated", Some(&t.unrelated)),
+        ("admin", Some(&t.admin)),
+    ];
+    let w = t.worker.id;
+    type Case = (Method, String, Option<Value>, [u16; 6]);
+    let cases: Vec<Case> = vec![
+        (
+            Method::GET,
+            "/api/users/me".into(),
+            None,
+            [401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::GET,
+            format!("/api/users/{w}"),
+            None,
+            [401, 404, 200, 200, 404, 200],
+        ),
+        (
+            Method::PATCH,
+            format!("/api/users/{w}"),
+            Some(json!({"facility_id": facility})),
+            [401, 404, 200, 200, 404, 200],
+        ),
+        (
+            Method::GET,
+            "/api/users".into(),
+            None,
+            [401, 403, 200, 200, 200, 200],
+        ),
+        (
+            Method::POST,
+            "/api/users".into(),
+            Some(
+                json!({"email": "x@example.org", "password": "long enough pass", "first_name": "X", "last_name": "Y", "role": "focal"}),
+            ),
+            [401, 403, 403, 403, 403, 201],
+        ),
+        (
+            Method::GET,
+            "/api/activities".into(),
+            None,
+            [401, 403, 403, 403, 403, 200],
+        ),
+        (
+            Method::GET,
+            "/api/admin/system".into(),
+            None,
+            [401, 403, 403, 403, 403, 200],
+        ),
+        (
+            Method::GET,
+            format!("/api/users/{}", uuid::Uuid::new_v4()),
+            None,
+            [401, 404, 404, 404, 404, 404],
+        ),
+    ];
+    for (method, path, body, expected) in &cases {
+        for ((name, user), want) in personas.iter().zip(expected) {
+            let mut request = app.request(method.clone(), path);
+            if let Some(user) = user {
+                request = request.bearer_auth(&user.token);
+            }
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let (status, response) = send(request).await;
+            assert_eq!(
+                status.as_u16(),
+                *want,
+                "{method} {path} as {name}: {response}"
+            );
+        }
+    }
+
+    // Approval of a pending applicant who named the supervisor: one applicant per persona.
+    let expected = [401, 404, 200, 403, 404, 200];
+    for ((name, user), want) in personas.iter().zip(expected) {
+        let (pending, _) = app
+            .insert_user("focal", "pending", Some(t.supervisor.id), None)
+            .await;
+        let mut request = app.post(&format!("/api/users/{pending}/approve"));
+        if let Some(user) = user {
+            request = request.bearer_auth(&user.token);
+        }
+        let (status, response) = send(request).await;
+        assert_eq!(status.as_u16(), want, "approve as {name}: {response}");
+    }
+
+    // Deactivation is the admin's alone; the others change nothing.
+    let expected = [401, 403, 403, 403, 403, 204];
+    for ((name, user), want) in personas.iter().zip(expected) {
+        let mut request = app.delete(&format!("/api/users/{}", t.other_worker.id));
+        if let Some(user) = user {
+            request = request.bearer_auth(&user.token);
+        }
+        let (status, response) = send(request).await;
+        assert_eq!(status.as_u16(), want, "delete as {name}: {response}");
+    }
+}
