@@ -427,3 +427,38 @@ async fn authorization_matrix() {
         assert_eq!(status.as_u16(), want, "delete as {name}: {response}");
     }
 }
+
+#[tokio::test]
+async fn the_activity_log_filters_by_actor_action_entity_and_time() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let worker = app.user("focal", None).await;
+    app.login(&worker.email, "wrong-password-here").await;
+    let (status, body) = send(
+        app.patch(&format!("/api/users/{}", worker.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"role": "ddo"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let get = |query: String| send(app.get(&format!("/api/activities?{query}")).bearer_auth(&admin.token));
+    let (status, body) = get("action=auth.login_failed".into()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["total"], 1);
+    assert_eq!(body["data"][0]["entity_id"], json!(worker.id));
+    assert_eq!(body["data"][0]["ip"], "127.0.0.1");
+
+    let (_, body) = get(format!("user_id={}&action=user.role_change", admin.id)).await;
+    assert_eq!(body["total"], 1);
+    assert_eq!(body["data"][0]["details"]["from"], "focal");
+    assert_eq!(body["data"][0]["details"]["to"], "ddo");
+    assert_eq!(body["data"][0]["actor_email"], crate::helpers::ADMIN_EMAIL);
+
+    let (_, body) = get("entity_type=user&per_page=100".into()).await;
+    assert!(body["total"].as_i64().unwrap() >= 4, "{body}");
+    let (_, body) = get("from=2999-01-01T00:00:00Z".into()).await;
+    assert_eq!(body["total"], 0);
+    let (status, body) = get("from=yesterday".into()).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+}
