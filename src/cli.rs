@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 
 use crate::config::Config;
+use crate::import::apply::{ImportOptions, OnDuplicate};
 use crate::startup::{Application, prepare_database, shutdown_signal};
 use crate::state::AppState;
 
@@ -29,6 +30,19 @@ pub enum Command {
     Seed,
     /// Print the OpenAPI document as YAML.
     Openapi,
+    /// Import facilities from a CSV or XLSX file and print the report.
+    ImportFacilities {
+        file: std::path::PathBuf,
+        /// `skip` existing codes, or `update` them with the file's values.
+        #[arg(long, default_value = "skip", value_parser = ["skip", "update"])]
+        on_duplicate: String,
+        /// Check and count without applying anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Apply nothing if any row is invalid.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Create an admin account, or make an existing account an active admin.
     CreateAdmin {
         #[arg(long)]
@@ -69,6 +83,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let id =
                 crate::seed::create_admin(&state, &email, SecretString::from(password)).await?;
             println!("admin {email} ready (id {id})");
+        }
+        Command::ImportFacilities {
+            file,
+            on_duplicate,
+            dry_run,
+            strict,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let state = offline_state(config).await?;
+            let options = ImportOptions {
+                on_duplicate: if on_duplicate == "update" {
+                    OnDuplicate::Update
+                } else {
+                    OnDuplicate::Skip
+                },
+                dry_run,
+                strict,
+            };
+            let filename = file.file_name().map(|n| n.to_string_lossy().into_owned());
+            let report = crate::import::apply::run(&state.db, bytes, filename, options, None)
+                .await
+                .map_err(|e| anyhow::anyhow!("import refused: {e}"))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Openapi => unreachable!("handled before configuration is read"),
     }

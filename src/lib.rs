@@ -9,6 +9,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod extract;
+pub mod import;
 pub mod jobs;
 pub mod metrics;
 pub mod middleware;

@@ -20,6 +20,8 @@ use crate::error::{ErrorBody, ErrorEnvelope};
         (name = "health", description = "Liveness, readiness and metrics"),
         (name = "auth", description = "Registration, login, token refresh and logout"),
         (name = "users", description = "Profiles and user management, scoped by role"),
+        (name = "geography", description = "Regions (provinces) and councils (districts)"),
+        (name = "facilities", description = "Facilities, their search and CSV/XLSX imports"),
         (name = "admin", description = "Audit trail and system information (admins)"),
     )
 )]

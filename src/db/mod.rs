@@ -78,4 +78,5 @@ pub async fn is_ready(pool: &PgPool) -> bool {
     matches!(applied, Ok(Some(v)) if v >= latest_migration())
 }
 
+pub mod facilities;
 pub mod users;

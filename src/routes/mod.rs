@@ -4,11 +4,14 @@
 pub mod activities;
 pub mod admin;
 pub mod auth;
+pub mod facilities;
+pub mod geography;
 pub mod health;
 pub mod pagination;
 pub mod users;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use tower_governor::GovernorLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -23,6 +26,8 @@ use crate::state::AppState;
 struct Groups {
     /// `/api/auth/*`: per client address.
     auth: OpenApiRouter<AppState>,
+    /// Uploads: per user.
+    upload: OpenApiRouter<AppState>,
     /// The rest of `/api`: per user.
     api: OpenApiRouter<AppState>,
 }
@@ -30,9 +35,12 @@ struct Groups {
 fn groups() -> Groups {
     Groups {
         auth: auth::public_router().merge(auth::router()),
+        upload: facilities::upload_router(),
         api: users::router()
             .merge(activities::router())
-            .merge(admin::router()),
+            .merge(admin::router())
+            .merge(geography::router())
+            .merge(facilities::router()),
     }
 }
 
@@ -53,8 +61,12 @@ pub fn api() -> OpenApiRouter<AppState> {
 fn assemble(state: Option<&AppState>) -> OpenApiRouter<AppState> {
     let limits = state.and_then(|s| s.limiters.as_ref());
     let g = groups();
-    let api =
-        limited(g.auth, limits.map(|l| &l.auth)).merge(limited(g.api, limits.map(|l| &l.api)));
+    // Uploads take a larger body than the global JSON limit; this inner limit wins.
+    let upload_limit = state.map_or(usize::MAX, |s| s.config.max_upload_bytes);
+    let upload = g.upload.layer(DefaultBodyLimit::max(upload_limit));
+    let api = limited(g.auth, limits.map(|l| &l.auth))
+        .merge(limited(upload, limits.map(|l| &l.upload)))
+        .merge(limited(g.api, limits.map(|l| &l.api)));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(health::router())
         .nest("/api", api)

@@ -1,6 +1,7 @@
 //! Integration tests: the real service over HTTP, on a real Postgres (and PgBouncer where said).
 
 mod auth;
+mod facilities;
 mod foundation;
 #[allow(dead_code)] // shared by every resource's tests; not each uses all of it
 mod helpers;

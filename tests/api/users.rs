@@ -442,7 +442,12 @@ async fn the_activity_log_filters_by_actor_action_entity_and_time() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
-    let get = |query: String| send(app.get(&format!("/api/activities?{query}")).bearer_auth(&admin.token));
+    let get = |query: String| {
+        send(
+            app.get(&format!("/api/activities?{query}"))
+                .bearer_auth(&admin.token),
+        )
+    };
     let (status, body) = get("action=auth.login_failed".into()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["total"], 1);

@@ -1,0 +1,218 @@
+//! Facilities with their council and region, and the facility search.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgExecutor, PgPool, QueryBuilder};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::db::users::{CouncilRef, RegionRef, escape_like};
+use crate::domain::GeoPoint;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FacilityStatus {
+    Active,
+    Inactive,
+    Maintenance,
+}
+
+impl FacilityStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FacilityStatus::Active => "active",
+            FacilityStatus::Inactive => "inactive",
+            FacilityStatus::Maintenance => "maintenance",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Facility {
+    pub id: Uuid,
+    #[schema(example = "KGL-HC-001")]
+    pub code: String,
+    #[schema(example = "Kimironko Health Centre")]
+    pub name: String,
+    #[serde(rename = "type")]
+    #[schema(example = "health_center")]
+    pub facility_type: String,
+    #[schema(example = -1.9456)]
+    pub latitude: f64,
+    #[schema(example = 30.127)]
+    pub longitude: f64,
+    #[schema(example = 200)]
+    pub geofence_radius_m: i32,
+    pub address: Option<String>,
+    pub contact_phone: Option<String>,
+    pub contact_email: Option<String>,
+    #[schema(value_type = FacilityStatus)]
+    pub status: String,
+    pub council: CouncilRef,
+    /// Great-circle distance from `near`, when the list was asked for with `near`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distance_m: Option<f64>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct FacilityRow {
+    id: Uuid,
+    code: String,
+    name: String,
+    #[sqlx(rename = "type")]
+    facility_type: String,
+    latitude: f64,
+    longitude: f64,
+    geofence_radius_m: i32,
+    address: Option<String>,
+    contact_phone: Option<String>,
+    contact_email: Option<String>,
+    status: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    council_id: Uuid,
+    council_name: String,
+    region_id: Uuid,
+    region_name: String,
+    #[sqlx(default)]
+    distance_m: Option<f64>,
+    #[sqlx(default)]
+    total: Option<i64>,
+}
+
+impl From<FacilityRow> for Facility {
+    fn from(r: FacilityRow) -> Self {
+        Facility {
+            id: r.id,
+            code: r.code,
+            name: r.name,
+            facility_type: r.facility_type,
+            latitude: r.latitude,
+            longitude: r.longitude,
+            geofence_radius_m: r.geofence_radius_m,
+            address: r.address,
+            contact_phone: r.contact_phone,
+            contact_email: r.contact_email,
+            status: r.status,
+            council: CouncilRef {
+                id: r.council_id,
+                name: r.council_name,
+                region: RegionRef {
+                    id: r.region_id,
+                    name: r.region_name,
+                },
+            },
+            distance_m: r.distance_m,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+pub(crate) const SELECT_FACILITY: &str = "
+    SELECT f.id, f.code, f.name, f.type, f.latitude, f.longitude, f.geofence_radius_m, f.address,
+           f.contact_phone, f.contact_email, f.status, f.created_at, f.updated_at,
+           c.id AS council_id, c.name AS council_name, r.id AS region_id, r.name AS region_name";
+
+pub(crate) const FROM_FACILITIES: &str = "
+    FROM facilities f
+    JOIN councils c ON c.id = f.council_id
+    JOIN regions r ON r.id = c.region_id";
+
+pub async fn find<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Facility>, sqlx::Error> {
+    let sql = format!("{SELECT_FACILITY} {FROM_FACILITIES} WHERE f.id = $1");
+    let row: Option<FacilityRow> = sqlx::query_as(&sql).bind(id).fetch_optional(db).await?;
+    Ok(row.map(Facility::from))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct FacilityFilter {
+    /// Matches name or code, case-insensitively.
+    pub q: Option<String>,
+    pub council_id: Option<Uuid>,
+    pub region_id: Option<Uuid>,
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub facility_type: Option<String>,
+    pub status: Option<FacilityStatus>,
+    /// `LAT,LNG`: sort by distance from this point and add `distance_m`.
+    #[param(example = "-1.9441,30.0619")]
+    pub near: Option<String>,
+    /// With `near`: only facilities within this many metres.
+    #[param(minimum = 1)]
+    pub radius_m: Option<f64>,
+    #[param(minimum = 1, default = 1)]
+    pub page: Option<u32>,
+    #[param(minimum = 1, maximum = 100, default = 50)]
+    pub per_page: Option<u32>,
+}
+
+/// The SQL twin of [`GeoPoint::distance_m`] (same formula and Earth radius).
+fn push_distance(qb: &mut QueryBuilder<'_, sqlx::Postgres>, near: GeoPoint) {
+    qb.push("(2 * 6371008.8 * asin(least(1, sqrt(power(sin(radians(f.latitude - ");
+    qb.push_bind(near.latitude);
+    qb.push(") / 2), 2) + cos(radians(");
+    qb.push_bind(near.latitude);
+    qb.push(")) * cos(radians(f.latitude)) * power(sin(radians(f.longitude - ");
+    qb.push_bind(near.longitude);
+    qb.push(") / 2), 2)))))");
+}
+
+pub async fn search(
+    db: &PgPool,
+    filter: &FacilityFilter,
+    near: Option<GeoPoint>,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<Facility>, i64), sqlx::Error> {
+    // The window count runs after the radius filter and before LIMIT: the total of all pages.
+    let mut qb = QueryBuilder::new("SELECT found.*, count(*) OVER () AS total FROM (");
+    qb.push(SELECT_FACILITY);
+    if let Some(point) = near {
+        qb.push(", ");
+        push_distance(&mut qb, point);
+        qb.push(" AS distance_m");
+    }
+    qb.push(FROM_FACILITIES);
+    qb.push(" WHERE true");
+    if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
+        let pattern = format!("%{}%", escape_like(&q.to_lowercase()));
+        qb.push(" AND (lower(f.name) LIKE ")
+            .push_bind(pattern.clone());
+        qb.push(" OR lower(f.code) LIKE ")
+            .push_bind(pattern)
+            .push(")");
+    }
+    if let Some(id) = filter.council_id {
+        qb.push(" AND f.council_id = ").push_bind(id);
+    }
+    if let Some(id) = filter.region_id {
+        qb.push(" AND c.region_id = ").push_bind(id);
+    }
+    if let Some(t) = &filter.facility_type {
+        qb.push(" AND f.type = ").push_bind(t.clone());
+    }
+    if let Some(status) = filter.status {
+        qb.push(" AND f.status = ").push_bind(status.as_str());
+    }
+    qb.push(") AS found");
+    if let (Some(_), Some(radius)) = (near, filter.radius_m) {
+        qb.push(" WHERE distance_m <= ").push_bind(radius);
+    }
+    qb.push(if near.is_some() {
+        " ORDER BY distance_m, id"
+    } else {
+        " ORDER BY name, id"
+    });
+    qb.push(" LIMIT ")
+        .push_bind(limit)
+        .push(" OFFSET ")
+        .push_bind(offset);
+    let rows: Vec<FacilityRow> = qb.build_query_as().fetch_all(db).await?;
+    let total = rows.first().and_then(|r| r.total).unwrap_or(0);
+    Ok((rows.into_iter().map(Facility::from).collect(), total))
+}

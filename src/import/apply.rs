@@ -1,0 +1,238 @@
+//! Applying checked rows: one transaction, one set-based statement, one stored report.
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::audit::Activity;
+use crate::auth::{AuthUser, ClientInfo};
+use crate::error::{ApiError, FieldErrors};
+use crate::import::read::{self, ReadError};
+use crate::import::rows::{self, Councils, FacilityRow, RowError};
+
+/// Row errors kept in a report; `failed` still counts every failed row.
+pub const MAX_REPORTED_ERRORS: usize = 1000;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDuplicate {
+    /// Existing facilities (same code, case-insensitively) are left alone.
+    #[default]
+    Skip,
+    /// Existing facilities take the file's values; unchanged ones count as skipped.
+    Update,
+}
+
+impl OnDuplicate {
+    fn as_str(self) -> &'static str {
+        match self {
+            OnDuplicate::Skip => "skip",
+            OnDuplicate::Update => "update",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImportOptions {
+    pub on_duplicate: OnDuplicate,
+    pub dry_run: bool,
+    pub strict: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImportReport {
+    pub import_id: Uuid,
+    #[schema(example = "csv")]
+    pub format: String,
+    /// Data rows in the file (blank rows excluded).
+    pub total_rows: usize,
+    pub created: usize,
+    pub updated: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    /// Each problem with its spreadsheet row (header = 1); at most the first 1000.
+    pub errors: Vec<RowError>,
+    pub dry_run: bool,
+}
+
+fn read_error(e: ReadError) -> ApiError {
+    match e {
+        ReadError::NotSpreadsheet => ApiError::UnsupportedMediaType(e.to_string()),
+        ReadError::TooLarge(_) => ApiError::PayloadTooLarge,
+        ReadError::Empty => ApiError::invalid("file", "is empty"),
+        ReadError::Unreadable(reason) => ApiError::invalid("file", reason),
+    }
+}
+
+async fn councils(db: &PgPool) -> Result<Councils, sqlx::Error> {
+    let rows: Vec<(Uuid, String, String)> = sqlx::query_as("SELECT id, name, code FROM councils")
+        .fetch_all(db)
+        .await?;
+    let mut map = Councils::new();
+    for (id, name, code) in rows {
+        map.insert(name.to_lowercase(), id);
+        map.insert(code.to_lowercase(), id);
+    }
+    Ok(map)
+}
+
+/// Reads, checks and applies `bytes`, and stores the report. Parsing runs on the blocking pool.
+pub async fn run(
+    db: &PgPool,
+    bytes: Vec<u8>,
+    filename: Option<String>,
+    options: ImportOptions,
+    actor: Option<(&AuthUser, &ClientInfo)>,
+) -> Result<ImportReport, ApiError> {
+    let councils = councils(db).await?;
+    let span = tracing::Span::current();
+    let (format, checked) = tokio::task::spawn_blocking(move || {
+        span.in_scope(|| {
+            let sheet = read::read(&bytes).map_err(read_error)?;
+            if sheet.rows.is_empty() {
+                return Err(ApiError::invalid("file", "has a header but no data rows"));
+            }
+            let checked = rows::check(&sheet, &councils).map_err(|missing| {
+                let mut details = FieldErrors::new();
+                details.insert(
+                    "file".into(),
+                    missing
+                        .iter()
+                        .map(|c| format!("missing required column `{c}`"))
+                        .collect(),
+                );
+                ApiError::Validation(details)
+            })?;
+            Ok((sheet.format, checked))
+        })
+    })
+    .await
+    .map_err(anyhow::Error::from)??;
+
+    let apply = !(options.strict && checked.failed > 0);
+    let mut tx = db.begin().await?;
+    let (created, updated) = if apply && !checked.valid.is_empty() {
+        upsert(&mut tx, &checked.valid, options.on_duplicate).await?
+    } else {
+        (0, 0)
+    };
+    let skipped = if apply {
+        checked.valid.len() - created - updated
+    } else {
+        0
+    };
+    if options.dry_run {
+        // The counts above are exact because the statement really ran; nothing is kept.
+        tx.rollback().await?;
+        tx = db.begin().await?;
+    }
+    let mut errors = checked.errors;
+    errors.truncate(MAX_REPORTED_ERRORS);
+    let import_id: Uuid = sqlx::query_scalar(
+        "INSERT INTO facility_imports (uploaded_by, filename, format, on_duplicate, dry_run, strict,
+                                       total_rows, created, updated, skipped, failed, errors)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+    )
+    .bind(actor.map(|(u, _)| u.id))
+    .bind(filename.as_deref())
+    .bind(format.as_str())
+    .bind(options.on_duplicate.as_str())
+    .bind(options.dry_run)
+    .bind(options.strict)
+    .bind(checked.total_rows as i32)
+    .bind(created as i32)
+    .bind(updated as i32)
+    .bind(skipped as i32)
+    .bind(checked.failed as i32)
+    .bind(serde_json::to_value(&errors).map_err(anyhow::Error::from)?)
+    .fetch_one(&mut *tx)
+    .await?;
+    if let Some((user, client)) = actor {
+        Activity::new("facility.import")
+            .by(user)
+            .on("facility_import", import_id)
+            .from(client)
+            .details(serde_json::json!({
+                "format": format.as_str(), "total_rows": checked.total_rows, "created": created,
+                "updated": updated, "skipped": skipped, "failed": checked.failed,
+                "dry_run": options.dry_run, "strict": options.strict,
+            }))
+            .record(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    if !options.dry_run {
+        for (outcome, n) in [
+            ("created", created),
+            ("updated", updated),
+            ("skipped", skipped),
+            ("failed", checked.failed),
+        ] {
+            metrics::counter!("facility_import_rows_total", "outcome" => outcome)
+                .increment(n as u64);
+        }
+    }
+    Ok(ImportReport {
+        import_id,
+        format: format.as_str().to_string(),
+        total_rows: checked.total_rows,
+        created,
+        updated,
+        skipped,
+        failed: checked.failed,
+        errors,
+        dry_run: options.dry_run,
+    })
+}
+
+/// One statement for all rows. In `update` mode only rows whose values differ are touched, so
+/// re-importing an unchanged file updates nothing.
+async fn upsert(
+    tx: &mut sqlx::PgConnection,
+    rows: &[FacilityRow],
+    on_duplicate: OnDuplicate,
+) -> Result<(usize, usize), sqlx::Error> {
+    let conflict = match on_duplicate {
+        OnDuplicate::Skip => "ON CONFLICT (lower(code)) DO NOTHING",
+        OnDuplicate::Update => {
+            "ON CONFLICT (lower(code)) DO UPDATE SET
+                 name = EXCLUDED.name, type = EXCLUDED.type, council_id = EXCLUDED.council_id,
+                 latitude = EXCLUDED.latitude, longitude = EXCLUDED.longitude,
+                 address = EXCLUDED.address, contact_phone = EXCLUDED.contact_phone
+             WHERE (facilities.name, facilities.type, facilities.council_id, facilities.latitude,
+                    facilities.longitude, facilities.address, facilities.contact_phone)
+                   IS DISTINCT FROM
+                   (EXCLUDED.name, EXCLUDED.type, EXCLUDED.council_id, EXCLUDED.latitude,
+                    EXCLUDED.longitude, EXCLUDED.address, EXCLUDED.contact_phone)"
+        }
+    };
+    let sql = format!(
+        "INSERT INTO facilities (code, name, type, council_id, latitude, longitude, address, contact_phone)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], $5::float8[],
+                              $6::float8[], $7::text[], $8::text[])
+         {conflict}
+         RETURNING xmax = 0 AS inserted"
+    );
+    let inserted: Vec<bool> = sqlx::query_scalar(&sql)
+        .bind(rows.iter().map(|r| r.code.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.name.clone()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.facility_type.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.council_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.point.latitude).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.point.longitude).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.address.clone()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.contact_phone.clone())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+    let created = inserted.iter().filter(|&&i| i).count();
+    Ok((created, inserted.len() - created))
+}

@@ -1,0 +1,386 @@
+//! Reading an uploaded facility list into rows of text, whatever Excel or LibreOffice wrote:
+//! XLSX, XLS or ODS (recognised by signature, not by file name), or CSV in UTF-8 (with or
+//! without BOM) or Windows-1252, separated by `,`, `;` or tabs.
+
+use std::io::{Cursor, Read, Seek};
+
+use calamine::{DataRef, Reader, Xlsx};
+
+/// Rows beyond this are refused: a facility list has thousands of rows, not millions.
+pub const MAX_ROWS: usize = 200_000;
+/// Columns read per row; anything further right is ignored.
+const MAX_COLUMNS: usize = 64;
+/// Uncompressed size of an XLSX/ODS archive beyond which it is refused unopened (zip bombs).
+const MAX_UNCOMPRESSED_BYTES: u64 = 256 * 1024 * 1024;
+/// Compression ratio beyond which an archive entry is taken for a bomb.
+const MAX_RATIO: u64 = 200;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Xlsx,
+    Xls,
+    Ods,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Xlsx => "xlsx",
+            Format::Xls => "xls",
+            Format::Ods => "ods",
+        }
+    }
+}
+
+/// A sheet as text: the header row and the data rows, each with its spreadsheet row number
+/// (1-based, as the spreadsheet shows it). Blank rows are dropped but keep their numbers.
+#[derive(Debug)]
+pub struct Sheet {
+    pub format: Format,
+    pub header_row: u32,
+    pub headers: Vec<String>,
+    pub rows: Vec<(u32, Vec<String>)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ReadError {
+    #[error("the file is empty")]
+    Empty,
+    #[error("the file is neither CSV nor a spreadsheet (XLSX, XLS, ODS)")]
+    NotSpreadsheet,
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("the spreadsheet cannot be read: {0}")]
+    Unreadable(String),
+}
+
+pub fn read(bytes: &[u8]) -> Result<Sheet, ReadError> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ReadError::Empty);
+    }
+    match bytes {
+        [0x50, 0x4B, 0x03, 0x04, ..] => read_zip(bytes),
+        [0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1, ..] => {
+            read_with_calamine(bytes, Format::Xls)
+        }
+        _ => read_csv(bytes),
+    }
+}
+
+fn read_zip(bytes: &[u8]) -> Result<Sheet, ReadError> {
+    let mut archive =
+        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|_| ReadError::NotSpreadsheet)?;
+    let mut total: u64 = 0;
+    let mut is_ods = false;
+    let mut is_xlsx = false;
+    for i in 0..archive.len() {
+        let entry = archive
+            .by_index_raw(i)
+            .map_err(|e| ReadError::Unreadable(e.to_string()))?;
+        total = total.saturating_add(entry.size());
+        if entry.size() > 1024 * 1024 && entry.size() / entry.compressed_size().max(1) > MAX_RATIO {
+            return Err(ReadError::TooLarge(format!(
+                "the spreadsheet expands to an implausible size ({} bytes from {})",
+                entry.size(),
+                entry.compressed_size()
+            )));
+        }
+        match entry.name().as_deref().unwrap_or_default() {
+            "[Content_Types].xml" => is_xlsx = true,
+            "mimetype" => is_ods = true,
+            _ => {}
+        }
+    }
+    if total > MAX_UNCOMPRESSED_BYTES {
+        return Err(ReadError::TooLarge(format!(
+            "the spreadsheet expands to {total} bytes, over the {MAX_UNCOMPRESSED_BYTES} limit"
+        )));
+    }
+    if is_xlsx {
+        read_xlsx(bytes)
+    } else if is_ods {
+        read_with_calamine(bytes, Format::Ods)
+    } else {
+        Err(ReadError::NotSpreadsheet)
+    }
+}
+
+/// Streams the first worksheet cell by cell, so memory follows the rows kept, not the sheet.
+fn read_xlsx(bytes: &[u8]) -> Result<Sheet, ReadError> {
+    let mut workbook: Xlsx<_> =
+        Xlsx::new(Cursor::new(bytes)).map_err(|e| ReadError::Unreadable(e.to_string()))?;
+    let name = workbook
+        .sheet_names()
+        .first()
+        .cloned()
+        .ok_or_else(|| ReadError::Unreadable("the workbook has no sheet".into()))?;
+    let mut cells = workbook
+        .worksheet_cells_reader(&name)
+        .map_err(|e| ReadError::Unreadable(e.to_string()))?;
+    let mut grid = Grid::new(Format::Xlsx);
+    while let Some(cell) = cells
+        .next_cell()
+        .map_err(|e| ReadError::Unreadable(e.to_string()))?
+    {
+        let (row, col) = cell.get_position();
+        grid.put(row, col, cell_text(cell.get_value()))?;
+    }
+    grid.finish()
+}
+
+fn read_with_calamine(bytes: &[u8], format: Format) -> Result<Sheet, ReadError> {
+    let mut workbook = calamine::open_workbook_auto_from_rs(Cursor::new(bytes))
+        .map_err(|e| ReadError::Unreadable(e.to_string()))?;
+    let range = first_range(&mut workbook)?;
+    let (start_row, start_col) = range.start().unwrap_or((0, 0));
+    let mut grid = Grid::new(format);
+    for (r, row) in range.rows().enumerate() {
+        for (c, value) in row.iter().enumerate() {
+            let text = match value {
+                calamine::Data::Empty => continue,
+                calamine::Data::String(s) => s.clone(),
+                calamine::Data::Float(f) => float_text(*f),
+                calamine::Data::Int(i) => i.to_string(),
+                calamine::Data::Bool(b) => b.to_string(),
+                other => other.to_string(),
+            };
+            grid.put(start_row + r as u32, start_col + c as u32, text)?;
+        }
+    }
+    grid.finish()
+}
+
+fn first_range<RS: Read + Seek>(
+    workbook: &mut calamine::Sheets<RS>,
+) -> Result<calamine::Range<calamine::Data>, ReadError> {
+    let name = workbook
+        .sheet_names()
+        .first()
+        .cloned()
+        .ok_or_else(|| ReadError::Unreadable("the workbook has no sheet".into()))?;
+    workbook
+        .worksheet_range(&name)
+        .map_err(|e| ReadError::Unreadable(e.to_string()))
+}
+
+/// Formulas are read as the values the spreadsheet last computed; nothing is evaluated.
+fn cell_text(value: &DataRef<'_>) -> String {
+    match value {
+        DataRef::Empty => String::new(),
+        DataRef::String(s) => s.clone(),
+        DataRef::SharedString(s) => (*s).to_string(),
+        DataRef::Float(f) => float_text(*f),
+        DataRef::Int(i) => i.to_string(),
+        DataRef::Bool(b) => b.to_string(),
+        DataRef::DateTime(d) => d.to_string(),
+        DataRef::DateTimeIso(s) | DataRef::DurationIso(s) => s.clone(),
+        DataRef::Error(e) => format!("#{e}"),
+    }
+}
+
+/// `1001.0` (a code stored as a number) reads as `1001`; other numbers keep their digits.
+fn float_text(f: f64) -> String {
+    if f.fract() == 0.0 && f.abs() < 1e15 {
+        format!("{}", f as i64)
+    } else {
+        format!("{f}")
+    }
+}
+
+/// Collects cells into rows keyed by spreadsheet row, finding the header as the first
+/// non-blank row.
+struct Grid {
+    format: Format,
+    header: Option<(u32, Vec<String>)>,
+    rows: Vec<(u32, Vec<String>)>,
+    current: Option<(u32, Vec<String>)>,
+}
+
+impl Grid {
+    fn new(format: Format) -> Self {
+        Self {
+            format,
+            header: None,
+            rows: Vec::new(),
+            current: None,
+        }
+    }
+
+    /// Cells arrive row by row, left to right (as spreadsheets store them).
+    fn put(&mut self, row: u32, col: u32, text: String) -> Result<(), ReadError> {
+        if col as usize >= MAX_COLUMNS || text.trim().is_empty() {
+            return Ok(());
+        }
+        if self.current.as_ref().is_some_and(|(r, _)| *r != row) {
+            self.flush()?;
+        }
+        let (_, cells) = self.current.get_or_insert_with(|| (row, Vec::new()));
+        let col = col as usize;
+        if cells.len() <= col {
+            cells.resize(col + 1, String::new());
+        }
+        cells[col] = text;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ReadError> {
+        if let Some((row, cells)) = self.current.take() {
+            let numbered = (row + 1, cells);
+            if self.header.is_none() {
+                self.header = Some(numbered);
+            } else {
+                if self.rows.len() >= MAX_ROWS {
+                    return Err(too_many_rows());
+                }
+                self.rows.push(numbered);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Sheet, ReadError> {
+        self.flush()?;
+        let (header_row, headers) = self.header.ok_or(ReadError::Empty)?;
+        Ok(Sheet {
+            format: self.format,
+            header_row,
+            headers,
+            rows: self.rows,
+        })
+    }
+}
+
+fn too_many_rows() -> ReadError {
+    ReadError::TooLarge(format!("the file has more than {MAX_ROWS} rows"))
+}
+
+/// Text that is not UTF-8 is taken for Windows-1252, what Excel writes on Western Windows.
+fn decode(bytes: &[u8]) -> Result<String, ReadError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    // Control characters other than tab, CR and LF mean a binary file, whatever its name.
+    let binary = bytes
+        .iter()
+        .take(64 * 1024)
+        .filter(|&&b| b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n' | 0x0C))
+        .count();
+    if binary > 0 {
+        return Err(ReadError::NotSpreadsheet);
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Ok(text.to_string()),
+        Err(_) => {
+            let (text, _, _) = encoding_rs::WINDOWS_1252.decode(bytes);
+            Ok(text.into_owned())
+        }
+    }
+}
+
+/// The separator that splits the header line into the most fields.
+fn sniff_delimiter(text: &str) -> u8 {
+    let header = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    [b',', b';', b'\t']
+        .into_iter()
+        .max_by_key(|&d| {
+            let mut in_quotes = false;
+            header
+                .bytes()
+                .filter(|&b| {
+                    if b == b'"' {
+                        in_quotes = !in_quotes;
+                    }
+                    b == d && !in_quotes
+                })
+                .count()
+        })
+        .unwrap_or(b',')
+}
+
+fn read_csv(bytes: &[u8]) -> Result<Sheet, ReadError> {
+    let text = decode(bytes)?;
+    let delimiter = sniff_delimiter(&text);
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let mut grid = Grid::new(Format::Csv);
+    // The csv reader skips blank lines; counting the lines it skipped keeps row numbers equal
+    // to the spreadsheet's around blank lines, while a multi-line quoted cell stays one row.
+    let mut row: u32 = 0;
+    let mut resume_line: u64 = 1;
+    let mut record = csv::StringRecord::new();
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {
+                let end_line = reader.position().line();
+                let span = 1 + record
+                    .iter()
+                    .map(|f| f.matches('\n').count() as u64)
+                    .sum::<u64>();
+                let skipped = end_line.saturating_sub(span).saturating_sub(resume_line);
+                row += 1 + skipped as u32;
+                resume_line = end_line;
+                for (col, field) in record.iter().enumerate() {
+                    grid.put(row - 1, col as u32, field.to_string())?;
+                }
+            }
+            Err(e) => return Err(ReadError::Unreadable(e.to_string())),
+        }
+    }
+    grid.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_rows_keep_their_spreadsheet_numbers_across_blank_lines() {
+        let sheet = read(b"code,name\nA,One\n\n\nB,Two\n,\nC,Three\n").unwrap();
+        assert_eq!(sheet.header_row, 1);
+        let numbers: Vec<u32> = sheet.rows.iter().map(|(n, _)| *n).collect();
+        assert_eq!(numbers, vec![2, 5, 7]);
+    }
+
+    #[test]
+    fn a_multi_line_cell_is_one_row() {
+        let sheet = read(b"code,address\nA,\"line one\nline two\"\nB,x\n").unwrap();
+        let numbers: Vec<u32> = sheet.rows.iter().map(|(n, _)| *n).collect();
+        assert_eq!(numbers, vec![2, 3]);
+        assert_eq!(sheet.rows[0].1[1], "line one\nline two");
+    }
+
+    #[test]
+    fn semicolons_bom_and_windows_1252_are_understood() {
+        let mut bytes = b"code;name\nA;Centre de sant\xE9 \xC9cole\n".to_vec();
+        let sheet = read(&bytes).unwrap();
+        assert_eq!(sheet.rows[0].1[1], "Centre de santé École");
+        bytes = "\u{FEFF}code,name\nA,Café\n".as_bytes().to_vec();
+        let sheet = read(&bytes).unwrap();
+        assert_eq!(sheet.headers[0], "code");
+        assert_eq!(sheet.rows[0].1[1], "Café");
+    }
+
+    #[test]
+    fn binary_and_empty_files_are_refused() {
+        assert_eq!(read(b"").unwrap_err(), ReadError::Empty);
+        assert_eq!(read(b"  \n\n").unwrap_err(), ReadError::Empty);
+        assert_eq!(
+            read(&[0x7F, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0]).unwrap_err(),
+            ReadError::NotSpreadsheet
+        );
+        assert_eq!(
+            read(b"PK\x03\x04garbage").unwrap_err(),
+            ReadError::NotSpreadsheet
+        );
+    }
+
+    #[test]
+    fn numbers_read_as_codes_without_a_decimal_point() {
+        assert_eq!(float_text(1001.0), "1001");
+        assert_eq!(float_text(-1.9456), "-1.9456");
+    }
+}

@@ -1,0 +1,330 @@
+//! From rows of text to validated facility rows: header matching and per-row checks.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::domain::GeoPoint;
+use crate::import::read::Sheet;
+
+/// A row that passed every check, ready to apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FacilityRow {
+    pub row: u32,
+    pub code: String,
+    pub name: String,
+    pub facility_type: String,
+    pub council_id: Uuid,
+    pub point: GeoPoint,
+    pub address: Option<String>,
+    pub contact_phone: Option<String>,
+}
+
+/// One problem with one row (and column, when it is one cell's fault).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct RowError {
+    /// The spreadsheet row number (the header is row 1).
+    pub row: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Column {
+    Name,
+    Code,
+    Type,
+    Latitude,
+    Longitude,
+    CouncilName,
+    CouncilCode,
+    Address,
+    ContactPhone,
+}
+
+impl Column {
+    fn from_header(header: &str) -> Option<Self> {
+        let normal: String = header
+            .trim()
+            .trim_start_matches('\u{FEFF}')
+            .to_lowercase()
+            .chars()
+            .map(|c| if c == ' ' || c == '-' { '_' } else { c })
+            .collect();
+        Some(match normal.as_str() {
+            "name" | "facility_name" => Column::Name,
+            "code" | "facility_code" => Column::Code,
+            "type" | "facility_type" => Column::Type,
+            "latitude" | "lat" => Column::Latitude,
+            "longitude" | "lng" | "lon" | "long" => Column::Longitude,
+            "council_name" | "council" | "district" => Column::CouncilName,
+            "council_code" | "district_code" => Column::CouncilCode,
+            "address" => Column::Address,
+            "contact_phone" | "phone" => Column::ContactPhone,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Column::Name => "name",
+            Column::Code => "code",
+            Column::Type => "type",
+            Column::Latitude => "latitude",
+            Column::Longitude => "longitude",
+            Column::CouncilName => "council_name",
+            Column::CouncilCode => "council_code",
+            Column::Address => "address",
+            Column::ContactPhone => "contact_phone",
+        }
+    }
+}
+
+/// Councils by lower-cased name and code.
+pub type Councils = HashMap<String, Uuid>;
+
+#[derive(Debug)]
+pub struct Checked {
+    pub valid: Vec<FacilityRow>,
+    pub errors: Vec<RowError>,
+    pub failed: usize,
+    pub total_rows: usize,
+}
+
+/// Maps headers to columns, or names the required columns that are missing.
+fn columns(headers: &[String]) -> Result<HashMap<Column, usize>, Vec<String>> {
+    let mut map = HashMap::new();
+    for (i, header) in headers.iter().enumerate() {
+        if let Some(column) = Column::from_header(header) {
+            map.entry(column).or_insert(i);
+        }
+    }
+    let mut missing = Vec::new();
+    for required in [
+        Column::Name,
+        Column::Code,
+        Column::Latitude,
+        Column::Longitude,
+    ] {
+        if !map.contains_key(&required) {
+            missing.push(required.name().to_string());
+        }
+    }
+    if !map.contains_key(&Column::CouncilName) && !map.contains_key(&Column::CouncilCode) {
+        missing.push("council_name".to_string());
+    }
+    if missing.is_empty() {
+        Ok(map)
+    } else {
+        Err(missing)
+    }
+}
+
+/// Numbers as Excel users type them: `-1.9456`, `-1,9456` (decimal comma), ` 30.1 `.
+fn parse_number(text: &str) -> Option<f64> {
+    let t = text.trim();
+    let t = if t.contains(',') && !t.contains('.') {
+        t.replace(',', ".")
+    } else {
+        t.to_string()
+    };
+    t.parse::<f64>().ok().filter(|f| f.is_finite())
+}
+
+pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>> {
+    let map = columns(&sheet.headers)?;
+    let mut valid = Vec::with_capacity(sheet.rows.len());
+    let mut errors = Vec::new();
+    let mut failed = 0;
+    let mut seen_codes: HashMap<String, u32> = HashMap::new();
+
+    for (row, cells) in &sheet.rows {
+        let row = *row;
+        let get = |c: Column| -> &str {
+            map.get(&c)
+                .and_then(|&i| cells.get(i))
+                .map_or("", |s| s.trim())
+        };
+        let mut row_errors = Vec::new();
+        let mut err = |column: Column, message: String| {
+            row_errors.push(RowError {
+                row,
+                column: Some(column.name().to_string()),
+                message,
+            });
+        };
+
+        let code = get(Column::Code).to_string();
+        if code.is_empty() {
+            err(Column::Code, "is required".into());
+        } else if code.chars().count() > 64 {
+            err(Column::Code, "must be at most 64 characters".into());
+        } else if let Some(first) = seen_codes.get(&code.to_lowercase()) {
+            err(
+                Column::Code,
+                format!("`{code}` is repeated in the file (first at row {first})"),
+            );
+        }
+        let name = get(Column::Name).to_string();
+        if name.is_empty() {
+            err(Column::Name, "is required".into());
+        } else if name.chars().count() > 200 {
+            err(Column::Name, "must be at most 200 characters".into());
+        }
+        let latitude = parse_number(get(Column::Latitude));
+        let longitude = parse_number(get(Column::Longitude));
+        match latitude {
+            None => err(
+                Column::Latitude,
+                format!("`{}` is not a number", get(Column::Latitude)),
+            ),
+            Some(lat) if !(-90.0..=90.0).contains(&lat) => {
+                err(Column::Latitude, "must be between -90 and 90".into())
+            }
+            _ => {}
+        }
+        match longitude {
+            None => err(
+                Column::Longitude,
+                format!("`{}` is not a number", get(Column::Longitude)),
+            ),
+            Some(lng) if !(-180.0..=180.0).contains(&lng) => {
+                err(Column::Longitude, "must be between -180 and 180".into())
+            }
+            _ => {}
+        }
+        let council_key = [Column::CouncilName, Column::CouncilCode]
+            .into_iter()
+            .map(get)
+            .find(|v| !v.is_empty());
+        let council_id = match council_key {
+            None => {
+                err(Column::CouncilName, "is required".into());
+                None
+            }
+            Some(key) => {
+                let id = councils.get(&key.to_lowercase()).copied();
+                if id.is_none() {
+                    let column = if map.contains_key(&Column::CouncilName) {
+                        Column::CouncilName
+                    } else {
+                        Column::CouncilCode
+                    };
+                    err(column, format!("no council named `{key}`"));
+                }
+                id
+            }
+        };
+        let facility_type = match get(Column::Type) {
+            "" => "health_center".to_string(),
+            t => t.to_lowercase().replace([' ', '-'], "_"),
+        };
+        let optional = |c: Column| Some(get(c).to_string()).filter(|s| !s.is_empty());
+
+        if !code.is_empty() {
+            seen_codes.entry(code.to_lowercase()).or_insert(row);
+        }
+        if row_errors.is_empty() {
+            let (Some(lat), Some(lng), Some(council_id)) = (latitude, longitude, council_id) else {
+                unreachable!("each missing value recorded an error");
+            };
+            valid.push(FacilityRow {
+                row,
+                code,
+                name,
+                facility_type,
+                council_id,
+                point: GeoPoint::new(lat, lng).expect("checked above"),
+                address: optional(Column::Address),
+                contact_phone: optional(Column::ContactPhone),
+            });
+        } else {
+            failed += 1;
+            errors.extend(row_errors);
+        }
+    }
+    Ok(Checked {
+        valid,
+        errors,
+        failed,
+        total_rows: sheet.rows.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::import::read::read;
+
+    fn councils() -> (Councils, Uuid) {
+        let id = Uuid::new_v4();
+        let mut map = Councils::new();
+        map.insert("gasabo".into(), id);
+        map.insert("rw-0102".into(), id);
+        (map, id)
+    }
+
+    #[test]
+    fn headers_match_in_any_order_case_and_spacing_with_aliases() {
+        let (councils, id) = councils();
+        let sheet = read(b" Longitude ;LATITUDE;Council Code;Phone;Code;Name;Extra\n30.1;-1.9;RW-0102;+250;HC-1;Kimironko;x\n").unwrap();
+        let checked = check(&sheet, &councils).unwrap();
+        assert_eq!(checked.errors, vec![]);
+        let row = &checked.valid[0];
+        assert_eq!(
+            (row.code.as_str(), row.council_id, row.point.latitude),
+            ("HC-1", id, -1.9)
+        );
+        assert_eq!(row.contact_phone.as_deref(), Some("+250"));
+        assert_eq!(row.facility_type, "health_center");
+    }
+
+    #[test]
+    fn missing_required_columns_are_named() {
+        let (councils, _) = councils();
+        let sheet = read(b"name,latitude\nA,1\n").unwrap();
+        let missing = check(&sheet, &councils).unwrap_err();
+        assert_eq!(missing, vec!["code", "longitude", "council_name"]);
+    }
+
+    #[test]
+    fn each_bad_row_is_reported_with_its_row_and_column() {
+        let (councils, _) = councils();
+        let sheet = read(
+            b"code,name,latitude,longitude,council_name\n\
+              A,Ok,-1.9,30.1,Gasabo\n\
+              ,No code,-1.9,30.1,Gasabo\n\
+              B,Bad lat,95,30.1,Gasabo\n\
+              C,Bad council,-1.9,30.1,Atlantis\n\
+              a,Repeat,-1.9,30.1,gasabo\n\
+              D,Comma decimals,\"-1,95\",\"30,05\",GASABO\n",
+        )
+        .unwrap();
+        let checked = check(&sheet, &councils).unwrap();
+        assert_eq!(checked.total_rows, 6);
+        assert_eq!(
+            checked.valid.iter().map(|r| r.row).collect::<Vec<_>>(),
+            vec![2, 7]
+        );
+        assert_eq!(checked.failed, 4);
+        let found: Vec<(u32, Option<&str>)> = checked
+            .errors
+            .iter()
+            .map(|e| (e.row, e.column.as_deref()))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (3, Some("code")),
+                (4, Some("latitude")),
+                (5, Some("council_name")),
+                (6, Some("code"))
+            ]
+        );
+        assert!(checked.errors[3].message.contains("first at row 2"));
+        assert_eq!(checked.valid[1].point.latitude, -1.95);
+    }
+}

@@ -1,0 +1,631 @@
+//! Geography, facilities and facility imports from real files.
+
+use reqwest::StatusCode;
+use reqwest::multipart::{Form, Part};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_error, send};
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("tests/fixtures/{name}")).unwrap()
+}
+
+async fn import(
+    app: &TestApp,
+    token: &str,
+    name: &str,
+    bytes: Vec<u8>,
+    query: &str,
+) -> (StatusCode, Value) {
+    let form = Form::new().part("file", Part::bytes(bytes).file_name(name.to_string()));
+    send(
+        app.post(&format!("/api/facilities/import{query}"))
+            .bearer_auth(token)
+            .multipart(form),
+    )
+    .await
+}
+
+async fn facility_count(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM facilities")
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+fn errors(report: &Value) -> Vec<(u64, String)> {
+    report["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["row"].as_u64().unwrap(),
+                e["column"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn regions_and_councils_are_seeded() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    let (status, regions) = send(app.get("/api/regions").bearer_auth(&user.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(regions["total"], 5);
+    let kigali = regions["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "Kigali City")
+        .unwrap();
+    let (_, councils) = send(
+        app.get(&format!(
+            "/api/regions/{}/councils",
+            kigali["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&user.token),
+    )
+    .await;
+    let names: Vec<&str> = councils["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["Gasabo", "Kicukiro", "Nyarugenge"]);
+    let (_, all) = send(
+        app.get("/api/councils?per_page=100")
+            .bearer_auth(&user.token),
+    )
+    .await;
+    assert_eq!(all["total"], 30);
+    let (status, body) = send(
+        app.get(&format!("/api/regions/{}/councils", uuid::Uuid::new_v4()))
+            .bearer_auth(&user.token),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn a_utf8_csv_imports_its_valid_rows_and_reports_the_others_by_row() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (status, report) = import(
+        &app,
+        &admin.token,
+        "facilities.csv",
+        fixture("facilities_utf8.csv"),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["format"], "csv");
+    assert_eq!(
+        (
+            report["total_rows"].as_u64(),
+            report["created"].as_u64(),
+            report["failed"].as_u64()
+        ),
+        (Some(6), Some(4), Some(2))
+    );
+    assert_eq!(
+        errors(&report),
+        vec![(5, "council_name".into()), (6, "code".into())]
+    );
+    assert_eq!(facility_count(&app).await, 4);
+    let (council, phone): (String, String) = sqlx::query_as(
+        "SELECT c.name, f.contact_phone FROM facilities f JOIN councils c ON c.id = f.council_id WHERE f.code = 'KGL-HC-002'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        (council.as_str(), phone.as_str()),
+        ("Gasabo", "+250788000002")
+    );
+    assert!(app.actions().await.contains(&"facility.import".to_string()));
+}
+
+#[tokio::test]
+async fn a_bom_csv_with_council_codes_and_a_phone_column_imports() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (status, report) = import(
+        &app,
+        &admin.token,
+        "export.csv",
+        fixture("facilities_utf8_bom.csv"),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        (report["created"].as_u64(), report["failed"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(errors(&report), vec![(4, "longitude".into())]);
+    let name: String = sqlx::query_scalar("SELECT name FROM facilities WHERE code = 'HUY-HOS-001'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(name, "CHUB — Centre Hospitalier Universitaire de Butare");
+}
+
+#[tokio::test]
+async fn a_windows_1252_semicolon_csv_keeps_its_french_accents() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (status, report) = import(
+        &app,
+        &admin.token,
+        "liste.csv",
+        fixture("facilities_cp1252_semicolon.csv"),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        (report["total_rows"].as_u64(), report["created"].as_u64()),
+        (Some(4), Some(3))
+    );
+    assert_eq!(errors(&report), vec![(5, "council_name".into())]);
+    let (name, address, lat): (String, String, f64) =
+        sqlx::query_as("SELECT name, address, latitude FROM facilities WHERE code = 'CS-101'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(name, "Centre de santé de Rwamagana");
+    assert_eq!(address, "Rue de l'Hôpital");
+    assert_eq!(lat, -1.9487);
+}
+
+#[tokio::test]
+async fn an_xlsx_with_reordered_headers_blank_rows_and_numeric_codes_imports() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    // Named .csv on purpose: the format is recognised by content.
+    let (status, report) = import(
+        &app,
+        &admin.token,
+        "upload.csv",
+        fixture("facilities.xlsx"),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["format"], "xlsx");
+    assert_eq!(
+        (
+            report["total_rows"].as_u64(),
+            report["created"].as_u64(),
+            report["failed"].as_u64()
+        ),
+        (Some(4), Some(3), Some(1))
+    );
+    assert_eq!(errors(&report), vec![(7, "latitude".into())]);
+    let codes: Vec<String> = sqlx::query_scalar("SELECT code FROM facilities ORDER BY code")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(codes, vec!["5001", "5002", "5003"]);
+    let (kind, council): (String, String) = sqlx::query_as(
+        "SELECT f.type, c.name FROM facilities f JOIN councils c ON c.id = f.council_id WHERE f.code = '5002'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!((kind.as_str(), council.as_str()), ("hospital", "Muhanga"));
+}
+
+#[tokio::test]
+async fn reimporting_skips_everything_and_update_touches_only_changed_rows() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let file = fixture("facilities_utf8.csv");
+    import(&app, &admin.token, "f.csv", file.clone(), "").await;
+
+    let (_, again) = import(
+        &app,
+        &admin.token,
+        "f.csv",
+        file.clone(),
+        "?on_duplicate=skip",
+    )
+    .await;
+    assert_eq!(
+        (
+            again["created"].as_u64(),
+            again["updated"].as_u64(),
+            again["skipped"].as_u64()
+        ),
+        (Some(0), Some(0), Some(4))
+    );
+
+    let (_, same) = import(
+        &app,
+        &admin.token,
+        "f.csv",
+        file.clone(),
+        "?on_duplicate=update",
+    )
+    .await;
+    assert_eq!(
+        (
+            same["created"].as_u64(),
+            same["updated"].as_u64(),
+            same["skipped"].as_u64()
+        ),
+        (Some(0), Some(0), Some(4))
+    );
+
+    let changed = String::from_utf8(file)
+        .unwrap()
+        .replace("Kacyiru Health Centre", "Kacyiru Polyclinic");
+    let (_, update) = import(
+        &app,
+        &admin.token,
+        "f.csv",
+        changed.into_bytes(),
+        "?on_duplicate=update",
+    )
+    .await;
+    assert_eq!(
+        (
+            update["created"].as_u64(),
+            update["updated"].as_u64(),
+            update["skipped"].as_u64()
+        ),
+        (Some(0), Some(1), Some(3))
+    );
+    let name: String = sqlx::query_scalar("SELECT name FROM facilities WHERE code = 'KGL-HC-002'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(name, "Kacyiru Polyclinic");
+    assert_eq!(facility_count(&app).await, 4);
+
+    let (status, list) = send(app.get("/api/facilities/imports").bearer_auth(&admin.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["total"], 4);
+    assert_eq!(list["data"][0]["updated"], 1);
+}
+
+#[tokio::test]
+async fn dry_run_and_strict_apply_nothing() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (status, dry) = import(
+        &app,
+        &admin.token,
+        "f.csv",
+        fixture("facilities_utf8.csv"),
+        "?dry_run=true",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (
+            dry["created"].as_u64(),
+            dry["failed"].as_u64(),
+            dry["dry_run"].as_bool()
+        ),
+        (Some(4), Some(2), Some(true))
+    );
+    assert_eq!(facility_count(&app).await, 0);
+
+    let (status, strict) = import(
+        &app,
+        &admin.token,
+        "f.csv",
+        fixture("facilities_utf8.csv"),
+        "?strict=true",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (strict["created"].as_u64(), strict["failed"].as_u64()),
+        (Some(0), Some(2))
+    );
+    assert_eq!(facility_count(&app).await, 0);
+}
+
+#[tokio::test]
+async fn hostile_and_broken_files_are_refused_and_change_nothing() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("MAX_UPLOAD_BYTES".into(), (256 * 1024).to_string());
+    })
+    .await;
+    let admin = app.admin().await;
+    let mut elf = vec![0x7F, b'E', b'L', b'F', 2, 1, 1, 0];
+    elf.extend((0..4096u32).map(|i| (i * 31 % 251) as u8));
+    let oversized = {
+        let mut text = String::from("name,code,latitude,longitude,council_name\n");
+        while text.len() < 300 * 1024 {
+            text.push_str("Padding Clinic,PAD,-1.9,30.1,Gasabo\n");
+        }
+        text.into_bytes()
+    };
+    let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "empty",
+            Vec::new(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "header only",
+            b"name,code,latitude,longitude,council_name\n".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "missing column",
+            b"name,code,latitude\nA,B,1\n".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "binary renamed .csv",
+            elf,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "oversized",
+            oversized,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            "zip bomb",
+            fixture("zip_bomb.xlsx"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+    ];
+    for (name, bytes, expected, code) in cases {
+        let (status, body) = import(&app, &admin.token, "facilities.csv", bytes, "").await;
+        assert_error(status, &body, expected, code);
+        if name == "missing column" {
+            let reasons = body["error"]["details"]["file"].to_string();
+            assert!(
+                reasons.contains("longitude") && reasons.contains("council_name"),
+                "{name}: {body}"
+            );
+        }
+        assert_eq!(facility_count(&app).await, 0, "{name}");
+    }
+    let (status, body) = send(
+        app.post("/api/facilities/import")
+            .bearer_auth(&admin.token)
+            .multipart(Form::new().text("other", "x")),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+}
+
+#[tokio::test]
+async fn only_admins_import_or_manage_facilities() {
+    let app = TestApp::spawn().await;
+    let supervisor = app.user("supervisor", None).await;
+    let (status, body) = import(
+        &app,
+        &supervisor.token,
+        "f.csv",
+        fixture("facilities_utf8.csv"),
+        "",
+    )
+    .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    let (status, _) = send(app.post("/api/facilities").bearer_auth(&supervisor.token).json(&json!({
+        "code": "X", "name": "X", "council_id": uuid::Uuid::new_v4(), "latitude": 0, "longitude": 0
+    })))
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(facility_count(&app).await, 1, "only the helper's facility");
+}
+
+async fn gasabo(app: &TestApp) -> uuid::Uuid {
+    sqlx::query_scalar("SELECT id FROM councils WHERE name = 'Gasabo'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn admins_create_update_and_deactivate_facilities_with_case_insensitive_codes() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let council = gasabo(&app).await;
+    let (status, created) = send(app.post("/api/facilities").bearer_auth(&admin.token).json(
+        &json!({
+            "code": "KGL-HC-777", "name": "Remera Health Centre", "council_id": council,
+            "latitude": -1.9536, "longitude": 30.1128, "contact_email": "Remera@Example.org",
+        }),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["geofence_radius_m"], 200);
+    assert_eq!(created["status"], "active");
+    assert_eq!(created["type"], "health_center");
+    assert_eq!(created["council"]["region"]["name"], "Kigali City");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let (status, body) = send(app.post("/api/facilities").bearer_auth(&admin.token).json(&json!({
+        "code": "kgl-hc-777", "name": "Copy", "council_id": council, "latitude": 0, "longitude": 0,
+    })))
+    .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "duplicate");
+
+    let (status, body) = send(
+        app.post("/api/facilities")
+            .bearer_auth(&admin.token)
+            .json(&json!({
+                "code": "Y", "name": "Y", "council_id": council, "latitude": 91, "longitude": 181,
+            })),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert!(body["error"]["details"]["latitude"].is_array());
+
+    let (status, patched) = send(
+        app.patch(&format!("/api/facilities/{id}"))
+            .bearer_auth(&admin.token)
+            .json(&json!({"geofence_radius_m": 350, "address": "KG 9 Ave", "contact_email": null})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(
+        (
+            patched["geofence_radius_m"].as_i64(),
+            patched["address"].as_str()
+        ),
+        (Some(350), Some("KG 9 Ave"))
+    );
+    assert!(patched["contact_email"].is_null());
+
+    let (status, _) = send(
+        app.delete(&format!("/api/facilities/{id}"))
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, after) = send(
+        app.get(&format!("/api/facilities/{id}"))
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(after["status"], "inactive");
+}
+
+/// An independent reference: the haversine formula with the mean Earth radius.
+fn reference_haversine(a: (f64, f64), b: (f64, f64)) -> f64 {
+    let r = 6_371_008.8_f64;
+    let (p1, p2) = (a.0.to_radians(), b.0.to_radians());
+    let dp = p2 - p1;
+    let dl = (b.1 - a.1).to_radians();
+    let h = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * r * h.sqrt().asin()
+}
+
+#[tokio::test]
+async fn near_sorts_by_great_circle_distance_within_a_metre_of_the_reference() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    import(
+        &app,
+        &admin.token,
+        "f.csv",
+        fixture("facilities_utf8.csv"),
+        "",
+    )
+    .await;
+    import(
+        &app,
+        &admin.token,
+        "f.csv",
+        fixture("facilities_utf8_bom.csv"),
+        "",
+    )
+    .await;
+    let origin = (-1.9441, 30.0619); // Kigali city centre
+    let (status, body) = send(
+        app.get(&format!(
+            "/api/facilities?near={},{}&per_page=100",
+            origin.0, origin.1
+        ))
+        .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 6);
+    let distances: Vec<f64> = data
+        .iter()
+        .map(|f| f["distance_m"].as_f64().unwrap())
+        .collect();
+    assert!(distances.windows(2).all(|w| w[0] <= w[1]), "{distances:?}");
+    for f in data {
+        let expected = reference_haversine(
+            origin,
+            (
+                f["latitude"].as_f64().unwrap(),
+                f["longitude"].as_f64().unwrap(),
+            ),
+        );
+        assert!(
+            (f["distance_m"].as_f64().unwrap() - expected).abs() < 1.0,
+            "{}",
+            f["code"]
+        );
+    }
+    assert_eq!(data[0]["code"], "KGL-HOS-001");
+
+    let (_, within) = send(
+        app.get(&format!(
+            "/api/facilities?near={},{}&radius_m=10000",
+            origin.0, origin.1
+        ))
+        .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(within["total"], 4, "the Kigali facilities only: {within}");
+    let (_, plain) = send(
+        app.get("/api/facilities?q=health")
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert!(plain["data"][0].get("distance_m").is_none());
+    let (status, body) = send(
+        app.get("/api/facilities?near=north")
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+}
+
+#[tokio::test]
+async fn the_command_line_import_prints_the_report() {
+    let app = TestApp::spawn().await;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_field-attendance"))
+        .args([
+            "import-facilities",
+            "tests/fixtures/facilities_utf8.csv",
+            "--on-duplicate",
+            "update",
+        ])
+        .env("DATABASE_URL", app.test_db.url())
+        .env("JWT_SECRET", crate::helpers::JWT_SECRET)
+        .env("LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        (report["created"].as_u64(), report["failed"].as_u64()),
+        (Some(4), Some(2))
+    );
+    assert_eq!(facility_count(&app).await, 4);
+}
