@@ -4,20 +4,41 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use crate::domain::attendance::forgotten_before;
 use crate::state::AppState;
 
 /// Starts the background jobs; abort the handle to stop them.
 pub fn spawn(state: AppState) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        let sweep_every = state
+            .config
+            .attendance
+            .sweep_interval
+            .max(Duration::from_secs(1));
+        let mut sweep = tokio::time::interval(sweep_every);
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(60));
         loop {
-            tick.tick().await;
-            // Forget rate-limit keys whose quota has fully refilled, so memory stays bounded.
-            if let Some(limiters) = &state.limiters {
-                for limiter in limiters.all() {
-                    limiter.limiter().retain_recent();
+            tokio::select! {
+                _ = sweep.tick() => close_forgotten_clock_outs(&state).await,
+                _ = housekeeping.tick() => {
+                    // Forget rate-limit keys whose quota has refilled, so memory stays bounded.
+                    if let Some(limiters) = &state.limiters {
+                        for limiter in limiters.all() {
+                            limiter.limiter().retain_recent();
+                        }
+                    }
                 }
             }
         }
     })
+}
+
+/// Closes every open record older than the maximum shift as `incomplete`.
+async fn close_forgotten_clock_outs(state: &AppState) {
+    let before = forgotten_before(chrono::Utc::now(), state.config.attendance.max_shift);
+    match crate::db::attendance::close_forgotten(&state.db, None, before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(closed = n, "closed forgotten clock-outs as incomplete"),
+        Err(e) => tracing::warn!(error = %e, "forgotten clock-out sweep failed; will retry"),
+    }
 }

@@ -22,6 +22,8 @@ use crate::error::{ErrorBody, ErrorEnvelope};
         (name = "users", description = "Profiles and user management, scoped by role"),
         (name = "geography", description = "Regions (provinces) and councils (districts)"),
         (name = "facilities", description = "Facilities, their search and CSV/XLSX imports"),
+        (name = "attendance", description = "Clock-in, clock-out and attendance records"),
+        (name = "reports", description = "Attendance exports and summaries (supervisors and above)"),
         (name = "admin", description = "Audit trail and system information (admins)"),
     )
 )]

@@ -78,5 +78,6 @@ pub async fn is_ready(pool: &PgPool) -> bool {
     matches!(applied, Ok(Some(v)) if v >= latest_migration())
 }
 
+pub mod attendance;
 pub mod facilities;
 pub mod users;

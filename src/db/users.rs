@@ -181,25 +181,38 @@ pub async fn can_see(db: &PgPool, viewer: &AuthUser, target: Uuid) -> Result<boo
 }
 
 /// Appends `AND <column> IN (the viewer's team)` for supervisors and backstoppers; nothing for
-/// admins. Field roles are limited to `<self_column> = viewer`.
+/// admins. Field roles are limited to `<column> = viewer`.
 pub fn push_scope(qb: &mut QueryBuilder<'_, Postgres>, viewer: &AuthUser, column: &str) {
     if viewer.is_admin() {
         return;
     }
+    qb.push(format_args!(" AND {column}"));
     if viewer.role.is_field() {
-        qb.push(format_args!(" AND {column} = "));
-        qb.push_bind(viewer.id);
-        return;
+        qb.push(" = ").push_bind(viewer.id);
+    } else {
+        qb.push(" IN ");
+        push_team(qb, viewer.id);
     }
-    qb.push(format_args!(
-        " AND {column} IN (WITH RECURSIVE team AS (
-              SELECT id FROM users WHERE supervisor_id = "
-    ));
-    qb.push_bind(viewer.id);
-    qb.push(
-        " UNION SELECT u.id FROM users u JOIN team t ON u.supervisor_id = t.id)
-          SELECT id FROM team)",
-    );
+}
+
+/// Like [`push_scope`], but supervisors also keep their own rows (their own attendance).
+pub fn push_scope_with_self(qb: &mut QueryBuilder<'_, Postgres>, viewer: &AuthUser, column: &str) {
+    if viewer.is_admin() || viewer.role.is_field() {
+        return push_scope(qb, viewer, column);
+    }
+    qb.push(format_args!(" AND ({column} = "))
+        .push_bind(viewer.id);
+    qb.push(format_args!(" OR {column} IN "));
+    push_team(qb, viewer.id);
+    qb.push(")");
+}
+
+/// `(SELECT id FROM <everyone below the supervisor, recursively>)`. UNION (not UNION ALL)
+/// stops at a repeated id, so even a corrupted, cyclic tree terminates.
+fn push_team(qb: &mut QueryBuilder<'_, Postgres>, supervisor: Uuid) {
+    qb.push("(WITH RECURSIVE team AS (SELECT id FROM users WHERE supervisor_id = ");
+    qb.push_bind(supervisor);
+    qb.push(" UNION SELECT u.id FROM users u JOIN team t ON u.supervisor_id = t.id) SELECT id FROM team)");
 }
 
 #[derive(Debug, Default, Clone, serde::Deserialize, utoipa::IntoParams)]

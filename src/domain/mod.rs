@@ -1,5 +1,6 @@
 //! Domain types built once at the edge, and the pure rules that act on them.
 
+pub mod attendance;
 pub mod geo;
 pub mod identity;
 

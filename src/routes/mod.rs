@@ -3,11 +3,13 @@
 
 pub mod activities;
 pub mod admin;
+pub mod attendance;
 pub mod auth;
 pub mod facilities;
 pub mod geography;
 pub mod health;
 pub mod pagination;
+pub mod reports;
 pub mod users;
 
 use axum::Router;
@@ -40,7 +42,8 @@ fn groups() -> Groups {
             .merge(activities::router())
             .merge(admin::router())
             .merge(geography::router())
-            .merge(facilities::router()),
+            .merge(facilities::router())
+            .merge(attendance::router()),
     }
 }
 

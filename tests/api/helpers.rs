@@ -505,3 +505,29 @@ impl TestApp {
             .unwrap()
     }
 }
+
+impl TestApp {
+    /// Inserts an attendance record directly (history that the API's time rules would refuse).
+    pub async fn insert_attendance(
+        &self,
+        user: uuid::Uuid,
+        facility: uuid::Uuid,
+        clock_in: chrono::DateTime<chrono::Utc>,
+        clock_out: Option<chrono::DateTime<chrono::Utc>>,
+        status: &str,
+    ) -> uuid::Uuid {
+        sqlx::query_scalar(
+            "INSERT INTO attendance (user_id, facility_id, status, clock_in_at, clock_out_at,
+                                     clock_in_latitude, clock_in_longitude, distance_m)
+             VALUES ($1, $2, $3, $4, $5, -1.9456, 30.1270, 0) RETURNING id",
+        )
+        .bind(user)
+        .bind(facility)
+        .bind(status)
+        .bind(clock_in)
+        .bind(clock_out)
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+}

@@ -1,5 +1,6 @@
 //! Integration tests: the real service over HTTP, on a real Postgres (and PgBouncer where said).
 
+mod attendance;
 mod auth;
 mod facilities;
 mod foundation;

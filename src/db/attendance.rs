@@ -1,0 +1,263 @@
+//! Attendance records as the API shows them, and role-scoped queries.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::db::users::push_scope_with_self;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttendanceStatus {
+    Open,
+    Closed,
+    /// Closed automatically after a forgotten clock-out: no clock-out time or place.
+    Incomplete,
+}
+
+impl AttendanceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttendanceStatus::Open => "open",
+            AttendanceStatus::Closed => "closed",
+            AttendanceStatus::Incomplete => "incomplete",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Location {
+    #[schema(example = -1.9456)]
+    pub latitude: f64,
+    #[schema(example = 30.127)]
+    pub longitude: f64,
+    /// GPS accuracy radius reported by the device, in metres.
+    #[schema(example = 12.5)]
+    pub accuracy_m: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct AttendanceRecord {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub facility_id: Uuid,
+    #[schema(value_type = AttendanceStatus)]
+    pub status: String,
+    pub clock_in_at: DateTime<Utc>,
+    pub clock_out_at: Option<DateTime<Utc>>,
+    /// Seconds between clock-in and clock-out; null while open or when incomplete.
+    pub duration_s: Option<i64>,
+    pub clock_in_location: Location,
+    pub clock_out_location: Option<Location>,
+    /// Distance from the facility at clock-in, in metres.
+    pub distance_m: Option<f64>,
+    /// Clock-in (or clock-out) was outside the facility's geofence.
+    pub outside_geofence: bool,
+    /// `online` or `sync`.
+    #[schema(example = "online")]
+    pub source: String,
+    pub device_id: Option<String>,
+    pub client_timestamp: Option<DateTime<Utc>>,
+    pub server_timestamp: DateTime<Utc>,
+    pub sync_version: i32,
+    pub notes: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttendanceRow {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub facility_id: Uuid,
+    pub status: String,
+    pub clock_in_at: DateTime<Utc>,
+    pub clock_out_at: Option<DateTime<Utc>>,
+    pub clock_in_latitude: f64,
+    pub clock_in_longitude: f64,
+    pub clock_in_accuracy_m: Option<f64>,
+    pub clock_out_latitude: Option<f64>,
+    pub clock_out_longitude: Option<f64>,
+    pub clock_out_accuracy_m: Option<f64>,
+    pub distance_m: Option<f64>,
+    pub outside_geofence: bool,
+    pub source: String,
+    pub device_id: Option<String>,
+    pub client_timestamp: Option<DateTime<Utc>>,
+    pub server_timestamp: DateTime<Utc>,
+    pub sync_version: i32,
+    pub notes: Option<String>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[sqlx(default)]
+    pub total: Option<i64>,
+}
+
+impl From<AttendanceRow> for AttendanceRecord {
+    fn from(r: AttendanceRow) -> Self {
+        let clock_out_location = match (r.clock_out_latitude, r.clock_out_longitude) {
+            (Some(latitude), Some(longitude)) => Some(Location {
+                latitude,
+                longitude,
+                accuracy_m: r.clock_out_accuracy_m,
+            }),
+            _ => None,
+        };
+        AttendanceRecord {
+            duration_s: r
+                .clock_out_at
+                .map(|out| (out - r.clock_in_at).num_seconds()),
+            id: r.id,
+            user_id: r.user_id,
+            facility_id: r.facility_id,
+            status: r.status,
+            clock_in_at: r.clock_in_at,
+            clock_out_at: r.clock_out_at,
+            clock_in_location: Location {
+                latitude: r.clock_in_latitude,
+                longitude: r.clock_in_longitude,
+                accuracy_m: r.clock_in_accuracy_m,
+            },
+            clock_out_location,
+            distance_m: r.distance_m,
+            outside_geofence: r.outside_geofence,
+            source: r.source,
+            device_id: r.device_id,
+            client_timestamp: r.client_timestamp,
+            server_timestamp: r.server_timestamp,
+            sync_version: r.sync_version,
+            notes: r.notes,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+pub const COLUMNS: &str = "a.id, a.user_id, a.facility_id, a.status, a.clock_in_at, a.clock_out_at,
+    a.clock_in_latitude, a.clock_in_longitude, a.clock_in_accuracy_m, a.clock_out_latitude,
+    a.clock_out_longitude, a.clock_out_accuracy_m, a.distance_m, a.outside_geofence, a.source,
+    a.device_id, a.client_timestamp, a.server_timestamp, a.sync_version, a.notes, a.deleted_at,
+    a.created_at, a.updated_at";
+
+pub async fn find<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+) -> Result<Option<AttendanceRow>, sqlx::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM attendance a WHERE a.id = $1");
+    sqlx::query_as(&sql).bind(id).fetch_optional(db).await
+}
+
+/// The caller's open record, if any.
+pub async fn open_for<'e>(
+    db: impl PgExecutor<'e>,
+    user_id: Uuid,
+) -> Result<Option<AttendanceRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM attendance a
+         WHERE a.user_id = $1 AND a.status = 'open' AND a.deleted_at IS NULL"
+    );
+    sqlx::query_as(&sql).bind(user_id).fetch_optional(db).await
+}
+
+/// Closes the user's open records started before `before` as `incomplete` (a forgotten
+/// clock-out); returns how many. With no user, sweeps everyone.
+pub async fn close_forgotten<'e>(
+    db: impl PgExecutor<'e>,
+    user_id: Option<Uuid>,
+    before: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let result = sqlx::query(
+        "UPDATE attendance SET status = 'incomplete', sync_version = sync_version + 1
+         WHERE status = 'open' AND clock_in_at < $2 AND ($1::uuid IS NULL OR user_id = $1)",
+    )
+    .bind(user_id)
+    .bind(before)
+    .execute(db)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AttendanceFilter {
+    pub user_id: Option<Uuid>,
+    pub facility_id: Option<Uuid>,
+    /// Clock-in at or after this instant (RFC 3339).
+    pub from: Option<DateTime<Utc>>,
+    /// Clock-in before this instant (RFC 3339).
+    pub to: Option<DateTime<Utc>>,
+    pub status: Option<AttendanceStatus>,
+    #[param(minimum = 1, default = 1)]
+    pub page: Option<u32>,
+    #[param(minimum = 1, maximum = 100, default = 50)]
+    pub per_page: Option<u32>,
+}
+
+/// `WHERE` clauses shared by lists, exports and summaries: the viewer's scope (their own
+/// records and their tree's) and the filters.
+pub fn push_filters(
+    qb: &mut QueryBuilder<'_, Postgres>,
+    viewer: &AuthUser,
+    user_id: Option<Uuid>,
+    facility_id: Option<Uuid>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+) {
+    qb.push(" WHERE a.deleted_at IS NULL");
+    push_scope_with_self(qb, viewer, "a.user_id");
+    if let Some(id) = user_id {
+        qb.push(" AND a.user_id = ").push_bind(id);
+    }
+    if let Some(id) = facility_id {
+        qb.push(" AND a.facility_id = ").push_bind(id);
+    }
+    if let Some(from) = from {
+        qb.push(" AND a.clock_in_at >= ").push_bind(from);
+    }
+    if let Some(to) = to {
+        qb.push(" AND a.clock_in_at < ").push_bind(to);
+    }
+}
+
+pub async fn list(
+    db: &PgPool,
+    viewer: &AuthUser,
+    filter: &AttendanceFilter,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<AttendanceRecord>, i64), sqlx::Error> {
+    let mut qb = QueryBuilder::new(format!(
+        "SELECT {COLUMNS}, count(*) OVER () AS total FROM attendance a"
+    ));
+    push_filters(
+        &mut qb,
+        viewer,
+        filter.user_id,
+        filter.facility_id,
+        filter.from,
+        filter.to,
+    );
+    if let Some(status) = filter.status {
+        qb.push(" AND a.status = ").push_bind(status.as_str());
+    }
+    qb.push(" ORDER BY a.clock_in_at DESC, a.id LIMIT ")
+        .push_bind(limit)
+        .push(" OFFSET ")
+        .push_bind(offset);
+    let rows: Vec<AttendanceRow> = qb.build_query_as().fetch_all(db).await?;
+    let total = rows.first().and_then(|r| r.total).unwrap_or(0);
+    Ok((
+        rows.into_iter().map(AttendanceRecord::from).collect(),
+        total,
+    ))
+}
+
+/// Whether `viewer` may see a record of `owner`: their own, their tree's, or an admin.
+pub async fn can_see(db: &PgPool, viewer: &AuthUser, owner: Uuid) -> Result<bool, sqlx::Error> {
+    crate::db::users::can_see(db, viewer, owner).await
+}

@@ -1,0 +1,106 @@
+//! Pure attendance rules: accepted times, geofence, forgotten clock-outs, spreadsheet safety.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// The window in which a client-reported time is accepted.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeRules {
+    pub future_tolerance: Duration,
+    pub max_age: Duration,
+}
+
+impl TimeRules {
+    /// Ok, or the reason the time is refused.
+    pub fn check(&self, occurred_at: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), String> {
+        let ahead = occurred_at - now;
+        if ahead > chrono::Duration::from_std(self.future_tolerance).unwrap_or_default() {
+            return Err(format!(
+                "is in the future (more than {} s ahead of the server clock)",
+                self.future_tolerance.as_secs()
+            ));
+        }
+        let behind = now - occurred_at;
+        if behind > chrono::Duration::from_std(self.max_age).unwrap_or_default() {
+            return Err(format!(
+                "is older than the {}-day limit",
+                self.max_age.as_secs() / 86_400
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Outside the facility's circle, strictly.
+pub fn outside_geofence(distance_m: f64, radius_m: i32) -> bool {
+    distance_m > f64::from(radius_m)
+}
+
+/// An open record started before this instant is a forgotten clock-out.
+pub fn forgotten_before(now: DateTime<Utc>, max_shift: Duration) -> DateTime<Utc> {
+    now - chrono::Duration::from_std(max_shift).unwrap_or_default()
+}
+
+/// A spreadsheet runs a cell starting with `=`, `+`, `-` or `@` (and, in some, tab or CR) as a
+/// formula; a leading apostrophe makes it plain text.
+pub fn neutralise_cell(value: &str) -> std::borrow::Cow<'_, str> {
+    match value.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{value}").into(),
+        _ => value.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> TimeRules {
+        TimeRules {
+            future_tolerance: Duration::from_secs(300),
+            max_age: Duration::from_secs(30 * 86_400),
+        }
+    }
+
+    #[test]
+    fn times_within_the_window_are_accepted() {
+        let now = Utc::now();
+        assert!(rules().check(now, now).is_ok());
+        assert!(
+            rules()
+                .check(now + chrono::Duration::seconds(299), now)
+                .is_ok()
+        );
+        assert!(rules().check(now - chrono::Duration::days(29), now).is_ok());
+    }
+
+    #[test]
+    fn times_too_far_ahead_or_behind_are_refused() {
+        let now = Utc::now();
+        assert!(
+            rules()
+                .check(now + chrono::Duration::seconds(301), now)
+                .is_err()
+        );
+        assert!(
+            rules()
+                .check(now - chrono::Duration::days(31), now)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_geofence_boundary_is_inside() {
+        assert!(!outside_geofence(200.0, 200));
+        assert!(outside_geofence(200.1, 200));
+    }
+
+    #[test]
+    fn formula_starters_are_neutralised() {
+        for bad in ["=1+1", "+31", "-2", "@SUM(A1)", "\tx", "\rx"] {
+            assert!(neutralise_cell(bad).starts_with('\''), "{bad:?}");
+        }
+        assert_eq!(neutralise_cell("Kigali"), "Kigali");
+        assert_eq!(neutralise_cell(""), "");
+    }
+}

@@ -1,0 +1,458 @@
+//! Clock-in and clock-out, and the records they make, scoped by role.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, FixedOffset, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::audit::Activity;
+use crate::auth::{AuthUser, ClientInfo};
+use crate::db::attendance::{self as records, AttendanceFilter, AttendanceRecord, AttendanceRow};
+use crate::domain::GeoPoint;
+use crate::domain::attendance::{TimeRules, forgotten_before, outside_geofence};
+use crate::error::{ApiError, ErrorEnvelope, Invalid};
+use crate::extract::{Json, Path, Query};
+use crate::routes::auth::optional_text;
+use crate::routes::pagination::{Page, Paging};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(clock_in))
+        .routes(routes!(clock_out))
+        .routes(routes!(active))
+        .routes(routes!(list_attendance))
+        .routes(routes!(my_records))
+        .routes(routes!(get_attendance))
+        .merge(crate::routes::reports::router())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClockIn {
+    #[schema(example = -1.9457)]
+    pub latitude: f64,
+    #[schema(example = 30.1268)]
+    pub longitude: f64,
+    #[schema(example = 8.0)]
+    pub accuracy_m: Option<f64>,
+    /// Defaults to the user's facility.
+    pub facility_id: Option<Uuid>,
+    /// When it happened on the device (RFC 3339 with offset); default now.
+    pub occurred_at: Option<DateTime<FixedOffset>>,
+    pub device_id: Option<String>,
+    /// Idempotency key: a retried clock-in with the same `client_id` returns the same record.
+    pub client_id: Option<String>,
+    pub notes: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClockOut {
+    #[schema(example = -1.9457)]
+    pub latitude: f64,
+    #[schema(example = 30.1268)]
+    pub longitude: f64,
+    pub accuracy_m: Option<f64>,
+    pub occurred_at: Option<DateTime<FixedOffset>>,
+    pub notes: Option<String>,
+}
+
+/// A facility as the geofence sees it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Site {
+    pub latitude: f64,
+    pub longitude: f64,
+    pub geofence_radius_m: i32,
+    pub status: String,
+}
+
+impl Site {
+    pub async fn load<'e>(
+        db: impl sqlx::PgExecutor<'e>,
+        id: Uuid,
+    ) -> Result<Option<Site>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT latitude, longitude, geofence_radius_m, status FROM facilities WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(db)
+        .await
+    }
+
+    /// Distance to the facility and whether it is outside the geofence.
+    pub fn measure(&self, point: GeoPoint) -> (f64, bool) {
+        let here = GeoPoint {
+            latitude: self.latitude,
+            longitude: self.longitude,
+        };
+        let distance = here.distance_m(&point);
+        (distance, outside_geofence(distance, self.geofence_radius_m))
+    }
+}
+
+pub fn time_rules(state: &AppState) -> TimeRules {
+    TimeRules {
+        future_tolerance: state.config.attendance.future_tolerance,
+        max_age: state.config.attendance.max_age,
+    }
+}
+
+/// The point and accuracy of a request, or the fields' reasons.
+pub fn check_location(
+    latitude: f64,
+    longitude: f64,
+    accuracy: Option<f64>,
+    invalid: &mut Invalid,
+) -> Option<GeoPoint> {
+    if let Some(a) = accuracy
+        && !(a.is_finite() && a >= 0.0)
+    {
+        invalid.add("accuracy_m", "must be zero or more");
+    }
+    match GeoPoint::new(latitude, longitude) {
+        Ok(p) => Some(p),
+        Err((field, reason)) => {
+            invalid.add(field, reason);
+            None
+        }
+    }
+}
+
+fn geofence_refusal(distance: f64, radius: i32) -> ApiError {
+    ApiError::invalid(
+        "location",
+        format!("is {distance:.0} m from the facility, outside its {radius} m geofence"),
+    )
+}
+
+fn already_clocked_in() -> ApiError {
+    ApiError::conflict(
+        "already_clocked_in",
+        "you are already clocked in; clock out first",
+    )
+}
+
+/// Starts a shift. A retry with the same `client_id` answers 200 with the record the first
+/// attempt made; a second open shift is refused with 409.
+#[utoipa::path(post, path = "/attendance/clock-in", tag = "attendance", security(("bearer" = [])), request_body = ClockIn,
+    responses(
+        (status = 201, description = "Clocked in", body = AttendanceRecord),
+        (status = 200, description = "A retry with a known `client_id`: the record made the first time", body = AttendanceRecord),
+        (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 409, description = "Already clocked in (`already_clocked_in`)", body = ErrorEnvelope),
+        (status = 422, description = "Invalid fields, a time outside the accepted window, no facility, or outside the geofence when enforced", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn clock_in(
+    State(state): State<AppState>,
+    user: AuthUser,
+    client: ClientInfo,
+    Json(req): Json<ClockIn>,
+) -> Result<(StatusCode, Json<AttendanceRecord>), ApiError> {
+    let now = Utc::now();
+    let mut invalid = Invalid::default();
+    let point = check_location(req.latitude, req.longitude, req.accuracy_m, &mut invalid);
+    let occurred_at = req.occurred_at.map_or(now, |t| t.with_timezone(&Utc));
+    if let Err(reason) = time_rules(&state).check(occurred_at, now) {
+        invalid.add("occurred_at", reason);
+    }
+    let device_id = optional_text(req.device_id, "device_id", 128, &mut invalid);
+    let client_id = optional_text(req.client_id, "client_id", 128, &mut invalid);
+    let notes = optional_text(req.notes, "notes", 1000, &mut invalid);
+    invalid.finish()?;
+    let point = point.expect("checked above");
+
+    if let Some(cid) = &client_id
+        && let Some(existing) = by_client_id(&state, user.id, cid).await?
+    {
+        return Ok((StatusCode::OK, Json(existing.into())));
+    }
+    let facility_id = match req.facility_id {
+        Some(id) => id,
+        None => {
+            sqlx::query_scalar::<_, Option<Uuid>>("SELECT facility_id FROM users WHERE id = $1")
+                .bind(user.id)
+                .fetch_one(&state.db)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::invalid("facility_id", "is required: you have no default facility")
+                })?
+        }
+    };
+    let site = Site::load(&state.db, facility_id)
+        .await?
+        .ok_or_else(|| ApiError::invalid("facility_id", "no such facility"))?;
+    if site.status != "active" {
+        return Err(ApiError::invalid(
+            "facility_id",
+            format!("the facility is {}", site.status),
+        ));
+    }
+    let (distance, outside) = site.measure(point);
+    if outside && state.config.attendance.enforce_geofence {
+        return Err(geofence_refusal(distance, site.geofence_radius_m));
+    }
+
+    let mut tx = state.db.begin().await?;
+    let closed = records::close_forgotten(
+        &mut *tx,
+        Some(user.id),
+        forgotten_before(now, state.config.attendance.max_shift),
+    )
+    .await?;
+    let sql = format!(
+        "INSERT INTO attendance AS a (user_id, facility_id, clock_in_at, clock_in_latitude, clock_in_longitude,
+                                 clock_in_accuracy_m, distance_m, outside_geofence, source, device_id,
+                                 client_id, client_timestamp, notes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'online', $9, $10, $11, $12)
+         RETURNING {}",
+        records::COLUMNS
+    );
+    let inserted: Result<AttendanceRow, sqlx::Error> = sqlx::query_as(&sql)
+        .bind(user.id)
+        .bind(facility_id)
+        .bind(occurred_at)
+        .bind(point.latitude)
+        .bind(point.longitude)
+        .bind(req.accuracy_m)
+        .bind(distance)
+        .bind(outside)
+        .bind(&device_id)
+        .bind(&client_id)
+        .bind(req.occurred_at.map(|t| t.with_timezone(&Utc)))
+        .bind(notes)
+        .fetch_one(&mut *tx)
+        .await;
+    let row = match inserted {
+        Ok(row) => row,
+        Err(sqlx::Error::Database(db))
+            if db.constraint() == Some("attendance_one_open_per_user") =>
+        {
+            return Err(already_clocked_in());
+        }
+        Err(sqlx::Error::Database(db)) if db.constraint() == Some("attendance_client_id_key") => {
+            // A concurrent retry of the same clock-in won the race: answer with its record.
+            drop(tx);
+            let cid = client_id.as_deref().unwrap_or_default();
+            let existing = by_client_id(&state, user.id, cid)
+                .await?
+                .ok_or(ApiError::NotFound)?;
+            return Ok((StatusCode::OK, Json(existing.into())));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Activity::new("attendance.clock_in")
+        .by(&user)
+        .on("attendance", row.id)
+        .from(&client)
+        .details(serde_json::json!({
+            "facility_id": facility_id, "distance_m": distance.round(), "outside_geofence": outside,
+            "closed_forgotten": closed,
+        }))
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(row.into())))
+}
+
+async fn by_client_id(
+    state: &AppState,
+    user_id: Uuid,
+    client_id: &str,
+) -> Result<Option<AttendanceRow>, ApiError> {
+    let sql = format!(
+        "SELECT {} FROM attendance a WHERE a.user_id = $1 AND a.client_id = $2",
+        records::COLUMNS
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(user_id)
+        .bind(client_id)
+        .fetch_optional(&state.db)
+        .await?)
+}
+
+fn not_clocked_in(message: &str) -> ApiError {
+    ApiError::conflict("not_clocked_in", message)
+}
+
+/// Ends the open shift.
+#[utoipa::path(post, path = "/attendance/clock-out", tag = "attendance", security(("bearer" = [])), request_body = ClockOut,
+    responses(
+        (status = 200, description = "The closed record", body = AttendanceRecord),
+        (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 409, description = "No open shift (`not_clocked_in`), or it exceeded the maximum shift and was closed as incomplete", body = ErrorEnvelope),
+        (status = 422, description = "Invalid fields, a time outside the accepted window or before the clock-in", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn clock_out(
+    State(state): State<AppState>,
+    user: AuthUser,
+    client: ClientInfo,
+    Json(req): Json<ClockOut>,
+) -> Result<Json<AttendanceRecord>, ApiError> {
+    let now = Utc::now();
+    let mut invalid = Invalid::default();
+    let point = check_location(req.latitude, req.longitude, req.accuracy_m, &mut invalid);
+    let occurred_at = req.occurred_at.map_or(now, |t| t.with_timezone(&Utc));
+    if let Err(reason) = time_rules(&state).check(occurred_at, now) {
+        invalid.add("occurred_at", reason);
+    }
+    let notes = optional_text(req.notes, "notes", 1000, &mut invalid);
+    invalid.finish()?;
+    let point = point.expect("checked above");
+
+    let mut tx = state.db.begin().await?;
+    let sql = format!(
+        "SELECT {} FROM attendance a WHERE a.user_id = $1 AND a.status = 'open' AND a.deleted_at IS NULL FOR UPDATE",
+        records::COLUMNS
+    );
+    let open: AttendanceRow = sqlx::query_as(&sql)
+        .bind(user.id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| not_clocked_in("you are not clocked in"))?;
+    if open.clock_in_at < forgotten_before(now, state.config.attendance.max_shift) {
+        records::close_forgotten(
+            &mut *tx,
+            Some(user.id),
+            forgotten_before(now, state.config.attendance.max_shift),
+        )
+        .await?;
+        tx.commit().await?;
+        return Err(not_clocked_in(
+            "your open shift exceeded the maximum shift length and was closed as incomplete",
+        ));
+    }
+    if occurred_at < open.clock_in_at {
+        return Err(ApiError::invalid("occurred_at", "is before the clock-in"));
+    }
+    let site = Site::load(&mut *tx, open.facility_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let (distance, outside) = site.measure(point);
+    let sql = format!(
+        "UPDATE attendance AS a SET status = 'closed', clock_out_at = $2, clock_out_latitude = $3,
+                clock_out_longitude = $4, clock_out_accuracy_m = $5, clock_out_distance_m = $6,
+                outside_geofence = outside_geofence OR $7, notes = coalesce($8, notes),
+                sync_version = sync_version + 1
+         WHERE id = $1 RETURNING {}",
+        records::COLUMNS
+    );
+    let row: AttendanceRow = sqlx::query_as(&sql)
+        .bind(open.id)
+        .bind(occurred_at)
+        .bind(point.latitude)
+        .bind(point.longitude)
+        .bind(req.accuracy_m)
+        .bind(distance)
+        .bind(outside)
+        .bind(notes)
+        .fetch_one(&mut *tx)
+        .await?;
+    Activity::new("attendance.clock_out")
+        .by(&user)
+        .on("attendance", row.id)
+        .from(&client)
+        .details(serde_json::json!({ "distance_m": distance.round(), "outside_geofence": outside }))
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Json(row.into()))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActiveAttendance {
+    /// The open record, or null when not clocked in.
+    pub attendance: Option<AttendanceRecord>,
+}
+
+/// The caller's open shift, if any.
+#[utoipa::path(get, path = "/attendance/active", tag = "attendance", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The open record or null", body = ActiveAttendance),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn active(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<ActiveAttendance>, ApiError> {
+    let open = records::open_for(&state.db, user.id).await?;
+    Ok(Json(ActiveAttendance {
+        attendance: open.map(AttendanceRecord::from),
+    }))
+}
+
+/// Attendance records the caller may see: field roles their own, supervisors and backstoppers
+/// their own and their tree's, admins all. Newest first.
+#[utoipa::path(get, path = "/attendance", tag = "attendance", security(("bearer" = [])), params(AttendanceFilter),
+    responses(
+        (status = 200, description = "A page of records", body = Page<AttendanceRecord>),
+        (status = 400, description = "Bad query string", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 422, description = "Bad paging", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn list_attendance(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(filter): Query<AttendanceFilter>,
+) -> Result<Json<Page<AttendanceRecord>>, ApiError> {
+    let paging = Paging::new(filter.page, filter.per_page)?;
+    let (data, total) =
+        records::list(&state.db, &user, &filter, paging.limit(), paging.offset()).await?;
+    Ok(Json(paging.wrap(data, total)))
+}
+
+/// The caller's own records (the list with `user_id` fixed to the caller).
+#[utoipa::path(get, path = "/attendance/my-records", tag = "attendance", security(("bearer" = [])), params(AttendanceFilter),
+    responses(
+        (status = 200, description = "A page of the caller's records", body = Page<AttendanceRecord>),
+        (status = 400, description = "Bad query string", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 422, description = "Bad paging", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn my_records(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(mut filter): Query<AttendanceFilter>,
+) -> Result<Json<Page<AttendanceRecord>>, ApiError> {
+    filter.user_id = Some(user.id);
+    let paging = Paging::new(filter.page, filter.per_page)?;
+    let (data, total) =
+        records::list(&state.db, &user, &filter, paging.limit(), paging.offset()).await?;
+    Ok(Json(paging.wrap(data, total)))
+}
+
+/// One record, if the caller may see it; else 404.
+#[utoipa::path(get, path = "/attendance/{id}", tag = "attendance", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Record id")),
+    responses(
+        (status = 200, description = "The record", body = AttendanceRecord),
+        (status = 400, description = "Malformed id", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 404, description = "No such record, or not visible to the caller", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn get_attendance(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+) -> Result<Json<AttendanceRecord>, ApiError> {
+    let row = records::find(&state.db, id)
+        .await?
+        .filter(|r| r.deleted_at.is_none())
+        .ok_or(ApiError::NotFound)?;
+    if !records::can_see(&state.db, &user, row.user_id).await? {
+        return Err(ApiError::NotFound);
+    }
+    Ok(Json(row.into()))
+}

@@ -1,0 +1,481 @@
+//! Attendance exports (CSV, XLSX) and summaries, for supervisors and above over their tree.
+
+use std::io::Write;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sqlx::QueryBuilder;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::db::attendance::push_filters;
+use crate::domain::Role;
+use crate::domain::attendance::neutralise_cell;
+use crate::error::{ApiError, ErrorEnvelope};
+use crate::extract::{Json, Query};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(export))
+        .routes(routes!(summary))
+}
+
+/// A date (`2026-11-01`, a whole day in the report's time zone) or an instant (RFC 3339).
+fn parse_bound(value: &str, tz: Tz, end: bool, field: &str) -> Result<DateTime<Utc>, ApiError> {
+    if let Ok(instant) = DateTime::parse_from_rfc3339(value) {
+        return Ok(instant.with_timezone(&Utc));
+    }
+    let date = NaiveDate::parse_from_str(value, "%Y-%m-%d")
+        .map_err(|_| ApiError::invalid(field, "must be a date (YYYY-MM-DD) or an RFC 3339 time"))?;
+    // `to` as a date includes that whole day.
+    let date = if end {
+        date.succ_opt().unwrap_or(date)
+    } else {
+        date
+    };
+    let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists");
+    tz.from_local_datetime(&midnight)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| ApiError::invalid(field, "does not exist in this time zone"))
+}
+
+fn parse_tz(tz: Option<&str>, state: &AppState) -> Result<Tz, ApiError> {
+    match tz {
+        None => Ok(state.config.attendance.timezone),
+        Some(name) => name.parse().map_err(|_| {
+            ApiError::invalid("tz", "must be an IANA time zone such as Africa/Kigali")
+        }),
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    #[default]
+    Csv,
+    Xlsx,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// `csv` (default) or `xlsx`.
+    pub format: Option<ExportFormat>,
+    /// A date (YYYY-MM-DD, in the time zone) or an RFC 3339 instant.
+    pub from: Option<String>,
+    /// A date (inclusive) or an RFC 3339 instant (exclusive).
+    pub to: Option<String>,
+    pub facility_id: Option<Uuid>,
+    pub user_id: Option<Uuid>,
+    /// IANA time zone for the times in the file; default the service's (`APP_TIMEZONE`).
+    pub tz: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ExportRow {
+    id: Uuid,
+    email: String,
+    first_name: String,
+    last_name: String,
+    employee_id: Option<String>,
+    facility_code: String,
+    facility_name: String,
+    status: String,
+    clock_in_at: DateTime<Utc>,
+    clock_out_at: Option<DateTime<Utc>>,
+    distance_m: Option<f64>,
+    outside_geofence: bool,
+    source: String,
+    notes: Option<String>,
+}
+
+const EXPORT_HEADERS: [&str; 15] = [
+    "record_id",
+    "email",
+    "first_name",
+    "last_name",
+    "employee_id",
+    "facility_code",
+    "facility_name",
+    "status",
+    "clock_in",
+    "clock_out",
+    "hours",
+    "distance_m",
+    "outside_geofence",
+    "source",
+    "notes",
+];
+
+impl ExportRow {
+    /// The cells of one line, in local time, with formula starters neutralised.
+    fn cells(&self, tz: Tz) -> Vec<String> {
+        let local = |t: DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string();
+        let hours = self
+            .clock_out_at
+            .map(|out| {
+                format!(
+                    "{:.2}",
+                    (out - self.clock_in_at).num_seconds() as f64 / 3600.0
+                )
+            })
+            .unwrap_or_default();
+        [
+            self.id.to_string(),
+            self.email.clone(),
+            self.first_name.clone(),
+            self.last_name.clone(),
+            self.employee_id.clone().unwrap_or_default(),
+            self.facility_code.clone(),
+            self.facility_name.clone(),
+            self.status.clone(),
+            local(self.clock_in_at),
+            self.clock_out_at.map(local).unwrap_or_default(),
+            hours,
+            self.distance_m
+                .map(|d| format!("{d:.0}"))
+                .unwrap_or_default(),
+            self.outside_geofence.to_string(),
+            self.source.clone(),
+            self.notes.clone().unwrap_or_default(),
+        ]
+        .into_iter()
+        .map(|c| neutralise_cell(&c).into_owned())
+        .collect()
+    }
+}
+
+/// The export query, scoped and filtered, oldest first.
+fn export_query<'a>(
+    viewer: &AuthUser,
+    q: &ExportQuery,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+) -> QueryBuilder<'a, sqlx::Postgres> {
+    let mut qb = QueryBuilder::new(
+        "SELECT a.id, u.email, u.first_name, u.last_name, u.employee_id, f.code AS facility_code,
+                f.name AS facility_name, a.status, a.clock_in_at, a.clock_out_at, a.distance_m,
+                a.outside_geofence, a.source, a.notes
+         FROM attendance a JOIN users u ON u.id = a.user_id JOIN facilities f ON f.id = a.facility_id",
+    );
+    push_filters(&mut qb, viewer, q.user_id, q.facility_id, from, to);
+    qb.push(" ORDER BY a.clock_in_at, a.id");
+    qb
+}
+
+/// Attendance as a CSV or XLSX file (supervisor and above, over their tree). Rows are streamed
+/// from the database; times are in the chosen time zone; cells that a spreadsheet would run as
+/// formulas are prefixed with an apostrophe.
+#[utoipa::path(get, path = "/attendance/export", tag = "reports", security(("bearer" = [])), params(ExportQuery),
+    responses(
+        (status = 200, description = "The file", content(
+            (String = "text/csv"),
+            (String = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+        )),
+        (status = 400, description = "Bad query string", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 403, description = "Field roles may not export", body = ErrorEnvelope),
+        (status = 422, description = "Bad dates or time zone", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn export(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(q): Query<ExportQuery>,
+) -> Result<Response, ApiError> {
+    user.require(Role::Supervisor)?;
+    let tz = parse_tz(q.tz.as_deref(), &state)?;
+    let from = q
+        .from
+        .as_deref()
+        .map(|v| parse_bound(v, tz, false, "from"))
+        .transpose()?;
+    let to =
+        q.to.as_deref()
+            .map(|v| parse_bound(v, tz, true, "to"))
+            .transpose()?;
+    let format = q.format.unwrap_or_default();
+    let stamp = Utc::now().with_timezone(&tz).format("%Y%m%d-%H%M");
+    match format {
+        ExportFormat::Csv => {
+            let body = csv_stream(state.db.clone(), user, q, from, to, tz);
+            Ok((
+                [
+                    (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"attendance-{stamp}.csv\""),
+                    ),
+                ],
+                body,
+            )
+                .into_response())
+        }
+        ExportFormat::Xlsx => {
+            let file = xlsx_file(state.db.clone(), user, q, from, to, tz).await?;
+            let file = tokio::fs::File::from_std(file);
+            let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+            Ok((
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+                            .to_string(),
+                    ),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"attendance-{stamp}.xlsx\""),
+                    ),
+                ],
+                body,
+            )
+                .into_response())
+        }
+    }
+}
+
+/// CSV written as rows arrive from the database, in chunks of about 64 KiB: memory stays flat
+/// however many records there are.
+fn csv_stream(
+    db: sqlx::PgPool,
+    viewer: AuthUser,
+    q: ExportQuery,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    tz: Tz,
+) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
+    tokio::spawn(async move {
+        let mut qb = export_query(&viewer, &q, from, to);
+        let mut rows = qb.build_query_as::<ExportRow>().fetch(&db);
+        let mut writer = csv::Writer::from_writer(Vec::with_capacity(80 * 1024));
+        let _ = writer.write_record(EXPORT_HEADERS);
+        while let Some(row) = rows.next().await {
+            let row = match row {
+                Ok(row) => row,
+                Err(e) => {
+                    tracing::error!(error = %e, "export query failed mid-stream");
+                    let _ = tx.send(Err(std::io::Error::other("export failed"))).await;
+                    return;
+                }
+            };
+            let _ = writer.write_record(row.cells(tz));
+            if writer.get_ref().len() >= 64 * 1024 {
+                let full = std::mem::replace(
+                    &mut writer,
+                    csv::Writer::from_writer(Vec::with_capacity(80 * 1024)),
+                );
+                let Ok(chunk) = full.into_inner() else { return };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return; // the client went away
+                }
+            }
+        }
+        if let Ok(rest) = writer.into_inner()
+            && !rest.is_empty()
+        {
+            let _ = tx.send(Ok(rest)).await;
+        }
+    });
+    Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+/// XLSX in constant-memory mode (rows go to a temporary file as they are written), so the
+/// worksheet is never held in memory; the finished file is then streamed.
+async fn xlsx_file(
+    db: sqlx::PgPool,
+    viewer: AuthUser,
+    q: ExportQuery,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    tz: Tz,
+) -> Result<std::fs::File, ApiError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<String>>(1024);
+    let writer = tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
+        let mut workbook = rust_xlsxwriter::Workbook::new();
+        let sheet = workbook.add_worksheet_with_constant_memory();
+        sheet.set_name("Attendance")?;
+        for (c, h) in EXPORT_HEADERS.iter().enumerate() {
+            sheet.write_string(0, c as u16, *h)?;
+        }
+        let mut r = 1u32;
+        while let Some(cells) = rx.blocking_recv() {
+            for (c, value) in cells.iter().enumerate() {
+                sheet.write_string(r, c as u16, value)?;
+            }
+            r += 1;
+        }
+        let mut file = tempfile::tempfile()?;
+        workbook.save_to_writer(&mut file)?;
+        file.flush()?;
+        use std::io::Seek;
+        file.rewind()?;
+        Ok(file)
+    });
+    let mut qb = export_query(&viewer, &q, from, to);
+    let mut rows = qb.build_query_as::<ExportRow>().fetch(&db);
+    while let Some(row) = rows.next().await {
+        let row = row?;
+        // A bounded channel: the database is read no faster than the sheet is written.
+        tx.send(row.cells(tz))
+            .await
+            .map_err(|_| anyhow::anyhow!("the spreadsheet writer stopped"))?;
+    }
+    drop(tx);
+    Ok(writer.await.map_err(anyhow::Error::from)??)
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    #[default]
+    User,
+    Facility,
+    Day,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SummaryQuery {
+    /// A date (YYYY-MM-DD, in the time zone) or an RFC 3339 instant; default 30 days ago.
+    pub from: Option<String>,
+    /// A date (inclusive) or an RFC 3339 instant (exclusive); default now.
+    pub to: Option<String>,
+    pub group_by: Option<GroupBy>,
+    /// IANA time zone that decides which day a shift belongs to; default `APP_TIMEZONE`.
+    pub tz: Option<String>,
+    pub facility_id: Option<Uuid>,
+    pub user_id: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct SummaryRow {
+    /// The user id, facility id or local date (YYYY-MM-DD), by `group_by`.
+    pub key: String,
+    /// The user's name, the facility's name, or the date.
+    pub label: String,
+    pub records: i64,
+    /// Distinct local days with a clock-in.
+    pub days_present: i64,
+    /// Distinct users with a clock-in.
+    pub users_present: i64,
+    /// Hours of closed shifts.
+    pub hours_worked: f64,
+    pub open: i64,
+    /// Shifts closed automatically after a forgotten clock-out; counted apart, no hours.
+    pub incomplete: i64,
+    pub outside_geofence: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Summary {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    #[schema(example = "Africa/Kigali")]
+    pub tz: String,
+    #[schema(value_type = GroupBy)]
+    pub group_by: String,
+    pub rows: Vec<SummaryRow>,
+}
+
+/// Days present, hours worked, open, incomplete and outside-geofence counts by user, facility or
+/// day (supervisor and above, over their tree). A shift belongs to the local day it started.
+#[utoipa::path(get, path = "/attendance/summary", tag = "reports", security(("bearer" = [])), params(SummaryQuery),
+    responses(
+        (status = 200, description = "The summary", body = Summary),
+        (status = 400, description = "Bad query string", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 403, description = "Field roles may not read summaries", body = ErrorEnvelope),
+        (status = 422, description = "Bad dates or time zone", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn summary(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(q): Query<SummaryQuery>,
+) -> Result<Json<Summary>, ApiError> {
+    user.require(Role::Supervisor)?;
+    let tz = parse_tz(q.tz.as_deref(), &state)?;
+    let to =
+        q.to.as_deref()
+            .map(|v| parse_bound(v, tz, true, "to"))
+            .transpose()?
+            .unwrap_or_else(Utc::now);
+    let from = q
+        .from
+        .as_deref()
+        .map(|v| parse_bound(v, tz, false, "from"))
+        .transpose()?
+        .unwrap_or(to - chrono::Duration::days(30));
+    if from >= to {
+        return Err(ApiError::invalid("from", "must be before `to`"));
+    }
+    let group_by = q.group_by.unwrap_or_default();
+    let (key, label, join) = match group_by {
+        GroupBy::User => (
+            "a.user_id::text",
+            "min(u.first_name || ' ' || u.last_name)",
+            "JOIN users u ON u.id = a.user_id",
+        ),
+        GroupBy::Facility => (
+            "a.facility_id::text",
+            "min(f.name)",
+            "JOIN facilities f ON f.id = a.facility_id",
+        ),
+        GroupBy::Day => (
+            "to_char(a.clock_in_at AT TIME ZONE tz.name, 'YYYY-MM-DD')",
+            "to_char(a.clock_in_at AT TIME ZONE tz.name, 'YYYY-MM-DD')",
+            "",
+        ),
+    };
+    let mut qb = QueryBuilder::new(format!(
+        "SELECT {key} AS key, {label} AS label, count(*) AS records,
+                count(DISTINCT (a.clock_in_at AT TIME ZONE tz.name)::date) AS days_present,
+                count(DISTINCT a.user_id) AS users_present,
+                round(coalesce(sum(extract(epoch FROM a.clock_out_at - a.clock_in_at))
+                      FILTER (WHERE a.status = 'closed'), 0)::numeric / 3600, 2)::float8 AS hours_worked,
+                count(*) FILTER (WHERE a.status = 'open') AS open,
+                count(*) FILTER (WHERE a.status = 'incomplete') AS incomplete,
+                count(*) FILTER (WHERE a.outside_geofence) AS outside_geofence
+         FROM attendance a {join} CROSS JOIN (SELECT "
+    ));
+    qb.push_bind(tz.name().to_string())
+        .push("::text AS name) tz");
+    push_filters(
+        &mut qb,
+        &user,
+        q.user_id,
+        q.facility_id,
+        Some(from),
+        Some(to),
+    );
+    qb.push(format_args!(" GROUP BY {key} ORDER BY {key}"));
+    let rows: Vec<SummaryRow> = qb.build_query_as().fetch_all(&state.db).await?;
+    Ok(Json(Summary {
+        from,
+        to,
+        tz: tz.name().to_string(),
+        group_by: match group_by {
+            GroupBy::User => "user",
+            GroupBy::Facility => "facility",
+            GroupBy::Day => "day",
+        }
+        .to_string(),
+        rows,
+    }))
+}

@@ -1,0 +1,644 @@
+//! Clock-in/out, geofence, time rules, forgotten clock-outs, scoping, exports and summaries.
+
+use chrono::{Duration, TimeZone, Utc};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, TestUser, assert_error, send};
+
+/// The helper facilities stand here, with a 200 m geofence.
+const SITE: (f64, f64) = (-1.9456, 30.1270);
+/// Degrees of latitude per metre.
+const DEG_PER_M: f64 = 1.0 / 111_195.0;
+
+async fn user_at_site(
+    app: &TestApp,
+    role: &str,
+    supervisor: Option<uuid::Uuid>,
+) -> (TestUser, uuid::Uuid) {
+    let user = app.user(role, supervisor).await;
+    let facility: uuid::Uuid = sqlx::query_scalar("SELECT facility_id FROM users WHERE id = $1")
+        .bind(user.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    (user, facility)
+}
+
+fn at_site() -> Value {
+    json!({"latitude": SITE.0, "longitude": SITE.1, "accuracy_m": 8.0})
+}
+
+async fn clock_in(app: &TestApp, user: &TestUser, body: Value) -> (StatusCode, Value) {
+    send(
+        app.post("/api/attendance/clock-in")
+            .bearer_auth(&user.token)
+            .json(&body),
+    )
+    .await
+}
+
+async fn clock_out(app: &TestApp, user: &TestUser, body: Value) -> (StatusCode, Value) {
+    send(
+        app.post("/api/attendance/clock-out")
+            .bearer_auth(&user.token)
+            .json(&body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn clock_in_active_clock_out_round_trip_with_duration() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = user_at_site(&app, "focal", None).await;
+    let started = Utc::now() - Duration::hours(2);
+    let mut body = at_site();
+    body["occurred_at"] = json!(
+        started
+            .with_timezone(&chrono::FixedOffset::east_opt(2 * 3600).unwrap())
+            .to_rfc3339()
+    );
+    body["notes"] = json!("morning shift");
+    let (status, record) = clock_in(&app, &user, body).await;
+    assert_eq!(status, StatusCode::CREATED, "{record}");
+    assert_eq!(record["status"], "open");
+    assert_eq!(record["facility_id"], json!(facility));
+    assert_eq!(record["source"], "online");
+    assert_eq!(record["outside_geofence"], false);
+    assert!(
+        record["clock_in_at"].as_str().unwrap().ends_with('Z'),
+        "UTC out: {record}"
+    );
+    assert!(record["duration_s"].is_null());
+
+    let (_, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
+    assert_eq!(active["attendance"]["id"], record["id"]);
+
+    let (status, closed) = clock_out(&app, &user, at_site()).await;
+    assert_eq!(status, StatusCode::OK, "{closed}");
+    assert_eq!(closed["status"], "closed");
+    let duration = closed["duration_s"].as_i64().unwrap();
+    assert!((7195..=7215).contains(&duration), "{duration}");
+    assert_eq!(closed["clock_out_location"]["accuracy_m"], 8.0);
+    assert_eq!(closed["notes"], "morning shift");
+    assert!(closed["sync_version"].as_i64().unwrap() >= 2);
+
+    let (_, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
+    assert!(active["attendance"].is_null());
+    let actions = app.actions().await;
+    assert!(
+        actions.contains(&"attendance.clock_in".into())
+            && actions.contains(&"attendance.clock_out".into())
+    );
+}
+
+#[tokio::test]
+async fn double_clock_in_and_clock_out_without_a_shift_are_conflicts() {
+    let app = TestApp::spawn().await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    let (status, body) = clock_out(&app, &user, at_site()).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "not_clocked_in");
+    assert_eq!(
+        clock_in(&app, &user, at_site()).await.0,
+        StatusCode::CREATED
+    );
+    let (status, body) = clock_in(&app, &user, at_site()).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "already_clocked_in");
+}
+
+#[tokio::test]
+async fn a_shift_left_open_past_the_limit_is_closed_incomplete_by_the_next_clock_in() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = user_at_site(&app, "focal", None).await;
+    let forgotten = app
+        .insert_attendance(
+            user.id,
+            facility,
+            Utc::now() - Duration::hours(17),
+            None,
+            "open",
+        )
+        .await;
+    let (status, body) = clock_in(&app, &user, at_site()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, clock_out_at): (String, Option<chrono::DateTime<Utc>>) =
+        sqlx::query_as("SELECT status, clock_out_at FROM attendance WHERE id = $1")
+            .bind(forgotten)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), clock_out_at), ("incomplete", None));
+}
+
+#[tokio::test]
+async fn a_night_shift_under_the_limit_stays_open() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = user_at_site(&app, "focal", None).await;
+    let night = app
+        .insert_attendance(
+            user.id,
+            facility,
+            Utc::now() - Duration::hours(10),
+            None,
+            "open",
+        )
+        .await;
+    let (status, body) = clock_in(&app, &user, at_site()).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "already_clocked_in");
+    let (status, closed) = clock_out(&app, &user, at_site()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(closed["id"], json!(night));
+    assert!(closed["duration_s"].as_i64().unwrap() >= 10 * 3600);
+}
+
+#[tokio::test]
+async fn the_periodic_sweep_closes_forgotten_shifts() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("SWEEP_INTERVAL_SECS".into(), "1".into());
+    })
+    .await;
+    let (user, facility) = user_at_site(&app, "focal", None).await;
+    let forgotten = app
+        .insert_attendance(
+            user.id,
+            facility,
+            Utc::now() - Duration::hours(20),
+            None,
+            "open",
+        )
+        .await;
+    let recent = app
+        .insert_attendance(
+            user.id,
+            facility,
+            Utc::now() - Duration::hours(30),
+            Some(Utc::now() - Duration::hours(22)),
+            "closed",
+        )
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status: String = sqlx::query_scalar("SELECT status FROM attendance WHERE id = $1")
+            .bind(forgotten)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        if status == "incomplete" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweep did not run"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let untouched: String = sqlx::query_scalar("SELECT status FROM attendance WHERE id = $1")
+        .bind(recent)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(untouched, "closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_simultaneous_clock_ins_of_one_user_create_exactly_one_record() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("DB_MAX_CONNECTIONS".into(), "20".into());
+    })
+    .await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    let attempts = (0..50).map(|_| clock_in(&app, &user, at_site()));
+    let results = futures::future::join_all(attempts).await;
+    let created = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    let conflicts = results
+        .iter()
+        .filter(|(s, b)| *s == StatusCode::CONFLICT && b["error"]["code"] == "already_clocked_in")
+        .count();
+    assert_eq!(
+        (created, conflicts),
+        (1, 49),
+        "{:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance WHERE user_id = $1")
+        .bind(user.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
+#[tokio::test]
+async fn the_geofence_flags_a_point_500_m_away_but_not_150_m() {
+    let app = TestApp::spawn().await;
+    let (near_user, _) = user_at_site(&app, "focal", None).await;
+    let (far_user, _) = user_at_site(&app, "focal", None).await;
+    let (_, near) = clock_in(
+        &app,
+        &near_user,
+        json!({"latitude": SITE.0 + 150.0 * DEG_PER_M, "longitude": SITE.1}),
+    )
+    .await;
+    let (_, far) = clock_in(
+        &app,
+        &far_user,
+        json!({"latitude": SITE.0 + 500.0 * DEG_PER_M, "longitude": SITE.1}),
+    )
+    .await;
+    assert_eq!(near["outside_geofence"], false, "{near}");
+    assert!((near["distance_m"].as_f64().unwrap() - 150.0).abs() < 1.0);
+    assert_eq!(far["outside_geofence"], true, "{far}");
+    assert!((far["distance_m"].as_f64().unwrap() - 500.0).abs() < 1.0);
+}
+
+#[tokio::test]
+async fn an_enforced_geofence_refuses_far_clock_ins() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("GEOFENCE_ENFORCE".into(), "true".into());
+    })
+    .await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    let (status, body) = clock_in(
+        &app,
+        &user,
+        json!({"latitude": SITE.0 + 500.0 * DEG_PER_M, "longitude": SITE.1}),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+    assert_eq!(
+        clock_in(
+            &app,
+            &user,
+            json!({"latitude": SITE.0 + 150.0 * DEG_PER_M, "longitude": SITE.1})
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn times_outside_the_accepted_window_and_bad_input_are_refused() {
+    let app = TestApp::spawn().await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    let with = |k: &str, v: Value| {
+        let mut b = at_site();
+        b[k] = v;
+        b
+    };
+    let cases = [
+        (
+            "future",
+            with(
+                "occurred_at",
+                json!((Utc::now() + Duration::minutes(10)).to_rfc3339()),
+            ),
+            "occurred_at",
+        ),
+        (
+            "too old",
+            with(
+                "occurred_at",
+                json!((Utc::now() - Duration::days(31)).to_rfc3339()),
+            ),
+            "occurred_at",
+        ),
+        (
+            "no offset",
+            with("occurred_at", json!("2026-11-21T08:00:00")),
+            "occurred_at",
+        ),
+        ("latitude", with("latitude", json!(91.0)), "latitude"),
+        ("accuracy", with("accuracy_m", json!(-3)), "accuracy_m"),
+        (
+            "unknown facility",
+            with("facility_id", json!(uuid::Uuid::new_v4())),
+            "facility_id",
+        ),
+        (
+            "unknown field",
+            with("user_id", json!(uuid::Uuid::new_v4())),
+            "user_id",
+        ),
+    ];
+    for (name, body, field) in cases {
+        let (status, response) = clock_in(&app, &user, body).await;
+        assert_error(
+            status,
+            &response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+        assert!(
+            response["error"]["details"][field].is_array(),
+            "{name}: {response}"
+        );
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+
+    assert_eq!(
+        clock_in(&app, &user, at_site()).await.0,
+        StatusCode::CREATED
+    );
+    let mut early = at_site();
+    early["occurred_at"] = json!((Utc::now() - Duration::hours(1)).to_rfc3339());
+    let (status, body) = clock_out(&app, &user, early).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+}
+
+#[tokio::test]
+async fn a_retried_clock_in_with_the_same_client_id_returns_the_same_record() {
+    let app = TestApp::spawn().await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    let mut body = at_site();
+    body["client_id"] = json!("phone-42:2026-11-21T08:00");
+    let (first_status, first) = clock_in(&app, &user, body.clone()).await;
+    let (second_status, second) = clock_in(&app, &user, body).await;
+    assert_eq!(
+        (first_status, second_status),
+        (StatusCode::CREATED, StatusCode::OK)
+    );
+    assert_eq!(first["id"], second["id"]);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
+#[tokio::test]
+async fn every_read_is_scoped_by_role() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let backstopper = app.user("backstopper", None).await;
+    let (supervisor, _) = user_at_site(&app, "supervisor", Some(backstopper.id)).await;
+    let (worker, _) = user_at_site(&app, "focal", Some(supervisor.id)).await;
+    let (stranger, _) = user_at_site(&app, "ddo", None).await;
+    let unrelated = app.user("supervisor", None).await;
+    let (_, mine) = clock_in(&app, &worker, at_site()).await;
+    let (_, theirs) = clock_in(&app, &stranger, at_site()).await;
+    let (_, boss) = clock_in(&app, &supervisor, at_site()).await;
+    let ids = |body: &Value| -> Vec<String> {
+        let mut v: Vec<String> = body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let sorted = |mut v: Vec<&Value>| -> Vec<String> {
+        v.sort_by_key(|x| x.as_str().unwrap().to_string());
+        v.into_iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let (_, list) = send(app.get("/api/attendance").bearer_auth(&worker.token)).await;
+    assert_eq!(ids(&list), sorted(vec![&mine["id"]]));
+    let (_, list) = send(app.get("/api/attendance").bearer_auth(&supervisor.token)).await;
+    assert_eq!(ids(&list), sorted(vec![&mine["id"], &boss["id"]]));
+    let (_, list) = send(app.get("/api/attendance").bearer_auth(&backstopper.token)).await;
+    assert_eq!(ids(&list), sorted(vec![&mine["id"], &boss["id"]]));
+    let (_, list) = send(app.get("/api/attendance").bearer_auth(&unrelated.token)).await;
+    assert_eq!(list["total"], 0);
+    let (_, list) = send(app.get("/api/attendance").bearer_auth(&admin.token)).await;
+    assert_eq!(list["total"], 3);
+    let (_, list) = send(
+        app.get("/api/attendance/my-records")
+            .bearer_auth(&supervisor.token),
+    )
+    .await;
+    assert_eq!(ids(&list), sorted(vec![&boss["id"]]));
+    // Asking for someone else's records by filter gives nothing, not their records.
+    let (_, list) = send(
+        app.get(&format!("/api/attendance?user_id={}", stranger.id))
+            .bearer_auth(&worker.token),
+    )
+    .await;
+    assert_eq!(list["total"], 0);
+
+    let path = |r: &Value| format!("/api/attendance/{}", r["id"].as_str().unwrap());
+    for (viewer, record, expected) in [
+        (&worker, &mine, 200),
+        (&worker, &theirs, 404),
+        (&supervisor, &mine, 200),
+        (&backstopper, &mine, 200),
+        (&unrelated, &mine, 404),
+        (&admin, &theirs, 200),
+        (&stranger, &boss, 404),
+    ] {
+        let (status, body) = send(app.get(&path(record)).bearer_auth(&viewer.token)).await;
+        assert_eq!(status.as_u16(), expected, "{body}");
+    }
+    for path in ["/api/attendance/export", "/api/attendance/summary"] {
+        let (status, body) = send(app.get(path).bearer_auth(&worker.token)).await;
+        assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    }
+}
+
+#[tokio::test]
+async fn exports_are_real_csv_and_xlsx_in_local_time_with_formulas_neutralised() {
+    let app = TestApp::spawn().await;
+    let supervisor = app.user("supervisor", None).await;
+    let (worker, facility) = user_at_site(&app, "focal", Some(supervisor.id)).await;
+    let (outsider, outsider_facility) = user_at_site(&app, "focal", None).await;
+    // 06:30 UTC is 08:30 in Kigali.
+    let day = Utc.with_ymd_and_hms(2026, 10, 5, 6, 30, 0).unwrap();
+    let id = app
+        .insert_attendance(
+            worker.id,
+            facility,
+            day,
+            Some(day + Duration::hours(8)),
+            "closed",
+        )
+        .await;
+    sqlx::query("UPDATE attendance SET notes = '=HYPERLINK(\"http://evil.example\",\"click\")' WHERE id = $1")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    app.insert_attendance(
+        worker.id,
+        facility,
+        day + Duration::days(1),
+        None,
+        "incomplete",
+    )
+    .await;
+    app.insert_attendance(
+        outsider.id,
+        outsider_facility,
+        day,
+        Some(day + Duration::hours(1)),
+        "closed",
+    )
+    .await;
+
+    let response = app
+        .get("/api/attendance/export?format=csv&from=2026-10-01&to=2026-10-31")
+        .bearer_auth(&supervisor.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let bytes = response.bytes().await.unwrap();
+    let mut reader = csv::Reader::from_reader(bytes.as_ref());
+    let headers = reader.headers().unwrap().clone();
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 2, "only the supervisor's team");
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    assert_eq!(&rows[0][col("clock_in")], "2026-10-05 08:30:00");
+    assert_eq!(&rows[0][col("clock_out")], "2026-10-05 16:30:00");
+    assert_eq!(&rows[0][col("hours")], "8.00");
+    assert_eq!(
+        &rows[0][col("notes")],
+        "'=HYPERLINK(\"http://evil.example\",\"click\")"
+    );
+    assert_eq!(&rows[1][col("status")], "incomplete");
+    assert_eq!(&rows[0][col("email")], worker.email);
+
+    let response = app
+        .get("/api/attendance/export?format=xlsx&tz=UTC")
+        .bearer_auth(&supervisor.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.bytes().await.unwrap().to_vec();
+    use calamine::Reader;
+    let mut workbook: calamine::Xlsx<_> = calamine::Xlsx::new(std::io::Cursor::new(bytes)).unwrap();
+    let range = workbook.worksheet_range("Attendance").unwrap();
+    assert_eq!(range.height(), 3, "header and two rows");
+    let cell = |r: usize, c: usize| range.get((r, c)).unwrap().to_string();
+    assert_eq!(cell(0, 8), "clock_in");
+    assert_eq!(cell(1, 8), "2026-10-05 06:30:00");
+    assert!(cell(1, 14).starts_with("'="), "{}", cell(1, 14));
+}
+
+#[tokio::test]
+async fn summaries_match_hand_computed_figures_including_a_shift_across_midnight() {
+    let app = TestApp::spawn().await;
+    let supervisor = app.user("supervisor", None).await;
+    let (worker, facility) = user_at_site(&app, "focal", Some(supervisor.id)).await;
+    // Kigali is UTC+2. Local times:
+    //   Oct 5 08:00-16:00 (8 h); Oct 6 22:00 - Oct 7 06:00 (8 h, across midnight, counted on Oct 6);
+    //   Oct 8 07:00 forgotten (incomplete, no hours), outside the geofence.
+    let utc = |d: u32, h: u32| Utc.with_ymd_and_hms(2026, 10, d, h, 0, 0).unwrap();
+    app.insert_attendance(worker.id, facility, utc(5, 6), Some(utc(5, 14)), "closed")
+        .await;
+    app.insert_attendance(worker.id, facility, utc(6, 20), Some(utc(7, 4)), "closed")
+        .await;
+    let forgotten = app
+        .insert_attendance(worker.id, facility, utc(8, 5), None, "incomplete")
+        .await;
+    sqlx::query("UPDATE attendance SET outside_geofence = true WHERE id = $1")
+        .bind(forgotten)
+        .execute(&app.db)
+        .await
+        .unwrap();
+
+    let get = |query: &str| {
+        send(
+            app.get(&format!(
+                "/api/attendance/summary?from=2026-10-01&to=2026-10-31&{query}"
+            ))
+            .bearer_auth(&supervisor.token),
+        )
+    };
+    let (status, by_user) = get("group_by=user").await;
+    assert_eq!(status, StatusCode::OK, "{by_user}");
+    let row = &by_user["rows"][0];
+    assert_eq!(row["key"], json!(worker.id.to_string()));
+    assert_eq!(
+        (
+            row["records"].as_i64(),
+            row["days_present"].as_i64(),
+            row["hours_worked"].as_f64()
+        ),
+        (Some(3), Some(3), Some(16.0))
+    );
+    assert_eq!(
+        (
+            row["incomplete"].as_i64(),
+            row["open"].as_i64(),
+            row["outside_geofence"].as_i64()
+        ),
+        (Some(1), Some(0), Some(1))
+    );
+
+    let (_, by_day) = get("group_by=day").await;
+    let days: Vec<(String, f64, i64)> = by_day["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap().to_string(),
+                r["hours_worked"].as_f64().unwrap(),
+                r["incomplete"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        days,
+        vec![
+            ("2026-10-05".into(), 8.0, 0),
+            ("2026-10-06".into(), 8.0, 0),
+            ("2026-10-08".into(), 0.0, 1)
+        ]
+    );
+
+    // In UTC the night shift starts on Oct 6 20:00 and the forgotten one on Oct 8 05:00: the
+    // same days; in Los Angeles (UTC-7 in October) two of them move to the day before.
+    let (_, shifted) = get("group_by=day&tz=America/Los_Angeles").await;
+    let keys: Vec<&str> = shifted["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, vec!["2026-10-04", "2026-10-06", "2026-10-07"]);
+
+    let (_, by_facility) = get("group_by=facility").await;
+    assert_eq!(by_facility["rows"][0]["key"], json!(facility.to_string()));
+    assert_eq!(by_facility["rows"][0]["users_present"], 1);
+
+    let (status, body) = get("tz=Mars/Olympus").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+}
