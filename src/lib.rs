@@ -18,4 +18,5 @@ pub mod routes;
 pub mod seed;
 pub mod startup;
 pub mod state;
+pub mod sync;
 pub mod telemetry;

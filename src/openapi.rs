@@ -24,6 +24,7 @@ use crate::error::{ErrorBody, ErrorEnvelope};
         (name = "facilities", description = "Facilities, their search and CSV/XLSX imports"),
         (name = "attendance", description = "Clock-in, clock-out and attendance records"),
         (name = "reports", description = "Attendance exports and summaries (supervisors and above)"),
+        (name = "sync", description = "Offline batch push, change pull and the conflict queue"),
         (name = "admin", description = "Audit trail and system information (admins)"),
     )
 )]

@@ -82,6 +82,12 @@ pub(crate) struct FacilityRow {
     total: Option<i64>,
 }
 
+impl FacilityRow {
+    pub(crate) fn id(&self) -> Uuid {
+        self.id
+    }
+}
+
 impl From<FacilityRow> for Facility {
     fn from(r: FacilityRow) -> Self {
         Facility {

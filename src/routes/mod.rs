@@ -10,6 +10,7 @@ pub mod geography;
 pub mod health;
 pub mod pagination;
 pub mod reports;
+pub mod sync;
 pub mod users;
 
 use axum::Router;
@@ -28,6 +29,8 @@ use crate::state::AppState;
 struct Groups {
     /// `/api/auth/*`: per client address.
     auth: OpenApiRouter<AppState>,
+    /// Sync: per user.
+    sync: OpenApiRouter<AppState>,
     /// Uploads: per user.
     upload: OpenApiRouter<AppState>,
     /// The rest of `/api`: per user.
@@ -37,6 +40,7 @@ struct Groups {
 fn groups() -> Groups {
     Groups {
         auth: auth::public_router().merge(auth::router()),
+        sync: sync::router(),
         upload: facilities::upload_router(),
         api: users::router()
             .merge(activities::router())
@@ -69,6 +73,7 @@ fn assemble(state: Option<&AppState>) -> OpenApiRouter<AppState> {
     let upload = g.upload.layer(DefaultBodyLimit::max(upload_limit));
     let api = limited(g.auth, limits.map(|l| &l.auth))
         .merge(limited(upload, limits.map(|l| &l.upload)))
+        .merge(limited(g.sync, limits.map(|l| &l.sync)))
         .merge(limited(g.api, limits.map(|l| &l.api)));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(health::router())

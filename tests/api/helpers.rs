@@ -531,3 +531,44 @@ impl TestApp {
         .unwrap()
     }
 }
+
+impl TestApp {
+    /// Spawns a service whose application traffic goes through PgBouncer (transaction mode).
+    pub async fn spawn_via_pgbouncer(bouncer: &str) -> Self {
+        let test_db = TestDb::new().await;
+        let mut env = test_env(&format!(
+            "{}/{}",
+            bouncer.trim_end_matches('/'),
+            test_db.name
+        ));
+        env.insert("MIGRATION_DATABASE_URL".into(), test_db.url());
+        env.insert("DB_MAX_CONNECTIONS".into(), "40".into());
+        env.insert("DB_ACQUIRE_TIMEOUT_SECS".into(), "30".into());
+        Self::spawn_on(test_db, env).await
+    }
+
+    /// An access token for a user, signed as the service signs them (no password round trip).
+    pub fn token_for(&self, user: uuid::Uuid, role: &str) -> String {
+        field_attendance::auth::jwt::JwtKeys::new(&self.config.auth)
+            .issue(user, role.parse().unwrap(), 0)
+            .unwrap()
+    }
+
+    /// An active user with a token, without a login (for tests that need many).
+    pub async fn quick_user(
+        &self,
+        role: &str,
+        supervisor: Option<uuid::Uuid>,
+        facility: uuid::Uuid,
+    ) -> TestUser {
+        let (id, email) = self
+            .insert_user(role, "active", supervisor, Some(facility))
+            .await;
+        TestUser {
+            id,
+            email,
+            token: self.token_for(id, role),
+            refresh_token: String::new(),
+        }
+    }
+}

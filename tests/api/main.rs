@@ -9,4 +9,5 @@ mod helpers;
 mod migrations;
 mod openapi;
 mod pgbouncer;
+mod sync;
 mod users;

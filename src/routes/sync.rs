@@ -1,0 +1,394 @@
+//! Offline sync endpoints: push, pull, and the admin conflict queue.
+
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::audit::Activity;
+use crate::auth::{AuthUser, ClientInfo};
+use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
+use crate::domain::attendance::outside_geofence;
+use crate::domain::{GeoPoint, Role};
+use crate::error::{ApiError, ErrorEnvelope, Invalid};
+use crate::extract::{Json, Path, Query};
+use crate::routes::attendance::Site;
+use crate::routes::auth::required_text;
+use crate::routes::pagination::{Page, Paging};
+use crate::state::AppState;
+use crate::sync::model::{Content, PushRequest, PushResponse};
+use crate::sync::pull::{self, Cursor, PullResponse};
+use crate::sync::push::{self, PushContext};
+
+/// The sync routes (their own rate limit class).
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(push_changes))
+        .routes(routes!(push_changes_alias))
+        .routes(routes!(pull_changes))
+        .routes(routes!(list_conflicts))
+        .routes(routes!(resolve_conflict))
+}
+
+async fn run_push(
+    state: &AppState,
+    user: &AuthUser,
+    client: &ClientInfo,
+    req: PushRequest,
+) -> Result<Json<PushResponse>, ApiError> {
+    let mut invalid = Invalid::default();
+    let device_id = required_text(&req.device_id, "device_id", 128, &mut invalid);
+    let max = state.config.sync_max_batch;
+    if req.records.len() > max {
+        invalid.add(
+            "records",
+            format!("at most {max} records per batch; split it"),
+        );
+    }
+    invalid.finish()?;
+    let ctx = PushContext {
+        db: &state.db,
+        config: &state.config,
+        user,
+        client,
+    };
+    Ok(Json(push::push(ctx, &device_id, req.records).await?))
+}
+
+/// Pushes a batch of offline changes. Idempotent: a batch sent again changes nothing and
+/// answers `duplicate` per record. Each record gets its own result, in the order sent; a bad
+/// record is `rejected` and never fails the others.
+#[utoipa::path(post, path = "/sync/push", tag = "sync", security(("bearer" = [])), request_body = PushRequest,
+    responses(
+        (status = 200, description = "One result per record", body = PushResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 413, description = "Body over the limit", body = ErrorEnvelope),
+        (status = 422, description = "No device id, or more records than a batch may hold", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn push_changes(
+    State(state): State<AppState>,
+    user: AuthUser,
+    client: ClientInfo,
+    Json(req): Json<PushRequest>,
+) -> Result<Json<PushResponse>, ApiError> {
+    run_push(&state, &user, &client, req).await
+}
+
+/// The same as `POST /sync/push`, at the path the first mobile clients use.
+#[utoipa::path(post, path = "/attendance/sync", tag = "sync", security(("bearer" = [])), request_body = PushRequest,
+    responses(
+        (status = 200, description = "One result per record", body = PushResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 413, description = "Body over the limit", body = ErrorEnvelope),
+        (status = 422, description = "No device id, or more records than a batch may hold", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn push_changes_alias(
+    State(state): State<AppState>,
+    user: AuthUser,
+    client: ClientInfo,
+    Json(req): Json<PushRequest>,
+) -> Result<Json<PushResponse>, ApiError> {
+    run_push(&state, &user, &client, req).await
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct PullQuery {
+    /// From the previous answer; omit for everything the caller may see.
+    pub cursor: Option<String>,
+    /// Rows per page, 1 to 1000 (default 200).
+    #[param(minimum = 1, maximum = 1000, default = 200)]
+    pub limit: Option<u32>,
+}
+
+/// Everything the caller may see that changed after `cursor`: attendance (their own, their
+/// tree's for supervisors, all for admins) and facilities. No change is ever skipped, even when
+/// transactions commit out of order; follow `has_more` to the end.
+#[utoipa::path(get, path = "/sync/pull", tag = "sync", security(("bearer" = [])), params(PullQuery),
+    responses(
+        (status = 200, description = "A page of changes", body = PullResponse),
+        (status = 400, description = "Bad query string", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 422, description = "A cursor this service did not issue, or a bad limit", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn pull_changes(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(q): Query<PullQuery>,
+) -> Result<Json<PullResponse>, ApiError> {
+    let limit = q.limit.unwrap_or(200);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
+    }
+    let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(text) => Cursor::decode(text)?,
+        None => Cursor::default(),
+    };
+    let mut tx = state.db.begin().await?;
+    let (changes, next, has_more) = pull::pull(&mut tx, &user, cursor, limit as usize).await?;
+    tx.commit().await?;
+    Ok(Json(PullResponse {
+        changes,
+        cursor: next.encode(),
+        has_more,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct SyncConflict {
+    pub id: Uuid,
+    #[schema(example = "attendance")]
+    pub kind: String,
+    pub record_id: Uuid,
+    pub user_id: Uuid,
+    pub device_id: Option<String>,
+    pub client_version: i32,
+    pub server_version: i32,
+    /// What the device sent: `{op, content, client_timestamp}`.
+    #[schema(value_type = Object)]
+    pub client_data: serde_json::Value,
+    /// The server's record when the conflict arose.
+    #[schema(value_type = Object)]
+    pub server_data: serde_json::Value,
+    /// `pending` or `resolved`.
+    pub status: String,
+    /// `server` or `client`, once resolved.
+    pub resolution: Option<String>,
+    pub resolved_by: Option<Uuid>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip)]
+    #[schema(ignore)]
+    #[sqlx(default)]
+    total: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ConflictQuery {
+    /// `pending` (default) or `resolved`.
+    pub status: Option<String>,
+    #[param(minimum = 1, default = 1)]
+    pub page: Option<u32>,
+    #[param(minimum = 1, maximum = 100, default = 50)]
+    pub per_page: Option<u32>,
+}
+
+const CONFLICT_COLUMNS: &str =
+    "id, kind, record_id, user_id, device_id, client_version, server_version,
+    client_data, server_data, status, resolution, resolved_by, resolved_at, created_at";
+
+/// Conflicts queued by the `manual` strategy, oldest first (admin).
+#[utoipa::path(get, path = "/sync/conflicts", tag = "sync", security(("bearer" = [])), params(ConflictQuery),
+    responses(
+        (status = 200, description = "A page of conflicts", body = Page<SyncConflict>),
+        (status = 400, description = "Bad query string", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 403, description = "Admins only", body = ErrorEnvelope),
+        (status = 422, description = "Bad status or paging", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn list_conflicts(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(q): Query<ConflictQuery>,
+) -> Result<Json<Page<SyncConflict>>, ApiError> {
+    user.require(Role::Admin)?;
+    let paging = Paging::new(q.page, q.per_page)?;
+    let status = q.status.unwrap_or_else(|| "pending".into());
+    if status != "pending" && status != "resolved" {
+        return Err(ApiError::invalid("status", "must be pending or resolved"));
+    }
+    let rows: Vec<SyncConflict> = sqlx::query_as(&format!(
+        "SELECT {CONFLICT_COLUMNS}, count(*) OVER () AS total FROM sync_conflicts
+         WHERE status = $1 ORDER BY created_at, id LIMIT $2 OFFSET $3"
+    ))
+    .bind(status)
+    .bind(paging.limit())
+    .bind(paging.offset())
+    .fetch_all(&state.db)
+    .await?;
+    let total = rows.first().and_then(|r| r.total).unwrap_or(0);
+    Ok(Json(paging.wrap(rows, total)))
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Keep {
+    Server,
+    Client,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    pub keep: Keep,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Resolution {
+    pub conflict: SyncConflict,
+    /// The record as it now stands (null when the client's deletion was kept).
+    pub record: Option<AttendanceRecord>,
+}
+
+/// Settles a queued conflict (admin). Either way the record's version is bumped, so every
+/// device receives the outcome on its next pull.
+#[utoipa::path(post, path = "/sync/conflicts/{id}/resolve", tag = "sync", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Conflict id")), request_body = ResolveRequest,
+    responses(
+        (status = 200, description = "Resolved", body = Resolution),
+        (status = 400, description = "Malformed JSON or id", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 403, description = "Admins only", body = ErrorEnvelope),
+        (status = 404, description = "No such conflict", body = ErrorEnvelope),
+        (status = 409, description = "Already resolved", body = ErrorEnvelope),
+        (status = 422, description = "Invalid fields", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn resolve_conflict(
+    State(state): State<AppState>,
+    admin: AuthUser,
+    client: ClientInfo,
+    Path(id): Path<Uuid>,
+    Json(req): Json<ResolveRequest>,
+) -> Result<Json<Resolution>, ApiError> {
+    admin.require(Role::Admin)?;
+    let mut tx = state.db.begin().await?;
+    let conflict: SyncConflict = sqlx::query_as(&format!(
+        "SELECT {CONFLICT_COLUMNS} FROM sync_conflicts WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(ApiError::NotFound)?;
+    if conflict.status != "pending" {
+        return Err(ApiError::conflict(
+            "conflict",
+            "this conflict is already resolved",
+        ));
+    }
+    let record_sql = |set: &str| {
+        format!(
+            "UPDATE attendance AS a SET {set}, sync_version = sync_version + 1, server_timestamp = now()
+             WHERE a.id = $1 RETURNING {}",
+            records::COLUMNS
+        )
+    };
+    let row: Option<AttendanceRow> = match req.keep {
+        // Touching the record gives it a new version, so devices pull the server's copy again.
+        Keep::Server => {
+            sqlx::query_as(&record_sql("notes = notes"))
+                .bind(conflict.record_id)
+                .fetch_optional(&mut *tx)
+                .await?
+        }
+        Keep::Client => {
+            let op = conflict.client_data["op"].as_str().unwrap_or("upsert");
+            if op == "delete" {
+                sqlx::query_as(&record_sql("deleted_at = now()"))
+                    .bind(conflict.record_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+            } else {
+                let content: Content = serde_json::from_value(
+                    conflict.client_data["content"].clone(),
+                )
+                .map_err(|e| anyhow::anyhow!("stored conflict content is unreadable: {e}"))?;
+                let site = Site::load(&mut *tx, content.facility_id)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::invalid("facility_id", "the facility no longer exists")
+                    })?;
+                let here = GeoPoint {
+                    latitude: site.latitude,
+                    longitude: site.longitude,
+                };
+                let distance = here.distance_m(&GeoPoint {
+                    latitude: content.clock_in.latitude,
+                    longitude: content.clock_in.longitude,
+                });
+                let out = content.clock_out.as_ref().map(|l| {
+                    here.distance_m(&GeoPoint {
+                        latitude: l.latitude,
+                        longitude: l.longitude,
+                    })
+                });
+                let outside = outside_geofence(distance, site.geofence_radius_m)
+                    || out.is_some_and(|d| outside_geofence(d, site.geofence_radius_m));
+                let status = if content.clock_out_at.is_some() {
+                    "closed"
+                } else {
+                    "open"
+                };
+                sqlx::query_as(&record_sql(
+                    "facility_id = $2, status = $3, clock_in_at = $4, clock_out_at = $5, clock_in_latitude = $6,
+                     clock_in_longitude = $7, clock_in_accuracy_m = $8, clock_out_latitude = $9,
+                     clock_out_longitude = $10, clock_out_accuracy_m = $11, distance_m = $12,
+                     clock_out_distance_m = $13, outside_geofence = $14, notes = $15, deleted_at = NULL",
+                ))
+                .bind(conflict.record_id)
+                .bind(content.facility_id)
+                .bind(status)
+                .bind(content.clock_in_at)
+                .bind(content.clock_out_at)
+                .bind(content.clock_in.latitude)
+                .bind(content.clock_in.longitude)
+                .bind(content.clock_in.accuracy_m)
+                .bind(content.clock_out.as_ref().map(|l| l.latitude))
+                .bind(content.clock_out.as_ref().map(|l| l.longitude))
+                .bind(content.clock_out.as_ref().and_then(|l| l.accuracy_m))
+                .bind(distance)
+                .bind(out)
+                .bind(outside)
+                .bind(content.notes.clone())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| match &e {
+                    sqlx::Error::Database(db) if db.constraint() == Some("attendance_one_open_per_user") => {
+                        ApiError::conflict("already_clocked_in", "the user has another open shift; close it first")
+                    }
+                    _ => e.into(),
+                })?
+            }
+        }
+    };
+    let keep = if req.keep == Keep::Server {
+        "server"
+    } else {
+        "client"
+    };
+    let conflict: SyncConflict = sqlx::query_as(&format!(
+        "UPDATE sync_conflicts SET status = 'resolved', resolution = $2, resolved_by = $3, resolved_at = now()
+         WHERE id = $1 RETURNING {CONFLICT_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(keep)
+    .bind(admin.id)
+    .fetch_one(&mut *tx)
+    .await?;
+    Activity::new("sync.conflict_resolve")
+        .by(&admin)
+        .on("sync_conflict", id)
+        .from(&client)
+        .details(serde_json::json!({ "record_id": conflict.record_id, "keep": keep }))
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Json(Resolution {
+        conflict,
+        record: row
+            .filter(|r| r.deleted_at.is_none())
+            .map(AttendanceRecord::from),
+    }))
+}

@@ -1,0 +1,6 @@
+//! Offline sync: batched pushes with conflict strategies, and pulls by MVCC snapshot.
+
+pub mod decide;
+pub mod model;
+pub mod pull;
+pub mod push;

@@ -1,0 +1,350 @@
+//! Pulls that never skip a change.
+//!
+//! Every synced row carries `change_xid`, the id of the transaction that last wrote it. A cursor
+//! holds the MVCC snapshot (`pg_current_snapshot()`) that the previous pull read at: the next
+//! pull returns exactly the rows whose last writer was not yet visible in that snapshot. A
+//! transaction that started early and committed late is invisible to one snapshot and visible
+//! in the next, so it is returned once, later — where a timestamp or sequence number taken at
+//! insert time would already have been passed by the cursor.
+//!
+//! Pages of one pull all read "as of" the first page's snapshot (the target): rows changed
+//! again after it are left for the next pull, which starts from that target.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, QueryBuilder};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
+use crate::db::facilities::{FROM_FACILITIES, Facility, FacilityRow, SELECT_FACILITY};
+use crate::db::users::push_scope_with_self;
+use crate::error::ApiError;
+
+/// The position of a client in the stream of changes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Cursor {
+    /// Snapshot the client has fully seen (None: nothing yet).
+    #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// Snapshot the current pull reads up to, while it has more pages.
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Last attendance row returned in this pull (xid, id).
+    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+    pub attendance_after: Option<(String, Uuid)>,
+    /// Last facility returned in this pull (xid, id).
+    #[serde(rename = "f", default, skip_serializing_if = "Option::is_none")]
+    pub facilities_after: Option<(String, Uuid)>,
+    /// Attendance is done for this pull; facilities are being paged.
+    #[serde(rename = "s", default)]
+    pub facilities_stage: bool,
+}
+
+/// `xmin:xmax:xip,xip` as Postgres prints a `pg_snapshot`.
+fn valid_snapshot(s: &str) -> bool {
+    let mut parts = s.split(':');
+    let (Some(xmin), Some(xmax), Some(xip), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let number = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+    s.len() <= 64 * 1024
+        && number(xmin)
+        && number(xmax)
+        && (xip.is_empty() || xip.split(',').all(number))
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).expect("a cursor serialises"))
+    }
+
+    pub fn decode(text: &str) -> Result<Self, ApiError> {
+        let bad = || ApiError::invalid("cursor", "is not a cursor this service issued");
+        let bytes = URL_SAFE_NO_PAD.decode(text.trim()).map_err(|_| bad())?;
+        let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+        let keys = [&cursor.attendance_after, &cursor.facilities_after];
+        let snapshots_ok = [&cursor.base, &cursor.target]
+            .into_iter()
+            .flatten()
+            .all(|s| valid_snapshot(s));
+        let keys_ok = keys.into_iter().flatten().all(|(xid, _)| valid_xid(xid));
+        if snapshots_ok && keys_ok {
+            Ok(cursor)
+        } else {
+            Err(bad())
+        }
+    }
+}
+
+fn valid_xid(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttendanceChanges {
+    /// Records created since the cursor (by the server's own creation, not the device's clock).
+    pub created: Vec<AttendanceRecord>,
+    pub updated: Vec<AttendanceRecord>,
+    /// Ids of records deleted since the cursor.
+    pub deleted: Vec<Uuid>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FacilityChanges {
+    pub created: Vec<Facility>,
+    pub updated: Vec<Facility>,
+    /// Facilities are deactivated, never deleted: always empty.
+    pub deleted: Vec<Uuid>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Changes {
+    pub attendance: AttendanceChanges,
+    pub facilities: FacilityChanges,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PullResponse {
+    pub changes: Changes,
+    /// Pass back as `cursor` for the next page or the next pull.
+    pub cursor: String,
+    /// More changes are waiting: pull again at once with the new cursor.
+    pub has_more: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct PulledAttendance {
+    #[sqlx(flatten)]
+    row: AttendanceRow,
+    xid: String,
+    is_new: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct PulledFacility {
+    #[sqlx(flatten)]
+    row: FacilityRow,
+    xid: String,
+    is_new: bool,
+}
+
+/// `change_xid` is newer than the base and visible in the target (and the row is in range).
+fn push_window(
+    qb: &mut QueryBuilder<'_, sqlx::Postgres>,
+    alias: &str,
+    base: &Option<String>,
+    target: &str,
+    after: &Option<(String, Uuid)>,
+) {
+    qb.push(format_args!(
+        " AND pg_visible_in_snapshot({alias}.change_xid, "
+    ))
+    .push_bind(target.to_string())
+    .push("::pg_snapshot)");
+    match base {
+        Some(base) => {
+            qb.push(format_args!(" AND {alias}.change_xid >= pg_snapshot_xmin("))
+                .push_bind(base.clone())
+                .push(format_args!(
+                    "::pg_snapshot) AND NOT pg_visible_in_snapshot({alias}.change_xid, "
+                ))
+                .push_bind(base.clone())
+                .push("::pg_snapshot)");
+        }
+        // A first pull needs no tombstones.
+        None if alias == "a" => {
+            qb.push(" AND a.deleted_at IS NULL");
+        }
+        None => {}
+    }
+    if let Some((xid, id)) = after {
+        qb.push(format_args!(" AND ({alias}.change_xid, {alias}.id) > ("))
+            .push_bind(xid.clone())
+            .push("::xid8, ")
+            .push_bind(*id)
+            .push(")");
+    }
+}
+
+fn push_is_new(qb: &mut QueryBuilder<'_, sqlx::Postgres>, alias: &str, base: &Option<String>) {
+    match base {
+        Some(base) => {
+            qb.push(format_args!(
+                ", NOT pg_visible_in_snapshot({alias}.created_xid, "
+            ))
+            .push_bind(base.clone())
+            .push("::pg_snapshot) AS is_new");
+        }
+        None => {
+            qb.push(", true AS is_new");
+        }
+    }
+    qb.push(format_args!(", {alias}.change_xid::text AS xid"));
+}
+
+/// One page of changes after `cursor`, at most `limit` rows in all.
+pub async fn pull(
+    conn: &mut PgConnection,
+    viewer: &AuthUser,
+    cursor: Cursor,
+    limit: usize,
+) -> Result<(Changes, Cursor, bool), ApiError> {
+    // One snapshot for every statement of this page.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *conn)
+        .await?;
+    let now: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+        .fetch_one(&mut *conn)
+        .await?;
+    let target = cursor.target.clone().unwrap_or(now);
+    let base = cursor.base.clone();
+    let mut changes = Changes {
+        attendance: AttendanceChanges {
+            created: vec![],
+            updated: vec![],
+            deleted: vec![],
+        },
+        facilities: FacilityChanges {
+            created: vec![],
+            updated: vec![],
+            deleted: vec![],
+        },
+    };
+    let mut next = Cursor {
+        base: base.clone(),
+        target: Some(target.clone()),
+        attendance_after: cursor.attendance_after.clone(),
+        facilities_after: cursor.facilities_after.clone(),
+        facilities_stage: cursor.facilities_stage,
+    };
+    let mut remaining = limit;
+
+    if !cursor.facilities_stage {
+        let mut qb = QueryBuilder::new(format!("SELECT {}", records::COLUMNS));
+        push_is_new(&mut qb, "a", &base);
+        qb.push(" FROM attendance a WHERE true");
+        push_scope_with_self(&mut qb, viewer, "a.user_id");
+        push_window(&mut qb, "a", &base, &target, &cursor.attendance_after);
+        qb.push(" ORDER BY a.change_xid, a.id LIMIT ")
+            .push_bind(remaining as i64 + 1);
+        let mut rows: Vec<PulledAttendance> = qb.build_query_as().fetch_all(&mut *conn).await?;
+        if rows.len() > remaining {
+            rows.truncate(remaining);
+            let last = rows.last().expect("limit is at least 1");
+            next.attendance_after = Some((last.xid.clone(), last.row.id));
+            fill_attendance(&mut changes.attendance, rows);
+            return Ok((changes, next, true));
+        }
+        remaining -= rows.len();
+        fill_attendance(&mut changes.attendance, rows);
+        next.facilities_stage = true;
+        next.attendance_after = None;
+    }
+
+    if remaining == 0 {
+        // The page is full of attendance: say whether facilities are still to come.
+        let more = has_any_facility(conn, &base, &target, &next.facilities_after).await?;
+        if more {
+            return Ok((changes, next, true));
+        }
+        return Ok((
+            changes,
+            Cursor {
+                base: Some(target),
+                ..Cursor::default()
+            },
+            false,
+        ));
+    }
+    let mut qb = QueryBuilder::new(SELECT_FACILITY);
+    push_is_new(&mut qb, "f", &base);
+    qb.push(FROM_FACILITIES);
+    qb.push(" WHERE true");
+    push_window(&mut qb, "f", &base, &target, &next.facilities_after);
+    qb.push(" ORDER BY f.change_xid, f.id LIMIT ")
+        .push_bind(remaining as i64 + 1);
+    let mut rows: Vec<PulledFacility> = qb.build_query_as().fetch_all(&mut *conn).await?;
+    if rows.len() > remaining {
+        rows.truncate(remaining);
+        let last = rows.last().expect("limit is at least 1");
+        next.facilities_after = Some((last.xid.clone(), last.row.id()));
+        fill_facilities(&mut changes.facilities, rows);
+        return Ok((changes, next, true));
+    }
+    fill_facilities(&mut changes.facilities, rows);
+    // Everything up to the target is delivered: it becomes the base of the next pull.
+    Ok((
+        changes,
+        Cursor {
+            base: Some(target),
+            ..Cursor::default()
+        },
+        false,
+    ))
+}
+
+async fn has_any_facility(
+    conn: &mut PgConnection,
+    base: &Option<String>,
+    target: &str,
+    after: &Option<(String, Uuid)>,
+) -> Result<bool, ApiError> {
+    let mut qb = QueryBuilder::new("SELECT EXISTS (SELECT 1 FROM facilities f WHERE true");
+    push_window(&mut qb, "f", base, target, after);
+    qb.push(")");
+    Ok(qb.build_query_scalar().fetch_one(&mut *conn).await?)
+}
+
+fn fill_attendance(out: &mut AttendanceChanges, rows: Vec<PulledAttendance>) {
+    for r in rows {
+        if r.row.deleted_at.is_some() {
+            out.deleted.push(r.row.id);
+        } else if r.is_new {
+            out.created.push(r.row.into());
+        } else {
+            out.updated.push(r.row.into());
+        }
+    }
+}
+
+fn fill_facilities(out: &mut FacilityChanges, rows: Vec<PulledFacility>) {
+    for r in rows {
+        let facility = Facility::from(r.row);
+        if r.is_new {
+            out.created.push(facility);
+        } else {
+            out.updated.push(facility);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_forged_ones_are_refused() {
+        let cursor = Cursor {
+            base: Some("100:105:101,103".into()),
+            target: Some("110:110:".into()),
+            attendance_after: Some(("104".into(), Uuid::nil())),
+            facilities_after: None,
+            facilities_stage: false,
+        };
+        assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
+        for bad in [
+            "",
+            "not base64!",
+            &URL_SAFE_NO_PAD.encode(br#"{"b":"1:2:3;DROP TABLE users"}"#),
+            &URL_SAFE_NO_PAD
+                .encode(br#"{"a":["1 OR 1=1","00000000-0000-0000-0000-000000000000"]}"#),
+        ] {
+            assert!(Cursor::decode(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,829 @@
+//! Applying a push: every record checked on its own, then the whole batch applied with a fixed
+//! number of set-based statements in one transaction, whatever its size.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::audit::Activity;
+use crate::auth::{AuthUser, ClientInfo};
+use crate::config::Config;
+use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
+use crate::domain::GeoPoint;
+use crate::domain::attendance::{TimeRules, forgotten_before, outside_geofence};
+use crate::error::ApiError;
+use crate::sync::decide::{Decision, ServerCopy, decide};
+use crate::sync::model::{
+    Content, Op, PushRecord, PushResponse, PushResult, ResultError, ResultStatus, Strategy,
+};
+
+/// A facility as the geofence sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Site {
+    id: Uuid,
+    latitude: f64,
+    longitude: f64,
+    geofence_radius_m: i32,
+}
+
+/// A row to write (insert or update), with everything derived on the server.
+#[derive(Debug, Clone)]
+struct Write {
+    id: Uuid,
+    content: Content,
+    status: &'static str,
+    distance_m: f64,
+    out_distance_m: Option<f64>,
+    outside: bool,
+    client_timestamp: DateTime<Utc>,
+    version: i32,
+}
+
+/// What to do with each record, gathered before anything is written.
+#[derive(Default)]
+struct Plan {
+    inserts: Vec<Write>,
+    updates: Vec<Write>,
+    deletes: Vec<(Uuid, i32)>,
+    /// Open records closed as incomplete because a client_wins record replaced them.
+    closes: Vec<Uuid>,
+    conflicts: Vec<(Uuid, i32, i32, Value, Value)>,
+}
+
+enum Outcome {
+    /// Decided now: the pushed id, status, server version, the server record to return,
+    /// resolution.
+    Done(
+        Uuid,
+        ResultStatus,
+        Option<i32>,
+        Option<Box<AttendanceRecord>>,
+        Option<&'static str>,
+    ),
+    /// Filled in from the written row.
+    Written(ResultStatus, Uuid, Option<&'static str>),
+    Rejected(Option<Uuid>, &'static str, String),
+}
+
+fn reject(id: Option<Uuid>, code: &'static str, message: impl Into<String>) -> Outcome {
+    Outcome::Rejected(id, code, message.into())
+}
+
+/// Field checks of one record that need no database: the same rules as online clock-in.
+fn check_content(content: &Content, rules: &TimeRules, now: DateTime<Utc>) -> Result<(), String> {
+    for (name, l) in [
+        ("clock_in_location", Some(&content.clock_in)),
+        ("clock_out_location", content.clock_out.as_ref()),
+    ] {
+        if let Some(l) = l {
+            GeoPoint::new(l.latitude, l.longitude)
+                .map_err(|(field, reason)| format!("{name}.{field} {reason}"))?;
+            if l.accuracy_m.is_some_and(|a| !(a.is_finite() && a >= 0.0)) {
+                return Err(format!("{name}.accuracy_m must be zero or more"));
+            }
+        }
+    }
+    rules
+        .check(content.clock_in_at, now)
+        .map_err(|r| format!("clock_in_at {r}"))?;
+    if let Some(out) = content.clock_out_at {
+        rules
+            .check(out, now)
+            .map_err(|r| format!("clock_out_at {r}"))?;
+        if out < content.clock_in_at {
+            return Err("clock_out_at is before clock_in_at".into());
+        }
+        if content.clock_out.is_none() {
+            return Err("clock_out_location is required with clock_out_at".into());
+        }
+    } else if content.clock_out.is_some() {
+        return Err("clock_out_location needs clock_out_at".into());
+    }
+    if content
+        .notes
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > 1000)
+    {
+        return Err("notes must be at most 1000 characters".into());
+    }
+    Ok(())
+}
+
+pub struct PushContext<'a> {
+    pub db: &'a PgPool,
+    pub config: &'a Config,
+    pub user: &'a AuthUser,
+    pub client: &'a ClientInfo,
+}
+
+/// Processes a batch. Never fails because of one record: each bad one is `rejected`.
+pub async fn push(
+    ctx: PushContext<'_>,
+    device_id: &str,
+    raw: Vec<Value>,
+) -> Result<PushResponse, ApiError> {
+    let now = Utc::now();
+    let rules = TimeRules {
+        future_tolerance: ctx.config.attendance.future_tolerance,
+        max_age: ctx.config.attendance.max_age,
+    };
+    let user_id = ctx.user.id;
+
+    // 1. Parse and check each record on its own.
+    let mut parsed: Vec<Result<(PushRecord, Option<Content>), Outcome>> =
+        Vec::with_capacity(raw.len());
+    let mut seen_ids = HashSet::new();
+    for value in raw {
+        let id = value
+            .get("id")
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.parse().ok());
+        let record: PushRecord = match crate::extract::parse_json(value.to_string().as_bytes()) {
+            Ok(r) => r,
+            Err(ApiError::Validation(details)) => {
+                let reasons: Vec<String> = details
+                    .iter()
+                    .map(|(f, r)| format!("{f}: {}", r.join(", ")))
+                    .collect();
+                parsed.push(Err(reject(id, "validation_failed", reasons.join("; "))));
+                continue;
+            }
+            Err(e) => {
+                parsed.push(Err(reject(id, "validation_failed", e.to_string())));
+                continue;
+            }
+        };
+        let id = Some(record.id);
+        let checked = if record.kind != "attendance" {
+            Err(reject(
+                id,
+                "unsupported_kind",
+                format!("kind `{}` is not synced", record.kind),
+            ))
+        } else if record.sync_version < 1 {
+            Err(reject(
+                id,
+                "validation_failed",
+                "sync_version must be at least 1",
+            ))
+        } else if !seen_ids.insert(record.id) {
+            Err(reject(
+                id,
+                "duplicate_in_batch",
+                "this id appears earlier in the same batch",
+            ))
+        } else {
+            match (record.op, &record.data) {
+                (Op::Upsert, None) => Err(reject(
+                    id,
+                    "validation_failed",
+                    "data is required for upsert",
+                )),
+                (Op::Upsert, Some(data)) => {
+                    let content = Content::from_data(data);
+                    match check_content(&content, &rules, now) {
+                        Ok(()) => Ok(Some(content)),
+                        Err(reason) => Err(reject(id, "validation_failed", reason)),
+                    }
+                }
+                (Op::Delete, _) => Ok(None),
+            }
+        };
+        parsed.push(checked.map(|content| (record, content)));
+    }
+
+    // 2. Read what the batch touches, serialised per user so that concurrent pushes of one
+    //    user's devices cannot both open a shift.
+    let mut tx = ctx.db.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    records::close_forgotten(
+        &mut *tx,
+        Some(user_id),
+        forgotten_before(now, ctx.config.attendance.max_shift),
+    )
+    .await?;
+    let ids: Vec<Uuid> = parsed
+        .iter()
+        .filter_map(|p| p.as_ref().ok().map(|(r, _)| r.id))
+        .collect();
+    let stamps: Vec<DateTime<Utc>> = parsed
+        .iter()
+        .filter_map(|p| {
+            p.as_ref()
+                .ok()
+                .map(|(r, _)| r.client_timestamp.with_timezone(&Utc))
+        })
+        .collect();
+    let by_id = fetch_by_id(&mut tx, &ids).await?;
+    let by_stamp: HashMap<DateTime<Utc>, AttendanceRow> = {
+        let sql = format!(
+            "SELECT {} FROM attendance a WHERE a.user_id = $1 AND a.device_id = $2 AND a.client_timestamp = ANY($3)",
+            records::COLUMNS
+        );
+        let rows: Vec<AttendanceRow> = sqlx::query_as(&sql)
+            .bind(user_id)
+            .bind(device_id)
+            .bind(&stamps)
+            .fetch_all(&mut *tx)
+            .await?;
+        rows.into_iter()
+            .filter_map(|r| r.client_timestamp.map(|t| (t, r)))
+            .collect()
+    };
+    let mut open: Option<AttendanceRow> = records::open_for(&mut *tx, user_id).await?;
+    let facility_ids: Vec<Uuid> = parsed
+        .iter()
+        .filter_map(|p| {
+            p.as_ref()
+                .ok()
+                .and_then(|(_, c)| c.as_ref().map(|c| c.facility_id))
+        })
+        .collect();
+    let sites: HashMap<Uuid, Site> = sqlx::query_as::<_, Site>(
+        "SELECT id, latitude, longitude, geofence_radius_m FROM facilities WHERE id = ANY($1)",
+    )
+    .bind(&facility_ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|s| (s.id, s))
+    .collect();
+    let queued: HashSet<(Uuid, String)> = sqlx::query_as::<_, (Uuid, Value)>(
+        "SELECT record_id, client_data FROM sync_conflicts WHERE status = 'pending' AND record_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|(id, data)| (id, data.to_string()))
+    .collect();
+
+    // 3. Decide each record in order, tracking the user's one open shift through the batch.
+    let mut plan = Plan::default();
+    let mut outcomes = Vec::with_capacity(parsed.len());
+    let mut batch_stamps: HashMap<DateTime<Utc>, Uuid> = HashMap::new();
+    for item in parsed {
+        let (record, content) = match item {
+            Ok(pair) => pair,
+            Err(outcome) => {
+                outcomes.push(outcome);
+                continue;
+            }
+        };
+        let id = record.id;
+        let stamp = record.client_timestamp.with_timezone(&Utc);
+        let strategy = record.conflict_strategy.unwrap_or_default();
+        let existing = by_id.get(&id);
+        if existing.is_some_and(|row| row.user_id != user_id) {
+            outcomes.push(reject(
+                Some(id),
+                "forbidden",
+                "this id belongs to another user's record",
+            ));
+            continue;
+        }
+        // The same change sent again under another id (same device, same client timestamp).
+        if existing.is_none() && record.op == Op::Upsert {
+            if let Some(row) = by_stamp.get(&stamp) {
+                outcomes.push(Outcome::Done(
+                    id,
+                    ResultStatus::Duplicate,
+                    Some(row.sync_version),
+                    Some(Box::new(row.clone().into())),
+                    None,
+                ));
+                continue;
+            }
+            if batch_stamps.contains_key(&stamp) {
+                outcomes.push(reject(
+                    Some(id),
+                    "duplicate",
+                    "another record of this batch has the same device and client_timestamp",
+                ));
+                continue;
+            }
+        }
+        let write = |content: &Content, version: i32| -> Result<Write, Outcome> {
+            let site = sites.get(&content.facility_id).ok_or_else(|| {
+                reject(
+                    Some(id),
+                    "validation_failed",
+                    "facility_id: no such facility",
+                )
+            })?;
+            let here = GeoPoint {
+                latitude: site.latitude,
+                longitude: site.longitude,
+            };
+            let distance = here.distance_m(&GeoPoint {
+                latitude: content.clock_in.latitude,
+                longitude: content.clock_in.longitude,
+            });
+            let out_distance = content.clock_out.as_ref().map(|l| {
+                here.distance_m(&GeoPoint {
+                    latitude: l.latitude,
+                    longitude: l.longitude,
+                })
+            });
+            let outside = outside_geofence(distance, site.geofence_radius_m)
+                || out_distance.is_some_and(|d| outside_geofence(d, site.geofence_radius_m));
+            if outside && ctx.config.attendance.enforce_geofence {
+                return Err(reject(
+                    Some(id),
+                    "outside_geofence",
+                    format!(
+                        "{distance:.0} m from the facility, outside its {} m geofence",
+                        site.geofence_radius_m
+                    ),
+                ));
+            }
+            let status = if content.clock_out_at.is_some() {
+                "closed"
+            } else if content.clock_in_at < forgotten_before(now, ctx.config.attendance.max_shift) {
+                "incomplete"
+            } else {
+                "open"
+            };
+            Ok(Write {
+                id,
+                content: content.clone(),
+                status,
+                distance_m: distance,
+                out_distance_m: out_distance,
+                outside,
+                client_timestamp: stamp,
+                version,
+            })
+        };
+        let server = existing.map(|row| ServerCopy {
+            version: row.sync_version,
+            content: Content::from_row(row),
+            deleted: row.deleted_at.is_some(),
+        });
+        let decision = decide(
+            record.op,
+            record.sync_version,
+            content.as_ref(),
+            server.as_ref(),
+            strategy,
+        );
+        let server_version = existing.map(|r| r.sync_version);
+        let server_record = || existing.map(|r| Box::new(AttendanceRecord::from(r.clone())));
+
+        // A change applied as the client sent it (create, update, client_wins).
+        let mut apply = |w: Write,
+                         is_create: bool,
+                         status: ResultStatus,
+                         resolution: Option<&'static str>,
+                         plan: &mut Plan,
+                         open: &mut Option<AttendanceRow>|
+         -> Outcome {
+            let opens = w.status == "open";
+            let open_elsewhere = open.as_ref().filter(|o| o.id != w.id);
+            if opens && let Some(other) = open_elsewhere {
+                // Overlapping open shifts of one user are a conflict with the open one.
+                match strategy {
+                    Strategy::ClientWins => plan.closes.push(other.id),
+                    Strategy::ServerWins | Strategy::Manual => {
+                        if strategy == Strategy::Manual {
+                            queue(plan, &queued, &w, other, record.sync_version);
+                        }
+                        return Outcome::Done(
+                            w.id,
+                            ResultStatus::Conflict,
+                            server_version,
+                            Some(Box::new(other.clone().into())),
+                            Some(strategy.as_str()),
+                        );
+                    }
+                }
+            }
+            if opens {
+                *open = Some(synthetic_open(&w, user_id));
+            } else if open.as_ref().is_some_and(|o| o.id == w.id) {
+                *open = None;
+            }
+            batch_stamps.insert(w.client_timestamp, w.id);
+            let id = w.id;
+            if is_create {
+                plan.inserts.push(w)
+            } else {
+                plan.updates.push(w)
+            }
+            Outcome::Written(status, id, resolution)
+        };
+
+        let outcome = match decision {
+            Decision::Duplicate => Outcome::Done(
+                id,
+                ResultStatus::Duplicate,
+                server_version,
+                server_record(),
+                None,
+            ),
+            Decision::DeleteUnknown => Outcome::Done(id, ResultStatus::Deleted, None, None, None),
+            Decision::Create => match write(
+                content.as_ref().expect("upsert has content"),
+                record.sync_version,
+            ) {
+                Ok(w) => apply(w, true, ResultStatus::Created, None, &mut plan, &mut open),
+                Err(o) => o,
+            },
+            Decision::Update | Decision::Conflict(Strategy::ClientWins)
+                if record.op == Op::Upsert =>
+            {
+                let resolution = matches!(decision, Decision::Conflict(_)).then_some("client_wins");
+                let status = if resolution.is_some() {
+                    ResultStatus::Conflict
+                } else {
+                    ResultStatus::Updated
+                };
+                match write(
+                    content.as_ref().expect("upsert has content"),
+                    server_version.unwrap_or(0) + 1,
+                ) {
+                    Ok(w) => apply(w, false, status, resolution, &mut plan, &mut open),
+                    Err(o) => o,
+                }
+            }
+            Decision::Delete | Decision::Conflict(Strategy::ClientWins) => {
+                let resolution = matches!(decision, Decision::Conflict(_)).then_some("client_wins");
+                let version = server_version.unwrap_or(0) + 1;
+                plan.deletes.push((id, version));
+                if open.as_ref().is_some_and(|o| o.id == id) {
+                    open = None;
+                }
+                let status = if resolution.is_some() {
+                    ResultStatus::Conflict
+                } else {
+                    ResultStatus::Deleted
+                };
+                Outcome::Written(status, id, resolution)
+            }
+            Decision::Conflict(s @ (Strategy::ServerWins | Strategy::Manual)) => {
+                if s == Strategy::Manual {
+                    let row = existing.expect("a conflict has a server copy");
+                    let client = client_data(record.op, content.as_ref(), stamp);
+                    if !queued.contains(&(id, client.to_string())) {
+                        plan.conflicts.push((
+                            id,
+                            record.sync_version,
+                            row.sync_version,
+                            client,
+                            json!(AttendanceRecord::from(row.clone())),
+                        ));
+                    }
+                }
+                Outcome::Done(
+                    id,
+                    ResultStatus::Conflict,
+                    server_version,
+                    server_record(),
+                    Some(s.as_str()),
+                )
+            }
+            Decision::Update => unreachable!("an update is an upsert"),
+        };
+        outcomes.push(outcome);
+    }
+
+    // 4. Apply: a fixed number of statements, whatever the batch size.
+    let written = apply_plan(&mut tx, &plan, user_id, device_id).await?;
+    let mut counts: HashMap<&'static str, usize> = HashMap::new();
+    let results: Vec<PushResult> = outcomes
+        .into_iter()
+        .map(|outcome| {
+            let result = match outcome {
+                Outcome::Done(id, status, version, record, resolution) => PushResult {
+                    id: Some(id),
+                    status,
+                    server_version: version.or(record.as_ref().map(|r| r.sync_version)),
+                    record: record.map(|r| *r),
+                    resolution: resolution.map(str::to_string),
+                    error: None,
+                },
+                Outcome::Written(status, id, resolution) => {
+                    let record = written.get(&id).cloned();
+                    PushResult {
+                        id: Some(id),
+                        status,
+                        server_version: record.as_ref().map(|r| r.sync_version),
+                        record,
+                        resolution: resolution.map(str::to_string),
+                        error: None,
+                    }
+                }
+                Outcome::Rejected(id, code, message) => PushResult {
+                    id,
+                    status: ResultStatus::Rejected,
+                    server_version: None,
+                    record: None,
+                    resolution: None,
+                    error: Some(ResultError {
+                        code: code.to_string(),
+                        message,
+                    }),
+                },
+            };
+            *counts.entry(result.status.as_str()).or_default() += 1;
+            result
+        })
+        .collect();
+    Activity::new("sync.push")
+        .by(ctx.user)
+        .from(ctx.client)
+        .details(json!({ "device_id": device_id, "records": results.len(), "outcomes": counts }))
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    for (outcome, n) in &counts {
+        metrics::counter!("sync_records_total", "outcome" => *outcome).increment(*n as u64);
+    }
+    Ok(PushResponse {
+        server_timestamp: now,
+        results,
+    })
+}
+
+fn client_data(op: Op, content: Option<&Content>, stamp: DateTime<Utc>) -> Value {
+    json!({ "op": op, "content": content, "client_timestamp": stamp })
+}
+
+fn queue(
+    plan: &mut Plan,
+    queued: &HashSet<(Uuid, String)>,
+    w: &Write,
+    server: &AttendanceRow,
+    version: i32,
+) {
+    let client = client_data(Op::Upsert, Some(&w.content), w.client_timestamp);
+    if !queued.contains(&(w.id, client.to_string())) {
+        plan.conflicts.push((
+            w.id,
+            version,
+            server.sync_version,
+            client,
+            json!(AttendanceRecord::from(server.clone())),
+        ));
+    }
+}
+
+/// A stand-in for a record that the batch opens, so later records see it as the open shift.
+fn synthetic_open(w: &Write, user_id: Uuid) -> AttendanceRow {
+    AttendanceRow {
+        id: w.id,
+        user_id,
+        facility_id: w.content.facility_id,
+        status: "open".into(),
+        clock_in_at: w.content.clock_in_at,
+        clock_out_at: None,
+        clock_in_latitude: w.content.clock_in.latitude,
+        clock_in_longitude: w.content.clock_in.longitude,
+        clock_in_accuracy_m: w.content.clock_in.accuracy_m,
+        clock_out_latitude: None,
+        clock_out_longitude: None,
+        clock_out_accuracy_m: None,
+        distance_m: Some(w.distance_m),
+        outside_geofence: w.outside,
+        source: "sync".into(),
+        device_id: None,
+        client_timestamp: Some(w.client_timestamp),
+        server_timestamp: Utc::now(),
+        sync_version: w.version,
+        notes: w.content.notes.clone(),
+        deleted_at: None,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+        total: None,
+    }
+}
+
+/// The batch's records that already exist, locked for the rest of the transaction.
+async fn fetch_by_id(
+    tx: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, AttendanceRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {} FROM attendance a WHERE a.id = ANY($1) FOR UPDATE",
+        records::COLUMNS
+    );
+    let rows: Vec<AttendanceRow> = sqlx::query_as(&sql).bind(ids).fetch_all(&mut *tx).await?;
+    Ok(rows.into_iter().map(|r| (r.id, r)).collect())
+}
+
+/// Column arrays of a set of writes, for UNNEST.
+struct Columns {
+    id: Vec<Uuid>,
+    facility_id: Vec<Uuid>,
+    status: Vec<&'static str>,
+    clock_in_at: Vec<DateTime<Utc>>,
+    clock_out_at: Vec<Option<DateTime<Utc>>>,
+    in_lat: Vec<f64>,
+    in_lng: Vec<f64>,
+    in_acc: Vec<Option<f64>>,
+    out_lat: Vec<Option<f64>>,
+    out_lng: Vec<Option<f64>>,
+    out_acc: Vec<Option<f64>>,
+    distance: Vec<f64>,
+    out_distance: Vec<Option<f64>>,
+    outside: Vec<bool>,
+    client_ts: Vec<DateTime<Utc>>,
+    version: Vec<i32>,
+    notes: Vec<Option<String>>,
+}
+
+impl Columns {
+    fn of<'w>(writes: impl Iterator<Item = &'w Write>) -> Self {
+        let mut c = Columns {
+            id: vec![],
+            facility_id: vec![],
+            status: vec![],
+            clock_in_at: vec![],
+            clock_out_at: vec![],
+            in_lat: vec![],
+            in_lng: vec![],
+            in_acc: vec![],
+            out_lat: vec![],
+            out_lng: vec![],
+            out_acc: vec![],
+            distance: vec![],
+            out_distance: vec![],
+            outside: vec![],
+            client_ts: vec![],
+            version: vec![],
+            notes: vec![],
+        };
+        for w in writes {
+            c.id.push(w.id);
+            c.facility_id.push(w.content.facility_id);
+            c.status.push(w.status);
+            c.clock_in_at.push(w.content.clock_in_at);
+            c.clock_out_at.push(w.content.clock_out_at);
+            c.in_lat.push(w.content.clock_in.latitude);
+            c.in_lng.push(w.content.clock_in.longitude);
+            c.in_acc.push(w.content.clock_in.accuracy_m);
+            c.out_lat
+                .push(w.content.clock_out.as_ref().map(|l| l.latitude));
+            c.out_lng
+                .push(w.content.clock_out.as_ref().map(|l| l.longitude));
+            c.out_acc
+                .push(w.content.clock_out.as_ref().and_then(|l| l.accuracy_m));
+            c.distance.push(w.distance_m);
+            c.out_distance.push(w.out_distance_m);
+            c.outside.push(w.outside);
+            c.client_ts.push(w.client_timestamp);
+            c.version.push(w.version);
+            c.notes.push(w.content.notes.clone());
+        }
+        c
+    }
+
+    fn bind<'q>(
+        self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, AttendanceRow, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, AttendanceRow, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.id)
+            .bind(self.facility_id)
+            .bind(self.status)
+            .bind(self.clock_in_at)
+            .bind(self.clock_out_at)
+            .bind(self.in_lat)
+            .bind(self.in_lng)
+            .bind(self.in_acc)
+            .bind(self.out_lat)
+            .bind(self.out_lng)
+            .bind(self.out_acc)
+            .bind(self.distance)
+            .bind(self.out_distance)
+            .bind(self.outside)
+            .bind(self.client_ts)
+            .bind(self.version)
+            .bind(self.notes)
+    }
+}
+
+const UNNEST: &str =
+    "UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+    $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::float8[],
+    $12::float8[], $13::float8[], $14::bool[], $15::timestamptz[], $16::int4[], $17::text[])
+    AS w (id, facility_id, status, clock_in_at, clock_out_at, in_lat, in_lng, in_acc, out_lat,
+          out_lng, out_acc, distance, out_distance, outside, client_ts, version, notes)";
+
+async fn apply_plan(
+    tx: &mut PgConnection,
+    plan: &Plan,
+    user_id: Uuid,
+    device_id: &str,
+) -> Result<HashMap<Uuid, AttendanceRecord>, sqlx::Error> {
+    let mut written = HashMap::new();
+    if !plan.closes.is_empty() {
+        sqlx::query(
+            "UPDATE attendance SET status = 'incomplete', sync_version = sync_version + 1
+             WHERE id = ANY($1) AND status = 'open'",
+        )
+        .bind(&plan.closes)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !plan.deletes.is_empty() {
+        let (ids, versions): (Vec<Uuid>, Vec<i32>) = plan.deletes.iter().copied().unzip();
+        let sql = format!(
+            "UPDATE attendance a SET deleted_at = now(), sync_version = d.version, server_timestamp = now(),
+                    device_id = $3
+             FROM UNNEST($1::uuid[], $2::int4[]) AS d (id, version)
+             WHERE a.id = d.id RETURNING {}",
+            records::COLUMNS
+        );
+        let rows: Vec<AttendanceRow> = sqlx::query_as(&sql)
+            .bind(ids)
+            .bind(versions)
+            .bind(device_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        written.extend(rows.into_iter().map(|r| (r.id, AttendanceRecord::from(r))));
+    }
+    // Updates that leave a record not open go first, so that the one-open-shift index never
+    // sees two open rows in between.
+    let (closing, opening): (Vec<&Write>, Vec<&Write>) =
+        plan.updates.iter().partition(|w| w.status != "open");
+    for group in [closing, opening] {
+        if group.is_empty() {
+            continue;
+        }
+        let sql = format!(
+            "UPDATE attendance a SET facility_id = w.facility_id, status = w.status,
+                    clock_in_at = w.clock_in_at, clock_out_at = w.clock_out_at,
+                    clock_in_latitude = w.in_lat, clock_in_longitude = w.in_lng, clock_in_accuracy_m = w.in_acc,
+                    clock_out_latitude = w.out_lat, clock_out_longitude = w.out_lng, clock_out_accuracy_m = w.out_acc,
+                    distance_m = w.distance, clock_out_distance_m = w.out_distance, outside_geofence = w.outside,
+                    client_timestamp = w.client_ts, sync_version = w.version, notes = w.notes,
+                    source = 'sync', device_id = $18, server_timestamp = now(), deleted_at = NULL
+             FROM {UNNEST}
+             WHERE a.id = w.id RETURNING {}",
+            records::COLUMNS
+        );
+        let rows: Vec<AttendanceRow> = Columns::of(group.into_iter())
+            .bind(sqlx::query_as(&sql))
+            .bind(device_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        written.extend(rows.into_iter().map(|r| (r.id, AttendanceRecord::from(r))));
+    }
+    if !plan.inserts.is_empty() {
+        let sql = format!(
+            "INSERT INTO attendance AS a (id, user_id, facility_id, status, clock_in_at, clock_out_at,
+                    clock_in_latitude, clock_in_longitude, clock_in_accuracy_m, clock_out_latitude,
+                    clock_out_longitude, clock_out_accuracy_m, distance_m, clock_out_distance_m,
+                    outside_geofence, client_timestamp, sync_version, notes, source, device_id)
+             SELECT w.id, $19, w.facility_id, w.status, w.clock_in_at, w.clock_out_at, w.in_lat, w.in_lng,
+                    w.in_acc, w.out_lat, w.out_lng, w.out_acc, w.distance, w.out_distance, w.outside,
+                    w.client_ts, w.version, w.notes, 'sync', $18
+             FROM {UNNEST}
+             RETURNING {}",
+            records::COLUMNS
+        );
+        let rows: Vec<AttendanceRow> = Columns::of(plan.inserts.iter())
+            .bind(sqlx::query_as(&sql))
+            .bind(device_id)
+            .bind(user_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        written.extend(rows.into_iter().map(|r| (r.id, AttendanceRecord::from(r))));
+    }
+    if !plan.conflicts.is_empty() {
+        let mut record_ids = vec![];
+        let mut client_versions = vec![];
+        let mut server_versions = vec![];
+        let mut client_data = vec![];
+        let mut server_data = vec![];
+        for (id, cv, sv, c, s) in &plan.conflicts {
+            record_ids.push(*id);
+            client_versions.push(*cv);
+            server_versions.push(*sv);
+            client_data.push(c.clone());
+            server_data.push(s.clone());
+        }
+        sqlx::query(
+            "INSERT INTO sync_conflicts (record_id, user_id, device_id, client_version, server_version, client_data, server_data)
+             SELECT c.id, $6, $7, c.cv, c.sv, c.cd, c.sd
+             FROM UNNEST($1::uuid[], $2::int4[], $3::int4[], $4::jsonb[], $5::jsonb[]) AS c (id, cv, sv, cd, sd)",
+        )
+        .bind(record_ids)
+        .bind(client_versions)
+        .bind(server_versions)
+        .bind(client_data)
+        .bind(server_data)
+        .bind(user_id)
+        .bind(device_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(written)
+}

@@ -1,0 +1,675 @@
+//! Offline batch sync: idempotent pushes, conflicts, the manual queue, and pulls that never
+//! skip a change.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, TestUser, assert_error, require_pgbouncer, send};
+
+const SITE: (f64, f64) = (-1.9456, 30.1270);
+
+/// A closed shift `days_ago` days back, starting at `hour` UTC, on the given device.
+fn shift(id: Uuid, facility: Uuid, days_ago: i64, hour: u32, version: i32) -> Value {
+    let start = (Utc::now() - Duration::days(days_ago))
+        .date_naive()
+        .and_hms_opt(hour, 0, 0)
+        .unwrap()
+        .and_utc();
+    json!({
+        "kind": "attendance", "op": "upsert", "id": id, "sync_version": version,
+        "client_timestamp": start.to_rfc3339(),
+        "data": {
+            "facility_id": facility,
+            "clock_in_at": start.to_rfc3339(),
+            "clock_out_at": (start + Duration::hours(4)).to_rfc3339(),
+            "clock_in_location": {"latitude": SITE.0, "longitude": SITE.1, "accuracy_m": 10.0},
+            "clock_out_location": {"latitude": SITE.0, "longitude": SITE.1},
+            "notes": "offline"
+        }
+    })
+}
+
+async fn push(app: &TestApp, user: &TestUser, records: Vec<Value>) -> (StatusCode, Value) {
+    send(
+        app.post("/api/sync/push")
+            .bearer_auth(&user.token)
+            .json(&json!({"device_id": "device-A", "records": records})),
+    )
+    .await
+}
+
+fn statuses(body: &Value) -> Vec<String> {
+    body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn setup(app: &TestApp) -> (TestUser, Uuid) {
+    let facility = app.facility_at(SITE.0, SITE.1).await;
+    (app.quick_user("focal", None, facility).await, facility)
+}
+
+async fn count(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM attendance")
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_replayed_three_times_is_stored_once() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let records: Vec<Value> = (0..10)
+        .map(|i| shift(Uuid::new_v4(), facility, i + 1, 6, 1))
+        .collect();
+    let (status, first) = push(&app, &user, records.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert!(statuses(&first).iter().all(|s| s == "created"), "{first}");
+    let stored: Vec<(String, String, i32)> =
+        sqlx::query_as("SELECT source, device_id, sync_version FROM attendance")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert!(
+        stored
+            .iter()
+            .all(|(s, d, v)| s == "sync" && d == "device-A" && *v == 1)
+    );
+    for _ in 0..3 {
+        let (status, again) = push(&app, &user, records.clone()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(statuses(&again).iter().all(|s| s == "duplicate"), "{again}");
+        assert_eq!(again["results"][3]["id"], records[3]["id"]);
+        assert_eq!(again["results"][3]["server_version"], 1);
+    }
+    assert_eq!(count(&app).await, 10);
+    let first_rec = &first["results"][0]["record"];
+    assert_eq!(first_rec["source"], "sync");
+    assert_eq!(first_rec["duration_s"], 4 * 3600);
+}
+
+#[tokio::test]
+async fn the_same_device_and_client_timestamp_under_a_new_id_is_a_duplicate() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let original = shift(Uuid::new_v4(), facility, 2, 6, 1);
+    push(&app, &user, vec![original.clone()]).await;
+    let mut regenerated = original.clone();
+    regenerated["id"] = json!(Uuid::new_v4());
+    let (_, body) = push(&app, &user, vec![regenerated.clone()]).await;
+    assert_eq!(statuses(&body), vec!["duplicate"]);
+    assert_eq!(body["results"][0]["id"], regenerated["id"]);
+    assert_eq!(body["results"][0]["record"]["id"], original["id"]);
+    assert_eq!(count(&app).await, 1);
+}
+
+#[tokio::test]
+async fn one_bad_record_is_rejected_and_the_other_49_apply() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let mut records: Vec<Value> = (0..49)
+        .map(|i| {
+            shift(
+                Uuid::new_v4(),
+                facility,
+                i / 2 + 1,
+                if i % 2 == 0 { 5 } else { 11 },
+                1,
+            )
+        })
+        .collect();
+    let mut bad = shift(Uuid::new_v4(), facility, 3, 20, 1);
+    bad["data"]["clock_in_location"]["latitude"] = json!(123.0);
+    records.insert(17, bad.clone());
+    let (status, body) = push(&app, &user, records).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let s = statuses(&body);
+    assert_eq!(s.iter().filter(|s| *s == "created").count(), 49);
+    assert_eq!(s[17], "rejected");
+    assert_eq!(body["results"][17]["id"], bad["id"]);
+    assert_eq!(body["results"][17]["error"]["code"], "validation_failed");
+    assert!(
+        body["results"][17]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("latitude")
+    );
+    assert_eq!(count(&app).await, 49);
+}
+
+#[tokio::test]
+async fn malformed_records_and_broken_rules_are_rejected_one_by_one() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let good = shift(Uuid::new_v4(), facility, 1, 6, 1);
+    let with = |path: &[&str], v: Value| {
+        let mut r = shift(Uuid::new_v4(), facility, 2, 6, 1);
+        let mut target = &mut r;
+        for p in &path[..path.len() - 1] {
+            target = &mut target[*p];
+        }
+        target[path[path.len() - 1]] = v;
+        r
+    };
+    let records = vec![
+        good,
+        json!({"kind": "attendance", "op": "upsert"}),
+        with(&["kind"], json!("payroll")),
+        with(
+            &["data", "clock_in_at"],
+            json!((Utc::now() + Duration::hours(1)).to_rfc3339()),
+        ),
+        with(
+            &["data", "clock_in_at"],
+            json!((Utc::now() - Duration::days(40)).to_rfc3339()),
+        ),
+        with(
+            &["data", "clock_out_at"],
+            json!((Utc::now() - Duration::days(9)).to_rfc3339()),
+        ),
+        with(&["data", "facility_id"], json!(Uuid::new_v4())),
+        with(&["data", "surprise"], json!(true)),
+        with(&["sync_version"], json!(0)),
+    ];
+    let (_, body) = push(&app, &user, records).await;
+    assert_eq!(
+        statuses(&body),
+        vec![
+            "created", "rejected", "rejected", "rejected", "rejected", "rejected", "rejected",
+            "rejected", "rejected"
+        ]
+    );
+    assert!(body["results"][1]["id"].is_null());
+    assert_eq!(body["results"][2]["error"]["code"], "unsupported_kind");
+    assert_eq!(count(&app).await, 1);
+}
+
+#[tokio::test]
+async fn a_batch_over_the_limit_is_refused_whole() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let records: Vec<Value> = (0..501)
+        .map(|i| shift(Uuid::new_v4(), facility, i % 25 + 1, (i % 20) as u32, 1))
+        .collect();
+    let (status, body) = push(&app, &user, records).await;
+    assert!(
+        status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::PAYLOAD_TOO_LARGE,
+        "{status}"
+    );
+    assert!(
+        body["error"]["code"] == "validation_failed"
+            || body["error"]["code"] == "payload_too_large"
+    );
+    assert_eq!(count(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_record_claiming_another_users_id_is_rejected_and_never_applied() {
+    let app = TestApp::spawn().await;
+    let (owner, facility) = setup(&app).await;
+    let thief = app.quick_user("focal", None, facility).await;
+    let record = shift(Uuid::new_v4(), facility, 1, 6, 1);
+    push(&app, &owner, vec![record.clone()]).await;
+    let mut stolen = record.clone();
+    stolen["sync_version"] = json!(5);
+    stolen["data"]["notes"] = json!("rewritten by someone else");
+    for op in ["upsert", "delete"] {
+        stolen["op"] = json!(op);
+        let (_, body) = push(&app, &thief, vec![stolen.clone()]).await;
+        assert_eq!(statuses(&body), vec!["rejected"]);
+        assert_eq!(body["results"][0]["error"]["code"], "forbidden");
+        assert!(
+            body["results"][0].get("record").is_none(),
+            "nothing of the owner's record leaks"
+        );
+    }
+    let (user_id, notes, deleted): (Uuid, String, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT user_id, notes, deleted_at FROM attendance")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        (user_id, notes.as_str(), deleted),
+        (owner.id, "offline", None)
+    );
+}
+
+/// Creates a record at version 1 and moves the server to version 2 (another device's edit).
+async fn diverged(app: &TestApp, user: &TestUser, facility: Uuid) -> Value {
+    let record = shift(Uuid::new_v4(), facility, 1, 6, 1);
+    push(app, user, vec![record.clone()]).await;
+    let mut server_edit = record.clone();
+    server_edit["data"]["notes"] = json!("edited on device B");
+    server_edit["client_timestamp"] = json!((Utc::now() - Duration::minutes(5)).to_rfc3339());
+    let (_, body) = push(app, user, vec![server_edit]).await;
+    assert_eq!(statuses(&body), vec!["updated"]);
+    assert_eq!(body["results"][0]["server_version"], 2);
+    let mut stale = record;
+    stale["data"]["notes"] = json!("edited on device A");
+    stale["client_timestamp"] = json!((Utc::now() - Duration::minutes(1)).to_rfc3339());
+    stale
+}
+
+async fn notes_and_version(app: &TestApp) -> (String, i32) {
+    sqlx::query_as("SELECT notes, sync_version FROM attendance")
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn server_wins_keeps_and_returns_the_servers_record() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let stale = diverged(&app, &user, facility).await;
+    let (_, body) = push(&app, &user, vec![stale]).await;
+    assert_eq!(statuses(&body), vec!["conflict"]);
+    assert_eq!(body["results"][0]["resolution"], "server_wins");
+    assert_eq!(body["results"][0]["record"]["notes"], "edited on device B");
+    assert_eq!(
+        notes_and_version(&app).await,
+        ("edited on device B".into(), 2)
+    );
+}
+
+#[tokio::test]
+async fn client_wins_applies_the_client_and_bumps_the_version() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let mut stale = diverged(&app, &user, facility).await;
+    stale["conflict_strategy"] = json!("client_wins");
+    let (_, body) = push(&app, &user, vec![stale.clone()]).await;
+    assert_eq!(statuses(&body), vec!["conflict"]);
+    assert_eq!(body["results"][0]["resolution"], "client_wins");
+    assert_eq!(body["results"][0]["server_version"], 3);
+    assert_eq!(
+        notes_and_version(&app).await,
+        ("edited on device A".into(), 3)
+    );
+    // Sending it again is now a duplicate.
+    let (_, body) = push(&app, &user, vec![stale]).await;
+    assert_eq!(statuses(&body), vec!["duplicate"]);
+}
+
+#[tokio::test]
+async fn manual_conflicts_queue_once_and_resolve_both_ways_visible_to_the_next_pull() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (user, facility) = setup(&app).await;
+    for keep in ["client", "server"] {
+        sqlx::query("DELETE FROM attendance")
+            .execute(&app.db)
+            .await
+            .unwrap();
+        let mut stale = diverged(&app, &user, facility).await;
+        stale["conflict_strategy"] = json!("manual");
+        for _ in 0..2 {
+            let (_, body) = push(&app, &user, vec![stale.clone()]).await;
+            assert_eq!(statuses(&body), vec!["conflict"]);
+            assert_eq!(body["results"][0]["resolution"], "manual");
+        }
+        assert_eq!(
+            notes_and_version(&app).await.0,
+            "edited on device B",
+            "kept as the server's until resolved"
+        );
+        let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
+        assert_eq!(queue["total"], 1, "queued once despite the retry: {queue}");
+        let conflict = &queue["data"][0];
+        assert_eq!(conflict["record_id"], stale["id"]);
+
+        let (_, before) = send(app.get("/api/sync/pull").bearer_auth(&user.token)).await;
+        let cursor = before["cursor"].as_str().unwrap().to_string();
+        let (status, resolved) = send(
+            app.post(&format!(
+                "/api/sync/conflicts/{}/resolve",
+                conflict["id"].as_str().unwrap()
+            ))
+            .bearer_auth(&admin.token)
+            .json(&json!({"keep": keep})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{resolved}");
+        assert_eq!(resolved["conflict"]["resolution"], keep);
+        let expected = if keep == "client" {
+            "edited on device A"
+        } else {
+            "edited on device B"
+        };
+        assert_eq!(notes_and_version(&app).await, (expected.into(), 3));
+
+        let (_, after) = send(
+            app.get(&format!("/api/sync/pull?cursor={cursor}"))
+                .bearer_auth(&user.token),
+        )
+        .await;
+        let updated = after["changes"]["attendance"]["updated"]
+            .as_array()
+            .unwrap();
+        assert_eq!(updated.len(), 1, "{after}");
+        assert_eq!(updated[0]["notes"], expected);
+
+        let (status, body) = send(
+            app.post(&format!(
+                "/api/sync/conflicts/{}/resolve",
+                conflict["id"].as_str().unwrap()
+            ))
+            .bearer_auth(&admin.token)
+            .json(&json!({"keep": keep})),
+        )
+        .await;
+        assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    }
+    assert!(
+        app.actions()
+            .await
+            .contains(&"sync.conflict_resolve".to_string())
+    );
+    let (status, _) = send(app.get("/api/sync/conflicts").bearer_auth(&user.token)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn deletes_are_tombstones_that_pull_as_ids() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let record = shift(Uuid::new_v4(), facility, 1, 6, 1);
+    push(&app, &user, vec![record.clone()]).await;
+    let (_, first) = send(app.get("/api/sync/pull").bearer_auth(&user.token)).await;
+    assert_eq!(
+        first["changes"]["attendance"]["created"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let mut delete = json!({"kind": "attendance", "op": "delete", "id": record["id"], "sync_version": 1,
+                            "client_timestamp": Utc::now().to_rfc3339()});
+    let (_, body) = push(&app, &user, vec![delete.clone()]).await;
+    assert_eq!(statuses(&body), vec!["deleted"]);
+    delete["client_timestamp"] = json!(Utc::now().to_rfc3339());
+    let (_, body) = push(&app, &user, vec![delete]).await;
+    assert_eq!(statuses(&body), vec!["duplicate"]);
+    let (_, next) = send(
+        app.get(&format!(
+            "/api/sync/pull?cursor={}",
+            first["cursor"].as_str().unwrap()
+        ))
+        .bearer_auth(&user.token),
+    )
+    .await;
+    assert_eq!(
+        next["changes"]["attendance"]["deleted"],
+        json!([record["id"]])
+    );
+    let (status, _) = send(
+        app.get(&format!(
+            "/api/attendance/{}",
+            record["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&user.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_open_record_while_another_is_open_is_a_conflict() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let (status, online) = send(
+        app.post("/api/attendance/clock-in")
+            .bearer_auth(&user.token)
+            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut open = shift(Uuid::new_v4(), facility, 0, 0, 1);
+    open["data"]["clock_in_at"] = json!((Utc::now() - Duration::minutes(30)).to_rfc3339());
+    open["data"]["clock_out_at"] = Value::Null;
+    open["data"]["clock_out_location"] = Value::Null;
+    let (_, body) = push(&app, &user, vec![open]).await;
+    assert_eq!(statuses(&body), vec!["conflict"]);
+    assert_eq!(body["results"][0]["record"]["id"], online["id"]);
+    assert_eq!(count(&app).await, 1);
+}
+
+#[tokio::test]
+async fn pull_pages_through_everything_the_caller_may_see_and_nothing_else() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(SITE.0, SITE.1).await;
+    let supervisor = app.quick_user("supervisor", None, facility).await;
+    let worker = app.quick_user("focal", Some(supervisor.id), facility).await;
+    let stranger = app.quick_user("focal", None, facility).await;
+    push(
+        &app,
+        &worker,
+        (0..7)
+            .map(|i| shift(Uuid::new_v4(), facility, i + 1, 6, 1))
+            .collect(),
+    )
+    .await;
+    push(
+        &app,
+        &stranger,
+        (0..3)
+            .map(|i| shift(Uuid::new_v4(), facility, i + 1, 6, 1))
+            .collect(),
+    )
+    .await;
+
+    let mut cursor = String::new();
+    let mut seen = Vec::new();
+    let mut facilities = 0;
+    let mut pages = 0;
+    loop {
+        let (status, page) = send(
+            app.get(&format!("/api/sync/pull?limit=3&cursor={cursor}"))
+                .bearer_auth(&supervisor.token),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        pages += 1;
+        for r in page["changes"]["attendance"]["created"].as_array().unwrap() {
+            assert_eq!(r["user_id"], json!(worker.id));
+            seen.push(r["id"].as_str().unwrap().to_string());
+        }
+        facilities += page["changes"]["facilities"]["created"]
+            .as_array()
+            .unwrap()
+            .len();
+        cursor = page["cursor"].as_str().unwrap().to_string();
+        if !page["has_more"].as_bool().unwrap() {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 7);
+    assert_eq!(facilities, 1);
+    assert!(pages >= 3);
+    let (_, empty) = send(
+        app.get(&format!("/api/sync/pull?cursor={cursor}"))
+            .bearer_auth(&supervisor.token),
+    )
+    .await;
+    assert_eq!(empty["changes"]["attendance"]["created"], json!([]));
+    assert_eq!(empty["has_more"], false);
+    let (status, body) = send(
+        app.get("/api/sync/pull?cursor=forged")
+            .bearer_auth(&supervisor.token),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+}
+
+/// Writers commit interleaved transactions with random delays, one of them held open for a long
+/// time, while a reader pulls repeatedly: the reader ends with every committed record exactly
+/// once, and nothing from the transaction that rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_never_skip_a_change_when_transactions_commit_out_of_order() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(SITE.0, SITE.1).await;
+    let admin = app.admin().await;
+    let user = app.quick_user("focal", None, facility).await;
+    // The long transaction starts first (it takes the lowest transaction id) and commits last.
+    let long_id = Uuid::new_v4();
+    let mut long_tx = app.db.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO attendance (id, user_id, facility_id, status, clock_in_at, clock_out_at, clock_in_latitude, clock_in_longitude)
+         VALUES ($1, $2, $3, 'closed', now() - interval '3 hours', now() - interval '1 hour', -1.9, 30.1)",
+    )
+    .bind(long_id)
+    .bind(user.id)
+    .bind(facility)
+    .execute(&mut *long_tx)
+    .await
+    .unwrap();
+
+    // Interleaved writers on the real table.
+    let mut handles = Vec::new();
+    for w in 0..4u64 {
+        let db = app.db.clone();
+        let (uid, fid) = (user.id, facility);
+        handles.push(tokio::spawn(async move {
+            let mut committed = Vec::new();
+            for i in 0..10u64 {
+                let id = Uuid::new_v4();
+                let mut tx = db.begin().await.unwrap();
+                sqlx::query(
+                    "INSERT INTO attendance (id, user_id, facility_id, status, clock_in_at, clock_out_at, clock_in_latitude, clock_in_longitude)
+                     VALUES ($1, $2, $3, 'closed', now() - interval '2 hours', now() - interval '1 hour', -1.9, 30.1)",
+                )
+                .bind(id)
+                .bind(uid)
+                .bind(fid)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis((w * 7 + i * 13) % 40)).await;
+                if i == 5 && w == 0 {
+                    tx.rollback().await.unwrap();
+                } else {
+                    tx.commit().await.unwrap();
+                    committed.push(id);
+                }
+            }
+            committed
+        }));
+    }
+
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut cursor = String::new();
+    let pull_once = |cursor: String| {
+        let request = app
+            .get(&format!("/api/sync/pull?limit=7&cursor={cursor}"))
+            .bearer_auth(&admin.token);
+        async move { send(request).await }
+    };
+    let mut long_tx = Some(long_tx);
+    for round in 0..60 {
+        let (status, page) = pull_once(cursor.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for r in page["changes"]["attendance"]["created"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(page["changes"]["attendance"]["updated"].as_array().unwrap())
+        {
+            *seen
+                .entry(r["id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        cursor = page["cursor"].as_str().unwrap().to_string();
+        if round == 30
+            && let Some(tx) = long_tx.take()
+        {
+            tx.commit().await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut committed = vec![long_id.to_string()];
+    for h in handles {
+        committed.extend(h.await.unwrap().into_iter().map(|id| id.to_string()));
+    }
+    // Drain what is left after every writer is done.
+    loop {
+        let (_, page) = pull_once(cursor.clone()).await;
+        for r in page["changes"]["attendance"]["created"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(page["changes"]["attendance"]["updated"].as_array().unwrap())
+        {
+            *seen
+                .entry(r["id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        cursor = page["cursor"].as_str().unwrap().to_string();
+        if !page["has_more"].as_bool().unwrap() {
+            break;
+        }
+    }
+    committed.sort();
+    let mut got: Vec<String> = seen.keys().cloned().collect();
+    got.sort();
+    assert_eq!(got, committed, "missed or extra records");
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "a record came twice: {seen:?}"
+    );
+    assert_eq!(committed.len(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_devices_push_fifty_records_each_through_pgbouncer() {
+    let Some(bouncer) = require_pgbouncer("sync through pgbouncer") else {
+        return;
+    };
+    let app = TestApp::spawn_via_pgbouncer(&bouncer).await;
+    let facility = app.facility_at(SITE.0, SITE.1).await;
+    let mut devices = Vec::new();
+    for _ in 0..100 {
+        devices.push(app.quick_user("focal", None, facility).await);
+    }
+    let pushes = devices.iter().enumerate().map(|(d, user)| {
+        let records: Vec<Value> = (0..50)
+            .map(|i| {
+                shift(
+                    Uuid::new_v4(),
+                    facility,
+                    i / 2 + 1,
+                    if i % 2 == 0 { 4 } else { 12 },
+                    1,
+                )
+            })
+            .collect();
+        let request = app
+            .post("/api/sync/push")
+            .bearer_auth(&user.token)
+            .json(&json!({"device_id": format!("device-{d}"), "records": records}));
+        async move { send(request).await }
+    });
+    let results = futures::future::join_all(pushes).await;
+    for (status, body) in &results {
+        assert_eq!(*status, StatusCode::OK, "{body}");
+        assert!(statuses(body).iter().all(|s| s == "created"), "{body}");
+    }
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT id) FROM attendance")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!((rows, distinct), (5000, 5000));
+}
