@@ -318,7 +318,9 @@ pub async fn envelope_errors(request: Request, next: Next) -> Response {
         status
     };
     parts.status = status;
+    // The body is replaced, so whatever encoding the inner layers gave the old one is gone.
     parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_ENCODING);
     parts.headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=utf-8"),

@@ -22,6 +22,7 @@ use crate::state::AppState;
 use crate::sync::model::{Content, PushRequest, PushResponse};
 use crate::sync::pull::{self, Cursor, PullResponse};
 use crate::sync::push::{self, PushContext};
+use crate::sync::watermelon;
 
 /// The sync routes (their own rate limit class).
 pub fn router() -> OpenApiRouter<AppState> {
@@ -31,6 +32,115 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(pull_changes))
         .routes(routes!(list_conflicts))
         .routes(routes!(resolve_conflict))
+        .routes(routes!(watermelon_pull, watermelon_push))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct WatermelonPullQuery {
+    /// The `timestamp` of the previous pull; null or 0 for everything the caller may see.
+    pub last_pulled_at: Option<i64>,
+    /// The app's schema version (1 covers `attendance` and `facilities`).
+    pub schema_version: Option<i64>,
+    /// WatermelonDB's `migration` argument as JSON: `{"from":1,"tables":[],"columns":[]}`.
+    pub migration: Option<String>,
+}
+
+/// A WatermelonDB pull answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WatermelonPull {
+    /// `{attendance: {created, updated, deleted}, facilities: {created, updated, deleted}}`, raw
+    /// records with flat columns and millisecond times (see the README's column mapping).
+    #[schema(value_type = Object)]
+    pub changes: serde_json::Value,
+    /// Send back as `last_pulled_at`.
+    #[schema(example = 42)]
+    pub timestamp: i64,
+}
+
+/// WatermelonDB `pullChanges`: every change since `last_pulled_at`, no id twice, records
+/// created since then (by the server's own creation) in `created`, deletions as ids.
+#[utoipa::path(get, path = "/sync/watermelon", tag = "sync", security(("bearer" = [])), params(WatermelonPullQuery),
+    responses(
+        (status = 200, description = "Changes and the next timestamp", body = WatermelonPull),
+        (status = 400, description = "Bad query string", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 422, description = "An unknown `last_pulled_at` or a malformed `migration`", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn watermelon_pull(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(q): Query<WatermelonPullQuery>,
+) -> Result<Json<WatermelonPull>, ApiError> {
+    let migration = q
+        .migration
+        .as_deref()
+        .filter(|m| !m.is_empty() && *m != "null")
+        .map(|m| crate::extract::parse_json::<watermelon::Migration>(m.as_bytes()))
+        .transpose()
+        .map_err(|_| {
+            ApiError::invalid(
+                "migration",
+                "must be WatermelonDB's migration object as JSON",
+            )
+        })?;
+    let (changes, timestamp) =
+        watermelon::pull_changes(&state.db, &user, q.last_pulled_at, migration).await?;
+    Ok(Json(WatermelonPull { changes, timestamp }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct WatermelonPushQuery {
+    /// The `timestamp` of the pull this push follows.
+    pub last_pulled_at: i64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WatermelonPushBody {
+    /// `{attendance: {created: [raw], updated: [raw], deleted: [id]}}`; `_status` and `_changed`
+    /// are ignored, as are the columns the server sets.
+    #[schema(value_type = Object)]
+    pub changes: std::collections::HashMap<String, watermelon::TableChanges>,
+}
+
+/// WatermelonDB `pushChanges`, all or nothing. A created record that already exists is updated;
+/// an update of a missing record creates it unless it is known deleted; deleting a missing record
+/// is ignored. 409 when a pushed record changed on the server after `last_pulled_at`: pull, then
+/// push again.
+#[utoipa::path(post, path = "/sync/watermelon", tag = "sync", security(("bearer" = [])),
+    params(WatermelonPushQuery), request_body = WatermelonPushBody,
+    responses(
+        (status = 204, description = "Applied"),
+        (status = 400, description = "Malformed JSON or query", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 403, description = "A record of another user, or a push to a read-only table", body = ErrorEnvelope),
+        (status = 409, description = "Changed on the server since `last_pulled_at` (`conflict`), or two open shifts (`already_clocked_in`)", body = ErrorEnvelope),
+        (status = 413, description = "Body over the limit", body = ErrorEnvelope),
+        (status = 422, description = "Invalid records (each named `attendance.<id>`), or an unknown `last_pulled_at`", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn watermelon_push(
+    State(state): State<AppState>,
+    user: AuthUser,
+    client: ClientInfo,
+    Query(q): Query<WatermelonPushQuery>,
+    Json(body): Json<WatermelonPushBody>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    watermelon::push_changes(
+        &state.db,
+        &state.config,
+        &user,
+        &client,
+        q.last_pulled_at,
+        body.changes,
+    )
+    .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 async fn run_push(

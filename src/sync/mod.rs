@@ -4,3 +4,4 @@ pub mod decide;
 pub mod model;
 pub mod pull;
 pub mod push;
+pub mod watermelon;

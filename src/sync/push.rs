@@ -22,35 +22,106 @@ use crate::sync::model::{
 
 /// A facility as the geofence sees it.
 #[derive(Debug, Clone, sqlx::FromRow)]
-struct Site {
+pub(crate) struct Site {
+    pub id: Uuid,
+    pub latitude: f64,
+    pub longitude: f64,
+    pub geofence_radius_m: i32,
+}
+
+/// The facilities with these ids, by id.
+pub(crate) async fn sites(
+    tx: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, Site>, sqlx::Error> {
+    Ok(sqlx::query_as::<_, Site>(
+        "SELECT id, latitude, longitude, geofence_radius_m FROM facilities WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|s| (s.id, s))
+    .collect())
+}
+
+/// A row as it will be written: distances, geofence flag and status derived on the server, with
+/// the same rules as online clock-in (an open shift older than the maximum is incomplete).
+pub(crate) fn build_write(
     id: Uuid,
-    latitude: f64,
-    longitude: f64,
-    geofence_radius_m: i32,
+    content: &Content,
+    site: &Site,
+    version: i32,
+    client_timestamp: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    config: &Config,
+) -> Result<Write, (&'static str, String)> {
+    let here = GeoPoint {
+        latitude: site.latitude,
+        longitude: site.longitude,
+    };
+    let distance = here.distance_m(&GeoPoint {
+        latitude: content.clock_in.latitude,
+        longitude: content.clock_in.longitude,
+    });
+    let out_distance = content.clock_out.as_ref().map(|l| {
+        here.distance_m(&GeoPoint {
+            latitude: l.latitude,
+            longitude: l.longitude,
+        })
+    });
+    let outside = outside_geofence(distance, site.geofence_radius_m)
+        || out_distance.is_some_and(|d| outside_geofence(d, site.geofence_radius_m));
+    if outside && config.attendance.enforce_geofence {
+        return Err((
+            "outside_geofence",
+            format!(
+                "{distance:.0} m from the facility, outside its {} m geofence",
+                site.geofence_radius_m
+            ),
+        ));
+    }
+    let status = if content.clock_out_at.is_some() {
+        "closed"
+    } else if content.clock_in_at < forgotten_before(now, config.attendance.max_shift) {
+        "incomplete"
+    } else {
+        "open"
+    };
+    Ok(Write {
+        id,
+        content: content.clone(),
+        status,
+        distance_m: distance,
+        out_distance_m: out_distance,
+        outside,
+        client_timestamp,
+        version,
+    })
 }
 
 /// A row to write (insert or update), with everything derived on the server.
 #[derive(Debug, Clone)]
-struct Write {
-    id: Uuid,
-    content: Content,
-    status: &'static str,
-    distance_m: f64,
-    out_distance_m: Option<f64>,
-    outside: bool,
-    client_timestamp: DateTime<Utc>,
-    version: i32,
+pub(crate) struct Write {
+    pub id: Uuid,
+    pub content: Content,
+    pub status: &'static str,
+    pub distance_m: f64,
+    pub out_distance_m: Option<f64>,
+    pub outside: bool,
+    pub client_timestamp: Option<DateTime<Utc>>,
+    pub version: i32,
 }
 
 /// What to do with each record, gathered before anything is written.
 #[derive(Default)]
-struct Plan {
-    inserts: Vec<Write>,
-    updates: Vec<Write>,
-    deletes: Vec<(Uuid, i32)>,
+pub(crate) struct Plan {
+    pub inserts: Vec<Write>,
+    pub updates: Vec<Write>,
+    pub deletes: Vec<(Uuid, i32)>,
     /// Open records closed as incomplete because a client_wins record replaced them.
-    closes: Vec<Uuid>,
-    conflicts: Vec<(Uuid, i32, i32, Value, Value)>,
+    pub closes: Vec<Uuid>,
+    pub conflicts: Vec<(Uuid, i32, i32, Value, Value)>,
 }
 
 enum Outcome {
@@ -73,7 +144,11 @@ fn reject(id: Option<Uuid>, code: &'static str, message: impl Into<String>) -> O
 }
 
 /// Field checks of one record that need no database: the same rules as online clock-in.
-fn check_content(content: &Content, rules: &TimeRules, now: DateTime<Utc>) -> Result<(), String> {
+pub(crate) fn check_content(
+    content: &Content,
+    rules: &TimeRules,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
     for (name, l) in [
         ("clock_in_location", Some(&content.clock_in)),
         ("clock_out_location", content.clock_out.as_ref()),
@@ -245,15 +320,7 @@ pub async fn push(
                 .and_then(|(_, c)| c.as_ref().map(|c| c.facility_id))
         })
         .collect();
-    let sites: HashMap<Uuid, Site> = sqlx::query_as::<_, Site>(
-        "SELECT id, latitude, longitude, geofence_radius_m FROM facilities WHERE id = ANY($1)",
-    )
-    .bind(&facility_ids)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|s| (s.id, s))
-    .collect();
+    let sites = sites(&mut tx, &facility_ids).await?;
     let queued: HashSet<(Uuid, String)> = sqlx::query_as::<_, (Uuid, Value)>(
         "SELECT record_id, client_data FROM sync_conflicts WHERE status = 'pending' AND record_id = ANY($1)",
     )
@@ -317,49 +384,8 @@ pub async fn push(
                     "facility_id: no such facility",
                 )
             })?;
-            let here = GeoPoint {
-                latitude: site.latitude,
-                longitude: site.longitude,
-            };
-            let distance = here.distance_m(&GeoPoint {
-                latitude: content.clock_in.latitude,
-                longitude: content.clock_in.longitude,
-            });
-            let out_distance = content.clock_out.as_ref().map(|l| {
-                here.distance_m(&GeoPoint {
-                    latitude: l.latitude,
-                    longitude: l.longitude,
-                })
-            });
-            let outside = outside_geofence(distance, site.geofence_radius_m)
-                || out_distance.is_some_and(|d| outside_geofence(d, site.geofence_radius_m));
-            if outside && ctx.config.attendance.enforce_geofence {
-                return Err(reject(
-                    Some(id),
-                    "outside_geofence",
-                    format!(
-                        "{distance:.0} m from the facility, outside its {} m geofence",
-                        site.geofence_radius_m
-                    ),
-                ));
-            }
-            let status = if content.clock_out_at.is_some() {
-                "closed"
-            } else if content.clock_in_at < forgotten_before(now, ctx.config.attendance.max_shift) {
-                "incomplete"
-            } else {
-                "open"
-            };
-            Ok(Write {
-                id,
-                content: content.clone(),
-                status,
-                distance_m: distance,
-                out_distance_m: out_distance,
-                outside,
-                client_timestamp: stamp,
-                version,
-            })
+            build_write(id, content, site, version, Some(stamp), now, ctx.config)
+                .map_err(|(code, message)| reject(Some(id), code, message))
         };
         let server = existing.map(|row| ServerCopy {
             version: row.sync_version,
@@ -409,7 +435,9 @@ pub async fn push(
             } else if open.as_ref().is_some_and(|o| o.id == w.id) {
                 *open = None;
             }
-            batch_stamps.insert(w.client_timestamp, w.id);
+            if let Some(stamp) = w.client_timestamp {
+                batch_stamps.insert(stamp, w.id);
+            }
             let id = w.id;
             if is_create {
                 plan.inserts.push(w)
@@ -562,7 +590,11 @@ fn queue(
     server: &AttendanceRow,
     version: i32,
 ) {
-    let client = client_data(Op::Upsert, Some(&w.content), w.client_timestamp);
+    let client = client_data(
+        Op::Upsert,
+        Some(&w.content),
+        w.client_timestamp.unwrap_or_else(Utc::now),
+    );
     if !queued.contains(&(w.id, client.to_string())) {
         plan.conflicts.push((
             w.id,
@@ -593,7 +625,7 @@ fn synthetic_open(w: &Write, user_id: Uuid) -> AttendanceRow {
         outside_geofence: w.outside,
         source: "sync".into(),
         device_id: None,
-        client_timestamp: Some(w.client_timestamp),
+        client_timestamp: w.client_timestamp,
         server_timestamp: Utc::now(),
         sync_version: w.version,
         notes: w.content.notes.clone(),
@@ -633,7 +665,7 @@ struct Columns {
     distance: Vec<f64>,
     out_distance: Vec<Option<f64>>,
     outside: Vec<bool>,
-    client_ts: Vec<DateTime<Utc>>,
+    client_ts: Vec<Option<DateTime<Utc>>>,
     version: Vec<i32>,
     notes: Vec<Option<String>>,
 }
@@ -716,7 +748,7 @@ const UNNEST: &str =
     AS w (id, facility_id, status, clock_in_at, clock_out_at, in_lat, in_lng, in_acc, out_lat,
           out_lng, out_acc, distance, out_distance, outside, client_ts, version, notes)";
 
-async fn apply_plan(
+pub(crate) async fn apply_plan(
     tx: &mut PgConnection,
     plan: &Plan,
     user_id: Uuid,

@@ -223,3 +223,27 @@ async fn a_bad_path_parameter_is_a_400_envelope() {
     let (status, body) = send(app.get("/api/users/not-a-uuid").bearer_auth(&admin.token)).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
 }
+
+#[tokio::test]
+async fn an_error_for_a_client_accepting_gzip_is_still_readable_json() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .get("/api/no-such-thing")
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let encoding = response
+        .headers()
+        .get("content-encoding")
+        .map(|v| v.to_str().unwrap().to_string());
+    let bytes = response.bytes().await.unwrap();
+    // Either really compressed, or plain and labelled plain: never plain labelled gzip.
+    if encoding.as_deref() != Some("gzip") {
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["error"]["code"], "not_found");
+    } else {
+        assert_eq!(&bytes[..2], &[0x1f, 0x8b]);
+    }
+}

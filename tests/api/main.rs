@@ -11,3 +11,4 @@ mod openapi;
 mod pgbouncer;
 mod sync;
 mod users;
+mod watermelon;

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Starts the service for client tests: a fresh database, application traffic through PgBouncer,
+# migrations direct, rate limits off. Writes the connection details to $dir/env.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=/tmp/field-attendance-ci
+mkdir -p "$dir"
+port=${SERVICE_PORT:-18080}
+db=field_attendance_ci
+psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" postgres
+cargo build --locked --quiet
+cat > "$dir/env" <<ENV
+export BASE_URL=http://127.0.0.1:$port
+export ADMIN_EMAIL=admin@ci.example
+export ADMIN_PASSWORD=ci-admin-password-123
+ENV
+# shellcheck disable=SC1091
+source "$dir/env"
+APP_ENV=production \
+DATABASE_URL=postgres://postgres@127.0.0.1:6432/$db \
+MIGRATION_DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db \
+JWT_SECRET=ci-signing-secret-that-is-long-enough-000 \
+BIND_ADDR=127.0.0.1:$port RATE_LIMIT_ENABLED=false LOG_FORMAT=json LOG_LEVEL=warn \
+DB_MIN_CONNECTIONS=2 \
+  nohup target/debug/field-attendance serve > "$dir/service.log" 2>&1 &
+echo $! > "$dir/pid"
+for _ in $(seq 1 120); do
+  if curl -fsS "$BASE_URL/ready" >/dev/null 2>&1; then
+    echo "service: ready on $BASE_URL"
+    exit 0
+  fi
+  sleep 0.5
+done
+echo "service: not ready; log follows" >&2
+cat "$dir/service.log" >&2
+exit 1

@@ -1,0 +1,541 @@
+//! WatermelonDB's sync protocol over the same store and rules as `/sync/push` and `/sync/pull`.
+//!
+//! Column mapping (a WatermelonDB raw record is flat, with string ids and millisecond times):
+//!
+//! | table | column | meaning |
+//! |---|---|---|
+//! | attendance | `id` | the record's UUID (the app sets WatermelonDB's id generator to UUIDs) |
+//! | attendance | `facility_id`, `notes` | as in the contract |
+//! | attendance | `clock_in_at`, `clock_out_at` | milliseconds since the Unix epoch (`clock_out_at` null while open) |
+//! | attendance | `clock_in_latitude`, `clock_in_longitude`, `clock_in_accuracy_m` | `clock_in_location` |
+//! | attendance | `clock_out_latitude`, `clock_out_longitude`, `clock_out_accuracy_m` | `clock_out_location` |
+//! | attendance | `user_id`, `status`, `distance_m`, `outside_geofence`, `source`, `device_id`, `sync_version`, `server_created_at`, `server_updated_at` | set by the server; ignored when pushed |
+//! | facilities | `id`, `code`, `name`, `type`, `latitude`, `longitude`, `geofence_radius_m`, `status`, `address`, `contact_phone`, `council_id`, `council_name`, `region_id`, `region_name` | read-only for devices |
+//!
+//! The pull `timestamp` names a stored MVCC snapshot (see `sync::pull`), so "everything after
+//! it" is exact even when transactions commit out of order.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::audit::Activity;
+use crate::auth::{AuthUser, ClientInfo};
+use crate::config::Config;
+use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow, Location};
+use crate::db::facilities::Facility;
+use crate::domain::attendance::{TimeRules, forgotten_before};
+use crate::error::{ApiError, FieldErrors};
+use crate::sync::model::Content;
+use crate::sync::pull::{self, Changes, Cursor};
+use crate::sync::push::{Plan, apply_plan, build_write, check_content, sites};
+
+/// WatermelonDB pulls are not paged: one answer holds every change.
+const WHOLE_PULL: usize = 10_000_000;
+
+/// The tables a device may sync, with the columns it receives.
+pub const TABLES: [&str; 2] = ["attendance", "facilities"];
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub fn attendance_raw(r: &AttendanceRecord) -> Value {
+    json!({
+        "id": r.id,
+        "user_id": r.user_id,
+        "facility_id": r.facility_id,
+        "status": r.status,
+        "clock_in_at": millis(r.clock_in_at),
+        "clock_out_at": r.clock_out_at.map(millis),
+        "clock_in_latitude": r.clock_in_location.latitude,
+        "clock_in_longitude": r.clock_in_location.longitude,
+        "clock_in_accuracy_m": r.clock_in_location.accuracy_m,
+        "clock_out_latitude": r.clock_out_location.as_ref().map(|l| l.latitude),
+        "clock_out_longitude": r.clock_out_location.as_ref().map(|l| l.longitude),
+        "clock_out_accuracy_m": r.clock_out_location.as_ref().and_then(|l| l.accuracy_m),
+        "distance_m": r.distance_m,
+        "outside_geofence": r.outside_geofence,
+        "source": r.source,
+        "device_id": r.device_id,
+        "notes": r.notes,
+        "sync_version": r.sync_version,
+        "server_created_at": millis(r.created_at),
+        "server_updated_at": millis(r.updated_at),
+    })
+}
+
+pub fn facility_raw(f: &Facility) -> Value {
+    json!({
+        "id": f.id,
+        "code": f.code,
+        "name": f.name,
+        "type": f.facility_type,
+        "latitude": f.latitude,
+        "longitude": f.longitude,
+        "geofence_radius_m": f.geofence_radius_m,
+        "status": f.status,
+        "address": f.address,
+        "contact_phone": f.contact_phone,
+        "council_id": f.council.id,
+        "council_name": f.council.name,
+        "region_id": f.council.region.id,
+        "region_name": f.council.region.name,
+    })
+}
+
+/// WatermelonDB's `migration` argument, as the app sends it (JSON in the query string).
+#[derive(Debug, Default, Deserialize)]
+pub struct Migration {
+    #[serde(default)]
+    pub from: Option<i64>,
+    #[serde(default)]
+    pub tables: Vec<String>,
+    #[serde(default)]
+    pub columns: Vec<MigrationColumns>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MigrationColumns {
+    pub table: String,
+    #[serde(default)]
+    pub columns: Vec<String>,
+}
+
+async fn snapshot_of(db: &PgPool, id: i64) -> Result<Option<String>, ApiError> {
+    Ok(
+        sqlx::query_scalar("SELECT snapshot::text FROM sync_snapshots WHERE id = $1")
+            .bind(id)
+            .fetch_optional(db)
+            .await?,
+    )
+}
+
+/// Everything after `last_pulled_at` (null or 0: everything), as WatermelonDB changes, and the
+/// timestamp to send back next time.
+pub async fn pull_changes(
+    db: &PgPool,
+    viewer: &AuthUser,
+    last_pulled_at: Option<i64>,
+    migration: Option<Migration>,
+) -> Result<(Value, i64), ApiError> {
+    let base = match last_pulled_at.filter(|t| *t > 0) {
+        Some(id) => Some(snapshot_of(db, id).await?.ok_or_else(|| {
+            ApiError::invalid("last_pulled_at", "is not a timestamp this service issued")
+        })?),
+        None => None,
+    };
+    let mut tx = db.begin().await?;
+    let (changes, next, _) = pull::pull(
+        &mut tx,
+        viewer,
+        Cursor {
+            base: base.clone(),
+            ..Cursor::default()
+        },
+        WHOLE_PULL,
+    )
+    .await?;
+    tx.commit().await?;
+    let target = next
+        .base
+        .clone()
+        .expect("a complete pull names its snapshot");
+
+    // Tables or columns added since the client's schema: send those tables whole.
+    let migrated: HashSet<String> = migration
+        .map(|m| {
+            m.tables
+                .into_iter()
+                .chain(m.columns.into_iter().map(|c| c.table))
+                .collect()
+        })
+        .unwrap_or_default();
+    let full = if base.is_some() && TABLES.iter().any(|t| migrated.contains(*t)) {
+        let mut tx = db.begin().await?;
+        let cursor = Cursor {
+            base: None,
+            target: Some(target.clone()),
+            ..Cursor::default()
+        };
+        let (full, _, _) = pull::pull(&mut tx, viewer, cursor, WHOLE_PULL).await?;
+        tx.commit().await?;
+        Some(full)
+    } else {
+        None
+    };
+
+    let timestamp: i64 = sqlx::query_scalar(
+        "INSERT INTO sync_snapshots (snapshot) VALUES ($1::pg_snapshot) RETURNING id",
+    )
+    .bind(&target)
+    .fetch_one(db)
+    .await?;
+    Ok((to_watermelon(changes, full, &migrated), timestamp))
+}
+
+fn to_watermelon(changes: Changes, full: Option<Changes>, migrated: &HashSet<String>) -> Value {
+    let mut attendance = json!({
+        "created": changes.attendance.created.iter().map(attendance_raw).collect::<Vec<_>>(),
+        "updated": changes.attendance.updated.iter().map(attendance_raw).collect::<Vec<_>>(),
+        "deleted": changes.attendance.deleted,
+    });
+    let mut facilities = json!({
+        "created": changes.facilities.created.iter().map(facility_raw).collect::<Vec<_>>(),
+        "updated": changes.facilities.updated.iter().map(facility_raw).collect::<Vec<_>>(),
+        "deleted": changes.facilities.deleted,
+    });
+    if let Some(full) = full {
+        // The whole table, no id twice: every row goes to `updated` (WatermelonDB creates the
+        // ones it lacks).
+        if migrated.contains("attendance") {
+            attendance["created"] = json!([]);
+            attendance["updated"] = json!(
+                full.attendance
+                    .created
+                    .iter()
+                    .map(attendance_raw)
+                    .collect::<Vec<_>>()
+            );
+        }
+        if migrated.contains("facilities") {
+            facilities["created"] = json!([]);
+            facilities["updated"] = json!(
+                full.facilities
+                    .created
+                    .iter()
+                    .map(facility_raw)
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+    json!({ "attendance": attendance, "facilities": facilities })
+}
+
+/// One table's pushed changes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableChanges {
+    #[serde(default)]
+    pub created: Vec<Map<String, Value>>,
+    #[serde(default)]
+    pub updated: Vec<Map<String, Value>>,
+    #[serde(default)]
+    pub deleted: Vec<String>,
+}
+
+impl TableChanges {
+    fn is_empty(&self) -> bool {
+        self.created.is_empty() && self.updated.is_empty() && self.deleted.is_empty()
+    }
+}
+
+fn number(raw: &Map<String, Value>, key: &str) -> Result<Option<f64>, String> {
+    match raw.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| format!("{key} is not a number")),
+        Some(_) => Err(format!("{key} must be a number")),
+    }
+}
+
+fn time(raw: &Map<String, Value>, key: &str) -> Result<Option<DateTime<Utc>>, String> {
+    number(raw, key)?
+        .map(|ms| {
+            Utc.timestamp_millis_opt(ms as i64)
+                .single()
+                .ok_or_else(|| format!("{key} is not a valid time"))
+        })
+        .transpose()
+}
+
+/// A raw attendance record as pushed, to the contract's content.
+fn content_of(raw: &Map<String, Value>) -> Result<(Uuid, Content), String> {
+    let id = raw
+        .get("id")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<Uuid>().ok())
+        .ok_or("id must be a UUID")?;
+    let facility_id = raw
+        .get("facility_id")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<Uuid>().ok())
+        .ok_or("facility_id must be a UUID")?;
+    let required = |key: &str| number(raw, key)?.ok_or_else(|| format!("{key} is required"));
+    let clock_out_at = time(raw, "clock_out_at")?;
+    let clock_out = match (
+        number(raw, "clock_out_latitude")?,
+        number(raw, "clock_out_longitude")?,
+    ) {
+        (Some(latitude), Some(longitude)) => Some(Location {
+            latitude,
+            longitude,
+            accuracy_m: number(raw, "clock_out_accuracy_m")?,
+        }),
+        _ => None,
+    };
+    Ok((
+        id,
+        Content {
+            facility_id,
+            clock_in_at: time(raw, "clock_in_at")?.ok_or("clock_in_at is required")?,
+            clock_out_at,
+            clock_in: Location {
+                latitude: required("clock_in_latitude")?,
+                longitude: required("clock_in_longitude")?,
+                accuracy_m: number(raw, "clock_in_accuracy_m")?,
+            },
+            clock_out,
+            notes: raw
+                .get("notes")
+                .and_then(Value::as_str)
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty()),
+        },
+    ))
+}
+
+/// Applies a push all or nothing. Refused with 409 when any pushed record changed on the server
+/// after `last_pulled_at` (the client then pulls and pushes again).
+pub async fn push_changes(
+    db: &PgPool,
+    config: &Config,
+    user: &AuthUser,
+    client: &ClientInfo,
+    last_pulled_at: i64,
+    changes: HashMap<String, TableChanges>,
+) -> Result<(), ApiError> {
+    let now = Utc::now();
+    let snapshot = snapshot_of(db, last_pulled_at).await?.ok_or_else(|| {
+        ApiError::invalid("last_pulled_at", "is not a timestamp this service issued")
+    })?;
+    let mut problems = FieldErrors::new();
+    for (table, set) in &changes {
+        if table == "facilities" && !set.is_empty() {
+            return Err(ApiError::ForbiddenWith {
+                code: "forbidden",
+                message: "facilities are read-only for devices".into(),
+            });
+        }
+        if !TABLES.contains(&table.as_str()) {
+            problems.insert(
+                format!("changes.{table}"),
+                vec!["is not a synced table".into()],
+            );
+        }
+    }
+    let attendance = changes.get("attendance");
+    let rules = TimeRules {
+        future_tolerance: config.attendance.future_tolerance,
+        max_age: config.attendance.max_age,
+    };
+    let mut upserts: Vec<(Uuid, Content)> = Vec::new();
+    for raw in attendance
+        .iter()
+        .flat_map(|t| t.created.iter().chain(&t.updated))
+    {
+        let label = raw
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string();
+        match content_of(raw).and_then(|(id, c)| check_content(&c, &rules, now).map(|()| (id, c))) {
+            Ok(pair) => {
+                if raw
+                    .get("user_id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|u| u != user.id.to_string())
+                {
+                    return Err(ApiError::ForbiddenWith {
+                        code: "forbidden",
+                        message: format!("record {label} belongs to another user"),
+                    });
+                }
+                upserts.push(pair);
+            }
+            Err(reason) => {
+                problems
+                    .entry(format!("attendance.{label}"))
+                    .or_default()
+                    .push(reason);
+            }
+        }
+    }
+    let mut deletes = Vec::new();
+    for id in attendance.iter().flat_map(|t| &t.deleted) {
+        match id.parse::<Uuid>() {
+            Ok(id) => deletes.push(id),
+            Err(_) => {
+                problems
+                    .entry(format!("attendance.{id}"))
+                    .or_default()
+                    .push("id must be a UUID".into());
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::Validation(problems));
+    }
+
+    let mut tx = db.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
+        .bind(user.id)
+        .execute(&mut *tx)
+        .await?;
+    records::close_forgotten(
+        &mut *tx,
+        Some(user.id),
+        forgotten_before(now, config.attendance.max_shift),
+    )
+    .await?;
+    let ids: Vec<Uuid> = upserts
+        .iter()
+        .map(|(id, _)| *id)
+        .chain(deletes.iter().copied())
+        .collect();
+    let existing = existing_rows(&mut tx, &ids).await?;
+    if existing.values().any(|r| r.user_id != user.id) {
+        return Err(ApiError::ForbiddenWith {
+            code: "forbidden",
+            message: "a pushed record belongs to another user".into(),
+        });
+    }
+    let changed: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM attendance WHERE id = ANY($1) AND NOT pg_visible_in_snapshot(change_xid, $2::pg_snapshot)",
+    )
+    .bind(&ids)
+    .bind(&snapshot)
+    .fetch_all(&mut *tx)
+    .await?;
+    if !changed.is_empty() {
+        return Err(ApiError::conflict(
+            "conflict",
+            format!(
+                "{} pushed record(s) changed on the server since last_pulled_at; pull and push again",
+                changed.len()
+            ),
+        ));
+    }
+
+    let facility_ids: Vec<Uuid> = upserts.iter().map(|(_, c)| c.facility_id).collect();
+    let sites = sites(&mut tx, &facility_ids).await?;
+    let mut plan = Plan::default();
+    let mut problems = FieldErrors::new();
+    for (id, content) in &upserts {
+        let current = existing.get(id);
+        // Known deleted: an edit made before the deletion reached the device is dropped.
+        if current.is_some_and(|r| r.deleted_at.is_some()) {
+            continue;
+        }
+        // Unchanged content needs no write (and keeps its version).
+        if current.is_some_and(|r| &Content::from_row(r) == content) {
+            continue;
+        }
+        let Some(site) = sites.get(&content.facility_id) else {
+            problems
+                .entry(format!("attendance.{id}"))
+                .or_default()
+                .push("facility_id: no such facility".into());
+            continue;
+        };
+        let version = current.map_or(1, |r| r.sync_version + 1);
+        match build_write(*id, content, site, version, None, now, config) {
+            // "Created" records that already exist (an earlier push landed unseen) are updated.
+            Ok(w) if current.is_some() => plan.updates.push(w),
+            Ok(w) => plan.inserts.push(w),
+            Err((_, reason)) => {
+                problems
+                    .entry(format!("attendance.{id}"))
+                    .or_default()
+                    .push(reason);
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::Validation(problems));
+    }
+    for id in &deletes {
+        // Deleting a record the server does not have (or already deleted) is nothing to do.
+        if let Some(row) = existing.get(id).filter(|r| r.deleted_at.is_none()) {
+            plan.deletes.push((*id, row.sync_version + 1));
+        }
+    }
+    let device = format!(
+        "watermelon:{}",
+        client
+            .user_agent
+            .as_deref()
+            .unwrap_or("unknown")
+            .chars()
+            .take(64)
+            .collect::<String>()
+    );
+    apply_plan(&mut tx, &plan, user.id, &device)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db)
+                if db.constraint() == Some("attendance_one_open_per_user") =>
+            {
+                ApiError::conflict(
+                    "already_clocked_in",
+                    "the push would leave two open shifts for one user",
+                )
+            }
+            _ => e.into(),
+        })?;
+    Activity::new("sync.watermelon_push")
+        .by(user)
+        .from(client)
+        .details(json!({
+            "created": plan.inserts.len(), "updated": plan.updates.len(), "deleted": plan.deletes.len(),
+            "last_pulled_at": last_pulled_at,
+        }))
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn existing_rows(
+    tx: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, AttendanceRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {} FROM attendance a WHERE a.id = ANY($1) FOR UPDATE",
+        records::COLUMNS
+    );
+    let rows: Vec<AttendanceRow> = sqlx::query_as(&sql).bind(ids).fetch_all(&mut *tx).await?;
+    Ok(rows.into_iter().map(|r| (r.id, r)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_raw_record_maps_to_content_and_back() {
+        let raw: Map<String, Value> = serde_json::from_value(json!({
+            "id": "8d4f8c7e-2d1b-4b4e-9a53-2f7f3f6d9a10", "facility_id": "1d4f8c7e-2d1b-4b4e-9a53-2f7f3f6d9a10",
+            "clock_in_at": 1_790_000_000_000i64, "clock_out_at": null,
+            "clock_in_latitude": -1.9, "clock_in_longitude": 30.1, "clock_in_accuracy_m": 5,
+            "notes": "  hi ", "_status": "created", "_changed": "", "status": "whatever"
+        }))
+        .unwrap();
+        let (_, content) = content_of(&raw).unwrap();
+        assert_eq!(content.clock_in_at.timestamp_millis(), 1_790_000_000_000);
+        assert_eq!(content.notes.as_deref(), Some("hi"));
+        assert!(content.clock_out.is_none());
+        let mut bad = raw.clone();
+        bad.insert("id".into(), json!("abc123"));
+        assert!(
+            content_of(&bad).is_err(),
+            "WatermelonDB's default ids are refused: UUIDs only"
+        );
+    }
+}

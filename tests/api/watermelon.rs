@@ -1,0 +1,221 @@
+//! The WatermelonDB protocol's server rules (the Node client test drives the library itself).
+
+use chrono::{Duration, Utc};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, TestUser, assert_error, send};
+
+fn raw(id: Uuid, facility: Uuid, notes: &str) -> Value {
+    let start = (Utc::now() - Duration::hours(5)).timestamp_millis();
+    json!({
+        "id": id, "facility_id": facility, "clock_in_at": start, "clock_out_at": start + 3_600_000,
+        "clock_in_latitude": -1.9456, "clock_in_longitude": 30.127, "clock_out_latitude": -1.9456,
+        "clock_out_longitude": 30.127, "notes": notes, "_status": "created", "_changed": "",
+    })
+}
+
+async fn pull(app: &TestApp, user: &TestUser, last: Option<i64>) -> Value {
+    let query = last
+        .map(|t| format!("?last_pulled_at={t}"))
+        .unwrap_or_default();
+    let (status, body) = send(
+        app.get(&format!("/api/sync/watermelon{query}"))
+            .bearer_auth(&user.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn push(app: &TestApp, user: &TestUser, last: i64, changes: Value) -> (StatusCode, Value) {
+    send(
+        app.post(&format!("/api/sync/watermelon?last_pulled_at={last}"))
+            .bearer_auth(&user.token)
+            .json(&json!({"changes": changes})),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn push_and_pull_follow_the_watermelondb_backend_rules() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    let user = app.quick_user("focal", None, facility).await;
+    let first = pull(&app, &user, None).await;
+    let t1 = first["timestamp"].as_i64().unwrap();
+    assert!(t1 > 0);
+    assert_eq!(
+        first["changes"]["facilities"]["created"][0]["id"],
+        json!(facility)
+    );
+
+    // Created records, an update of a record the server never had (created), a delete of a
+    // missing one (ignored).
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let (status, body) = push(&app, &user, t1, json!({"attendance": {
+        "created": [raw(a, facility, "a")], "updated": [raw(b, facility, "b")], "deleted": [Uuid::new_v4()]
+    }})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+
+    // Pushing "created" again (the earlier push landed unseen) updates, never duplicates.
+    let (status, _) = push(&app, &user, pull(&app, &user, Some(t1)).await["timestamp"].as_i64().unwrap(),
+        json!({"attendance": {"created": [raw(a, facility, "a, again")], "updated": [], "deleted": []}})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let notes: Vec<String> = sqlx::query_scalar("SELECT notes FROM attendance ORDER BY notes")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(notes, vec!["a, again", "b"]);
+
+    // Since t1: both records are new to that client, so `created`, with no id twice, and
+    // without WatermelonDB's local bookkeeping columns.
+    let since = pull(&app, &user, Some(t1)).await;
+    let created = since["changes"]["attendance"]["created"]
+        .as_array()
+        .unwrap();
+    assert_eq!(created.len(), 2);
+    assert!(
+        created
+            .iter()
+            .all(|r| r.get("_status").is_none() && r.get("_changed").is_none())
+    );
+    assert_eq!(since["changes"]["attendance"]["updated"], json!([]));
+    let t2 = since["timestamp"].as_i64().unwrap();
+
+    // Another device changes `a`; a push based on t2 touching `a` is refused whole.
+    sqlx::query("UPDATE attendance SET notes = 'server edit' WHERE id = $1")
+        .bind(a)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let (status, body) = push(&app, &user, t2, json!({"attendance": {
+        "created": [raw(Uuid::new_v4(), facility, "new")], "updated": [raw(a, facility, "stale")], "deleted": []
+    }})).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    assert_eq!(
+        app_count(&app).await,
+        2,
+        "nothing of the refused push applied"
+    );
+    let later = pull(&app, &user, Some(t2)).await;
+    assert_eq!(
+        later["changes"]["attendance"]["updated"][0]["notes"], "server edit",
+        "an older record goes to updated"
+    );
+
+    // Deleted on the server: a late edit does not resurrect it, and the pull lists the id.
+    let t3 = later["timestamp"].as_i64().unwrap();
+    let (status, _) = push(
+        &app,
+        &user,
+        t3,
+        json!({"attendance": {"created": [], "updated": [], "deleted": [b]}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = push(&app, &user, pull(&app, &user, Some(t3)).await["timestamp"].as_i64().unwrap(),
+        json!({"attendance": {"created": [], "updated": [raw(b, facility, "late edit")], "deleted": []}})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let deleted: bool =
+        sqlx::query_scalar("SELECT deleted_at IS NOT NULL FROM attendance WHERE id = $1")
+            .bind(b)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert!(deleted);
+    assert_eq!(
+        pull(&app, &user, Some(t3)).await["changes"]["attendance"]["deleted"],
+        json!([b])
+    );
+}
+
+async fn app_count(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM attendance")
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn bad_records_other_users_records_and_unknown_timestamps_are_refused() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    let owner = app.quick_user("focal", None, facility).await;
+    let other = app.quick_user("focal", None, facility).await;
+    let t = pull(&app, &owner, None).await["timestamp"]
+        .as_i64()
+        .unwrap();
+    let id = Uuid::new_v4();
+    assert_eq!(
+        push(
+            &app,
+            &owner,
+            t,
+            json!({"attendance": {"created": [raw(id, facility, "mine")]}})
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+
+    let t_other = pull(&app, &other, None).await["timestamp"]
+        .as_i64()
+        .unwrap();
+    let (status, body) = push(
+        &app,
+        &other,
+        t_other,
+        json!({"attendance": {"updated": [raw(id, facility, "stolen")]}}),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+
+    let mut future = raw(Uuid::new_v4(), facility, "x");
+    future["clock_in_at"] = json!((Utc::now() + Duration::hours(2)).timestamp_millis());
+    let (status, body) = push(
+        &app,
+        &owner,
+        t,
+        json!({"attendance": {"created": [future, raw(Uuid::new_v4(), facility, "ok")]}}),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    let mut not_uuid = raw(Uuid::new_v4(), facility, "x");
+    not_uuid["id"] = json!("aB3dE5fG7hJ9kL1m");
+    let (status, _) = push(
+        &app,
+        &owner,
+        t,
+        json!({"attendance": {"created": [not_uuid]}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = push(
+        &app,
+        &owner,
+        t,
+        json!({"facilities": {"updated": [{"id": facility, "name": "renamed"}]}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = push(&app, &owner, 987_654_321, json!({"attendance": {}})).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert_eq!(app_count(&app).await, 1);
+    let notes: String = sqlx::query_scalar("SELECT notes FROM attendance")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(notes, "mine");
+}
