@@ -201,6 +201,11 @@ impl From<sqlx::Error> for ApiError {
                     constraint_field(db.constraint()),
                     "refers to a record that does not exist",
                 ),
+                // Postgres text cannot hold NUL (22021) or unencodable characters (22P05).
+                _ if matches!(db.code().as_deref(), Some("22021" | "22P05")) => ApiError::invalid(
+                    "body",
+                    "text must not contain NUL or unencodable characters",
+                ),
                 sqlx::error::ErrorKind::CheckViolation => ApiError::invalid(
                     constraint_field(db.constraint()),
                     "is out of the allowed range",

@@ -51,6 +51,10 @@ where
 
 /// Parses JSON with the path of the first offending field, so a 422 can name it.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde would also read a struct from an array of its fields; every body here is an object.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::invalid("body", "must be a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     match serde_path_to_error::deserialize::<_, T>(&mut de) {
         Ok(value) => Ok(value),

@@ -15,7 +15,7 @@ use crate::error::{ErrorBody, ErrorEnvelope};
                        `ErrorEnvelope` shape.",
     ),
     modifiers(&BearerAuth),
-    components(schemas(ErrorEnvelope, ErrorBody)),
+    components(schemas(ErrorEnvelope, ErrorBody, crate::sync::model::PushRecord)),
     tags(
         (name = "health", description = "Liveness, readiness and metrics"),
         (name = "auth", description = "Registration, login, token refresh and logout"),

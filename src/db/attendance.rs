@@ -192,7 +192,7 @@ pub struct AttendanceFilter {
     /// Clock-in before this instant (RFC 3339).
     pub to: Option<DateTime<Utc>>,
     pub status: Option<AttendanceStatus>,
-    #[param(minimum = 1, default = 1)]
+    #[param(minimum = 1, maximum = 100000, default = 1)]
     pub page: Option<u32>,
     #[param(minimum = 1, maximum = 100, default = 50)]
     pub per_page: Option<u32>,

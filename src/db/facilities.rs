@@ -151,7 +151,7 @@ pub struct FacilityFilter {
     /// With `near`: only facilities within this many metres.
     #[param(minimum = 1)]
     pub radius_m: Option<f64>,
-    #[param(minimum = 1, default = 1)]
+    #[param(minimum = 1, maximum = 100000, default = 1)]
     pub page: Option<u32>,
     #[param(minimum = 1, maximum = 100, default = 50)]
     pub per_page: Option<u32>,

@@ -228,7 +228,7 @@ pub struct UserFilter {
     pub region_id: Option<Uuid>,
     pub supervisor_id: Option<Uuid>,
     /// Page number, from 1.
-    #[param(minimum = 1, default = 1)]
+    #[param(minimum = 1, maximum = 100000, default = 1)]
     pub page: Option<u32>,
     /// Items per page, at most 100.
     #[param(minimum = 1, maximum = 100, default = 50)]

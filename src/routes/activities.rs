@@ -54,7 +54,7 @@ pub struct ActivityFilter {
     pub from: Option<DateTime<Utc>>,
     /// Up to this instant (exclusive), RFC 3339.
     pub to: Option<DateTime<Utc>>,
-    #[param(minimum = 1, default = 1)]
+    #[param(minimum = 1, maximum = 100000, default = 1)]
     pub page: Option<u32>,
     #[param(minimum = 1, maximum = 100, default = 50)]
     pub per_page: Option<u32>,

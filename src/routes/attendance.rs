@@ -35,18 +35,24 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct ClockIn {
     #[schema(example = -1.9457)]
+    #[schema(minimum = -90, maximum = 90)]
     pub latitude: f64,
     #[schema(example = 30.1268)]
+    #[schema(minimum = -180, maximum = 180)]
     pub longitude: f64,
     #[schema(example = 8.0)]
+    #[schema(minimum = 0)]
     pub accuracy_m: Option<f64>,
     /// Defaults to the user's facility.
     pub facility_id: Option<Uuid>,
     /// When it happened on the device (RFC 3339 with offset); default now.
     pub occurred_at: Option<DateTime<FixedOffset>>,
+    #[schema(max_length = 128)]
     pub device_id: Option<String>,
     /// Idempotency key: a retried clock-in with the same `client_id` returns the same record.
+    #[schema(max_length = 128)]
     pub client_id: Option<String>,
+    #[schema(max_length = 1000)]
     pub notes: Option<String>,
 }
 
@@ -54,11 +60,15 @@ pub struct ClockIn {
 #[serde(deny_unknown_fields)]
 pub struct ClockOut {
     #[schema(example = -1.9457)]
+    #[schema(minimum = -90, maximum = 90)]
     pub latitude: f64,
     #[schema(example = 30.1268)]
+    #[schema(minimum = -180, maximum = 180)]
     pub longitude: f64,
+    #[schema(minimum = 0)]
     pub accuracy_m: Option<f64>,
     pub occurred_at: Option<DateTime<FixedOffset>>,
+    #[schema(max_length = 1000)]
     pub notes: Option<String>,
 }
 

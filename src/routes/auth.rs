@@ -36,15 +36,21 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     #[schema(example = "amina.uwase@example.org")]
+    #[schema(min_length = 3, max_length = 254, pattern = r"^[^@\s]+@[^@\s]+$")]
     pub email: String,
     /// 10 to 128 characters, not the email.
     #[schema(example = "correct horse battery staple")]
+    #[schema(min_length = 10, max_length = 128)]
     pub password: String,
     #[schema(example = "Amina")]
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub first_name: String,
     #[schema(example = "Uwase")]
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub last_name: String,
+    #[schema(max_length = 32)]
     pub phone: Option<String>,
+    #[schema(max_length = 64)]
     pub employee_id: Option<String>,
     /// A field role only (`tester`, `data_clerk`, `focal`, `ddo`); default `data_clerk`.
     pub role: Option<Role>,
@@ -97,6 +103,11 @@ pub fn optional_text(
     let value = value
         .map(|v| v.trim().to_string())
         .filter(|v| !v.is_empty())?;
+    // Free text may span lines; identifiers and names may not carry control characters.
+    let multi_line = matches!(field, "notes" | "address");
+    if value.contains('\0') || (!multi_line && value.chars().any(char::is_control)) {
+        invalid.add(field, "must not contain control characters");
+    }
     if value.chars().count() > max {
         invalid.add(field, format!("must be at most {max} characters"));
     }
@@ -105,7 +116,9 @@ pub fn optional_text(
 
 pub fn required_text(value: &str, field: &str, max: usize, invalid: &mut Invalid) -> String {
     let value = value.trim().to_string();
-    if value.is_empty() {
+    if value.chars().any(char::is_control) {
+        invalid.add(field, "must not contain control characters");
+    } else if value.is_empty() {
         invalid.add(field, "must not be blank");
     } else if value.chars().count() > max {
         invalid.add(field, format!("must be at most {max} characters"));
@@ -273,7 +286,11 @@ async fn login(
     Json(req): Json<LoginRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let email = req.email.trim().to_lowercase();
-    if email.is_empty() || req.password.is_empty() || req.password.len() > 1024 {
+    if email.is_empty()
+        || email.contains('\0')
+        || req.password.is_empty()
+        || req.password.len() > 1024
+    {
         return Err(ApiError::InvalidCredentials);
     }
     let row: Option<LoginRow> = sqlx::query_as(

@@ -102,21 +102,30 @@ async fn get_facility(
 #[serde(deny_unknown_fields)]
 pub struct CreateFacility {
     #[schema(example = "KGL-HC-010")]
+    #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
     pub code: String,
     #[schema(example = "Remera Health Centre")]
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
     /// Default `health_center`.
     #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 50, pattern = r"\S")]
     pub facility_type: Option<String>,
     pub council_id: Uuid,
     #[schema(example = -1.9536)]
+    #[schema(minimum = -90, maximum = 90)]
     pub latitude: f64,
     #[schema(example = 30.1128)]
+    #[schema(minimum = -180, maximum = 180)]
     pub longitude: f64,
     /// Default 200.
+    #[schema(minimum = 1, maximum = 100000)]
     pub geofence_radius_m: Option<i32>,
+    #[schema(max_length = 500)]
     pub address: Option<String>,
+    #[schema(max_length = 32)]
     pub contact_phone: Option<String>,
+    #[schema(min_length = 3, max_length = 254, pattern = r"^[^@\s]+@[^@\s]+$")]
     pub contact_email: Option<String>,
     pub status: Option<FacilityStatus>,
 }
@@ -236,13 +245,19 @@ async fn create_facility(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateFacility {
+    #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
     pub code: Option<String>,
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: Option<String>,
     #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 50, pattern = r"\S")]
     pub facility_type: Option<String>,
     pub council_id: Option<Uuid>,
+    #[schema(minimum = -90, maximum = 90)]
     pub latitude: Option<f64>,
+    #[schema(minimum = -180, maximum = 180)]
     pub longitude: Option<f64>,
+    #[schema(minimum = 1, maximum = 100000)]
     pub geofence_radius_m: Option<i32>,
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>, nullable)]
@@ -398,6 +413,7 @@ async fn deactivate_facility(
 #[serde(deny_unknown_fields)]
 pub struct ImportQuery {
     /// `skip` (default) leaves existing codes alone; `update` applies the file's values.
+    #[param(inline)]
     pub on_duplicate: Option<OnDuplicate>,
     /// Check and count without applying anything.
     pub dry_run: Option<bool>,
@@ -405,8 +421,9 @@ pub struct ImportQuery {
     pub strict: Option<bool>,
 }
 
-/// The multipart form of an import.
-#[derive(ToSchema)]
+/// The multipart form of an import: one `file` field and nothing else.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct ImportUpload {
     /// A CSV (UTF-8 with or without BOM, or Windows-1252; `,`, `;` or tab separated) or an
@@ -443,12 +460,24 @@ async fn import_facilities(
     })?;
     let mut upload = None;
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
-        if field.name() == Some("file") {
-            let filename = field.file_name().map(str::to_string);
-            let bytes = field.bytes().await.map_err(multipart_error)?;
-            upload = Some((filename, bytes.to_vec()));
-            break;
+        if field.name() != Some("file") {
+            let name = field
+                .name()
+                .unwrap_or_default()
+                .chars()
+                .take(64)
+                .collect::<String>();
+            return Err(ApiError::invalid(
+                &name,
+                "is not a field of this form (only `file`)",
+            ));
         }
+        if upload.is_some() {
+            return Err(ApiError::invalid("file", "must be sent once"));
+        }
+        let filename = field.file_name().map(str::to_string);
+        let bytes = field.bytes().await.map_err(multipart_error)?;
+        upload = Some((filename, bytes.to_vec()));
     }
     let (filename, bytes) = upload.ok_or_else(|| ApiError::invalid("file", "is required"))?;
     let options = ImportOptions {

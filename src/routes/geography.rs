@@ -43,7 +43,7 @@ pub struct Council {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
-    #[param(minimum = 1, default = 1)]
+    #[param(minimum = 1, maximum = 100000, default = 1)]
     pub page: Option<u32>,
     #[param(minimum = 1, maximum = 100, default = 50)]
     pub per_page: Option<u32>,
@@ -54,7 +54,7 @@ pub struct PageQuery {
 #[serde(deny_unknown_fields)]
 pub struct CouncilQuery {
     pub region_id: Option<Uuid>,
-    #[param(minimum = 1, default = 1)]
+    #[param(minimum = 1, maximum = 100000, default = 1)]
     pub page: Option<u32>,
     #[param(minimum = 1, maximum = 100, default = 50)]
     pub per_page: Option<u32>,

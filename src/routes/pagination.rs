@@ -7,6 +7,8 @@ use crate::error::ApiError;
 
 pub const MAX_PER_PAGE: u32 = 100;
 pub const DEFAULT_PER_PAGE: u32 = 50;
+/// Deeper pages are refused: offsets past this are a scan, not a use case.
+pub const MAX_PAGE: u32 = 100_000;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Paging {
@@ -18,8 +20,8 @@ impl Paging {
     pub fn new(page: Option<u32>, per_page: Option<u32>) -> Result<Self, ApiError> {
         let page = page.unwrap_or(1);
         let per_page = per_page.unwrap_or(DEFAULT_PER_PAGE);
-        if page == 0 {
-            return Err(ApiError::invalid("page", "must be at least 1"));
+        if page == 0 || page > MAX_PAGE {
+            return Err(ApiError::invalid("page", "must be between 1 and 100000"));
         }
         if per_page == 0 || per_page > MAX_PER_PAGE {
             return Err(ApiError::invalid("per_page", "must be between 1 and 100"));

@@ -51,7 +51,7 @@ fn parse_bound(value: &str, tz: Tz, end: bool, field: &str) -> Result<DateTime<U
 }
 
 fn parse_tz(tz: Option<&str>, state: &AppState) -> Result<Tz, ApiError> {
-    match tz {
+    match tz.filter(|t| !t.is_empty()) {
         None => Ok(state.config.attendance.timezone),
         Some(name) => name.parse().map_err(|_| {
             ApiError::invalid("tz", "must be an IANA time zone such as Africa/Kigali")
@@ -72,6 +72,7 @@ pub enum ExportFormat {
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
     /// `csv` (default) or `xlsx`.
+    #[param(inline)]
     pub format: Option<ExportFormat>,
     /// A date (YYYY-MM-DD, in the time zone) or an RFC 3339 instant.
     pub from: Option<String>,
@@ -200,6 +201,7 @@ async fn export(
     let from = q
         .from
         .as_deref()
+        .filter(|v| !v.is_empty())
         .map(|v| parse_bound(v, tz, false, "from"))
         .transpose()?;
     let to =
@@ -289,9 +291,13 @@ fn csv_stream(
             let _ = tx.send(Ok(rest)).await;
         }
     });
-    Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }))
+    // Fused: the compression layer may poll once more after the end.
+    Body::from_stream(
+        futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })
+        .fuse(),
+    )
 }
 
 /// XLSX in constant-memory mode (rows go to a temporary file as they are written), so the
@@ -356,6 +362,7 @@ pub struct SummaryQuery {
     pub from: Option<String>,
     /// A date (inclusive) or an RFC 3339 instant (exclusive); default now.
     pub to: Option<String>,
+    #[param(inline)]
     pub group_by: Option<GroupBy>,
     /// IANA time zone that decides which day a shift belongs to; default `APP_TIMEZONE`.
     pub tz: Option<String>,
@@ -419,6 +426,7 @@ async fn summary(
     let from = q
         .from
         .as_deref()
+        .filter(|v| !v.is_empty())
         .map(|v| parse_bound(v, tz, false, "from"))
         .transpose()?
         .unwrap_or(to - chrono::Duration::days(30));

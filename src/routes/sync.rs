@@ -152,6 +152,9 @@ async fn run_push(
     let mut invalid = Invalid::default();
     let device_id = required_text(&req.device_id, "device_id", 128, &mut invalid);
     let max = state.config.sync_max_batch;
+    if req.records.iter().any(|r| !r.is_object()) {
+        invalid.add("records", "each record must be a JSON object");
+    }
     if req.records.len() > max {
         invalid.add(
             "records",
@@ -282,13 +285,21 @@ pub struct SyncConflict {
     total: Option<i64>,
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictStatus {
+    Pending,
+    Resolved,
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ConflictQuery {
     /// `pending` (default) or `resolved`.
-    pub status: Option<String>,
-    #[param(minimum = 1, default = 1)]
+    #[param(inline)]
+    pub status: Option<ConflictStatus>,
+    #[param(minimum = 1, maximum = 100000, default = 1)]
     pub page: Option<u32>,
     #[param(minimum = 1, maximum = 100, default = 50)]
     pub per_page: Option<u32>,
@@ -315,10 +326,10 @@ async fn list_conflicts(
 ) -> Result<Json<Page<SyncConflict>>, ApiError> {
     user.require(Role::Admin)?;
     let paging = Paging::new(q.page, q.per_page)?;
-    let status = q.status.unwrap_or_else(|| "pending".into());
-    if status != "pending" && status != "resolved" {
-        return Err(ApiError::invalid("status", "must be pending or resolved"));
-    }
+    let status = match q.status.unwrap_or(ConflictStatus::Pending) {
+        ConflictStatus::Pending => "pending",
+        ConflictStatus::Resolved => "resolved",
+    };
     let rows: Vec<SyncConflict> = sqlx::query_as(&format!(
         "SELECT {CONFLICT_COLUMNS}, count(*) OVER () AS total FROM sync_conflicts
          WHERE status = $1 ORDER BY created_at, id LIMIT $2 OFFSET $3"

@@ -57,7 +57,9 @@ async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<User>,
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMe {
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub first_name: Option<String>,
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub last_name: Option<String>,
     /// `null` or blank clears it.
     #[serde(default, deserialize_with = "double_option")]
@@ -121,8 +123,10 @@ async fn update_me(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePassword {
+    #[schema(min_length = 1, max_length = 1024)]
     pub current_password: String,
     /// 10 to 128 characters, not the email.
+    #[schema(min_length = 10, max_length = 128)]
     pub new_password: String,
 }
 
@@ -206,11 +210,17 @@ async fn list_users(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    #[schema(min_length = 3, max_length = 254, pattern = r"^[^@\s]+@[^@\s]+$")]
     pub email: String,
+    #[schema(min_length = 10, max_length = 128)]
     pub password: String,
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub first_name: String,
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub last_name: String,
+    #[schema(max_length = 32)]
     pub phone: Option<String>,
+    #[schema(max_length = 64)]
     pub employee_id: Option<String>,
     pub role: Role,
     pub facility_id: Option<Uuid>,
@@ -320,8 +330,11 @@ async fn get_user(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
+    #[schema(min_length = 3, max_length = 254, pattern = r"^[^@\s]+@[^@\s]+$")]
     pub email: Option<String>,
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub first_name: Option<String>,
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub last_name: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>, nullable)]

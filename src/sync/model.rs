@@ -83,9 +83,10 @@ pub struct PushRecord {
 pub struct PushRequest {
     #[schema(example = "android-7f3a9c")]
     pub device_id: String,
-    /// At most 500 records (configurable). Each is checked on its own: a malformed record is
-    /// `rejected` and the others still apply.
-    #[schema(value_type = Vec<PushRecord>)]
+    /// At most 500 records (configurable), each shaped as `PushRecord`. Each is checked on its
+    /// own: a malformed record (unknown fields included) gets a `rejected` result and the others
+    /// still apply, so the body accepts any objects here.
+    #[schema(value_type = Vec<Object>)]
     pub records: Vec<serde_json::Value>,
 }
 

@@ -177,6 +177,9 @@ pub(crate) fn check_content(
     } else if content.clock_out.is_some() {
         return Err("clock_out_location needs clock_out_at".into());
     }
+    if content.notes.as_ref().is_some_and(|n| n.contains('\0')) {
+        return Err("notes must not contain NUL characters".into());
+    }
     if content
         .notes
         .as_ref()
