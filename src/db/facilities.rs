@@ -205,6 +205,17 @@ pub async fn search(
     if let Some(status) = filter.status {
         qb.push(" AND f.status = ").push_bind(status.as_str());
     }
+    if let (Some(point), Some(radius)) = (near, filter.radius_m) {
+        // A bounding box first, so the latitude index narrows the rows the haversine runs on.
+        let dlat = radius / 111_195.0;
+        let dlng = radius / (111_195.0 * point.latitude.to_radians().cos().abs().max(0.01));
+        qb.push(" AND f.latitude BETWEEN ")
+            .push_bind(point.latitude - dlat);
+        qb.push(" AND ").push_bind(point.latitude + dlat);
+        qb.push(" AND f.longitude BETWEEN ")
+            .push_bind(point.longitude - dlng);
+        qb.push(" AND ").push_bind(point.longitude + dlng);
+    }
     qb.push(") AS found");
     if let (Some(_), Some(radius)) = (near, filter.radius_m) {
         qb.push(" WHERE distance_m <= ").push_bind(radius);

@@ -79,8 +79,6 @@ struct UserRow {
     supervisor_id: Option<Uuid>,
     supervisor_first_name: Option<String>,
     supervisor_last_name: Option<String>,
-    #[sqlx(default)]
-    total: Option<i64>,
 }
 
 impl From<UserRow> for User {
@@ -243,11 +241,26 @@ pub async fn search(
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<User>, i64), sqlx::Error> {
-    let mut qb = QueryBuilder::new(SELECT_USER);
-    qb.push(", count(*) OVER () AS total");
-    qb.push(FROM_USERS);
+    // The page and the total are two queries: a window count over the page query would make
+    // every page read every matching row; the page alone walks the created_at index.
+    let mut page = QueryBuilder::new(SELECT_USER);
+    page.push(FROM_USERS);
+    push_user_filters(&mut page, viewer, filter);
+    page.push(" ORDER BY u.created_at DESC, u.id DESC LIMIT ")
+        .push_bind(limit)
+        .push(" OFFSET ")
+        .push_bind(offset);
+    let rows: Vec<UserRow> = page.build_query_as().fetch_all(db).await?;
+    let mut count = QueryBuilder::new("SELECT count(*)");
+    count.push(FROM_USERS);
+    push_user_filters(&mut count, viewer, filter);
+    let total: i64 = count.build_query_scalar().fetch_one(db).await?;
+    Ok((rows.into_iter().map(User::from).collect(), total))
+}
+
+fn push_user_filters(qb: &mut QueryBuilder<'_, Postgres>, viewer: &AuthUser, filter: &UserFilter) {
     qb.push(" WHERE true");
-    push_scope(&mut qb, viewer, "u.id");
+    push_scope(qb, viewer, "u.id");
     if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
         // Same expression as the trigram index users_search_idx.
         qb.push(
@@ -274,13 +287,6 @@ pub async fn search(
     if let Some(id) = filter.supervisor_id {
         qb.push(" AND u.supervisor_id = ").push_bind(id);
     }
-    qb.push(" ORDER BY u.created_at DESC, u.id LIMIT ")
-        .push_bind(limit)
-        .push(" OFFSET ")
-        .push_bind(offset);
-    let rows: Vec<UserRow> = qb.build_query_as().fetch_all(db).await?;
-    let total = rows.first().and_then(|r| r.total).unwrap_or(0);
-    Ok((rows.into_iter().map(User::from).collect(), total))
 }
 
 /// Escapes `%`, `_` and `\` so user input matches literally inside a LIKE pattern.

@@ -183,21 +183,27 @@ async fn clock_in(
     {
         return Ok((StatusCode::OK, Json(existing.into())));
     }
-    let facility_id = match req.facility_id {
-        Some(id) => id,
-        None => {
-            sqlx::query_scalar::<_, Option<Uuid>>("SELECT facility_id FROM users WHERE id = $1")
-                .bind(user.id)
-                .fetch_one(&state.db)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::invalid("facility_id", "is required: you have no default facility")
-                })?
-        }
+    // The facility (given, or the user's own) in one round trip.
+    let site: Option<(Uuid, f64, f64, i32, String)> = sqlx::query_as(
+        "SELECT id, latitude, longitude, geofence_radius_m, status FROM facilities
+         WHERE id = coalesce($1, (SELECT facility_id FROM users WHERE id = $2))",
+    )
+    .bind(req.facility_id)
+    .bind(user.id)
+    .fetch_optional(&state.db)
+    .await?;
+    let Some((facility_id, latitude, longitude, geofence_radius_m, status)) = site else {
+        return Err(match req.facility_id {
+            Some(_) => ApiError::invalid("facility_id", "no such facility"),
+            None => ApiError::invalid("facility_id", "is required: you have no default facility"),
+        });
     };
-    let site = Site::load(&state.db, facility_id)
-        .await?
-        .ok_or_else(|| ApiError::invalid("facility_id", "no such facility"))?;
+    let site = Site {
+        latitude,
+        longitude,
+        geofence_radius_m,
+        status,
+    };
     if site.status != "active" {
         return Err(ApiError::invalid(
             "facility_id",
@@ -209,19 +215,28 @@ async fn clock_in(
         return Err(geofence_refusal(distance, site.geofence_radius_m));
     }
 
-    let mut tx = state.db.begin().await?;
+    // Yesterday's forgotten clock-out must not block today's clock-in. Idempotent, so it needs
+    // no transaction with the insert.
     let closed = records::close_forgotten(
-        &mut *tx,
+        &state.db,
         Some(user.id),
         forgotten_before(now, state.config.attendance.max_shift),
     )
     .await?;
+    // The record and its audit row in one statement (atomic on its own): clock-in is the
+    // busiest write, and every round trip through PgBouncer counts at 500 at once.
     let sql = format!(
-        "INSERT INTO attendance AS a (user_id, facility_id, clock_in_at, clock_in_latitude, clock_in_longitude,
-                                 clock_in_accuracy_m, distance_m, outside_geofence, source, device_id,
-                                 client_id, client_timestamp, notes)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'online', $9, $10, $11, $12)
-         RETURNING {}",
+        "WITH a AS (
+             INSERT INTO attendance (user_id, facility_id, clock_in_at, clock_in_latitude, clock_in_longitude,
+                                     clock_in_accuracy_m, distance_m, outside_geofence, source, device_id,
+                                     client_id, client_timestamp, notes)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'online', $9, $10, $11, $12)
+             RETURNING *
+         ), audit AS (
+             INSERT INTO activities (actor_id, actor_email, action, entity_type, entity_id, details, ip, user_agent)
+             SELECT $1, $13, 'attendance.clock_in', 'attendance', a.id, $14, $15, $16 FROM a
+         )
+         SELECT {} FROM a",
         records::COLUMNS
     );
     let inserted: Result<AttendanceRow, sqlx::Error> = sqlx::query_as(&sql)
@@ -237,38 +252,32 @@ async fn clock_in(
         .bind(&client_id)
         .bind(req.occurred_at.map(|t| t.with_timezone(&Utc)))
         .bind(notes)
-        .fetch_one(&mut *tx)
+        .bind(&user.email)
+        .bind(serde_json::json!({
+            "facility_id": facility_id, "distance_m": distance.round(), "outside_geofence": outside,
+            "closed_forgotten": closed,
+        }))
+        .bind(&client.ip)
+        .bind(&client.user_agent)
+        .fetch_one(&state.db)
         .await;
-    let row = match inserted {
-        Ok(row) => row,
+    match inserted {
+        Ok(row) => Ok((StatusCode::CREATED, Json(row.into()))),
         Err(sqlx::Error::Database(db))
             if db.constraint() == Some("attendance_one_open_per_user") =>
         {
-            return Err(already_clocked_in());
+            Err(already_clocked_in())
         }
         Err(sqlx::Error::Database(db)) if db.constraint() == Some("attendance_client_id_key") => {
             // A concurrent retry of the same clock-in won the race: answer with its record.
-            drop(tx);
             let cid = client_id.as_deref().unwrap_or_default();
             let existing = by_client_id(&state, user.id, cid)
                 .await?
                 .ok_or(ApiError::NotFound)?;
-            return Ok((StatusCode::OK, Json(existing.into())));
+            Ok((StatusCode::OK, Json(existing.into())))
         }
-        Err(e) => return Err(e.into()),
-    };
-    Activity::new("attendance.clock_in")
-        .by(&user)
-        .on("attendance", row.id)
-        .from(&client)
-        .details(serde_json::json!({
-            "facility_id": facility_id, "distance_m": distance.round(), "outside_geofence": outside,
-            "closed_forgotten": closed,
-        }))
-        .record(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(row.into())))
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn by_client_id(

@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS facilities_location_idx;
