@@ -261,13 +261,11 @@ async fn main() -> anyhow::Result<()> {
         .timeout(Duration::from_secs(300))
         .build()?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while client
+    while !client
         .get(url("/ready"))
         .send()
         .await
-        .map(|r| r.status().is_success())
-        .unwrap_or(false)
-        == false
+        .is_ok_and(|r| r.status().is_success())
     {
         anyhow::ensure!(
             Instant::now() < deadline,
