@@ -119,6 +119,16 @@ impl<T: Serialize> IntoResponse for Json<T> {
 pub static JSON_UTF8: header::HeaderValue =
     header::HeaderValue::from_static("application/json; charset=utf-8");
 
+/// For `#[serde(default, deserialize_with = ...)]` on `Option<Option<T>>`: tells an absent field
+/// (`None`, leave it alone) from an explicit `null` (`Some(None)`, clear it).
+pub fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
 /// A JSON body that must also pass its `validator` rules (422 with every failing field).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ValidJson<T>(pub T);

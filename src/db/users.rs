@@ -137,6 +137,59 @@ const FROM_USERS: &str = "
     LEFT JOIN regions r ON r.id = c.region_id
     LEFT JOIN users s ON s.id = u.supervisor_id";
 
+/// A user to insert; the password is already hashed.
+pub struct NewUser<'a> {
+    pub email: &'a str,
+    pub password_hash: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub phone: Option<String>,
+    pub employee_id: Option<String>,
+    pub role: Role,
+    pub status: UserStatus,
+    pub facility_id: Option<Uuid>,
+    pub supervisor_id: Option<Uuid>,
+}
+
+/// Inserts a user; a taken email or employee id is a 409 `duplicate`.
+pub async fn insert<'e>(
+    db: impl PgExecutor<'e>,
+    user: NewUser<'_>,
+) -> Result<Uuid, crate::error::ApiError> {
+    use crate::error::ResultExt;
+    sqlx::query_scalar(
+        "INSERT INTO users (email, password_hash, first_name, last_name, phone, employee_id,
+                            role, status, facility_id, supervisor_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+    )
+    .bind(user.email)
+    .bind(user.password_hash)
+    .bind(user.first_name)
+    .bind(user.last_name)
+    .bind(user.phone)
+    .bind(user.employee_id)
+    .bind(user.role.as_str())
+    .bind(user.status.as_str())
+    .bind(user.facility_id)
+    .bind(user.supervisor_id)
+    .fetch_one(db)
+    .await
+    .on_constraints(UNIQUE_FIELDS)
+}
+
+/// The users table's unique fields and the 409 each means.
+pub const UNIQUE_FIELDS: &[crate::error::ConstraintError<'static>] = &[
+    ("users_email_key", || {
+        crate::error::ApiError::conflict("duplicate", "an account with this email already exists")
+    }),
+    ("users_employee_id_key", || {
+        crate::error::ApiError::conflict(
+            "duplicate",
+            "an account with this employee id already exists",
+        )
+    }),
+];
+
 pub async fn find<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<User>, sqlx::Error> {
     let sql = format!("{SELECT_USER} {FROM_USERS} WHERE u.id = $1");
     let row: Option<UserRow> = sqlx::query_as(&sql).bind(id).fetch_optional(db).await?;

@@ -13,9 +13,9 @@ use crate::audit::Activity;
 use crate::auth::refresh::{self, Rotation};
 use crate::auth::{AuthUser, ClientInfo};
 use crate::config::Registration;
-use crate::db::users::{self, User};
-use crate::domain::{Email, Password, Role};
-use crate::error::{ApiError, ErrorEnvelope, Invalid, ResultExt};
+use crate::db::users::{self, NewUser, User};
+use crate::domain::{Email, Password, Role, UserStatus};
+use crate::error::{ApiError, ErrorEnvelope, Invalid};
 use crate::extract::Json;
 use crate::state::AppState;
 
@@ -167,17 +167,6 @@ pub async fn check_facility(
     Ok(())
 }
 
-pub fn duplicate_email() -> ApiError {
-    ApiError::conflict("duplicate", "an account with this email already exists")
-}
-
-pub fn duplicate_employee_id() -> ApiError {
-    ApiError::conflict(
-        "duplicate",
-        "an account with this employee id already exists",
-    )
-}
-
 /// Self-registration: the account waits in `pending` until approved.
 #[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = RegisterRequest,
     responses(
@@ -225,26 +214,22 @@ async fn register(
 
     let hash = state.hasher.hash(password.into_secret()).await?;
     let mut tx = state.db.begin().await?;
-    let id: Uuid = sqlx::query_scalar(
-        "INSERT INTO users (email, password_hash, first_name, last_name, phone, employee_id,
-                            role, status, facility_id, supervisor_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9) RETURNING id",
+    let id = users::insert(
+        &mut *tx,
+        NewUser {
+            email: email.as_str(),
+            password_hash: hash,
+            first_name,
+            last_name,
+            phone,
+            employee_id,
+            role,
+            status: UserStatus::Pending,
+            facility_id: Some(req.facility_id),
+            supervisor_id: req.supervisor_id,
+        },
     )
-    .bind(email.as_str())
-    .bind(hash)
-    .bind(first_name)
-    .bind(last_name)
-    .bind(phone)
-    .bind(employee_id)
-    .bind(role.as_str())
-    .bind(req.facility_id)
-    .bind(req.supervisor_id)
-    .fetch_one(&mut *tx)
-    .await
-    .on_constraints(&[
-        ("users_email_key", duplicate_email),
-        ("users_employee_id_key", duplicate_employee_id),
-    ])?;
+    .await?;
     Activity::new("user.register")
         .by_id(id, email.as_str())
         .on("user", id)

@@ -11,11 +11,9 @@ use uuid::Uuid;
 use crate::audit::Activity;
 use crate::auth::{AuthUser, ClientInfo};
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
-use crate::domain::attendance::outside_geofence;
-use crate::domain::{GeoPoint, Role};
+use crate::domain::Role;
 use crate::error::{ApiError, ErrorEnvelope, Invalid};
 use crate::extract::{Json, Path, Query};
-use crate::routes::attendance::Site;
 use crate::routes::auth::required_text;
 use crate::routes::pagination::{Page, Paging};
 use crate::state::AppState;
@@ -426,32 +424,23 @@ async fn resolve_conflict(
                     conflict.client_data["content"].clone(),
                 )
                 .map_err(|e| anyhow::anyhow!("stored conflict content is unreadable: {e}"))?;
-                let site = Site::load(&mut *tx, content.facility_id)
-                    .await?
-                    .ok_or_else(|| {
-                        ApiError::invalid("facility_id", "the facility no longer exists")
-                    })?;
-                let here = GeoPoint {
-                    latitude: site.latitude,
-                    longitude: site.longitude,
-                };
-                let distance = here.distance_m(&GeoPoint {
-                    latitude: content.clock_in.latitude,
-                    longitude: content.clock_in.longitude,
-                });
-                let out = content.clock_out.as_ref().map(|l| {
-                    here.distance_m(&GeoPoint {
-                        latitude: l.latitude,
-                        longitude: l.longitude,
-                    })
-                });
-                let outside = outside_geofence(distance, site.geofence_radius_m)
-                    || out.is_some_and(|d| outside_geofence(d, site.geofence_radius_m));
-                let status = if content.clock_out_at.is_some() {
-                    "closed"
-                } else {
-                    "open"
-                };
+                // The same derivation as a pushed record: distances, geofence flag, status.
+                let sites = push::sites(&mut tx, &[content.facility_id]).await?;
+                let site = sites.get(&content.facility_id).ok_or_else(|| {
+                    ApiError::invalid("facility_id", "the facility no longer exists")
+                })?;
+                let w = push::build_write(
+                    conflict.record_id,
+                    &content,
+                    site,
+                    0,
+                    None,
+                    Utc::now(),
+                    &state.config,
+                )
+                .map_err(|(_, reason)| ApiError::invalid("location", reason))?;
+                let (status, distance, out, outside) =
+                    (w.status, w.distance_m, w.out_distance_m, w.outside);
                 sqlx::query_as(&record_sql(
                     "facility_id = $2, status = $3, clock_in_at = $4, clock_out_at = $5, clock_in_latitude = $6,
                      clock_in_longitude = $7, clock_in_accuracy_m = $8, clock_out_latitude = $9,

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use secrecy::SecretString;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -11,13 +11,12 @@ use uuid::Uuid;
 
 use crate::audit::Activity;
 use crate::auth::{AuthUser, ClientInfo, refresh};
-use crate::db::users::{self, User, UserFilter};
+use crate::db::users::{self, NewUser, User, UserFilter};
 use crate::domain::{Email, Password, Role, UserStatus};
 use crate::error::{ApiError, ErrorEnvelope, Invalid, ResultExt};
 use crate::extract::{Json, Path, Query};
 use crate::routes::auth::{
-    UserEnvelope, check_facility, check_supervisor, duplicate_email, duplicate_employee_id,
-    optional_text, required_text,
+    UserEnvelope, check_facility, check_supervisor, optional_text, required_text,
 };
 use crate::routes::pagination::{Page, Paging};
 use crate::state::AppState;
@@ -30,13 +29,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_user, update_user, deactivate_user))
         .routes(routes!(approve_user))
         .routes(routes!(reject_user))
-}
-
-/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
-fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
 }
 
 /// The caller's profile with the facility → council → region hierarchy.
@@ -62,7 +54,7 @@ pub struct UpdateMe {
     #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub last_name: Option<String>,
     /// `null` or blank clears it.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "crate::extract::double_option")]
     #[schema(value_type = Option<String>, nullable)]
     pub phone: Option<Option<String>>,
 }
@@ -269,27 +261,22 @@ async fn create_user(
     let status = req.status.unwrap_or(UserStatus::Active);
     let hash = state.hasher.hash(password.into_secret()).await?;
     let mut tx = state.db.begin().await?;
-    let id: Uuid = sqlx::query_scalar(
-        "INSERT INTO users (email, password_hash, first_name, last_name, phone, employee_id,
-                            role, status, facility_id, supervisor_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+    let id = users::insert(
+        &mut *tx,
+        NewUser {
+            email: email.as_str(),
+            password_hash: hash,
+            first_name,
+            last_name,
+            phone,
+            employee_id,
+            role: req.role,
+            status,
+            facility_id: req.facility_id,
+            supervisor_id: req.supervisor_id,
+        },
     )
-    .bind(email.as_str())
-    .bind(hash)
-    .bind(first_name)
-    .bind(last_name)
-    .bind(phone)
-    .bind(employee_id)
-    .bind(req.role.as_str())
-    .bind(status.as_str())
-    .bind(req.facility_id)
-    .bind(req.supervisor_id)
-    .fetch_one(&mut *tx)
-    .await
-    .on_constraints(&[
-        ("users_email_key", duplicate_email),
-        ("users_employee_id_key", duplicate_employee_id),
-    ])?;
+    .await?;
     Activity::new("user.create")
         .by(&admin)
         .on("user", id)
@@ -336,20 +323,20 @@ pub struct UpdateUser {
     pub first_name: Option<String>,
     #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub last_name: Option<String>,
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "crate::extract::double_option")]
     #[schema(value_type = Option<String>, nullable)]
     pub phone: Option<Option<String>>,
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "crate::extract::double_option")]
     #[schema(value_type = Option<String>, nullable)]
     pub employee_id: Option<Option<String>>,
     pub role: Option<Role>,
     pub status: Option<UserStatus>,
     /// Supervisors may change only this field, for users in their tree.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "crate::extract::double_option")]
     #[schema(value_type = Option<Uuid>, nullable)]
     pub facility_id: Option<Option<Uuid>>,
     /// A supervisor, backstopper or admin; never one that would make a cycle.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "crate::extract::double_option")]
     #[schema(value_type = Option<Uuid>, nullable)]
     pub supervisor_id: Option<Option<Uuid>>,
 }
@@ -490,10 +477,7 @@ async fn update_user(
     .bind(cut_tokens)
     .execute(&mut *tx)
     .await
-    .on_constraints(&[
-        ("users_email_key", duplicate_email),
-        ("users_employee_id_key", duplicate_employee_id),
-    ])?;
+    .on_constraints(users::UNIQUE_FIELDS)?;
     if cut_tokens {
         refresh::revoke_all(&mut *tx, id).await?;
     }
