@@ -126,6 +126,46 @@ pub fn required_text(value: &str, field: &str, max: usize, invalid: &mut Invalid
     value
 }
 
+/// The checked identity fields of a new account (registration or admin creation); `None` where
+/// the field failed, with the reason recorded in `invalid`.
+pub struct NewIdentity {
+    pub email: Option<Email>,
+    pub password: Option<Password>,
+    pub first_name: String,
+    pub last_name: String,
+    pub phone: Option<String>,
+    pub employee_id: Option<String>,
+}
+
+impl NewIdentity {
+    pub fn check(
+        email: &str,
+        password: &str,
+        first_name: &str,
+        last_name: &str,
+        phone: Option<String>,
+        employee_id: Option<String>,
+        invalid: &mut Invalid,
+    ) -> Self {
+        let parsed_email = invalid.check("email", Email::parse(email));
+        let password = invalid.check(
+            "password",
+            Password::parse(
+                password,
+                parsed_email.as_ref().map_or(email, |e| e.as_str()),
+            ),
+        );
+        NewIdentity {
+            email: parsed_email,
+            password,
+            first_name: required_text(first_name, "first_name", 100, invalid),
+            last_name: required_text(last_name, "last_name", 100, invalid),
+            phone: optional_text(phone, "phone", 32, invalid),
+            employee_id: optional_text(employee_id, "employee_id", 64, invalid),
+        }
+    }
+}
+
 /// Checks that `supervisor_id` names a supervisor, backstopper or admin.
 pub async fn check_supervisor(
     state: &AppState,
@@ -189,18 +229,22 @@ async fn register(
         });
     }
     let mut invalid = Invalid::default();
-    let email = invalid.check("email", Email::parse(&req.email));
-    let password = invalid.check(
-        "password",
-        Password::parse(
-            &req.password,
-            email.as_ref().map_or(&req.email, |e| e.as_str()),
-        ),
+    let NewIdentity {
+        email,
+        password,
+        first_name,
+        last_name,
+        phone,
+        employee_id,
+    } = NewIdentity::check(
+        &req.email,
+        &req.password,
+        &req.first_name,
+        &req.last_name,
+        req.phone,
+        req.employee_id,
+        &mut invalid,
     );
-    let first_name = required_text(&req.first_name, "first_name", 100, &mut invalid);
-    let last_name = required_text(&req.last_name, "last_name", 100, &mut invalid);
-    let phone = optional_text(req.phone, "phone", 32, &mut invalid);
-    let employee_id = optional_text(req.employee_id, "employee_id", 64, &mut invalid);
     let role = req.role.unwrap_or(Role::DataClerk);
     if !role.is_field() {
         invalid.add("role", "self-registration is for field roles only");

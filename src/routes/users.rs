@@ -16,7 +16,7 @@ use crate::domain::{Email, Password, Role, UserStatus};
 use crate::error::{ApiError, ErrorEnvelope, Invalid, ResultExt};
 use crate::extract::{Json, Path, Query};
 use crate::routes::auth::{
-    UserEnvelope, check_facility, check_supervisor, optional_text, required_text,
+    NewIdentity, UserEnvelope, check_facility, check_supervisor, optional_text, required_text,
 };
 use crate::routes::pagination::{Page, Paging};
 use crate::state::AppState;
@@ -240,18 +240,22 @@ async fn create_user(
 ) -> Result<(StatusCode, Json<User>), ApiError> {
     admin.require(Role::Admin)?;
     let mut invalid = Invalid::default();
-    let email = invalid.check("email", Email::parse(&req.email));
-    let password = invalid.check(
-        "password",
-        Password::parse(
-            &req.password,
-            email.as_ref().map_or(&req.email, |e| e.as_str()),
-        ),
+    let NewIdentity {
+        email,
+        password,
+        first_name,
+        last_name,
+        phone,
+        employee_id,
+    } = NewIdentity::check(
+        &req.email,
+        &req.password,
+        &req.first_name,
+        &req.last_name,
+        req.phone,
+        req.employee_id,
+        &mut invalid,
     );
-    let first_name = required_text(&req.first_name, "first_name", 100, &mut invalid);
-    let last_name = required_text(&req.last_name, "last_name", 100, &mut invalid);
-    let phone = optional_text(req.phone, "phone", 32, &mut invalid);
-    let employee_id = optional_text(req.employee_id, "employee_id", 64, &mut invalid);
     check_facility(&state, req.facility_id, &mut invalid).await?;
     check_supervisor(&state, req.supervisor_id, &mut invalid).await?;
     invalid.finish()?;
