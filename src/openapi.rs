@@ -49,8 +49,58 @@ impl Modify for BearerAuth {
 
 /// The full document, as served at `/api-docs/openapi.json`.
 pub fn spec() -> utoipa::openapi::OpenApi {
-    let (_, spec) = crate::routes::api().split_for_parts();
+    let (_, mut spec) = crate::routes::api().split_for_parts();
+    add_common_responses(&mut spec);
     spec
+}
+
+/// Answers every operation can give whatever its handler does, added once here rather than on
+/// each route: 500 (a bug), 503 (the database is unreachable; not for `/health` and `/metrics`,
+/// which do not use it), and 413 wherever there is a body to be too large.
+pub fn add_common_responses(spec: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::content::ContentBuilder;
+    use utoipa::openapi::{Ref, RefOr, ResponseBuilder};
+    let envelope = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorEnvelope")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for (path, item) in spec.paths.paths.iter_mut() {
+        let uses_database = !matches!(path.as_str(), "/health" | "/metrics");
+        for operation in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let responses = &mut operation.responses.responses;
+            responses.entry("500".into()).or_insert_with(|| {
+                envelope("An internal error (`internal`); the body carries no details")
+            });
+            if uses_database {
+                responses.entry("503".into()).or_insert_with(|| {
+                    envelope("The database is unreachable or the request timed out (`unavailable`); retry later")
+                });
+            }
+            if operation.request_body.is_some() {
+                responses.entry("413".into()).or_insert_with(|| {
+                    envelope("The body is over the limit (`payload_too_large`)")
+                });
+            }
+        }
+    }
 }
 
 /// The document as YAML, as committed in `openapi.yaml`.

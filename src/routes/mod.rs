@@ -82,7 +82,8 @@ fn assemble(state: Option<&AppState>) -> OpenApiRouter<AppState> {
 
 /// The complete application: routes, docs, fallback and the middleware stack.
 pub fn build(state: AppState) -> Router {
-    let (router, spec) = assemble(Some(&state)).split_for_parts();
+    let (router, mut spec) = assemble(Some(&state)).split_for_parts();
+    crate::openapi::add_common_responses(&mut spec);
     let config = state.config.clone();
     let router = router
         .merge(SwaggerUi::new("/docs").url("/api-docs/openapi.json", spec))
