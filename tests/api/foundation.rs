@@ -139,7 +139,10 @@ async fn the_docs_and_the_spec_are_served() {
     assert_eq!(status, StatusCode::OK);
     assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
     // The served document is the one the code generates (and openapi.yaml is checked against).
-    assert_eq!(spec, serde_json::to_value(field_attendance::openapi::spec()).unwrap());
+    assert_eq!(
+        spec,
+        serde_json::to_value(field_attendance::openapi::spec()).unwrap()
+    );
     assert!(spec["paths"]["/api/attendance/clock-in"]["post"]["responses"]["503"].is_object());
     let response = app.get("/docs/").send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
