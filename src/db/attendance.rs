@@ -256,8 +256,3 @@ pub async fn list(
         total,
     ))
 }
-
-/// Whether `viewer` may see a record of `owner`: their own, their tree's, or an admin.
-pub async fn can_see(db: &PgPool, viewer: &AuthUser, owner: Uuid) -> Result<bool, sqlx::Error> {
-    crate::db::users::can_see(db, viewer, owner).await
-}

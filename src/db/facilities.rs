@@ -127,6 +127,73 @@ pub(crate) const FROM_FACILITIES: &str = "
     JOIN councils c ON c.id = f.council_id
     JOIN regions r ON r.id = c.region_id";
 
+/// A facility as the geofence sees it: shared by online clock-in/out, sync pushes and
+/// conflict resolution, so every path measures the same way.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Site {
+    pub id: Uuid,
+    pub latitude: f64,
+    pub longitude: f64,
+    pub geofence_radius_m: i32,
+    pub status: String,
+}
+
+const SITE_COLUMNS: &str = "id, latitude, longitude, geofence_radius_m, status";
+
+impl Site {
+    pub async fn load<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Site>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "SELECT {SITE_COLUMNS} FROM facilities WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+    }
+
+    /// The given facility, or else the user's own, in one round trip.
+    pub async fn load_or_users<'e>(
+        db: impl PgExecutor<'e>,
+        id: Option<Uuid>,
+        user_id: Uuid,
+    ) -> Result<Option<Site>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "SELECT {SITE_COLUMNS} FROM facilities
+             WHERE id = coalesce($1, (SELECT facility_id FROM users WHERE id = $2))"
+        ))
+        .bind(id)
+        .bind(user_id)
+        .fetch_optional(db)
+        .await
+    }
+
+    /// The facilities with these ids, by id.
+    pub async fn load_many<'e>(
+        db: impl PgExecutor<'e>,
+        ids: &[Uuid],
+    ) -> Result<std::collections::HashMap<Uuid, Site>, sqlx::Error> {
+        let rows: Vec<Site> = sqlx::query_as(&format!(
+            "SELECT {SITE_COLUMNS} FROM facilities WHERE id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(db)
+        .await?;
+        Ok(rows.into_iter().map(|s| (s.id, s)).collect())
+    }
+
+    /// Distance from the facility to `point`, in metres, and whether it is outside the geofence.
+    pub fn measure(&self, point: GeoPoint) -> (f64, bool) {
+        let here = GeoPoint {
+            latitude: self.latitude,
+            longitude: self.longitude,
+        };
+        let distance = here.distance_m(&point);
+        (
+            distance,
+            crate::domain::attendance::outside_geofence(distance, self.geofence_radius_m),
+        )
+    }
+}
+
 pub async fn find<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Facility>, sqlx::Error> {
     let sql = format!("{SELECT_FACILITY} {FROM_FACILITIES} WHERE f.id = $1");
     let row: Option<FacilityRow> = sqlx::query_as(&sql).bind(id).fetch_optional(db).await?;

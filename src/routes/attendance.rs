@@ -12,8 +12,9 @@ use uuid::Uuid;
 use crate::audit::Activity;
 use crate::auth::{AuthUser, ClientInfo};
 use crate::db::attendance::{self as records, AttendanceFilter, AttendanceRecord, AttendanceRow};
+use crate::db::facilities::Site;
 use crate::domain::GeoPoint;
-use crate::domain::attendance::{TimeRules, forgotten_before, outside_geofence};
+use crate::domain::attendance::{TimeRules, forgotten_before};
 use crate::error::{ApiError, ErrorEnvelope, Invalid};
 use crate::extract::{Json, Path, Query};
 use crate::routes::auth::optional_text;
@@ -70,39 +71,6 @@ pub struct ClockOut {
     pub occurred_at: Option<DateTime<FixedOffset>>,
     #[schema(max_length = 1000)]
     pub notes: Option<String>,
-}
-
-/// A facility as the geofence sees it.
-#[derive(Debug, sqlx::FromRow)]
-pub struct Site {
-    pub latitude: f64,
-    pub longitude: f64,
-    pub geofence_radius_m: i32,
-    pub status: String,
-}
-
-impl Site {
-    pub async fn load<'e>(
-        db: impl sqlx::PgExecutor<'e>,
-        id: Uuid,
-    ) -> Result<Option<Site>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT latitude, longitude, geofence_radius_m, status FROM facilities WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(db)
-        .await
-    }
-
-    /// Distance to the facility and whether it is outside the geofence.
-    pub fn measure(&self, point: GeoPoint) -> (f64, bool) {
-        let here = GeoPoint {
-            latitude: self.latitude,
-            longitude: self.longitude,
-        };
-        let distance = here.distance_m(&point);
-        (distance, outside_geofence(distance, self.geofence_radius_m))
-    }
 }
 
 pub fn time_rules(state: &AppState) -> TimeRules {
@@ -183,27 +151,13 @@ async fn clock_in(
     {
         return Ok((StatusCode::OK, Json(existing.into())));
     }
-    // The facility (given, or the user's own) in one round trip.
-    let site: Option<(Uuid, f64, f64, i32, String)> = sqlx::query_as(
-        "SELECT id, latitude, longitude, geofence_radius_m, status FROM facilities
-         WHERE id = coalesce($1, (SELECT facility_id FROM users WHERE id = $2))",
-    )
-    .bind(req.facility_id)
-    .bind(user.id)
-    .fetch_optional(&state.db)
-    .await?;
-    let Some((facility_id, latitude, longitude, geofence_radius_m, status)) = site else {
-        return Err(match req.facility_id {
+    let site = Site::load_or_users(&state.db, req.facility_id, user.id)
+        .await?
+        .ok_or_else(|| match req.facility_id {
             Some(_) => ApiError::invalid("facility_id", "no such facility"),
             None => ApiError::invalid("facility_id", "is required: you have no default facility"),
-        });
-    };
-    let site = Site {
-        latitude,
-        longitude,
-        geofence_radius_m,
-        status,
-    };
+        })?;
+    let facility_id = site.id;
     if site.status != "active" {
         return Err(ApiError::invalid(
             "facility_id",
@@ -470,7 +424,7 @@ async fn get_attendance(
         .await?
         .filter(|r| r.deleted_at.is_none())
         .ok_or(ApiError::NotFound)?;
-    if !records::can_see(&state.db, &user, row.user_id).await? {
+    if !crate::db::users::can_see(&state.db, &user, row.user_id).await? {
         return Err(ApiError::NotFound);
     }
     Ok(Json(row.into()))

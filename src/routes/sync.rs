@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::audit::Activity;
 use crate::auth::{AuthUser, ClientInfo};
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
+use crate::db::facilities::Site;
 use crate::domain::Role;
 use crate::error::{ApiError, ErrorEnvelope, Invalid};
 use crate::extract::{Json, Path, Query};
@@ -425,14 +426,15 @@ async fn resolve_conflict(
                 )
                 .map_err(|e| anyhow::anyhow!("stored conflict content is unreadable: {e}"))?;
                 // The same derivation as a pushed record: distances, geofence flag, status.
-                let sites = push::sites(&mut tx, &[content.facility_id]).await?;
-                let site = sites.get(&content.facility_id).ok_or_else(|| {
-                    ApiError::invalid("facility_id", "the facility no longer exists")
-                })?;
+                let site = Site::load(&mut *tx, content.facility_id)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::invalid("facility_id", "the facility no longer exists")
+                    })?;
                 let w = push::build_write(
                     conflict.record_id,
                     &content,
-                    site,
+                    &site,
                     0,
                     None,
                     Utc::now(),

@@ -12,38 +12,14 @@ use crate::audit::Activity;
 use crate::auth::{AuthUser, ClientInfo};
 use crate::config::Config;
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
+use crate::db::facilities::Site;
 use crate::domain::GeoPoint;
-use crate::domain::attendance::{TimeRules, forgotten_before, outside_geofence};
+use crate::domain::attendance::{TimeRules, forgotten_before};
 use crate::error::ApiError;
 use crate::sync::decide::{Decision, ServerCopy, decide};
 use crate::sync::model::{
     Content, Op, PushRecord, PushResponse, PushResult, ResultError, ResultStatus, Strategy,
 };
-
-/// A facility as the geofence sees it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub(crate) struct Site {
-    pub id: Uuid,
-    pub latitude: f64,
-    pub longitude: f64,
-    pub geofence_radius_m: i32,
-}
-
-/// The facilities with these ids, by id.
-pub(crate) async fn sites(
-    tx: &mut PgConnection,
-    ids: &[Uuid],
-) -> Result<HashMap<Uuid, Site>, sqlx::Error> {
-    Ok(sqlx::query_as::<_, Site>(
-        "SELECT id, latitude, longitude, geofence_radius_m FROM facilities WHERE id = ANY($1)",
-    )
-    .bind(ids)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|s| (s.id, s))
-    .collect())
-}
 
 /// A row as it will be written: distances, geofence flag and status derived on the server, with
 /// the same rules as online clock-in (an open shift older than the maximum is incomplete).
@@ -56,22 +32,14 @@ pub(crate) fn build_write(
     now: DateTime<Utc>,
     config: &Config,
 ) -> Result<Write, (&'static str, String)> {
-    let here = GeoPoint {
-        latitude: site.latitude,
-        longitude: site.longitude,
+    let point = |l: &crate::db::attendance::Location| GeoPoint {
+        latitude: l.latitude,
+        longitude: l.longitude,
     };
-    let distance = here.distance_m(&GeoPoint {
-        latitude: content.clock_in.latitude,
-        longitude: content.clock_in.longitude,
-    });
-    let out_distance = content.clock_out.as_ref().map(|l| {
-        here.distance_m(&GeoPoint {
-            latitude: l.latitude,
-            longitude: l.longitude,
-        })
-    });
-    let outside = outside_geofence(distance, site.geofence_radius_m)
-        || out_distance.is_some_and(|d| outside_geofence(d, site.geofence_radius_m));
+    let (distance, outside_in) = site.measure(point(&content.clock_in));
+    let clock_out = content.clock_out.as_ref().map(|l| site.measure(point(l)));
+    let out_distance = clock_out.map(|(d, _)| d);
+    let outside = outside_in || clock_out.is_some_and(|(_, out)| out);
     if outside && config.attendance.enforce_geofence {
         return Err((
             "outside_geofence",
@@ -323,7 +291,7 @@ pub async fn push(
                 .and_then(|(_, c)| c.as_ref().map(|c| c.facility_id))
         })
         .collect();
-    let sites = sites(&mut tx, &facility_ids).await?;
+    let sites = Site::load_many(&mut *tx, &facility_ids).await?;
     let queued: HashSet<(Uuid, String)> = sqlx::query_as::<_, (Uuid, Value)>(
         "SELECT record_id, client_data FROM sync_conflicts WHERE status = 'pending' AND record_id = ANY($1)",
     )

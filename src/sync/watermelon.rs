@@ -28,11 +28,12 @@ use crate::auth::{AuthUser, ClientInfo};
 use crate::config::Config;
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow, Location};
 use crate::db::facilities::Facility;
+use crate::db::facilities::Site;
 use crate::domain::attendance::{TimeRules, forgotten_before};
 use crate::error::{ApiError, FieldErrors};
 use crate::sync::model::Content;
 use crate::sync::pull::{self, Changes, Cursor};
-use crate::sync::push::{Plan, apply_plan, build_write, check_content, sites};
+use crate::sync::push::{Plan, apply_plan, build_write, check_content};
 
 /// WatermelonDB pulls are not paged: one answer holds every change.
 const WHOLE_PULL: usize = 10_000_000;
@@ -424,7 +425,7 @@ pub async fn push_changes(
     }
 
     let facility_ids: Vec<Uuid> = upserts.iter().map(|(_, c)| c.facility_id).collect();
-    let sites = sites(&mut tx, &facility_ids).await?;
+    let sites = Site::load_many(&mut *tx, &facility_ids).await?;
     let mut plan = Plan::default();
     let mut problems = FieldErrors::new();
     for (id, content) in &upserts {
