@@ -54,6 +54,86 @@ impl Probe {
     }
 }
 
+/// With `BENCH_PROFILE=1`, a system-wide `perf record` (cpu-clock, call graphs) around each
+/// scenario: where the two cores went, by process, and the service's hottest functions.
+struct Profiler {
+    child: tokio::process::Child,
+    data: String,
+}
+
+impl Profiler {
+    fn start(name: &str) -> Option<Self> {
+        if std::env::var("BENCH_PROFILE").ok().as_deref() != Some("1") {
+            return None;
+        }
+        let slug: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        std::fs::create_dir_all("target/bench/profiles").ok()?;
+        let data = format!("target/bench/profiles/{slug}.data");
+        let child = tokio::process::Command::new("perf")
+            .args([
+                "record",
+                "-q",
+                "-e",
+                "cpu-clock",
+                "-F",
+                "499",
+                "-a",
+                "-g",
+                "-o",
+                &data,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| eprintln!("  perf record did not start: {e}"))
+            .ok()?;
+        Some(Self { child, data })
+    }
+
+    /// Stops recording; returns the share of samples by thread name, and writes the service's
+    /// hottest functions next to the data.
+    async fn finish(mut self) -> Vec<(String, f64)> {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status();
+        }
+        let _ = self.child.wait().await;
+        let report = |args: &[&str]| {
+            std::process::Command::new("perf")
+                .args(["report", "-i", &self.data, "--stdio", "--no-children", "-q"])
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let top = report(&[
+            "--comm",
+            "fa-worker",
+            "--sort",
+            "dso,sym",
+            "-g",
+            "none",
+            "--percent-limit",
+            "0.5",
+        ]);
+        let _ = std::fs::write(self.data.replace(".data", ".service-top.txt"), top);
+        report(&["--sort", "comm", "-g", "none"])
+            .lines()
+            .filter_map(|l| {
+                let (pct, comm) = l.trim().split_once(' ')?;
+                Some((
+                    comm.trim().to_string(),
+                    pct.trim_end_matches('%').parse().ok()?,
+                ))
+            })
+            .collect()
+    }
+}
+
 #[derive(Clone)]
 struct Recorder {
     hist: Arc<Mutex<Histogram<u64>>>,
@@ -94,6 +174,8 @@ struct Row {
     max: f64,
     peak_rss_mib: f64,
     cpu_pct: f64,
+    /// With BENCH_PROFILE=1: share of the machine's CPU samples by thread name.
+    cpu_split: Vec<(String, f64)>,
 }
 
 /// Runs `work` while sampling the service, and summarises what `work` recorded.
@@ -115,12 +197,17 @@ async fn scenario<F: std::future::Future<Output = ()>>(
             }
         })
     };
+    let profiler = Profiler::start(name);
     let cpu0 = probe.cpu_s();
     let started = Instant::now();
     work.await;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = probe.cpu_s() - cpu0;
     sampling.abort();
+    let cpu_split = match profiler {
+        Some(p) => p.finish().await,
+        None => Vec::new(),
+    };
     let h = rec.hist.lock().await;
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let row = Row {
@@ -134,6 +221,7 @@ async fn scenario<F: std::future::Future<Output = ()>>(
         max: h.max() as f64 / 1000.0,
         peak_rss_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
         cpu_pct: 100.0 * cpu / seconds,
+        cpu_split,
     };
     println!(
         "{:<44} {:>7} req {:>4} err {:>8.1} req/s  p50 {:>8.2}  p95 {:>8.2}  p99 {:>8.2}  max {:>8.2} ms  rss {:>6.0} MiB  cpu {:>4.0}%",
@@ -149,6 +237,71 @@ async fn scenario<F: std::future::Future<Output = ()>>(
         row.cpu_pct
     );
     row
+}
+
+/// Draws p50, p95 and p99 of every scenario as bars on a log scale, one row per scenario.
+fn chart(rows: &[Row], path: &str) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let font = [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read(p).ok())
+    .ok_or_else(|| anyhow::anyhow!("no TrueType font found (Debian: fonts-dejavu-core)"))?;
+    plotters::style::register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(font.into_boxed_slice()),
+    )
+    .map_err(|_| anyhow::anyhow!("the font could not be read"))?;
+    let n = rows.len();
+    let root = BitMapBackend::new(path, (1500, 90 + 36 * n as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (names, plot) = root.split_horizontally(440);
+    let max = rows.iter().map(|r| r.max).fold(10.0, f64::max) * 8.0;
+    let mut chart = ChartBuilder::on(&plot)
+        .caption(
+            "Latency per scenario, ms (log scale): p50, p95, p99, max",
+            ("sans-serif", 20),
+        )
+        .margin(10)
+        .x_label_area_size(30)
+        .build_cartesian_2d((0.1f64..max).log_scale(), 0f64..n as f64)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(0)
+        .x_desc("milliseconds")
+        .draw()?;
+    type Series = (&'static str, RGBColor, fn(&Row) -> f64);
+    let series: [Series; 4] = [
+        ("p50", RGBColor(80, 150, 80), |r| r.p50),
+        ("p95", RGBColor(230, 160, 40), |r| r.p95),
+        ("p99", RGBColor(200, 60, 50), |r| r.p99),
+        ("max", RGBColor(120, 120, 120), |r| r.max),
+    ];
+    for (j, (label, color, value)) in series.into_iter().enumerate() {
+        chart
+            .draw_series(rows.iter().enumerate().map(|(k, r)| {
+                let y0 = (n - k) as f64 - 0.1 - 0.2 * (j as f64 + 1.0);
+                Rectangle::new([(0.1, y0), (value(r).max(0.1), y0 + 0.17)], color.filled())
+            }))?
+            .label(label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .draw()?;
+    for (k, r) in rows.iter().enumerate() {
+        let (_, y) = chart.backend_coord(&(1.0, (n - k) as f64 - 0.5));
+        names.draw(&Text::new(r.name.clone(), (8, y - 8), ("sans-serif", 15)))?;
+    }
+    root.present()?;
+    Ok(())
 }
 
 fn url(path: &str) -> String {
@@ -205,6 +358,106 @@ async fn fan_out<M>(
     }
 }
 
+/// Sends request i of `count` at its scheduled instant (`rate` per second, whatever the
+/// answers do), and measures from that instant, so a slow answer cannot hide the queue behind it.
+async fn open_loop<M>(rec: &Recorder, client: &reqwest::Client, rate: f64, count: usize, make: M)
+where
+    M: Fn(&reqwest::Client, usize) -> reqwest::RequestBuilder + Send + Sync + 'static,
+{
+    let make = Arc::new(make);
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        let (rec, client, make) = (rec.clone(), client.clone(), make.clone());
+        tasks.push(tokio::spawn(async move {
+            let ok = send(make(&client, i)).await;
+            rec.record(due.into_std(), ok).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// `workers` tasks take the next of `count` items until none is left: a closed loop holding
+/// `workers` requests in flight, for throughput.
+async fn closed_loop<F, Fut>(rec: &Recorder, workers: usize, count: usize, work: F)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let work = Arc::new(work);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (rec, work, next) = (rec.clone(), work.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= count {
+                    break;
+                }
+                let started = Instant::now();
+                let ok = work(i).await;
+                rec.record(started, ok).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Sends a request; true on a 2xx answer whose body arrived. Failures are printed.
+async fn send(request: reqwest::RequestBuilder) -> bool {
+    match request.send().await {
+        Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+        Ok(r) => {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            eprintln!("  {status} {}", body.chars().take(200).collect::<String>());
+            false
+        }
+        Err(e) => {
+            eprintln!("  transport error: {e}");
+            false
+        }
+    }
+}
+
+/// Untimed: each user opens the app (`GET /attendance/active`), as they would before clocking
+/// in; this opens their connections and lets the service read their token state.
+async fn open_apps(client: &reqwest::Client, tokens: &[String]) -> anyhow::Result<()> {
+    let rec = Recorder::new();
+    let tokens = Arc::new(tokens.to_vec());
+    let t = tokens.clone();
+    let c = client.clone();
+    closed_loop(&rec, 500, tokens.len(), move |i| {
+        send(c.get(url("/api/attendance/active")).bearer_auth(&t[i]))
+    })
+    .await;
+    let errors = rec.errors.load(Ordering::Relaxed);
+    anyhow::ensure!(errors == 0, "{errors} app openings failed");
+    Ok(())
+}
+
+/// Untimed: opens the baseline pool's connections before it is measured, as the service's are.
+async fn warm_pool(pool: &PgPool) {
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let _ = sqlx::query("SELECT pg_sleep(0.01)").execute(&pool).await;
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
 fn shift(facility: Uuid, days_ago: i64, slot: i64) -> Value {
     let start = chrono::Utc::now()
         - chrono::Duration::days(days_ago)
@@ -221,8 +474,15 @@ fn shift(facility: Uuid, days_ago: i64, slot: i64) -> Value {
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("loadgen")
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let users = if quick { 5_000 } else { USERS };
     std::fs::create_dir_all("target/bench")?;
@@ -322,7 +582,8 @@ async fn main() -> anyhow::Result<()> {
     )
     .execute(&direct)
     .await?;
-    sqlx::query("ANALYZE").execute(&direct).await?;
+    // What autovacuum would have done by the time anyone reads: statistics and the visibility map.
+    sqlx::query("VACUUM ANALYZE").execute(&direct).await?;
     println!(
         "seeded {users} users, 1,000 facilities and {users} past shifts in {:.1} s",
         seeding.elapsed().as_secs_f64()
@@ -345,79 +606,137 @@ async fn main() -> anyhow::Result<()> {
     let admin = token(admin_id, "admin");
     let mut rows = Vec::new();
 
-    // --- clock-in: raw single-row inserts through PgBouncer, then the service at 500 at once.
+    // --- clock-in. Every clocking user has opened the app first (untimed).
+    warm_pool(&bouncer).await;
+    let insert_one = |pool: PgPool, user: Uuid, facility: Uuid| async move {
+        sqlx::query(
+            "INSERT INTO attendance (user_id, facility_id, clock_in_at, clock_in_latitude, clock_in_longitude, distance_m, outside_geofence)
+             VALUES ($1, $2, now(), -1.95, 30.06, 12, false)",
+        )
+        .bind(user)
+        .bind(facility)
+        .execute(&pool)
+        .await
+        .is_ok()
+    };
+    let clock_in = |c: &reqwest::Client, token: &str| {
+        c.post(url("/api/attendance/clock-in"))
+            .bearer_auth(token)
+            .json(&json!({"latitude": -1.95, "longitude": 30.06, "accuracy_m": 8}))
+    };
+    let tokens_of = |range: std::ops::Range<usize>| -> Arc<Vec<String>> {
+        Arc::new(
+            people[range]
+                .iter()
+                .map(|(id, _)| token(*id, "focal"))
+                .collect(),
+        )
+    };
+    // Throughput: 10,000 users, 500 requests in flight, against the
+    // same number of raw single-row inserts with 500 in flight.
+    let n = if quick { 1_000 } else { 10_000 };
     let rec = Recorder::new();
-    let batch: Vec<(Uuid, Uuid)> = people[90_000.min(people.len() - 1000)..][..500].to_vec();
-    rows.push(scenario("baseline: single-row insert, 500 concurrent", &probe, &rec, async {
-        let mut tasks = Vec::new();
-        for (user, facility) in batch.clone() {
-            let (pool, rec) = (bouncer.clone(), rec.clone());
-            tasks.push(tokio::spawn(async move {
-                let started = Instant::now();
-                let ok = sqlx::query(
-                    "INSERT INTO attendance (user_id, facility_id, clock_in_at, clock_in_latitude, clock_in_longitude, distance_m, outside_geofence)
-                     VALUES ($1, $2, now(), -1.95, 30.06, 12, false)",
-                )
-                .bind(user)
-                .bind(facility)
-                .execute(&pool)
-                .await
-                .is_ok();
-                rec.record(started, ok).await;
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-    }).await);
-    let clockers: Arc<Vec<String>> = Arc::new(
-        people[..500]
-            .iter()
-            .map(|(id, _)| token(*id, "focal"))
-            .collect(),
-    );
-    let rec = Recorder::new();
-    let tokens = clockers.clone();
+    let targets: Arc<Vec<(Uuid, Uuid)>> =
+        Arc::new(people[people.len() - 1000 - n..people.len() - 1000].to_vec());
+    let (pool, t) = (bouncer.clone(), targets.clone());
     rows.push(
         scenario(
-            "clock-in, 500 concurrent users",
+            &format!("baseline: single-row insert, {n} x 500 in flight"),
             &probe,
             &rec,
-            fan_out(&rec, &client, 500, 1, move |c, t, _| {
-                c.post(url("/api/attendance/clock-in"))
-                    .bearer_auth(&tokens[t])
-                    .json(&json!({"latitude": -1.95, "longitude": 30.06, "accuracy_m": 8}))
+            closed_loop(&rec, 500, n, move |i| {
+                let (user, facility) = t[i];
+                insert_one(pool.clone(), user, facility)
             }),
         )
         .await,
     );
+    let tokens = tokens_of(2_000..2_000 + n);
+    open_apps(&client, &tokens).await?;
     let rec = Recorder::new();
-    let tokens = clockers.clone();
+    let (c, t) = (client.clone(), tokens.clone());
     rows.push(
         scenario(
-            "clock-out, 500 concurrent users",
+            &format!("clock-in, {n} users x 500 in flight"),
             &probe,
             &rec,
-            fan_out(&rec, &client, 500, 1, move |c, t, _| {
-                c.post(url("/api/attendance/clock-out"))
-                    .bearer_auth(&tokens[t])
-                    .json(&json!({"latitude": -1.95, "longitude": 30.06}))
+            closed_loop(&rec, 500, n, move |i| send(clock_in(&c, &t[i]))),
+        )
+        .await,
+    );
+    // Latency: 500 users at once, and 500 users arriving over one second.
+    let rec = Recorder::new();
+    let batch: Arc<Vec<(Uuid, Uuid)>> = Arc::new(people[1_500..2_000].to_vec());
+    let (pool, t) = (bouncer.clone(), batch.clone());
+    rows.push(
+        scenario(
+            "baseline: single-row insert, 500 at once",
+            &probe,
+            &rec,
+            closed_loop(&rec, 500, 500, move |i| {
+                let (user, facility) = t[i];
+                insert_one(pool.clone(), user, facility)
             }),
+        )
+        .await,
+    );
+    let clockers = tokens_of(0..500);
+    open_apps(&client, &clockers).await?;
+    let rec = Recorder::new();
+    let (c, t) = (client.clone(), clockers.clone());
+    rows.push(
+        scenario(
+            "clock-in, 500 users at once",
+            &probe,
+            &rec,
+            closed_loop(&rec, 500, 500, move |i| send(clock_in(&c, &t[i]))),
+        )
+        .await,
+    );
+    let rec = Recorder::new();
+    let (c, t) = (client.clone(), clockers.clone());
+    rows.push(
+        scenario(
+            "clock-out, 500 users at once",
+            &probe,
+            &rec,
+            closed_loop(&rec, 500, 500, move |i| {
+                send(
+                    c.post(url("/api/attendance/clock-out"))
+                        .bearer_auth(&t[i])
+                        .json(&json!({"latitude": -1.95, "longitude": 30.06})),
+                )
+            }),
+        )
+        .await,
+    );
+    let arriving = tokens_of(500..1_000);
+    open_apps(&client, &arriving).await?;
+    let rec = Recorder::new();
+    let t = arriving.clone();
+    rows.push(
+        scenario(
+            "clock-in, 500 users arriving over 1 s",
+            &probe,
+            &rec,
+            open_loop(&rec, &client, 500.0, 500, move |c, i| clock_in(c, &t[i])),
         )
         .await,
     );
 
-    // --- sync: raw set-based inserts of 50 rows, then 100 devices pushing 50 records, 3 rounds.
+    // --- sync: 100 devices pushing 50 records, 3 rounds each, against as many raw 50-row
+    //     UNNEST inserts; then 100 devices arriving over one second.
+    let rounds = 3;
     let rec = Recorder::new();
-    let devices: Vec<(Uuid, Uuid)> = people[1_000..1_100].to_vec();
-    rows.push(scenario("baseline: 50-row UNNEST insert, 100 concurrent", &probe, &rec, async {
-        let mut tasks = Vec::new();
-        for (user, facility) in devices.clone() {
-            let (pool, rec) = (bouncer.clone(), rec.clone());
-            tasks.push(tokio::spawn(async move {
+    let devices: Arc<Vec<(Uuid, Uuid)>> = Arc::new(people[1_000..1_100].to_vec());
+    let (pool, d) = (bouncer.clone(), devices.clone());
+    rows.push(
+        scenario("baseline: 50-row UNNEST insert, 100 in flight x 3", &probe, &rec, closed_loop(&rec, 100, 100 * rounds, move |i| {
+            let (user, facility) = d[i % 100];
+            let pool = pool.clone();
+            async move {
                 let ids: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
-                let started = Instant::now();
-                let ok = sqlx::query(
+                sqlx::query(
                     "INSERT INTO attendance (id, user_id, facility_id, status, clock_in_at, clock_out_at, clock_in_latitude, clock_in_longitude, distance_m, source)
                      SELECT i, $2, $3, 'closed', now() - interval '1 day', now() - interval '23 hours', -1.95, 30.06, 10, 'sync'
                      FROM UNNEST($1::uuid[]) i",
@@ -427,48 +746,58 @@ async fn main() -> anyhow::Result<()> {
                 .bind(facility)
                 .execute(&pool)
                 .await
-                .is_ok();
-                rec.record(started, ok).await;
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-    }).await);
-    let device_tokens: Arc<Vec<(String, Uuid)>> = Arc::new(
-        devices
-            .iter()
-            .map(|(id, f)| (token(*id, "focal"), *f))
-            .collect(),
+                .is_ok()
+            }
+        }))
+        .await,
     );
+    let push = |c: &reqwest::Client, token: &str, facility: Uuid, device: usize, days_ago: i64| {
+        let records: Vec<Value> = (0..50).map(|i| shift(facility, days_ago, i)).collect();
+        c.post(url("/api/sync/push"))
+            .bearer_auth(token)
+            .json(&json!({"device_id": format!("bench-{device}"), "records": records}))
+    };
+    let device_tokens = tokens_of(1_000..1_100);
+    open_apps(&client, &device_tokens).await?;
     let rec = Recorder::new();
-    let dt = device_tokens.clone();
+    let (t, d) = (device_tokens.clone(), devices.clone());
     rows.push(
         scenario(
-            "sync push 50 records, 100 devices x 3 rounds",
+            "sync push 50 records, 100 devices in flight x 3",
             &probe,
             &rec,
-            fan_out(&rec, &client, 100, 3, move |c, t, round| {
-                let (tok, facility) = &dt[t];
-                let records: Vec<Value> = (0..50)
-                    .map(|i| shift(*facility, 2 + round as i64, i))
-                    .collect();
-                c.post(url("/api/sync/push"))
-                    .bearer_auth(tok)
-                    .json(&json!({"device_id": format!("bench-{t}"), "records": records}))
+            fan_out(&rec, &client, 100, rounds, move |c, device, round| {
+                push(c, &t[device], d[device].1, device, 2 + round as i64)
+            }),
+        )
+        .await,
+    );
+    let arriving = tokens_of(1_100..1_200);
+    let facilities: Arc<Vec<Uuid>> =
+        Arc::new(people[1_100..1_200].iter().map(|(_, f)| *f).collect());
+    open_apps(&client, &arriving).await?;
+    let rec = Recorder::new();
+    let (t, f) = (arriving.clone(), facilities.clone());
+    rows.push(
+        scenario(
+            "sync push 50 records, 100 devices arriving over 1 s",
+            &probe,
+            &rec,
+            open_loop(&rec, &client, 100.0, 100, move |c, i| {
+                push(c, &t[i], f[i], 100 + i, 2)
             }),
         )
         .await,
     );
     let rec = Recorder::new();
-    let dt = device_tokens.clone();
+    let t = device_tokens.clone();
     rows.push(
         scenario(
             "sync pull (limit 200), 100 devices",
             &probe,
             &rec,
-            fan_out(&rec, &client, 100, 1, move |c, t, _| {
-                c.get(url("/api/sync/pull?limit=200")).bearer_auth(&dt[t].0)
+            fan_out(&rec, &client, 100, 1, move |c, i, _| {
+                c.get(url("/api/sync/pull?limit=200")).bearer_auth(&t[i])
             }),
         )
         .await,
@@ -512,13 +841,27 @@ async fn main() -> anyhow::Result<()> {
         for _ in 0..20 {
             let (pool, rec) = (bouncer.clone(), rec.clone());
             tasks.push(tokio::spawn(async move {
-                for _ in 0..50 {
+                for i in 0..50i64 {
                     let started = Instant::now();
                     // The same two statements the service runs for a page: the page and the total.
-                    let page = sqlx::query("SELECT u.* FROM users u LEFT JOIN facilities f ON f.id = u.facility_id ORDER BY u.created_at DESC, u.id DESC LIMIT 50")
-                        .fetch_all(&pool)
-                        .await;
-                    let total = sqlx::query("SELECT count(*) FROM users u LEFT JOIN facilities f ON f.id = u.facility_id")
+                    let page = sqlx::query(
+                        "SELECT u.id, u.email, u.first_name, u.last_name, u.phone, u.employee_id, u.role, u.status,
+                                u.last_login_at, u.created_at, u.updated_at,
+                                f.id AS facility_id, f.name AS facility_name, f.code AS facility_code,
+                                c.id AS council_id, c.name AS council_name, r.id AS region_id, r.name AS region_name,
+                                s.id AS supervisor_id, s.first_name AS supervisor_first_name,
+                                s.last_name AS supervisor_last_name
+                         FROM users u
+                         LEFT JOIN facilities f ON f.id = u.facility_id
+                         LEFT JOIN councils c ON c.id = f.council_id
+                         LEFT JOIN regions r ON r.id = c.region_id
+                         LEFT JOIN users s ON s.id = u.supervisor_id
+                         WHERE true ORDER BY u.created_at DESC, u.id DESC LIMIT 50 OFFSET $1",
+                    )
+                    .bind(50 * (i % 20))
+                    .fetch_all(&pool)
+                    .await;
+                    let total = sqlx::query("SELECT coalesce(sum(n), 0)::bigint FROM user_counts")
                         .fetch_one(&pool)
                         .await;
                     let ok = page.is_ok() && total.is_ok();
@@ -737,19 +1080,70 @@ async fn main() -> anyhow::Result<()> {
             "scenario": r.name, "requests": r.requests, "errors": r.errors, "seconds": r.seconds,
             "throughput_rps": r.requests as f64 / r.seconds, "p50_ms": r.p50, "p95_ms": r.p95, "p99_ms": r.p99,
             "max_ms": r.max, "peak_rss_mib": r.peak_rss_mib, "cpu_percent": r.cpu_pct,
+            "cpu_split_percent": r.cpu_split.iter().map(|(c, p)| json!({"thread": c, "percent": p})).collect::<Vec<_>>(),
         }));
     }
     md.push_str(&format!(
         "\nargon2id verify alone: {hash_ms:.1} ms per hash on one core.\n"
     ));
+    let rps = |prefix: &str| {
+        rows.iter()
+            .find(|r| r.name.starts_with(prefix))
+            .map(|r| r.requests as f64 / r.seconds)
+            .unwrap_or(f64::NAN)
+    };
+    let ratios = [
+        (
+            "clock-in / raw single-row insert (500 in flight)",
+            rps("clock-in, ") / rps("baseline: single-row insert, "),
+        ),
+        (
+            "sync push / raw 50-row insert (100 in flight)",
+            rps("sync push 50 records, 100 devices in flight")
+                / rps("baseline: 50-row UNNEST insert"),
+        ),
+        (
+            "user list / raw page and count (20 in flight)",
+            rps("user list") / rps("baseline: user page query"),
+        ),
+    ];
+    if rows.iter().any(|r| !r.cpu_split.is_empty()) {
+        md.push_str(
+            "\nWhere the two cores went (perf cpu-clock samples, % of both cores):\n\n| scenario | service | Postgres | PgBouncer | load generator | idle | other |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for r in rows.iter().filter(|r| !r.cpu_split.is_empty()) {
+            let mut split = [0.0f64; 6];
+            for (comm, pct) in &r.cpu_split {
+                let slot = match comm.as_str() {
+                    c if c == "fa-worker" || c.starts_with("argon2") => 0,
+                    "postgres" => 1,
+                    "pgbouncer" => 2,
+                    "loadgen" => 3,
+                    "swapper" => 4,
+                    _ => 5,
+                };
+                split[slot] += pct;
+            }
+            md.push_str(&format!(
+                "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+                r.name, split[0], split[1], split[2], split[3], split[4], split[5]
+            ));
+        }
+    }
+    md.push_str("\n| throughput against the baseline | ratio |\n|---|---:|\n");
+    for (name, ratio) in &ratios {
+        md.push_str(&format!("| {name} | {ratio:.2} |\n"));
+    }
     std::fs::write("target/bench/results.md", &md)?;
     std::fs::write(
         "target/bench/results.json",
-        serde_json::to_string_pretty(
-            &json!({"users": users, "hash_ms": hash_ms, "scenarios": json_rows}),
-        )?,
+        serde_json::to_string_pretty(&json!({
+            "users": users, "hash_ms": hash_ms, "scenarios": json_rows,
+            "ratios": ratios.iter().map(|(name, r)| json!({"name": name, "ratio": r})).collect::<Vec<_>>(),
+        }))?,
     )?;
-    println!("\n{md}");
+    chart(&rows, "target/bench/latency.png")?;
+    println!("\n{md}\nchart: target/bench/latency.png");
     let _ = child.kill().await;
     let total_errors: u64 = rows.iter().map(|r| r.errors).sum();
     anyhow::ensure!(total_errors == 0, "{total_errors} requests failed");

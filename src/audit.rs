@@ -78,3 +78,16 @@ impl Activity {
         Ok(())
     }
 }
+
+/// A data-modifying CTE named `audit` recording `action` on each row of the CTE `a` (a write of
+/// an `entity_type` row earlier in the same statement), so that the write and its audit row
+/// take one round trip. It binds, from `$first`: actor id, actor email, details, ip, user agent.
+pub fn audit_cte(action: &'static str, entity_type: &'static str, first: usize) -> String {
+    let [actor, email, details, ip, agent] = std::array::from_fn(|i| first + i);
+    format!(
+        "audit AS (
+             INSERT INTO activities (actor_id, actor_email, action, entity_type, entity_id, details, ip, user_agent)
+             SELECT ${actor}, ${email}, '{action}', '{entity_type}', a.id, ${details}, ${ip}, ${agent} FROM a
+         )"
+    )
+}

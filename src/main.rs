@@ -1,9 +1,14 @@
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = field_attendance::cli::Cli::parse();
-    match field_attendance::cli::run(cli).await {
+    // Named threads, so that `top -H` and profiles tell the service's work apart.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("fa-worker")
+        .build()
+        .expect("the async runtime starts");
+    match runtime.block_on(field_attendance::cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("field-attendance: {err:#}");

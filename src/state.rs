@@ -11,6 +11,7 @@ use crate::auth::jwt::JwtKeys;
 use crate::auth::password::Hasher;
 use crate::auth::rate_limit::{Limiter, limiter};
 use crate::config::Config;
+use crate::db::facilities::SiteCache;
 use crate::metrics::Metrics;
 
 /// One limiter per rate-limit class of the contract.
@@ -35,6 +36,7 @@ pub struct AppState {
     pub hasher: Hasher,
     pub jwt: Arc<JwtKeys>,
     pub auth_cache: Arc<AuthCache>,
+    pub sites: Arc<SiteCache>,
     /// None when rate limiting is switched off.
     pub limiters: Option<Limiters>,
     pub metrics: Metrics,
@@ -54,6 +56,7 @@ impl AppState {
         Self {
             hasher: Hasher::new(config.auth.max_concurrent_hashes),
             auth_cache: Arc::new(AuthCache::new(Duration::from_secs(30))),
+            sites: Arc::new(SiteCache::new(Duration::from_secs(30))),
             jwt,
             limiters,
             config: Arc::new(config),

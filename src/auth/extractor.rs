@@ -1,10 +1,8 @@
 //! The current user, as an extractor, and the role guards that read as one line:
 //! `user.require(Role::Supervisor)?`.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::RwLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header;
@@ -12,6 +10,7 @@ use axum::http::request::Parts;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::cache::TtlMap;
 use crate::domain::{Role, UserStatus};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -23,6 +22,8 @@ pub struct AuthUser {
     pub id: Uuid,
     pub role: Role,
     pub email: String,
+    /// The user's own facility, where a clock-in without one happens.
+    pub facility_id: Option<Uuid>,
 }
 
 impl AuthUser {
@@ -62,6 +63,7 @@ impl FromRequestParts<AppState> for AuthUser {
             id: claims.sub,
             role: record.role,
             email: record.email,
+            facility_id: record.facility_id,
         };
         parts.extensions.insert(user.clone());
         Ok(user)
@@ -84,35 +86,33 @@ pub struct AuthRecord {
     pub status: UserStatus,
     pub token_version: i32,
     pub email: String,
+    pub facility_id: Option<Uuid>,
 }
 
 /// A small per-process cache of [`AuthRecord`]s. Writes in this process invalidate their entry
 /// at once; other instances see a change within the TTL (30 s, inside the contract's 60 s).
 pub struct AuthCache {
-    entries: RwLock<HashMap<Uuid, (AuthRecord, Instant)>>,
-    ttl: Duration,
+    entries: TtlMap<Uuid, AuthRecord>,
 }
 
 impl AuthCache {
     pub fn new(ttl: Duration) -> Self {
         Self {
-            entries: RwLock::new(HashMap::new()),
-            ttl,
+            entries: TtlMap::new(ttl, 100_000),
         }
     }
 
     pub async fn get(&self, db: &PgPool, id: Uuid) -> Result<Option<AuthRecord>, ApiError> {
-        if let Some((record, at)) = self.entries.read().expect("lock").get(&id)
-            && at.elapsed() < self.ttl
-        {
-            return Ok(Some(record.clone()));
+        if let Some(record) = self.entries.get(&id) {
+            return Ok(Some(record));
         }
-        let row: Option<(String, String, i32, String)> =
-            sqlx::query_as("SELECT role, status, token_version, email FROM users WHERE id = $1")
-                .bind(id)
-                .fetch_optional(db)
-                .await?;
-        let Some((role, status, token_version, email)) = row else {
+        let row: Option<(String, String, i32, String, Option<Uuid>)> = sqlx::query_as(
+            "SELECT role, status, token_version, email, facility_id FROM users WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+        let Some((role, status, token_version, email, facility_id)) = row else {
             return Ok(None);
         };
         let record = AuthRecord {
@@ -120,17 +120,14 @@ impl AuthCache {
             status: status.parse().map_err(anyhow::Error::msg)?,
             token_version,
             email,
+            facility_id,
         };
-        let mut entries = self.entries.write().expect("lock");
-        if entries.len() > 100_000 {
-            entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
-        }
-        entries.insert(id, (record.clone(), Instant::now()));
+        self.entries.insert(id, record.clone());
         Ok(Some(record))
     }
 
     pub fn invalidate(&self, id: Uuid) {
-        self.entries.write().expect("lock").remove(&id);
+        self.entries.remove(&id);
     }
 }
 

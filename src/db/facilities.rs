@@ -1,11 +1,15 @@
 //! Facilities with their council and region, and the facility search.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgExecutor, PgPool, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::cache::TtlMap;
 use crate::db::users::{CouncilRef, RegionRef, escape_like};
 use crate::domain::GeoPoint;
 
@@ -140,46 +144,69 @@ pub struct Site {
 
 const SITE_COLUMNS: &str = "id, latitude, longitude, geofence_radius_m, status";
 
-impl Site {
-    pub async fn load<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Site>, sqlx::Error> {
-        sqlx::query_as(&format!(
-            "SELECT {SITE_COLUMNS} FROM facilities WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(db)
-        .await
+/// The geofences this instance read recently, by facility id (see [`crate::cache`]): every
+/// clock-in, clock-out and sync push reads one, and facilities rarely change. This instance's
+/// facility writes and imports drop their entries at once.
+pub struct SiteCache {
+    sites: TtlMap<Uuid, Site>,
+}
+
+impl SiteCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            sites: TtlMap::new(ttl, 100_000),
+        }
     }
 
-    /// The given facility, or else the user's own, in one round trip.
-    pub async fn load_or_users<'e>(
+    pub async fn get<'e>(
+        &self,
         db: impl PgExecutor<'e>,
-        id: Option<Uuid>,
-        user_id: Uuid,
+        id: Uuid,
     ) -> Result<Option<Site>, sqlx::Error> {
-        sqlx::query_as(&format!(
-            "SELECT {SITE_COLUMNS} FROM facilities
-             WHERE id = coalesce($1, (SELECT facility_id FROM users WHERE id = $2))"
-        ))
-        .bind(id)
-        .bind(user_id)
-        .fetch_optional(db)
-        .await
+        Ok(self.get_many(db, &[id]).await?.remove(&id))
     }
 
-    /// The facilities with these ids, by id.
-    pub async fn load_many<'e>(
+    /// The facilities with these ids, by id; one query for those not cached.
+    pub async fn get_many<'e>(
+        &self,
         db: impl PgExecutor<'e>,
         ids: &[Uuid],
-    ) -> Result<std::collections::HashMap<Uuid, Site>, sqlx::Error> {
-        let rows: Vec<Site> = sqlx::query_as(&format!(
-            "SELECT {SITE_COLUMNS} FROM facilities WHERE id = ANY($1)"
-        ))
-        .bind(ids)
-        .fetch_all(db)
-        .await?;
-        Ok(rows.into_iter().map(|s| (s.id, s)).collect())
+    ) -> Result<HashMap<Uuid, Site>, sqlx::Error> {
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        for id in ids {
+            match self.sites.get(id) {
+                Some(site) => {
+                    found.insert(*id, site);
+                }
+                None => missing.push(*id),
+            }
+        }
+        if !missing.is_empty() {
+            let rows: Vec<Site> = sqlx::query_as(&format!(
+                "SELECT {SITE_COLUMNS} FROM facilities WHERE id = ANY($1)"
+            ))
+            .bind(missing)
+            .fetch_all(db)
+            .await?;
+            for site in rows {
+                self.sites.insert(site.id, site.clone());
+                found.insert(site.id, site);
+            }
+        }
+        Ok(found)
     }
 
+    pub fn forget(&self, id: Uuid) {
+        self.sites.remove(&id);
+    }
+
+    pub fn clear(&self) {
+        self.sites.clear();
+    }
+}
+
+impl Site {
     /// Distance from the facility to `point`, in metres, and whether it is outside the geofence.
     pub fn measure(&self, point: GeoPoint) -> (f64, bool) {
         let here = GeoPoint {

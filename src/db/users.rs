@@ -304,11 +304,43 @@ pub async fn search(
         .push(" OFFSET ")
         .push_bind(offset);
     let rows: Vec<UserRow> = page.build_query_as().fetch_all(db).await?;
-    let mut count = QueryBuilder::new("SELECT count(*)");
-    count.push(FROM_USERS);
-    push_user_filters(&mut count, viewer, filter);
-    let total: i64 = count.build_query_scalar().fetch_one(db).await?;
+    let total = match kept_total(db, viewer, filter).await? {
+        Some(total) => total,
+        None => {
+            let mut count = QueryBuilder::new("SELECT count(*)");
+            count.push(FROM_USERS);
+            push_user_filters(&mut count, viewer, filter);
+            count.build_query_scalar().fetch_one(db).await?
+        }
+    };
     Ok((rows.into_iter().map(User::from).collect(), total))
+}
+
+/// The total from the counts the database keeps by role and status (`user_counts`), when the
+/// viewer sees everyone and filters by nothing else; `None` when the rows must be counted.
+async fn kept_total(
+    db: &PgPool,
+    viewer: &AuthUser,
+    filter: &UserFilter,
+) -> Result<Option<i64>, sqlx::Error> {
+    let by_role_and_status_only = viewer.is_admin()
+        && filter.q.as_deref().is_none_or(|q| q.trim().is_empty())
+        && filter.facility_id.is_none()
+        && filter.council_id.is_none()
+        && filter.region_id.is_none()
+        && filter.supervisor_id.is_none();
+    if !by_role_and_status_only {
+        return Ok(None);
+    }
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(n), 0)::bigint FROM user_counts
+         WHERE ($1::text IS NULL OR role = $1) AND ($2::text IS NULL OR status = $2)",
+    )
+    .bind(filter.role.map(Role::as_str))
+    .bind(filter.status.map(UserStatus::as_str))
+    .fetch_one(db)
+    .await
+    .map(Some)
 }
 
 fn push_user_filters(qb: &mut QueryBuilder<'_, Postgres>, viewer: &AuthUser, filter: &UserFilter) {

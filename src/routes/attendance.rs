@@ -9,7 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::audit::Activity;
+use crate::audit::audit_cte;
 use crate::auth::{AuthUser, ClientInfo};
 use crate::db::attendance::{self as records, AttendanceFilter, AttendanceRecord, AttendanceRow};
 use crate::db::facilities::Site;
@@ -146,18 +146,14 @@ async fn clock_in(
     invalid.finish()?;
     let point = point.expect("checked above");
 
-    if let Some(cid) = &client_id
-        && let Some(existing) = by_client_id(&state, user.id, cid).await?
-    {
-        return Ok((StatusCode::OK, Json(existing.into())));
-    }
-    let site = Site::load_or_users(&state.db, req.facility_id, user.id)
+    let facility_id = req.facility_id.or(user.facility_id).ok_or_else(|| {
+        ApiError::invalid("facility_id", "is required: you have no default facility")
+    })?;
+    let site = state
+        .sites
+        .get(&state.db, facility_id)
         .await?
-        .ok_or_else(|| match req.facility_id {
-            Some(_) => ApiError::invalid("facility_id", "no such facility"),
-            None => ApiError::invalid("facility_id", "is required: you have no default facility"),
-        })?;
-    let facility_id = site.id;
+        .ok_or_else(|| ApiError::invalid("facility_id", "no such facility"))?;
     if site.status != "active" {
         return Err(ApiError::invalid(
             "facility_id",
@@ -169,68 +165,121 @@ async fn clock_in(
         return Err(geofence_refusal(distance, site.geofence_radius_m));
     }
 
-    // Yesterday's forgotten clock-out must not block today's clock-in. Idempotent, so it needs
-    // no transaction with the insert.
-    let closed = records::close_forgotten(
-        &state.db,
-        Some(user.id),
-        forgotten_before(now, state.config.attendance.max_shift),
-    )
-    .await?;
-    // The record and its audit row in one statement (atomic on its own): clock-in is the
-    // busiest write, and every round trip through PgBouncer counts at 500 at once.
-    let sql = format!(
-        "WITH a AS (
-             INSERT INTO attendance (user_id, facility_id, clock_in_at, clock_in_latitude, clock_in_longitude,
-                                     clock_in_accuracy_m, distance_m, outside_geofence, source, device_id,
-                                     client_id, client_timestamp, notes)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'online', $9, $10, $11, $12)
-             RETURNING *
-         ), audit AS (
-             INSERT INTO activities (actor_id, actor_email, action, entity_type, entity_id, details, ip, user_agent)
-             SELECT $1, $13, 'attendance.clock_in', 'attendance', a.id, $14, $15, $16 FROM a
-         )
-         SELECT {} FROM a",
-        records::COLUMNS
-    );
-    let inserted: Result<AttendanceRow, sqlx::Error> = sqlx::query_as(&sql)
-        .bind(user.id)
-        .bind(facility_id)
-        .bind(occurred_at)
-        .bind(point.latitude)
-        .bind(point.longitude)
-        .bind(req.accuracy_m)
-        .bind(distance)
-        .bind(outside)
-        .bind(&device_id)
-        .bind(&client_id)
-        .bind(req.occurred_at.map(|t| t.with_timezone(&Utc)))
-        .bind(notes)
-        .bind(&user.email)
-        .bind(serde_json::json!({
-            "facility_id": facility_id, "distance_m": distance.round(), "outside_geofence": outside,
-            "closed_forgotten": closed,
-        }))
-        .bind(&client.ip)
-        .bind(&client.user_agent)
-        .fetch_one(&state.db)
-        .await;
-    match inserted {
-        Ok(row) => Ok((StatusCode::CREATED, Json(row.into()))),
-        Err(sqlx::Error::Database(db))
-            if db.constraint() == Some("attendance_one_open_per_user") =>
+    // The common case is one statement. The rare ones are told apart by the constraint the
+    // insert meets: a retry (client_id) gets its record back, and an open shift older than the
+    // maximum (a forgotten clock-out) is closed as incomplete so that it does not block today.
+    let new = NewClockIn {
+        user: &user,
+        client: &client,
+        site: &site,
+        point,
+        accuracy_m: req.accuracy_m,
+        occurred_at,
+        client_timestamp: req.occurred_at.map(|t| t.with_timezone(&Utc)),
+        distance,
+        outside,
+        device_id: device_id.as_deref(),
+        client_id: client_id.as_deref(),
+        notes: notes.as_deref(),
+    };
+    let mut closed_forgotten = 0;
+    let row = loop {
+        let error = match new.insert(&state.db, closed_forgotten).await {
+            Ok(row) => break row,
+            Err(error) => error,
+        };
+        let constraint = match &error {
+            sqlx::Error::Database(db) => db.constraint().map(str::to_owned),
+            _ => None,
+        };
+        let one_open = constraint.as_deref() == Some("attendance_one_open_per_user");
+        if !one_open && constraint.as_deref() != Some("attendance_client_id_key") {
+            return Err(error.into());
+        }
+        // A retry of a clock-in that already happened gets that record back.
+        if let Some(cid) = &client_id
+            && let Some(existing) = by_client_id(&state, user.id, cid).await?
         {
-            Err(already_clocked_in())
+            return Ok((StatusCode::OK, Json(existing.into())));
         }
-        Err(sqlx::Error::Database(db)) if db.constraint() == Some("attendance_client_id_key") => {
-            // A concurrent retry of the same clock-in won the race: answer with its record.
-            let cid = client_id.as_deref().unwrap_or_default();
-            let existing = by_client_id(&state, user.id, cid)
-                .await?
-                .ok_or(ApiError::NotFound)?;
-            Ok((StatusCode::OK, Json(existing.into())))
+        if !one_open {
+            return Err(error.into());
         }
-        Err(e) => Err(e.into()),
+        if closed_forgotten > 0 {
+            return Err(already_clocked_in());
+        }
+        closed_forgotten = records::close_forgotten(
+            &state.db,
+            Some(user.id),
+            forgotten_before(now, state.config.attendance.max_shift),
+        )
+        .await?;
+        if closed_forgotten == 0 {
+            return Err(already_clocked_in());
+        }
+    };
+    Ok((StatusCode::CREATED, Json(row.into())))
+}
+
+/// An online clock-in, checked and measured, ready to insert.
+struct NewClockIn<'a> {
+    user: &'a AuthUser,
+    client: &'a ClientInfo,
+    site: &'a Site,
+    point: GeoPoint,
+    accuracy_m: Option<f64>,
+    occurred_at: DateTime<Utc>,
+    client_timestamp: Option<DateTime<Utc>>,
+    distance: f64,
+    outside: bool,
+    device_id: Option<&'a str>,
+    client_id: Option<&'a str>,
+    notes: Option<&'a str>,
+}
+
+impl NewClockIn<'_> {
+    /// The record and its audit row in one statement (atomic on its own): clock-in is the
+    /// busiest write, and every round trip through PgBouncer counts at 500 at once.
+    async fn insert(
+        &self,
+        db: &sqlx::PgPool,
+        closed_forgotten: u64,
+    ) -> Result<AttendanceRow, sqlx::Error> {
+        let sql = format!(
+            "WITH a AS (
+                 INSERT INTO attendance (user_id, facility_id, clock_in_at, clock_in_latitude, clock_in_longitude,
+                                         clock_in_accuracy_m, distance_m, outside_geofence, source, device_id,
+                                         client_id, client_timestamp, notes)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'online', $9, $10, $11, $12)
+                 RETURNING *
+             ), {}
+             SELECT {} FROM a",
+            audit_cte("attendance.clock_in", "attendance", 13),
+            records::COLUMNS
+        );
+        sqlx::query_as(&sql)
+            .bind(self.user.id)
+            .bind(self.site.id)
+            .bind(self.occurred_at)
+            .bind(self.point.latitude)
+            .bind(self.point.longitude)
+            .bind(self.accuracy_m)
+            .bind(self.distance)
+            .bind(self.outside)
+            .bind(self.device_id)
+            .bind(self.client_id)
+            .bind(self.client_timestamp)
+            .bind(self.notes)
+            .bind(self.user.id)
+            .bind(&self.user.email)
+            .bind(serde_json::json!({
+                "facility_id": self.site.id, "distance_m": self.distance.round(),
+                "outside_geofence": self.outside, "closed_forgotten": closed_forgotten,
+            }))
+            .bind(&self.client.ip)
+            .bind(&self.client.user_agent)
+            .fetch_one(db)
+            .await
     }
 }
 
@@ -281,63 +330,68 @@ async fn clock_out(
     invalid.finish()?;
     let point = point.expect("checked above");
 
-    let mut tx = state.db.begin().await?;
-    let sql = format!(
-        "SELECT {} FROM attendance a WHERE a.user_id = $1 AND a.status = 'open' AND a.deleted_at IS NULL FOR UPDATE",
-        records::COLUMNS
-    );
-    let open: AttendanceRow = sqlx::query_as(&sql)
-        .bind(user.id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| not_clocked_in("you are not clocked in"))?;
-    if open.clock_in_at < forgotten_before(now, state.config.attendance.max_shift) {
-        records::close_forgotten(
-            &mut *tx,
-            Some(user.id),
-            forgotten_before(now, state.config.attendance.max_shift),
-        )
-        .await?;
-        tx.commit().await?;
-        return Err(not_clocked_in(
-            "your open shift exceeded the maximum shift length and was closed as incomplete",
-        ));
+    // Two statements and no transaction: read the open shift, then close it on condition that
+    // it is still the shift that was measured. A concurrent change (a sync push, another
+    // clock-out) makes the update match nothing, and the shift is read again.
+    let cutoff = forgotten_before(now, state.config.attendance.max_shift);
+    for _ in 0..3 {
+        let open = records::open_for(&state.db, user.id)
+            .await?
+            .ok_or_else(|| not_clocked_in("you are not clocked in"))?;
+        if open.clock_in_at < cutoff {
+            records::close_forgotten(&state.db, Some(user.id), cutoff).await?;
+            return Err(not_clocked_in(
+                "your open shift exceeded the maximum shift length and was closed as incomplete",
+            ));
+        }
+        if occurred_at < open.clock_in_at {
+            return Err(ApiError::invalid("occurred_at", "is before the clock-in"));
+        }
+        let site = state
+            .sites
+            .get(&state.db, open.facility_id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        let (distance, outside) = site.measure(point);
+        let sql = format!(
+            "WITH a AS (
+                 UPDATE attendance SET status = 'closed', clock_out_at = $2, clock_out_latitude = $3,
+                        clock_out_longitude = $4, clock_out_accuracy_m = $5, clock_out_distance_m = $6,
+                        outside_geofence = outside_geofence OR $7, notes = coalesce($8, notes),
+                        sync_version = sync_version + 1
+                 WHERE id = $1 AND status = 'open' AND deleted_at IS NULL AND sync_version = $9
+                 RETURNING *
+             ), {}
+             SELECT {} FROM a",
+            audit_cte("attendance.clock_out", "attendance", 10),
+            records::COLUMNS
+        );
+        let closed: Option<AttendanceRow> = sqlx::query_as(&sql)
+            .bind(open.id)
+            .bind(occurred_at)
+            .bind(point.latitude)
+            .bind(point.longitude)
+            .bind(req.accuracy_m)
+            .bind(distance)
+            .bind(outside)
+            .bind(&notes)
+            .bind(open.sync_version)
+            .bind(user.id)
+            .bind(&user.email)
+            .bind(
+                serde_json::json!({ "distance_m": distance.round(), "outside_geofence": outside }),
+            )
+            .bind(&client.ip)
+            .bind(&client.user_agent)
+            .fetch_optional(&state.db)
+            .await?;
+        if let Some(row) = closed {
+            return Ok(Json(row.into()));
+        }
     }
-    if occurred_at < open.clock_in_at {
-        return Err(ApiError::invalid("occurred_at", "is before the clock-in"));
-    }
-    let site = Site::load(&mut *tx, open.facility_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let (distance, outside) = site.measure(point);
-    let sql = format!(
-        "UPDATE attendance AS a SET status = 'closed', clock_out_at = $2, clock_out_latitude = $3,
-                clock_out_longitude = $4, clock_out_accuracy_m = $5, clock_out_distance_m = $6,
-                outside_geofence = outside_geofence OR $7, notes = coalesce($8, notes),
-                sync_version = sync_version + 1
-         WHERE id = $1 RETURNING {}",
-        records::COLUMNS
-    );
-    let row: AttendanceRow = sqlx::query_as(&sql)
-        .bind(open.id)
-        .bind(occurred_at)
-        .bind(point.latitude)
-        .bind(point.longitude)
-        .bind(req.accuracy_m)
-        .bind(distance)
-        .bind(outside)
-        .bind(notes)
-        .fetch_one(&mut *tx)
-        .await?;
-    Activity::new("attendance.clock_out")
-        .by(&user)
-        .on("attendance", row.id)
-        .from(&client)
-        .details(serde_json::json!({ "distance_m": distance.round(), "outside_geofence": outside }))
-        .record(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(Json(row.into()))
+    Err(not_clocked_in(
+        "your open shift kept changing while it was being closed; try again",
+    ))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -363,6 +363,7 @@ async fn update_facility(
         .await?
         .ok_or(ApiError::NotFound)?;
     tx.commit().await?;
+    state.sites.forget(id);
     Ok(Json(facility))
 }
 
@@ -399,6 +400,7 @@ async fn deactivate_facility(
         .record(&mut *tx)
         .await?;
     tx.commit().await?;
+    state.sites.forget(id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -480,6 +482,8 @@ async fn import_facilities(
         strict: query.strict.unwrap_or(false),
     };
     let report = apply::run(&state.db, bytes, filename, options, Some((&admin, &client))).await?;
+    // An import in `update` mode may move any facility's geofence.
+    state.sites.clear();
     Ok(Json(report))
 }
 

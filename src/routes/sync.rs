@@ -11,7 +11,6 @@ use uuid::Uuid;
 use crate::audit::Activity;
 use crate::auth::{AuthUser, ClientInfo};
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
-use crate::db::facilities::Site;
 use crate::domain::Role;
 use crate::error::{ApiError, ErrorEnvelope, Invalid};
 use crate::extract::{Json, Path, Query};
@@ -130,15 +129,14 @@ async fn watermelon_push(
     Query(q): Query<WatermelonPushQuery>,
     Json(body): Json<WatermelonPushBody>,
 ) -> Result<axum::http::StatusCode, ApiError> {
-    watermelon::push_changes(
-        &state.db,
-        &state.config,
-        &user,
-        &client,
-        q.last_pulled_at,
-        body.changes,
-    )
-    .await?;
+    let ctx = PushContext {
+        db: &state.db,
+        config: &state.config,
+        sites: &state.sites,
+        user: &user,
+        client: &client,
+    };
+    watermelon::push_changes(ctx, q.last_pulled_at, body.changes).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
@@ -164,6 +162,7 @@ async fn run_push(
     let ctx = PushContext {
         db: &state.db,
         config: &state.config,
+        sites: &state.sites,
         user,
         client,
     };
@@ -426,7 +425,9 @@ async fn resolve_conflict(
                 )
                 .map_err(|e| anyhow::anyhow!("stored conflict content is unreadable: {e}"))?;
                 // The same derivation as a pushed record: distances, geofence flag, status.
-                let site = Site::load(&mut *tx, content.facility_id)
+                let site = state
+                    .sites
+                    .get(&mut *tx, content.facility_id)
                     .await?
                     .ok_or_else(|| {
                         ApiError::invalid("facility_id", "the facility no longer exists")

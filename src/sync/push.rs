@@ -12,7 +12,7 @@ use crate::audit::Activity;
 use crate::auth::{AuthUser, ClientInfo};
 use crate::config::Config;
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
-use crate::db::facilities::Site;
+use crate::db::facilities::{Site, SiteCache};
 use crate::domain::GeoPoint;
 use crate::domain::attendance::{TimeRules, forgotten_before};
 use crate::error::ApiError;
@@ -161,6 +161,7 @@ pub(crate) fn check_content(
 pub struct PushContext<'a> {
     pub db: &'a PgPool,
     pub config: &'a Config,
+    pub sites: &'a SiteCache,
     pub user: &'a AuthUser,
     pub client: &'a ClientInfo,
 }
@@ -243,17 +244,7 @@ pub async fn push(
 
     // 2. Read what the batch touches, serialised per user so that concurrent pushes of one
     //    user's devices cannot both open a shift.
-    let mut tx = ctx.db.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
-    records::close_forgotten(
-        &mut *tx,
-        Some(user_id),
-        forgotten_before(now, ctx.config.attendance.max_shift),
-    )
-    .await?;
+    let mut tx = begin_for_user(ctx.db, user_id).await?;
     let ids: Vec<Uuid> = parsed
         .iter()
         .filter_map(|p| p.as_ref().ok().map(|(r, _)| r.id))
@@ -266,23 +257,23 @@ pub async fn push(
                 .map(|(r, _)| r.client_timestamp.with_timezone(&Utc))
         })
         .collect();
-    let by_id = fetch_by_id(&mut tx, &ids).await?;
-    let by_stamp: HashMap<DateTime<Utc>, AttendanceRow> = {
-        let sql = format!(
-            "SELECT {} FROM attendance a WHERE a.user_id = $1 AND a.device_id = $2 AND a.client_timestamp = ANY($3)",
-            records::COLUMNS
-        );
-        let rows: Vec<AttendanceRow> = sqlx::query_as(&sql)
-            .bind(user_id)
-            .bind(device_id)
-            .bind(&stamps)
-            .fetch_all(&mut *tx)
-            .await?;
-        rows.into_iter()
-            .filter_map(|r| r.client_timestamp.map(|t| (t, r)))
-            .collect()
-    };
-    let mut open: Option<AttendanceRow> = records::open_for(&mut *tx, user_id).await?;
+    let mut touched = Touched::read(&mut tx, user_id, device_id, &ids, &stamps).await?;
+    // Yesterday's forgotten clock-out must not block today's shifts: closed as incomplete,
+    // then read again (rare, so the common push makes no extra round trip for it).
+    let cutoff = forgotten_before(now, ctx.config.attendance.max_shift);
+    if touched
+        .open
+        .as_ref()
+        .is_some_and(|o| o.clock_in_at < cutoff)
+    {
+        records::close_forgotten(&mut *tx, Some(user_id), cutoff).await?;
+        touched = Touched::read(&mut tx, user_id, device_id, &ids, &stamps).await?;
+    }
+    let Touched {
+        by_id,
+        by_stamp,
+        mut open,
+    } = touched;
     let facility_ids: Vec<Uuid> = parsed
         .iter()
         .filter_map(|p| {
@@ -291,16 +282,22 @@ pub async fn push(
                 .and_then(|(_, c)| c.as_ref().map(|c| c.facility_id))
         })
         .collect();
-    let sites = Site::load_many(&mut *tx, &facility_ids).await?;
-    let queued: HashSet<(Uuid, String)> = sqlx::query_as::<_, (Uuid, Value)>(
-        "SELECT record_id, client_data FROM sync_conflicts WHERE status = 'pending' AND record_id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|(id, data)| (id, data.to_string()))
-    .collect();
+    let sites = ctx.sites.get_many(&mut *tx, &facility_ids).await?;
+    // Conflicts can only be queued for records that exist; new records skip the read.
+    let queued: HashSet<(Uuid, String)> = if by_id.is_empty() {
+        HashSet::new()
+    } else {
+        let existing: Vec<Uuid> = by_id.keys().copied().collect();
+        sqlx::query_as::<_, (Uuid, Value)>(
+            "SELECT record_id, client_data FROM sync_conflicts WHERE status = 'pending' AND record_id = ANY($1)",
+        )
+        .bind(existing)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(id, data)| (id, data.to_string()))
+        .collect()
+    };
 
     // 3. Decide each record in order, tracking the user's one open shift through the batch.
     let mut plan = Plan::default();
@@ -607,17 +604,86 @@ fn synthetic_open(w: &Write, user_id: Uuid) -> AttendanceRow {
     }
 }
 
-/// The batch's records that already exist, locked for the rest of the transaction.
-async fn fetch_by_id(
-    tx: &mut PgConnection,
-    ids: &[Uuid],
-) -> Result<HashMap<Uuid, AttendanceRow>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {} FROM attendance a WHERE a.id = ANY($1) FOR UPDATE",
-        records::COLUMNS
-    );
-    let rows: Vec<AttendanceRow> = sqlx::query_as(&sql).bind(ids).fetch_all(&mut *tx).await?;
-    Ok(rows.into_iter().map(|r| (r.id, r)).collect())
+/// Begins a transaction holding the user's sync lock, in one round trip: pushes of one user's
+/// devices are serialised, so that two of them cannot both open a shift. Transaction-scoped, so
+/// PgBouncer's transaction pooling keeps it.
+pub(crate) async fn begin_for_user(
+    db: &PgPool,
+    user_id: Uuid,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    // A Uuid prints as 36 hexadecimal digits and hyphens only: nothing to escape.
+    db.begin_with(format!(
+        "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('{user_id}', 0))"
+    ))
+    .await
+}
+
+/// What a batch touches, read in one statement under the user's lock.
+struct Touched {
+    /// The batch's records that already exist (whoever owns them), locked until commit.
+    by_id: HashMap<Uuid, AttendanceRow>,
+    /// The user's records from this device at the batch's client timestamps: the same change
+    /// sent again under another id.
+    by_stamp: HashMap<DateTime<Utc>, AttendanceRow>,
+    /// The user's open shift.
+    open: Option<AttendanceRow>,
+}
+
+#[derive(sqlx::FromRow)]
+struct TouchedRow {
+    #[sqlx(flatten)]
+    row: AttendanceRow,
+    by_id: bool,
+    by_stamp: bool,
+    is_open: bool,
+}
+
+impl Touched {
+    async fn read(
+        tx: &mut PgConnection,
+        user_id: Uuid,
+        device_id: &str,
+        ids: &[Uuid],
+        stamps: &[DateTime<Utc>],
+    ) -> Result<Self, sqlx::Error> {
+        let sql = format!(
+            "SELECT {}, a.id = ANY($1) AS by_id,
+                    coalesce(a.user_id = $2 AND a.device_id = $3 AND a.client_timestamp = ANY($4), false) AS by_stamp,
+                    (a.user_id = $2 AND a.status = 'open' AND a.deleted_at IS NULL) AS is_open
+             FROM attendance a
+             WHERE a.id = ANY($1)
+                OR (a.user_id = $2 AND a.device_id = $3 AND a.client_timestamp = ANY($4))
+                OR (a.user_id = $2 AND a.status = 'open' AND a.deleted_at IS NULL)
+             FOR UPDATE",
+            records::COLUMNS
+        );
+        let rows: Vec<TouchedRow> = sqlx::query_as(&sql)
+            .bind(ids)
+            .bind(user_id)
+            .bind(device_id)
+            .bind(stamps)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut touched = Touched {
+            by_id: HashMap::new(),
+            by_stamp: HashMap::new(),
+            open: None,
+        };
+        for r in rows {
+            if r.is_open {
+                touched.open = Some(r.row.clone());
+            }
+            if r.by_stamp
+                && let Some(stamp) = r.row.client_timestamp
+            {
+                touched.by_stamp.insert(stamp, r.row.clone());
+            }
+            if r.by_id {
+                touched.by_id.insert(r.row.id, r.row);
+            }
+        }
+        Ok(touched)
+    }
 }
 
 /// Column arrays of a set of writes, for UNNEST.

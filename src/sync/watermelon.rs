@@ -24,16 +24,16 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::audit::Activity;
-use crate::auth::{AuthUser, ClientInfo};
-use crate::config::Config;
+use crate::auth::AuthUser;
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow, Location};
 use crate::db::facilities::Facility;
-use crate::db::facilities::Site;
 use crate::domain::attendance::{TimeRules, forgotten_before};
 use crate::error::{ApiError, FieldErrors};
 use crate::sync::model::Content;
 use crate::sync::pull::{self, Changes, Cursor};
-use crate::sync::push::{Plan, apply_plan, build_write, check_content};
+use crate::sync::push::{
+    Plan, PushContext, apply_plan, begin_for_user, build_write, check_content,
+};
 
 /// WatermelonDB pulls are not paged: one answer holds every change.
 const WHOLE_PULL: usize = 10_000_000;
@@ -305,13 +305,17 @@ fn content_of(raw: &Map<String, Value>) -> Result<(Uuid, Content), String> {
 /// Applies a push all or nothing. Refused with 409 when any pushed record changed on the server
 /// after `last_pulled_at` (the client then pulls and pushes again).
 pub async fn push_changes(
-    db: &PgPool,
-    config: &Config,
-    user: &AuthUser,
-    client: &ClientInfo,
+    ctx: PushContext<'_>,
     last_pulled_at: i64,
     changes: HashMap<String, TableChanges>,
 ) -> Result<(), ApiError> {
+    let PushContext {
+        db,
+        config,
+        sites,
+        user,
+        client,
+    } = ctx;
     let now = Utc::now();
     let snapshot = snapshot_of(db, last_pulled_at).await?.ok_or_else(|| {
         ApiError::invalid("last_pulled_at", "is not a timestamp this service issued")
@@ -384,11 +388,7 @@ pub async fn push_changes(
         return Err(ApiError::Validation(problems));
     }
 
-    let mut tx = db.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
-        .bind(user.id)
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = begin_for_user(db, user.id).await?;
     records::close_forgotten(
         &mut *tx,
         Some(user.id),
@@ -425,7 +425,7 @@ pub async fn push_changes(
     }
 
     let facility_ids: Vec<Uuid> = upserts.iter().map(|(_, c)| c.facility_id).collect();
-    let sites = Site::load_many(&mut *tx, &facility_ids).await?;
+    let sites = sites.get_many(&mut *tx, &facility_ids).await?;
     let mut plan = Plan::default();
     let mut problems = FieldErrors::new();
     for (id, content) in &upserts {

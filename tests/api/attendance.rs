@@ -128,6 +128,13 @@ async fn a_shift_left_open_past_the_limit_is_closed_incomplete_by_the_next_clock
             .await
             .unwrap();
     assert_eq!((status.as_str(), clock_out_at), ("incomplete", None));
+    let closed: Value = sqlx::query_scalar(
+        "SELECT details->'closed_forgotten' FROM activities WHERE action = 'attendance.clock_in'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(closed, json!(1));
 }
 
 #[tokio::test]
@@ -375,17 +382,92 @@ async fn a_retried_clock_in_with_the_same_client_id_returns_the_same_record() {
     let mut body = at_site();
     body["client_id"] = json!("phone-42:2026-11-21T08:00");
     let (first_status, first) = clock_in(&app, &user, body.clone()).await;
-    let (second_status, second) = clock_in(&app, &user, body).await;
+    let (second_status, second) = clock_in(&app, &user, body.clone()).await;
     assert_eq!(
         (first_status, second_status),
         (StatusCode::CREATED, StatusCode::OK)
     );
     assert_eq!(first["id"], second["id"]);
+    // Still the same record once the shift is over: a late retry does not start a new one.
+    let (status, _) = clock_out(&app, &user, at_site()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, third) = clock_in(&app, &user, body).await;
+    assert_eq!(status, StatusCode::OK, "{third}");
+    assert_eq!(
+        (third["id"].clone(), third["status"].clone()),
+        (first["id"].clone(), json!("closed"))
+    );
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance")
         .fetch_one(&app.db)
         .await
         .unwrap();
     assert_eq!(rows, 1);
+}
+
+#[tokio::test]
+async fn a_moved_facility_or_user_is_measured_where_it_now_is() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (user, facility) = user_at_site(&app, "focal", None).await;
+    let (status, body) = clock_in(&app, &user, at_site()).await;
+    assert_eq!(
+        (status, body["outside_geofence"].clone()),
+        (StatusCode::CREATED, json!(false))
+    );
+    let (status, _) = clock_out(&app, &user, at_site()).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The facility is moved about 1 km north: the same spot is now outside its geofence.
+    let (status, body) = send(
+        app.patch(&format!("/api/facilities/{facility}"))
+            .bearer_auth(&admin.token)
+            .json(&json!({"latitude": SITE.0 + 1000.0 * DEG_PER_M})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = clock_in(&app, &user, at_site()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["outside_geofence"], json!(true));
+    let distance = body["distance_m"].as_f64().unwrap();
+    assert!((distance - 1000.0).abs() < 5.0, "{distance}");
+    let (status, _) = clock_out(&app, &user, at_site()).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The user is moved to a facility here: a clock-in without a facility goes there.
+    let here = app.facility_at(SITE.0, SITE.1).await;
+    let (status, body) = send(
+        app.patch(&format!("/api/users/{}", user.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"facility_id": here})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = clock_in(&app, &user, at_site()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        (
+            body["facility_id"].clone(),
+            body["outside_geofence"].clone()
+        ),
+        (json!(here), json!(false))
+    );
+
+    // A deactivated facility takes no clock-in, at once.
+    let (status, _) = clock_out(&app, &user, at_site()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = send(
+        app.delete(&format!("/api/facilities/{here}"))
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = clock_in(&app, &user, at_site()).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
 }
 
 #[tokio::test]

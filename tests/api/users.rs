@@ -262,6 +262,67 @@ async fn supervisors_may_change_only_the_facility_of_their_team() {
 }
 
 #[tokio::test]
+async fn list_totals_follow_every_creation_and_change_of_role_or_status() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    // What the admin's list reports against what the table holds, for each filter.
+    let check = async |filter: &str| {
+        let (status, body) = send(
+            app.get(&format!("/api/users?per_page=1{filter}"))
+                .bearer_auth(&admin.token),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let mut sql = String::from("SELECT count(*) FROM users WHERE true");
+        for (key, value) in filter.split('&').filter_map(|p| p.split_once('=')) {
+            sql.push_str(&format!(" AND {key} = '{value}'"));
+        }
+        let counted: i64 = sqlx::query_scalar(&sql).fetch_one(&app.db).await.unwrap();
+        assert_eq!(body["total"], counted, "total for `{filter}`");
+        counted
+    };
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(app.user("focal", None).await.id);
+        assert_eq!(check("&role=focal").await, i + 1);
+    }
+    assert_eq!(check("").await, 4);
+    let (status, _) = send(
+        app.patch(&format!("/api/users/{}", ids[0]))
+            .bearer_auth(&admin.token)
+            .json(&json!({"role": "ddo"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = send(
+        app.delete(&format!("/api/users/{}", ids[1]))
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(check("&role=focal").await, 2);
+    assert_eq!(check("&role=ddo").await, 1);
+    assert_eq!(check("&status=inactive").await, 1);
+    assert_eq!(check("&role=focal&status=active").await, 1);
+    assert_eq!(check("").await, 4);
+    // A bulk insert and a delete, straight in the database, are counted too.
+    sqlx::query(
+        "INSERT INTO users (email, password_hash, first_name, last_name, role, status)
+         SELECT 'bulk' || g || '@example.org', 'x', 'Bulk', 'User', 'data_clerk', 'pending'
+         FROM generate_series(1, 25) g",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM users WHERE email IN ('bulk1@example.org', 'bulk2@example.org')")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(check("&role=data_clerk&status=pending").await, 23);
+    assert_eq!(check("").await, 27);
+}
+
+#[tokio::test]
 async fn an_admin_cannot_deactivate_themself() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;

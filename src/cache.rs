@@ -1,0 +1,79 @@
+//! A small per-process map whose entries expire: what this instance read from the database
+//! recently, for rows that are read on every request and rarely written (a user's token state,
+//! a facility's geofence). Writes in this process remove their entries at once; other instances
+//! see a change within the time to live.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+pub struct TtlMap<K, V> {
+    entries: RwLock<HashMap<K, (V, Instant)>>,
+    ttl: Duration,
+    /// Past this many entries, the expired ones are dropped before the next insert.
+    soft_limit: usize,
+}
+
+impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
+    pub fn new(ttl: Duration, soft_limit: usize) -> Self {
+        Self {
+            entries: RwLock::new(HashMap::new()),
+            ttl,
+            soft_limit,
+        }
+    }
+
+    /// The value, if it was stored less than the time to live ago.
+    pub fn get(&self, key: &K) -> Option<V> {
+        let entries = self.entries.read().expect("lock");
+        let (value, at) = entries.get(key)?;
+        (at.elapsed() < self.ttl).then(|| value.clone())
+    }
+
+    pub fn insert(&self, key: K, value: V) {
+        let mut entries = self.entries.write().expect("lock");
+        if entries.len() >= self.soft_limit {
+            entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
+        }
+        entries.insert(key, (value, Instant::now()));
+    }
+
+    pub fn remove(&self, key: &K) {
+        self.entries.write().expect("lock").remove(key);
+    }
+
+    pub fn clear(&self) {
+        self.entries.write().expect("lock").clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_expire_and_can_be_removed() {
+        let map = TtlMap::new(Duration::from_millis(50), 10);
+        map.insert(1, "a");
+        map.insert(2, "b");
+        assert_eq!(map.get(&1), Some("a"));
+        map.remove(&1);
+        assert_eq!(map.get(&1), None);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(map.get(&2), None, "an expired entry is not returned");
+        map.insert(3, "c");
+        map.clear();
+        assert_eq!(map.get(&3), None);
+    }
+
+    #[test]
+    fn a_full_map_drops_expired_entries_before_growing() {
+        let map = TtlMap::new(Duration::from_millis(20), 2);
+        map.insert(1, 1);
+        map.insert(2, 2);
+        std::thread::sleep(Duration::from_millis(30));
+        map.insert(3, 3);
+        assert_eq!(map.entries.read().unwrap().len(), 1);
+    }
+}
