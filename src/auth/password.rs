@@ -3,17 +3,17 @@
 //! Hashing is CPU- and memory-heavy, so it runs on a few threads of its own, as many as may
 //! hash at once: a burst of logins then queues instead of starving clock-ins of CPU.
 
+use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, LazyLock, Mutex, mpsc};
 
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use secrecy::{ExposeSecret, SecretString};
 
-fn argon2() -> Argon2<'static> {
-    let params = Params::new(19 * 1024, 2, 1, None).expect("OWASP argon2 parameters are valid");
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+fn params() -> Params {
+    Params::new(19 * 1024, 2, 1, None).expect("OWASP argon2 parameters are valid")
 }
 
 /// Verifying against this when the account does not exist costs the same time as a real check,
@@ -21,23 +21,83 @@ fn argon2() -> Argon2<'static> {
 static DUMMY_HASH: LazyLock<String> =
     LazyLock::new(|| hash_blocking("a password nobody has, used only for timing"));
 
-pub fn hash_blocking(password: &str) -> String {
-    let salt = SaltString::generate(&mut OsRng);
-    argon2()
-        .hash_password(password.as_bytes(), &salt)
-        .expect("hashing with valid parameters does not fail")
-        .to_string()
+thread_local! {
+    /// This thread's argon2 working memory (19 MiB), kept and reused by every hash it computes
+    /// rather than allocated and freed each time: a hashing thread holds one block of memory
+    /// for its life, and no hash pays for zeroing 19 MiB.
+    static MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
 }
 
+/// What `PasswordHasher::hash_password` computes, in this thread's reused memory.
+fn compute<'a>(
+    algorithm: Algorithm,
+    version: Version,
+    params: Params,
+    password: &[u8],
+    salt: Salt<'a>,
+) -> argon2::password_hash::Result<PasswordHash<'a>> {
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_buf)?;
+    let output_len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+    let params_string = ParamsString::try_from(&params)?;
+    let argon2 = Argon2::new(algorithm, version, params);
+    let output =
+        MEMORY.with_borrow_mut(|memory| {
+            let needed = argon2.params().block_count();
+            if memory.len() < needed {
+                memory.resize(needed, Block::default());
+            }
+            Output::init_with(output_len, |out| {
+                Ok(argon2.hash_password_into_with_memory(
+                    password,
+                    salt_bytes,
+                    out,
+                    &mut memory[..],
+                )?)
+            })
+        })?;
+    Ok(PasswordHash {
+        algorithm: algorithm.ident(),
+        version: Some(version.into()),
+        params: params_string,
+        salt: Some(salt),
+        hash: Some(output),
+    })
+}
+
+pub fn hash_blocking(password: &str) -> String {
+    let salt = SaltString::generate(&mut OsRng);
+    compute(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        params(),
+        password.as_bytes(),
+        salt.as_salt(),
+    )
+    .expect("hashing with valid parameters does not fail")
+    .to_string()
+}
+
+/// Checks `password` against a stored hash with the hash's own parameters (so hashes made
+/// under older parameters still verify); the comparison is constant-time.
 pub fn verify_blocking(password: &str, hash: Option<&str>) -> bool {
     let hash = hash.unwrap_or(DUMMY_HASH.as_str());
-    let Ok(parsed) = PasswordHash::new(hash) else {
-        return false;
+    let matches = || -> argon2::password_hash::Result<bool> {
+        let parsed = PasswordHash::new(hash)?;
+        let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+            return Ok(false);
+        };
+        let version = parsed.version.map(Version::try_from).transpose()?;
+        let computed = compute(
+            Algorithm::try_from(parsed.algorithm)?,
+            version.unwrap_or_default(),
+            Params::try_from(&parsed)?,
+            password.as_bytes(),
+            salt,
+        )?;
+        Ok(computed.hash == Some(expected))
     };
-    let ok = argon2()
-        .verify_password(password.as_bytes(), &parsed)
-        .is_ok();
-    ok && !std::ptr::eq(hash, DUMMY_HASH.as_str())
+    matches().unwrap_or(false) && !std::ptr::eq(hash, DUMMY_HASH.as_str())
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -53,9 +113,12 @@ pub struct Hasher {
 
 impl Hasher {
     pub fn new(threads: usize) -> Self {
-        // Built once here rather than on the first login of an unknown email.
-        LazyLock::force(&DUMMY_HASH);
         let (jobs, queue) = mpsc::channel::<Job>();
+        // Built first, on a hashing thread (whose memory it reuses), rather than on the first
+        // login of an unknown email.
+        let _ = jobs.send(Box::new(|| {
+            LazyLock::force(&DUMMY_HASH);
+        }));
         let queue = Arc::new(Mutex::new(queue));
         for i in 0..threads.max(1) {
             let queue = queue.clone();
@@ -106,6 +169,48 @@ impl Hasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reused_memory_computes_what_the_library_computes() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let salt = SaltString::from_b64("c2FsdHNhbHRzYWx0c2FsdA").unwrap();
+        let library = Argon2::new(Algorithm::Argon2id, Version::V0x13, params())
+            .hash_password(b"correct horse battery", &salt)
+            .unwrap()
+            .to_string();
+        // Twice on one thread: the second hash runs in memory the first one filled.
+        for _ in 0..2 {
+            let ours = compute(
+                Algorithm::Argon2id,
+                Version::V0x13,
+                params(),
+                b"correct horse battery",
+                salt.as_salt(),
+            )
+            .unwrap();
+            assert_eq!(ours.to_string(), library);
+        }
+        // A hash made elsewhere, with other parameters, verifies by its own.
+        let other = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8 * 1024, 3, 1, None).unwrap(),
+        )
+        .hash_password(b"older parameters", &salt)
+        .unwrap()
+        .to_string();
+        assert!(verify_blocking("older parameters", Some(&other)));
+        assert!(!verify_blocking("older parameter", Some(&other)));
+        assert!(
+            Argon2::default()
+                .verify_password(
+                    b"correct horse battery",
+                    &PasswordHash::new(&hash_blocking("correct horse battery")).unwrap()
+                )
+                .is_ok()
+        );
+        assert!(!verify_blocking("anything", Some("not a phc string")));
+    }
 
     #[test]
     fn a_hash_verifies_its_password_and_no_other() {

@@ -283,6 +283,14 @@ impl NewClockIn<'_> {
     }
 }
 
+/// The open shift as clock-out reads it: the record and its change stamp.
+#[derive(sqlx::FromRow)]
+struct OpenShift {
+    #[sqlx(flatten)]
+    row: AttendanceRow,
+    change_xid: String,
+}
+
 async fn by_client_id(
     state: &AppState,
     user_id: Uuid,
@@ -331,13 +339,28 @@ async fn clock_out(
     let point = point.expect("checked above");
 
     // Two statements and no transaction: read the open shift, then close it on condition that
-    // it is still the shift that was measured. A concurrent change (a sync push, another
-    // clock-out) makes the update match nothing, and the shift is read again.
+    // it is unchanged since (change_xid, stamped by trigger on every update). A concurrent
+    // change (a sync push, another clock-out) makes the update match nothing, and the shift is
+    // read again. The update names the row by id alone: a `status = 'open'` condition would let
+    // the planner pick the one-open-shift index, whose size it misjudges while statistics
+    // predate the day's clock-ins, and read every open shift to find this one.
     let cutoff = forgotten_before(now, state.config.attendance.max_shift);
     for _ in 0..3 {
-        let open = records::open_for(&state.db, user.id)
+        let sql = format!(
+            "SELECT {}, a.change_xid::text AS change_xid FROM attendance a
+             WHERE a.user_id = $1 AND a.status = 'open' AND a.deleted_at IS NULL",
+            records::COLUMNS
+        );
+        let Some(OpenShift {
+            row: open,
+            change_xid,
+        }) = sqlx::query_as(&sql)
+            .bind(user.id)
+            .fetch_optional(&state.db)
             .await?
-            .ok_or_else(|| not_clocked_in("you are not clocked in"))?;
+        else {
+            return Err(not_clocked_in("you are not clocked in"));
+        };
         if open.clock_in_at < cutoff {
             records::close_forgotten(&state.db, Some(user.id), cutoff).await?;
             return Err(not_clocked_in(
@@ -359,7 +382,7 @@ async fn clock_out(
                         clock_out_longitude = $4, clock_out_accuracy_m = $5, clock_out_distance_m = $6,
                         outside_geofence = outside_geofence OR $7, notes = coalesce($8, notes),
                         sync_version = sync_version + 1
-                 WHERE id = $1 AND status = 'open' AND deleted_at IS NULL AND sync_version = $9
+                 WHERE id = $1 AND change_xid = $9::xid8
                  RETURNING *
              ), {}
              SELECT {} FROM a",
@@ -375,7 +398,7 @@ async fn clock_out(
             .bind(distance)
             .bind(outside)
             .bind(&notes)
-            .bind(open.sync_version)
+            .bind(change_xid)
             .bind(user.id)
             .bind(&user.email)
             .bind(

@@ -793,9 +793,12 @@ pub(crate) async fn apply_plan(
 ) -> Result<HashMap<Uuid, AttendanceRecord>, sqlx::Error> {
     let mut written = HashMap::new();
     if !plan.closes.is_empty() {
+        // These rows were read FOR UPDATE as the open shift, so they are still open. (No
+        // `status = 'open'` here: it would let the planner pick the one-open-shift index, whose
+        // size it misjudges while statistics predate the day's clock-ins.)
         sqlx::query(
             "UPDATE attendance SET status = 'incomplete', sync_version = sync_version + 1
-             WHERE id = ANY($1) AND status = 'open'",
+             WHERE id = ANY($1)",
         )
         .bind(&plan.closes)
         .execute(&mut *tx)

@@ -238,6 +238,40 @@ async fn fifty_simultaneous_clock_ins_of_one_user_create_exactly_one_record() {
     assert_eq!(rows, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_simultaneous_clock_outs_close_the_shift_exactly_once() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("DB_MAX_CONNECTIONS".into(), "20".into());
+    })
+    .await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    let (status, _) = clock_in(&app, &user, at_site()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let attempts = (0..20).map(|_| clock_out(&app, &user, at_site()));
+    let results = futures::future::join_all(attempts).await;
+    let closed = results.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    let refused = results
+        .iter()
+        .filter(|(s, b)| *s == StatusCode::CONFLICT && b["error"]["code"] == "not_clocked_in")
+        .count();
+    assert_eq!(
+        (closed, refused),
+        (1, 19),
+        "{:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    let (version, audits): (i32, i64) = sqlx::query_as(
+        "SELECT a.sync_version,
+                (SELECT count(*) FROM activities WHERE action = 'attendance.clock_out')
+         FROM attendance a WHERE a.user_id = $1",
+    )
+    .bind(user.id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!((version, audits), (2, 1));
+}
+
 #[tokio::test]
 async fn the_geofence_flags_a_point_500_m_away_but_not_150_m() {
     let app = TestApp::spawn().await;
