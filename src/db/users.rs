@@ -130,12 +130,19 @@ const SELECT_USER: &str = "
            s.id AS supervisor_id, s.first_name AS supervisor_first_name,
            s.last_name AS supervisor_last_name";
 
-const FROM_USERS: &str = "
-    FROM users u
+/// What a user row is shown with: facility, council, region and supervisor.
+macro_rules! user_joins {
+    () => {
+        "
     LEFT JOIN facilities f ON f.id = u.facility_id
     LEFT JOIN councils c ON c.id = f.council_id
     LEFT JOIN regions r ON r.id = c.region_id
-    LEFT JOIN users s ON s.id = u.supervisor_id";
+    LEFT JOIN users s ON s.id = u.supervisor_id"
+    };
+}
+
+const USER_JOINS: &str = user_joins!();
+const FROM_USERS: &str = concat!(" FROM users u", user_joins!());
 
 /// A user to insert; the password is already hashed.
 pub struct NewUser<'a> {
@@ -296,13 +303,20 @@ pub async fn search(
 ) -> Result<(Vec<User>, i64), sqlx::Error> {
     // The page and the total are two queries: a window count over the page query would make
     // every page read every matching row; the page alone walks the created_at index.
+    // The page's ids first, from users alone (the joins are dropped by the planner unless a
+    // filter reads them), and only then the joins for those rows: a later page then walks
+    // `offset` index entries rather than joining `offset` rows to throw them away.
     let mut page = QueryBuilder::new(SELECT_USER);
+    page.push(" FROM (SELECT u.id");
     page.push(FROM_USERS);
     push_user_filters(&mut page, viewer, filter);
     page.push(" ORDER BY u.created_at DESC, u.id DESC LIMIT ")
         .push_bind(limit)
         .push(" OFFSET ")
-        .push_bind(offset);
+        .push_bind(offset)
+        .push(") page JOIN users u ON u.id = page.id")
+        .push(USER_JOINS)
+        .push(" ORDER BY u.created_at DESC, u.id DESC");
     let rows: Vec<UserRow> = page.build_query_as().fetch_all(db).await?;
     let total = match kept_total(db, viewer, filter).await? {
         Some(total) => total,
