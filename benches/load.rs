@@ -906,6 +906,35 @@ async fn run() -> anyhow::Result<()> {
         )
         .await,
     );
+    // The same pages and searches one at a time: what one admin waits, without a queue.
+    let rec = Recorder::new();
+    let a = admin.clone();
+    rows.push(
+        scenario(
+            &format!("user list (admin, {users} users), one at a time x 200"),
+            &probe,
+            &rec,
+            fan_out(&rec, &client, 1, 200, move |c, _, i| {
+                c.get(url(&format!("/api/users?page={}&per_page=50", 1 + i % 20)))
+                    .bearer_auth(&a)
+            }),
+        )
+        .await,
+    );
+    let rec = Recorder::new();
+    let a = admin.clone();
+    rows.push(
+        scenario(
+            &format!("user search q= (admin, {users} users), one at a time x 200"),
+            &probe,
+            &rec,
+            fan_out(&rec, &client, 1, 200, move |c, _, i| {
+                c.get(url(&format!("/api/users?q=user{}{}", 1 + i % 20, i / 20)))
+                    .bearer_auth(&a)
+            }),
+        )
+        .await,
+    );
 
     // --- imports: 100 rows; 100,000 rows as CSV and as XLSX.
     let councils: Vec<String> = sqlx::query_scalar("SELECT name FROM councils ORDER BY name")

@@ -56,39 +56,48 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         return Err(ApiError::invalid("body", "must be a JSON object"));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    match serde_path_to_error::deserialize::<_, T>(&mut de) {
-        Ok(value) => Ok(value),
-        Err(err) => {
-            let path = err.path().to_string();
-            let inner = err.into_inner();
-            match inner.classify() {
-                serde_json::error::Category::Data => {
-                    let message = inner.to_string();
-                    let (field, reason) = match unknown_field(&message) {
-                        // The path already ends with the unknown field's name.
-                        Some(name) => (
-                            if path == "." { name } else { path },
-                            "is not a field of this request".to_string(),
-                        ),
-                        None => (
-                            if path == "." {
-                                "body".to_string()
-                            } else {
-                                path
-                            },
-                            strip_position(&message),
-                        ),
-                    };
-                    let mut details = FieldErrors::new();
-                    details.insert(field, vec![reason]);
-                    Err(ApiError::Validation(details))
-                }
-                _ => Err(ApiError::BadRequest(format!(
-                    "malformed JSON: {}",
-                    strip_position(&inner.to_string())
-                ))),
-            }
+    serde_path_to_error::deserialize(&mut de).map_err(json_error)
+}
+
+/// Like [`parse_json`], for JSON already parsed (one record of a batch), without writing it
+/// back to text first.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    if value.is_array() {
+        return Err(ApiError::invalid("body", "must be a JSON object"));
+    }
+    serde_path_to_error::deserialize(value).map_err(json_error)
+}
+
+/// A 422 naming the offending field for data that does not fit, a 400 for malformed JSON.
+fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    match inner.classify() {
+        serde_json::error::Category::Data => {
+            let message = inner.to_string();
+            let (field, reason) = match unknown_field(&message) {
+                // The path already ends with the unknown field's name.
+                Some(name) => (
+                    if path == "." { name } else { path },
+                    "is not a field of this request".to_string(),
+                ),
+                None => (
+                    if path == "." {
+                        "body".to_string()
+                    } else {
+                        path
+                    },
+                    strip_position(&message),
+                ),
+            };
+            let mut details = FieldErrors::new();
+            details.insert(field, vec![reason]);
+            ApiError::Validation(details)
         }
+        _ => ApiError::BadRequest(format!(
+            "malformed JSON: {}",
+            strip_position(&inner.to_string())
+        )),
     }
 }
 

@@ -188,7 +188,7 @@ pub async fn push(
             .get("id")
             .and_then(|v| v.as_str())
             .and_then(|s| s.parse().ok());
-        let record: PushRecord = match crate::extract::parse_json(value.to_string().as_bytes()) {
+        let record: PushRecord = match crate::extract::from_value(value) {
             Ok(r) => r,
             Err(ApiError::Validation(details)) => {
                 let reasons: Vec<String> = details
