@@ -308,7 +308,7 @@ pub async fn search(
     // `offset` index entries rather than joining `offset` rows to throw them away.
     let mut page = QueryBuilder::new(SELECT_USER);
     page.push(" FROM (SELECT u.id");
-    page.push(FROM_USERS);
+    page.push(filtered_users(filter));
     push_user_filters(&mut page, viewer, filter);
     page.push(" ORDER BY u.created_at DESC, u.id DESC LIMIT ")
         .push_bind(limit)
@@ -322,7 +322,7 @@ pub async fn search(
         Some(total) => total,
         None => {
             let mut count = QueryBuilder::new("SELECT count(*)");
-            count.push(FROM_USERS);
+            count.push(filtered_users(filter));
             push_user_filters(&mut count, viewer, filter);
             count.build_query_scalar().fetch_one(db).await?
         }
@@ -355,6 +355,19 @@ async fn kept_total(
     .fetch_one(db)
     .await
     .map(Some)
+}
+
+/// The FROM clause that [`push_user_filters`] needs: users alone unless the filter reads the
+/// facility's council or region. Postgres plans every page afresh (its parameters change the
+/// best plan), and joins it would only remove again cost planning time on each one.
+fn filtered_users(filter: &UserFilter) -> &'static str {
+    if filter.council_id.is_some() || filter.region_id.is_some() {
+        " FROM users u
+          LEFT JOIN facilities f ON f.id = u.facility_id
+          LEFT JOIN councils c ON c.id = f.council_id"
+    } else {
+        " FROM users u"
+    }
 }
 
 fn push_user_filters(qb: &mut QueryBuilder<'_, Postgres>, viewer: &AuthUser, filter: &UserFilter) {

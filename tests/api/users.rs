@@ -320,6 +320,53 @@ async fn list_totals_follow_every_creation_and_change_of_role_or_status() {
         .unwrap();
     assert_eq!(check("&role=data_clerk&status=pending").await, 23);
     assert_eq!(check("").await, 27);
+
+    // Filters through the facility: its council and its region.
+    let (council, region): (uuid::Uuid, uuid::Uuid) = sqlx::query_as(
+        "SELECT c.id, c.region_id FROM users u JOIN facilities f ON f.id = u.facility_id
+         JOIN councils c ON c.id = f.council_id WHERE u.id = $1",
+    )
+    .bind(ids[2])
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    for (filter, sql) in [
+        (
+            format!("council_id={council}"),
+            "SELECT count(*) FROM users u JOIN facilities f ON f.id = u.facility_id WHERE f.council_id = $1",
+        ),
+        (
+            format!("region_id={region}"),
+            "SELECT count(*) FROM users u JOIN facilities f ON f.id = u.facility_id
+             JOIN councils c ON c.id = f.council_id WHERE c.region_id = $1",
+        ),
+    ] {
+        let id = if filter.starts_with("council") {
+            council
+        } else {
+            region
+        };
+        let counted: i64 = sqlx::query_scalar(sql)
+            .bind(id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        let (status, body) = send(
+            app.get(&format!("/api/users?{filter}"))
+                .bearer_auth(&admin.token),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(counted >= 1);
+        assert_eq!(
+            (
+                body["total"].as_i64(),
+                body["data"].as_array().map(Vec::len)
+            ),
+            (Some(counted), Some(counted as usize)),
+            "{filter}"
+        );
+    }
 }
 
 #[tokio::test]
