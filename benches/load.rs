@@ -878,63 +878,28 @@ async fn run() -> anyhow::Result<()> {
             t.await.unwrap();
         }
     }).await);
-    let rec = Recorder::new();
-    let a = admin.clone();
-    rows.push(
-        scenario(
-            &format!("user list (admin, {users} users), 20 x 50"),
-            &probe,
-            &rec,
-            fan_out(&rec, &client, 20, 50, move |c, _, i| {
-                c.get(url(&format!("/api/users?page={}&per_page=50", 1 + i % 20)))
-                    .bearer_auth(&a)
-            }),
-        )
-        .await,
-    );
-    let rec = Recorder::new();
-    let a = admin.clone();
-    rows.push(
-        scenario(
-            &format!("user search q= (admin, {users} users), 20 x 50"),
-            &probe,
-            &rec,
-            fan_out(&rec, &client, 20, 50, move |c, t, i| {
-                c.get(url(&format!("/api/users?q=user{}{}", 1 + t, i)))
-                    .bearer_auth(&a)
-            }),
-        )
-        .await,
-    );
-    // The same pages and searches one at a time: what one admin waits, without a queue.
-    let rec = Recorder::new();
-    let a = admin.clone();
-    rows.push(
-        scenario(
-            &format!("user list (admin, {users} users), one at a time x 200"),
-            &probe,
-            &rec,
-            fan_out(&rec, &client, 1, 200, move |c, _, i| {
-                c.get(url(&format!("/api/users?page={}&per_page=50", 1 + i % 20)))
-                    .bearer_auth(&a)
-            }),
-        )
-        .await,
-    );
-    let rec = Recorder::new();
-    let a = admin.clone();
-    rows.push(
-        scenario(
-            &format!("user search q= (admin, {users} users), one at a time x 200"),
-            &probe,
-            &rec,
-            fan_out(&rec, &client, 1, 200, move |c, _, i| {
-                c.get(url(&format!("/api/users?q=user{}{}", 1 + i % 20, i / 20)))
-                    .bearer_auth(&a)
-            }),
-        )
-        .await,
-    );
+    // Pages and searches 20 in flight, then one at a time: what one admin waits, without a
+    // queue. Request n asks for page 1 + n % 20, or searches "user<1 + n % 20><n / 20>".
+    type Path = fn(usize) -> String;
+    let list: Path = |n| format!("/api/users?page={}&per_page=50", 1 + n % 20);
+    let search: Path = |n| format!("/api/users?q=user{}{}", 1 + n % 20, n / 20);
+    for (workers, each, how) in [(20, 50, "20 x 50"), (1, 200, "one at a time x 200")] {
+        for (what, path) in [("user list", list), ("user search q=", search)] {
+            let rec = Recorder::new();
+            let a = admin.clone();
+            rows.push(
+                scenario(
+                    &format!("{what} (admin, {users} users), {how}"),
+                    &probe,
+                    &rec,
+                    fan_out(&rec, &client, workers, each, move |c, t, i| {
+                        c.get(url(&path(t * each + i))).bearer_auth(&a)
+                    }),
+                )
+                .await,
+            );
+        }
+    }
 
     // --- imports: 100 rows; 100,000 rows as CSV and as XLSX.
     let councils: Vec<String> = sqlx::query_scalar("SELECT name FROM councils ORDER BY name")
