@@ -738,15 +738,26 @@ async fn run() -> anyhow::Result<()> {
             let (user, facility) = d[i % 100];
             let pool = pool.clone();
             async move {
+                // The row the push writes, column for column (the device and its timestamps
+                // fill the same unique index).
                 let ids: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
+                let start = chrono::Utc::now() - chrono::Duration::days(2);
+                let stamps: Vec<chrono::DateTime<chrono::Utc>> =
+                    (0..50).map(|k| start - chrono::Duration::minutes(k * 10)).collect();
                 sqlx::query(
-                    "INSERT INTO attendance (id, user_id, facility_id, status, clock_in_at, clock_out_at, clock_in_latitude, clock_in_longitude, distance_m, source)
-                     SELECT i, $2, $3, 'closed', now() - interval '1 day', now() - interval '23 hours', -1.95, 30.06, 10, 'sync'
-                     FROM UNNEST($1::uuid[]) i",
+                    "INSERT INTO attendance (id, user_id, facility_id, status, clock_in_at, clock_out_at,
+                            clock_in_latitude, clock_in_longitude, clock_in_accuracy_m, clock_out_latitude,
+                            clock_out_longitude, clock_out_accuracy_m, distance_m, clock_out_distance_m,
+                            outside_geofence, client_timestamp, sync_version, notes, source, device_id)
+                     SELECT i, $3, $4, 'closed', t, t + interval '5 minutes', -1.95, 30.06, NULL, -1.95,
+                            30.06, NULL, 10, 10, false, t, 1, NULL, 'sync', $5
+                     FROM UNNEST($1::uuid[], $2::timestamptz[]) AS w (i, t)",
                 )
                 .bind(ids)
+                .bind(stamps)
                 .bind(user)
                 .bind(facility)
+                .bind(format!("baseline-{i}"))
                 .execute(&pool)
                 .await
                 .is_ok()
@@ -791,6 +802,17 @@ async fn run() -> anyhow::Result<()> {
             }),
         )
         .await,
+    );
+    // A 200 answers for the batch, not for each record: every pushed record must be stored once.
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM attendance WHERE device_id LIKE 'bench-%' AND source = 'sync'",
+    )
+    .fetch_one(&direct)
+    .await?;
+    anyhow::ensure!(
+        stored == 50 * (100 * rounds as i64 + 100),
+        "{stored} pushed records stored, not {}",
+        50 * (100 * rounds as i64 + 100)
     );
     let rec = Recorder::new();
     let t = device_tokens.clone();

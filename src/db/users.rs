@@ -301,33 +301,64 @@ pub async fn search(
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<User>, i64), sqlx::Error> {
-    // The page and the total are two queries: a window count over the page query would make
-    // every page read every matching row; the page alone walks the created_at index.
-    // The page's ids first, from users alone (the joins are dropped by the planner unless a
-    // filter reads them), and only then the joins for those rows: a later page then walks
-    // `offset` index entries rather than joining `offset` rows to throw them away.
-    let mut page = QueryBuilder::new(SELECT_USER);
-    page.push(" FROM (SELECT u.id");
+    if let Some(total) = kept_total(db, viewer, filter).await? {
+        // The page's ids first, walking the created_at index from users alone, and only then
+        // the joins for those rows: a later page walks `offset` index entries rather than
+        // joining `offset` rows to throw them away.
+        let mut page = QueryBuilder::new(SELECT_USER);
+        page.push(" FROM (SELECT u.id");
+        page.push(filtered_users(filter));
+        push_user_filters(&mut page, viewer, filter);
+        page.push(" ORDER BY u.created_at DESC, u.id DESC LIMIT ")
+            .push_bind(limit)
+            .push(" OFFSET ")
+            .push_bind(offset)
+            .push(") page JOIN users u ON u.id = page.id")
+            .push(USER_JOINS)
+            .push(" ORDER BY u.created_at DESC, u.id DESC");
+        let rows: Vec<UserRow> = page.build_query_as().fetch_all(db).await?;
+        return Ok((rows.into_iter().map(User::from).collect(), total));
+    }
+
+    // The matching rows must be counted, so the page is taken from the same matches, found
+    // once. Walking the created_at index instead, and filtering as it goes, is what the planner
+    // picks when it expects many matches; a search (whose trigram estimate can be off by ten)
+    // then reads deep into the index to find 50 rare ones.
+    let mut page = QueryBuilder::new("WITH matched AS MATERIALIZED (SELECT u.id, u.created_at");
     page.push(filtered_users(filter));
     push_user_filters(&mut page, viewer, filter);
-    page.push(" ORDER BY u.created_at DESC, u.id DESC LIMIT ")
+    page.push("), page AS (SELECT id FROM matched ORDER BY created_at DESC, id DESC LIMIT ")
         .push_bind(limit)
         .push(" OFFSET ")
         .push_bind(offset)
-        .push(") page JOIN users u ON u.id = page.id")
+        .push(") ")
+        .push(SELECT_USER)
+        .push(", (SELECT count(*) FROM matched) AS total FROM page JOIN users u ON u.id = page.id")
         .push(USER_JOINS)
         .push(" ORDER BY u.created_at DESC, u.id DESC");
-    let rows: Vec<UserRow> = page.build_query_as().fetch_all(db).await?;
-    let total = match kept_total(db, viewer, filter).await? {
-        Some(total) => total,
-        None => {
+    let rows: Vec<CountedUserRow> = page.build_query_as().fetch_all(db).await?;
+    let total = match rows.first() {
+        Some(row) => row.total,
+        // A page past the end still reports how many there are.
+        None if offset > 0 => {
             let mut count = QueryBuilder::new("SELECT count(*)");
             count.push(filtered_users(filter));
             push_user_filters(&mut count, viewer, filter);
             count.build_query_scalar().fetch_one(db).await?
         }
+        None => 0,
     };
-    Ok((rows.into_iter().map(User::from).collect(), total))
+    Ok((
+        rows.into_iter().map(|r| User::from(r.user)).collect(),
+        total,
+    ))
+}
+
+#[derive(sqlx::FromRow)]
+struct CountedUserRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    total: i64,
 }
 
 /// The total from the counts the database keeps by role and status (`user_counts`), when the

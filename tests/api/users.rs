@@ -167,6 +167,26 @@ async fn user_search_filters_and_paginates() {
     assert_eq!(body["page"], 2);
     assert_eq!(body["per_page"], 3);
     assert_eq!(body["data"].as_array().unwrap().len(), 3);
+    let last_names = |body: &Value| -> Vec<String> {
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["last_name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        last_names(&body),
+        ["Mukamana3", "Mukamana2", "Mukamana1"],
+        "newest first"
+    );
+    let (_, body) = send(
+        app.get("/api/users?q=mukamana&per_page=3&page=4")
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(body["total"], 7, "a page past the end still counts");
+    assert!(last_names(&body).is_empty());
     let (_, body) = send(app.get("/api/users?q=emp-004").bearer_auth(&admin.token)).await;
     assert_eq!(body["total"], 1);
     assert_eq!(body["data"][0]["email"], "nurse4@clinic.example");
