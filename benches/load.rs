@@ -809,10 +809,10 @@ async fn run() -> anyhow::Result<()> {
     )
     .fetch_one(&direct)
     .await?;
+    let pushed = 50 * (100 * rounds as i64 + 100);
     anyhow::ensure!(
-        stored == 50 * (100 * rounds as i64 + 100),
-        "{stored} pushed records stored, not {}",
-        50 * (100 * rounds as i64 + 100)
+        stored == pushed,
+        "{stored} pushed records stored, not {pushed}"
     );
     let rec = Recorder::new();
     let t = device_tokens.clone();

@@ -307,8 +307,7 @@ pub async fn search(
         // joining `offset` rows to throw them away.
         let mut page = QueryBuilder::new(SELECT_USER);
         page.push(" FROM (SELECT u.id");
-        page.push(filtered_users(filter));
-        push_user_filters(&mut page, viewer, filter);
+        push_matching(&mut page, viewer, filter);
         page.push(" ORDER BY u.created_at DESC, u.id DESC LIMIT ")
             .push_bind(limit)
             .push(" OFFSET ")
@@ -325,8 +324,7 @@ pub async fn search(
     // picks when it expects many matches; a search (whose trigram estimate can be off by ten)
     // then reads deep into the index to find 50 rare ones.
     let mut page = QueryBuilder::new("WITH matched AS MATERIALIZED (SELECT u.id, u.created_at");
-    page.push(filtered_users(filter));
-    push_user_filters(&mut page, viewer, filter);
+    push_matching(&mut page, viewer, filter);
     page.push("), page AS (SELECT id FROM matched ORDER BY created_at DESC, id DESC LIMIT ")
         .push_bind(limit)
         .push(" OFFSET ")
@@ -342,8 +340,7 @@ pub async fn search(
         // A page past the end still reports how many there are.
         None if offset > 0 => {
             let mut count = QueryBuilder::new("SELECT count(*)");
-            count.push(filtered_users(filter));
-            push_user_filters(&mut count, viewer, filter);
+            push_matching(&mut count, viewer, filter);
             count.build_query_scalar().fetch_one(db).await?
         }
         None => 0,
@@ -388,20 +385,20 @@ async fn kept_total(
     .map(Some)
 }
 
-/// The FROM clause that [`push_user_filters`] needs: users alone unless the filter reads the
-/// facility's council or region. Postgres plans every page afresh (its parameters change the
-/// best plan), and joins it would only remove again cost planning time on each one.
-fn filtered_users(filter: &UserFilter) -> &'static str {
+/// `FROM … WHERE …` of the users `filter` matches among those `viewer` may see. The FROM is
+/// users alone unless the filter reads the facility's council or region: Postgres plans every
+/// page afresh (its parameters change the best plan), and joins it would only remove again cost
+/// planning time on each one.
+fn push_matching(qb: &mut QueryBuilder<'_, Postgres>, viewer: &AuthUser, filter: &UserFilter) {
     if filter.council_id.is_some() || filter.region_id.is_some() {
-        " FROM users u
-          LEFT JOIN facilities f ON f.id = u.facility_id
-          LEFT JOIN councils c ON c.id = f.council_id"
+        qb.push(
+            " FROM users u
+              LEFT JOIN facilities f ON f.id = u.facility_id
+              LEFT JOIN councils c ON c.id = f.council_id",
+        );
     } else {
-        " FROM users u"
+        qb.push(" FROM users u");
     }
-}
-
-fn push_user_filters(qb: &mut QueryBuilder<'_, Postgres>, viewer: &AuthUser, filter: &UserFilter) {
     qb.push(" WHERE true");
     push_scope(qb, viewer, "u.id");
     if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {

@@ -111,18 +111,21 @@ async fn tree(app: &TestApp) -> Tree {
     }
 }
 
+/// The `field` of each user on a page, in order.
+fn listed(body: &Value, field: &str) -> Vec<String> {
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u[field].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[tokio::test]
 async fn supervisors_and_backstoppers_list_exactly_their_tree() {
     let app = TestApp::spawn().await;
     let t = tree(&app).await;
-    let ids = |body: &Value| -> Vec<String> {
-        body["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|u| u["id"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let ids = |body: &Value| listed(body, "id");
     let (_, body) = send(app.get("/api/users").bearer_auth(&t.supervisor.token)).await;
     assert_eq!(ids(&body), vec![t.worker.id.to_string()]);
     assert_eq!(body["total"], 1);
@@ -167,14 +170,7 @@ async fn user_search_filters_and_paginates() {
     assert_eq!(body["page"], 2);
     assert_eq!(body["per_page"], 3);
     assert_eq!(body["data"].as_array().unwrap().len(), 3);
-    let last_names = |body: &Value| -> Vec<String> {
-        body["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|u| u["last_name"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let last_names = |body: &Value| listed(body, "last_name");
     assert_eq!(
         last_names(&body),
         ["Mukamana3", "Mukamana2", "Mukamana1"],
