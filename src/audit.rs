@@ -2,6 +2,9 @@
 //! transaction as the change it describes.
 
 use serde_json::Value;
+use sqlx::Postgres;
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
 use uuid::Uuid;
 
 use crate::auth::{AuthUser, ClientInfo};
@@ -61,22 +64,43 @@ impl Activity {
     }
 
     pub async fn record<'e>(self, executor: impl sqlx::PgExecutor<'e>) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO activities (actor_id, actor_email, action, entity_type, entity_id, details, ip, user_agent)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(self.actor_id)
-        .bind(self.actor_email)
-        .bind(self.action)
-        .bind(self.entity_type)
-        .bind(self.entity_id)
-        .bind(self.details)
-        .bind(self.ip)
-        .bind(self.user_agent)
-        .execute(executor)
-        .await?;
+        let sql = format!("{INSERT} {}", values(1));
+        // No row comes back; `query_as` only so that one `bind` serves both statements.
+        executor
+            .execute(self.bind(sqlx::query_as::<_, (bool,)>(&sql)))
+            .await?;
         Ok(())
     }
+
+    /// A data-modifying CTE named `activity` that writes this row as part of a larger statement
+    /// (one round trip for a change and its audit row); `bind` supplies its values from `$first`.
+    pub fn cte(first: usize) -> String {
+        format!("activity AS ({INSERT} {})", values(first))
+    }
+
+    /// Binds this row's eight values, in the order `cte` numbers them.
+    pub fn bind<'q, O>(
+        self,
+        query: QueryAs<'q, Postgres, O, PgArguments>,
+    ) -> QueryAs<'q, Postgres, O, PgArguments> {
+        query
+            .bind(self.actor_id)
+            .bind(self.actor_email)
+            .bind(self.action)
+            .bind(self.entity_type)
+            .bind(self.entity_id)
+            .bind(self.details)
+            .bind(self.ip)
+            .bind(self.user_agent)
+    }
+}
+
+const INSERT: &str = "INSERT INTO activities (actor_id, actor_email, action, entity_type, entity_id, details, ip, user_agent)";
+
+/// `VALUES ($first, ..., $first + 7)`.
+fn values(first: usize) -> String {
+    let params: Vec<String> = (first..first + 8).map(|i| format!("${i}")).collect();
+    format!("VALUES ({})", params.join(", "))
 }
 
 /// A data-modifying CTE named `audit` recording `action` on each row of the CTE `a` (a write of
@@ -86,7 +110,7 @@ pub fn audit_cte(action: &'static str, entity_type: &'static str, first: usize) 
     let [actor, email, details, ip, agent] = std::array::from_fn(|i| first + i);
     format!(
         "audit AS (
-             INSERT INTO activities (actor_id, actor_email, action, entity_type, entity_id, details, ip, user_agent)
+             {INSERT}
              SELECT ${actor}, ${email}, '{action}', '{entity_type}', a.id, ${details}, ${ip}, ${agent} FROM a
          )"
     )

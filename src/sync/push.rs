@@ -1,5 +1,5 @@
-//! Applying a push: every record checked on its own, then the whole batch applied with a fixed
-//! number of set-based statements in one transaction, whatever its size.
+//! Deciding a push: every record checked on its own, then settled against what the server has;
+//! `apply` writes the outcome with a fixed number of set-based statements, whatever its size.
 
 use std::collections::{HashMap, HashSet};
 
@@ -16,6 +16,7 @@ use crate::db::facilities::{Site, SiteCache};
 use crate::domain::GeoPoint;
 use crate::domain::attendance::{TimeRules, forgotten_before};
 use crate::error::ApiError;
+use crate::sync::apply::{apply_plan, insert_created};
 use crate::sync::decide::{Decision, ServerCopy, decide};
 use crate::sync::model::{
     Content, Op, PushRecord, PushResponse, PushResult, ResultError, ResultStatus, Strategy,
@@ -92,6 +93,17 @@ pub(crate) struct Plan {
     pub conflicts: Vec<(Uuid, i32, i32, Value, Value)>,
 }
 
+impl Plan {
+    /// Nothing but new records: no existing row changes and no conflict is queued.
+    fn creates_only(&self) -> bool {
+        self.updates.is_empty()
+            && self.deletes.is_empty()
+            && self.closes.is_empty()
+            && self.conflicts.is_empty()
+    }
+}
+
+#[derive(Clone)]
 enum Outcome {
     /// Decided now: the pushed id, status, server version, the server record to return,
     /// resolution.
@@ -167,6 +179,12 @@ pub struct PushContext<'a> {
 }
 
 /// Processes a batch. Never fails because of one record: each bad one is `rejected`.
+///
+/// Most pushes only create records. Those are read and decided without a lock, then written
+/// with their audit row by one statement, which is its own transaction: two round trips in all.
+/// A push that changes existing records, or that raced another push of the same user (which a
+/// unique constraint reveals), is read and decided again in a transaction holding the user's
+/// lock.
 pub async fn push(
     ctx: PushContext<'_>,
     device_id: &str,
@@ -178,10 +196,50 @@ pub async fn push(
         max_age: ctx.config.attendance.max_age,
     };
     let user_id = ctx.user.id;
+    let cutoff = forgotten_before(now, ctx.config.attendance.max_shift);
+    let batch = parse(raw, &rules, now);
 
-    // 1. Parse and check each record on its own.
-    let mut parsed: Vec<Result<(PushRecord, Option<Content>), Outcome>> =
-        Vec::with_capacity(raw.len());
+    {
+        let mut conn = ctx.db.acquire().await?;
+        let seen = Seen::read(&mut conn, &ctx, device_id, &batch, false).await?;
+        if !seen.has_forgotten(cutoff) {
+            let (plan, outcomes) = decide_all(&batch, &seen, user_id, now, ctx.config);
+            if plan.creates_only() {
+                let counts = count(&outcomes);
+                let activity = activity(&ctx, device_id, &counts);
+                match insert_created(&mut conn, &plan.inserts, user_id, device_id, activity).await {
+                    Ok(written) => return Ok(answer(now, outcomes, written, &counts)),
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        tracing::debug!(constraint = ?e.constraint(), "a concurrent push won; deciding again under the lock");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+
+    let mut tx = begin_for_user(ctx.db, user_id).await?;
+    let mut seen = Seen::read(&mut tx, &ctx, device_id, &batch, true).await?;
+    // Yesterday's forgotten clock-out must not block today's shifts: closed as incomplete,
+    // then read again.
+    if seen.has_forgotten(cutoff) {
+        records::close_forgotten(&mut *tx, Some(user_id), cutoff).await?;
+        seen = Seen::read(&mut tx, &ctx, device_id, &batch, true).await?;
+    }
+    let (plan, outcomes) = decide_all(&batch, &seen, user_id, now, ctx.config);
+    let written = apply_plan(&mut tx, &plan, user_id, device_id).await?;
+    let counts = count(&outcomes);
+    activity(&ctx, device_id, &counts).record(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(answer(now, outcomes, written, &counts))
+}
+
+/// A pushed record read and checked on its own (with its content for an upsert), or its result.
+type Parsed = Result<(PushRecord, Option<Content>), Outcome>;
+
+/// Reads and checks each record on its own: the checks that need no database.
+fn parse(raw: Vec<Value>, rules: &TimeRules, now: DateTime<Utc>) -> Vec<Parsed> {
+    let mut parsed: Vec<Parsed> = Vec::with_capacity(raw.len());
     let mut seen_ids = HashSet::new();
     for value in raw {
         let id = value
@@ -231,7 +289,7 @@ pub async fn push(
                 )),
                 (Op::Upsert, Some(data)) => {
                     let content = Content::from_data(data);
-                    match check_content(&content, &rules, now) {
+                    match check_content(&content, rules, now) {
                         Ok(()) => Ok(Some(content)),
                         Err(reason) => Err(reject(id, "validation_failed", reason)),
                     }
@@ -241,73 +299,94 @@ pub async fn push(
         };
         parsed.push(checked.map(|content| (record, content)));
     }
+    parsed
+}
 
-    // 2. Read what the batch touches, serialised per user so that concurrent pushes of one
-    //    user's devices cannot both open a shift.
-    let mut tx = begin_for_user(ctx.db, user_id).await?;
-    let ids: Vec<Uuid> = parsed
-        .iter()
-        .filter_map(|p| p.as_ref().ok().map(|(r, _)| r.id))
-        .collect();
-    let stamps: Vec<DateTime<Utc>> = parsed
-        .iter()
-        .filter_map(|p| {
-            p.as_ref()
-                .ok()
-                .map(|(r, _)| r.client_timestamp.with_timezone(&Utc))
+/// What the decisions rest on: the rows a batch touches, their facilities, and the conflicts
+/// already queued for them.
+struct Seen {
+    touched: Touched,
+    sites: HashMap<Uuid, Site>,
+    queued: HashSet<(Uuid, String)>,
+}
+
+impl Seen {
+    /// `lock`: inside the user's locked transaction, the rows found are locked until commit.
+    async fn read(
+        conn: &mut PgConnection,
+        ctx: &PushContext<'_>,
+        device_id: &str,
+        batch: &[Parsed],
+        lock: bool,
+    ) -> Result<Self, sqlx::Error> {
+        let accepted = || batch.iter().filter_map(|p| p.as_ref().ok());
+        let ids: Vec<Uuid> = accepted().map(|(r, _)| r.id).collect();
+        let stamps: Vec<DateTime<Utc>> = accepted()
+            .map(|(r, _)| r.client_timestamp.with_timezone(&Utc))
+            .collect();
+        let touched = Touched::read(conn, ctx.user.id, device_id, &ids, &stamps, lock).await?;
+        let facility_ids: Vec<Uuid> = accepted()
+            .filter_map(|(_, c)| c.as_ref().map(|c| c.facility_id))
+            .collect();
+        let sites = ctx.sites.get_many(&mut *conn, &facility_ids).await?;
+        // Conflicts can only be queued for records that exist; new records skip the read.
+        let queued = if touched.by_id.is_empty() {
+            HashSet::new()
+        } else {
+            let existing: Vec<Uuid> = touched.by_id.keys().copied().collect();
+            sqlx::query_as::<_, (Uuid, Value)>(
+                "SELECT record_id, client_data FROM sync_conflicts WHERE status = 'pending' AND record_id = ANY($1)",
+            )
+            .bind(existing)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|(id, data)| (id, data.to_string()))
+            .collect()
+        };
+        Ok(Seen {
+            touched,
+            sites,
+            queued,
         })
-        .collect();
-    let mut touched = Touched::read(&mut tx, user_id, device_id, &ids, &stamps).await?;
-    // Yesterday's forgotten clock-out must not block today's shifts: closed as incomplete,
-    // then read again (rare, so the common push makes no extra round trip for it).
-    let cutoff = forgotten_before(now, ctx.config.attendance.max_shift);
-    if touched
-        .open
-        .as_ref()
-        .is_some_and(|o| o.clock_in_at < cutoff)
-    {
-        records::close_forgotten(&mut *tx, Some(user_id), cutoff).await?;
-        touched = Touched::read(&mut tx, user_id, device_id, &ids, &stamps).await?;
     }
-    let Touched {
-        by_id,
-        by_stamp,
-        mut open,
-    } = touched;
-    let facility_ids: Vec<Uuid> = parsed
-        .iter()
-        .filter_map(|p| {
-            p.as_ref()
-                .ok()
-                .and_then(|(_, c)| c.as_ref().map(|c| c.facility_id))
-        })
-        .collect();
-    let sites = ctx.sites.get_many(&mut *tx, &facility_ids).await?;
-    // Conflicts can only be queued for records that exist; new records skip the read.
-    let queued: HashSet<(Uuid, String)> = if by_id.is_empty() {
-        HashSet::new()
-    } else {
-        let existing: Vec<Uuid> = by_id.keys().copied().collect();
-        sqlx::query_as::<_, (Uuid, Value)>(
-            "SELECT record_id, client_data FROM sync_conflicts WHERE status = 'pending' AND record_id = ANY($1)",
-        )
-        .bind(existing)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|(id, data)| (id, data.to_string()))
-        .collect()
-    };
 
-    // 3. Decide each record in order, tracking the user's one open shift through the batch.
+    /// The user's open shift began before `cutoff`: a forgotten clock-out, to be closed first.
+    fn has_forgotten(&self, cutoff: DateTime<Utc>) -> bool {
+        self.touched
+            .open
+            .as_ref()
+            .is_some_and(|o| o.clock_in_at < cutoff)
+    }
+}
+
+/// Decides each record in order, tracking the user's one open shift through the batch: what to
+/// write, and each record's outcome.
+fn decide_all(
+    batch: &[Parsed],
+    seen: &Seen,
+    user_id: Uuid,
+    now: DateTime<Utc>,
+    config: &Config,
+) -> (Plan, Vec<Outcome>) {
+    let Seen {
+        touched: Touched {
+            by_id,
+            by_stamp,
+            open,
+        },
+        sites,
+        queued,
+    } = seen;
+    let mut open = open.clone();
     let mut plan = Plan::default();
-    let mut outcomes = Vec::with_capacity(parsed.len());
+    let mut outcomes = Vec::with_capacity(batch.len());
     let mut batch_stamps: HashMap<DateTime<Utc>, Uuid> = HashMap::new();
-    for item in parsed {
+    for item in batch {
         let (record, content) = match item {
-            Ok(pair) => pair,
+            Ok((record, content)) => (record, content),
             Err(outcome) => {
-                outcomes.push(outcome);
+                outcomes.push(outcome.clone());
                 continue;
             }
         };
@@ -352,7 +431,7 @@ pub async fn push(
                     "facility_id: no such facility",
                 )
             })?;
-            build_write(id, content, site, version, Some(stamp), now, ctx.config)
+            build_write(id, content, site, version, Some(stamp), now, config)
                 .map_err(|(code, message)| reject(Some(id), code, message))
         };
         let server = existing.map(|row| ServerCopy {
@@ -386,7 +465,7 @@ pub async fn push(
                     Strategy::ClientWins => plan.closes.push(other.id),
                     Strategy::ServerWins | Strategy::Manual => {
                         if strategy == Strategy::Manual {
-                            queue(plan, &queued, &w, other, record.sync_version);
+                            queue(plan, queued, &w, other, record.sync_version);
                         }
                         return Outcome::Done(
                             w.id,
@@ -488,63 +567,82 @@ pub async fn push(
         };
         outcomes.push(outcome);
     }
+    (plan, outcomes)
+}
 
-    // 4. Apply: a fixed number of statements, whatever the batch size.
-    let written = apply_plan(&mut tx, &plan, user_id, device_id).await?;
+/// How many records ended each way (known before anything is written).
+fn count(outcomes: &[Outcome]) -> HashMap<&'static str, usize> {
     let mut counts: HashMap<&'static str, usize> = HashMap::new();
-    let results: Vec<PushResult> = outcomes
-        .into_iter()
-        .map(|outcome| {
-            let result = match outcome {
-                Outcome::Done(id, status, version, record, resolution) => PushResult {
-                    id: Some(id),
-                    status,
-                    server_version: version.or(record.as_ref().map(|r| r.sync_version)),
-                    record: record.map(|r| *r),
-                    resolution: resolution.map(str::to_string),
-                    error: None,
-                },
-                Outcome::Written(status, id, resolution) => {
-                    let record = written.get(&id).cloned();
-                    PushResult {
-                        id: Some(id),
-                        status,
-                        server_version: record.as_ref().map(|r| r.sync_version),
-                        record,
-                        resolution: resolution.map(str::to_string),
-                        error: None,
-                    }
-                }
-                Outcome::Rejected(id, code, message) => PushResult {
-                    id,
-                    status: ResultStatus::Rejected,
-                    server_version: None,
-                    record: None,
-                    resolution: None,
-                    error: Some(ResultError {
-                        code: code.to_string(),
-                        message,
-                    }),
-                },
-            };
-            *counts.entry(result.status.as_str()).or_default() += 1;
-            result
-        })
-        .collect();
+    for outcome in outcomes {
+        let status = match outcome {
+            Outcome::Done(_, status, ..) | Outcome::Written(status, ..) => *status,
+            Outcome::Rejected(..) => ResultStatus::Rejected,
+        };
+        *counts.entry(status.as_str()).or_default() += 1;
+    }
+    counts
+}
+
+fn activity(ctx: &PushContext<'_>, device_id: &str, counts: &HashMap<&str, usize>) -> Activity {
     Activity::new("sync.push")
         .by(ctx.user)
         .from(ctx.client)
-        .details(json!({ "device_id": device_id, "records": results.len(), "outcomes": counts }))
-        .record(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    for (outcome, n) in &counts {
+        .details(json!({
+            "device_id": device_id,
+            "records": counts.values().sum::<usize>(),
+            "outcomes": counts,
+        }))
+}
+
+/// The answer, one result per record in the order sent, with the rows as written.
+fn answer(
+    now: DateTime<Utc>,
+    outcomes: Vec<Outcome>,
+    mut written: HashMap<Uuid, AttendanceRecord>,
+    counts: &HashMap<&'static str, usize>,
+) -> PushResponse {
+    let results: Vec<PushResult> = outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            Outcome::Done(id, status, version, record, resolution) => PushResult {
+                id: Some(id),
+                status,
+                server_version: version.or(record.as_ref().map(|r| r.sync_version)),
+                record: record.map(|r| *r),
+                resolution: resolution.map(str::to_string),
+                error: None,
+            },
+            Outcome::Written(status, id, resolution) => {
+                let record = written.remove(&id);
+                PushResult {
+                    id: Some(id),
+                    status,
+                    server_version: record.as_ref().map(|r| r.sync_version),
+                    record,
+                    resolution: resolution.map(str::to_string),
+                    error: None,
+                }
+            }
+            Outcome::Rejected(id, code, message) => PushResult {
+                id,
+                status: ResultStatus::Rejected,
+                server_version: None,
+                record: None,
+                resolution: None,
+                error: Some(ResultError {
+                    code: code.to_string(),
+                    message,
+                }),
+            },
+        })
+        .collect();
+    for (outcome, n) in counts {
         metrics::counter!("sync_records_total", "outcome" => *outcome).increment(*n as u64);
     }
-    Ok(PushResponse {
+    PushResponse {
         server_timestamp: now,
         results,
-    })
+    }
 }
 
 fn client_data(op: Op, content: Option<&Content>, stamp: DateTime<Utc>) -> Value {
@@ -618,9 +716,9 @@ pub(crate) async fn begin_for_user(
     .await
 }
 
-/// What a batch touches, read in one statement under the user's lock.
+/// What a batch touches, read in one statement.
 struct Touched {
-    /// The batch's records that already exist (whoever owns them), locked until commit.
+    /// The batch's records that already exist (whoever owns them).
     by_id: HashMap<Uuid, AttendanceRow>,
     /// The user's records from this device at the batch's client timestamps: the same change
     /// sent again under another id.
@@ -645,17 +743,22 @@ impl Touched {
         device_id: &str,
         ids: &[Uuid],
         stamps: &[DateTime<Utc>],
+        lock: bool,
     ) -> Result<Self, sqlx::Error> {
+        // The device-timestamp condition leaves the user out on purpose: so written, only
+        // attendance_device_timestamp_key can serve it (see its migration). Another user's row on
+        // a shared device is flagged neither by id, by stamp nor open, and ignored.
         let sql = format!(
             "SELECT {}, a.id = ANY($1) AS by_id,
                     coalesce(a.user_id = $2 AND a.device_id = $3 AND a.client_timestamp = ANY($4), false) AS by_stamp,
                     (a.user_id = $2 AND a.status = 'open' AND a.deleted_at IS NULL) AS is_open
              FROM attendance a
              WHERE a.id = ANY($1)
-                OR (a.user_id = $2 AND a.device_id = $3 AND a.client_timestamp = ANY($4))
+                OR (a.device_id = $3 AND a.client_timestamp = ANY($4))
                 OR (a.user_id = $2 AND a.status = 'open' AND a.deleted_at IS NULL)
-             FOR UPDATE",
-            records::COLUMNS
+             {}",
+            records::COLUMNS,
+            if lock { "FOR UPDATE" } else { "" }
         );
         let rows: Vec<TouchedRow> = sqlx::query_as(&sql)
             .bind(ids)
@@ -684,218 +787,4 @@ impl Touched {
         }
         Ok(touched)
     }
-}
-
-/// Column arrays of a set of writes, for UNNEST.
-struct Columns {
-    id: Vec<Uuid>,
-    facility_id: Vec<Uuid>,
-    status: Vec<&'static str>,
-    clock_in_at: Vec<DateTime<Utc>>,
-    clock_out_at: Vec<Option<DateTime<Utc>>>,
-    in_lat: Vec<f64>,
-    in_lng: Vec<f64>,
-    in_acc: Vec<Option<f64>>,
-    out_lat: Vec<Option<f64>>,
-    out_lng: Vec<Option<f64>>,
-    out_acc: Vec<Option<f64>>,
-    distance: Vec<f64>,
-    out_distance: Vec<Option<f64>>,
-    outside: Vec<bool>,
-    client_ts: Vec<Option<DateTime<Utc>>>,
-    version: Vec<i32>,
-    notes: Vec<Option<String>>,
-}
-
-impl Columns {
-    fn of<'w>(writes: impl Iterator<Item = &'w Write>) -> Self {
-        let mut c = Columns {
-            id: vec![],
-            facility_id: vec![],
-            status: vec![],
-            clock_in_at: vec![],
-            clock_out_at: vec![],
-            in_lat: vec![],
-            in_lng: vec![],
-            in_acc: vec![],
-            out_lat: vec![],
-            out_lng: vec![],
-            out_acc: vec![],
-            distance: vec![],
-            out_distance: vec![],
-            outside: vec![],
-            client_ts: vec![],
-            version: vec![],
-            notes: vec![],
-        };
-        for w in writes {
-            c.id.push(w.id);
-            c.facility_id.push(w.content.facility_id);
-            c.status.push(w.status);
-            c.clock_in_at.push(w.content.clock_in_at);
-            c.clock_out_at.push(w.content.clock_out_at);
-            c.in_lat.push(w.content.clock_in.latitude);
-            c.in_lng.push(w.content.clock_in.longitude);
-            c.in_acc.push(w.content.clock_in.accuracy_m);
-            c.out_lat
-                .push(w.content.clock_out.as_ref().map(|l| l.latitude));
-            c.out_lng
-                .push(w.content.clock_out.as_ref().map(|l| l.longitude));
-            c.out_acc
-                .push(w.content.clock_out.as_ref().and_then(|l| l.accuracy_m));
-            c.distance.push(w.distance_m);
-            c.out_distance.push(w.out_distance_m);
-            c.outside.push(w.outside);
-            c.client_ts.push(w.client_timestamp);
-            c.version.push(w.version);
-            c.notes.push(w.content.notes.clone());
-        }
-        c
-    }
-
-    fn bind<'q>(
-        self,
-        query: sqlx::query::QueryAs<'q, sqlx::Postgres, AttendanceRow, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, AttendanceRow, sqlx::postgres::PgArguments> {
-        query
-            .bind(self.id)
-            .bind(self.facility_id)
-            .bind(self.status)
-            .bind(self.clock_in_at)
-            .bind(self.clock_out_at)
-            .bind(self.in_lat)
-            .bind(self.in_lng)
-            .bind(self.in_acc)
-            .bind(self.out_lat)
-            .bind(self.out_lng)
-            .bind(self.out_acc)
-            .bind(self.distance)
-            .bind(self.out_distance)
-            .bind(self.outside)
-            .bind(self.client_ts)
-            .bind(self.version)
-            .bind(self.notes)
-    }
-}
-
-const UNNEST: &str =
-    "UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::timestamptz[],
-    $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::float8[],
-    $12::float8[], $13::float8[], $14::bool[], $15::timestamptz[], $16::int4[], $17::text[])
-    AS w (id, facility_id, status, clock_in_at, clock_out_at, in_lat, in_lng, in_acc, out_lat,
-          out_lng, out_acc, distance, out_distance, outside, client_ts, version, notes)";
-
-pub(crate) async fn apply_plan(
-    tx: &mut PgConnection,
-    plan: &Plan,
-    user_id: Uuid,
-    device_id: &str,
-) -> Result<HashMap<Uuid, AttendanceRecord>, sqlx::Error> {
-    let mut written = HashMap::new();
-    if !plan.closes.is_empty() {
-        // These rows were read FOR UPDATE as the open shift, so they are still open. (No
-        // `status = 'open'` here: it would let the planner pick the one-open-shift index, whose
-        // size it misjudges while statistics predate the day's clock-ins.)
-        sqlx::query(
-            "UPDATE attendance SET status = 'incomplete', sync_version = sync_version + 1
-             WHERE id = ANY($1)",
-        )
-        .bind(&plan.closes)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !plan.deletes.is_empty() {
-        let (ids, versions): (Vec<Uuid>, Vec<i32>) = plan.deletes.iter().copied().unzip();
-        let sql = format!(
-            "UPDATE attendance a SET deleted_at = now(), sync_version = d.version, server_timestamp = now(),
-                    device_id = $3
-             FROM UNNEST($1::uuid[], $2::int4[]) AS d (id, version)
-             WHERE a.id = d.id RETURNING {}",
-            records::COLUMNS
-        );
-        let rows: Vec<AttendanceRow> = sqlx::query_as(&sql)
-            .bind(ids)
-            .bind(versions)
-            .bind(device_id)
-            .fetch_all(&mut *tx)
-            .await?;
-        written.extend(rows.into_iter().map(|r| (r.id, AttendanceRecord::from(r))));
-    }
-    // Updates that leave a record not open go first, so that the one-open-shift index never
-    // sees two open rows in between.
-    let (closing, opening): (Vec<&Write>, Vec<&Write>) =
-        plan.updates.iter().partition(|w| w.status != "open");
-    for group in [closing, opening] {
-        if group.is_empty() {
-            continue;
-        }
-        let sql = format!(
-            "UPDATE attendance a SET facility_id = w.facility_id, status = w.status,
-                    clock_in_at = w.clock_in_at, clock_out_at = w.clock_out_at,
-                    clock_in_latitude = w.in_lat, clock_in_longitude = w.in_lng, clock_in_accuracy_m = w.in_acc,
-                    clock_out_latitude = w.out_lat, clock_out_longitude = w.out_lng, clock_out_accuracy_m = w.out_acc,
-                    distance_m = w.distance, clock_out_distance_m = w.out_distance, outside_geofence = w.outside,
-                    client_timestamp = w.client_ts, sync_version = w.version, notes = w.notes,
-                    source = 'sync', device_id = $18, server_timestamp = now(), deleted_at = NULL
-             FROM {UNNEST}
-             WHERE a.id = w.id RETURNING {}",
-            records::COLUMNS
-        );
-        let rows: Vec<AttendanceRow> = Columns::of(group.into_iter())
-            .bind(sqlx::query_as(&sql))
-            .bind(device_id)
-            .fetch_all(&mut *tx)
-            .await?;
-        written.extend(rows.into_iter().map(|r| (r.id, AttendanceRecord::from(r))));
-    }
-    if !plan.inserts.is_empty() {
-        let sql = format!(
-            "INSERT INTO attendance AS a (id, user_id, facility_id, status, clock_in_at, clock_out_at,
-                    clock_in_latitude, clock_in_longitude, clock_in_accuracy_m, clock_out_latitude,
-                    clock_out_longitude, clock_out_accuracy_m, distance_m, clock_out_distance_m,
-                    outside_geofence, client_timestamp, sync_version, notes, source, device_id)
-             SELECT w.id, $19, w.facility_id, w.status, w.clock_in_at, w.clock_out_at, w.in_lat, w.in_lng,
-                    w.in_acc, w.out_lat, w.out_lng, w.out_acc, w.distance, w.out_distance, w.outside,
-                    w.client_ts, w.version, w.notes, 'sync', $18
-             FROM {UNNEST}
-             RETURNING {}",
-            records::COLUMNS
-        );
-        let rows: Vec<AttendanceRow> = Columns::of(plan.inserts.iter())
-            .bind(sqlx::query_as(&sql))
-            .bind(device_id)
-            .bind(user_id)
-            .fetch_all(&mut *tx)
-            .await?;
-        written.extend(rows.into_iter().map(|r| (r.id, AttendanceRecord::from(r))));
-    }
-    if !plan.conflicts.is_empty() {
-        let mut record_ids = vec![];
-        let mut client_versions = vec![];
-        let mut server_versions = vec![];
-        let mut client_data = vec![];
-        let mut server_data = vec![];
-        for (id, cv, sv, c, s) in &plan.conflicts {
-            record_ids.push(*id);
-            client_versions.push(*cv);
-            server_versions.push(*sv);
-            client_data.push(c.clone());
-            server_data.push(s.clone());
-        }
-        sqlx::query(
-            "INSERT INTO sync_conflicts (record_id, user_id, device_id, client_version, server_version, client_data, server_data)
-             SELECT c.id, $6, $7, c.cv, c.sv, c.cd, c.sd
-             FROM UNNEST($1::uuid[], $2::int4[], $3::int4[], $4::jsonb[], $5::jsonb[]) AS c (id, cv, sv, cd, sd)",
-        )
-        .bind(record_ids)
-        .bind(client_versions)
-        .bind(server_versions)
-        .bind(client_data)
-        .bind(server_data)
-        .bind(user_id)
-        .bind(device_id)
-        .execute(&mut *tx)
-        .await?;
-    }
-    Ok(written)
 }

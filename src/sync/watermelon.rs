@@ -29,11 +29,10 @@ use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow, Lo
 use crate::db::facilities::Facility;
 use crate::domain::attendance::{TimeRules, forgotten_before};
 use crate::error::{ApiError, FieldErrors};
+use crate::sync::apply::apply_plan;
 use crate::sync::model::Content;
 use crate::sync::pull::{self, Changes, Cursor};
-use crate::sync::push::{
-    Plan, PushContext, apply_plan, begin_for_user, build_write, check_content,
-};
+use crate::sync::push::{Plan, PushContext, begin_for_user, build_write, check_content};
 
 /// WatermelonDB pulls are not paged: one answer holds every change.
 const WHOLE_PULL: usize = 10_000_000;

@@ -112,6 +112,23 @@ async fn the_same_device_and_client_timestamp_under_a_new_id_is_a_duplicate() {
 }
 
 #[tokio::test]
+async fn two_users_of_one_shared_device_never_duplicate_each_other() {
+    let app = TestApp::spawn().await;
+    let (first, facility) = setup(&app).await;
+    let second = app.quick_user("focal", None, facility).await;
+    let record = shift(Uuid::new_v4(), facility, 2, 6, 1);
+    let mut same_moment = record.clone();
+    same_moment["id"] = json!(Uuid::new_v4());
+    let (_, body) = push(&app, &first, vec![record]).await;
+    assert_eq!(statuses(&body), vec!["created"]);
+    // The same device ("device-A") and the same client timestamp, but someone else's record.
+    let (_, body) = push(&app, &second, vec![same_moment]).await;
+    assert_eq!(statuses(&body), vec!["created"], "{body}");
+    assert_eq!(body["results"][0]["record"]["user_id"], json!(second.id));
+    assert_eq!(count(&app).await, 2);
+}
+
+#[tokio::test]
 async fn one_bad_record_is_rejected_and_the_other_49_apply() {
     let app = TestApp::spawn().await;
     let (user, facility) = setup(&app).await;
@@ -440,6 +457,90 @@ async fn an_open_record_while_another_is_open_is_a_conflict() {
     assert_eq!(statuses(&body), vec!["conflict"]);
     assert_eq!(body["results"][0]["record"]["id"], online["id"]);
     assert_eq!(count(&app).await, 1);
+}
+
+async fn push_from(
+    app: &TestApp,
+    user: &TestUser,
+    device: &str,
+    records: Vec<Value>,
+) -> (StatusCode, Value) {
+    send(
+        app.post("/api/sync/push")
+            .bearer_auth(&user.token)
+            .json(&json!({"device_id": device, "records": records})),
+    )
+    .await
+}
+
+async fn stored_for(app: &TestApp, user: &TestUser, open_only: bool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM attendance WHERE user_id = $1 AND (status = 'open' OR NOT $2)",
+    )
+    .bind(user.id)
+    .bind(open_only)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_opening_a_shift_at_the_same_moment_leave_one_open_and_a_conflict() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(SITE.0, SITE.1).await;
+    let opening = |minutes_ago: i64| {
+        let mut open = shift(Uuid::new_v4(), facility, 0, 0, 1);
+        let at = (Utc::now() - Duration::minutes(minutes_ago)).to_rfc3339();
+        open["client_timestamp"] = json!(at);
+        open["data"]["clock_in_at"] = json!(at);
+        open["data"]["clock_out_at"] = Value::Null;
+        open["data"]["clock_out_location"] = Value::Null;
+        open
+    };
+    // Repeated, so that the two pushes overlap in every way the scheduler allows.
+    for round in 0..10 {
+        let user = app.quick_user("focal", None, facility).await;
+        let ((s1, phone), (s2, tablet)) = tokio::join!(
+            push_from(&app, &user, "phone", vec![opening(30)]),
+            push_from(&app, &user, "tablet", vec![opening(20)]),
+        );
+        assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
+        let mut outcomes = [statuses(&phone).remove(0), statuses(&tablet).remove(0)];
+        outcomes.sort();
+        assert_eq!(
+            outcomes,
+            ["conflict", "created"],
+            "round {round}: {phone} {tablet}"
+        );
+        assert_eq!(stored_for(&app, &user, true).await, 1, "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_batch_sent_twice_at_the_same_moment_is_stored_once() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(SITE.0, SITE.1).await;
+    for round in 0..10 {
+        let user = app.quick_user("focal", None, facility).await;
+        let records: Vec<Value> = (0..20)
+            .map(|i| shift(Uuid::new_v4(), facility, i + 1, 6, 1))
+            .collect();
+        let ((s1, first), (s2, second)) = tokio::join!(
+            push(&app, &user, records.clone()),
+            push(&app, &user, records.clone()),
+        );
+        assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
+        for (a, b) in statuses(&first).into_iter().zip(statuses(&second)) {
+            let mut pair = [a, b];
+            pair.sort();
+            assert_eq!(
+                pair,
+                ["created", "duplicate"],
+                "round {round}: {first} {second}"
+            );
+        }
+        assert_eq!(stored_for(&app, &user, false).await, 20, "round {round}");
+    }
 }
 
 #[tokio::test]

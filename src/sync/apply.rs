@@ -1,0 +1,256 @@
+//! Writing a decided push: a fixed number of set-based statements, whatever the batch size.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::audit::Activity;
+use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
+use crate::sync::push::{Plan, Write};
+
+/// Column arrays of a set of writes, for UNNEST.
+struct Columns {
+    id: Vec<Uuid>,
+    facility_id: Vec<Uuid>,
+    status: Vec<&'static str>,
+    clock_in_at: Vec<DateTime<Utc>>,
+    clock_out_at: Vec<Option<DateTime<Utc>>>,
+    in_lat: Vec<f64>,
+    in_lng: Vec<f64>,
+    in_acc: Vec<Option<f64>>,
+    out_lat: Vec<Option<f64>>,
+    out_lng: Vec<Option<f64>>,
+    out_acc: Vec<Option<f64>>,
+    distance: Vec<f64>,
+    out_distance: Vec<Option<f64>>,
+    outside: Vec<bool>,
+    client_ts: Vec<Option<DateTime<Utc>>>,
+    version: Vec<i32>,
+    notes: Vec<Option<String>>,
+}
+
+impl Columns {
+    fn of<'w>(writes: impl Iterator<Item = &'w Write>) -> Self {
+        let mut c = Columns {
+            id: vec![],
+            facility_id: vec![],
+            status: vec![],
+            clock_in_at: vec![],
+            clock_out_at: vec![],
+            in_lat: vec![],
+            in_lng: vec![],
+            in_acc: vec![],
+            out_lat: vec![],
+            out_lng: vec![],
+            out_acc: vec![],
+            distance: vec![],
+            out_distance: vec![],
+            outside: vec![],
+            client_ts: vec![],
+            version: vec![],
+            notes: vec![],
+        };
+        for w in writes {
+            c.id.push(w.id);
+            c.facility_id.push(w.content.facility_id);
+            c.status.push(w.status);
+            c.clock_in_at.push(w.content.clock_in_at);
+            c.clock_out_at.push(w.content.clock_out_at);
+            c.in_lat.push(w.content.clock_in.latitude);
+            c.in_lng.push(w.content.clock_in.longitude);
+            c.in_acc.push(w.content.clock_in.accuracy_m);
+            c.out_lat
+                .push(w.content.clock_out.as_ref().map(|l| l.latitude));
+            c.out_lng
+                .push(w.content.clock_out.as_ref().map(|l| l.longitude));
+            c.out_acc
+                .push(w.content.clock_out.as_ref().and_then(|l| l.accuracy_m));
+            c.distance.push(w.distance_m);
+            c.out_distance.push(w.out_distance_m);
+            c.outside.push(w.outside);
+            c.client_ts.push(w.client_timestamp);
+            c.version.push(w.version);
+            c.notes.push(w.content.notes.clone());
+        }
+        c
+    }
+
+    fn bind<'q>(
+        self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, AttendanceRow, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, AttendanceRow, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.id)
+            .bind(self.facility_id)
+            .bind(self.status)
+            .bind(self.clock_in_at)
+            .bind(self.clock_out_at)
+            .bind(self.in_lat)
+            .bind(self.in_lng)
+            .bind(self.in_acc)
+            .bind(self.out_lat)
+            .bind(self.out_lng)
+            .bind(self.out_acc)
+            .bind(self.distance)
+            .bind(self.out_distance)
+            .bind(self.outside)
+            .bind(self.client_ts)
+            .bind(self.version)
+            .bind(self.notes)
+    }
+}
+
+const UNNEST: &str =
+    "UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+    $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::float8[],
+    $12::float8[], $13::float8[], $14::bool[], $15::timestamptz[], $16::int4[], $17::text[])
+    AS w (id, facility_id, status, clock_in_at, clock_out_at, in_lat, in_lng, in_acc, out_lat,
+          out_lng, out_acc, distance, out_distance, outside, client_ts, version, notes)";
+
+const INSERT: &str = "INSERT INTO attendance AS a (id, user_id, facility_id, status, clock_in_at,
+        clock_out_at, clock_in_latitude, clock_in_longitude, clock_in_accuracy_m, clock_out_latitude,
+        clock_out_longitude, clock_out_accuracy_m, distance_m, clock_out_distance_m,
+        outside_geofence, client_timestamp, sync_version, notes, source, device_id)
+    SELECT w.id, $19, w.facility_id, w.status, w.clock_in_at, w.clock_out_at, w.in_lat, w.in_lng,
+        w.in_acc, w.out_lat, w.out_lng, w.out_acc, w.distance, w.out_distance, w.outside,
+        w.client_ts, w.version, w.notes, 'sync', $18";
+
+/// Writes a push that only creates records, and its audit row, in one statement: the statement
+/// is its own transaction, so the batch costs one round trip. Nothing is locked; a push of the
+/// same user that raced this one (the same ids, the same device timestamps, a second open shift)
+/// meets a unique constraint and the whole statement fails, for the caller to decide again
+/// under the user's lock.
+pub(crate) async fn insert_created(
+    conn: &mut PgConnection,
+    inserts: &[Write],
+    user_id: Uuid,
+    device_id: &str,
+    activity: Activity,
+) -> Result<HashMap<Uuid, AttendanceRecord>, sqlx::Error> {
+    let sql = format!(
+        "WITH a AS ({INSERT} FROM {UNNEST} RETURNING *), {}
+         SELECT {} FROM a",
+        Activity::cte(20),
+        records::COLUMNS
+    );
+    let query = Columns::of(inserts.iter())
+        .bind(sqlx::query_as(&sql))
+        .bind(device_id)
+        .bind(user_id);
+    let rows: Vec<AttendanceRow> = activity.bind(query).fetch_all(conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.id, AttendanceRecord::from(r)))
+        .collect())
+}
+
+/// Applies a plan inside the caller's transaction, which holds the user's lock.
+pub(crate) async fn apply_plan(
+    tx: &mut PgConnection,
+    plan: &Plan,
+    user_id: Uuid,
+    device_id: &str,
+) -> Result<HashMap<Uuid, AttendanceRecord>, sqlx::Error> {
+    let mut written = HashMap::new();
+    if !plan.closes.is_empty() {
+        // These rows were read FOR UPDATE as the open shift, so they are still open. (No
+        // `status = 'open'` here: it would let the planner pick the one-open-shift index, whose
+        // size it misjudges while statistics predate the day's clock-ins.)
+        sqlx::query(
+            "UPDATE attendance SET status = 'incomplete', sync_version = sync_version + 1
+             WHERE id = ANY($1)",
+        )
+        .bind(&plan.closes)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !plan.deletes.is_empty() {
+        let (ids, versions): (Vec<Uuid>, Vec<i32>) = plan.deletes.iter().copied().unzip();
+        let sql = format!(
+            "UPDATE attendance a SET deleted_at = now(), sync_version = d.version, server_timestamp = now(),
+                    device_id = $3
+             FROM UNNEST($1::uuid[], $2::int4[]) AS d (id, version)
+             WHERE a.id = d.id RETURNING {}",
+            records::COLUMNS
+        );
+        let rows: Vec<AttendanceRow> = sqlx::query_as(&sql)
+            .bind(ids)
+            .bind(versions)
+            .bind(device_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        written.extend(rows.into_iter().map(|r| (r.id, AttendanceRecord::from(r))));
+    }
+    // Updates that leave a record not open go first, so that the one-open-shift index never
+    // sees two open rows in between.
+    let (closing, opening): (Vec<&Write>, Vec<&Write>) =
+        plan.updates.iter().partition(|w| w.status != "open");
+    for group in [closing, opening] {
+        if group.is_empty() {
+            continue;
+        }
+        let sql = format!(
+            "UPDATE attendance a SET facility_id = w.facility_id, status = w.status,
+                    clock_in_at = w.clock_in_at, clock_out_at = w.clock_out_at,
+                    clock_in_latitude = w.in_lat, clock_in_longitude = w.in_lng, clock_in_accuracy_m = w.in_acc,
+                    clock_out_latitude = w.out_lat, clock_out_longitude = w.out_lng, clock_out_accuracy_m = w.out_acc,
+                    distance_m = w.distance, clock_out_distance_m = w.out_distance, outside_geofence = w.outside,
+                    client_timestamp = w.client_ts, sync_version = w.version, notes = w.notes,
+                    source = 'sync', device_id = $18, server_timestamp = now(), deleted_at = NULL
+             FROM {UNNEST}
+             WHERE a.id = w.id RETURNING {}",
+            records::COLUMNS
+        );
+        let rows: Vec<AttendanceRow> = Columns::of(group.into_iter())
+            .bind(sqlx::query_as(&sql))
+            .bind(device_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        written.extend(rows.into_iter().map(|r| (r.id, AttendanceRecord::from(r))));
+    }
+    if !plan.inserts.is_empty() {
+        let sql = format!(
+            "{INSERT} FROM {UNNEST}
+             RETURNING {}",
+            records::COLUMNS
+        );
+        let rows: Vec<AttendanceRow> = Columns::of(plan.inserts.iter())
+            .bind(sqlx::query_as(&sql))
+            .bind(device_id)
+            .bind(user_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        written.extend(rows.into_iter().map(|r| (r.id, AttendanceRecord::from(r))));
+    }
+    if !plan.conflicts.is_empty() {
+        let mut record_ids = vec![];
+        let mut client_versions = vec![];
+        let mut server_versions = vec![];
+        let mut client_data = vec![];
+        let mut server_data = vec![];
+        for (id, cv, sv, c, s) in &plan.conflicts {
+            record_ids.push(*id);
+            client_versions.push(*cv);
+            server_versions.push(*sv);
+            client_data.push(c.clone());
+            server_data.push(s.clone());
+        }
+        sqlx::query(
+            "INSERT INTO sync_conflicts (record_id, user_id, device_id, client_version, server_version, client_data, server_data)
+             SELECT c.id, $6, $7, c.cv, c.sv, c.cd, c.sd
+             FROM UNNEST($1::uuid[], $2::int4[], $3::int4[], $4::jsonb[], $5::jsonb[]) AS c (id, cv, sv, cd, sd)",
+        )
+        .bind(record_ids)
+        .bind(client_versions)
+        .bind(server_versions)
+        .bind(client_data)
+        .bind(server_data)
+        .bind(user_id)
+        .bind(device_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(written)
+}
