@@ -59,15 +59,6 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(&mut de).map_err(json_error)
 }
 
-/// Like [`parse_json`], for JSON already parsed (one record of a batch), without writing it
-/// back to text first.
-pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
-    if value.is_array() {
-        return Err(ApiError::invalid("body", "must be a JSON object"));
-    }
-    serde_path_to_error::deserialize(value).map_err(json_error)
-}
-
 /// A 422 naming the offending field for data that does not fit, a 400 for malformed JSON.
 fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let path = err.path().to_string();

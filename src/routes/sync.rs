@@ -149,7 +149,7 @@ async fn run_push(
     let mut invalid = Invalid::default();
     let device_id = required_text(&req.device_id, "device_id", 128, &mut invalid);
     let max = state.config.sync_max_batch;
-    if req.records.iter().any(|r| !r.is_object()) {
+    if req.records.iter().any(|r| !r.get().starts_with('{')) {
         invalid.add("records", "each record must be a JSON object");
     }
     if req.records.len() > max {
@@ -166,7 +166,7 @@ async fn run_push(
         user,
         client,
     };
-    Ok(Json(push::push(ctx, &device_id, req.records).await?))
+    Ok(Json(push::push(ctx, &device_id, &req.records).await?))
 }
 
 /// Pushes a batch of offline changes. Idempotent: a batch sent again changes nothing and

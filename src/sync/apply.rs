@@ -77,10 +77,10 @@ impl Columns {
         c
     }
 
-    fn bind<'q>(
+    fn bind<'q, O>(
         self,
-        query: sqlx::query::QueryAs<'q, sqlx::Postgres, AttendanceRow, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, AttendanceRow, sqlx::postgres::PgArguments> {
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
         query
             .bind(self.id)
             .bind(self.facility_id)
@@ -109,40 +109,45 @@ const UNNEST: &str =
     AS w (id, facility_id, status, clock_in_at, clock_out_at, in_lat, in_lng, in_acc, out_lat,
           out_lng, out_acc, distance, out_distance, outside, client_ts, version, notes)";
 
-const INSERT: &str = "INSERT INTO attendance AS a (id, user_id, facility_id, status, clock_in_at,
-        clock_out_at, clock_in_latitude, clock_in_longitude, clock_in_accuracy_m, clock_out_latitude,
-        clock_out_longitude, clock_out_accuracy_m, distance_m, clock_out_distance_m,
-        outside_geofence, client_timestamp, sync_version, notes, source, device_id)
-    SELECT w.id, $19, w.facility_id, w.status, w.clock_in_at, w.clock_out_at, w.in_lat, w.in_lng,
-        w.in_acc, w.out_lat, w.out_lng, w.out_acc, w.distance, w.out_distance, w.outside,
-        w.client_ts, w.version, w.notes, 'sync', $18";
+const INSERT_COLUMNS: &str = "id, user_id, facility_id, status, clock_in_at, clock_out_at,
+    clock_in_latitude, clock_in_longitude, clock_in_accuracy_m, clock_out_latitude,
+    clock_out_longitude, clock_out_accuracy_m, distance_m, clock_out_distance_m, outside_geofence,
+    client_timestamp, sync_version, notes, source, device_id";
+const INSERT_VALUES: &str = "w.id, $19, w.facility_id, w.status, w.clock_in_at, w.clock_out_at,
+    w.in_lat, w.in_lng, w.in_acc, w.out_lat, w.out_lng, w.out_acc, w.distance, w.out_distance,
+    w.outside, w.client_ts, w.version, w.notes, 'sync', $18";
 
 /// Writes a push that only creates records, and its audit row, in one statement: the statement
 /// is its own transaction, so the batch costs one round trip. Nothing is locked; a push of the
 /// same user that raced this one (the same ids, the same device timestamps, a second open shift)
 /// meets a unique constraint and the whole statement fails, for the caller to decide again
-/// under the user's lock.
+/// under the user's lock. The rows are stamped `at` (to the microsecond), so the records are
+/// known without reading them back.
 pub(crate) async fn insert_created(
     conn: &mut PgConnection,
     inserts: &[Write],
     user_id: Uuid,
     device_id: &str,
+    at: DateTime<Utc>,
     activity: Activity,
 ) -> Result<HashMap<Uuid, AttendanceRecord>, sqlx::Error> {
     let sql = format!(
-        "WITH a AS ({INSERT} FROM {UNNEST} RETURNING *), {}
-         SELECT {} FROM a",
-        Activity::cte(20),
-        records::COLUMNS
+        "WITH a AS (
+             INSERT INTO attendance ({INSERT_COLUMNS}, server_timestamp, created_at, updated_at)
+             SELECT {INSERT_VALUES}, $20, $20, $20 FROM {UNNEST}
+         ), {}
+         SELECT 1",
+        Activity::cte(21),
     );
     let query = Columns::of(inserts.iter())
-        .bind(sqlx::query_as(&sql))
+        .bind(sqlx::query_as::<_, (i32,)>(&sql))
         .bind(device_id)
-        .bind(user_id);
-    let rows: Vec<AttendanceRow> = activity.bind(query).fetch_all(conn).await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.id, AttendanceRecord::from(r)))
+        .bind(user_id)
+        .bind(at);
+    activity.bind(query).fetch_one(conn).await?;
+    Ok(inserts
+        .iter()
+        .map(|w| (w.id, w.row(user_id, device_id, at).into()))
         .collect())
 }
 
@@ -212,7 +217,7 @@ pub(crate) async fn apply_plan(
     }
     if !plan.inserts.is_empty() {
         let sql = format!(
-            "{INSERT} FROM {UNNEST}
+            "INSERT INTO attendance AS a ({INSERT_COLUMNS}) SELECT {INSERT_VALUES} FROM {UNNEST}
              RETURNING {}",
             records::COLUMNS
         );

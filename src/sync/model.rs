@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, FixedOffset, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -86,8 +87,9 @@ pub struct PushRequest {
     /// At most 500 records (configurable), each shaped as `PushRecord`. Each is checked on its
     /// own: a malformed record (unknown fields included) gets a `rejected` result and the others
     /// still apply, so the body accepts any objects here.
+    // Kept as text until then, so that each record is parsed once, straight into its fields.
     #[schema(value_type = Vec<Object>)]
-    pub records: Vec<serde_json::Value>,
+    pub records: Vec<Box<RawValue>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]

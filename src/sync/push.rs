@@ -3,7 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -80,6 +81,39 @@ pub(crate) struct Write {
     pub outside: bool,
     pub client_timestamp: Option<DateTime<Utc>>,
     pub version: i32,
+}
+
+impl Write {
+    /// The row as a write by `user_id` from `device_id` at `at` stores it.
+    pub(crate) fn row(&self, user_id: Uuid, device_id: &str, at: DateTime<Utc>) -> AttendanceRow {
+        let c = &self.content;
+        AttendanceRow {
+            id: self.id,
+            user_id,
+            facility_id: c.facility_id,
+            status: self.status.into(),
+            clock_in_at: c.clock_in_at,
+            clock_out_at: c.clock_out_at,
+            clock_in_latitude: c.clock_in.latitude,
+            clock_in_longitude: c.clock_in.longitude,
+            clock_in_accuracy_m: c.clock_in.accuracy_m,
+            clock_out_latitude: c.clock_out.as_ref().map(|l| l.latitude),
+            clock_out_longitude: c.clock_out.as_ref().map(|l| l.longitude),
+            clock_out_accuracy_m: c.clock_out.as_ref().and_then(|l| l.accuracy_m),
+            distance_m: Some(self.distance_m),
+            outside_geofence: self.outside,
+            source: "sync".into(),
+            device_id: Some(device_id.into()),
+            client_timestamp: self.client_timestamp,
+            server_timestamp: at,
+            sync_version: self.version,
+            notes: c.notes.clone(),
+            deleted_at: None,
+            created_at: at,
+            updated_at: at,
+            total: None,
+        }
+    }
 }
 
 /// What to do with each record, gathered before anything is written.
@@ -188,9 +222,10 @@ pub struct PushContext<'a> {
 pub async fn push(
     ctx: PushContext<'_>,
     device_id: &str,
-    raw: Vec<Value>,
+    raw: &[Box<RawValue>],
 ) -> Result<PushResponse, ApiError> {
-    let now = Utc::now();
+    // To the microsecond, as Postgres keeps it: the answer shows what is stored.
+    let now = Utc::now().trunc_subsecs(6);
     let rules = TimeRules {
         future_tolerance: ctx.config.attendance.future_tolerance,
         max_age: ctx.config.attendance.max_age,
@@ -203,11 +238,13 @@ pub async fn push(
         let mut conn = ctx.db.acquire().await?;
         let seen = Seen::read(&mut conn, &ctx, device_id, &batch, false).await?;
         if !seen.has_forgotten(cutoff) {
-            let (plan, outcomes) = decide_all(&batch, &seen, user_id, now, ctx.config);
+            let (plan, outcomes) = decide_all(&batch, &seen, user_id, device_id, now, ctx.config);
             if plan.creates_only() {
                 let counts = count(&outcomes);
                 let activity = activity(&ctx, device_id, &counts);
-                match insert_created(&mut conn, &plan.inserts, user_id, device_id, activity).await {
+                match insert_created(&mut conn, &plan.inserts, user_id, device_id, now, activity)
+                    .await
+                {
                     Ok(written) => return Ok(answer(now, outcomes, written, &counts)),
                     Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                         tracing::debug!(constraint = ?e.constraint(), "a concurrent push won; deciding again under the lock");
@@ -226,7 +263,7 @@ pub async fn push(
         records::close_forgotten(&mut *tx, Some(user_id), cutoff).await?;
         seen = Seen::read(&mut tx, &ctx, device_id, &batch, true).await?;
     }
-    let (plan, outcomes) = decide_all(&batch, &seen, user_id, now, ctx.config);
+    let (plan, outcomes) = decide_all(&batch, &seen, user_id, device_id, now, ctx.config);
     let written = apply_plan(&mut tx, &plan, user_id, device_id).await?;
     let counts = count(&outcomes);
     activity(&ctx, device_id, &counts).record(&mut *tx).await?;
@@ -237,27 +274,44 @@ pub async fn push(
 /// A pushed record read and checked on its own (with its content for an upsert), or its result.
 type Parsed = Result<(PushRecord, Option<Content>), Outcome>;
 
+/// A record's client timestamp as Postgres keeps it (to the microsecond), so that it matches
+/// the stored one it may repeat.
+fn stamp_of(record: &PushRecord) -> DateTime<Utc> {
+    record.client_timestamp.with_timezone(&Utc).trunc_subsecs(6)
+}
+
+/// The id of a record that did not parse, when it has a readable one, for its result.
+fn readable_id(text: &RawValue) -> Option<Uuid> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<Value>,
+    }
+    let id = serde_json::from_str::<IdOnly>(text.get()).ok()?.id?;
+    id.as_str()?.parse().ok()
+}
+
 /// Reads and checks each record on its own: the checks that need no database.
-fn parse(raw: Vec<Value>, rules: &TimeRules, now: DateTime<Utc>) -> Vec<Parsed> {
+fn parse(raw: &[Box<RawValue>], rules: &TimeRules, now: DateTime<Utc>) -> Vec<Parsed> {
     let mut parsed: Vec<Parsed> = Vec::with_capacity(raw.len());
     let mut seen_ids = HashSet::new();
-    for value in raw {
-        let id = value
-            .get("id")
-            .and_then(|v| v.as_str())
-            .and_then(|s| s.parse().ok());
-        let record: PushRecord = match crate::extract::from_value(value) {
+    for text in raw {
+        let record: PushRecord = match crate::extract::parse_json(text.get().as_bytes()) {
             Ok(r) => r,
             Err(ApiError::Validation(details)) => {
                 let reasons: Vec<String> = details
                     .iter()
                     .map(|(f, r)| format!("{f}: {}", r.join(", ")))
                     .collect();
+                let id = readable_id(text);
                 parsed.push(Err(reject(id, "validation_failed", reasons.join("; "))));
                 continue;
             }
             Err(e) => {
-                parsed.push(Err(reject(id, "validation_failed", e.to_string())));
+                parsed.push(Err(reject(
+                    readable_id(text),
+                    "validation_failed",
+                    e.to_string(),
+                )));
                 continue;
             }
         };
@@ -321,9 +375,7 @@ impl Seen {
     ) -> Result<Self, sqlx::Error> {
         let accepted = || batch.iter().filter_map(|p| p.as_ref().ok());
         let ids: Vec<Uuid> = accepted().map(|(r, _)| r.id).collect();
-        let stamps: Vec<DateTime<Utc>> = accepted()
-            .map(|(r, _)| r.client_timestamp.with_timezone(&Utc))
-            .collect();
+        let stamps: Vec<DateTime<Utc>> = accepted().map(|(r, _)| stamp_of(r)).collect();
         let touched = Touched::read(conn, ctx.user.id, device_id, &ids, &stamps, lock).await?;
         let facility_ids: Vec<Uuid> = accepted()
             .filter_map(|(_, c)| c.as_ref().map(|c| c.facility_id))
@@ -366,6 +418,7 @@ fn decide_all(
     batch: &[Parsed],
     seen: &Seen,
     user_id: Uuid,
+    device_id: &str,
     now: DateTime<Utc>,
     config: &Config,
 ) -> (Plan, Vec<Outcome>) {
@@ -391,7 +444,7 @@ fn decide_all(
             }
         };
         let id = record.id;
-        let stamp = record.client_timestamp.with_timezone(&Utc);
+        let stamp = stamp_of(record);
         let strategy = record.conflict_strategy.unwrap_or_default();
         let existing = by_id.get(&id);
         if existing.is_some_and(|row| row.user_id != user_id) {
@@ -478,7 +531,8 @@ fn decide_all(
                 }
             }
             if opens {
-                *open = Some(synthetic_open(&w, user_id));
+                // A stand-in, so that later records of the batch see it as the open shift.
+                *open = Some(w.row(user_id, device_id, now));
             } else if open.as_ref().is_some_and(|o| o.id == w.id) {
                 *open = None;
             }
@@ -669,36 +723,6 @@ fn queue(
             client,
             json!(AttendanceRecord::from(server.clone())),
         ));
-    }
-}
-
-/// A stand-in for a record that the batch opens, so later records see it as the open shift.
-fn synthetic_open(w: &Write, user_id: Uuid) -> AttendanceRow {
-    AttendanceRow {
-        id: w.id,
-        user_id,
-        facility_id: w.content.facility_id,
-        status: "open".into(),
-        clock_in_at: w.content.clock_in_at,
-        clock_out_at: None,
-        clock_in_latitude: w.content.clock_in.latitude,
-        clock_in_longitude: w.content.clock_in.longitude,
-        clock_in_accuracy_m: w.content.clock_in.accuracy_m,
-        clock_out_latitude: None,
-        clock_out_longitude: None,
-        clock_out_accuracy_m: None,
-        distance_m: Some(w.distance_m),
-        outside_geofence: w.outside,
-        source: "sync".into(),
-        device_id: None,
-        client_timestamp: w.client_timestamp,
-        server_timestamp: Utc::now(),
-        sync_version: w.version,
-        notes: w.content.notes.clone(),
-        deleted_at: None,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-        total: None,
     }
 }
 

@@ -97,6 +97,33 @@ async fn a_batch_replayed_three_times_is_stored_once() {
 }
 
 #[tokio::test]
+async fn a_created_record_is_answered_exactly_as_it_is_stored() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let mut open = shift(Uuid::new_v4(), facility, 0, 0, 1);
+    let at = (Utc::now() - Duration::minutes(30)).to_rfc3339();
+    open["client_timestamp"] = json!(at);
+    open["data"]["clock_in_at"] = json!(at);
+    open["data"]["clock_out_at"] = Value::Null;
+    open["data"]["clock_out_location"] = Value::Null;
+    let records = vec![shift(Uuid::new_v4(), facility, 3, 7, 1), open];
+    let (status, body) = push(&app, &user, records.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for (k, record) in records.iter().enumerate() {
+        let id = record["id"].as_str().unwrap();
+        let (status, stored) = send(
+            app.get(&format!("/api/attendance/{id}"))
+                .bearer_auth(&user.token),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["results"][k]["record"], stored, "record {k}");
+    }
+    assert_eq!(body["results"][1]["record"]["status"], "open");
+    assert_eq!(body["results"][0]["record"]["device_id"], "device-A");
+}
+
+#[tokio::test]
 async fn the_same_device_and_client_timestamp_under_a_new_id_is_a_duplicate() {
     let app = TestApp::spawn().await;
     let (user, facility) = setup(&app).await;
@@ -126,6 +153,23 @@ async fn two_users_of_one_shared_device_never_duplicate_each_other() {
     assert_eq!(statuses(&body), vec!["created"], "{body}");
     assert_eq!(body["results"][0]["record"]["user_id"], json!(second.id));
     assert_eq!(count(&app).await, 2);
+}
+
+#[tokio::test]
+async fn a_repeat_is_recognised_when_its_client_timestamp_is_finer_than_a_microsecond() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let mut original = shift(Uuid::new_v4(), facility, 2, 6, 1);
+    original["client_timestamp"] = json!("2026-01-01T08:00:00.123456789+02:00");
+    let (_, body) = push(&app, &user, vec![original.clone()]).await;
+    assert_eq!(statuses(&body), vec!["created"], "{body}");
+    let mut regenerated = original.clone();
+    regenerated["id"] = json!(Uuid::new_v4());
+    let (status, body) = push(&app, &user, vec![regenerated]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(statuses(&body), vec!["duplicate"]);
+    assert_eq!(body["results"][0]["record"]["id"], original["id"]);
+    assert_eq!(count(&app).await, 1);
 }
 
 #[tokio::test]
@@ -196,6 +240,7 @@ async fn malformed_records_and_broken_rules_are_rejected_one_by_one() {
         with(&["data", "surprise"], json!(true)),
         with(&["sync_version"], json!(0)),
     ];
+    let unknown_field_id = records[7]["id"].clone();
     let (_, body) = push(&app, &user, records).await;
     assert_eq!(
         statuses(&body),
@@ -206,6 +251,9 @@ async fn malformed_records_and_broken_rules_are_rejected_one_by_one() {
     );
     assert!(body["results"][1]["id"].is_null());
     assert_eq!(body["results"][2]["error"]["code"], "unsupported_kind");
+    // A record that does not parse still answers under its id when the id is readable.
+    assert_eq!(body["results"][7]["id"], unknown_field_id);
+    assert_eq!(body["results"][7]["error"]["code"], "validation_failed");
     assert_eq!(count(&app).await, 1);
 }
 
