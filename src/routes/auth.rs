@@ -337,10 +337,11 @@ async fn login(
             retry_after_s: locked_for.ceil().max(1.0) as u64,
         });
     }
+    let password = SecretString::from(req.password);
     let verified = state
         .hasher
         .verify(
-            SecretString::from(req.password),
+            password.clone(),
             row.as_ref().map(|r| r.password_hash.clone()),
         )
         .await?;
@@ -365,12 +366,21 @@ async fn login(
         }
     }
 
+    // A hash made with older parameters is made again now that the password is known (once per
+    // account); it is not a password change, so sessions stay.
+    let upgraded = if crate::auth::password::is_current(&user.password_hash) {
+        None
+    } else {
+        Some(state.hasher.hash(password).await?)
+    };
     let mut tx = state.db.begin().await?;
     sqlx::query(
-        "UPDATE users SET failed_login_count = 0, locked_until = NULL, last_login_at = now()
+        "UPDATE users SET failed_login_count = 0, locked_until = NULL, last_login_at = now(),
+                password_hash = coalesce($2, password_hash)
          WHERE id = $1",
     )
     .bind(user.id)
+    .bind(upgraded)
     .execute(&mut *tx)
     .await?;
     let refresh_token = refresh::issue(

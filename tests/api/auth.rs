@@ -261,6 +261,52 @@ async fn a_success_resets_the_failure_count() {
     );
 }
 
+#[tokio::test]
+async fn a_password_hashed_with_older_parameters_is_rehashed_at_login_and_sessions_stay() {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    let older = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon2::Params::new(19 * 1024, 2, 1, None).unwrap(),
+    )
+    .hash_password(PASSWORD.as_bytes(), &SaltString::generate(&mut OsRng))
+    .unwrap()
+    .to_string();
+    sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+        .bind(&older)
+        .bind(user.id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let stored = || async {
+        sqlx::query_scalar::<_, String>("SELECT password_hash FROM users WHERE id = $1")
+            .bind(user.id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+
+    // A wrong password changes nothing.
+    assert_eq!(
+        app.login(&user.email, "not-the-password").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(stored().await, older);
+    assert_eq!(app.login(&user.email, PASSWORD).await.0, StatusCode::OK);
+    let upgraded = stored().await;
+    assert!(
+        upgraded.starts_with("$argon2id$v=19$m=7168,t=5,p=1$"),
+        "{upgraded}"
+    );
+    assert_eq!(app.login(&user.email, PASSWORD).await.0, StatusCode::OK);
+    assert_eq!(stored().await, upgraded, "hashed again only once");
+    // Not a password change: the token from before still works.
+    let (status, _) = send(app.get("/api/users/me").bearer_auth(&user.token)).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 fn claims_for(user_id: uuid::Uuid, role: &str) -> Value {
     let now = chrono::Utc::now().timestamp();
     json!({
