@@ -33,6 +33,17 @@ fn shift(id: Uuid, facility: Uuid, days_ago: i64, hour: u32, version: i32) -> Va
     })
 }
 
+/// A shift opened `minutes_ago` and not closed yet.
+fn open_shift(facility: Uuid, minutes_ago: i64) -> Value {
+    let mut open = shift(Uuid::new_v4(), facility, 0, 0, 1);
+    let at = (Utc::now() - Duration::minutes(minutes_ago)).to_rfc3339();
+    open["client_timestamp"] = json!(at);
+    open["data"]["clock_in_at"] = json!(at);
+    open["data"]["clock_out_at"] = Value::Null;
+    open["data"]["clock_out_location"] = Value::Null;
+    open
+}
+
 async fn push(app: &TestApp, user: &TestUser, records: Vec<Value>) -> (StatusCode, Value) {
     send(
         app.post("/api/sync/push")
@@ -100,13 +111,10 @@ async fn a_batch_replayed_three_times_is_stored_once() {
 async fn a_created_record_is_answered_exactly_as_it_is_stored() {
     let app = TestApp::spawn().await;
     let (user, facility) = setup(&app).await;
-    let mut open = shift(Uuid::new_v4(), facility, 0, 0, 1);
-    let at = (Utc::now() - Duration::minutes(30)).to_rfc3339();
-    open["client_timestamp"] = json!(at);
-    open["data"]["clock_in_at"] = json!(at);
-    open["data"]["clock_out_at"] = Value::Null;
-    open["data"]["clock_out_location"] = Value::Null;
-    let records = vec![shift(Uuid::new_v4(), facility, 3, 7, 1), open];
+    let records = vec![
+        shift(Uuid::new_v4(), facility, 3, 7, 1),
+        open_shift(facility, 30),
+    ];
     let (status, body) = push(&app, &user, records.clone()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     for (k, record) in records.iter().enumerate() {
@@ -497,11 +505,7 @@ async fn an_open_record_while_another_is_open_is_a_conflict() {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED);
-    let mut open = shift(Uuid::new_v4(), facility, 0, 0, 1);
-    open["data"]["clock_in_at"] = json!((Utc::now() - Duration::minutes(30)).to_rfc3339());
-    open["data"]["clock_out_at"] = Value::Null;
-    open["data"]["clock_out_location"] = Value::Null;
-    let (_, body) = push(&app, &user, vec![open]).await;
+    let (_, body) = push(&app, &user, vec![open_shift(facility, 30)]).await;
     assert_eq!(statuses(&body), vec!["conflict"]);
     assert_eq!(body["results"][0]["record"]["id"], online["id"]);
     assert_eq!(count(&app).await, 1);
@@ -536,21 +540,12 @@ async fn stored_for(app: &TestApp, user: &TestUser, open_only: bool) -> i64 {
 async fn two_devices_opening_a_shift_at_the_same_moment_leave_one_open_and_a_conflict() {
     let app = TestApp::spawn().await;
     let facility = app.facility_at(SITE.0, SITE.1).await;
-    let opening = |minutes_ago: i64| {
-        let mut open = shift(Uuid::new_v4(), facility, 0, 0, 1);
-        let at = (Utc::now() - Duration::minutes(minutes_ago)).to_rfc3339();
-        open["client_timestamp"] = json!(at);
-        open["data"]["clock_in_at"] = json!(at);
-        open["data"]["clock_out_at"] = Value::Null;
-        open["data"]["clock_out_location"] = Value::Null;
-        open
-    };
     // Repeated, so that the two pushes overlap in every way the scheduler allows.
     for round in 0..10 {
         let user = app.quick_user("focal", None, facility).await;
         let ((s1, phone), (s2, tablet)) = tokio::join!(
-            push_from(&app, &user, "phone", vec![opening(30)]),
-            push_from(&app, &user, "tablet", vec![opening(20)]),
+            push_from(&app, &user, "phone", vec![open_shift(facility, 30)]),
+            push_from(&app, &user, "tablet", vec![open_shift(facility, 20)]),
         );
         assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
         let mut outcomes = [statuses(&phone).remove(0), statuses(&tablet).remove(0)];
