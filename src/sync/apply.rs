@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{Executor, PgConnection};
 use uuid::Uuid;
 
 use crate::audit::Activity;
@@ -109,20 +109,49 @@ const UNNEST: &str =
     AS w (id, facility_id, status, clock_in_at, clock_out_at, in_lat, in_lng, in_acc, out_lat,
           out_lng, out_acc, distance, out_distance, outside, client_ts, version, notes)";
 
-const INSERT_COLUMNS: &str = "id, user_id, facility_id, status, clock_in_at, clock_out_at,
-    clock_in_latitude, clock_in_longitude, clock_in_accuracy_m, clock_out_latitude,
-    clock_out_longitude, clock_out_accuracy_m, distance_m, clock_out_distance_m, outside_geofence,
-    client_timestamp, sync_version, notes, source, device_id";
-const INSERT_VALUES: &str = "w.id, $19, w.facility_id, w.status, w.clock_in_at, w.clock_out_at,
-    w.in_lat, w.in_lng, w.in_acc, w.out_lat, w.out_lng, w.out_acc, w.distance, w.out_distance,
-    w.outside, w.client_ts, w.version, w.notes, 'sync', $18";
+/// Inserts the writes bound by `Columns` ($1..$17) for device $18, user $19, stamped $20 (to the
+/// microsecond): the stored rows are known without reading them back (`Write::row`).
+const INSERT: &str = "INSERT INTO attendance (id, user_id, facility_id, status, clock_in_at,
+        clock_out_at, clock_in_latitude, clock_in_longitude, clock_in_accuracy_m, clock_out_latitude,
+        clock_out_longitude, clock_out_accuracy_m, distance_m, clock_out_distance_m,
+        outside_geofence, client_timestamp, sync_version, notes, source, device_id,
+        server_timestamp, created_at, updated_at)
+    SELECT w.id, $19, w.facility_id, w.status, w.clock_in_at, w.clock_out_at, w.in_lat, w.in_lng,
+        w.in_acc, w.out_lat, w.out_lng, w.out_acc, w.distance, w.out_distance, w.outside,
+        w.client_ts, w.version, w.notes, 'sync', $18, $20, $20, $20";
+
+/// Binds `INSERT`'s parameters for `inserts`.
+fn bind_insert<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    inserts: &[Write],
+    user_id: Uuid,
+    device_id: &'q str,
+    at: DateTime<Utc>,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    Columns::of(inserts.iter())
+        .bind(query)
+        .bind(device_id)
+        .bind(user_id)
+        .bind(at)
+}
+
+/// The records `INSERT` stores for `inserts`, by id.
+fn stored<'w>(
+    inserts: &'w [Write],
+    user_id: Uuid,
+    device_id: &'w str,
+    at: DateTime<Utc>,
+) -> impl Iterator<Item = (Uuid, AttendanceRecord)> + 'w {
+    inserts
+        .iter()
+        .map(move |w| (w.id, w.row(user_id, device_id, at).into()))
+}
 
 /// Writes a push that only creates records, and its audit row, in one statement: the statement
 /// is its own transaction, so the batch costs one round trip. Nothing is locked; a push of the
 /// same user that raced this one (the same ids, the same device timestamps, a second open shift)
 /// meets a unique constraint and the whole statement fails, for the caller to decide again
-/// under the user's lock. The rows are stamped `at` (to the microsecond), so the records are
-/// known without reading them back.
+/// under the user's lock.
 pub(crate) async fn insert_created(
     conn: &mut PgConnection,
     inserts: &[Write],
@@ -132,31 +161,28 @@ pub(crate) async fn insert_created(
     activity: Activity,
 ) -> Result<HashMap<Uuid, AttendanceRecord>, sqlx::Error> {
     let sql = format!(
-        "WITH a AS (
-             INSERT INTO attendance ({INSERT_COLUMNS}, server_timestamp, created_at, updated_at)
-             SELECT {INSERT_VALUES}, $20, $20, $20 FROM {UNNEST}
-         ), {}
-         SELECT 1",
-        Activity::cte(21),
+        "WITH a AS ({INSERT} FROM {UNNEST}), {} SELECT 1",
+        Activity::cte(21)
     );
-    let query = Columns::of(inserts.iter())
-        .bind(sqlx::query_as::<_, (i32,)>(&sql))
-        .bind(device_id)
-        .bind(user_id)
-        .bind(at);
+    let query = bind_insert(
+        sqlx::query_as::<_, (i32,)>(&sql),
+        inserts,
+        user_id,
+        device_id,
+        at,
+    );
     activity.bind(query).fetch_one(conn).await?;
-    Ok(inserts
-        .iter()
-        .map(|w| (w.id, w.row(user_id, device_id, at).into()))
-        .collect())
+    Ok(stored(inserts, user_id, device_id, at).collect())
 }
 
-/// Applies a plan inside the caller's transaction, which holds the user's lock.
+/// Applies a plan inside the caller's transaction, which holds the user's lock; new records
+/// are stamped `at`.
 pub(crate) async fn apply_plan(
     tx: &mut PgConnection,
     plan: &Plan,
     user_id: Uuid,
     device_id: &str,
+    at: DateTime<Utc>,
 ) -> Result<HashMap<Uuid, AttendanceRecord>, sqlx::Error> {
     let mut written = HashMap::new();
     if !plan.closes.is_empty() {
@@ -216,18 +242,16 @@ pub(crate) async fn apply_plan(
         written.extend(rows.into_iter().map(|r| (r.id, AttendanceRecord::from(r))));
     }
     if !plan.inserts.is_empty() {
-        let sql = format!(
-            "INSERT INTO attendance AS a ({INSERT_COLUMNS}) SELECT {INSERT_VALUES} FROM {UNNEST}
-             RETURNING {}",
-            records::COLUMNS
+        let sql = format!("{INSERT} FROM {UNNEST}");
+        let query = bind_insert(
+            sqlx::query_as::<_, (i32,)>(&sql),
+            &plan.inserts,
+            user_id,
+            device_id,
+            at,
         );
-        let rows: Vec<AttendanceRow> = Columns::of(plan.inserts.iter())
-            .bind(sqlx::query_as(&sql))
-            .bind(device_id)
-            .bind(user_id)
-            .fetch_all(&mut *tx)
-            .await?;
-        written.extend(rows.into_iter().map(|r| (r.id, AttendanceRecord::from(r))));
+        tx.execute(query).await?;
+        written.extend(stored(&plan.inserts, user_id, device_id, at));
     }
     if !plan.conflicts.is_empty() {
         let mut record_ids = vec![];

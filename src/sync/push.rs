@@ -264,7 +264,7 @@ pub async fn push(
         seen = Seen::read(&mut tx, &ctx, device_id, &batch, true).await?;
     }
     let (plan, outcomes) = decide_all(&batch, &seen, user_id, device_id, now, ctx.config);
-    let written = apply_plan(&mut tx, &plan, user_id, device_id).await?;
+    let written = apply_plan(&mut tx, &plan, user_id, device_id, now).await?;
     let counts = count(&outcomes);
     activity(&ctx, device_id, &counts).record(&mut *tx).await?;
     tx.commit().await?;
@@ -297,21 +297,16 @@ fn parse(raw: &[Box<RawValue>], rules: &TimeRules, now: DateTime<Utc>) -> Vec<Pa
     for text in raw {
         let record: PushRecord = match crate::extract::parse_json(text.get().as_bytes()) {
             Ok(r) => r,
-            Err(ApiError::Validation(details)) => {
-                let reasons: Vec<String> = details
-                    .iter()
-                    .map(|(f, r)| format!("{f}: {}", r.join(", ")))
-                    .collect();
-                let id = readable_id(text);
-                parsed.push(Err(reject(id, "validation_failed", reasons.join("; "))));
-                continue;
-            }
             Err(e) => {
-                parsed.push(Err(reject(
-                    readable_id(text),
-                    "validation_failed",
-                    e.to_string(),
-                )));
+                let reason = match e {
+                    ApiError::Validation(details) => details
+                        .iter()
+                        .map(|(f, r)| format!("{f}: {}", r.join(", ")))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    e => e.to_string(),
+                };
+                parsed.push(Err(reject(readable_id(text), "validation_failed", reason)));
                 continue;
             }
         };

@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, SubsecRound, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sqlx::{PgConnection, PgPool};
@@ -315,7 +315,8 @@ pub async fn push_changes(
         user,
         client,
     } = ctx;
-    let now = Utc::now();
+    // To the microsecond, as Postgres keeps it (new rows are stamped with it).
+    let now = Utc::now().trunc_subsecs(6);
     let snapshot = snapshot_of(db, last_pulled_at).await?.ok_or_else(|| {
         ApiError::invalid("last_pulled_at", "is not a timestamp this service issued")
     })?;
@@ -476,7 +477,7 @@ pub async fn push_changes(
             .take(64)
             .collect::<String>()
     );
-    apply_plan(&mut tx, &plan, user.id, &device)
+    apply_plan(&mut tx, &plan, user.id, &device, now)
         .await
         .map_err(|e| match &e {
             sqlx::Error::Database(db)

@@ -129,6 +129,21 @@ async fn a_created_record_is_answered_exactly_as_it_is_stored() {
     }
     assert_eq!(body["results"][1]["record"]["status"], "open");
     assert_eq!(body["results"][0]["record"]["device_id"], "device-A");
+
+    // A batch that also changes a record is applied under the user's lock: its new records are
+    // answered as stored too.
+    let mut changed = records[0].clone();
+    changed["data"]["notes"] = json!("edited on the device");
+    let new = shift(Uuid::new_v4(), facility, 4, 7, 1);
+    let (_, body) = push(&app, &user, vec![changed, new.clone()]).await;
+    assert_eq!(statuses(&body), vec!["updated", "created"], "{body}");
+    let id = new["id"].as_str().unwrap();
+    let (_, stored) = send(
+        app.get(&format!("/api/attendance/{id}"))
+            .bearer_auth(&user.token),
+    )
+    .await;
+    assert_eq!(body["results"][1]["record"], stored);
 }
 
 #[tokio::test]
