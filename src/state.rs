@@ -11,6 +11,7 @@ use crate::auth::jwt::JwtKeys;
 use crate::auth::password::Hasher;
 use crate::auth::rate_limit::{Limiter, limiter};
 use crate::config::Config;
+use crate::db::clock_ins::ClockInQueue;
 use crate::db::facilities::SiteCache;
 use crate::metrics::Metrics;
 
@@ -37,6 +38,8 @@ pub struct AppState {
     pub jwt: Arc<JwtKeys>,
     pub auth_cache: Arc<AuthCache>,
     pub sites: Arc<SiteCache>,
+    /// Online clock-ins waiting to be written together.
+    pub clock_ins: Arc<ClockInQueue>,
     /// None when rate limiting is switched off.
     pub limiters: Option<Limiters>,
     pub metrics: Metrics,
@@ -57,6 +60,7 @@ impl AppState {
             hasher: Hasher::new(config.auth.max_concurrent_hashes),
             auth_cache: Arc::new(AuthCache::new(Duration::from_secs(30))),
             sites: Arc::new(SiteCache::new(Duration::from_secs(30))),
+            clock_ins: Arc::new(ClockInQueue::new(db.clone())),
             jwt,
             limiters,
             config: Arc::new(config),

@@ -100,5 +100,6 @@ pub async fn is_ready(pool: &PgPool) -> bool {
 }
 
 pub mod attendance;
+pub mod clock_ins;
 pub mod facilities;
 pub mod users;

@@ -1,5 +1,7 @@
 //! Clock-in and clock-out, and the records they make, scoped by role.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, FixedOffset, Utc};
@@ -12,7 +14,7 @@ use uuid::Uuid;
 use crate::audit::audit_cte;
 use crate::auth::{AuthUser, ClientInfo};
 use crate::db::attendance::{self as records, AttendanceFilter, AttendanceRecord, AttendanceRow};
-use crate::db::facilities::Site;
+use crate::db::clock_ins::NewClockIn;
 use crate::domain::GeoPoint;
 use crate::domain::attendance::{TimeRules, forgotten_before};
 use crate::error::{ApiError, ErrorEnvelope, Invalid};
@@ -165,23 +167,29 @@ async fn clock_in(
         return Err(geofence_refusal(distance, site.geofence_radius_m));
     }
 
-    // The common case is one statement. The rare ones are told apart by the constraint the
-    // insert meets: a retry (client_id) gets its record back, and an open shift older than the
+    // The common case is written with the clock-ins that arrive beside it (see
+    // `db::clock_ins`). One it did not write is written alone, and told apart by the constraint
+    // it meets: a retry (client_id) gets its record back, and an open shift older than the
     // maximum (a forgotten clock-out) is closed as incomplete so that it does not block today.
-    let new = NewClockIn {
-        user: &user,
-        client: &client,
-        site: &site,
+    let new = Arc::new(NewClockIn {
+        user_id: user.id,
+        email: user.email.clone(),
+        facility_id: site.id,
         point,
         accuracy_m: req.accuracy_m,
         occurred_at,
         client_timestamp: req.occurred_at.map(|t| t.with_timezone(&Utc)),
         distance,
         outside,
-        device_id: device_id.as_deref(),
-        client_id: client_id.as_deref(),
-        notes: notes.as_deref(),
-    };
+        device_id,
+        client_id,
+        notes,
+        ip: client.ip,
+        user_agent: client.user_agent,
+    });
+    if let Some(row) = state.clock_ins.insert(new.clone()).await {
+        return Ok((StatusCode::CREATED, Json(row.into())));
+    }
     let mut closed_forgotten = 0;
     let row = loop {
         let error = match new.insert(&state.db, closed_forgotten).await {
@@ -197,7 +205,7 @@ async fn clock_in(
             return Err(error.into());
         }
         // A retry of a clock-in that already happened gets that record back.
-        if let Some(cid) = &client_id
+        if let Some(cid) = &new.client_id
             && let Some(existing) = by_client_id(&state, user.id, cid).await?
         {
             return Ok((StatusCode::OK, Json(existing.into())));
@@ -219,68 +227,6 @@ async fn clock_in(
         }
     };
     Ok((StatusCode::CREATED, Json(row.into())))
-}
-
-/// An online clock-in, checked and measured, ready to insert.
-struct NewClockIn<'a> {
-    user: &'a AuthUser,
-    client: &'a ClientInfo,
-    site: &'a Site,
-    point: GeoPoint,
-    accuracy_m: Option<f64>,
-    occurred_at: DateTime<Utc>,
-    client_timestamp: Option<DateTime<Utc>>,
-    distance: f64,
-    outside: bool,
-    device_id: Option<&'a str>,
-    client_id: Option<&'a str>,
-    notes: Option<&'a str>,
-}
-
-impl NewClockIn<'_> {
-    /// The record and its audit row in one statement (atomic on its own): clock-in is the
-    /// busiest write, and every round trip through PgBouncer counts at 500 at once.
-    async fn insert(
-        &self,
-        db: &sqlx::PgPool,
-        closed_forgotten: u64,
-    ) -> Result<AttendanceRow, sqlx::Error> {
-        let sql = format!(
-            "WITH a AS (
-                 INSERT INTO attendance (user_id, facility_id, clock_in_at, clock_in_latitude, clock_in_longitude,
-                                         clock_in_accuracy_m, distance_m, outside_geofence, source, device_id,
-                                         client_id, client_timestamp, notes)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'online', $9, $10, $11, $12)
-                 RETURNING *
-             ), {}
-             SELECT {} FROM a",
-            audit_cte("attendance.clock_in", "attendance", 13),
-            records::COLUMNS
-        );
-        sqlx::query_as(&sql)
-            .bind(self.user.id)
-            .bind(self.site.id)
-            .bind(self.occurred_at)
-            .bind(self.point.latitude)
-            .bind(self.point.longitude)
-            .bind(self.accuracy_m)
-            .bind(self.distance)
-            .bind(self.outside)
-            .bind(self.device_id)
-            .bind(self.client_id)
-            .bind(self.client_timestamp)
-            .bind(self.notes)
-            .bind(self.user.id)
-            .bind(&self.user.email)
-            .bind(serde_json::json!({
-                "facility_id": self.site.id, "distance_m": self.distance.round(),
-                "outside_geofence": self.outside, "closed_forgotten": closed_forgotten,
-            }))
-            .bind(&self.client.ip)
-            .bind(&self.client.user_agent)
-            .fetch_one(db)
-            .await
-    }
 }
 
 /// The open shift as clock-out reads it: the record and its change stamp.

@@ -239,6 +239,152 @@ async fn fifty_simultaneous_clock_ins_of_one_user_create_exactly_one_record() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_clocking_in_at_once_gets_one_record_and_one_audit_row_each() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility().await;
+    let mut crowd = Vec::new();
+    for _ in 0..60 {
+        crowd.push(app.quick_user("focal", None, facility).await);
+    }
+
+    let results =
+        futures::future::join_all(crowd.iter().map(|u| clock_in(&app, u, at_site()))).await;
+
+    let mut ids = std::collections::HashSet::new();
+    for (user, (status, body)) in crowd.iter().zip(&results) {
+        assert_eq!(*status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["user_id"], json!(user.id), "{body}");
+        assert_eq!(body["status"], "open");
+        assert!(ids.insert(body["id"].as_str().unwrap().to_string()));
+        // The answer is the record as stored.
+        let (status, stored) = send(
+            app.get(&format!("/api/attendance/{}", body["id"].as_str().unwrap()))
+                .bearer_auth(&user.token),
+        )
+        .await;
+        assert_eq!((status, &stored), (StatusCode::OK, body));
+    }
+    let audited: Vec<(uuid::Uuid, uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT a.user_id, act.actor_id, act.actor_email FROM activities act
+         JOIN attendance a ON a.id = act.entity_id WHERE act.action = 'attendance.clock_in'",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(audited.len(), 60);
+    for (owner, actor, email) in &audited {
+        assert_eq!(owner, actor);
+        let user = crowd.iter().find(|u| u.id == *owner).unwrap();
+        assert_eq!(*email, user.email);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_retries_of_one_clock_in_return_one_record() {
+    let app = TestApp::spawn().await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    let mut body = at_site();
+    body["client_id"] = json!("phone-7:2026-12-02T08:00");
+
+    let results =
+        futures::future::join_all((0..10).map(|_| clock_in(&app, &user, body.clone()))).await;
+
+    let statuses: Vec<StatusCode> = results.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::CREATED || *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert!(results.iter().all(|(_, b)| b["id"] == results[0].1["id"]));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_in_the_database_refuses_does_not_fail_those_written_with_it() {
+    let app = TestApp::spawn().await;
+    // Rows noted "hold" keep their statement busy; a row noted "refuse" fails its statement.
+    sqlx::raw_sql(
+        "CREATE FUNCTION test_clock_in_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.notes = 'hold' THEN PERFORM pg_sleep(0.4); END IF;
+             IF NEW.notes = 'refuse' THEN RAISE EXCEPTION 'refused by the test'; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER test_clock_in_gate BEFORE INSERT ON attendance
+             FOR EACH ROW EXECUTE FUNCTION test_clock_in_gate();",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let facility = app.facility().await;
+    let mut users = Vec::new();
+    for _ in 0..(field_attendance::db::clock_ins::BATCHES_IN_FLIGHT + 21) {
+        users.push(app.quick_user("focal", None, facility).await);
+    }
+    let (holders, crowd) = users.split_at(field_attendance::db::clock_ins::BATCHES_IN_FLIGHT);
+
+    // Every writing slot is taken by a held clock-in, so the crowd queues and goes together.
+    let mut held = Vec::new();
+    for user in holders {
+        let mut body = at_site();
+        body["notes"] = json!("hold");
+        held.push(tokio::spawn(clock_in_owned(&app, user, body)));
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
+    let results = futures::future::join_all(crowd.iter().enumerate().map(|(i, u)| {
+        let mut body = at_site();
+        if i == 10 {
+            body["notes"] = json!("refuse");
+        }
+        clock_in(&app, u, body)
+    }))
+    .await;
+
+    for (i, (status, body)) in results.iter().enumerate() {
+        let expected = if i == 10 {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::CREATED
+        };
+        assert_eq!(*status, expected, "clock-in {i}: {body}");
+    }
+    for h in held {
+        assert_eq!(h.await.unwrap(), StatusCode::CREATED);
+    }
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance WHERE status = 'open'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(open as usize, users.len() - 1);
+}
+
+/// A clock-in that can run on its own task.
+fn clock_in_owned(
+    app: &TestApp,
+    user: &TestUser,
+    body: Value,
+) -> impl std::future::Future<Output = StatusCode> + Send + 'static {
+    let request = app
+        .post("/api/attendance/clock-in")
+        .bearer_auth(&user.token)
+        .json(&body);
+    async move { send(request).await.0 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_simultaneous_clock_outs_close_the_shift_exactly_once() {
     let app = TestApp::spawn_with(|env| {
         env.insert("DB_MAX_CONNECTIONS".into(), "20".into());
