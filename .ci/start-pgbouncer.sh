@@ -30,6 +30,9 @@ max_db_connections = 80
 max_prepared_statements = 500
 ignore_startup_parameters = extra_float_digits,options
 server_reset_query =
+; the benchmark's and the tests' databases come and go: their idle server connections are closed
+; soon, so that they do not keep Postgres's connection slots from the next run
+server_idle_timeout = 30
 logfile = $dir/pgbouncer.log
 pidfile = $dir/pgbouncer.pid
 INI

@@ -11,7 +11,9 @@ use crate::auth::jwt::JwtKeys;
 use crate::auth::password::Hasher;
 use crate::auth::rate_limit::{Limiter, limiter};
 use crate::config::Config;
-use crate::db::clock_ins::ClockInQueue;
+use crate::db::clock_ins::ClockIns;
+use crate::db::clock_outs::{OpenShifts, ShiftCloses};
+use crate::db::coalesce::Coalescer;
 use crate::db::facilities::SiteCache;
 use crate::metrics::Metrics;
 
@@ -30,6 +32,23 @@ impl Limiters {
     }
 }
 
+/// The statements that requests arriving together share (see [`crate::db::coalesce`]).
+pub struct Batches {
+    pub clock_ins: Coalescer<ClockIns>,
+    pub open_shifts: Coalescer<OpenShifts>,
+    pub shift_closes: Coalescer<ShiftCloses>,
+}
+
+impl Batches {
+    fn new(db: &PgPool) -> Self {
+        Self {
+            clock_ins: Coalescer::new(db.clone(), ClockIns),
+            open_shifts: Coalescer::new(db.clone(), OpenShifts),
+            shift_closes: Coalescer::new(db.clone(), ShiftCloses),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub db: PgPool,
@@ -38,8 +57,7 @@ pub struct AppState {
     pub jwt: Arc<JwtKeys>,
     pub auth_cache: Arc<AuthCache>,
     pub sites: Arc<SiteCache>,
-    /// Online clock-ins waiting to be written together.
-    pub clock_ins: Arc<ClockInQueue>,
+    pub batches: Arc<Batches>,
     /// None when rate limiting is switched off.
     pub limiters: Option<Limiters>,
     pub metrics: Metrics,
@@ -60,7 +78,7 @@ impl AppState {
             hasher: Hasher::new(config.auth.max_concurrent_hashes),
             auth_cache: Arc::new(AuthCache::new(Duration::from_secs(30))),
             sites: Arc::new(SiteCache::new(Duration::from_secs(30))),
-            clock_ins: Arc::new(ClockInQueue::new(db.clone())),
+            batches: Arc::new(Batches::new(&db)),
             jwt,
             limiters,
             config: Arc::new(config),

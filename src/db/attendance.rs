@@ -151,18 +151,6 @@ pub async fn find<'e>(
     sqlx::query_as(&sql).bind(id).fetch_optional(db).await
 }
 
-/// The caller's open record, if any.
-pub async fn open_for<'e>(
-    db: impl PgExecutor<'e>,
-    user_id: Uuid,
-) -> Result<Option<AttendanceRow>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM attendance a
-         WHERE a.user_id = $1 AND a.status = 'open' AND a.deleted_at IS NULL"
-    );
-    sqlx::query_as(&sql).bind(user_id).fetch_optional(db).await
-}
-
 /// Closes the user's open records started before `before` as `incomplete` (a forgotten
 /// clock-out); returns how many. With no user, sweeps everyone.
 pub async fn close_forgotten<'e>(

@@ -1,34 +1,22 @@
-//! Online clock-ins, written together when they come together.
-//!
-//! A shift starts at the same minute for a whole district, and one insert per clock-in makes the
-//! database pay a statement, a commit and a WAL flush for each: on two cores that queue, not the
-//! service, is what a crowd waits on. So clock-ins that arrive while others are being written
-//! wait for the next free slot and go in one multi-row statement, each with its audit row. A
-//! clock-in that arrives when a slot is free goes at once, alone: waiting is never added when
-//! there is nothing to wait for.
+//! Online clock-ins: one alone, or many that arrive together in one statement (see
+//! [`crate::db::coalesce`]).
 //!
 //! The batch skips the rows that meet a unique constraint (an open shift, a retried `client_id`)
 //! and, if the statement fails as a whole, every row of it: those clock-ins are written alone
 //! afterwards ([`NewClockIn::insert`]), where the constraint or error they meet is their own.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::audit::audit_cte;
 use crate::db::attendance::{self as records, AttendanceRow};
+use crate::db::coalesce::Batch;
 use crate::domain::GeoPoint;
-
-/// Statements in flight at once. Postgres has two cores here: a few statements keep both busy
-/// while one waits on its commit, and more would only queue inside the database.
-pub const BATCHES_IN_FLIGHT: usize = 4;
-/// Rows in one statement at most, so that one statement does not hold a slot for long.
-pub const MAX_BATCH: usize = 128;
 
 /// An online clock-in, checked and measured, ready to write.
 #[derive(Debug, Clone)]
@@ -101,73 +89,27 @@ impl NewClockIn {
     }
 }
 
-type Pending = (Arc<NewClockIn>, oneshot::Sender<Option<AttendanceRow>>);
+/// Clock-ins written together: each answered with its stored record, or None when it met a
+/// unique constraint, with a stored row or an earlier row of the same batch.
+pub struct ClockIns;
 
-/// The clock-ins waiting for a slot, and the task that writes them.
-pub struct ClockInQueue {
-    db: PgPool,
-    /// Started on first use, on the runtime that serves the requests.
-    sender: OnceLock<mpsc::UnboundedSender<Pending>>,
-}
+impl Batch for ClockIns {
+    type Item = Arc<NewClockIn>;
+    type Output = Option<AttendanceRow>;
+    const NAME: &'static str = "clock_in";
 
-impl ClockInQueue {
-    pub fn new(db: PgPool) -> Self {
-        Self {
-            db,
-            sender: OnceLock::new(),
-        }
-    }
-
-    /// Writes the clock-in with the others waiting beside it. The stored record, or None when
-    /// it was not written: it met a unique constraint, or its batch failed, and the caller
-    /// writes it alone to learn why. The queue only grows with requests in flight, each of
-    /// which waits here for its answer.
-    pub async fn insert(&self, clock_in: Arc<NewClockIn>) -> Option<AttendanceRow> {
-        let (reply, answer) = oneshot::channel();
-        let sender = self.sender.get_or_init(|| {
-            let (sender, receiver) = mpsc::unbounded_channel();
-            tokio::spawn(dispatch(self.db.clone(), receiver));
-            sender
-        });
-        sender.send((clock_in, reply)).ok()?;
-        answer.await.ok().flatten()
-    }
-}
-
-/// Takes whatever has queued each time a slot is free, until the queue's owner is gone.
-async fn dispatch(db: PgPool, mut queue: mpsc::UnboundedReceiver<Pending>) {
-    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            return;
-        }
-        let db = db.clone();
-        tokio::spawn(async move {
-            write(&db, batch).await;
-            drop(slot);
-        });
-    }
-}
-
-/// One statement for the batch; every clock-in hears whether it was written.
-async fn write(db: &PgPool, batch: Vec<Pending>) {
-    metrics::histogram!("clock_in_batch_size").record(batch.len() as f64);
-    let ids: Vec<Uuid> = batch.iter().map(|_| Uuid::new_v4()).collect();
-    let mut written = match insert_many(db, &ids, &batch).await {
-        Ok(rows) => rows.into_iter().map(|r| (r.id, r)).collect(),
-        Err(error) => {
-            tracing::warn!(%error, size = batch.len(), "a clock-in batch failed; its clock-ins are written alone");
-            HashMap::new()
-        }
-    };
-    for (id, (_, reply)) in ids.iter().zip(batch) {
-        // A request that gave up (its client left) no longer listens; its record stands, and a
-        // retry with its client_id finds it.
-        let _ = reply.send(written.remove(id));
+    async fn run(
+        &self,
+        db: &PgPool,
+        items: &[Arc<NewClockIn>],
+    ) -> Result<Vec<Option<AttendanceRow>>, sqlx::Error> {
+        let ids: Vec<Uuid> = items.iter().map(|_| Uuid::new_v4()).collect();
+        let mut written: HashMap<Uuid, AttendanceRow> = insert_many(db, &ids, items)
+            .await?
+            .into_iter()
+            .map(|r| (r.id, r))
+            .collect();
+        Ok(ids.iter().map(|id| written.remove(id)).collect())
     }
 }
 
@@ -176,9 +118,9 @@ async fn write(db: &PgPool, batch: Vec<Pending>) {
 async fn insert_many(
     db: &PgPool,
     ids: &[Uuid],
-    batch: &[Pending],
+    items: &[Arc<NewClockIn>],
 ) -> Result<Vec<AttendanceRow>, sqlx::Error> {
-    let rows = batch.iter().map(|(c, _)| c.as_ref());
+    let rows = items.iter().map(Arc::as_ref);
     let sql = format!(
         "WITH c AS (
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::float8[],

@@ -101,5 +101,7 @@ pub async fn is_ready(pool: &PgPool) -> bool {
 
 pub mod attendance;
 pub mod clock_ins;
+pub mod clock_outs;
+pub mod coalesce;
 pub mod facilities;
 pub mod users;

@@ -11,10 +11,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::audit::audit_cte;
 use crate::auth::{AuthUser, ClientInfo};
 use crate::db::attendance::{self as records, AttendanceFilter, AttendanceRecord, AttendanceRow};
 use crate::db::clock_ins::NewClockIn;
+use crate::db::clock_outs::{self, CloseShift, OpenShift};
 use crate::domain::GeoPoint;
 use crate::domain::attendance::{TimeRules, forgotten_before};
 use crate::error::{ApiError, ErrorEnvelope, Invalid};
@@ -168,7 +168,7 @@ async fn clock_in(
     }
 
     // The common case is written with the clock-ins that arrive beside it (see
-    // `db::clock_ins`). One it did not write is written alone, and told apart by the constraint
+    // `db::coalesce`). One it did not write is written alone, and told apart by the constraint
     // it meets: a retry (client_id) gets its record back, and an open shift older than the
     // maximum (a forgotten clock-out) is closed as incomplete so that it does not block today.
     let new = Arc::new(NewClockIn {
@@ -187,7 +187,7 @@ async fn clock_in(
         ip: client.ip,
         user_agent: client.user_agent,
     });
-    if let Some(row) = state.clock_ins.insert(new.clone()).await {
+    if let Some(Some(row)) = state.batches.clock_ins.submit(new.clone()).await {
         return Ok((StatusCode::CREATED, Json(row.into())));
     }
     let mut closed_forgotten = 0;
@@ -227,14 +227,6 @@ async fn clock_in(
         }
     };
     Ok((StatusCode::CREATED, Json(row.into())))
-}
-
-/// The open shift as clock-out reads it: the record and its change stamp.
-#[derive(sqlx::FromRow)]
-struct OpenShift {
-    #[sqlx(flatten)]
-    row: AttendanceRow,
-    change_xid: String,
 }
 
 async fn by_client_id(
@@ -284,26 +276,19 @@ async fn clock_out(
     invalid.finish()?;
     let point = point.expect("checked above");
 
-    // Two statements and no transaction: read the open shift, then close it on condition that
-    // it is unchanged since (change_xid, stamped by trigger on every update). A concurrent
-    // change (a sync push, another clock-out) makes the update match nothing, and the shift is
-    // read again. The update names the row by id alone: a `status = 'open'` condition would let
-    // the planner pick the one-open-shift index, whose size it misjudges while statistics
-    // predate the day's clock-ins, and read every open shift to find this one.
+    // Read the open shift, then close it unless it changed since (see `db::clock_outs`); each
+    // step shared with the clock-outs that arrive beside it, or taken alone when its batch
+    // failed.
     let cutoff = forgotten_before(now, state.config.attendance.max_shift);
     for _ in 0..3 {
-        let sql = format!(
-            "SELECT {}, a.change_xid::text AS change_xid FROM attendance a
-             WHERE a.user_id = $1 AND a.status = 'open' AND a.deleted_at IS NULL",
-            records::COLUMNS
-        );
+        let open = match state.batches.open_shifts.submit(user.id).await {
+            Some(open) => open,
+            None => clock_outs::open_shift(&state.db, user.id).await?,
+        };
         let Some(OpenShift {
             row: open,
             change_xid,
-        }) = sqlx::query_as(&sql)
-            .bind(user.id)
-            .fetch_optional(&state.db)
-            .await?
+        }) = open
         else {
             return Err(not_clocked_in("you are not clocked in"));
         };
@@ -322,38 +307,24 @@ async fn clock_out(
             .await?
             .ok_or(ApiError::NotFound)?;
         let (distance, outside) = site.measure(point);
-        let sql = format!(
-            "WITH a AS (
-                 UPDATE attendance SET status = 'closed', clock_out_at = $2, clock_out_latitude = $3,
-                        clock_out_longitude = $4, clock_out_accuracy_m = $5, clock_out_distance_m = $6,
-                        outside_geofence = outside_geofence OR $7, notes = coalesce($8, notes),
-                        sync_version = sync_version + 1
-                 WHERE id = $1 AND change_xid = $9::xid8
-                 RETURNING *
-             ), {}
-             SELECT {} FROM a",
-            audit_cte("attendance.clock_out", "attendance", 10),
-            records::COLUMNS
-        );
-        let closed: Option<AttendanceRow> = sqlx::query_as(&sql)
-            .bind(open.id)
-            .bind(occurred_at)
-            .bind(point.latitude)
-            .bind(point.longitude)
-            .bind(req.accuracy_m)
-            .bind(distance)
-            .bind(outside)
-            .bind(&notes)
-            .bind(change_xid)
-            .bind(user.id)
-            .bind(&user.email)
-            .bind(
-                serde_json::json!({ "distance_m": distance.round(), "outside_geofence": outside }),
-            )
-            .bind(&client.ip)
-            .bind(&client.user_agent)
-            .fetch_optional(&state.db)
-            .await?;
+        let close = Arc::new(CloseShift {
+            id: open.id,
+            change_xid,
+            user_id: user.id,
+            email: user.email.clone(),
+            occurred_at,
+            point,
+            accuracy_m: req.accuracy_m,
+            distance,
+            outside,
+            notes: notes.clone(),
+            ip: client.ip.clone(),
+            user_agent: client.user_agent.clone(),
+        });
+        let closed = match state.batches.shift_closes.submit(close.clone()).await {
+            Some(closed) => closed,
+            None => close.close(&state.db).await?,
+        };
         if let Some(row) = closed {
             return Ok(Json(row.into()));
         }
@@ -380,9 +351,12 @@ async fn active(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> Result<Json<ActiveAttendance>, ApiError> {
-    let open = records::open_for(&state.db, user.id).await?;
+    let open = match state.batches.open_shifts.submit(user.id).await {
+        Some(open) => open,
+        None => clock_outs::open_shift(&state.db, user.id).await?,
+    };
     Ok(Json(ActiveAttendance {
-        attendance: open.map(AttendanceRecord::from),
+        attendance: open.map(|o| o.row.into()),
     }))
 }
 

@@ -280,6 +280,83 @@ async fn a_crowd_clocking_in_at_once_gets_one_record_and_one_audit_row_each() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_reading_and_closing_shifts_at_once_each_touch_only_their_own() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility().await;
+    let mut crowd = Vec::new();
+    for _ in 0..60 {
+        crowd.push(app.quick_user("focal", None, facility).await);
+    }
+    // The first half is clocked in; the second is not.
+    let (working, idle) = crowd.split_at(30);
+    let mut shifts = Vec::new();
+    for user in working {
+        let (status, body) = clock_in(&app, user, at_site()).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        shifts.push(body);
+    }
+
+    let active = futures::future::join_all(
+        crowd
+            .iter()
+            .map(|u| send(app.get("/api/attendance/active").bearer_auth(&u.token))),
+    )
+    .await;
+    let mut out = at_site();
+    out["notes"] = json!("end of day");
+    let closed =
+        futures::future::join_all(crowd.iter().map(|u| clock_out(&app, u, out.clone()))).await;
+
+    for (i, ((status, seen), (out_status, out_body))) in active.iter().zip(&closed).enumerate() {
+        assert_eq!(*status, StatusCode::OK);
+        if i < 30 {
+            assert_eq!(seen["attendance"], shifts[i], "user {i}");
+            assert_eq!(*out_status, StatusCode::OK, "{out_body}");
+            assert_eq!(out_body["id"], shifts[i]["id"]);
+            assert_eq!(out_body["user_id"], json!(working[i].id));
+            assert_eq!(
+                (
+                    &out_body["status"],
+                    &out_body["notes"],
+                    out_body["sync_version"].as_i64()
+                ),
+                (&json!("closed"), &json!("end of day"), Some(2))
+            );
+            let (_, stored) = send(
+                app.get(&format!(
+                    "/api/attendance/{}",
+                    out_body["id"].as_str().unwrap()
+                ))
+                .bearer_auth(&working[i].token),
+            )
+            .await;
+            assert_eq!(&stored, out_body);
+        } else {
+            assert_eq!(seen["attendance"], Value::Null, "user {i}");
+            assert_error(
+                *out_status,
+                out_body,
+                StatusCode::CONFLICT,
+                "not_clocked_in",
+            );
+        }
+    }
+    let audited: Vec<(uuid::Uuid, uuid::Uuid)> = sqlx::query_as(
+        "SELECT a.user_id, act.actor_id FROM activities act
+         JOIN attendance a ON a.id = act.entity_id WHERE act.action = 'attendance.clock_out'",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(audited.len(), 30);
+    assert!(audited.iter().all(|(owner, actor)| owner == actor));
+    assert!(
+        idle.iter()
+            .all(|u| audited.iter().all(|(owner, _)| *owner != u.id))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_retries_of_one_clock_in_return_one_record() {
     let app = TestApp::spawn().await;
     let (user, _) = user_at_site(&app, "focal", None).await;
@@ -331,10 +408,10 @@ async fn a_clock_in_the_database_refuses_does_not_fail_those_written_with_it() {
     .unwrap();
     let facility = app.facility().await;
     let mut users = Vec::new();
-    for _ in 0..(field_attendance::db::clock_ins::BATCHES_IN_FLIGHT + 21) {
+    for _ in 0..(field_attendance::db::coalesce::SLOTS + 21) {
         users.push(app.quick_user("focal", None, facility).await);
     }
-    let (holders, crowd) = users.split_at(field_attendance::db::clock_ins::BATCHES_IN_FLIGHT);
+    let (holders, crowd) = users.split_at(field_attendance::db::coalesce::SLOTS);
 
     // Every writing slot is taken by a held clock-in, so the crowd queues and goes together.
     let mut held = Vec::new();
@@ -393,7 +470,11 @@ async fn twenty_simultaneous_clock_outs_close_the_shift_exactly_once() {
     let (user, _) = user_at_site(&app, "focal", None).await;
     let (status, _) = clock_in(&app, &user, at_site()).await;
     assert_eq!(status, StatusCode::CREATED);
-    let attempts = (0..20).map(|_| clock_out(&app, &user, at_site()));
+    let attempts = (0..20).map(|i| {
+        let mut body = at_site();
+        body["notes"] = json!(format!("attempt {i}"));
+        clock_out(&app, &user, body)
+    });
     let results = futures::future::join_all(attempts).await;
     let closed = results.iter().filter(|(s, _)| *s == StatusCode::OK).count();
     let refused = results
@@ -406,8 +487,8 @@ async fn twenty_simultaneous_clock_outs_close_the_shift_exactly_once() {
         "{:?}",
         results.iter().map(|r| r.0).collect::<Vec<_>>()
     );
-    let (version, audits): (i32, i64) = sqlx::query_as(
-        "SELECT a.sync_version,
+    let (version, notes, audits): (i32, String, i64) = sqlx::query_as(
+        "SELECT a.sync_version, a.notes,
                 (SELECT count(*) FROM activities WHERE action = 'attendance.clock_out')
          FROM attendance a WHERE a.user_id = $1",
     )
@@ -416,6 +497,60 @@ async fn twenty_simultaneous_clock_outs_close_the_shift_exactly_once() {
     .await
     .unwrap();
     assert_eq!((version, audits), (2, 1));
+    // The clock-out that was answered 200 is the one stored.
+    let winner = results.iter().find(|(s, _)| *s == StatusCode::OK).unwrap();
+    assert_eq!(winner.1["notes"], json!(notes));
+}
+
+#[tokio::test]
+async fn two_clock_outs_of_one_shift_in_one_batch_close_it_once_with_the_first() {
+    use field_attendance::db::clock_outs::{CloseShift, ShiftCloses, open_shift};
+    use field_attendance::db::coalesce::Batch;
+    let app = TestApp::spawn().await;
+    let (user, facility) = user_at_site(&app, "focal", None).await;
+    app.insert_attendance(
+        user.id,
+        facility,
+        Utc::now() - Duration::hours(2),
+        None,
+        "open",
+    )
+    .await;
+    let open = open_shift(&app.db, user.id).await.unwrap().unwrap();
+    let close = |notes: &str| {
+        std::sync::Arc::new(CloseShift {
+            id: open.row.id,
+            change_xid: open.change_xid.clone(),
+            user_id: user.id,
+            email: user.email.clone(),
+            occurred_at: Utc::now(),
+            point: field_attendance::domain::GeoPoint::new(SITE.0, SITE.1).unwrap(),
+            accuracy_m: None,
+            distance: 0.0,
+            outside: false,
+            notes: Some(notes.to_string()),
+            ip: None,
+            user_agent: None,
+        })
+    };
+
+    let answers = ShiftCloses
+        .run(&app.db, &[close("first"), close("second")])
+        .await
+        .unwrap();
+
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0].as_ref().unwrap().notes.as_deref(), Some("first"));
+    assert!(answers[1].is_none());
+    let (notes, audits): (String, i64) = sqlx::query_as(
+        "SELECT a.notes, (SELECT count(*) FROM activities WHERE action = 'attendance.clock_out')
+         FROM attendance a WHERE a.id = $1",
+    )
+    .bind(open.row.id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!((notes.as_str(), audits), ("first", 1));
 }
 
 #[tokio::test]

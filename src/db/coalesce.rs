@@ -1,0 +1,124 @@
+//! Statements for requests that come together, made one.
+//!
+//! A shift starts and ends at the same minute for a whole district, and one statement per
+//! request makes the database pay a round trip, a plan and (for a write) a commit and a WAL
+//! flush for each: on two cores that queue, not the service, is what a crowd waits on. A
+//! [`Coalescer`] lets requests that arrive while others are being served wait for the next free
+//! slot and go in one set-based statement. A request that finds a slot free goes at once, alone:
+//! waiting is never added when there is nothing to wait for.
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+
+use sqlx::PgPool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Statements of one kind in flight at once. Postgres has two cores here: a few statements keep
+/// both busy while one waits on its commit, and more would only queue inside the database.
+pub const SLOTS: usize = 4;
+/// Requests in one statement at most, so that one statement does not hold a slot for long.
+pub const MAX_BATCH: usize = 128;
+
+/// A set-based statement serving many requests.
+pub trait Batch: Send + Sync + 'static {
+    type Item: Send + 'static;
+    type Output: Send + 'static;
+    /// Names the batch in metrics and logs.
+    const NAME: &'static str;
+
+    /// One output per item, in the items' order. An error fails the whole batch: every
+    /// request of it is then served alone, where the error it meets is its own.
+    fn run(
+        &self,
+        db: &PgPool,
+        items: &[Self::Item],
+    ) -> impl Future<Output = Result<Vec<Self::Output>, sqlx::Error>> + Send;
+}
+
+type Pending<B> = (
+    <B as Batch>::Item,
+    oneshot::Sender<Option<<B as Batch>::Output>>,
+);
+
+/// The requests of one batch kind waiting for a slot, and the task that serves them.
+pub struct Coalescer<B: Batch> {
+    db: PgPool,
+    batch: Arc<B>,
+    /// Started on first use, on the runtime that serves the requests.
+    sender: OnceLock<mpsc::UnboundedSender<Pending<B>>>,
+}
+
+impl<B: Batch> Coalescer<B> {
+    pub fn new(db: PgPool, batch: B) -> Self {
+        Self {
+            db,
+            batch: Arc::new(batch),
+            sender: OnceLock::new(),
+        }
+    }
+
+    /// Serves the item with the others waiting beside it. None when its batch failed: the
+    /// caller serves it alone. The queue only holds requests in flight, each of which waits
+    /// here for its answer.
+    pub async fn submit(&self, item: B::Item) -> Option<B::Output> {
+        let (reply, answer) = oneshot::channel();
+        let sender = self.sender.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(dispatch(self.db.clone(), self.batch.clone(), receiver));
+            sender
+        });
+        sender.send((item, reply)).ok()?;
+        answer.await.ok().flatten()
+    }
+}
+
+/// Takes whatever has queued each time a slot is free, until the coalescer is gone.
+async fn dispatch<B: Batch>(
+    db: PgPool,
+    batch: Arc<B>,
+    mut queue: mpsc::UnboundedReceiver<Pending<B>>,
+) {
+    let slots = Arc::new(Semaphore::new(SLOTS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut pending = Vec::with_capacity(MAX_BATCH);
+        if queue.recv_many(&mut pending, MAX_BATCH).await == 0 {
+            return;
+        }
+        let (db, batch) = (db.clone(), batch.clone());
+        tokio::spawn(async move {
+            serve(&db, batch.as_ref(), pending).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Runs one batch; every request hears its own output, or that the batch failed.
+async fn serve<B: Batch>(db: &PgPool, batch: &B, pending: Vec<Pending<B>>) {
+    metrics::histogram!("coalesced_batch_size", "batch" => B::NAME).record(pending.len() as f64);
+    let (items, replies): (Vec<B::Item>, Vec<_>) = pending.into_iter().unzip();
+    let outputs = match batch.run(db, &items).await {
+        Ok(outputs) if outputs.len() == items.len() => outputs.into_iter().map(Some).collect(),
+        Ok(outputs) => {
+            tracing::error!(
+                batch = B::NAME,
+                items = items.len(),
+                outputs = outputs.len(),
+                "a batch answered the wrong number of requests; each is served alone"
+            );
+            Vec::new()
+        }
+        Err(error) => {
+            tracing::warn!(batch = B::NAME, %error, size = items.len(), "a batch failed; each of its requests is served alone");
+            Vec::new()
+        }
+    };
+    let mut outputs = outputs.into_iter();
+    for reply in replies {
+        // A request that gave up (its client left) no longer listens; what its batch wrote
+        // stands, as a statement of its own would have.
+        let _ = reply.send(outputs.next().flatten());
+    }
+}
