@@ -11,6 +11,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Requests served by one shared statement (`db::coalesce`), up to its maximum.
+const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
 #[derive(Clone)]
 pub struct Metrics {
     handle: PrometheusHandle,
@@ -26,6 +29,11 @@ impl Metrics {
                 .set_buckets_for_metric(
                     Matcher::Full("http_request_duration_seconds".into()),
                     LATENCY_BUCKETS,
+                )
+                .expect("the bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full("coalesced_batch_size".into()),
+                    BATCH_SIZE_BUCKETS,
                 )
                 .expect("the bucket list is not empty")
                 .install_recorder()

@@ -96,7 +96,13 @@ async fn dispatch<B: Batch>(
 }
 
 /// Runs one batch; every request hears its own output, or that the batch failed.
-async fn serve<B: Batch>(db: &PgPool, batch: &B, pending: Vec<Pending<B>>) {
+async fn serve<B: Batch>(db: &PgPool, batch: &B, mut pending: Vec<Pending<B>>) {
+    // A request that gave up while it waited (its client left, or it timed out and was answered
+    // so) is not served: what its client was told stays true.
+    pending.retain(|(_, reply)| !reply.is_closed());
+    if pending.is_empty() {
+        return;
+    }
     metrics::histogram!("coalesced_batch_size", "batch" => B::NAME).record(pending.len() as f64);
     let (items, replies): (Vec<B::Item>, Vec<_>) = pending.into_iter().unzip();
     let outputs = match batch.run(db, &items).await {
@@ -117,8 +123,8 @@ async fn serve<B: Batch>(db: &PgPool, batch: &B, pending: Vec<Pending<B>>) {
     };
     let mut outputs = outputs.into_iter();
     for reply in replies {
-        // A request that gave up (its client left) no longer listens; what its batch wrote
-        // stands, as a statement of its own would have.
+        // A request that gave up while its statement ran no longer listens; what the statement
+        // wrote stands, as a statement of its own would have.
         let _ = reply.send(outputs.next().flatten());
     }
 }

@@ -271,6 +271,21 @@ async fn a_crowd_clocking_in_at_once_gets_one_record_and_one_audit_row_each() {
     .fetch_all(&app.db)
     .await
     .unwrap();
+    let metrics = app
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("coalesced_batch_size_count")
+                && l.contains(r#"batch="clock_in""#)),
+        "{metrics}"
+    );
     assert_eq!(audited.len(), 60);
     for (owner, actor, email) in &audited {
         assert_eq!(owner, actor);
@@ -446,6 +461,56 @@ async fn a_clock_in_the_database_refuses_does_not_fail_those_written_with_it() {
         .await
         .unwrap();
     assert_eq!(open as usize, users.len() - 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_in_whose_client_gave_up_while_it_waited_is_not_written() {
+    let app = TestApp::spawn().await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION test_clock_in_hold() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.notes = 'hold' THEN PERFORM pg_sleep(0.6); END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER test_clock_in_hold BEFORE INSERT ON attendance
+             FOR EACH ROW EXECUTE FUNCTION test_clock_in_hold();",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let facility = app.facility().await;
+    let mut held = Vec::new();
+    for _ in 0..field_attendance::db::coalesce::SLOTS {
+        let user = app.quick_user("focal", None, facility).await;
+        let mut body = at_site();
+        body["notes"] = json!("hold");
+        held.push(tokio::spawn(clock_in_owned(&app, &user, body)));
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
+    let quitter = app.quick_user("focal", None, facility).await;
+
+    // Every slot is busy: this clock-in waits, and its client leaves before a slot is free.
+    let gave_up = app
+        .post("/api/attendance/clock-in")
+        .bearer_auth(&quitter.token)
+        .json(&at_site())
+        .timeout(std::time::Duration::from_millis(150))
+        .send()
+        .await;
+    assert!(gave_up.unwrap_err().is_timeout());
+    for h in held {
+        assert_eq!(h.await.unwrap(), StatusCode::CREATED);
+    }
+
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance WHERE user_id = $1")
+        .bind(quitter.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+    // Its retry is a first clock-in.
+    let (status, body) = clock_in(&app, &quitter, at_site()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
 }
 
 /// A clock-in that can run on its own task.
