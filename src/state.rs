@@ -40,11 +40,12 @@ pub struct Batches {
 }
 
 impl Batches {
-    fn new(db: &PgPool) -> Self {
+    /// A statement never holds its slot longer than a request may take.
+    fn new(db: &PgPool, time_limit: Duration) -> Self {
         Self {
-            clock_ins: Coalescer::new(db.clone(), ClockIns),
-            open_shifts: Coalescer::new(db.clone(), OpenShifts),
-            shift_closes: Coalescer::new(db.clone(), ShiftCloses),
+            clock_ins: Coalescer::new(db.clone(), ClockIns, time_limit),
+            open_shifts: Coalescer::new(db.clone(), OpenShifts, time_limit),
+            shift_closes: Coalescer::new(db.clone(), ShiftCloses, time_limit),
         }
     }
 }
@@ -78,7 +79,7 @@ impl AppState {
             hasher: Hasher::new(config.auth.max_concurrent_hashes),
             auth_cache: Arc::new(AuthCache::new(Duration::from_secs(30))),
             sites: Arc::new(SiteCache::new(Duration::from_secs(30))),
-            batches: Arc::new(Batches::new(&db)),
+            batches: Arc::new(Batches::new(&db, config.request_timeout)),
             jwt,
             limiters,
             config: Arc::new(config),

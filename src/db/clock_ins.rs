@@ -104,7 +104,15 @@ impl Batch for ClockIns {
         items: &[Arc<NewClockIn>],
     ) -> Result<Vec<Option<AttendanceRow>>, sqlx::Error> {
         let ids: Vec<Uuid> = items.iter().map(|_| Uuid::new_v4()).collect();
-        let mut written: HashMap<Uuid, AttendanceRow> = insert_many(db, &ids, items)
+        // Written in user order: two batches that hold the same users (a double tap landing
+        // in both) then wait for each other in one order, never in a cycle.
+        let mut rows: Vec<(Uuid, &NewClockIn)> = ids
+            .iter()
+            .copied()
+            .zip(items.iter().map(Arc::as_ref))
+            .collect();
+        rows.sort_by_key(|(_, c)| c.user_id);
+        let mut written: HashMap<Uuid, AttendanceRow> = insert_many(db, &rows)
             .await?
             .into_iter()
             .map(|r| (r.id, r))
@@ -117,10 +125,10 @@ impl Batch for ClockIns {
 /// stored row or an earlier row of the same batch, are skipped and not returned.
 async fn insert_many(
     db: &PgPool,
-    ids: &[Uuid],
-    items: &[Arc<NewClockIn>],
+    rows: &[(Uuid, &NewClockIn)],
 ) -> Result<Vec<AttendanceRow>, sqlx::Error> {
-    let rows = items.iter().map(Arc::as_ref);
+    let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
+    let rows = rows.iter().map(|(_, c)| *c);
     let sql = format!(
         "WITH c AS (
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::float8[],

@@ -146,12 +146,15 @@ impl Batch for ShiftCloses {
         // the first clock-out of a shift goes, the others read it again.
         let mut shifts = HashSet::new();
         let first: Vec<bool> = items.iter().map(|c| shifts.insert(c.id)).collect();
-        let closes: Vec<&CloseShift> = items
+        let mut closes: Vec<&CloseShift> = items
             .iter()
             .zip(&first)
             .filter(|(_, first)| **first)
             .map(|(c, _)| c.as_ref())
             .collect();
+        // Locked in id order: two batches that hold the same shifts wait for each other in one
+        // order, never in a cycle.
+        closes.sort_by_key(|c| c.id);
         let mut closed: HashMap<Uuid, AttendanceRow> = close_many(db, &closes)
             .await?
             .into_iter()

@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -26,8 +27,8 @@ pub trait Batch: Send + Sync + 'static {
     /// Names the batch in metrics and logs.
     const NAME: &'static str;
 
-    /// One output per item, in the items' order. An error fails the whole batch: every
-    /// request of it is then served alone, where the error it meets is its own.
+    /// One output per item, in the items' order. One autocommit statement: an error the
+    /// database reports means nothing of it was written.
     fn run(
         &self,
         db: &PgPool,
@@ -35,40 +36,59 @@ pub trait Batch: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Self::Output>, sqlx::Error>> + Send;
 }
 
+/// What a request hears from its batch.
+#[derive(Debug)]
+pub enum Shared<T> {
+    /// Its own output.
+    Served(T),
+    /// Nothing of its batch was written (the database refused the statement, or it was never
+    /// sent): the caller serves the request alone, where the error it meets is its own.
+    Alone,
+    /// Whether its batch was written is not known (the connection failed, or the statement
+    /// outlived the time a request may take): serving it again could do it twice.
+    Unknown,
+}
+
 type Pending<B> = (
     <B as Batch>::Item,
-    oneshot::Sender<Option<<B as Batch>::Output>>,
+    oneshot::Sender<Shared<<B as Batch>::Output>>,
 );
 
 /// The requests of one batch kind waiting for a slot, and the task that serves them.
 pub struct Coalescer<B: Batch> {
     db: PgPool,
     batch: Arc<B>,
+    /// A statement that runs longer gives its slot back and its requests hear `Unknown`.
+    time_limit: Duration,
     /// Started on first use, on the runtime that serves the requests.
     sender: OnceLock<mpsc::UnboundedSender<Pending<B>>>,
 }
 
 impl<B: Batch> Coalescer<B> {
-    pub fn new(db: PgPool, batch: B) -> Self {
+    pub fn new(db: PgPool, batch: B, time_limit: Duration) -> Self {
         Self {
             db,
             batch: Arc::new(batch),
+            time_limit,
             sender: OnceLock::new(),
         }
     }
 
-    /// Serves the item with the others waiting beside it. None when its batch failed: the
-    /// caller serves it alone. The queue only holds requests in flight, each of which waits
-    /// here for its answer.
-    pub async fn submit(&self, item: B::Item) -> Option<B::Output> {
+    /// Serves the item with the others waiting beside it. The queue only holds requests in
+    /// flight, each of which waits here for its answer.
+    pub async fn submit(&self, item: B::Item) -> Shared<B::Output> {
         let (reply, answer) = oneshot::channel();
         let sender = self.sender.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
-            tokio::spawn(dispatch(self.db.clone(), self.batch.clone(), receiver));
+            let (db, batch) = (self.db.clone(), self.batch.clone());
+            tokio::spawn(dispatch(db, batch, self.time_limit, receiver));
             sender
         });
-        sender.send((item, reply)).ok()?;
-        answer.await.ok().flatten()
+        if sender.send((item, reply)).is_err() {
+            return Shared::Alone;
+        }
+        // A batch whose task ended without answering (a panic) may have run its statement.
+        answer.await.unwrap_or(Shared::Unknown)
     }
 }
 
@@ -76,6 +96,7 @@ impl<B: Batch> Coalescer<B> {
 async fn dispatch<B: Batch>(
     db: PgPool,
     batch: Arc<B>,
+    time_limit: Duration,
     mut queue: mpsc::UnboundedReceiver<Pending<B>>,
 ) {
     let slots = Arc::new(Semaphore::new(SLOTS));
@@ -89,14 +110,19 @@ async fn dispatch<B: Batch>(
         }
         let (db, batch) = (db.clone(), batch.clone());
         tokio::spawn(async move {
-            serve(&db, batch.as_ref(), pending).await;
+            serve(&db, batch.as_ref(), time_limit, pending).await;
             drop(slot);
         });
     }
 }
 
-/// Runs one batch; every request hears its own output, or that the batch failed.
-async fn serve<B: Batch>(db: &PgPool, batch: &B, mut pending: Vec<Pending<B>>) {
+/// Runs one batch; every request hears its own output, or what became of its batch.
+async fn serve<B: Batch>(
+    db: &PgPool,
+    batch: &B,
+    time_limit: Duration,
+    mut pending: Vec<Pending<B>>,
+) {
     // A request that gave up while it waited (its client left, or it timed out and was answered
     // so) is not served: what its client was told stays true.
     pending.retain(|(_, reply)| !reply.is_closed());
@@ -105,26 +131,50 @@ async fn serve<B: Batch>(db: &PgPool, batch: &B, mut pending: Vec<Pending<B>>) {
     }
     metrics::histogram!("coalesced_batch_size", "batch" => B::NAME).record(pending.len() as f64);
     let (items, replies): (Vec<B::Item>, Vec<_>) = pending.into_iter().unzip();
-    let outputs = match batch.run(db, &items).await {
-        Ok(outputs) if outputs.len() == items.len() => outputs.into_iter().map(Some).collect(),
-        Ok(outputs) => {
+    let size = items.len();
+    let every = |what: fn() -> Shared<B::Output>| (0..size).map(|_| what()).collect();
+    let answers: Vec<Shared<B::Output>> = match tokio::time::timeout(
+        time_limit,
+        batch.run(db, &items),
+    )
+    .await
+    {
+        Ok(Ok(outputs)) if outputs.len() == items.len() => {
+            outputs.into_iter().map(Shared::Served).collect()
+        }
+        Ok(Ok(outputs)) => {
             tracing::error!(
                 batch = B::NAME,
                 items = items.len(),
                 outputs = outputs.len(),
-                "a batch answered the wrong number of requests; each is served alone"
+                "a batch answered the wrong number of requests"
             );
-            Vec::new()
+            every(|| Shared::Unknown)
         }
-        Err(error) => {
-            tracing::warn!(batch = B::NAME, %error, size = items.len(), "a batch failed; each of its requests is served alone");
-            Vec::new()
+        Ok(Err(
+            error
+            @ (sqlx::Error::Database(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed),
+        )) => {
+            tracing::warn!(batch = B::NAME, %error, size = items.len(), "a batch was not written; each of its requests is served alone");
+            every(|| Shared::Alone)
+        }
+        Ok(Err(error)) => {
+            tracing::error!(batch = B::NAME, %error, size = items.len(), "a batch failed after it was sent");
+            every(|| Shared::Unknown)
+        }
+        Err(_) => {
+            tracing::error!(
+                batch = B::NAME,
+                size = items.len(),
+                ?time_limit,
+                "a batch ran past the time a request may take"
+            );
+            every(|| Shared::Unknown)
         }
     };
-    let mut outputs = outputs.into_iter();
-    for reply in replies {
+    for (reply, answer) in replies.into_iter().zip(answers) {
         // A request that gave up while its statement ran no longer listens; what the statement
         // wrote stands, as a statement of its own would have.
-        let _ = reply.send(outputs.next().flatten());
+        let _ = reply.send(answer);
     }
 }

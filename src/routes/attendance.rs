@@ -15,6 +15,7 @@ use crate::auth::{AuthUser, ClientInfo};
 use crate::db::attendance::{self as records, AttendanceFilter, AttendanceRecord, AttendanceRow};
 use crate::db::clock_ins::NewClockIn;
 use crate::db::clock_outs::{self, CloseShift, OpenShift};
+use crate::db::coalesce::Shared;
 use crate::domain::GeoPoint;
 use crate::domain::attendance::{TimeRules, forgotten_before};
 use crate::error::{ApiError, ErrorEnvelope, Invalid};
@@ -187,8 +188,11 @@ async fn clock_in(
         ip: client.ip,
         user_agent: client.user_agent,
     });
-    if let Some(Some(row)) = state.batches.clock_ins.submit(new.clone()).await {
-        return Ok((StatusCode::CREATED, Json(row.into())));
+    match state.batches.clock_ins.submit(new.clone()).await {
+        Shared::Served(Some(row)) => return Ok((StatusCode::CREATED, Json(row.into()))),
+        Shared::Served(None) | Shared::Alone => {}
+        // It may have been written: writing it again could make a second record.
+        Shared::Unknown => return Err(ApiError::Unavailable),
     }
     let mut closed_forgotten = 0;
     let row = loop {
@@ -245,6 +249,15 @@ async fn by_client_id(
         .await?)
 }
 
+/// The user's open shift, read with the others asked for at the same time, or alone when that
+/// read failed (a read is safe to repeat).
+async fn open_shift(state: &AppState, user_id: Uuid) -> Result<Option<OpenShift>, ApiError> {
+    match state.batches.open_shifts.submit(user_id).await {
+        Shared::Served(open) => Ok(open),
+        Shared::Alone | Shared::Unknown => Ok(clock_outs::open_shift(&state.db, user_id).await?),
+    }
+}
+
 fn not_clocked_in(message: &str) -> ApiError {
     ApiError::conflict("not_clocked_in", message)
 }
@@ -281,14 +294,10 @@ async fn clock_out(
     // failed.
     let cutoff = forgotten_before(now, state.config.attendance.max_shift);
     for _ in 0..3 {
-        let open = match state.batches.open_shifts.submit(user.id).await {
-            Some(open) => open,
-            None => clock_outs::open_shift(&state.db, user.id).await?,
-        };
         let Some(OpenShift {
             row: open,
             change_xid,
-        }) = open
+        }) = open_shift(&state, user.id).await?
         else {
             return Err(not_clocked_in("you are not clocked in"));
         };
@@ -322,8 +331,9 @@ async fn clock_out(
             user_agent: client.user_agent.clone(),
         });
         let closed = match state.batches.shift_closes.submit(close.clone()).await {
-            Some(closed) => closed,
-            None => close.close(&state.db).await?,
+            Shared::Served(closed) => closed,
+            Shared::Alone => close.close(&state.db).await?,
+            Shared::Unknown => return Err(ApiError::Unavailable),
         };
         if let Some(row) = closed {
             return Ok(Json(row.into()));
@@ -351,10 +361,7 @@ async fn active(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> Result<Json<ActiveAttendance>, ApiError> {
-    let open = match state.batches.open_shifts.submit(user.id).await {
-        Some(open) => open,
-        None => clock_outs::open_shift(&state.db, user.id).await?,
-    };
+    let open = open_shift(&state, user.id).await?;
     Ok(Json(ActiveAttendance {
         attendance: open.map(|o| o.row.into()),
     }))

@@ -271,6 +271,7 @@ async fn a_crowd_clocking_in_at_once_gets_one_record_and_one_audit_row_each() {
     .fetch_all(&app.db)
     .await
     .unwrap();
+    // Operators see how many requests each shared statement served.
     let metrics = app
         .get("/metrics")
         .send()
@@ -407,11 +408,130 @@ async fn simultaneous_retries_of_one_clock_in_return_one_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clock_in_the_database_refuses_does_not_fail_those_written_with_it() {
     let app = TestApp::spawn().await;
-    // Rows noted "hold" keep their statement busy; a row noted "refuse" fails its statement.
+    gate_clock_ins(&app).await;
+    let facility = app.facility().await;
+    let mut crowd = Vec::new();
+    for _ in 0..21 {
+        crowd.push(app.quick_user("focal", None, facility).await);
+    }
+    let (gate, held) = hold_every_slot(&app, facility).await;
+
+    // Every slot is taken, so the crowd queues and goes together once one is free.
+    let requests: Vec<_> = crowd
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let mut body = at_site();
+            if i == 10 {
+                body["notes"] = json!("refuse");
+            }
+            tokio::spawn(clock_in_task(&app, u, body))
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    release(gate).await;
+
+    for (i, request) in requests.into_iter().enumerate() {
+        let (status, body) = request.await.unwrap();
+        let expected = if i == 10 {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::CREATED
+        };
+        assert_eq!(status, expected, "clock-in {i}: {body}");
+    }
+    for h in held {
+        assert_eq!(h.await.unwrap().0, StatusCode::CREATED);
+    }
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance WHERE status = 'open'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(open as usize, SLOTS + 20);
+    // The held ones, then the refused one with the others of its statement, then each of those
+    // again alone: more than the held ones, the crowd once, and the refused one twice.
+    let attempts = clock_in_attempts(&app).await;
+    assert!(
+        attempts > (SLOTS + 21 + 1) as i64,
+        "{attempts}: the refused clock-in was not written with others"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_in_whose_client_gave_up_while_it_waited_is_not_written() {
+    let app = TestApp::spawn().await;
+    gate_clock_ins(&app).await;
+    let facility = app.facility().await;
+    let quitter = app.quick_user("focal", None, facility).await;
+    let (gate, held) = hold_every_slot(&app, facility).await;
+
+    // Every slot is busy: this clock-in waits, and its client leaves before a slot is free.
+    let gave_up = app
+        .post("/api/attendance/clock-in")
+        .bearer_auth(&quitter.token)
+        .json(&at_site())
+        .timeout(std::time::Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gave_up.unwrap_err().is_timeout());
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    release(gate).await;
+    for h in held {
+        assert_eq!(h.await.unwrap().0, StatusCode::CREATED);
+    }
+
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance WHERE user_id = $1")
+        .bind(quitter.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!((stored, clock_in_attempts(&app).await), (0, SLOTS as i64));
+    // Its retry is a first clock-in.
+    let (status, body) = clock_in(&app, &quitter, at_site()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_stuck_past_the_request_timeout_give_their_slots_back() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("REQUEST_TIMEOUT_SECS".into(), "1".into());
+    })
+    .await;
+    gate_clock_ins(&app).await;
+    let facility = app.facility().await;
+    let later = app.quick_user("focal", None, facility).await;
+    let (gate, held) = hold_every_slot(&app, facility).await;
+
+    // The held clock-ins are stuck in the database, and their requests time out.
+    for h in held {
+        let (status, body) = h.await.unwrap();
+        assert_error(
+            status,
+            &body,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+        );
+    }
+    // Their statements still wait on the gate, but the slots are free for the next clock-in.
+    let (status, body) = clock_in(&app, &later, at_site()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    release(gate).await;
+}
+
+/// The writing slots of each kind of shared statement.
+const SLOTS: usize = field_attendance::db::coalesce::SLOTS;
+/// The advisory lock that held clock-ins wait for.
+const GATE: i64 = 4242;
+
+/// Makes the database count every row it is asked to write, keep a row noted "hold" inside its
+/// statement while the test holds `GATE`, and refuse a row noted "refuse".
+async fn gate_clock_ins(app: &TestApp) {
     sqlx::raw_sql(
-        "CREATE FUNCTION test_clock_in_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+        "CREATE SEQUENCE test_clock_in_attempts;
+         CREATE FUNCTION test_clock_in_gate() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
-             IF NEW.notes = 'hold' THEN PERFORM pg_sleep(0.4); END IF;
+             PERFORM nextval('test_clock_in_attempts');
+             IF NEW.notes = 'hold' THEN PERFORM pg_advisory_xact_lock_shared(4242); END IF;
              IF NEW.notes = 'refuse' THEN RAISE EXCEPTION 'refused by the test'; END IF;
              RETURN NEW;
          END $$;
@@ -421,109 +541,82 @@ async fn a_clock_in_the_database_refuses_does_not_fail_those_written_with_it() {
     .execute(&app.db)
     .await
     .unwrap();
-    let facility = app.facility().await;
-    let mut users = Vec::new();
-    for _ in 0..(field_attendance::db::coalesce::SLOTS + 21) {
-        users.push(app.quick_user("focal", None, facility).await);
-    }
-    let (holders, crowd) = users.split_at(field_attendance::db::coalesce::SLOTS);
-
-    // Every writing slot is taken by a held clock-in, so the crowd queues and goes together.
-    let mut held = Vec::new();
-    for user in holders {
-        let mut body = at_site();
-        body["notes"] = json!("hold");
-        held.push(tokio::spawn(clock_in_owned(&app, user, body)));
-        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
-    }
-    let results = futures::future::join_all(crowd.iter().enumerate().map(|(i, u)| {
-        let mut body = at_site();
-        if i == 10 {
-            body["notes"] = json!("refuse");
-        }
-        clock_in(&app, u, body)
-    }))
-    .await;
-
-    for (i, (status, body)) in results.iter().enumerate() {
-        let expected = if i == 10 {
-            StatusCode::INTERNAL_SERVER_ERROR
-        } else {
-            StatusCode::CREATED
-        };
-        assert_eq!(*status, expected, "clock-in {i}: {body}");
-    }
-    for h in held {
-        assert_eq!(h.await.unwrap(), StatusCode::CREATED);
-    }
-    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance WHERE status = 'open'")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(open as usize, users.len() - 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clock_in_whose_client_gave_up_while_it_waited_is_not_written() {
-    let app = TestApp::spawn().await;
-    sqlx::raw_sql(
-        "CREATE FUNCTION test_clock_in_hold() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             IF NEW.notes = 'hold' THEN PERFORM pg_sleep(0.6); END IF;
-             RETURN NEW;
-         END $$;
-         CREATE TRIGGER test_clock_in_hold BEFORE INSERT ON attendance
-             FOR EACH ROW EXECUTE FUNCTION test_clock_in_hold();",
+async fn clock_in_attempts(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM test_clock_in_attempts",
     )
-    .execute(&app.db)
+    .fetch_one(&app.db)
     .await
-    .unwrap();
-    let facility = app.facility().await;
+    .unwrap()
+}
+
+/// Takes every clock-in slot with a held clock-in, one statement each: the next is sent only
+/// once the one before waits inside its statement. Returns the gate (release it to let them
+/// finish) and their requests.
+async fn hold_every_slot(
+    app: &TestApp,
+    facility: uuid::Uuid,
+) -> (
+    sqlx::pool::PoolConnection<sqlx::Postgres>,
+    Vec<tokio::task::JoinHandle<(StatusCode, Value)>>,
+) {
+    let mut gate = app.db.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(GATE)
+        .execute(&mut *gate)
+        .await
+        .unwrap();
     let mut held = Vec::new();
-    for _ in 0..field_attendance::db::coalesce::SLOTS {
+    for k in 1..=SLOTS as i64 {
         let user = app.quick_user("focal", None, facility).await;
         let mut body = at_site();
         body["notes"] = json!("hold");
-        held.push(tokio::spawn(clock_in_owned(&app, &user, body)));
-        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        held.push(tokio::spawn(clock_in_task(app, &user, body)));
+        let waiting = async {
+            loop {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                     WHERE l.locktype = 'advisory' AND l.objid::int8 = $1 AND NOT l.granted
+                       AND d.datname = current_database()",
+                )
+                .bind(GATE)
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+                if n == k {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("the held clock-in reaches the database");
     }
-    let quitter = app.quick_user("focal", None, facility).await;
+    (gate, held)
+}
 
-    // Every slot is busy: this clock-in waits, and its client leaves before a slot is free.
-    let gave_up = app
-        .post("/api/attendance/clock-in")
-        .bearer_auth(&quitter.token)
-        .json(&at_site())
-        .timeout(std::time::Duration::from_millis(150))
-        .send()
-        .await;
-    assert!(gave_up.unwrap_err().is_timeout());
-    for h in held {
-        assert_eq!(h.await.unwrap(), StatusCode::CREATED);
-    }
-
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance WHERE user_id = $1")
-        .bind(quitter.id)
-        .fetch_one(&app.db)
+async fn release(mut gate: sqlx::pool::PoolConnection<sqlx::Postgres>) {
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(GATE)
+        .execute(&mut *gate)
         .await
         .unwrap();
-    assert_eq!(stored, 0);
-    // Its retry is a first clock-in.
-    let (status, body) = clock_in(&app, &quitter, at_site()).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
 }
 
 /// A clock-in that can run on its own task.
-fn clock_in_owned(
+fn clock_in_task(
     app: &TestApp,
     user: &TestUser,
     body: Value,
-) -> impl std::future::Future<Output = StatusCode> + Send + 'static {
+) -> impl std::future::Future<Output = (StatusCode, Value)> + Send + 'static {
     let request = app
         .post("/api/attendance/clock-in")
         .bearer_auth(&user.token)
         .json(&body);
-    async move { send(request).await.0 }
+    async move { send(request).await }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
