@@ -115,14 +115,7 @@ async fn a_request_id_sent_by_the_client_is_echoed_in_header_and_error_body() {
 async fn metrics_count_requests_by_route_and_status() {
     let app = TestApp::spawn().await;
     send(app.get("/health")).await;
-    let text = app
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(
         text.lines().any(|l| l.starts_with("http_requests_total")
             && l.contains(r#"route="/health""#)

@@ -497,6 +497,17 @@ impl TestApp {
         self.facility_at(-1.9456, 30.1270).await
     }
 
+    /// The Prometheus exposition text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Actions recorded in the audit trail, oldest first.
     pub async fn actions(&self) -> Vec<String> {
         sqlx::query_scalar("SELECT action FROM activities ORDER BY created_at, id")
