@@ -103,15 +103,16 @@ fn values(first: usize) -> String {
     format!("VALUES ({})", params.join(", "))
 }
 
-/// A data-modifying CTE named `audit` recording `action` on each row of the CTE `a` (a write of
-/// an `entity_type` row earlier in the same statement), so that the write and its audit row
-/// take one round trip. It binds, from `$first`: actor id, actor email, details, ip, user agent.
-pub fn audit_cte(action: &'static str, entity_type: &'static str, first: usize) -> String {
-    let [actor, email, details, ip, agent] = std::array::from_fn(|i| first + i);
+/// A data-modifying CTE named `audit` recording `action` on each row that the CTE `a` wrote (an
+/// `entity_type` row), by the actor of the row of the CTE `c` with the same id: `c` has the
+/// columns `user_id`, `email`, `details`, `ip` and `user_agent`. A set of writes and their audit
+/// rows then take one statement.
+pub fn audit_cte(action: &'static str, entity_type: &'static str) -> String {
     format!(
         "audit AS (
              {INSERT}
-             SELECT ${actor}, ${email}, '{action}', '{entity_type}', a.id, ${details}, ${ip}, ${agent} FROM a
+             SELECT c.user_id, c.email, '{action}', '{entity_type}', a.id, c.details, c.ip, c.user_agent
+             FROM a JOIN c ON c.id = a.id
          )"
     )
 }

@@ -6,7 +6,7 @@
 //! afterwards ([`NewClockIn::insert`]), where the constraint or error they meet is their own.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -47,45 +47,15 @@ impl NewClockIn {
         })
     }
 
-    /// This clock-in alone: the record and its audit row in one statement (atomic on its
-    /// own). A unique constraint it meets is the error's, for the caller to tell apart.
+    /// This clock-in alone, with its audit row, in one statement. A unique constraint it meets
+    /// is the error's, for the caller to tell apart.
     pub async fn insert(
         &self,
         db: &PgPool,
         closed_forgotten: u64,
     ) -> Result<AttendanceRow, sqlx::Error> {
-        let sql = format!(
-            "WITH a AS (
-                 INSERT INTO attendance (user_id, facility_id, clock_in_at, clock_in_latitude, clock_in_longitude,
-                                         clock_in_accuracy_m, distance_m, outside_geofence, source, device_id,
-                                         client_id, client_timestamp, notes)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'online', $9, $10, $11, $12)
-                 RETURNING *
-             ), {}
-             SELECT {} FROM a",
-            audit_cte("attendance.clock_in", "attendance", 13),
-            records::COLUMNS
-        );
-        sqlx::query_as(&sql)
-            .bind(self.user_id)
-            .bind(self.facility_id)
-            .bind(self.occurred_at)
-            .bind(self.point.latitude)
-            .bind(self.point.longitude)
-            .bind(self.accuracy_m)
-            .bind(self.distance)
-            .bind(self.outside)
-            .bind(&self.device_id)
-            .bind(&self.client_id)
-            .bind(self.client_timestamp)
-            .bind(&self.notes)
-            .bind(self.user_id)
-            .bind(&self.email)
-            .bind(self.details(closed_forgotten))
-            .bind(&self.ip)
-            .bind(&self.user_agent)
-            .fetch_one(db)
-            .await
+        let mut written = insert(db, &[(Uuid::new_v4(), self)], closed_forgotten, false).await?;
+        written.pop().ok_or(sqlx::Error::RowNotFound)
     }
 }
 
@@ -112,7 +82,7 @@ impl Batch for ClockIns {
             .zip(items.iter().map(Arc::as_ref))
             .collect();
         rows.sort_by_key(|(_, c)| c.user_id);
-        let mut written: HashMap<Uuid, AttendanceRow> = insert_many(db, &rows)
+        let mut written: HashMap<Uuid, AttendanceRow> = insert(db, &rows, 0, true)
             .await?
             .into_iter()
             .map(|r| (r.id, r))
@@ -121,15 +91,11 @@ impl Batch for ClockIns {
     }
 }
 
-/// The batch and its audit rows in one statement. Rows that meet a unique constraint, with a
-/// stored row or an earlier row of the same batch, are skipped and not returned.
-async fn insert_many(
-    db: &PgPool,
-    rows: &[(Uuid, &NewClockIn)],
-) -> Result<Vec<AttendanceRow>, sqlx::Error> {
-    let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
-    let rows = rows.iter().map(|(_, c)| *c);
-    let sql = format!(
+/// Rows given as `UNNEST` arrays (`$1`..`$17`, bound by [`insert`]), written with their audit
+/// rows; with `skip_conflicts`, a row that meets a unique constraint (with a stored row or an
+/// earlier row of the same statement) is skipped and not returned, instead of failing the lot.
+fn insert_sql(skip_conflicts: bool) -> String {
+    format!(
         "WITH c AS (
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::float8[],
                                   $6::float8[], $7::float8[], $8::float8[], $9::bool[], $10::text[],
@@ -146,19 +112,30 @@ async fn insert_many(
              SELECT id, user_id, facility_id, clock_in_at, latitude, longitude, accuracy_m,
                     distance_m, outside, 'online', device_id, client_id, client_timestamp, notes
              FROM c
-             ON CONFLICT DO NOTHING
+             {}
              RETURNING *
-         ), audit AS (
-             INSERT INTO activities (actor_id, actor_email, action, entity_type, entity_id, details,
-                                     ip, user_agent)
-             SELECT c.user_id, c.email, 'attendance.clock_in', 'attendance', a.id, c.details, c.ip,
-                    c.user_agent
-             FROM a JOIN c ON c.id = a.id
-         )
+         ), {}
          SELECT {} FROM a",
+        if skip_conflicts { "ON CONFLICT DO NOTHING" } else { "" },
+        audit_cte("attendance.clock_in", "attendance"),
         records::COLUMNS
-    );
-    sqlx::query_as(&sql)
+    )
+}
+
+/// Clock-ins with their ids, in one statement; `closed_forgotten` is recorded in their audit
+/// rows.
+async fn insert(
+    db: &PgPool,
+    rows: &[(Uuid, &NewClockIn)],
+    closed_forgotten: u64,
+    skip_conflicts: bool,
+) -> Result<Vec<AttendanceRow>, sqlx::Error> {
+    static SKIPPING: LazyLock<String> = LazyLock::new(|| insert_sql(true));
+    static FAILING: LazyLock<String> = LazyLock::new(|| insert_sql(false));
+    let sql = if skip_conflicts { &SKIPPING } else { &FAILING };
+    let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
+    let rows = rows.iter().map(|(_, c)| *c);
+    sqlx::query_as(sql.as_str())
         .bind(ids)
         .bind(rows.clone().map(|c| c.user_id).collect::<Vec<_>>())
         .bind(rows.clone().map(|c| c.facility_id).collect::<Vec<_>>())
@@ -181,7 +158,11 @@ async fn insert_many(
         .bind(rows.clone().map(|c| c.client_timestamp).collect::<Vec<_>>())
         .bind(rows.clone().map(|c| c.notes.clone()).collect::<Vec<_>>())
         .bind(rows.clone().map(|c| c.email.clone()).collect::<Vec<_>>())
-        .bind(rows.clone().map(|c| c.details(0)).collect::<Vec<_>>())
+        .bind(
+            rows.clone()
+                .map(|c| c.details(closed_forgotten))
+                .collect::<Vec<_>>(),
+        )
         .bind(rows.clone().map(|c| c.ip.clone()).collect::<Vec<_>>())
         .bind(rows.map(|c| c.user_agent.clone()).collect::<Vec<_>>())
         .fetch_all(db)

@@ -7,7 +7,7 @@
 //! in between, so both steps can be shared with other users' clock-outs.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -27,19 +27,19 @@ pub struct OpenShift {
     pub change_xid: String,
 }
 
-/// The open shift of each user (`user_id = ANY`), read through the one-open-shift index.
-fn open_shifts_sql(users: &str) -> String {
+/// The open shift of each user of `$1`, read through the one-open-shift index.
+static OPEN_SHIFTS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {}, a.change_xid::text AS change_xid FROM attendance a
-         WHERE a.user_id {users} AND a.status = 'open' AND a.deleted_at IS NULL",
+         WHERE a.user_id = ANY($1) AND a.status = 'open' AND a.deleted_at IS NULL",
         records::COLUMNS
     )
-}
+});
 
 /// The user's open shift, read alone.
 pub async fn open_shift(db: &PgPool, user_id: Uuid) -> Result<Option<OpenShift>, sqlx::Error> {
-    sqlx::query_as(&open_shifts_sql("= $1"))
-        .bind(user_id)
+    sqlx::query_as(OPEN_SHIFTS.as_str())
+        .bind([user_id])
         .fetch_optional(db)
         .await
 }
@@ -57,7 +57,7 @@ impl Batch for OpenShifts {
         db: &PgPool,
         users: &[Uuid],
     ) -> Result<Vec<Option<OpenShift>>, sqlx::Error> {
-        let found: Vec<OpenShift> = sqlx::query_as(&open_shifts_sql("= ANY($1)"))
+        let found: Vec<OpenShift> = sqlx::query_as(OPEN_SHIFTS.as_str())
             .bind(users)
             .fetch_all(db)
             .await?;
@@ -91,40 +91,9 @@ impl CloseShift {
     }
 
     /// Closes the shift alone, with its audit row, in one statement. None when the shift
-    /// changed since it was read. The update names the row by id alone: a `status = 'open'`
-    /// condition would let the planner pick the one-open-shift index, whose size it misjudges
-    /// while statistics predate the day's clock-ins, and read every open shift to find this one.
+    /// changed since it was read.
     pub async fn close(&self, db: &PgPool) -> Result<Option<AttendanceRow>, sqlx::Error> {
-        let sql = format!(
-            "WITH a AS (
-                 UPDATE attendance SET status = 'closed', clock_out_at = $2, clock_out_latitude = $3,
-                        clock_out_longitude = $4, clock_out_accuracy_m = $5, clock_out_distance_m = $6,
-                        outside_geofence = outside_geofence OR $7, notes = coalesce($8, notes),
-                        sync_version = sync_version + 1
-                 WHERE id = $1 AND change_xid = $9::xid8
-                 RETURNING *
-             ), {}
-             SELECT {} FROM a",
-            audit_cte("attendance.clock_out", "attendance", 10),
-            records::COLUMNS
-        );
-        sqlx::query_as(&sql)
-            .bind(self.id)
-            .bind(self.occurred_at)
-            .bind(self.point.latitude)
-            .bind(self.point.longitude)
-            .bind(self.accuracy_m)
-            .bind(self.distance)
-            .bind(self.outside)
-            .bind(&self.notes)
-            .bind(&self.change_xid)
-            .bind(self.user_id)
-            .bind(&self.email)
-            .bind(self.details())
-            .bind(&self.ip)
-            .bind(&self.user_agent)
-            .fetch_optional(db)
-            .await
+        Ok(close(db, &[self]).await?.pop())
     }
 }
 
@@ -155,7 +124,7 @@ impl Batch for ShiftCloses {
         // Locked in id order: two batches that hold the same shifts wait for each other in one
         // order, never in a cycle.
         closes.sort_by_key(|c| c.id);
-        let mut closed: HashMap<Uuid, AttendanceRow> = close_many(db, &closes)
+        let mut closed: HashMap<Uuid, AttendanceRow> = close(db, &closes)
             .await?
             .into_iter()
             .map(|r| (r.id, r))
@@ -169,39 +138,36 @@ impl Batch for ShiftCloses {
 }
 
 /// The shifts and their audit rows in one statement; a shift whose stamp moved is left alone
-/// and not returned.
-async fn close_many(
-    db: &PgPool,
-    closes: &[&CloseShift],
-) -> Result<Vec<AttendanceRow>, sqlx::Error> {
-    let sql = format!(
-        "WITH c AS (
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::float8[],
-                                  $5::float8[], $6::float8[], $7::float8[], $8::bool[], $9::text[],
-                                  $10::uuid[], $11::text[], $12::jsonb[], $13::text[], $14::text[])
-                 AS c (id, change_xid, clock_out_at, latitude, longitude, accuracy_m, distance_m,
-                       outside, notes, user_id, email, details, ip, user_agent)
-         ), a AS (
-             UPDATE attendance t SET status = 'closed', clock_out_at = c.clock_out_at,
-                    clock_out_latitude = c.latitude, clock_out_longitude = c.longitude,
-                    clock_out_accuracy_m = c.accuracy_m, clock_out_distance_m = c.distance_m,
-                    outside_geofence = t.outside_geofence OR c.outside,
-                    notes = coalesce(c.notes, t.notes), sync_version = t.sync_version + 1
-             FROM c
-             WHERE t.id = c.id AND t.change_xid = c.change_xid::xid8
-             RETURNING t.*
-         ), audit AS (
-             INSERT INTO activities (actor_id, actor_email, action, entity_type, entity_id, details,
-                                     ip, user_agent)
-             SELECT c.user_id, c.email, 'attendance.clock_out', 'attendance', a.id, c.details, c.ip,
-                    c.user_agent
-             FROM a JOIN c ON c.id = a.id
-         )
-         SELECT {} FROM a",
-        records::COLUMNS
-    );
+/// and not returned. The update names the rows by id alone: a `status = 'open'` condition would
+/// let the planner pick the one-open-shift index, whose size it misjudges while statistics
+/// predate the day's clock-ins, and read every open shift to find these.
+async fn close(db: &PgPool, closes: &[&CloseShift]) -> Result<Vec<AttendanceRow>, sqlx::Error> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH c AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::float8[],
+                                      $5::float8[], $6::float8[], $7::float8[], $8::bool[],
+                                      $9::text[], $10::uuid[], $11::text[], $12::jsonb[],
+                                      $13::text[], $14::text[])
+                     AS c (id, change_xid, clock_out_at, latitude, longitude, accuracy_m,
+                           distance_m, outside, notes, user_id, email, details, ip, user_agent)
+             ), a AS (
+                 UPDATE attendance t SET status = 'closed', clock_out_at = c.clock_out_at,
+                        clock_out_latitude = c.latitude, clock_out_longitude = c.longitude,
+                        clock_out_accuracy_m = c.accuracy_m, clock_out_distance_m = c.distance_m,
+                        outside_geofence = t.outside_geofence OR c.outside,
+                        notes = coalesce(c.notes, t.notes), sync_version = t.sync_version + 1
+                 FROM c
+                 WHERE t.id = c.id AND t.change_xid = c.change_xid::xid8
+                 RETURNING t.*
+             ), {}
+             SELECT {} FROM a",
+            audit_cte("attendance.clock_out", "attendance"),
+            records::COLUMNS
+        )
+    });
     let rows = closes.iter().copied();
-    sqlx::query_as(&sql)
+    sqlx::query_as(SQL.as_str())
         .bind(rows.clone().map(|c| c.id).collect::<Vec<_>>())
         .bind(
             rows.clone()

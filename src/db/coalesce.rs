@@ -8,6 +8,7 @@
 //! waiting is never added when there is nothing to wait for.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -62,6 +63,8 @@ pub struct Coalescer<B: Batch> {
     time_limit: Duration,
     /// Started on first use, on the runtime that serves the requests.
     sender: OnceLock<mpsc::UnboundedSender<Pending<B>>>,
+    /// Requests queued and not yet taken into a batch.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl<B: Batch> Coalescer<B> {
@@ -71,7 +74,13 @@ impl<B: Batch> Coalescer<B> {
             batch: Arc::new(batch),
             time_limit,
             sender: OnceLock::new(),
+            waiting: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// How many requests wait for a free slot.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Serves the item with the others waiting beside it. The queue only holds requests in
@@ -80,11 +89,14 @@ impl<B: Batch> Coalescer<B> {
         let (reply, answer) = oneshot::channel();
         let sender = self.sender.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
-            let (db, batch) = (self.db.clone(), self.batch.clone());
-            tokio::spawn(dispatch(db, batch, self.time_limit, receiver));
+            let (db, batch, waiting) = (self.db.clone(), self.batch.clone(), self.waiting.clone());
+            tokio::spawn(dispatch(db, batch, self.time_limit, waiting, receiver));
             sender
         });
+        // Counted before it can be taken, so that the count never goes below zero.
+        self.waiting.fetch_add(1, Ordering::Relaxed);
         if sender.send((item, reply)).is_err() {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
             return Shared::Alone;
         }
         // A batch whose task ended without answering (a panic) may have run its statement.
@@ -97,6 +109,7 @@ async fn dispatch<B: Batch>(
     db: PgPool,
     batch: Arc<B>,
     time_limit: Duration,
+    waiting: Arc<AtomicUsize>,
     mut queue: mpsc::UnboundedReceiver<Pending<B>>,
 ) {
     let slots = Arc::new(Semaphore::new(SLOTS));
@@ -105,9 +118,11 @@ async fn dispatch<B: Batch>(
             return;
         };
         let mut pending = Vec::with_capacity(MAX_BATCH);
-        if queue.recv_many(&mut pending, MAX_BATCH).await == 0 {
+        let taken = queue.recv_many(&mut pending, MAX_BATCH).await;
+        if taken == 0 {
             return;
         }
+        waiting.fetch_sub(taken, Ordering::Relaxed);
         let (db, batch) = (db.clone(), batch.clone());
         tokio::spawn(async move {
             serve(&db, batch.as_ref(), time_limit, pending).await;

@@ -421,7 +421,7 @@ async fn a_clock_in_the_database_refuses_does_not_fail_those_written_with_it() {
             tokio::spawn(clock_in_task(&app, u, body))
         })
         .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    wait_until_queued(&app, crowd.len()).await;
     release(gate).await;
 
     for (i, request) in requests.into_iter().enumerate() {
@@ -441,13 +441,8 @@ async fn a_clock_in_the_database_refuses_does_not_fail_those_written_with_it() {
         .await
         .unwrap();
     assert_eq!(open as usize, SLOTS + 20);
-    // The held ones, then the refused one with the others of its statement, then each of those
-    // again alone: more than the held ones, the crowd once, and the refused one twice.
-    let attempts = clock_in_attempts(&app).await;
-    assert!(
-        attempts > (SLOTS + 21 + 1) as i64,
-        "{attempts}: the refused clock-in was not written with others"
-    );
+    // The held ones, then the crowd in one statement, then each of the crowd again alone.
+    assert_eq!(clock_in_attempts(&app).await, (SLOTS + 2 * 21) as i64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -459,29 +454,29 @@ async fn a_clock_in_whose_client_gave_up_while_it_waited_is_not_written() {
     let (gate, held) = hold_every_slot(&app, facility).await;
 
     // Every slot is busy: this clock-in waits, and its client leaves before a slot is free.
-    let gave_up = app
-        .post("/api/attendance/clock-in")
-        .bearer_auth(&quitter.token)
-        .json(&at_site())
-        .timeout(std::time::Duration::from_millis(300))
-        .send()
-        .await;
-    assert!(gave_up.unwrap_err().is_timeout());
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let quitting = tokio::spawn(clock_in_task(&app, &quitter, at_site()));
+    wait_until_queued(&app, 1).await;
+    quitting.abort();
+    assert!(quitting.await.unwrap_err().is_cancelled());
+    // The service sees the connection close and drops the request.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     release(gate).await;
     for h in held {
         assert_eq!(h.await.unwrap().0, StatusCode::CREATED);
     }
 
+    // Its retry is a first clock-in, and the only row of the quitter the database ever saw.
+    let (status, body) = clock_in(&app, &quitter, at_site()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance WHERE user_id = $1")
         .bind(quitter.id)
         .fetch_one(&app.db)
         .await
         .unwrap();
-    assert_eq!((stored, clock_in_attempts(&app).await), (0, SLOTS as i64));
-    // Its retry is a first clock-in.
-    let (status, body) = clock_in(&app, &quitter, at_site()).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        (stored, clock_in_attempts(&app).await),
+        (1, SLOTS as i64 + 1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -517,7 +512,8 @@ const SLOTS: usize = field_attendance::db::coalesce::SLOTS;
 const GATE: i64 = 4242;
 
 /// Makes the database count every row it is asked to write, keep a row noted "hold" inside its
-/// statement while the test holds `GATE`, and refuse a row noted "refuse".
+/// statement while the test holds `GATE`, and refuse, once all its rows are written, a
+/// statement with a row noted "refuse".
 async fn gate_clock_ins(app: &TestApp) {
     sqlx::raw_sql(
         "CREATE SEQUENCE test_clock_in_attempts;
@@ -525,11 +521,20 @@ async fn gate_clock_ins(app: &TestApp) {
          BEGIN
              PERFORM nextval('test_clock_in_attempts');
              IF NEW.notes = 'hold' THEN PERFORM pg_advisory_xact_lock_shared(4242); END IF;
-             IF NEW.notes = 'refuse' THEN RAISE EXCEPTION 'refused by the test'; END IF;
              RETURN NEW;
          END $$;
          CREATE TRIGGER test_clock_in_gate BEFORE INSERT ON attendance
-             FOR EACH ROW EXECUTE FUNCTION test_clock_in_gate();",
+             FOR EACH ROW EXECUTE FUNCTION test_clock_in_gate();
+         CREATE FUNCTION test_clock_in_refusal() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF EXISTS (SELECT 1 FROM written WHERE notes = 'refuse') THEN
+                 RAISE EXCEPTION 'refused by the test';
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER test_clock_in_refusal AFTER INSERT ON attendance
+             REFERENCING NEW TABLE AS written
+             FOR EACH STATEMENT EXECUTE FUNCTION test_clock_in_refusal();",
     )
     .execute(&app.db)
     .await
@@ -589,6 +594,18 @@ async fn hold_every_slot(
             .expect("the held clock-in reaches the database");
     }
     (gate, held)
+}
+
+/// Waits until `n` clock-ins wait for a writing slot.
+async fn wait_until_queued(app: &TestApp, n: usize) {
+    let queued = async {
+        while app.batches.clock_ins.waiting() < n {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), queued)
+        .await
+        .expect("the clock-ins queue");
 }
 
 async fn release(mut gate: sqlx::pool::PoolConnection<sqlx::Postgres>) {

@@ -234,6 +234,8 @@ pub struct TestApp {
     /// Direct pool to the test database, for arranging data and asserting rows.
     pub db: PgPool,
     pub config: Arc<Config>,
+    /// The service's shared statements, to see who waits for them.
+    pub batches: Arc<field_attendance::state::Batches>,
     server: tokio::task::JoinHandle<()>,
     // Dropped last: the database outlives the server that uses it.
     pub test_db: TestDb,
@@ -257,6 +259,7 @@ impl TestApp {
         let app = Application::build(config).await.expect("build application");
         let addr = app.local_addr();
         let config = app.state().config.clone();
+        let batches = app.state().batches.clone();
         let server = tokio::spawn(async move {
             app.run_until(std::future::pending()).await.expect("server");
         });
@@ -269,6 +272,7 @@ impl TestApp {
                 .unwrap(),
             db,
             config,
+            batches,
             server,
             test_db,
         }
