@@ -951,30 +951,40 @@ async fn run() -> anyhow::Result<()> {
             tasks.push(tokio::spawn(async move {
                 for i in 0..50i64 {
                     let started = Instant::now();
-                    // The same two statements the service runs for a page: the page and the total.
-                    let page = sqlx::query(
-                        "SELECT u.id, u.email, u.first_name, u.last_name, u.phone, u.employee_id, u.role, u.status,
-                                u.last_login_at, u.created_at, u.updated_at,
-                                f.id AS facility_id, f.name AS facility_name, f.code AS facility_code,
-                                c.id AS council_id, c.name AS council_name, r.id AS region_id, r.name AS region_name,
-                                s.id AS supervisor_id, s.first_name AS supervisor_first_name,
-                                s.last_name AS supervisor_last_name
-                         FROM (SELECT u.id FROM users u WHERE true
-                               ORDER BY u.created_at DESC, u.id DESC LIMIT 50 OFFSET $1) page
-                         JOIN users u ON u.id = page.id
-                         LEFT JOIN facilities f ON f.id = u.facility_id
-                         LEFT JOIN councils c ON c.id = f.council_id
-                         LEFT JOIN regions r ON r.id = c.region_id
-                         LEFT JOIN users s ON s.id = u.supervisor_id
-                         ORDER BY u.created_at DESC, u.id DESC",
+                    // The same two statements the service runs for a page: the page's ids
+                    // with the total, then the rows for those ids.
+                    let ids: Result<(Vec<Uuid>, i64), _> = sqlx::query_as(
+                        "SELECT array(SELECT u.id FROM users u WHERE true
+                                      ORDER BY u.created_at DESC, u.id DESC LIMIT $1 OFFSET $2),
+                                (SELECT coalesce(sum(n), 0)::bigint FROM user_counts WHERE true)",
                     )
+                    .bind(50i64)
                     .bind(50 * (i % 20))
-                    .fetch_all(&pool)
+                    .fetch_one(&pool)
                     .await;
-                    let total = sqlx::query("SELECT coalesce(sum(n), 0)::bigint FROM user_counts")
-                        .fetch_one(&pool)
-                        .await;
-                    let ok = page.is_ok() && total.is_ok();
+                    let page = match &ids {
+                        Ok((ids, _)) => sqlx::query(
+                            "SELECT u.id, u.email, u.first_name, u.last_name, u.phone, u.employee_id, u.role, u.status,
+                                    u.last_login_at, u.created_at, u.updated_at,
+                                    f.id AS facility_id, f.name AS facility_name, f.code AS facility_code,
+                                    c.id AS council_id, c.name AS council_name, r.id AS region_id, r.name AS region_name,
+                                    s.id AS supervisor_id, s.first_name AS supervisor_first_name,
+                                    s.last_name AS supervisor_last_name
+                             FROM unnest($1::uuid[]) WITH ORDINALITY AS page (id, n)
+                             JOIN users u ON u.id = page.id
+                             LEFT JOIN facilities f ON f.id = u.facility_id
+                             LEFT JOIN councils c ON c.id = f.council_id
+                             LEFT JOIN regions r ON r.id = c.region_id
+                             LEFT JOIN users s ON s.id = u.supervisor_id
+                             ORDER BY page.n",
+                        )
+                        .bind(ids)
+                        .fetch_all(&pool)
+                        .await
+                        .map(|rows| rows.len() == 50),
+                        Err(_) => Ok(false),
+                    };
+                    let ok = ids.is_ok() && page.is_ok_and(|full| full);
                     rec.record(started, ok).await;
                 }
             }));
@@ -1211,7 +1221,7 @@ async fn run() -> anyhow::Result<()> {
                 / rps("baseline: 50-row UNNEST insert"),
         ),
         (
-            "user list / raw page and count (20 in flight)",
+            "user list / raw ids and total, then rows (20 in flight)",
             rps("user list") / rps("baseline: user page query"),
         ),
     ];

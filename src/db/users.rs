@@ -1,6 +1,8 @@
 //! Users: the API representation with its facility → council → region hierarchy, the
 //! supervision tree, and searches scoped to what the viewer may see.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder};
@@ -294,6 +296,11 @@ pub struct UserFilter {
 }
 
 /// A page of users matching `filter` among those `viewer` may see, and the total count.
+///
+/// Two statements: the page's ids and the total, then the rows for those ids. Only the first
+/// depends on the filter and the page; the second is one fixed statement whatever the page,
+/// which Postgres plans once per connection and then reuses. Planning the joins afresh for
+/// every page, as one statement did, took as long as running them.
 pub async fn search(
     db: &PgPool,
     viewer: &AuthUser,
@@ -301,88 +308,71 @@ pub async fn search(
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<User>, i64), sqlx::Error> {
-    if let Some(total) = kept_total(db, viewer, filter).await? {
-        // The page's ids first, walking the created_at index from users alone, and only then
-        // the joins for those rows: a later page walks `offset` index entries rather than
-        // joining `offset` rows to throw them away.
-        let mut page = QueryBuilder::new(SELECT_USER);
-        page.push(" FROM (SELECT u.id");
-        push_matching(&mut page, viewer, filter);
-        page.push(" ORDER BY u.created_at DESC, u.id DESC LIMIT ")
-            .push_bind(limit)
-            .push(" OFFSET ")
-            .push_bind(offset)
-            .push(") page JOIN users u ON u.id = page.id")
-            .push(USER_JOINS)
-            .push(" ORDER BY u.created_at DESC, u.id DESC");
-        let rows: Vec<UserRow> = page.build_query_as().fetch_all(db).await?;
-        return Ok((rows.into_iter().map(User::from).collect(), total));
-    }
-
-    // The matching rows must be counted, so the page is taken from the same matches, found
-    // once. Walking the created_at index instead, and filtering as it goes, is what the planner
-    // picks when it expects many matches; a search (whose trigram estimate can be off by ten)
-    // then reads deep into the index to find 50 rare ones.
-    let mut page = QueryBuilder::new("WITH matched AS MATERIALIZED (SELECT u.id, u.created_at");
-    push_matching(&mut page, viewer, filter);
-    page.push("), page AS (SELECT id FROM matched ORDER BY created_at DESC, id DESC LIMIT ")
-        .push_bind(limit)
-        .push(" OFFSET ")
-        .push_bind(offset)
-        .push(") ")
-        .push(SELECT_USER)
-        .push(", (SELECT count(*) FROM matched) AS total FROM page JOIN users u ON u.id = page.id")
-        .push(USER_JOINS)
-        .push(" ORDER BY u.created_at DESC, u.id DESC");
-    let rows: Vec<CountedUserRow> = page.build_query_as().fetch_all(db).await?;
-    let total = match rows.first() {
-        Some(row) => row.total,
-        // A page past the end still reports how many there are.
-        None if offset > 0 => {
-            let mut count = QueryBuilder::new("SELECT count(*)");
-            push_matching(&mut count, viewer, filter);
-            count.build_query_scalar().fetch_one(db).await?
+    let mut ids = QueryBuilder::new("");
+    if counted_by_triggers(viewer, filter) {
+        // The page walks the created_at index from users alone, so a later page walks `offset`
+        // index entries rather than fetching `offset` rows to throw them away, and the total
+        // comes from the trigger-kept counts by role and status.
+        ids.push("SELECT array(SELECT u.id");
+        push_matching(&mut ids, viewer, filter);
+        push_page(&mut ids, "u.", limit, offset);
+        ids.push("), (SELECT coalesce(sum(n), 0)::bigint FROM user_counts WHERE true");
+        if let Some(role) = filter.role {
+            ids.push(" AND role = ").push_bind(role.as_str());
         }
-        None => 0,
-    };
-    Ok((
-        rows.into_iter().map(|r| User::from(r.user)).collect(),
-        total,
+        if let Some(status) = filter.status {
+            ids.push(" AND status = ").push_bind(status.as_str());
+        }
+        ids.push(")");
+    } else {
+        // The matching rows must be counted, so the page is taken from the same matches, found
+        // once. Walking the created_at index instead, and filtering as it goes, is what the
+        // planner picks when it expects many matches; a search (whose trigram estimate can be
+        // off by ten) then reads deep into the index to find 50 rare ones.
+        ids.push("WITH matched AS MATERIALIZED (SELECT u.id, u.created_at");
+        push_matching(&mut ids, viewer, filter);
+        ids.push(") SELECT array(SELECT id FROM matched");
+        push_page(&mut ids, "", limit, offset);
+        ids.push("), (SELECT count(*) FROM matched)");
+    }
+    let (ids, total): (Vec<Uuid>, i64) = ids.build_query_as().fetch_one(db).await?;
+    Ok((by_ids(db, &ids).await?, total))
+}
+
+/// The users with these ids, in this order (a user deleted meanwhile is left out).
+async fn by_ids(db: &PgPool, ids: &[Uuid]) -> Result<Vec<User>, sqlx::Error> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "{SELECT_USER} FROM unnest($1::uuid[]) WITH ORDINALITY AS page (id, n)
+             JOIN users u ON u.id = page.id {USER_JOINS} ORDER BY page.n"
+        )
+    });
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<UserRow> = sqlx::query_as(&SQL).bind(ids).fetch_all(db).await?;
+    Ok(rows.into_iter().map(User::from).collect())
+}
+
+/// ` ORDER BY … LIMIT … OFFSET …`, newest first, of a page over `u.` or the matched rows.
+fn push_page(qb: &mut QueryBuilder<'_, Postgres>, alias: &str, limit: i64, offset: i64) {
+    qb.push(format_args!(
+        " ORDER BY {alias}created_at DESC, {alias}id DESC LIMIT "
     ))
+    .push_bind(limit)
+    .push(" OFFSET ")
+    .push_bind(offset);
 }
 
-#[derive(sqlx::FromRow)]
-struct CountedUserRow {
-    #[sqlx(flatten)]
-    user: UserRow,
-    total: i64,
-}
-
-/// The total from the counts the database keeps by role and status (`user_counts`), when the
-/// viewer sees everyone and filters by nothing else; `None` when the rows must be counted.
-async fn kept_total(
-    db: &PgPool,
-    viewer: &AuthUser,
-    filter: &UserFilter,
-) -> Result<Option<i64>, sqlx::Error> {
-    let by_role_and_status_only = viewer.is_admin()
+/// Whether the total can come from the counts that triggers keep by role and status: an
+/// admin (who sees everyone) filtering by nothing else.
+fn counted_by_triggers(viewer: &AuthUser, filter: &UserFilter) -> bool {
+    viewer.is_admin()
         && filter.q.as_deref().is_none_or(|q| q.trim().is_empty())
         && filter.facility_id.is_none()
         && filter.council_id.is_none()
         && filter.region_id.is_none()
-        && filter.supervisor_id.is_none();
-    if !by_role_and_status_only {
-        return Ok(None);
-    }
-    sqlx::query_scalar(
-        "SELECT coalesce(sum(n), 0)::bigint FROM user_counts
-         WHERE ($1::text IS NULL OR role = $1) AND ($2::text IS NULL OR status = $2)",
-    )
-    .bind(filter.role.map(Role::as_str))
-    .bind(filter.status.map(UserStatus::as_str))
-    .fetch_one(db)
-    .await
-    .map(Some)
+        && filter.supervisor_id.is_none()
 }
 
 /// `FROM … WHERE …` of the users `filter` matches among those `viewer` may see. The FROM is
