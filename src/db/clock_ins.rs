@@ -54,7 +54,7 @@ impl NewClockIn {
         db: &PgPool,
         closed_forgotten: u64,
     ) -> Result<AttendanceRow, sqlx::Error> {
-        let mut written = insert(db, &[(Uuid::new_v4(), self)], closed_forgotten, false).await?;
+        let mut written = insert(db, &[(Uuid::now_v7(), self)], closed_forgotten, false).await?;
         written.pop().ok_or(sqlx::Error::RowNotFound)
     }
 }
@@ -73,7 +73,7 @@ impl Batch for ClockIns {
         db: &PgPool,
         items: &[Arc<NewClockIn>],
     ) -> Result<Vec<Option<AttendanceRow>>, sqlx::Error> {
-        let ids: Vec<Uuid> = items.iter().map(|_| Uuid::new_v4()).collect();
+        let ids: Vec<Uuid> = items.iter().map(|_| Uuid::now_v7()).collect();
         // Written in user order: two batches that hold the same users (a double tap landing
         // in both) then wait for each other in one order, never in a cycle.
         let mut rows: Vec<(Uuid, &NewClockIn)> = ids

@@ -1207,3 +1207,53 @@ async fn summaries_match_hand_computed_figures_including_a_shift_across_midnight
         "validation_failed",
     );
 }
+
+/// The milliseconds since the Unix epoch that a version 7 id carries.
+fn v7_millis(id: uuid::Uuid) -> i64 {
+    assert_eq!(id.get_version_num(), 7, "{id} is not a version 7 id");
+    assert_eq!(id.get_variant(), uuid::Variant::RFC4122, "{id}");
+    let (secs, nanos) = id.get_timestamp().expect("a v7 id has a time").to_unix();
+    secs as i64 * 1000 + i64::from(nanos / 1_000_000)
+}
+
+#[tokio::test]
+async fn ids_made_by_the_server_are_time_ordered() {
+    let app = TestApp::spawn().await;
+    let (first, _) = user_at_site(&app, "focal", None).await;
+    let (second, _) = user_at_site(&app, "focal", None).await;
+    let before = Utc::now().timestamp_millis();
+    let (status, a) = clock_in(&app, &first, at_site()).await;
+    assert_eq!(status, StatusCode::CREATED, "{a}");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let (status, b) = clock_in(&app, &second, at_site()).await;
+    assert_eq!(status, StatusCode::CREATED, "{b}");
+    let after = Utc::now().timestamp_millis();
+    let id = |v: &Value| v["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap();
+    let (a, b) = (id(&a), id(&b));
+    for at in [v7_millis(a), v7_millis(b)] {
+        assert!(
+            (before..=after).contains(&at),
+            "{at} not in {before}..={after}"
+        );
+    }
+    assert!(
+        a < b,
+        "the later clock-in sorts after the earlier one: {a} {b}"
+    );
+
+    // The audit rows, made by the database's own default, are the same kind.
+    let audit: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT id FROM activities WHERE action = 'attendance.clock_in' ORDER BY created_at",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(audit.len(), 2);
+    for at in audit.iter().map(|id| v7_millis(*id)) {
+        assert!(
+            (before..=after).contains(&at),
+            "{at} not in {before}..={after}"
+        );
+    }
+    assert!(audit[0] < audit[1], "{audit:?}");
+}

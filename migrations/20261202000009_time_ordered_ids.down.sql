@@ -1,0 +1,10 @@
+ALTER TABLE regions ALTER COLUMN id SET DEFAULT gen_random_uuid();
+ALTER TABLE councils ALTER COLUMN id SET DEFAULT gen_random_uuid();
+ALTER TABLE facilities ALTER COLUMN id SET DEFAULT gen_random_uuid();
+ALTER TABLE users ALTER COLUMN id SET DEFAULT gen_random_uuid();
+ALTER TABLE refresh_tokens ALTER COLUMN id SET DEFAULT gen_random_uuid();
+ALTER TABLE activities ALTER COLUMN id SET DEFAULT gen_random_uuid();
+ALTER TABLE attendance ALTER COLUMN id SET DEFAULT gen_random_uuid();
+ALTER TABLE sync_conflicts ALTER COLUMN id SET DEFAULT gen_random_uuid();
+ALTER TABLE facility_imports ALTER COLUMN id SET DEFAULT gen_random_uuid();
+DROP FUNCTION uuid_v7();
