@@ -4,7 +4,7 @@ use chrono::{Duration, TimeZone, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestUser, assert_error, send};
+use crate::helpers::{FlakyProxy, TestApp, TestDb, TestUser, assert_error, send, test_env};
 
 /// The helper facilities stand here, with a 200 m geofence.
 const SITE: (f64, f64) = (-1.9456, 30.1270);
@@ -560,40 +560,51 @@ async fn hold_every_slot(
     sqlx::pool::PoolConnection<sqlx::Postgres>,
     Vec<tokio::task::JoinHandle<(StatusCode, Value)>>,
 ) {
-    let mut gate = app.db.acquire().await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(GATE)
-        .execute(&mut *gate)
-        .await
-        .unwrap();
+    let gate = close_gate(app).await;
     let mut held = Vec::new();
     for k in 1..=SLOTS as i64 {
         let user = app.quick_user("focal", None, facility).await;
         let mut body = at_site();
         body["notes"] = json!("hold");
         held.push(tokio::spawn(clock_in_task(app, &user, body)));
-        let waiting = async {
-            loop {
-                let n: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
-                     WHERE l.locktype = 'advisory' AND l.objid::int8 = $1 AND NOT l.granted
-                       AND d.datname = current_database()",
-                )
-                .bind(GATE)
-                .fetch_one(&app.db)
-                .await
-                .unwrap();
-                if n == k {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
-            .await
-            .expect("the held clock-in reaches the database");
+        wait_until_held(app, k).await;
     }
     (gate, held)
+}
+
+/// Takes `GATE`, for held clock-ins to wait on.
+async fn close_gate(app: &TestApp) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
+    let mut gate = app.db.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(GATE)
+        .execute(&mut *gate)
+        .await
+        .unwrap();
+    gate
+}
+
+/// Waits until `k` statements wait on `GATE` inside the database.
+async fn wait_until_held(app: &TestApp, k: i64) {
+    let waiting = async {
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                 WHERE l.locktype = 'advisory' AND l.objid::int8 = $1 AND NOT l.granted
+                   AND d.datname = current_database()",
+            )
+            .bind(GATE)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+            if n == k {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("the held clock-in reaches the database");
 }
 
 /// Waits until `n` clock-ins wait for a writing slot.
@@ -1256,4 +1267,84 @@ async fn ids_made_by_the_server_are_time_ordered() {
         );
     }
     assert!(audit[0] < audit[1], "{audit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_in_cut_off_mid_statement_answers_503_and_its_retry_finds_the_one_record() {
+    let proxy = FlakyProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let test_db = TestDb::new().await;
+    let mut env = test_env(&format!(
+        "postgres://postgres@{}/{}",
+        proxy.addr, test_db.name
+    ));
+    // One connection, so that the one cut is the only one the pool had.
+    env.insert("DB_MAX_CONNECTIONS".into(), "1".into());
+    let app = TestApp::spawn_on(test_db, env).await;
+    gate_clock_ins(&app).await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    let mut body = at_site();
+    body["notes"] = json!("hold");
+    body["client_id"] = json!("phone-9:2026-12-02T07:30");
+
+    // The clock-in waits inside its statement; then the service loses its connection (new
+    // connections still get through).
+    let gate = close_gate(&app).await;
+    let cut_off = tokio::spawn(clock_in_task(&app, &user, body.clone()));
+    wait_until_held(&app, 1).await;
+    proxy.sever();
+    // It answers at once: writing the clock-in again would wait on the gate behind the first.
+    let (status, answer) = tokio::time::timeout(std::time::Duration::from_secs(5), cut_off)
+        .await
+        .expect("the cut-off clock-in is answered, not written again")
+        .unwrap();
+    assert_error(
+        status,
+        &answer,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    assert_eq!(clock_in_attempts(&app).await, 1);
+
+    // The database never heard of the cut: once the gate opens, the statement commits.
+    release(gate).await;
+    let stored = async {
+        loop {
+            let ids: Vec<uuid::Uuid> =
+                sqlx::query_scalar("SELECT id FROM attendance WHERE user_id = $1")
+                    .bind(user.id)
+                    .fetch_all(&app.db)
+                    .await
+                    .unwrap();
+            if !ids.is_empty() {
+                break ids;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    let stored = tokio::time::timeout(std::time::Duration::from_secs(10), stored)
+        .await
+        .expect("the cut-off statement commits");
+    assert_eq!(stored.len(), 1);
+
+    // The phone retries with the same client_id until it hears an answer: the record that was
+    // stored, and no second one.
+    let mut attempts = 0;
+    let retried = loop {
+        let (status, answer) = clock_in(&app, &user, body.clone()).await;
+        if status != StatusCode::SERVICE_UNAVAILABLE || attempts == 20 {
+            break (status, answer);
+        }
+        attempts += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(retried.0, StatusCode::OK, "{}", retried.1);
+    assert_eq!(retried.1["id"], json!(stored[0]));
+    let (rows, audits): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM attendance),
+                (SELECT count(*) FROM activities WHERE action = 'attendance.clock_in')",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!((rows, audits), (1, 1));
 }

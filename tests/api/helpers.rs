@@ -382,6 +382,11 @@ impl FlakyProxy {
     /// Refuses new connections and cuts the open ones.
     pub fn cut(&self) {
         self.down.store(true, Ordering::SeqCst);
+        self.sever();
+    }
+
+    /// Cuts the open connections; new ones get through.
+    pub fn sever(&self) {
         for task in self.connections.lock().unwrap().drain(..) {
             task.abort();
         }
