@@ -55,14 +55,19 @@ impl Probe {
 }
 
 /// With `BENCH_PROFILE=1`, a system-wide `perf record` (cpu-clock, call graphs) around each
-/// scenario: where the two cores went, by process, and the service's hottest functions.
+/// scenario: where the two cores went, by process, and the service's hottest functions. perf
+/// starts with its events off and is switched on (and off) through its control FIFO, so that
+/// even a burst of a few tens of milliseconds is recorded from its first request to its last,
+/// without perf's own start-up.
 struct Profiler {
     child: tokio::process::Child,
     data: String,
+    control: std::fs::File,
+    ack: std::io::BufReader<std::fs::File>,
 }
 
 impl Profiler {
-    fn start(name: &str) -> Option<Self> {
+    async fn start(name: &str) -> Option<Self> {
         if std::env::var("BENCH_PROFILE").ok().as_deref() != Some("1") {
             return None;
         }
@@ -72,6 +77,15 @@ impl Profiler {
             .collect();
         std::fs::create_dir_all("target/bench/profiles").ok()?;
         let data = format!("target/bench/profiles/{slug}.data");
+        let (ctl, ack) = (format!("{data}.ctl"), format!("{data}.ack"));
+        for fifo in [&ctl, &ack] {
+            let _ = std::fs::remove_file(fifo);
+            let made = std::process::Command::new("mkfifo").arg(fifo).status();
+            if !made.is_ok_and(|s| s.success()) {
+                eprintln!("  mkfifo {fifo} failed");
+                return None;
+            }
+        }
         let child = tokio::process::Command::new("perf")
             .args([
                 "record",
@@ -79,29 +93,70 @@ impl Profiler {
                 "-e",
                 "cpu-clock",
                 "-F",
-                "499",
+                "2999",
                 "-a",
                 "-g",
-                "-o",
-                &data,
+                "-D",
+                "-1",
+                "--control",
             ])
+            .arg(format!("fifo:{ctl},{ack}"))
+            .args(["-o", &data])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .map_err(|e| eprintln!("  perf record did not start: {e}"))
             .ok()?;
-        Some(Self { child, data })
+        // perf opens the acknowledgement FIFO for writing once it is ready: opening it for
+        // reading waits for that.
+        let opened = tokio::task::spawn_blocking(move || {
+            let ack = std::io::BufReader::new(std::fs::File::open(&ack)?);
+            let control = std::fs::OpenOptions::new().write(true).open(&ctl)?;
+            Ok::<_, std::io::Error>((control, ack))
+        });
+        let (control, ack) = match tokio::time::timeout(Duration::from_secs(10), opened).await {
+            Ok(Ok(Ok(files))) => files,
+            _ => {
+                eprintln!("  perf did not open its control FIFO");
+                return None;
+            }
+        };
+        let mut profiler = Self {
+            child,
+            data,
+            control,
+            ack,
+        };
+        profiler.command("enable").then_some(profiler)
+    }
+
+    /// Sends `enable` or `disable` to perf and waits for its acknowledgement.
+    fn command(&mut self, command: &str) -> bool {
+        use std::io::{BufRead, Write};
+        let mut reply = String::new();
+        let done = writeln!(self.control, "{command}")
+            .and_then(|()| self.ack.read_line(&mut reply))
+            // perf ends its "ack\n" with a NUL byte, which the next reply then begins with.
+            .is_ok_and(|_| reply.trim_matches(|c: char| c.is_whitespace() || c == '\0') == "ack");
+        if !done {
+            eprintln!("  perf did not acknowledge `{command}`");
+        }
+        done
     }
 
     /// Stops recording; returns the share of samples by thread name, and writes the service's
     /// hottest functions next to the data.
     async fn finish(mut self) -> Vec<(String, f64)> {
+        self.command("disable");
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill")
                 .args(["-INT", &pid.to_string()])
                 .status();
         }
         let _ = self.child.wait().await;
+        for fifo in ["ctl", "ack"] {
+            let _ = std::fs::remove_file(format!("{}.{fifo}", self.data));
+        }
         let report = |args: &[&str]| {
             std::process::Command::new("perf")
                 .args(["report", "-i", &self.data, "--stdio", "--no-children", "-q"])
@@ -200,7 +255,7 @@ async fn scenario<F: std::future::Future<Output = ()>>(
     // A moment of quiet first, so that one scenario's backlog (WAL, autovacuum) is not
     // measured as the next one's latency.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let profiler = Profiler::start(name);
+    let profiler = Profiler::start(name).await;
     let cpu0 = probe.cpu_s();
     let started = Instant::now();
     work.await;
