@@ -1000,7 +1000,7 @@ async fn run() -> anyhow::Result<()> {
     // --- user list and search over 100,000 users. First the database alone: the same two
     // statements the service runs for request n of the scenarios below (page 1 + n % 20, or a
     // search for "user<1 + n % 20><n / 20>"): the page's ids with the total, then the rows for
-    // those ids.
+    // those ids (the service's own statement).
     const PAGE_IDS: &str = "SELECT array(SELECT u.id FROM users u WHERE true
                                          ORDER BY u.created_at DESC, u.id DESC LIMIT 50 OFFSET $1),
                                    (SELECT coalesce(sum(n), 0)::bigint FROM user_counts WHERE true)";
@@ -1013,54 +1013,49 @@ async fn run() -> anyhow::Result<()> {
     for (what, search) in [("user page", false), ("user search", true)] {
         let rec = Recorder::new();
         rows.push(
-            scenario(&format!("baseline: {what} statements, 20 concurrent x 50"), &probe, &rec, async {
-                let mut tasks = Vec::new();
-                for t in 0..20 {
-                    let (pool, rec) = (bouncer.clone(), rec.clone());
-                    tasks.push(tokio::spawn(async move {
-                        for n in t * 50..(t + 1) * 50 {
-                            let started = Instant::now();
-                            let ids: Result<(Vec<Uuid>, i64), _> = if search {
-                                sqlx::query_as(SEARCH_IDS)
-                                    .bind(format!("%user{}{}%", 1 + n % 20, n / 20))
-                                    .fetch_one(&pool)
-                                    .await
-                            } else {
-                                sqlx::query_as(PAGE_IDS)
-                                    .bind(50 * (n % 20) as i64)
-                                    .fetch_one(&pool)
-                                    .await
-                            };
-                            let ok = match &ids {
-                                Ok((ids, _)) => sqlx::query(
-                                    "SELECT u.id, u.email, u.first_name, u.last_name, u.phone, u.employee_id, u.role, u.status,
-                                            u.last_login_at, u.created_at, u.updated_at,
-                                            f.id AS facility_id, f.name AS facility_name, f.code AS facility_code,
-                                            c.id AS council_id, c.name AS council_name, r.id AS region_id, r.name AS region_name,
-                                            s.id AS supervisor_id, s.first_name AS supervisor_first_name,
-                                            s.last_name AS supervisor_last_name
-                                     FROM unnest($1::uuid[]) WITH ORDINALITY AS page (id, n)
-                                     JOIN users u ON u.id = page.id
-                                     LEFT JOIN facilities f ON f.id = u.facility_id
-                                     LEFT JOIN councils c ON c.id = f.council_id
-                                     LEFT JOIN regions r ON r.id = c.region_id
-                                     LEFT JOIN users s ON s.id = u.supervisor_id
-                                     ORDER BY page.n",
-                                )
-                                .bind(ids)
-                                .fetch_all(&pool)
-                                .await
-                                .is_ok_and(|rows| !rows.is_empty() && rows.len() == ids.len()),
-                                Err(_) => false,
-                            };
-                            rec.record(started, ok).await;
-                        }
-                    }));
-                }
-                for t in tasks {
-                    t.await.unwrap();
-                }
-            })
+            scenario(
+                &format!("baseline: {what} statements, 20 concurrent x 50"),
+                &probe,
+                &rec,
+                async {
+                    let mut tasks = Vec::new();
+                    for t in 0..20 {
+                        let (pool, rec) = (bouncer.clone(), rec.clone());
+                        tasks.push(tokio::spawn(async move {
+                            for n in t * 50..(t + 1) * 50 {
+                                let started = Instant::now();
+                                let ids: Result<(Vec<Uuid>, i64), _> = if search {
+                                    sqlx::query_as(SEARCH_IDS)
+                                        .bind(format!("%user{}{}%", 1 + n % 20, n / 20))
+                                        .fetch_one(&pool)
+                                        .await
+                                } else {
+                                    sqlx::query_as(PAGE_IDS)
+                                        .bind(50 * (n % 20) as i64)
+                                        .fetch_one(&pool)
+                                        .await
+                                };
+                                let ok = match &ids {
+                                    Ok((ids, _)) => {
+                                        sqlx::query(field_attendance::db::users::BY_IDS)
+                                            .bind(ids)
+                                            .fetch_all(&pool)
+                                            .await
+                                            .is_ok_and(|rows| {
+                                                !rows.is_empty() && rows.len() == ids.len()
+                                            })
+                                    }
+                                    Err(_) => false,
+                                };
+                                rec.record(started, ok).await;
+                            }
+                        }));
+                    }
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                },
+            )
             .await,
         );
     }

@@ -1,8 +1,6 @@
 //! Users: the API representation with its facility → council → region hierarchy, the
 //! supervision tree, and searches scoped to what the viewer may see.
 
-use std::sync::LazyLock;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder};
@@ -124,27 +122,23 @@ impl From<UserRow> for User {
     }
 }
 
-const SELECT_USER: &str = "
+/// The users with the ids in `$1`, in that order, each with its facility → council → region
+/// and its supervisor. One fixed statement whatever the ids, so Postgres plans it once per
+/// connection and reuses the plan.
+pub const BY_IDS: &str = "
     SELECT u.id, u.email, u.first_name, u.last_name, u.phone, u.employee_id, u.role, u.status,
            u.last_login_at, u.created_at, u.updated_at,
            f.id AS facility_id, f.name AS facility_name, f.code AS facility_code,
            c.id AS council_id, c.name AS council_name, r.id AS region_id, r.name AS region_name,
            s.id AS supervisor_id, s.first_name AS supervisor_first_name,
-           s.last_name AS supervisor_last_name";
-
-/// What a user row is shown with: facility, council, region and supervisor.
-macro_rules! user_joins {
-    () => {
-        "
+           s.last_name AS supervisor_last_name
+    FROM unnest($1::uuid[]) WITH ORDINALITY AS page (id, n)
+    JOIN users u ON u.id = page.id
     LEFT JOIN facilities f ON f.id = u.facility_id
     LEFT JOIN councils c ON c.id = f.council_id
     LEFT JOIN regions r ON r.id = c.region_id
-    LEFT JOIN users s ON s.id = u.supervisor_id"
-    };
-}
-
-const USER_JOINS: &str = user_joins!();
-const FROM_USERS: &str = concat!(" FROM users u", user_joins!());
+    LEFT JOIN users s ON s.id = u.supervisor_id
+    ORDER BY page.n";
 
 /// A user to insert; the password is already hashed.
 pub struct NewUser<'a> {
@@ -200,9 +194,7 @@ pub const UNIQUE_FIELDS: &[crate::error::ConstraintError<'static>] = &[
 ];
 
 pub async fn find<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<User>, sqlx::Error> {
-    let sql = format!("{SELECT_USER} {FROM_USERS} WHERE u.id = $1");
-    let row: Option<UserRow> = sqlx::query_as(&sql).bind(id).fetch_optional(db).await?;
-    Ok(row.map(User::from))
+    Ok(by_ids(db, &[id]).await?.pop())
 }
 
 /// True when `ancestor` is above `user` in the supervision tree (at any depth).
@@ -340,17 +332,11 @@ pub async fn search(
 }
 
 /// The users with these ids, in this order (a user deleted meanwhile is left out).
-async fn by_ids(db: &PgPool, ids: &[Uuid]) -> Result<Vec<User>, sqlx::Error> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "{SELECT_USER} FROM unnest($1::uuid[]) WITH ORDINALITY AS page (id, n)
-             JOIN users u ON u.id = page.id {USER_JOINS} ORDER BY page.n"
-        )
-    });
+async fn by_ids<'e>(db: impl PgExecutor<'e>, ids: &[Uuid]) -> Result<Vec<User>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<UserRow> = sqlx::query_as(&SQL).bind(ids).fetch_all(db).await?;
+    let rows: Vec<UserRow> = sqlx::query_as(BY_IDS).bind(ids).fetch_all(db).await?;
     Ok(rows.into_iter().map(User::from).collect())
 }
 

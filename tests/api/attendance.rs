@@ -4,7 +4,7 @@ use chrono::{Duration, TimeZone, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{FlakyProxy, TestApp, TestDb, TestUser, assert_error, send, test_env};
+use crate::helpers::{TestApp, TestUser, assert_error, send};
 
 /// The helper facilities stand here, with a 200 m geofence.
 const SITE: (f64, f64) = (-1.9456, 30.1270);
@@ -1271,15 +1271,11 @@ async fn ids_made_by_the_server_are_time_ordered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clock_in_cut_off_mid_statement_answers_503_and_its_retry_finds_the_one_record() {
-    let proxy = FlakyProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let test_db = TestDb::new().await;
-    let mut env = test_env(&format!(
-        "postgres://postgres@{}/{}",
-        proxy.addr, test_db.name
-    ));
     // One connection, so that the one cut is the only one the pool had.
-    env.insert("DB_MAX_CONNECTIONS".into(), "1".into());
-    let app = TestApp::spawn_on(test_db, env).await;
+    let (proxy, app) = TestApp::spawn_through_proxy(|env| {
+        env.insert("DB_MAX_CONNECTIONS".into(), "1".into());
+    })
+    .await;
     gate_clock_ins(&app).await;
     let (user, _) = user_at_site(&app, "focal", None).await;
     let mut body = at_site();

@@ -2,7 +2,7 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{FlakyProxy, TestApp, TestDb, assert_error, send, test_env};
+use crate::helpers::{TestApp, assert_error, send};
 
 #[tokio::test]
 async fn health_answers_ok() {
@@ -14,14 +14,10 @@ async fn health_answers_ok() {
 
 #[tokio::test]
 async fn ready_turns_503_while_the_database_is_away_and_recovers_by_itself() {
-    let proxy = FlakyProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let test_db = TestDb::new().await;
-    let mut env = test_env(&format!(
-        "postgres://postgres@{}/{}",
-        proxy.addr, test_db.name
-    ));
-    env.insert("DB_ACQUIRE_TIMEOUT_SECS".into(), "1".into());
-    let app = TestApp::spawn_on(test_db, env).await;
+    let (proxy, app) = TestApp::spawn_through_proxy(|env| {
+        env.insert("DB_ACQUIRE_TIMEOUT_SECS".into(), "1".into());
+    })
+    .await;
 
     let (status, _) = send(app.get("/ready")).await;
     assert_eq!(status, StatusCode::OK);

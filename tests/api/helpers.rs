@@ -254,6 +254,22 @@ impl TestApp {
         Self::spawn_on(test_db, env).await
     }
 
+    /// Spawns with its database reached through a [`FlakyProxy`] to the local Postgres, which
+    /// the test can cut; configuration overrides as in [`TestApp::spawn_with`]. Returns the
+    /// proxy with the app.
+    pub async fn spawn_through_proxy(
+        customise: impl FnOnce(&mut HashMap<String, String>),
+    ) -> (FlakyProxy, Self) {
+        let proxy = FlakyProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+        let test_db = TestDb::new().await;
+        let mut env = test_env(&format!(
+            "postgres://postgres@{}/{}",
+            proxy.addr, test_db.name
+        ));
+        customise(&mut env);
+        (proxy, Self::spawn_on(test_db, env).await)
+    }
+
     pub async fn spawn_on(test_db: TestDb, env: HashMap<String, String>) -> Self {
         let config = Config::from_map(&env).expect("test configuration is valid");
         let app = Application::build(config).await.expect("build application");
