@@ -15,12 +15,14 @@ openapi-python-client generate --path "$root/openapi.yaml" --output-path "$here/
 python3 -m pip install -q --disable-pip-version-check "$here/build/client"
 python3 client_scenario.py
 
+# One worker: with two, schemathesis parses sources in two threads at once, and CPython 3.11
+# before 3.11.8 can then fail in its ast module ("AST constructor recursion depth mismatch").
 echo "--- schemathesis, admin token"
 schemathesis run "$root/openapi.yaml" --url "$BASE_URL" -H "Authorization: Bearer $ADMIN_TOKEN" \
-  --checks all --max-examples 50 --workers 2 --seed 1
+  --checks all --max-examples 50 --workers 1 --seed 1
 echo "--- schemathesis, field-role token"
 schemathesis run "$root/openapi.yaml" --url "$BASE_URL" -H "Authorization: Bearer $FIELD_TOKEN" \
-  --checks all --max-examples 50 --workers 2 --seed 2
+  --checks all --max-examples 50 --workers 1 --seed 2
 
 echo "--- Swagger UI in headless Chromium"
 if ! command -v chromium >/dev/null; then
