@@ -50,8 +50,19 @@ impl Batches {
     }
 }
 
+/// What every handler shares, behind one `Arc`: a request clones a pointer, not each part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+pub struct Services {
     pub db: PgPool,
     pub config: Arc<Config>,
     pub hasher: Hasher,
@@ -75,7 +86,7 @@ impl AppState {
             upload: limiter(rl.upload, jwt.clone(), rl.trust_proxy, true),
             sync: limiter(rl.sync, jwt.clone(), rl.trust_proxy, true),
         });
-        Self {
+        Self(Arc::new(Services {
             hasher: Hasher::new(config.auth.max_concurrent_hashes),
             auth_cache: Arc::new(AuthCache::new(Duration::from_secs(30))),
             sites: Arc::new(SiteCache::new(Duration::from_secs(30))),
@@ -86,7 +97,7 @@ impl AppState {
             db,
             metrics: Metrics::global(),
             started_at: Instant::now(),
-        }
+        }))
     }
 }
 
