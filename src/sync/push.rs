@@ -214,11 +214,13 @@ pub struct PushContext<'a> {
 
 /// Processes a batch. Never fails because of one record: each bad one is `rejected`.
 ///
-/// Most pushes only create records. Those are read and decided without a lock, then written
-/// with their audit row by one statement, which is its own transaction: two round trips in all.
-/// A push that changes existing records, or that raced another push of the same user (which a
-/// unique constraint reveals), is read and decided again in a transaction holding the user's
-/// lock.
+/// Most pushes carry only records the server has never seen. Those are decided as if nothing
+/// were stored and written with their audit row by one statement, its own transaction: one
+/// round trip. The guess is checked by the constraints of every row written (see
+/// [`push_unseen`]). When it is wrong, the batch is read and decided without a lock; one that
+/// only creates is written the same way. A push that changes existing records, or that raced
+/// another push of the same user (which a unique constraint reveals), is read and decided again
+/// in a transaction holding the user's lock.
 pub async fn push(
     ctx: PushContext<'_>,
     device_id: &str,
@@ -234,6 +236,9 @@ pub async fn push(
     let cutoff = forgotten_before(now, ctx.config.attendance.max_shift);
     let batch = parse(raw, &rules, now);
 
+    if let Some(answered) = push_unseen(&ctx, device_id, &batch, now).await? {
+        return Ok(answered);
+    }
     {
         let mut conn = ctx.db.acquire().await?;
         let seen = Seen::read(&mut conn, &ctx, device_id, &batch, false).await?;
@@ -269,6 +274,63 @@ pub async fn push(
     activity(&ctx, device_id, &counts).record(&mut *tx).await?;
     tx.commit().await?;
     Ok(answer(now, outcomes, written, &counts))
+}
+
+/// A batch decided as if the server had none of its records, written in one statement when
+/// that decision holds; `None` when the batch must be read first.
+///
+/// The guess leaves out exactly what the read would find, and each of those is a unique index
+/// of `attendance` that the insert trips: a record already stored (its key), the same change
+/// under another id (`attendance_device_timestamp_key`), a new shift while one is open, even a
+/// forgotten one (`attendance_one_open_per_user`). The statement then fails whole and the batch
+/// takes the careful path. The guess is only written when every record it decides is created,
+/// so that no answer rests on it without a row to check it: deletes, records refused against
+/// stored data (facility, geofence) and conflicts inside the batch are read first.
+async fn push_unseen(
+    ctx: &PushContext<'_>,
+    device_id: &str,
+    batch: &[Parsed],
+    now: DateTime<Utc>,
+) -> Result<Option<PushResponse>, ApiError> {
+    let accepted = || batch.iter().filter_map(|p| p.as_ref().ok());
+    if accepted().any(|(r, _)| r.op != Op::Upsert) {
+        return Ok(None);
+    }
+    let facility_ids: Vec<Uuid> = accepted()
+        .filter_map(|(_, c)| c.as_ref().map(|c| c.facility_id))
+        .collect();
+    let mut conn = ctx.db.acquire().await?;
+    let seen = Seen {
+        touched: Touched::default(),
+        sites: ctx.sites.get_many(&mut *conn, &facility_ids).await?,
+        queued: HashSet::new(),
+    };
+    let (plan, outcomes) = decide_all(batch, &seen, ctx.user.id, device_id, now, ctx.config);
+    let all_created = batch.iter().zip(&outcomes).all(|(parsed, outcome)| {
+        parsed.is_err() || matches!(outcome, Outcome::Written(ResultStatus::Created, ..))
+    });
+    if !(all_created && plan.creates_only()) {
+        return Ok(None);
+    }
+    let counts = count(&outcomes);
+    let activity = activity(ctx, device_id, &counts);
+    match insert_created(
+        &mut conn,
+        &plan.inserts,
+        ctx.user.id,
+        device_id,
+        now,
+        activity,
+    )
+    .await
+    {
+        Ok(written) => Ok(Some(answer(now, outcomes, written, &counts))),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            tracing::debug!(constraint = ?e.constraint(), "the server has some of the batch; reading it");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A pushed record read and checked on its own (with its content for an upsert), or its result.
@@ -736,6 +798,7 @@ pub(crate) async fn begin_for_user(
 }
 
 /// What a batch touches, read in one statement.
+#[derive(Default)]
 struct Touched {
     /// The batch's records that already exist (whoever owns them).
     by_id: HashMap<Uuid, AttendanceRow>,

@@ -330,6 +330,82 @@ async fn a_record_claiming_another_users_id_is_rejected_and_never_applied() {
     );
 }
 
+#[tokio::test]
+async fn new_records_pushed_beside_stored_ones_are_all_created_and_the_others_answered() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let other = app.quick_user("focal", None, facility).await;
+    let kept = shift(Uuid::new_v4(), facility, 1, 6, 1);
+    push(&app, &user, vec![kept.clone()]).await;
+    let theirs = shift(Uuid::new_v4(), facility, 2, 6, 1);
+    push(&app, &other, vec![theirs.clone()]).await;
+    let mut claimed = shift(Uuid::new_v4(), facility, 4, 6, 1);
+    claimed["id"] = theirs["id"].clone();
+    let fresh = [
+        shift(Uuid::new_v4(), facility, 3, 6, 1),
+        shift(Uuid::new_v4(), facility, 5, 6, 1),
+    ];
+
+    let batch = vec![fresh[0].clone(), kept, claimed, fresh[1].clone()];
+    let (status, body) = push(&app, &user, batch).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        statuses(&body),
+        vec!["created", "duplicate", "rejected", "created"]
+    );
+    assert_eq!(body["results"][2]["error"]["code"], "forbidden");
+    let mine: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM attendance WHERE user_id = $1 ORDER BY clock_in_at")
+            .bind(user.id)
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    let id = |v: &Value| v["id"].as_str().unwrap().parse::<Uuid>().unwrap();
+    assert_eq!(mine.len(), 3);
+    assert!(fresh.iter().all(|r| mine.contains(&id(r))));
+    let outcomes: Vec<Value> = sqlx::query_scalar(
+        "SELECT details->'outcomes' FROM activities WHERE action = 'sync.push' AND actor_id = $1
+         ORDER BY created_at",
+    )
+    .bind(user.id)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            json!({"created": 1}),
+            json!({"created": 2, "duplicate": 1, "rejected": 1})
+        ],
+        "one audit row per push"
+    );
+}
+
+#[tokio::test]
+async fn a_shift_opened_offline_after_a_forgotten_one_closes_that_one_and_is_created() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let forgotten = app
+        .insert_attendance(
+            user.id,
+            facility,
+            Utc::now() - Duration::hours(17),
+            None,
+            "open",
+        )
+        .await;
+    let (status, body) = push(&app, &user, vec![open_shift(facility, 30)]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(statuses(&body), vec!["created"]);
+    let status: String = sqlx::query_scalar("SELECT status FROM attendance WHERE id = $1")
+        .bind(forgotten)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(status, "incomplete");
+    assert_eq!(stored_for(&app, &user, true).await, 1);
+}
+
 /// Creates a record at version 1 and moves the server to version 2 (another device's edit).
 async fn diverged(app: &TestApp, user: &TestUser, facility: Uuid) -> Value {
     let record = shift(Uuid::new_v4(), facility, 1, 6, 1);
