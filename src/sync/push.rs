@@ -244,18 +244,11 @@ pub async fn push(
         let seen = Seen::read(&mut conn, &ctx, device_id, &batch, false).await?;
         if !seen.has_forgotten(cutoff) {
             let (plan, outcomes) = decide_all(&batch, &seen, user_id, device_id, now, ctx.config);
-            if plan.creates_only() {
-                let counts = count(&outcomes);
-                let activity = activity(&ctx, device_id, &counts);
-                match insert_created(&mut conn, &plan.inserts, user_id, device_id, now, activity)
-                    .await
-                {
-                    Ok(written) => return Ok(answer(now, outcomes, written, &counts)),
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                        tracing::debug!(constraint = ?e.constraint(), "a concurrent push won; deciding again under the lock");
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+            if plan.creates_only()
+                && let Some(answered) =
+                    write_created(&mut conn, &ctx, device_id, &plan, outcomes, now).await?
+            {
+                return Ok(answered);
             }
         }
     }
@@ -312,21 +305,26 @@ async fn push_unseen(
     if !(all_created && plan.creates_only()) {
         return Ok(None);
     }
+    write_created(&mut conn, ctx, device_id, &plan, outcomes, now).await
+}
+
+/// Writes a plan that only creates records, with its audit row, in one statement; `None` when a
+/// unique index trips (the server has some of the batch, or a push of the same user raced it):
+/// nothing is written, and the batch is to be decided again on what is stored.
+async fn write_created(
+    conn: &mut PgConnection,
+    ctx: &PushContext<'_>,
+    device_id: &str,
+    plan: &Plan,
+    outcomes: Vec<Outcome>,
+    now: DateTime<Utc>,
+) -> Result<Option<PushResponse>, ApiError> {
     let counts = count(&outcomes);
     let activity = activity(ctx, device_id, &counts);
-    match insert_created(
-        &mut conn,
-        &plan.inserts,
-        ctx.user.id,
-        device_id,
-        now,
-        activity,
-    )
-    .await
-    {
+    match insert_created(conn, &plan.inserts, ctx.user.id, device_id, now, activity).await {
         Ok(written) => Ok(Some(answer(now, outcomes, written, &counts))),
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            tracing::debug!(constraint = ?e.constraint(), "the server has some of the batch; reading it");
+            tracing::debug!(constraint = ?e.constraint(), "a unique index tripped; deciding the push again");
             Ok(None)
         }
         Err(e) => Err(e.into()),
