@@ -253,20 +253,45 @@ pub async fn push(
         }
     }
 
+    // A push without the lock can still hold keys this one needs, while waiting on keys this
+    // one wrote: Postgres ends one of the two, and a push it ends here is decided again.
+    let mut attempt = 1;
+    loop {
+        match push_locked(&ctx, device_id, &batch, now, cutoff).await {
+            Err(e) if is_deadlock(&e) && attempt < 3 => attempt += 1,
+            answered => return answered.map_err(ApiError::from),
+        }
+    }
+}
+
+/// Reads, decides and writes a batch in one transaction holding the user's lock.
+async fn push_locked(
+    ctx: &PushContext<'_>,
+    device_id: &str,
+    batch: &[Parsed],
+    now: DateTime<Utc>,
+    cutoff: DateTime<Utc>,
+) -> Result<PushResponse, sqlx::Error> {
+    let user_id = ctx.user.id;
     let mut tx = begin_for_user(ctx.db, user_id).await?;
-    let mut seen = Seen::read(&mut tx, &ctx, device_id, &batch, true).await?;
+    let mut seen = Seen::read(&mut tx, ctx, device_id, batch, true).await?;
     // Yesterday's forgotten clock-out must not block today's shifts: closed as incomplete,
     // then read again.
     if seen.has_forgotten(cutoff) {
         records::close_forgotten(&mut *tx, Some(user_id), cutoff).await?;
-        seen = Seen::read(&mut tx, &ctx, device_id, &batch, true).await?;
+        seen = Seen::read(&mut tx, ctx, device_id, batch, true).await?;
     }
-    let (plan, outcomes) = decide_all(&batch, &seen, user_id, device_id, now, ctx.config);
+    let (plan, outcomes) = decide_all(batch, &seen, user_id, device_id, now, ctx.config);
     let written = apply_plan(&mut tx, &plan, user_id, device_id, now).await?;
     let counts = count(&outcomes);
-    activity(&ctx, device_id, &counts).record(&mut *tx).await?;
+    activity(ctx, device_id, &counts).record(&mut *tx).await?;
     tx.commit().await?;
     Ok(answer(now, outcomes, written, &counts))
+}
+
+/// Postgres ended the statement to break a deadlock (40P01): nothing of it was written.
+fn is_deadlock(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01"))
 }
 
 /// A batch decided as if the server had none of its records, written in one statement when
@@ -309,8 +334,9 @@ async fn push_unseen(
 }
 
 /// Writes a plan that only creates records, with its audit row, in one statement; `None` when a
-/// unique index trips (the server has some of the batch, or a push of the same user raced it):
-/// nothing is written, and the batch is to be decided again on what is stored.
+/// unique index trips (the server has some of the batch, or a push of the same user raced it)
+/// or Postgres ends the statement to break a deadlock with such a push: nothing is written, and
+/// the batch is to be decided again on what is stored.
 async fn write_created(
     conn: &mut PgConnection,
     ctx: &PushContext<'_>,
@@ -325,6 +351,10 @@ async fn write_created(
         Ok(written) => Ok(Some(answer(now, outcomes, written, &counts))),
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
             tracing::debug!(constraint = ?e.constraint(), "a unique index tripped; deciding the push again");
+            Ok(None)
+        }
+        Err(e) if is_deadlock(&e) => {
+            tracing::debug!("ended to break a deadlock; deciding the push again");
             Ok(None)
         }
         Err(e) => Err(e.into()),

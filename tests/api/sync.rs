@@ -678,6 +678,74 @@ async fn the_same_batch_sent_twice_at_the_same_moment_is_stored_once() {
 }
 
 #[tokio::test]
+async fn the_same_batch_sent_twice_at_once_in_opposite_orders_is_stored_once() {
+    // Each push holds the keys it has written until it ends. A row the test holds, uncommitted,
+    // under the middle record's id stops the two pushes there: one has written the first half,
+    // the other (in reverse) the second. When the test lets go, each needs a key the other
+    // holds, and Postgres ends one of them to break the deadlock. That one is decided again.
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let records: Vec<Value> = (0..20)
+        .map(|i| shift(Uuid::new_v4(), facility, i + 1, 6, 1))
+        .collect();
+    let reversed: Vec<Value> = records.iter().rev().cloned().collect();
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO attendance (id, user_id, facility_id, status, clock_in_at,
+                                 clock_in_latitude, clock_in_longitude)
+         VALUES ($1, $2, $3, 'incomplete', now(), 0, 0)",
+    )
+    .bind(records[10]["id"].as_str().unwrap().parse::<Uuid>().unwrap())
+    .bind(user.id)
+    .bind(facility)
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    let let_go = async {
+        let both_waiting = async {
+            loop {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                     WHERE l.locktype = 'transactionid' AND NOT l.granted
+                       AND a.datname = current_database()",
+                )
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+                if waiting == 2 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), both_waiting)
+            .await
+            .expect("both pushes wait on the held row");
+        holder.rollback().await.unwrap();
+    };
+    let ((s1, first), (s2, second), ()) = tokio::join!(
+        push(&app, &user, records.clone()),
+        push(&app, &user, reversed),
+        let_go,
+    );
+    assert_eq!(
+        (s1, s2),
+        (StatusCode::OK, StatusCode::OK),
+        "{first} {second}"
+    );
+    let mut outcomes = statuses(&first);
+    outcomes.extend(statuses(&second));
+    outcomes.sort();
+    let expected: Vec<String> = ["created"; 20]
+        .into_iter()
+        .chain(["duplicate"; 20])
+        .map(String::from)
+        .collect();
+    assert_eq!(outcomes, expected);
+    assert_eq!(stored_for(&app, &user, false).await, 20);
+}
+
+#[tokio::test]
 async fn pull_pages_through_everything_the_caller_may_see_and_nothing_else() {
     let app = TestApp::spawn().await;
     let facility = app.facility_at(SITE.0, SITE.1).await;
