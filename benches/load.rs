@@ -9,8 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use field_attendance::auth::extractor::AuthUser;
 use field_attendance::auth::jwt::JwtKeys;
 use field_attendance::config::Config;
+use field_attendance::db::users::{self, UserFilter};
+use field_attendance::domain::identity::Role;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -997,19 +1000,15 @@ async fn run() -> anyhow::Result<()> {
         }
     }).await);
 
-    // --- user list and search over 100,000 users. First the database alone: the same two
-    // statements the service runs for request n of the scenarios below (page 1 + n % 20, or a
-    // search for "user<1 + n % 20><n / 20>"): the page's ids with the total, then the rows for
-    // those ids (the service's own statement).
-    const PAGE_IDS: &str = "SELECT array(SELECT u.id FROM users u WHERE true
-                                         ORDER BY u.created_at DESC, u.id DESC LIMIT 50 OFFSET $1),
-                                   (SELECT coalesce(sum(n), 0)::bigint FROM user_counts WHERE true)";
-    const SEARCH_IDS: &str = "WITH matched AS MATERIALIZED (
-                                  SELECT u.id, u.created_at FROM users u
-                                  WHERE true AND lower(u.first_name || ' ' || u.last_name || ' ' || u.email || ' '
-                                                       || coalesce(u.phone, '') || ' ' || coalesce(u.employee_id, '')) LIKE $1)
-                              SELECT array(SELECT id FROM matched ORDER BY created_at DESC, id DESC LIMIT 50 OFFSET 0),
-                                     (SELECT count(*) FROM matched)";
+    // --- user list and search over 100,000 users. First the database alone: the service's own
+    // `users::search` (the same two statements) for request n of the scenarios below (page
+    // 1 + n % 20, or a search for "user<1 + n % 20><n / 20>"), with no HTTP.
+    let viewer = Arc::new(AuthUser {
+        id: admin_id,
+        role: Role::Admin,
+        email: "admin@bench.example".into(),
+        facility_id: None,
+    });
     for (what, search) in [("user page", false), ("user search", true)] {
         let rec = Recorder::new();
         rows.push(
@@ -1020,33 +1019,18 @@ async fn run() -> anyhow::Result<()> {
                 async {
                     let mut tasks = Vec::new();
                     for t in 0..20 {
-                        let (pool, rec) = (bouncer.clone(), rec.clone());
+                        let (pool, rec, viewer) = (bouncer.clone(), rec.clone(), viewer.clone());
                         tasks.push(tokio::spawn(async move {
                             for n in t * 50..(t + 1) * 50 {
                                 let started = Instant::now();
-                                let ids: Result<(Vec<Uuid>, i64), _> = if search {
-                                    sqlx::query_as(SEARCH_IDS)
-                                        .bind(format!("%user{}{}%", 1 + n % 20, n / 20))
-                                        .fetch_one(&pool)
-                                        .await
-                                } else {
-                                    sqlx::query_as(PAGE_IDS)
-                                        .bind(50 * (n % 20) as i64)
-                                        .fetch_one(&pool)
-                                        .await
+                                let filter = UserFilter {
+                                    q: search.then(|| format!("user{}{}", 1 + n % 20, n / 20)),
+                                    ..UserFilter::default()
                                 };
-                                let ok = match &ids {
-                                    Ok((ids, _)) => {
-                                        sqlx::query(field_attendance::db::users::BY_IDS)
-                                            .bind(ids)
-                                            .fetch_all(&pool)
-                                            .await
-                                            .is_ok_and(|rows| {
-                                                !rows.is_empty() && rows.len() == ids.len()
-                                            })
-                                    }
-                                    Err(_) => false,
-                                };
+                                let offset = if search { 0 } else { 50 * (n % 20) as i64 };
+                                let ok = users::search(&pool, &viewer, &filter, 50, offset)
+                                    .await
+                                    .is_ok_and(|(page, _)| !page.is_empty());
                                 rec.record(started, ok).await;
                             }
                         }));

@@ -125,7 +125,7 @@ impl From<UserRow> for User {
 /// The users with the ids in `$1`, in that order, each with its facility → council → region
 /// and its supervisor. One fixed statement whatever the ids, so Postgres plans it once per
 /// connection and reuses the plan.
-pub const BY_IDS: &str = "
+const BY_IDS: &str = "
     SELECT u.id, u.email, u.first_name, u.last_name, u.phone, u.employee_id, u.role, u.status,
            u.last_login_at, u.created_at, u.updated_at,
            f.id AS facility_id, f.name AS facility_name, f.code AS facility_code,

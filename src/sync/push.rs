@@ -310,17 +310,13 @@ async fn push_unseen(
     batch: &[Parsed],
     now: DateTime<Utc>,
 ) -> Result<Option<PushResponse>, ApiError> {
-    let accepted = || batch.iter().filter_map(|p| p.as_ref().ok());
-    if accepted().any(|(r, _)| r.op != Op::Upsert) {
+    if accepted(batch).any(|(r, _)| r.op != Op::Upsert) {
         return Ok(None);
     }
-    let facility_ids: Vec<Uuid> = accepted()
-        .filter_map(|(_, c)| c.as_ref().map(|c| c.facility_id))
-        .collect();
     let mut conn = ctx.db.acquire().await?;
     let seen = Seen {
         touched: Touched::default(),
-        sites: ctx.sites.get_many(&mut *conn, &facility_ids).await?,
+        sites: sites_of(&mut conn, ctx, batch).await?,
         queued: HashSet::new(),
     };
     let (plan, outcomes) = decide_all(batch, &seen, ctx.user.id, device_id, now, ctx.config);
@@ -441,6 +437,23 @@ fn parse(raw: &[Box<RawValue>], rules: &TimeRules, now: DateTime<Utc>) -> Vec<Pa
     parsed
 }
 
+/// The records of a batch that passed the checks needing no database.
+fn accepted(batch: &[Parsed]) -> impl Iterator<Item = &(PushRecord, Option<Content>)> {
+    batch.iter().filter_map(|p| p.as_ref().ok())
+}
+
+/// The facilities the batch's records name (from the per-process cache where it has them).
+async fn sites_of(
+    conn: &mut PgConnection,
+    ctx: &PushContext<'_>,
+    batch: &[Parsed],
+) -> Result<HashMap<Uuid, Site>, sqlx::Error> {
+    let facility_ids: Vec<Uuid> = accepted(batch)
+        .filter_map(|(_, c)| c.as_ref().map(|c| c.facility_id))
+        .collect();
+    ctx.sites.get_many(conn, &facility_ids).await
+}
+
 /// What the decisions rest on: the rows a batch touches, their facilities, and the conflicts
 /// already queued for them.
 struct Seen {
@@ -458,14 +471,10 @@ impl Seen {
         batch: &[Parsed],
         lock: bool,
     ) -> Result<Self, sqlx::Error> {
-        let accepted = || batch.iter().filter_map(|p| p.as_ref().ok());
-        let ids: Vec<Uuid> = accepted().map(|(r, _)| r.id).collect();
-        let stamps: Vec<DateTime<Utc>> = accepted().map(|(r, _)| stamp_of(r)).collect();
+        let ids: Vec<Uuid> = accepted(batch).map(|(r, _)| r.id).collect();
+        let stamps: Vec<DateTime<Utc>> = accepted(batch).map(|(r, _)| stamp_of(r)).collect();
         let touched = Touched::read(conn, ctx.user.id, device_id, &ids, &stamps, lock).await?;
-        let facility_ids: Vec<Uuid> = accepted()
-            .filter_map(|(_, c)| c.as_ref().map(|c| c.facility_id))
-            .collect();
-        let sites = ctx.sites.get_many(&mut *conn, &facility_ids).await?;
+        let sites = sites_of(conn, ctx, batch).await?;
         // Conflicts can only be queued for records that exist; new records skip the read.
         let queued = if touched.by_id.is_empty() {
             HashSet::new()
