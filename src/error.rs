@@ -53,6 +53,13 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// A statement Postgres ended to break a deadlock: nothing of it was written, and the work
+    /// can be done again.
+    pub fn is_deadlock(&self) -> bool {
+        matches!(self, ApiError::Internal(err)
+            if err.downcast_ref::<sqlx::Error>().is_some_and(crate::db::is_deadlock))
+    }
+
     /// A 422 with a single field's reason.
     pub fn invalid(field: &str, reason: impl Into<String>) -> Self {
         let mut details = FieldErrors::new();

@@ -105,3 +105,8 @@ pub mod clock_outs;
 pub mod coalesce;
 pub mod facilities;
 pub mod users;
+
+/// Postgres ended the statement to break a deadlock (40P01): nothing of it was written.
+pub fn is_deadlock(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01"))
+}

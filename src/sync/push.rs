@@ -14,6 +14,7 @@ use crate::auth::{AuthUser, ClientInfo};
 use crate::config::Config;
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
 use crate::db::facilities::{Site, SiteCache};
+use crate::db::is_deadlock;
 use crate::domain::GeoPoint;
 use crate::domain::attendance::{TimeRules, forgotten_before};
 use crate::error::ApiError;
@@ -204,6 +205,7 @@ pub(crate) fn check_content(
     Ok(())
 }
 
+#[derive(Clone, Copy)]
 pub struct PushContext<'a> {
     pub db: &'a PgPool,
     pub config: &'a Config,
@@ -287,11 +289,6 @@ async fn push_locked(
     activity(ctx, device_id, &counts).record(&mut *tx).await?;
     tx.commit().await?;
     Ok(answer(now, outcomes, written, &counts))
-}
-
-/// Postgres ended the statement to break a deadlock (40P01): nothing of it was written.
-fn is_deadlock(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01"))
 }
 
 /// A batch decided as if the server had none of its records, written in one statement when

@@ -309,11 +309,7 @@ pub async fn push_changes(
     changes: HashMap<String, TableChanges>,
 ) -> Result<(), ApiError> {
     let PushContext {
-        db,
-        config,
-        sites,
-        user,
-        client,
+        db, config, user, ..
     } = ctx;
     // To the microsecond, as Postgres keeps it (new rows are stamped with it).
     let now = Utc::now().trunc_subsecs(6);
@@ -388,6 +384,35 @@ pub async fn push_changes(
         return Err(ApiError::Validation(problems));
     }
 
+    // A `/sync/push` of the same user writes without the lock, and can hold keys this push needs
+    // while waiting on keys it wrote: Postgres ends one of the two, and a push it ends here is
+    // applied again.
+    let mut attempt = 1;
+    loop {
+        match apply_changes(&ctx, &snapshot, &upserts, &deletes, last_pulled_at, now).await {
+            Err(e) if e.is_deadlock() && attempt < 3 => attempt += 1,
+            applied => return applied,
+        }
+    }
+}
+
+/// Applies checked records in one transaction holding the user's lock, refused whole when one
+/// changed on the server after `snapshot`.
+async fn apply_changes(
+    ctx: &PushContext<'_>,
+    snapshot: &str,
+    upserts: &[(Uuid, Content)],
+    deletes: &[Uuid],
+    last_pulled_at: i64,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    let PushContext {
+        db,
+        config,
+        sites,
+        user,
+        client,
+    } = *ctx;
     let mut tx = begin_for_user(db, user.id).await?;
     records::close_forgotten(
         &mut *tx,
@@ -411,7 +436,7 @@ pub async fn push_changes(
         "SELECT id FROM attendance WHERE id = ANY($1) AND NOT pg_visible_in_snapshot(change_xid, $2::pg_snapshot)",
     )
     .bind(&ids)
-    .bind(&snapshot)
+    .bind(snapshot)
     .fetch_all(&mut *tx)
     .await?;
     if !changed.is_empty() {
@@ -428,7 +453,7 @@ pub async fn push_changes(
     let sites = sites.get_many(&mut *tx, &facility_ids).await?;
     let mut plan = Plan::default();
     let mut problems = FieldErrors::new();
-    for (id, content) in &upserts {
+    for (id, content) in upserts {
         let current = existing.get(id);
         // Known deleted: an edit made before the deletion reached the device is dropped.
         if current.is_some_and(|r| r.deleted_at.is_some()) {
@@ -461,7 +486,7 @@ pub async fn push_changes(
     if !problems.is_empty() {
         return Err(ApiError::Validation(problems));
     }
-    for id in &deletes {
+    for id in deletes {
         // Deleting a record the server does not have (or already deleted) is nothing to do.
         if let Some(row) = existing.get(id).filter(|r| r.deleted_at.is_none()) {
             plan.deletes.push((*id, row.sync_version + 1));

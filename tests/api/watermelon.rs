@@ -219,3 +219,74 @@ async fn bad_records_other_users_records_and_unknown_timestamps_are_refused() {
         .unwrap();
     assert_eq!(notes, "mine");
 }
+
+#[tokio::test]
+async fn a_push_postgres_ends_to_break_a_deadlock_is_applied_again() {
+    // The push writes `first`, then waits on `second`, which another transaction holds
+    // uncommitted; that one then waits on `first`. Postgres ends the push (the other waits
+    // longer before it looks for a deadlock), and the push is applied again: it waits on
+    // `second` until the other lets go.
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    let user = app.quick_user("focal", None, facility).await;
+    let last = pull(&app, &user, None).await["timestamp"].as_i64().unwrap();
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut other = app.db.begin().await.unwrap();
+    sqlx::query("SET LOCAL deadlock_timeout = '10s'")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let hold = |id: Uuid| {
+        sqlx::query(
+            "INSERT INTO attendance (id, user_id, facility_id, status, clock_in_at,
+                                     clock_in_latitude, clock_in_longitude)
+             VALUES ($1, $2, $3, 'incomplete', now() - interval '1 day', 0, 0)",
+        )
+        .bind(id)
+        .bind(user.id)
+        .bind(facility)
+    };
+    hold(second).execute(&mut *other).await.unwrap();
+    let deadlock = async {
+        let waiting = async {
+            loop {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                     WHERE l.locktype = 'transactionid' AND NOT l.granted
+                       AND a.datname = current_database()",
+                )
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+                if waiting == 1 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("the push waits on the held row");
+        // Waits until Postgres has ended the push.
+        hold(first).execute(&mut *other).await.unwrap();
+        other.rollback().await.unwrap();
+    };
+    let ((status, body), ()) = tokio::join!(
+        push(
+            &app,
+            &user,
+            last,
+            json!({"attendance": {
+                "created": [raw(first, facility, "first"), raw(second, facility, "second")],
+                "updated": [], "deleted": []
+            }}),
+        ),
+        deadlock,
+    );
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let notes: Vec<String> = sqlx::query_scalar("SELECT notes FROM attendance ORDER BY notes")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(notes, vec!["first", "second"]);
+}
