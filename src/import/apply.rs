@@ -58,7 +58,9 @@ pub struct ImportReport {
 
 fn read_error(e: ReadError) -> ApiError {
     match e {
-        ReadError::NotSpreadsheet => ApiError::UnsupportedMediaType(e.to_string()),
+        ReadError::NotSpreadsheet | ReadError::OtherWorkbook => {
+            ApiError::UnsupportedMediaType(e.to_string())
+        }
         ReadError::TooLarge(_) => ApiError::PayloadTooLarge,
         ReadError::Empty => ApiError::invalid("file", "is empty"),
         ReadError::Unreadable(reason) => ApiError::invalid("file", reason),

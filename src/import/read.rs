@@ -1,16 +1,17 @@
 //! Reading an uploaded facility list into rows of text, whatever Excel or LibreOffice wrote:
-//! XLSX, XLS or ODS (recognised by signature, not by file name), or CSV in UTF-8 (with or
-//! without BOM) or Windows-1252, separated by `,`, `;` or tabs.
+//! XLSX (recognised by signature, not by file name), or CSV in UTF-8 (with or without BOM) or
+//! Windows-1252, separated by `,`, `;` or tabs.
 
-use std::io::{Cursor, Read, Seek};
+use std::io::{BufReader, Cursor};
 
 use calamine::{DataRef, Reader, Xlsx};
+use quick_xml::events::Event;
 
 /// Rows beyond this are refused: a facility list has thousands of rows, not millions.
 pub const MAX_ROWS: usize = 200_000;
 /// Columns read per row; anything further right is ignored.
 const MAX_COLUMNS: usize = 64;
-/// Uncompressed size of an XLSX/ODS archive beyond which it is refused unopened (zip bombs).
+/// Uncompressed size of an XLSX archive beyond which it is refused unopened (zip bombs).
 const MAX_UNCOMPRESSED_BYTES: u64 = 256 * 1024 * 1024;
 /// Compression ratio beyond which an archive entry is taken for a bomb.
 const MAX_RATIO: u64 = 200;
@@ -19,8 +20,6 @@ const MAX_RATIO: u64 = 200;
 pub enum Format {
     Csv,
     Xlsx,
-    Xls,
-    Ods,
 }
 
 impl Format {
@@ -28,8 +27,6 @@ impl Format {
         match self {
             Format::Csv => "csv",
             Format::Xlsx => "xlsx",
-            Format::Xls => "xls",
-            Format::Ods => "ods",
         }
     }
 }
@@ -48,8 +45,12 @@ pub struct Sheet {
 pub enum ReadError {
     #[error("the file is empty")]
     Empty,
-    #[error("the file is neither CSV nor a spreadsheet (XLSX, XLS, ODS)")]
+    #[error("the file is neither CSV nor XLSX")]
     NotSpreadsheet,
+    #[error(
+        "Excel 97-2003 (.xls) and OpenDocument (.ods) workbooks are not read; save the sheet as XLSX or CSV"
+    )]
+    OtherWorkbook,
     #[error("{0}")]
     TooLarge(String),
     #[error("the spreadsheet cannot be read: {0}")]
@@ -62,9 +63,7 @@ pub fn read(bytes: &[u8]) -> Result<Sheet, ReadError> {
     }
     match bytes {
         [0x50, 0x4B, 0x03, 0x04, ..] => read_zip(bytes),
-        [0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1, ..] => {
-            read_with_calamine(bytes, Format::Xls)
-        }
+        [0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1, ..] => Err(ReadError::OtherWorkbook),
         _ => read_csv(bytes),
     }
 }
@@ -99,12 +98,62 @@ fn read_zip(bytes: &[u8]) -> Result<Sheet, ReadError> {
         )));
     }
     if is_xlsx {
+        check_shared_strings(&mut archive)?;
         read_xlsx(bytes)
     } else if is_ods {
-        read_with_calamine(bytes, Format::Ods)
+        Err(ReadError::OtherWorkbook)
     } else {
         Err(ReadError::NotSpreadsheet)
     }
+}
+
+/// calamine sets aside room for as many shared strings as the workbook's `uniqueCount` says,
+/// before it reads one: a few bytes declaring 10^14 would ask for petabytes, and a failed
+/// allocation ends the process. A count beyond what the part could hold (each string takes at
+/// least `<si/>`, five bytes) is refused first. The part is found as calamine finds it, by
+/// name, whatever its case or folder.
+fn check_shared_strings(archive: &mut zip::ZipArchive<Cursor<&[u8]>>) -> Result<(), ReadError> {
+    let unreadable = |e: &dyn std::fmt::Display| ReadError::Unreadable(e.to_string());
+    for i in 0..archive.len() {
+        let entry = archive.by_index(i).map_err(|e| unreadable(&e))?;
+        let name = entry.name().map_err(|e| unreadable(&e))?;
+        let name = name.replace('\\', "/").to_ascii_lowercase();
+        if !name.ends_with("sharedstrings.xml") {
+            continue;
+        }
+        let most = entry.size() / 5;
+        let mut xml = quick_xml::Reader::from_reader(BufReader::new(entry));
+        xml.config_mut().check_end_names = false;
+        xml.config_mut().check_comments = false;
+        xml.config_mut().expand_empty_elements = true;
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match xml.read_event_into(&mut buf) {
+                Ok(Event::Start(e)) if e.local_name().as_ref() == "sst" => {
+                    let declared = e
+                        .attributes()
+                        .with_checks(false)
+                        .flatten()
+                        .find(|a| a.key.local_name().as_ref() == "uniqueCount");
+                    if let Some(attr) = declared
+                        && !attr.value.is_empty()
+                        && attr.value.bytes().all(|b| b.is_ascii_digit())
+                        && attr.value.parse::<u64>().map_or(true, |n| n > most)
+                    {
+                        return Err(ReadError::Unreadable(
+                            "the workbook declares more shared strings than it holds".into(),
+                        ));
+                    }
+                    break;
+                }
+                // calamine reports a broken part itself.
+                Ok(Event::Eof) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Streams the first worksheet cell by cell, so memory follows the rows kept, not the sheet.
@@ -128,41 +177,6 @@ fn read_xlsx(bytes: &[u8]) -> Result<Sheet, ReadError> {
         grid.put(row, col, cell_text(cell.get_value()))?;
     }
     grid.finish()
-}
-
-fn read_with_calamine(bytes: &[u8], format: Format) -> Result<Sheet, ReadError> {
-    let mut workbook = calamine::open_workbook_auto_from_rs(Cursor::new(bytes))
-        .map_err(|e| ReadError::Unreadable(e.to_string()))?;
-    let range = first_range(&mut workbook)?;
-    let (start_row, start_col) = range.start().unwrap_or((0, 0));
-    let mut grid = Grid::new(format);
-    for (r, row) in range.rows().enumerate() {
-        for (c, value) in row.iter().enumerate() {
-            let text = match value {
-                calamine::Data::Empty => continue,
-                calamine::Data::String(s) => s.clone(),
-                calamine::Data::Float(f) => float_text(*f),
-                calamine::Data::Int(i) => i.to_string(),
-                calamine::Data::Bool(b) => b.to_string(),
-                other => other.to_string(),
-            };
-            grid.put(start_row + r as u32, start_col + c as u32, text)?;
-        }
-    }
-    grid.finish()
-}
-
-fn first_range<RS: Read + Seek>(
-    workbook: &mut calamine::Sheets<RS>,
-) -> Result<calamine::Range<calamine::Data>, ReadError> {
-    let name = workbook
-        .sheet_names()
-        .first()
-        .cloned()
-        .ok_or_else(|| ReadError::Unreadable("the workbook has no sheet".into()))?;
-    workbook
-        .worksheet_range(&name)
-        .map_err(|e| ReadError::Unreadable(e.to_string()))
 }
 
 /// Formulas are read as the values the spreadsheet last computed; nothing is evaluated.

@@ -423,7 +423,7 @@ pub struct ImportQuery {
 #[allow(dead_code)]
 pub struct ImportUpload {
     /// A CSV (UTF-8 with or without BOM, or Windows-1252; `,`, `;` or tab separated) or an
-    /// XLSX/XLS/ODS workbook (first sheet). Columns: name, code, type, latitude, longitude,
+    /// XLSX workbook (first sheet). Columns: name, code, type, latitude, longitude,
     /// council_name (or council_code), address, contact_phone (or phone).
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,

@@ -10,6 +10,28 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("tests/fixtures/{name}")).unwrap()
 }
 
+/// A zip archive of `parts`, beside the parts of `base` not named alike.
+fn zip_with(base: Option<&[u8]>, parts: &[(&str, &str)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    if let Some(base) = base {
+        let mut source = zip::ZipArchive::new(std::io::Cursor::new(base)).unwrap();
+        for i in 0..source.len() {
+            let entry = source.by_index_raw(i).unwrap();
+            let name = entry.name().unwrap().into_owned();
+            if !parts.iter().any(|(replaced, _)| *replaced == name) {
+                out.raw_copy_file(entry).unwrap();
+            }
+        }
+    }
+    for (name, text) in parts {
+        out.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        out.write_all(text.as_bytes()).unwrap();
+    }
+    out.finish().unwrap().into_inner()
+}
+
 async fn import(
     app: &TestApp,
     token: &str,
@@ -384,6 +406,40 @@ async fn hostile_and_broken_files_are_refused_and_change_nothing() {
             fixture("zip_bomb.xlsx"),
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
+        ),
+        (
+            // A few bytes that would have the reader set aside room for 10^14 strings.
+            "shared strings declared beyond the file",
+            zip_with(
+                Some(&fixture("facilities.xlsx")),
+                &[(
+                    "xl/sharedStrings.xml",
+                    r#"<?xml version="1.0"?><!-- x --><sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" count="1" uniqueCount="100000000000000"><si><t>x</t></si></sst>"#,
+                )],
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "Excel 97-2003 workbook",
+            [0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1]
+                .into_iter()
+                .chain([0; 504])
+                .collect(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "OpenDocument workbook",
+            zip_with(
+                None,
+                &[
+                    ("mimetype", "application/vnd.oasis.opendocument.spreadsheet"),
+                    ("content.xml", "<office:document-content/>"),
+                ],
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
         ),
     ];
     for (name, bytes, expected, code) in cases {
