@@ -1,5 +1,7 @@
 //! Applying checked rows: one transaction, one set-based statement, one stored report.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -20,7 +22,8 @@ pub enum OnDuplicate {
     /// Existing facilities (same code, case-insensitively) are left alone.
     #[default]
     Skip,
-    /// Existing facilities take the file's values; unchanged ones count as skipped.
+    /// Existing facilities take the file's values, and keep those it leaves out (no such column,
+    /// or an empty cell); unchanged ones count as skipped.
     Update,
 }
 
@@ -189,7 +192,8 @@ pub async fn run(
 }
 
 /// One statement for all rows. In `update` mode only rows whose values differ are touched, so
-/// re-importing an unchanged file updates nothing.
+/// re-importing an unchanged file updates nothing, and a value the file leaves out (no such
+/// column, or an empty cell) keeps what is stored: an import never erases.
 async fn upsert(
     tx: &mut sqlx::PgConnection,
     rows: &[FacilityRow],
@@ -209,6 +213,24 @@ async fn upsert(
                     EXCLUDED.longitude, EXCLUDED.address, EXCLUDED.contact_phone)"
         }
     };
+    let stored = match on_duplicate {
+        OnDuplicate::Skip => HashMap::new(),
+        OnDuplicate::Update => stored_details(tx, rows).await?,
+    };
+    let mut types = Vec::with_capacity(rows.len());
+    let mut addresses = Vec::with_capacity(rows.len());
+    let mut phones = Vec::with_capacity(rows.len());
+    for row in rows {
+        let kept = stored.get(&row.code.to_lowercase());
+        types.push(
+            row.facility_type
+                .clone()
+                .or_else(|| kept.map(|k| k.0.clone()))
+                .unwrap_or_else(|| "health_center".into()),
+        );
+        addresses.push(row.address.clone().or_else(|| kept?.1.clone()));
+        phones.push(row.contact_phone.clone().or_else(|| kept?.2.clone()));
+    }
     let sql = format!(
         "INSERT INTO facilities (code, name, type, council_id, latitude, longitude, address, contact_phone)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], $5::float8[],
@@ -219,22 +241,34 @@ async fn upsert(
     let inserted: Vec<bool> = sqlx::query_scalar(&sql)
         .bind(rows.iter().map(|r| r.code.clone()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.name.clone()).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|r| r.facility_type.clone())
-                .collect::<Vec<_>>(),
-        )
+        .bind(types)
         .bind(rows.iter().map(|r| r.council_id).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.point.latitude).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.point.longitude).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.address.clone()).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|r| r.contact_phone.clone())
-                .collect::<Vec<_>>(),
-        )
+        .bind(addresses)
+        .bind(phones)
         .fetch_all(&mut *tx)
         .await?;
     let created = inserted.iter().filter(|&&i| i).count();
     Ok((created, inserted.len() - created))
+}
+
+/// The type, address and phone stored for the facilities a file names, by lowercased code,
+/// locked until the import ends so that none changes under it.
+async fn stored_details(
+    tx: &mut sqlx::PgConnection,
+    rows: &[FacilityRow],
+) -> Result<HashMap<String, (String, Option<String>, Option<String>)>, sqlx::Error> {
+    let codes: Vec<String> = rows.iter().map(|r| r.code.to_lowercase()).collect();
+    let stored: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT lower(code), type, address, contact_phone FROM facilities
+         WHERE lower(code) = ANY($1) FOR UPDATE",
+    )
+    .bind(codes)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(stored
+        .into_iter()
+        .map(|(code, kind, address, phone)| (code, (kind, address, phone)))
+        .collect())
 }

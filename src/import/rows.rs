@@ -15,7 +15,9 @@ pub struct FacilityRow {
     pub row: u32,
     pub code: String,
     pub name: String,
-    pub facility_type: String,
+    /// `None` when the file gives none: `health_center` for a new facility, what is stored for
+    /// one updated. The same holds for the address and the phone.
+    pub facility_type: Option<String>,
     pub council_id: Uuid,
     pub point: GeoPoint,
     pub address: Option<String>,
@@ -219,8 +221,8 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
             }
         };
         let facility_type = match get(Column::Type) {
-            "" => "health_center".to_string(),
-            t => t.to_lowercase().replace([' ', '-'], "_"),
+            "" => None,
+            t => Some(t.to_lowercase().replace([' ', '-'], "_")),
         };
         let optional = |c: Column| Some(get(c).to_string()).filter(|s| !s.is_empty());
 
@@ -279,7 +281,7 @@ mod tests {
             ("HC-1", id, -1.9)
         );
         assert_eq!(row.contact_phone.as_deref(), Some("+250"));
-        assert_eq!(row.facility_type, "health_center");
+        assert_eq!(row.facility_type, None);
     }
 
     #[test]

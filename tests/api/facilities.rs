@@ -316,6 +316,64 @@ async fn reimporting_skips_everything_and_update_touches_only_changed_rows() {
 }
 
 #[tokio::test]
+async fn an_update_keeps_what_the_file_leaves_out() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    import(
+        &app,
+        &admin.token,
+        "f.csv",
+        fixture("facilities_utf8.csv"),
+        "",
+    )
+    .await;
+    // No address or phone column, and a blank type: the hospital moves, and keeps the rest.
+    let (status, update) = import(
+        &app,
+        &admin.token,
+        "f.csv",
+        b"code,name,type,latitude,longitude,council_name\n\
+          KGL-HOS-001,CHUK,,-1.9540,30.0610,Nyarugenge\n\
+          KGL-HC-010,Remera Health Centre,,-1.95,30.11,Gasabo\n"
+            .to_vec(),
+        "?on_duplicate=update",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{update}");
+    assert_eq!(
+        (update["created"].as_u64(), update["updated"].as_u64()),
+        (Some(1), Some(1))
+    );
+    type Stored = (String, String, f64, Option<String>, Option<String>);
+    let stored: Vec<Stored> = sqlx::query_as(
+        "SELECT code, type, latitude, address, contact_phone FROM facilities
+         WHERE code IN ('KGL-HOS-001', 'KGL-HC-010') ORDER BY code",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        stored,
+        vec![
+            (
+                "KGL-HC-010".into(),
+                "health_center".into(),
+                -1.95,
+                None,
+                None
+            ),
+            (
+                "KGL-HOS-001".into(),
+                "hospital".into(),
+                -1.954,
+                Some("KN 4 Ave".into()),
+                Some("+250788000003".into())
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn dry_run_and_strict_apply_nothing() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
