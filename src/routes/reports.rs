@@ -1,6 +1,8 @@
 //! Attendance exports (CSV, XLSX) and summaries, for supervisors and above over their tree.
 
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -212,7 +214,8 @@ async fn export(
     let stamp = Utc::now().with_timezone(&tz).format("%Y%m%d-%H%M");
     match format {
         ExportFormat::Csv => {
-            let body = csv_stream(state.db.clone(), user, q, from, to, tz);
+            let stall = state.config.request_timeout;
+            let body = csv_stream(state.db.clone(), user, q, from, to, tz, stall);
             Ok((
                 [
                     (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
@@ -249,7 +252,9 @@ async fn export(
 }
 
 /// CSV written as rows arrive from the database, in chunks of about 64 KiB: memory stays flat
-/// however many records there are.
+/// however many records there are. The export holds a database connection while it runs, so a
+/// client that takes nothing for `stall` (the request timeout) is cut off, and the connection
+/// goes back to the pool.
 fn csv_stream(
     db: sqlx::PgPool,
     viewer: AuthUser,
@@ -257,8 +262,11 @@ fn csv_stream(
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
     tz: Tz,
+    stall: std::time::Duration,
 ) -> Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
+    let cut = Arc::new(AtomicBool::new(false));
+    let cut_off = cut.clone();
     tokio::spawn(async move {
         let mut qb = export_query(&viewer, &q, from, to);
         let mut rows = qb.build_query_as::<ExportRow>().fetch(&db);
@@ -280,8 +288,14 @@ fn csv_stream(
                     csv::Writer::from_writer(Vec::with_capacity(80 * 1024)),
                 );
                 let Ok(chunk) = full.into_inner() else { return };
-                if tx.send(Ok(chunk)).await.is_err() {
-                    return; // the client went away
+                match tokio::time::timeout(stall, tx.send(Ok(chunk))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return, // the client went away
+                    Err(_) => {
+                        tracing::warn!("export cut off: the client took nothing for {stall:?}");
+                        cut_off.store(true, Ordering::Release);
+                        return;
+                    }
                 }
             }
         }
@@ -291,10 +305,21 @@ fn csv_stream(
             let _ = tx.send(Ok(rest)).await;
         }
     });
-    // Fused: the compression layer may poll once more after the end.
+    // A cut-off export ends in an error, so the client sees a broken download rather than a
+    // short file that looks whole. Fused: the compression layer may poll once more after the end.
     Body::from_stream(
-        futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
+        futures::stream::unfold(Some(rx), move |rx| {
+            let cut = cut.clone();
+            async move {
+                let mut rx = rx?;
+                match rx.recv().await {
+                    Some(item) => Some((item, Some(rx))),
+                    None if cut.load(Ordering::Acquire) => {
+                        Some((Err(std::io::Error::other("export cut off")), None))
+                    }
+                    None => None,
+                }
+            }
         })
         .fuse(),
     )

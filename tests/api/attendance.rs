@@ -1123,6 +1123,61 @@ async fn exports_are_real_csv_and_xlsx_in_local_time_with_formulas_neutralised()
 }
 
 #[tokio::test]
+async fn an_export_nobody_reads_lets_go_of_its_database_connection() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("REQUEST_TIMEOUT_SECS".into(), "1".into());
+    })
+    .await;
+    let supervisor = app.user("supervisor", None).await;
+    let (worker, facility) = user_at_site(&app, "focal", Some(supervisor.id)).await;
+    // Some 40 MB of CSV: more than every buffer between Postgres and the client holds.
+    sqlx::query(
+        "INSERT INTO attendance (user_id, facility_id, status, clock_in_at, clock_out_at,
+                                 clock_in_latitude, clock_in_longitude, distance_m, notes)
+         SELECT $1, $2, 'closed', now() - make_interval(mins => i + 60),
+                now() - make_interval(mins => i), -1.9456, 30.127, 0, repeat('n', 300)
+         FROM generate_series(1, 100000) AS i",
+    )
+    .bind(worker.id)
+    .bind(facility)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let exporting = || async {
+        let active: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND state = 'active' AND query LIKE '%FROM attendance%'",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        active > 0
+    };
+    let unread = app
+        .get("/api/attendance/export?format=csv")
+        .bearer_auth(&supervisor.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unread.status(), StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(exporting().await, "the export waits on its reader");
+    let started = std::time::Instant::now();
+    while exporting().await {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the export still holds its connection"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        unread.bytes().await.is_err(),
+        "a cut-off export ends as a broken download, not as a short file that looks whole"
+    );
+}
+
+#[tokio::test]
 async fn summaries_match_hand_computed_figures_including_a_shift_across_midnight() {
     let app = TestApp::spawn().await;
     let supervisor = app.user("supervisor", None).await;
