@@ -167,16 +167,19 @@ impl NewIdentity {
 }
 
 /// Checks that `supervisor_id` names a supervisor, backstopper or admin.
+/// Checks that `supervisor_id` names someone who may supervise. Inside a transaction the row
+/// stays share-locked, so the role cannot change to a field role before the transaction ends.
 pub async fn check_supervisor(
-    state: &AppState,
+    db: impl sqlx::PgExecutor<'_>,
     supervisor_id: Option<Uuid>,
     invalid: &mut Invalid,
 ) -> Result<(), ApiError> {
     if let Some(id) = supervisor_id {
-        let role: Option<String> = sqlx::query_scalar("SELECT role FROM users WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&state.db)
-            .await?;
+        let role: Option<String> =
+            sqlx::query_scalar("SELECT role FROM users WHERE id = $1 FOR SHARE")
+                .bind(id)
+                .fetch_optional(db)
+                .await?;
         match role.and_then(|r| r.parse::<Role>().ok()) {
             Some(role) if role.can_supervise() => {}
             Some(_) => invalid.add(
@@ -250,7 +253,7 @@ async fn register(
         invalid.add("role", "self-registration is for field roles only");
     }
     check_facility(&state, Some(req.facility_id), &mut invalid).await?;
-    check_supervisor(&state, req.supervisor_id, &mut invalid).await?;
+    check_supervisor(&state.db, req.supervisor_id, &mut invalid).await?;
     invalid.finish()?;
     let (Some(email), Some(password)) = (email, password) else {
         unreachable!("checked above");

@@ -257,7 +257,7 @@ async fn create_user(
         &mut invalid,
     );
     check_facility(&state, req.facility_id, &mut invalid).await?;
-    check_supervisor(&state, req.supervisor_id, &mut invalid).await?;
+    check_supervisor(&state.db, req.supervisor_id, &mut invalid).await?;
     invalid.finish()?;
     let (Some(email), Some(password)) = (email, password) else {
         unreachable!("checked above");
@@ -373,7 +373,7 @@ struct Current {
         (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "The caller may not change these fields", body = ErrorEnvelope),
         (status = 404, description = "No such user, or not visible to the caller", body = ErrorEnvelope),
-        (status = 409, description = "Email or employee id taken (`duplicate`)", body = ErrorEnvelope),
+        (status = 409, description = "Email or employee id taken (`duplicate`), or a field role for someone who still supervises others (`conflict`)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a supervisor cycle, or deactivating oneself", body = ErrorEnvelope),
         (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
@@ -424,7 +424,6 @@ async fn update_user(
         }
     }
     check_facility(&state, req.facility_id.flatten(), &mut invalid).await?;
-    check_supervisor(&state, req.supervisor_id.flatten(), &mut invalid).await?;
 
     let mut tx = state.db.begin().await?;
     // Supervision changes are serialised so that two concurrent edits cannot form a cycle
@@ -440,12 +439,33 @@ async fn update_user(
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(ApiError::NotFound)?;
+    check_supervisor(&mut *tx, req.supervisor_id.flatten(), &mut invalid).await?;
     if let Some(Some(supervisor)) = req.supervisor_id
         && (supervisor == id || users::is_above(&mut *tx, id, supervisor).await?)
     {
         invalid.add("supervisor_id", "would make a supervision cycle");
     }
     invalid.finish()?;
+    // Someone's supervisor must stay able to supervise (the row is locked above, and each
+    // new supervisor is share-locked while it is named).
+    if let Some(role) = req.role
+        && !role.can_supervise()
+    {
+        let reports: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM users WHERE supervisor_id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if reports > 0 {
+            return Err(ApiError::conflict(
+                "conflict",
+                format!(
+                    "{reports} user(s) name this user as their supervisor; give them another \
+                     supervisor before making this user a {role}"
+                ),
+            ));
+        }
+    }
 
     let role_changed = req.role.is_some_and(|r| r.as_str() != current.role);
     let status_changed = req.status.is_some_and(|s| s.as_str() != current.status);

@@ -247,6 +247,18 @@ async fn a_supervisor_id_must_name_a_supervisor_and_never_make_a_cycle() {
     let (status, body) = send(patch(t.worker.id, json!({"supervisor_id": null}))).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body["supervisor"].is_null());
+    // Someone's supervisor stays able to supervise: `unrelated` still has a team, and keeps
+    // their role until it is given another supervisor; `supervisor` has none left.
+    let (status, body) = send(patch(t.unrelated.id, json!({"role": "focal"}))).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let role: String = sqlx::query_scalar("SELECT role FROM users WHERE id = $1")
+        .bind(t.unrelated.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(role, "supervisor");
+    let (status, body) = send(patch(t.supervisor.id, json!({"role": "focal"}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 #[tokio::test]
