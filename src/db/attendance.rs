@@ -226,26 +226,35 @@ pub async fn list(
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<AttendanceRecord>, i64), sqlx::Error> {
+    let matching = |qb: &mut QueryBuilder<'_, sqlx::Postgres>| {
+        push_filters(
+            qb,
+            viewer,
+            filter.user_id,
+            filter.facility_id,
+            filter.from,
+            filter.to,
+        );
+        if let Some(status) = filter.status {
+            qb.push(" AND a.status = ").push_bind(status.as_str());
+        }
+    };
     let mut qb = QueryBuilder::new(format!(
         "SELECT {COLUMNS}, count(*) OVER () AS total FROM attendance a"
     ));
-    push_filters(
-        &mut qb,
-        viewer,
-        filter.user_id,
-        filter.facility_id,
-        filter.from,
-        filter.to,
-    );
-    if let Some(status) = filter.status {
-        qb.push(" AND a.status = ").push_bind(status.as_str());
-    }
+    matching(&mut qb);
     qb.push(" ORDER BY a.clock_in_at DESC, a.id LIMIT ")
         .push_bind(limit)
         .push(" OFFSET ")
         .push_bind(offset);
     let rows: Vec<AttendanceRow> = qb.build_query_as().fetch_all(db).await?;
-    let total = rows.first().and_then(|r| r.total).unwrap_or(0);
+    let first = rows.first().map(|r| r.total.unwrap_or(0));
+    let total = super::page_total(first, offset, async || {
+        let mut qb = QueryBuilder::new("SELECT count(*) FROM attendance a");
+        matching(&mut qb);
+        qb.build_query_scalar().fetch_one(db).await
+    })
+    .await?;
     Ok((
         rows.into_iter().map(AttendanceRecord::from).collect(),
         total,

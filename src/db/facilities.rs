@@ -270,11 +270,40 @@ pub async fn search(
     offset: i64,
 ) -> Result<(Vec<Facility>, i64), sqlx::Error> {
     // The window count runs after the radius filter and before LIMIT: the total of all pages.
-    let mut qb = QueryBuilder::new("SELECT found.*, count(*) OVER () AS total FROM (");
+    let mut qb = QueryBuilder::new("SELECT found.*, count(*) OVER () AS total FROM ");
+    push_found(&mut qb, filter, near);
+    qb.push(if near.is_some() {
+        " ORDER BY distance_m, id"
+    } else {
+        " ORDER BY name, id"
+    });
+    qb.push(" LIMIT ")
+        .push_bind(limit)
+        .push(" OFFSET ")
+        .push_bind(offset);
+    let rows: Vec<FacilityRow> = qb.build_query_as().fetch_all(db).await?;
+    let first = rows.first().map(|r| r.total.unwrap_or(0));
+    let total = super::page_total(first, offset, async || {
+        let mut qb = QueryBuilder::new("SELECT count(*) FROM ");
+        push_found(&mut qb, filter, near);
+        qb.build_query_scalar().fetch_one(db).await
+    })
+    .await?;
+    Ok((rows.into_iter().map(Facility::from).collect(), total))
+}
+
+/// The facilities matching a search, as `(...) AS found`, with `distance_m` when `near` is
+/// given.
+fn push_found(
+    qb: &mut QueryBuilder<'_, sqlx::Postgres>,
+    filter: &FacilityFilter,
+    near: Option<GeoPoint>,
+) {
+    qb.push("(");
     qb.push(SELECT_FACILITY);
     if let Some(point) = near {
         qb.push(", ");
-        push_distance(&mut qb, point);
+        push_distance(qb, point);
         qb.push(" AS distance_m");
     }
     qb.push(FROM_FACILITIES);
@@ -314,16 +343,4 @@ pub async fn search(
     if let (Some(_), Some(radius)) = (near, filter.radius_m) {
         qb.push(" WHERE distance_m <= ").push_bind(radius);
     }
-    qb.push(if near.is_some() {
-        " ORDER BY distance_m, id"
-    } else {
-        " ORDER BY name, id"
-    });
-    qb.push(" LIMIT ")
-        .push_bind(limit)
-        .push(" OFFSET ")
-        .push_bind(offset);
-    let rows: Vec<FacilityRow> = qb.build_query_as().fetch_all(db).await?;
-    let total = rows.first().and_then(|r| r.total).unwrap_or(0);
-    Ok((rows.into_iter().map(Facility::from).collect(), total))
 }

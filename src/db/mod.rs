@@ -110,3 +110,17 @@ pub mod users;
 pub fn is_deadlock(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01"))
 }
+
+/// The total of a page: the window count (`count(*) OVER ()`) its first row carries or, for a
+/// page past the end, which has no row to carry it, the matches counted on their own.
+pub async fn page_total(
+    first: Option<i64>,
+    offset: i64,
+    count: impl AsyncFnOnce() -> Result<i64, sqlx::Error>,
+) -> Result<i64, sqlx::Error> {
+    match first {
+        Some(total) => Ok(total),
+        None if offset > 0 => count().await,
+        None => Ok(0),
+    }
+}

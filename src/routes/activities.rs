@@ -10,6 +10,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
+use crate::db::page_total;
 use crate::domain::Role;
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::extract::{Json, Query};
@@ -79,17 +80,34 @@ async fn list_activities(
     let paging = Paging::new(filter.page, filter.per_page)?;
     let mut qb = QueryBuilder::new(
         "SELECT id, actor_id, actor_email, action, entity_type, entity_id, details, ip, user_agent,
-                created_at, count(*) OVER () AS total
-         FROM activities WHERE true",
+                created_at, count(*) OVER () AS total",
     );
+    push_matching(&mut qb, &filter);
+    qb.push(" ORDER BY created_at DESC, id LIMIT ")
+        .push_bind(paging.limit())
+        .push(" OFFSET ")
+        .push_bind(paging.offset());
+    let rows: Vec<ActivityEntry> = qb.build_query_as().fetch_all(&state.db).await?;
+    let total = page_total(rows.first().map(|r| r.total), paging.offset(), async || {
+        let mut qb = QueryBuilder::new("SELECT count(*)");
+        push_matching(&mut qb, &filter);
+        qb.build_query_scalar().fetch_one(&state.db).await
+    })
+    .await?;
+    Ok(Json(paging.wrap(rows, total)))
+}
+
+fn push_matching(qb: &mut QueryBuilder<'_, sqlx::Postgres>, filter: &ActivityFilter) {
+    qb.push(" FROM activities WHERE true");
     if let Some(id) = filter.user_id {
         qb.push(" AND actor_id = ").push_bind(id);
     }
-    if let Some(action) = filter.action {
-        qb.push(" AND action = ").push_bind(action);
+    if let Some(action) = &filter.action {
+        qb.push(" AND action = ").push_bind(action.clone());
     }
-    if let Some(entity_type) = filter.entity_type {
-        qb.push(" AND entity_type = ").push_bind(entity_type);
+    if let Some(entity_type) = &filter.entity_type {
+        qb.push(" AND entity_type = ")
+            .push_bind(entity_type.clone());
     }
     if let Some(from) = filter.from {
         qb.push(" AND created_at >= ").push_bind(from);
@@ -97,11 +115,4 @@ async fn list_activities(
     if let Some(to) = filter.to {
         qb.push(" AND created_at < ").push_bind(to);
     }
-    qb.push(" ORDER BY created_at DESC, id LIMIT ")
-        .push_bind(paging.limit())
-        .push(" OFFSET ")
-        .push_bind(paging.offset());
-    let rows: Vec<ActivityEntry> = qb.build_query_as().fetch_all(&state.db).await?;
-    let total = rows.first().map_or(0, |r| r.total);
-    Ok(Json(paging.wrap(rows, total)))
 }

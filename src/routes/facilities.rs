@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::audit::Activity;
 use crate::auth::{AuthUser, ClientInfo};
 use crate::db::facilities::{self, Facility, FacilityFilter, FacilityStatus};
+use crate::db::page_total;
 use crate::domain::{GeoPoint, Role};
 use crate::error::{ApiError, ErrorEnvelope, Invalid, ResultExt};
 use crate::extract::{Json, Path, Query};
@@ -547,6 +548,11 @@ async fn list_imports(
     .bind(paging.offset())
     .fetch_all(&state.db)
     .await?;
-    let total = rows.first().map_or(0, |r| r.total);
+    let total = page_total(rows.first().map(|r| r.total), paging.offset(), async || {
+        sqlx::query_scalar("SELECT count(*) FROM facility_imports")
+            .fetch_one(&state.db)
+            .await
+    })
+    .await?;
     Ok(Json(paging.wrap(rows, total)))
 }

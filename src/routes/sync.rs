@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::audit::Activity;
 use crate::auth::{AuthUser, ClientInfo};
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
+use crate::db::page_total;
 use crate::domain::Role;
 use crate::error::{ApiError, ErrorEnvelope, Invalid};
 use crate::extract::{Json, Path, Query};
@@ -337,7 +338,14 @@ async fn list_conflicts(
     .bind(paging.offset())
     .fetch_all(&state.db)
     .await?;
-    let total = rows.first().and_then(|r| r.total).unwrap_or(0);
+    let first = rows.first().map(|r| r.total.unwrap_or(0));
+    let total = page_total(first, paging.offset(), async || {
+        sqlx::query_scalar("SELECT count(*) FROM sync_conflicts WHERE status = $1")
+            .bind(status)
+            .fetch_one(&state.db)
+            .await
+    })
+    .await?;
     Ok(Json(paging.wrap(rows, total)))
 }
 

@@ -242,3 +242,59 @@ async fn an_error_for_a_client_accepting_gzip_is_still_readable_json() {
         assert_eq!(&bytes[..2], &[0x1f, 0x8b]);
     }
 }
+
+#[tokio::test]
+async fn a_page_past_the_end_still_counts_every_match() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let worker = app.user("focal", None).await;
+    let facility = app.facility().await;
+    for day in 1..=3 {
+        let start = chrono::Utc::now() - chrono::Duration::days(day);
+        app.insert_attendance(
+            worker.id,
+            facility,
+            start,
+            Some(start + chrono::Duration::hours(1)),
+            "closed",
+        )
+        .await;
+    }
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(
+            b"name,code,latitude,longitude,council_name\nA,A-1,-1.9,30.1,Gasabo\n".to_vec(),
+        )
+        .file_name("f.csv"),
+    );
+    let (status, _) = send(
+        app.post("/api/facilities/import")
+            .bearer_auth(&admin.token)
+            .multipart(form),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for list in [
+        "/api/attendance",
+        "/api/facilities",
+        "/api/facilities?q=a",
+        "/api/facilities?near=-1.9,30.1&radius_m=100000",
+        "/api/facilities/imports",
+        "/api/activities",
+        "/api/activities?action=facility.import",
+    ] {
+        let join = if list.contains('?') { '&' } else { '?' };
+        let (status, first) = send(app.get(list).bearer_auth(&admin.token)).await;
+        assert_eq!(status, StatusCode::OK, "{list}: {first}");
+        let total = first["total"].as_i64().unwrap();
+        assert!(total > 0, "{list}: {first}");
+        let (status, past) = send(
+            app.get(&format!("{list}{join}page=99"))
+                .bearer_auth(&admin.token),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{list}: {past}");
+        assert_eq!(past["data"], serde_json::json!([]), "{list}");
+        assert_eq!(past["total"], total, "{list}: {past}");
+    }
+}
