@@ -220,6 +220,39 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                 id
             }
         };
+        // The facility endpoints' own limits, so that an imported facility can be edited.
+        for column in [
+            Column::Code,
+            Column::Name,
+            Column::Type,
+            Column::ContactPhone,
+        ] {
+            if get(column).chars().any(char::is_control) {
+                err(column, "must not contain control characters".into());
+            }
+        }
+        // A cell Excel shows on several lines keeps its lines, joined by commas.
+        let address = get(Column::Address)
+            .split(['\n', '\r', '\t'])
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if address.chars().any(char::is_control) {
+            err(
+                Column::Address,
+                "must not contain control characters".into(),
+            );
+        }
+        for (column, value, max) in [
+            (Column::Type, get(Column::Type), 50),
+            (Column::Address, address.as_str(), 500),
+            (Column::ContactPhone, get(Column::ContactPhone), 32),
+        ] {
+            if value.chars().count() > max {
+                err(column, format!("must be at most {max} characters"));
+            }
+        }
         let facility_type = match get(Column::Type) {
             "" => None,
             t => Some(t.to_lowercase().replace([' ', '-'], "_")),
@@ -240,7 +273,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                 facility_type,
                 council_id,
                 point: GeoPoint::new(lat, lng).expect("checked above"),
-                address: optional(Column::Address),
+                address: Some(address).filter(|a| !a.is_empty()),
                 contact_phone: optional(Column::ContactPhone),
             });
         } else {
@@ -328,5 +361,35 @@ mod tests {
         );
         assert!(checked.errors[3].message.contains("first at row 2"));
         assert_eq!(checked.valid[1].point.latitude, -1.95);
+    }
+
+    #[test]
+    fn text_cells_are_held_to_the_facility_endpoints_limits() {
+        let (councils, _) = councils();
+        let mut file = b"code,name,type,address,phone,latitude,longitude,council_name\n".to_vec();
+        // Past the first 64 KiB, which the reader looks at to tell text from binary.
+        for i in 0..2000 {
+            file.extend(format!("P{i},Padding Clinic,,,,-1.9,30.1,Gasabo\n").as_bytes());
+        }
+        file.extend(b"N,Bad\0Name,,,,-1.9,30.1,Gasabo\n");
+        file.extend(format!("T,Long type,{},,,-1.9,30.1,Gasabo\n", "t".repeat(51)).as_bytes());
+        file.extend(format!("F,Long phone,,,{},-1.9,30.1,Gasabo\n", "1".repeat(33)).as_bytes());
+        file.extend(b"M,Multi-line,,\"KG 11 Ave\r\nKimironko\",,-1.9,30.1,Gasabo\n");
+        let checked = check(&read(&file).unwrap(), &councils).unwrap();
+        let found: Vec<(u32, Option<&str>)> = checked
+            .errors
+            .iter()
+            .map(|e| (e.row, e.column.as_deref()))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (2002, Some("name")),
+                (2003, Some("type")),
+                (2004, Some("contact_phone"))
+            ]
+        );
+        let last = checked.valid.last().unwrap();
+        assert_eq!(last.address.as_deref(), Some("KG 11 Ave, Kimironko"));
     }
 }
