@@ -117,6 +117,8 @@ pub struct AuthSettings {
     pub max_concurrent_hashes: usize,
     pub admin_email: Option<String>,
     pub admin_password: Option<SecretString>,
+    /// A fixed bearer token for Prometheus, which cannot log in; admins' own tokens also serve.
+    pub metrics_token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone)]
@@ -380,6 +382,7 @@ impl Config {
                 .max(1),
             admin_email,
             admin_password: admin_password.map(SecretString::from),
+            metrics_token: r.raw("METRICS_TOKEN").map(SecretString::from),
         };
 
         let rate_limits = RateLimits {

@@ -55,8 +55,8 @@ pub fn spec() -> utoipa::openapi::OpenApi {
 }
 
 /// Answers every operation can give whatever its handler does, added once here rather than on
-/// each route: 500 (a bug), 503 (the database is unreachable; not for `/health` and `/metrics`,
-/// which do not use it), and 413 wherever there is a body to be too large.
+/// each route: 500 (a bug), 503 (the database is unreachable; not for `/health`, which does not
+/// use it), and 413 wherever there is a body to be too large.
 pub fn add_common_responses(spec: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::content::ContentBuilder;
     use utoipa::openapi::{Ref, RefOr, ResponseBuilder};
@@ -74,7 +74,7 @@ pub fn add_common_responses(spec: &mut utoipa::openapi::OpenApi) {
         )
     };
     for (path, item) in spec.paths.paths.iter_mut() {
-        let uses_database = !matches!(path.as_str(), "/health" | "/metrics");
+        let uses_database = path != "/health";
         for operation in [
             &mut item.get,
             &mut item.post,

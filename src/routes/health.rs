@@ -3,13 +3,17 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
+use secrecy::ExposeSecret;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::AuthUser;
+use crate::domain::Role;
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::extract::Json;
 use crate::state::AppState;
@@ -56,15 +60,42 @@ async fn ready(State(state): State<AppState>) -> Result<Json<HealthStatus>, ApiE
 }
 
 /// Prometheus metrics: requests and latency by route and status, pool gauges, domain counters.
-#[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String)))]
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
+/// For admins, and for Prometheus with the `METRICS_TOKEN` the service was started with.
+#[utoipa::path(get, path = "/metrics", tag = "health", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 403, description = "Admins only (or the metrics token)", body = ErrorEnvelope),
+    ))]
+async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    user: Result<AuthUser, ApiError>,
+) -> Result<impl IntoResponse, ApiError> {
+    let scraper = state
+        .config
+        .auth
+        .metrics_token
+        .as_ref()
+        .is_some_and(|token| {
+            let sent = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            // Compared as digests, so the time taken says nothing of the token.
+            sent.is_some_and(|sent| {
+                Sha256::digest(sent.as_bytes()) == Sha256::digest(token.expose_secret().as_bytes())
+            })
+        });
+    if !scraper {
+        user?.require(Role::Admin)?;
+    }
+    Ok((
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         state.metrics.render(&state.db),
-    )
+    ))
 }

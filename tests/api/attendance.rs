@@ -272,7 +272,7 @@ async fn a_crowd_clocking_in_at_once_gets_one_record_and_one_audit_row_each() {
     .await
     .unwrap();
     // Operators see how many requests each shared statement served.
-    let metrics = app.metrics().await;
+    let metrics = app.metrics(&app.admin().await).await;
     assert!(
         metrics
             .lines()

@@ -110,8 +110,9 @@ async fn a_request_id_sent_by_the_client_is_echoed_in_header_and_error_body() {
 #[tokio::test]
 async fn metrics_count_requests_by_route_and_status() {
     let app = TestApp::spawn().await;
+    let admin = app.admin().await;
     send(app.get("/health")).await;
-    let text = app.metrics().await;
+    let text = app.metrics(&admin).await;
     assert!(
         text.lines().any(|l| l.starts_with("http_requests_total")
             && l.contains(r#"route="/health""#)
@@ -119,6 +120,39 @@ async fn metrics_count_requests_by_route_and_status() {
         "{text}"
     );
     assert!(text.contains("db_pool_connections"));
+}
+
+#[tokio::test]
+async fn metrics_are_for_admins_and_for_prometheus_with_the_metrics_token() {
+    let token = "prometheus-scrape-token-0123456789";
+    let app = TestApp::spawn_with(|env| {
+        env.insert("METRICS_TOKEN".into(), token.into());
+    })
+    .await;
+    let admin = app.admin().await;
+    let supervisor = app.user("supervisor", None).await;
+    let (status, body) = send(app.get("/metrics")).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
+    let (status, body) = send(app.get("/metrics").bearer_auth("not-the-token")).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+    let (status, body) = send(app.get("/metrics").bearer_auth(&supervisor.token)).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    for bearer in [token, admin.token.as_str()] {
+        let response = app
+            .get("/metrics")
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response
+                .text()
+                .await
+                .unwrap()
+                .contains("http_requests_total")
+        );
+    }
 }
 
 #[tokio::test]

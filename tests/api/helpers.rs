@@ -522,9 +522,10 @@ impl TestApp {
         self.facility_at(-1.9456, 30.1270).await
     }
 
-    /// The Prometheus exposition text of `GET /metrics`.
-    pub async fn metrics(&self) -> String {
+    /// The Prometheus exposition text of `GET /metrics`, as an admin.
+    pub async fn metrics(&self, admin: &TestUser) -> String {
         self.get("/metrics")
+            .bearer_auth(&admin.token)
             .send()
             .await
             .unwrap()
