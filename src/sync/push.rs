@@ -255,12 +255,14 @@ pub async fn push(
         }
     }
 
-    // A push without the lock can still hold keys this one needs, while waiting on keys this
-    // one wrote: Postgres ends one of the two, and a push it ends here is decided again.
+    // A push without the lock writes rows this one could not see when it read: its insert trips
+    // their keys once they commit, or the two wait on each other's keys until Postgres ends
+    // one. Either way nothing of this push was written, and it is decided again on what is
+    // stored then.
     let mut attempt = 1;
     loop {
         match push_locked(&ctx, device_id, &batch, now, cutoff).await {
-            Err(e) if is_deadlock(&e) && attempt < 3 => attempt += 1,
+            Err(e) if decide_again(&e) && attempt < 3 => attempt += 1,
             answered => return answered.map_err(ApiError::from),
         }
     }
@@ -289,6 +291,11 @@ async fn push_locked(
     activity(ctx, device_id, &counts).record(&mut *tx).await?;
     tx.commit().await?;
     Ok(answer(now, outcomes, written, &counts))
+}
+
+/// A locked push met a write it could not see when it read (see [`push`]).
+fn decide_again(e: &sqlx::Error) -> bool {
+    is_deadlock(e) || matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 /// A batch decided as if the server had none of its records, written in one statement when

@@ -746,6 +746,63 @@ async fn the_same_batch_sent_twice_at_once_in_opposite_orders_is_stored_once() {
 }
 
 #[tokio::test]
+async fn a_locked_push_that_meets_a_write_it_could_not_see_is_decided_again() {
+    // A push that deletes goes by the user's lock. Another write of the same user, still
+    // uncommitted when the push reads (here the test's own; in life a push of new records,
+    // which takes no lock), stores the record the push creates: the push's insert waits on it,
+    // then trips the key when it commits. The push is decided again and sees the record (at
+    // the same version, so the device's content applies).
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let stored = shift(Uuid::new_v4(), facility, 3, 6, 1);
+    let (_, body) = push(&app, &user, vec![stored.clone()]).await;
+    assert_eq!(statuses(&body), vec!["created"]);
+    let created = shift(Uuid::new_v4(), facility, 2, 6, 1);
+    let created_id: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let mut other = app.db.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO attendance (id, user_id, facility_id, status, clock_in_at, clock_out_at,
+                                 clock_in_latitude, clock_in_longitude)
+         VALUES ($1, $2, $3, 'closed', now() - interval '30 hours', now() - interval '26 hours',
+                 0, 0)",
+    )
+    .bind(created_id)
+    .bind(user.id)
+    .bind(facility)
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    let commit = async {
+        let waiting = async {
+            loop {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                     WHERE l.locktype = 'transactionid' AND NOT l.granted
+                       AND a.datname = current_database()",
+                )
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+                if waiting == 1 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("the push waits on the uncommitted record");
+        other.commit().await.unwrap();
+    };
+    let delete = json!({"kind": "attendance", "op": "delete", "id": stored["id"],
+                        "sync_version": 1, "client_timestamp": Utc::now().to_rfc3339()});
+    let ((status, body), ()) = tokio::join!(push(&app, &user, vec![delete, created]), commit);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(statuses(&body), vec!["deleted", "updated"], "{body}");
+    assert_eq!(stored_for(&app, &user, false).await, 2);
+}
+
+#[tokio::test]
 async fn pull_pages_through_everything_the_caller_may_see_and_nothing_else() {
     let app = TestApp::spawn().await;
     let facility = app.facility_at(SITE.0, SITE.1).await;
