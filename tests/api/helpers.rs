@@ -544,6 +544,30 @@ impl TestApp {
 }
 
 impl TestApp {
+    /// Waits until `n` transactions of this test's database wait on another's row; panics with
+    /// `what` after 10 s.
+    pub async fn until_waiting_on_rows(&self, n: i64, what: &str) {
+        let waiting = async {
+            loop {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                     WHERE l.locktype = 'transactionid' AND NOT l.granted
+                       AND a.datname = current_database()",
+                )
+                .fetch_one(&self.db)
+                .await
+                .unwrap();
+                if waiting == n {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect(what);
+    }
+
     /// Inserts an attendance record directly (history that the API's time rules would refuse).
     pub async fn insert_attendance(
         &self,

@@ -702,25 +702,8 @@ async fn the_same_batch_sent_twice_at_once_in_opposite_orders_is_stored_once() {
     .await
     .unwrap();
     let let_go = async {
-        let both_waiting = async {
-            loop {
-                let waiting: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-                     WHERE l.locktype = 'transactionid' AND NOT l.granted
-                       AND a.datname = current_database()",
-                )
-                .fetch_one(&app.db)
-                .await
-                .unwrap();
-                if waiting == 2 {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(10), both_waiting)
-            .await
-            .expect("both pushes wait on the held row");
+        app.until_waiting_on_rows(2, "both pushes wait on the held row")
+            .await;
         holder.rollback().await.unwrap();
     };
     let ((s1, first), (s2, second), ()) = tokio::join!(
@@ -773,25 +756,8 @@ async fn a_locked_push_that_meets_a_write_it_could_not_see_is_decided_again() {
     .await
     .unwrap();
     let commit = async {
-        let waiting = async {
-            loop {
-                let waiting: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-                     WHERE l.locktype = 'transactionid' AND NOT l.granted
-                       AND a.datname = current_database()",
-                )
-                .fetch_one(&app.db)
-                .await
-                .unwrap();
-                if waiting == 1 {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
-            .await
-            .expect("the push waits on the uncommitted record");
+        app.until_waiting_on_rows(1, "the push waits on the uncommitted record")
+            .await;
         other.commit().await.unwrap();
     };
     let delete = json!({"kind": "attendance", "op": "delete", "id": stored["id"],

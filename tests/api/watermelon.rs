@@ -248,25 +248,8 @@ async fn a_push_postgres_ends_to_break_a_deadlock_is_applied_again() {
     };
     hold(second).execute(&mut *other).await.unwrap();
     let deadlock = async {
-        let waiting = async {
-            loop {
-                let waiting: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-                     WHERE l.locktype = 'transactionid' AND NOT l.granted
-                       AND a.datname = current_database()",
-                )
-                .fetch_one(&app.db)
-                .await
-                .unwrap();
-                if waiting == 1 {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
-            .await
-            .expect("the push waits on the held row");
+        app.until_waiting_on_rows(1, "the push waits on the held row")
+            .await;
         // Waits until Postgres has ended the push.
         hold(first).execute(&mut *other).await.unwrap();
         other.rollback().await.unwrap();
