@@ -292,7 +292,7 @@ async fn clock_out(
     // Read the open shift, then close it unless it changed since (see `db::clock_outs`); each
     // step shared with the clock-outs that arrive beside it, or taken alone when its batch
     // failed.
-    let cutoff = forgotten_before(now, state.config.attendance.max_shift);
+    let max_shift = state.config.attendance.max_shift;
     for _ in 0..3 {
         let Some(OpenShift {
             row: open,
@@ -301,7 +301,10 @@ async fn clock_out(
         else {
             return Err(not_clocked_in("you are not clocked in"));
         };
-        if open.clock_in_at < cutoff {
+        // Measured to the clock-out's own time: a clock-out sent late (the phone was offline)
+        // still closes a shift of normal length, as long as nothing has closed it since.
+        if open.clock_in_at < forgotten_before(occurred_at, max_shift) {
+            let cutoff = forgotten_before(now, max_shift);
             records::close_forgotten(&state.db, Some(user.id), cutoff).await?;
             return Err(not_clocked_in(
                 "your open shift exceeded the maximum shift length and was closed as incomplete",

@@ -159,6 +159,40 @@ async fn a_night_shift_under_the_limit_stays_open() {
 }
 
 #[tokio::test]
+async fn a_clock_out_sent_late_still_closes_a_shift_of_normal_length() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = user_at_site(&app, "focal", None).await;
+    let shift = app
+        .insert_attendance(
+            user.id,
+            facility,
+            Utc::now() - Duration::hours(17),
+            None,
+            "open",
+        )
+        .await;
+    // The phone clocked out 15 hours into the shift and reached the service two hours later.
+    let mut late = at_site();
+    late["occurred_at"] = json!((Utc::now() - Duration::hours(2)).to_rfc3339());
+    let (status, closed) = clock_out(&app, &user, late).await;
+    assert_eq!(status, StatusCode::OK, "{closed}");
+    assert_eq!(closed["id"], json!(shift));
+    assert_eq!(closed["status"], "closed");
+    assert_eq!(closed["duration_s"].as_i64().unwrap() / 60, 15 * 60);
+    // A clock-out that itself comes past the limit finds the shift forgotten.
+    app.insert_attendance(
+        user.id,
+        facility,
+        Utc::now() - Duration::hours(17),
+        None,
+        "open",
+    )
+    .await;
+    let (status, body) = clock_out(&app, &user, at_site()).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "not_clocked_in");
+}
+
+#[tokio::test]
 async fn the_periodic_sweep_closes_forgotten_shifts() {
     let app = TestApp::spawn_with(|env| {
         env.insert("SWEEP_INTERVAL_SECS".into(), "1".into());
