@@ -379,7 +379,7 @@ pub struct Resolution {
         (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
         (status = 404, description = "No such conflict", body = ErrorEnvelope),
-        (status = 409, description = "Already resolved", body = ErrorEnvelope),
+        (status = 409, description = "Already resolved, or `keep: client` for a record that changed after the conflict was queued (`conflict`); or the client's open shift beside another (`already_clocked_in`)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields", body = ErrorEnvelope),
         (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
@@ -421,6 +421,20 @@ async fn resolve_conflict(
                 .await?
         }
         Keep::Client => {
+            // The device's copy answered the record as it was when the conflict was queued; a
+            // record that has moved on since (clocked out online, say) is not set back.
+            let version: Option<i32> =
+                sqlx::query_scalar("SELECT sync_version FROM attendance WHERE id = $1 FOR UPDATE")
+                    .bind(conflict.record_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if version.is_some_and(|v| v != conflict.server_version) {
+                return Err(ApiError::conflict(
+                    "conflict",
+                    "the record changed after this conflict was queued; keep the server's copy, \
+                     and the device can push its change again",
+                ));
+            }
             let op = conflict.client_data["op"].as_str().unwrap_or("upsert");
             if op == "delete" {
                 sqlx::query_as(&record_sql("deleted_at = now()"))

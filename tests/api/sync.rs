@@ -542,6 +542,47 @@ async fn manual_conflicts_queue_once_and_resolve_both_ways_visible_to_the_next_p
 }
 
 #[tokio::test]
+async fn keeping_the_devices_copy_never_sets_back_a_record_that_moved_on() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (user, facility) = setup(&app).await;
+    let mut stale = diverged(&app, &user, facility).await;
+    stale["conflict_strategy"] = json!("manual");
+    let (_, body) = push(&app, &user, vec![stale.clone()]).await;
+    assert_eq!(statuses(&body), vec!["conflict"]);
+    let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
+    let resolve = format!(
+        "/api/sync/conflicts/{}/resolve",
+        queue["data"][0]["id"].as_str().unwrap()
+    );
+    // The record changes on the server after the conflict was queued.
+    sqlx::query(
+        "UPDATE attendance SET notes = 'changed later', sync_version = sync_version + 1
+         WHERE id = $1",
+    )
+    .bind(stale["id"].as_str().unwrap().parse::<Uuid>().unwrap())
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let (status, body) = send(
+        app.post(&resolve)
+            .bearer_auth(&admin.token)
+            .json(&json!({"keep": "client"})),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    assert_eq!(notes_and_version(&app).await, ("changed later".into(), 3));
+    let (status, body) = send(
+        app.post(&resolve)
+            .bearer_auth(&admin.token)
+            .json(&json!({"keep": "server"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(notes_and_version(&app).await, ("changed later".into(), 4));
+}
+
+#[tokio::test]
 async fn deletes_are_tombstones_that_pull_as_ids() {
     let app = TestApp::spawn().await;
     let (user, facility) = setup(&app).await;
