@@ -153,8 +153,10 @@ impl FromRequestParts<AppState> for ClientInfo {
     }
 }
 
-/// The client address: the first `X-Forwarded-For` hop when the proxy is trusted, else the
-/// peer address. Never the header otherwise, or anyone could pick their own rate-limit key.
+/// The client address: when the proxy in front is trusted, the last `X-Forwarded-For` entry,
+/// the address that proxy saw and appended (entries left of it are whatever the client sent);
+/// else the peer address. Never the header otherwise, or anyone could pick their own
+/// rate-limit key.
 pub fn client_ip(parts: &Parts, trust_proxy: bool) -> Option<IpAddr> {
     client_ip_from(&parts.headers, parts.extensions.get(), trust_proxy)
 }
@@ -168,7 +170,7 @@ pub fn client_ip_from(
         && let Some(ip) = headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.rsplit(',').next())
             .and_then(|v| v.trim().parse().ok())
     {
         return Some(ip);

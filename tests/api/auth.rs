@@ -655,6 +655,48 @@ async fn the_general_api_limit_is_per_user() {
 }
 
 #[tokio::test]
+async fn behind_a_trusted_proxy_the_address_it_appended_is_the_clients() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("RATE_LIMIT_ENABLED".into(), "true".into());
+        env.insert("RATE_LIMIT_AUTH".into(), "2/15m".into());
+        env.insert("TRUST_PROXY".into(), "true".into());
+    })
+    .await;
+    let login = |forwarded: String| {
+        app.post("/api/auth/login")
+            .header("x-forwarded-for", forwarded)
+            .json(&json!({"email": "x@test.example", "password": "whatever-123"}))
+    };
+    // What the client wrote comes first; the proxy appends the address it saw.
+    for i in 0..3 {
+        let status = login(format!("10.0.0.{i}, 203.0.113.7"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        let expected = if i < 2 {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        };
+        assert_eq!(
+            status, expected,
+            "request {i}: a spoofed entry must not buy a new budget"
+        );
+    }
+    let status = login("10.0.0.9, 198.51.100.9".into())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "another client, its own budget"
+    );
+}
+
+#[tokio::test]
 async fn x_forwarded_for_is_ignored_unless_the_proxy_is_trusted() {
     let app = TestApp::spawn_with(|env| {
         env.insert("RATE_LIMIT_ENABLED".into(), "true".into());
