@@ -43,7 +43,8 @@ pub struct Cursor {
     pub facilities_stage: bool,
 }
 
-/// `xmin:xmax:xip,xip` as Postgres prints a `pg_snapshot`.
+/// `xmin:xmax:xip,xip` as Postgres prints a `pg_snapshot`, and as it reads one: ids from 1,
+/// `xmin <= xmax`, and each in-progress id within `[xmin, xmax)`, in order.
 fn valid_snapshot(s: &str) -> bool {
     let mut parts = s.split(':');
     let (Some(xmin), Some(xmax), Some(xip), None) =
@@ -51,11 +52,26 @@ fn valid_snapshot(s: &str) -> bool {
     else {
         return false;
     };
-    let number = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+    let (Some(xmin), Some(xmax)) = (xid(xmin).filter(|&x| x > 0), xid(xmax)) else {
+        return false;
+    };
+    let mut last = xmin;
     s.len() <= 64 * 1024
-        && number(xmin)
-        && number(xmax)
-        && (xip.is_empty() || xip.split(',').all(number))
+        && xmin <= xmax
+        && (xip.is_empty()
+            || xip.split(',').all(|p| {
+                let in_order = xid(p).filter(|&x| x >= last && x < xmax);
+                last = in_order.unwrap_or(last);
+                in_order.is_some()
+            }))
+}
+
+/// A transaction id as Postgres reads an `xid8`: decimal digits that fit 64 bits.
+fn xid(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 impl Cursor {
@@ -82,7 +98,7 @@ impl Cursor {
 }
 
 fn valid_xid(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())
+    xid(s).is_some()
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -810,6 +810,39 @@ async fn a_locked_push_that_meets_a_write_it_could_not_see_is_decided_again() {
 }
 
 #[tokio::test]
+async fn a_cursor_postgres_would_not_read_is_refused_not_a_server_error() {
+    let app = TestApp::spawn().await;
+    let (user, _) = setup(&app).await;
+    let pull = |snapshot: &str| {
+        use base64::Engine;
+        let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(json!({ "b": snapshot }).to_string());
+        send(
+            app.get(&format!("/api/sync/pull?cursor={cursor}"))
+                .bearer_auth(&user.token),
+        )
+    };
+    for bad in [
+        "5:3:",
+        "3:9:2",
+        "3:9:9",
+        "3:9:6,4",
+        "0:5:",
+        "99999999999999999999:99999999999999999999:",
+    ] {
+        let (status, body) = pull(bad).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+    }
+    let (status, body) = pull("3:9:4,4,6").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
 async fn pull_pages_through_everything_the_caller_may_see_and_nothing_else() {
     let app = TestApp::spawn().await;
     let facility = app.facility_at(SITE.0, SITE.1).await;
