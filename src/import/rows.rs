@@ -325,6 +325,15 @@ mod tests {
         assert_eq!(missing, vec!["code", "longitude", "council_name"]);
     }
 
+    /// Each error's row and column.
+    fn places(checked: &Checked) -> Vec<(u32, Option<&str>)> {
+        checked
+            .errors
+            .iter()
+            .map(|e| (e.row, e.column.as_deref()))
+            .collect()
+    }
+
     #[test]
     fn each_bad_row_is_reported_with_its_row_and_column() {
         let (councils, _) = councils();
@@ -345,11 +354,7 @@ mod tests {
             vec![2, 7]
         );
         assert_eq!(checked.failed, 4);
-        let found: Vec<(u32, Option<&str>)> = checked
-            .errors
-            .iter()
-            .map(|e| (e.row, e.column.as_deref()))
-            .collect();
+        let found = places(&checked);
         assert_eq!(
             found,
             vec![
@@ -376,11 +381,7 @@ mod tests {
         file.extend(format!("F,Long phone,,,{},-1.9,30.1,Gasabo\n", "1".repeat(33)).as_bytes());
         file.extend(b"M,Multi-line,,\"KG 11 Ave\r\nKimironko\",,-1.9,30.1,Gasabo\n");
         let checked = check(&read(&file).unwrap(), &councils).unwrap();
-        let found: Vec<(u32, Option<&str>)> = checked
-            .errors
-            .iter()
-            .map(|e| (e.row, e.column.as_deref()))
-            .collect();
+        let found = places(&checked);
         assert_eq!(
             found,
             vec![

@@ -654,26 +654,21 @@ async fn the_general_api_limit_is_per_user() {
     );
 }
 
-#[tokio::test]
-async fn behind_a_trusted_proxy_the_address_it_appended_is_the_clients() {
-    let app = TestApp::spawn_with(|env| {
+/// A service whose logins allow two attempts per address, behind a proxy it trusts or not.
+async fn two_logins_per_address(trust_proxy: bool) -> TestApp {
+    TestApp::spawn_with(|env| {
         env.insert("RATE_LIMIT_ENABLED".into(), "true".into());
         env.insert("RATE_LIMIT_AUTH".into(), "2/15m".into());
-        env.insert("TRUST_PROXY".into(), "true".into());
+        env.insert("TRUST_PROXY".into(), trust_proxy.to_string());
     })
-    .await;
-    let login = |forwarded: String| {
-        app.post("/api/auth/login")
-            .header("x-forwarded-for", forwarded)
-            .json(&json!({"email": "x@test.example", "password": "whatever-123"}))
-    };
-    // What the client wrote comes first; the proxy appends the address it saw.
+    .await
+}
+
+/// Sends three failing logins with `forwarded(i)` as `X-Forwarded-For`: two answered 401, the
+/// third limited, as from one address.
+async fn three_logins_count_as_one_address(app: &TestApp, forwarded: impl Fn(u32) -> String) {
     for i in 0..3 {
-        let status = login(format!("10.0.0.{i}, 203.0.113.7"))
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = login_forwarded(app, forwarded(i)).await;
         let expected = if i < 2 {
             StatusCode::UNAUTHORIZED
         } else {
@@ -684,13 +679,25 @@ async fn behind_a_trusted_proxy_the_address_it_appended_is_the_clients() {
             "request {i}: a spoofed entry must not buy a new budget"
         );
     }
-    let status = login("10.0.0.9, 198.51.100.9".into())
+}
+
+async fn login_forwarded(app: &TestApp, forwarded: String) -> StatusCode {
+    app.post("/api/auth/login")
+        .header("x-forwarded-for", forwarded)
+        .json(&json!({"email": "x@test.example", "password": "whatever-123"}))
         .send()
         .await
         .unwrap()
-        .status();
+        .status()
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_address_it_appended_is_the_clients() {
+    let app = two_logins_per_address(true).await;
+    // What the client wrote comes first; the proxy appends the address it saw.
+    three_logins_count_as_one_address(&app, |i| format!("10.0.0.{i}, 203.0.113.7")).await;
     assert_eq!(
-        status,
+        login_forwarded(&app, "10.0.0.9, 198.51.100.9".into()).await,
         StatusCode::UNAUTHORIZED,
         "another client, its own budget"
     );
@@ -698,28 +705,6 @@ async fn behind_a_trusted_proxy_the_address_it_appended_is_the_clients() {
 
 #[tokio::test]
 async fn x_forwarded_for_is_ignored_unless_the_proxy_is_trusted() {
-    let app = TestApp::spawn_with(|env| {
-        env.insert("RATE_LIMIT_ENABLED".into(), "true".into());
-        env.insert("RATE_LIMIT_AUTH".into(), "2/15m".into());
-    })
-    .await;
-    for i in 0..3 {
-        let status = app
-            .post("/api/auth/login")
-            .header("x-forwarded-for", format!("10.0.0.{i}"))
-            .json(&json!({"email": "x@test.example", "password": "whatever-123"}))
-            .send()
-            .await
-            .unwrap()
-            .status();
-        let expected = if i < 2 {
-            StatusCode::UNAUTHORIZED
-        } else {
-            StatusCode::TOO_MANY_REQUESTS
-        };
-        assert_eq!(
-            status, expected,
-            "request {i}: a spoofed header must not buy a new budget"
-        );
-    }
+    let app = two_logins_per_address(false).await;
+    three_logins_count_as_one_address(&app, |i| format!("10.0.0.{i}")).await;
 }
