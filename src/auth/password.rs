@@ -146,8 +146,12 @@ impl Hasher {
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
-                    // Ends when every Hasher clone is gone.
-                    while let Ok(job) = queue.lock().expect("lock").recv() {
+                    // Ends when every Hasher clone is gone. The queue is locked only to take
+                    // a job (a guard taken in a `while let` condition would be held while the
+                    // job runs, and the threads would hash one at a time).
+                    loop {
+                        let next = queue.lock().expect("lock").recv();
+                        let Ok(job) = next else { break };
                         let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
                     }
                 })
@@ -280,6 +284,28 @@ mod tests {
         });
         let results = futures::future::join_all(checks).await;
         assert_eq!(results, [true, false, true, false, true, false]);
+    }
+
+    #[tokio::test]
+    async fn the_hashing_threads_run_side_by_side() {
+        // Each job waits for the other to start: on threads that took turns, the first would
+        // give up waiting.
+        let hasher = Hasher::new(2);
+        let (a_started, a_seen) = std::sync::mpsc::channel::<()>();
+        let (b_started, b_seen) = std::sync::mpsc::channel::<()>();
+        let meet = |started: std::sync::mpsc::Sender<()>, other: std::sync::mpsc::Receiver<()>| {
+            move || {
+                let _ = started.send(());
+                other
+                    .recv_timeout(std::time::Duration::from_secs(10))
+                    .is_ok()
+            }
+        };
+        let (a, b) = tokio::join!(
+            hasher.run(meet(a_started, b_seen)),
+            hasher.run(meet(b_started, a_seen))
+        );
+        assert!(a.unwrap() && b.unwrap());
     }
 
     #[test]

@@ -166,7 +166,6 @@ impl NewIdentity {
     }
 }
 
-/// Checks that `supervisor_id` names a supervisor, backstopper or admin.
 /// Checks that `supervisor_id` names someone who may supervise. Inside a transaction the row
 /// stays share-locked, so the role cannot change to a field role before the transaction ends.
 pub async fn check_supervisor(
@@ -261,6 +260,10 @@ async fn register(
 
     let hash = state.hasher.hash(password.into_secret()).await?;
     let mut tx = state.db.begin().await?;
+    // Again under a share lock: the supervisor cannot be made a field role before this commits.
+    let mut invalid = Invalid::default();
+    check_supervisor(&mut *tx, req.supervisor_id, &mut invalid).await?;
+    invalid.finish()?;
     let id = users::insert(
         &mut *tx,
         NewUser {

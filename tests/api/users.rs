@@ -454,6 +454,59 @@ async fn admins_create_users_of_any_role_and_duplicates_conflict() {
 /// Every route × {anonymous, field role, the target's supervisor, the backstopper above that
 /// supervisor, an unrelated supervisor, admin}.
 #[tokio::test]
+async fn a_supervisor_named_by_a_new_user_is_not_made_a_field_worker_meanwhile() {
+    // The new user's insert is held (the test holds an uncommitted row with the same email)
+    // after the service has checked the supervisor. The role change that arrives then must
+    // wait for the new user, and then finds it: someone's supervisor stays able to supervise.
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let boss = app.user("supervisor", None).await;
+    let email = "held.worker@example.org";
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO users (email, password_hash, first_name, last_name, role, status)
+         VALUES ($1, 'x', 'Held', 'Row', 'focal', 'active')",
+    )
+    .bind(email)
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    let create = send(
+        app.post("/api/users")
+            .bearer_auth(&admin.token)
+            .json(&json!({
+                "email": email, "password": "a long enough passphrase", "first_name": "Aline",
+                "last_name": "Uwase", "role": "focal", "supervisor_id": boss.id,
+            })),
+    );
+    let demote_then_let_go = async {
+        app.until_waiting_on_rows(1, "the new user waits on the held email")
+            .await;
+        let demote = send(
+            app.patch(&format!("/api/users/{}", boss.id))
+                .bearer_auth(&admin.token)
+                .json(&json!({"role": "focal"})),
+        );
+        let let_go = async {
+            app.until_waiting_on_rows(2, "the role change waits on the new user")
+                .await;
+            holder.rollback().await.unwrap();
+        };
+        tokio::join!(demote, let_go).0
+    };
+    let ((created, body), (demoted, err)) = tokio::join!(create, demote_then_let_go);
+    assert_eq!(created, StatusCode::CREATED, "{body}");
+    assert_eq!(body["supervisor"]["id"], json!(boss.id));
+    assert_error(demoted, &err, StatusCode::CONFLICT, "conflict");
+    let role: String = sqlx::query_scalar("SELECT role FROM users WHERE id = $1")
+        .bind(boss.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(role, "supervisor");
+}
+
+#[tokio::test]
 async fn authorization_matrix() {
     let app = TestApp::spawn().await;
     let t = tree(&app).await;
