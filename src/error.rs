@@ -199,6 +199,17 @@ impl From<sqlx::Error> for ApiError {
                 tracing::warn!(error = %err, "database unavailable");
                 ApiError::Unavailable
             }
+            // The server ended or refused the session: connection failures (class 08), a shutdown
+            // or restart (57P01–57P03), too many connections (53300).
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|code| {
+                    code.starts_with("08")
+                        || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+                }) =>
+            {
+                tracing::warn!(error = %err, "database unavailable");
+                ApiError::Unavailable
+            }
             sqlx::Error::Database(db) => match db.kind() {
                 sqlx::error::ErrorKind::UniqueViolation => ApiError::conflict(
                     "conflict",

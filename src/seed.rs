@@ -59,6 +59,7 @@ pub async fn create_admin(
 ) -> anyhow::Result<uuid::Uuid> {
     let email = email.trim().to_lowercase();
     let hash = state.hasher.hash(password).await?;
+    let mut tx = state.db.begin().await?;
     let id = sqlx::query_scalar(
         "INSERT INTO users (email, password_hash, first_name, last_name, role, status)
          VALUES ($1, $2, 'System', 'Administrator', 'admin', 'active')
@@ -70,8 +71,11 @@ pub async fn create_admin(
     )
     .bind(&email)
     .bind(hash)
-    .fetch_one(&state.db)
+    .fetch_one(&mut *tx)
     .await?;
+    // A reset account keeps no session of whoever held it before.
+    crate::auth::refresh::revoke_all(&mut *tx, id).await?;
+    tx.commit().await?;
     Ok(id)
 }
 

@@ -44,6 +44,14 @@ pub async fn issue(
     Ok(token)
 }
 
+/// Whose token this is, if it is one (current or not).
+pub async fn owner(conn: &mut PgConnection, token: &str) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT user_id FROM refresh_tokens WHERE token_hash = $1")
+        .bind(digest(token))
+        .fetch_optional(conn)
+        .await
+}
+
 pub enum Rotation {
     /// The token was current: it is now rotated, and this is its family and owner.
     Rotated { user_id: Uuid, family_id: Uuid },

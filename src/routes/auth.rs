@@ -380,15 +380,27 @@ async fn login(
         Some(state.hasher.hash(password).await?)
     };
     let mut tx = state.db.begin().await?;
-    sqlx::query(
+    // Only if the account is still as it was read: a password change, deactivation or role
+    // change committed while the password was being checked would otherwise be undone (an
+    // upgraded hash of the old password written over the new one) or outlived (a refresh token
+    // its revocation did not see). Locked from here, such a change waits for this login and
+    // then revokes its token.
+    let unchanged = sqlx::query(
         "UPDATE users SET failed_login_count = 0, locked_until = NULL, last_login_at = now(),
                 password_hash = coalesce($2, password_hash)
-         WHERE id = $1",
+         WHERE id = $1 AND password_hash = $3 AND token_version = $4 AND status = 'active'",
     )
     .bind(user.id)
     .bind(upgraded)
+    .bind(&user.password_hash)
+    .bind(user.token_version)
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected()
+        == 1;
+    if !unchanged {
+        return Err(ApiError::InvalidCredentials);
+    }
     let refresh_token = refresh::issue(
         &mut tx,
         user.id,
@@ -494,8 +506,20 @@ async fn refresh_tokens(
     client: ClientInfo,
     Json(req): Json<RefreshRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
+    let token = req.refresh_token.trim();
     let mut tx = state.db.begin().await?;
-    let (user_id, family_id) = match refresh::rotate(&mut tx, req.refresh_token.trim()).await? {
+    // The account is share-locked before the token. A password change, deactivation or role
+    // change locks the account, then revokes its tokens: either it waits for this rotation and
+    // revokes the new token too, or this waits for it and finds the token revoked.
+    let Some(owner) = refresh::owner(&mut tx, token).await? else {
+        return Err(ApiError::InvalidToken);
+    };
+    let account: Option<(String, String, i32)> =
+        sqlx::query_as("SELECT status, role, token_version FROM users WHERE id = $1 FOR SHARE")
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let (user_id, family_id) = match refresh::rotate(&mut tx, token).await? {
         Rotation::Rotated { user_id, family_id } => (user_id, family_id),
         Rotation::Reused { user_id } => {
             Activity::new("auth.refresh_reuse")
@@ -507,11 +531,6 @@ async fn refresh_tokens(
             return Err(ApiError::InvalidToken);
         }
     };
-    let account: Option<(String, String, i32)> =
-        sqlx::query_as("SELECT status, role, token_version FROM users WHERE id = $1")
-            .bind(user_id)
-            .fetch_optional(&mut *tx)
-            .await?;
     // A deactivated account's refresh tokens are revoked, but check anyway.
     let Some((_, role, token_version)) = account.filter(|(status, _, _)| status == "active") else {
         return Err(ApiError::InvalidToken);

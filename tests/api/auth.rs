@@ -569,6 +569,120 @@ async fn deactivation_role_change_and_password_change_cut_existing_tokens_off() 
     }
 }
 
+/// Sends `request` while a password change of `user` (the test's own transaction, as the
+/// service writes one: the account, then its refresh tokens) holds the account, and commits the
+/// change once the request waits on it. Returns the request's answer and the refresh tokens of
+/// the user still valid afterwards.
+async fn during_a_password_change(
+    app: &TestApp,
+    user: uuid::Uuid,
+    request: reqwest::RequestBuilder,
+) -> ((StatusCode, Value), i64) {
+    let mut change = app.db.begin().await.unwrap();
+    sqlx::query(
+        "UPDATE users SET password_hash = 'changed', token_version = token_version + 1
+         WHERE id = $1",
+    )
+    .bind(user)
+    .execute(&mut *change)
+    .await
+    .unwrap();
+    let commit = async {
+        app.until_waiting_on_rows(1, "the request waits on the changing account")
+            .await;
+        sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL")
+            .bind(user)
+            .execute(&mut *change)
+            .await
+            .unwrap();
+        change.commit().await.unwrap();
+    };
+    let (answer, ()) = tokio::join!(send(request), commit);
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM refresh_tokens
+         WHERE user_id = $1 AND revoked_at IS NULL AND rotated_at IS NULL",
+    )
+    .bind(user)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    (answer, live)
+}
+
+#[tokio::test]
+async fn a_login_or_refresh_racing_a_password_change_keeps_no_session() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    // The login checked the old password before the change committed.
+    let ((status, body), live) = during_a_password_change(
+        &app,
+        user.id,
+        app.post("/api/auth/login")
+            .json(&json!({"email": user.email, "password": PASSWORD})),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    );
+    assert_eq!(live, 0);
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
+        .bind(user.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(hash, "changed");
+
+    let other = app.user("focal", None).await;
+    let ((status, body), live) = during_a_password_change(
+        &app,
+        other.id,
+        app.post("/api/auth/refresh")
+            .json(&json!({"refresh_token": other.refresh_token})),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+    assert_eq!(live, 0);
+}
+
+#[tokio::test]
+async fn create_admin_resets_an_account_and_ends_its_sessions() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_field-attendance"))
+        .args([
+            "create-admin",
+            "--email",
+            ADMIN_EMAIL,
+            "--password",
+            "a fresh admin passphrase",
+        ])
+        .env("DATABASE_URL", app.test_db.url())
+        .env("JWT_SECRET", JWT_SECRET)
+        .env("LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (status, body) = send(app.get("/api/users/me").bearer_auth(&admin.token)).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+    let (status, body) = send(
+        app.post("/api/auth/refresh")
+            .json(&json!({"refresh_token": admin.refresh_token})),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+    assert_eq!(
+        app.login(ADMIN_EMAIL, "a fresh admin passphrase").await.0,
+        StatusCode::OK
+    );
+}
+
 #[tokio::test]
 async fn a_wrong_current_password_changes_nothing() {
     let app = TestApp::spawn().await;

@@ -50,6 +50,50 @@ async fn ready_turns_503_while_the_database_is_away_and_recovers_by_itself() {
 }
 
 #[tokio::test]
+async fn a_database_session_ended_by_the_server_is_a_503() {
+    // The profile update waits on the row the test holds; the server then ends its session
+    // (as a restart or a failover would).
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+        .bind(user.id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let end_it = async {
+        app.until_waiting_on_rows(1, "the update waits on the held row")
+            .await;
+        sqlx::query(
+            "SELECT pg_terminate_backend(a.pid) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+             WHERE l.locktype = 'transactionid' AND NOT l.granted
+               AND a.datname = current_database()",
+        )
+        .execute(&app.db)
+        .await
+        .unwrap();
+    };
+    let ((status, body), ()) = tokio::join!(
+        send(
+            app.patch("/api/users/me")
+                .bearer_auth(&user.token)
+                .json(&serde_json::json!({"first_name": "Later"}))
+        ),
+        end_it
+    );
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    holder.rollback().await.unwrap();
+    let (status, me) = send(app.get("/api/users/me").bearer_auth(&user.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["first_name"], "Test");
+}
+
+#[tokio::test]
 async fn an_unknown_route_is_a_404_envelope() {
     let app = TestApp::spawn().await;
     let (status, body) = send(app.get("/api/no-such-thing")).await;
