@@ -110,6 +110,7 @@ impl From<AttendanceRow> for AttendanceRecord {
         AttendanceRecord {
             duration_s: r
                 .clock_out_at
+                .filter(|_| r.status != "incomplete")
                 .map(|out| (out - r.clock_in_at).num_seconds()),
             id: r.id,
             user_id: r.user_id,

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Datelike, SubsecRound, Utc};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
@@ -25,7 +25,7 @@ use crate::sync::model::{
 };
 
 /// A row as it will be written: distances, geofence flag and status derived on the server, with
-/// the same rules as online clock-in (an open shift older than the maximum is incomplete).
+/// the same rules as online clock-in (a shift open or closed past the maximum is incomplete).
 pub(crate) fn build_write(
     id: Uuid,
     content: &Content,
@@ -52,12 +52,14 @@ pub(crate) fn build_write(
             ),
         ));
     }
-    let status = if content.clock_out_at.is_some() {
-        "closed"
-    } else if content.clock_in_at < forgotten_before(now, config.attendance.max_shift) {
-        "incomplete"
-    } else {
-        "open"
+    let max_shift = config.attendance.max_shift;
+    let status = match content.clock_out_at {
+        // A clock-out later than the maximum shift does not close that shift (online, the shift
+        // is closed as incomplete instead): kept as sent, it counts no hours.
+        Some(out) if content.clock_in_at < forgotten_before(out, max_shift) => "incomplete",
+        Some(_) => "closed",
+        None if content.clock_in_at < forgotten_before(now, max_shift) => "incomplete",
+        None => "open",
     };
     Ok(Write {
         id,
@@ -380,6 +382,10 @@ fn readable_id(text: &RawValue) -> Option<Uuid> {
     id.as_str()?.parse().ok()
 }
 
+/// The highest version a device may send: far from the top of the stored integer, which the
+/// server's own bumps of a record (one per write) can then never reach.
+const MAX_SYNC_VERSION: i32 = 1_000_000_000;
+
 /// Reads and checks each record on its own: the checks that need no database.
 fn parse(raw: &[Box<RawValue>], rules: &TimeRules, now: DateTime<Utc>) -> Vec<Parsed> {
     let mut parsed: Vec<Parsed> = Vec::with_capacity(raw.len());
@@ -407,11 +413,18 @@ fn parse(raw: &[Box<RawValue>], rules: &TimeRules, now: DateTime<Utc>) -> Vec<Pa
                 "unsupported_kind",
                 format!("kind `{}` is not synced", record.kind),
             ))
-        } else if record.sync_version < 1 {
+        } else if !(1..=MAX_SYNC_VERSION).contains(&record.sync_version) {
             Err(reject(
                 id,
                 "validation_failed",
-                "sync_version must be at least 1",
+                format!("sync_version must be 1 to {MAX_SYNC_VERSION}"),
+            ))
+        } else if !(1..=9999).contains(&record.client_timestamp.year()) {
+            // Postgres keeps years from 4713 BC; chrono reads signed and five-digit years too.
+            Err(reject(
+                id,
+                "validation_failed",
+                "client_timestamp must be in the years 1 to 9999",
             ))
         } else if !seen_ids.insert(record.id) {
             Err(reject(

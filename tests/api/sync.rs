@@ -262,6 +262,9 @@ async fn malformed_records_and_broken_rules_are_rejected_one_by_one() {
         with(&["data", "facility_id"], json!(Uuid::new_v4())),
         with(&["data", "surprise"], json!(true)),
         with(&["sync_version"], json!(0)),
+        // Versions past the bound, and years Postgres cannot keep.
+        with(&["sync_version"], json!(i32::MAX)),
+        with(&["client_timestamp"], json!("-5000-01-01T00:00:00Z")),
     ];
     let unknown_field_id = records[7]["id"].clone();
     let (_, body) = push(&app, &user, records).await;
@@ -269,9 +272,12 @@ async fn malformed_records_and_broken_rules_are_rejected_one_by_one() {
         statuses(&body),
         vec![
             "created", "rejected", "rejected", "rejected", "rejected", "rejected", "rejected",
-            "rejected", "rejected"
+            "rejected", "rejected", "rejected", "rejected"
         ]
     );
+    for rejected in &body["results"].as_array().unwrap()[9..] {
+        assert_eq!(rejected["error"]["code"], "validation_failed", "{rejected}");
+    }
     assert!(body["results"][1]["id"].is_null());
     assert_eq!(body["results"][2]["error"]["code"], "unsupported_kind");
     // A record that does not parse still answers under its id when the id is readable.
@@ -407,6 +413,43 @@ async fn a_shift_opened_offline_after_a_forgotten_one_closes_that_one_and_is_cre
 }
 
 /// Creates a record at version 1 and moves the server to version 2 (another device's edit).
+#[tokio::test]
+async fn a_shift_closed_past_the_maximum_is_kept_as_incomplete_and_counts_no_hours() {
+    // A clock-out 30 hours after the clock-in (the maximum is 16): online, that shift would have
+    // been closed as incomplete. Kept as sent, so a repeat is a duplicate.
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let mut long = shift(Uuid::new_v4(), facility, 3, 6, 1);
+    let clock_in: DateTime<Utc> = long["data"]["clock_in_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    long["data"]["clock_out_at"] = json!((clock_in + Duration::hours(30)).to_rfc3339());
+    let normal = shift(Uuid::new_v4(), facility, 5, 6, 1);
+    let (status, body) = push(&app, &user, vec![long.clone(), normal]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(statuses(&body), vec!["created", "created"]);
+    let record = &body["results"][0]["record"];
+    assert_eq!(record["status"], "incomplete");
+    let clock_out: DateTime<Utc> = record["clock_out_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(clock_out, clock_in + Duration::hours(30));
+    assert!(record["duration_s"].is_null());
+    let (_, again) = push(&app, &user, vec![long]).await;
+    assert_eq!(statuses(&again), vec!["duplicate"]);
+
+    let admin = app.admin().await;
+    let (status, summary) = send(
+        app.get("/api/attendance/summary?group_by=user")
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    let row = &summary["rows"][0];
+    assert_eq!(row["hours_worked"], 4.0, "{summary}");
+    assert_eq!(row["incomplete"], 1, "{summary}");
+}
+
 async fn diverged(app: &TestApp, user: &TestUser, facility: Uuid) -> Value {
     let record = shift(Uuid::new_v4(), facility, 1, 6, 1);
     push(app, user, vec![record.clone()]).await;
