@@ -176,7 +176,9 @@ pub(crate) async fn insert_created(
 }
 
 /// Applies a plan inside the caller's transaction, which holds the user's lock; new records
-/// are stamped `at`.
+/// are stamped `at`. Updates and deletes keep the record's device and client timestamp: the pair
+/// names the record's creation, which a device may send again under another id, and one action
+/// on a device (a clock-out and the next clock-in) can stamp two records alike.
 pub(crate) async fn apply_plan(
     tx: &mut PgConnection,
     plan: &Plan,
@@ -200,8 +202,7 @@ pub(crate) async fn apply_plan(
     if !plan.deletes.is_empty() {
         let (ids, versions): (Vec<Uuid>, Vec<i32>) = plan.deletes.iter().copied().unzip();
         let sql = format!(
-            "UPDATE attendance a SET deleted_at = now(), sync_version = d.version, server_timestamp = now(),
-                    device_id = $3
+            "UPDATE attendance a SET deleted_at = now(), sync_version = d.version, server_timestamp = now()
              FROM UNNEST($1::uuid[], $2::int4[]) AS d (id, version)
              WHERE a.id = d.id RETURNING {}",
             records::COLUMNS
@@ -209,7 +210,6 @@ pub(crate) async fn apply_plan(
         let rows: Vec<AttendanceRow> = sqlx::query_as(&sql)
             .bind(ids)
             .bind(versions)
-            .bind(device_id)
             .fetch_all(&mut *tx)
             .await?;
         written.extend(rows.into_iter().map(|r| (r.id, AttendanceRecord::from(r))));
@@ -228,15 +228,14 @@ pub(crate) async fn apply_plan(
                     clock_in_latitude = w.in_lat, clock_in_longitude = w.in_lng, clock_in_accuracy_m = w.in_acc,
                     clock_out_latitude = w.out_lat, clock_out_longitude = w.out_lng, clock_out_accuracy_m = w.out_acc,
                     distance_m = w.distance, clock_out_distance_m = w.out_distance, outside_geofence = w.outside,
-                    client_timestamp = w.client_ts, sync_version = w.version, notes = w.notes,
-                    source = 'sync', device_id = $18, server_timestamp = now(), deleted_at = NULL
+                    sync_version = w.version, notes = w.notes,
+                    source = 'sync', server_timestamp = now(), deleted_at = NULL
              FROM {UNNEST}
              WHERE a.id = w.id RETURNING {}",
             records::COLUMNS
         );
         let rows: Vec<AttendanceRow> = Columns::of(group.into_iter())
             .bind(sqlx::query_as(&sql))
-            .bind(device_id)
             .fetch_all(&mut *tx)
             .await?;
         written.extend(rows.into_iter().map(|r| (r.id, AttendanceRecord::from(r))));

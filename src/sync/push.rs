@@ -626,7 +626,17 @@ fn decide_all(
             if opens && let Some(other) = open_elsewhere {
                 // Overlapping open shifts of one user are a conflict with the open one.
                 match strategy {
-                    Strategy::ClientWins => plan.closes.push(other.id),
+                    // Closed as incomplete: a row opened earlier in this batch is written so,
+                    // a stored one is closed before the batch's rows are written.
+                    Strategy::ClientWins => match plan
+                        .inserts
+                        .iter_mut()
+                        .chain(plan.updates.iter_mut())
+                        .find(|w| w.id == other.id)
+                    {
+                        Some(earlier) => earlier.status = "incomplete",
+                        None => plan.closes.push(other.id),
+                    },
                     Strategy::ServerWins | Strategy::Manual => {
                         if strategy == Strategy::Manual {
                             queue(plan, queued, &w, other, record.sync_version);
@@ -647,11 +657,11 @@ fn decide_all(
             } else if open.as_ref().is_some_and(|o| o.id == w.id) {
                 *open = None;
             }
-            if let Some(stamp) = w.client_timestamp {
-                batch_stamps.insert(stamp, w.id);
-            }
             let id = w.id;
             if is_create {
+                if let Some(stamp) = w.client_timestamp {
+                    batch_stamps.insert(stamp, w.id);
+                }
                 plan.inserts.push(w)
             } else {
                 plan.updates.push(w)

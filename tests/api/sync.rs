@@ -412,7 +412,6 @@ async fn a_shift_opened_offline_after_a_forgotten_one_closes_that_one_and_is_cre
     assert_eq!(stored_for(&app, &user, true).await, 1);
 }
 
-/// Creates a record at version 1 and moves the server to version 2 (another device's edit).
 #[tokio::test]
 async fn a_shift_closed_past_the_maximum_is_kept_as_incomplete_and_counts_no_hours() {
     // A clock-out 30 hours after the clock-in (the maximum is 16): online, that shift would have
@@ -450,6 +449,67 @@ async fn a_shift_closed_past_the_maximum_is_kept_as_incomplete_and_counts_no_hou
     assert_eq!(row["incomplete"], 1, "{summary}");
 }
 
+#[tokio::test]
+async fn records_changed_in_one_action_share_a_client_timestamp_and_all_apply() {
+    // A phone stamps everything one tap changes alike: the clock-out of one shift, the clock-in
+    // of the next, an edit of an older one. (Two records created under one stamp are one record
+    // sent twice.)
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let morning = open_shift(facility, 240);
+    let earlier = shift(Uuid::new_v4(), facility, 2, 6, 1);
+    let (_, body) = push(&app, &user, vec![morning.clone(), earlier.clone()]).await;
+    assert_eq!(statuses(&body), vec!["created", "created"]);
+
+    let tap = Utc::now().to_rfc3339();
+    let mut closed = morning.clone();
+    closed["client_timestamp"] = json!(tap);
+    closed["data"]["clock_out_at"] = json!(tap);
+    closed["data"]["clock_out_location"] = json!({"latitude": SITE.0, "longitude": SITE.1});
+    let mut next = open_shift(facility, 0);
+    next["client_timestamp"] = json!(tap);
+    next["data"]["clock_in_at"] = json!(tap);
+    let mut edited = earlier.clone();
+    edited["client_timestamp"] = json!(tap);
+    edited["data"]["notes"] = json!("corrected");
+    // An update before the creation sharing its stamp, and one after it.
+    let (status, body) = push(&app, &user, vec![closed, next, edited]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        statuses(&body),
+        vec!["updated", "created", "updated"],
+        "{body}"
+    );
+    assert_eq!(body["results"][2]["record"]["notes"], "corrected");
+    assert_eq!(count(&app).await, 3);
+    assert_eq!(stored_for(&app, &user, true).await, 1);
+    // Each stored record keeps the timestamp it was created under: sending a creation again
+    // under another id is still recognised.
+    let mut again = earlier;
+    again["id"] = json!(Uuid::new_v4());
+    let (_, body) = push(&app, &user, vec![again]).await;
+    assert_eq!(statuses(&body), vec!["duplicate"]);
+}
+
+#[tokio::test]
+async fn client_wins_replaces_a_shift_opened_earlier_in_the_same_batch() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let first = open_shift(facility, 300);
+    let mut second = open_shift(facility, 60);
+    second["conflict_strategy"] = json!("client_wins");
+    let (status, body) = push(&app, &user, vec![first.clone(), second.clone()]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(statuses(&body), vec!["created", "created"]);
+    assert_eq!(body["results"][0]["record"]["status"], "incomplete");
+    assert_eq!(body["results"][1]["record"]["status"], "open");
+    let (_, again) = push(&app, &user, vec![first, second]).await;
+    assert_eq!(statuses(&again), vec!["duplicate", "duplicate"]);
+    assert_eq!(stored_for(&app, &user, true).await, 1);
+    assert_eq!(count(&app).await, 2);
+}
+
+/// Creates a record at version 1 and moves the server to version 2 (another device's edit).
 async fn diverged(app: &TestApp, user: &TestUser, facility: Uuid) -> Value {
     let record = shift(Uuid::new_v4(), facility, 1, 6, 1);
     push(app, user, vec![record.clone()]).await;
