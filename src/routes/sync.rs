@@ -1,7 +1,7 @@
 //! Offline sync endpoints: push, pull, and the admin conflict queue.
 
 use axum::extract::State;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -18,9 +18,10 @@ use crate::extract::{Json, Path, Query};
 use crate::routes::auth::required_text;
 use crate::routes::pagination::{Page, Paging};
 use crate::state::AppState;
+use crate::sync::apply::apply_plan;
 use crate::sync::model::{Content, PushRequest, PushResponse};
 use crate::sync::pull::{self, Cursor, PullResponse};
-use crate::sync::push::{self, PushContext};
+use crate::sync::push::{self, Plan, PushContext};
 use crate::sync::watermelon;
 
 /// The sync routes (their own rate limit class).
@@ -422,10 +423,19 @@ async fn resolve_conflict(
         }
         Keep::Client => {
             // The device's copy answered the record as it was when the conflict was queued; a
-            // record that has moved on since (clocked out online, say) is not set back.
+            // record that has moved on since (clocked out online, say) is not set back. A shift
+            // pushed open beside another open one was queued against that one (the conflict's
+            // server record): keeping the device's copy closes that one as incomplete, as
+            // `client_wins` would have, and stores the device's, which may be new.
+            let against = conflict
+                .server_data
+                .get("id")
+                .and_then(|v| v.as_str())
+                .and_then(|s| s.parse::<Uuid>().ok())
+                .unwrap_or(conflict.record_id);
             let version: Option<i32> =
                 sqlx::query_scalar("SELECT sync_version FROM attendance WHERE id = $1 FOR UPDATE")
-                    .bind(conflict.record_id)
+                    .bind(against)
                     .fetch_optional(&mut *tx)
                     .await?;
             if version.is_some_and(|v| v != conflict.server_version) {
@@ -435,6 +445,16 @@ async fn resolve_conflict(
                      and the device can push its change again",
                 ));
             }
+            if against != conflict.record_id {
+                sqlx::query(
+                    "UPDATE attendance SET status = 'incomplete', sync_version = sync_version + 1,
+                            server_timestamp = now()
+                     WHERE id = $1 AND status = 'open'",
+                )
+                .bind(against)
+                .execute(&mut *tx)
+                .await?;
+            }
             let op = conflict.client_data["op"].as_str().unwrap_or("upsert");
             if op == "delete" {
                 sqlx::query_as(&record_sql("deleted_at = now()"))
@@ -442,59 +462,7 @@ async fn resolve_conflict(
                     .fetch_optional(&mut *tx)
                     .await?
             } else {
-                let content: Content = serde_json::from_value(
-                    conflict.client_data["content"].clone(),
-                )
-                .map_err(|e| anyhow::anyhow!("stored conflict content is unreadable: {e}"))?;
-                // The same derivation as a pushed record: distances, geofence flag, status.
-                let site = state
-                    .sites
-                    .get(&mut *tx, content.facility_id)
-                    .await?
-                    .ok_or_else(|| {
-                        ApiError::invalid("facility_id", "the facility no longer exists")
-                    })?;
-                let w = push::build_write(
-                    conflict.record_id,
-                    &content,
-                    &site,
-                    0,
-                    None,
-                    Utc::now(),
-                    &state.config,
-                )
-                .map_err(|(_, reason)| ApiError::invalid("location", reason))?;
-                let (status, distance, out, outside) =
-                    (w.status, w.distance_m, w.out_distance_m, w.outside);
-                sqlx::query_as(&record_sql(
-                    "facility_id = $2, status = $3, clock_in_at = $4, clock_out_at = $5, clock_in_latitude = $6,
-                     clock_in_longitude = $7, clock_in_accuracy_m = $8, clock_out_latitude = $9,
-                     clock_out_longitude = $10, clock_out_accuracy_m = $11, distance_m = $12,
-                     clock_out_distance_m = $13, outside_geofence = $14, notes = $15, deleted_at = NULL",
-                ))
-                .bind(conflict.record_id)
-                .bind(content.facility_id)
-                .bind(status)
-                .bind(content.clock_in_at)
-                .bind(content.clock_out_at)
-                .bind(content.clock_in.latitude)
-                .bind(content.clock_in.longitude)
-                .bind(content.clock_in.accuracy_m)
-                .bind(content.clock_out.as_ref().map(|l| l.latitude))
-                .bind(content.clock_out.as_ref().map(|l| l.longitude))
-                .bind(content.clock_out.as_ref().and_then(|l| l.accuracy_m))
-                .bind(distance)
-                .bind(out)
-                .bind(outside)
-                .bind(content.notes.clone())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| match &e {
-                    sqlx::Error::Database(db) if db.constraint() == Some("attendance_one_open_per_user") => {
-                        ApiError::conflict("already_clocked_in", "the user has another open shift; close it first")
-                    }
-                    _ => e.into(),
-                })?
+                Some(keep_client_copy(&state, &mut tx, &conflict, &record_sql).await?)
             }
         }
     };
@@ -526,4 +494,82 @@ async fn resolve_conflict(
             .filter(|r| r.deleted_at.is_none())
             .map(AttendanceRecord::from),
     }))
+}
+
+/// Writes the device's copy of a conflict's record: over the stored record, or as a new one
+/// when the device's record was queued before the server ever stored it.
+async fn keep_client_copy(
+    state: &AppState,
+    tx: &mut sqlx::PgConnection,
+    conflict: &SyncConflict,
+    record_sql: &impl Fn(&str) -> String,
+) -> Result<AttendanceRow, ApiError> {
+    let content: Content = serde_json::from_value(conflict.client_data["content"].clone())
+        .map_err(|e| anyhow::anyhow!("stored conflict content is unreadable: {e}"))?;
+    let stamp: Option<DateTime<Utc>> =
+        serde_json::from_value(conflict.client_data["client_timestamp"].clone()).ok();
+    // The same derivation as a pushed record: distances, geofence flag, status.
+    let site = state
+        .sites
+        .get(&mut *tx, content.facility_id)
+        .await?
+        .ok_or_else(|| ApiError::invalid("facility_id", "the facility no longer exists"))?;
+    let now = Utc::now().trunc_subsecs(6);
+    let w = push::build_write(
+        conflict.record_id,
+        &content,
+        &site,
+        conflict.client_version,
+        stamp,
+        now,
+        &state.config,
+    )
+    .map_err(|(_, reason)| ApiError::invalid("location", reason))?;
+    let another_open = |e: sqlx::Error| match &e {
+        sqlx::Error::Database(db) if db.constraint() == Some("attendance_one_open_per_user") => {
+            ApiError::conflict(
+                "already_clocked_in",
+                "the user has another open shift; close it first",
+            )
+        }
+        _ => e.into(),
+    };
+    let updated: Option<AttendanceRow> = sqlx::query_as(&record_sql(
+        "facility_id = $2, status = $3, clock_in_at = $4, clock_out_at = $5, clock_in_latitude = $6,
+         clock_in_longitude = $7, clock_in_accuracy_m = $8, clock_out_latitude = $9,
+         clock_out_longitude = $10, clock_out_accuracy_m = $11, distance_m = $12,
+         clock_out_distance_m = $13, outside_geofence = $14, notes = $15, deleted_at = NULL",
+    ))
+    .bind(conflict.record_id)
+    .bind(content.facility_id)
+    .bind(w.status)
+    .bind(content.clock_in_at)
+    .bind(content.clock_out_at)
+    .bind(content.clock_in.latitude)
+    .bind(content.clock_in.longitude)
+    .bind(content.clock_in.accuracy_m)
+    .bind(content.clock_out.as_ref().map(|l| l.latitude))
+    .bind(content.clock_out.as_ref().map(|l| l.longitude))
+    .bind(content.clock_out.as_ref().and_then(|l| l.accuracy_m))
+    .bind(w.distance_m)
+    .bind(w.out_distance_m)
+    .bind(w.outside)
+    .bind(content.notes.clone())
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(another_open)?;
+    if let Some(row) = updated {
+        return Ok(row);
+    }
+    let plan = Plan {
+        inserts: vec![w],
+        ..Plan::default()
+    };
+    let device = conflict.device_id.as_deref().unwrap_or_default();
+    apply_plan(&mut *tx, &plan, conflict.user_id, device, now)
+        .await
+        .map_err(another_open)?;
+    records::find(&mut *tx, conflict.record_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the record just stored is gone").into())
 }

@@ -492,15 +492,15 @@ impl Seen {
         let stamps: Vec<DateTime<Utc>> = accepted(batch).map(|(r, _)| stamp_of(r)).collect();
         let touched = Touched::read(conn, ctx.user.id, device_id, &ids, &stamps, lock).await?;
         let sites = sites_of(conn, ctx, batch).await?;
-        // Conflicts can only be queued for records that exist; new records skip the read.
-        let queued = if touched.by_id.is_empty() {
+        // Conflicts are queued for records that exist, and for new ones pushed open beside the
+        // user's open shift; a batch of new records with no shift open skips the read.
+        let queued = if touched.by_id.is_empty() && touched.open.is_none() {
             HashSet::new()
         } else {
-            let existing: Vec<Uuid> = touched.by_id.keys().copied().collect();
             sqlx::query_as::<_, (Uuid, Value)>(
                 "SELECT record_id, client_data FROM sync_conflicts WHERE status = 'pending' AND record_id = ANY($1)",
             )
-            .bind(existing)
+            .bind(&ids)
             .fetch_all(&mut *conn)
             .await?
             .into_iter()

@@ -746,6 +746,57 @@ async fn an_open_record_while_another_is_open_is_a_conflict() {
     assert_eq!(count(&app).await, 1);
 }
 
+#[tokio::test]
+async fn a_new_shift_queued_beside_an_open_one_is_stored_when_the_admin_keeps_it() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (user, facility) = setup(&app).await;
+    let (status, online) = send(
+        app.post("/api/attendance/clock-in")
+            .bearer_auth(&user.token)
+            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut offline = open_shift(facility, 30);
+    offline["conflict_strategy"] = json!("manual");
+    // Sent twice (the phone retried): queued once.
+    for _ in 0..2 {
+        let (_, body) = push(&app, &user, vec![offline.clone()]).await;
+        assert_eq!(statuses(&body), vec!["conflict"]);
+        assert_eq!(body["results"][0]["resolution"], "manual");
+    }
+    let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
+    assert_eq!(queue["total"], 1, "{queue}");
+    let (status, resolved) = send(
+        app.post(&format!(
+            "/api/sync/conflicts/{}/resolve",
+            queue["data"][0]["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&admin.token)
+        .json(&json!({"keep": "client"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{resolved}");
+    assert_eq!(resolved["record"]["id"], offline["id"]);
+    assert_eq!(resolved["record"]["status"], "open");
+    assert_eq!(resolved["record"]["device_id"], "device-A");
+    // The online shift it replaced is closed as incomplete, as client_wins would have.
+    let (_, replaced) = send(
+        app.get(&format!(
+            "/api/attendance/{}",
+            online["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&user.token),
+    )
+    .await;
+    assert_eq!(replaced["status"], "incomplete");
+    assert_eq!(count(&app).await, 2);
+    // The phone's next push of the same record is a duplicate.
+    let (_, body) = push(&app, &user, vec![offline]).await;
+    assert_eq!(statuses(&body), vec!["duplicate"]);
+}
+
 async fn push_from(
     app: &TestApp,
     user: &TestUser,
