@@ -2,7 +2,7 @@
 //! XLSX (recognised by signature, not by file name), or CSV in UTF-8 (with or without BOM) or
 //! Windows-1252, separated by `,`, `;` or tabs.
 
-use std::io::{BufReader, Cursor};
+use std::io::{BufReader, Cursor, Read};
 
 use calamine::{DataRef, Reader, Xlsx};
 use quick_xml::events::Event;
@@ -97,7 +97,7 @@ fn read_zip(bytes: &[u8]) -> Result<Sheet, ReadError> {
             "the spreadsheet expands to {total} bytes, over the {MAX_UNCOMPRESSED_BYTES} limit"
         )));
     }
-    if is_xlsx {
+    if is_xlsx && declares_a_workbook(&mut archive)? {
         check_shared_strings(&mut archive)?;
         read_xlsx(bytes)
     } else if is_ods {
@@ -105,6 +105,29 @@ fn read_zip(bytes: &[u8]) -> Result<Sheet, ReadError> {
     } else {
         Err(ReadError::NotSpreadsheet)
     }
+}
+
+/// Whether the package's content types name a workbook as its main part: Word and PowerPoint
+/// files are the same kind of zip archive.
+fn declares_a_workbook(archive: &mut zip::ZipArchive<Cursor<&[u8]>>) -> Result<bool, ReadError> {
+    let unreadable = |e: &dyn std::fmt::Display| ReadError::Unreadable(e.to_string());
+    let entry = archive
+        .by_name("[Content_Types].xml")
+        .map_err(|e| unreadable(&e))?;
+    let mut types = String::new();
+    entry
+        .take(1024 * 1024)
+        .read_to_string(&mut types)
+        .map_err(|e| unreadable(&e))?;
+    let types = types.to_ascii_lowercase();
+    Ok([
+        "spreadsheetml.sheet.main+xml",
+        "spreadsheetml.template.main+xml",
+        "ms-excel.sheet.macroenabled.main+xml",
+        "ms-excel.template.macroenabled.main+xml",
+    ]
+    .iter()
+    .any(|main| types.contains(main)))
 }
 
 /// calamine sets aside room for as many shared strings as the workbook's `uniqueCount` says,

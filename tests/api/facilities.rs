@@ -488,6 +488,18 @@ async fn hostile_and_broken_files_are_refused_and_change_nothing() {
             "unsupported_media_type",
         ),
         (
+            "Word document",
+            zip_with(
+                None,
+                &[
+                    ("[Content_Types].xml", "<Types/>"),
+                    ("word/document.xml", "<w:document/>"),
+                ],
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
             "OpenDocument workbook",
             zip_with(
                 None,
