@@ -51,6 +51,9 @@ pub struct ActivityFilter {
     pub user_id: Option<Uuid>,
     pub action: Option<String>,
     pub entity_type: Option<String>,
+    /// The record acted on: with `entity_type=user`, everything done to one account (failed
+    /// logins and lockouts included, which have no actor).
+    pub entity_id: Option<Uuid>,
     /// From this instant (inclusive), RFC 3339.
     pub from: Option<DateTime<Utc>>,
     /// Up to this instant (exclusive), RFC 3339.
@@ -108,6 +111,9 @@ fn push_matching(qb: &mut QueryBuilder<'_, sqlx::Postgres>, filter: &ActivityFil
     if let Some(entity_type) = &filter.entity_type {
         qb.push(" AND entity_type = ")
             .push_bind(entity_type.clone());
+    }
+    if let Some(id) = filter.entity_id {
+        qb.push(" AND entity_id = ").push_bind(id);
     }
     if let Some(from) = filter.from {
         qb.push(" AND created_at >= ").push_bind(from);

@@ -651,6 +651,25 @@ async fn the_activity_log_filters_by_actor_action_entity_and_time() {
 
     let (_, body) = get("entity_type=user&per_page=100".into()).await;
     assert!(body["total"].as_i64().unwrap() >= 4, "{body}");
+    // Everything done to the worker's account, by anyone or by no one.
+    let (_, body) = get(format!("entity_type=user&entity_id={}", worker.id)).await;
+    let mut actions: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    actions.sort();
+    assert_eq!(
+        actions,
+        [
+            "auth.login",
+            "auth.login_failed",
+            "user.role_change",
+            "user.update"
+        ],
+        "{body}"
+    );
     let (_, body) = get("from=2999-01-01T00:00:00Z".into()).await;
     assert_eq!(body["total"], 0);
     let (status, body) = get("from=yesterday".into()).await;
