@@ -39,8 +39,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WatermelonPullQuery {
-    /// The `timestamp` of the previous pull; null or 0 for everything the caller may see.
-    pub last_pulled_at: Option<i64>,
+    /// The `timestamp` of the previous pull; absent, `null` or 0 (as WatermelonDB sends its
+    /// first sync) for everything the caller may see.
+    #[param(value_type = Option<i64>)]
+    pub last_pulled_at: Option<String>,
     /// The app's schema version (1 covers `attendance` and `facilities`).
     pub schema_version: Option<i64>,
     /// WatermelonDB's `migration` argument as JSON: `{"from":1,"tables":[],"columns":[]}`.
@@ -86,8 +88,14 @@ async fn watermelon_pull(
                 "must be WatermelonDB's migration object as JSON",
             )
         })?;
+    let last_pulled_at = match q.last_pulled_at.as_deref() {
+        None | Some("null" | "undefined") => None,
+        Some(t) => Some(t.parse::<i64>().map_err(|_| {
+            ApiError::invalid("last_pulled_at", "is not a timestamp this service issued")
+        })?),
+    };
     let (changes, timestamp) =
-        watermelon::pull_changes(&state.db, &user, q.last_pulled_at, migration).await?;
+        watermelon::pull_changes(&state.db, &user, last_pulled_at, migration).await?;
     Ok(Json(WatermelonPull { changes, timestamp }))
 }
 

@@ -166,6 +166,29 @@ pub(crate) fn check_content(
     rules: &TimeRules,
     now: DateTime<Utc>,
 ) -> Result<(), String> {
+    check_fields(content)?;
+    check_times(content, rules, now)
+}
+
+/// The time rules (no clock time in the future past the tolerance, none older than the limit).
+pub(crate) fn check_times(
+    content: &Content,
+    rules: &TimeRules,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    rules
+        .check(content.clock_in_at, now)
+        .map_err(|r| format!("clock_in_at {r}"))?;
+    if let Some(out) = content.clock_out_at {
+        rules
+            .check(out, now)
+            .map_err(|r| format!("clock_out_at {r}"))?;
+    }
+    Ok(())
+}
+
+/// Everything but the time rules: coordinates, the clock-out's order and location, notes.
+pub(crate) fn check_fields(content: &Content) -> Result<(), String> {
     for (name, l) in [
         ("clock_in_location", Some(&content.clock_in)),
         ("clock_out_location", content.clock_out.as_ref()),
@@ -178,13 +201,7 @@ pub(crate) fn check_content(
             }
         }
     }
-    rules
-        .check(content.clock_in_at, now)
-        .map_err(|r| format!("clock_in_at {r}"))?;
     if let Some(out) = content.clock_out_at {
-        rules
-            .check(out, now)
-            .map_err(|r| format!("clock_out_at {r}"))?;
         if out < content.clock_in_at {
             return Err("clock_out_at is before clock_in_at".into());
         }

@@ -32,7 +32,9 @@ use crate::error::{ApiError, FieldErrors};
 use crate::sync::apply::apply_plan;
 use crate::sync::model::Content;
 use crate::sync::pull::{self, Changes, Cursor};
-use crate::sync::push::{Plan, PushContext, begin_for_user, build_write, check_content};
+use crate::sync::push::{
+    Plan, PushContext, begin_for_user, build_write, check_fields, check_times,
+};
 
 /// WatermelonDB pulls are not paged: one answer holds every change.
 const WHOLE_PULL: usize = 10_000_000;
@@ -324,7 +326,8 @@ pub async fn push_changes(
                 message: "facilities are read-only for devices".into(),
             });
         }
-        if !TABLES.contains(&table.as_str()) {
+        // The app's local-only tables come with empty sets.
+        if !TABLES.contains(&table.as_str()) && !set.is_empty() {
             problems.insert(
                 format!("changes.{table}"),
                 vec!["is not a synced table".into()],
@@ -346,7 +349,9 @@ pub async fn push_changes(
             .and_then(Value::as_str)
             .unwrap_or("?")
             .to_string();
-        match content_of(raw).and_then(|(id, c)| check_content(&c, &rules, now).map(|()| (id, c))) {
+        // The time rules wait for the stored copy: a record whose clock times the server
+        // already holds is not refused for its age (a note added a month later).
+        match content_of(raw).and_then(|(id, c)| check_fields(&c).map(|()| (id, c))) {
             Ok(pair) => {
                 if raw
                     .get("user_id")
@@ -389,7 +394,17 @@ pub async fn push_changes(
     // applied again.
     let mut attempt = 1;
     loop {
-        match apply_changes(&ctx, &snapshot, &upserts, &deletes, last_pulled_at, now).await {
+        match apply_changes(
+            &ctx,
+            &snapshot,
+            &upserts,
+            &deletes,
+            last_pulled_at,
+            &rules,
+            now,
+        )
+        .await
+        {
             Err(e) if e.is_deadlock() && attempt < 3 => attempt += 1,
             applied => return applied,
         }
@@ -404,6 +419,7 @@ async fn apply_changes(
     upserts: &[(Uuid, Content)],
     deletes: &[Uuid],
     last_pulled_at: i64,
+    rules: &TimeRules,
     now: DateTime<Utc>,
 ) -> Result<(), ApiError> {
     let PushContext {
@@ -432,8 +448,12 @@ async fn apply_changes(
             message: "a pushed record belongs to another user".into(),
         });
     }
+    // Changed by another transaction since the pull: this one's own close of a forgotten shift
+    // above is not a change the device missed.
     let changed: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM attendance WHERE id = ANY($1) AND NOT pg_visible_in_snapshot(change_xid, $2::pg_snapshot)",
+        "SELECT id FROM attendance WHERE id = ANY($1)
+           AND NOT pg_visible_in_snapshot(change_xid, $2::pg_snapshot)
+           AND change_xid <> pg_current_xact_id()",
     )
     .bind(&ids)
     .bind(snapshot)
@@ -461,6 +481,16 @@ async fn apply_changes(
         }
         // Unchanged content needs no write (and keeps its version).
         if current.is_some_and(|r| &Content::from_row(r) == content) {
+            continue;
+        }
+        let times_stored = current.is_some_and(|r| {
+            r.clock_in_at == content.clock_in_at && r.clock_out_at == content.clock_out_at
+        });
+        if !times_stored && let Err(reason) = check_times(content, rules, now) {
+            problems
+                .entry(format!("attendance.{id}"))
+                .or_default()
+                .push(reason);
             continue;
         }
         let Some(site) = sites.get(&content.facility_id) else {

@@ -273,3 +273,128 @@ async fn a_push_postgres_ends_to_break_a_deadlock_is_applied_again() {
         .unwrap();
     assert_eq!(notes, vec!["first", "second"]);
 }
+
+/// A record of `user` stored directly, as the server would hold it after an earlier sync.
+async fn stored(
+    app: &TestApp,
+    user: &TestUser,
+    facility: Uuid,
+    clock_in: chrono::DateTime<Utc>,
+    clock_out: Option<chrono::DateTime<Utc>>,
+) -> Uuid {
+    let status = if clock_out.is_some() {
+        "closed"
+    } else {
+        "open"
+    };
+    let out = clock_out.map(|_| (-1.9456, 30.127));
+    sqlx::query_scalar(
+        "INSERT INTO attendance (user_id, facility_id, status, clock_in_at, clock_out_at,
+                                 clock_in_latitude, clock_in_longitude, clock_out_latitude,
+                                 clock_out_longitude, distance_m, source)
+         VALUES ($1, $2, $3, $4, $5, -1.9456, 30.127, $6, $7, 0, 'sync') RETURNING id",
+    )
+    .bind(user.id)
+    .bind(facility)
+    .bind(status)
+    .bind(clock_in)
+    .bind(clock_out)
+    .bind(out.map(|o| o.0))
+    .bind(out.map(|o| o.1))
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_librarys_own_requests_never_leave_a_device_stuck() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    let user = app.quick_user("focal", None, facility).await;
+    // Times to the millisecond, as the device keeps them.
+    let at = |ago: Duration| {
+        chrono::DateTime::from_timestamp_millis((Utc::now() - ago).timestamp_millis()).unwrap()
+    };
+    let old = stored(
+        &app,
+        &user,
+        facility,
+        at(Duration::days(40)),
+        Some(at(Duration::days(40) - Duration::hours(3))),
+    )
+    .await;
+    let forgotten = stored(&app, &user, facility, at(Duration::hours(17)), None).await;
+
+    // The first sync, as the library's documented pullChanges sends it.
+    let (status, first) = send(
+        app.get("/api/sync/watermelon?last_pulled_at=null&schema_version=1&migration=null")
+            .bearer_auth(&user.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let t = first["timestamp"].as_i64().unwrap();
+    let pulled = |id: Uuid| {
+        first["changes"]["attendance"]["created"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == json!(id))
+            .cloned()
+            .unwrap()
+    };
+    // A note added to a shift older than the time limit; the clock-out of a shift just past the
+    // maximum, before the sweep closed it; and the app's local-only table, sent empty.
+    let mut noted = pulled(old);
+    noted["notes"] = json!("added a month later");
+    let mut clocked_out = pulled(forgotten);
+    clocked_out["clock_out_at"] = json!(Utc::now().timestamp_millis());
+    clocked_out["clock_out_latitude"] = json!(-1.9456);
+    clocked_out["clock_out_longitude"] = json!(30.127);
+    let (status, body) = push(
+        &app,
+        &user,
+        t,
+        json!({
+            "attendance": {"created": [], "updated": [noted, clocked_out], "deleted": []},
+            "drafts": {"created": [], "updated": [], "deleted": []},
+        }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let rows: Vec<(Uuid, String, Option<String>, bool)> = sqlx::query_as(
+        "SELECT id, status, notes, clock_out_at IS NOT NULL FROM attendance ORDER BY clock_in_at",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (
+                old,
+                "closed".into(),
+                Some("added a month later".into()),
+                true
+            ),
+            // Longer than the maximum shift: kept as sent, counted as incomplete.
+            (forgotten, "incomplete".into(), None, true),
+        ]
+    );
+    // A shift the device itself dates older than the limit is still refused.
+    let mut ancient = raw(Uuid::new_v4(), facility, "x");
+    ancient["clock_in_at"] = json!(at(Duration::days(40)).timestamp_millis());
+    ancient["clock_out_at"] = json!(at(Duration::days(40) - Duration::hours(1)).timestamp_millis());
+    let (status, body) = push(
+        &app,
+        &user,
+        t,
+        json!({"attendance": {"created": [ancient]}}),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+}

@@ -85,10 +85,13 @@ async function sync(db, user, { onPush } = {}) {
   await synchronize({
     database: db,
     pullChanges: async ({ lastPulledAt, schemaVersion, migration }) => {
-      const qs = new URLSearchParams({ schema_version: String(schemaVersion) });
-      if (lastPulledAt) qs.set('last_pulled_at', String(lastPulledAt));
-      if (migration) qs.set('migration', JSON.stringify(migration));
-      const res = await api('GET', `/api/sync/watermelon?${qs}`, user.token);
+      // As the library's documentation writes it: `null` on the first sync, for both.
+      const migrationParam = encodeURIComponent(JSON.stringify(migration));
+      const res = await api(
+        'GET',
+        `/api/sync/watermelon?last_pulled_at=${lastPulledAt}&schema_version=${schemaVersion}&migration=${migrationParam}`,
+        user.token,
+      );
       assert.equal(res.status, 200, JSON.stringify(res.body));
       return { changes: res.body.changes, timestamp: res.body.timestamp };
     },
