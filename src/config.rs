@@ -218,6 +218,26 @@ impl Reader<'_> {
         Duration::from_secs(self.parsed(key, default))
     }
 
+    /// A number that must lie in `range` (a shift of 0 hours, or a timeout of 0 seconds, would
+    /// start a service that refuses everything).
+    fn ranged<T>(&mut self, key: &str, default: T, range: std::ops::RangeInclusive<T>) -> T
+    where
+        T: FromStr + PartialOrd + fmt::Display + Copy,
+        T::Err: fmt::Display,
+    {
+        let value = self.parsed(key, default);
+        if range.contains(&value) {
+            value
+        } else {
+            self.problems.push(format!(
+                "{key}=`{value}` is out of range: {} to {}",
+                range.start(),
+                range.end()
+            ));
+            default
+        }
+    }
+
     fn choice<T: Copy>(&mut self, key: &str, default: T, options: &[(&str, T)]) -> T {
         let Some(v) = self.raw(key) else {
             return default;
@@ -327,12 +347,23 @@ impl Config {
         };
 
         let jwt_secret = match r.raw("JWT_SECRET") {
-            Some(s) if s.len() >= 32 || dev => s,
-            Some(_) => {
+            Some(s) if dev => s,
+            Some(s) if s.len() < 32 => {
                 r.problems
                     .push("JWT_SECRET must be at least 32 bytes outside development".to_string());
                 String::new()
             }
+            // Anyone who knows the secret can sign a token for any user: the sample's
+            // placeholder, or a long run of a few characters, is as good as published.
+            Some(s) if looks_like_a_placeholder(&s) => {
+                r.problems.push(
+                    "JWT_SECRET looks like a placeholder; use 32 or more random bytes \
+                     (for example `openssl rand -base64 48`)"
+                        .to_string(),
+                );
+                String::new()
+            }
+            Some(s) => s,
             None if dev => random_secret(),
             None => {
                 r.problems
@@ -399,9 +430,9 @@ impl Config {
             default_geofence_m: r.parsed("GEOFENCE_DEFAULT_RADIUS_M", 200i32),
             enforce_geofence: r.bool("GEOFENCE_ENFORCE", false),
             future_tolerance: r.secs("CLOCK_FUTURE_TOLERANCE_SECS", 5 * 60),
-            max_age: Duration::from_secs(r.parsed("CLOCK_MAX_AGE_DAYS", 30u64) * 86_400),
-            max_shift: Duration::from_secs(r.parsed("MAX_SHIFT_HOURS", 16u64) * 3600),
-            sweep_interval: r.secs("SWEEP_INTERVAL_SECS", 300),
+            max_age: Duration::from_secs(r.ranged("CLOCK_MAX_AGE_DAYS", 30u64, 1..=3650) * 86_400),
+            max_shift: Duration::from_secs(r.ranged("MAX_SHIFT_HOURS", 16u64, 1..=72) * 3600),
+            sweep_interval: Duration::from_secs(r.ranged("SWEEP_INTERVAL_SECS", 300, 1..=86_400)),
             timezone,
         };
 
@@ -426,10 +457,10 @@ impl Config {
             cors_origins,
             max_body_bytes: r.parsed("MAX_BODY_BYTES", 1024 * 1024usize),
             max_upload_bytes: r.parsed("MAX_UPLOAD_BYTES", 10 * 1024 * 1024usize),
-            request_timeout: r.secs("REQUEST_TIMEOUT_SECS", 30),
+            request_timeout: Duration::from_secs(r.ranged("REQUEST_TIMEOUT_SECS", 30, 1..=3600)),
             rate_limits,
             attendance,
-            sync_max_batch: r.parsed("SYNC_MAX_BATCH", 500usize),
+            sync_max_batch: r.ranged("SYNC_MAX_BATCH", 500usize, 1..=10_000),
         };
         if r.problems.is_empty() {
             Ok(config)
@@ -459,6 +490,16 @@ fn quota(burst: u32, secs: u64) -> RateQuota {
 }
 
 /// A development-only signing key, new at every start (tokens do not survive restarts).
+/// The sample configuration's value, or too few distinct characters to be random.
+fn looks_like_a_placeholder(secret: &str) -> bool {
+    let lower = secret.to_ascii_lowercase();
+    let distinct: std::collections::HashSet<char> = secret.chars().collect();
+    ["change-me", "changeme", "change_me", "placeholder"]
+        .iter()
+        .any(|word| lower.contains(word))
+        || distinct.len() < 10
+}
+
 fn random_secret() -> String {
     use rand::Rng;
     let bytes: [u8; 32] = rand::thread_rng().r#gen();
@@ -526,6 +567,33 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains("hunter2"));
         assert!(!debug.contains("a-very-long-signing-secret"));
+    }
+
+    #[test]
+    fn production_refuses_a_placeholder_secret_and_settings_that_refuse_everything() {
+        for (key, value) in [
+            ("JWT_SECRET", "change-me-to-at-least-32-random-bytes"),
+            ("JWT_SECRET", "abababababababababababababababab"),
+            ("MAX_SHIFT_HOURS", "0"),
+            ("MAX_SHIFT_HOURS", "10000000000"),
+            ("REQUEST_TIMEOUT_SECS", "0"),
+            ("SYNC_MAX_BATCH", "0"),
+        ] {
+            let mut env = vars(&[
+                ("APP_ENV", "production"),
+                ("DATABASE_URL", "postgres://localhost/db"),
+                ("JWT_SECRET", "Xq7pL2vR9mK4tW8zN3bF6hJ1cD5gS0yA"),
+            ]);
+            env.insert(key.into(), value.into());
+            let err = Config::from_map(&env).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}={value}: {err}");
+        }
+        let env = vars(&[
+            ("APP_ENV", "production"),
+            ("DATABASE_URL", "postgres://localhost/db"),
+            ("JWT_SECRET", "Xq7pL2vR9mK4tW8zN3bF6hJ1cD5gS0yA"),
+        ]);
+        assert!(Config::from_map(&env).is_ok());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! others. Over the limit: 429 `rate_limited` in the contract's envelope, with `Retry-After` and
 //! `x-ratelimit-*` headers.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use tower_governor::GovernorError;
 use tower_governor::governor::{GovernorConfig, GovernorConfigBuilder};
 use tower_governor::key_extractor::KeyExtractor;
 
-use crate::auth::extractor::client_ip_from;
+use crate::auth::extractor::{bearer_in, client_ip_from};
 use crate::auth::jwt::JwtKeys;
 use crate::config::RateQuota;
 use crate::error::ApiError;
@@ -31,23 +31,33 @@ impl KeyExtractor for ClientKey {
     type Key = String;
 
     fn extract<T>(&self, req: &Request<T>) -> Result<Self::Key, GovernorError> {
+        // The token as the authentication reads it, whatever the scheme's case: a request the
+        // service serves as a user is counted against that user.
         if self.per_user
-            && let Some(token) = req
-                .headers()
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-            && let Ok(claims) = self.jwt.verify(token.trim())
+            && let Some(token) = bearer_in(req.headers())
+            && let Ok(claims) = self.jwt.verify(token)
         {
             return Ok(format!("user:{}", claims.sub));
         }
         let peer = req.extensions().get::<ConnectInfo<SocketAddr>>();
         client_ip_from(req.headers(), peer, self.trust_proxy)
-            .map(|ip| format!("ip:{ip}"))
+            .map(address_key)
             .ok_or(GovernorError::UnableToExtractKey)
+    }
+}
+
+/// An IPv4 address, or the /64 network of an IPv6 one: an IPv6 subscriber is given a whole /64
+/// and can send from any address in it.
+fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("ip:{v4}"),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("ip:{v4}"),
+            None => {
+                let s = v6.segments();
+                format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
     }
 }
 
@@ -67,8 +77,10 @@ pub fn limiter(quota: RateQuota, jwt: Arc<JwtKeys>, trust_proxy: bool, per_user:
         .use_headers()
         .error_handler(|error| match error {
             GovernorError::TooManyRequests { wait_time, headers } => {
+                // The limiter's wait is in whole seconds, rounded down: one more, so that a
+                // client waiting as told is let through.
                 let mut response = ApiError::RateLimited {
-                    retry_after_s: wait_time.max(1),
+                    retry_after_s: wait_time + 1,
                 }
                 .into_response();
                 if let Some(headers) = headers {
@@ -90,4 +102,21 @@ pub fn limiter(quota: RateQuota, jwt: Arc<JwtKeys>, trust_proxy: bool, per_user:
         .finish()
         .expect("quota has a non-zero burst and period");
     Arc::new(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64_network() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(other));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(address_key(mapped), "ip:192.0.2.7");
+        assert_eq!(address_key("192.0.2.7".parse().unwrap()), "ip:192.0.2.7");
+    }
 }

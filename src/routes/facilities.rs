@@ -474,6 +474,10 @@ async fn import_facilities(
         }
         let filename = field.file_name().map(str::to_string);
         let bytes = field.bytes().await.map_err(multipart_error)?;
+        // The body limit leaves room for the multipart framing; the limit is the file's.
+        if bytes.len() > state.config.max_upload_bytes {
+            return Err(ApiError::PayloadTooLarge);
+        }
         upload = Some((filename, bytes.to_vec()));
     }
     let (filename, bytes) = upload.ok_or_else(|| ApiError::invalid("file", "is required"))?;

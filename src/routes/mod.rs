@@ -29,7 +29,7 @@ use crate::state::AppState;
 struct Groups {
     /// `/api/auth/*`: per client address.
     auth: OpenApiRouter<AppState>,
-    /// Sync: per user.
+    /// Devices' sync: per user.
     sync: OpenApiRouter<AppState>,
     /// Uploads: per user.
     upload: OpenApiRouter<AppState>,
@@ -47,7 +47,9 @@ fn groups() -> Groups {
             .merge(admin::router())
             .merge(geography::router())
             .merge(facilities::router())
-            .merge(attendance::router()),
+            .merge(attendance::router())
+            // An admin working through the conflict queue is not a device syncing.
+            .merge(sync::conflicts_router()),
     }
 }
 
@@ -68,8 +70,11 @@ pub fn api() -> OpenApiRouter<AppState> {
 fn assemble(state: Option<&AppState>) -> OpenApiRouter<AppState> {
     let limits = state.and_then(|s| s.limiters.as_ref());
     let g = groups();
-    // Uploads take a larger body than the global JSON limit; this inner limit wins.
-    let upload_limit = state.map_or(usize::MAX, |s| s.config.max_upload_bytes);
+    // Uploads take a larger body than the global JSON limit; this inner limit wins. It leaves
+    // room for the multipart framing around a file of the full size (checked by the handler).
+    let upload_limit = state.map_or(usize::MAX, |s| {
+        s.config.max_upload_bytes.saturating_add(64 * 1024)
+    });
     let upload = g.upload.layer(DefaultBodyLimit::max(upload_limit));
     let api = limited(g.auth, limits.map(|l| &l.auth))
         .merge(limited(upload, limits.map(|l| &l.upload)))

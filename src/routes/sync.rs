@@ -24,15 +24,20 @@ use crate::sync::pull::{self, Cursor, PullResponse};
 use crate::sync::push::{self, Plan, PushContext};
 use crate::sync::watermelon;
 
-/// The sync routes (their own rate limit class).
+/// The devices' sync routes (their own rate limit class).
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(push_changes))
         .routes(routes!(push_changes_alias))
         .routes(routes!(pull_changes))
+        .routes(routes!(watermelon_pull, watermelon_push))
+}
+
+/// The conflict queue, reviewed by admins (the general API's limit).
+pub fn conflicts_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .routes(routes!(list_conflicts))
         .routes(routes!(resolve_conflict))
-        .routes(routes!(watermelon_pull, watermelon_push))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

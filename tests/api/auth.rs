@@ -761,6 +761,13 @@ async fn the_general_api_limit_is_per_user() {
     }
     let (status, body) = send(app.get("/api/users/me").bearer_auth(&a.token)).await;
     assert_error(status, &body, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    // The scheme in another case is the same user, not a fresh budget by address.
+    let (status, body) = send(
+        app.get("/api/users/me")
+            .header("authorization", format!("BEARER {}", a.token)),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
     // Another user from the same address still has their own budget.
     assert_eq!(
         send(app.get("/api/users/me").bearer_auth(&b.token)).await.0,
@@ -821,4 +828,23 @@ async fn behind_a_trusted_proxy_the_address_it_appended_is_the_clients() {
 async fn x_forwarded_for_is_ignored_unless_the_proxy_is_trusted() {
     let app = two_logins_per_address(false).await;
     three_logins_count_as_one_address(&app, |i| format!("10.0.0.{i}")).await;
+}
+
+#[tokio::test]
+async fn the_conflict_queue_is_not_counted_as_syncing() {
+    // An admin working through the queue spends the general budget, not a device's sync budget.
+    let app = TestApp::spawn_with(|env| {
+        env.insert("RATE_LIMIT_ENABLED".into(), "true".into());
+        env.insert("RATE_LIMIT_SYNC".into(), "1/5m".into());
+    })
+    .await;
+    let admin = app.admin().await;
+    for _ in 0..3 {
+        let (status, body) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let pull = || send(app.get("/api/sync/pull").bearer_auth(&admin.token));
+    assert_eq!(pull().await.0, StatusCode::OK);
+    let (status, body) = pull().await;
+    assert_error(status, &body, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
 }

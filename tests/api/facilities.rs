@@ -536,6 +536,31 @@ async fn hostile_and_broken_files_are_refused_and_change_nothing() {
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation_failed",
     );
+    // The limit is the file's, whatever the multipart framing around it adds: a file of exactly
+    // the limit is read, one byte more is refused.
+    let sized = |n: usize| {
+        let mut text = String::from("name,code,latitude,longitude,council_name\n");
+        for i in 0.. {
+            if text.len() >= n {
+                break;
+            }
+            text.push_str(&format!("Clinic {i},SZ-{i},-1.9,30.1,Gasabo\n"));
+        }
+        let mut bytes = text.into_bytes();
+        bytes.truncate(n);
+        bytes
+    };
+    let limit = 256 * 1024;
+    let (status, body) = import(&app, &admin.token, "f.csv", sized(limit), "?dry_run=true").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = import(&app, &admin.token, "f.csv", sized(limit + 1), "").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    assert_eq!(facility_count(&app).await, 0);
 }
 
 #[tokio::test]
