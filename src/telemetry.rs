@@ -37,7 +37,8 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<Vec<WorkerGuard>> {
                 .filename_prefix("field-attendance")
                 .filename_suffix("log")
                 .max_log_files(settings.retention_files.max(1))
-                .build(dir)?;
+                .build(dir)
+                .map_err(|e| anyhow::anyhow!("LOG_DIR={dir} cannot hold the log files: {e}"))?;
             let (writer, guard) = tracing_appender::non_blocking(appender);
             guards.push(guard);
             Some(

@@ -323,7 +323,7 @@ fn push_found(
         qb.push(" AND c.region_id = ").push_bind(id);
     }
     if let Some(t) = &filter.facility_type {
-        qb.push(" AND f.type = ").push_bind(t.clone());
+        qb.push(" AND f.type = ").push_bind(type_key(t));
     }
     if let Some(status) = filter.status {
         qb.push(" AND f.status = ").push_bind(status.as_str());
@@ -343,4 +343,10 @@ fn push_found(
     if let (Some(_), Some(radius)) = (near, filter.radius_m) {
         qb.push(" WHERE distance_m <= ").push_bind(radius);
     }
+}
+
+/// A facility type as stored and filtered: "Health Center", "health-center" and
+/// "health_center" are one type, whether typed into a form or a spreadsheet.
+pub fn type_key(t: &str) -> String {
+    t.trim().to_lowercase().replace([' ', '-'], "_")
 }

@@ -255,7 +255,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
         }
         let facility_type = match get(Column::Type) {
             "" => None,
-            t => Some(t.to_lowercase().replace([' ', '-'], "_")),
+            t => Some(crate::db::facilities::type_key(t)),
         };
         let optional = |c: Column| Some(get(c).to_string()).filter(|s| !s.is_empty());
 

@@ -191,7 +191,7 @@ async fn create_facility(
     let code = required_text(&req.code, "code", 64, &mut invalid);
     let name = required_text(&req.name, "name", 200, &mut invalid);
     let facility_type = optional_text(req.facility_type, "type", 50, &mut invalid)
-        .unwrap_or_else(|| "health_center".into());
+        .map_or_else(|| "health_center".into(), |t| facilities::type_key(&t));
     check_point(Some(req.latitude), Some(req.longitude), &mut invalid);
     check_radius(req.geofence_radius_m, &mut invalid);
     let address = optional_text(req.address, "address", 500, &mut invalid);
@@ -299,7 +299,7 @@ async fn update_facility(
     let facility_type = req
         .facility_type
         .as_deref()
-        .map(|t| required_text(t, "type", 50, &mut invalid));
+        .map(|t| facilities::type_key(&required_text(t, "type", 50, &mut invalid)));
     if req.latitude.is_some() || req.longitude.is_some() {
         check_point(req.latitude, req.longitude, &mut invalid);
     }

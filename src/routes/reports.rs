@@ -45,9 +45,14 @@ fn parse_bound(value: &str, tz: Tz, end: bool, field: &str) -> Result<DateTime<U
     } else {
         date
     };
+    // Where clocks skip midnight (a daylight-saving change at 00:00), the day begins at its
+    // first minute that exists.
     let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists");
-    tz.from_local_datetime(&midnight)
-        .earliest()
+    (0..=180)
+        .find_map(|m| {
+            tz.from_local_datetime(&(midnight + chrono::Duration::minutes(m)))
+                .earliest()
+        })
         .map(|t| t.with_timezone(&Utc))
         .ok_or_else(|| ApiError::invalid(field, "does not exist in this time zone"))
 }
@@ -123,8 +128,10 @@ const EXPORT_HEADERS: [&str; 15] = [
 ];
 
 impl ExportRow {
-    /// The cells of one line, in local time, with formula starters neutralised.
-    fn cells(&self, tz: Tz) -> Vec<String> {
+    /// The cells of one line, in local time. In CSV, formula starters are neutralised (a
+    /// spreadsheet opening it would run them); a workbook's text cells never run, and keep the
+    /// text as written.
+    fn cells(&self, tz: Tz, neutralise: bool) -> Vec<String> {
         let local = |t: DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string();
         let hours = self
             .clock_out_at
@@ -155,7 +162,13 @@ impl ExportRow {
             self.notes.clone().unwrap_or_default(),
         ]
         .into_iter()
-        .map(|c| neutralise_cell(&c).into_owned())
+        .map(|c| {
+            if neutralise {
+                neutralise_cell(&c).into_owned()
+            } else {
+                c
+            }
+        })
         .collect()
     }
 }
@@ -281,7 +294,7 @@ fn csv_stream(
                     return;
                 }
             };
-            let _ = writer.write_record(row.cells(tz));
+            let _ = writer.write_record(row.cells(tz, true));
             if writer.get_ref().len() >= 64 * 1024 {
                 let full = std::mem::replace(
                     &mut writer,
@@ -327,6 +340,9 @@ fn csv_stream(
 
 /// XLSX in constant-memory mode (rows go to a temporary file as they are written), so the
 /// worksheet is never held in memory; the finished file is then streamed.
+/// A worksheet's rows (1,048,576) less the header.
+const XLSX_MAX_RECORDS: u32 = 1_048_575;
+
 async fn xlsx_file(
     db: sqlx::PgPool,
     viewer: AuthUser,
@@ -359,10 +375,21 @@ async fn xlsx_file(
     });
     let mut qb = export_query(&viewer, &q, from, to);
     let mut rows = qb.build_query_as::<ExportRow>().fetch(&db);
+    let mut written = 0u32;
     while let Some(row) = rows.next().await {
         let row = row?;
+        written += 1;
+        if written > XLSX_MAX_RECORDS {
+            return Err(ApiError::invalid(
+                "format",
+                format!(
+                    "more than {XLSX_MAX_RECORDS} records, the most a worksheet holds: export CSV, \
+                     or a shorter period"
+                ),
+            ));
+        }
         // A bounded channel: the database is read no faster than the sheet is written.
-        tx.send(row.cells(tz))
+        tx.send(row.cells(tz, false))
             .await
             .map_err(|_| anyhow::anyhow!("the spreadsheet writer stopped"))?;
     }
@@ -511,4 +538,28 @@ async fn summary(
         .to_string(),
         rows,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_day_whose_midnight_is_skipped_begins_at_its_first_minute() {
+        // Beirut moved its clocks from 00:00 to 01:00 on 31 March 2024.
+        let beirut: Tz = "Asia/Beirut".parse().unwrap();
+        let midnight = NaiveDate::from_ymd_opt(2024, 3, 31)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap();
+        assert!(beirut.from_local_datetime(&midnight).earliest().is_none());
+        let from = parse_bound("2024-03-31", beirut, false, "from").unwrap();
+        assert_eq!(from.to_rfc3339(), "2024-03-30T22:00:00+00:00");
+        // The day before ends where that day begins.
+        let to = parse_bound("2024-03-30", beirut, true, "to").unwrap();
+        assert_eq!(to, from);
+        let kigali: Tz = "Africa/Kigali".parse().unwrap();
+        let day = parse_bound("2024-03-31", kigali, false, "from").unwrap();
+        assert_eq!(day.to_rfc3339(), "2024-03-30T22:00:00+00:00");
+    }
 }

@@ -592,6 +592,45 @@ async fn gasabo(app: &TestApp) -> uuid::Uuid {
 }
 
 #[tokio::test]
+async fn a_facility_type_is_one_type_however_it_is_written() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let council = gasabo(&app).await;
+    let (status, created) = send(app.post("/api/facilities").bearer_auth(&admin.token).json(
+        &json!({
+            "code": "KGL-DH-1", "name": "Kibagabaga", "council_id": council, "type": "District Hospital",
+            "latitude": -1.93, "longitude": 30.11,
+        }),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["type"], "district_hospital");
+    let (status, patched) = send(
+        app.patch(&format!(
+            "/api/facilities/{}",
+            created["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&admin.token)
+        .json(&json!({"type": "Referral-Hospital"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["type"], "referral_hospital");
+    for filter in [
+        "referral_hospital",
+        "Referral%20Hospital",
+        "referral-hospital",
+    ] {
+        let (_, page) = send(
+            app.get(&format!("/api/facilities?type={filter}"))
+                .bearer_auth(&admin.token),
+        )
+        .await;
+        assert_eq!(page["total"], 1, "{filter}: {page}");
+    }
+}
+
+#[tokio::test]
 async fn admins_create_update_and_deactivate_facilities_with_case_insensitive_codes() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
