@@ -247,6 +247,45 @@ pub fn push_scope(qb: &mut QueryBuilder<'_, Postgres>, viewer: &AuthUser, column
     }
 }
 
+/// Records that `user` (and the team below them) moved from under `from` to under `to`, after
+/// the move is written: the supervisors above the new place gain their records, those above
+/// the old place lose them (see the `scope_changes` migration). The gained records are written
+/// again unchanged, so that they fall in the gaining devices' next pull.
+pub async fn record_move(
+    tx: &mut sqlx::PgConnection,
+    user: Uuid,
+    from: Option<Uuid>,
+    to: Option<Uuid>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH RECURSIVE
+           moved AS (SELECT $1::uuid AS id
+                     UNION SELECT u.id FROM users u JOIN moved m ON u.supervisor_id = m.id),
+           old_chain AS (SELECT id FROM users WHERE id = $2
+                         UNION SELECT u.supervisor_id FROM users u JOIN old_chain c ON u.id = c.id
+                         WHERE u.supervisor_id IS NOT NULL),
+           new_chain AS (SELECT id FROM users WHERE id = $3
+                         UNION SELECT u.supervisor_id FROM users u JOIN new_chain c ON u.id = c.id
+                         WHERE u.supervisor_id IS NOT NULL),
+           lost AS (SELECT id FROM old_chain EXCEPT SELECT id FROM new_chain),
+           gained AS (SELECT id FROM new_chain EXCEPT SELECT id FROM old_chain),
+           logged AS (
+             INSERT INTO scope_changes (viewer_id, user_id, granted)
+             SELECT l.id, m.id, false FROM lost l CROSS JOIN moved m
+             UNION ALL
+             SELECT g.id, m.id, true FROM gained g CROSS JOIN moved m
+           )
+         UPDATE attendance SET change_xid = change_xid
+         WHERE user_id IN (SELECT id FROM moved) AND EXISTS (SELECT 1 FROM gained)",
+    )
+    .bind(user)
+    .bind(from)
+    .bind(to)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// Like [`push_scope`], but supervisors also keep their own rows (their own attendance).
 pub fn push_scope_with_self(qb: &mut QueryBuilder<'_, Postgres>, viewer: &AuthUser, column: &str) {
     if viewer.is_admin() || viewer.role.is_field() {

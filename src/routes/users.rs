@@ -366,6 +366,7 @@ impl UpdateUser {
 struct Current {
     role: String,
     status: String,
+    supervisor_id: Option<Uuid>,
 }
 
 /// Updates a user: admins any field; supervisors only the facility of users in their tree.
@@ -438,7 +439,7 @@ async fn update_user(
             .await?;
     }
     let current: Current =
-        sqlx::query_as("SELECT role, status FROM users WHERE id = $1 FOR UPDATE")
+        sqlx::query_as("SELECT role, status, supervisor_id FROM users WHERE id = $1 FOR UPDATE")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?
@@ -508,6 +509,11 @@ async fn update_user(
     .on_constraints(users::UNIQUE_FIELDS)?;
     if cut_tokens {
         refresh::revoke_all(&mut *tx, id).await?;
+    }
+    if let Some(supervisor) = req.supervisor_id
+        && supervisor != current.supervisor_id
+    {
+        users::record_move(&mut tx, id, current.supervisor_id, supervisor).await?;
     }
     Activity::new("user.update")
         .by(&actor)

@@ -106,7 +106,8 @@ pub struct AttendanceChanges {
     /// Records created since the cursor (by the server's own creation, not the device's clock).
     pub created: Vec<AttendanceRecord>,
     pub updated: Vec<AttendanceRecord>,
-    /// Ids of records deleted since the cursor.
+    /// Ids of records deleted since the cursor, and of records that left the caller's scope
+    /// (a worker moved to another supervisor), all on the pull's first page.
     pub deleted: Vec<Uuid>,
 }
 
@@ -187,14 +188,34 @@ fn push_window(
     }
 }
 
-fn push_is_new(qb: &mut QueryBuilder<'_, sqlx::Postgres>, alias: &str, base: &Option<String>) {
+/// `is_new`: created after the base, or (for a supervisor) a record of a user who came into the
+/// viewer's scope after it, which the device has never had either.
+fn push_is_new(
+    qb: &mut QueryBuilder<'_, sqlx::Postgres>,
+    alias: &str,
+    base: &Option<String>,
+    gained_by: Option<Uuid>,
+) {
     match base {
         Some(base) => {
             qb.push(format_args!(
-                ", NOT pg_visible_in_snapshot({alias}.created_xid, "
+                ", (NOT pg_visible_in_snapshot({alias}.created_xid, "
             ))
             .push_bind(base.clone())
-            .push("::pg_snapshot) AS is_new");
+            .push("::pg_snapshot)");
+            if let Some(viewer) = gained_by {
+                qb.push(format_args!(
+                    " OR EXISTS (SELECT 1 FROM scope_changes s WHERE s.viewer_id = "
+                ))
+                .push_bind(viewer)
+                .push(format_args!(
+                    " AND s.user_id = {alias}.user_id AND s.granted
+                      AND NOT pg_visible_in_snapshot(s.xid, "
+                ))
+                .push_bind(base.clone())
+                .push("::pg_snapshot))");
+            }
+            qb.push(") AS is_new");
         }
         None => {
             qb.push(", true AS is_new");
@@ -240,9 +261,32 @@ pub async fn pull(
     };
     let mut remaining = limit;
 
+    // Only a supervisor's scope moves (a field worker sees their own records, an admin all).
+    let supervising = !viewer.is_admin() && !viewer.role.is_field();
+    if supervising
+        && cursor.target.is_none()
+        && let Some(base) = &base
+    {
+        // The first page of a pull: the records of users who left the viewer's scope since the
+        // base, and are not back in it, are gone from the device's point of view.
+        let mut qb = QueryBuilder::new(
+            "SELECT a.id FROM attendance a WHERE a.user_id IN (
+               SELECT s.user_id FROM scope_changes s WHERE s.viewer_id = ",
+        );
+        qb.push_bind(viewer.id)
+            .push(" AND NOT s.granted AND pg_visible_in_snapshot(s.xid, ")
+            .push_bind(target.clone())
+            .push("::pg_snapshot) AND NOT pg_visible_in_snapshot(s.xid, ")
+            .push_bind(base.clone())
+            .push("::pg_snapshot)) AND NOT (true");
+        push_scope_with_self(&mut qb, viewer, "a.user_id");
+        qb.push(") ORDER BY a.id");
+        changes.attendance.deleted = qb.build_query_scalar().fetch_all(&mut *conn).await?;
+    }
+
     if !cursor.facilities_stage {
         let mut qb = QueryBuilder::new(format!("SELECT {}", records::COLUMNS));
-        push_is_new(&mut qb, "a", &base);
+        push_is_new(&mut qb, "a", &base, supervising.then_some(viewer.id));
         qb.push(" FROM attendance a WHERE true");
         push_scope_with_self(&mut qb, viewer, "a.user_id");
         push_window(&mut qb, "a", &base, &target, &cursor.attendance_after);
@@ -278,7 +322,7 @@ pub async fn pull(
         ));
     }
     let mut qb = QueryBuilder::new(SELECT_FACILITY);
-    push_is_new(&mut qb, "f", &base);
+    push_is_new(&mut qb, "f", &base, None);
     qb.push(FROM_FACILITIES);
     qb.push(" WHERE true");
     push_window(&mut qb, "f", &base, &target, &next.facilities_after);

@@ -1227,3 +1227,89 @@ async fn a_hundred_devices_push_fifty_records_each_through_pgbouncer() {
             .unwrap();
     assert_eq!((rows, distinct), (5000, 5000));
 }
+
+#[tokio::test]
+async fn a_worker_moved_to_another_supervisor_takes_their_records_along_in_both_pulls() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let before = app.user("supervisor", None).await;
+    let after = app.user("supervisor", None).await;
+    let facility = app.facility_at(SITE.0, SITE.1).await;
+    let worker = app.quick_user("focal", Some(before.id), facility).await;
+    let day = Utc::now() - Duration::days(3);
+    let record = app
+        .insert_attendance(
+            worker.id,
+            facility,
+            day,
+            Some(day + Duration::hours(8)),
+            "closed",
+        )
+        .await;
+    let updated_at = || {
+        sqlx::query_scalar::<_, DateTime<Utc>>("SELECT updated_at FROM attendance WHERE id = $1")
+            .bind(record)
+            .fetch_one(&app.db)
+    };
+    let stamped = updated_at().await.unwrap();
+    let pull = |user: &TestUser, cursor: Option<String>| {
+        let path = match cursor {
+            Some(c) => format!("/api/sync/pull?cursor={c}"),
+            None => "/api/sync/pull".into(),
+        };
+        send(app.get(&path).bearer_auth(&user.token))
+    };
+    let ids = |body: &Value, kind: &str| -> Vec<String> {
+        body["changes"]["attendance"][kind]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.get("id").unwrap_or(r).as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, first_before) = pull(&before, None).await;
+    assert_eq!(ids(&first_before, "created"), [record.to_string()]);
+    let (_, first_after) = pull(&after, None).await;
+    assert!(ids(&first_after, "created").is_empty());
+    let (_, melon) = send(
+        app.get("/api/sync/watermelon?last_pulled_at=null")
+            .bearer_auth(&after.token),
+    )
+    .await;
+
+    let (status, body) = send(
+        app.patch(&format!("/api/users/{}", worker.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"supervisor_id": after.id})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The new supervisor's devices get the worker's history as new records; the old one's are
+    // told the records are gone. The record itself did not change.
+    let cursor = |b: &Value| Some(b["cursor"].as_str().unwrap().to_string());
+    let (_, gained) = pull(&after, cursor(&first_after)).await;
+    assert_eq!(ids(&gained, "created"), [record.to_string()], "{gained}");
+    let (_, lost) = pull(&before, cursor(&first_before)).await;
+    assert_eq!(ids(&lost, "deleted"), [record.to_string()], "{lost}");
+    assert!(ids(&lost, "created").is_empty() && ids(&lost, "updated").is_empty());
+    let (status, melon) = send(
+        app.get(&format!(
+            "/api/sync/watermelon?last_pulled_at={}",
+            melon["timestamp"]
+        ))
+        .bearer_auth(&after.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{melon}");
+    assert_eq!(
+        melon["changes"]["attendance"]["created"][0]["id"],
+        json!(record)
+    );
+    assert_eq!(updated_at().await.unwrap(), stamped);
+    // Told once.
+    let (_, again) = pull(&before, cursor(&lost)).await;
+    assert!(ids(&again, "deleted").is_empty(), "{again}");
+    let (_, again) = pull(&after, cursor(&gained)).await;
+    assert!(ids(&again, "created").is_empty(), "{again}");
+}
