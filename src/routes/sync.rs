@@ -123,7 +123,8 @@ pub struct WatermelonPushBody {
 
 /// WatermelonDB `pushChanges`, all or nothing. A created record that already exists is updated;
 /// an update of a missing record creates it unless it is known deleted; deleting a missing record
-/// is ignored. 409 when a pushed record changed on the server after `last_pulled_at`: pull, then
+/// is ignored. A shift opened beside the user's open one leaves the later of the two open and
+/// the other incomplete. 409 when a pushed record changed on the server after `last_pulled_at`: pull, then
 /// push again.
 #[utoipa::path(post, path = "/sync/watermelon", tag = "sync", security(("bearer" = [])),
     params(WatermelonPushQuery), request_body = WatermelonPushBody,
@@ -132,7 +133,7 @@ pub struct WatermelonPushBody {
         (status = 400, description = "Malformed JSON or query", body = ErrorEnvelope),
         (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "A record of another user, or a push to a read-only table", body = ErrorEnvelope),
-        (status = 409, description = "Changed on the server since `last_pulled_at` (`conflict`), or two open shifts (`already_clocked_in`)", body = ErrorEnvelope),
+        (status = 409, description = "Changed on the server since `last_pulled_at` (`conflict`), or another open shift written at the same moment (`already_clocked_in`); pull and push again", body = ErrorEnvelope),
         (status = 413, description = "Body over the limit", body = ErrorEnvelope),
         (status = 422, description = "Invalid records (each named `attendance.<id>`), or an unknown `last_pulled_at`", body = ErrorEnvelope),
         (status = 429, description = "Rate limited", body = ErrorEnvelope),

@@ -33,7 +33,7 @@ use crate::sync::apply::apply_plan;
 use crate::sync::model::Content;
 use crate::sync::pull::{self, Changes, Cursor};
 use crate::sync::push::{
-    Plan, PushContext, begin_for_user, build_write, check_fields, check_times,
+    Plan, PushContext, Write, begin_for_user, build_write, check_fields, check_times,
 };
 
 /// WatermelonDB pulls are not paged: one answer holds every change.
@@ -516,6 +516,7 @@ async fn apply_changes(
     if !problems.is_empty() {
         return Err(ApiError::Validation(problems));
     }
+    settle_open_shifts(&mut tx, user.id, &mut plan).await?;
     for id in deletes {
         // Deleting a record the server does not have (or already deleted) is nothing to do.
         if let Some(row) = existing.get(id).filter(|r| r.deleted_at.is_none()) {
@@ -555,6 +556,51 @@ async fn apply_changes(
         .record(&mut *tx)
         .await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// One open shift per user: when the push opens one while the user has another open (clocked
+/// in online meanwhile, say), the one that began first is closed as incomplete, as a
+/// `client_wins` push would, rather than refusing the whole push until that shift is closed.
+/// Nothing is dropped: the earlier shift stays, counted apart.
+async fn settle_open_shifts(
+    tx: &mut PgConnection,
+    user_id: Uuid,
+    plan: &mut Plan,
+) -> Result<(), sqlx::Error> {
+    let written: Vec<Uuid> = plan
+        .inserts
+        .iter()
+        .chain(&plan.updates)
+        .map(|w| w.id)
+        .collect();
+    let stored: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, clock_in_at FROM attendance
+         WHERE user_id = $1 AND status = 'open' AND deleted_at IS NULL AND id <> ALL($2)
+         FOR UPDATE",
+    )
+    .bind(user_id)
+    .bind(&written)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let mut open: Vec<(DateTime<Utc>, Option<&mut Write>)> = plan
+        .inserts
+        .iter_mut()
+        .chain(plan.updates.iter_mut())
+        .filter(|w| w.status == "open")
+        .map(|w| (w.content.clock_in_at, Some(w)))
+        .collect();
+    if let Some((_, began)) = stored {
+        open.push((began, None));
+    }
+    open.sort_by_key(|(began, _)| *began);
+    let latest = open.len().saturating_sub(1);
+    for (_, write) in open.into_iter().take(latest) {
+        match write {
+            Some(w) => w.status = "incomplete",
+            None => plan.closes.extend(stored.map(|(id, _)| id)),
+        }
+    }
     Ok(())
 }
 

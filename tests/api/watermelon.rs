@@ -398,3 +398,56 @@ async fn the_librarys_own_requests_never_leave_a_device_stuck() {
         "validation_failed",
     );
 }
+
+#[tokio::test]
+async fn a_shift_opened_offline_beside_one_opened_online_leaves_the_later_one_open() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    for (offline_minutes_from_now, offline_stays_open) in [(-120, false), (2, true)] {
+        let user = app.quick_user("focal", None, facility).await;
+        let (status, online) = send(
+            app.post("/api/attendance/clock-in")
+                .bearer_auth(&user.token)
+                .json(&json!({"latitude": -1.9456, "longitude": 30.127})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{online}");
+        let t = pull(&app, &user, None).await["timestamp"].as_i64().unwrap();
+        let id = Uuid::new_v4();
+        let mut offline = raw(id, facility, "offline");
+        offline["clock_in_at"] =
+            json!((Utc::now() + Duration::minutes(offline_minutes_from_now)).timestamp_millis());
+        offline["clock_out_at"] = Value::Null;
+        offline["clock_out_latitude"] = Value::Null;
+        offline["clock_out_longitude"] = Value::Null;
+        let (status, body) = push(
+            &app,
+            &user,
+            t,
+            json!({"attendance": {"created": [offline]}}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        let status_of = |id: Uuid| {
+            sqlx::query_scalar::<_, String>("SELECT status FROM attendance WHERE id = $1")
+                .bind(id)
+                .fetch_one(&app.db)
+        };
+        let online_id: Uuid = online["id"].as_str().unwrap().parse().unwrap();
+        let (offline_status, online_status) = (
+            status_of(id).await.unwrap(),
+            status_of(online_id).await.unwrap(),
+        );
+        if offline_stays_open {
+            assert_eq!(
+                (offline_status.as_str(), online_status.as_str()),
+                ("open", "incomplete")
+            );
+        } else {
+            assert_eq!(
+                (offline_status.as_str(), online_status.as_str()),
+                ("incomplete", "open")
+            );
+        }
+    }
+}
