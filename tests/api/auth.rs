@@ -651,24 +651,13 @@ async fn a_login_or_refresh_racing_a_password_change_keeps_no_session() {
 async fn create_admin_resets_an_account_and_ends_its_sessions() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_field-attendance"))
-        .args([
-            "create-admin",
-            "--email",
-            ADMIN_EMAIL,
-            "--password",
-            "a fresh admin passphrase",
-        ])
-        .env("DATABASE_URL", app.test_db.url())
-        .env("JWT_SECRET", JWT_SECRET)
-        .env("LOG_LEVEL", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    app.cli(&[
+        "create-admin",
+        "--email",
+        ADMIN_EMAIL,
+        "--password",
+        "a fresh admin passphrase",
+    ]);
     let (status, body) = send(app.get("/api/users/me").bearer_auth(&admin.token)).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
     let (status, body) = send(

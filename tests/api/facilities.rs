@@ -795,24 +795,13 @@ async fn near_sorts_by_great_circle_distance_within_a_metre_of_the_reference() {
 #[tokio::test]
 async fn the_command_line_import_prints_the_report() {
     let app = TestApp::spawn().await;
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_field-attendance"))
-        .args([
-            "import-facilities",
-            "tests/fixtures/facilities_utf8.csv",
-            "--on-duplicate",
-            "update",
-        ])
-        .env("DATABASE_URL", app.test_db.url())
-        .env("JWT_SECRET", crate::helpers::JWT_SECRET)
-        .env("LOG_LEVEL", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let stdout = app.cli(&[
+        "import-facilities",
+        "tests/fixtures/facilities_utf8.csv",
+        "--on-duplicate",
+        "update",
+    ]);
+    let report: Value = serde_json::from_slice(&stdout).unwrap();
     assert_eq!(
         (report["created"].as_u64(), report["failed"].as_u64()),
         (Some(4), Some(2))

@@ -568,6 +568,24 @@ impl TestApp {
             .expect(what);
     }
 
+    /// Runs the service's command line against this test's database; panics when it fails,
+    /// showing what it printed. Returns its standard output.
+    pub fn cli(&self, args: &[&str]) -> Vec<u8> {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_field-attendance"))
+            .args(args)
+            .env("DATABASE_URL", self.test_db.url())
+            .env("JWT_SECRET", JWT_SECRET)
+            .env("LOG_LEVEL", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    }
+
     /// Inserts an attendance record directly (history that the API's time rules would refuse).
     pub async fn insert_attendance(
         &self,
