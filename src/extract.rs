@@ -147,39 +147,11 @@ where
     }
 }
 
-/// Query string: 400 `bad_request` naming what did not parse. A parameter sent with no value
-/// (`?role=&q=`, as a form sends the fields left blank) counts as not sent.
-#[derive(Debug, Clone, Copy, Default)]
+/// Query string: 400 `bad_request` naming what did not parse (an empty value included: the
+/// spec types every parameter, and `?role=` is not a role).
+#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
-
-impl<T, S> FromRequestParts<S> for Query<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        let query = parts.uri.query().unwrap_or_default();
-        let given: Vec<&str> = query
-            .split('&')
-            .filter(|pair| {
-                !pair
-                    .split_once('=')
-                    .map_or(*pair, |(_, value)| value)
-                    .is_empty()
-            })
-            .collect();
-        let uri: axum::http::Uri = format!("/?{}", given.join("&"))
-            .parse()
-            .map_err(|_| ApiError::BadRequest("invalid query string".into()))?;
-        let axum::extract::Query(value) = axum::extract::Query::try_from_uri(&uri)?;
-        Ok(Query(value))
-    }
-}
 
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {

@@ -46,12 +46,35 @@ pub fn conflicts_router() -> OpenApiRouter<AppState> {
 pub struct WatermelonPullQuery {
     /// The `timestamp` of the previous pull; absent, `null` or 0 (as WatermelonDB sends its
     /// first sync) for everything the caller may see.
-    #[param(value_type = Option<i64>)]
+    #[param(schema_with = timestamp_or_first_sync)]
     pub last_pulled_at: Option<String>,
     /// The app's schema version (1 covers `attendance` and `facilities`).
     pub schema_version: Option<i64>,
     /// WatermelonDB's `migration` argument as JSON: `{"from":1,"tables":[],"columns":[]}`.
     pub migration: Option<String>,
+}
+
+/// `last_pulled_at` of a pull: a timestamp this service issued, or the `null` (`undefined`) a
+/// JavaScript template writes for the library's first sync.
+fn timestamp_or_first_sync() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+    OneOfBuilder::new()
+        .description(Some(
+            "The `timestamp` of the previous pull; absent, `null` or 0 (as WatermelonDB sends its \
+             first sync) for everything the caller may see.",
+        ))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64))),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["null", "undefined"])),
+        )
+        .build()
+        .into()
 }
 
 /// A WatermelonDB pull answer.
