@@ -482,16 +482,6 @@ async fn resolve_conflict(
                      and the device can push its change again",
                 ));
             }
-            if against != conflict.record_id {
-                sqlx::query(
-                    "UPDATE attendance SET status = 'incomplete', sync_version = sync_version + 1,
-                            server_timestamp = now()
-                     WHERE id = $1 AND status = 'open'",
-                )
-                .bind(against)
-                .execute(&mut *tx)
-                .await?;
-            }
             let op = conflict.client_data["op"].as_str().unwrap_or("upsert");
             if op == "delete" {
                 sqlx::query_as(&record_sql("deleted_at = now()"))
@@ -499,7 +489,7 @@ async fn resolve_conflict(
                     .fetch_optional(&mut *tx)
                     .await?
             } else {
-                Some(keep_client_copy(&state, &mut tx, &conflict, &record_sql).await?)
+                Some(keep_client_copy(&state, &mut tx, &conflict, against, version).await?)
             }
         }
     };
@@ -533,13 +523,15 @@ async fn resolve_conflict(
     }))
 }
 
-/// Writes the device's copy of a conflict's record: over the stored record, or as a new one
-/// when the device's record was queued before the server ever stored it.
+/// Writes the device's copy of a conflict's record, as a push would: over the stored record,
+/// or as a new one when it was queued before the server ever stored it; `against`, the open
+/// shift it was queued beside (read `FOR UPDATE` at `against_version`), is closed as incomplete.
 async fn keep_client_copy(
     state: &AppState,
     tx: &mut sqlx::PgConnection,
     conflict: &SyncConflict,
-    record_sql: &impl Fn(&str) -> String,
+    against: Uuid,
+    against_version: Option<i32>,
 ) -> Result<AttendanceRow, ApiError> {
     let content: Content = serde_json::from_value(conflict.client_data["content"].clone())
         .map_err(|e| anyhow::anyhow!("stored conflict content is unreadable: {e}"))?;
@@ -551,61 +543,41 @@ async fn keep_client_copy(
         .get(&mut *tx, content.facility_id)
         .await?
         .ok_or_else(|| ApiError::invalid("facility_id", "the facility no longer exists"))?;
+    let stored_version = if against == conflict.record_id {
+        against_version
+    } else {
+        sqlx::query_scalar("SELECT sync_version FROM attendance WHERE id = $1 FOR UPDATE")
+            .bind(conflict.record_id)
+            .fetch_optional(&mut *tx)
+            .await?
+    };
     let now = Utc::now().trunc_subsecs(6);
+    let version = stored_version.map_or(conflict.client_version, |v| v + 1);
     let w = push::build_write(
         conflict.record_id,
         &content,
         &site,
-        conflict.client_version,
+        version,
         stamp,
         now,
         &state.config,
     )
     .map_err(|(_, reason)| ApiError::invalid("location", reason))?;
-    let another_open = |e: sqlx::Error| match &e {
-        sqlx::Error::Database(db) if db.constraint() == Some("attendance_one_open_per_user") => {
-            ApiError::conflict(
-                "already_clocked_in",
-                "the user has another open shift; close it first",
-            )
-        }
-        _ => e.into(),
-    };
-    let updated: Option<AttendanceRow> = sqlx::query_as(&record_sql(
-        "facility_id = $2, status = $3, clock_in_at = $4, clock_out_at = $5, clock_in_latitude = $6,
-         clock_in_longitude = $7, clock_in_accuracy_m = $8, clock_out_latitude = $9,
-         clock_out_longitude = $10, clock_out_accuracy_m = $11, distance_m = $12,
-         clock_out_distance_m = $13, outside_geofence = $14, notes = $15, deleted_at = NULL",
-    ))
-    .bind(conflict.record_id)
-    .bind(content.facility_id)
-    .bind(w.status)
-    .bind(content.clock_in_at)
-    .bind(content.clock_out_at)
-    .bind(content.clock_in.latitude)
-    .bind(content.clock_in.longitude)
-    .bind(content.clock_in.accuracy_m)
-    .bind(content.clock_out.as_ref().map(|l| l.latitude))
-    .bind(content.clock_out.as_ref().map(|l| l.longitude))
-    .bind(content.clock_out.as_ref().and_then(|l| l.accuracy_m))
-    .bind(w.distance_m)
-    .bind(w.out_distance_m)
-    .bind(w.outside)
-    .bind(content.notes.clone())
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(another_open)?;
-    if let Some(row) = updated {
-        return Ok(row);
+    let mut plan = Plan::default();
+    if against != conflict.record_id && against_version.is_some() {
+        plan.closes.push(against);
     }
-    let plan = Plan {
-        inserts: vec![w],
-        ..Plan::default()
-    };
+    if stored_version.is_some() {
+        plan.updates.push(w);
+    } else {
+        plan.inserts.push(w);
+    }
     let device = conflict.device_id.as_deref().unwrap_or_default();
     apply_plan(&mut *tx, &plan, conflict.user_id, device, now)
         .await
-        .map_err(another_open)?;
+        .map_err(|e| {
+            records::one_open_shift(e, "the user has another open shift; close it first")
+        })?;
     records::find(&mut *tx, conflict.record_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("the record just stored is gone").into())

@@ -125,12 +125,26 @@ pub(crate) struct Plan {
     pub inserts: Vec<Write>,
     pub updates: Vec<Write>,
     pub deletes: Vec<(Uuid, i32)>,
-    /// Open records closed as incomplete because a client_wins record replaced them.
+    /// Stored open records closed as incomplete because a later shift replaced them.
     pub closes: Vec<Uuid>,
     pub conflicts: Vec<(Uuid, i32, i32, Value, Value)>,
 }
 
 impl Plan {
+    /// Closes an open shift as incomplete: one this plan writes is written so, a stored one is
+    /// closed before the plan's rows are written (it must have been read `FOR UPDATE`, open).
+    pub(crate) fn close(&mut self, id: Uuid) {
+        match self
+            .inserts
+            .iter_mut()
+            .chain(self.updates.iter_mut())
+            .find(|w| w.id == id)
+        {
+            Some(write) => write.status = "incomplete",
+            None => self.closes.push(id),
+        }
+    }
+
     /// Nothing but new records: no existing row changes and no conflict is queued.
     fn creates_only(&self) -> bool {
         self.updates.is_empty()
@@ -643,17 +657,7 @@ fn decide_all(
             if opens && let Some(other) = open_elsewhere {
                 // Overlapping open shifts of one user are a conflict with the open one.
                 match strategy {
-                    // Closed as incomplete: a row opened earlier in this batch is written so,
-                    // a stored one is closed before the batch's rows are written.
-                    Strategy::ClientWins => match plan
-                        .inserts
-                        .iter_mut()
-                        .chain(plan.updates.iter_mut())
-                        .find(|w| w.id == other.id)
-                    {
-                        Some(earlier) => earlier.status = "incomplete",
-                        None => plan.closes.push(other.id),
-                    },
+                    Strategy::ClientWins => plan.close(other.id),
                     Strategy::ServerWins | Strategy::Manual => {
                         if strategy == Strategy::Manual {
                             queue(plan, queued, &w, other, record.sync_version);

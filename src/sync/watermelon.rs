@@ -33,7 +33,7 @@ use crate::sync::apply::apply_plan;
 use crate::sync::model::Content;
 use crate::sync::pull::{self, Changes, Cursor};
 use crate::sync::push::{
-    Plan, PushContext, Write, begin_for_user, build_write, check_fields, check_times,
+    Plan, PushContext, begin_for_user, build_write, check_fields, check_times,
 };
 
 /// WatermelonDB pulls are not paged: one answer holds every change.
@@ -535,16 +535,8 @@ async fn apply_changes(
     );
     apply_plan(&mut tx, &plan, user.id, &device, now)
         .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(db)
-                if db.constraint() == Some("attendance_one_open_per_user") =>
-            {
-                ApiError::conflict(
-                    "already_clocked_in",
-                    "the push would leave two open shifts for one user",
-                )
-            }
-            _ => e.into(),
+        .map_err(|e| {
+            records::one_open_shift(e, "the push would leave two open shifts for one user")
         })?;
     Activity::new("sync.watermelon_push")
         .by(user)
@@ -568,38 +560,29 @@ async fn settle_open_shifts(
     user_id: Uuid,
     plan: &mut Plan,
 ) -> Result<(), sqlx::Error> {
-    let written: Vec<Uuid> = plan
-        .inserts
-        .iter()
-        .chain(&plan.updates)
-        .map(|w| w.id)
+    let written = || plan.inserts.iter().chain(&plan.updates);
+    let mut open: Vec<(DateTime<Utc>, Uuid)> = written()
+        .filter(|w| w.status == "open")
+        .map(|w| (w.content.clock_in_at, w.id))
         .collect();
-    let stored: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT id, clock_in_at FROM attendance
+    if open.is_empty() {
+        return Ok(());
+    }
+    let others: Vec<Uuid> = written().map(|w| w.id).collect();
+    let stored: Option<(DateTime<Utc>, Uuid)> = sqlx::query_as(
+        "SELECT clock_in_at, id FROM attendance
          WHERE user_id = $1 AND status = 'open' AND deleted_at IS NULL AND id <> ALL($2)
          FOR UPDATE",
     )
     .bind(user_id)
-    .bind(&written)
+    .bind(&others)
     .fetch_optional(&mut *tx)
     .await?;
-    let mut open: Vec<(DateTime<Utc>, Option<&mut Write>)> = plan
-        .inserts
-        .iter_mut()
-        .chain(plan.updates.iter_mut())
-        .filter(|w| w.status == "open")
-        .map(|w| (w.content.clock_in_at, Some(w)))
-        .collect();
-    if let Some((_, began)) = stored {
-        open.push((began, None));
-    }
-    open.sort_by_key(|(began, _)| *began);
-    let latest = open.len().saturating_sub(1);
-    for (_, write) in open.into_iter().take(latest) {
-        match write {
-            Some(w) => w.status = "incomplete",
-            None => plan.closes.extend(stored.map(|(id, _)| id)),
-        }
+    open.extend(stored);
+    open.sort();
+    open.pop();
+    for (_, earlier) in open {
+        plan.close(earlier);
     }
     Ok(())
 }
