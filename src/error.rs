@@ -38,6 +38,9 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("the request body is too large")]
     PayloadTooLarge,
+    /// An upload within the size limit whose content is too large to read (`413`, with why).
+    #[error("{0}")]
+    ContentTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("validation failed")]
@@ -84,7 +87,9 @@ impl ApiError {
             ApiError::Forbidden | ApiError::ForbiddenWith { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge | ApiError::ContentTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::AccountLocked { .. } => StatusCode::LOCKED,
@@ -105,7 +110,7 @@ impl ApiError {
             ApiError::Forbidden => "forbidden",
             ApiError::NotFound => "not_found",
             ApiError::Conflict { code, .. } => code,
-            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::PayloadTooLarge | ApiError::ContentTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Validation(_) => "validation_failed",
             ApiError::AccountLocked { .. } => "account_locked",

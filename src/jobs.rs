@@ -17,9 +17,11 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
             .max(Duration::from_secs(1));
         let mut sweep = tokio::time::interval(sweep_every);
         let mut housekeeping = tokio::time::interval(Duration::from_secs(60));
+        let mut metrics_upkeep = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
                 _ = sweep.tick() => close_forgotten_clock_outs(&state).await,
+                _ = metrics_upkeep.tick() => state.metrics.run_upkeep(),
                 _ = housekeeping.tick() => {
                     // Forget rate-limit keys whose quota has refilled, so memory stays bounded.
                     if let Some(limiters) = &state.limiters {

@@ -44,6 +44,12 @@ impl Metrics {
         }
     }
 
+    /// Drains the histograms' recorded samples into their buckets. The recorder keeps every
+    /// sample until this or a scrape runs, so the jobs call it every few seconds.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
     /// Renders the exposition text, refreshing the pool gauges first.
     pub fn render(&self, pool: &PgPool) -> String {
         metrics::gauge!("db_pool_connections").set(pool.size() as f64);
@@ -52,7 +58,25 @@ impl Metrics {
     }
 }
 
-pub fn record_request(method: &str, route: &str, status: u16, seconds: f64) {
+/// The method as a label: the standard ones by name, any other token as `OTHER`, so a client
+/// inventing methods cannot add series without bound.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+pub fn record_request(method: &'static str, route: &str, status: u16, seconds: f64) {
     let labels = [
         ("method", method.to_string()),
         ("route", route.to_string()),

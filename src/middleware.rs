@@ -130,7 +130,7 @@ async fn trace_requests(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_string();
-    let method = request.method().to_string();
+    let method = crate::metrics::method_label(request.method());
     let request_id = request
         .headers()
         .get(REQUEST_ID)
@@ -157,6 +157,6 @@ async fn trace_requests(request: Request, next: Next) -> Response {
             tracing::info!(status, latency_ms, "request finished");
         }
     });
-    crate::metrics::record_request(&method, &route, status, elapsed.as_secs_f64());
+    crate::metrics::record_request(method, &route, status, elapsed.as_secs_f64());
     response
 }

@@ -11,7 +11,10 @@ use crate::audit::Activity;
 use crate::auth::{AuthUser, ClientInfo};
 use crate::error::{ApiError, FieldErrors};
 use crate::import::read::{self, ReadError};
-use crate::import::rows::{self, Councils, FacilityRow, RowError};
+use crate::import::rows::{self, Councils, FacilityRow, RowError, code_key};
+
+/// The advisory lock key that imports take, so that one runs at a time.
+const IMPORT_LOCK: i64 = 0x6661_6369_6d70; // "facimp"
 
 /// Row errors kept in a report; `failed` still counts every failed row.
 pub const MAX_REPORTED_ERRORS: usize = 1000;
@@ -64,7 +67,7 @@ fn read_error(e: ReadError) -> ApiError {
         ReadError::NotSpreadsheet | ReadError::OtherWorkbook => {
             ApiError::UnsupportedMediaType(e.to_string())
         }
-        ReadError::TooLarge(_) => ApiError::PayloadTooLarge,
+        ReadError::TooLarge(reason) => ApiError::ContentTooLarge(reason),
         ReadError::Empty => ApiError::invalid("file", "is empty"),
         ReadError::Unreadable(reason) => ApiError::invalid("file", reason),
     }
@@ -118,7 +121,23 @@ pub async fn run(
     let apply = !(options.strict && checked.failed > 0);
     let mut tx = db.begin().await?;
     let (created, updated) = if apply && !checked.valid.is_empty() {
-        upsert(&mut tx, &checked.valid, options.on_duplicate).await?
+        // One import at a time: two writing the same new codes in different orders would
+        // deadlock, and one could read stored values another is about to change.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(IMPORT_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        upsert(&mut tx, &checked.valid, options.on_duplicate)
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(d) if d.code().as_deref() == Some("21000") => {
+                    ApiError::invalid(
+                        "file",
+                        "names one facility code twice, in letters that differ only in case",
+                    )
+                }
+                _ => e.into(),
+            })?
     } else {
         (0, 0)
     };
@@ -205,7 +224,8 @@ async fn upsert(
             "ON CONFLICT (lower(code)) DO UPDATE SET
                  name = EXCLUDED.name, type = EXCLUDED.type, council_id = EXCLUDED.council_id,
                  latitude = EXCLUDED.latitude, longitude = EXCLUDED.longitude,
-                 address = EXCLUDED.address, contact_phone = EXCLUDED.contact_phone
+                 address = COALESCE(EXCLUDED.address, facilities.address),
+                 contact_phone = COALESCE(EXCLUDED.contact_phone, facilities.contact_phone)
              WHERE (facilities.name, facilities.type, facilities.council_id, facilities.latitude,
                     facilities.longitude, facilities.address, facilities.contact_phone)
                    IS DISTINCT FROM
@@ -221,7 +241,7 @@ async fn upsert(
     let mut addresses = Vec::with_capacity(rows.len());
     let mut phones = Vec::with_capacity(rows.len());
     for row in rows {
-        let kept = stored.get(&row.code.to_lowercase());
+        let kept = stored.get(&code_key(&row.code));
         types.push(
             row.facility_type
                 .clone()
@@ -253,22 +273,24 @@ async fn upsert(
     Ok((created, inserted.len() - created))
 }
 
-/// The type, address and phone stored for the facilities a file names, by lowercased code,
-/// locked until the import ends so that none changes under it.
+/// The type, address and phone stored for the facilities a file names, by `code_key`, locked
+/// until the import ends so that none changes under it. The lock is `NO KEY UPDATE`, which
+/// clock-ins at those facilities (their foreign-key checks) do not wait for.
 async fn stored_details(
     tx: &mut sqlx::PgConnection,
     rows: &[FacilityRow],
 ) -> Result<HashMap<String, (String, Option<String>, Option<String>)>, sqlx::Error> {
-    let codes: Vec<String> = rows.iter().map(|r| r.code.to_lowercase()).collect();
+    let codes: Vec<&str> = rows.iter().map(|r| r.code.as_str()).collect();
     let stored: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT lower(code), type, address, contact_phone FROM facilities
-         WHERE lower(code) = ANY($1) FOR UPDATE",
+        "SELECT code, type, address, contact_phone FROM facilities
+         WHERE lower(code) IN (SELECT lower(c) FROM unnest($1::text[]) AS c)
+         FOR NO KEY UPDATE",
     )
     .bind(codes)
     .fetch_all(&mut *tx)
     .await?;
     Ok(stored
         .into_iter()
-        .map(|(code, kind, address, phone)| (code, (kind, address, phone)))
+        .map(|(code, kind, address, phone)| (code_key(&code), (kind, address, phone)))
         .collect())
 }

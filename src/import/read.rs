@@ -15,6 +15,11 @@ const MAX_COLUMNS: usize = 64;
 const MAX_UNCOMPRESSED_BYTES: u64 = 256 * 1024 * 1024;
 /// Compression ratio beyond which an archive entry is taken for a bomb.
 const MAX_RATIO: u64 = 200;
+/// Excel's own limit on a cell's length; a longer cell was not written by a spreadsheet.
+const MAX_CELL_CHARS: usize = 32_767;
+/// Text the rows kept may hold in all, counting each cell's slot. A small workbook can point
+/// thousands of cells at one long shared string, so the zip's size does not bound this.
+const MAX_SHEET_BYTES: usize = 256 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -197,7 +202,24 @@ fn read_xlsx(bytes: &[u8]) -> Result<Sheet, ReadError> {
         .map_err(|e| ReadError::Unreadable(e.to_string()))?
     {
         let (row, col) = cell.get_position();
-        grid.put(row, col, cell_text(cell.get_value()))?;
+        let value = cell.get_value();
+        let text = match value {
+            DataRef::String(s) => Some(s.as_str()),
+            DataRef::SharedString(s) => Some(*s),
+            _ => None,
+        };
+        if let Some(text) = text
+            && text.len() > MAX_CELL_CHARS
+            && text.chars().count() > MAX_CELL_CHARS
+        {
+            return Err(ReadError::TooLarge(format!(
+                "the cell in row {}, column {} holds more than {MAX_CELL_CHARS} characters, \
+                 Excel's own limit",
+                row + 1,
+                col + 1
+            )));
+        }
+        grid.put(row, col, cell_text(value))?;
     }
     grid.finish()
 }
@@ -213,7 +235,8 @@ fn cell_text(value: &DataRef<'_>) -> String {
         DataRef::Bool(b) => b.to_string(),
         DataRef::DateTime(d) => d.to_string(),
         DataRef::DateTimeIso(s) | DataRef::DurationIso(s) => s.clone(),
-        DataRef::Error(e) => format!("#{e}"),
+        // Shown as Excel shows it (`#N/A`); the row check refuses it.
+        DataRef::Error(e) => e.to_string(),
     }
 }
 
@@ -233,6 +256,8 @@ struct Grid {
     header: Option<(u32, Vec<String>)>,
     rows: Vec<(u32, Vec<String>)>,
     current: Option<(u32, Vec<String>)>,
+    /// What the cells kept take, text and slots, against `MAX_SHEET_BYTES`.
+    bytes: usize,
 }
 
 impl Grid {
@@ -242,6 +267,7 @@ impl Grid {
             header: None,
             rows: Vec::new(),
             current: None,
+            bytes: 0,
         }
     }
 
@@ -255,7 +281,15 @@ impl Grid {
         }
         let (_, cells) = self.current.get_or_insert_with(|| (row, Vec::new()));
         let col = col as usize;
-        if cells.len() <= col {
+        let slots = (col + 1).saturating_sub(cells.len());
+        self.bytes += text.len() + slots * std::mem::size_of::<String>();
+        if self.bytes > MAX_SHEET_BYTES {
+            return Err(ReadError::TooLarge(format!(
+                "the sheet holds more than {} MiB of text",
+                MAX_SHEET_BYTES / (1024 * 1024)
+            )));
+        }
+        if slots > 0 {
             cells.resize(col + 1, String::new());
         }
         cells[col] = text;
@@ -343,24 +377,38 @@ fn read_csv(bytes: &[u8]) -> Result<Sheet, ReadError> {
         .flexible(true)
         .from_reader(text.as_bytes());
     let mut grid = Grid::new(Format::Csv);
-    // The csv reader skips blank lines; counting the lines it skipped keeps row numbers equal
-    // to the spreadsheet's around blank lines, while a multi-line quoted cell stays one row.
-    let mut row: u32 = 0;
-    let mut resume_line: u64 = 1;
+    // The csv reader skips blank lines, and its own line count lags behind them. A record's
+    // spreadsheet row is its first line, counted here from the bytes read whatever ends the
+    // lines, less the extra lines of the multi-line quoted cells before it (each is one row).
+    let bytes = text.as_bytes();
+    let breaks = |from: usize, to: usize| -> u32 {
+        (from..to)
+            .filter(|&i| match bytes[i] {
+                b'\n' => true,
+                b'\r' => bytes.get(i + 1) != Some(&b'\n'),
+                _ => false,
+            })
+            .count() as u32
+    };
+    let (mut scanned, mut read_to, mut lines_before, mut extra) = (0, 0, 0, 0);
     let mut record = csv::StringRecord::new();
     loop {
         match reader.read_record(&mut record) {
             Ok(false) => break,
             Ok(true) => {
-                let end_line = reader.position().line();
-                let span = 1 + record
-                    .iter()
-                    .map(|f| f.matches('\n').count() as u64)
-                    .sum::<u64>();
-                let skipped = end_line.saturating_sub(span).saturating_sub(resume_line);
-                row += 1 + skipped as u32;
-                resume_line = end_line;
+                let end = (reader.position().byte() as usize).min(bytes.len());
+                let start = read_to
+                    + bytes[read_to..end]
+                        .iter()
+                        .take_while(|b| matches!(b, b'\r' | b'\n'))
+                        .count();
+                lines_before += breaks(scanned, start);
+                (scanned, read_to) = (start, end);
+                let row = 1 + lines_before - extra;
                 for (col, field) in record.iter().enumerate() {
+                    extra += field.matches('\n').count() as u32
+                        + field.matches('\r').count() as u32
+                        - field.matches("\r\n").count() as u32;
                     grid.put(row - 1, col as u32, field.to_string())?;
                 }
             }
@@ -380,6 +428,38 @@ mod tests {
         assert_eq!(sheet.header_row, 1);
         let numbers: Vec<u32> = sheet.rows.iter().map(|(n, _)| *n).collect();
         assert_eq!(numbers, vec![2, 5, 7]);
+        for text in [
+            "code,name\nA,x\n\nB,y",
+            "code,name\r\nA,x\r\n\r\nB,y",
+            "code,name\r\nA,x\r\n\r\nB,y\r\n",
+            "code,name\rA,x\r\rB,y\r",
+        ] {
+            let sheet = read(text.as_bytes()).unwrap();
+            let numbers: Vec<u32> = sheet.rows.iter().map(|(n, _)| *n).collect();
+            assert_eq!(numbers, vec![2, 4], "{text:?}");
+        }
+        let sheet = read(b"code,name\nA,x").unwrap();
+        assert_eq!(sheet.rows[0].0, 2);
+        let sheet = read(b"\n\ncode,name\r\nA,\"one\r\ntwo\"\r\n\r\nB,y").unwrap();
+        assert_eq!(sheet.header_row, 3);
+        let numbers: Vec<u32> = sheet.rows.iter().map(|(n, _)| *n).collect();
+        assert_eq!(numbers, vec![4, 6]);
+    }
+
+    #[test]
+    fn a_sheet_whose_text_outgrows_the_budget_is_refused_not_held() {
+        let mut grid = Grid::new(Format::Xlsx);
+        let long = "A".repeat(MAX_CELL_CHARS);
+        let mut refused = None;
+        for row in 0..=(MAX_SHEET_BYTES / MAX_CELL_CHARS) as u32 {
+            if let Err(e) = grid.put(row, 0, long.clone()) {
+                refused = Some((row, e));
+                break;
+            }
+        }
+        let (row, error) = refused.expect("the budget stops the sheet");
+        assert!(matches!(error, ReadError::TooLarge(_)), "{error:?}");
+        assert!(row as usize > MAX_SHEET_BYTES / MAX_CELL_CHARS * 9 / 10);
     }
 
     #[test]

@@ -125,6 +125,44 @@ fn columns(headers: &[String]) -> Result<HashMap<Column, usize>, Vec<String>> {
     }
 }
 
+/// What Excel shows in a cell whose formula failed, and writes as that text to CSV.
+const EXCEL_ERRORS: &[&str] = &[
+    "#NULL!",
+    "#DIV/0!",
+    "#VALUE!",
+    "#REF!",
+    "#NAME?",
+    "#NUM!",
+    "#N/A",
+    "#DATA!",
+    "#GETTING_DATA",
+    "#SPILL!",
+    "#CALC!",
+    "#FIELD!",
+    "#BLOCKED!",
+    "#CONNECT!",
+    "#BUSY!",
+    "#UNKNOWN!",
+];
+
+/// A cell's text as a message quotes it: control characters escaped, at most 64 characters.
+fn shown(text: &str) -> String {
+    let mut out: String = text.chars().take(64).flat_map(char::escape_debug).collect();
+    if text.chars().nth(64).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// A code as the unique index on `lower(code)` compares it: each character lower-cased on its
+/// own, as Postgres does. `str::to_lowercase` differs: it lowers a word-final `Σ` to `ς` and
+/// `İ` to two characters.
+pub fn code_key(code: &str) -> String {
+    code.chars()
+        .map(|c| c.to_lowercase().next().unwrap_or(c))
+        .collect()
+}
+
 /// Numbers as Excel users type them: `-1.9456`, `-1,9456` (decimal comma), ` 30.1 `.
 fn parse_number(text: &str) -> Option<f64> {
     let t = text.trim();
@@ -150,6 +188,28 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                 .and_then(|&i| cells.get(i))
                 .map_or("", |s| s.trim())
         };
+        let code = get(Column::Code).to_string();
+        let mut broken: Vec<(usize, Column)> = map
+            .iter()
+            .filter(|(c, _)| EXCEL_ERRORS.contains(&get(**c)))
+            .map(|(c, i)| (*i, *c))
+            .collect();
+        if !broken.is_empty() {
+            broken.sort_unstable_by_key(|(i, _)| *i);
+            errors.extend(broken.into_iter().map(|(_, column)| RowError {
+                row,
+                column: Some(column.name().to_string()),
+                message: format!(
+                    "shows Excel's error `{}`: the formula behind it failed; put the value itself in the cell",
+                    get(column)
+                ),
+            }));
+            if !code.is_empty() && !EXCEL_ERRORS.contains(&code.as_str()) {
+                seen_codes.entry(code_key(&code)).or_insert(row);
+            }
+            failed += 1;
+            continue;
+        }
         let mut row_errors = Vec::new();
         let mut err = |column: Column, message: String| {
             row_errors.push(RowError {
@@ -159,15 +219,17 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
             });
         };
 
-        let code = get(Column::Code).to_string();
         if code.is_empty() {
             err(Column::Code, "is required".into());
         } else if code.chars().count() > 64 {
             err(Column::Code, "must be at most 64 characters".into());
-        } else if let Some(first) = seen_codes.get(&code.to_lowercase()) {
+        } else if let Some(first) = seen_codes.get(&code_key(&code)) {
             err(
                 Column::Code,
-                format!("`{code}` is repeated in the file (first at row {first})"),
+                format!(
+                    "`{}` is repeated in the file (first at row {first})",
+                    shown(&code)
+                ),
             );
         }
         let name = get(Column::Name).to_string();
@@ -181,7 +243,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
         match latitude {
             None => err(
                 Column::Latitude,
-                format!("`{}` is not a number", get(Column::Latitude)),
+                format!("`{}` is not a number", shown(get(Column::Latitude))),
             ),
             Some(lat) if !(-90.0..=90.0).contains(&lat) => {
                 err(Column::Latitude, "must be between -90 and 90".into())
@@ -191,7 +253,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
         match longitude {
             None => err(
                 Column::Longitude,
-                format!("`{}` is not a number", get(Column::Longitude)),
+                format!("`{}` is not a number", shown(get(Column::Longitude))),
             ),
             Some(lng) if !(-180.0..=180.0).contains(&lng) => {
                 err(Column::Longitude, "must be between -180 and 180".into())
@@ -215,7 +277,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                     } else {
                         Column::CouncilCode
                     };
-                    err(column, format!("no council named `{key}`"));
+                    err(column, format!("no council named `{}`", shown(key)));
                 }
                 id
             }
@@ -260,7 +322,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
         let optional = |c: Column| Some(get(c).to_string()).filter(|s| !s.is_empty());
 
         if !code.is_empty() {
-            seen_codes.entry(code.to_lowercase()).or_insert(row);
+            seen_codes.entry(code_key(&code)).or_insert(row);
         }
         if row_errors.is_empty() {
             let (Some(lat), Some(lng), Some(council_id)) = (latitude, longitude, council_id) else {

@@ -32,6 +32,45 @@ fn zip_with(base: Option<&[u8]>, parts: &[(&str, &str)]) -> Vec<u8> {
     out.finish().unwrap().into_inner()
 }
 
+/// A workbook of `rows` rows of 64 cells, every one showing the same shared string of `chars`
+/// characters: a few kilobytes of zip that would read as `rows * 64 * chars` bytes of text.
+fn one_string_everywhere(chars: usize, rows: usize) -> Vec<u8> {
+    let column = |i: usize| {
+        let mut name = String::new();
+        let mut n = i + 1;
+        while n > 0 {
+            name.insert(0, (b'A' + ((n - 1) % 26) as u8) as char);
+            n = (n - 1) / 26;
+        }
+        name
+    };
+    let mut sheet = String::from(
+        r#"<?xml version="1.0"?><worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData>"#,
+    );
+    for row in 1..=rows {
+        sheet.push_str(&format!(r#"<row r="{row}">"#));
+        for col in 0..64 {
+            sheet.push_str(&format!(
+                r#"<c r="{}{row}" t="s"><v>0</v></c>"#,
+                column(col)
+            ));
+        }
+        sheet.push_str("</row>");
+    }
+    sheet.push_str("</sheetData></worksheet>");
+    let strings = format!(
+        r#"<?xml version="1.0"?><sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" count="1" uniqueCount="1"><si><t>{}</t></si></sst>"#,
+        "A".repeat(chars)
+    );
+    zip_with(
+        Some(&fixture("facilities.xlsx")),
+        &[
+            ("xl/worksheets/sheet1.xml", &sheet),
+            ("xl/sharedStrings.xml", &strings),
+        ],
+    )
+}
+
 async fn import(
     app: &TestApp,
     token: &str,
@@ -149,6 +188,69 @@ async fn a_utf8_csv_imports_its_valid_rows_and_reports_the_others_by_row() {
         ("Gasabo", "+250788000002")
     );
     assert!(app.actions().await.contains(&"facility.import".to_string()));
+}
+
+#[tokio::test]
+async fn failed_formulas_control_characters_and_case_twins_are_row_errors_not_a_failed_file() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    // Over 64 KiB of good rows first, so the NUL is past what the binary check reads.
+    let mut text = String::from("name,code,latitude,longitude,council_name\n");
+    for i in 0..1500 {
+        text.push_str(&format!(
+            "Clinic number {i:04},GOOD-{i:04},-1.9,30.1,Gasabo\n"
+        ));
+    }
+    text.push_str("#N/A,NA-1,-1.9,30.1,Gasabo\n");
+    text.push_str("Lookup Clinic,#REF!,-1.9,30.1,Gasabo\n");
+    text.push_str("Nul Clinic,NUL-1,1\u{0}5,30.1,Gasab\u{0}o\n");
+    text.push_str("Sigma Clinic,HC-ΑΣ,-1.9,30.1,Gasabo\n");
+    text.push_str("Sigma Twin,hc-ασ,-1.9,30.1,Gasabo\n");
+    text.push_str("Dotted Clinic,HC-İ,-1.9,30.1,Gasabo\n");
+    text.push_str("Dotless Clinic,HC-I,-1.9,30.1,Gasabo\n");
+    let (status, report) = import(
+        &app,
+        &admin.token,
+        "f.csv",
+        text.into_bytes(),
+        "?on_duplicate=update",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        errors(&report),
+        vec![
+            (1502, "name".into()),
+            (1503, "code".into()),
+            (1504, "latitude".into()),
+            (1504, "council_name".into()),
+            (1506, "code".into()),
+            (1508, "code".into()),
+        ],
+        "{report}"
+    );
+    let messages = report["errors"].to_string();
+    assert!(
+        messages.contains("#N/A") && messages.contains("formula"),
+        "{messages}"
+    );
+    assert!(
+        messages.contains(r"1\\05"),
+        "the NUL is shown escaped: {messages}"
+    );
+    assert!(!messages.contains("##"), "{messages}");
+    assert_eq!(
+        (report["created"].as_u64(), report["failed"].as_u64()),
+        (Some(1502), Some(5))
+    );
+    assert_eq!(facility_count(&app).await, 1502);
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM facilities WHERE name LIKE '%#%' OR code LIKE '%#%'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(stored, 0);
 }
 
 #[tokio::test]
@@ -477,6 +579,20 @@ async fn hostile_and_broken_files_are_refused_and_change_nothing() {
             ),
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation_failed",
+        ),
+        (
+            // A cell longer than Excel allows, shown in 44,800 cells: 46 GB of text if read.
+            "one over-long string in every cell",
+            one_string_everywhere(1_040_000, 700),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            // Cells of allowed length, but 1.3 GB of them.
+            "one long string in every cell",
+            one_string_everywhere(30_000, 700),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
         ),
         (
             "Excel 97-2003 workbook",

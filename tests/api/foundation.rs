@@ -167,6 +167,27 @@ async fn metrics_count_requests_by_route_and_status() {
 }
 
 #[tokio::test]
+async fn invented_methods_are_counted_as_other_not_one_series_each() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    for name in ["BREWCOFFEE", "WHENCE"] {
+        let method = reqwest::Method::from_bytes(name.as_bytes()).unwrap();
+        send(app.request(method, "/health")).await;
+    }
+    let text = app.metrics(&admin).await;
+    assert!(
+        !text.contains("BREWCOFFEE") && !text.contains("WHENCE"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("http_requests_total")
+            && l.contains(r#"method="OTHER""#)
+            && l.contains(r#"route="/health""#)),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn metrics_are_for_admins_and_for_prometheus_with_the_metrics_token() {
     let token = "prometheus-scrape-token-0123456789";
     let app = TestApp::spawn_with(|env| {
