@@ -56,7 +56,15 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         return Err(ApiError::invalid("body", "must be a JSON object"));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(json_error)
+    let value = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
+    // Anything after the object but whitespace is malformed, not ignored.
+    de.end().map_err(|e| {
+        ApiError::BadRequest(format!(
+            "malformed JSON: {}",
+            strip_position(&e.to_string())
+        ))
+    })?;
+    Ok(value)
 }
 
 /// A 422 naming the offending field for data that does not fit, a 400 for malformed JSON.

@@ -44,6 +44,7 @@ pub fn apply(router: Router, config: &Config) -> Router {
         ))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
     let outer = ServiceBuilder::new()
+        .layer(axum::middleware::map_request(drop_unusable_request_id))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetSensitiveRequestHeadersLayer::new([
@@ -120,6 +121,25 @@ fn cors(config: &Config) -> CorsLayer {
             HeaderName::from_static("x-ratelimit-after"),
         ])
         .max_age(Duration::from_secs(3600))
+}
+
+/// A client's request id is kept when it could be one: up to 128 visible ASCII characters.
+/// Anything else (a kilobyte of text, bytes that are not text) is replaced by a generated id,
+/// rather than repeated on every log line or lost from the error body.
+async fn drop_unusable_request_id(mut request: Request) -> Request {
+    let usable = |v: &HeaderValue| {
+        (1..=128).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    };
+    if request
+        .headers()
+        .get_all(REQUEST_ID)
+        .iter()
+        .any(|v| !usable(v))
+        || request.headers().get_all(REQUEST_ID).iter().count() > 1
+    {
+        request.headers_mut().remove(REQUEST_ID);
+    }
+    request
 }
 
 /// One span per request (method, matched route, request id; status and latency recorded at the

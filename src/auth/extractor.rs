@@ -50,11 +50,22 @@ impl FromRequestParts<AppState> for AuthUser {
         }
         let token = bearer_token(parts).ok_or(ApiError::Unauthenticated)?;
         let claims = state.jwt.verify(token)?;
-        let record = state
+        let mut record = state
             .auth_cache
             .get(&state.db, claims.sub)
             .await?
             .ok_or(ApiError::InvalidToken)?;
+        // A token newer than the cached state, or an account the cache holds as inactive, may
+        // come from a change another process made (another instance, the command line): the
+        // row decides. An older token is refused without a read.
+        if claims.ver > record.token_version || record.status != UserStatus::Active {
+            state.auth_cache.invalidate(claims.sub);
+            record = state
+                .auth_cache
+                .get(&state.db, claims.sub)
+                .await?
+                .ok_or(ApiError::InvalidToken)?;
+        }
         if record.status != UserStatus::Active || record.token_version != claims.ver {
             return Err(ApiError::InvalidToken);
         }
@@ -171,9 +182,13 @@ pub fn client_ip_from(
     peer: Option<&ConnectInfo<SocketAddr>>,
     trust_proxy: bool,
 ) -> Option<IpAddr> {
+    // A proxy may add its own header line rather than extend the client's: the last entry of
+    // the last line is the one it wrote.
     if trust_proxy
         && let Some(ip) = headers
-            .get("x-forwarded-for")
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
             .and_then(|v| v.trim().parse().ok())

@@ -78,10 +78,7 @@ async fn metrics(
         .metrics_token
         .as_ref()
         .is_some_and(|token| {
-            let sent = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
+            let sent = crate::auth::extractor::bearer_in(&headers);
             // Compared as digests, so the time taken says nothing of the token.
             sent.is_some_and(|sent| {
                 Sha256::digest(sent.as_bytes()) == Sha256::digest(token.expose_secret().as_bytes())

@@ -673,6 +673,31 @@ async fn create_admin_resets_an_account_and_ends_its_sessions() {
 }
 
 #[tokio::test]
+async fn a_session_begun_after_a_reset_elsewhere_is_not_refused_by_a_stale_cache() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    // The service now holds the account's state, as it would for anyone using the app.
+    let (status, _) = send(app.get("/api/users/me").bearer_auth(&admin.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    // Another process (here the command line) resets the account and ends its sessions.
+    app.cli(&[
+        "create-admin",
+        "--email",
+        ADMIN_EMAIL,
+        "--password",
+        "a fresh admin passphrase",
+    ]);
+    let (status, body) = app.login(ADMIN_EMAIL, "a fresh admin passphrase").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["access_token"].as_str().unwrap();
+    let (status, body) = send(app.get("/api/users/me").bearer_auth(token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The old session is over as soon as the new state has been read.
+    let (status, body) = send(app.get("/api/users/me").bearer_auth(&admin.token)).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+}
+
+#[tokio::test]
 async fn a_wrong_current_password_changes_nothing() {
     let app = TestApp::spawn().await;
     let user = app.user("focal", None).await;
@@ -811,6 +836,28 @@ async fn behind_a_trusted_proxy_the_address_it_appended_is_the_clients() {
         StatusCode::UNAUTHORIZED,
         "another client, its own budget"
     );
+}
+
+#[tokio::test]
+async fn a_proxy_that_adds_its_own_header_line_is_believed_not_the_clients_line() {
+    let app = two_logins_per_address(true).await;
+    for i in 0..3 {
+        let status = app
+            .post("/api/auth/login")
+            .header("x-forwarded-for", format!("10.0.0.{i}"))
+            .header("x-forwarded-for", "203.0.113.7")
+            .json(&json!({"email": "x@test.example", "password": "whatever-123"}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        let expected = if i < 2 {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        };
+        assert_eq!(status, expected, "request {i}");
+    }
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{TestApp, assert_error, send};
+use crate::helpers::{ADMIN_EMAIL, ADMIN_PASSWORD, TestApp, assert_error, send};
 
 #[tokio::test]
 async fn health_answers_ok() {
@@ -149,6 +149,23 @@ async fn a_request_id_sent_by_the_client_is_echoed_in_header_and_error_body() {
     assert_eq!(response.headers()["x-request-id"], "trace-me-42");
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["request_id"], "trace-me-42");
+    // One that could not be a request id is replaced, in the header and the body alike.
+    for sent in ["x".repeat(129), "has spaces in it".to_string()] {
+        let response = app
+            .get("/api/missing")
+            .header("x-request-id", &sent)
+            .send()
+            .await
+            .unwrap();
+        let echoed = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_ne!(echoed, sent);
+        assert!(uuid::Uuid::parse_str(&echoed).is_ok(), "{echoed}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["request_id"], echoed.as_str());
+    }
 }
 
 #[tokio::test]
@@ -218,6 +235,14 @@ async fn metrics_are_for_admins_and_for_prometheus_with_the_metrics_token() {
                 .contains("http_requests_total")
         );
     }
+    // The scheme's case is the scraper's choice, as it is for everyone else.
+    let response = app
+        .get("/metrics")
+        .header("authorization", format!("bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -247,6 +272,45 @@ async fn malformed_json_is_a_400_envelope() {
     )
     .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+}
+
+#[tokio::test]
+async fn what_follows_a_json_body_is_malformed_not_ignored() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let login = format!(r#"{{"email": "{ADMIN_EMAIL}", "password": "{ADMIN_PASSWORD}"}}"#);
+    for trailing in [r#"{"role": "admin"}"#, "garbage", "]"] {
+        let (status, body) = send(
+            app.post("/api/auth/login")
+                .header("content-type", "application/json")
+                .body(format!("{login} {trailing}")),
+        )
+        .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    }
+    let (status, body) = send(
+        app.post("/api/users")
+            .bearer_auth(&admin.token)
+            .header("content-type", "application/json")
+            .body(
+                r#"{"email": "tail@test.example", "password": "a long enough passphrase", "first_name": "Tail", "last_name": "End", "role": "supervisor"}{"role": "admin"}"#,
+            ),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE email = 'tail@test.example'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    // Whitespace after the body is still a body.
+    let (status, body) = send(
+        app.post("/api/auth/login")
+            .header("content-type", "application/json")
+            .body(format!("{login} \r\n\t ")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 #[tokio::test]
