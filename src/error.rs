@@ -196,6 +196,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Whether an error code says the server ended the session (class 08, or a shutdown or restart:
+/// 57P01–57P03), so a statement sent may or may not have committed.
+pub fn session_lost(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
         match &err {
@@ -207,10 +213,9 @@ impl From<sqlx::Error> for ApiError {
             // The server ended or refused the session: connection failures (class 08), a shutdown
             // or restart (57P01–57P03), too many connections (53300).
             sqlx::Error::Database(db)
-                if db.code().is_some_and(|code| {
-                    code.starts_with("08")
-                        || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
-                }) =>
+                if db
+                    .code()
+                    .is_some_and(|code| session_lost(&code) || code == "53300") =>
             {
                 tracing::warn!(error = %err, "database unavailable");
                 ApiError::Unavailable

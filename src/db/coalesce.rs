@@ -166,6 +166,15 @@ async fn serve<B: Batch>(
             );
             every(|| Shared::Unknown)
         }
+        // A statement the database refused wrote nothing; one whose session ended (PgBouncer
+        // reports a lost server connection as a database error) may have committed.
+        Ok(Err(sqlx::Error::Database(e)))
+            if e.code()
+                .is_some_and(|code| crate::error::session_lost(&code)) =>
+        {
+            tracing::error!(batch = B::NAME, error = %e, size = items.len(), "a batch's session ended while it ran");
+            every(|| Shared::Unknown)
+        }
         Ok(Err(
             error
             @ (sqlx::Error::Database(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed),

@@ -126,8 +126,8 @@ fn already_clocked_in() -> ApiError {
         (status = 200, description = "A retry with a known `client_id`: the record made the first time", body = AttendanceRecord),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
-        (status = 409, description = "Already clocked in (`already_clocked_in`)", body = ErrorEnvelope),
-        (status = 422, description = "Invalid fields, a time outside the accepted window, no facility, or outside the geofence when enforced", body = ErrorEnvelope),
+        (status = 409, description = "Already clocked in (`already_clocked_in`), or a backdated `occurred_at` inside a shift already worked (`conflict`)", body = ErrorEnvelope),
+        (status = 422, description = "Invalid fields, a time outside the accepted window or more than the maximum shift ago, no facility, or outside the geofence when enforced", body = ErrorEnvelope),
         (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn clock_in(
@@ -142,6 +142,17 @@ async fn clock_in(
     let occurred_at = req.occurred_at.map_or(now, |t| t.with_timezone(&Utc));
     if let Err(reason) = time_rules(&state).check(occurred_at, now) {
         invalid.add("occurred_at", reason);
+    }
+    let max_shift = state.config.attendance.max_shift;
+    if req.occurred_at.is_some() && occurred_at < forgotten_before(now, max_shift) {
+        // It would be open already past the maximum, and closed as forgotten at once.
+        invalid.add(
+            "occurred_at",
+            format!(
+                "is more than the {}-hour maximum shift ago: that shift has ended; send it with its clock-out through sync",
+                max_shift.as_secs() / 3600
+            ),
+        );
     }
     let device_id = optional_text(req.device_id, "device_id", 128, &mut invalid);
     let client_id = optional_text(req.client_id, "client_id", 128, &mut invalid);
@@ -166,6 +177,30 @@ async fn clock_in(
     let (distance, outside) = site.measure(point);
     if outside && state.config.attendance.enforce_geofence {
         return Err(geofence_refusal(distance, site.geofence_radius_m));
+    }
+    // A clock-in backdated into a shift already worked would count those hours twice. A tap
+    // sent as it happens cannot be inside a closed shift, so only backdated ones are checked.
+    if req.occurred_at.is_some() && occurred_at < now - chrono::Duration::minutes(1) {
+        let worked: Option<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT clock_in_at, clock_out_at FROM attendance
+             WHERE user_id = $1 AND deleted_at IS NULL AND status = 'closed'
+               AND clock_in_at <= $2 AND clock_out_at > $2
+             ORDER BY clock_in_at DESC LIMIT 1",
+        )
+        .bind(user.id)
+        .bind(occurred_at)
+        .fetch_optional(&state.db)
+        .await?;
+        if let Some((from, to)) = worked {
+            return Err(ApiError::conflict(
+                "conflict",
+                format!(
+                    "occurred_at falls inside a shift you already worked ({} to {})",
+                    from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+            ));
+        }
     }
 
     // The common case is written with the clock-ins that arrive beside it (see
@@ -268,7 +303,7 @@ fn not_clocked_in(message: &str) -> ApiError {
         (status = 200, description = "The closed record", body = AttendanceRecord),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
-        (status = 409, description = "No open shift (`not_clocked_in`), or it exceeded the maximum shift and was closed as incomplete", body = ErrorEnvelope),
+        (status = 409, description = "No open shift (`not_clocked_in`), or it exceeded the maximum shift and was closed as incomplete; `conflict` when it kept changing (still open: retry)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a time outside the accepted window or before the clock-in", body = ErrorEnvelope),
         (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
@@ -293,6 +328,9 @@ async fn clock_out(
     // step shared with the clock-outs that arrive beside it, or taken alone when its batch
     // failed.
     let max_shift = state.config.attendance.max_shift;
+    // A clock-out a little ahead of the server clock (within the tolerance) is measured to now,
+    // which is when the shift would be closed as forgotten.
+    let measured_to = occurred_at.min(now);
     for _ in 0..3 {
         let Some(OpenShift {
             row: open,
@@ -303,7 +341,7 @@ async fn clock_out(
         };
         // Measured to the clock-out's own time: a clock-out sent late (the phone was offline)
         // still closes a shift of normal length, as long as nothing has closed it since.
-        if open.clock_in_at < forgotten_before(occurred_at, max_shift) {
+        if open.clock_in_at < forgotten_before(measured_to, max_shift) {
             let cutoff = forgotten_before(now, max_shift);
             records::close_forgotten(&state.db, Some(user.id), cutoff).await?;
             return Err(not_clocked_in(
@@ -342,7 +380,9 @@ async fn clock_out(
             return Ok(Json(row.into()));
         }
     }
-    Err(not_clocked_in(
+    // Still clocked in: `not_clocked_in` would tell the app to forget its open shift.
+    Err(ApiError::conflict(
+        "conflict",
         "your open shift kept changing while it was being closed; try again",
     ))
 }

@@ -193,6 +193,64 @@ async fn a_clock_out_sent_late_still_closes_a_shift_of_normal_length() {
 }
 
 #[tokio::test]
+async fn backdated_clock_ins_that_would_count_hours_twice_or_never_close_are_refused() {
+    let app = TestApp::spawn().await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    let at = |hours_ago: i64, minutes_ago: i64| {
+        let mut body = at_site();
+        body["occurred_at"] = json!(
+            (Utc::now() - Duration::hours(hours_ago) - Duration::minutes(minutes_ago)).to_rfc3339()
+        );
+        body
+    };
+    assert_eq!(clock_in(&app, &user, at(5, 0)).await.0, StatusCode::CREATED);
+    let (status, closed) = clock_out(&app, &user, at(1, 0)).await;
+    assert_eq!(status, StatusCode::OK, "{closed}");
+
+    let (status, body) = clock_in(&app, &user, at(3, 0)).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let (status, body) = clock_in(&app, &user, at(17, 0)).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert!(body["error"]["details"]["occurred_at"].is_array(), "{body}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance WHERE user_id = $1")
+        .bind(user.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1, "nothing was written by the refused clock-ins");
+    // After the shift it ended, a backdated clock-in is fine.
+    let (status, body) = clock_in(&app, &user, at(0, 30)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test]
+async fn a_clock_out_a_little_ahead_of_the_server_clock_closes_a_full_length_shift() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = user_at_site(&app, "focal", None).await;
+    // 15 h 58 min into a 16 h maximum; the phone's clock runs four minutes fast.
+    let shift = app
+        .insert_attendance(
+            user.id,
+            facility,
+            Utc::now() - Duration::hours(16) + Duration::minutes(2),
+            None,
+            "open",
+        )
+        .await;
+    let mut body = at_site();
+    body["occurred_at"] = json!((Utc::now() + Duration::minutes(4)).to_rfc3339());
+    let (status, closed) = clock_out(&app, &user, body).await;
+    assert_eq!(status, StatusCode::OK, "{closed}");
+    assert_eq!(closed["id"], json!(shift));
+    assert_eq!(closed["status"], "closed");
+}
+
+#[tokio::test]
 async fn the_periodic_sweep_closes_forgotten_shifts() {
     let app = TestApp::spawn_with(|env| {
         env.insert("SWEEP_INTERVAL_SECS".into(), "1".into());
