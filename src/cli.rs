@@ -76,12 +76,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("seed data loaded");
         }
         Command::CreateAdmin { email, password } => {
-            if !(10..=128).contains(&password.chars().count()) {
-                anyhow::bail!("the password must be 10 to 128 characters");
-            }
             let state = offline_state(config).await?;
-            let id =
-                crate::seed::create_admin(&state, &email, SecretString::from(password)).await?;
+            let id = crate::seed::create_admin(
+                &state,
+                &email,
+                SecretString::from(password),
+                "command line",
+            )
+            .await?;
             println!("admin {email} ready (id {id})");
         }
         Command::ImportFacilities {
@@ -105,7 +107,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let filename = file.file_name().map(|n| n.to_string_lossy().into_owned());
             let report = crate::import::apply::run(&state.db, bytes, filename, options, None)
                 .await
-                .map_err(|e| anyhow::anyhow!("import refused: {e}"))?;
+                .map_err(|e| match e {
+                    // "validation failed" alone would not say which column or why.
+                    crate::error::ApiError::Validation(details) => anyhow::anyhow!(
+                        "import refused: {}",
+                        details
+                            .iter()
+                            .map(|(field, reasons)| format!("{field}: {}", reasons.join("; ")))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                    other => anyhow::anyhow!("import refused: {other}"),
+                })?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Openapi => unreachable!("handled before configuration is read"),

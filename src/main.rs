@@ -7,6 +7,9 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // Before the arguments: some are read from the environment (ADMIN_PASSWORD), which a
+    // `.env` file may supply.
+    let _ = dotenvy::dotenv();
     let cli = field_attendance::cli::Cli::parse();
     // Named threads, so that `top -H` and profiles tell the service's work apart.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -3,6 +3,8 @@
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::audit::Activity;
+use crate::domain::{Email, Password};
 use crate::state::AppState;
 
 pub async fn run(state: &AppState) -> anyhow::Result<()> {
@@ -38,7 +40,7 @@ async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    create_admin(state, &email, password.clone()).await?;
+    create_admin(state, &email, password.clone(), "seed").await?;
     if generated {
         // Printed, not logged: log files outlive the terminal.
         println!(
@@ -51,15 +53,26 @@ async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
 }
 
 /// Creates an active admin, or makes an existing account with that email an active admin with
-/// the given password.
+/// the given password, under the API's rules for emails and passwords. The audit trail records
+/// it as the API would (creation, or a password change and any role or status change), with
+/// no actor and `via` (the seed, the command line) in its details.
 pub async fn create_admin(
     state: &AppState,
     email: &str,
     password: SecretString,
+    via: &str,
 ) -> anyhow::Result<uuid::Uuid> {
-    let email = email.trim().to_lowercase();
-    let hash = state.hasher.hash(password).await?;
+    let email = Email::parse(email).map_err(|reason| anyhow::anyhow!("the email {reason}"))?;
+    let email = email.as_str();
+    let password = Password::parse(password.expose_secret(), email)
+        .map_err(|reason| anyhow::anyhow!("the password {reason}"))?;
+    let hash = state.hasher.hash(password.into_secret()).await?;
     let mut tx = state.db.begin().await?;
+    let before: Option<(String, String)> =
+        sqlx::query_as("SELECT role, status FROM users WHERE email = $1 FOR UPDATE")
+            .bind(email)
+            .fetch_optional(&mut *tx)
+            .await?;
     let id = sqlx::query_scalar(
         "INSERT INTO users (email, password_hash, first_name, last_name, role, status)
          VALUES ($1, $2, 'System', 'Administrator', 'admin', 'active')
@@ -69,12 +82,35 @@ pub async fn create_admin(
                 token_version = users.token_version + 1
          RETURNING id",
     )
-    .bind(&email)
+    .bind(email)
     .bind(hash)
     .fetch_one(&mut *tx)
     .await?;
     // A reset account keeps no session of whoever held it before.
     crate::auth::refresh::revoke_all(&mut *tx, id).await?;
+    let details = serde_json::json!({ "via": via });
+    let mut entries = Vec::new();
+    match before {
+        None => entries.push(
+            Activity::new("user.create")
+                .details(serde_json::json!({ "via": via, "role": "admin" })),
+        ),
+        Some((role, status)) => {
+            entries.push(Activity::new("user.password_change").details(details.clone()));
+            if role != "admin" {
+                entries.push(
+                    Activity::new("user.role_change")
+                        .details(serde_json::json!({ "via": via, "from": role, "to": "admin" })),
+                );
+            }
+            if status != "active" {
+                entries.push(Activity::new("user.activate").details(details));
+            }
+        }
+    }
+    for entry in entries {
+        entry.on("user", id).record(&mut *tx).await?;
+    }
     tx.commit().await?;
     Ok(id)
 }

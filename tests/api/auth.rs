@@ -670,6 +670,66 @@ async fn create_admin_resets_an_account_and_ends_its_sessions() {
         app.login(ADMIN_EMAIL, "a fresh admin passphrase").await.0,
         StatusCode::OK
     );
+    // The seed's first admin is a creation; resetting it a password change; promoting a field
+    // worker a password change and a role change; a new account a creation. None has an actor.
+    let worker = app.user("focal", None).await;
+    app.cli(&[
+        "create-admin",
+        "--email",
+        &worker.email,
+        "--password",
+        "another admin passphrase",
+    ]);
+    app.cli(&[
+        "create-admin",
+        "--email",
+        "Second.Admin@Test.Example",
+        "--password",
+        "a third admin passphrase",
+    ]);
+    let trail: Vec<(String, Option<uuid::Uuid>, Option<uuid::Uuid>)> = sqlx::query_as(
+        "SELECT action, actor_id, entity_id FROM activities
+         WHERE action IN ('user.create', 'user.password_change', 'user.role_change')
+         ORDER BY created_at, id",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let second: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM users WHERE email = 'second.admin@test.example'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    let by_cli: Vec<(&str, Option<uuid::Uuid>)> = trail
+        .iter()
+        .filter(|(_, actor, _)| actor.is_none())
+        .map(|(action, _, entity)| (action.as_str(), *entity))
+        .collect();
+    assert_eq!(
+        by_cli,
+        vec![
+            ("user.create", Some(admin.id)),
+            ("user.password_change", Some(admin.id)),
+            ("user.password_change", Some(worker.id)),
+            ("user.role_change", Some(worker.id)),
+            ("user.create", Some(second)),
+        ]
+    );
+    // The API's rules hold on the command line too.
+    for (email, password) in [
+        ("not-an-email", "a long enough passphrase"),
+        ("third@test.example", "third@test.example"),
+        ("third@test.example", "short"),
+    ] {
+        app.cli_refused(&["create-admin", "--email", email, "--password", password]);
+    }
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM users WHERE email LIKE 'third%' OR email = 'not-an-email'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(n, 0);
 }
 
 #[tokio::test]

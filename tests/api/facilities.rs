@@ -923,4 +923,12 @@ async fn the_command_line_import_prints_the_report() {
         (Some(4), Some(2))
     );
     assert_eq!(facility_count(&app).await, 4);
+    let missing = std::env::temp_dir().join(format!("no-council-{}.csv", uuid::Uuid::new_v4()));
+    std::fs::write(&missing, "name,code,latitude\nClinic,C-1,-1.9\n").unwrap();
+    let error = app.cli_refused(&["import-facilities", missing.to_str().unwrap()]);
+    std::fs::remove_file(&missing).unwrap();
+    assert!(
+        error.contains("longitude") && error.contains("council_name"),
+        "the refusal names the missing columns: {error}"
+    );
 }

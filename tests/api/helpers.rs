@@ -571,19 +571,30 @@ impl TestApp {
     /// Runs the service's command line against this test's database; panics when it fails,
     /// showing what it printed. Returns its standard output.
     pub fn cli(&self, args: &[&str]) -> Vec<u8> {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_field-attendance"))
-            .args(args)
-            .env("DATABASE_URL", self.test_db.url())
-            .env("JWT_SECRET", JWT_SECRET)
-            .env("LOG_LEVEL", "warn")
-            .output()
-            .unwrap();
+        let output = self.run_cli(args);
         assert!(
             output.status.success(),
             "{}",
             String::from_utf8_lossy(&output.stderr)
         );
         output.stdout
+    }
+
+    /// Runs the command line expecting it to fail; returns what it printed as its error.
+    pub fn cli_refused(&self, args: &[&str]) -> String {
+        let output = self.run_cli(args);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    fn run_cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_field-attendance"))
+            .args(args)
+            .env("DATABASE_URL", self.test_db.url())
+            .env("JWT_SECRET", JWT_SECRET)
+            .env("LOG_LEVEL", "warn")
+            .output()
+            .unwrap()
     }
 
     /// Inserts an attendance record directly (history that the API's time rules would refuse).
