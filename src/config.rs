@@ -313,7 +313,7 @@ impl Config {
             .raw("MIGRATION_DATABASE_URL")
             .unwrap_or_else(|| database_url.clone());
         let min_connections = r.parsed("DB_MIN_CONNECTIONS", 20u32);
-        let max_connections = r.parsed("DB_MAX_CONNECTIONS", 100u32);
+        let max_connections = r.ranged("DB_MAX_CONNECTIONS", 100u32, 1..=10_000);
         if min_connections > max_connections {
             r.problems.push(format!(
                 "DB_MIN_CONNECTIONS ({min_connections}) is above DB_MAX_CONNECTIONS ({max_connections})"
@@ -324,7 +324,7 @@ impl Config {
             migration_url: SecretString::from(migration_url),
             min_connections,
             max_connections: max_connections.max(1),
-            acquire_timeout: r.secs("DB_ACQUIRE_TIMEOUT_SECS", 3),
+            acquire_timeout: Duration::from_secs(r.ranged("DB_ACQUIRE_TIMEOUT_SECS", 3, 1..=300)),
             idle_timeout: r.secs("DB_IDLE_TIMEOUT_SECS", 10),
         };
 
@@ -393,10 +393,22 @@ impl Config {
             audience: r
                 .raw("JWT_AUDIENCE")
                 .unwrap_or_else(|| "field-attendance-api".into()),
-            access_ttl: r.secs("ACCESS_TOKEN_TTL_SECS", 24 * 3600),
-            refresh_ttl: r.secs("REFRESH_TOKEN_TTL_SECS", 7 * 24 * 3600),
-            max_failed_logins: r.parsed("LOGIN_MAX_FAILURES", 5i32),
-            lockout: r.secs("LOGIN_LOCKOUT_SECS", 15 * 60),
+            access_ttl: Duration::from_secs(r.ranged(
+                "ACCESS_TOKEN_TTL_SECS",
+                24 * 3600,
+                60..=30 * 24 * 3600,
+            )),
+            refresh_ttl: Duration::from_secs(r.ranged(
+                "REFRESH_TOKEN_TTL_SECS",
+                7 * 24 * 3600,
+                60..=365 * 24 * 3600,
+            )),
+            max_failed_logins: r.ranged("LOGIN_MAX_FAILURES", 5i32, 1..=1000),
+            lockout: Duration::from_secs(r.ranged(
+                "LOGIN_LOCKOUT_SECS",
+                15 * 60,
+                1..=7 * 24 * 3600,
+            )),
             registration: r.choice(
                 "REGISTRATION",
                 Registration::Approval,
@@ -436,7 +448,7 @@ impl Config {
             timezone,
         };
 
-        let cors_origins = r
+        let cors_origins: Vec<String> = r
             .raw("CORS_ORIGINS")
             .map(|v| {
                 v.split(',')
@@ -445,6 +457,14 @@ impl Config {
                     .collect()
             })
             .unwrap_or_default();
+        // A browser sends its origin as `scheme://host[:port]`: anything else would never match.
+        for origin in &cors_origins {
+            if !(origin == "*" || is_origin(origin)) {
+                r.problems.push(format!(
+                    "CORS_ORIGINS entry `{origin}` is not an origin: expected scheme://host[:port], no path or trailing slash"
+                ));
+            }
+        }
 
         let config = Config {
             env,
@@ -455,8 +475,8 @@ impl Config {
             log,
             auth,
             cors_origins,
-            max_body_bytes: r.parsed("MAX_BODY_BYTES", 1024 * 1024usize),
-            max_upload_bytes: r.parsed("MAX_UPLOAD_BYTES", 10 * 1024 * 1024usize),
+            max_body_bytes: r.ranged("MAX_BODY_BYTES", 1024 * 1024usize, 1024..=64 << 20),
+            max_upload_bytes: r.ranged("MAX_UPLOAD_BYTES", 10 * 1024 * 1024usize, 1024..=1 << 30),
             request_timeout: Duration::from_secs(r.ranged("REQUEST_TIMEOUT_SECS", 30, 1..=3600)),
             rate_limits,
             attendance,
@@ -506,6 +526,16 @@ fn random_secret() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn is_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '@'])
+        && rest.bytes().all(|b| b.is_ascii_graphic())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,6 +565,46 @@ mod tests {
         ] {
             assert!(text.contains(key), "{key} missing from: {text}");
         }
+    }
+
+    #[test]
+    fn settings_that_would_refuse_everything_are_refused_at_start() {
+        let err = Config::from_map(&vars(&[
+            ("APP_ENV", "development"),
+            ("DATABASE_URL", "postgres://localhost/db"),
+            ("MAX_BODY_BYTES", "0"),
+            ("MAX_UPLOAD_BYTES", "0"),
+            ("DB_ACQUIRE_TIMEOUT_SECS", "0"),
+            ("ACCESS_TOKEN_TTL_SECS", "0"),
+            ("LOGIN_MAX_FAILURES", "0"),
+            ("DB_MAX_CONNECTIONS", "0"),
+            (
+                "CORS_ORIGINS",
+                "https://app.example.org/, app.example.org, https://ok.example.org:8443",
+            ),
+        ]))
+        .unwrap_err();
+        let text = err.to_string();
+        for key in [
+            "MAX_BODY_BYTES",
+            "MAX_UPLOAD_BYTES",
+            "DB_ACQUIRE_TIMEOUT_SECS",
+            "ACCESS_TOKEN_TTL_SECS",
+            "LOGIN_MAX_FAILURES",
+            "DB_MAX_CONNECTIONS",
+            "`https://app.example.org/`",
+            "`app.example.org`",
+        ] {
+            assert!(text.contains(key), "{key} missing from: {text}");
+        }
+        assert!(!text.contains("ok.example.org"), "{text}");
+        let config = Config::from_map(&vars(&[
+            ("APP_ENV", "development"),
+            ("DATABASE_URL", "postgres://localhost/db"),
+            ("CORS_ORIGINS", "*, http://localhost:5173"),
+        ]))
+        .unwrap();
+        assert_eq!(config.cors_origins.len(), 2);
     }
 
     #[test]
