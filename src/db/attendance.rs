@@ -93,8 +93,6 @@ pub struct AttendanceRow {
     pub deleted_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    #[sqlx(default)]
-    pub total: Option<i64>,
 }
 
 impl From<AttendanceRow> for AttendanceRecord {
@@ -240,17 +238,14 @@ pub async fn list(
             qb.push(" AND a.status = ").push_bind(status.as_str());
         }
     };
-    let mut qb = QueryBuilder::new(format!(
-        "SELECT {COLUMNS}, count(*) OVER () AS total FROM attendance a"
-    ));
+    let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM attendance a"));
     matching(&mut qb);
     qb.push(" ORDER BY a.clock_in_at DESC, a.id LIMIT ")
         .push_bind(limit)
         .push(" OFFSET ")
         .push_bind(offset);
     let rows: Vec<AttendanceRow> = qb.build_query_as().fetch_all(db).await?;
-    let first = rows.first().map(|r| r.total.unwrap_or(0));
-    let total = super::page_total(first, offset, async || {
+    let total = super::page_total(rows.len(), limit, offset, async || {
         let mut qb = QueryBuilder::new("SELECT count(*) FROM attendance a");
         matching(&mut qb);
         qb.build_query_scalar().fetch_one(db).await

@@ -82,8 +82,6 @@ pub(crate) struct FacilityRow {
     region_name: String,
     #[sqlx(default)]
     distance_m: Option<f64>,
-    #[sqlx(default)]
-    total: Option<i64>,
 }
 
 impl FacilityRow {
@@ -269,8 +267,7 @@ pub async fn search(
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<Facility>, i64), sqlx::Error> {
-    // The window count runs after the radius filter and before LIMIT: the total of all pages.
-    let mut qb = QueryBuilder::new("SELECT found.*, count(*) OVER () AS total FROM ");
+    let mut qb = QueryBuilder::new("SELECT found.* FROM ");
     push_found(&mut qb, filter, near);
     qb.push(if near.is_some() {
         " ORDER BY distance_m, id"
@@ -282,8 +279,7 @@ pub async fn search(
         .push(" OFFSET ")
         .push_bind(offset);
     let rows: Vec<FacilityRow> = qb.build_query_as().fetch_all(db).await?;
-    let first = rows.first().map(|r| r.total.unwrap_or(0));
-    let total = super::page_total(first, offset, async || {
+    let total = super::page_total(rows.len(), limit, offset, async || {
         let mut qb = QueryBuilder::new("SELECT count(*) FROM ");
         push_found(&mut qb, filter, near);
         qb.build_query_scalar().fetch_one(db).await

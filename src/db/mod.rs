@@ -111,16 +111,48 @@ pub fn is_deadlock(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01"))
 }
 
-/// The total of a page: the window count (`count(*) OVER ()`) its first row carries or, for a
-/// page past the end, which has no row to carry it, the matches counted on their own.
+/// The total of a page of `len` rows read with `limit` and `offset`. A page shorter than the
+/// limit ends the matches, so its total is known unless it is empty past the first page;
+/// otherwise the matches are counted on their own. (A window count, `count(*) OVER ()`, would
+/// read and hold every matching row, wide columns included, before the first page is
+/// returned: half a second for the first page of a million audit rows, against a fiftieth
+/// for the page and a separate count.)
 pub async fn page_total(
-    first: Option<i64>,
+    len: usize,
+    limit: i64,
     offset: i64,
     count: impl AsyncFnOnce() -> Result<i64, sqlx::Error>,
 ) -> Result<i64, sqlx::Error> {
-    match first {
-        Some(total) => Ok(total),
-        None if offset > 0 => count().await,
-        None => Ok(0),
+    let len = len as i64;
+    if len < limit && (len > 0 || offset == 0) {
+        Ok(offset + len)
+    } else {
+        count().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_total;
+
+    /// The total for a page, and whether the matches had to be counted (there are 120).
+    async fn total(len: usize, limit: i64, offset: i64) -> (i64, bool) {
+        let mut counted = false;
+        let total = page_total(len, limit, offset, async || {
+            counted = true;
+            Ok(120)
+        })
+        .await
+        .unwrap();
+        (total, counted)
+    }
+
+    #[tokio::test]
+    async fn a_short_page_knows_its_total_and_a_full_or_empty_one_counts() {
+        assert_eq!(total(0, 50, 0).await, (0, false), "nothing matches");
+        assert_eq!(total(20, 50, 100).await, (120, false), "the last page");
+        assert_eq!(total(50, 50, 0).await, (120, true), "a full first page");
+        assert_eq!(total(50, 50, 50).await, (120, true), "a full middle page");
+        assert_eq!(total(0, 50, 500).await, (120, true), "past the end");
     }
 }

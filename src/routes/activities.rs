@@ -38,9 +38,6 @@ pub struct ActivityEntry {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub created_at: DateTime<Utc>,
-    #[serde(skip)]
-    #[schema(ignore)]
-    total: i64,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -83,7 +80,7 @@ async fn list_activities(
     let paging = Paging::new(filter.page, filter.per_page)?;
     let mut qb = QueryBuilder::new(
         "SELECT id, actor_id, actor_email, action, entity_type, entity_id, details, ip, user_agent,
-                created_at, count(*) OVER () AS total",
+                created_at",
     );
     push_matching(&mut qb, &filter);
     qb.push(" ORDER BY created_at DESC, id LIMIT ")
@@ -91,7 +88,7 @@ async fn list_activities(
         .push(" OFFSET ")
         .push_bind(paging.offset());
     let rows: Vec<ActivityEntry> = qb.build_query_as().fetch_all(&state.db).await?;
-    let total = page_total(rows.first().map(|r| r.total), paging.offset(), async || {
+    let total = page_total(rows.len(), paging.limit(), paging.offset(), async || {
         let mut qb = QueryBuilder::new("SELECT count(*)");
         push_matching(&mut qb, &filter);
         qb.build_query_scalar().fetch_one(&state.db).await

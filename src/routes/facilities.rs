@@ -520,9 +520,6 @@ pub struct ImportRecord {
     #[schema(value_type = Vec<RowError>)]
     pub errors: sqlx::types::Json<Vec<RowError>>,
     pub created_at: DateTime<Utc>,
-    #[serde(skip)]
-    #[schema(ignore)]
-    total: i64,
 }
 
 /// Past imports with their reports, newest first (admin).
@@ -545,14 +542,14 @@ async fn list_imports(
     let paging = Paging::new(q.page, q.per_page)?;
     let rows: Vec<ImportRecord> = sqlx::query_as(
         "SELECT id, uploaded_by, filename, format, on_duplicate, dry_run, strict, total_rows, created,
-                updated, skipped, failed, errors, created_at, count(*) OVER () AS total
+                updated, skipped, failed, errors, created_at
          FROM facility_imports ORDER BY created_at DESC, id LIMIT $1 OFFSET $2",
     )
     .bind(paging.limit())
     .bind(paging.offset())
     .fetch_all(&state.db)
     .await?;
-    let total = page_total(rows.first().map(|r| r.total), paging.offset(), async || {
+    let total = page_total(rows.len(), paging.limit(), paging.offset(), async || {
         sqlx::query_scalar("SELECT count(*) FROM facility_imports")
             .fetch_one(&state.db)
             .await

@@ -316,10 +316,6 @@ pub struct SyncConflict {
     pub resolved_by: Option<Uuid>,
     pub resolved_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
-    #[serde(skip)]
-    #[schema(ignore)]
-    #[sqlx(default)]
-    total: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
@@ -368,7 +364,7 @@ async fn list_conflicts(
         ConflictStatus::Resolved => "resolved",
     };
     let rows: Vec<SyncConflict> = sqlx::query_as(&format!(
-        "SELECT {CONFLICT_COLUMNS}, count(*) OVER () AS total FROM sync_conflicts
+        "SELECT {CONFLICT_COLUMNS} FROM sync_conflicts
          WHERE status = $1 ORDER BY created_at, id LIMIT $2 OFFSET $3"
     ))
     .bind(status)
@@ -376,8 +372,7 @@ async fn list_conflicts(
     .bind(paging.offset())
     .fetch_all(&state.db)
     .await?;
-    let first = rows.first().map(|r| r.total.unwrap_or(0));
-    let total = page_total(first, paging.offset(), async || {
+    let total = page_total(rows.len(), paging.limit(), paging.offset(), async || {
         sqlx::query_scalar("SELECT count(*) FROM sync_conflicts WHERE status = $1")
             .bind(status)
             .fetch_one(&state.db)

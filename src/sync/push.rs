@@ -114,7 +114,6 @@ impl Write {
             deleted_at: None,
             created_at: at,
             updated_at: at,
-            total: None,
         }
     }
 }
