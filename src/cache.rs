@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub struct TtlMap<K, V> {
@@ -13,6 +14,9 @@ pub struct TtlMap<K, V> {
     ttl: Duration,
     /// Past this many entries, the expired ones are dropped before the next insert.
     soft_limit: usize,
+    /// Counts removals, so that a value read from the database before a removal is not stored
+    /// after it (see `insert_since`).
+    generation: AtomicU64,
 }
 
 impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
@@ -21,7 +25,27 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
             entries: RwLock::new(HashMap::new()),
             ttl,
             soft_limit,
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// Taken before reading a value from the database, for `insert_since`.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Stores a value read after `generation` was taken, unless an entry was removed since: a
+    /// write in this process may have committed after the read and removed its entry before
+    /// this store, which would otherwise bring the old value back for the time to live.
+    pub fn insert_since(&self, key: K, value: V, generation: u64) {
+        let mut entries = self.entries.write().expect("lock");
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if entries.len() >= self.soft_limit {
+            entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
+        }
+        entries.insert(key, (value, Instant::now()));
     }
 
     /// The value, if it was stored less than the time to live ago.
@@ -32,25 +56,43 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
     }
 
     pub fn insert(&self, key: K, value: V) {
-        let mut entries = self.entries.write().expect("lock");
-        if entries.len() >= self.soft_limit {
-            entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
-        }
-        entries.insert(key, (value, Instant::now()));
+        self.insert_since(key, value, self.generation());
     }
 
     pub fn remove(&self, key: &K) {
-        self.entries.write().expect("lock").remove(key);
+        let mut entries = self.entries.write().expect("lock");
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        entries.remove(key);
     }
 
     pub fn clear(&self) {
-        self.entries.write().expect("lock").clear();
+        let mut entries = self.entries.write().expect("lock");
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        entries.clear();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_read_before_a_removal_is_not_stored_after_it() {
+        let map = TtlMap::new(Duration::from_secs(30), 10);
+        map.insert(1, "active");
+        let before = map.generation();
+        // The read of key 1 began; meanwhile a write removed it (or any other key).
+        map.remove(&1);
+        map.insert_since(1, "active", before);
+        assert_eq!(map.get(&1), None, "the stale value stayed out");
+        let now = map.generation();
+        map.insert_since(1, "inactive", now);
+        assert_eq!(map.get(&1), Some("inactive"));
+        let before = map.generation();
+        map.clear();
+        map.insert_since(2, "stale", before);
+        assert_eq!(map.get(&2), None);
+    }
 
     #[test]
     fn entries_expire_and_can_be_removed() {

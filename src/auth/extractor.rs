@@ -122,6 +122,7 @@ impl AuthCache {
         if let Some(record) = self.entries.get(&id) {
             return Ok(Some(record));
         }
+        let generation = self.entries.generation();
         let row: Option<(String, String, i32, String, Option<Uuid>)> = sqlx::query_as(
             "SELECT role, status, token_version, email, facility_id FROM users WHERE id = $1",
         )
@@ -138,7 +139,7 @@ impl AuthCache {
             email,
             facility_id,
         };
-        self.entries.insert(id, record.clone());
+        self.entries.insert_since(id, record.clone(), generation);
         Ok(Some(record))
     }
 

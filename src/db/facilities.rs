@@ -181,6 +181,7 @@ impl SiteCache {
             }
         }
         if !missing.is_empty() {
+            let generation = self.sites.generation();
             let rows: Vec<Site> = sqlx::query_as(&format!(
                 "SELECT {SITE_COLUMNS} FROM facilities WHERE id = ANY($1)"
             ))
@@ -188,7 +189,7 @@ impl SiteCache {
             .fetch_all(db)
             .await?;
             for site in rows {
-                self.sites.insert(site.id, site.clone());
+                self.sites.insert_since(site.id, site.clone(), generation);
                 found.insert(site.id, site);
             }
         }
