@@ -329,14 +329,24 @@ fn too_many_rows() -> ReadError {
 
 /// Text that is not UTF-8 is taken for Windows-1252, what Excel writes on Western Windows.
 fn decode(bytes: &[u8]) -> Result<String, ReadError> {
+    // Excel's "Unicode Text" export: UTF-16 with its byte order mark, tab-separated.
+    let utf16 = match bytes {
+        [0xFF, 0xFE, rest @ ..] => Some(encoding_rs::UTF_16LE.decode_without_bom_handling(rest).0),
+        [0xFE, 0xFF, rest @ ..] => Some(encoding_rs::UTF_16BE.decode_without_bom_handling(rest).0),
+        _ => None,
+    };
+    if let Some(text) = utf16 {
+        if text.chars().take(64 * 1024).any(is_binary) {
+            return Err(ReadError::NotSpreadsheet);
+        }
+        return Ok(text.into_owned());
+    }
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    // Control characters other than tab, CR and LF mean a binary file, whatever its name.
-    let binary = bytes
+    if bytes
         .iter()
         .take(64 * 1024)
-        .filter(|&&b| b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n' | 0x0C))
-        .count();
-    if binary > 0 {
+        .any(|&b| b.is_ascii() && is_binary(b as char))
+    {
         return Err(ReadError::NotSpreadsheet);
     }
     match std::str::from_utf8(bytes) {
@@ -346,6 +356,12 @@ fn decode(bytes: &[u8]) -> Result<String, ReadError> {
             Ok(text.into_owned())
         }
     }
+}
+
+/// Control characters other than tab, CR, LF and form feed mean a binary file, whatever its
+/// name.
+fn is_binary(c: char) -> bool {
+    c < ' ' && !matches!(c, '\t' | '\r' | '\n' | '\x0C')
 }
 
 /// The separator that splits the header line into the most fields.
@@ -479,6 +495,32 @@ mod tests {
         let sheet = read(&bytes).unwrap();
         assert_eq!(sheet.headers[0], "code");
         assert_eq!(sheet.rows[0].1[1], "Café");
+    }
+
+    #[test]
+    fn excel_unicode_text_is_read() {
+        let text = "name\tcode\tcouncil\r\nCentre de santé Kimironko\tKIM-1\tGasabo\r\n";
+        for (bom, units) in [
+            (
+                [0xFF, 0xFE],
+                text.encode_utf16()
+                    .flat_map(u16::to_le_bytes)
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                [0xFE, 0xFF],
+                text.encode_utf16().flat_map(u16::to_be_bytes).collect(),
+            ),
+        ] {
+            let bytes: Vec<u8> = bom.into_iter().chain(units).collect();
+            let sheet = read(&bytes).unwrap();
+            assert_eq!(sheet.headers, vec!["name", "code", "council"]);
+            assert_eq!(sheet.rows[0].1[0], "Centre de santé Kimironko");
+            assert_eq!(sheet.rows[0].0, 2);
+        }
+        let mut binary = vec![0xFF, 0xFE];
+        binary.extend("a\u{1}b".encode_utf16().flat_map(u16::to_le_bytes));
+        assert_eq!(read(&binary).unwrap_err(), ReadError::NotSpreadsheet);
     }
 
     #[test]
