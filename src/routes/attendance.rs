@@ -180,15 +180,21 @@ async fn clock_in(
     }
     // A clock-in backdated into a shift already worked would count those hours twice. A tap
     // sent as it happens cannot be inside a closed shift, so only backdated ones are checked.
+    // The shift this very clock-in began (a retry by client_id, or the same device's tap) is
+    // not another shift: the insert below finds it and answers with it.
     if req.occurred_at.is_some() && occurred_at < now - chrono::Duration::minutes(1) {
         let worked: Option<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
             "SELECT clock_in_at, clock_out_at FROM attendance
              WHERE user_id = $1 AND deleted_at IS NULL AND status = 'closed'
                AND clock_in_at <= $2 AND clock_out_at > $2
+               AND ($3::text IS NULL OR client_id IS DISTINCT FROM $3)
+               AND ($4::text IS NULL OR (device_id, client_timestamp) IS DISTINCT FROM ($4, $2))
              ORDER BY clock_in_at DESC LIMIT 1",
         )
         .bind(user.id)
         .bind(occurred_at)
+        .bind(client_id.as_deref())
+        .bind(device_id.as_deref())
         .fetch_optional(&state.db)
         .await?;
         if let Some((from, to)) = worked {
@@ -240,6 +246,13 @@ async fn clock_in(
             _ => None,
         };
         let one_open = constraint.as_deref() == Some("attendance_one_open_per_user");
+        // The same device's tap at the same instant is the same clock-in, sent again.
+        if constraint.as_deref() == Some("attendance_device_timestamp_key")
+            && let (Some(device), Some(at)) = (&new.device_id, new.client_timestamp)
+            && let Some(existing) = by_device_timestamp(&state, user.id, device, at).await?
+        {
+            return Ok((StatusCode::OK, Json(existing.into())));
+        }
         if !one_open && constraint.as_deref() != Some("attendance_client_id_key") {
             return Err(error.into());
         }
@@ -280,6 +293,25 @@ async fn by_client_id(
     Ok(sqlx::query_as(&sql)
         .bind(user_id)
         .bind(client_id)
+        .fetch_optional(&state.db)
+        .await?)
+}
+
+async fn by_device_timestamp(
+    state: &AppState,
+    user_id: Uuid,
+    device_id: &str,
+    at: DateTime<Utc>,
+) -> Result<Option<AttendanceRow>, ApiError> {
+    let sql = format!(
+        "SELECT {} FROM attendance a
+         WHERE a.device_id = $1 AND a.client_timestamp = $2 AND a.user_id = $3",
+        records::COLUMNS
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(device_id)
+        .bind(at)
+        .bind(user_id)
         .fetch_optional(&state.db)
         .await?)
 }

@@ -962,6 +962,37 @@ async fn times_outside_the_accepted_window_and_bad_input_are_refused() {
 }
 
 #[tokio::test]
+async fn the_same_devices_tap_sent_again_without_a_client_id_returns_its_record() {
+    let app = TestApp::spawn().await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    let mut body = at_site();
+    body["device_id"] = json!("phone-7");
+    body["occurred_at"] = json!((Utc::now() - Duration::minutes(20)).to_rfc3339());
+    let (status, first) = clock_in(&app, &user, body.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(clock_out(&app, &user, at_site()).await.0, StatusCode::OK);
+    let (status, again) = clock_in(&app, &user, body).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], first["id"]);
+    // And a backdated clock-in retried by its client_id after the shift ended.
+    let (other, _) = user_at_site(&app, "focal", None).await;
+    let mut body = at_site();
+    body["client_id"] = json!("phone-8:backdated");
+    body["occurred_at"] = json!((Utc::now() - Duration::minutes(10)).to_rfc3339());
+    let (status, second) = clock_in(&app, &other, body.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    assert_eq!(clock_out(&app, &other, at_site()).await.0, StatusCode::OK);
+    let (status, again) = clock_in(&app, &other, body).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], second["id"]);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2);
+}
+
+#[tokio::test]
 async fn a_retried_clock_in_with_the_same_client_id_returns_the_same_record() {
     let app = TestApp::spawn().await;
     let (user, _) = user_at_site(&app, "focal", None).await;
