@@ -55,10 +55,6 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
         (at.elapsed() < self.ttl).then(|| value.clone())
     }
 
-    pub fn insert(&self, key: K, value: V) {
-        self.insert_since(key, value, self.generation());
-    }
-
     pub fn remove(&self, key: &K) {
         let mut entries = self.entries.write().expect("lock");
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -79,7 +75,7 @@ mod tests {
     #[test]
     fn a_value_read_before_a_removal_is_not_stored_after_it() {
         let map = TtlMap::new(Duration::from_secs(30), 10);
-        map.insert(1, "active");
+        map.insert_since(1, "active", map.generation());
         let before = map.generation();
         // The read of key 1 began; meanwhile a write removed it (or any other key).
         map.remove(&1);
@@ -97,14 +93,14 @@ mod tests {
     #[test]
     fn entries_expire_and_can_be_removed() {
         let map = TtlMap::new(Duration::from_millis(50), 10);
-        map.insert(1, "a");
-        map.insert(2, "b");
+        map.insert_since(1, "a", map.generation());
+        map.insert_since(2, "b", map.generation());
         assert_eq!(map.get(&1), Some("a"));
         map.remove(&1);
         assert_eq!(map.get(&1), None);
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(map.get(&2), None, "an expired entry is not returned");
-        map.insert(3, "c");
+        map.insert_since(3, "c", map.generation());
         map.clear();
         assert_eq!(map.get(&3), None);
     }
@@ -112,10 +108,10 @@ mod tests {
     #[test]
     fn a_full_map_drops_expired_entries_before_growing() {
         let map = TtlMap::new(Duration::from_millis(20), 2);
-        map.insert(1, 1);
-        map.insert(2, 2);
+        map.insert_since(1, 1, map.generation());
+        map.insert_since(2, 2, map.generation());
         std::thread::sleep(Duration::from_millis(30));
-        map.insert(3, 3);
+        map.insert_since(3, 3, map.generation());
         assert_eq!(map.entries.read().unwrap().len(), 1);
     }
 }

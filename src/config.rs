@@ -260,9 +260,8 @@ impl Reader<'_> {
 }
 
 impl Config {
-    /// Reads the process environment, after loading `.env` when one exists.
+    /// Reads the process environment (`main` loads `.env` into it first, when one exists).
     pub fn from_env() -> Result<Self, ConfigError> {
-        let _ = dotenvy::dotenv();
         Self::from_lookup(&|key| std::env::var(key).ok())
     }
 
@@ -323,7 +322,7 @@ impl Config {
             url: SecretString::from(database_url),
             migration_url: SecretString::from(migration_url),
             min_connections,
-            max_connections: max_connections.max(1),
+            max_connections,
             acquire_timeout: Duration::from_secs(r.ranged("DB_ACQUIRE_TIMEOUT_SECS", 3, 1..=300)),
             idle_timeout: r.secs("DB_IDLE_TIMEOUT_SECS", 10),
         };
@@ -526,14 +525,20 @@ fn random_secret() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `scheme://host[:port]` as a browser or an app's web view sends it (`https://...`,
+/// `capacitor://localhost`): lower case, since the comparison is exact and browsers send it so.
 fn is_origin(origin: &str) -> bool {
     let Some((scheme, rest)) = origin.split_once("://") else {
         return false;
     };
-    matches!(scheme, "http" | "https")
+    let mut scheme_chars = scheme.bytes();
+    scheme_chars.next().is_some_and(|b| b.is_ascii_lowercase())
+        && scheme_chars.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+.-".contains(&b))
         && !rest.is_empty()
         && !rest.contains(['/', '?', '#', '@'])
-        && rest.bytes().all(|b| b.is_ascii_graphic())
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b.is_ascii_uppercase())
 }
 
 #[cfg(test)]
@@ -580,7 +585,7 @@ mod tests {
             ("DB_MAX_CONNECTIONS", "0"),
             (
                 "CORS_ORIGINS",
-                "https://app.example.org/, app.example.org, https://ok.example.org:8443",
+                "https://app.example.org/, app.example.org, https://App.Example.org, https://ok.example.org:8443",
             ),
         ]))
         .unwrap_err();
@@ -594,6 +599,7 @@ mod tests {
             "DB_MAX_CONNECTIONS",
             "`https://app.example.org/`",
             "`app.example.org`",
+            "`https://App.Example.org`",
         ] {
             assert!(text.contains(key), "{key} missing from: {text}");
         }
@@ -601,10 +607,13 @@ mod tests {
         let config = Config::from_map(&vars(&[
             ("APP_ENV", "development"),
             ("DATABASE_URL", "postgres://localhost/db"),
-            ("CORS_ORIGINS", "*, http://localhost:5173"),
+            (
+                "CORS_ORIGINS",
+                "*, http://localhost:5173, capacitor://localhost, http://[::1]:8080",
+            ),
         ]))
         .unwrap();
-        assert_eq!(config.cors_origins.len(), 2);
+        assert_eq!(config.cors_origins.len(), 4);
     }
 
     #[test]

@@ -59,10 +59,9 @@ impl FromRequestParts<AppState> for AuthUser {
         // come from a change another process made (another instance, the command line): the
         // row decides. An older token is refused without a read.
         if claims.ver > record.token_version || record.status != UserStatus::Active {
-            state.auth_cache.invalidate(claims.sub);
             record = state
                 .auth_cache
-                .get(&state.db, claims.sub)
+                .reload(&state.db, claims.sub)
                 .await?
                 .ok_or(ApiError::InvalidToken)?;
         }
@@ -122,6 +121,11 @@ impl AuthCache {
         if let Some(record) = self.entries.get(&id) {
             return Ok(Some(record));
         }
+        self.reload(db, id).await
+    }
+
+    /// The account's state read from the database, replacing what is cached.
+    pub async fn reload(&self, db: &PgPool, id: Uuid) -> Result<Option<AuthRecord>, ApiError> {
         let generation = self.entries.generation();
         let row: Option<(String, String, i32, String, Option<Uuid>)> = sqlx::query_as(
             "SELECT role, status, token_version, email, facility_id FROM users WHERE id = $1",

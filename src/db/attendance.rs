@@ -192,6 +192,68 @@ pub struct AttendanceFilter {
     pub per_page: Option<u32>,
 }
 
+/// The closed shift of `user_id` that `at` falls inside of, by more than `tolerance` before its
+/// end (a phone's clock may run that far behind the server's), as its start and end. The shift
+/// a retried request began itself (same `client_id`, or the same device's tap at `at`) is not
+/// counted.
+pub async fn worked_shift_at<'e>(
+    db: impl PgExecutor<'e>,
+    user_id: Uuid,
+    at: DateTime<Utc>,
+    tolerance: std::time::Duration,
+    client_id: Option<&str>,
+    device_id: Option<&str>,
+) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT clock_in_at, clock_out_at FROM attendance
+         WHERE user_id = $1 AND deleted_at IS NULL AND status = 'closed'
+           AND clock_in_at <= $2 AND clock_out_at > $2 + $5
+           AND ($3::text IS NULL OR client_id IS DISTINCT FROM $3)
+           AND ($4::text IS NULL OR (device_id, client_timestamp) IS DISTINCT FROM ($4, $2))
+         ORDER BY clock_in_at DESC LIMIT 1",
+    )
+    .bind(user_id)
+    .bind(at)
+    .bind(client_id)
+    .bind(device_id)
+    .bind(chrono::Duration::from_std(tolerance).unwrap_or_default())
+    .fetch_optional(db)
+    .await
+}
+
+/// The record a user's clock-in with this `client_id` made.
+pub async fn by_client_id<'e>(
+    db: impl PgExecutor<'e>,
+    user_id: Uuid,
+    client_id: &str,
+) -> Result<Option<AttendanceRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM attendance a WHERE a.user_id = $1 AND a.client_id = $2"
+    ))
+    .bind(user_id)
+    .bind(client_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// The record a user's device made with this timestamp.
+pub async fn by_device_timestamp<'e>(
+    db: impl PgExecutor<'e>,
+    user_id: Uuid,
+    device_id: &str,
+    at: DateTime<Utc>,
+) -> Result<Option<AttendanceRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM attendance a
+         WHERE a.device_id = $1 AND a.client_timestamp = $2 AND a.user_id = $3"
+    ))
+    .bind(device_id)
+    .bind(at)
+    .bind(user_id)
+    .fetch_optional(db)
+    .await
+}
+
 /// `WHERE` clauses shared by lists, exports and summaries: the viewer's scope (their own
 /// records and their tree's) and the filters.
 pub fn push_filters(

@@ -82,6 +82,8 @@ pub(crate) struct FacilityRow {
     region_name: String,
     #[sqlx(default)]
     distance_m: Option<f64>,
+    #[sqlx(default)]
+    total: Option<i64>,
 }
 
 impl FacilityRow {
@@ -268,7 +270,8 @@ pub async fn search(
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<Facility>, i64), sqlx::Error> {
-    let mut qb = QueryBuilder::new("SELECT found.* FROM ");
+    // The window count runs after the radius filter and before LIMIT: the total of all pages.
+    let mut qb = QueryBuilder::new("SELECT found.*, count(*) OVER () AS total FROM ");
     push_found(&mut qb, filter, near);
     qb.push(if near.is_some() {
         " ORDER BY distance_m, id"
@@ -280,7 +283,8 @@ pub async fn search(
         .push(" OFFSET ")
         .push_bind(offset);
     let rows: Vec<FacilityRow> = qb.build_query_as().fetch_all(db).await?;
-    let total = super::page_total(rows.len(), limit, offset, async || {
+    let first = rows.first().map(|r| r.total.unwrap_or(0));
+    let total = super::window_total(first, offset, async || {
         let mut qb = QueryBuilder::new("SELECT count(*) FROM ");
         push_found(&mut qb, filter, near);
         qb.build_query_scalar().fetch_one(db).await

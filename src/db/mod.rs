@@ -117,6 +117,7 @@ pub fn is_deadlock(e: &sqlx::Error) -> bool {
 /// read and hold every matching row, wide columns included, before the first page is
 /// returned: half a second for the first page of a million audit rows, against a fiftieth
 /// for the page and a separate count.)
+/// Facility searches are the exception (see `window_total`).
 pub async fn page_total(
     len: usize,
     limit: i64,
@@ -128,6 +129,22 @@ pub async fn page_total(
         Ok(offset + len)
     } else {
         count().await
+    }
+}
+
+/// The total a window count (`count(*) OVER ()`) gave on the page's first row or, for a page
+/// past the end, which has no row to carry it, the matches counted on their own. For a search
+/// whose filter must be computed for every row anyway (a facility's distance from a point),
+/// over a table of thousands: a separate count would compute it twice.
+pub async fn window_total(
+    first: Option<i64>,
+    offset: i64,
+    count: impl AsyncFnOnce() -> Result<i64, sqlx::Error>,
+) -> Result<i64, sqlx::Error> {
+    match first {
+        Some(total) => Ok(total),
+        None if offset > 0 => count().await,
+        None => Ok(0),
     }
 }
 

@@ -37,6 +37,22 @@ pub fn outside_geofence(distance_m: f64, radius_m: i32) -> bool {
     distance_m > f64::from(radius_m)
 }
 
+/// Why an online clock-in at `occurred_at` cannot open a shift: it began more than the maximum
+/// shift ago, so it would be open already past the maximum and closed as forgotten at once.
+pub fn too_old_to_open(
+    occurred_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    max_shift: Duration,
+) -> Result<(), String> {
+    if occurred_at < forgotten_before(now, max_shift) {
+        return Err(format!(
+            "is more than the {}-hour maximum shift ago: that shift has ended; send it with its clock-out through sync",
+            max_shift.as_secs() / 3600
+        ));
+    }
+    Ok(())
+}
+
 /// An open record started before this instant is a forgotten clock-out.
 pub fn forgotten_before(now: DateTime<Utc>, max_shift: Duration) -> DateTime<Utc> {
     now - chrono::Duration::from_std(max_shift).unwrap_or_default()

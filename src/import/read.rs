@@ -202,12 +202,20 @@ fn read_xlsx(bytes: &[u8]) -> Result<Sheet, ReadError> {
         .map_err(|e| ReadError::Unreadable(e.to_string()))?
     {
         let (row, col) = cell.get_position();
+        // Cells that would be dropped are dropped before their text is copied: a sheet can point
+        // millions of them at one long shared string.
+        if col as usize >= MAX_COLUMNS {
+            continue;
+        }
         let value = cell.get_value();
         let text = match value {
             DataRef::String(s) => Some(s.as_str()),
             DataRef::SharedString(s) => Some(*s),
             _ => None,
         };
+        if text.is_some_and(|t| t.trim().is_empty()) {
+            continue;
+        }
         if let Some(text) = text
             && text.len() > MAX_CELL_CHARS
             && text.chars().count() > MAX_CELL_CHARS

@@ -145,9 +145,17 @@ const EXCEL_ERRORS: &[&str] = &[
     "#UNKNOWN!",
 ];
 
-/// A cell's text as a message quotes it: control characters escaped, at most 64 characters.
+/// A cell's text as a message quotes it: control characters escaped (a NUL could not be
+/// stored in the report), at most 64 characters.
 fn shown(text: &str) -> String {
-    let mut out: String = text.chars().take(64).flat_map(char::escape_debug).collect();
+    let mut out = String::new();
+    for c in text.chars().take(64) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
     if text.chars().nth(64).is_some() {
         out.push('…');
     }

@@ -12,12 +12,12 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::{AuthUser, ClientInfo};
-use crate::db::attendance::{self as records, AttendanceFilter, AttendanceRecord, AttendanceRow};
+use crate::db::attendance::{self as records, AttendanceFilter, AttendanceRecord};
 use crate::db::clock_ins::NewClockIn;
 use crate::db::clock_outs::{self, CloseShift, OpenShift};
 use crate::db::coalesce::Shared;
 use crate::domain::GeoPoint;
-use crate::domain::attendance::{TimeRules, forgotten_before};
+use crate::domain::attendance::{TimeRules, forgotten_before, too_old_to_open};
 use crate::error::{ApiError, ErrorEnvelope, Invalid};
 use crate::extract::{Json, Path, Query};
 use crate::routes::auth::optional_text;
@@ -123,7 +123,7 @@ fn already_clocked_in() -> ApiError {
 #[utoipa::path(post, path = "/attendance/clock-in", tag = "attendance", security(("bearer" = [])), request_body = ClockIn,
     responses(
         (status = 201, description = "Clocked in", body = AttendanceRecord),
-        (status = 200, description = "A retry with a known `client_id`: the record made the first time", body = AttendanceRecord),
+        (status = 200, description = "A retry (the same `client_id`, or the same `device_id` and `occurred_at`): the record made the first time", body = AttendanceRecord),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 409, description = "Already clocked in (`already_clocked_in`), or a backdated `occurred_at` inside a shift already worked (`conflict`)", body = ErrorEnvelope),
@@ -143,22 +143,19 @@ async fn clock_in(
     if let Err(reason) = time_rules(&state).check(occurred_at, now) {
         invalid.add("occurred_at", reason);
     }
-    let max_shift = state.config.attendance.max_shift;
-    if req.occurred_at.is_some() && occurred_at < forgotten_before(now, max_shift) {
-        // It would be open already past the maximum, and closed as forgotten at once.
-        invalid.add(
-            "occurred_at",
-            format!(
-                "is more than the {}-hour maximum shift ago: that shift has ended; send it with its clock-out through sync",
-                max_shift.as_secs() / 3600
-            ),
-        );
+    if req.occurred_at.is_some()
+        && let Err(reason) = too_old_to_open(occurred_at, now, state.config.attendance.max_shift)
+    {
+        invalid.add("occurred_at", reason);
     }
     let device_id = optional_text(req.device_id, "device_id", 128, &mut invalid);
     let client_id = optional_text(req.client_id, "client_id", 128, &mut invalid);
     let notes = optional_text(req.notes, "notes", 1000, &mut invalid);
     invalid.finish()?;
     let point = point.expect("checked above");
+    // A time within the tolerance ahead of the server clock is a phone's clock running fast:
+    // the tap happened now.
+    let occurred_at = occurred_at.min(now);
 
     let facility_id = req.facility_id.or(user.facility_id).ok_or_else(|| {
         ApiError::invalid("facility_id", "is required: you have no default facility")
@@ -183,19 +180,15 @@ async fn clock_in(
     // The shift this very clock-in began (a retry by client_id, or the same device's tap) is
     // not another shift: the insert below finds it and answers with it.
     if req.occurred_at.is_some() && occurred_at < now - chrono::Duration::minutes(1) {
-        let worked: Option<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT clock_in_at, clock_out_at FROM attendance
-             WHERE user_id = $1 AND deleted_at IS NULL AND status = 'closed'
-               AND clock_in_at <= $2 AND clock_out_at > $2
-               AND ($3::text IS NULL OR client_id IS DISTINCT FROM $3)
-               AND ($4::text IS NULL OR (device_id, client_timestamp) IS DISTINCT FROM ($4, $2))
-             ORDER BY clock_in_at DESC LIMIT 1",
+        let tolerance = state.config.attendance.future_tolerance;
+        let worked = records::worked_shift_at(
+            &state.db,
+            user.id,
+            occurred_at,
+            tolerance,
+            client_id.as_deref(),
+            device_id.as_deref(),
         )
-        .bind(user.id)
-        .bind(occurred_at)
-        .bind(client_id.as_deref())
-        .bind(device_id.as_deref())
-        .fetch_optional(&state.db)
         .await?;
         if let Some((from, to)) = worked {
             return Err(ApiError::conflict(
@@ -246,10 +239,12 @@ async fn clock_in(
             _ => None,
         };
         let one_open = constraint.as_deref() == Some("attendance_one_open_per_user");
-        // The same device's tap at the same instant is the same clock-in, sent again.
-        if constraint.as_deref() == Some("attendance_device_timestamp_key")
+        // The same device's tap at the same instant is the same clock-in, sent again (the
+        // open-shift index may trip first while that shift is still open).
+        if (one_open || constraint.as_deref() == Some("attendance_device_timestamp_key"))
             && let (Some(device), Some(at)) = (&new.device_id, new.client_timestamp)
-            && let Some(existing) = by_device_timestamp(&state, user.id, device, at).await?
+            && let Some(existing) =
+                records::by_device_timestamp(&state.db, user.id, device, at).await?
         {
             return Ok((StatusCode::OK, Json(existing.into())));
         }
@@ -258,7 +253,7 @@ async fn clock_in(
         }
         // A retry of a clock-in that already happened gets that record back.
         if let Some(cid) = &new.client_id
-            && let Some(existing) = by_client_id(&state, user.id, cid).await?
+            && let Some(existing) = records::by_client_id(&state.db, user.id, cid).await?
         {
             return Ok((StatusCode::OK, Json(existing.into())));
         }
@@ -279,41 +274,6 @@ async fn clock_in(
         }
     };
     Ok((StatusCode::CREATED, Json(row.into())))
-}
-
-async fn by_client_id(
-    state: &AppState,
-    user_id: Uuid,
-    client_id: &str,
-) -> Result<Option<AttendanceRow>, ApiError> {
-    let sql = format!(
-        "SELECT {} FROM attendance a WHERE a.user_id = $1 AND a.client_id = $2",
-        records::COLUMNS
-    );
-    Ok(sqlx::query_as(&sql)
-        .bind(user_id)
-        .bind(client_id)
-        .fetch_optional(&state.db)
-        .await?)
-}
-
-async fn by_device_timestamp(
-    state: &AppState,
-    user_id: Uuid,
-    device_id: &str,
-    at: DateTime<Utc>,
-) -> Result<Option<AttendanceRow>, ApiError> {
-    let sql = format!(
-        "SELECT {} FROM attendance a
-         WHERE a.device_id = $1 AND a.client_timestamp = $2 AND a.user_id = $3",
-        records::COLUMNS
-    );
-    Ok(sqlx::query_as(&sql)
-        .bind(device_id)
-        .bind(at)
-        .bind(user_id)
-        .fetch_optional(&state.db)
-        .await?)
 }
 
 /// The user's open shift, read with the others asked for at the same time, or alone when that
@@ -360,9 +320,9 @@ async fn clock_out(
     // step shared with the clock-outs that arrive beside it, or taken alone when its batch
     // failed.
     let max_shift = state.config.attendance.max_shift;
-    // A clock-out a little ahead of the server clock (within the tolerance) is measured to now,
-    // which is when the shift would be closed as forgotten.
-    let measured_to = occurred_at.min(now);
+    // A time within the tolerance ahead of the server clock is a phone's clock running fast:
+    // the shift ends now, and is measured and stored so.
+    let occurred_at = occurred_at.min(now);
     for _ in 0..3 {
         let Some(OpenShift {
             row: open,
@@ -373,7 +333,7 @@ async fn clock_out(
         };
         // Measured to the clock-out's own time: a clock-out sent late (the phone was offline)
         // still closes a shift of normal length, as long as nothing has closed it since.
-        if open.clock_in_at < forgotten_before(measured_to, max_shift) {
+        if open.clock_in_at < forgotten_before(occurred_at, max_shift) {
             let cutoff = forgotten_before(now, max_shift);
             records::close_forgotten(&state.db, Some(user.id), cutoff).await?;
             return Err(not_clocked_in(

@@ -226,6 +226,17 @@ async fn backdated_clock_ins_that_would_count_hours_twice_or_never_close_are_ref
     // After the shift it ended, a backdated clock-in is fine.
     let (status, body) = clock_in(&app, &user, at(0, 30)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // A phone whose clock runs three minutes slow clocks in at the next facility just after a
+    // clock-out the server stamped: within the tolerance, not an overlap.
+    let (other, _) = user_at_site(&app, "focal", None).await;
+    assert_eq!(
+        clock_in(&app, &other, at(2, 0)).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(clock_out(&app, &other, at_site()).await.0, StatusCode::OK);
+    let (status, body) = clock_in(&app, &other, at(0, 3)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
 }
 
 #[tokio::test]
@@ -248,6 +259,13 @@ async fn a_clock_out_a_little_ahead_of_the_server_clock_closes_a_full_length_shi
     assert_eq!(status, StatusCode::OK, "{closed}");
     assert_eq!(closed["id"], json!(shift));
     assert_eq!(closed["status"], "closed");
+    // Stored as ending now, not in the future: no longer than the maximum.
+    let ended: chrono::DateTime<Utc> = closed["clock_out_at"].as_str().unwrap().parse().unwrap();
+    assert!(ended <= Utc::now(), "{closed}");
+    assert!(
+        closed["duration_s"].as_i64().unwrap() <= 16 * 3600,
+        "{closed}"
+    );
 }
 
 #[tokio::test]
@@ -970,6 +988,10 @@ async fn the_same_devices_tap_sent_again_without_a_client_id_returns_its_record(
     body["occurred_at"] = json!((Utc::now() - Duration::minutes(20)).to_rfc3339());
     let (status, first) = clock_in(&app, &user, body.clone()).await;
     assert_eq!(status, StatusCode::CREATED, "{first}");
+    // Resent while the shift is open (the answer was lost), and again after it closed.
+    let (status, again) = clock_in(&app, &user, body.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], first["id"]);
     assert_eq!(clock_out(&app, &user, at_site()).await.0, StatusCode::OK);
     let (status, again) = clock_in(&app, &user, body).await;
     assert_eq!(status, StatusCode::OK, "{again}");
