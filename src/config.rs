@@ -438,7 +438,7 @@ impl Config {
 
         let timezone = r.parsed("APP_TIMEZONE", chrono_tz::Africa::Kigali);
         let attendance = AttendanceSettings {
-            default_geofence_m: r.parsed("GEOFENCE_DEFAULT_RADIUS_M", 200i32),
+            default_geofence_m: r.ranged("GEOFENCE_DEFAULT_RADIUS_M", 200i32, 1..=100_000),
             enforce_geofence: r.bool("GEOFENCE_ENFORCE", false),
             future_tolerance: r.secs("CLOCK_FUTURE_TOLERANCE_SECS", 5 * 60),
             max_age: Duration::from_secs(r.ranged("CLOCK_MAX_AGE_DAYS", 30u64, 1..=3650) * 86_400),

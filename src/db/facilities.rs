@@ -244,7 +244,7 @@ pub struct FacilityFilter {
     #[param(example = "-1.9441,30.0619")]
     pub near: Option<String>,
     /// With `near`: only facilities within this many metres.
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 20037509)]
     pub radius_m: Option<f64>,
     #[param(minimum = 1, maximum = 100000, default = 1)]
     pub page: Option<u32>,
@@ -331,14 +331,28 @@ fn push_found(
     }
     if let (Some(point), Some(radius)) = (near, filter.radius_m) {
         // A bounding box first, so the latitude index narrows the rows the haversine runs on.
-        let dlat = radius / 111_195.0;
-        let dlng = radius / (111_195.0 * point.latitude.to_radians().cos().abs().max(0.01));
+        let (latitudes, longitudes) = bounding_box(point, radius);
         qb.push(" AND f.latitude BETWEEN ")
-            .push_bind(point.latitude - dlat);
-        qb.push(" AND ").push_bind(point.latitude + dlat);
-        qb.push(" AND f.longitude BETWEEN ")
-            .push_bind(point.longitude - dlng);
-        qb.push(" AND ").push_bind(point.longitude + dlng);
+            .push_bind(latitudes.0)
+            .push(" AND ")
+            .push_bind(latitudes.1);
+        match longitudes {
+            Longitudes::All => {}
+            Longitudes::Between(west, east) => {
+                qb.push(" AND f.longitude BETWEEN ")
+                    .push_bind(west)
+                    .push(" AND ")
+                    .push_bind(east);
+            }
+            // The circle crosses the antimeridian: east of `west` or west of `east`.
+            Longitudes::Wrapped(west, east) => {
+                qb.push(" AND (f.longitude >= ")
+                    .push_bind(west)
+                    .push(" OR f.longitude <= ")
+                    .push_bind(east)
+                    .push(")");
+            }
+        }
     }
     qb.push(") AS found");
     if let (Some(_), Some(radius)) = (near, filter.radius_m) {
@@ -346,8 +360,90 @@ fn push_found(
     }
 }
 
+#[derive(Debug, PartialEq)]
+enum Longitudes {
+    All,
+    Between(f64, f64),
+    Wrapped(f64, f64),
+}
+
+/// The latitudes and longitudes that hold every point within `radius` metres of `point`, a
+/// little generously: the longitudes widen with latitude (exactly, by the angular radius), wrap
+/// across the antimeridian, and are all of them when the circle reaches a pole.
+fn bounding_box(point: GeoPoint, radius: f64) -> ((f64, f64), Longitudes) {
+    let angle = (radius / crate::domain::geo::EARTH_RADIUS_M).min(std::f64::consts::PI);
+    let dlat = angle.to_degrees() * 1.0001;
+    let (south, north) = (point.latitude - dlat, point.latitude + dlat);
+    let latitudes = (south.max(-90.0), north.min(90.0));
+    let reach = angle.sin() / point.latitude.to_radians().cos();
+    if south <= -90.0 || north >= 90.0 || reach.is_nan() || reach >= 1.0 {
+        return (latitudes, Longitudes::All);
+    }
+    let dlng = reach.asin().to_degrees() * 1.0001;
+    let (west, east) = (point.longitude - dlng, point.longitude + dlng);
+    let longitudes = if west < -180.0 {
+        Longitudes::Wrapped(west + 360.0, east)
+    } else if east > 180.0 {
+        Longitudes::Wrapped(west, east - 360.0)
+    } else {
+        Longitudes::Between(west, east)
+    };
+    (latitudes, longitudes)
+}
+
 /// A facility type as stored and filtered: "Health Center", "health-center" and
 /// "health_center" are one type, whether typed into a form or a spreadsheet.
 pub fn type_key(t: &str) -> String {
     t.trim().to_lowercase().replace([' ', '-'], "_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inside(((south, north), longitudes): &((f64, f64), Longitudes), p: GeoPoint) -> bool {
+        let lat_ok = (*south..=*north).contains(&p.latitude);
+        lat_ok
+            && match longitudes {
+                Longitudes::All => true,
+                Longitudes::Between(w, e) => (*w..=*e).contains(&p.longitude),
+                Longitudes::Wrapped(w, e) => p.longitude >= *w || p.longitude <= *e,
+            }
+    }
+
+    #[test]
+    fn the_box_holds_every_point_of_the_circle_across_the_antimeridian_and_near_the_poles() {
+        for (lat, lng, radius) in [
+            (-17.0, 179.99, 5_000.0),
+            (-17.0, -179.99, 5_000.0),
+            (89.999, 0.0, 1_000.0),
+            (-89.99, 45.0, 5_000.0),
+            (60.0, 0.0, 500_000.0),
+            (-1.95, 30.06, 5_000.0),
+            (0.0, 0.0, 15_000_000.0),
+        ] {
+            let centre = GeoPoint::new(lat, lng).unwrap();
+            let bbox = bounding_box(centre, radius);
+            // Points on the circle (just inside it), found by walking out along 360 bearings.
+            for step in 0..360 {
+                let bearing = f64::from(step).to_radians();
+                let d = radius * 0.999 / crate::domain::geo::EARTH_RADIUS_M;
+                let (phi, lambda) = (lat.to_radians(), lng.to_radians());
+                let phi2 = (phi.sin() * d.cos() + phi.cos() * d.sin() * bearing.cos()).asin();
+                let lambda2 = lambda
+                    + (bearing.sin() * d.sin() * phi.cos()).atan2(d.cos() - phi.sin() * phi2.sin());
+                let lng2 = (lambda2.to_degrees() + 540.0).rem_euclid(360.0) - 180.0;
+                let p = GeoPoint::new(phi2.to_degrees(), lng2).unwrap();
+                assert!(centre.distance_m(&p) <= radius, "{p:?}");
+                assert!(
+                    inside(&bbox, p),
+                    "({lat}, {lng}) r={radius}: {p:?} outside {bbox:?}"
+                );
+            }
+        }
+        // The box still narrows an ordinary search.
+        let bbox = bounding_box(GeoPoint::new(-1.95, 30.06).unwrap(), 5_000.0);
+        assert!(matches!(bbox.1, Longitudes::Between(w, e) if e - w < 0.1));
+        assert!(!inside(&bbox, GeoPoint::new(-1.95, 30.2).unwrap()));
+    }
 }

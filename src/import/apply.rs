@@ -86,11 +86,13 @@ async fn councils(db: &PgPool) -> Result<Councils, sqlx::Error> {
 }
 
 /// Reads, checks and applies `bytes`, and stores the report. Parsing runs on the blocking pool.
+/// New facilities get `default_radius_m` as their geofence (`GEOFENCE_DEFAULT_RADIUS_M`).
 pub async fn run(
     db: &PgPool,
     bytes: Vec<u8>,
     filename: Option<String>,
     options: ImportOptions,
+    default_radius_m: i32,
     actor: Option<(&AuthUser, &ClientInfo)>,
 ) -> Result<ImportReport, ApiError> {
     let councils = councils(db).await?;
@@ -127,17 +129,20 @@ pub async fn run(
             .bind(IMPORT_LOCK)
             .execute(&mut *tx)
             .await?;
-        upsert(&mut tx, &checked.valid, options.on_duplicate)
-            .await
-            .map_err(|e| match &e {
-                sqlx::Error::Database(d) if d.code().as_deref() == Some("21000") => {
-                    ApiError::invalid(
-                        "file",
-                        "names one facility code twice, in letters that differ only in case",
-                    )
-                }
-                _ => e.into(),
-            })?
+        upsert(
+            &mut tx,
+            &checked.valid,
+            options.on_duplicate,
+            default_radius_m,
+        )
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("21000") => ApiError::invalid(
+                "file",
+                "names one facility code twice, in letters that differ only in case",
+            ),
+            _ => e.into(),
+        })?
     } else {
         (0, 0)
     };
@@ -217,6 +222,7 @@ async fn upsert(
     tx: &mut sqlx::PgConnection,
     rows: &[FacilityRow],
     on_duplicate: OnDuplicate,
+    default_radius_m: i32,
 ) -> Result<(usize, usize), sqlx::Error> {
     let conflict = match on_duplicate {
         OnDuplicate::Skip => "ON CONFLICT (lower(code)) DO NOTHING",
@@ -252,9 +258,10 @@ async fn upsert(
         phones.push(row.contact_phone.clone().or_else(|| kept?.2.clone()));
     }
     let sql = format!(
-        "INSERT INTO facilities (code, name, type, council_id, latitude, longitude, address, contact_phone)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], $5::float8[],
-                              $6::float8[], $7::text[], $8::text[])
+        "INSERT INTO facilities (code, name, type, council_id, latitude, longitude, address, contact_phone,
+                                 geofence_radius_m)
+         SELECT u.*, $9::int FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], $5::float8[],
+                                        $6::float8[], $7::text[], $8::text[]) AS u
          {conflict}
          RETURNING xmax = 0 AS inserted"
     );
@@ -267,6 +274,7 @@ async fn upsert(
         .bind(rows.iter().map(|r| r.point.longitude).collect::<Vec<_>>())
         .bind(addresses)
         .bind(phones)
+        .bind(default_radius_m)
         .fetch_all(&mut *tx)
         .await?;
     let created = inserted.iter().filter(|&&i| i).count();

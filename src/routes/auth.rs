@@ -191,19 +191,29 @@ pub async fn check_supervisor(
     Ok(())
 }
 
+/// The facility a user is given must exist and be active, unless `user` already has it (an
+/// edit that sends the account's other fields back unchanged).
 pub async fn check_facility(
     state: &AppState,
     facility_id: Option<Uuid>,
+    user: Option<Uuid>,
     invalid: &mut Invalid,
 ) -> Result<(), ApiError> {
     if let Some(id) = facility_id {
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM facilities WHERE id = $1)")
-                .bind(id)
-                .fetch_one(&state.db)
-                .await?;
-        if !exists {
-            invalid.add("facility_id", "no such facility");
+        let found: Option<(String, bool)> = sqlx::query_as(
+            "SELECT f.status, EXISTS (SELECT 1 FROM users u WHERE u.id = $2 AND u.facility_id = f.id)
+             FROM facilities f WHERE f.id = $1",
+        )
+        .bind(id)
+        .bind(user)
+        .fetch_optional(&state.db)
+        .await?;
+        match found {
+            None => invalid.add("facility_id", "no such facility"),
+            Some((status, kept)) if status != "active" && !kept => {
+                invalid.add("facility_id", format!("the facility is {status}"))
+            }
+            Some(_) => {}
         }
     }
     Ok(())
@@ -251,7 +261,7 @@ async fn register(
     if !role.is_field() {
         invalid.add("role", "self-registration is for field roles only");
     }
-    check_facility(&state, Some(req.facility_id), &mut invalid).await?;
+    check_facility(&state, Some(req.facility_id), None, &mut invalid).await?;
     check_supervisor(&state.db, req.supervisor_id, &mut invalid).await?;
     invalid.finish()?;
     let (Some(email), Some(password)) = (email, password) else {

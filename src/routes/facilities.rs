@@ -59,10 +59,10 @@ async fn list_facilities(
         if near.is_none() {
             return Err(ApiError::invalid("radius_m", "needs `near`"));
         }
-        if !(radius.is_finite() && radius > 0.0) {
+        if !(radius.is_finite() && (1.0..=MAX_RADIUS_M).contains(&radius)) {
             return Err(ApiError::invalid(
                 "radius_m",
-                "must be a positive number of metres",
+                "must be between 1 and 20037509 metres (half the Earth's circumference)",
             ));
         }
     }
@@ -125,6 +125,28 @@ pub struct CreateFacility {
     pub status: Option<FacilityStatus>,
 }
 
+/// Half the Earth's circumference: no point on it is farther.
+const MAX_RADIUS_M: f64 = 20_037_509.0;
+
+fn changed_fields(req: &UpdateFacility) -> Vec<&'static str> {
+    [
+        ("code", req.code.is_some()),
+        ("name", req.name.is_some()),
+        ("type", req.facility_type.is_some()),
+        ("council_id", req.council_id.is_some()),
+        ("latitude", req.latitude.is_some()),
+        ("longitude", req.longitude.is_some()),
+        ("geofence_radius_m", req.geofence_radius_m.is_some()),
+        ("address", req.address.is_some()),
+        ("contact_phone", req.contact_phone.is_some()),
+        ("contact_email", req.contact_email.is_some()),
+        ("status", req.status.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect()
+}
+
 fn duplicate_code() -> ApiError {
     ApiError::conflict("duplicate", "a facility with this code already exists")
 }
@@ -137,8 +159,16 @@ fn check_radius(radius: Option<i32>, invalid: &mut Invalid) {
     }
 }
 
+/// Each coordinate given, checked on its own so that both can be reported.
 fn check_point(latitude: Option<f64>, longitude: Option<f64>, invalid: &mut Invalid) {
-    if let Err((field, reason)) = GeoPoint::new(latitude.unwrap_or(0.0), longitude.unwrap_or(0.0)) {
+    if let Some(lat) = latitude
+        && let Err((field, reason)) = GeoPoint::new(lat, 0.0)
+    {
+        invalid.add(field, reason);
+    }
+    if let Some(lng) = longitude
+        && let Err((field, reason)) = GeoPoint::new(0.0, lng)
+    {
         invalid.add(field, reason);
     }
 }
@@ -190,8 +220,10 @@ async fn create_facility(
     let mut invalid = Invalid::default();
     let code = required_text(&req.code, "code", 64, &mut invalid);
     let name = required_text(&req.name, "name", 200, &mut invalid);
-    let facility_type = optional_text(req.facility_type, "type", 50, &mut invalid)
-        .map_or_else(|| "health_center".into(), |t| facilities::type_key(&t));
+    let facility_type = req.facility_type.as_deref().map_or_else(
+        || "health_center".into(),
+        |t| facilities::type_key(&required_text(t, "type", 50, &mut invalid)),
+    );
     check_point(Some(req.latitude), Some(req.longitude), &mut invalid);
     check_radius(req.geofence_radius_m, &mut invalid);
     let address = optional_text(req.address, "address", 500, &mut invalid);
@@ -354,10 +386,17 @@ async fn update_facility(
     if updated.rows_affected() == 0 {
         return Err(ApiError::NotFound);
     }
-    Activity::new("facility.update")
+    // A status change is its own action, so the trail can be searched for it.
+    let action = match req.status {
+        Some(FacilityStatus::Inactive) => "facility.deactivate",
+        Some(FacilityStatus::Active) => "facility.reactivate",
+        _ => "facility.update",
+    };
+    Activity::new(action)
         .by(&admin)
         .on("facility", id)
         .from(&client)
+        .details(serde_json::json!({ "fields": changed_fields(&req) }))
         .record(&mut *tx)
         .await?;
     let facility = facilities::find(&mut *tx, id)
@@ -486,7 +525,16 @@ async fn import_facilities(
         dry_run: query.dry_run.unwrap_or(false),
         strict: query.strict.unwrap_or(false),
     };
-    let report = apply::run(&state.db, bytes, filename, options, Some((&admin, &client))).await?;
+    let radius = state.config.attendance.default_geofence_m;
+    let report = apply::run(
+        &state.db,
+        bytes,
+        filename,
+        options,
+        radius,
+        Some((&admin, &client)),
+    )
+    .await?;
     // An import in `update` mode may move any facility's geofence.
     state.sites.clear();
     Ok(Json(report))

@@ -256,7 +256,7 @@ async fn create_user(
         req.employee_id,
         &mut invalid,
     );
-    check_facility(&state, req.facility_id, &mut invalid).await?;
+    check_facility(&state, req.facility_id, None, &mut invalid).await?;
     check_supervisor(&state.db, req.supervisor_id, &mut invalid).await?;
     invalid.finish()?;
     let (Some(email), Some(password)) = (email, password) else {
@@ -428,7 +428,7 @@ async fn update_user(
             invalid.add("role", "you cannot change your own role");
         }
     }
-    check_facility(&state, req.facility_id.flatten(), &mut invalid).await?;
+    check_facility(&state, req.facility_id.flatten(), Some(id), &mut invalid).await?;
 
     let mut tx = state.db.begin().await?;
     // Supervision changes are serialised so that two concurrent edits cannot form a cycle

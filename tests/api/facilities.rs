@@ -830,6 +830,99 @@ fn reference_haversine(a: (f64, f64), b: (f64, f64)) -> f64 {
 }
 
 #[tokio::test]
+async fn facility_edits_report_every_bad_field_and_searches_cross_the_antimeridian() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("GEOFENCE_DEFAULT_RADIUS_M".into(), "300".into());
+    })
+    .await;
+    let admin = app.admin().await;
+    let council = gasabo(&app).await;
+    let create = |body: Value| {
+        send(
+            app.post("/api/facilities")
+                .bearer_auth(&admin.token)
+                .json(&body),
+        )
+    };
+    // Both coordinates wrong: both reported. A blank type is refused, as PATCH refuses it.
+    let (status, body) = create(json!({"code": "X-1", "name": "X", "council_id": council,
+        "latitude": 91.0, "longitude": 181.0, "type": "   "}))
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    let details = &body["error"]["details"];
+    for field in ["latitude", "longitude", "type"] {
+        assert!(details[field].is_array(), "{field}: {body}");
+    }
+    // The configured default radius, through the API and through an import alike.
+    let (status, fiji) = create(json!({"code": "FJ-1", "name": "Taveuni East",
+        "council_id": council, "latitude": -17.0, "longitude": -179.99}))
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{fiji}");
+    assert_eq!(fiji["geofence_radius_m"], 300);
+    import(
+        &app,
+        &admin.token,
+        "f.csv",
+        fixture("facilities_utf8.csv"),
+        "",
+    )
+    .await;
+    let radii: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT geofence_radius_m FROM facilities")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(radii, vec![300]);
+    // 2.1 km away across the antimeridian.
+    let (status, found) = send(
+        app.get("/api/facilities?near=-17,179.99&radius_m=5000")
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    assert_eq!(found["total"], 1, "{found}");
+    assert_eq!(found["data"][0]["code"], "FJ-1");
+    for radius in ["0.5", "30000000"] {
+        let (status, body) = send(
+            app.get(&format!(
+                "/api/facilities?near=-17,179.99&radius_m={radius}"
+            ))
+            .bearer_auth(&admin.token),
+        )
+        .await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+    }
+    // A status change is its own action in the audit trail, with the fields sent.
+    let id = fiji["id"].as_str().unwrap();
+    let (status, body) = send(
+        app.patch(&format!("/api/facilities/{id}"))
+            .bearer_auth(&admin.token)
+            .json(&json!({"status": "inactive", "name": "Taveuni East (closed)"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (action, details): (String, Value) = sqlx::query_as(
+        "SELECT action, details FROM activities WHERE entity_type = 'facility' AND entity_id = $1
+         ORDER BY created_at DESC, id DESC LIMIT 1",
+    )
+    .bind(uuid::Uuid::parse_str(id).unwrap())
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(action, "facility.deactivate");
+    assert_eq!(details["fields"], json!(["name", "status"]));
+}
+
+#[tokio::test]
 async fn near_sorts_by_great_circle_distance_within_a_metre_of_the_reference() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;

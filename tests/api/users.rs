@@ -451,6 +451,58 @@ async fn admins_create_users_of_any_role_and_duplicates_conflict() {
     );
 }
 
+#[tokio::test]
+async fn no_one_is_newly_assigned_to_a_closed_facility_but_its_staff_can_still_be_edited() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let facility = app.facility().await;
+    let body = json!({
+        "email": "placed@example.org", "password": "a long enough passphrase",
+        "first_name": "Placed", "last_name": "Early", "role": "focal", "facility_id": facility,
+    });
+    let (status, placed) = send(app.post("/api/users").bearer_auth(&admin.token).json(&body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{placed}");
+    let (status, _) = send(
+        app.delete(&format!("/api/facilities/{facility}"))
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let mut late = body.clone();
+    late["email"] = json!("placed.late@example.org");
+    let (status, err) = send(app.post("/api/users").bearer_auth(&admin.token).json(&late)).await;
+    assert_error(
+        status,
+        &err,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert!(err["error"]["details"]["facility_id"].is_array(), "{err}");
+    let other = app.user("focal", None).await;
+    let (status, err) = send(
+        app.patch(&format!("/api/users/{}", other.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"facility_id": facility})),
+    )
+    .await;
+    assert_error(
+        status,
+        &err,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    // Someone already there keeps it while other fields change.
+    let (status, edited) = send(
+        app.patch(&format!("/api/users/{}", placed["id"].as_str().unwrap()))
+            .bearer_auth(&admin.token)
+            .json(&json!({"facility_id": facility, "last_name": "Moved"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{edited}");
+    assert_eq!(edited["last_name"], "Moved");
+}
+
 /// Every route × {anonymous, field role, the target's supervisor, the backstopper above that
 /// supervisor, an unrelated supervisor, admin}.
 #[tokio::test]
