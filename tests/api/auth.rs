@@ -672,6 +672,8 @@ async fn create_admin_resets_an_account_and_ends_its_sessions() {
     );
     // The seed's first admin is a creation; resetting it a password change; promoting a field
     // worker a password change and a role change; a new account a creation. None has an actor.
+    // (Rows of one transaction share their time, and their ids are not ordered within a
+    // millisecond: they are compared by action.)
     let worker = app.user("focal", None).await;
     app.cli(&[
         "create-admin",
@@ -690,7 +692,7 @@ async fn create_admin_resets_an_account_and_ends_its_sessions() {
     let trail: Vec<(String, Option<uuid::Uuid>, Option<uuid::Uuid>)> = sqlx::query_as(
         "SELECT action, actor_id, entity_id FROM activities
          WHERE action IN ('user.create', 'user.password_change', 'user.role_change')
-         ORDER BY created_at, id",
+         ORDER BY created_at, action",
     )
     .fetch_all(&app.db)
     .await
