@@ -508,7 +508,6 @@ fn quota(burst: u32, secs: u64) -> RateQuota {
     }
 }
 
-/// A development-only signing key, new at every start (tokens do not survive restarts).
 /// The sample configuration's value, or too few distinct characters to be random.
 fn looks_like_a_placeholder(secret: &str) -> bool {
     let lower = secret.to_ascii_lowercase();
@@ -519,6 +518,7 @@ fn looks_like_a_placeholder(secret: &str) -> bool {
         || distinct.len() < 10
 }
 
+/// A development-only signing key, new at every start (tokens do not survive restarts).
 fn random_secret() -> String {
     use rand::Rng;
     let bytes: [u8; 32] = rand::thread_rng().r#gen();

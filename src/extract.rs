@@ -58,12 +58,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
     // Anything after the object but whitespace is malformed, not ignored.
-    de.end().map_err(|e| {
-        ApiError::BadRequest(format!(
-            "malformed JSON: {}",
-            strip_position(&e.to_string())
-        ))
-    })?;
+    de.end().map_err(|e| malformed(&e))?;
     Ok(value)
 }
 
@@ -93,11 +88,15 @@ fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
             details.insert(field, vec![reason]);
             ApiError::Validation(details)
         }
-        _ => ApiError::BadRequest(format!(
-            "malformed JSON: {}",
-            strip_position(&inner.to_string())
-        )),
+        _ => malformed(&inner),
     }
+}
+
+fn malformed(e: &serde_json::Error) -> ApiError {
+    ApiError::BadRequest(format!(
+        "malformed JSON: {}",
+        strip_position(&e.to_string())
+    ))
 }
 
 fn unknown_field(message: &str) -> Option<String> {

@@ -130,13 +130,13 @@ async fn drop_unusable_request_id(mut request: Request) -> Request {
     let usable = |v: &HeaderValue| {
         (1..=128).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
     };
-    if request
-        .headers()
-        .get_all(REQUEST_ID)
-        .iter()
-        .any(|v| !usable(v))
-        || request.headers().get_all(REQUEST_ID).iter().count() > 1
-    {
+    let mut sent = request.headers().get_all(REQUEST_ID).iter();
+    let keep = match (sent.next(), sent.next()) {
+        (None, _) => true,
+        (Some(one), None) => usable(one),
+        (Some(_), Some(_)) => false,
+    };
+    if !keep {
         request.headers_mut().remove(REQUEST_ID);
     }
     request

@@ -48,23 +48,27 @@ impl FromRequestParts<AppState> for AuthUser {
         if let Some(user) = parts.extensions.get::<AuthUser>() {
             return Ok(user.clone());
         }
-        let token = bearer_token(parts).ok_or(ApiError::Unauthenticated)?;
+        let token = bearer_in(&parts.headers).ok_or(ApiError::Unauthenticated)?;
         let claims = state.jwt.verify(token)?;
-        let mut record = state
-            .auth_cache
-            .get(&state.db, claims.sub)
-            .await?
-            .ok_or(ApiError::InvalidToken)?;
-        // A token newer than the cached state, or an account the cache holds as inactive, may
-        // come from a change another process made (another instance, the command line): the
-        // row decides. An older token is refused without a read.
-        if claims.ver > record.token_version || record.status != UserStatus::Active {
-            record = state
+        // Token versions only grow, so a token older than the cached state is refused without
+        // a read. One that matches an active account is served from the cache. Anything else
+        // (nothing cached, a newer token, an account cached as inactive) may come from a change
+        // another process made (another instance, the command line): the row decides.
+        let record = match state.auth_cache.cached(claims.sub) {
+            Some(cached) if claims.ver < cached.token_version => {
+                return Err(ApiError::InvalidToken);
+            }
+            Some(cached)
+                if claims.ver == cached.token_version && cached.status == UserStatus::Active =>
+            {
+                cached
+            }
+            _ => state
                 .auth_cache
                 .reload(&state.db, claims.sub)
                 .await?
-                .ok_or(ApiError::InvalidToken)?;
-        }
+                .ok_or(ApiError::InvalidToken)?,
+        };
         if record.status != UserStatus::Active || record.token_version != claims.ver {
             return Err(ApiError::InvalidToken);
         }
@@ -78,10 +82,6 @@ impl FromRequestParts<AppState> for AuthUser {
         parts.extensions.insert(user.clone());
         Ok(user)
     }
-}
-
-pub fn bearer_token(parts: &Parts) -> Option<&str> {
-    bearer_in(&parts.headers)
 }
 
 /// The token of an `Authorization: Bearer …` header, the scheme in any case.
@@ -117,11 +117,9 @@ impl AuthCache {
         }
     }
 
-    pub async fn get(&self, db: &PgPool, id: Uuid) -> Result<Option<AuthRecord>, ApiError> {
-        if let Some(record) = self.entries.get(&id) {
-            return Ok(Some(record));
-        }
-        self.reload(db, id).await
+    /// What this instance holds for the account, if it was read within the time to live.
+    pub fn cached(&self, id: Uuid) -> Option<AuthRecord> {
+        self.entries.get(&id)
     }
 
     /// The account's state read from the database, replacing what is cached.

@@ -318,14 +318,3 @@ pub async fn list(
         total,
     ))
 }
-
-/// `error` as the answer to a write that would leave a user two open shifts (the
-/// `attendance_one_open_per_user` index): 409 `already_clocked_in` with `message`.
-pub fn one_open_shift(error: sqlx::Error, message: &str) -> crate::error::ApiError {
-    match &error {
-        sqlx::Error::Database(db) if db.constraint() == Some("attendance_one_open_per_user") => {
-            crate::error::ApiError::conflict("already_clocked_in", message.to_string())
-        }
-        _ => error.into(),
-    }
-}

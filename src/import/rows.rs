@@ -197,6 +197,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                 .map_or("", |s| s.trim())
         };
         let code = get(Column::Code).to_string();
+        let key = code_key(&code);
         let mut broken: Vec<(usize, Column)> = map
             .iter()
             .filter(|(c, _)| EXCEL_ERRORS.contains(&get(**c)))
@@ -213,7 +214,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                 ),
             }));
             if !code.is_empty() && !EXCEL_ERRORS.contains(&code.as_str()) {
-                seen_codes.entry(code_key(&code)).or_insert(row);
+                seen_codes.entry(key).or_insert(row);
             }
             failed += 1;
             continue;
@@ -231,7 +232,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
             err(Column::Code, "is required".into());
         } else if code.chars().count() > 64 {
             err(Column::Code, "must be at most 64 characters".into());
-        } else if let Some(first) = seen_codes.get(&code_key(&code)) {
+        } else if let Some(first) = seen_codes.get(&key) {
             err(
                 Column::Code,
                 format!(
@@ -330,7 +331,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
         let optional = |c: Column| Some(get(c).to_string()).filter(|s| !s.is_empty());
 
         if !code.is_empty() {
-            seen_codes.entry(code_key(&code)).or_insert(row);
+            seen_codes.entry(key).or_insert(row);
         }
         if row_errors.is_empty() {
             let (Some(lat), Some(lng), Some(council_id)) = (latitude, longitude, council_id) else {

@@ -10,7 +10,6 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
-use crate::db::page_total;
 use crate::domain::Role;
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::extract::{Json, Query};
@@ -88,12 +87,13 @@ async fn list_activities(
         .push(" OFFSET ")
         .push_bind(paging.offset());
     let rows: Vec<ActivityEntry> = qb.build_query_as().fetch_all(&state.db).await?;
-    let total = page_total(rows.len(), paging.limit(), paging.offset(), async || {
-        let mut qb = QueryBuilder::new("SELECT count(*)");
-        push_matching(&mut qb, &filter);
-        qb.build_query_scalar().fetch_one(&state.db).await
-    })
-    .await?;
+    let total = paging
+        .total(rows.len(), async || {
+            let mut qb = QueryBuilder::new("SELECT count(*)");
+            push_matching(&mut qb, &filter);
+            qb.build_query_scalar().fetch_one(&state.db).await
+        })
+        .await?;
     Ok(Json(paging.wrap(rows, total)))
 }
 

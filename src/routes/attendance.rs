@@ -143,9 +143,7 @@ async fn clock_in(
     if let Err(reason) = time_rules(&state).check(occurred_at, now) {
         invalid.add("occurred_at", reason);
     }
-    if req.occurred_at.is_some()
-        && let Err(reason) = too_old_to_open(occurred_at, now, state.config.attendance.max_shift)
-    {
+    if let Err(reason) = too_old_to_open(occurred_at, now, state.config.attendance.max_shift) {
         invalid.add("occurred_at", reason);
     }
     let device_id = optional_text(req.device_id, "device_id", 128, &mut invalid);
@@ -179,7 +177,7 @@ async fn clock_in(
     // sent as it happens cannot be inside a closed shift, so only backdated ones are checked.
     // The shift this very clock-in began (a retry by client_id, or the same device's tap) is
     // not another shift: the insert below finds it and answers with it.
-    if req.occurred_at.is_some() && occurred_at < now - chrono::Duration::minutes(1) {
+    if occurred_at < now - chrono::Duration::minutes(1) {
         let tolerance = state.config.attendance.future_tolerance;
         let worked = records::worked_shift_at(
             &state.db,

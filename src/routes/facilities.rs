@@ -13,7 +13,6 @@ use uuid::Uuid;
 use crate::audit::Activity;
 use crate::auth::{AuthUser, ClientInfo};
 use crate::db::facilities::{self, Facility, FacilityFilter, FacilityStatus};
-use crate::db::page_total;
 use crate::domain::{GeoPoint, Role};
 use crate::error::{ApiError, ErrorEnvelope, Invalid, ResultExt};
 use crate::extract::{Json, Path, Query};
@@ -62,7 +61,9 @@ async fn list_facilities(
         if !(radius.is_finite() && (1.0..=MAX_RADIUS_M).contains(&radius)) {
             return Err(ApiError::invalid(
                 "radius_m",
-                "must be between 1 and 20037509 metres (half the Earth's circumference)",
+                format!(
+                    "must be between 1 and {MAX_RADIUS_M} metres (half the Earth's circumference)"
+                ),
             ));
         }
     }
@@ -597,11 +598,12 @@ async fn list_imports(
     .bind(paging.offset())
     .fetch_all(&state.db)
     .await?;
-    let total = page_total(rows.len(), paging.limit(), paging.offset(), async || {
-        sqlx::query_scalar("SELECT count(*) FROM facility_imports")
-            .fetch_one(&state.db)
-            .await
-    })
-    .await?;
+    let total = paging
+        .total(rows.len(), async || {
+            sqlx::query_scalar("SELECT count(*) FROM facility_imports")
+                .fetch_one(&state.db)
+                .await
+        })
+        .await?;
     Ok(Json(paging.wrap(rows, total)))
 }

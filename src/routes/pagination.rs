@@ -37,6 +37,15 @@ impl Paging {
         i64::from(self.page - 1) * i64::from(self.per_page)
     }
 
+    /// The total of this page's `len` rows (see `db::page_total`).
+    pub async fn total(
+        &self,
+        len: usize,
+        count: impl AsyncFnOnce() -> Result<i64, sqlx::Error>,
+    ) -> Result<i64, sqlx::Error> {
+        crate::db::page_total(len, self.limit(), self.offset(), count).await
+    }
+
     pub fn wrap<T>(&self, data: Vec<T>, total: i64) -> Page<T> {
         Page {
             data,

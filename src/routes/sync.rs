@@ -11,9 +11,8 @@ use uuid::Uuid;
 use crate::audit::Activity;
 use crate::auth::{AuthUser, ClientInfo};
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
-use crate::db::page_total;
 use crate::domain::Role;
-use crate::error::{ApiError, ErrorEnvelope, Invalid};
+use crate::error::{ApiError, ErrorEnvelope, Invalid, ResultExt};
 use crate::extract::{Json, Path, Query};
 use crate::routes::auth::required_text;
 use crate::routes::pagination::{Page, Paging};
@@ -372,13 +371,14 @@ async fn list_conflicts(
     .bind(paging.offset())
     .fetch_all(&state.db)
     .await?;
-    let total = page_total(rows.len(), paging.limit(), paging.offset(), async || {
-        sqlx::query_scalar("SELECT count(*) FROM sync_conflicts WHERE status = $1")
-            .bind(status)
-            .fetch_one(&state.db)
-            .await
-    })
-    .await?;
+    let total = paging
+        .total(rows.len(), async || {
+            sqlx::query_scalar("SELECT count(*) FROM sync_conflicts WHERE status = $1")
+                .bind(status)
+                .fetch_one(&state.db)
+                .await
+        })
+        .await?;
     Ok(Json(paging.wrap(rows, total)))
 }
 
@@ -570,8 +570,11 @@ async fn keep_client_copy(
     let device = conflict.device_id.as_deref().unwrap_or_default();
     apply_plan(&mut *tx, &plan, conflict.user_id, device, now)
         .await
-        .map_err(|e| {
-            records::one_open_shift(e, "the user has another open shift; close it first")
+        .on_constraint("attendance_one_open_per_user", || {
+            ApiError::conflict(
+                "already_clocked_in",
+                "the user has another open shift; close it first",
+            )
         })?;
     records::find(&mut *tx, conflict.record_id)
         .await?

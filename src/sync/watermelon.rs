@@ -28,7 +28,7 @@ use crate::auth::AuthUser;
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow, Location};
 use crate::db::facilities::Facility;
 use crate::domain::attendance::{TimeRules, forgotten_before};
-use crate::error::{ApiError, FieldErrors};
+use crate::error::{ApiError, FieldErrors, ResultExt};
 use crate::sync::apply::apply_plan;
 use crate::sync::model::Content;
 use crate::sync::pull::{self, Changes, Cursor};
@@ -535,8 +535,11 @@ async fn apply_changes(
     );
     apply_plan(&mut tx, &plan, user.id, &device, now)
         .await
-        .map_err(|e| {
-            records::one_open_shift(e, "the push would leave two open shifts for one user")
+        .on_constraint("attendance_one_open_per_user", || {
+            ApiError::conflict(
+                "already_clocked_in",
+                "the push would leave two open shifts for one user",
+            )
         })?;
     Activity::new("sync.watermelon_push")
         .by(user)
