@@ -92,6 +92,8 @@ pub struct DbSettings {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
     pub idle_timeout: Duration,
+    /// How long `serve` waits at start for a database that does not answer yet.
+    pub startup_wait: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -325,6 +327,7 @@ impl Config {
             max_connections,
             acquire_timeout: Duration::from_secs(r.ranged("DB_ACQUIRE_TIMEOUT_SECS", 3, 1..=300)),
             idle_timeout: r.secs("DB_IDLE_TIMEOUT_SECS", 10),
+            startup_wait: Duration::from_secs(r.ranged("DB_STARTUP_WAIT_SECS", 60, 0..=3600)),
         };
 
         let log = LogSettings {

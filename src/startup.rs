@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use axum::Router;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -20,6 +21,30 @@ pub struct Application {
 impl Application {
     /// Migrates and seeds when configured to, connects the pool and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // Both are reached at start, each through its own URL (PgBouncer may come up later
+        // than Postgres).
+        let reached_at_start = [
+            (
+                config.run_migrations,
+                "MIGRATION_DATABASE_URL",
+                config.migration_database_url(),
+            ),
+            (
+                config.seed_on_start,
+                "DATABASE_URL",
+                config.db.url.expose_secret(),
+            ),
+        ];
+        for (_, key, url) in reached_at_start.into_iter().filter(|(needed, ..)| *needed) {
+            crate::db::wait_until_up(url, config.db.startup_wait)
+                .await
+                .with_context(|| {
+                    format!(
+                        "the database at {key} did not answer within {} s (DB_STARTUP_WAIT_SECS)",
+                        config.db.startup_wait.as_secs()
+                    )
+                })?;
+        }
         if config.run_migrations {
             prepare_database(&config).await?;
         }

@@ -61,6 +61,42 @@ pub fn pool(settings: &DbSettings) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(options))
 }
 
+/// Whether a failed connection attempt means the server is not up yet (nothing listening, or
+/// starting, shutting down, or a pooler that cannot reach it), so trying again may succeed.
+fn not_up_yet(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| crate::error::session_lost(&code)),
+        _ => false,
+    }
+}
+
+/// Waits up to `patience` for the server at `url` to accept a connection (a database that does
+/// not exist yet counts as up: its server answered). A service started beside its database, by
+/// a machine boot or a container orchestrator, would otherwise exit on the first refusal.
+pub async fn wait_until_up(url: &str, patience: std::time::Duration) -> Result<(), sqlx::Error> {
+    let options = connect_options(url)?;
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut pause = std::time::Duration::from_millis(250);
+    loop {
+        match PgConnection::connect_with(&options).await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            Err(err) if !not_up_yet(&err) => return Ok(()),
+            Err(err) if tokio::time::Instant::now() + pause > deadline => return Err(err),
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in_ms = pause.as_millis() as u64, "the database is not up yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// Creates the database named in `url` when it does not exist yet.
 pub async fn create_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
     if !Postgres::database_exists(url).await? {

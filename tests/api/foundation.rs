@@ -2,7 +2,12 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{ADMIN_EMAIL, ADMIN_PASSWORD, TestApp, assert_error, send};
+use std::time::{Duration, Instant};
+
+use field_attendance::config::Config;
+use field_attendance::startup::Application;
+
+use crate::helpers::{ADMIN_EMAIL, ADMIN_PASSWORD, FlakyProxy, TestApp, assert_error, send};
 
 #[tokio::test]
 async fn health_answers_ok() {
@@ -47,6 +52,56 @@ async fn ready_turns_503_while_the_database_is_away_and_recovers_by_itself() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test]
+async fn the_service_waits_at_start_for_a_database_that_comes_up_later() {
+    // Postgres refuses every connection for the first two seconds, as while a machine boots.
+    let proxy = FlakyProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    proxy.cut();
+    let (test_db, env) = TestApp::env_through(&proxy, |env| {
+        env.insert("RUN_MIGRATIONS".into(), "true".into());
+        env.insert("DB_STARTUP_WAIT_SECS".into(), "30".into());
+    })
+    .await;
+    let started = Instant::now();
+    let comes_up = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        proxy.restore();
+    };
+    let (app, ()) = tokio::join!(TestApp::spawn_on(test_db, env), comes_up);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the service started before the database answered"
+    );
+
+    // Migrated, seeded and serving.
+    let (status, _) = send(app.get("/ready")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_service_gives_up_on_a_database_that_stays_away_and_says_why() {
+    let proxy = FlakyProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    proxy.cut();
+    let (_test_db, env) = TestApp::env_through(&proxy, |env| {
+        env.insert("DB_STARTUP_WAIT_SECS".into(), "1".into());
+    })
+    .await;
+    let config = Config::from_map(&env).unwrap();
+    let started = Instant::now();
+    let err = Application::build(config)
+        .await
+        .err()
+        .expect("the service does not start without its database");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("DATABASE_URL did not answer within 1 s (DB_STARTUP_WAIT_SECS)"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

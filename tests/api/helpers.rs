@@ -261,13 +261,22 @@ impl TestApp {
         customise: impl FnOnce(&mut HashMap<String, String>),
     ) -> (FlakyProxy, Self) {
         let proxy = FlakyProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+        let (test_db, env) = Self::env_through(&proxy, customise).await;
+        (proxy, Self::spawn_on(test_db, env).await)
+    }
+
+    /// A new test database and the configuration of a service reaching it through `proxy`.
+    pub async fn env_through(
+        proxy: &FlakyProxy,
+        customise: impl FnOnce(&mut HashMap<String, String>),
+    ) -> (TestDb, HashMap<String, String>) {
         let test_db = TestDb::new().await;
         let mut env = test_env(&format!(
             "postgres://postgres@{}/{}",
             proxy.addr, test_db.name
         ));
         customise(&mut env);
-        (proxy, Self::spawn_on(test_db, env).await)
+        (test_db, env)
     }
 
     pub async fn spawn_on(test_db: TestDb, env: HashMap<String, String>) -> Self {

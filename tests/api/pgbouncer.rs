@@ -21,6 +21,7 @@ async fn thousands_of_concurrent_queries_through_pgbouncer_return_their_own_valu
         max_connections: 60,
         acquire_timeout: std::time::Duration::from_secs(30),
         idle_timeout: std::time::Duration::from_secs(10),
+        startup_wait: std::time::Duration::ZERO,
     };
     // The application's own pool settings (no extra_float_digits, default statement cache).
     let pool = field_attendance::db::pool(&config).unwrap();
