@@ -3,6 +3,7 @@
 
 pub mod extractor;
 pub mod jwt;
+pub mod lockout;
 pub mod password;
 pub mod rate_limit;
 pub mod refresh;

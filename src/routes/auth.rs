@@ -10,6 +10,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::audit::Activity;
+use crate::auth::lockout;
 use crate::auth::refresh::{self, Rotation};
 use crate::auth::{AuthUser, ClientInfo};
 use crate::config::Registration;
@@ -310,7 +311,6 @@ struct LoginRow {
     status: String,
     role: String,
     token_version: i32,
-    locked_for_s: Option<f64>,
 }
 
 /// Logs in with email and password. Unknown email and wrong password answer alike, in about the
@@ -339,20 +339,17 @@ async fn login(
         return Err(ApiError::InvalidCredentials);
     }
     let row: Option<LoginRow> = sqlx::query_as(
-        "SELECT id, email, password_hash, status, role, token_version,
-                CASE WHEN locked_until > now()
-                     THEN extract(epoch FROM locked_until - now())::float8 END AS locked_for_s
-         FROM users WHERE email = $1",
+        "SELECT id, email, password_hash, status, role, token_version FROM users WHERE email = $1",
     )
     .bind(&email)
     .fetch_optional(&state.db)
     .await?;
-
-    if let Some(locked_for) = row.as_ref().and_then(|r| r.locked_for_s) {
-        return Err(ApiError::AccountLocked {
-            retry_after_s: locked_for.ceil().max(1.0) as u64,
-        });
-    }
+    // Counted before the hash is checked (423 while locked); an unknown email is hashed all the
+    // same, so that it takes as long.
+    let attempt = match &row {
+        Some(r) => Some(lockout::attempt(&state.db, r.id, &state.config.auth).await?),
+        None => None,
+    };
     let password = SecretString::from(req.password);
     let verified = state
         .hasher
@@ -362,10 +359,13 @@ async fn login(
         )
         .await?;
 
-    let Some(user) = row.filter(|_| verified) else {
-        record_failure(&state, &client, &email).await?;
+    let (Some(user), Some(attempt)) = (row.filter(|_| verified), attempt) else {
+        record_failure(&state, &client, &email, attempt).await?;
         return Err(ApiError::InvalidCredentials);
     };
+    if user.status != "active" {
+        lockout::succeeded(&state.db, attempt).await?;
+    }
     match user.status.as_str() {
         "active" => {}
         "pending" => {
@@ -440,46 +440,24 @@ async fn login(
     )?))
 }
 
-/// Counts a failed login against the account (if any) and locks it at the threshold.
+/// Records a failed login (the account's count was kept when the attempt began), and the
+/// lockout when this attempt set it.
 async fn record_failure(
     state: &AppState,
     client: &ClientInfo,
     email: &str,
+    attempt: Option<lockout::Attempt>,
 ) -> Result<(), ApiError> {
-    let auth = &state.config.auth;
     let mut tx = state.db.begin().await?;
-    // A lock that has run out starts the count afresh.
-    let updated: Option<(Uuid, bool)> = sqlx::query_as(
-        "UPDATE users SET
-             failed_login_count = CASE WHEN locked_until IS NOT NULL AND locked_until <= now()
-                                       THEN 1 ELSE failed_login_count + 1 END,
-             locked_until = CASE
-                 WHEN (CASE WHEN locked_until IS NOT NULL AND locked_until <= now()
-                            THEN 1 ELSE failed_login_count + 1 END) >= $2
-                 THEN now() + make_interval(secs => $3)
-                 ELSE NULL END
-         WHERE email = $1
-         RETURNING id, locked_until IS NOT NULL",
-    )
-    .bind(email)
-    .bind(auth.max_failed_logins)
-    .bind(auth.lockout.as_secs_f64())
-    .fetch_optional(&mut *tx)
-    .await?;
     let mut activity = Activity::new("auth.login_failed")
         .from(client)
         .details(serde_json::json!({ "email": email }));
-    if let Some((id, _)) = updated {
-        activity = activity.on("user", id);
+    if let Some(attempt) = attempt {
+        activity = activity.on("user", attempt.user_id);
     }
     activity.record(&mut *tx).await?;
-    if let Some((id, true)) = updated {
-        Activity::new("auth.lockout")
-            .on("user", id)
-            .from(client)
-            .details(serde_json::json!({ "email": email, "lockout_s": auth.lockout.as_secs() }))
-            .record(&mut *tx)
-            .await?;
+    if let Some(lock) = attempt.and_then(|a| lockout::lock_activity(a, email, &state.config.auth)) {
+        lock.from(client).record(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(())

@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::audit::Activity;
-use crate::auth::{AuthUser, ClientInfo, refresh};
+use crate::auth::{AuthUser, ClientInfo, lockout, refresh};
 use crate::db::users::{self, NewUser, User, UserFilter};
 use crate::domain::{Email, Password, Role, UserStatus};
 use crate::error::{ApiError, ErrorEnvelope, Invalid, ResultExt};
@@ -129,6 +129,7 @@ pub struct ChangePassword {
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 422, description = "Wrong current password or weak new one", body = ErrorEnvelope),
+        (status = 423, description = "Locked after too many wrong passwords, here or at login (`account_locked`); see Retry-After", body = ErrorEnvelope),
         (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn change_password(
@@ -146,20 +147,40 @@ async fn change_password(
         .bind(user.id)
         .fetch_one(&state.db)
         .await?;
+    // Guesses here count towards the same lock as guesses at login.
+    let attempt = lockout::attempt(&state.db, user.id, &state.config.auth).await?;
     let current_ok = req.current_password.len() <= 1024
         && state
             .hasher
             .verify(SecretString::from(req.current_password), Some(hash))
             .await?;
     if !current_ok {
+        let mut tx = state.db.begin().await?;
+        Activity::new("user.password_change_failed")
+            .by(&user)
+            .on("user", user.id)
+            .from(&client)
+            .record(&mut *tx)
+            .await?;
+        if let Some(lock) = lockout::lock_activity(attempt, &user.email, &state.config.auth) {
+            lock.by(&user).from(&client).record(&mut *tx).await?;
+        }
+        tx.commit().await?;
         invalid.add("current_password", "is incorrect");
     }
-    invalid.finish()?;
+    let checked = invalid.finish();
+    if current_ok && checked.is_err() {
+        // The right password with a weak new one: the guesses count starts again.
+        lockout::succeeded(&state.db, attempt).await?;
+    }
+    checked?;
     let new_password = new_password.expect("checked above");
     let new_hash = state.hasher.hash(new_password.into_secret()).await?;
     let mut tx = state.db.begin().await?;
     sqlx::query(
-        "UPDATE users SET password_hash = $2, token_version = token_version + 1 WHERE id = $1",
+        "UPDATE users SET password_hash = $2, token_version = token_version + 1,
+                          failed_login_count = 0, locked_until = NULL
+         WHERE id = $1",
     )
     .bind(user.id)
     .bind(new_hash)

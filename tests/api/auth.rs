@@ -244,6 +244,87 @@ async fn five_failures_lock_the_account_even_against_the_right_password_until_it
 }
 
 #[tokio::test]
+async fn guesses_sent_at_once_get_no_more_password_checks_than_the_lockout_allows() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    let wrong: Vec<String> = (0..20).map(|i| format!("guess number {i}")).collect();
+    let guesses = wrong.iter().map(|guess| app.login(&user.email, guess));
+    let statuses: Vec<StatusCode> = futures::future::join_all(guesses)
+        .await
+        .into_iter()
+        .map(|(status, _)| status)
+        .collect();
+    let checked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::LOCKED)
+        .count();
+    assert_eq!((checked, refused), (5, 15), "{statuses:?}");
+    assert_eq!(app.login(&user.email, PASSWORD).await.0, StatusCode::LOCKED);
+}
+
+#[tokio::test]
+async fn wrong_current_passwords_at_a_password_change_lock_the_account_too() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    let change = |current: &str| {
+        app.post("/api/users/me/password")
+            .bearer_auth(&user.token)
+            .json(&json!({"current_password": current, "new_password": "a brand new passphrase"}))
+    };
+    for _ in 0..5 {
+        let (status, body) = send(change("not-the-password")).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+    }
+    // Even the right password: at the change and at login.
+    let (status, body) = send(change(PASSWORD)).await;
+    assert_error(status, &body, StatusCode::LOCKED, "account_locked");
+    assert_eq!(app.login(&user.email, PASSWORD).await.0, StatusCode::LOCKED);
+    let actions = app.actions().await;
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| *a == "user.password_change_failed")
+            .count(),
+        5
+    );
+    assert!(actions.iter().any(|a| a == "auth.lockout"));
+}
+
+#[tokio::test]
+async fn the_right_password_at_a_change_clears_the_count_even_when_the_new_one_is_refused() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    for _ in 0..4 {
+        app.login(&user.email, "not-the-password").await;
+    }
+    let (status, body) = send(
+        app.post("/api/users/me/password")
+            .bearer_auth(&user.token)
+            .json(&json!({"current_password": PASSWORD, "new_password": "short"})),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    for _ in 0..4 {
+        app.login(&user.email, "not-the-password").await;
+    }
+    assert_eq!(app.login(&user.email, PASSWORD).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn a_success_resets_the_failure_count() {
     let app = TestApp::spawn().await;
     let user = app.user("focal", None).await;
