@@ -95,11 +95,14 @@ async fn revoke_family(conn: &mut PgConnection, family_id: Uuid) -> Result<(), s
     Ok(())
 }
 
-/// Revokes one token of this user (logout). Unknown tokens are ignored.
+/// Revokes a token of this user and its whole chain (logout): a token already rotated still
+/// names the session, whose current token may be elsewhere. Unknown tokens are ignored.
 pub async fn revoke(db: &PgPool, user_id: Uuid, token: &str) -> Result<bool, sqlx::Error> {
     let result = sqlx::query(
         "UPDATE refresh_tokens SET revoked_at = now()
-         WHERE token_hash = $1 AND user_id = $2 AND revoked_at IS NULL",
+         WHERE family_id = (SELECT family_id FROM refresh_tokens
+                            WHERE token_hash = $1 AND user_id = $2)
+           AND revoked_at IS NULL",
     )
     .bind(digest(token))
     .bind(user_id)

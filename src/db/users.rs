@@ -193,6 +193,39 @@ pub const UNIQUE_FIELDS: &[crate::error::ConstraintError<'static>] = &[
     }),
 ];
 
+/// Changes that can take an admin away (a role change, a deactivation) run one at a time, within
+/// the caller's transaction: two admins removing each other at once would otherwise each see the
+/// other still there, and leave none.
+pub async fn lock_admin_roster(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('users.admins'))")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Whether an active admin other than `id` remains (under [`lock_admin_roster`]).
+pub async fn another_active_admin(
+    conn: &mut sqlx::PgConnection,
+    id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM users WHERE role = 'admin' AND status = 'active' AND id <> $1)",
+    )
+    .bind(id)
+    .fetch_one(conn)
+    .await
+}
+
+/// Makes every access token issued to the user so far stop working (within the auth cache's
+/// life on other instances).
+pub async fn end_access_tokens<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET token_version = token_version + 1 WHERE id = $1")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 pub async fn find<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<User>, sqlx::Error> {
     Ok(by_ids(db, &[id]).await?.pop())
 }

@@ -480,7 +480,8 @@ fn token_response(
 }
 
 /// Exchanges a refresh token for a new pair. The old one stops working; presenting it again
-/// revokes every token descended from the same login.
+/// revokes every refresh token descended from the same login, and ends the user's access
+/// tokens (other logins refresh theirs).
 #[utoipa::path(post, path = "/auth/refresh", tag = "auth", request_body = RefreshRequest,
     responses(
         (status = 200, description = "A new token pair", body = TokenResponse),
@@ -516,6 +517,12 @@ async fn refresh_tokens(
                 .record(&mut *tx)
                 .await?;
             tx.commit().await?;
+            // Whoever holds the chain's newer tokens may hold an access token from it too: every
+            // access token of the user stops working. Devices with another, unrevoked chain
+            // refresh and carry on. (After the commit: this transaction holds the account
+            // `FOR SHARE`, as a concurrent presentation of the same token may.)
+            users::end_access_tokens(&state.db, user_id).await?;
+            state.auth_cache.invalidate(user_id);
             return Err(ApiError::InvalidToken);
         }
     };
@@ -545,11 +552,11 @@ async fn refresh_tokens(
     )?))
 }
 
-/// Revokes a refresh token of the caller.
+/// Ends the caller's session: its refresh token and every one rotated from the same login.
 #[utoipa::path(post, path = "/auth/logout", tag = "auth", request_body = RefreshRequest,
     security(("bearer" = [])),
     responses(
-        (status = 204, description = "The refresh token is revoked"),
+        (status = 204, description = "The refresh token and its chain are revoked"),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 401, description = "Missing or invalid access token", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields", body = ErrorEnvelope),

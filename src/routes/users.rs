@@ -399,7 +399,7 @@ struct Current {
         (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "The caller may not change these fields", body = ErrorEnvelope),
         (status = 404, description = "No such user, or not visible to the caller", body = ErrorEnvelope),
-        (status = 409, description = "Email or employee id taken (`duplicate`), or a field role for someone who still supervises others (`conflict`)", body = ErrorEnvelope),
+        (status = 409, description = "Email or employee id taken (`duplicate`), a field role for someone who still supervises others, or the last active admin's role or status (`conflict`)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a supervisor cycle, or deactivating oneself", body = ErrorEnvelope),
         (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
@@ -459,12 +459,25 @@ async fn update_user(
             .execute(&mut *tx)
             .await?;
     }
-    let current: Current =
-        sqlx::query_as("SELECT role, status, supervisor_id FROM users WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(ApiError::NotFound)?;
+    let may_remove_admin = req.role.is_some_and(|r| r != Role::Admin)
+        || req.status.is_some_and(|s| s != UserStatus::Active);
+    if may_remove_admin {
+        users::lock_admin_roster(&mut tx).await?;
+    }
+    // The lock the update needs: a new email takes the row whole; other fields leave it to
+    // foreign-key checks (clock-ins, audit rows naming this user).
+    let lock = if email.is_some() {
+        "UPDATE"
+    } else {
+        "NO KEY UPDATE"
+    };
+    let current: Current = sqlx::query_as(&format!(
+        "SELECT role, status, supervisor_id FROM users WHERE id = $1 FOR {lock}"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(ApiError::NotFound)?;
     check_supervisor(&mut *tx, req.supervisor_id.flatten(), &mut invalid).await?;
     if let Some(Some(supervisor)) = req.supervisor_id
         && (supervisor == id || users::is_above(&mut *tx, id, supervisor).await?)
@@ -472,6 +485,13 @@ async fn update_user(
         invalid.add("supervisor_id", "would make a supervision cycle");
     }
     invalid.finish()?;
+    if may_remove_admin
+        && current.role == Role::Admin.as_str()
+        && current.status == UserStatus::Active.as_str()
+        && !users::another_active_admin(&mut tx, id).await?
+    {
+        return Err(last_admin());
+    }
     // Someone's supervisor must stay able to supervise (the row is locked above, and each
     // new supervisor is share-locked while it is named).
     if let Some(role) = req.role
@@ -498,20 +518,18 @@ async fn update_user(
     let cut_tokens = role_changed || (status_changed && req.status != Some(UserStatus::Active));
     sqlx::query(
         "UPDATE users SET
-             email = coalesce($2, email),
-             first_name = coalesce($3, first_name),
-             last_name = coalesce($4, last_name),
-             phone = CASE WHEN $5 THEN $6 ELSE phone END,
-             employee_id = CASE WHEN $7 THEN $8 ELSE employee_id END,
-             role = coalesce($9, role),
-             status = coalesce($10, status),
-             facility_id = CASE WHEN $11 THEN $12 ELSE facility_id END,
-             supervisor_id = CASE WHEN $13 THEN $14 ELSE supervisor_id END,
-             token_version = token_version + CASE WHEN $15 THEN 1 ELSE 0 END
+             first_name = coalesce($2, first_name),
+             last_name = coalesce($3, last_name),
+             phone = CASE WHEN $4 THEN $5 ELSE phone END,
+             employee_id = CASE WHEN $6 THEN $7 ELSE employee_id END,
+             role = coalesce($8, role),
+             status = coalesce($9, status),
+             facility_id = CASE WHEN $10 THEN $11 ELSE facility_id END,
+             supervisor_id = CASE WHEN $12 THEN $13 ELSE supervisor_id END,
+             token_version = token_version + CASE WHEN $14 THEN 1 ELSE 0 END
          WHERE id = $1",
     )
     .bind(id)
-    .bind(email.as_ref().map(Email::as_str))
     .bind(first_name)
     .bind(last_name)
     .bind(phone.is_some())
@@ -528,6 +546,16 @@ async fn update_user(
     .execute(&mut *tx)
     .await
     .on_constraints(users::UNIQUE_FIELDS)?;
+    // Apart, and only when given: a statement that sets the email (a unique key) locks the row
+    // against the foreign-key checks of other transactions' audit rows, even to the same value.
+    if let Some(email) = &email {
+        sqlx::query("UPDATE users SET email = $2 WHERE id = $1")
+            .bind(id)
+            .bind(email.as_str())
+            .execute(&mut *tx)
+            .await
+            .on_constraints(users::UNIQUE_FIELDS)?;
+    }
     if cut_tokens {
         refresh::revoke_all(&mut *tx, id).await?;
     }
@@ -571,6 +599,13 @@ async fn update_user(
     Ok(Json(user))
 }
 
+fn last_admin() -> ApiError {
+    ApiError::conflict(
+        "conflict",
+        "this is the last active admin; make another user an admin first",
+    )
+}
+
 fn changed_fields(req: &UpdateUser) -> Vec<&'static str> {
     [
         ("email", req.email.is_some()),
@@ -597,6 +632,7 @@ fn changed_fields(req: &UpdateUser) -> Vec<&'static str> {
         (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
         (status = 404, description = "No such user", body = ErrorEnvelope),
+        (status = 409, description = "The last active admin (`conflict`)", body = ErrorEnvelope),
         (status = 422, description = "An admin cannot deactivate themself", body = ErrorEnvelope),
         (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
@@ -614,15 +650,22 @@ async fn deactivate_user(
         ));
     }
     let mut tx = state.db.begin().await?;
-    let previous: Option<String> = sqlx::query_scalar(
+    users::lock_admin_roster(&mut tx).await?;
+    let previous: Option<(String, String)> = sqlx::query_as(
         "UPDATE users u SET status = 'inactive', token_version = u.token_version + 1
-         FROM (SELECT id, status FROM users WHERE id = $1 FOR UPDATE) old
-         WHERE u.id = old.id RETURNING old.status",
+         FROM (SELECT id, status FROM users WHERE id = $1 FOR NO KEY UPDATE) old
+         WHERE u.id = old.id RETURNING old.status, u.role",
     )
     .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
-    let previous = previous.ok_or(ApiError::NotFound)?;
+    let (previous, role) = previous.ok_or(ApiError::NotFound)?;
+    if role == Role::Admin.as_str()
+        && previous == UserStatus::Active.as_str()
+        && !users::another_active_admin(&mut tx, id).await?
+    {
+        return Err(last_admin());
+    }
     refresh::revoke_all(&mut *tx, id).await?;
     Activity::new("user.deactivate")
         .by(&admin)
@@ -649,7 +692,7 @@ async fn decide(
     }
     let mut tx = state.db.begin().await?;
     let row: Option<(String, Option<Uuid>)> =
-        sqlx::query_as("SELECT status, supervisor_id FROM users WHERE id = $1 FOR UPDATE")
+        sqlx::query_as("SELECT status, supervisor_id FROM users WHERE id = $1 FOR NO KEY UPDATE")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;

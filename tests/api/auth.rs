@@ -589,6 +589,74 @@ async fn logout_revokes_the_refresh_token() {
 }
 
 #[tokio::test]
+async fn a_reused_refresh_token_ends_the_access_tokens_of_the_stolen_chain() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    // The user's phone, logged in apart.
+    let (status, phone) = app.login(&user.email, PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
+    // A thief refreshes first with a copy of the token.
+    let (status, stolen) = send(
+        app.post("/api/auth/refresh")
+            .json(&json!({"refresh_token": user.refresh_token})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let thief_access = stolen["access_token"].as_str().unwrap();
+    // The owner presents it next: reuse.
+    let (status, _) = send(
+        app.post("/api/auth/refresh")
+            .json(&json!({"refresh_token": user.refresh_token})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (status, body) = send(app.get("/api/users/me").bearer_auth(thief_access)).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+    // The phone's access token ends too, but its own chain still refreshes.
+    let phone_access = phone["access_token"].as_str().unwrap();
+    let (status, _) = send(app.get("/api/users/me").bearer_auth(phone_access)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, renewed) = send(
+        app.post("/api/auth/refresh")
+            .json(&json!({"refresh_token": phone["refresh_token"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = send(
+        app.get("/api/users/me")
+            .bearer_auth(renewed["access_token"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn logout_with_an_already_rotated_token_ends_the_session_it_came_from() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    let (status, rotated) = send(
+        app.post("/api/auth/refresh")
+            .json(&json!({"refresh_token": user.refresh_token})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = send(
+        app.post("/api/auth/logout")
+            .bearer_auth(&user.token)
+            .json(&json!({"refresh_token": user.refresh_token})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = send(
+        app.post("/api/auth/refresh")
+            .json(&json!({"refresh_token": rotated["refresh_token"]})),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+}
+
+#[tokio::test]
 async fn deactivation_role_change_and_password_change_cut_existing_tokens_off() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;

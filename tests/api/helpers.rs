@@ -577,6 +577,29 @@ impl TestApp {
             .expect(what);
     }
 
+    /// Waits until `n` sessions of this test's database wait for a lock of any kind (a row, an
+    /// advisory lock); panics with `what` after 10 s.
+    pub async fn until_waiting_on_locks(&self, n: i64, what: &str) {
+        let waiting = async {
+            loop {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                     WHERE NOT l.granted AND a.datname = current_database()",
+                )
+                .fetch_one(&self.db)
+                .await
+                .unwrap();
+                if waiting == n {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect(what);
+    }
+
     /// Runs the service's command line against this test's database; panics when it fails,
     /// showing what it printed. Returns its standard output.
     pub fn cli(&self, args: &[&str]) -> Vec<u8> {

@@ -727,3 +727,77 @@ async fn the_activity_log_filters_by_actor_action_entity_and_time() {
     let (status, body) = get("from=yesterday".into()).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
 }
+
+#[tokio::test]
+async fn two_admins_removing_each_other_at_once_leave_one_admin() {
+    for (remove, keep_status) in [
+        (Method::DELETE, None),
+        (Method::PATCH, Some(json!({"role": "supervisor"}))),
+        (Method::PATCH, Some(json!({"status": "suspended"}))),
+    ] {
+        let app = TestApp::spawn().await;
+        let first = app.admin().await;
+        let second = app.user("admin", None).await;
+        // Both requests are let through at once: each waits for its target's row.
+        let mut holder = app.db.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM users WHERE id = ANY($1) FOR UPDATE")
+            .bind([first.id, second.id])
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        let request = |actor: &TestUser, target: &TestUser| {
+            let builder = app
+                .request(remove.clone(), &format!("/api/users/{}", target.id))
+                .bearer_auth(&actor.token);
+            let builder = match &keep_status {
+                Some(body) => builder.json(body),
+                None => builder,
+            };
+            send(builder)
+        };
+        let release = async {
+            app.until_waiting_on_locks(2, "both removals to wait").await;
+            holder.commit().await.unwrap();
+        };
+        let ((one, _), (other, _), ()) =
+            tokio::join!(request(&first, &second), request(&second, &first), release);
+        let mut statuses = [one.as_u16(), other.as_u16()];
+        statuses.sort_unstable();
+        let done = if remove == Method::DELETE { 204 } else { 200 };
+        assert_eq!(statuses, [done, 409], "{remove} {keep_status:?}");
+        let admins: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM users WHERE role = 'admin' AND status = 'active'",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        assert_eq!(admins, 1);
+    }
+}
+
+#[tokio::test]
+async fn two_admins_editing_each_other_at_once_both_succeed() {
+    let app = TestApp::spawn().await;
+    let first = app.admin().await;
+    let second = app.user("admin", None).await;
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE id = ANY($1) FOR UPDATE")
+        .bind([first.id, second.id])
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let rename = |actor: &TestUser, target: &TestUser| {
+        send(
+            app.patch(&format!("/api/users/{}", target.id))
+                .bearer_auth(&actor.token)
+                .json(&json!({"first_name": "Renamed", "phone": "+250788000111"})),
+        )
+    };
+    let release = async {
+        app.until_waiting_on_locks(2, "both edits to wait").await;
+        holder.commit().await.unwrap();
+    };
+    let ((one, _), (other, _), ()) =
+        tokio::join!(rename(&first, &second), rename(&second, &first), release);
+    assert_eq!((one, other), (StatusCode::OK, StatusCode::OK));
+}
