@@ -51,6 +51,9 @@ pub enum ApiError {
     RateLimited { retry_after_s: u64 },
     #[error("the service is temporarily unavailable")]
     Unavailable,
+    /// A shared capacity is in use (`503`, with why and when to try again).
+    #[error("{message}")]
+    Busy { message: String, retry_after_s: u64 },
     #[error("internal error: {0}")]
     Internal(#[from] anyhow::Error),
 }
@@ -94,7 +97,7 @@ impl ApiError {
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::AccountLocked { .. } => StatusCode::LOCKED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -115,7 +118,7 @@ impl ApiError {
             ApiError::Validation(_) => "validation_failed",
             ApiError::AccountLocked { .. } => "account_locked",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Unavailable => "unavailable",
+            ApiError::Unavailable | ApiError::Busy { .. } => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -186,7 +189,9 @@ impl IntoResponse for ApiError {
                 };
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
             }
-            ApiError::AccountLocked { retry_after_s } | ApiError::RateLimited { retry_after_s } => {
+            ApiError::AccountLocked { retry_after_s }
+            | ApiError::RateLimited { retry_after_s }
+            | ApiError::Busy { retry_after_s, .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
             }
             _ => {}

@@ -74,11 +74,15 @@ pub struct Services {
     pub limiters: Option<Limiters>,
     pub metrics: Metrics,
     pub started_at: Instant,
+    /// Exports running at once. Each holds a database connection for as long as its client
+    /// takes to read it, so they may take a quarter of the pool at most, never all of it.
+    pub exports: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
     pub fn new(config: Config, db: PgPool) -> Self {
         let jwt = Arc::new(JwtKeys::new(&config.auth));
+        let export_slots = (config.db.max_connections as usize / 4).max(1);
         let rl = &config.rate_limits;
         let limiters = rl.enabled.then(|| Limiters {
             api: limiter(rl.api, jwt.clone(), rl.trust_proxy, true),
@@ -97,6 +101,7 @@ impl AppState {
             db,
             metrics: Metrics::global(),
             started_at: Instant::now(),
+            exports: Arc::new(tokio::sync::Semaphore::new(export_slots)),
         }))
     }
 }

@@ -67,7 +67,7 @@ pub struct ActivityFilter {
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
         (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
-        (status = 422, description = "Bad paging", body = ErrorEnvelope),
+        (status = 422, description = "Bad paging, or a period out of range or reversed", body = ErrorEnvelope),
         (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn list_activities(
@@ -76,6 +76,7 @@ async fn list_activities(
     Query(filter): Query<ActivityFilter>,
 ) -> Result<Json<Page<ActivityEntry>>, ApiError> {
     user.require(Role::Admin)?;
+    super::period::check(filter.from, filter.to)?;
     let paging = Paging::new(filter.page, filter.per_page)?;
     let mut qb = QueryBuilder::new(
         "SELECT id, actor_id, actor_email, action, entity_type, entity_id, details, ip, user_agent,
@@ -102,12 +103,13 @@ fn push_matching(qb: &mut QueryBuilder<'_, sqlx::Postgres>, filter: &ActivityFil
     if let Some(id) = filter.user_id {
         qb.push(" AND actor_id = ").push_bind(id);
     }
-    if let Some(action) = &filter.action {
-        qb.push(" AND action = ").push_bind(action.clone());
+    // A blank text filter is no filter, as in a form left empty.
+    if let Some(action) = filter.action.as_deref().filter(|a| !a.is_empty()) {
+        qb.push(" AND action = ").push_bind(action.to_string());
     }
-    if let Some(entity_type) = &filter.entity_type {
+    if let Some(entity_type) = filter.entity_type.as_deref().filter(|t| !t.is_empty()) {
         qb.push(" AND entity_type = ")
-            .push_bind(entity_type.clone());
+            .push_bind(entity_type.to_string());
     }
     if let Some(id) = filter.entity_id {
         qb.push(" AND entity_id = ").push_bind(id);

@@ -407,7 +407,7 @@ async fn active(
         (status = 200, description = "A page of records", body = Page<AttendanceRecord>),
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
         (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
-        (status = 422, description = "Bad paging", body = ErrorEnvelope),
+        (status = 422, description = "Bad paging, or a period out of range or reversed", body = ErrorEnvelope),
         (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn list_attendance(
@@ -415,6 +415,7 @@ async fn list_attendance(
     user: AuthUser,
     Query(filter): Query<AttendanceFilter>,
 ) -> Result<Json<Page<AttendanceRecord>>, ApiError> {
+    super::period::check(filter.from, filter.to)?;
     let paging = Paging::new(filter.page, filter.per_page)?;
     let (data, total) =
         records::list(&state.db, &user, &filter, paging.limit(), paging.offset()).await?;
@@ -427,7 +428,7 @@ async fn list_attendance(
         (status = 200, description = "A page of the caller's records", body = Page<AttendanceRecord>),
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
         (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
-        (status = 422, description = "Bad paging", body = ErrorEnvelope),
+        (status = 422, description = "Bad paging, or a period out of range or reversed", body = ErrorEnvelope),
         (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn my_records(
@@ -435,6 +436,7 @@ async fn my_records(
     user: AuthUser,
     Query(mut filter): Query<AttendanceFilter>,
 ) -> Result<Json<Page<AttendanceRecord>>, ApiError> {
+    super::period::check(filter.from, filter.to)?;
     filter.user_id = Some(user.id);
     let paging = Paging::new(filter.page, filter.per_page)?;
     let (data, total) =

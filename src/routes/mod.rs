@@ -9,6 +9,7 @@ pub mod facilities;
 pub mod geography;
 pub mod health;
 pub mod pagination;
+pub mod period;
 pub mod reports;
 pub mod sync;
 pub mod users;

@@ -57,6 +57,21 @@ fn parse_bound(value: &str, tz: Tz, end: bool, field: &str) -> Result<DateTime<U
         .ok_or_else(|| ApiError::invalid(field, "does not exist in this time zone"))
 }
 
+/// A period's bounds, either of which may be open.
+type Bounds = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// `from` and `to` as given (a blank value is no bound, as a blank filter in a form).
+fn parse_period(from: &Option<String>, to: &Option<String>, tz: Tz) -> Result<Bounds, ApiError> {
+    let parse = |value: &Option<String>, end: bool, field: &str| {
+        value
+            .as_deref()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| parse_bound(v.trim(), tz, end, field))
+            .transpose()
+    };
+    Ok((parse(from, false, "from")?, parse(to, true, "to")?))
+}
+
 fn parse_tz(tz: Option<&str>, state: &AppState) -> Result<Tz, ApiError> {
     match tz.filter(|t| !t.is_empty()) {
         None => Ok(state.config.attendance.timezone),
@@ -133,8 +148,11 @@ impl ExportRow {
     /// text as written.
     fn cells(&self, tz: Tz, neutralise: bool) -> Vec<String> {
         let local = |t: DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string();
+        // As the API's `duration_s`: a shift closed as incomplete (longer than a shift may be)
+        // keeps its clock-out time but counts no hours.
         let hours = self
             .clock_out_at
+            .filter(|_| self.status != "incomplete")
             .map(|out| {
                 format!(
                     "{:.2}",
@@ -173,6 +191,57 @@ impl ExportRow {
     }
 }
 
+impl ExportRow {
+    /// One worksheet line: times, hours, distance and the geofence flag as values a spreadsheet
+    /// can sum, sort and filter; everything else as text (which a spreadsheet never runs).
+    fn write_xlsx(
+        &self,
+        sheet: &mut rust_xlsxwriter::Worksheet,
+        r: u32,
+        tz: Tz,
+        time_format: &rust_xlsxwriter::Format,
+    ) -> Result<(), rust_xlsxwriter::XlsxError> {
+        use chrono::{Datelike, Timelike};
+        // Excel's calendar starts in 1900; a time it cannot hold stays text.
+        let excel_time = |t: DateTime<Utc>| {
+            let t = t.with_timezone(&tz).naive_local();
+            let year = u16::try_from(t.year()).ok()?;
+            rust_xlsxwriter::ExcelDateTime::from_ymd(year, t.month() as u8, t.day() as u8)
+                .and_then(|d| d.and_hms(t.hour() as u16, t.minute() as u8, t.second()))
+                .ok()
+        };
+        for (c, text) in self.cells(tz, false).into_iter().enumerate() {
+            let col = c as u16;
+            let time = match EXPORT_HEADERS[c] {
+                "clock_in" => Some(self.clock_in_at),
+                "clock_out" => self.clock_out_at,
+                _ => None,
+            };
+            match (EXPORT_HEADERS[c], time.and_then(excel_time)) {
+                (_, Some(t)) => sheet.write_datetime_with_format(r, col, &t, time_format)?,
+                ("hours" | "distance_m", _) if !text.is_empty() => match text.parse::<f64>() {
+                    Ok(n) => sheet.write_number(r, col, n)?,
+                    Err(_) => sheet.write_string(r, col, &text)?,
+                },
+                ("outside_geofence", _) => sheet.write_boolean(r, col, self.outside_geofence)?,
+                _ if text.is_empty() => sheet,
+                _ => sheet.write_string(r, col, &text)?,
+            };
+        }
+        Ok(())
+    }
+}
+
+/// One export's reader, filters and time zone.
+struct Export {
+    db: sqlx::PgPool,
+    viewer: AuthUser,
+    q: ExportQuery,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    tz: Tz,
+}
+
 /// The export query, scoped and filtered, oldest first.
 fn export_query<'a>(
     viewer: &AuthUser,
@@ -203,8 +272,9 @@ fn export_query<'a>(
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
         (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Field roles may not export", body = ErrorEnvelope),
-        (status = 422, description = "Bad dates or time zone", body = ErrorEnvelope),
+        (status = 422, description = "Bad dates or time zone, or a period out of range or reversed", body = ErrorEnvelope),
         (status = 429, description = "Rate limited", body = ErrorEnvelope),
+        (status = 503, description = "The database is unreachable or the request timed out, or as many exports as the service runs at once are running (`unavailable`, with Retry-After); retry later", body = ErrorEnvelope),
     ))]
 async fn export(
     State(state): State<AppState>,
@@ -213,22 +283,31 @@ async fn export(
 ) -> Result<Response, ApiError> {
     user.require(Role::Supervisor)?;
     let tz = parse_tz(q.tz.as_deref(), &state)?;
-    let from = q
-        .from
-        .as_deref()
-        .filter(|v| !v.is_empty())
-        .map(|v| parse_bound(v, tz, false, "from"))
-        .transpose()?;
-    let to =
-        q.to.as_deref()
-            .map(|v| parse_bound(v, tz, true, "to"))
-            .transpose()?;
+    let (from, to) = parse_period(&q.from, &q.to, tz)?;
+    super::period::check(from, to)?;
     let format = q.format.unwrap_or_default();
+    let slot = state
+        .exports
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Busy {
+            message: "as many exports as the service runs at once are running; try again shortly"
+                .into(),
+            retry_after_s: 10,
+        })?;
     let stamp = Utc::now().with_timezone(&tz).format("%Y%m%d-%H%M");
+    let job = Export {
+        db: state.db.clone(),
+        viewer: user,
+        q,
+        from,
+        to,
+        tz,
+    };
     match format {
         ExportFormat::Csv => {
             let stall = state.config.request_timeout;
-            let body = csv_stream(state.db.clone(), user, q, from, to, tz, stall);
+            let body = csv_stream(job, stall, slot);
             Ok((
                 [
                     (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
@@ -242,7 +321,9 @@ async fn export(
                 .into_response())
         }
         ExportFormat::Xlsx => {
-            let file = xlsx_file(state.db.clone(), user, q, from, to, tz).await?;
+            let file = xlsx_file(job).await?;
+            // The file is written: streaming it needs no connection.
+            drop(slot);
             let file = tokio::fs::File::from_std(file);
             let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
             Ok((
@@ -269,18 +350,23 @@ async fn export(
 /// client that takes nothing for `stall` (the request timeout) is cut off, and the connection
 /// goes back to the pool.
 fn csv_stream(
-    db: sqlx::PgPool,
-    viewer: AuthUser,
-    q: ExportQuery,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-    tz: Tz,
+    job: Export,
     stall: std::time::Duration,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Body {
+    let Export {
+        db,
+        viewer,
+        q,
+        from,
+        to,
+        tz,
+    } = job;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
     let cut = Arc::new(AtomicBool::new(false));
     let cut_off = cut.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         let mut qb = export_query(&viewer, &q, from, to);
         let mut rows = qb.build_query_as::<ExportRow>().fetch(&db);
         let mut writer = csv::Writer::from_writer(Vec::with_capacity(80 * 1024));
@@ -343,15 +429,16 @@ fn csv_stream(
 /// A worksheet's rows (1,048,576) less the header.
 const XLSX_MAX_RECORDS: u32 = 1_048_575;
 
-async fn xlsx_file(
-    db: sqlx::PgPool,
-    viewer: AuthUser,
-    q: ExportQuery,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-    tz: Tz,
-) -> Result<std::fs::File, ApiError> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<String>>(1024);
+async fn xlsx_file(job: Export) -> Result<std::fs::File, ApiError> {
+    let Export {
+        db,
+        viewer,
+        q,
+        from,
+        to,
+        tz,
+    } = job;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<ExportRow>(1024);
     let writer = tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
         let mut workbook = rust_xlsxwriter::Workbook::new();
         let sheet = workbook.add_worksheet_with_constant_memory();
@@ -359,11 +446,10 @@ async fn xlsx_file(
         for (c, h) in EXPORT_HEADERS.iter().enumerate() {
             sheet.write_string(0, c as u16, *h)?;
         }
+        let time_format = rust_xlsxwriter::Format::new().set_num_format("yyyy-mm-dd hh:mm:ss");
         let mut r = 1u32;
-        while let Some(cells) = rx.blocking_recv() {
-            for (c, value) in cells.iter().enumerate() {
-                sheet.write_string(r, c as u16, value)?;
-            }
+        while let Some(row) = rx.blocking_recv() {
+            row.write_xlsx(sheet, r, tz, &time_format)?;
             r += 1;
         }
         let mut file = tempfile::tempfile()?;
@@ -389,7 +475,7 @@ async fn xlsx_file(
             ));
         }
         // A bounded channel: the database is read no faster than the sheet is written.
-        tx.send(row.cells(tz, false))
+        tx.send(row)
             .await
             .map_err(|_| anyhow::anyhow!("the spreadsheet writer stopped"))?;
     }
@@ -460,7 +546,7 @@ pub struct Summary {
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
         (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Field roles may not read summaries", body = ErrorEnvelope),
-        (status = 422, description = "Bad dates or time zone", body = ErrorEnvelope),
+        (status = 422, description = "Bad dates or time zone, or a period out of range or reversed", body = ErrorEnvelope),
         (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn summary(
@@ -470,21 +556,10 @@ async fn summary(
 ) -> Result<Json<Summary>, ApiError> {
     user.require(Role::Supervisor)?;
     let tz = parse_tz(q.tz.as_deref(), &state)?;
-    let to =
-        q.to.as_deref()
-            .map(|v| parse_bound(v, tz, true, "to"))
-            .transpose()?
-            .unwrap_or_else(Utc::now);
-    let from = q
-        .from
-        .as_deref()
-        .filter(|v| !v.is_empty())
-        .map(|v| parse_bound(v, tz, false, "from"))
-        .transpose()?
-        .unwrap_or(to - chrono::Duration::days(30));
-    if from >= to {
-        return Err(ApiError::invalid("from", "must be before `to`"));
-    }
+    let (from, to) = parse_period(&q.from, &q.to, tz)?;
+    let to = to.unwrap_or_else(Utc::now);
+    super::period::check(from, Some(to))?;
+    let from = from.unwrap_or(to - chrono::Duration::days(30));
     let group_by = q.group_by.unwrap_or_default();
     let (key, label, join) = match group_by {
         GroupBy::User => (

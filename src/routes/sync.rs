@@ -445,26 +445,27 @@ async fn resolve_conflict(
             records::COLUMNS
         )
     };
+    // The server's record the device's copy was queued against: the same record, or, for a
+    // shift pushed open beside another open one, that one.
+    let against = conflict
+        .server_data
+        .get("id")
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.parse::<Uuid>().ok())
+        .unwrap_or(conflict.record_id);
     let row: Option<AttendanceRow> = match req.keep {
         // Touching the record gives it a new version, so devices pull the server's copy again.
         Keep::Server => {
             sqlx::query_as(&record_sql("notes = notes"))
-                .bind(conflict.record_id)
+                .bind(against)
                 .fetch_optional(&mut *tx)
                 .await?
         }
         Keep::Client => {
             // The device's copy answered the record as it was when the conflict was queued; a
-            // record that has moved on since (clocked out online, say) is not set back. A shift
-            // pushed open beside another open one was queued against that one (the conflict's
-            // server record): keeping the device's copy closes that one as incomplete, as
-            // `client_wins` would have, and stores the device's, which may be new.
-            let against = conflict
-                .server_data
-                .get("id")
-                .and_then(|v| v.as_str())
-                .and_then(|s| s.parse::<Uuid>().ok())
-                .unwrap_or(conflict.record_id);
+            // record that has moved on since (clocked out online, say) is not set back. Kept
+            // beside another open shift, it closes that one as incomplete, as `client_wins`
+            // would have, and stores the device's, which may be new.
             let version: Option<i32> =
                 sqlx::query_scalar("SELECT sync_version FROM attendance WHERE id = $1 FOR UPDATE")
                     .bind(against)

@@ -1203,11 +1203,12 @@ async fn exports_are_real_csv_and_xlsx_in_local_time_with_formulas_neutralised()
         .execute(&app.db)
         .await
         .unwrap();
+    // Longer than a shift may be: it keeps its clock-out but counts no hours.
     app.insert_attendance(
         worker.id,
         facility,
         day + Duration::days(1),
-        None,
+        Some(day + Duration::days(1) + Duration::hours(20)),
         "incomplete",
     )
     .await;
@@ -1247,6 +1248,7 @@ async fn exports_are_real_csv_and_xlsx_in_local_time_with_formulas_neutralised()
         "'=HYPERLINK(\"http://evil.example\",\"click\")"
     );
     assert_eq!(&rows[1][col("status")], "incomplete");
+    assert_eq!(&rows[1][col("hours")], "");
     assert_eq!(&rows[0][col("email")], worker.email);
 
     let response = app
@@ -1263,7 +1265,18 @@ async fn exports_are_real_csv_and_xlsx_in_local_time_with_formulas_neutralised()
     assert_eq!(range.height(), 3, "header and two rows");
     let cell = |r: usize, c: usize| range.get((r, c)).unwrap().to_string();
     assert_eq!(cell(0, 8), "clock_in");
-    assert_eq!(cell(1, 8), "2026-10-05 06:30:00");
+    // Times, hours and the geofence flag are values a spreadsheet sums, sorts and filters.
+    let serial = |t: chrono::DateTime<Utc>| {
+        let epoch = Utc.with_ymd_and_hms(1899, 12, 30, 0, 0, 0).unwrap();
+        (t - epoch).num_seconds() as f64 / 86_400.0
+    };
+    match range.get((1, 8)).unwrap() {
+        calamine::Data::DateTime(t) => assert!((t.as_f64() - serial(day)).abs() < 1e-6, "{t:?}"),
+        other => panic!("clock_in is not a date-time: {other:?}"),
+    }
+    assert_eq!(range.get((1, 10)), Some(&calamine::Data::Float(8.0)));
+    assert_eq!(range.get((1, 12)), Some(&calamine::Data::Bool(false)));
+    assert_eq!(range.get((2, 10)), Some(&calamine::Data::Empty));
     // A workbook's text cell never runs: the note reads as written, and no cell is a formula.
     assert_eq!(cell(1, 14), "=HYPERLINK(\"http://evil.example\",\"click\")");
     let formulas = workbook.worksheet_formula("Attendance").unwrap();
@@ -1271,9 +1284,47 @@ async fn exports_are_real_csv_and_xlsx_in_local_time_with_formulas_neutralised()
 }
 
 #[tokio::test]
+async fn periods_out_of_range_or_reversed_are_refused_and_blank_bounds_are_no_bounds() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    for path in [
+        "/api/attendance/summary?from=-5000-01-01&to=2026-01-01",
+        "/api/attendance/export?from=-5000-01-01",
+        "/api/attendance/export?to=12026-01-01",
+        "/api/attendance/export?from=2026-12-01&to=2026-11-01",
+        "/api/attendance/summary?from=2026-12-01&to=2026-11-01",
+        "/api/attendance?from=2026-12-01T00:00:00Z&to=2026-11-01T00:00:00Z",
+        "/api/attendance/my-records?from=2026-12-01T00:00:00Z&to=2026-12-01T00:00:00Z",
+        "/api/activities?from=2026-12-01T00:00:00Z&to=2026-11-01T00:00:00Z",
+        "/api/activities?from=-5000-01-01T00:00:00Z",
+    ] {
+        let (status, body) = send(app.get(path).bearer_auth(&admin.token)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "validation_failed", "{path}: {body}");
+    }
+    for path in [
+        "/api/attendance/export?from=&to=&tz=",
+        "/api/attendance/summary?from=&to=",
+    ] {
+        let (status, _) = send(app.get(path).bearer_auth(&admin.token)).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    // The admin's own login is in the trail: a blank filter does not hide it.
+    let (status, body) = send(
+        app.get("/api/activities?action=&entity_type=")
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["total"].as_i64().unwrap() > 0, "{body}");
+}
+
+#[tokio::test]
 async fn an_export_nobody_reads_lets_go_of_its_database_connection() {
+    // A pool of 4 runs one export at a time.
     let app = TestApp::spawn_with(|env| {
         env.insert("REQUEST_TIMEOUT_SECS".into(), "1".into());
+        env.insert("DB_MAX_CONNECTIONS".into(), "4".into());
     })
     .await;
     let supervisor = app.user("supervisor", None).await;
@@ -1311,6 +1362,17 @@ async fn an_export_nobody_reads_lets_go_of_its_database_connection() {
     assert_eq!(unread.status(), StatusCode::OK);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(exporting().await, "the export waits on its reader");
+    // Another export waits its turn rather than take the rest of the pool.
+    let response = app
+        .get("/api/attendance/export?format=xlsx")
+        .bearer_auth(&supervisor.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "10");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
     let started = std::time::Instant::now();
     while exporting().await {
         assert!(
@@ -1323,6 +1385,14 @@ async fn an_export_nobody_reads_lets_go_of_its_database_connection() {
         unread.bytes().await.is_err(),
         "a cut-off export ends as a broken download, not as a short file that looks whole"
     );
+    // Its turn is free again.
+    let response = app
+        .get("/api/attendance/export?format=csv&from=2000-01-01&to=2000-01-02")
+        .bearer_auth(&supervisor.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 #[tokio::test]

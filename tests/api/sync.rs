@@ -797,6 +797,42 @@ async fn a_new_shift_queued_beside_an_open_one_is_stored_when_the_admin_keeps_it
     assert_eq!(statuses(&body), vec!["duplicate"]);
 }
 
+#[tokio::test]
+async fn keeping_the_server_copy_of_a_shift_queued_beside_an_open_one_answers_that_one() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (user, facility) = setup(&app).await;
+    let (_, online) = send(
+        app.post("/api/attendance/clock-in")
+            .bearer_auth(&user.token)
+            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
+    )
+    .await;
+    let mut offline = open_shift(facility, 30);
+    offline["conflict_strategy"] = json!("manual");
+    let (_, body) = push(&app, &user, vec![offline]).await;
+    assert_eq!(statuses(&body), vec!["conflict"]);
+    let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
+    let (status, resolved) = send(
+        app.post(&format!(
+            "/api/sync/conflicts/{}/resolve",
+            queue["data"][0]["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&admin.token)
+        .json(&json!({"keep": "server"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{resolved}");
+    // The server's copy is the online shift, still open, with a new version for devices to pull.
+    assert_eq!(resolved["record"]["id"], online["id"], "{resolved}");
+    assert_eq!(resolved["record"]["status"], "open");
+    assert!(
+        resolved["record"]["sync_version"].as_i64() > online["sync_version"].as_i64(),
+        "{resolved}"
+    );
+    assert_eq!(count(&app).await, 1);
+}
+
 async fn push_from(
     app: &TestApp,
     user: &TestUser,
