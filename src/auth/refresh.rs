@@ -124,3 +124,13 @@ pub async fn revoke_all<'e>(
     .await?;
     Ok(())
 }
+
+/// Deletes refresh tokens that expired more than a day ago: none can be used again, and a
+/// rotated one presented after that is refused as unknown rather than as reused.
+pub async fn prune_expired(db: &PgPool) -> Result<u64, sqlx::Error> {
+    let removed =
+        sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < now() - interval '1 day'")
+            .execute(db)
+            .await?;
+    Ok(removed.rows_affected())
+}

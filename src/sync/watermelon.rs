@@ -108,13 +108,55 @@ pub struct MigrationColumns {
     pub columns: Vec<String>,
 }
 
+/// The snapshot a timestamp names: its own row, or, once old timestamps are thinned, the row
+/// kept for its range, whose snapshot is no later than any it replaced (so the pull is a
+/// superset, never short). A number above every one issued names nothing.
 async fn snapshot_of(db: &PgPool, id: i64) -> Result<Option<String>, ApiError> {
-    Ok(
-        sqlx::query_scalar("SELECT snapshot::text FROM sync_snapshots WHERE id = $1")
-            .bind(id)
-            .fetch_optional(db)
-            .await?,
+    Ok(sqlx::query_scalar(
+        "SELECT snapshot::text FROM sync_snapshots
+         WHERE id <= $1 AND $1 <= (SELECT max(id) FROM sync_snapshots)
+         ORDER BY id DESC LIMIT 1",
     )
+    .bind(id)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Every WatermelonDB pull stores the snapshot its timestamp names. Those older than
+/// `keep_exact` are thinned: each whole range of `per_range` consecutive timestamps keeps one
+/// row, at its lowest number, whose snapshot sees only what every snapshot of the range saw
+/// (all transactions below their lowest `xmin`). A device that pulls again with a thinned
+/// timestamp is sent some changes twice, which WatermelonDB applies as updates, and none
+/// fewer. Returns the rows removed.
+pub async fn thin_snapshots(
+    db: &PgPool,
+    keep_exact: std::time::Duration,
+    per_range: i64,
+) -> Result<u64, sqlx::Error> {
+    let removed = sqlx::query(
+        "WITH recent AS (
+             SELECT coalesce(
+                 (SELECT min(id) FROM sync_snapshots
+                  WHERE created_at >= now() - make_interval(secs => $1)),
+                 (SELECT coalesce(max(id), 0) + 1 FROM sync_snapshots)) AS first
+         ), ranges AS (
+             SELECT s.id / $2 AS range, min(s.id) AS keep,
+                    min(pg_snapshot_xmin(s.snapshot)) AS xmin
+             FROM sync_snapshots s, recent
+             WHERE s.id < recent.first / $2 * $2
+             GROUP BY 1 HAVING count(*) > 1
+         ), widened AS (
+             UPDATE sync_snapshots s SET snapshot = format('%s:%s:', r.xmin, r.xmin)::pg_snapshot
+             FROM ranges r WHERE s.id = r.keep
+         )
+         DELETE FROM sync_snapshots s USING ranges r
+         WHERE s.id >= r.range * $2 AND s.id < (r.range + 1) * $2 AND s.id <> r.keep",
+    )
+    .bind(keep_exact.as_secs_f64())
+    .bind(per_range)
+    .execute(db)
+    .await?;
+    Ok(removed.rows_affected())
 }
 
 /// Everything after `last_pulled_at` (null or 0: everything), as WatermelonDB changes, and the

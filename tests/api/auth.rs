@@ -1095,3 +1095,34 @@ async fn the_conflict_queue_is_not_counted_as_syncing() {
     let (status, body) = pull().await;
     assert_error(status, &body, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
 }
+
+#[tokio::test]
+async fn refresh_tokens_expired_for_a_day_are_pruned_and_current_ones_kept() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    sqlx::query(
+        "INSERT INTO refresh_tokens (user_id, family_id, token_hash, expires_at)
+         VALUES ($1, gen_random_uuid(), sha256('long gone'::bytea), now() - interval '2 days'),
+                ($1, gen_random_uuid(), sha256('just gone'::bytea), now() - interval '1 hour')",
+    )
+    .bind(user.id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let removed = field_attendance::auth::refresh::prune_expired(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    let (status, _) = send(
+        app.post("/api/auth/refresh")
+            .json(&json!({"refresh_token": user.refresh_token})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "the current token still works");
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM refresh_tokens WHERE expires_at < now()")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(left, 1, "a token expired an hour ago is kept a while");
+}

@@ -451,3 +451,102 @@ async fn a_shift_opened_offline_beside_one_opened_online_leaves_the_later_one_op
         }
     }
 }
+
+/// The ids of the attendance records a pull sends, created or updated.
+fn pulled_ids(body: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = ["created", "updated"]
+        .iter()
+        .flat_map(|k| body["changes"]["attendance"][k].as_array().unwrap().clone())
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn old_timestamps_once_thinned_still_pull_every_change_since() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    let user = app.quick_user("focal", None, facility).await;
+    let t1 = pull(&app, &user, None).await["timestamp"].as_i64().unwrap();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let (status, _) = push(
+        &app,
+        &user,
+        t1,
+        json!({"attendance": {
+            "created": [raw(a, facility, "a")], "updated": [], "deleted": []
+        }}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let t2 = pull(&app, &user, Some(t1)).await["timestamp"]
+        .as_i64()
+        .unwrap();
+    let (status, _) = push(
+        &app,
+        &user,
+        t2,
+        json!({"attendance": {
+            "created": [raw(b, facility, "b")], "updated": [], "deleted": []
+        }}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let exact: Vec<Vec<String>> = vec![
+        pulled_ids(&pull(&app, &user, Some(t1)).await),
+        pulled_ids(&pull(&app, &user, Some(t2)).await),
+    ];
+    assert_eq!(exact[1], vec![b.to_string()]);
+    // The latest timestamp: those below it (t1, t2 and the two just issued) form one range.
+    let t3 = pull(&app, &user, Some(t2)).await["timestamp"]
+        .as_i64()
+        .unwrap();
+    let stored = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sync_snapshots")
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+    let before = stored().await;
+
+    // Nothing is thinned while it is recent.
+    let keep = std::time::Duration::from_secs(3600);
+    let thin = || field_attendance::sync::watermelon::thin_snapshots(&app.db, keep, t3);
+    assert_eq!(thin().await.unwrap(), 0);
+    // A month on, every timestamp below t3 shares one snapshot.
+    sqlx::query("UPDATE sync_snapshots SET created_at = created_at - interval '30 days'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert!(thin().await.unwrap() > 0);
+    assert!(stored().await < before);
+    assert_eq!(thin().await.unwrap(), 0, "thinning twice changes nothing");
+
+    // t1 still pulls exactly what it did; t2 pulls at least what it did (here, also `a`).
+    assert_eq!(pulled_ids(&pull(&app, &user, Some(t1)).await), exact[0]);
+    let from_t2 = pulled_ids(&pull(&app, &user, Some(t2)).await);
+    assert!(
+        exact[1].iter().all(|id| from_t2.contains(id)),
+        "{from_t2:?}"
+    );
+    // t3 and later timestamps are untouched; numbers never issued are refused.
+    assert_eq!(
+        pulled_ids(&pull(&app, &user, Some(t3)).await),
+        Vec::<String>::new()
+    );
+    let (status, body) = send(
+        app.get(&format!(
+            "/api/sync/watermelon?last_pulled_at={}",
+            t3 + 1000
+        ))
+        .bearer_auth(&user.token),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+}
