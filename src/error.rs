@@ -422,6 +422,11 @@ impl Invalid {
     }
 
     /// Ok when nothing was recorded, else the 422.
+    /// The 422 of the reasons collected (call only when there are some).
+    pub fn into_error(self) -> ApiError {
+        ApiError::Validation(self.0)
+    }
+
     pub fn finish(self) -> Result<()> {
         if self.0.is_empty() {
             Ok(())

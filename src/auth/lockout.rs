@@ -2,7 +2,8 @@
 //! change. Each check is counted before the password is hashed, so guesses sent at once cannot
 //! all be checked before the first failure is written: at most `LOGIN_MAX_FAILURES` checks run
 //! per lockout period. The check that fills the allowance sets the lock; any counted check that
-//! finds the right password clears it, and the count.
+//! finds the right password clears it, and the count. A check that ends before its password is
+//! known (the client went away, the hashing queue timed out, the database failed) is taken back.
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -11,18 +12,32 @@ use crate::audit::Activity;
 use crate::config::AuthSettings;
 use crate::error::ApiError;
 
-/// A counted password check.
-#[derive(Debug, Clone, Copy)]
+/// A counted password check, to be settled as [`Attempt::failed`] or [`Attempt::succeeded`];
+/// dropped unsettled, it is taken back.
 #[must_use]
 pub struct Attempt {
+    user_id: Uuid,
+    locks: bool,
+    db: PgPool,
+    settled: bool,
+}
+
+/// A check that found the wrong password.
+#[derive(Debug, Clone, Copy)]
+pub struct Failure {
     pub user_id: Uuid,
-    /// This check filled the allowance: the account stays locked unless the password is right.
+    /// This check filled the allowance: the account is locked.
     pub locks: bool,
 }
 
-/// Counts a password check on `user_id`, or refuses it with 423 while the account is locked.
+/// Counts a password check on `user_id` (`None`: an unknown email, which runs the same statement
+/// on no row, so that both take as long), or refuses it with 423 while the account is locked.
 /// A lock that has run out starts the count afresh.
-pub async fn attempt(db: &PgPool, user_id: Uuid, auth: &AuthSettings) -> Result<Attempt, ApiError> {
+pub async fn attempt(
+    db: &PgPool,
+    user_id: Option<Uuid>,
+    auth: &AuthSettings,
+) -> Result<Option<Attempt>, ApiError> {
     let counted: Option<bool> = sqlx::query_scalar(
         "UPDATE users SET
              failed_login_count = CASE WHEN locked_until <= now() THEN 1
@@ -33,19 +48,27 @@ pub async fn attempt(db: &PgPool, user_id: Uuid, auth: &AuthSettings) -> Result<
          WHERE id = $1 AND (locked_until IS NULL OR locked_until <= now())
          RETURNING locked_until IS NOT NULL",
     )
-    .bind(user_id)
+    .bind(user_id.unwrap_or(Uuid::nil()))
     .bind(auth.max_failed_logins)
     .bind(auth.lockout.as_secs_f64())
     .fetch_optional(db)
     .await?;
+    let Some(user_id) = user_id else {
+        return Ok(None);
+    };
     match counted {
-        Some(locks) => Ok(Attempt { user_id, locks }),
+        Some(locks) => Ok(Some(Attempt {
+            user_id,
+            locks,
+            db: db.clone(),
+            settled: false,
+        })),
         None => Err(locked(db, user_id).await?),
     }
 }
 
 /// The 423 for an account locked now, with the seconds it has left.
-pub async fn locked(db: &PgPool, user_id: Uuid) -> Result<ApiError, ApiError> {
+async fn locked(db: &PgPool, user_id: Uuid) -> Result<ApiError, ApiError> {
     let left: Option<f64> = sqlx::query_scalar(
         "SELECT extract(epoch FROM locked_until - now())::float8 FROM users WHERE id = $1",
     )
@@ -57,24 +80,64 @@ pub async fn locked(db: &PgPool, user_id: Uuid) -> Result<ApiError, ApiError> {
     })
 }
 
-/// The password was right: the count starts again and the lock (if this or a concurrent check
-/// set one) is lifted.
-pub async fn succeeded<'e>(
-    conn: impl sqlx::PgExecutor<'e>,
-    attempt: Attempt,
-) -> Result<(), ApiError> {
-    sqlx::query("UPDATE users SET failed_login_count = 0, locked_until = NULL WHERE id = $1")
-        .bind(attempt.user_id)
-        .execute(conn)
-        .await?;
-    Ok(())
+impl Attempt {
+    /// The password was wrong: the check stays counted.
+    pub fn failed(mut self) -> Failure {
+        self.settled = true;
+        Failure {
+            user_id: self.user_id,
+            locks: self.locks,
+        }
+    }
+
+    /// The password was right: the count starts again and the lock (if this or a concurrent
+    /// check set one) is lifted.
+    pub async fn succeeded(mut self) -> Result<(), ApiError> {
+        sqlx::query("UPDATE users SET failed_login_count = 0, locked_until = NULL WHERE id = $1")
+            .bind(self.user_id)
+            .execute(&self.db)
+            .await?;
+        self.settled = true;
+        Ok(())
+    }
+
+    /// The password was right and the caller's own committed statement cleared the count.
+    pub fn cleared(mut self) {
+        self.settled = true;
+    }
 }
 
-/// The audit entry of the lock this check set, if it set one and the password was wrong.
-pub fn lock_activity(attempt: Attempt, email: &str, auth: &AuthSettings) -> Option<Activity> {
-    attempt.locks.then(|| {
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let (db, user_id, locks) = (self.db.clone(), self.user_id, self.locks);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let undone = sqlx::query(
+                "UPDATE users SET failed_login_count = greatest(failed_login_count - 1, 0),
+                                  locked_until = CASE WHEN $2 THEN NULL ELSE locked_until END
+                 WHERE id = $1",
+            )
+            .bind(user_id)
+            .bind(locks)
+            .execute(&db)
+            .await;
+            if let Err(e) = undone {
+                tracing::warn!(error = %e, %user_id, "an unsettled password check stays counted");
+            }
+        });
+    }
+}
+
+/// The audit entry of the lock a wrong password set, if it set one.
+pub fn lock_activity(failure: Failure, email: &str, auth: &AuthSettings) -> Option<Activity> {
+    failure.locks.then(|| {
         Activity::new("auth.lockout")
-            .on("user", attempt.user_id)
+            .on("user", failure.user_id)
             .details(serde_json::json!({ "email": email, "lockout_s": auth.lockout.as_secs() }))
     })
 }

@@ -55,25 +55,47 @@ pub async fn owner(conn: &mut PgConnection, token: &str) -> Result<Option<Uuid>,
 pub enum Rotation {
     /// The token was current: it is now rotated, and this is its family and owner.
     Rotated { user_id: Uuid, family_id: Uuid },
-    /// The token had already been used or revoked: its family is now revoked.
-    Reused { user_id: Uuid },
+    /// The token had already been used or revoked: its family is now revoked. `stolen` when it
+    /// had been rotated and its family was still live: someone else holds the newer tokens.
+    Reused { user_id: Uuid, stolen: bool },
+}
+
+/// Serialises the rotations and revocations of one family (one login's chain), within the
+/// caller's transaction: a logout then sees a token rotated concurrently, and a reuse and a
+/// logout never lock the family's rows in opposite orders.
+async fn lock_family(conn: &mut PgConnection, family_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('refresh:' || $1::text, 0))")
+        .bind(family_id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Marks the token rotated (within the caller's transaction), or detects its reuse.
 pub async fn rotate(conn: &mut PgConnection, token: &str) -> Result<Rotation, ApiError> {
-    let row: Option<(Uuid, Uuid, bool, bool)> = sqlx::query_as(
-        "SELECT user_id, family_id, rotated_at IS NOT NULL OR revoked_at IS NOT NULL, expires_at <= now()
+    let family: Option<Uuid> =
+        sqlx::query_scalar("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
+            .bind(digest(token))
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(family_id) = family else {
+        return Err(ApiError::InvalidToken);
+    };
+    lock_family(&mut *conn, family_id).await?;
+    let (user_id, rotated, revoked, expired): (Uuid, bool, bool, bool) = sqlx::query_as(
+        "SELECT user_id, rotated_at IS NOT NULL, revoked_at IS NOT NULL, expires_at <= now()
          FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
     )
     .bind(digest(token))
     .fetch_optional(&mut *conn)
-    .await?;
-    let Some((user_id, family_id, used, expired)) = row else {
-        return Err(ApiError::InvalidToken);
-    };
-    if used {
-        revoke_family(&mut *conn, family_id).await?;
-        return Ok(Rotation::Reused { user_id });
+    .await?
+    .ok_or(ApiError::InvalidToken)?;
+    if rotated || revoked {
+        let live = revoke_family(&mut *conn, family_id).await?;
+        return Ok(Rotation::Reused {
+            user_id,
+            stolen: rotated && live > 0,
+        });
     }
     if expired {
         return Err(ApiError::TokenExpired);
@@ -85,30 +107,35 @@ pub async fn rotate(conn: &mut PgConnection, token: &str) -> Result<Rotation, Ap
     Ok(Rotation::Rotated { user_id, family_id })
 }
 
-async fn revoke_family(conn: &mut PgConnection, family_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Revokes the family's live tokens; returns how many there were.
+async fn revoke_family(conn: &mut PgConnection, family_id: Uuid) -> Result<u64, sqlx::Error> {
+    let revoked = sqlx::query(
         "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
     )
     .bind(family_id)
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(revoked.rows_affected())
 }
 
 /// Revokes a token of this user and its whole chain (logout): a token already rotated still
 /// names the session, whose current token may be elsewhere. Unknown tokens are ignored.
 pub async fn revoke(db: &PgPool, user_id: Uuid, token: &str) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(
-        "UPDATE refresh_tokens SET revoked_at = now()
-         WHERE family_id = (SELECT family_id FROM refresh_tokens
-                            WHERE token_hash = $1 AND user_id = $2)
-           AND revoked_at IS NULL",
+    let mut tx = db.begin().await?;
+    let family: Option<Uuid> = sqlx::query_scalar(
+        "SELECT family_id FROM refresh_tokens WHERE token_hash = $1 AND user_id = $2",
     )
     .bind(digest(token))
     .bind(user_id)
-    .execute(db)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(result.rows_affected() > 0)
+    let Some(family_id) = family else {
+        return Ok(false);
+    };
+    lock_family(&mut tx, family_id).await?;
+    let revoked = revoke_family(&mut tx, family_id).await?;
+    tx.commit().await?;
+    Ok(revoked > 0)
 }
 
 /// Revokes every token of a user (deactivation, password change).

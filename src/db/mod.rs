@@ -77,23 +77,35 @@ fn not_up_yet(err: &sqlx::Error) -> bool {
 /// not exist yet counts as up: its server answered). A service started beside its database, by
 /// a machine boot or a container orchestrator, would otherwise exit on the first refusal.
 pub async fn wait_until_up(url: &str, patience: std::time::Duration) -> Result<(), sqlx::Error> {
+    use std::time::Duration;
     let options = connect_options(url)?;
     let deadline = tokio::time::Instant::now() + patience;
-    let mut pause = std::time::Duration::from_millis(250);
+    let mut pause = Duration::from_millis(250);
     loop {
-        match PgConnection::connect_with(&options).await {
-            Ok(conn) => {
+        // A host that drops packets would hold one attempt for minutes: each gets what is left
+        // of the patience, and at least a few seconds.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let attempt = tokio::time::timeout(
+            left.max(Duration::from_secs(3)),
+            PgConnection::connect_with(&options),
+        );
+        let err = match attempt.await {
+            Ok(Ok(conn)) => {
                 let _ = conn.close().await;
                 return Ok(());
             }
-            Err(err) if !not_up_yet(&err) => return Ok(()),
-            Err(err) if tokio::time::Instant::now() + pause > deadline => return Err(err),
-            Err(err) => {
-                tracing::warn!(error = %err, retry_in_ms = pause.as_millis() as u64, "the database is not up yet");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(std::time::Duration::from_secs(5));
-            }
+            Ok(Err(err)) if !not_up_yet(&err) => return Ok(()),
+            Ok(Err(err)) => err,
+            Err(_) => sqlx::Error::PoolTimedOut,
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(err);
         }
+        let pause_now = pause.min(left);
+        tracing::warn!(error = %err, retry_in_ms = pause_now.as_millis() as u64, "the database is not up yet");
+        tokio::time::sleep(pause_now).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 

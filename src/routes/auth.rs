@@ -344,12 +344,10 @@ async fn login(
     .bind(&email)
     .fetch_optional(&state.db)
     .await?;
-    // Counted before the hash is checked (423 while locked); an unknown email is hashed all the
-    // same, so that it takes as long.
-    let attempt = match &row {
-        Some(r) => Some(lockout::attempt(&state.db, r.id, &state.config.auth).await?),
-        None => None,
-    };
+    // Counted before the hash is checked (423 while locked); an unknown email is counted on no
+    // row and hashed all the same, so that it takes as long.
+    let attempt =
+        lockout::attempt(&state.db, row.as_ref().map(|r| r.id), &state.config.auth).await?;
     let password = SecretString::from(req.password);
     let verified = state
         .hasher
@@ -359,27 +357,27 @@ async fn login(
         )
         .await?;
 
-    let (Some(user), Some(attempt)) = (row.filter(|_| verified), attempt) else {
-        record_failure(&state, &client, &email, attempt).await?;
-        return Err(ApiError::InvalidCredentials);
+    let (user, attempt) = match (row.filter(|_| verified), attempt) {
+        (Some(user), Some(attempt)) => (user, attempt),
+        (_, attempt) => {
+            let failure = attempt.map(lockout::Attempt::failed);
+            record_failure(&state, &client, &email, failure).await?;
+            return Err(ApiError::InvalidCredentials);
+        }
     };
     if user.status != "active" {
-        lockout::succeeded(&state.db, attempt).await?;
-    }
-    match user.status.as_str() {
-        "active" => {}
-        "pending" => {
-            return Err(ApiError::ForbiddenWith {
+        attempt.succeeded().await?;
+        return Err(if user.status == "pending" {
+            ApiError::ForbiddenWith {
                 code: "account_pending",
                 message: "this account is waiting for approval".into(),
-            });
-        }
-        _ => {
-            return Err(ApiError::ForbiddenWith {
+            }
+        } else {
+            ApiError::ForbiddenWith {
                 code: "account_inactive",
                 message: "this account is deactivated".into(),
-            });
-        }
+            }
+        });
     }
 
     // A hash made with older parameters is made again now that the password is known (once per
@@ -409,6 +407,8 @@ async fn login(
     .rows_affected()
         == 1;
     if !unchanged {
+        drop(tx);
+        attempt.succeeded().await?;
         return Err(ApiError::InvalidCredentials);
     }
     let refresh_token = refresh::issue(
@@ -429,6 +429,7 @@ async fn login(
         .await?
         .ok_or(ApiError::NotFound)?;
     tx.commit().await?;
+    attempt.cleared();
 
     let role: Role = user.role.parse().map_err(anyhow::Error::msg)?;
     Ok(Json(token_response(
@@ -446,17 +447,17 @@ async fn record_failure(
     state: &AppState,
     client: &ClientInfo,
     email: &str,
-    attempt: Option<lockout::Attempt>,
+    failure: Option<lockout::Failure>,
 ) -> Result<(), ApiError> {
     let mut tx = state.db.begin().await?;
     let mut activity = Activity::new("auth.login_failed")
         .from(client)
         .details(serde_json::json!({ "email": email }));
-    if let Some(attempt) = attempt {
-        activity = activity.on("user", attempt.user_id);
+    if let Some(failure) = failure {
+        activity = activity.on("user", failure.user_id);
     }
     activity.record(&mut *tx).await?;
-    if let Some(lock) = attempt.and_then(|a| lockout::lock_activity(a, email, &state.config.auth)) {
+    if let Some(lock) = failure.and_then(|f| lockout::lock_activity(f, email, &state.config.auth)) {
         lock.from(client).record(&mut *tx).await?;
     }
     tx.commit().await?;
@@ -510,7 +511,7 @@ async fn refresh_tokens(
             .await?;
     let (user_id, family_id) = match refresh::rotate(&mut tx, token).await? {
         Rotation::Rotated { user_id, family_id } => (user_id, family_id),
-        Rotation::Reused { user_id } => {
+        Rotation::Reused { user_id, stolen } => {
             Activity::new("auth.refresh_reuse")
                 .on("user", user_id)
                 .from(&client)
@@ -518,11 +519,13 @@ async fn refresh_tokens(
                 .await?;
             tx.commit().await?;
             // Whoever holds the chain's newer tokens may hold an access token from it too: every
-            // access token of the user stops working. Devices with another, unrevoked chain
-            // refresh and carry on. (After the commit: this transaction holds the account
-            // `FOR SHARE`, as a concurrent presentation of the same token may.)
-            users::end_access_tokens(&state.db, user_id).await?;
-            state.auth_cache.invalidate(user_id);
+            // access token of the user stops working, once per stolen chain. Devices with
+            // another, unrevoked chain refresh and carry on. (After the commit: this transaction
+            // holds the account `FOR SHARE`, as a concurrent presentation of the same token may.)
+            if stolen {
+                users::end_access_tokens(&state.db, user_id).await?;
+                state.auth_cache.invalidate(user_id);
+            }
             return Err(ApiError::InvalidToken);
         }
     };

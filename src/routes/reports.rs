@@ -33,12 +33,23 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// A date (`2026-11-01`, a whole day in the report's time zone) or an instant (RFC 3339).
+/// Its year, as written, must be one of [`super::period::YEARS`].
 fn parse_bound(value: &str, tz: Tz, end: bool, field: &str) -> Result<DateTime<Utc>, ApiError> {
+    use chrono::Datelike;
+    let in_years = |year: i32| {
+        if super::period::YEARS.contains(&year) {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(field, super::period::out_of_years()))
+        }
+    };
     if let Ok(instant) = DateTime::parse_from_rfc3339(value) {
+        in_years(instant.year())?;
         return Ok(instant.with_timezone(&Utc));
     }
     let date = NaiveDate::parse_from_str(value, "%Y-%m-%d")
         .map_err(|_| ApiError::invalid(field, "must be a date (YYYY-MM-DD) or an RFC 3339 time"))?;
+    in_years(date.year())?;
     // `to` as a date includes that whole day.
     let date = if end {
         date.succ_opt().unwrap_or(date)
@@ -284,7 +295,7 @@ async fn export(
     user.require(Role::Supervisor)?;
     let tz = parse_tz(q.tz.as_deref(), &state)?;
     let (from, to) = parse_period(&q.from, &q.to, tz)?;
-    super::period::check(from, to)?;
+    super::period::check_order(from, to)?;
     let format = q.format.unwrap_or_default();
     let slot = state
         .exports
@@ -558,8 +569,11 @@ async fn summary(
     let tz = parse_tz(q.tz.as_deref(), &state)?;
     let (from, to) = parse_period(&q.from, &q.to, tz)?;
     let to = to.unwrap_or_else(Utc::now);
-    super::period::check(from, Some(to))?;
+    super::period::check_order(from, Some(to))?;
     let from = from.unwrap_or(to - chrono::Duration::days(30));
+    if from == to {
+        return Err(ApiError::invalid("from", "must be before `to`"));
+    }
     let group_by = q.group_by.unwrap_or_default();
     let (key, label, join) = match group_by {
         GroupBy::User => (

@@ -148,13 +148,16 @@ async fn change_password(
         .fetch_one(&state.db)
         .await?;
     // Guesses here count towards the same lock as guesses at login.
-    let attempt = lockout::attempt(&state.db, user.id, &state.config.auth).await?;
+    let attempt = lockout::attempt(&state.db, Some(user.id), &state.config.auth)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("a counted check names its account"))?;
     let current_ok = req.current_password.len() <= 1024
         && state
             .hasher
             .verify(SecretString::from(req.current_password), Some(hash))
             .await?;
     if !current_ok {
+        let failure = attempt.failed();
         let mut tx = state.db.begin().await?;
         Activity::new("user.password_change_failed")
             .by(&user)
@@ -162,18 +165,18 @@ async fn change_password(
             .from(&client)
             .record(&mut *tx)
             .await?;
-        if let Some(lock) = lockout::lock_activity(attempt, &user.email, &state.config.auth) {
+        if let Some(lock) = lockout::lock_activity(failure, &user.email, &state.config.auth) {
             lock.by(&user).from(&client).record(&mut *tx).await?;
         }
         tx.commit().await?;
         invalid.add("current_password", "is incorrect");
+        return Err(invalid.into_error());
     }
-    let checked = invalid.finish();
-    if current_ok && checked.is_err() {
+    if !invalid.is_empty() {
         // The right password with a weak new one: the guesses count starts again.
-        lockout::succeeded(&state.db, attempt).await?;
+        attempt.succeeded().await?;
+        return Err(invalid.into_error());
     }
-    checked?;
     let new_password = new_password.expect("checked above");
     let new_hash = state.hasher.hash(new_password.into_secret()).await?;
     let mut tx = state.db.begin().await?;
@@ -194,6 +197,7 @@ async fn change_password(
         .record(&mut *tx)
         .await?;
     tx.commit().await?;
+    attempt.cleared();
     state.auth_cache.invalidate(user.id);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -464,16 +468,22 @@ async fn update_user(
     if may_remove_admin {
         users::lock_admin_roster(&mut tx).await?;
     }
-    // The lock the update needs: a new email takes the row whole; other fields leave it to
-    // foreign-key checks (clock-ins, audit rows naming this user).
-    let lock = if email.is_some() {
-        "UPDATE"
+    // The lock the update needs: a new email (a unique key) takes the row whole, which the
+    // audit row's check of its actor would wait for. Rows are then locked in id order, the
+    // actor's first when it sorts first, so that two admins changing each other's email wait
+    // for one another rather than deadlock. Other fields leave the row to foreign-key checks
+    // (clock-ins, audit rows naming this user).
+    if email.is_some() && actor.id < id {
+        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR KEY SHARE")
+            .bind(actor.id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let current: Current = sqlx::query_as(if email.is_some() {
+        "SELECT role, status, supervisor_id FROM users WHERE id = $1 FOR UPDATE"
     } else {
-        "NO KEY UPDATE"
-    };
-    let current: Current = sqlx::query_as(&format!(
-        "SELECT role, status, supervisor_id FROM users WHERE id = $1 FOR {lock}"
-    ))
+        "SELECT role, status, supervisor_id FROM users WHERE id = $1 FOR NO KEY UPDATE"
+    })
     .bind(id)
     .fetch_optional(&mut *tx)
     .await?

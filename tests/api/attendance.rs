@@ -1294,7 +1294,7 @@ async fn periods_out_of_range_or_reversed_are_refused_and_blank_bounds_are_no_bo
         "/api/attendance/export?from=2026-12-01&to=2026-11-01",
         "/api/attendance/summary?from=2026-12-01&to=2026-11-01",
         "/api/attendance?from=2026-12-01T00:00:00Z&to=2026-11-01T00:00:00Z",
-        "/api/attendance/my-records?from=2026-12-01T00:00:00Z&to=2026-12-01T00:00:00Z",
+        "/api/attendance/my-records?from=2026-12-02T00:00:00Z&to=2026-12-01T00:00:00Z",
         "/api/activities?from=2026-12-01T00:00:00Z&to=2026-11-01T00:00:00Z",
         "/api/activities?from=-5000-01-01T00:00:00Z",
     ] {
@@ -1305,6 +1305,11 @@ async fn periods_out_of_range_or_reversed_are_refused_and_blank_bounds_are_no_bo
     for path in [
         "/api/attendance/export?from=&to=&tz=",
         "/api/attendance/summary?from=&to=",
+        // The widest dates as written, whatever they come to in UTC.
+        "/api/attendance/export?from=0001-01-01&to=9999-12-31",
+        "/api/attendance/summary?from=0001-01-01&to=9999-12-31",
+        // An empty period is an empty answer.
+        "/api/attendance?from=2026-12-01T00:00:00Z&to=2026-12-01T00:00:00Z",
     ] {
         let (status, _) = send(app.get(path).bearer_auth(&admin.token)).await;
         assert_eq!(status, StatusCode::OK, "{path}");
@@ -1362,7 +1367,7 @@ async fn an_export_nobody_reads_lets_go_of_its_database_connection() {
     assert_eq!(unread.status(), StatusCode::OK);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(exporting().await, "the export waits on its reader");
-    // Another export waits its turn rather than take the rest of the pool.
+    // Another export is refused for now rather than take the rest of the pool.
     let response = app
         .get("/api/attendance/export?format=xlsx")
         .bearer_auth(&supervisor.token)

@@ -1126,3 +1126,69 @@ async fn refresh_tokens_expired_for_a_day_are_pruned_and_current_ones_kept() {
             .unwrap();
     assert_eq!(left, 1, "a token expired an hour ago is kept a while");
 }
+
+#[tokio::test]
+async fn a_password_check_that_ends_before_its_answer_is_taken_back() {
+    // As when the client goes away or the hashing queue times out mid-login.
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    sqlx::query("UPDATE users SET failed_login_count = 4 WHERE id = $1")
+        .bind(user.id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let state = || async {
+        sqlx::query_as::<_, (i32, bool)>(
+            "SELECT failed_login_count, locked_until IS NOT NULL FROM users WHERE id = $1",
+        )
+        .bind(user.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+    };
+    let attempt =
+        field_attendance::auth::lockout::attempt(&app.db, Some(user.id), &app.config.auth)
+            .await
+            .unwrap();
+    assert_eq!(
+        state().await,
+        (5, true),
+        "the fifth check locks while it runs"
+    );
+    drop(attempt);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while state().await != (4, false) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", state().await);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.login(&user.email, PASSWORD).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_logged_out_token_presented_again_ends_no_other_session() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    let (status, tablet) = app.login(&user.email, PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = send(
+        app.post("/api/auth/logout")
+            .bearer_auth(&user.token)
+            .json(&json!({"refresh_token": user.refresh_token})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for _ in 0..2 {
+        let (status, _) = send(
+            app.post("/api/auth/refresh")
+                .json(&json!({"refresh_token": user.refresh_token})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, _) = send(
+        app.get("/api/users/me")
+            .bearer_auth(tablet["access_token"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "the tablet's session goes on");
+}

@@ -777,6 +777,12 @@ async fn two_admins_removing_each_other_at_once_leave_one_admin() {
 
 #[tokio::test]
 async fn two_admins_editing_each_other_at_once_both_succeed() {
+    for with_email in [false, true] {
+        two_admins_edit_each_other(with_email).await;
+    }
+}
+
+async fn two_admins_edit_each_other(with_email: bool) {
     let app = TestApp::spawn().await;
     let first = app.admin().await;
     let second = app.user("admin", None).await;
@@ -787,10 +793,14 @@ async fn two_admins_editing_each_other_at_once_both_succeed() {
         .await
         .unwrap();
     let rename = |actor: &TestUser, target: &TestUser| {
+        let mut change = json!({"first_name": "Renamed", "phone": "+250788000111"});
+        if with_email {
+            change["email"] = json!(format!("renamed.{}", target.email));
+        }
         send(
             app.patch(&format!("/api/users/{}", target.id))
                 .bearer_auth(&actor.token)
-                .json(&json!({"first_name": "Renamed", "phone": "+250788000111"})),
+                .json(&change),
         )
     };
     let release = async {
@@ -799,5 +809,9 @@ async fn two_admins_editing_each_other_at_once_both_succeed() {
     };
     let ((one, _), (other, _), ()) =
         tokio::join!(rename(&first, &second), rename(&second, &first), release);
-    assert_eq!((one, other), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(
+        (one, other),
+        (StatusCode::OK, StatusCode::OK),
+        "with email: {with_email}"
+    );
 }
