@@ -151,7 +151,9 @@ pub async fn find<'e>(
 }
 
 /// Closes the user's open records started before `before` as `incomplete` (a forgotten
-/// clock-out); returns how many. With no user, sweeps everyone.
+/// clock-out); returns how many. With no user, sweeps everyone. The version stays: this is no
+/// one's edit, so the device's own clock-out, pushed later on the version it holds, is applied
+/// rather than lost as a conflict (pulls still see the change).
 pub async fn close_forgotten<'e>(
     db: impl PgExecutor<'e>,
     user_id: Option<Uuid>,
@@ -159,8 +161,7 @@ pub async fn close_forgotten<'e>(
 ) -> Result<u64, sqlx::Error> {
     // Two statements rather than `($1 IS NULL OR user_id = $1)`, which a cached generic plan
     // could not answer from the user's index.
-    const CLOSE: &str =
-        "UPDATE attendance SET status = 'incomplete', sync_version = sync_version + 1
+    const CLOSE: &str = "UPDATE attendance SET status = 'incomplete'
          WHERE status = 'open' AND deleted_at IS NULL AND clock_in_at < $1";
     let result = match user_id {
         Some(user_id) => {

@@ -190,9 +190,11 @@ pub(crate) async fn apply_plan(
     if !plan.closes.is_empty() {
         // These rows were read FOR UPDATE as the open shift, so they are still open. (No
         // `status = 'open'` here: it would let the planner pick the one-open-shift index, whose
-        // size it misjudges while statistics predate the day's clock-ins.)
+        // size it misjudges while statistics predate the day's clock-ins.) The version stays,
+        // as when the sweep closes a forgotten shift: a clock-out of it pushed later on the
+        // version its device holds is applied, not lost as a conflict.
         sqlx::query(
-            "UPDATE attendance SET status = 'incomplete', sync_version = sync_version + 1
+            "UPDATE attendance SET status = 'incomplete'
              WHERE id = ANY($1)",
         )
         .bind(&plan.closes)

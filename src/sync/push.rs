@@ -73,6 +73,20 @@ pub(crate) fn build_write(
     })
 }
 
+impl Write {
+    /// A shift the server closed as incomplete (replaced by a later one, or forgotten) stays
+    /// closed when an edit of it still has no clock-out: a note added on the device does not
+    /// reopen it. A clock-out closes it as usual.
+    pub(crate) fn stays_closed(mut self, stored: Option<&AttendanceRow>) -> Self {
+        if self.content.clock_out_at.is_none()
+            && stored.is_some_and(|r| r.status == "incomplete" && r.deleted_at.is_none())
+        {
+            self.status = "incomplete";
+        }
+        self
+    }
+}
+
 /// A row to write (insert or update), with everything derived on the server.
 #[derive(Debug, Clone)]
 pub(crate) struct Write {
@@ -718,7 +732,14 @@ fn decide_all(
                     content.as_ref().expect("upsert has content"),
                     server_version.unwrap_or(0) + 1,
                 ) {
-                    Ok(w) => apply(w, false, status, resolution, &mut plan, &mut open),
+                    Ok(w) => apply(
+                        w.stays_closed(existing),
+                        false,
+                        status,
+                        resolution,
+                        &mut plan,
+                        &mut open,
+                    ),
                     Err(o) => o,
                 }
             }

@@ -521,6 +521,8 @@ async fn apply_changes(
         if current.is_some_and(|r| r.deleted_at.is_some()) {
             continue;
         }
+        let adopted = current.map(|r| with_stored_times(content, r));
+        let content = adopted.as_ref().unwrap_or(content);
         // Unchanged content needs no write (and keeps its version).
         if current.is_some_and(|r| &Content::from_row(r) == content) {
             continue;
@@ -545,7 +547,7 @@ async fn apply_changes(
         let version = current.map_or(1, |r| r.sync_version + 1);
         match build_write(*id, content, site, version, None, now, config) {
             // "Created" records that already exist (an earlier push landed unseen) are updated.
-            Ok(w) if current.is_some() => plan.updates.push(w),
+            Ok(w) if current.is_some() => plan.updates.push(w.stays_closed(current)),
             Ok(w) => plan.inserts.push(w),
             Err((_, reason)) => {
                 problems
@@ -558,13 +560,14 @@ async fn apply_changes(
     if !problems.is_empty() {
         return Err(ApiError::Validation(problems));
     }
-    settle_open_shifts(&mut tx, user.id, &mut plan).await?;
     for id in deletes {
         // Deleting a record the server does not have (or already deleted) is nothing to do.
         if let Some(row) = existing.get(id).filter(|r| r.deleted_at.is_none()) {
             plan.deletes.push((*id, row.sync_version + 1));
         }
     }
+    // After the deletions are known: a stored open shift this push deletes is no rival.
+    settle_open_shifts(&mut tx, user.id, &mut plan).await?;
     let device = format!(
         "watermelon:{}",
         client
@@ -596,6 +599,24 @@ async fn apply_changes(
     Ok(())
 }
 
+/// The pushed content with the stored clock times where it sends them back as pulled: a pull
+/// gives milliseconds, the server keeps microseconds, and a record edited on the device (a note)
+/// must not read as new times, which the time rules would check again (and refuse, once the
+/// shift is older than they allow).
+fn with_stored_times(content: &Content, stored: &AttendanceRow) -> Content {
+    let same = |sent: DateTime<Utc>, kept: DateTime<Utc>| sent == kept.trunc_subsecs(3);
+    let mut content = content.clone();
+    if same(content.clock_in_at, stored.clock_in_at) {
+        content.clock_in_at = stored.clock_in_at;
+    }
+    if let (Some(sent), Some(kept)) = (content.clock_out_at, stored.clock_out_at)
+        && same(sent, kept)
+    {
+        content.clock_out_at = Some(kept);
+    }
+    content
+}
+
 /// One open shift per user: when the push opens one while the user has another open (clocked
 /// in online meanwhile, say), the one that began first is closed as incomplete, as a
 /// `client_wins` push would, rather than refusing the whole push until that shift is closed.
@@ -613,7 +634,10 @@ async fn settle_open_shifts(
     if open.is_empty() {
         return Ok(());
     }
-    let others: Vec<Uuid> = written().map(|w| w.id).collect();
+    let others: Vec<Uuid> = written()
+        .map(|w| w.id)
+        .chain(plan.deletes.iter().map(|(id, _)| *id))
+        .collect();
     let stored: Option<(DateTime<Utc>, Uuid)> = sqlx::query_as(
         "SELECT clock_in_at, id FROM attendance
          WHERE user_id = $1 AND status = 'open' AND deleted_at IS NULL AND id <> ALL($2)

@@ -833,6 +833,78 @@ async fn keeping_the_server_copy_of_a_shift_queued_beside_an_open_one_answers_th
     assert_eq!(count(&app).await, 1);
 }
 
+#[tokio::test]
+async fn a_clock_out_pushed_after_the_sweep_closed_the_shift_is_kept() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    // Clocked in offline 20 hours ago, pushed while still open.
+    let mut record = open_shift(facility, 20 * 60);
+    let (_, body) = push(&app, &user, vec![record.clone()]).await;
+    assert_eq!(statuses(&body), vec!["created"]);
+    let id: Uuid = record["id"].as_str().unwrap().parse().unwrap();
+    // Stored open (the push came in time), then forgotten: the sweep closes it.
+    sqlx::query("UPDATE attendance SET status = 'open' WHERE id = $1")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let cutoff = Utc::now() - Duration::hours(16);
+    field_attendance::db::attendance::close_forgotten(&app.db, None, cutoff)
+        .await
+        .unwrap();
+    // The phone comes back online with the clock-out it took 9 hours after clocking in.
+    let clock_in: chrono::DateTime<Utc> = record["data"]["clock_in_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    record["data"]["clock_out_at"] = json!((clock_in + Duration::hours(9)).to_rfc3339());
+    record["data"]["clock_out_location"] = json!({"latitude": SITE.0, "longitude": SITE.1});
+    let (_, body) = push(&app, &user, vec![record]).await;
+    assert_eq!(statuses(&body), vec!["updated"], "{body}");
+    assert_eq!(body["results"][0]["record"]["status"], "closed");
+    assert_eq!(body["results"][0]["record"]["duration_s"], 9 * 3600);
+}
+
+#[tokio::test]
+async fn a_note_added_to_a_shift_replaced_by_a_later_one_does_not_reopen_it() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let earlier = open_shift(facility, 240);
+    let (_, body) = push(&app, &user, vec![earlier.clone()]).await;
+    assert_eq!(statuses(&body), vec!["created"]);
+    // Another device opens a later shift, client_wins: the earlier one is closed incomplete.
+    let mut later = open_shift(facility, 30);
+    later["conflict_strategy"] = json!("client_wins");
+    let (_, body) = push_from(&app, &user, "device-B", vec![later.clone()]).await;
+    assert_eq!(statuses(&body), vec!["created"], "{body}");
+    let (_, replaced) = send(
+        app.get(&format!(
+            "/api/attendance/{}",
+            earlier["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&user.token),
+    )
+    .await;
+    assert_eq!(replaced["status"], "incomplete");
+    // The first phone adds a note to its (still open) copy.
+    let mut noted = earlier.clone();
+    noted["data"]["notes"] = json!("generator broke");
+    let (_, body) = push(&app, &user, vec![noted]).await;
+    assert_eq!(statuses(&body), vec!["updated"], "{body}");
+    assert_eq!(body["results"][0]["record"]["status"], "incomplete");
+    assert_eq!(body["results"][0]["record"]["notes"], "generator broke");
+    let (_, later_now) = send(
+        app.get(&format!(
+            "/api/attendance/{}",
+            later["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&user.token),
+    )
+    .await;
+    assert_eq!(later_now["status"], "open", "the later shift stays open");
+}
+
 async fn push_from(
     app: &TestApp,
     user: &TestUser,

@@ -1,6 +1,6 @@
 //! The WatermelonDB protocol's server rules (the Node client test drives the library itself).
 
-use chrono::{Duration, Utc};
+use chrono::{Duration, SubsecRound, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -549,4 +549,90 @@ async fn old_timestamps_once_thinned_still_pull_every_change_since() {
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation_failed",
     );
+}
+
+#[tokio::test]
+async fn a_pulled_record_edited_on_the_device_is_not_checked_again_as_new_times() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    let user = app.quick_user("focal", None, facility).await;
+    // Clocked in and out online 40 days ago: the server holds microseconds.
+    let clock_in = Utc::now() - Duration::days(40);
+    let id = app
+        .insert_attendance(
+            user.id,
+            facility,
+            clock_in,
+            Some(clock_in + Duration::hours(8)),
+            "closed",
+        )
+        .await;
+    sqlx::query(
+        "UPDATE attendance SET clock_out_latitude = -1.9456, clock_out_longitude = 30.127
+         WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let first = pull(&app, &user, None).await;
+    let t = first["timestamp"].as_i64().unwrap();
+    let mut record = first["changes"]["attendance"]["created"][0].clone();
+    assert_eq!(record["id"], json!(id));
+    // The app adds a note and sends the record back, its times in milliseconds as pulled.
+    record["notes"] = json!("signed by the in-charge");
+    let (status, body) = push(&app, &user, t, json!({"attendance": {"updated": [record]}})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (notes, stored_in): (String, chrono::DateTime<Utc>) =
+        sqlx::query_as("SELECT notes, clock_in_at FROM attendance WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(notes, "signed by the in-charge");
+    assert_eq!(
+        stored_in,
+        clock_in.trunc_subsecs(6),
+        "the stored time is kept whole"
+    );
+}
+
+#[tokio::test]
+async fn deleting_the_servers_open_shift_leaves_the_devices_own_open() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    let user = app.quick_user("focal", None, facility).await;
+    let (status, online) = send(
+        app.post("/api/attendance/clock-in")
+            .bearer_auth(&user.token)
+            .json(&json!({"latitude": -1.9456, "longitude": 30.127})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let t = pull(&app, &user, None).await["timestamp"].as_i64().unwrap();
+    // The device's own shift began earlier; the online one was a double clock-in it deletes.
+    let id = Uuid::new_v4();
+    let mut own = raw(id, facility, "own");
+    own["clock_in_at"] = json!((Utc::now() - Duration::hours(2)).timestamp_millis());
+    own["clock_out_at"] = Value::Null;
+    own["clock_out_latitude"] = Value::Null;
+    own["clock_out_longitude"] = Value::Null;
+    let (status, body) = push(
+        &app,
+        &user,
+        t,
+        json!({"attendance": {"created": [own], "deleted": [online["id"]]}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (own_status, online_deleted): (String, bool) = sqlx::query_as(
+        "SELECT (SELECT status FROM attendance WHERE id = $1),
+                (SELECT deleted_at IS NOT NULL FROM attendance WHERE id = $2)",
+    )
+    .bind(id)
+    .bind(online["id"].as_str().unwrap().parse::<Uuid>().unwrap())
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!((own_status.as_str(), online_deleted), ("open", true));
 }
