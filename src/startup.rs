@@ -21,32 +21,21 @@ pub struct Application {
 impl Application {
     /// Migrates and seeds when configured to, connects the pool and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        // Both are reached at start, each through its own URL (PgBouncer may come up later
-        // than Postgres).
-        let reached_at_start = [
-            (
-                config.run_migrations,
+        // Each URL is waited for just before its first use, each with its own patience: the
+        // application's may be PgBouncer, which would remember a login to a database not yet
+        // created (and refuse its clients for a while), so it is tried only once the migrations
+        // have created it.
+        if config.run_migrations {
+            wait_for(
+                &config,
                 "MIGRATION_DATABASE_URL",
                 config.migration_database_url(),
-            ),
-            (
-                config.seed_on_start,
-                "DATABASE_URL",
-                config.db.url.expose_secret(),
-            ),
-        ];
-        for (_, key, url) in reached_at_start.into_iter().filter(|(needed, ..)| *needed) {
-            crate::db::wait_until_up(url, config.db.startup_wait)
-                .await
-                .with_context(|| {
-                    format!(
-                        "the database at {key} did not answer within {} s (DB_STARTUP_WAIT_SECS)",
-                        config.db.startup_wait.as_secs()
-                    )
-                })?;
-        }
-        if config.run_migrations {
+            )
+            .await?;
             prepare_database(&config).await?;
+        }
+        if config.seed_on_start {
+            wait_for(&config, "DATABASE_URL", config.db.url.expose_secret()).await?;
         }
         let db = crate::db::pool(&config.db).context("DATABASE_URL is not usable")?;
         let listener = TcpListener::bind(config.bind_addr)
@@ -91,6 +80,18 @@ impl Application {
         background.abort();
         result
     }
+}
+
+/// Waits up to `DB_STARTUP_WAIT_SECS` for the database at `url` (named by `key`) to answer.
+async fn wait_for(config: &Config, key: &str, url: &str) -> anyhow::Result<()> {
+    crate::db::wait_until_up(url, config.db.startup_wait)
+        .await
+        .with_context(|| {
+            format!(
+                "the database at {key} did not answer within {} s (DB_STARTUP_WAIT_SECS)",
+                config.db.startup_wait.as_secs()
+            )
+        })
 }
 
 /// Creates the database when missing and applies migrations, over the direct URL.

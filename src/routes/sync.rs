@@ -539,14 +539,14 @@ async fn keep_client_copy(
         .get(&mut *tx, content.facility_id)
         .await?
         .ok_or_else(|| ApiError::invalid("facility_id", "the facility no longer exists"))?;
-    let stored_version = if against == conflict.record_id {
-        against_version
-    } else {
-        sqlx::query_scalar("SELECT sync_version FROM attendance WHERE id = $1 FOR UPDATE")
+    if against != conflict.record_id {
+        sqlx::query("SELECT 1 FROM attendance WHERE id = $1 FOR UPDATE")
             .bind(conflict.record_id)
-            .fetch_optional(&mut *tx)
-            .await?
-    };
+            .execute(&mut *tx)
+            .await?;
+    }
+    let stored = records::find(&mut *tx, conflict.record_id).await?;
+    let stored_version = stored.as_ref().map(|r| r.sync_version);
     let now = Utc::now().trunc_subsecs(6);
     let version = stored_version.map_or(conflict.client_version, |v| v + 1);
     let w = push::build_write(
@@ -563,8 +563,9 @@ async fn keep_client_copy(
     if against != conflict.record_id && against_version.is_some() {
         plan.closes.push(against);
     }
-    if stored_version.is_some() {
-        plan.updates.push(w);
+    if stored.is_some() {
+        // A shift the server closed by itself since (replaced, forgotten) is not reopened.
+        plan.updates.push(w.stays_closed(stored.as_ref()));
     } else {
         plan.inserts.push(w);
     }

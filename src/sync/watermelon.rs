@@ -108,12 +108,13 @@ pub struct MigrationColumns {
     pub columns: Vec<String>,
 }
 
-/// The snapshot a timestamp names: its own row, or, once old timestamps are thinned, the row
-/// kept for its range, whose snapshot is no later than any it replaced (so the pull is a
-/// superset, never short). A number above every one issued names nothing.
-async fn snapshot_of(db: &PgPool, id: i64) -> Result<Option<String>, ApiError> {
-    Ok(sqlx::query_scalar(
-        "SELECT snapshot::text FROM sync_snapshots
+/// The snapshot a timestamp names, and whether it is exactly the one its pull read at: its own
+/// row, or, once old timestamps are thinned, the row kept for its range, whose snapshot is no
+/// later than any it replaced (so the pull is a superset, never short). A number above every
+/// one issued names nothing.
+async fn snapshot_of(db: &PgPool, id: i64) -> Result<Option<(String, bool)>, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT snapshot::text, id = $1 AND NOT widened FROM sync_snapshots
          WHERE id <= $1 AND $1 <= (SELECT max(id) FROM sync_snapshots)
          ORDER BY id DESC LIMIT 1",
     )
@@ -125,9 +126,9 @@ async fn snapshot_of(db: &PgPool, id: i64) -> Result<Option<String>, ApiError> {
 /// Every WatermelonDB pull stores the snapshot its timestamp names. Those older than
 /// `keep_exact` are thinned: each whole range of `per_range` consecutive timestamps keeps one
 /// row, at its lowest number, whose snapshot sees only what every snapshot of the range saw
-/// (all transactions below their lowest `xmin`). A device that pulls again with a thinned
-/// timestamp is sent some changes twice, which WatermelonDB applies as updates, and none
-/// fewer. Returns the rows removed.
+/// (all transactions below their lowest `xmin`), marked `widened`. A device that pulls again
+/// with a thinned timestamp is sent some changes twice, all as updates, and none fewer. The
+/// range holding the newest timestamp is never thinned. Returns the rows removed.
 pub async fn thin_snapshots(
     db: &PgPool,
     keep_exact: std::time::Duration,
@@ -138,7 +139,7 @@ pub async fn thin_snapshots(
              SELECT coalesce(
                  (SELECT min(id) FROM sync_snapshots
                   WHERE created_at >= now() - make_interval(secs => $1)),
-                 (SELECT coalesce(max(id), 0) + 1 FROM sync_snapshots)) AS first
+                 (SELECT coalesce(max(id), 0) FROM sync_snapshots)) AS first
          ), ranges AS (
              SELECT s.id / $2 AS range, min(s.id) AS keep,
                     min(pg_snapshot_xmin(s.snapshot)) AS xmin
@@ -146,7 +147,8 @@ pub async fn thin_snapshots(
              WHERE s.id < recent.first / $2 * $2
              GROUP BY 1 HAVING count(*) > 1
          ), widened AS (
-             UPDATE sync_snapshots s SET snapshot = format('%s:%s:', r.xmin, r.xmin)::pg_snapshot
+             UPDATE sync_snapshots s
+             SET snapshot = format('%s:%s:', r.xmin, r.xmin)::pg_snapshot, widened = true
              FROM ranges r WHERE s.id = r.keep
          )
          DELETE FROM sync_snapshots s USING ranges r
@@ -167,14 +169,17 @@ pub async fn pull_changes(
     last_pulled_at: Option<i64>,
     migration: Option<Migration>,
 ) -> Result<(Value, i64), ApiError> {
-    let base = match last_pulled_at.filter(|t| *t > 0) {
-        Some(id) => Some(snapshot_of(db, id).await?.ok_or_else(|| {
-            ApiError::invalid("last_pulled_at", "is not a timestamp this service issued")
-        })?),
-        None => None,
+    let (base, exact) = match last_pulled_at.filter(|t| *t > 0) {
+        Some(id) => {
+            let (base, exact) = snapshot_of(db, id).await?.ok_or_else(|| {
+                ApiError::invalid("last_pulled_at", "is not a timestamp this service issued")
+            })?;
+            (Some(base), exact)
+        }
+        None => (None, true),
     };
     let mut tx = db.begin().await?;
-    let (changes, next, _) = pull::pull(
+    let (mut changes, next, _) = pull::pull(
         &mut tx,
         viewer,
         Cursor {
@@ -185,6 +190,15 @@ pub async fn pull_changes(
     )
     .await?;
     tx.commit().await?;
+    if !exact {
+        // From a thinned timestamp, records the device already holds would read as created, and
+        // WatermelonDB recreates a created record the device deleted and has yet to push (its
+        // deletion lost). As updates, it keeps the deletion and creates only what it lacks.
+        let attendance = &mut changes.attendance;
+        attendance.updated.append(&mut attendance.created);
+        let facilities = &mut changes.facilities;
+        facilities.updated.append(&mut facilities.created);
+    }
     let target = next
         .base
         .clone()
@@ -357,7 +371,7 @@ pub async fn push_changes(
     } = ctx;
     // To the microsecond, as Postgres keeps it (new rows are stamped with it).
     let now = Utc::now().trunc_subsecs(6);
-    let snapshot = snapshot_of(db, last_pulled_at).await?.ok_or_else(|| {
+    let (snapshot, _) = snapshot_of(db, last_pulled_at).await?.ok_or_else(|| {
         ApiError::invalid("last_pulled_at", "is not a timestamp this service issued")
     })?;
     let mut problems = FieldErrors::new();

@@ -115,3 +115,23 @@ async fn probe(pool: &sqlx::PgPool, i: i64) -> Result<(), String> {
         }
     }
 }
+
+#[tokio::test]
+async fn a_first_start_through_pgbouncer_creates_migrates_and_seeds_its_database() {
+    let Some(bouncer) = require_pgbouncer("first start through pgbouncer") else {
+        return;
+    };
+    // A database that does not exist yet, as on a new machine (dropped after the test).
+    let db = TestDb {
+        name: format!("fa_test_{}", uuid::Uuid::new_v4().simple()),
+    };
+    let mut env =
+        crate::helpers::test_env(&format!("{}/{}", bouncer.trim_end_matches('/'), db.name));
+    env.insert("MIGRATION_DATABASE_URL".into(), db.url());
+    env.insert("RUN_MIGRATIONS".into(), "true".into());
+    let app = crate::helpers::TestApp::spawn_on(db, env).await;
+    let (status, _) = app
+        .login(crate::helpers::ADMIN_EMAIL, crate::helpers::ADMIN_PASSWORD)
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+}

@@ -905,6 +905,54 @@ async fn a_note_added_to_a_shift_replaced_by_a_later_one_does_not_reopen_it() {
     assert_eq!(later_now["status"], "open", "the later shift stays open");
 }
 
+#[tokio::test]
+async fn keeping_a_devices_copy_of_a_shift_replaced_since_does_not_reopen_it() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (user, facility) = setup(&app).await;
+    let shift = open_shift(facility, 240);
+    let (_, body) = push(&app, &user, vec![shift.clone()]).await;
+    assert_eq!(statuses(&body), vec!["created"]);
+    // Edited from another device (version 2), then a stale edit from the first, left to an admin.
+    let mut other = shift.clone();
+    other["data"]["notes"] = json!("from the tablet");
+    let (_, body) = push_from(&app, &user, "device-B", vec![other]).await;
+    assert_eq!(statuses(&body), vec!["updated"], "{body}");
+    let mut stale = shift.clone();
+    stale["data"]["notes"] = json!("from the phone");
+    stale["conflict_strategy"] = json!("manual");
+    let (_, body) = push(&app, &user, vec![stale]).await;
+    assert_eq!(statuses(&body), vec!["conflict"], "{body}");
+    // Meanwhile a later shift replaces it.
+    let mut later = open_shift(facility, 30);
+    later["conflict_strategy"] = json!("client_wins");
+    let (_, body) = push_from(&app, &user, "device-B", vec![later.clone()]).await;
+    assert_eq!(statuses(&body), vec!["created"], "{body}");
+
+    let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
+    let (status, resolved) = send(
+        app.post(&format!(
+            "/api/sync/conflicts/{}/resolve",
+            queue["data"][0]["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&admin.token)
+        .json(&json!({"keep": "client"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{resolved}");
+    assert_eq!(resolved["record"]["notes"], "from the phone");
+    assert_eq!(resolved["record"]["status"], "incomplete");
+    let (_, later_now) = send(
+        app.get(&format!(
+            "/api/attendance/{}",
+            later["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&user.token),
+    )
+    .await;
+    assert_eq!(later_now["status"], "open");
+}
+
 async fn push_from(
     app: &TestApp,
     user: &TestUser,
