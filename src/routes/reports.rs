@@ -253,22 +253,28 @@ struct Export {
     tz: Tz,
 }
 
-/// The export query, scoped and filtered, oldest first.
-fn export_query<'a>(
-    viewer: &AuthUser,
-    q: &ExportQuery,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-) -> QueryBuilder<'a, sqlx::Postgres> {
-    let mut qb = QueryBuilder::new(
-        "SELECT a.id, u.email, u.first_name, u.last_name, u.employee_id, f.code AS facility_code,
-                f.name AS facility_name, a.status, a.clock_in_at, a.clock_out_at, a.distance_m,
-                a.outside_geofence, a.source, a.notes
-         FROM attendance a JOIN users u ON u.id = a.user_id JOIN facilities f ON f.id = a.facility_id",
-    );
-    push_filters(&mut qb, viewer, q.user_id, q.facility_id, from, to);
-    qb.push(" ORDER BY a.clock_in_at, a.id");
-    qb
+impl Export {
+    /// The export query, scoped and filtered, oldest first.
+    fn query<'a>(&self) -> QueryBuilder<'a, sqlx::Postgres> {
+        let mut qb = QueryBuilder::new(
+            "SELECT a.id, u.email, u.first_name, u.last_name, u.employee_id,
+                    f.code AS facility_code, f.name AS facility_name, a.status, a.clock_in_at,
+                    a.clock_out_at, a.distance_m, a.outside_geofence, a.source, a.notes
+             FROM attendance a JOIN users u ON u.id = a.user_id
+                  JOIN facilities f ON f.id = a.facility_id",
+        );
+        let q = &self.q;
+        push_filters(
+            &mut qb,
+            &self.viewer,
+            q.user_id,
+            q.facility_id,
+            self.from,
+            self.to,
+        );
+        qb.push(" ORDER BY a.clock_in_at, a.id");
+        qb
+    }
 }
 
 /// Attendance as a CSV or XLSX file (supervisor and above, over their tree). Rows are streamed
@@ -365,21 +371,13 @@ fn csv_stream(
     stall: std::time::Duration,
     slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Body {
-    let Export {
-        db,
-        viewer,
-        q,
-        from,
-        to,
-        tz,
-    } = job;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
     let cut = Arc::new(AtomicBool::new(false));
     let cut_off = cut.clone();
     tokio::spawn(async move {
         let _slot = slot;
-        let mut qb = export_query(&viewer, &q, from, to);
-        let mut rows = qb.build_query_as::<ExportRow>().fetch(&db);
+        let mut qb = job.query();
+        let mut rows = qb.build_query_as::<ExportRow>().fetch(&job.db);
         let mut writer = csv::Writer::from_writer(Vec::with_capacity(80 * 1024));
         let _ = writer.write_record(EXPORT_HEADERS);
         while let Some(row) = rows.next().await {
@@ -391,7 +389,7 @@ fn csv_stream(
                     return;
                 }
             };
-            let _ = writer.write_record(row.cells(tz, true));
+            let _ = writer.write_record(row.cells(job.tz, true));
             if writer.get_ref().len() >= 64 * 1024 {
                 let full = std::mem::replace(
                     &mut writer,
@@ -441,14 +439,7 @@ fn csv_stream(
 const XLSX_MAX_RECORDS: u32 = 1_048_575;
 
 async fn xlsx_file(job: Export) -> Result<std::fs::File, ApiError> {
-    let Export {
-        db,
-        viewer,
-        q,
-        from,
-        to,
-        tz,
-    } = job;
+    let tz = job.tz;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<ExportRow>(1024);
     let writer = tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
         let mut workbook = rust_xlsxwriter::Workbook::new();
@@ -470,8 +461,8 @@ async fn xlsx_file(job: Export) -> Result<std::fs::File, ApiError> {
         file.rewind()?;
         Ok(file)
     });
-    let mut qb = export_query(&viewer, &q, from, to);
-    let mut rows = qb.build_query_as::<ExportRow>().fetch(&db);
+    let mut qb = job.query();
+    let mut rows = qb.build_query_as::<ExportRow>().fetch(&job.db);
     let mut written = 0u32;
     while let Some(row) = rows.next().await {
         let row = row?;

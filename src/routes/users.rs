@@ -143,6 +143,17 @@ async fn change_password(
         "new_password",
         Password::parse(&req.new_password, &user.email),
     );
+    if req.current_password.is_empty() {
+        invalid.add("current_password", "is required");
+    } else if req.current_password.chars().count() > 1024 {
+        invalid.add("current_password", "must be at most 1024 characters");
+    }
+    // A request refused for its shape checks no password: it neither counts towards the lock
+    // nor meets it.
+    if !invalid.is_empty() {
+        return Err(invalid.into_error());
+    }
+    let new_password = new_password.expect("checked above");
     let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
         .bind(user.id)
         .fetch_one(&state.db)
@@ -151,11 +162,10 @@ async fn change_password(
     let attempt = lockout::attempt(&state.db, Some(user.id), &state.config.auth)
         .await?
         .ok_or_else(|| anyhow::anyhow!("a counted check names its account"))?;
-    let current_ok = req.current_password.len() <= 1024
-        && state
-            .hasher
-            .verify(SecretString::from(req.current_password), Some(hash))
-            .await?;
+    let current_ok = state
+        .hasher
+        .verify(SecretString::from(req.current_password), Some(hash))
+        .await?;
     if !current_ok {
         let failure = attempt.failed();
         let mut tx = state.db.begin().await?;
@@ -169,15 +179,8 @@ async fn change_password(
             lock.by(&user).from(&client).record(&mut *tx).await?;
         }
         tx.commit().await?;
-        invalid.add("current_password", "is incorrect");
-        return Err(invalid.into_error());
+        return Err(ApiError::invalid("current_password", "is incorrect"));
     }
-    if !invalid.is_empty() {
-        // The right password with a weak new one: the guesses count starts again.
-        attempt.succeeded().await?;
-        return Err(invalid.into_error());
-    }
-    let new_password = new_password.expect("checked above");
     let new_hash = state.hasher.hash(new_password.into_secret()).await?;
     let mut tx = state.db.begin().await?;
     sqlx::query(

@@ -556,46 +556,41 @@ impl TestApp {
     /// Waits until `n` transactions of this test's database wait on another's row; panics with
     /// `what` after 10 s.
     pub async fn until_waiting_on_rows(&self, n: i64, what: &str) {
-        let waiting = async {
-            loop {
-                let waiting: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-                     WHERE l.locktype = 'transactionid' AND NOT l.granted
-                       AND a.datname = current_database()",
-                )
-                .fetch_one(&self.db)
-                .await
-                .unwrap();
-                if waiting == n {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
-            .await
-            .expect(what);
+        self.until_counted(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+             WHERE l.locktype = 'transactionid' AND NOT l.granted
+               AND a.datname = current_database()",
+            n,
+            what,
+        )
+        .await;
     }
 
     /// Waits until `n` sessions of this test's database wait for a lock of any kind (a row, an
     /// advisory lock); panics with `what` after 10 s.
     pub async fn until_waiting_on_locks(&self, n: i64, what: &str) {
-        let waiting = async {
-            loop {
-                let waiting: i64 = sqlx::query_scalar(
-                    "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-                     WHERE NOT l.granted AND a.datname = current_database()",
-                )
+        self.until_counted(
+            "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+             WHERE NOT l.granted AND a.datname = current_database()",
+            n,
+            what,
+        )
+        .await;
+    }
+
+    /// Waits until `count` (a query of one number) answers `n`; panics with `what` after 10 s.
+    async fn until_counted(&self, count: &str, n: i64, what: &str) {
+        let reached = async {
+            while sqlx::query_scalar::<_, i64>(count)
                 .fetch_one(&self.db)
                 .await
-                .unwrap();
-                if waiting == n {
-                    break;
-                }
+                .unwrap()
+                != n
+            {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
         };
-        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        tokio::time::timeout(std::time::Duration::from_secs(10), reached)
             .await
             .expect(what);
     }
