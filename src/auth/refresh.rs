@@ -44,9 +44,12 @@ pub async fn issue(
     Ok(token)
 }
 
-/// Whose token this is, if it is one (current or not).
-pub async fn owner(conn: &mut PgConnection, token: &str) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar("SELECT user_id FROM refresh_tokens WHERE token_hash = $1")
+/// Whose token this is and its family, if it is one (current or not).
+pub async fn owner(
+    conn: &mut PgConnection,
+    token: &str,
+) -> Result<Option<(Uuid, Uuid)>, sqlx::Error> {
+    sqlx::query_as("SELECT user_id, family_id FROM refresh_tokens WHERE token_hash = $1")
         .bind(digest(token))
         .fetch_optional(conn)
         .await
@@ -71,16 +74,13 @@ async fn lock_family(conn: &mut PgConnection, family_id: Uuid) -> Result<(), sql
     Ok(())
 }
 
-/// Marks the token rotated (within the caller's transaction), or detects its reuse.
-pub async fn rotate(conn: &mut PgConnection, token: &str) -> Result<Rotation, ApiError> {
-    let family: Option<Uuid> =
-        sqlx::query_scalar("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
-            .bind(digest(token))
-            .fetch_optional(&mut *conn)
-            .await?;
-    let Some(family_id) = family else {
-        return Err(ApiError::InvalidToken);
-    };
+/// Marks the token of `family_id` (as [`owner`] read it) rotated, within the caller's
+/// transaction, or detects its reuse.
+pub async fn rotate(
+    conn: &mut PgConnection,
+    token: &str,
+    family_id: Uuid,
+) -> Result<Rotation, ApiError> {
     lock_family(&mut *conn, family_id).await?;
     let (user_id, rotated, revoked, expired): (Uuid, bool, bool, bool) = sqlx::query_as(
         "SELECT user_id, rotated_at IS NOT NULL, revoked_at IS NOT NULL, expires_at <= now()

@@ -501,7 +501,7 @@ async fn refresh_tokens(
     // The account is share-locked before the token. A password change, deactivation or role
     // change locks the account, then revokes its tokens: either it waits for this rotation and
     // revokes the new token too, or this waits for it and finds the token revoked.
-    let Some(owner) = refresh::owner(&mut tx, token).await? else {
+    let Some((owner, family)) = refresh::owner(&mut tx, token).await? else {
         return Err(ApiError::InvalidToken);
     };
     let account: Option<(String, String, i32)> =
@@ -509,7 +509,7 @@ async fn refresh_tokens(
             .bind(owner)
             .fetch_optional(&mut *tx)
             .await?;
-    let (user_id, family_id) = match refresh::rotate(&mut tx, token).await? {
+    let (user_id, family_id) = match refresh::rotate(&mut tx, token, family).await? {
         Rotation::Rotated { user_id, family_id } => (user_id, family_id),
         Rotation::Reused { user_id, stolen } => {
             Activity::new("auth.refresh_reuse")
