@@ -20,7 +20,7 @@ use crate::domain::GeoPoint;
 use crate::domain::attendance::{TimeRules, forgotten_before, too_old_to_open};
 use crate::error::{ApiError, ErrorEnvelope, Invalid};
 use crate::extract::{Json, Path, Query};
-use crate::routes::auth::optional_text;
+use crate::routes::checks::optional_text;
 use crate::routes::pagination::{Page, Paging};
 use crate::state::AppState;
 

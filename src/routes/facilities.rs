@@ -18,7 +18,7 @@ use crate::error::{ApiError, ErrorEnvelope, Invalid, ResultExt};
 use crate::extract::{Json, Path, Query};
 use crate::import::apply::{self, ImportOptions, ImportReport, OnDuplicate};
 use crate::import::rows::RowError;
-use crate::routes::auth::{optional_text, required_text};
+use crate::routes::checks::{optional_text, required_text};
 use crate::routes::pagination::{Page, Paging};
 use crate::state::AppState;
 

@@ -5,6 +5,7 @@ pub mod activities;
 pub mod admin;
 pub mod attendance;
 pub mod auth;
+pub mod checks;
 pub mod facilities;
 pub mod geography;
 pub mod health;

@@ -1,4 +1,4 @@
-//! Attendance exports (CSV, XLSX) and summaries, for supervisors and above over their tree.
+//! Attendance as a streamed CSV or XLSX file.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -8,88 +8,27 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sqlx::QueryBuilder;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::{parse_period, parse_tz};
 use crate::auth::AuthUser;
 use crate::db::attendance::push_filters;
 use crate::domain::Role;
 use crate::domain::attendance::neutralise_cell;
 use crate::error::{ApiError, ErrorEnvelope};
-use crate::extract::{Json, Query};
+use crate::extract::Query;
 use crate::state::AppState;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(export))
-        .routes(routes!(summary))
-}
-
-/// A date (`2026-11-01`, a whole day in the report's time zone) or an instant (RFC 3339).
-/// Its year, as written, must be one of [`super::period::YEARS`].
-fn parse_bound(value: &str, tz: Tz, end: bool, field: &str) -> Result<DateTime<Utc>, ApiError> {
-    use chrono::Datelike;
-    let in_years = |year: i32| {
-        if super::period::YEARS.contains(&year) {
-            Ok(())
-        } else {
-            Err(ApiError::invalid(field, super::period::out_of_years()))
-        }
-    };
-    if let Ok(instant) = DateTime::parse_from_rfc3339(value) {
-        in_years(instant.year())?;
-        return Ok(instant.with_timezone(&Utc));
-    }
-    let date = NaiveDate::parse_from_str(value, "%Y-%m-%d")
-        .map_err(|_| ApiError::invalid(field, "must be a date (YYYY-MM-DD) or an RFC 3339 time"))?;
-    in_years(date.year())?;
-    // `to` as a date includes that whole day.
-    let date = if end {
-        date.succ_opt().unwrap_or(date)
-    } else {
-        date
-    };
-    // Where clocks skip midnight (a daylight-saving change at 00:00), the day begins at its
-    // first minute that exists.
-    let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists");
-    (0..=180)
-        .find_map(|m| {
-            tz.from_local_datetime(&(midnight + chrono::Duration::minutes(m)))
-                .earliest()
-        })
-        .map(|t| t.with_timezone(&Utc))
-        .ok_or_else(|| ApiError::invalid(field, "does not exist in this time zone"))
-}
-
-/// A period's bounds, either of which may be open.
-type Bounds = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-
-/// `from` and `to` as given (a blank value is no bound, as a blank filter in a form).
-fn parse_period(from: &Option<String>, to: &Option<String>, tz: Tz) -> Result<Bounds, ApiError> {
-    let parse = |value: &Option<String>, end: bool, field: &str| {
-        value
-            .as_deref()
-            .filter(|v| !v.trim().is_empty())
-            .map(|v| parse_bound(v.trim(), tz, end, field))
-            .transpose()
-    };
-    Ok((parse(from, false, "from")?, parse(to, true, "to")?))
-}
-
-fn parse_tz(tz: Option<&str>, state: &AppState) -> Result<Tz, ApiError> {
-    match tz.filter(|t| !t.is_empty()) {
-        None => Ok(state.config.attendance.timezone),
-        Some(name) => name.parse().map_err(|_| {
-            ApiError::invalid("tz", "must be an IANA time zone such as Africa/Kigali")
-        }),
-    }
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(export))
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
@@ -301,7 +240,7 @@ async fn export(
     user.require(Role::Supervisor)?;
     let tz = parse_tz(q.tz.as_deref(), &state)?;
     let (from, to) = parse_period(&q.from, &q.to, tz)?;
-    super::period::check_order(from, to)?;
+    crate::routes::period::check_order(from, to)?;
     let format = q.format.unwrap_or_default();
     let slot = state
         .exports
@@ -483,163 +422,4 @@ async fn xlsx_file(job: Export) -> Result<std::fs::File, ApiError> {
     }
     drop(tx);
     Ok(writer.await.map_err(anyhow::Error::from)??)
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema, PartialEq)]
-#[serde(rename_all = "snake_case")]
-pub enum GroupBy {
-    #[default]
-    User,
-    Facility,
-    Day,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct SummaryQuery {
-    /// A date (YYYY-MM-DD, in the time zone) or an RFC 3339 instant; default 30 days ago.
-    pub from: Option<String>,
-    /// A date (inclusive) or an RFC 3339 instant (exclusive); default now.
-    pub to: Option<String>,
-    #[param(inline)]
-    pub group_by: Option<GroupBy>,
-    /// IANA time zone that decides which day a shift belongs to; default `APP_TIMEZONE`.
-    pub tz: Option<String>,
-    pub facility_id: Option<Uuid>,
-    pub user_id: Option<Uuid>,
-}
-
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
-pub struct SummaryRow {
-    /// The user id, facility id or local date (YYYY-MM-DD), by `group_by`.
-    pub key: String,
-    /// The user's name, the facility's name, or the date.
-    pub label: String,
-    pub records: i64,
-    /// Distinct local days with a clock-in.
-    pub days_present: i64,
-    /// Distinct users with a clock-in.
-    pub users_present: i64,
-    /// Hours of closed shifts.
-    pub hours_worked: f64,
-    pub open: i64,
-    /// Shifts closed automatically after a forgotten clock-out; counted apart, no hours.
-    pub incomplete: i64,
-    pub outside_geofence: i64,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Summary {
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
-    #[schema(example = "Africa/Kigali")]
-    pub tz: String,
-    #[schema(value_type = GroupBy)]
-    pub group_by: String,
-    pub rows: Vec<SummaryRow>,
-}
-
-/// Days present, hours worked, open, incomplete and outside-geofence counts by user, facility or
-/// day (supervisor and above, over their tree). A shift belongs to the local day it started.
-#[utoipa::path(get, path = "/attendance/summary", tag = "reports", security(("bearer" = [])), params(SummaryQuery),
-    responses(
-        (status = 200, description = "The summary", body = Summary),
-        (status = 400, description = "Bad query string", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
-        (status = 403, description = "Field roles may not read summaries", body = ErrorEnvelope),
-        (status = 422, description = "Bad dates or time zone, or a period out of range or reversed", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
-    ))]
-async fn summary(
-    State(state): State<AppState>,
-    user: AuthUser,
-    Query(q): Query<SummaryQuery>,
-) -> Result<Json<Summary>, ApiError> {
-    user.require(Role::Supervisor)?;
-    let tz = parse_tz(q.tz.as_deref(), &state)?;
-    let (from, to) = parse_period(&q.from, &q.to, tz)?;
-    let to = to.unwrap_or_else(Utc::now);
-    super::period::check_order(from, Some(to))?;
-    let from = from.unwrap_or(to - chrono::Duration::days(30));
-    if from == to {
-        return Err(ApiError::invalid("from", "must be before `to`"));
-    }
-    let group_by = q.group_by.unwrap_or_default();
-    let (key, label, join) = match group_by {
-        GroupBy::User => (
-            "a.user_id::text",
-            "min(u.first_name || ' ' || u.last_name)",
-            "JOIN users u ON u.id = a.user_id",
-        ),
-        GroupBy::Facility => (
-            "a.facility_id::text",
-            "min(f.name)",
-            "JOIN facilities f ON f.id = a.facility_id",
-        ),
-        GroupBy::Day => (
-            "to_char(a.clock_in_at AT TIME ZONE tz.name, 'YYYY-MM-DD')",
-            "to_char(a.clock_in_at AT TIME ZONE tz.name, 'YYYY-MM-DD')",
-            "",
-        ),
-    };
-    let mut qb = QueryBuilder::new(format!(
-        "SELECT {key} AS key, {label} AS label, count(*) AS records,
-                count(DISTINCT (a.clock_in_at AT TIME ZONE tz.name)::date) AS days_present,
-                count(DISTINCT a.user_id) AS users_present,
-                round(coalesce(sum(extract(epoch FROM a.clock_out_at - a.clock_in_at))
-                      FILTER (WHERE a.status = 'closed'), 0)::numeric / 3600, 2)::float8 AS hours_worked,
-                count(*) FILTER (WHERE a.status = 'open') AS open,
-                count(*) FILTER (WHERE a.status = 'incomplete') AS incomplete,
-                count(*) FILTER (WHERE a.outside_geofence) AS outside_geofence
-         FROM attendance a {join} CROSS JOIN (SELECT "
-    ));
-    qb.push_bind(tz.name().to_string())
-        .push("::text AS name) tz");
-    push_filters(
-        &mut qb,
-        &user,
-        q.user_id,
-        q.facility_id,
-        Some(from),
-        Some(to),
-    );
-    qb.push(format_args!(" GROUP BY {key} ORDER BY {key}"));
-    let rows: Vec<SummaryRow> = qb.build_query_as().fetch_all(&state.db).await?;
-    Ok(Json(Summary {
-        from,
-        to,
-        tz: tz.name().to_string(),
-        group_by: match group_by {
-            GroupBy::User => "user",
-            GroupBy::Facility => "facility",
-            GroupBy::Day => "day",
-        }
-        .to_string(),
-        rows,
-    }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_day_whose_midnight_is_skipped_begins_at_its_first_minute() {
-        // Beirut moved its clocks from 00:00 to 01:00 on 31 March 2024.
-        let beirut: Tz = "Asia/Beirut".parse().unwrap();
-        let midnight = NaiveDate::from_ymd_opt(2024, 3, 31)
-            .unwrap()
-            .and_hms_opt(0, 0, 0)
-            .unwrap();
-        assert!(beirut.from_local_datetime(&midnight).earliest().is_none());
-        let from = parse_bound("2024-03-31", beirut, false, "from").unwrap();
-        assert_eq!(from.to_rfc3339(), "2024-03-30T22:00:00+00:00");
-        // The day before ends where that day begins.
-        let to = parse_bound("2024-03-30", beirut, true, "to").unwrap();
-        assert_eq!(to, from);
-        let kigali: Tz = "Africa/Kigali".parse().unwrap();
-        let day = parse_bound("2024-03-31", kigali, false, "from").unwrap();
-        assert_eq!(day.to_rfc3339(), "2024-03-30T22:00:00+00:00");
-    }
 }

@@ -1,0 +1,134 @@
+//! Checks of fields that several routes take: trimmed text, a new account's identity, the
+//! supervisor and the facility a user is given.
+
+use uuid::Uuid;
+
+use crate::domain::{Email, Password, Role};
+use crate::error::{ApiError, Invalid};
+use crate::state::AppState;
+
+/// Trims optional text; blank means absent.
+pub fn optional_text(
+    value: Option<String>,
+    field: &str,
+    max: usize,
+    invalid: &mut Invalid,
+) -> Option<String> {
+    let value = value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())?;
+    // Free text may span lines; identifiers and names may not carry control characters.
+    let multi_line = matches!(field, "notes" | "address");
+    if value.contains('\0') || (!multi_line && value.chars().any(char::is_control)) {
+        invalid.add(field, "must not contain control characters");
+    }
+    if value.chars().count() > max {
+        invalid.add(field, format!("must be at most {max} characters"));
+    }
+    Some(value)
+}
+
+pub fn required_text(value: &str, field: &str, max: usize, invalid: &mut Invalid) -> String {
+    let value = value.trim().to_string();
+    if value.chars().any(char::is_control) {
+        invalid.add(field, "must not contain control characters");
+    } else if value.is_empty() {
+        invalid.add(field, "must not be blank");
+    } else if value.chars().count() > max {
+        invalid.add(field, format!("must be at most {max} characters"));
+    }
+    value
+}
+
+/// The checked identity fields of a new account (registration or admin creation); `None` where
+/// the field failed, with the reason recorded in `invalid`.
+pub struct NewIdentity {
+    pub email: Option<Email>,
+    pub password: Option<Password>,
+    pub first_name: String,
+    pub last_name: String,
+    pub phone: Option<String>,
+    pub employee_id: Option<String>,
+}
+
+impl NewIdentity {
+    pub fn check(
+        email: &str,
+        password: &str,
+        first_name: &str,
+        last_name: &str,
+        phone: Option<String>,
+        employee_id: Option<String>,
+        invalid: &mut Invalid,
+    ) -> Self {
+        let parsed_email = invalid.check("email", Email::parse(email));
+        let password = invalid.check(
+            "password",
+            Password::parse(
+                password,
+                parsed_email.as_ref().map_or(email, |e| e.as_str()),
+            ),
+        );
+        NewIdentity {
+            email: parsed_email,
+            password,
+            first_name: required_text(first_name, "first_name", 100, invalid),
+            last_name: required_text(last_name, "last_name", 100, invalid),
+            phone: optional_text(phone, "phone", 32, invalid),
+            employee_id: optional_text(employee_id, "employee_id", 64, invalid),
+        }
+    }
+}
+
+/// Checks that `supervisor_id` names someone who may supervise. Inside a transaction the row
+/// stays share-locked, so the role cannot change to a field role before the transaction ends.
+pub async fn check_supervisor(
+    db: impl sqlx::PgExecutor<'_>,
+    supervisor_id: Option<Uuid>,
+    invalid: &mut Invalid,
+) -> Result<(), ApiError> {
+    if let Some(id) = supervisor_id {
+        let role: Option<String> =
+            sqlx::query_scalar("SELECT role FROM users WHERE id = $1 FOR SHARE")
+                .bind(id)
+                .fetch_optional(db)
+                .await?;
+        match role.and_then(|r| r.parse::<Role>().ok()) {
+            Some(role) if role.can_supervise() => {}
+            Some(_) => invalid.add(
+                "supervisor_id",
+                "must be a supervisor, backstopper or admin",
+            ),
+            None => invalid.add("supervisor_id", "no such user"),
+        }
+    }
+    Ok(())
+}
+
+/// The facility a user is given must exist and be active, unless `user` already has it (an
+/// edit that sends the account's other fields back unchanged).
+pub async fn check_facility(
+    state: &AppState,
+    facility_id: Option<Uuid>,
+    user: Option<Uuid>,
+    invalid: &mut Invalid,
+) -> Result<(), ApiError> {
+    if let Some(id) = facility_id {
+        let found: Option<(String, bool)> = sqlx::query_as(
+            "SELECT f.status, EXISTS (SELECT 1 FROM users u WHERE u.id = $2 AND u.facility_id = f.id)
+             FROM facilities f WHERE f.id = $1",
+        )
+        .bind(id)
+        .bind(user)
+        .fetch_optional(&state.db)
+        .await?;
+        match found {
+            None => invalid.add("facility_id", "no such facility"),
+            Some((status, kept)) if status != "active" && !kept => {
+                invalid.add("facility_id", format!("the facility is {status}"))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Days present, hours worked and the exceptions, grouped by user, facility or day.
+
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::QueryBuilder;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::{parse_period, parse_tz};
+use crate::auth::AuthUser;
+use crate::db::attendance::push_filters;
+use crate::domain::Role;
+use crate::error::{ApiError, ErrorEnvelope};
+use crate::extract::{Json, Query};
+use crate::state::AppState;
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(summary))
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    #[default]
+    User,
+    Facility,
+    Day,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SummaryQuery {
+    /// A date (YYYY-MM-DD, in the time zone) or an RFC 3339 instant; default 30 days ago.
+    pub from: Option<String>,
+    /// A date (inclusive) or an RFC 3339 instant (exclusive); default now.
+    pub to: Option<String>,
+    #[param(inline)]
+    pub group_by: Option<GroupBy>,
+    /// IANA time zone that decides which day a shift belongs to; default `APP_TIMEZONE`.
+    pub tz: Option<String>,
+    pub facility_id: Option<Uuid>,
+    pub user_id: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct SummaryRow {
+    /// The user id, facility id or local date (YYYY-MM-DD), by `group_by`.
+    pub key: String,
+    /// The user's name, the facility's name, or the date.
+    pub label: String,
+    pub records: i64,
+    /// Distinct local days with a clock-in.
+    pub days_present: i64,
+    /// Distinct users with a clock-in.
+    pub users_present: i64,
+    /// Hours of closed shifts.
+    pub hours_worked: f64,
+    pub open: i64,
+    /// Shifts closed automatically after a forgotten clock-out; counted apart, no hours.
+    pub incomplete: i64,
+    pub outside_geofence: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Summary {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    #[schema(example = "Africa/Kigali")]
+    pub tz: String,
+    #[schema(value_type = GroupBy)]
+    pub group_by: String,
+    pub rows: Vec<SummaryRow>,
+}
+
+/// Days present, hours worked, open, incomplete and outside-geofence counts by user, facility or
+/// day (supervisor and above, over their tree). A shift belongs to the local day it started.
+#[utoipa::path(get, path = "/attendance/summary", tag = "reports", security(("bearer" = [])), params(SummaryQuery),
+    responses(
+        (status = 200, description = "The summary", body = Summary),
+        (status = 400, description = "Bad query string", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 403, description = "Field roles may not read summaries", body = ErrorEnvelope),
+        (status = 422, description = "Bad dates or time zone, or a period out of range or reversed", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn summary(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(q): Query<SummaryQuery>,
+) -> Result<Json<Summary>, ApiError> {
+    user.require(Role::Supervisor)?;
+    let tz = parse_tz(q.tz.as_deref(), &state)?;
+    let (from, to) = parse_period(&q.from, &q.to, tz)?;
+    let to = to.unwrap_or_else(Utc::now);
+    crate::routes::period::check_order(from, Some(to))?;
+    let from = from.unwrap_or(to - chrono::Duration::days(30));
+    if from == to {
+        return Err(ApiError::invalid("from", "must be before `to`"));
+    }
+    let group_by = q.group_by.unwrap_or_default();
+    let (key, label, join) = match group_by {
+        GroupBy::User => (
+            "a.user_id::text",
+            "min(u.first_name || ' ' || u.last_name)",
+            "JOIN users u ON u.id = a.user_id",
+        ),
+        GroupBy::Facility => (
+            "a.facility_id::text",
+            "min(f.name)",
+            "JOIN facilities f ON f.id = a.facility_id",
+        ),
+        GroupBy::Day => (
+            "to_char(a.clock_in_at AT TIME ZONE tz.name, 'YYYY-MM-DD')",
+            "to_char(a.clock_in_at AT TIME ZONE tz.name, 'YYYY-MM-DD')",
+            "",
+        ),
+    };
+    let mut qb = QueryBuilder::new(format!(
+        "SELECT {key} AS key, {label} AS label, count(*) AS records,
+                count(DISTINCT (a.clock_in_at AT TIME ZONE tz.name)::date) AS days_present,
+                count(DISTINCT a.user_id) AS users_present,
+                round(coalesce(sum(extract(epoch FROM a.clock_out_at - a.clock_in_at))
+                      FILTER (WHERE a.status = 'closed'), 0)::numeric / 3600, 2)::float8 AS hours_worked,
+                count(*) FILTER (WHERE a.status = 'open') AS open,
+                count(*) FILTER (WHERE a.status = 'incomplete') AS incomplete,
+                count(*) FILTER (WHERE a.outside_geofence) AS outside_geofence
+         FROM attendance a {join} CROSS JOIN (SELECT "
+    ));
+    qb.push_bind(tz.name().to_string())
+        .push("::text AS name) tz");
+    push_filters(
+        &mut qb,
+        &user,
+        q.user_id,
+        q.facility_id,
+        Some(from),
+        Some(to),
+    );
+    qb.push(format_args!(" GROUP BY {key} ORDER BY {key}"));
+    let rows: Vec<SummaryRow> = qb.build_query_as().fetch_all(&state.db).await?;
+    Ok(Json(Summary {
+        from,
+        to,
+        tz: tz.name().to_string(),
+        group_by: match group_by {
+            GroupBy::User => "user",
+            GroupBy::Facility => "facility",
+            GroupBy::Day => "day",
+        }
+        .to_string(),
+        rows,
+    }))
+}

@@ -1,0 +1,161 @@
+//! The WatermelonDB protocol's pull and push, so apps built on that library sync with no glue code.
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{AuthUser, ClientInfo};
+use crate::error::{ApiError, ErrorEnvelope};
+use crate::extract::{Json, Query};
+use crate::state::AppState;
+use crate::sync::push::PushContext;
+use crate::sync::watermelon;
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(watermelon_pull, watermelon_push))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct WatermelonPullQuery {
+    /// The `timestamp` of the previous pull; absent, `null` or 0 (as WatermelonDB sends its
+    /// first sync) for everything the caller may see.
+    #[param(schema_with = timestamp_or_first_sync)]
+    pub last_pulled_at: Option<String>,
+    /// The app's schema version (1 covers `attendance` and `facilities`).
+    #[expect(
+        dead_code,
+        reason = "accepted as the protocol sends it; there is one schema, so nothing to adapt"
+    )]
+    pub schema_version: Option<i64>,
+    /// WatermelonDB's `migration` argument as JSON: `{"from":1,"tables":[],"columns":[]}`.
+    pub migration: Option<String>,
+}
+
+/// `last_pulled_at` of a pull: a timestamp this service issued, or the `null` (`undefined`) a
+/// JavaScript template writes for the library's first sync.
+fn timestamp_or_first_sync() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+    OneOfBuilder::new()
+        .description(Some(
+            "The `timestamp` of the previous pull; absent, `null` or 0 (as WatermelonDB sends its \
+             first sync) for everything the caller may see.",
+        ))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64))),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["null", "undefined"])),
+        )
+        .build()
+        .into()
+}
+
+/// A WatermelonDB pull answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WatermelonPull {
+    /// `{attendance: {created, updated, deleted}, facilities: {created, updated, deleted}}`, raw
+    /// records with flat columns and millisecond times (see the README's column mapping).
+    #[schema(value_type = Object)]
+    pub changes: serde_json::Value,
+    /// Send back as `last_pulled_at`.
+    #[schema(example = 42)]
+    pub timestamp: i64,
+}
+
+/// WatermelonDB `pullChanges`: every change since `last_pulled_at`, no id twice, records
+/// created since then (by the server's own creation) in `created`, deletions as ids.
+#[utoipa::path(get, path = "/sync/watermelon", tag = "sync", security(("bearer" = [])), params(WatermelonPullQuery),
+    responses(
+        (status = 200, description = "Changes and the next timestamp", body = WatermelonPull),
+        (status = 400, description = "Bad query string", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 422, description = "An unknown `last_pulled_at` or a malformed `migration`", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn watermelon_pull(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(q): Query<WatermelonPullQuery>,
+) -> Result<Json<WatermelonPull>, ApiError> {
+    let migration = q
+        .migration
+        .as_deref()
+        .filter(|m| !m.is_empty() && *m != "null")
+        .map(|m| crate::extract::parse_json::<watermelon::Migration>(m.as_bytes()))
+        .transpose()
+        .map_err(|_| {
+            ApiError::invalid(
+                "migration",
+                "must be WatermelonDB's migration object as JSON",
+            )
+        })?;
+    let last_pulled_at = match q.last_pulled_at.as_deref() {
+        None | Some("null" | "undefined") => None,
+        Some(t) => Some(t.parse::<i64>().map_err(|_| {
+            ApiError::invalid("last_pulled_at", "is not a timestamp this service issued")
+        })?),
+    };
+    let (changes, timestamp) =
+        watermelon::pull_changes(&state.db, &user, last_pulled_at, migration).await?;
+    Ok(Json(WatermelonPull { changes, timestamp }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct WatermelonPushQuery {
+    /// The `timestamp` of the pull this push follows.
+    pub last_pulled_at: i64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WatermelonPushBody {
+    /// `{attendance: {created: [raw], updated: [raw], deleted: [id]}}`; `_status` and `_changed`
+    /// are ignored, as are the columns the server sets.
+    #[schema(value_type = Object)]
+    pub changes: std::collections::HashMap<String, watermelon::TableChanges>,
+}
+
+/// WatermelonDB `pushChanges`, all or nothing. A created record that already exists is updated;
+/// an update of a missing record creates it unless it is known deleted; deleting a missing record
+/// is ignored. A shift opened beside the user's open one leaves the later of the two open and
+/// the other incomplete. 409 when a pushed record changed on the server after `last_pulled_at`: pull, then
+/// push again.
+#[utoipa::path(post, path = "/sync/watermelon", tag = "sync", security(("bearer" = [])),
+    params(WatermelonPushQuery), request_body = WatermelonPushBody,
+    responses(
+        (status = 204, description = "Applied"),
+        (status = 400, description = "Malformed JSON or query", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 403, description = "A record of another user, or a push to a read-only table", body = ErrorEnvelope),
+        (status = 409, description = "Changed on the server since `last_pulled_at` (`conflict`), or another open shift written at the same moment (`already_clocked_in`); pull and push again", body = ErrorEnvelope),
+        (status = 413, description = "Body over the limit", body = ErrorEnvelope),
+        (status = 422, description = "Invalid records (each named `attendance.<id>`), or an unknown `last_pulled_at`", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn watermelon_push(
+    State(state): State<AppState>,
+    user: AuthUser,
+    client: ClientInfo,
+    Query(q): Query<WatermelonPushQuery>,
+    Json(body): Json<WatermelonPushBody>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let ctx = PushContext {
+        db: &state.db,
+        config: &state.config,
+        sites: &state.sites,
+        user: &user,
+        client: &client,
+    };
+    watermelon::push_changes(ctx, q.last_pulled_at, body.changes).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
