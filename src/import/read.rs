@@ -103,7 +103,7 @@ fn read_zip(bytes: &[u8]) -> Result<Sheet, ReadError> {
         )));
     }
     if is_xlsx && declares_a_workbook(&mut archive)? {
-        check_shared_strings(&mut archive)?;
+        check_parts(&mut archive)?;
         read_xlsx(bytes)
     } else if is_ods {
         Err(ReadError::OtherWorkbook)
@@ -135,53 +135,131 @@ fn declares_a_workbook(archive: &mut zip::ZipArchive<Cursor<&[u8]>>) -> Result<b
     .any(|main| types.contains(main)))
 }
 
-/// calamine sets aside room for as many shared strings as the workbook's `uniqueCount` says,
-/// before it reads one: a few bytes declaring 10^14 would ask for petabytes, and a failed
-/// allocation ends the process. A count beyond what the part could hold (each string takes at
-/// least `<si/>`, five bytes) is refused first. The part is found as calamine finds it, by
-/// name, whatever its case or folder.
-fn check_shared_strings(archive: &mut zip::ZipArchive<Cursor<&[u8]>>) -> Result<(), ReadError> {
+/// Shared strings beyond which a workbook is refused: eight text cells for each of `MAX_ROWS`
+/// rows. calamine holds every one (24 bytes, even an empty one) before it reads a cell, and
+/// five bytes of XML (`<si/>`) make one.
+const MAX_SHARED_STRINGS: u64 = 8 * MAX_ROWS as u64;
+/// Cell formats beyond which a workbook is refused: Excel itself keeps at most 64,000.
+const MAX_CELL_FORMATS: u64 = 65_536;
+/// What calamine's copies of fonts, fills, borders and number formats may take in all (see
+/// [`check_styles`]).
+const MAX_STYLE_COPIES_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Checks the parts that calamine reads whole before the first cell, by what they would cost
+/// it in memory rather than by their size: a part of a few kilobytes can ask for gigabytes,
+/// and a failed allocation ends the process. The parts are found as calamine finds them, by
+/// name, whatever their case or folder.
+fn check_parts(archive: &mut zip::ZipArchive<Cursor<&[u8]>>) -> Result<(), ReadError> {
     let unreadable = |e: &dyn std::fmt::Display| ReadError::Unreadable(e.to_string());
     for i in 0..archive.len() {
         let entry = archive.by_index(i).map_err(|e| unreadable(&e))?;
         let name = entry.name().map_err(|e| unreadable(&e))?;
         let name = name.replace('\\', "/").to_ascii_lowercase();
-        if !name.ends_with("sharedstrings.xml") {
-            continue;
-        }
-        let most = entry.size() / 5;
-        let mut xml = quick_xml::Reader::from_reader(BufReader::new(entry));
-        xml.config_mut().check_end_names = false;
-        xml.config_mut().check_comments = false;
-        xml.config_mut().expand_empty_elements = true;
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match xml.read_event_into(&mut buf) {
-                Ok(Event::Start(e)) if e.local_name().as_ref() == "sst" => {
-                    let declared = e
-                        .attributes()
-                        .with_checks(false)
-                        .flatten()
-                        .find(|a| a.key.local_name().as_ref() == "uniqueCount");
-                    if let Some(attr) = declared
-                        && !attr.value.is_empty()
-                        && attr.value.bytes().all(|b| b.is_ascii_digit())
-                        && attr.value.parse::<u64>().map_or(true, |n| n > most)
-                    {
-                        return Err(ReadError::Unreadable(
-                            "the workbook declares more shared strings than it holds".into(),
-                        ));
-                    }
-                    break;
-                }
-                // calamine reports a broken part itself.
-                Ok(Event::Eof) | Err(_) => break,
-                Ok(_) => {}
-            }
+        if name.ends_with("sharedstrings.xml") {
+            check_shared_strings(entry)?;
+        } else if name.ends_with("styles.xml") {
+            check_styles(entry)?;
         }
     }
     Ok(())
+}
+
+fn xml_reader<R: Read>(part: R) -> quick_xml::Reader<BufReader<R>> {
+    let mut xml = quick_xml::Reader::from_reader(BufReader::new(part));
+    xml.config_mut().check_end_names = false;
+    xml.config_mut().check_comments = false;
+    // `<si/>` and `<numFmt …/>` arrive as a start and an end, as their longer forms do.
+    xml.config_mut().expand_empty_elements = true;
+    xml
+}
+
+/// calamine sets aside room for as many shared strings as the part's `uniqueCount` says, before
+/// it reads one: a few bytes declaring 10^14 would ask for petabytes. A count beyond what the
+/// part could hold (each string takes at least `<si/>`, five bytes) is refused, and so is a
+/// part holding more than [`MAX_SHARED_STRINGS`].
+fn check_shared_strings<R: Read>(part: zip::read::ZipFile<'_, R>) -> Result<(), ReadError> {
+    let most = part.size() / 5;
+    let mut xml = xml_reader(part);
+    let mut buf = Vec::new();
+    let mut strings: u64 = 0;
+    loop {
+        buf.clear();
+        match xml.read_event_into(&mut buf) {
+            Ok(Event::Start(e)) if e.local_name().as_ref() == "sst" => {
+                let declared = e
+                    .attributes()
+                    .with_checks(false)
+                    .flatten()
+                    .find(|a| a.key.local_name().as_ref() == "uniqueCount");
+                if let Some(attr) = declared
+                    && !attr.value.is_empty()
+                    && attr.value.bytes().all(|b| b.is_ascii_digit())
+                    && attr.value.parse::<u64>().map_or(true, |n| n > most)
+                {
+                    return Err(ReadError::Unreadable(
+                        "the workbook declares more shared strings than it holds".into(),
+                    ));
+                }
+            }
+            Ok(Event::Start(e)) if e.local_name().as_ref() == "si" => {
+                strings += 1;
+                if strings > MAX_SHARED_STRINGS {
+                    return Err(ReadError::TooLarge(format!(
+                        "the workbook holds more than {MAX_SHARED_STRINGS} different texts"
+                    )));
+                }
+            }
+            // calamine reports a broken part itself.
+            Ok(Event::Eof) | Err(_) => return Ok(()),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// calamine builds one style for each cell format (`<xf>`) of `styles.xml`, and gives each its
+/// own copy of the font, fill, border and number format it names: a part repeating one long
+/// font name in ten thousand formats, a few kilobytes zipped, would ask for gigabytes. The
+/// copies can take no more than the formats' count times the longest of those definitions, as
+/// written; that, and the count itself, are bounded. Excel writes font names of at most 31
+/// characters and number formats of at most 255, so no workbook it wrote comes near.
+fn check_styles<R: Read>(part: zip::read::ZipFile<'_, R>) -> Result<(), ReadError> {
+    let mut xml = xml_reader(part);
+    let mut buf = Vec::new();
+    let mut formats: u64 = 0;
+    let mut longest: u64 = 0;
+    // The definition being read, and where it began.
+    let mut open: Option<(String, u64)> = None;
+    loop {
+        buf.clear();
+        let began = xml.buffer_position();
+        match xml.read_event_into(&mut buf) {
+            Ok(Event::Start(e)) => match e.local_name().as_ref() {
+                "xf" => formats += 1,
+                "numFmt" => longest = longest.max(xml.buffer_position() - began),
+                name @ ("font" | "fill" | "border") if open.is_none() => {
+                    open = Some((name.to_string(), began));
+                }
+                _ => {}
+            },
+            Ok(Event::End(e)) => {
+                if let Some((name, start)) = &open
+                    && e.local_name().as_ref() == name.as_str()
+                {
+                    longest = longest.max(xml.buffer_position() - start);
+                    open = None;
+                }
+            }
+            Ok(Event::Eof) | Err(_) => return Ok(()),
+            Ok(_) => {}
+        }
+        if formats > MAX_CELL_FORMATS || formats.saturating_mul(longest) > MAX_STYLE_COPIES_BYTES {
+            return Err(ReadError::TooLarge(format!(
+                "the workbook's styles would take more than {} MiB to read ({formats} or more \
+                 cell formats, a font, fill, border or number format of {longest} bytes)",
+                MAX_STYLE_COPIES_BYTES / (1024 * 1024)
+            )));
+        }
+    }
 }
 
 /// Streams the first worksheet cell by cell, so memory follows the rows kept, not the sheet.

@@ -71,6 +71,42 @@ fn one_string_everywhere(chars: usize, rows: usize) -> Vec<u8> {
     )
 }
 
+/// A workbook whose styles give `formats` cell formats the same font, named by `chars`
+/// characters: calamine copies the name into each.
+fn one_font_in_every_format(chars: usize, formats: usize) -> Vec<u8> {
+    let styles = format!(
+        r#"<?xml version="1.0"?><styleSheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><fonts count="1"><font><name val="{}"/></font></fonts><cellXfs count="{formats}">{}</cellXfs></styleSheet>"#,
+        "A".repeat(chars),
+        r#"<xf numFmtId="0" fontId="0"/>"#.repeat(formats)
+    );
+    zip_with(
+        Some(&fixture("facilities.xlsx")),
+        &[("xl/styles.xml", &styles)],
+    )
+}
+
+/// A workbook whose shared strings are `count` empty ones, behind a comment of letters that do
+/// not compress, so that the part's compression ratio is one a real workbook can have.
+fn empty_shared_strings(count: usize) -> Vec<u8> {
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let noise: String = (0..count / 25)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (b'a' + (seed % 26) as u8) as char
+        })
+        .collect();
+    let strings = format!(
+        r#"<?xml version="1.0"?><sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" uniqueCount="{count}"><!-- {noise} -->{}</sst>"#,
+        "<si/>".repeat(count)
+    );
+    zip_with(
+        Some(&fixture("facilities.xlsx")),
+        &[("xl/sharedStrings.xml", &strings)],
+    )
+}
+
 async fn import(
     app: &TestApp,
     token: &str,
@@ -593,6 +629,20 @@ async fn hostile_and_broken_files_are_refused_and_change_nothing() {
             // Cells of allowed length, but 1.3 GB of them.
             "one long string in every cell",
             one_string_everywhere(30_000, 700),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            // 1,000 formats, each with its own copy of a 300,000-character font name: 300 MB
+            // from a few kilobytes.
+            "one long font name in every cell format",
+            one_font_in_every_format(300_000, 1_000),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            "more shared strings than eight for each row allowed",
+            empty_shared_strings(1_600_001),
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
         ),
