@@ -64,7 +64,7 @@ pub struct ImportReport {
 
 fn read_error(e: ReadError) -> ApiError {
     match e {
-        ReadError::NotSpreadsheet | ReadError::OtherWorkbook => {
+        ReadError::NotSpreadsheet | ReadError::OtherWorkbook | ReadError::Markup => {
             ApiError::UnsupportedMediaType(e.to_string())
         }
         ReadError::TooLarge(reason) => ApiError::ContentTooLarge(reason),
@@ -103,15 +103,9 @@ pub async fn run(
             if sheet.rows.is_empty() {
                 return Err(ApiError::invalid("file", "has a header but no data rows"));
             }
-            let checked = rows::check(&sheet, &councils).map_err(|missing| {
+            let checked = rows::check(&sheet, &councils).map_err(|problems| {
                 let mut details = FieldErrors::new();
-                details.insert(
-                    "file".into(),
-                    missing
-                        .iter()
-                        .map(|c| format!("missing required column `{c}`"))
-                        .collect(),
-                );
+                details.insert("file".into(), problems);
                 ApiError::Validation(details)
             })?;
             Ok((sheet.format, checked))

@@ -56,6 +56,10 @@ pub enum ReadError {
         "Excel 97-2003 (.xls) and OpenDocument (.ods) workbooks are not read; save the sheet as XLSX or CSV"
     )]
     OtherWorkbook,
+    #[error(
+        "the file is a web page or XML (as some systems export for Excel), not CSV or XLSX; open it in Excel and save the sheet as XLSX or CSV"
+    )]
+    Markup,
     #[error("{0}")]
     TooLarge(String),
     #[error("the spreadsheet cannot be read: {0}")]
@@ -472,6 +476,15 @@ fn sniff_delimiter(text: &str) -> u8 {
 
 fn read_csv(bytes: &[u8]) -> Result<Sheet, ReadError> {
     let text = decode(bytes)?;
+    // An HTML table or an Excel 2003 XML workbook saved as `.xls`: read as CSV it would only
+    // be missing every column.
+    if text
+        .trim_start_matches('\u{FEFF}')
+        .trim_start()
+        .starts_with('<')
+    {
+        return Err(ReadError::Markup);
+    }
     let delimiter = sniff_delimiter(&text);
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)

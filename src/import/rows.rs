@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::domain::GeoPoint;
-use crate::import::read::Sheet;
+use crate::import::read::{Format, Sheet};
 
 /// A row that passed every check, ready to apply.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,12 +96,24 @@ pub struct Checked {
     pub total_rows: usize,
 }
 
-/// Maps headers to columns, or names the required columns that are missing.
+/// Maps headers to columns, or says what is wrong with them: a required column missing, or one
+/// column given twice (under the same name or two that mean it, as `phone` and
+/// `contact_phone`), which would leave the file's author guessing which one was read.
 fn columns(headers: &[String]) -> Result<HashMap<Column, usize>, Vec<String>> {
     let mut map = HashMap::new();
+    let mut problems = Vec::new();
     for (i, header) in headers.iter().enumerate() {
         if let Some(column) = Column::from_header(header) {
-            map.entry(column).or_insert(i);
+            if let Some(&first) = map.get(&column) {
+                problems.push(format!(
+                    "column `{}` is given twice (columns {} and {}); keep one",
+                    column.name(),
+                    column_letters(first),
+                    column_letters(i)
+                ));
+            } else {
+                map.insert(column, i);
+            }
         }
     }
     let mut missing = Vec::new();
@@ -112,17 +124,34 @@ fn columns(headers: &[String]) -> Result<HashMap<Column, usize>, Vec<String>> {
         Column::Longitude,
     ] {
         if !map.contains_key(&required) {
-            missing.push(required.name().to_string());
+            missing.push(required.name());
         }
     }
     if !map.contains_key(&Column::CouncilName) && !map.contains_key(&Column::CouncilCode) {
-        missing.push("council_name".to_string());
+        missing.push("council_name");
     }
-    if missing.is_empty() {
+    problems.extend(
+        missing
+            .into_iter()
+            .map(|c| format!("missing required column `{c}`")),
+    );
+    if problems.is_empty() {
         Ok(map)
     } else {
-        Err(missing)
+        Err(problems)
     }
+}
+
+/// A column's letters as a spreadsheet shows them (0 → `A`, 26 → `AA`).
+fn column_letters(index: usize) -> String {
+    let mut letters = Vec::new();
+    let mut n = index + 1;
+    while n > 0 {
+        letters.push(b'A' + ((n - 1) % 26) as u8);
+        n = (n - 1) / 26;
+    }
+    letters.reverse();
+    String::from_utf8(letters).expect("ASCII letters")
 }
 
 /// What Excel shows in a cell whose formula failed, and writes as that text to CSV.
@@ -198,6 +227,31 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
         };
         let code = get(Column::Code).to_string();
         let key = code_key(&code);
+        // A CSV row with values past the header's last column: most likely a separator inside
+        // a value that is not in quotes (`KG 11 Ave, Kimironko`), which has shifted every value
+        // after it into the wrong column. A spreadsheet's cells cannot shift, so a note to the
+        // right of an XLSX table is left alone.
+        if sheet.format == Format::Csv
+            && cells
+                .iter()
+                .skip(sheet.headers.len())
+                .any(|c| !c.trim().is_empty())
+        {
+            errors.push(RowError {
+                row,
+                column: None,
+                message: format!(
+                    "has values past the last of the {} columns of the header: is a separator \
+                     inside a value that is not in quotes? Quote that value",
+                    sheet.headers.len()
+                ),
+            });
+            if !code.is_empty() {
+                seen_codes.entry(key).or_insert(row);
+            }
+            failed += 1;
+            continue;
+        }
         let mut broken: Vec<(usize, Column)> = map
             .iter()
             .filter(|(c, _)| EXCEL_ERRORS.contains(&get(**c)))
@@ -392,8 +446,15 @@ mod tests {
     fn missing_required_columns_are_named() {
         let (councils, _) = councils();
         let sheet = read(b"name,latitude\nA,1\n").unwrap();
-        let missing = check(&sheet, &councils).unwrap_err();
-        assert_eq!(missing, vec!["code", "longitude", "council_name"]);
+        let problems = check(&sheet, &councils).unwrap_err();
+        assert_eq!(
+            problems,
+            vec![
+                "missing required column `code`",
+                "missing required column `longitude`",
+                "missing required column `council_name`"
+            ]
+        );
     }
 
     /// Each error's row and column.

@@ -553,6 +553,52 @@ async fn dry_run_and_strict_apply_nothing() {
 }
 
 #[tokio::test]
+async fn a_csv_row_with_more_values_than_the_header_is_reported_not_shifted() {
+    // Arrange: an address with an unquoted comma pushes the phone one column right.
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let csv = "name,code,latitude,longitude,council_name,address,contact_phone\n\
+               Kimironko HC,HC-1,-1.95,30.12,Gasabo,KG 11 Ave, Kimironko,+250788000001\n\
+               Remera HC,HC-2,-1.96,30.11,Gasabo,\"KG 15 Ave, Remera\",+250788000002\n\
+               Kacyiru HC,HC-3,-1.94,30.09,Gasabo,KG 7 Ave,,\n";
+
+    // Act
+    let (status, report) = import(&app, &admin.token, "f.csv", csv.into(), "").await;
+
+    // Assert: the shifted row is refused whole; the quoted one and a trailing empty cell read.
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        (report["created"].as_u64(), report["failed"].as_u64()),
+        (Some(2), Some(1)),
+        "{report}"
+    );
+    assert_eq!(report["errors"][0]["row"], 2, "{report}");
+    assert!(
+        report["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("separator"),
+        "{report}"
+    );
+    let stored: Vec<(String, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT code, address, contact_phone FROM facilities ORDER BY code")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        stored,
+        vec![
+            (
+                "HC-2".to_string(),
+                Some("KG 15 Ave, Remera".to_string()),
+                Some("+250788000002".to_string())
+            ),
+            ("HC-3".to_string(), Some("KG 7 Ave".to_string()), None),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn hostile_and_broken_files_are_refused_and_change_nothing() {
     let app = TestApp::spawn_with(|env| {
         env.insert("MAX_UPLOAD_BYTES".into(), (256 * 1024).to_string());
@@ -679,10 +725,38 @@ async fn hostile_and_broken_files_are_refused_and_change_nothing() {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
         ),
+        (
+            "HTML table saved as .xls",
+            b"\xEF\xBB\xBF\r\n<html><body><table><tr><td>name</td><td>code</td></tr></table></body></html>"
+                .to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "Excel 2003 XML workbook",
+            br#"<?xml version="1.0"?><Workbook xmlns="urn:schemas-microsoft-com:office:spreadsheet"/>"#
+                .to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "one column twice",
+            b"name,code,phone,latitude,longitude,council_name,Contact Phone\nA,B,1,-1.9,30.1,Gasabo,2\n"
+                .to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
     ];
     for (name, bytes, expected, code) in cases {
         let (status, body) = import(&app, &admin.token, "facilities.csv", bytes, "").await;
         assert_error(status, &body, expected, code);
+        if name == "one column twice" {
+            assert_eq!(
+                body["error"]["details"]["file"],
+                json!(["column `contact_phone` is given twice (columns C and G); keep one"]),
+                "{name}"
+            );
+        }
         if name == "missing column" {
             let reasons = body["error"]["details"]["file"].to_string();
             assert!(
