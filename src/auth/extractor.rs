@@ -194,9 +194,18 @@ pub fn client_ip_from(
             .next_back()
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse().ok())
+            .and_then(|v| forwarded_address(v.trim()))
     {
         return Some(ip);
     }
     peer.map(|ConnectInfo(addr)| addr.ip())
+}
+
+/// An `X-Forwarded-For` entry: an address, or an address with the client's port
+/// (`203.0.113.5:41234`, `[2001:db8::1]:443`) as some gateways write it.
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
 }

@@ -193,10 +193,11 @@ pub struct AttendanceFilter {
     pub per_page: Option<u32>,
 }
 
-/// The closed shift of `user_id` that `at` falls inside of, by more than `tolerance` before its
-/// end (a phone's clock may run that far behind the server's), as its start and end. The shift
-/// a retried request began itself (same `client_id`, or the same device's tap at `at`) is not
-/// counted.
+/// The latest-ending closed shift of `user_id` that ends more than `tolerance` after `at` (a
+/// phone's clock may run that far behind the server's), as its start and end: a shift opened at
+/// `at` and open until now would overlap it, whether `at` falls inside it or before it. The
+/// shift a retried request began itself (same `client_id`, or the same device's tap at `at`) is
+/// not counted.
 pub async fn worked_shift_at<'e>(
     db: impl PgExecutor<'e>,
     user_id: Uuid,
@@ -208,10 +209,10 @@ pub async fn worked_shift_at<'e>(
     sqlx::query_as(
         "SELECT clock_in_at, clock_out_at FROM attendance
          WHERE user_id = $1 AND deleted_at IS NULL AND status = 'closed'
-           AND clock_in_at <= $2 AND clock_out_at > $2 + $5
+           AND clock_out_at > $2 + $5
            AND ($3::text IS NULL OR client_id IS DISTINCT FROM $3)
            AND ($4::text IS NULL OR (device_id, client_timestamp) IS DISTINCT FROM ($4, $2))
-         ORDER BY clock_in_at DESC LIMIT 1",
+         ORDER BY clock_out_at DESC LIMIT 1",
     )
     .bind(user_id)
     .bind(at)

@@ -156,7 +156,8 @@ async fn close(db: &PgPool, closes: &[&CloseShift]) -> Result<Vec<AttendanceRow>
                         clock_out_latitude = c.latitude, clock_out_longitude = c.longitude,
                         clock_out_accuracy_m = c.accuracy_m, clock_out_distance_m = c.distance_m,
                         outside_geofence = t.outside_geofence OR c.outside,
-                        notes = coalesce(c.notes, t.notes), sync_version = t.sync_version + 1
+                        notes = nullif(concat_ws(E'\\n', t.notes, c.notes), ''),
+                        sync_version = t.sync_version + 1
                  FROM c
                  WHERE t.id = c.id AND t.change_xid = c.change_xid::xid8
                  RETURNING t.*

@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+/// A record's notes at most, in characters: the clock-in's and the clock-out's (1,000 each, as
+/// the clock-in and clock-out endpoints take them), on lines of their own.
+pub const MAX_RECORD_NOTES: usize = 2 * 1000 + 1;
+
 /// The window in which a client-reported time is accepted.
 #[derive(Debug, Clone, Copy)]
 pub struct TimeRules {

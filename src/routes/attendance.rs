@@ -71,7 +71,10 @@ pub struct ClockOut {
     pub longitude: f64,
     #[schema(minimum = 0)]
     pub accuracy_m: Option<f64>,
+    /// When the shift ended; a time up to the clock tolerance before the clock-in (a phone's
+    /// clock running behind the server's) ends it where it began.
     pub occurred_at: Option<DateTime<FixedOffset>>,
+    /// Kept beside the clock-in's notes, on a line of its own.
     #[schema(max_length = 1000)]
     pub notes: Option<String>,
 }
@@ -173,8 +176,9 @@ async fn clock_in(
     if outside && state.config.attendance.enforce_geofence {
         return Err(geofence_refusal(distance, site.geofence_radius_m));
     }
-    // A clock-in backdated into a shift already worked would count those hours twice. A tap
-    // sent as it happens cannot be inside a closed shift, so only backdated ones are checked.
+    // A clock-in backdated into or before a shift already worked would count those hours twice
+    // (the new shift runs from its start until the clock-out). A tap sent as it happens cannot
+    // be before a closed shift's end, so only backdated ones are checked.
     // The shift this very clock-in began (a retry by client_id, or the same device's tap) is
     // not another shift: the insert below finds it and answers with it.
     if occurred_at < now - chrono::Duration::minutes(1) {
@@ -192,7 +196,8 @@ async fn clock_in(
             return Err(ApiError::conflict(
                 "conflict",
                 format!(
-                    "occurred_at falls inside a shift you already worked ({} to {})",
+                    "occurred_at is before the end of a shift you already worked ({} to {}); \
+                     a shift can start only after it",
                     from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 ),
@@ -227,6 +232,7 @@ async fn clock_in(
         Shared::Unknown => return Err(ApiError::Unavailable),
     }
     let mut closed_forgotten = 0;
+    let mut tried_again = false;
     let row = loop {
         let error = match new.insert(&state.db, closed_forgotten).await {
             Ok(row) => break row,
@@ -258,7 +264,7 @@ async fn clock_in(
         if !one_open {
             return Err(error.into());
         }
-        if closed_forgotten > 0 {
+        if closed_forgotten > 0 || tried_again {
             return Err(already_clocked_in());
         }
         closed_forgotten = records::close_forgotten(
@@ -268,7 +274,16 @@ async fn clock_in(
         )
         .await?;
         if closed_forgotten == 0 {
-            return Err(already_clocked_in());
+            // None left to close: either the open shift is today's, or a request sent before
+            // this one (the same clock-in, retried before its answer came) closed the forgotten
+            // shift and wrote this clock-in meanwhile. Only a retry can find its record, by
+            // the key it carries, on one more try.
+            if new.client_id.is_none()
+                && (new.device_id.is_none() || new.client_timestamp.is_none())
+            {
+                return Err(already_clocked_in());
+            }
+            tried_again = true;
         }
     };
     Ok((StatusCode::CREATED, Json(row.into())))
@@ -338,8 +353,23 @@ async fn clock_out(
                 "your open shift exceeded the maximum shift length and was closed as incomplete",
             ));
         }
+        // The clock-in may have been stamped by the server and the clock-out by a phone whose
+        // clock runs behind it: within the tolerance, the shift ends where it began.
+        let skew = open.clock_in_at - occurred_at;
+        let occurred_at = if skew > chrono::Duration::zero()
+            && skew
+                .to_std()
+                .is_ok_and(|s| s <= state.config.attendance.future_tolerance)
+        {
+            open.clock_in_at
+        } else {
+            occurred_at
+        };
         if occurred_at < open.clock_in_at {
-            return Err(ApiError::invalid("occurred_at", "is before the clock-in"));
+            return Err(ApiError::invalid(
+                "occurred_at",
+                "is before the clock-in (by more than the clock difference allowed)",
+            ));
         }
         let site = state
             .sites

@@ -56,6 +56,8 @@ pub struct AttendanceData {
     pub clock_out_at: Option<DateTime<FixedOffset>>,
     pub clock_in_location: LocationIn,
     pub clock_out_location: Option<LocationIn>,
+    /// At most 2,001 characters: a clock-in's notes and a clock-out's, each on its own line.
+    #[schema(max_length = 2001)]
     pub notes: Option<String>,
 }
 

@@ -16,7 +16,7 @@ use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
 use crate::db::facilities::{Site, SiteCache};
 use crate::db::is_deadlock;
 use crate::domain::GeoPoint;
-use crate::domain::attendance::{TimeRules, forgotten_before};
+use crate::domain::attendance::{MAX_RECORD_NOTES, TimeRules, forgotten_before};
 use crate::error::ApiError;
 use crate::sync::apply::{apply_plan, insert_created};
 use crate::sync::decide::{Decision, ServerCopy, decide};
@@ -244,9 +244,11 @@ pub(crate) fn check_fields(content: &Content) -> Result<(), String> {
     if content
         .notes
         .as_ref()
-        .is_some_and(|n| n.chars().count() > 1000)
+        .is_some_and(|n| n.chars().count() > MAX_RECORD_NOTES)
     {
-        return Err("notes must be at most 1000 characters".into());
+        return Err(format!(
+            "notes must be at most {MAX_RECORD_NOTES} characters"
+        ));
     }
     Ok(())
 }

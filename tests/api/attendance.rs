@@ -209,6 +209,9 @@ async fn backdated_clock_ins_that_would_count_hours_twice_or_never_close_are_ref
 
     let (status, body) = clock_in(&app, &user, at(3, 0)).await;
     assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    // Before the shift: open from then until now, it would hold the whole shift.
+    let (status, body) = clock_in(&app, &user, at(6, 0)).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
     let (status, body) = clock_in(&app, &user, at(17, 0)).await;
     assert_error(
         status,
@@ -237,6 +240,62 @@ async fn backdated_clock_ins_that_would_count_hours_twice_or_never_close_are_ref
     assert_eq!(clock_out(&app, &other, at_site()).await.0, StatusCode::OK);
     let (status, body) = clock_in(&app, &other, at(0, 3)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test]
+async fn a_clock_out_keeps_the_clock_in_notes_and_forgives_a_phone_clock_running_behind() {
+    let app = TestApp::spawn().await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    let with = |notes: Option<&str>, minutes_ago: i64| {
+        let mut body = at_site();
+        if let Some(notes) = notes {
+            body["notes"] = json!(notes);
+        }
+        body["occurred_at"] = json!((Utc::now() - Duration::minutes(minutes_ago)).to_rfc3339());
+        body
+    };
+    let (status, body) = clock_in(&app, &user, with(Some("arrived late, road flooded"), 0)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // The phone's clock runs three minutes behind the server that stamped the clock-in.
+    let (status, closed) = clock_out(&app, &user, with(Some("left for a clinic visit"), 3)).await;
+
+    assert_eq!(status, StatusCode::OK, "{closed}");
+    assert_eq!(closed["status"], "closed");
+    assert_eq!(closed["duration_s"], 0, "{closed}");
+    assert_eq!(
+        closed["notes"], "arrived late, road flooded\nleft for a clinic visit",
+        "{closed}"
+    );
+    let stored: Option<String> = sqlx::query_scalar("SELECT notes FROM attendance WHERE id = $1")
+        .bind(
+            closed["id"]
+                .as_str()
+                .unwrap()
+                .parse::<uuid::Uuid>()
+                .unwrap(),
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, closed["notes"].as_str().map(str::to_string));
+
+    // Further behind than the tolerance (five minutes): refused, and the shift stays open.
+    assert_eq!(
+        clock_in(&app, &user, with(None, 0)).await.0,
+        StatusCode::CREATED
+    );
+    let (status, body) = clock_out(&app, &user, with(None, 10)).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert!(body["error"]["details"]["occurred_at"].is_array(), "{body}");
+    let (status, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(active["attendance"]["status"], "open", "{active}");
 }
 
 #[tokio::test]

@@ -1054,6 +1054,19 @@ async fn behind_a_trusted_proxy_the_address_it_appended_is_the_clients() {
 }
 
 #[tokio::test]
+async fn a_trusted_proxy_that_writes_the_clients_port_is_understood() {
+    let app = two_logins_per_address(true).await;
+    // The same address from three ports is one client.
+    three_logins_count_as_one_address(&app, |i| format!("10.0.0.1, 203.0.113.7:{}", 40000 + i))
+        .await;
+    assert_eq!(
+        login_forwarded(&app, "[2001:db8::1]:443".into()).await,
+        StatusCode::UNAUTHORIZED,
+        "another client, its own budget"
+    );
+}
+
+#[tokio::test]
 async fn a_proxy_that_adds_its_own_header_line_is_believed_not_the_clients_line() {
     let app = two_logins_per_address(true).await;
     for i in 0..3 {
