@@ -147,6 +147,31 @@ pub struct ErrorBody {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // Postgres ended a transaction to break a deadlock, or to keep serializable
+        // transactions apart: not a fault of the request or a bug to report, and the same
+        // request sent again normally goes through.
+        let this = match self {
+            ApiError::Internal(err)
+                if err
+                    .downcast_ref::<sqlx::Error>()
+                    .is_some_and(crate::db::is_contention) =>
+            {
+                tracing::warn!(error = %err, "a transaction was ended by contention");
+                ApiError::Busy {
+                    message: "the request met a concurrent change to the same records and was \
+                              not completed; try again"
+                        .into(),
+                    retry_after_s: 1,
+                }
+            }
+            other => other,
+        };
+        this.render()
+    }
+}
+
+impl ApiError {
+    fn render(self) -> Response {
         let status = self.status();
         let message = match &self {
             ApiError::Internal(err) => {
@@ -433,5 +458,63 @@ impl Invalid {
         } else {
             Err(ApiError::Validation(self.0))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database error carrying only its SQLSTATE.
+    #[derive(Debug)]
+    struct Coded(&'static str);
+
+    impl std::fmt::Display for Coded {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Coded {}
+
+    impl sqlx::error::DatabaseError for Coded {
+        fn message(&self) -> &str {
+            "ended"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn answer(code: &'static str) -> Response {
+        ApiError::from(sqlx::Error::Database(Box::new(Coded(code)))).into_response()
+    }
+
+    #[test]
+    fn a_deadlock_or_serialization_failure_asks_the_client_to_try_again() {
+        for code in ["40P01", "40001"] {
+            let response = answer(code);
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{code}");
+            assert_eq!(response.headers()[header::RETRY_AFTER], "1", "{code}");
+            let body = response.extensions().get::<ErrorBody>().unwrap();
+            assert_eq!(body.code, "unavailable", "{code}");
+        }
+        // Any other database error is still a bug, answered without its text.
+        let response = answer("XX000");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = response.extensions().get::<ErrorBody>().unwrap();
+        assert_eq!(body.message, "an internal error occurred");
     }
 }

@@ -159,6 +159,12 @@ pub fn is_deadlock(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01"))
 }
 
+/// Postgres ended the transaction to break a deadlock (40P01) or to keep serializable
+/// transactions apart (40001): nothing of it was written, and it may be run again.
+pub fn is_contention(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
+}
+
 /// The total of a page of `len` rows read with `limit` and `offset`. A page shorter than the
 /// limit ends the matches, so its total is known unless it is empty past the first page;
 /// otherwise the matches are counted on their own. (A window count, `count(*) OVER ()`, would
