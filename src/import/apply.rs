@@ -55,6 +55,9 @@ pub struct ImportReport {
     pub total_rows: usize,
     pub created: usize,
     pub updated: usize,
+    /// Valid rows not written: an unchanged or (with `on_duplicate=skip`) existing facility, or
+    /// every valid row of a `strict` import that found an invalid one. `created + updated +
+    /// skipped + failed = total_rows`.
     pub skipped: usize,
     pub failed: usize,
     /// Each problem with its spreadsheet row (header = 1); at most the first 1000.
@@ -140,11 +143,9 @@ pub async fn run(
     } else {
         (0, 0)
     };
-    let skipped = if apply {
-        checked.valid.len() - created - updated
-    } else {
-        0
-    };
+    // Every row is counted once: a valid row not written (an existing code left alone, or any
+    // row of a strict import that met an invalid one) is skipped.
+    let skipped = checked.valid.len() - created - updated;
     if options.dry_run {
         // The counts above are exact because the statement really ran; nothing is kept.
         tx.rollback().await?;

@@ -546,8 +546,14 @@ async fn dry_run_and_strict_apply_nothing() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
-        (strict["created"].as_u64(), strict["failed"].as_u64()),
-        (Some(0), Some(2))
+        (
+            strict["created"].as_u64(),
+            strict["skipped"].as_u64(),
+            strict["failed"].as_u64(),
+            strict["total_rows"].as_u64()
+        ),
+        (Some(0), Some(4), Some(2), Some(6)),
+        "every row is counted once: {strict}"
     );
     assert_eq!(facility_count(&app).await, 0);
 }
