@@ -512,7 +512,14 @@ async fn import_facilities(
         if upload.is_some() {
             return Err(ApiError::invalid("file", "must be sent once"));
         }
-        let filename = field.file_name().map(str::to_string);
+        // Kept with the report as the client named it, less control characters (Postgres text
+        // holds no NUL), and at most 255 characters.
+        let filename = field.file_name().map(|n| {
+            n.chars()
+                .filter(|c| !c.is_control())
+                .take(255)
+                .collect::<String>()
+        });
         let bytes = field.bytes().await.map_err(multipart_error)?;
         // The body limit leaves room for the multipart framing; the limit is the file's.
         if bytes.len() > state.config.max_upload_bytes {
@@ -527,7 +534,8 @@ async fn import_facilities(
         strict: query.strict.unwrap_or(false),
     };
     let radius = state.config.attendance.default_geofence_m;
-    let report = apply::run(
+    let shown_name = filename.clone();
+    let report = match apply::run(
         &state.db,
         bytes,
         filename,
@@ -535,7 +543,29 @@ async fn import_facilities(
         radius,
         Some((&admin, &client)),
     )
-    .await?;
+    .await
+    {
+        Ok(report) => report,
+        // A file refused whole (unreadable, hostile, of another kind, missing columns) is not an
+        // import and stores no report, but who sent it, and why it was refused, is kept.
+        Err(refusal) if refusal.status().is_client_error() => {
+            Activity::new("facility.import_refused")
+                .by(&admin)
+                .from(&client)
+                .details(serde_json::json!({
+                    "filename": shown_name,
+                    "code": refusal.code(),
+                    "reason": match &refusal {
+                        ApiError::Validation(details) => serde_json::json!(details),
+                        other => serde_json::json!(other.to_string()),
+                    },
+                }))
+                .record(&state.db)
+                .await?;
+            return Err(refusal);
+        }
+        Err(error) => return Err(error),
+    };
     // An import in `update` mode may move any facility's geofence.
     state.sites.clear();
     Ok(Json(report))

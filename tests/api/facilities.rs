@@ -753,6 +753,13 @@ async fn hostile_and_broken_files_are_refused_and_change_nothing() {
             "validation_failed",
         ),
     ];
+    // Each file read and refused leaves its trace in the audit trail (one over the size limit
+    // is refused before it is read).
+    let read_and_refused: Vec<String> = cases
+        .iter()
+        .filter(|(name, ..)| *name != "oversized")
+        .map(|(_, _, _, code)| code.to_string())
+        .collect();
     for (name, bytes, expected, code) in cases {
         let (status, body) = import(&app, &admin.token, "facilities.csv", bytes, "").await;
         assert_error(status, &body, expected, code);
@@ -772,6 +779,27 @@ async fn hostile_and_broken_files_are_refused_and_change_nothing() {
         }
         assert_eq!(facility_count(&app).await, 0, "{name}");
     }
+    let audited: Vec<(Option<String>, Option<String>, Option<uuid::Uuid>)> = sqlx::query_as(
+        "SELECT details->>'code', details->>'filename', actor_id FROM activities
+         WHERE action = 'facility.import_refused' ORDER BY id",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        audited
+            .iter()
+            .map(|(c, ..)| c.clone().unwrap())
+            .collect::<Vec<_>>(),
+        read_and_refused
+    );
+    assert!(
+        audited
+            .iter()
+            .all(|(_, file, actor)| file.as_deref() == Some("facilities.csv")
+                && *actor == Some(admin.id)),
+        "{audited:?}"
+    );
     let (status, body) = send(
         app.post("/api/facilities/import")
             .bearer_auth(&admin.token)
