@@ -12,7 +12,9 @@ use crate::error::{ErrorBody, ErrorEnvelope};
         title = "Field Attendance API",
         description = "Clock-in/out with GPS for health-facility field workers, offline batch sync, \
                        facility imports and supervision reports. Every error answers with the \
-                       `ErrorEnvelope` shape.",
+                       `ErrorEnvelope` shape. Every response carries `x-request-id`: the \
+                       request's own when it sent a usable one, else one made for it, also \
+                       given as `request_id` in error bodies.",
     ),
     modifiers(&BearerAuth),
     components(schemas(ErrorEnvelope, ErrorBody, crate::sync::model::PushRecord)),
@@ -56,7 +58,8 @@ pub fn spec() -> utoipa::openapi::OpenApi {
 
 /// Answers every operation can give whatever its handler does, added once here rather than on
 /// each route: 500 (a bug), 503 (the database is unreachable; not for `/health`, which does not
-/// use it), and 413 wherever there is a body to be too large.
+/// use it), and 413 wherever there is a body to be too large. Then the headers that middleware
+/// and the error type set (see [`add_common_headers`]).
 pub fn add_common_responses(spec: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::content::ContentBuilder;
     use utoipa::openapi::{Ref, RefOr, ResponseBuilder};
@@ -91,7 +94,11 @@ pub fn add_common_responses(spec: &mut utoipa::openapi::OpenApi) {
             });
             if uses_database {
                 responses.entry("503".into()).or_insert_with(|| {
-                    envelope("The database is unreachable or the request timed out (`unavailable`); retry later")
+                    envelope(
+                        "The database is unreachable, the request timed out, or it met concurrent \
+                         changes to the same records (`unavailable`); retry later, after \
+                         `Retry-After` seconds when given",
+                    )
                 });
             }
             if operation.request_body.is_some() {
@@ -99,6 +106,71 @@ pub fn add_common_responses(spec: &mut utoipa::openapi::OpenApi) {
                     envelope("The body is over the limit (`payload_too_large`)")
                 });
             }
+            add_common_headers(&mut operation.responses.responses);
+        }
+    }
+}
+
+/// The headers answers carry by status (`x-request-id`, on every answer, is said once in the
+/// document's description): `WWW-Authenticate` on 401; `Retry-After` on 423, 429 and 503 (on a 503 when the service can tell when to try
+/// again); the rate limiter's own on 429 and, where a route is rate limited (it lists a 429),
+/// on its successes while limits are on.
+fn add_common_headers(
+    responses: &mut std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::Response>,
+    >,
+) {
+    use utoipa::openapi::header::{Header, HeaderBuilder};
+    use utoipa::openapi::{ObjectBuilder, RefOr, Type};
+    let header = |kind: Type, description: &str| -> Header {
+        HeaderBuilder::new()
+            .schema(ObjectBuilder::new().schema_type(kind))
+            .description(Some(description))
+            .build()
+    };
+    let rate_limited = responses.contains_key("429");
+    for (status, response) in responses.iter_mut() {
+        let RefOr::T(response) = response else {
+            continue;
+        };
+        let mut add = |name: &str, kind: Type, description: &str| {
+            response
+                .headers
+                .entry(name.to_string())
+                .or_insert_with(|| header(kind, description));
+        };
+        match status.as_str() {
+            "401" => add(
+                "WWW-Authenticate",
+                Type::String,
+                "`Bearer`, with `error=\"invalid_token\"` for a bad or expired token",
+            ),
+            "423" | "429" | "503" => add(
+                "Retry-After",
+                Type::Integer,
+                "Seconds to wait before trying again",
+            ),
+            _ => {}
+        }
+        if status == "429" {
+            add(
+                "x-ratelimit-after",
+                Type::Integer,
+                "Seconds until the limit lets a request through",
+            );
+        }
+        if rate_limited && status.starts_with('2') {
+            add(
+                "x-ratelimit-limit",
+                Type::Integer,
+                "Requests the limit allows in a burst (when rate limits are on)",
+            );
+            add(
+                "x-ratelimit-remaining",
+                Type::Integer,
+                "Requests left in the current burst (when rate limits are on)",
+            );
         }
     }
 }

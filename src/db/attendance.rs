@@ -36,6 +36,7 @@ pub struct Location {
     pub longitude: f64,
     /// GPS accuracy radius reported by the device, in metres.
     #[schema(example = 12.5)]
+    #[schema(required = true)]
     pub accuracy_m: Option<f64>,
 }
 
@@ -47,22 +48,29 @@ pub struct AttendanceRecord {
     #[schema(value_type = AttendanceStatus)]
     pub status: String,
     pub clock_in_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub clock_out_at: Option<DateTime<Utc>>,
     /// Seconds between clock-in and clock-out; null while open or when incomplete.
+    #[schema(required = true)]
     pub duration_s: Option<i64>,
     pub clock_in_location: Location,
+    #[schema(required = true)]
     pub clock_out_location: Option<Location>,
     /// Distance from the facility at clock-in, in metres.
+    #[schema(required = true)]
     pub distance_m: Option<f64>,
     /// Clock-in (or clock-out) was outside the facility's geofence.
     pub outside_geofence: bool,
     /// `online` or `sync`.
     #[schema(example = "online")]
     pub source: String,
+    #[schema(required = true)]
     pub device_id: Option<String>,
+    #[schema(required = true)]
     pub client_timestamp: Option<DateTime<Utc>>,
     pub server_timestamp: DateTime<Utc>,
     pub sync_version: i32,
+    #[schema(required = true)]
     pub notes: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

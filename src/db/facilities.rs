@@ -47,8 +47,11 @@ pub struct Facility {
     pub longitude: f64,
     #[schema(example = 200)]
     pub geofence_radius_m: i32,
+    #[schema(required = true)]
     pub address: Option<String>,
+    #[schema(required = true)]
     pub contact_phone: Option<String>,
+    #[schema(required = true)]
     pub contact_email: Option<String>,
     #[schema(value_type = FacilityStatus)]
     pub status: String,
@@ -323,7 +326,12 @@ fn push_found(
     if let Some(id) = filter.region_id {
         qb.push(" AND c.region_id = ").push_bind(id);
     }
-    if let Some(t) = &filter.facility_type {
+    // A blank type, as an empty form field sends it, is no filter (as a blank `q` is).
+    if let Some(t) = filter
+        .facility_type
+        .as_deref()
+        .filter(|t| !t.trim().is_empty())
+    {
         qb.push(" AND f.type = ").push_bind(type_key(t));
     }
     if let Some(status) = filter.status {

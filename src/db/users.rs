@@ -45,12 +45,17 @@ pub struct User {
     pub email: String,
     pub first_name: String,
     pub last_name: String,
+    #[schema(required = true)]
     pub phone: Option<String>,
+    #[schema(required = true)]
     pub employee_id: Option<String>,
     pub role: Role,
     pub status: UserStatus,
+    #[schema(required = true)]
     pub facility: Option<FacilityRef>,
+    #[schema(required = true)]
     pub supervisor: Option<SupervisorRef>,
+    #[schema(required = true)]
     pub last_login_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

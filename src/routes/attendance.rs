@@ -410,6 +410,7 @@ async fn clock_out(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ActiveAttendance {
     /// The open record, or null when not clocked in.
+    #[schema(required = true)]
     pub attendance: Option<AttendanceRecord>,
 }
 
@@ -452,13 +453,14 @@ async fn list_attendance(
     Ok(Json(paging.wrap(data, total)))
 }
 
-/// The caller's own records (the list with `user_id` fixed to the caller).
+/// The caller's own records (the list with `user_id` fixed to the caller: another user's id is
+/// refused, rather than answered with the caller's records as if they were that user's).
 #[utoipa::path(get, path = "/attendance/my-records", tag = "attendance", security(("bearer" = [])), params(AttendanceFilter),
     responses(
         (status = 200, description = "A page of the caller's records", body = Page<AttendanceRecord>),
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
         (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
-        (status = 422, description = "Bad paging, or a period out of range or reversed", body = ErrorEnvelope),
+        (status = 422, description = "Bad paging, a period out of range or reversed, or another user's `user_id`", body = ErrorEnvelope),
         (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn my_records(
@@ -467,6 +469,12 @@ async fn my_records(
     Query(mut filter): Query<AttendanceFilter>,
 ) -> Result<Json<Page<AttendanceRecord>>, ApiError> {
     super::period::check(filter.from, filter.to)?;
+    if filter.user_id.is_some_and(|id| id != user.id) {
+        return Err(ApiError::invalid(
+            "user_id",
+            "my-records lists your own records; use /attendance?user_id= for another user's",
+        ));
+    }
     filter.user_id = Some(user.id);
     let paging = Paging::new(filter.page, filter.per_page)?;
     let (data, total) =

@@ -54,11 +54,29 @@ pub struct RegisterRequest {
     pub phone: Option<String>,
     #[schema(max_length = 64)]
     pub employee_id: Option<String>,
-    /// A field role only (`tester`, `data_clerk`, `focal`, `ddo`); default `data_clerk`.
+    /// A field role only; default `data_clerk`.
+    #[schema(schema_with = field_role)]
     pub role: Option<Role>,
     pub facility_id: Uuid,
     /// A supervisor, backstopper or admin who will approve the account.
     pub supervisor_id: Option<Uuid>,
+}
+
+/// The roles one may register for, the field roles: [`Role`] less those above them.
+fn field_role() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .enum_values(Some(
+            Role::ALL
+                .into_iter()
+                .filter(|r| r.is_field())
+                .map(Role::as_str)
+                .map(Some)
+                .chain([None]),
+        ))
+        .description(Some("A field role only; default `data_clerk`."))
+        .build()
 }
 
 #[derive(Debug, Serialize, ToSchema)]

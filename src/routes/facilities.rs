@@ -288,13 +288,14 @@ pub struct UpdateFacility {
     #[schema(minimum = 1, maximum = 100000)]
     pub geofence_radius_m: Option<i32>,
     #[serde(default, deserialize_with = "crate::extract::double_option")]
-    #[schema(value_type = Option<String>, nullable)]
+    #[schema(value_type = Option<String>, nullable, max_length = 500)]
     pub address: Option<Option<String>>,
     #[serde(default, deserialize_with = "crate::extract::double_option")]
-    #[schema(value_type = Option<String>, nullable)]
+    #[schema(value_type = Option<String>, nullable, max_length = 32)]
     pub contact_phone: Option<Option<String>>,
+    /// An email address; `null` or blank clears it.
     #[serde(default, deserialize_with = "crate::extract::double_option")]
-    #[schema(value_type = Option<String>, nullable)]
+    #[schema(value_type = Option<String>, nullable, max_length = 254)]
     pub contact_email: Option<Option<String>>,
     pub status: Option<FacilityStatus>,
 }

@@ -27,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HealthStatus {
+    /// `ok` (liveness) or `ready` (readiness).
     #[schema(example = "ok")]
     pub status: String,
 }

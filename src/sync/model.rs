@@ -84,7 +84,12 @@ pub struct PushRecord {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PushRequest {
-    #[schema(example = "android-7f3a9c")]
+    #[schema(
+        example = "android-7f3a9c",
+        min_length = 1,
+        max_length = 128,
+        pattern = r"\S"
+    )]
     pub device_id: String,
     /// At most 500 records (configurable), each shaped as `PushRecord`. Each is checked on its
     /// own: a malformed record (unknown fields included) gets a `rejected` result and the others
@@ -128,9 +133,11 @@ pub struct ResultError {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PushResult {
     /// The record's id (null only when a rejected record had no readable id).
+    #[schema(required = true)]
     pub id: Option<Uuid>,
     pub status: ResultStatus,
     /// The record's version on the server after this push.
+    #[schema(required = true)]
     pub server_version: Option<i32>,
     /// The server's record: after a change, or the one kept in a conflict or duplicate.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -311,6 +311,17 @@ pub async fn push(
     loop {
         match push_locked(&ctx, device_id, &batch, now, cutoff).await {
             Err(e) if decide_again(&e) && attempt < 3 => attempt += 1,
+            // Still racing other writers after three tries: nothing of the batch was written,
+            // and the device sends it again (a 409 would read as a refusal of the batch).
+            Err(e) if decide_again(&e) => {
+                tracing::warn!(error = %e, "a push kept meeting concurrent writes");
+                return Err(ApiError::Busy {
+                    message: "the batch kept meeting concurrent writes to the same records and \
+                              was not applied; send it again"
+                        .into(),
+                    retry_after_s: 1,
+                });
+            }
             answered => return answered.map_err(ApiError::from),
         }
     }

@@ -1213,6 +1213,29 @@ async fn every_read_is_scoped_by_role() {
     )
     .await;
     assert_eq!(ids(&list), sorted(vec![&boss["id"]]));
+    // One's own records are one's own: another user's id there is refused, not answered with
+    // the caller's records as if they were that user's.
+    let (status, body) = send(
+        app.get(&format!("/api/attendance/my-records?user_id={}", worker.id))
+            .bearer_auth(&supervisor.token),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    let (status, list) = send(
+        app.get(&format!(
+            "/api/attendance/my-records?user_id={}",
+            supervisor.id
+        ))
+        .bearer_auth(&supervisor.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(ids(&list), sorted(vec![&boss["id"]]));
     // Asking for someone else's records by filter gives nothing, not their records.
     let (_, list) = send(
         app.get(&format!("/api/attendance?user_id={}", stranger.id))

@@ -904,6 +904,16 @@ async fn a_facility_type_is_one_type_however_it_is_written() {
         .await;
         assert_eq!(page["total"], 1, "{filter}: {page}");
     }
+    // A blank type, as an empty form field sends it, filters nothing; another type filters all.
+    for (filter, expected) in [("", 1), ("%20", 1), ("district_hospital", 0)] {
+        let (status, page) = send(
+            app.get(&format!("/api/facilities?type={filter}"))
+                .bearer_auth(&admin.token),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{filter}: {page}");
+        assert_eq!(page["total"], expected, "{filter}: {page}");
+    }
 }
 
 #[tokio::test]

@@ -34,6 +34,7 @@ pub struct SyncConflict {
     pub kind: String,
     pub record_id: Uuid,
     pub user_id: Uuid,
+    #[schema(required = true)]
     pub device_id: Option<String>,
     pub client_version: i32,
     pub server_version: i32,
@@ -46,8 +47,11 @@ pub struct SyncConflict {
     /// `pending` or `resolved`.
     pub status: String,
     /// `server` or `client`, once resolved.
+    #[schema(required = true)]
     pub resolution: Option<String>,
+    #[schema(required = true)]
     pub resolved_by: Option<Uuid>,
+    #[schema(required = true)]
     pub resolved_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
@@ -80,10 +84,10 @@ const CONFLICT_COLUMNS: &str =
 #[utoipa::path(get, path = "/sync/conflicts", tag = "sync", security(("bearer" = [])), params(ConflictQuery),
     responses(
         (status = 200, description = "A page of conflicts", body = Page<SyncConflict>),
-        (status = 400, description = "Bad query string", body = ErrorEnvelope),
+        (status = 400, description = "Bad query string (an unknown `status`)", body = ErrorEnvelope),
         (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
-        (status = 422, description = "Bad status or paging", body = ErrorEnvelope),
+        (status = 422, description = "Bad paging", body = ErrorEnvelope),
         (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn list_conflicts(
@@ -134,6 +138,7 @@ pub struct ResolveRequest {
 pub struct Resolution {
     pub conflict: SyncConflict,
     /// The record as it now stands (null when the client's deletion was kept).
+    #[schema(required = true)]
     pub record: Option<AttendanceRecord>,
 }
 

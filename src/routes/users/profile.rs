@@ -47,7 +47,7 @@ pub struct UpdateMe {
     pub last_name: Option<String>,
     /// `null` or blank clears it.
     #[serde(default, deserialize_with = "crate::extract::double_option")]
-    #[schema(value_type = Option<String>, nullable)]
+    #[schema(value_type = Option<String>, nullable, max_length = 32)]
     pub phone: Option<Option<String>>,
 }
 
