@@ -172,19 +172,19 @@ pub async fn run(
     .bind(serde_json::to_value(&errors).map_err(anyhow::Error::from)?)
     .fetch_one(&mut *tx)
     .await?;
+    // Imports from the command line are audited too, with no actor, as the seed's admin is.
+    let mut activity = Activity::new("facility.import")
+        .on("facility_import", import_id)
+        .details(serde_json::json!({
+            "format": format.as_str(), "total_rows": checked.total_rows, "created": created,
+            "updated": updated, "skipped": skipped, "failed": checked.failed,
+            "dry_run": options.dry_run, "strict": options.strict,
+            "via": if actor.is_some() { "api" } else { "command line" },
+        }));
     if let Some((user, client)) = actor {
-        Activity::new("facility.import")
-            .by(user)
-            .on("facility_import", import_id)
-            .from(client)
-            .details(serde_json::json!({
-                "format": format.as_str(), "total_rows": checked.total_rows, "created": created,
-                "updated": updated, "skipped": skipped, "failed": checked.failed,
-                "dry_run": options.dry_run, "strict": options.strict,
-            }))
-            .record(&mut *tx)
-            .await?;
+        activity = activity.by(user).from(client);
     }
+    activity.record(&mut *tx).await?;
     tx.commit().await?;
     if !options.dry_run {
         for (outcome, n) in [

@@ -240,7 +240,17 @@ async fn login(
     // Counted before the hash is checked (423 while locked); an unknown email is counted on no
     // row and hashed all the same, so that it takes as long.
     let attempt =
-        lockout::attempt(&state.db, row.as_ref().map(|r| r.id), &state.config.auth).await?;
+        match lockout::attempt(&state.db, row.as_ref().map(|r| r.id), &state.config.auth).await {
+            Ok(attempt) => attempt,
+            // Guesses while locked are checked against nothing, but they are the part of an
+            // attack most worth seeing.
+            Err(locked @ ApiError::AccountLocked { .. }) => {
+                let user_id = row.as_ref().map(|r| r.id);
+                record_refusal(&state, &client, &email, user_id, "account_locked").await?;
+                return Err(locked);
+            }
+            Err(other) => return Err(other),
+        };
     let password = SecretString::from(req.password);
     let verified = state
         .hasher
@@ -260,6 +270,12 @@ async fn login(
     };
     if user.status != "active" {
         attempt.succeeded().await?;
+        let reason = if user.status == "pending" {
+            "account_pending"
+        } else {
+            "account_inactive"
+        };
+        record_refusal(&state, &client, &email, Some(user.id), reason).await?;
         return Err(if user.status == "pending" {
             ApiError::ForbiddenWith {
                 code: "account_pending",
@@ -334,6 +350,25 @@ async fn login(
     )?))
 }
 
+/// Records a login refused before or after its password was checked: the account locked, or
+/// (with the right password) not active.
+async fn record_refusal(
+    state: &AppState,
+    client: &ClientInfo,
+    email: &str,
+    user_id: Option<Uuid>,
+    reason: &str,
+) -> Result<(), ApiError> {
+    let mut activity = Activity::new("auth.login_failed")
+        .from(client)
+        .details(serde_json::json!({ "email": email, "reason": reason }));
+    if let Some(id) = user_id {
+        activity = activity.on("user", id);
+    }
+    activity.record(&state.db).await?;
+    Ok(())
+}
+
 /// Records a failed login (the account's count was kept when the attempt began), and the
 /// lockout when this attempt set it.
 async fn record_failure(
@@ -343,9 +378,14 @@ async fn record_failure(
     failure: Option<lockout::Failure>,
 ) -> Result<(), ApiError> {
     let mut tx = state.db.begin().await?;
+    let reason = if failure.is_some() {
+        "wrong_password"
+    } else {
+        "unknown_email"
+    };
     let mut activity = Activity::new("auth.login_failed")
         .from(client)
-        .details(serde_json::json!({ "email": email }));
+        .details(serde_json::json!({ "email": email, "reason": reason }));
     if let Some(failure) = failure {
         activity = activity.on("user", failure.user_id);
     }

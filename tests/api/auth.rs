@@ -84,6 +84,13 @@ async fn a_rejected_registration_stays_locked_out() {
         .login("amina.uwase@example.org", "a long enough passphrase")
         .await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "account_inactive");
+    let reason: Option<String> = sqlx::query_scalar(
+        "SELECT details->>'reason' FROM activities WHERE action = 'auth.login_failed'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(reason.as_deref(), Some("account_inactive"));
     // Deciding twice is a conflict.
     let (status, body) = send(
         app.post(&format!("/api/users/{id}/approve"))
@@ -225,6 +232,18 @@ async fn five_failures_lock_the_account_even_against_the_right_password_until_it
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "account_locked");
     assert!(app.actions().await.iter().any(|a| a == "auth.lockout"));
+    // Every attempt is in the audit trail with its reason, those refused by the lock too.
+    let reasons: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT details->>'reason' FROM activities
+         WHERE action = 'auth.login_failed' AND entity_id = $1 ORDER BY id",
+    )
+    .bind(user.id)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let mut expected = vec![Some("wrong_password".to_string()); 5];
+    expected.push(Some("account_locked".to_string()));
+    assert_eq!(reasons, expected);
 
     // The lock runs out: the right password works and the count starts again.
     sqlx::query("UPDATE users SET locked_until = now() - interval '1 second' WHERE id = $1")
@@ -288,15 +307,17 @@ async fn wrong_current_passwords_at_a_password_change_lock_the_account_too() {
     let (status, body) = send(change(PASSWORD)).await;
     assert_error(status, &body, StatusCode::LOCKED, "account_locked");
     assert_eq!(app.login(&user.email, PASSWORD).await.0, StatusCode::LOCKED);
-    let actions = app.actions().await;
-    assert_eq!(
-        actions
-            .iter()
-            .filter(|a| *a == "user.password_change_failed")
-            .count(),
-        5
-    );
-    assert!(actions.iter().any(|a| a == "auth.lockout"));
+    let reasons: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT details->>'reason' FROM activities
+         WHERE action = 'user.password_change_failed' ORDER BY id",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let mut expected = vec![Some("wrong_password".to_string()); 5];
+    expected.push(Some("account_locked".to_string()));
+    assert_eq!(reasons, expected, "the refused change is in the trail too");
+    assert!(app.actions().await.iter().any(|a| a == "auth.lockout"));
 }
 
 #[tokio::test]

@@ -1186,6 +1186,15 @@ async fn the_command_line_import_prints_the_report() {
         (Some(4), Some(2))
     );
     assert_eq!(facility_count(&app).await, 4);
+    // In the audit trail as an API import is, with no actor.
+    let audited: (Option<uuid::Uuid>, Option<String>, Option<i64>) = sqlx::query_as(
+        "SELECT actor_id, details->>'via', (details->>'created')::bigint FROM activities
+         WHERE action = 'facility.import'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(audited, (None, Some("command line".into()), Some(4)));
     let missing = std::env::temp_dir().join(format!("no-council-{}.csv", uuid::Uuid::new_v4()));
     std::fs::write(&missing, "name,code,latitude\nClinic,C-1,-1.9\n").unwrap();
     let error = app.cli_refused(&["import-facilities", missing.to_str().unwrap()]);

@@ -151,9 +151,22 @@ async fn change_password(
         .fetch_one(&state.db)
         .await?;
     // Guesses here count towards the same lock as guesses at login.
-    let attempt = lockout::attempt(&state.db, Some(user.id), &state.config.auth)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("a counted check names its account"))?;
+    let attempt = match lockout::attempt(&state.db, Some(user.id), &state.config.auth).await {
+        Ok(attempt) => {
+            attempt.ok_or_else(|| anyhow::anyhow!("a counted check names its account"))?
+        }
+        Err(locked @ ApiError::AccountLocked { .. }) => {
+            Activity::new("user.password_change_failed")
+                .by(&user)
+                .on("user", user.id)
+                .from(&client)
+                .details(serde_json::json!({ "reason": "account_locked" }))
+                .record(&state.db)
+                .await?;
+            return Err(locked);
+        }
+        Err(other) => return Err(other),
+    };
     let current_ok = state
         .hasher
         .verify(SecretString::from(req.current_password), Some(hash))
@@ -165,6 +178,7 @@ async fn change_password(
             .by(&user)
             .on("user", user.id)
             .from(&client)
+            .details(serde_json::json!({ "reason": "wrong_password" }))
             .record(&mut *tx)
             .await?;
         if let Some(lock) = lockout::lock_activity(failure, &user.email, &state.config.auth) {
