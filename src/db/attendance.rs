@@ -159,9 +159,10 @@ pub async fn find<'e>(
 }
 
 /// Closes the user's open records started before `before` as `incomplete` (a forgotten
-/// clock-out); returns how many. With no user, sweeps everyone. The version stays: this is no
-/// one's edit, so the device's own clock-out, pushed later on the version it holds, is applied
-/// rather than lost as a conflict (pulls still see the change).
+/// clock-out), each with an `attendance.auto_close` audit row that has no actor; returns how
+/// many. With no user, sweeps everyone. The version stays: this is no one's edit, so the
+/// device's own clock-out, pushed later on the version it holds, is applied rather than lost as
+/// a conflict (pulls still see the change).
 pub async fn close_forgotten<'e>(
     db: impl PgExecutor<'e>,
     user_id: Option<Uuid>,
@@ -169,19 +170,38 @@ pub async fn close_forgotten<'e>(
 ) -> Result<u64, sqlx::Error> {
     // Two statements rather than `($1 IS NULL OR user_id = $1)`, which a cached generic plan
     // could not answer from the user's index.
-    const CLOSE: &str = "UPDATE attendance SET status = 'incomplete'
-         WHERE status = 'open' AND deleted_at IS NULL AND clock_in_at < $1";
-    let result = match user_id {
+    let close = |only_user: &str| {
+        format!(
+            "WITH closed AS (
+                 UPDATE attendance SET status = 'incomplete'
+                 WHERE status = 'open' AND deleted_at IS NULL AND clock_in_at < $1{only_user}
+                 RETURNING id, user_id, clock_in_at
+             ), audit AS (
+                 INSERT INTO activities (action, entity_type, entity_id, details)
+                 SELECT 'attendance.auto_close', 'attendance', id,
+                        jsonb_build_object('user_id', user_id, 'clock_in_at', clock_in_at,
+                                           'reason', 'no clock-out within the maximum shift')
+                 FROM closed
+             )
+             SELECT count(*) FROM closed"
+        )
+    };
+    let closed: i64 = match user_id {
         Some(user_id) => {
-            sqlx::query(&format!("{CLOSE} AND user_id = $2"))
+            sqlx::query_scalar(&close(" AND user_id = $2"))
                 .bind(before)
                 .bind(user_id)
-                .execute(db)
+                .fetch_one(db)
                 .await?
         }
-        None => sqlx::query(CLOSE).bind(before).execute(db).await?,
+        None => {
+            sqlx::query_scalar(&close(""))
+                .bind(before)
+                .fetch_one(db)
+                .await?
+        }
     };
-    Ok(result.rows_affected())
+    Ok(closed as u64)
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]

@@ -374,6 +374,15 @@ async fn the_periodic_sweep_closes_forgotten_shifts() {
         .await
         .unwrap();
     assert_eq!(untouched, "closed");
+    // How the shift ended is in its audit trail, done by no one.
+    let audited: Vec<(Option<uuid::Uuid>, uuid::Uuid, Option<String>)> = sqlx::query_as(
+        "SELECT actor_id, entity_id, details->>'user_id' FROM activities
+         WHERE action = 'attendance.auto_close'",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(audited, vec![(None, forgotten, Some(user.id.to_string()))]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
