@@ -48,9 +48,14 @@ pub enum Command {
         #[arg(long)]
         email: String,
         /// Read from ADMIN_PASSWORD when not given.
-        #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true)]
-        password: String,
+        #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true, value_parser = secret)]
+        password: SecretString,
     },
+}
+
+/// A secret argument, kept out of `Debug` output from the moment it is parsed.
+fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value))
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -77,13 +82,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CreateAdmin { email, password } => {
             let state = offline_state(config).await?;
-            let id = crate::seed::create_admin(
-                &state,
-                &email,
-                SecretString::from(password),
-                "command line",
-            )
-            .await?;
+            let id = crate::seed::create_admin(&state, &email, password, "command line").await?;
             println!("admin {email} ready (id {id})");
         }
         Command::ImportFacilities {

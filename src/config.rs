@@ -12,6 +12,8 @@ use std::time::Duration;
 use chrono_tz::Tz;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::domain::{Email, Password};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppEnv {
     Development,
@@ -330,11 +332,17 @@ impl Config {
             startup_wait: Duration::from_secs(r.ranged("DB_STARTUP_WAIT_SECS", 60, 0..=3600)),
         };
 
+        let (filter_from, filter) = match (r.raw("LOG_LEVEL"), r.raw("RUST_LOG")) {
+            (Some(level), _) => ("LOG_LEVEL", level),
+            (None, Some(level)) => ("RUST_LOG", level),
+            (None, None) => ("LOG_LEVEL", "info".to_string()),
+        };
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&filter) {
+            r.problems
+                .push(format!("{filter_from}=`{filter}` is not a log filter: {e}"));
+        }
         let log = LogSettings {
-            filter: r
-                .raw("LOG_LEVEL")
-                .or_else(|| r.raw("RUST_LOG"))
-                .unwrap_or_else(|| "info".into()),
+            filter,
             format: r.choice(
                 "LOG_FORMAT",
                 if dev {
@@ -373,19 +381,21 @@ impl Config {
                 String::new()
             }
         };
-        let admin_email = r.raw("ADMIN_EMAIL").map(|e| e.to_lowercase());
-        if let Some(email) = &admin_email
-            && !email.contains('@')
-        {
-            r.problems
-                .push(format!("ADMIN_EMAIL=`{email}` is not an email address"));
-        }
-        let admin_password = r.raw("ADMIN_PASSWORD");
+        // Checked here by the API's own rules, so that a bad value stops start-up naming its
+        // variable rather than failing the seeding after the migrations.
+        let admin_email = r.raw("ADMIN_EMAIL").and_then(|e| match Email::parse(&e) {
+            Ok(email) => Some(email.as_str().to_string()),
+            Err(reason) => {
+                r.problems.push(format!("ADMIN_EMAIL=`{e}` {reason}"));
+                None
+            }
+        });
+        // A password is taken as written: spaces at its ends are part of it.
+        let admin_password = (r.lookup)("ADMIN_PASSWORD").filter(|p| !p.trim().is_empty());
         if let Some(p) = &admin_password
-            && !(10..=128).contains(&p.chars().count())
+            && let Err(reason) = Password::parse(p, admin_email.as_deref().unwrap_or_default())
         {
-            r.problems
-                .push("ADMIN_PASSWORD must be 10 to 128 characters".to_string());
+            r.problems.push(format!("ADMIN_PASSWORD {reason}"));
         }
         let auth = AuthSettings {
             jwt_secret: SecretString::from(jwt_secret),
@@ -562,6 +572,7 @@ mod tests {
             ("JWT_SECRET", "short"),
             ("DB_MAX_CONNECTIONS", "lots"),
             ("LOG_FORMAT", "xml"),
+            ("RUST_LOG", "sqlx=loudest"),
         ]))
         .unwrap_err();
         let text = err.to_string();
@@ -570,9 +581,40 @@ mod tests {
             "JWT_SECRET",
             "DB_MAX_CONNECTIONS",
             "LOG_FORMAT",
+            "RUST_LOG",
         ] {
             assert!(text.contains(key), "{key} missing from: {text}");
         }
+    }
+
+    #[test]
+    fn the_first_admin_is_checked_by_the_apis_rules_before_start_up() {
+        let config = |email: &str, password: &str| {
+            Config::from_map(&vars(&[
+                ("APP_ENV", "development"),
+                ("DATABASE_URL", "postgres://localhost/db"),
+                ("ADMIN_EMAIL", email),
+                ("ADMIN_PASSWORD", password),
+            ]))
+        };
+        for (email, password, named) in [
+            ("admin@", "a long enough passphrase", "ADMIN_EMAIL"),
+            ("admin@example.org", "short", "ADMIN_PASSWORD"),
+            ("admin@example.org", "Admin@Example.org", "ADMIN_PASSWORD"),
+        ] {
+            let text = config(email, password).unwrap_err().to_string();
+            assert!(text.contains(named), "{email} {password}: {text}");
+        }
+        // Spaces at a password's ends are part of it, as at login.
+        let config = config(" Admin@Example.org ", "  spaced passphrase  ").unwrap();
+        assert_eq!(
+            config.auth.admin_email.as_deref(),
+            Some("admin@example.org")
+        );
+        assert_eq!(
+            config.auth.admin_password.unwrap().expose_secret(),
+            "  spaced passphrase  "
+        );
     }
 
     #[test]
