@@ -29,6 +29,9 @@ const TABLES: &[&str] = &[
     "activities",
     "refresh_tokens",
     "sync_conflicts",
+    "sync_snapshots",
+    "scope_changes",
+    "user_counts",
     "facility_imports",
 ];
 

@@ -18,6 +18,31 @@ async fn health_answers_ok() {
 }
 
 #[tokio::test]
+async fn the_system_report_counts_the_rows_of_every_table() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (status, body) = send(app.get("/api/admin/system").bearer_auth(&admin.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut reported: Vec<String> = body["row_counts"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    reported.sort();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables
+         WHERE schemaname = current_schema() AND tablename <> '_sqlx_migrations'
+         ORDER BY tablename",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(reported, tables);
+    assert_eq!(body["row_counts"]["users"], 1, "the admin");
+}
+
+#[tokio::test]
 async fn ready_turns_503_while_the_database_is_away_and_recovers_by_itself() {
     let (proxy, app) = TestApp::spawn_through_proxy(|env| {
         env.insert("DB_ACQUIRE_TIMEOUT_SECS".into(), "1".into());
