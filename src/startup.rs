@@ -86,11 +86,16 @@ impl Application {
 async fn wait_for(config: &Config, key: &str, url: &str) -> anyhow::Result<()> {
     crate::db::wait_until_up(url, config.db.startup_wait)
         .await
-        .with_context(|| {
-            format!(
-                "the database at {key} did not answer within {} s (DB_STARTUP_WAIT_SECS)",
-                config.db.startup_wait.as_secs()
-            )
+        .map_err(|err| {
+            let why = if crate::db::not_up_yet(&err) {
+                format!(
+                    "the database at {key} did not answer within {} s (DB_STARTUP_WAIT_SECS)",
+                    config.db.startup_wait.as_secs()
+                )
+            } else {
+                format!("the database at {key} refused the connection (check its user, password and database)")
+            };
+            anyhow::Error::from(err).context(why)
         })
 }
 

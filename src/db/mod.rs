@@ -63,7 +63,7 @@ pub fn pool(settings: &DbSettings) -> Result<PgPool, sqlx::Error> {
 
 /// Whether a failed connection attempt means the server is not up yet (nothing listening, or
 /// starting, shutting down, or a pooler that cannot reach it), so trying again may succeed.
-fn not_up_yet(err: &sqlx::Error) -> bool {
+pub fn not_up_yet(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
         sqlx::Error::Database(db) => db
@@ -75,7 +75,9 @@ fn not_up_yet(err: &sqlx::Error) -> bool {
 
 /// Waits up to `patience` for the server at `url` to accept a connection (a database that does
 /// not exist yet counts as up: its server answered). A service started beside its database, by
-/// a machine boot or a container orchestrator, would otherwise exit on the first refusal.
+/// a machine boot or a container orchestrator, would otherwise exit on the first refusal. A
+/// login the server refuses (a wrong password or user: SQLSTATE class 28) will not come right
+/// by waiting, and is returned at once.
 pub async fn wait_until_up(url: &str, patience: std::time::Duration) -> Result<(), sqlx::Error> {
     use std::time::Duration;
     let options = connect_options(url)?;
@@ -93,6 +95,11 @@ pub async fn wait_until_up(url: &str, patience: std::time::Duration) -> Result<(
             Ok(Ok(conn)) => {
                 let _ = conn.close().await;
                 return Ok(());
+            }
+            Ok(Err(sqlx::Error::Database(db)))
+                if db.code().is_some_and(|code| code.starts_with("28")) =>
+            {
+                return Err(sqlx::Error::Database(db));
             }
             Ok(Err(err)) if !not_up_yet(&err) => return Ok(()),
             Ok(Err(err)) => err,

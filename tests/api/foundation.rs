@@ -137,6 +137,32 @@ async fn the_service_gives_up_on_a_database_that_stays_away_and_says_why() {
 }
 
 #[tokio::test]
+async fn a_database_url_whose_login_is_refused_stops_start_up_at_once_naming_it() {
+    let test_db = crate::helpers::TestDb::new().await;
+    let mut env = crate::helpers::test_env(&format!(
+        "postgres://no_such_role@127.0.0.1:5432/{}",
+        test_db.name
+    ));
+    env.insert("DB_STARTUP_WAIT_SECS".into(), "30".into());
+    let config = Config::from_map(&env).unwrap();
+    let started = Instant::now();
+    let err = Application::build(config)
+        .await
+        .err()
+        .expect("the service does not start with a login the database refuses");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no waiting for a refusal that will not change ({:?})",
+        started.elapsed()
+    );
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("the database at DATABASE_URL refused the connection"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
 async fn a_database_session_ended_by_the_server_is_a_503() {
     // The profile update waits on the row the test holds; the server then ends its session
     // (as a restart or a failover would).
