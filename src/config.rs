@@ -390,8 +390,11 @@ impl Config {
                 None
             }
         });
-        // A password is taken as written: spaces at its ends are part of it.
-        let admin_password = (r.lookup)("ADMIN_PASSWORD").filter(|p| !p.trim().is_empty());
+        // A password is taken as written, spaces at its ends included; only a line ending (a
+        // secret mounted from a file, an `.env` saved on Windows) is not part of it.
+        let admin_password = (r.lookup)("ADMIN_PASSWORD")
+            .map(|p| p.trim_end_matches(['\r', '\n']).to_string())
+            .filter(|p| !p.trim().is_empty());
         if let Some(p) = &admin_password
             && let Err(reason) = Password::parse(p, admin_email.as_deref().unwrap_or_default())
         {
@@ -606,7 +609,7 @@ mod tests {
             assert!(text.contains(named), "{email} {password}: {text}");
         }
         // Spaces at a password's ends are part of it, as at login.
-        let config = config(" Admin@Example.org ", "  spaced passphrase  ").unwrap();
+        let config = config(" Admin@Example.org ", "  spaced passphrase  \r\n").unwrap();
         assert_eq!(
             config.auth.admin_email.as_deref(),
             Some("admin@example.org")

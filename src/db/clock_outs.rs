@@ -156,7 +156,9 @@ async fn close(db: &PgPool, closes: &[&CloseShift]) -> Result<Vec<AttendanceRow>
                         clock_out_latitude = c.latitude, clock_out_longitude = c.longitude,
                         clock_out_accuracy_m = c.accuracy_m, clock_out_distance_m = c.distance_m,
                         outside_geofence = t.outside_geofence OR c.outside,
-                        notes = nullif(concat_ws(E'\\n', t.notes, c.notes), ''),
+                        notes = CASE WHEN c.notes IS NULL OR c.notes = t.notes THEN t.notes
+                                     WHEN t.notes IS NULL THEN c.notes
+                                     ELSE t.notes || E'\\n' || c.notes END,
                         sync_version = t.sync_version + 1
                  FROM c
                  WHERE t.id = c.id AND t.change_xid = c.change_xid::xid8

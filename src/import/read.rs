@@ -147,7 +147,7 @@ const MAX_SHARED_STRINGS: u64 = 8 * MAX_ROWS as u64;
 const MAX_CELL_FORMATS: u64 = 65_536;
 /// What calamine's copies of fonts, fills, borders and number formats may take in all (see
 /// [`check_styles`]).
-const MAX_STYLE_COPIES_BYTES: u64 = 32 * 1024 * 1024;
+const MAX_STYLE_COPIES_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Checks the parts that calamine reads whole before the first cell, by what they would cost
 /// it in memory rather than by their size: a part of a few kilobytes can ask for gigabytes,
@@ -220,48 +220,101 @@ fn check_shared_strings<R: Read>(part: zip::read::ZipFile<'_, R>) -> Result<(), 
     }
 }
 
-/// calamine builds one style for each cell format (`<xf>`) of `styles.xml`, and gives each its
-/// own copy of the font, fill, border and number format it names: a part repeating one long
-/// font name in ten thousand formats, a few kilobytes zipped, would ask for gigabytes. The
-/// copies can take no more than the formats' count times the longest of those definitions, as
-/// written; that, and the count itself, are bounded. Excel writes font names of at most 31
-/// characters and number formats of at most 255, so no workbook it wrote comes near.
+/// calamine builds one style for each cell format (`<xf>` in `<cellXfs>`) of `styles.xml`, and
+/// gives each its own copy of the font, fill, border and number format it names: a part
+/// repeating one long font name in ten thousand formats, a few kilobytes zipped, would ask for
+/// gigabytes. The part is read here as calamine reads it, the same lists in the same order, and
+/// each format is charged the size (as written) of the definitions it names, as far as they are
+/// known when it is read; the total and the count of formats are bounded. Excel writes at most
+/// 64,000 formats, font names of at most 31 characters and number formats of at most 255, so no
+/// workbook it wrote comes near.
 fn check_styles<R: Read>(part: zip::read::ZipFile<'_, R>) -> Result<(), ReadError> {
     let mut xml = xml_reader(part);
     let mut buf = Vec::new();
-    let mut formats: u64 = 0;
-    let mut longest: u64 = 0;
-    // The definition being read, and where it began.
-    let mut open: Option<(String, u64)> = None;
+    let mut inner = Vec::new();
+    // The size of each definition, by its place in its list (numbers formats by their id).
+    let mut fonts: Vec<u64> = Vec::new();
+    let mut fills: Vec<u64> = Vec::new();
+    let mut borders: Vec<u64> = Vec::new();
+    let mut number_formats: std::collections::HashMap<String, u64> = Default::default();
+    let (mut formats, mut copies) = (0u64, 0u64);
+    // The list being read, as calamine's own loop is in one list at a time.
+    let mut list: Option<String> = None;
     loop {
         buf.clear();
         let began = xml.buffer_position();
-        match xml.read_event_into(&mut buf) {
-            Ok(Event::Start(e)) => match e.local_name().as_ref() {
-                "xf" => formats += 1,
-                "numFmt" => longest = longest.max(xml.buffer_position() - began),
-                name @ ("font" | "fill" | "border") if open.is_none() => {
-                    open = Some((name.to_string(), began));
-                }
+        let (start, name) = match xml.read_event_into(&mut buf) {
+            // calamine reports a broken part itself.
+            Ok(Event::Eof) | Err(_) => return Ok(()),
+            Ok(Event::Start(e)) => (
+                Some(e.clone().into_owned()),
+                e.local_name().as_ref().to_string(),
+            ),
+            Ok(Event::End(e)) => (None, e.local_name().as_ref().to_string()),
+            Ok(_) => continue,
+        };
+        let Some(start) = start else {
+            match &list {
+                Some(open) if *open == name => list = None,
+                None if name == "styleSheet" => return Ok(()),
                 _ => {}
-            },
-            Ok(Event::End(e)) => {
-                if let Some((name, start)) = &open
-                    && e.local_name().as_ref() == name.as_str()
-                {
-                    longest = longest.max(xml.buffer_position() - start);
-                    open = None;
+            }
+            continue;
+        };
+        let attribute = |key: &str| {
+            start
+                .attributes()
+                .with_checks(false)
+                .flatten()
+                .find(|a| a.key.local_name().as_ref() == key)
+                .map(|a| a.value.to_string())
+        };
+        let index = |key: &str| attribute(key).and_then(|v| v.parse::<usize>().ok());
+        match (list.as_deref(), name.as_str()) {
+            (None, "numFmts" | "fonts" | "fills" | "borders" | "cellXfs") => list = Some(name),
+            (Some("numFmts"), "numFmt") => {
+                if let Some(id) = attribute("numFmtId") {
+                    number_formats.insert(id, xml.buffer_position() - began);
                 }
             }
-            Ok(Event::Eof) | Err(_) => return Ok(()),
-            Ok(_) => {}
-        }
-        if formats > MAX_CELL_FORMATS || formats.saturating_mul(longest) > MAX_STYLE_COPIES_BYTES {
-            return Err(ReadError::TooLarge(format!(
-                "the workbook's styles would take more than {} MiB to read ({formats} or more \
-                 cell formats, a font, fill, border or number format of {longest} bytes)",
-                MAX_STYLE_COPIES_BYTES / (1024 * 1024)
-            )));
+            (Some("fonts"), "font") | (Some("fills"), "fill") | (Some("borders"), "border") => {
+                // Read whole, as calamine reads it: to its end tag, wherever that is.
+                loop {
+                    inner.clear();
+                    match xml.read_event_into(&mut inner) {
+                        Ok(Event::End(e)) if e.local_name().as_ref() == name.as_str() => break,
+                        Ok(Event::Eof) | Err(_) => return Ok(()),
+                        Ok(_) => {}
+                    }
+                }
+                let size = xml.buffer_position() - began;
+                match name.as_str() {
+                    "font" => fonts.push(size),
+                    "fill" => fills.push(size),
+                    _ => borders.push(size),
+                }
+            }
+            (Some("cellXfs"), "xf") => {
+                formats += 1;
+                let named = |sizes: &[u64], key: &str| {
+                    index(key).and_then(|i| sizes.get(i).copied()).unwrap_or(0)
+                };
+                copies += named(&fonts, "fontId")
+                    + named(&fills, "fillId")
+                    + named(&borders, "borderId")
+                    + attribute("numFmtId")
+                        .and_then(|id| number_formats.get(&id).copied())
+                        .unwrap_or(0);
+                if formats > MAX_CELL_FORMATS || copies > MAX_STYLE_COPIES_BYTES {
+                    return Err(ReadError::TooLarge(format!(
+                        "the workbook's styles would take more than {} MiB to read (over \
+                         {MAX_CELL_FORMATS} cell formats, or formats naming fonts, fills, borders \
+                         or number formats far longer than a spreadsheet program writes)",
+                        MAX_STYLE_COPIES_BYTES / (1024 * 1024)
+                    )));
+                }
+            }
+            _ => {}
         }
     }
 }

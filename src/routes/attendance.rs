@@ -129,7 +129,7 @@ fn already_clocked_in() -> ApiError {
         (status = 200, description = "A retry (the same `client_id`, or the same `device_id` and `occurred_at`): the record made the first time", body = AttendanceRecord),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
-        (status = 409, description = "Already clocked in (`already_clocked_in`), or a backdated `occurred_at` inside a shift already worked (`conflict`)", body = ErrorEnvelope),
+        (status = 409, description = "Already clocked in (`already_clocked_in`), or a backdated `occurred_at` inside or before a shift already worked (`conflict`)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a time outside the accepted window or more than the maximum shift ago, no facility, or outside the geofence when enforced", body = ErrorEnvelope),
         (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]

@@ -246,7 +246,7 @@ async fn login(
             // attack most worth seeing.
             Err(locked @ ApiError::AccountLocked { .. }) => {
                 let user_id = row.as_ref().map(|r| r.id);
-                record_refusal(&state, &client, &email, user_id, "account_locked").await?;
+                record_refusal(&state, &client, &email, user_id, "account_locked").await;
                 return Err(locked);
             }
             Err(other) => return Err(other),
@@ -275,7 +275,7 @@ async fn login(
         } else {
             "account_inactive"
         };
-        record_refusal(&state, &client, &email, Some(user.id), reason).await?;
+        record_refusal(&state, &client, &email, Some(user.id), reason).await;
         return Err(if user.status == "pending" {
             ApiError::ForbiddenWith {
                 code: "account_pending",
@@ -358,15 +358,17 @@ async fn record_refusal(
     email: &str,
     user_id: Option<Uuid>,
     reason: &str,
-) -> Result<(), ApiError> {
+) {
     let mut activity = Activity::new("auth.login_failed")
         .from(client)
         .details(serde_json::json!({ "email": email, "reason": reason }));
     if let Some(id) = user_id {
         activity = activity.on("user", id);
     }
-    activity.record(&state.db).await?;
-    Ok(())
+    // The client still gets the refusal (and its Retry-After) if the trail cannot be written.
+    if let Err(error) = activity.record(&state.db).await {
+        tracing::warn!(%error, action = "auth.login_failed", "an activity was not recorded");
+    }
 }
 
 /// Records a failed login (the account's count was kept when the attempt began), and the

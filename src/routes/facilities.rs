@@ -550,7 +550,7 @@ async fn import_facilities(
         // A file refused whole (unreadable, hostile, of another kind, missing columns) is not an
         // import and stores no report, but who sent it, and why it was refused, is kept.
         Err(refusal) if refusal.status().is_client_error() => {
-            Activity::new("facility.import_refused")
+            let recorded = Activity::new("facility.import_refused")
                 .by(&admin)
                 .from(&client)
                 .details(serde_json::json!({
@@ -562,7 +562,10 @@ async fn import_facilities(
                     },
                 }))
                 .record(&state.db)
-                .await?;
+                .await;
+            if let Err(error) = recorded {
+                tracing::warn!(%error, action = "facility.import_refused", "an activity was not recorded");
+            }
             return Err(refusal);
         }
         Err(error) => return Err(error),

@@ -296,6 +296,21 @@ async fn a_clock_out_keeps_the_clock_in_notes_and_forgives_a_phone_clock_running
     let (status, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(active["attendance"]["status"], "open", "{active}");
+
+    // A clock-out with notes on a shift with none keeps them; one echoing the clock-in's note
+    // keeps it once.
+    let (status, closed) = clock_out(&app, &user, with(Some("generator down"), 0)).await;
+    assert_eq!(status, StatusCode::OK, "{closed}");
+    assert_eq!(closed["notes"], "generator down");
+    assert_eq!(
+        clock_in(&app, &user, with(Some("covering for Jean"), 0))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    let (status, closed) = clock_out(&app, &user, with(Some("covering for Jean"), 0)).await;
+    assert_eq!(status, StatusCode::OK, "{closed}");
+    assert_eq!(closed["notes"], "covering for Jean");
 }
 
 #[tokio::test]

@@ -72,10 +72,10 @@ fn one_string_everywhere(chars: usize, rows: usize) -> Vec<u8> {
 }
 
 /// A workbook whose styles give `formats` cell formats the same font, named by `chars`
-/// characters: calamine copies the name into each.
-fn one_font_in_every_format(chars: usize, formats: usize) -> Vec<u8> {
+/// characters: calamine copies the name into each. `stray` goes before the fonts.
+fn one_font_in_every_format(chars: usize, formats: usize, stray: &str) -> Vec<u8> {
     let styles = format!(
-        r#"<?xml version="1.0"?><styleSheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><fonts count="1"><font><name val="{}"/></font></fonts><cellXfs count="{formats}">{}</cellXfs></styleSheet>"#,
+        r#"<?xml version="1.0"?><styleSheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">{stray}<fonts count="1"><font><name val="{}"/></font></fonts><cellXfs count="{formats}">{}</cellXfs></styleSheet>"#,
         "A".repeat(chars),
         r#"<xf numFmtId="0" fontId="0"/>"#.repeat(formats)
     );
@@ -559,6 +559,22 @@ async fn dry_run_and_strict_apply_nothing() {
 }
 
 #[tokio::test]
+async fn a_workbook_with_as_many_cell_formats_as_excel_allows_imports() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (status, report) = import(
+        &app,
+        &admin.token,
+        "f.xlsx",
+        one_font_in_every_format("Calibri".len(), 64_000, ""),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["created"], 3, "{report}");
+}
+
+#[tokio::test]
 async fn a_csv_row_with_more_values_than_the_header_is_reported_not_shifted() {
     // Arrange: an address with an unquoted comma pushes the phone one column right.
     let app = TestApp::spawn().await;
@@ -688,7 +704,14 @@ async fn hostile_and_broken_files_are_refused_and_change_nothing() {
             // 1,000 formats, each with its own copy of a 300,000-character font name: 300 MB
             // from a few kilobytes.
             "one long font name in every cell format",
-            one_font_in_every_format(300_000, 1_000),
+            one_font_in_every_format(300_000, 1_000, ""),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            // The same behind a tag never closed, which the reader passes over.
+            "one long font name behind a stray tag",
+            one_font_in_every_format(300_000, 1_000, "<fill><border>"),
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
         ),

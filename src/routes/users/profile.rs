@@ -156,13 +156,16 @@ async fn change_password(
             attempt.ok_or_else(|| anyhow::anyhow!("a counted check names its account"))?
         }
         Err(locked @ ApiError::AccountLocked { .. }) => {
-            Activity::new("user.password_change_failed")
+            let recorded = Activity::new("user.password_change_failed")
                 .by(&user)
                 .on("user", user.id)
                 .from(&client)
                 .details(serde_json::json!({ "reason": "account_locked" }))
                 .record(&state.db)
-                .await?;
+                .await;
+            if let Err(error) = recorded {
+                tracing::warn!(%error, action = "user.password_change_failed", "an activity was not recorded");
+            }
             return Err(locked);
         }
         Err(other) => return Err(other),
