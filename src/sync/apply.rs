@@ -192,10 +192,19 @@ pub(crate) async fn apply_plan(
         // `status = 'open'` here: it would let the planner pick the one-open-shift index, whose
         // size it misjudges while statistics predate the day's clock-ins.) The version stays,
         // as when the sweep closes a forgotten shift: a clock-out of it pushed later on the
-        // version its device holds is applied, not lost as a conflict.
+        // version its device holds is applied, not lost as a conflict. Each close is in the
+        // audit trail, as the sweep's are, besides the push's own row.
         sqlx::query(
-            "UPDATE attendance SET status = 'incomplete'
-             WHERE id = ANY($1)",
+            "WITH closed AS (
+                 UPDATE attendance SET status = 'incomplete'
+                 WHERE id = ANY($1)
+                 RETURNING id, user_id, clock_in_at
+             )
+             INSERT INTO activities (action, entity_type, entity_id, details)
+             SELECT 'attendance.auto_close', 'attendance', id,
+                    jsonb_build_object('user_id', user_id, 'clock_in_at', clock_in_at,
+                                       'reason', 'a later shift was opened beside it')
+             FROM closed",
         )
         .bind(&plan.closes)
         .execute(&mut *tx)

@@ -887,6 +887,17 @@ async fn a_note_added_to_a_shift_replaced_by_a_later_one_does_not_reopen_it() {
     )
     .await;
     assert_eq!(replaced["status"], "incomplete");
+    let audited: Vec<(Option<uuid::Uuid>, String)> = sqlx::query_as(
+        "SELECT actor_id, entity_id::text FROM activities WHERE action = 'attendance.auto_close'",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        audited,
+        vec![(None, earlier["id"].as_str().unwrap().to_string())],
+        "the replaced shift's close is in the audit trail"
+    );
     // The first phone adds a note to its (still open) copy.
     let mut noted = earlier.clone();
     noted["data"]["notes"] = json!("generator broke");
