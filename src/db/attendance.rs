@@ -61,8 +61,7 @@ pub struct AttendanceRecord {
     pub distance_m: Option<f64>,
     /// Clock-in (or clock-out) was outside the facility's geofence.
     pub outside_geofence: bool,
-    /// `online` or `sync`.
-    #[schema(example = "online")]
+    #[schema(value_type = RecordSource)]
     pub source: String,
     #[schema(required = true)]
     pub device_id: Option<String>,
@@ -74,6 +73,15 @@ pub struct AttendanceRecord {
     pub notes: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// How a record reached the server: `online` (clock-in and clock-out) or `sync` (pushed by a
+/// device that was offline).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordSource {
+    Online,
+    Sync,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

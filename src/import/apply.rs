@@ -50,6 +50,7 @@ pub struct ImportOptions {
 pub struct ImportReport {
     pub import_id: Uuid,
     #[schema(example = "csv")]
+    #[schema(value_type = crate::import::read::Format)]
     pub format: String,
     /// Data rows in the file (blank rows excluded).
     pub total_rows: usize,

@@ -21,7 +21,9 @@ const MAX_CELL_CHARS: usize = 32_767;
 /// thousands of cells at one long shared string, so the zip's size does not bound this.
 const MAX_SHEET_BYTES: usize = 256 * 1024 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The kind of file read, as reports name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     Csv,
     Xlsx,

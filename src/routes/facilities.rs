@@ -591,7 +591,9 @@ pub struct ImportRecord {
     pub id: Uuid,
     pub uploaded_by: Option<Uuid>,
     pub filename: Option<String>,
+    #[schema(value_type = crate::import::read::Format)]
     pub format: String,
+    #[schema(value_type = crate::import::apply::OnDuplicate)]
     pub on_duplicate: String,
     pub dry_run: bool,
     pub strict: bool,

@@ -44,10 +44,10 @@ pub struct SyncConflict {
     /// The server's record when the conflict arose.
     #[schema(value_type = Object)]
     pub server_data: serde_json::Value,
-    /// `pending` or `resolved`.
+    #[schema(value_type = ConflictStatus)]
     pub status: String,
-    /// `server` or `client`, once resolved.
-    #[schema(required = true)]
+    /// Which copy was kept, once resolved.
+    #[schema(required = true, value_type = Option<Keep>)]
     pub resolution: Option<String>,
     #[schema(required = true)]
     pub resolved_by: Option<Uuid>,
