@@ -64,6 +64,9 @@ impl std::ops::Deref for AppState {
 
 pub struct Services {
     pub db: PgPool,
+    /// One connection of its own for `/ready`, so that a busy pool does not read as a database
+    /// that is away.
+    pub probe: PgPool,
     pub config: Arc<Config>,
     pub hasher: Hasher,
     pub jwt: Arc<JwtKeys>,
@@ -98,6 +101,7 @@ impl AppState {
             jwt,
             limiters,
             config: Arc::new(config),
+            probe: crate::db::probe_pool(&db),
             db,
             metrics: Metrics::global(),
             started_at: Instant::now(),

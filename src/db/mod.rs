@@ -27,6 +27,19 @@ fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
         ))
 }
 
+/// A pool of one connection to the application pool's database, for the readiness probe: with
+/// every application connection busy, `/ready` would wait for one and report the database away,
+/// and an orchestrator would take a busy instance out of service. Checked before each use (a
+/// probe comes every few seconds, not under load), and closed when idle.
+pub fn probe_pool(app: &PgPool) -> PgPool {
+    PgPoolOptions::new()
+        .min_connections(0)
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(2))
+        .idle_timeout(Some(std::time::Duration::from_secs(30)))
+        .connect_lazy_with((*app.connect_options()).clone())
+}
+
 /// A connection idle for longer than this is checked (one round trip) before it is handed out.
 const CHECK_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 

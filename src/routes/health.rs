@@ -48,7 +48,7 @@ async fn health() -> Json<HealthStatus> {
         (status = 503, description = "The database is unreachable or not migrated", body = ErrorEnvelope),
     ))]
 async fn ready(State(state): State<AppState>) -> Result<Json<HealthStatus>, ApiError> {
-    let ready = tokio::time::timeout(Duration::from_secs(2), crate::db::is_ready(&state.db))
+    let ready = tokio::time::timeout(Duration::from_secs(2), crate::db::is_ready(&state.probe))
         .await
         .unwrap_or(false);
     if ready {

@@ -80,6 +80,23 @@ async fn ready_turns_503_while_the_database_is_away_and_recovers_by_itself() {
 }
 
 #[tokio::test]
+async fn a_service_whose_pool_is_all_busy_is_still_ready() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("DB_MAX_CONNECTIONS".into(), "2".into());
+    })
+    .await;
+    // Every connection of the pool in use, as under a burst of requests.
+    let held = [
+        app.service_pool.acquire().await.unwrap(),
+        app.service_pool.acquire().await.unwrap(),
+    ];
+    let (status, body) = send(app.get("/ready")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ready");
+    drop(held);
+}
+
+#[tokio::test]
 async fn the_service_waits_at_start_for_a_database_that_comes_up_later() {
     // Postgres refuses every connection for the first two seconds, as while a machine boots.
     let proxy = FlakyProxy::start("127.0.0.1:5432".parse().unwrap()).await;

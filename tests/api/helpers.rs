@@ -236,6 +236,8 @@ pub struct TestApp {
     pub config: Arc<Config>,
     /// The service's shared statements, to see who waits for them.
     pub batches: Arc<field_attendance::state::Batches>,
+    /// The service's own pool, to hold its connections.
+    pub service_pool: PgPool,
     server: tokio::task::JoinHandle<()>,
     // Dropped last: the database outlives the server that uses it.
     pub test_db: TestDb,
@@ -285,6 +287,7 @@ impl TestApp {
         let addr = app.local_addr();
         let config = app.state().config.clone();
         let batches = app.state().batches.clone();
+        let service_pool = app.state().db.clone();
         let server = tokio::spawn(async move {
             app.run_until(std::future::pending()).await.expect("server");
         });
@@ -298,6 +301,7 @@ impl TestApp {
             db,
             config,
             batches,
+            service_pool,
             server,
             test_db,
         }
