@@ -1,0 +1,228 @@
+//! Facility imports from CSV and XLSX uploads, and their past reports.
+
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{Multipart, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::audit::Activity;
+use crate::auth::{AuthUser, ClientInfo};
+use crate::domain::Role;
+use crate::error::{ApiError, ErrorEnvelope};
+use crate::extract::{Json, Query};
+use crate::import::apply::{self, ImportOptions, ImportReport, OnDuplicate};
+use crate::import::rows::RowError;
+use crate::routes::pagination::{Page, Paging};
+use crate::state::AppState;
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_imports))
+}
+
+/// The upload route, which has its own rate limit and body limit.
+pub fn upload_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(import_facilities))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    /// `skip` (default) leaves existing codes alone; `update` applies the file's values.
+    #[param(inline)]
+    pub on_duplicate: Option<OnDuplicate>,
+    /// Check and count without applying anything.
+    pub dry_run: Option<bool>,
+    /// Apply nothing if any row is invalid.
+    pub strict: Option<bool>,
+}
+
+/// The multipart form of an import: one `file` field and nothing else.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ImportUpload {
+    /// A CSV (UTF-8 with or without BOM, or Windows-1252; `,`, `;` or tab separated) or an
+    /// XLSX workbook (first sheet). Columns: name, code, type, latitude, longitude,
+    /// council_name (or council_code), address, contact_phone (or phone).
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
+/// Imports facilities from CSV or a spreadsheet (admin). Valid rows are applied in one
+/// transaction; invalid rows are reported with their spreadsheet row numbers.
+#[utoipa::path(post, path = "/facilities/import", tag = "facilities", security(("bearer" = [])),
+    params(ImportQuery), request_body(content = ImportUpload, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The import report", body = ImportReport),
+        (status = 400, description = "Not a multipart form, or a bad query string", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 403, description = "Admins only", body = ErrorEnvelope),
+        (status = 413, description = "Over the upload limit, or a spreadsheet that expands absurdly", body = ErrorEnvelope),
+        (status = 415, description = "Neither CSV nor a spreadsheet", body = ErrorEnvelope),
+        (status = 422, description = "No `file` field, an empty file, no data rows or a missing required column", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn import_facilities(
+    State(state): State<AppState>,
+    admin: AuthUser,
+    client: ClientInfo,
+    Query(query): Query<ImportQuery>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Json<ImportReport>, ApiError> {
+    admin.require(Role::Admin)?;
+    let mut multipart = multipart.map_err(|_| {
+        ApiError::BadRequest("expected a multipart/form-data body with a `file` field".into())
+    })?;
+    let mut upload = None;
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        if field.name() != Some("file") {
+            let name = field
+                .name()
+                .unwrap_or_default()
+                .chars()
+                .take(64)
+                .collect::<String>();
+            return Err(ApiError::invalid(
+                &name,
+                "is not a field of this form (only `file`)",
+            ));
+        }
+        if upload.is_some() {
+            return Err(ApiError::invalid("file", "must be sent once"));
+        }
+        // Kept with the report as the client named it, less control characters (Postgres text
+        // holds no NUL), and at most 255 characters.
+        let filename = field.file_name().map(|n| {
+            n.chars()
+                .filter(|c| !c.is_control())
+                .take(255)
+                .collect::<String>()
+        });
+        let bytes = field.bytes().await.map_err(multipart_error)?;
+        // The body limit leaves room for the multipart framing; the limit is the file's.
+        if bytes.len() > state.config.max_upload_bytes {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        upload = Some((filename, bytes.to_vec()));
+    }
+    let (filename, bytes) = upload.ok_or_else(|| ApiError::invalid("file", "is required"))?;
+    let options = ImportOptions {
+        on_duplicate: query.on_duplicate.unwrap_or_default(),
+        dry_run: query.dry_run.unwrap_or(false),
+        strict: query.strict.unwrap_or(false),
+    };
+    let radius = state.config.attendance.default_geofence_m;
+    let shown_name = filename.clone();
+    let report = match apply::run(
+        &state.db,
+        bytes,
+        filename,
+        options,
+        radius,
+        Some((&admin, &client)),
+    )
+    .await
+    {
+        Ok(report) => report,
+        // A file refused whole (unreadable, hostile, of another kind, missing columns) is not an
+        // import and stores no report, but who sent it, and why it was refused, is kept.
+        Err(refusal) if refusal.status().is_client_error() => {
+            let recorded = Activity::new("facility.import_refused")
+                .by(&admin)
+                .from(&client)
+                .details(serde_json::json!({
+                    "filename": shown_name,
+                    "code": refusal.code(),
+                    "reason": match &refusal {
+                        ApiError::Validation(details) => serde_json::json!(details),
+                        other => serde_json::json!(other.to_string()),
+                    },
+                }))
+                .record(&state.db)
+                .await;
+            if let Err(error) = recorded {
+                tracing::warn!(%error, action = "facility.import_refused", "an activity was not recorded");
+            }
+            return Err(refusal);
+        }
+        Err(error) => return Err(error),
+    };
+    // An import in `update` mode may move any facility's geofence.
+    state.sites.clear();
+    Ok(Json(report))
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge
+    } else {
+        ApiError::BadRequest(format!(
+            "the multipart body is malformed: {}",
+            e.body_text()
+        ))
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct ImportRecord {
+    pub id: Uuid,
+    pub uploaded_by: Option<Uuid>,
+    pub filename: Option<String>,
+    #[schema(value_type = crate::import::read::Format)]
+    pub format: String,
+    #[schema(value_type = crate::import::apply::OnDuplicate)]
+    pub on_duplicate: String,
+    pub dry_run: bool,
+    pub strict: bool,
+    pub total_rows: i32,
+    pub created: i32,
+    pub updated: i32,
+    pub skipped: i32,
+    pub failed: i32,
+    #[schema(value_type = Vec<RowError>)]
+    pub errors: sqlx::types::Json<Vec<RowError>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Past imports with their reports, newest first (admin).
+#[utoipa::path(get, path = "/facilities/imports", tag = "facilities", security(("bearer" = [])),
+    params(crate::routes::geography::PageQuery),
+    responses(
+        (status = 200, description = "A page of import reports", body = Page<ImportRecord>),
+        (status = 400, description = "Bad query string", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+        (status = 403, description = "Admins only", body = ErrorEnvelope),
+        (status = 422, description = "Bad paging", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = ErrorEnvelope),
+    ))]
+async fn list_imports(
+    State(state): State<AppState>,
+    admin: AuthUser,
+    Query(q): Query<crate::routes::geography::PageQuery>,
+) -> Result<Json<Page<ImportRecord>>, ApiError> {
+    admin.require(Role::Admin)?;
+    let paging = Paging::new(q.page, q.per_page)?;
+    let rows: Vec<ImportRecord> = sqlx::query_as(
+        "SELECT id, uploaded_by, filename, format, on_duplicate, dry_run, strict, total_rows, created,
+                updated, skipped, failed, errors, created_at
+         FROM facility_imports ORDER BY created_at DESC, id LIMIT $1 OFFSET $2",
+    )
+    .bind(paging.limit())
+    .bind(paging.offset())
+    .fetch_all(&state.db)
+    .await?;
+    let total = paging
+        .total(rows.len(), async || {
+            sqlx::query_scalar("SELECT count(*) FROM facility_imports")
+                .fetch_one(&state.db)
+                .await
+        })
+        .await?;
+    Ok(Json(paging.wrap(rows, total)))
+}
