@@ -72,6 +72,16 @@ impl Activity {
         Ok(())
     }
 
+    /// Records this row alone, for a refusal that answers whatever happens to its trail: a row
+    /// that cannot be written is logged instead, and the client still gets the refusal (with
+    /// its `Retry-After`, say) rather than a 503.
+    pub async fn record_or_warn(self, db: &sqlx::PgPool) {
+        let action = self.action;
+        if let Err(error) = self.record(db).await {
+            tracing::warn!(%error, action, "an activity was not recorded");
+        }
+    }
+
     /// A data-modifying CTE named `activity` that writes this row as part of a larger statement
     /// (one round trip for a change and its audit row); `bind` supplies its values from `$first`.
     pub fn cte(first: usize) -> String {
@@ -114,5 +124,18 @@ pub fn audit_cte(action: &'static str, entity_type: &'static str) -> String {
              SELECT c.user_id, c.email, '{action}', '{entity_type}', a.id, c.details, c.ip, c.user_agent
              FROM a JOIN c ON c.id = a.id
          )"
+    )
+}
+
+/// An `INSERT … SELECT` writing an `attendance.auto_close` row, with no actor, for each shift in
+/// the CTE `closed` (`id, user_id, clock_in_at`): a shift closed as incomplete by no one, for
+/// `reason` (a fixed text, never input).
+pub fn auto_close_audit(reason: &'static str) -> String {
+    format!(
+        "INSERT INTO activities (action, entity_type, entity_id, details)
+         SELECT 'attendance.auto_close', 'attendance', id,
+                jsonb_build_object('user_id', user_id, 'clock_in_at', clock_in_at,
+                                   'reason', '{reason}')
+         FROM closed"
     )
 }

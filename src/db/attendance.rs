@@ -178,32 +178,30 @@ pub async fn close_forgotten<'e>(
 ) -> Result<u64, sqlx::Error> {
     // Two statements rather than `($1 IS NULL OR user_id = $1)`, which a cached generic plan
     // could not answer from the user's index.
-    let close = |only_user: &str| {
+    fn close(only_user: &str) -> String {
         format!(
             "WITH closed AS (
                  UPDATE attendance SET status = 'incomplete'
                  WHERE status = 'open' AND deleted_at IS NULL AND clock_in_at < $1{only_user}
                  RETURNING id, user_id, clock_in_at
-             ), audit AS (
-                 INSERT INTO activities (action, entity_type, entity_id, details)
-                 SELECT 'attendance.auto_close', 'attendance', id,
-                        jsonb_build_object('user_id', user_id, 'clock_in_at', clock_in_at,
-                                           'reason', 'no clock-out within the maximum shift')
-                 FROM closed
-             )
-             SELECT count(*) FROM closed"
+             ), audit AS ({})
+             SELECT count(*) FROM closed",
+            crate::audit::auto_close_audit("no clock-out within the maximum shift")
         )
-    };
+    }
+    static ONE_USER: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| close(" AND user_id = $2"));
+    static EVERYONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| close(""));
     let closed: i64 = match user_id {
         Some(user_id) => {
-            sqlx::query_scalar(&close(" AND user_id = $2"))
+            sqlx::query_scalar(ONE_USER.as_str())
                 .bind(before)
                 .bind(user_id)
                 .fetch_one(db)
                 .await?
         }
         None => {
-            sqlx::query_scalar(&close(""))
+            sqlx::query_scalar(EVERYONE.as_str())
                 .bind(before)
                 .fetch_one(db)
                 .await?

@@ -231,6 +231,8 @@ fn check_shared_strings<R: Read>(part: zip::read::ZipFile<'_, R>) -> Result<(), 
 /// 64,000 formats, font names of at most 31 characters and number formats of at most 255, so no
 /// workbook it wrote comes near.
 fn check_styles<R: Read>(part: zip::read::ZipFile<'_, R>) -> Result<(), ReadError> {
+    // The attributes by which a format names its definitions (and a number format its own id).
+    const IDS: [&str; 4] = ["numFmtId", "fontId", "fillId", "borderId"];
     let mut xml = xml_reader(part);
     let mut buf = Vec::new();
     let mut inner = Vec::new();
@@ -248,10 +250,15 @@ fn check_styles<R: Read>(part: zip::read::ZipFile<'_, R>) -> Result<(), ReadErro
         let (start, name) = match xml.read_event_into(&mut buf) {
             // calamine reports a broken part itself.
             Ok(Event::Eof) | Err(_) => return Ok(()),
-            Ok(Event::Start(e)) => (
-                Some(e.clone().into_owned()),
-                e.local_name().as_ref().to_string(),
-            ),
+            Ok(Event::Start(e)) => {
+                let mut ids: [Option<String>; 4] = Default::default();
+                for a in e.attributes().with_checks(false).flatten() {
+                    if let Some(i) = IDS.iter().position(|k| a.key.local_name().as_ref() == *k) {
+                        ids[i] = Some(a.value.to_string());
+                    }
+                }
+                (Some(ids), e.local_name().as_ref().to_string())
+            }
             Ok(Event::End(e)) => (None, e.local_name().as_ref().to_string()),
             Ok(_) => continue,
         };
@@ -264,12 +271,9 @@ fn check_styles<R: Read>(part: zip::read::ZipFile<'_, R>) -> Result<(), ReadErro
             continue;
         };
         let attribute = |key: &str| {
-            start
-                .attributes()
-                .with_checks(false)
-                .flatten()
-                .find(|a| a.key.local_name().as_ref() == key)
-                .map(|a| a.value.to_string())
+            IDS.iter()
+                .position(|k| *k == key)
+                .and_then(|i| start[i].clone())
         };
         let index = |key: &str| attribute(key).and_then(|v| v.parse::<usize>().ok());
         match (list.as_deref(), name.as_str()) {

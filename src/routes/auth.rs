@@ -359,15 +359,19 @@ async fn record_refusal(
     user_id: Option<Uuid>,
     reason: &str,
 ) {
-    let mut activity = Activity::new("auth.login_failed")
+    login_failed(client, email, user_id, reason)
+        .record_or_warn(&state.db)
+        .await;
+}
+
+/// The audit row of a login that did not succeed, and why.
+fn login_failed(client: &ClientInfo, email: &str, user_id: Option<Uuid>, reason: &str) -> Activity {
+    let activity = Activity::new("auth.login_failed")
         .from(client)
         .details(serde_json::json!({ "email": email, "reason": reason }));
-    if let Some(id) = user_id {
-        activity = activity.on("user", id);
-    }
-    // The client still gets the refusal (and its Retry-After) if the trail cannot be written.
-    if let Err(error) = activity.record(&state.db).await {
-        tracing::warn!(%error, action = "auth.login_failed", "an activity was not recorded");
+    match user_id {
+        Some(id) => activity.on("user", id),
+        None => activity,
     }
 }
 
@@ -385,13 +389,9 @@ async fn record_failure(
     } else {
         "unknown_email"
     };
-    let mut activity = Activity::new("auth.login_failed")
-        .from(client)
-        .details(serde_json::json!({ "email": email, "reason": reason }));
-    if let Some(failure) = failure {
-        activity = activity.on("user", failure.user_id);
-    }
-    activity.record(&mut *tx).await?;
+    login_failed(client, email, failure.map(|f| f.user_id), reason)
+        .record(&mut *tx)
+        .await?;
     if let Some(lock) = failure.and_then(|f| lockout::lock_activity(f, email, &state.config.auth)) {
         lock.from(client).record(&mut *tx).await?;
     }

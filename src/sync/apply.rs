@@ -1,6 +1,7 @@
 //! Writing a decided push: a fixed number of set-based statements, whatever the batch size.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use sqlx::{Executor, PgConnection};
@@ -194,21 +195,20 @@ pub(crate) async fn apply_plan(
         // as when the sweep closes a forgotten shift: a clock-out of it pushed later on the
         // version its device holds is applied, not lost as a conflict. Each close is in the
         // audit trail, as the sweep's are, besides the push's own row.
-        sqlx::query(
-            "WITH closed AS (
-                 UPDATE attendance SET status = 'incomplete'
-                 WHERE id = ANY($1)
-                 RETURNING id, user_id, clock_in_at
-             )
-             INSERT INTO activities (action, entity_type, entity_id, details)
-             SELECT 'attendance.auto_close', 'attendance', id,
-                    jsonb_build_object('user_id', user_id, 'clock_in_at', clock_in_at,
-                                       'reason', 'a later shift was opened beside it')
-             FROM closed",
-        )
-        .bind(&plan.closes)
-        .execute(&mut *tx)
-        .await?;
+        static CLOSE: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH closed AS (
+                     UPDATE attendance SET status = 'incomplete'
+                     WHERE id = ANY($1)
+                     RETURNING id, user_id, clock_in_at
+                 ) {}",
+                crate::audit::auto_close_audit("a later shift was opened beside it")
+            )
+        });
+        sqlx::query(CLOSE.as_str())
+            .bind(&plan.closes)
+            .execute(&mut *tx)
+            .await?;
     }
     if !plan.deletes.is_empty() {
         let (ids, versions): (Vec<Uuid>, Vec<i32>) = plan.deletes.iter().copied().unzip();

@@ -133,7 +133,7 @@ async fn import_facilities(
         // A file refused whole (unreadable, hostile, of another kind, missing columns) is not an
         // import and stores no report, but who sent it, and why it was refused, is kept.
         Err(refusal) if refusal.status().is_client_error() => {
-            let recorded = Activity::new("facility.import_refused")
+            Activity::new("facility.import_refused")
                 .by(&admin)
                 .from(&client)
                 .details(serde_json::json!({
@@ -144,11 +144,8 @@ async fn import_facilities(
                         other => serde_json::json!(other.to_string()),
                     },
                 }))
-                .record(&state.db)
+                .record_or_warn(&state.db)
                 .await;
-            if let Err(error) = recorded {
-                tracing::warn!(%error, action = "facility.import_refused", "an activity was not recorded");
-            }
             return Err(refusal);
         }
         Err(error) => return Err(error),

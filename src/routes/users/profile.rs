@@ -156,16 +156,13 @@ async fn change_password(
             attempt.ok_or_else(|| anyhow::anyhow!("a counted check names its account"))?
         }
         Err(locked @ ApiError::AccountLocked { .. }) => {
-            let recorded = Activity::new("user.password_change_failed")
+            Activity::new("user.password_change_failed")
                 .by(&user)
                 .on("user", user.id)
                 .from(&client)
                 .details(serde_json::json!({ "reason": "account_locked" }))
-                .record(&state.db)
+                .record_or_warn(&state.db)
                 .await;
-            if let Err(error) = recorded {
-                tracing::warn!(%error, action = "user.password_change_failed", "an activity was not recorded");
-            }
             return Err(locked);
         }
         Err(other) => return Err(other),
