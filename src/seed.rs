@@ -79,7 +79,9 @@ pub async fn create_admin(
          ON CONFLICT (email) DO UPDATE
             SET password_hash = EXCLUDED.password_hash, role = 'admin', status = 'active',
                 failed_login_count = 0, locked_until = NULL,
-                token_version = users.token_version + 1
+                token_version = users.token_version + 1,
+                scope_reset_xid = CASE WHEN users.role = 'admin' THEN users.scope_reset_xid
+                                       ELSE pg_current_xact_id() END
          RETURNING id",
     )
     .bind(email)

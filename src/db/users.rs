@@ -329,10 +329,15 @@ pub fn push_scope_with_self(qb: &mut QueryBuilder<'_, Postgres>, viewer: &AuthUs
     if viewer.is_admin() || viewer.role.is_field() {
         return push_scope(qb, viewer, column);
     }
-    qb.push(format_args!(" AND ({column} = "))
-        .push_bind(viewer.id);
+    qb.push(" AND ");
+    push_self_and_team(qb, viewer.id, column);
+}
+
+/// `(<column> = user OR <column> IN (everyone below user))`: what `user` sees as a supervisor.
+pub fn push_self_and_team(qb: &mut QueryBuilder<'_, Postgres>, user: Uuid, column: &str) {
+    qb.push(format_args!("({column} = ")).push_bind(user);
     qb.push(format_args!(" OR {column} IN "));
-    push_team(qb, viewer.id);
+    push_team(qb, user);
     qb.push(")");
 }
 

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::auth::AuthUser;
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
 use crate::db::facilities::{FROM_FACILITIES, Facility, FacilityRow, SELECT_FACILITY};
-use crate::db::users::push_scope_with_self;
+use crate::db::users::{push_scope_with_self, push_self_and_team};
 use crate::error::ApiError;
 
 /// The position of a client in the stream of changes.
@@ -107,7 +107,8 @@ pub struct AttendanceChanges {
     pub created: Vec<AttendanceRecord>,
     pub updated: Vec<AttendanceRecord>,
     /// Ids of records deleted since the cursor, and of records that left the caller's scope
-    /// (a worker moved to another supervisor), all on the pull's first page.
+    /// (a worker moved to another supervisor, or the caller is no longer an admin), all on the
+    /// pull's first page.
     pub deleted: Vec<Uuid>,
 }
 
@@ -151,10 +152,12 @@ struct PulledFacility {
 }
 
 /// `change_xid` is newer than the base and visible in the target (and the row is in range).
+/// `whole`: every live row too, whenever it changed (a device whose scope grew at once).
 fn push_window(
     qb: &mut QueryBuilder<'_, sqlx::Postgres>,
     alias: &str,
     base: &Option<String>,
+    whole: bool,
     target: &str,
     after: &Option<(String, Uuid)>,
 ) {
@@ -165,13 +168,21 @@ fn push_window(
     .push("::pg_snapshot)");
     match base {
         Some(base) => {
-            qb.push(format_args!(" AND {alias}.change_xid >= pg_snapshot_xmin("))
+            if whole {
+                qb.push(format_args!(" AND ({alias}.deleted_at IS NULL OR ("));
+            } else {
+                qb.push(" AND");
+            }
+            qb.push(format_args!(" {alias}.change_xid >= pg_snapshot_xmin("))
                 .push_bind(base.clone())
                 .push(format_args!(
                     "::pg_snapshot) AND NOT pg_visible_in_snapshot({alias}.change_xid, "
                 ))
                 .push_bind(base.clone())
                 .push("::pg_snapshot)");
+            if whole {
+                qb.push("))");
+            }
         }
         // A first pull needs no tombstones.
         None if alias == "a" => {
@@ -188,13 +199,22 @@ fn push_window(
     }
 }
 
-/// `is_new`: created after the base, or (for a supervisor) a record of a user who came into the
-/// viewer's scope after it, which the device has never had either.
+/// Records that a device has never had although they were created before its base.
+enum Unseen {
+    /// None but those.
+    Nothing,
+    /// Those of users who came into a supervisor's scope after the base.
+    GainedBy(Uuid),
+    /// Those outside what this user saw before being made an admin after the base.
+    OutsideTeamOf(Uuid),
+}
+
+/// `is_new`: created after the base, or a record the device has never had either.
 fn push_is_new(
     qb: &mut QueryBuilder<'_, sqlx::Postgres>,
     alias: &str,
     base: &Option<String>,
-    gained_by: Option<Uuid>,
+    unseen: Unseen,
 ) {
     match base {
         Some(base) => {
@@ -203,17 +223,24 @@ fn push_is_new(
             ))
             .push_bind(base.clone())
             .push("::pg_snapshot)");
-            if let Some(viewer) = gained_by {
-                qb.push(format_args!(
-                    " OR EXISTS (SELECT 1 FROM scope_changes s WHERE s.viewer_id = "
-                ))
-                .push_bind(viewer)
-                .push(format_args!(
-                    " AND s.user_id = {alias}.user_id AND s.granted
-                      AND NOT pg_visible_in_snapshot(s.xid, "
-                ))
-                .push_bind(base.clone())
-                .push("::pg_snapshot))");
+            match unseen {
+                Unseen::Nothing => {}
+                Unseen::GainedBy(viewer) => {
+                    qb.push(format_args!(
+                        " OR EXISTS (SELECT 1 FROM scope_changes s WHERE s.viewer_id = "
+                    ))
+                    .push_bind(viewer)
+                    .push(format_args!(
+                        " AND s.user_id = {alias}.user_id AND s.granted
+                          AND NOT pg_visible_in_snapshot(s.xid, "
+                    ))
+                    .push_bind(base.clone())
+                    .push("::pg_snapshot))");
+                }
+                Unseen::OutsideTeamOf(viewer) => {
+                    qb.push(" OR NOT ");
+                    push_self_and_team(qb, viewer, &format!("{alias}.user_id"));
+                }
             }
             qb.push(") AS is_new");
         }
@@ -235,9 +262,20 @@ pub async fn pull(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *conn)
         .await?;
-    let now: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
-        .fetch_one(&mut *conn)
-        .await?;
+    // And whether the viewer's role moved into or out of admin after the base (and by the
+    // target): their whole scope moved, see the `scope_reset` migration.
+    let (now, rescoped): (String, bool) = sqlx::query_as(
+        "SELECT pg_current_snapshot()::text,
+                coalesce((SELECT pg_visible_in_snapshot(u.scope_reset_xid,
+                                     coalesce($2::pg_snapshot, pg_current_snapshot()))
+                                 AND NOT pg_visible_in_snapshot(u.scope_reset_xid, $3::pg_snapshot)
+                          FROM users u WHERE u.id = $1), false)",
+    )
+    .bind(viewer.id)
+    .bind(&cursor.target)
+    .bind(&cursor.base)
+    .fetch_one(&mut *conn)
+    .await?;
     let target = cursor.target.clone().unwrap_or(now);
     let base = cursor.base.clone();
     let mut changes = Changes {
@@ -261,9 +299,23 @@ pub async fn pull(
     };
     let mut remaining = limit;
 
-    // Only a supervisor's scope moves (a field worker sees their own records, an admin all).
+    // Otherwise only a supervisor's scope moves (a field worker sees their own records, an
+    // admin all).
     let supervising = !viewer.is_admin() && !viewer.role.is_field();
-    if supervising
+    if rescoped
+        && !viewer.is_admin()
+        && cursor.target.is_none()
+        && let Some(base) = &base
+    {
+        // The first page of a pull by a former admin: every record now out of scope that the
+        // device may hold (alive, or deleted since it last heard) is gone from its point of view.
+        let mut qb = QueryBuilder::new("SELECT a.id FROM attendance a WHERE NOT (true");
+        push_scope_with_self(&mut qb, viewer, "a.user_id");
+        qb.push(") AND (a.deleted_at IS NULL OR NOT pg_visible_in_snapshot(a.change_xid, ")
+            .push_bind(base.clone())
+            .push("::pg_snapshot)) ORDER BY a.id");
+        changes.attendance.deleted = qb.build_query_scalar().fetch_all(&mut *conn).await?;
+    } else if supervising
         && cursor.target.is_none()
         && let Some(base) = &base
     {
@@ -285,11 +337,27 @@ pub async fn pull(
     }
 
     if !cursor.facilities_stage {
+        // A new admin's device gets every record it lacks, and the deletions since its base.
+        let grown = rescoped && viewer.is_admin();
+        let unseen = if grown {
+            Unseen::OutsideTeamOf(viewer.id)
+        } else if supervising {
+            Unseen::GainedBy(viewer.id)
+        } else {
+            Unseen::Nothing
+        };
         let mut qb = QueryBuilder::new(format!("SELECT {}", records::COLUMNS));
-        push_is_new(&mut qb, "a", &base, supervising.then_some(viewer.id));
+        push_is_new(&mut qb, "a", &base, unseen);
         qb.push(" FROM attendance a WHERE true");
         push_scope_with_self(&mut qb, viewer, "a.user_id");
-        push_window(&mut qb, "a", &base, &target, &cursor.attendance_after);
+        push_window(
+            &mut qb,
+            "a",
+            &base,
+            grown,
+            &target,
+            &cursor.attendance_after,
+        );
         qb.push(" ORDER BY a.change_xid, a.id LIMIT ")
             .push_bind(remaining as i64 + 1);
         let mut rows: Vec<PulledAttendance> = qb.build_query_as().fetch_all(&mut *conn).await?;
@@ -322,10 +390,10 @@ pub async fn pull(
         ));
     }
     let mut qb = QueryBuilder::new(SELECT_FACILITY);
-    push_is_new(&mut qb, "f", &base, None);
+    push_is_new(&mut qb, "f", &base, Unseen::Nothing);
     qb.push(FROM_FACILITIES);
     qb.push(" WHERE true");
-    push_window(&mut qb, "f", &base, &target, &next.facilities_after);
+    push_window(&mut qb, "f", &base, false, &target, &next.facilities_after);
     qb.push(" ORDER BY f.change_xid, f.id LIMIT ")
         .push_bind(remaining as i64 + 1);
     let mut rows: Vec<PulledFacility> = qb.build_query_as().fetch_all(&mut *conn).await?;
@@ -355,7 +423,7 @@ async fn has_any_facility(
     after: &Option<(String, Uuid)>,
 ) -> Result<bool, ApiError> {
     let mut qb = QueryBuilder::new("SELECT EXISTS (SELECT 1 FROM facilities f WHERE true");
-    push_window(&mut qb, "f", base, target, after);
+    push_window(&mut qb, "f", base, false, target, after);
     qb.push(")");
     Ok(qb.build_query_scalar().fetch_one(&mut *conn).await?)
 }

@@ -1480,3 +1480,127 @@ async fn a_worker_moved_to_another_supervisor_takes_their_records_along_in_both_
     let (_, again) = pull(&after, cursor(&gained)).await;
     assert!(ids(&again, "created").is_empty(), "{again}");
 }
+
+/// The ids of one kind of attendance change (`created`, `updated` or `deleted`) in a pull.
+fn change_ids(body: &Value, kind: &str) -> Vec<String> {
+    let mut ids: Vec<String> = body["changes"]["attendance"][kind]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {kind} in {body}"))
+        .iter()
+        .map(|r| r.get("id").unwrap_or(r).as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn pull_from(app: &TestApp, token: &str, cursor: Option<&Value>) -> Value {
+    let path = match cursor {
+        Some(body) => format!("/api/sync/pull?cursor={}", body["cursor"].as_str().unwrap()),
+        None => "/api/sync/pull".into(),
+    };
+    let (status, body) = send(app.get(&path).bearer_auth(token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// Changes `user`'s role as the admin, and logs them in again (the change ends their sessions).
+async fn change_role(app: &TestApp, admin: &TestUser, user: &TestUser, role: &str) -> String {
+    let (status, body) = send(
+        app.patch(&format!("/api/users/{}", user.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({ "role": role })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app.login(&user.email, crate::helpers::PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_supervisor_made_an_admin_pulls_every_record_they_lacked_and_the_deletions_since() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let facility = app.facility_at(SITE.0, SITE.1).await;
+    let promoted = app.user("supervisor", None).await;
+    let member = app.quick_user("focal", Some(promoted.id), facility).await;
+    let other = app.quick_user("focal", None, facility).await;
+    let day = Utc::now() - Duration::days(3);
+    let closed = |user: Uuid| {
+        app.insert_attendance(
+            user,
+            facility,
+            day,
+            Some(day + Duration::hours(8)),
+            "closed",
+        )
+    };
+    let team_record = closed(member.id).await.to_string();
+    let other_record = closed(other.id).await.to_string();
+    let first = pull_from(&app, &promoted.token, None).await;
+    assert_eq!(
+        change_ids(&first, "created"),
+        std::slice::from_ref(&team_record)
+    );
+    // The team member's device deletes the record after the supervisor's device pulled it.
+    let delete = json!({"kind": "attendance", "op": "delete", "id": team_record,
+                        "sync_version": 1, "client_timestamp": Utc::now().to_rfc3339()});
+    let (_, body) = push(&app, &member, vec![delete]).await;
+    assert_eq!(statuses(&body), ["deleted"], "{body}");
+
+    let token = change_role(&app, &admin, &promoted, "admin").await;
+    // The record the device never had comes as new, though it is older than the cursor, and the
+    // deletion is not lost on the way.
+    let grown = pull_from(&app, &token, Some(&first)).await;
+    assert_eq!(change_ids(&grown, "created"), [other_record], "{grown}");
+    assert_eq!(change_ids(&grown, "updated"), Vec::<String>::new());
+    assert_eq!(change_ids(&grown, "deleted"), [team_record]);
+    let again = pull_from(&app, &token, Some(&grown)).await;
+    let told_once = ["created", "updated", "deleted"].map(|kind| change_ids(&again, kind));
+    assert!(told_once.iter().all(Vec::is_empty), "{again}");
+}
+
+#[tokio::test]
+async fn an_admin_made_a_supervisor_is_told_every_record_now_out_of_their_scope_is_gone() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let facility = app.facility_at(SITE.0, SITE.1).await;
+    let demoted = app.user("admin", None).await;
+    let member = app.quick_user("focal", Some(demoted.id), facility).await;
+    let other = app.quick_user("focal", None, facility).await;
+    let day = Utc::now() - Duration::days(3);
+    let closed = |user: Uuid| {
+        app.insert_attendance(
+            user,
+            facility,
+            day,
+            Some(day + Duration::hours(8)),
+            "closed",
+        )
+    };
+    let mut kept = vec![
+        closed(demoted.id).await.to_string(),
+        closed(member.id).await.to_string(),
+    ];
+    let gone = closed(other.id).await.to_string();
+    let first = pull_from(&app, &demoted.token, None).await;
+    let mut everything = [kept.clone(), vec![gone.clone()]].concat();
+    everything.sort();
+    assert_eq!(change_ids(&first, "created"), everything);
+
+    let token = change_role(&app, &admin, &demoted, "supervisor").await;
+    let shrunk = pull_from(&app, &token, Some(&first)).await;
+    assert_eq!(change_ids(&shrunk, "deleted"), [gone], "{shrunk}");
+    assert_eq!(change_ids(&shrunk, "created"), Vec::<String>::new());
+    assert_eq!(change_ids(&shrunk, "updated"), Vec::<String>::new());
+    let again = pull_from(&app, &token, Some(&shrunk)).await;
+    assert_eq!(
+        change_ids(&again, "deleted"),
+        Vec::<String>::new(),
+        "{again}"
+    );
+    // What stays in scope is still theirs to read.
+    kept.sort();
+    let whole = pull_from(&app, &token, None).await;
+    assert_eq!(change_ids(&whole, "created"), kept);
+}

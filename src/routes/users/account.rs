@@ -27,9 +27,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
     responses(
         (status = 200, description = "The user", body = User),
         (status = 400, description = "Malformed id", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 404, description = "No such user, or not visible to the caller", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn get_user(
     State(state): State<AppState>,
@@ -99,12 +97,10 @@ struct Current {
     responses(
         (status = 200, description = "The updated user", body = User),
         (status = 400, description = "Malformed JSON or id", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "The caller may not change these fields", body = ErrorEnvelope),
         (status = 404, description = "No such user, or not visible to the caller", body = ErrorEnvelope),
         (status = 409, description = "Email or employee id taken (`duplicate`), a field role for someone who still supervises others, or the last active admin's role or status (`conflict`)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a supervisor cycle, or deactivating oneself", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn update_user(
     State(state): State<AppState>,
@@ -225,6 +221,9 @@ async fn update_user(
     let role_changed = req.role.is_some_and(|r| r.as_str() != current.role);
     let status_changed = req.status.is_some_and(|s| s.as_str() != current.status);
     let cut_tokens = role_changed || (status_changed && req.status != Some(UserStatus::Active));
+    // Into or out of admin, the user's whole scope moves: their devices' next pulls start over.
+    let was_admin = current.role == Role::Admin.as_str();
+    let rescoped = req.role.is_some_and(|r| (r == Role::Admin) != was_admin);
     sqlx::query(
         "UPDATE users SET
              first_name = coalesce($2, first_name),
@@ -235,7 +234,8 @@ async fn update_user(
              status = coalesce($9, status),
              facility_id = CASE WHEN $10 THEN $11 ELSE facility_id END,
              supervisor_id = CASE WHEN $12 THEN $13 ELSE supervisor_id END,
-             token_version = token_version + CASE WHEN $14 THEN 1 ELSE 0 END
+             token_version = token_version + CASE WHEN $14 THEN 1 ELSE 0 END,
+             scope_reset_xid = CASE WHEN $15 THEN pg_current_xact_id() ELSE scope_reset_xid END
          WHERE id = $1",
     )
     .bind(id)
@@ -252,6 +252,7 @@ async fn update_user(
     .bind(req.supervisor_id.is_some())
     .bind(req.supervisor_id.flatten())
     .bind(cut_tokens)
+    .bind(rescoped)
     .execute(&mut *tx)
     .await
     .on_constraints(users::UNIQUE_FIELDS)?;
@@ -338,12 +339,10 @@ fn changed_fields(req: &UpdateUser) -> Vec<&'static str> {
     responses(
         (status = 204, description = "Deactivated"),
         (status = 400, description = "Malformed id", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
         (status = 404, description = "No such user", body = ErrorEnvelope),
         (status = 409, description = "The last active admin (`conflict`)", body = ErrorEnvelope),
         (status = 422, description = "An admin cannot deactivate themself", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn deactivate_user(
     State(state): State<AppState>,
