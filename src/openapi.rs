@@ -57,9 +57,11 @@ pub fn spec() -> utoipa::openapi::OpenApi {
 }
 
 /// Answers every operation can give whatever its handler does, added once here rather than on
-/// each route: 500 (a bug), 503 (the database is unreachable; not for `/health`, which does not
-/// use it), and 413 wherever there is a body to be too large. Then the headers that middleware
-/// and the error type set (see [`add_common_headers`]).
+/// each route: 401 wherever a token is required, 429 under `/api` (every group there has its
+/// rate limit, see `routes::groups`), 500 (a bug), 503 (the database is unreachable; not for
+/// `/health`, which does not use it), and 413 wherever there is a body to be too large. A route
+/// that says more about one of them keeps its own. Then the headers that middleware and the
+/// error type set (see [`add_common_headers`]).
 pub fn add_common_responses(spec: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::content::ContentBuilder;
     use utoipa::openapi::{Ref, RefOr, ResponseBuilder};
@@ -78,6 +80,7 @@ pub fn add_common_responses(spec: &mut utoipa::openapi::OpenApi) {
     };
     for (path, item) in spec.paths.paths.iter_mut() {
         let uses_database = path != "/health";
+        let rate_limited = path.starts_with("/api/");
         for operation in [
             &mut item.get,
             &mut item.post,
@@ -89,6 +92,16 @@ pub fn add_common_responses(spec: &mut utoipa::openapi::OpenApi) {
         .flatten()
         {
             let responses = &mut operation.responses.responses;
+            if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                responses
+                    .entry("401".into())
+                    .or_insert_with(|| envelope("Missing or invalid token"));
+            }
+            if rate_limited {
+                responses
+                    .entry("429".into())
+                    .or_insert_with(|| envelope("Rate limited"));
+            }
             responses.entry("500".into()).or_insert_with(|| {
                 envelope("An internal error (`internal`); the body carries no details")
             });

@@ -65,10 +65,8 @@ pub struct ActivityFilter {
     responses(
         (status = 200, description = "A page of activities", body = Page<ActivityEntry>),
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
         (status = 422, description = "Bad paging, or a period out of range or reversed", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn list_activities(
     State(state): State<AppState>,

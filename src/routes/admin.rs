@@ -65,9 +65,7 @@ pub struct SystemInfo {
 #[utoipa::path(get, path = "/admin/system", tag = "admin", security(("bearer" = [])),
     responses(
         (status = 200, description = "System information", body = SystemInfo),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn system(
     State(state): State<AppState>,

@@ -128,10 +128,8 @@ fn already_clocked_in() -> ApiError {
         (status = 201, description = "Clocked in", body = AttendanceRecord),
         (status = 200, description = "A retry (the same `client_id`, or the same `device_id` and `occurred_at`): the record made the first time", body = AttendanceRecord),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 409, description = "Already clocked in (`already_clocked_in`), or a backdated `occurred_at` inside or before a shift already worked (`conflict`)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a time outside the accepted window or more than the maximum shift ago, no facility, or outside the geofence when enforced", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn clock_in(
     State(state): State<AppState>,
@@ -307,10 +305,8 @@ fn not_clocked_in(message: &str) -> ApiError {
     responses(
         (status = 200, description = "The closed record", body = AttendanceRecord),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 409, description = "No open shift (`not_clocked_in`), or it exceeded the maximum shift and was closed as incomplete; `conflict` when it kept changing (still open: retry)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a time outside the accepted window or before the clock-in", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn clock_out(
     State(state): State<AppState>,
@@ -418,8 +414,6 @@ pub struct ActiveAttendance {
 #[utoipa::path(get, path = "/attendance/active", tag = "attendance", security(("bearer" = [])),
     responses(
         (status = 200, description = "The open record or null", body = ActiveAttendance),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn active(
     State(state): State<AppState>,
@@ -437,9 +431,7 @@ async fn active(
     responses(
         (status = 200, description = "A page of records", body = Page<AttendanceRecord>),
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 422, description = "Bad paging, or a period out of range or reversed", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn list_attendance(
     State(state): State<AppState>,
@@ -459,9 +451,7 @@ async fn list_attendance(
     responses(
         (status = 200, description = "A page of the caller's records", body = Page<AttendanceRecord>),
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 422, description = "Bad paging, a period out of range or reversed, or another user's `user_id`", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn my_records(
     State(state): State<AppState>,
@@ -488,9 +478,7 @@ async fn my_records(
     responses(
         (status = 200, description = "The record", body = AttendanceRecord),
         (status = 400, description = "Malformed id", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 404, description = "No such record, or not visible to the caller", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn get_attendance(
     State(state): State<AppState>,

@@ -121,7 +121,6 @@ pub struct RefreshRequest {
         (status = 403, description = "Registration is closed (`registration_closed`)", body = ErrorEnvelope),
         (status = 409, description = "Email or employee id already registered (`duplicate`)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn register(
     State(state): State<AppState>,
@@ -216,7 +215,6 @@ struct LoginRow {
         (status = 403, description = "Account pending approval (`account_pending`) or deactivated (`account_inactive`)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields", body = ErrorEnvelope),
         (status = 423, description = "Locked after too many failures (`account_locked`); see Retry-After", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn login(
     State(state): State<AppState>,
@@ -424,7 +422,6 @@ fn token_response(
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 401, description = "Unknown, rotated, revoked or expired refresh token", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn refresh_tokens(
     State(state): State<AppState>,
@@ -498,7 +495,6 @@ async fn refresh_tokens(
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 401, description = "Missing or invalid access token", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn logout(
     State(state): State<AppState>,

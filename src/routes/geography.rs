@@ -65,9 +65,7 @@ pub struct CouncilQuery {
     responses(
         (status = 200, description = "A page of regions", body = Page<Region>),
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 422, description = "Bad paging", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn list_regions(
     State(state): State<AppState>,
@@ -116,10 +114,8 @@ async fn councils_page(
     responses(
         (status = 200, description = "A page of councils", body = Page<Council>),
         (status = 400, description = "Malformed id or query", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 404, description = "No such region", body = ErrorEnvelope),
         (status = 422, description = "Bad paging", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn region_councils(
     State(state): State<AppState>,
@@ -143,9 +139,7 @@ async fn region_councils(
     responses(
         (status = 200, description = "A page of councils", body = Page<Council>),
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 422, description = "Bad paging", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn list_councils(
     State(state): State<AppState>,

@@ -65,7 +65,6 @@ async fn ready(State(state): State<AppState>) -> Result<Json<HealthStatus>, ApiE
 #[utoipa::path(get, path = "/metrics", tag = "health", security(("bearer" = [])),
     responses(
         (status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Admins only (or the metrics token)", body = ErrorEnvelope),
     ))]
 async fn metrics(

@@ -61,12 +61,10 @@ pub struct ImportUpload {
     responses(
         (status = 200, description = "The import report", body = ImportReport),
         (status = 400, description = "Not a multipart form, or a bad query string", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
         (status = 413, description = "Over the upload limit, or a spreadsheet that expands absurdly", body = ErrorEnvelope),
         (status = 415, description = "Neither CSV nor a spreadsheet", body = ErrorEnvelope),
         (status = 422, description = "No `file` field, an empty file, no data rows or a missing required column", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn import_facilities(
     State(state): State<AppState>,
@@ -193,10 +191,8 @@ pub struct ImportRecord {
     responses(
         (status = 200, description = "A page of import reports", body = Page<ImportRecord>),
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
         (status = 422, description = "Bad paging", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn list_imports(
     State(state): State<AppState>,

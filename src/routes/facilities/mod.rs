@@ -33,9 +33,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     responses(
         (status = 200, description = "A page of facilities", body = Page<Facility>),
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 422, description = "Bad `near`, `radius_m` or paging", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn list_facilities(
     State(state): State<AppState>,
@@ -72,9 +70,7 @@ async fn list_facilities(
     responses(
         (status = 200, description = "The facility", body = Facility),
         (status = 400, description = "Malformed id", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 404, description = "No such facility", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn get_facility(
     State(state): State<AppState>,
@@ -199,11 +195,9 @@ async fn check_council(
     responses(
         (status = 201, description = "Created", body = Facility),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
         (status = 409, description = "Code already used (`duplicate`)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn create_facility(
     State(state): State<AppState>,
@@ -300,12 +294,10 @@ pub struct UpdateFacility {
     responses(
         (status = 200, description = "The updated facility", body = Facility),
         (status = 400, description = "Malformed JSON or id", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
         (status = 404, description = "No such facility", body = ErrorEnvelope),
         (status = 409, description = "Code already used (`duplicate`)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn update_facility(
     State(state): State<AppState>,
@@ -409,10 +401,8 @@ async fn update_facility(
     responses(
         (status = 204, description = "Deactivated"),
         (status = 400, description = "Malformed id", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
         (status = 404, description = "No such facility", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn deactivate_facility(
     State(state): State<AppState>,

@@ -226,10 +226,8 @@ impl Export {
             (String = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
         )),
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Field roles may not export", body = ErrorEnvelope),
         (status = 422, description = "Bad dates or time zone, or a period out of range or reversed", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
         (status = 503, description = "The database is unreachable or the request timed out, or as many exports as the service runs at once are running (`unavailable`, with Retry-After); retry later", body = ErrorEnvelope),
     ))]
 async fn export(

@@ -82,10 +82,8 @@ pub struct Summary {
     responses(
         (status = 200, description = "The summary", body = Summary),
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Field roles may not read summaries", body = ErrorEnvelope),
         (status = 422, description = "Bad dates or time zone, or a period out of range or reversed", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn summary(
     State(state): State<AppState>,

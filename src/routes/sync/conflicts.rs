@@ -85,10 +85,8 @@ const CONFLICT_COLUMNS: &str =
     responses(
         (status = 200, description = "A page of conflicts", body = Page<SyncConflict>),
         (status = 400, description = "Bad query string (an unknown `status`)", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
         (status = 422, description = "Bad paging", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn list_conflicts(
     State(state): State<AppState>,
@@ -149,12 +147,10 @@ pub struct Resolution {
     responses(
         (status = 200, description = "Resolved", body = Resolution),
         (status = 400, description = "Malformed JSON or id", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
         (status = 404, description = "No such conflict", body = ErrorEnvelope),
         (status = 409, description = "Already resolved, or `keep: client` for a record that changed after the conflict was queued (`conflict`); or the client's open shift beside another (`already_clocked_in`)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn resolve_conflict(
     State(state): State<AppState>,

@@ -64,10 +64,8 @@ async fn run_push(
     responses(
         (status = 200, description = "One result per record", body = PushResponse),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 413, description = "Body over the limit", body = ErrorEnvelope),
         (status = 422, description = "No device id, or more records than a batch may hold", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn push_changes(
     State(state): State<AppState>,
@@ -83,10 +81,8 @@ async fn push_changes(
     responses(
         (status = 200, description = "One result per record", body = PushResponse),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 413, description = "Body over the limit", body = ErrorEnvelope),
         (status = 422, description = "No device id, or more records than a batch may hold", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn push_changes_alias(
     State(state): State<AppState>,
@@ -115,9 +111,7 @@ pub struct PullQuery {
     responses(
         (status = 200, description = "A page of changes", body = PullResponse),
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 422, description = "A cursor this service did not issue, or a bad limit", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn pull_changes(
     State(state): State<AppState>,

@@ -76,9 +76,7 @@ pub struct WatermelonPull {
     responses(
         (status = 200, description = "Changes and the next timestamp", body = WatermelonPull),
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 422, description = "An unknown `last_pulled_at` or a malformed `migration`", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn watermelon_pull(
     State(state): State<AppState>,
@@ -135,12 +133,10 @@ pub struct WatermelonPushBody {
     responses(
         (status = 204, description = "Applied"),
         (status = 400, description = "Malformed JSON or query", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "A record of another user, or a push to a read-only table", body = ErrorEnvelope),
         (status = 409, description = "Changed on the server since `last_pulled_at` (`conflict`), or another open shift written at the same moment (`already_clocked_in`); pull and push again", body = ErrorEnvelope),
         (status = 413, description = "Body over the limit", body = ErrorEnvelope),
         (status = 422, description = "Invalid records (each named `attendance.<id>`), or an unknown `last_pulled_at`", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn watermelon_push(
     State(state): State<AppState>,

@@ -27,8 +27,6 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/users/me", tag = "users", security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller", body = User),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<User>, ApiError> {
     Ok(Json(
@@ -56,9 +54,7 @@ pub struct UpdateMe {
     responses(
         (status = 200, description = "The updated profile", body = User),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 422, description = "Invalid or unknown fields", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn update_me(
     State(state): State<AppState>,
@@ -119,10 +115,8 @@ pub struct ChangePassword {
     responses(
         (status = 204, description = "Password changed; log in again"),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 422, description = "Wrong current password or weak new one", body = ErrorEnvelope),
         (status = 423, description = "Locked after too many wrong passwords, here or at login (`account_locked`); see Retry-After", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn change_password(
     State(state): State<AppState>,

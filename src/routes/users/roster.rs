@@ -31,10 +31,8 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
     responses(
         (status = 200, description = "A page of users", body = Page<User>),
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Field roles may not list users", body = ErrorEnvelope),
         (status = 422, description = "Bad paging", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn list_users(
     State(state): State<AppState>,
@@ -75,11 +73,9 @@ pub struct CreateUser {
     responses(
         (status = 201, description = "Created", body = User),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
         (status = 409, description = "Email or employee id taken (`duplicate`)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn create_user(
     State(state): State<AppState>,
@@ -201,11 +197,9 @@ async fn decide(
     responses(
         (status = 200, description = "Approved", body = UserEnvelope),
         (status = 400, description = "Malformed id", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Only an admin or the named supervisor may decide", body = ErrorEnvelope),
         (status = 404, description = "No such user, or not visible to the caller", body = ErrorEnvelope),
         (status = 409, description = "The account is not pending", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn approve_user(
     State(state): State<AppState>,
@@ -222,11 +216,9 @@ async fn approve_user(
     responses(
         (status = 200, description = "Rejected", body = UserEnvelope),
         (status = 400, description = "Malformed id", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
         (status = 403, description = "Only an admin or the named supervisor may decide", body = ErrorEnvelope),
         (status = 404, description = "No such user, or not visible to the caller", body = ErrorEnvelope),
         (status = 409, description = "The account is not pending", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited", body = ErrorEnvelope),
     ))]
 async fn reject_user(
     State(state): State<AppState>,
