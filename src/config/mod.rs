@@ -1,0 +1,216 @@
+//! Typed configuration, read once at start-up from the environment (and an optional `.env`).
+//!
+//! Every variable is checked before anything starts, and all problems are reported together so
+//! an operator fixes a deployment in one round trip instead of one variable per restart.
+
+mod reader;
+mod sections;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use secrecy::{ExposeSecret, SecretString};
+
+use reader::Reader;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    Approval,
+    Closed,
+}
+
+/// A request budget: `burst` requests per `period`, refilled evenly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateQuota {
+    pub burst: u32,
+    pub period: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimits {
+    pub enabled: bool,
+    pub api: RateQuota,
+    pub auth: RateQuota,
+    pub upload: RateQuota,
+    pub sync: RateQuota,
+    /// Read the client address from `X-Forwarded-For` (only behind a proxy we trust).
+    pub trust_proxy: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct DbSettings {
+    /// Application traffic; may point at PgBouncer in transaction mode.
+    pub url: SecretString,
+    /// Migrations and database creation, always direct to Postgres.
+    pub migration_url: SecretString,
+    pub min_connections: u32,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// How long `serve` waits at start for a database that does not answer yet.
+    pub startup_wait: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub filter: String,
+    pub format: LogFormat,
+    /// Daily-rotated files are written here when set.
+    pub dir: Option<String>,
+    pub retention_files: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub jwt_secret: SecretString,
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub max_failed_logins: i32,
+    pub lockout: Duration,
+    pub registration: Registration,
+    /// Argon2 hashes running at once; the rest wait so logins cannot starve other requests.
+    pub max_concurrent_hashes: usize,
+    pub admin_email: Option<String>,
+    pub admin_password: Option<SecretString>,
+    /// A fixed bearer token for Prometheus, which cannot log in; admins' own tokens also serve.
+    pub metrics_token: Option<SecretString>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttendanceSettings {
+    pub default_geofence_m: i32,
+    /// Refuse clock-ins outside the geofence (422) instead of flagging them.
+    pub enforce_geofence: bool,
+    pub future_tolerance: Duration,
+    pub max_age: Duration,
+    pub max_shift: Duration,
+    pub sweep_interval: Duration,
+    pub timezone: Tz,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub env: AppEnv,
+    pub bind_addr: SocketAddr,
+    pub db: DbSettings,
+    pub run_migrations: bool,
+    pub seed_on_start: bool,
+    pub log: LogSettings,
+    pub auth: AuthSettings,
+    pub cors_origins: Vec<String>,
+    pub max_body_bytes: usize,
+    pub max_upload_bytes: usize,
+    pub request_timeout: Duration,
+    pub rate_limits: RateLimits,
+    pub attendance: AttendanceSettings,
+    pub sync_max_batch: usize,
+}
+
+/// Every problem found in the environment, each naming its variable.
+#[derive(Debug)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for problem in &self.0 {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads the process environment (`main` loads `.env` into it first, when one exists).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&|key| std::env::var(key).ok())
+    }
+
+    /// Reads configuration from a map, as tests and tools do.
+    pub fn from_map(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::from_lookup(&|key| vars.get(key).cloned())
+    }
+
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut r = Reader {
+            lookup,
+            problems: Vec::new(),
+        };
+
+        let env = r.choice(
+            "APP_ENV",
+            AppEnv::Production,
+            &[
+                ("development", AppEnv::Development),
+                ("dev", AppEnv::Development),
+                ("production", AppEnv::Production),
+                ("prod", AppEnv::Production),
+            ],
+        );
+        let dev = env == AppEnv::Development;
+
+        let mut bind_addr: SocketAddr =
+            r.parsed("BIND_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)));
+        if let Some(port) = r.raw("PORT") {
+            match port.parse::<u16>() {
+                Ok(p) => bind_addr.set_port(p),
+                Err(e) => r.problems.push(format!("PORT=`{port}` is invalid: {e}")),
+            }
+        }
+
+        let config = Config {
+            env,
+            bind_addr,
+            run_migrations: r.bool("RUN_MIGRATIONS", true),
+            seed_on_start: r.bool("SEED_ON_START", true),
+            db: sections::db(&mut r),
+            log: sections::log(&mut r, dev),
+            auth: sections::auth(&mut r, dev),
+            cors_origins: sections::cors_origins(&mut r),
+            max_body_bytes: r.ranged("MAX_BODY_BYTES", 1024 * 1024usize, 1024..=64 << 20),
+            max_upload_bytes: r.ranged("MAX_UPLOAD_BYTES", 10 * 1024 * 1024usize, 1024..=1 << 30),
+            request_timeout: Duration::from_secs(r.ranged("REQUEST_TIMEOUT_SECS", 30, 1..=3600)),
+            rate_limits: sections::rate_limits(&mut r),
+            attendance: sections::attendance(&mut r),
+            sync_max_batch: r.ranged("SYNC_MAX_BATCH", 500usize, 1..=10_000),
+        };
+        if r.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(r.problems))
+        }
+    }
+
+    pub fn is_dev(&self) -> bool {
+        self.env == AppEnv::Development
+    }
+
+    pub fn database_url(&self) -> &str {
+        self.db.url.expose_secret()
+    }
+
+    pub fn migration_database_url(&self) -> &str {
+        self.db.migration_url.expose_secret()
+    }
+}
