@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::auth::AuthUser;
 use crate::db::users::push_scope_with_self;
+use crate::domain::GeoPoint;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -268,6 +269,38 @@ pub async fn by_client_id<'e>(
     ))
     .bind(user_id)
     .bind(client_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// The user's latest shift, when a clock-out from exactly this spot (the coordinates and
+/// accuracy as the phone reported them, to the last digit) and with these notes (kept after the
+/// clock-in's) closed it within `within`: the same clock-out sent again because its answer was
+/// lost, or because the service answered 503. One shift cannot be closed twice, so such a
+/// repeat can only be that clock-out.
+pub async fn closed_from<'e>(
+    db: impl PgExecutor<'e>,
+    user_id: Uuid,
+    point: GeoPoint,
+    accuracy_m: Option<f64>,
+    notes: Option<&str>,
+    within: std::time::Duration,
+) -> Result<Option<AttendanceRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM attendance a
+         WHERE a.id = (SELECT id FROM attendance WHERE user_id = $1 AND deleted_at IS NULL
+                       ORDER BY clock_in_at DESC LIMIT 1)
+           AND a.status = 'closed' AND a.clock_out_latitude = $2 AND a.clock_out_longitude = $3
+           AND a.clock_out_accuracy_m IS NOT DISTINCT FROM $4
+           AND ($5::text IS NULL OR right(a.notes, length($5)) = $5)
+           AND a.updated_at > now() - $6"
+    ))
+    .bind(user_id)
+    .bind(point.latitude)
+    .bind(point.longitude)
+    .bind(accuracy_m)
+    .bind(notes)
+    .bind(chrono::Duration::from_std(within).unwrap_or_default())
     .fetch_optional(db)
     .await
 }

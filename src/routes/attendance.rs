@@ -296,6 +296,10 @@ async fn open_shift(state: &AppState, user_id: Uuid) -> Result<Option<OpenShift>
     }
 }
 
+/// How long after a clock-out the same clock-out sent again answers with the shift it closed.
+/// A phone retries within seconds; ten minutes covers one that was offline meanwhile.
+const REPEATED_CLOCK_OUT_WITHIN: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
 fn not_clocked_in(message: &str) -> ApiError {
     ApiError::conflict("not_clocked_in", message)
 }
@@ -303,7 +307,7 @@ fn not_clocked_in(message: &str) -> ApiError {
 /// Ends the open shift.
 #[utoipa::path(post, path = "/attendance/clock-out", tag = "attendance", security(("bearer" = [])), request_body = ClockOut,
     responses(
-        (status = 200, description = "The closed record", body = AttendanceRecord),
+        (status = 200, description = "The closed record; also when the clock-out that closed the caller's latest shift, in the last 10 minutes, is sent again (the same coordinates, accuracy and notes): that shift as it is stored", body = AttendanceRecord),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 409, description = "No open shift (`not_clocked_in`), or it exceeded the maximum shift and was closed as incomplete; `conflict` when it kept changing (still open: retry)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a time outside the accepted window or before the clock-in", body = ErrorEnvelope),
@@ -338,7 +342,14 @@ async fn clock_out(
             change_xid,
         }) = open_shift(&state, user.id).await?
         else {
-            return Err(not_clocked_in("you are not clocked in"));
+            let (accuracy, repeat) = (req.accuracy_m, REPEATED_CLOCK_OUT_WITHIN);
+            let notes = notes.as_deref();
+            return match records::closed_from(&state.db, user.id, point, accuracy, notes, repeat)
+                .await?
+            {
+                Some(closed) => Ok(Json(closed.into())),
+                None => Err(not_clocked_in("you are not clocked in")),
+            };
         };
         // Measured to the clock-out's own time: a clock-out sent late (the phone was offline)
         // still closes a shift of normal length, as long as nothing has closed it since.

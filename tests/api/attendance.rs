@@ -107,6 +107,44 @@ async fn double_clock_in_and_clock_out_without_a_shift_are_conflicts() {
 }
 
 #[tokio::test]
+async fn a_clock_out_sent_again_gets_the_shift_it_closed_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    assert_eq!(
+        clock_in(&app, &user, at_site()).await.0,
+        StatusCode::CREATED
+    );
+    let mut request = at_site();
+    request["notes"] = json!("generator down");
+    let (status, first) = clock_out(&app, &user, request.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+
+    // The phone lost the answer and sends the same clock-out again.
+    let (status, again) = clock_out(&app, &user, request.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again, first);
+    let (version, audits): (i32, i64) = sqlx::query_as(
+        "SELECT a.sync_version,
+                (SELECT count(*) FROM activities WHERE action = 'attendance.clock_out')
+         FROM attendance a WHERE a.user_id = $1",
+    )
+    .bind(user.id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!((version, audits), (2, 1));
+    // Another spot, or other notes, is another clock-out: there is no shift left to close.
+    let mut elsewhere = request.clone();
+    elsewhere["latitude"] = json!(SITE.0 + 10.0 * DEG_PER_M);
+    let mut other_notes = request;
+    other_notes["notes"] = json!("back tomorrow");
+    for body in [elsewhere, other_notes] {
+        let (status, answer) = clock_out(&app, &user, body).await;
+        assert_error(status, &answer, StatusCode::CONFLICT, "not_clocked_in");
+    }
+}
+
+#[tokio::test]
 async fn a_shift_left_open_past_the_limit_is_closed_incomplete_by_the_next_clock_in() {
     let app = TestApp::spawn().await;
     let (user, facility) = user_at_site(&app, "focal", None).await;
