@@ -41,6 +41,9 @@ pub struct Cursor {
     /// Attendance is done for this pull; facilities are being paged.
     #[serde(rename = "s", default)]
     pub facilities_stage: bool,
+    /// Last id told deleted because the caller is no longer an admin, while more are to come.
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    pub reset_after: Option<Uuid>,
 }
 
 /// `xmin:xmax:xip,xip` as Postgres prints a `pg_snapshot`, and as it reads one: ids from 1,
@@ -106,9 +109,9 @@ pub struct AttendanceChanges {
     /// Records created since the cursor (by the server's own creation, not the device's clock).
     pub created: Vec<AttendanceRecord>,
     pub updated: Vec<AttendanceRecord>,
-    /// Ids of records deleted since the cursor, and of records that left the caller's scope
-    /// (a worker moved to another supervisor, or the caller is no longer an admin), all on the
-    /// pull's first page.
+    /// Ids of records deleted since the cursor, and of records that left the caller's scope:
+    /// a worker moved to another supervisor (all on the pull's first page), or the caller is no
+    /// longer an admin (on the pull's first pages, before any other change).
     pub deleted: Vec<Uuid>,
 }
 
@@ -200,13 +203,12 @@ fn push_window(
 }
 
 /// Records that a device has never had although they were created before its base.
-enum Unseen {
-    /// None but those.
-    Nothing,
-    /// Those of users who came into a supervisor's scope after the base.
-    GainedBy(Uuid),
-    /// Those outside what this user saw before being made an admin after the base.
-    OutsideTeamOf(Uuid),
+#[derive(Default)]
+struct Unseen {
+    /// Those of users who came into this supervisor's scope after the base.
+    gained_by: Option<Uuid>,
+    /// Those outside this user's team: what they saw before being made an admin after the base.
+    outside_team_of: Option<Uuid>,
 }
 
 /// `is_new`: created after the base, or a record the device has never had either.
@@ -223,24 +225,21 @@ fn push_is_new(
             ))
             .push_bind(base.clone())
             .push("::pg_snapshot)");
-            match unseen {
-                Unseen::Nothing => {}
-                Unseen::GainedBy(viewer) => {
-                    qb.push(format_args!(
-                        " OR EXISTS (SELECT 1 FROM scope_changes s WHERE s.viewer_id = "
-                    ))
-                    .push_bind(viewer)
-                    .push(format_args!(
-                        " AND s.user_id = {alias}.user_id AND s.granted
-                          AND NOT pg_visible_in_snapshot(s.xid, "
-                    ))
-                    .push_bind(base.clone())
-                    .push("::pg_snapshot))");
-                }
-                Unseen::OutsideTeamOf(viewer) => {
-                    qb.push(" OR NOT ");
-                    push_self_and_team(qb, viewer, &format!("{alias}.user_id"));
-                }
+            if let Some(viewer) = unseen.gained_by {
+                qb.push(format_args!(
+                    " OR EXISTS (SELECT 1 FROM scope_changes s WHERE s.viewer_id = "
+                ))
+                .push_bind(viewer)
+                .push(format_args!(
+                    " AND s.user_id = {alias}.user_id AND s.granted
+                      AND NOT pg_visible_in_snapshot(s.xid, "
+                ))
+                .push_bind(base.clone())
+                .push("::pg_snapshot))");
+            }
+            if let Some(viewer) = unseen.outside_team_of {
+                qb.push(" OR NOT ");
+                push_self_and_team(qb, viewer, &format!("{alias}.user_id"));
             }
             qb.push(") AS is_new");
         }
@@ -262,20 +261,27 @@ pub async fn pull(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *conn)
         .await?;
-    // And whether the viewer's role moved into or out of admin after the base (and by the
-    // target): their whole scope moved, see the `scope_reset` migration.
-    let (now, rescoped): (String, bool) = sqlx::query_as(
-        "SELECT pg_current_snapshot()::text,
-                coalesce((SELECT pg_visible_in_snapshot(u.scope_reset_xid,
-                                     coalesce($2::pg_snapshot, pg_current_snapshot()))
-                                 AND NOT pg_visible_in_snapshot(u.scope_reset_xid, $3::pg_snapshot)
-                          FROM users u WHERE u.id = $1), false)",
+    // And the viewer's role as this snapshot has it, and whether it moved into or out of admin
+    // after the base (and by the target): their whole scope moved, see the `scope_reset`
+    // migration.
+    let (now, role, rescoped): (String, String, bool) = sqlx::query_as(
+        "SELECT pg_current_snapshot()::text, u.role,
+                coalesce(pg_visible_in_snapshot(u.scope_reset_xid,
+                             coalesce($2::pg_snapshot, pg_current_snapshot()))
+                         AND NOT pg_visible_in_snapshot(u.scope_reset_xid, $3::pg_snapshot), false)
+         FROM users u WHERE u.id = $1",
     )
     .bind(viewer.id)
     .bind(&cursor.target)
     .bind(&cursor.base)
-    .fetch_one(&mut *conn)
-    .await?;
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(ApiError::InvalidToken)?;
+    // A role changed since the token state was cached (by another instance, or the command
+    // line) ends the token; served under the old role, the pull would use up the reset.
+    if role != viewer.role.as_str() {
+        return Err(ApiError::InvalidToken);
+    }
     let target = cursor.target.clone().unwrap_or(now);
     let base = cursor.base.clone();
     let mut changes = Changes {
@@ -296,25 +302,31 @@ pub async fn pull(
         attendance_after: cursor.attendance_after.clone(),
         facilities_after: cursor.facilities_after.clone(),
         facilities_stage: cursor.facilities_stage,
+        reset_after: None,
     };
     let mut remaining = limit;
 
-    // Otherwise only a supervisor's scope moves (a field worker sees their own records, an
-    // admin all).
+    // Besides such a reset, only a supervisor's scope moves (a field worker sees their own
+    // records, an admin all).
     let supervising = !viewer.is_admin() && !viewer.role.is_field();
     if rescoped
         && !viewer.is_admin()
-        && cursor.target.is_none()
+        && (cursor.target.is_none() || cursor.reset_after.is_some())
         && let Some(base) = &base
     {
-        // The first page of a pull by a former admin: every record now out of scope that the
+        // The first pages of a pull by a former admin: every record now out of scope that the
         // device may hold (alive, or deleted since it last heard) is gone from its point of view.
-        let mut qb = QueryBuilder::new("SELECT a.id FROM attendance a WHERE NOT (true");
-        push_scope_with_self(&mut qb, viewer, "a.user_id");
-        qb.push(") AND (a.deleted_at IS NULL OR NOT pg_visible_in_snapshot(a.change_xid, ")
-            .push_bind(base.clone())
-            .push("::pg_snapshot)) ORDER BY a.id");
-        changes.attendance.deleted = qb.build_query_scalar().fetch_all(&mut *conn).await?;
+        let after = cursor.reset_after.unwrap_or_default();
+        let mut ids = out_of_scope(conn, viewer, base, after, remaining).await?;
+        if ids.len() >= remaining {
+            let more = ids.len() > remaining;
+            ids.truncate(remaining);
+            next.reset_after = more.then(|| *ids.last().expect("limit is at least 1"));
+            changes.attendance.deleted = ids;
+            return Ok((changes, next, true));
+        }
+        remaining -= ids.len();
+        changes.attendance.deleted = ids;
     } else if supervising
         && cursor.target.is_none()
         && let Some(base) = &base
@@ -339,12 +351,9 @@ pub async fn pull(
     if !cursor.facilities_stage {
         // A new admin's device gets every record it lacks, and the deletions since its base.
         let grown = rescoped && viewer.is_admin();
-        let unseen = if grown {
-            Unseen::OutsideTeamOf(viewer.id)
-        } else if supervising {
-            Unseen::GainedBy(viewer.id)
-        } else {
-            Unseen::Nothing
+        let unseen = Unseen {
+            gained_by: (supervising || grown).then_some(viewer.id),
+            outside_team_of: grown.then_some(viewer.id),
         };
         let mut qb = QueryBuilder::new(format!("SELECT {}", records::COLUMNS));
         push_is_new(&mut qb, "a", &base, unseen);
@@ -390,7 +399,7 @@ pub async fn pull(
         ));
     }
     let mut qb = QueryBuilder::new(SELECT_FACILITY);
-    push_is_new(&mut qb, "f", &base, Unseen::Nothing);
+    push_is_new(&mut qb, "f", &base, Unseen::default());
     qb.push(FROM_FACILITIES);
     qb.push(" WHERE true");
     push_window(&mut qb, "f", &base, false, &target, &next.facilities_after);
@@ -414,6 +423,25 @@ pub async fn pull(
         },
         false,
     ))
+}
+
+/// Up to `limit + 1` ids after `after`, in id order, of records outside the viewer's scope that
+/// their device may hold: alive, or deleted after `base`.
+async fn out_of_scope(
+    conn: &mut PgConnection,
+    viewer: &AuthUser,
+    base: &str,
+    after: Uuid,
+    limit: usize,
+) -> Result<Vec<Uuid>, ApiError> {
+    let mut qb = QueryBuilder::new("SELECT a.id FROM attendance a WHERE a.id > ");
+    qb.push_bind(after).push(" AND NOT (true");
+    push_scope_with_self(&mut qb, viewer, "a.user_id");
+    qb.push(") AND (a.deleted_at IS NULL OR NOT pg_visible_in_snapshot(a.change_xid, ")
+        .push_bind(base.to_string())
+        .push("::pg_snapshot)) ORDER BY a.id LIMIT ")
+        .push_bind(limit as i64 + 1);
+    Ok(qb.build_query_scalar().fetch_all(&mut *conn).await?)
 }
 
 async fn has_any_facility(
@@ -463,6 +491,7 @@ mod tests {
             attendance_after: Some(("104".into(), Uuid::nil())),
             facilities_after: None,
             facilities_stage: false,
+            reset_after: Some(Uuid::nil()),
         };
         assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
         for bad in [

@@ -1494,9 +1494,17 @@ fn change_ids(body: &Value, kind: &str) -> Vec<String> {
 }
 
 async fn pull_from(app: &TestApp, token: &str, cursor: Option<&Value>) -> Value {
+    pull_page(app, token, cursor, 200).await
+}
+
+/// A page of at most `limit` changes after the cursor of a previous answer.
+async fn pull_page(app: &TestApp, token: &str, cursor: Option<&Value>, limit: usize) -> Value {
     let path = match cursor {
-        Some(body) => format!("/api/sync/pull?cursor={}", body["cursor"].as_str().unwrap()),
-        None => "/api/sync/pull".into(),
+        Some(body) => format!(
+            "/api/sync/pull?limit={limit}&cursor={}",
+            body["cursor"].as_str().unwrap()
+        ),
+        None => format!("/api/sync/pull?limit={limit}"),
     };
     let (status, body) = send(app.get(&path).bearer_auth(token)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -1517,6 +1525,16 @@ async fn change_role(app: &TestApp, admin: &TestUser, user: &TestUser, role: &st
     body["access_token"].as_str().unwrap().to_string()
 }
 
+/// A shift of three days ago, stored as history; its id.
+async fn closed_shift(app: &TestApp, user: Uuid, facility: Uuid) -> String {
+    let day = Utc::now() - Duration::days(3);
+    let end = Some(day + Duration::hours(8));
+    let id = app
+        .insert_attendance(user, facility, day, end, "closed")
+        .await;
+    id.to_string()
+}
+
 #[tokio::test]
 async fn a_supervisor_made_an_admin_pulls_every_record_they_lacked_and_the_deletions_since() {
     let app = TestApp::spawn().await;
@@ -1525,18 +1543,11 @@ async fn a_supervisor_made_an_admin_pulls_every_record_they_lacked_and_the_delet
     let promoted = app.user("supervisor", None).await;
     let member = app.quick_user("focal", Some(promoted.id), facility).await;
     let other = app.quick_user("focal", None, facility).await;
-    let day = Utc::now() - Duration::days(3);
-    let closed = |user: Uuid| {
-        app.insert_attendance(
-            user,
-            facility,
-            day,
-            Some(day + Duration::hours(8)),
-            "closed",
-        )
-    };
-    let team_record = closed(member.id).await.to_string();
-    let other_record = closed(other.id).await.to_string();
+    let closed = |user: Uuid| closed_shift(&app, user, facility);
+    let team_record = closed(member.id).await;
+    let other_record = closed(other.id).await;
+    let moved = app.quick_user("focal", None, facility).await;
+    let moved_record = closed(moved.id).await;
     let first = pull_from(&app, &promoted.token, None).await;
     assert_eq!(
         change_ids(&first, "created"),
@@ -1547,12 +1558,22 @@ async fn a_supervisor_made_an_admin_pulls_every_record_they_lacked_and_the_delet
                         "sync_version": 1, "client_timestamp": Utc::now().to_rfc3339()});
     let (_, body) = push(&app, &member, vec![delete]).await;
     assert_eq!(statuses(&body), ["deleted"], "{body}");
+    // A worker moved under the supervisor meanwhile, with a record as old.
+    let (status, body) = send(
+        app.patch(&format!("/api/users/{}", moved.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"supervisor_id": promoted.id})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 
     let token = change_role(&app, &admin, &promoted, "admin").await;
-    // The record the device never had comes as new, though it is older than the cursor, and the
-    // deletion is not lost on the way.
+    // The records the device never had come as new, though they are older than the cursor, and
+    // the deletion is not lost on the way.
     let grown = pull_from(&app, &token, Some(&first)).await;
-    assert_eq!(change_ids(&grown, "created"), [other_record], "{grown}");
+    let mut lacked = vec![other_record, moved_record];
+    lacked.sort();
+    assert_eq!(change_ids(&grown, "created"), lacked, "{grown}");
     assert_eq!(change_ids(&grown, "updated"), Vec::<String>::new());
     assert_eq!(change_ids(&grown, "deleted"), [team_record]);
     let again = pull_from(&app, &token, Some(&grown)).await;
@@ -1568,31 +1589,36 @@ async fn an_admin_made_a_supervisor_is_told_every_record_now_out_of_their_scope_
     let demoted = app.user("admin", None).await;
     let member = app.quick_user("focal", Some(demoted.id), facility).await;
     let other = app.quick_user("focal", None, facility).await;
-    let day = Utc::now() - Duration::days(3);
-    let closed = |user: Uuid| {
-        app.insert_attendance(
-            user,
-            facility,
-            day,
-            Some(day + Duration::hours(8)),
-            "closed",
-        )
-    };
-    let mut kept = vec![
-        closed(demoted.id).await.to_string(),
-        closed(member.id).await.to_string(),
-    ];
-    let gone = closed(other.id).await.to_string();
+    let closed = |user: Uuid| closed_shift(&app, user, facility);
+    let mut kept = vec![closed(demoted.id).await, closed(member.id).await];
+    let mut gone = vec![];
+    for _ in 0..3 {
+        gone.push(closed(other.id).await);
+    }
+    gone.sort();
     let first = pull_from(&app, &demoted.token, None).await;
-    let mut everything = [kept.clone(), vec![gone.clone()]].concat();
+    let mut everything = [kept.clone(), gone.clone()].concat();
     everything.sort();
     assert_eq!(change_ids(&first, "created"), everything);
 
+    // Told in pages of the size asked for, however many there are.
     let token = change_role(&app, &admin, &demoted, "supervisor").await;
-    let shrunk = pull_from(&app, &token, Some(&first)).await;
-    assert_eq!(change_ids(&shrunk, "deleted"), [gone], "{shrunk}");
-    assert_eq!(change_ids(&shrunk, "created"), Vec::<String>::new());
-    assert_eq!(change_ids(&shrunk, "updated"), Vec::<String>::new());
+    let mut told = vec![];
+    let mut page = first;
+    loop {
+        page = pull_page(&app, &token, Some(&page), 2).await;
+        let deleted = change_ids(&page, "deleted");
+        assert!(deleted.len() <= 2, "{page}");
+        assert_eq!(change_ids(&page, "created"), Vec::<String>::new());
+        assert_eq!(change_ids(&page, "updated"), Vec::<String>::new());
+        told.extend(deleted);
+        if page["has_more"] == json!(false) {
+            break;
+        }
+        assert!(told.len() <= gone.len(), "{page}");
+    }
+    assert_eq!(told, gone);
+    let shrunk = page;
     let again = pull_from(&app, &token, Some(&shrunk)).await;
     assert_eq!(
         change_ids(&again, "deleted"),
@@ -1603,4 +1629,39 @@ async fn an_admin_made_a_supervisor_is_told_every_record_now_out_of_their_scope_
     kept.sort();
     let whole = pull_from(&app, &token, None).await;
     assert_eq!(change_ids(&whole, "created"), kept);
+}
+
+#[tokio::test]
+async fn a_token_served_from_before_a_role_change_made_elsewhere_cannot_use_up_the_reset() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(SITE.0, SITE.1).await;
+    let supervisor = app.user("supervisor", None).await;
+    let other = app.quick_user("focal", None, facility).await;
+    let other_record = closed_shift(&app, other.id, facility).await;
+    let first = pull_from(&app, &supervisor.token, None).await;
+
+    // Made an admin by the command line, another process: the service still has the
+    // supervisor's token state for a while.
+    app.cli(&[
+        "create-admin",
+        "--email",
+        &supervisor.email,
+        "--password",
+        "a new admin passphrase",
+    ]);
+    let (status, body) = send(
+        app.get(&format!(
+            "/api/sync/pull?cursor={}",
+            first["cursor"].as_str().unwrap()
+        ))
+        .bearer_auth(&supervisor.token),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+
+    let (status, login) = app.login(&supervisor.email, "a new admin passphrase").await;
+    assert_eq!(status, StatusCode::OK, "{login}");
+    let token = login["access_token"].as_str().unwrap();
+    let grown = pull_from(&app, token, Some(&first)).await;
+    assert_eq!(change_ids(&grown, "created"), [other_record], "{grown}");
 }
