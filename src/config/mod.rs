@@ -107,6 +107,16 @@ pub struct AttendanceSettings {
     pub timezone: Tz,
 }
 
+impl AttendanceSettings {
+    /// The window a clock time must fall in, for online clock-ins and -outs and for sync.
+    pub fn time_rules(&self) -> crate::domain::attendance::TimeRules {
+        crate::domain::attendance::TimeRules {
+            future_tolerance: self.future_tolerance,
+            max_age: self.max_age,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub env: AppEnv,

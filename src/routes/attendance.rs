@@ -17,7 +17,7 @@ use crate::db::clock_ins::NewClockIn;
 use crate::db::clock_outs::{self, CloseShift, OpenShift};
 use crate::db::coalesce::Shared;
 use crate::domain::GeoPoint;
-use crate::domain::attendance::{TimeRules, forgotten_before, too_old_to_open};
+use crate::domain::attendance::{forgotten_before, too_old_to_open};
 use crate::error::{ApiError, ErrorEnvelope, Invalid};
 use crate::extract::{Json, Path, Query};
 use crate::routes::checks::optional_text;
@@ -79,13 +79,6 @@ pub struct ClockOut {
     pub notes: Option<String>,
 }
 
-pub fn time_rules(state: &AppState) -> TimeRules {
-    TimeRules {
-        future_tolerance: state.config.attendance.future_tolerance,
-        max_age: state.config.attendance.max_age,
-    }
-}
-
 /// The point and accuracy of a request, or the fields' reasons.
 pub fn check_location(
     latitude: f64,
@@ -141,7 +134,7 @@ async fn clock_in(
     let mut invalid = Invalid::default();
     let point = check_location(req.latitude, req.longitude, req.accuracy_m, &mut invalid);
     let occurred_at = req.occurred_at.map_or(now, |t| t.with_timezone(&Utc));
-    if let Err(reason) = time_rules(&state).check(occurred_at, now) {
+    if let Err(reason) = state.config.attendance.time_rules().check(occurred_at, now) {
         invalid.add("occurred_at", reason);
     }
     if let Err(reason) = too_old_to_open(occurred_at, now, state.config.attendance.max_shift) {
@@ -322,7 +315,7 @@ async fn clock_out(
     let mut invalid = Invalid::default();
     let point = check_location(req.latitude, req.longitude, req.accuracy_m, &mut invalid);
     let occurred_at = req.occurred_at.map_or(now, |t| t.with_timezone(&Utc));
-    if let Err(reason) = time_rules(&state).check(occurred_at, now) {
+    if let Err(reason) = state.config.attendance.time_rules().check(occurred_at, now) {
         invalid.add("occurred_at", reason);
     }
     let notes = optional_text(req.notes, "notes", 1000, &mut invalid);

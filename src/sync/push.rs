@@ -187,16 +187,6 @@ fn reject(id: Option<Uuid>, code: &'static str, message: impl Into<String>) -> O
     Outcome::Rejected(id, code, message.into())
 }
 
-/// Field checks of one record that need no database: the same rules as online clock-in.
-pub(crate) fn check_content(
-    content: &Content,
-    rules: &TimeRules,
-    now: DateTime<Utc>,
-) -> Result<(), String> {
-    check_fields(content)?;
-    check_times(content, rules, now)
-}
-
 /// The time rules (no clock time in the future past the tolerance, none older than the limit).
 pub(crate) fn check_times(
     content: &Content,
@@ -278,13 +268,9 @@ pub async fn push(
 ) -> Result<PushResponse, ApiError> {
     // To the microsecond, as Postgres keeps it: the answer shows what is stored.
     let now = Utc::now().trunc_subsecs(6);
-    let rules = TimeRules {
-        future_tolerance: ctx.config.attendance.future_tolerance,
-        max_age: ctx.config.attendance.max_age,
-    };
     let user_id = ctx.user.id;
     let cutoff = forgotten_before(now, ctx.config.attendance.max_shift);
-    let batch = parse(raw, &rules, now);
+    let batch = parse(raw);
 
     if let Some(answered) = push_unseen(&ctx, device_id, &batch, now).await? {
         return Ok(answered);
@@ -444,7 +430,7 @@ fn readable_id(text: &RawValue) -> Option<Uuid> {
 const MAX_SYNC_VERSION: i32 = 1_000_000_000;
 
 /// Reads and checks each record on its own: the checks that need no database.
-fn parse(raw: &[Box<RawValue>], rules: &TimeRules, now: DateTime<Utc>) -> Vec<Parsed> {
+fn parse(raw: &[Box<RawValue>]) -> Vec<Parsed> {
     let mut parsed: Vec<Parsed> = Vec::with_capacity(raw.len());
     let mut seen_ids = HashSet::new();
     for text in raw {
@@ -498,7 +484,7 @@ fn parse(raw: &[Box<RawValue>], rules: &TimeRules, now: DateTime<Utc>) -> Vec<Pa
                 )),
                 (Op::Upsert, Some(data)) => {
                     let content = Content::from_data(data);
-                    match check_content(&content, rules, now) {
+                    match check_fields(&content) {
                         Ok(()) => Ok(Some(content)),
                         Err(reason) => Err(reject(id, "validation_failed", reason)),
                     }
@@ -599,6 +585,7 @@ fn decide_all(
         sites,
         queued,
     } = seen;
+    let rules = config.attendance.time_rules();
     let mut open = open.clone();
     let mut plan = Plan::default();
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -645,6 +632,15 @@ fn decide_all(
             }
         }
         let write = |content: &Content, version: i32| -> Result<Write, Outcome> {
+            // The same rules as online clock-in, for clock times the server does not hold yet:
+            // a record stored once stays acceptable, however long its device took to hear so.
+            let times_stored = existing.is_some_and(|r| {
+                r.clock_in_at == content.clock_in_at && r.clock_out_at == content.clock_out_at
+            });
+            if !times_stored {
+                check_times(content, &rules, now)
+                    .map_err(|reason| reject(Some(id), "validation_failed", reason))?;
+            }
             let site = sites.get(&content.facility_id).ok_or_else(|| {
                 reject(
                     Some(id),

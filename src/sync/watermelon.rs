@@ -391,10 +391,7 @@ pub async fn push_changes(
         }
     }
     let attendance = changes.get("attendance");
-    let rules = TimeRules {
-        future_tolerance: config.attendance.future_tolerance,
-        max_age: config.attendance.max_age,
-    };
+    let rules = config.attendance.time_rules();
     let mut upserts: Vec<(Uuid, Content)> = Vec::new();
     for raw in attendance
         .iter()

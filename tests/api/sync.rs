@@ -1665,3 +1665,49 @@ async fn a_token_served_from_before_a_role_change_made_elsewhere_cannot_use_up_t
     let grown = pull_from(&app, token, Some(&first)).await;
     assert_eq!(change_ids(&grown, "created"), [other_record], "{grown}");
 }
+
+#[tokio::test]
+async fn a_record_stored_before_it_aged_past_the_limit_replays_as_a_duplicate_and_takes_edits() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let id = Uuid::new_v4();
+    let (_, body) = push(&app, &user, vec![shift(id, facility, 2, 6, 1)]).await;
+    assert_eq!(statuses(&body), ["created"], "{body}");
+    // The device heard nothing back, and tries again once the shift is past the 30-day limit
+    // (its times moved back here, as the days would have moved them).
+    sqlx::query(
+        "UPDATE attendance SET clock_in_at = clock_in_at - interval '33 days',
+                               clock_out_at = clock_out_at - interval '33 days' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let mut replay = shift(id, facility, 35, 6, 1);
+    replay["client_timestamp"] = shift(id, facility, 2, 6, 1)["client_timestamp"].clone();
+    let (status, body) = push(&app, &user, vec![replay.clone()]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(statuses(&body), ["duplicate"], "{body}");
+
+    // An edit of its notes keeps the stored times, so it applies too; moving a clock time to
+    // another moment past the limit is still refused.
+    replay["data"]["notes"] = json!("signed off by the in-charge");
+    let mut moved = replay.clone();
+    moved["id"] = json!(Uuid::new_v4());
+    moved["client_timestamp"] = json!((Utc::now() - Duration::days(34)).to_rfc3339());
+    let (_, body) = push(&app, &user, vec![replay, moved]).await;
+    assert_eq!(statuses(&body), ["updated", "rejected"], "{body}");
+    assert!(
+        body["results"][1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("clock_in_at"),
+        "{body}"
+    );
+    let notes: String = sqlx::query_scalar("SELECT notes FROM attendance WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(notes, "signed off by the in-charge");
+}
