@@ -32,12 +32,14 @@ impl KeyExtractor for ClientKey {
 
     fn extract<T>(&self, req: &Request<T>) -> Result<Self::Key, GovernorError> {
         // The token as the authentication reads it, whatever the scheme's case: a request the
-        // service serves as a user is counted against that user.
+        // service serves as a user is counted against that user. The token's version is part of
+        // the key, so that a token ended by a password or role change (one a thief kept, or an
+        // app still retrying) spends its own budget, not that of the user's new sessions.
         if self.per_user
             && let Some(token) = bearer_in(req.headers())
             && let Ok(claims) = self.jwt.verify(token)
         {
-            return Ok(format!("user:{}", claims.sub));
+            return Ok(format!("user:{}:{}", claims.sub, claims.ver));
         }
         let peer = req.extensions().get::<ConnectInfo<SocketAddr>>();
         client_ip_from(req.headers(), peer, self.trust_proxy)

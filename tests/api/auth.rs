@@ -1025,6 +1025,33 @@ async fn the_general_api_limit_is_per_user() {
     );
 }
 
+#[tokio::test]
+async fn a_token_ended_by_a_password_change_cannot_spend_the_new_sessions_budget() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("RATE_LIMIT_ENABLED".into(), "true".into());
+        env.insert("RATE_LIMIT_API".into(), "3/15m".into());
+    })
+    .await;
+    let user = app.user("focal", None).await;
+    let (status, body) = send(
+        app.post("/api/users/me/password")
+            .bearer_auth(&user.token)
+            .json(&json!({"current_password": PASSWORD, "new_password": "a brand new passphrase"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    // Someone still holding the old token keeps sending it.
+    for _ in 0..3 {
+        let (status, _) = send(app.get("/api/users/me").bearer_auth(&user.token)).await;
+        assert_ne!(status, StatusCode::OK);
+    }
+    let (status, login) = app.login(&user.email, "a brand new passphrase").await;
+    assert_eq!(status, StatusCode::OK, "{login}");
+    let token = login["access_token"].as_str().unwrap();
+    let (status, body) = send(app.get("/api/users/me").bearer_auth(token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 /// A service whose logins allow two attempts per address, behind a proxy it trusts or not.
 async fn two_logins_per_address(trust_proxy: bool) -> TestApp {
     TestApp::spawn_with(|env| {
