@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use crate::domain::{Email, Password, Role};
+use crate::domain::{Email, Password, Role, UserStatus};
 use crate::error::{ApiError, Invalid};
 use crate::state::AppState;
 
@@ -80,21 +80,29 @@ impl NewIdentity {
     }
 }
 
-/// Checks that `supervisor_id` names someone who may supervise. Inside a transaction the row
-/// stays share-locked, so the role cannot change to a field role before the transaction ends.
+/// Checks that `supervisor_id` names someone who may supervise, with an active account, unless
+/// the user already has them (`kept`: an edit that sends the account's other fields back
+/// unchanged). Inside a transaction the row stays share-locked, so the role cannot change to a
+/// field role, nor the account be deactivated, before the transaction ends.
 pub async fn check_supervisor(
     db: impl sqlx::PgExecutor<'_>,
     supervisor_id: Option<Uuid>,
+    kept: Option<Uuid>,
     invalid: &mut Invalid,
 ) -> Result<(), ApiError> {
     if let Some(id) = supervisor_id {
-        let role: Option<String> =
-            sqlx::query_scalar("SELECT role FROM users WHERE id = $1 FOR SHARE")
+        let found: Option<(String, String)> =
+            sqlx::query_as("SELECT role, status FROM users WHERE id = $1 FOR SHARE")
                 .bind(id)
                 .fetch_optional(db)
                 .await?;
-        match role.and_then(|r| r.parse::<Role>().ok()) {
-            Some(role) if role.can_supervise() => {}
+        let found = found.map(|(role, status)| (role.parse::<Role>().ok(), status));
+        match found {
+            Some((Some(role), status)) if role.can_supervise() => {
+                if status != UserStatus::Active.as_str() && kept != Some(id) {
+                    invalid.add("supervisor_id", "names a deactivated account");
+                }
+            }
             Some(_) => invalid.add(
                 "supervisor_id",
                 "must be a supervisor, backstopper or admin",

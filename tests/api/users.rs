@@ -815,3 +815,63 @@ async fn two_admins_edit_each_other(with_email: bool) {
         "with email: {with_email}"
     );
 }
+
+#[tokio::test]
+async fn a_deactivated_supervisor_takes_no_one_new_but_keeps_the_team_it_had() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let facility = app.facility().await;
+    let boss = app.user("supervisor", None).await;
+    let worker = app.quick_user("focal", Some(boss.id), facility).await;
+    let newcomer = app.quick_user("focal", None, facility).await;
+    let (status, body) = send(
+        app.delete(&format!("/api/users/{}", boss.id))
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert!(status.is_success(), "{status} {body}");
+    let patch = |id: uuid::Uuid, body: Value| {
+        send(
+            app.patch(&format!("/api/users/{id}"))
+                .bearer_auth(&admin.token)
+                .json(&body),
+        )
+    };
+
+    let (status, body) = patch(newcomer.id, json!({"supervisor_id": boss.id})).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert!(
+        body["error"]["details"]["supervisor_id"].is_array(),
+        "{body}"
+    );
+    let (status, body) = send(app.post("/api/auth/register").json(&json!({
+        "email": "new.nurse@example.org", "password": "a long enough passphrase",
+        "first_name": "New", "last_name": "Nurse", "facility_id": facility,
+        "supervisor_id": boss.id,
+    })))
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    let supervised: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE supervisor_id = $1")
+        .bind(boss.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(supervised, 1);
+    // An edit of the worker who has them, sending the supervisor back unchanged, still applies.
+    let (status, body) = patch(
+        worker.id,
+        json!({"first_name": "Renamed", "supervisor_id": boss.id}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

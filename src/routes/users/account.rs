@@ -183,7 +183,13 @@ async fn update_user(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(ApiError::NotFound)?;
-    check_supervisor(&mut *tx, req.supervisor_id.flatten(), &mut invalid).await?;
+    check_supervisor(
+        &mut *tx,
+        req.supervisor_id.flatten(),
+        current.supervisor_id,
+        &mut invalid,
+    )
+    .await?;
     if let Some(Some(supervisor)) = req.supervisor_id
         && (supervisor == id || users::is_above(&mut *tx, id, supervisor).await?)
     {
