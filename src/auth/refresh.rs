@@ -58,9 +58,22 @@ pub async fn owner(
 pub enum Rotation {
     /// The token was current: it is now rotated, and this is its family and owner.
     Rotated { user_id: Uuid, family_id: Uuid },
-    /// The token had already been used or revoked: its family is now revoked. `stolen` when it
-    /// had been rotated and its family was still live: someone else holds the newer tokens.
+    /// The token had already been used or revoked: its family is now revoked. `stolen` the
+    /// first time a rotated token of the family comes back: someone else holds, or held, the
+    /// newer tokens, and may hold an access token from them.
     Reused { user_id: Uuid, stolen: bool },
+}
+
+/// Records that a rotated token of `family_id` came back; true the first time (see the
+/// `refresh_reuse` migration).
+async fn first_reuse(conn: &mut PgConnection, family_id: Uuid) -> Result<bool, sqlx::Error> {
+    let recorded = sqlx::query(
+        "INSERT INTO refresh_families_reused (family_id) VALUES ($1) ON CONFLICT DO NOTHING",
+    )
+    .bind(family_id)
+    .execute(conn)
+    .await?;
+    Ok(recorded.rows_affected() == 1)
 }
 
 /// Serialises the rotations and revocations of one family (one login's chain), within the
@@ -91,11 +104,9 @@ pub async fn rotate(
     .await?
     .ok_or(ApiError::InvalidToken)?;
     if rotated || revoked {
-        let live = revoke_family(&mut *conn, family_id).await?;
-        return Ok(Rotation::Reused {
-            user_id,
-            stolen: rotated && live > 0,
-        });
+        revoke_family(&mut *conn, family_id).await?;
+        let stolen = rotated && first_reuse(&mut *conn, family_id).await?;
+        return Ok(Rotation::Reused { user_id, stolen });
     }
     if expired {
         return Err(ApiError::TokenExpired);
@@ -118,9 +129,17 @@ async fn revoke_family(conn: &mut PgConnection, family_id: Uuid) -> Result<u64, 
     Ok(revoked.rows_affected())
 }
 
+/// What a logout did.
+pub struct Revoked {
+    /// Live tokens of the chain were revoked.
+    pub ended: bool,
+    /// The token sent had been rotated, for the first time in its chain (as at a refresh).
+    pub stolen: bool,
+}
+
 /// Revokes a token of this user and its whole chain (logout): a token already rotated still
 /// names the session, whose current token may be elsewhere. Unknown tokens are ignored.
-pub async fn revoke(db: &PgPool, user_id: Uuid, token: &str) -> Result<bool, sqlx::Error> {
+pub async fn revoke(db: &PgPool, user_id: Uuid, token: &str) -> Result<Revoked, sqlx::Error> {
     let mut tx = db.begin().await?;
     let family: Option<Uuid> = sqlx::query_scalar(
         "SELECT family_id FROM refresh_tokens WHERE token_hash = $1 AND user_id = $2",
@@ -130,12 +149,25 @@ pub async fn revoke(db: &PgPool, user_id: Uuid, token: &str) -> Result<bool, sql
     .fetch_optional(&mut *tx)
     .await?;
     let Some(family_id) = family else {
-        return Ok(false);
+        return Ok(Revoked {
+            ended: false,
+            stolen: false,
+        });
     };
     lock_family(&mut tx, family_id).await?;
+    let rotated: bool = sqlx::query_scalar(
+        "SELECT rotated_at IS NOT NULL FROM refresh_tokens WHERE token_hash = $1",
+    )
+    .bind(digest(token))
+    .fetch_one(&mut *tx)
+    .await?;
     let revoked = revoke_family(&mut tx, family_id).await?;
+    let stolen = rotated && first_reuse(&mut tx, family_id).await?;
     tx.commit().await?;
-    Ok(revoked > 0)
+    Ok(Revoked {
+        ended: revoked > 0,
+        stolen,
+    })
 }
 
 /// Revokes every token of a user (deactivation, password change).
@@ -155,9 +187,20 @@ pub async fn revoke_all<'e>(
 /// Deletes refresh tokens that expired more than a day ago: none can be used again, and a
 /// rotated one presented after that is refused as unknown rather than as reused.
 pub async fn prune_expired(db: &PgPool) -> Result<u64, sqlx::Error> {
-    let removed =
-        sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < now() - interval '1 day'")
-            .execute(db)
-            .await?;
-    Ok(removed.rows_affected())
+    // A family's reuse is forgotten with its last token: one presented after that is unknown.
+    let removed: i64 = sqlx::query_scalar(
+        "WITH gone AS (
+           DELETE FROM refresh_tokens WHERE expires_at < now() - interval '1 day'
+           RETURNING family_id),
+         forgotten AS (
+           DELETE FROM refresh_families_reused r
+           WHERE r.family_id IN (SELECT family_id FROM gone)
+             AND NOT EXISTS (SELECT 1 FROM refresh_tokens t
+                             WHERE t.family_id = r.family_id
+                               AND t.expires_at >= now() - interval '1 day'))
+         SELECT count(*) FROM gone",
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(removed as u64)
 }

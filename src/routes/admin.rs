@@ -28,6 +28,7 @@ const TABLES: &[&str] = &[
     "attendance",
     "activities",
     "refresh_tokens",
+    "refresh_families_reused",
     "sync_conflicts",
     "sync_snapshots",
     "scope_changes",

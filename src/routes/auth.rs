@@ -450,13 +450,8 @@ async fn refresh_tokens(
                 .record(&mut *tx)
                 .await?;
             tx.commit().await?;
-            // Whoever holds the chain's newer tokens may hold an access token from it too: every
-            // access token of the user stops working, once per stolen chain. Devices with
-            // another, unrevoked chain refresh and carry on. (After the commit: this transaction
-            // holds the account `FOR SHARE`, as a concurrent presentation of the same token may.)
             if stolen {
-                users::end_access_tokens(&state.db, user_id).await?;
-                state.auth_cache.invalidate(user_id);
+                end_access_tokens(&state, user_id).await?;
             }
             return Err(ApiError::InvalidToken);
         }
@@ -502,7 +497,8 @@ async fn logout(
     client: ClientInfo,
     Json(req): Json<RefreshRequest>,
 ) -> Result<StatusCode, ApiError> {
-    if refresh::revoke(&state.db, user.id, req.refresh_token.trim()).await? {
+    let revoked = refresh::revoke(&state.db, user.id, req.refresh_token.trim()).await?;
+    if revoked.ended {
         Activity::new("auth.logout")
             .by(&user)
             .on("user", user.id)
@@ -510,5 +506,32 @@ async fn logout(
             .record(&state.db)
             .await?;
     }
+    if revoked.stolen {
+        Activity::new("auth.refresh_reuse")
+            .by(&user)
+            .on("user", user.id)
+            .from(&client)
+            .record(&state.db)
+            .await?;
+        end_access_tokens(&state, user.id).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// After a rotated refresh token came back: whoever holds, or held, the chain's newer tokens
+/// may hold an access token from it too, so every access token of the user stops working (once
+/// per stolen chain). Devices with another, unrevoked chain refresh and carry on. Done on a task
+/// of its own, so that a client hanging up cannot cancel it, and after the commit: the
+/// refresh's transaction holds the account `FOR SHARE`, as a concurrent presentation of the
+/// same token may.
+async fn end_access_tokens(state: &AppState, user_id: Uuid) -> Result<(), ApiError> {
+    let (db, cache) = (state.db.clone(), state.auth_cache.clone());
+    tokio::spawn(async move {
+        users::end_access_tokens(&db, user_id).await?;
+        cache.invalidate(user_id);
+        Ok::<_, sqlx::Error>(())
+    })
+    .await
+    .map_err(anyhow::Error::from)??;
+    Ok(())
 }

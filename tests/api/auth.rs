@@ -657,6 +657,55 @@ async fn a_reused_refresh_token_ends_the_access_tokens_of_the_stolen_chain() {
 }
 
 #[tokio::test]
+async fn a_thief_who_logs_out_the_stolen_chain_still_loses_their_access_token() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    let refresh = |token: &Value| {
+        send(
+            app.post("/api/auth/refresh")
+                .json(&json!({ "refresh_token": token })),
+        )
+    };
+    let me = |token: &str| send(app.get("/api/users/me").bearer_auth(token));
+    let (status, stolen) = refresh(&json!(user.refresh_token)).await;
+    assert_eq!(status, StatusCode::OK, "{stolen}");
+    let thief_access = stolen["access_token"].as_str().unwrap();
+    // The thief ends the chain, hoping the owner's reuse finds nothing live to call theft.
+    let (status, _) = send(
+        app.post("/api/auth/logout")
+            .bearer_auth(thief_access)
+            .json(&json!({"refresh_token": stolen["refresh_token"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = refresh(&json!(user.refresh_token)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = me(thief_access).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+
+    // Told once per chain: the owner's new login survives the old token coming back again.
+    let (status, login) = app.login(&user.email, PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{login}");
+    let (status, _) = refresh(&json!(user.refresh_token)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = me(login["access_token"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The owner logging out with the token the thief rotated is the same alarm.
+    let (status, stolen) = refresh(&login["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK, "{stolen}");
+    let (status, _) = send(
+        app.post("/api/auth/logout")
+            .bearer_auth(login["access_token"].as_str().unwrap())
+            .json(&json!({"refresh_token": login["refresh_token"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = me(stolen["access_token"].as_str().unwrap()).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+}
+
+#[tokio::test]
 async fn logout_with_an_already_rotated_token_ends_the_session_it_came_from() {
     let app = TestApp::spawn().await;
     let user = app.user("focal", None).await;
@@ -1165,12 +1214,16 @@ async fn the_conflict_queue_is_not_counted_as_syncing() {
 async fn refresh_tokens_expired_for_a_day_are_pruned_and_current_ones_kept() {
     let app = TestApp::spawn().await;
     let user = app.user("focal", None).await;
+    let (gone, kept) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     sqlx::query(
-        "INSERT INTO refresh_tokens (user_id, family_id, token_hash, expires_at)
-         VALUES ($1, gen_random_uuid(), sha256('long gone'::bytea), now() - interval '2 days'),
-                ($1, gen_random_uuid(), sha256('just gone'::bytea), now() - interval '1 hour')",
+        "WITH reused AS (INSERT INTO refresh_families_reused (family_id) VALUES ($2), ($3))
+         INSERT INTO refresh_tokens (user_id, family_id, token_hash, expires_at)
+         VALUES ($1, $2, sha256('long gone'::bytea), now() - interval '2 days'),
+                ($1, $3, sha256('just gone'::bytea), now() - interval '1 hour')",
     )
     .bind(user.id)
+    .bind(gone)
+    .bind(kept)
     .execute(&app.db)
     .await
     .unwrap();
@@ -1178,6 +1231,13 @@ async fn refresh_tokens_expired_for_a_day_are_pruned_and_current_ones_kept() {
         .await
         .unwrap();
     assert_eq!(removed, 1);
+    // A chain's reuse is forgotten with its last token.
+    let reused: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT family_id FROM refresh_families_reused")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(reused, [kept]);
     let (status, _) = send(
         app.post("/api/auth/refresh")
             .json(&json!({"refresh_token": user.refresh_token})),
