@@ -875,3 +875,46 @@ async fn a_deactivated_supervisor_takes_no_one_new_but_keeps_the_team_it_had() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+#[tokio::test]
+async fn a_supervisors_edit_of_someone_moved_away_meanwhile_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let boss = app.user("supervisor", None).await;
+    let next_boss = app.user("supervisor", None).await;
+    let facility = app.facility().await;
+    let worker = app.quick_user("focal", Some(boss.id), facility).await;
+    let elsewhere = app.facility().await;
+    // An admin's move of the worker is under way: it holds the worker's row.
+    let mut mover = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+        .bind(worker.id)
+        .execute(&mut *mover)
+        .await
+        .unwrap();
+    let edit = send(
+        app.patch(&format!("/api/users/{}", worker.id))
+            .bearer_auth(&boss.token)
+            .json(&json!({ "facility_id": elsewhere })),
+    );
+    let move_commits = async {
+        app.until_waiting_on_rows(1, "the supervisor's edit waits on the worker's row")
+            .await;
+        sqlx::query("UPDATE users SET supervisor_id = $2 WHERE id = $1")
+            .bind(worker.id)
+            .bind(next_boss.id)
+            .execute(&mut *mover)
+            .await
+            .unwrap();
+        mover.commit().await.unwrap();
+    };
+    let ((status, body), ()) = tokio::join!(edit, move_commits);
+
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let kept: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT facility_id FROM users WHERE id = $1")
+            .bind(worker.id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(kept, Some(facility));
+}

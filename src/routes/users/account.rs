@@ -152,9 +152,14 @@ async fn update_user(
 
     let mut tx = state.db.begin().await?;
     // Supervision changes are serialised so that two concurrent edits cannot form a cycle
-    // that neither would see alone.
+    // that neither would see alone. A supervisor's edit holds the tree still (shared) until it
+    // commits, so that the user cannot leave their team meanwhile (checked again below).
     if req.supervisor_id.is_some() {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('users.supervisor_id'))")
+            .execute(&mut *tx)
+            .await?;
+    } else if !actor.is_admin() {
+        sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtext('users.supervisor_id'))")
             .execute(&mut *tx)
             .await?;
     }
@@ -183,6 +188,11 @@ async fn update_user(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(ApiError::NotFound)?;
+    // Still in the supervisor's team now that the tree and the row are held (a move that
+    // committed since the first check took the user away).
+    if !actor.is_admin() && !users::is_above(&mut *tx, actor.id, id).await? {
+        return Err(ApiError::NotFound);
+    }
     check_supervisor(
         &mut *tx,
         req.supervisor_id.flatten(),
