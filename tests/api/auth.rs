@@ -1317,3 +1317,69 @@ async fn a_logged_out_token_presented_again_ends_no_other_session() {
     .await;
     assert_eq!(status, StatusCode::OK, "the tablet's session goes on");
 }
+
+#[tokio::test]
+async fn an_admin_sets_a_forgotten_password_which_lifts_the_lock_and_ends_old_sessions() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let supervisor = app.user("supervisor", None).await;
+    let worker = app.user("focal", Some(supervisor.id)).await;
+    for _ in 0..5 {
+        app.login(&worker.email, "not the password at all").await;
+    }
+    assert_eq!(
+        app.login(&worker.email, PASSWORD).await.0,
+        StatusCode::LOCKED
+    );
+    let reset = |by: &crate::helpers::TestUser, id: uuid::Uuid, password: &str| {
+        send(
+            app.post(&format!("/api/users/{id}/password"))
+                .bearer_auth(&by.token)
+                .json(&json!({ "new_password": password })),
+        )
+    };
+
+    // Refused: a weak password, a supervisor, one's own, an unknown user.
+    let (status, body) = reset(&admin, worker.id, "short").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert!(
+        body["error"]["details"]["new_password"].is_array(),
+        "{body}"
+    );
+    let (status, body) = reset(&supervisor, worker.id, "a handed-over passphrase").await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    let (status, body) = reset(&admin, admin.id, "a handed-over passphrase").await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    let (status, body) = reset(&admin, uuid::Uuid::new_v4(), "a handed-over passphrase").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(
+        app.login(&worker.email, PASSWORD).await.0,
+        StatusCode::LOCKED
+    );
+
+    let (status, body) = reset(&admin, worker.id, "a handed-over passphrase").await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, body) = send(app.get("/api/users/me").bearer_auth(&worker.token)).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+    let (status, body) = send(
+        app.post("/api/auth/refresh")
+            .json(&json!({"refresh_token": worker.refresh_token})),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+    let (status, login) = app.login(&worker.email, "a handed-over passphrase").await;
+    assert_eq!(status, StatusCode::OK, "{login}");
+    assert_eq!(login["user"]["role"], "focal");
+    let trail: Vec<(Option<uuid::Uuid>, Option<uuid::Uuid>)> = sqlx::query_as(
+        "SELECT actor_id, entity_id FROM activities WHERE action = 'user.password_reset'",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(trail, [(Some(admin.id), Some(worker.id))]);
+}

@@ -1,0 +1,191 @@
+//! Passwords: one's own change, and an admin's reset of someone else's.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use secrecy::SecretString;
+use serde::Deserialize;
+use sqlx::PgConnection;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::audit::Activity;
+use crate::auth::{AuthUser, ClientInfo, lockout, refresh};
+use crate::domain::{Password, Role};
+use crate::error::{ApiError, ErrorEnvelope, Invalid};
+use crate::extract::{Json, Path};
+use crate::state::AppState;
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(change_password))
+        .routes(routes!(reset_password))
+}
+
+/// Stores a new password hash: every token issued before stops working, and a lockout ends.
+/// Returns false when there is no such user.
+async fn store(tx: &mut PgConnection, id: Uuid, hash: String) -> Result<bool, sqlx::Error> {
+    let stored = sqlx::query(
+        "UPDATE users SET password_hash = $2, token_version = token_version + 1,
+                          failed_login_count = 0, locked_until = NULL
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(hash)
+    .execute(&mut *tx)
+    .await?;
+    refresh::revoke_all(&mut *tx, id).await?;
+    Ok(stored.rows_affected() == 1)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    #[schema(min_length = 1, max_length = 1024)]
+    pub current_password: String,
+    /// 10 to 128 characters, not the email.
+    #[schema(min_length = 10, max_length = 128)]
+    pub new_password: String,
+}
+
+/// Changes one's password. Every token issued before stops working.
+#[utoipa::path(post, path = "/users/me/password", tag = "users", security(("bearer" = [])), request_body = ChangePassword,
+    responses(
+        (status = 204, description = "Password changed; log in again"),
+        (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
+        (status = 422, description = "Wrong current password or weak new one", body = ErrorEnvelope),
+        (status = 423, description = "Locked after too many wrong passwords, here or at login (`account_locked`); see Retry-After", body = ErrorEnvelope),
+    ))]
+async fn change_password(
+    State(state): State<AppState>,
+    user: AuthUser,
+    client: ClientInfo,
+    Json(req): Json<ChangePassword>,
+) -> Result<StatusCode, ApiError> {
+    let mut invalid = Invalid::default();
+    let new_password = invalid.check(
+        "new_password",
+        Password::parse(&req.new_password, &user.email),
+    );
+    if req.current_password.is_empty() {
+        invalid.add("current_password", "is required");
+    } else if req.current_password.chars().count() > 1024 {
+        invalid.add("current_password", "must be at most 1024 characters");
+    }
+    // A request refused for its shape checks no password: it neither counts towards the lock
+    // nor meets it.
+    if !invalid.is_empty() {
+        return Err(invalid.into_error());
+    }
+    let new_password = new_password.expect("checked above");
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
+        .bind(user.id)
+        .fetch_one(&state.db)
+        .await?;
+    // Guesses here count towards the same lock as guesses at login.
+    let attempt = match lockout::attempt(&state.db, Some(user.id), &state.config.auth).await {
+        Ok(attempt) => {
+            attempt.ok_or_else(|| anyhow::anyhow!("a counted check names its account"))?
+        }
+        Err(locked @ ApiError::AccountLocked { .. }) => {
+            Activity::new("user.password_change_failed")
+                .by(&user)
+                .on("user", user.id)
+                .from(&client)
+                .details(serde_json::json!({ "reason": "account_locked" }))
+                .record_or_warn(&state.db)
+                .await;
+            return Err(locked);
+        }
+        Err(other) => return Err(other),
+    };
+    let current_ok = state
+        .hasher
+        .verify(SecretString::from(req.current_password), Some(hash))
+        .await?;
+    if !current_ok {
+        let failure = attempt.failed();
+        let mut tx = state.db.begin().await?;
+        Activity::new("user.password_change_failed")
+            .by(&user)
+            .on("user", user.id)
+            .from(&client)
+            .details(serde_json::json!({ "reason": "wrong_password" }))
+            .record(&mut *tx)
+            .await?;
+        if let Some(lock) = lockout::lock_activity(failure, &user.email, &state.config.auth) {
+            lock.by(&user).from(&client).record(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        return Err(ApiError::invalid("current_password", "is incorrect"));
+    }
+    let new_hash = state.hasher.hash(new_password.into_secret()).await?;
+    let mut tx = state.db.begin().await?;
+    store(&mut tx, user.id, new_hash).await?;
+    Activity::new("user.password_change")
+        .by(&user)
+        .on("user", user.id)
+        .from(&client)
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    attempt.cleared();
+    state.auth_cache.invalidate(user.id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetPassword {
+    /// The password to hand over to the user: 10 to 128 characters, not their email.
+    #[schema(min_length = 10, max_length = 128)]
+    pub new_password: String,
+}
+
+/// Sets another user's password (admin), for someone who forgot theirs: it also lifts a
+/// lockout, and every token the user held stops working. Their role and status are unchanged.
+#[utoipa::path(post, path = "/users/{id}/password", tag = "users", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "User id")), request_body = ResetPassword,
+    responses(
+        (status = 204, description = "Password set; the user logs in with it"),
+        (status = 400, description = "Malformed JSON or id", body = ErrorEnvelope),
+        (status = 403, description = "Admins only, and not for their own password (`POST /users/me/password` asks for the current one)", body = ErrorEnvelope),
+        (status = 404, description = "No such user", body = ErrorEnvelope),
+        (status = 422, description = "A weak password", body = ErrorEnvelope),
+    ))]
+async fn reset_password(
+    State(state): State<AppState>,
+    admin: AuthUser,
+    client: ClientInfo,
+    Path(id): Path<Uuid>,
+    Json(req): Json<ResetPassword>,
+) -> Result<StatusCode, ApiError> {
+    admin.require(Role::Admin)?;
+    if admin.id == id {
+        return Err(ApiError::Forbidden);
+    }
+    let email: String = sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let mut invalid = Invalid::default();
+    let password = invalid.check("new_password", Password::parse(&req.new_password, &email));
+    invalid.finish()?;
+    let password = password.expect("checked above");
+    let hash = state.hasher.hash(password.into_secret()).await?;
+    let mut tx = state.db.begin().await?;
+    if !store(&mut tx, id, hash).await? {
+        return Err(ApiError::NotFound);
+    }
+    Activity::new("user.password_reset")
+        .by(&admin)
+        .on("user", id)
+        .from(&client)
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    state.auth_cache.invalidate(id);
+    Ok(StatusCode::NO_CONTENT)
+}
