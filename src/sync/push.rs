@@ -631,16 +631,19 @@ fn decide_all(
                 continue;
             }
         }
-        let write = |content: &Content, version: i32| -> Result<Write, Outcome> {
-            // The same rules as online clock-in, for clock times the server does not hold yet:
-            // a record stored once stays acceptable, however long its device took to hear so.
-            let times_stored = existing.is_some_and(|r| {
+        // The same rules as online clock-in, for clock times the server does not hold yet: a
+        // record stored once stays acceptable, however long its device took to hear so. Checked
+        // before any decision, so that a conflict queued for an admin holds acceptable times.
+        if let Some(content) = content
+            && !existing.is_some_and(|r| {
                 r.clock_in_at == content.clock_in_at && r.clock_out_at == content.clock_out_at
-            });
-            if !times_stored {
-                check_times(content, &rules, now)
-                    .map_err(|reason| reject(Some(id), "validation_failed", reason))?;
-            }
+            })
+            && let Err(reason) = check_times(content, &rules, now)
+        {
+            outcomes.push(reject(Some(id), "validation_failed", reason));
+            continue;
+        }
+        let write = |content: &Content, version: i32| -> Result<Write, Outcome> {
             let site = sites.get(&content.facility_id).ok_or_else(|| {
                 reject(
                     Some(id),

@@ -1711,3 +1711,27 @@ async fn a_record_stored_before_it_aged_past_the_limit_replays_as_a_duplicate_an
         .unwrap();
     assert_eq!(notes, "signed off by the in-charge");
 }
+
+#[tokio::test]
+async fn a_stale_copy_with_times_outside_the_window_is_rejected_not_queued_for_an_admin() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let id = Uuid::new_v4();
+    let mut record = shift(id, facility, 2, 6, 1);
+    push(&app, &user, vec![record.clone()]).await;
+    record["sync_version"] = json!(2);
+    record["data"]["notes"] = json!("edited");
+    let (_, body) = push(&app, &user, vec![record.clone()]).await;
+    assert_eq!(statuses(&body), ["updated"], "{body}");
+
+    // A copy from before the edit, its clock-in moved 60 days back, to be settled by hand.
+    let mut stale = shift(id, facility, 60, 6, 1);
+    stale["conflict_strategy"] = json!("manual");
+    let (_, body) = push(&app, &user, vec![stale]).await;
+    assert_eq!(statuses(&body), ["rejected"], "{body}");
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM sync_conflicts")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(queued, 0);
+}
