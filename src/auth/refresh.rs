@@ -61,19 +61,45 @@ pub enum Rotation {
     /// The token had already been used or revoked: its family is now revoked. `stolen` the
     /// first time a rotated token of the family comes back: someone else holds, or held, the
     /// newer tokens, and may hold an access token from them.
-    Reused { user_id: Uuid, stolen: bool },
+    Reused {
+        user_id: Uuid,
+        family_id: Uuid,
+        stolen: bool,
+    },
 }
 
-/// Records that a rotated token of `family_id` came back; true the first time (see the
-/// `refresh_reuse` migration).
+/// Records that a rotated token of `family_id` came back; true until the user's access tokens
+/// have been ended for it by [`end_access_tokens`] (see the `refresh_reuse` migration).
 async fn first_reuse(conn: &mut PgConnection, family_id: Uuid) -> Result<bool, sqlx::Error> {
-    let recorded = sqlx::query(
-        "INSERT INTO refresh_families_reused (family_id) VALUES ($1) ON CONFLICT DO NOTHING",
+    let pending = sqlx::query(
+        "INSERT INTO refresh_families_reused AS r (family_id) VALUES ($1)
+         ON CONFLICT (family_id) DO UPDATE SET detected_at = r.detected_at
+         WHERE r.ended_at IS NULL",
     )
     .bind(family_id)
     .execute(conn)
     .await?;
-    Ok(recorded.rows_affected() == 1)
+    Ok(pending.rows_affected() == 1)
+}
+
+/// Ends every access token of the user whose chain `family_id` was found reused (within the auth
+/// cache's life on other instances), and marks that done, in one statement. Outside the transaction that found the reuse: a refresh holds the
+/// account `FOR SHARE`, as a concurrent presentation of the same token may, and neither could
+/// then take the row.
+pub async fn end_access_tokens(
+    db: &PgPool,
+    user_id: Uuid,
+    family_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH ended AS (UPDATE users SET token_version = token_version + 1 WHERE id = $1)
+         UPDATE refresh_families_reused SET ended_at = now() WHERE family_id = $2",
+    )
+    .bind(user_id)
+    .bind(family_id)
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// Serialises the rotations and revocations of one family (one login's chain), within the
@@ -106,7 +132,11 @@ pub async fn rotate(
     if rotated || revoked {
         revoke_family(&mut *conn, family_id).await?;
         let stolen = rotated && first_reuse(&mut *conn, family_id).await?;
-        return Ok(Rotation::Reused { user_id, stolen });
+        return Ok(Rotation::Reused {
+            user_id,
+            family_id,
+            stolen,
+        });
     }
     if expired {
         return Err(ApiError::TokenExpired);
@@ -133,8 +163,9 @@ async fn revoke_family(conn: &mut PgConnection, family_id: Uuid) -> Result<u64, 
 pub struct Revoked {
     /// Live tokens of the chain were revoked.
     pub ended: bool,
-    /// The token sent had been rotated, for the first time in its chain (as at a refresh).
-    pub stolen: bool,
+    /// The chain, when the token sent had been rotated and the user's access tokens are still
+    /// to be ended for it (as at a refresh).
+    pub stolen: Option<Uuid>,
 }
 
 /// Revokes a token of this user and its whole chain (logout): a token already rotated still
@@ -151,7 +182,7 @@ pub async fn revoke(db: &PgPool, user_id: Uuid, token: &str) -> Result<Revoked, 
     let Some(family_id) = family else {
         return Ok(Revoked {
             ended: false,
-            stolen: false,
+            stolen: None,
         });
     };
     lock_family(&mut tx, family_id).await?;
@@ -166,7 +197,7 @@ pub async fn revoke(db: &PgPool, user_id: Uuid, token: &str) -> Result<Revoked, 
     tx.commit().await?;
     Ok(Revoked {
         ended: revoked > 0,
-        stolen,
+        stolen: stolen.then_some(family_id),
     })
 }
 

@@ -221,16 +221,6 @@ pub async fn another_active_admin(
     .await
 }
 
-/// Makes every access token issued to the user so far stop working (within the auth cache's
-/// life on other instances).
-pub async fn end_access_tokens<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE users SET token_version = token_version + 1 WHERE id = $1")
-        .bind(id)
-        .execute(db)
-        .await?;
-    Ok(())
-}
-
 pub async fn find<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<User>, sqlx::Error> {
     Ok(by_ids(db, &[id]).await?.pop())
 }

@@ -443,7 +443,11 @@ async fn refresh_tokens(
             .await?;
     let (user_id, family_id) = match refresh::rotate(&mut tx, token, family).await? {
         Rotation::Rotated { user_id, family_id } => (user_id, family_id),
-        Rotation::Reused { user_id, stolen } => {
+        Rotation::Reused {
+            user_id,
+            family_id,
+            stolen,
+        } => {
             Activity::new("auth.refresh_reuse")
                 .on("user", user_id)
                 .from(&client)
@@ -451,7 +455,7 @@ async fn refresh_tokens(
                 .await?;
             tx.commit().await?;
             if stolen {
-                end_access_tokens(&state, user_id).await?;
+                end_access_tokens(&state, user_id, family_id).await?;
             }
             return Err(ApiError::InvalidToken);
         }
@@ -498,6 +502,15 @@ async fn logout(
     Json(req): Json<RefreshRequest>,
 ) -> Result<StatusCode, ApiError> {
     let revoked = refresh::revoke(&state.db, user.id, req.refresh_token.trim()).await?;
+    if let Some(family_id) = revoked.stolen {
+        end_access_tokens(&state, user.id, family_id).await?;
+        Activity::new("auth.refresh_reuse")
+            .by(&user)
+            .on("user", user.id)
+            .from(&client)
+            .record(&state.db)
+            .await?;
+    }
     if revoked.ended {
         Activity::new("auth.logout")
             .by(&user)
@@ -506,28 +519,22 @@ async fn logout(
             .record(&state.db)
             .await?;
     }
-    if revoked.stolen {
-        Activity::new("auth.refresh_reuse")
-            .by(&user)
-            .on("user", user.id)
-            .from(&client)
-            .record(&state.db)
-            .await?;
-        end_access_tokens(&state, user.id).await?;
-    }
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// After a rotated refresh token came back: whoever holds, or held, the chain's newer tokens
 /// may hold an access token from it too, so every access token of the user stops working (once
 /// per stolen chain). Devices with another, unrevoked chain refresh and carry on. Done on a task
-/// of its own, so that a client hanging up cannot cancel it, and after the commit: the
-/// refresh's transaction holds the account `FOR SHARE`, as a concurrent presentation of the
-/// same token may.
-async fn end_access_tokens(state: &AppState, user_id: Uuid) -> Result<(), ApiError> {
+/// of its own, so that a client hanging up cannot cancel it; should it fail, the chain's next
+/// reuse tries again.
+async fn end_access_tokens(
+    state: &AppState,
+    user_id: Uuid,
+    family_id: Uuid,
+) -> Result<(), ApiError> {
     let (db, cache) = (state.db.clone(), state.auth_cache.clone());
     tokio::spawn(async move {
-        users::end_access_tokens(&db, user_id).await?;
+        refresh::end_access_tokens(&db, user_id, family_id).await?;
         cache.invalidate(user_id);
         Ok::<_, sqlx::Error>(())
     })

@@ -706,6 +706,36 @@ async fn a_thief_who_logs_out_the_stolen_chain_still_loses_their_access_token() 
 }
 
 #[tokio::test]
+async fn a_reuse_whose_tokens_were_never_ended_ends_them_when_it_comes_back() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    let (status, stolen) = send(
+        app.post("/api/auth/refresh")
+            .json(&json!({"refresh_token": user.refresh_token})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{stolen}");
+    // A reuse was found before, and the request that found it failed after its commit.
+    sqlx::query(
+        "INSERT INTO refresh_families_reused (family_id)
+         SELECT family_id FROM refresh_tokens WHERE user_id = $1 LIMIT 1",
+    )
+    .bind(user.id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let (status, _) = send(
+        app.post("/api/auth/refresh")
+            .json(&json!({"refresh_token": user.refresh_token})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let thief_access = stolen["access_token"].as_str().unwrap();
+    let (status, body) = send(app.get("/api/users/me").bearer_auth(thief_access)).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+}
+
+#[tokio::test]
 async fn logout_with_an_already_rotated_token_ends_the_session_it_came_from() {
     let app = TestApp::spawn().await;
     let user = app.user("focal", None).await;
