@@ -1369,7 +1369,7 @@ async fn an_admin_sets_a_forgotten_password_which_lifts_the_lock_and_ends_old_se
         )
     };
 
-    // Refused: a weak password, a supervisor, one's own, an unknown user.
+    // Refused: a weak password, a supervisor, an admin's password, an unknown user.
     let (status, body) = reset(&admin, worker.id, "short").await;
     assert_error(
         status,
@@ -1385,6 +1385,13 @@ async fn an_admin_sets_a_forgotten_password_which_lifts_the_lock_and_ends_old_se
     assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
     let (status, body) = reset(&admin, admin.id, "a handed-over passphrase").await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    let other_admin = app.user("admin", None).await;
+    let (status, body) = reset(&admin, other_admin.id, "a handed-over passphrase").await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(
+        app.login(&other_admin.email, PASSWORD).await.0,
+        StatusCode::OK
+    );
     let (status, body) = reset(&admin, uuid::Uuid::new_v4(), "a handed-over passphrase").await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
     assert_eq!(
