@@ -264,11 +264,12 @@ pub async fn pull(
     // And the viewer's role as this snapshot has it, and whether it moved into or out of admin
     // after the base (and by the target): their whole scope moved, see the `scope_reset`
     // migration.
-    let (now, role, rescoped): (String, String, bool) = sqlx::query_as(
+    let (now, role, rescoped, reset_xid): (String, String, bool, Option<String>) = sqlx::query_as(
         "SELECT pg_current_snapshot()::text, u.role,
                 coalesce(pg_visible_in_snapshot(u.scope_reset_xid,
                              coalesce($2::pg_snapshot, pg_current_snapshot()))
-                         AND NOT pg_visible_in_snapshot(u.scope_reset_xid, $3::pg_snapshot), false)
+                         AND NOT pg_visible_in_snapshot(u.scope_reset_xid, $3::pg_snapshot), false),
+                u.scope_reset_xid::text
          FROM users u WHERE u.id = $1",
     )
     .bind(viewer.id)
@@ -312,12 +313,13 @@ pub async fn pull(
     if rescoped
         && !viewer.is_admin()
         && (cursor.target.is_none() || cursor.reset_after.is_some())
-        && let Some(base) = &base
+        && let (Some(base), Some(reset_xid)) = (&base, &reset_xid)
     {
         // The first pages of a pull by a former admin: every record now out of scope that the
         // device may hold (alive, or deleted since it last heard) is gone from its point of view.
         let after = cursor.reset_after.unwrap_or_default();
-        let mut ids = out_of_scope(conn, viewer, base, after, remaining).await?;
+        let window = (base.as_str(), reset_xid.as_str());
+        let mut ids = out_of_scope(conn, viewer, window, after, remaining).await?;
         if ids.len() >= remaining {
             let more = ids.len() > remaining;
             ids.truncate(remaining);
@@ -426,18 +428,22 @@ pub async fn pull(
 }
 
 /// Up to `limit + 1` ids after `after`, in id order, of records outside the viewer's scope that
-/// their device may hold: alive, or deleted after `base`.
+/// their device may hold: created before the role change that took the viewer out of admin
+/// (`reset_xid`; later ones it never had, and a former admin may not list them), and alive or
+/// deleted after `base`.
 async fn out_of_scope(
     conn: &mut PgConnection,
     viewer: &AuthUser,
-    base: &str,
+    (base, reset_xid): (&str, &str),
     after: Uuid,
     limit: usize,
 ) -> Result<Vec<Uuid>, ApiError> {
     let mut qb = QueryBuilder::new("SELECT a.id FROM attendance a WHERE a.id > ");
     qb.push_bind(after).push(" AND NOT (true");
     push_scope_with_self(&mut qb, viewer, "a.user_id");
-    qb.push(") AND (a.deleted_at IS NULL OR NOT pg_visible_in_snapshot(a.change_xid, ")
+    qb.push(") AND a.created_xid < ")
+        .push_bind(reset_xid.to_string())
+        .push("::xid8 AND (a.deleted_at IS NULL OR NOT pg_visible_in_snapshot(a.change_xid, ")
         .push_bind(base.to_string())
         .push("::pg_snapshot)) ORDER BY a.id LIMIT ")
         .push_bind(limit as i64 + 1);
