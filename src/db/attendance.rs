@@ -274,8 +274,8 @@ pub async fn by_client_id<'e>(
 }
 
 /// The user's latest shift, when a clock-out from exactly this spot (the coordinates and
-/// accuracy as the phone reported them, to the last digit) and with these notes (kept after the
-/// clock-in's) closed it within `within`: the same clock-out sent again because its answer was
+/// accuracy as the phone reported them, to the last digit) and with these notes, if any (kept
+/// after the clock-in's), closed it within `within` (its last write): the same clock-out sent again because its answer was
 /// lost, or because the service answered 503. One shift cannot be closed twice, so such a
 /// repeat can only be that clock-out.
 pub async fn closed_from<'e>(

@@ -300,7 +300,7 @@ fn not_clocked_in(message: &str) -> ApiError {
 /// Ends the open shift.
 #[utoipa::path(post, path = "/attendance/clock-out", tag = "attendance", security(("bearer" = [])), request_body = ClockOut,
     responses(
-        (status = 200, description = "The closed record; also when the clock-out that closed the caller's latest shift, in the last 10 minutes, is sent again (the same coordinates, accuracy and notes): that shift as it is stored", body = AttendanceRecord),
+        (status = 200, description = "The closed record; also when the clock-out that closed the caller's latest shift, in the last 10 minutes, is sent again (the same coordinates and accuracy, and the same notes when it sent any): that shift as it is stored", body = AttendanceRecord),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 409, description = "No open shift (`not_clocked_in`), or it exceeded the maximum shift and was closed as incomplete; `conflict` when it kept changing (still open: retry)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a time outside the accepted window or before the clock-in", body = ErrorEnvelope),

@@ -918,3 +918,47 @@ async fn a_supervisors_edit_of_someone_moved_away_meanwhile_changes_nothing() {
             .unwrap();
     assert_eq!(kept, Some(facility));
 }
+
+#[tokio::test]
+async fn a_supervisors_edit_waits_for_a_move_higher_up_the_tree_and_then_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let boss = app.user("supervisor", None).await;
+    let next_boss = app.user("supervisor", None).await;
+    let facility = app.facility().await;
+    let team_lead = app.quick_user("supervisor", Some(boss.id), facility).await;
+    let worker = app.quick_user("focal", Some(team_lead.id), facility).await;
+    let elsewhere = app.facility().await;
+    // An admin's move of the team lead, worker and all, is under way: it holds the tree (the
+    // worker's own row is never touched).
+    let mut mover = app.db.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('users.supervisor_id'))")
+        .execute(&mut *mover)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE users SET supervisor_id = $2 WHERE id = $1")
+        .bind(team_lead.id)
+        .bind(next_boss.id)
+        .execute(&mut *mover)
+        .await
+        .unwrap();
+    let edit = send(
+        app.patch(&format!("/api/users/{}", worker.id))
+            .bearer_auth(&boss.token)
+            .json(&json!({ "facility_id": elsewhere })),
+    );
+    let move_commits = async {
+        app.until_waiting_on_locks(1, "the supervisor's edit waits for the move")
+            .await;
+        mover.commit().await.unwrap();
+    };
+    let ((status, body), ()) = tokio::join!(edit, move_commits);
+
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let kept: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT facility_id FROM users WHERE id = $1")
+            .bind(worker.id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(kept, Some(facility));
+}
