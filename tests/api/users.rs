@@ -876,32 +876,40 @@ async fn a_deactivated_supervisor_takes_no_one_new_but_keeps_the_team_it_had() {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
-#[tokio::test]
-async fn a_supervisors_edit_of_someone_moved_away_meanwhile_changes_nothing() {
-    let app = TestApp::spawn().await;
-    let boss = app.user("supervisor", None).await;
-    let next_boss = app.user("supervisor", None).await;
-    let facility = app.facility().await;
-    let worker = app.quick_user("focal", Some(boss.id), facility).await;
+/// An admin's move of `moved` (the worker, or a team lead above them) to `next_boss` is under
+/// way while `boss` sets the worker's facility: the move holds the tree (a move through the API
+/// takes its lock first) or only the worker's row, and commits once the edit waits. Asserts the
+/// edit answers 404 and the worker keeps their facility.
+async fn edit_racing_a_move(
+    app: &TestApp,
+    boss: &TestUser,
+    (worker, facility): (uuid::Uuid, uuid::Uuid),
+    (moved, next_boss): (uuid::Uuid, uuid::Uuid),
+    holds_tree: bool,
+) {
     let elsewhere = app.facility().await;
-    // An admin's move of the worker is under way: it holds the worker's row.
     let mut mover = app.db.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
-        .bind(worker.id)
+    let hold = if holds_tree {
+        "SELECT pg_advisory_xact_lock(hashtext('users.supervisor_id')), $1::uuid"
+    } else {
+        "SELECT 1 FROM users WHERE id = $1 FOR UPDATE"
+    };
+    sqlx::query(hold)
+        .bind(worker)
         .execute(&mut *mover)
         .await
         .unwrap();
     let edit = send(
-        app.patch(&format!("/api/users/{}", worker.id))
+        app.patch(&format!("/api/users/{worker}"))
             .bearer_auth(&boss.token)
             .json(&json!({ "facility_id": elsewhere })),
     );
     let move_commits = async {
-        app.until_waiting_on_rows(1, "the supervisor's edit waits on the worker's row")
+        app.until_waiting_on_locks(1, "the supervisor's edit waits for the move")
             .await;
         sqlx::query("UPDATE users SET supervisor_id = $2 WHERE id = $1")
-            .bind(worker.id)
-            .bind(next_boss.id)
+            .bind(moved)
+            .bind(next_boss)
             .execute(&mut *mover)
             .await
             .unwrap();
@@ -912,11 +920,22 @@ async fn a_supervisors_edit_of_someone_moved_away_meanwhile_changes_nothing() {
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
     let kept: Option<uuid::Uuid> =
         sqlx::query_scalar("SELECT facility_id FROM users WHERE id = $1")
-            .bind(worker.id)
+            .bind(worker)
             .fetch_one(&app.db)
             .await
             .unwrap();
     assert_eq!(kept, Some(facility));
+}
+
+#[tokio::test]
+async fn a_supervisors_edit_of_someone_moved_away_meanwhile_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let boss = app.user("supervisor", None).await;
+    let next_boss = app.user("supervisor", None).await;
+    let facility = app.facility().await;
+    let worker = app.quick_user("focal", Some(boss.id), facility).await;
+    let moved = (worker.id, next_boss.id);
+    edit_racing_a_move(&app, &boss, (worker.id, facility), moved, false).await;
 }
 
 #[tokio::test]
@@ -927,38 +946,7 @@ async fn a_supervisors_edit_waits_for_a_move_higher_up_the_tree_and_then_changes
     let facility = app.facility().await;
     let team_lead = app.quick_user("supervisor", Some(boss.id), facility).await;
     let worker = app.quick_user("focal", Some(team_lead.id), facility).await;
-    let elsewhere = app.facility().await;
-    // An admin's move of the team lead, worker and all, is under way: it holds the tree (the
-    // worker's own row is never touched).
-    let mut mover = app.db.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('users.supervisor_id'))")
-        .execute(&mut *mover)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE users SET supervisor_id = $2 WHERE id = $1")
-        .bind(team_lead.id)
-        .bind(next_boss.id)
-        .execute(&mut *mover)
-        .await
-        .unwrap();
-    let edit = send(
-        app.patch(&format!("/api/users/{}", worker.id))
-            .bearer_auth(&boss.token)
-            .json(&json!({ "facility_id": elsewhere })),
-    );
-    let move_commits = async {
-        app.until_waiting_on_locks(1, "the supervisor's edit waits for the move")
-            .await;
-        mover.commit().await.unwrap();
-    };
-    let ((status, body), ()) = tokio::join!(edit, move_commits);
-
-    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
-    let kept: Option<uuid::Uuid> =
-        sqlx::query_scalar("SELECT facility_id FROM users WHERE id = $1")
-            .bind(worker.id)
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-    assert_eq!(kept, Some(facility));
+    // The worker's own row is never touched: only the tree's lock makes the edit wait.
+    let moved = (team_lead.id, next_boss.id);
+    edit_racing_a_move(&app, &boss, (worker.id, facility), moved, true).await;
 }
