@@ -113,6 +113,25 @@ pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
+/// [`check_supervisor`] for a registration, with one reason for every supervisor it refuses:
+/// anyone may register, and whether a known id is a user, may supervise or is active is not
+/// theirs to learn.
+async fn registered_supervisor(
+    db: impl sqlx::PgExecutor<'_>,
+    supervisor_id: Option<Uuid>,
+    invalid: &mut Invalid,
+) -> Result<(), ApiError> {
+    let mut refused = Invalid::default();
+    check_supervisor(db, supervisor_id, None, &mut refused).await?;
+    if !refused.is_empty() {
+        invalid.add(
+            "supervisor_id",
+            "does not name an active supervisor, backstopper or admin",
+        );
+    }
+    Ok(())
+}
+
 /// Self-registration: the account waits in `pending` until approved.
 #[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = RegisterRequest,
     responses(
@@ -155,7 +174,7 @@ async fn register(
         invalid.add("role", "self-registration is for field roles only");
     }
     check_facility(&state, Some(req.facility_id), None, &mut invalid).await?;
-    check_supervisor(&state.db, req.supervisor_id, None, &mut invalid).await?;
+    registered_supervisor(&state.db, req.supervisor_id, &mut invalid).await?;
     invalid.finish()?;
     let (Some(email), Some(password)) = (email, password) else {
         unreachable!("checked above");
@@ -165,7 +184,7 @@ async fn register(
     let mut tx = state.db.begin().await?;
     // Again under a share lock: the supervisor cannot be made a field role before this commits.
     let mut invalid = Invalid::default();
-    check_supervisor(&mut *tx, req.supervisor_id, None, &mut invalid).await?;
+    registered_supervisor(&mut *tx, req.supervisor_id, &mut invalid).await?;
     invalid.finish()?;
     let id = users::insert(
         &mut *tx,

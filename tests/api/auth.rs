@@ -1420,3 +1420,34 @@ async fn an_admin_sets_a_forgotten_password_which_lifts_the_lock_and_ends_old_se
     .unwrap();
     assert_eq!(trail, [(Some(admin.id), Some(worker.id))]);
 }
+
+#[tokio::test]
+async fn registration_gives_one_reason_for_every_supervisor_it_refuses() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let facility = app.facility().await;
+    let worker = app.user("focal", None).await;
+    let gone = app.user("supervisor", None).await;
+    let (status, _) = send(
+        app.delete(&format!("/api/users/{}", gone.id))
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert!(status.is_success());
+    let mut reasons = vec![];
+    for supervisor in [uuid::Uuid::new_v4(), worker.id, gone.id] {
+        let mut request = registration(facility);
+        request["supervisor_id"] = json!(supervisor);
+        let (status, body) = send(app.post("/api/auth/register").json(&request)).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+        reasons.push(body["error"]["details"]["supervisor_id"].clone());
+    }
+    // Whether a known id is a user, may supervise or is active is not told to a stranger.
+    assert!(reasons[0].is_array(), "{reasons:?}");
+    assert!(reasons.iter().all(|r| *r == reasons[0]), "{reasons:?}");
+}
