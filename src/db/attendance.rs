@@ -275,7 +275,8 @@ pub async fn by_client_id<'e>(
 
 /// The user's latest shift, when a clock-out from exactly this spot (the coordinates and
 /// accuracy as the phone reported them, to the last digit) and with these notes, if any (kept
-/// after the clock-in's), closed it within `within` (its last write): the same clock-out sent again because its answer was
+/// after the clock-in's), closed it within `within` (by its audit row, which a later edit of the
+/// shift leaves alone): the same clock-out sent again because its answer was
 /// lost, or because the service answered 503. One shift cannot be closed twice, so such a
 /// repeat can only be that clock-out.
 pub async fn closed_from<'e>(
@@ -293,7 +294,9 @@ pub async fn closed_from<'e>(
            AND a.status = 'closed' AND a.clock_out_latitude = $2 AND a.clock_out_longitude = $3
            AND a.clock_out_accuracy_m IS NOT DISTINCT FROM $4
            AND ($5::text IS NULL OR right(a.notes, length($5)) = $5)
-           AND a.updated_at > now() - $6"
+           AND EXISTS (SELECT 1 FROM activities l
+                       WHERE l.entity_type = 'attendance' AND l.entity_id = a.id
+                         AND l.action = 'attendance.clock_out' AND l.created_at > now() - $6)"
     ))
     .bind(user_id)
     .bind(point.latitude)

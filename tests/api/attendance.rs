@@ -120,6 +120,7 @@ async fn a_clock_out_sent_again_gets_the_shift_it_closed_and_changes_nothing() {
     assert_eq!(status, StatusCode::OK, "{first}");
 
     // The phone lost the answer and sends the same clock-out again.
+    let again_request = request.clone();
     let (status, again) = clock_out(&app, &user, request.clone()).await;
     assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!(again, first);
@@ -142,6 +143,21 @@ async fn a_clock_out_sent_again_gets_the_shift_it_closed_and_changes_nothing() {
         let (status, answer) = clock_out(&app, &user, body).await;
         assert_error(status, &answer, StatusCode::CONFLICT, "not_clocked_in");
     }
+    // Ten minutes on, counted from the clock-out itself, even when the shift was edited since.
+    sqlx::query(
+        "UPDATE activities SET created_at = created_at - interval '11 minutes'
+         WHERE action = 'attendance.clock_out'",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE attendance SET updated_at = now() WHERE user_id = $1")
+        .bind(user.id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let (status, answer) = clock_out(&app, &user, again_request).await;
+    assert_error(status, &answer, StatusCode::CONFLICT, "not_clocked_in");
 }
 
 #[tokio::test]
