@@ -160,6 +160,7 @@ async fn revoke_family(conn: &mut PgConnection, family_id: Uuid) -> Result<u64, 
 }
 
 /// What a logout did.
+#[derive(Default)]
 pub struct Revoked {
     /// Live tokens of the chain were revoked.
     pub ended: bool,
@@ -172,20 +173,14 @@ pub struct Revoked {
 /// names the session, whose current token may be elsewhere. Unknown tokens are ignored.
 pub async fn revoke(db: &PgPool, user_id: Uuid, token: &str) -> Result<Revoked, sqlx::Error> {
     let mut tx = db.begin().await?;
-    let family: Option<Uuid> = sqlx::query_scalar(
-        "SELECT family_id FROM refresh_tokens WHERE token_hash = $1 AND user_id = $2",
-    )
-    .bind(digest(token))
-    .bind(user_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(family_id) = family else {
-        return Ok(Revoked {
-            ended: false,
-            stolen: None,
-        });
+    let Some((_, family_id)) = owner(&mut tx, token)
+        .await?
+        .filter(|(owner, _)| *owner == user_id)
+    else {
+        return Ok(Revoked::default());
     };
     lock_family(&mut tx, family_id).await?;
+    // Read under the family's lock: a refresh with this token may have rotated it meanwhile.
     let rotated: bool = sqlx::query_scalar(
         "SELECT rotated_at IS NOT NULL FROM refresh_tokens WHERE token_hash = $1",
     )

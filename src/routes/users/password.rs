@@ -24,9 +24,8 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Stores a new password hash: every token issued before stops working, and a lockout ends.
-/// Returns false when there is no such user.
-async fn store(tx: &mut PgConnection, id: Uuid, hash: String) -> Result<bool, sqlx::Error> {
-    let stored = sqlx::query(
+async fn store(tx: &mut PgConnection, id: Uuid, hash: String) -> Result<(), sqlx::Error> {
+    sqlx::query(
         "UPDATE users SET password_hash = $2, token_version = token_version + 1,
                           failed_login_count = 0, locked_until = NULL
          WHERE id = $1",
@@ -36,7 +35,7 @@ async fn store(tx: &mut PgConnection, id: Uuid, hash: String) -> Result<bool, sq
     .execute(&mut *tx)
     .await?;
     refresh::revoke_all(&mut *tx, id).await?;
-    Ok(stored.rows_affected() == 1)
+    Ok(())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -175,15 +174,11 @@ async fn reset_password(
     if role == Role::Admin.as_str() {
         return Err(ApiError::Forbidden);
     }
-    let mut invalid = Invalid::default();
-    let password = invalid.check("new_password", Password::parse(&req.new_password, &email));
-    invalid.finish()?;
-    let password = password.expect("checked above");
+    let password = Password::parse(&req.new_password, &email)
+        .map_err(|reason| ApiError::invalid("new_password", reason))?;
     let hash = state.hasher.hash(password.into_secret()).await?;
     let mut tx = state.db.begin().await?;
-    if !store(&mut tx, id, hash).await? {
-        return Err(ApiError::NotFound);
-    }
+    store(&mut tx, id, hash).await?;
     Activity::new("user.password_reset")
         .by(&admin)
         .on("user", id)
