@@ -170,16 +170,20 @@ pub struct Revoked {
 }
 
 /// Revokes a token of this user and its whole chain (logout): a token already rotated still
-/// names the session, whose current token may be elsewhere. Unknown tokens are ignored.
-pub async fn revoke(db: &PgPool, user_id: Uuid, token: &str) -> Result<Revoked, sqlx::Error> {
-    let mut tx = db.begin().await?;
-    let Some((_, family_id)) = owner(&mut tx, token)
+/// names the session, whose current token may be elsewhere. Unknown tokens are ignored. In the
+/// caller's transaction, which commits it.
+pub async fn revoke(
+    tx: &mut PgConnection,
+    user_id: Uuid,
+    token: &str,
+) -> Result<Revoked, sqlx::Error> {
+    let Some((_, family_id)) = owner(&mut *tx, token)
         .await?
         .filter(|(owner, _)| *owner == user_id)
     else {
         return Ok(Revoked::default());
     };
-    lock_family(&mut tx, family_id).await?;
+    lock_family(&mut *tx, family_id).await?;
     // Read under the family's lock: a refresh with this token may have rotated it meanwhile.
     let rotated: bool = sqlx::query_scalar(
         "SELECT rotated_at IS NOT NULL FROM refresh_tokens WHERE token_hash = $1",
@@ -187,9 +191,8 @@ pub async fn revoke(db: &PgPool, user_id: Uuid, token: &str) -> Result<Revoked, 
     .bind(digest(token))
     .fetch_one(&mut *tx)
     .await?;
-    let revoked = revoke_family(&mut tx, family_id).await?;
-    let stolen = rotated && first_reuse(&mut tx, family_id).await?;
-    tx.commit().await?;
+    let revoked = revoke_family(&mut *tx, family_id).await?;
+    let stolen = rotated && first_reuse(&mut *tx, family_id).await?;
     Ok(Revoked {
         ended: revoked > 0,
         stolen: stolen.then_some(family_id),

@@ -217,10 +217,10 @@ pub async fn close_forgotten<'e>(
 pub struct AttendanceFilter {
     pub user_id: Option<Uuid>,
     pub facility_id: Option<Uuid>,
-    /// Clock-in at or after this instant (RFC 3339).
-    pub from: Option<DateTime<Utc>>,
-    /// Clock-in before this instant (RFC 3339).
-    pub to: Option<DateTime<Utc>>,
+    /// Clock-in from this date (YYYY-MM-DD, in the service's time zone) or RFC 3339 instant.
+    pub from: Option<String>,
+    /// Clock-in up to this date (inclusive) or RFC 3339 instant (exclusive).
+    pub to: Option<String>,
     pub status: Option<AttendanceStatus>,
     #[param(minimum = 1, maximum = 100000, default = 1)]
     pub page: Option<u32>,
@@ -273,30 +273,41 @@ pub async fn by_client_id<'e>(
     .await
 }
 
-/// The user's latest shift, when a clock-out from exactly this spot (the coordinates and
-/// accuracy as the phone reported them, to the last digit) and with these notes, if any (kept
-/// after the clock-in's), closed it within `within` (by its audit row, which a later edit of the
-/// shift leaves alone): the same clock-out sent again because its answer was
-/// lost, or because the service answered 503. One shift cannot be closed twice, so such a
-/// repeat can only be that clock-out.
-pub async fn closed_from<'e>(
+/// A user's latest shift, and whether a clock-out from exactly this spot closed it just now.
+#[derive(sqlx::FromRow)]
+pub struct LatestShift {
+    #[sqlx(flatten)]
+    pub row: AttendanceRow,
+    /// A clock-out from exactly this spot (the coordinates and accuracy as the phone reported
+    /// them, to the last digit) and with these notes, if any (kept after the clock-in's), closed
+    /// it within `within` (by its audit row, which a later edit of the shift leaves alone): the
+    /// same clock-out sent again because its answer was lost, or because the service answered
+    /// 503. One shift cannot be closed twice, so such a repeat can only be that clock-out.
+    pub repeated: bool,
+}
+
+/// The user's latest shift (see [`LatestShift`]).
+pub async fn latest_shift<'e>(
     db: impl PgExecutor<'e>,
     user_id: Uuid,
     point: GeoPoint,
     accuracy_m: Option<f64>,
     notes: Option<&str>,
     within: std::time::Duration,
-) -> Result<Option<AttendanceRow>, sqlx::Error> {
+) -> Result<Option<LatestShift>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM attendance a
+        "SELECT {COLUMNS},
+                coalesce(a.status = 'closed' AND a.clock_out_latitude = $2
+                  AND a.clock_out_longitude = $3
+                  AND a.clock_out_accuracy_m IS NOT DISTINCT FROM $4
+                  AND ($5::text IS NULL OR right(a.notes, length($5)) = $5)
+                  AND EXISTS (SELECT 1 FROM activities l
+                              WHERE l.entity_type = 'attendance' AND l.entity_id = a.id
+                                AND l.action = 'attendance.clock_out'
+                                AND l.created_at > now() - $6), false) AS repeated
+         FROM attendance a
          WHERE a.id = (SELECT id FROM attendance WHERE user_id = $1 AND deleted_at IS NULL
-                       ORDER BY clock_in_at DESC LIMIT 1)
-           AND a.status = 'closed' AND a.clock_out_latitude = $2 AND a.clock_out_longitude = $3
-           AND a.clock_out_accuracy_m IS NOT DISTINCT FROM $4
-           AND ($5::text IS NULL OR right(a.notes, length($5)) = $5)
-           AND EXISTS (SELECT 1 FROM activities l
-                       WHERE l.entity_type = 'attendance' AND l.entity_id = a.id
-                         AND l.action = 'attendance.clock_out' AND l.created_at > now() - $6)"
+                       ORDER BY clock_in_at DESC LIMIT 1)"
     ))
     .bind(user_id)
     .bind(point.latitude)
@@ -356,18 +367,12 @@ pub async fn list(
     db: &PgPool,
     viewer: &AuthUser,
     filter: &AttendanceFilter,
+    (from, to): (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<AttendanceRecord>, i64), sqlx::Error> {
     let matching = |qb: &mut QueryBuilder<'_, sqlx::Postgres>| {
-        push_filters(
-            qb,
-            viewer,
-            filter.user_id,
-            filter.facility_id,
-            filter.from,
-            filter.to,
-        );
+        push_filters(qb, viewer, filter.user_id, filter.facility_id, from, to);
         if let Some(status) = filter.status {
             qb.push(" AND a.status = ").push_bind(status.as_str());
         }

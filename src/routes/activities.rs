@@ -14,6 +14,7 @@ use crate::domain::Role;
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::extract::{Json, Query};
 use crate::routes::pagination::{Page, Paging};
+use crate::routes::period::Bounds;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -50,10 +51,10 @@ pub struct ActivityFilter {
     /// The record acted on: with `entity_type=user`, everything done to one account (failed
     /// logins and lockouts included, which have no actor).
     pub entity_id: Option<Uuid>,
-    /// From this instant (inclusive), RFC 3339.
-    pub from: Option<DateTime<Utc>>,
-    /// Up to this instant (exclusive), RFC 3339.
-    pub to: Option<DateTime<Utc>>,
+    /// From this date (YYYY-MM-DD, in the service's time zone) or RFC 3339 instant.
+    pub from: Option<String>,
+    /// Up to this date (inclusive) or RFC 3339 instant (exclusive).
+    pub to: Option<String>,
     #[param(minimum = 1, maximum = 100000, default = 1)]
     pub page: Option<u32>,
     #[param(minimum = 1, maximum = 100, default = 50)]
@@ -74,13 +75,14 @@ async fn list_activities(
     Query(filter): Query<ActivityFilter>,
 ) -> Result<Json<Page<ActivityEntry>>, ApiError> {
     user.require(Role::Admin)?;
-    super::period::check(filter.from, filter.to)?;
+    let tz = state.config.attendance.timezone;
+    let period = super::period::parse(filter.from.as_deref(), filter.to.as_deref(), tz)?;
     let paging = Paging::new(filter.page, filter.per_page)?;
     let mut qb = QueryBuilder::new(
         "SELECT id, actor_id, actor_email, action, entity_type, entity_id, details, ip, user_agent,
                 created_at",
     );
-    push_matching(&mut qb, &filter);
+    push_matching(&mut qb, &filter, period);
     qb.push(" ORDER BY created_at DESC, id LIMIT ")
         .push_bind(paging.limit())
         .push(" OFFSET ")
@@ -89,14 +91,18 @@ async fn list_activities(
     let total = paging
         .total(rows.len(), async || {
             let mut qb = QueryBuilder::new("SELECT count(*)");
-            push_matching(&mut qb, &filter);
+            push_matching(&mut qb, &filter, period);
             qb.build_query_scalar().fetch_one(&state.db).await
         })
         .await?;
     Ok(Json(paging.wrap(rows, total)))
 }
 
-fn push_matching(qb: &mut QueryBuilder<'_, sqlx::Postgres>, filter: &ActivityFilter) {
+fn push_matching(
+    qb: &mut QueryBuilder<'_, sqlx::Postgres>,
+    filter: &ActivityFilter,
+    (from, to): Bounds,
+) {
     qb.push(" FROM activities WHERE true");
     if let Some(id) = filter.user_id {
         qb.push(" AND actor_id = ").push_bind(id);
@@ -112,10 +118,10 @@ fn push_matching(qb: &mut QueryBuilder<'_, sqlx::Postgres>, filter: &ActivityFil
     if let Some(id) = filter.entity_id {
         qb.push(" AND entity_id = ").push_bind(id);
     }
-    if let Some(from) = filter.from {
+    if let Some(from) = from {
         qb.push(" AND created_at >= ").push_bind(from);
     }
-    if let Some(to) = filter.to {
+    if let Some(to) = to {
         qb.push(" AND created_at < ").push_bind(to);
     }
 }

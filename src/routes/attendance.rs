@@ -17,11 +17,12 @@ use crate::db::clock_ins::NewClockIn;
 use crate::db::clock_outs::{self, CloseShift, OpenShift};
 use crate::db::coalesce::Shared;
 use crate::domain::GeoPoint;
-use crate::domain::attendance::{forgotten_before, too_old_to_open};
+use crate::domain::attendance::{MAX_RECORD_NOTES, forgotten_before, too_old_to_open};
 use crate::error::{ApiError, ErrorEnvelope, Invalid};
 use crate::extract::{Json, Path, Query};
 use crate::routes::checks::optional_text;
 use crate::routes::pagination::{Page, Paging};
+use crate::routes::period;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -158,9 +159,17 @@ async fn clock_in(
         .await?
         .ok_or_else(|| ApiError::invalid("facility_id", "no such facility"))?;
     if site.status != "active" {
+        let whose = match req.facility_id {
+            Some(_) => "the facility",
+            None => "your default facility",
+        };
+        let status = match site.status.as_str() {
+            "maintenance" => "under maintenance",
+            other => other,
+        };
         return Err(ApiError::invalid(
             "facility_id",
-            format!("the facility is {}", site.status),
+            format!("{whose} is {status} and takes no clock-ins"),
         ));
     }
     let (distance, outside) = site.measure(point);
@@ -337,11 +346,15 @@ async fn clock_out(
         else {
             let (accuracy, repeat) = (req.accuracy_m, REPEATED_CLOCK_OUT_WITHIN);
             let notes = notes.as_deref();
-            return match records::closed_from(&state.db, user.id, point, accuracy, notes, repeat)
-                .await?
-            {
-                Some(closed) => Ok(Json(closed.into())),
-                None => Err(not_clocked_in("you are not clocked in")),
+            let latest =
+                records::latest_shift(&state.db, user.id, point, accuracy, notes, repeat).await?;
+            return match latest {
+                Some(latest) if latest.repeated => Ok(Json(latest.row.into())),
+                Some(latest) if latest.row.status == "incomplete" => Err(not_clocked_in(
+                    "you are not clocked in: your last shift was closed as incomplete (it \
+                     exceeded the maximum shift length, or a later clock-in replaced it)",
+                )),
+                _ => Err(not_clocked_in("you are not clocked in")),
             };
         };
         // Measured to the clock-out's own time: a clock-out sent late (the phone was offline)
@@ -369,6 +382,18 @@ async fn clock_out(
             return Err(ApiError::invalid(
                 "occurred_at",
                 "is before the clock-in (by more than the clock difference allowed)",
+            ));
+        }
+        if let (Some(kept), Some(added)) = (open.notes.as_deref(), notes.as_deref())
+            && kept != added
+            && kept.chars().count() + 1 + added.chars().count() > MAX_RECORD_NOTES
+        {
+            return Err(ApiError::invalid(
+                "notes",
+                format!(
+                    "with the shift's notes (kept before them), must be at most \
+                     {MAX_RECORD_NOTES} characters"
+                ),
             ));
         }
         let site = state
@@ -442,10 +467,19 @@ async fn list_attendance(
     user: AuthUser,
     Query(filter): Query<AttendanceFilter>,
 ) -> Result<Json<Page<AttendanceRecord>>, ApiError> {
-    super::period::check(filter.from, filter.to)?;
+    list(&state, &user, &filter).await
+}
+
+async fn list(
+    state: &AppState,
+    user: &AuthUser,
+    filter: &AttendanceFilter,
+) -> Result<Json<Page<AttendanceRecord>>, ApiError> {
+    let tz = state.config.attendance.timezone;
+    let period = period::parse(filter.from.as_deref(), filter.to.as_deref(), tz)?;
     let paging = Paging::new(filter.page, filter.per_page)?;
-    let (data, total) =
-        records::list(&state.db, &user, &filter, paging.limit(), paging.offset()).await?;
+    let (limit, offset) = (paging.limit(), paging.offset());
+    let (data, total) = records::list(&state.db, user, filter, period, limit, offset).await?;
     Ok(Json(paging.wrap(data, total)))
 }
 
@@ -462,7 +496,6 @@ async fn my_records(
     user: AuthUser,
     Query(mut filter): Query<AttendanceFilter>,
 ) -> Result<Json<Page<AttendanceRecord>>, ApiError> {
-    super::period::check(filter.from, filter.to)?;
     if filter.user_id.is_some_and(|id| id != user.id) {
         return Err(ApiError::invalid(
             "user_id",
@@ -470,10 +503,7 @@ async fn my_records(
         ));
     }
     filter.user_id = Some(user.id);
-    let paging = Paging::new(filter.page, filter.per_page)?;
-    let (data, total) =
-        records::list(&state.db, &user, &filter, paging.limit(), paging.offset()).await?;
-    Ok(Json(paging.wrap(data, total)))
+    list(&state, &user, &filter).await
 }
 
 /// One record, if the caller may see it; else 404.

@@ -520,23 +520,24 @@ async fn logout(
     client: ClientInfo,
     Json(req): Json<RefreshRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let revoked = refresh::revoke(&state.db, user.id, req.refresh_token.trim()).await?;
-    if let Some(family_id) = revoked.stolen {
-        end_access_tokens(&state, user.id, family_id).await?;
-        Activity::new("auth.refresh_reuse")
+    // The revocation and its audit rows commit together.
+    let mut tx = state.db.begin().await?;
+    let revoked = refresh::revoke(&mut tx, user.id, req.refresh_token.trim()).await?;
+    let activity = |action| {
+        Activity::new(action)
             .by(&user)
             .on("user", user.id)
             .from(&client)
-            .record(&state.db)
-            .await?;
+    };
+    if revoked.stolen.is_some() {
+        activity("auth.refresh_reuse").record(&mut *tx).await?;
     }
     if revoked.ended {
-        Activity::new("auth.logout")
-            .by(&user)
-            .on("user", user.id)
-            .from(&client)
-            .record(&state.db)
-            .await?;
+        activity("auth.logout").record(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    if let Some(family_id) = revoked.stolen {
+        end_access_tokens(&state, user.id, family_id).await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }

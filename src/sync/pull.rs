@@ -41,7 +41,7 @@ pub struct Cursor {
     /// Attendance is done for this pull; facilities are being paged.
     #[serde(rename = "s", default)]
     pub facilities_stage: bool,
-    /// Last id told deleted because the caller is no longer an admin, while more are to come.
+    /// Last id told deleted because it left the caller's scope, while more are to come.
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
     pub reset_after: Option<Uuid>,
 }
@@ -109,9 +109,9 @@ pub struct AttendanceChanges {
     /// Records created since the cursor (by the server's own creation, not the device's clock).
     pub created: Vec<AttendanceRecord>,
     pub updated: Vec<AttendanceRecord>,
-    /// Ids of records deleted since the cursor, and of records that left the caller's scope:
-    /// a worker moved to another supervisor (all on the pull's first page), or the caller is no
-    /// longer an admin (on the pull's first pages, before any other change).
+    /// Ids of records deleted since the cursor, and of records that left the caller's scope (a
+    /// worker moved to another supervisor, or the caller is no longer an admin): those on the
+    /// pull's first pages, before any other change.
     pub deleted: Vec<Uuid>,
 }
 
@@ -307,19 +307,26 @@ pub async fn pull(
     };
     let mut remaining = limit;
 
-    // Besides such a reset, only a supervisor's scope moves (a field worker sees their own
+    // Records that left the viewer's scope since the base are gone from the device's point of
+    // view: told as deleted on the pull's first pages, in pages of the limit, before any other
+    // change. Besides a reset, only a supervisor's scope moves (a field worker sees their own
     // records, an admin all).
     let supervising = !viewer.is_admin() && !viewer.role.is_field();
-    if rescoped
-        && !viewer.is_admin()
+    let departed = match (&base, &reset_xid) {
+        (Some(base), Some(reset_xid)) if rescoped && !viewer.is_admin() => {
+            Some(Departed::Reset { base, reset_xid })
+        }
+        (Some(base), _) if supervising => Some(Departed::Moved {
+            base,
+            target: &target,
+        }),
+        _ => None,
+    };
+    if let Some(departed) = departed
         && (cursor.target.is_none() || cursor.reset_after.is_some())
-        && let (Some(base), Some(reset_xid)) = (&base, &reset_xid)
     {
-        // The first pages of a pull by a former admin: every record now out of scope that the
-        // device may hold (alive, or deleted since it last heard) is gone from its point of view.
         let after = cursor.reset_after.unwrap_or_default();
-        let window = (base.as_str(), reset_xid.as_str());
-        let mut ids = out_of_scope(conn, viewer, window, after, remaining).await?;
+        let mut ids = departed_ids(conn, viewer, departed, after, remaining).await?;
         if ids.len() >= remaining {
             let more = ids.len() > remaining;
             ids.truncate(remaining);
@@ -329,25 +336,6 @@ pub async fn pull(
         }
         remaining -= ids.len();
         changes.attendance.deleted = ids;
-    } else if supervising
-        && cursor.target.is_none()
-        && let Some(base) = &base
-    {
-        // The first page of a pull: the records of users who left the viewer's scope since the
-        // base, and are not back in it, are gone from the device's point of view.
-        let mut qb = QueryBuilder::new(
-            "SELECT a.id FROM attendance a WHERE a.user_id IN (
-               SELECT s.user_id FROM scope_changes s WHERE s.viewer_id = ",
-        );
-        qb.push_bind(viewer.id)
-            .push(" AND NOT s.granted AND pg_visible_in_snapshot(s.xid, ")
-            .push_bind(target.clone())
-            .push("::pg_snapshot) AND NOT pg_visible_in_snapshot(s.xid, ")
-            .push_bind(base.clone())
-            .push("::pg_snapshot)) AND NOT (true");
-        push_scope_with_self(&mut qb, viewer, "a.user_id");
-        qb.push(") ORDER BY a.id");
-        changes.attendance.deleted = qb.build_query_scalar().fetch_all(&mut *conn).await?;
     }
 
     if !cursor.facilities_stage {
@@ -427,26 +415,53 @@ pub async fn pull(
     ))
 }
 
-/// Up to `limit + 1` ids after `after`, in id order, of records outside the viewer's scope that
-/// their device may hold: created before the role change that took the viewer out of admin
-/// (`reset_xid`; later ones it never had, and a former admin may not list them), and alive or
-/// deleted after `base`.
-async fn out_of_scope(
+/// Why records left the viewer's scope since `base`.
+enum Departed<'a> {
+    /// The viewer is no longer an admin (`reset_xid` stamps the change): records outside their
+    /// scope now that their device may hold — created before the change (later ones it never
+    /// had, and a former admin may not list them), and alive or deleted after the base.
+    Reset { base: &'a str, reset_xid: &'a str },
+    /// Workers moved away from this supervisor after the base (and by the target), and not
+    /// back: their records.
+    Moved { base: &'a str, target: &'a str },
+}
+
+/// Up to `limit + 1` ids after `after`, in id order, of records that left the viewer's scope.
+async fn departed_ids(
     conn: &mut PgConnection,
     viewer: &AuthUser,
-    (base, reset_xid): (&str, &str),
+    departed: Departed<'_>,
     after: Uuid,
     limit: usize,
 ) -> Result<Vec<Uuid>, ApiError> {
     let mut qb = QueryBuilder::new("SELECT a.id FROM attendance a WHERE a.id > ");
     qb.push_bind(after).push(" AND NOT (true");
     push_scope_with_self(&mut qb, viewer, "a.user_id");
-    qb.push(") AND a.created_xid < ")
-        .push_bind(reset_xid.to_string())
-        .push("::xid8 AND (a.deleted_at IS NULL OR NOT pg_visible_in_snapshot(a.change_xid, ")
-        .push_bind(base.to_string())
-        .push("::pg_snapshot)) ORDER BY a.id LIMIT ")
-        .push_bind(limit as i64 + 1);
+    qb.push(")");
+    match departed {
+        Departed::Reset { base, reset_xid } => {
+            qb.push(" AND a.created_xid < ")
+                .push_bind(reset_xid.to_string())
+                .push(
+                    "::xid8 AND (a.deleted_at IS NULL OR NOT pg_visible_in_snapshot(a.change_xid, ",
+                )
+                .push_bind(base.to_string())
+                .push("::pg_snapshot))");
+        }
+        Departed::Moved { base, target } => {
+            qb.push(
+                " AND a.user_id IN (
+                   SELECT s.user_id FROM scope_changes s WHERE s.viewer_id = ",
+            )
+            .push_bind(viewer.id)
+            .push(" AND NOT s.granted AND pg_visible_in_snapshot(s.xid, ")
+            .push_bind(target.to_string())
+            .push("::pg_snapshot) AND NOT pg_visible_in_snapshot(s.xid, ")
+            .push_bind(base.to_string())
+            .push("::pg_snapshot))");
+        }
+    }
+    qb.push(" ORDER BY a.id LIMIT ").push_bind(limit as i64 + 1);
     Ok(qb.build_query_scalar().fetch_all(&mut *conn).await?)
 }
 

@@ -244,6 +244,43 @@ async fn a_clock_out_sent_late_still_closes_a_shift_of_normal_length() {
     .await;
     let (status, body) = clock_out(&app, &user, at_site()).await;
     assert_error(status, &body, StatusCode::CONFLICT, "not_clocked_in");
+    // Sent again (the phone retried), it is told what became of the shift.
+    let (status, body) = clock_out(&app, &user, at_site()).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "not_clocked_in");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("closed as incomplete"), "{body}");
+}
+
+#[tokio::test]
+async fn a_clock_out_whose_notes_would_make_the_records_too_long_to_sync_is_refused() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = user_at_site(&app, "focal", None).await;
+    let started = Utc::now() - Duration::hours(2);
+    let shift = app
+        .insert_attendance(user.id, facility, started, None, "open")
+        .await;
+    // Notes a device synced with the shift: up to 2,001 characters are allowed there.
+    sqlx::query("UPDATE attendance SET notes = repeat('n', 1500) WHERE id = $1")
+        .bind(shift)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let with_notes = |n: usize| {
+        let mut body = at_site();
+        body["notes"] = json!("x".repeat(n));
+        body
+    };
+    let (status, body) = clock_out(&app, &user, with_notes(600)).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert!(body["error"]["details"]["notes"].is_array(), "{body}");
+    let (status, closed) = clock_out(&app, &user, with_notes(500)).await;
+    assert_eq!(status, StatusCode::OK, "still open: {closed}");
+    assert_eq!(closed["notes"].as_str().unwrap().chars().count(), 2001);
 }
 
 #[tokio::test]
@@ -1395,6 +1432,10 @@ async fn exports_are_real_csv_and_xlsx_in_local_time_with_formulas_neutralised()
             .starts_with("text/csv")
     );
     let bytes = response.bytes().await.unwrap();
+    assert!(
+        bytes.starts_with("\u{FEFF}".as_bytes()),
+        "a byte-order mark, so that Excel reads the accents as UTF-8"
+    );
     let mut reader = csv::Reader::from_reader(bytes.as_ref());
     let headers = reader.headers().unwrap().clone();
     let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
@@ -1457,6 +1498,11 @@ async fn periods_out_of_range_or_reversed_are_refused_and_blank_bounds_are_no_bo
         "/api/attendance/my-records?from=2026-12-02T00:00:00Z&to=2026-12-01T00:00:00Z",
         "/api/activities?from=2026-12-01T00:00:00Z&to=2026-11-01T00:00:00Z",
         "/api/activities?from=-5000-01-01T00:00:00Z",
+        // A date `to` the day before `from`: the same instant as bounds, but reversed.
+        "/api/attendance/export?from=2026-11-02&to=2026-11-01",
+        "/api/attendance?from=2026-11-02&to=2026-11-01",
+        // With no `to`, the period ends now.
+        "/api/attendance/summary?from=2999-01-01",
     ] {
         let (status, body) = send(app.get(path).bearer_auth(&admin.token)).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {body}");
@@ -1470,10 +1516,22 @@ async fn periods_out_of_range_or_reversed_are_refused_and_blank_bounds_are_no_bo
         "/api/attendance/summary?from=0001-01-01&to=9999-12-31",
         // An empty period is an empty answer.
         "/api/attendance?from=2026-12-01T00:00:00Z&to=2026-12-01T00:00:00Z",
+        // Lists take dates and blank bounds as exports and summaries do.
+        "/api/attendance?from=&to=",
+        "/api/attendance?from=2026-12-01&to=2026-12-01",
+        "/api/attendance/my-records?from=2026-12-01&to=",
+        "/api/activities?from=&to=2026-12-01",
     ] {
-        let (status, _) = send(app.get(path).bearer_auth(&admin.token)).await;
-        assert_eq!(status, StatusCode::OK, "{path}");
+        let (status, body) = send(app.get(path).bearer_auth(&admin.token)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
     }
+    let (_, body) = send(
+        app.get("/api/attendance/summary?from=2999-01-01")
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    let reason = body["error"]["details"]["from"][0].as_str().unwrap();
+    assert!(reason.contains("past"), "{reason}");
     // The admin's own login is in the trail: a blank filter does not hide it.
     let (status, body) = send(
         app.get("/api/activities?action=&entity_type=")
@@ -1482,6 +1540,27 @@ async fn periods_out_of_range_or_reversed_are_refused_and_blank_bounds_are_no_bo
     .await;
     assert_eq!(status, StatusCode::OK);
     assert!(body["total"].as_i64().unwrap() > 0, "{body}");
+}
+
+#[tokio::test]
+async fn an_export_while_the_database_is_away_answers_503_not_a_broken_file() {
+    let (proxy, app) = TestApp::spawn_through_proxy(|env| {
+        env.insert("DB_ACQUIRE_TIMEOUT_SECS".into(), "1".into());
+    })
+    .await;
+    let supervisor = app.user("supervisor", None).await;
+    let export = || {
+        app.get("/api/attendance/export?format=csv")
+            .bearer_auth(&supervisor.token)
+            .send()
+    };
+    // The caller's session is known to the service before the database goes.
+    assert_eq!(export().await.unwrap().status(), StatusCode::OK);
+    proxy.cut();
+    let response = export().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
 }
 
 #[tokio::test]

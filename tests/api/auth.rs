@@ -1422,6 +1422,37 @@ async fn an_admin_sets_a_forgotten_password_which_lifts_the_lock_and_ends_old_se
 }
 
 #[tokio::test]
+async fn a_password_reset_racing_a_promotion_to_admin_is_refused() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let supervisor = app.user("supervisor", None).await;
+    // Another admin promotes the supervisor; the promotion holds the row until it commits.
+    let mut promotion = app.db.begin().await.unwrap();
+    sqlx::query("UPDATE users SET role = 'admin' WHERE id = $1")
+        .bind(supervisor.id)
+        .execute(&mut *promotion)
+        .await
+        .unwrap();
+    let reset = send(
+        app.post(&format!("/api/users/{}/password", supervisor.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({ "new_password": "a handed-over passphrase" })),
+    );
+    let commit = async {
+        app.until_waiting_on_rows(1, "the reset to wait for the promotion")
+            .await;
+        promotion.commit().await.unwrap();
+    };
+    let ((status, body), ()) = tokio::join!(reset, commit);
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(
+        app.login(&supervisor.email, PASSWORD).await.0,
+        StatusCode::OK,
+        "the new admin's password is unchanged"
+    );
+}
+
+#[tokio::test]
 async fn registration_gives_one_reason_for_every_supervisor_it_refuses() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;

@@ -1481,6 +1481,63 @@ async fn a_worker_moved_to_another_supervisor_takes_their_records_along_in_both_
     assert!(ids(&again, "created").is_empty(), "{again}");
 }
 
+#[tokio::test]
+async fn a_supervisor_is_told_a_departed_workers_records_in_pages_of_the_limit() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let supervisor = app.user("supervisor", None).await;
+    let facility = app.facility_at(SITE.0, SITE.1).await;
+    let worker = app.quick_user("focal", Some(supervisor.id), facility).await;
+    let mut gone = vec![];
+    for _ in 0..5 {
+        gone.push(closed_shift(&app, worker.id, facility).await);
+    }
+    gone.sort();
+    let first = pull_from(&app, &supervisor.token, None).await;
+    assert_eq!(change_ids(&first, "created"), gone);
+
+    let (status, body) = send(
+        app.patch(&format!("/api/users/{}", worker.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"supervisor_id": null})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let last = deletions_in_pages_of_two(&app, &supervisor.token, first, &gone).await;
+    let again = pull_from(&app, &supervisor.token, Some(&last)).await;
+    assert_eq!(
+        change_ids(&again, "deleted"),
+        Vec::<String>::new(),
+        "{again}"
+    );
+}
+
+/// Pulls after `from` in pages of two until there is no more, each page holding nothing but
+/// deletions, and checks that together they told `gone` (sorted) once each; the last page.
+async fn deletions_in_pages_of_two(
+    app: &TestApp,
+    token: &str,
+    from: Value,
+    gone: &[String],
+) -> Value {
+    let mut told = vec![];
+    let mut page = from;
+    loop {
+        page = pull_page(app, token, Some(&page), 2).await;
+        let deleted = change_ids(&page, "deleted");
+        assert!(deleted.len() <= 2, "{page}");
+        assert_eq!(change_ids(&page, "created"), Vec::<String>::new());
+        assert_eq!(change_ids(&page, "updated"), Vec::<String>::new());
+        told.extend(deleted);
+        if page["has_more"] == json!(false) {
+            break;
+        }
+        assert!(told.len() <= gone.len(), "{page}");
+    }
+    assert_eq!(told, gone);
+    page
+}
+
 /// The ids of one kind of attendance change (`created`, `updated` or `deleted`) in a pull.
 fn change_ids(body: &Value, kind: &str) -> Vec<String> {
     let mut ids: Vec<String> = body["changes"]["attendance"][kind]
@@ -1605,22 +1662,7 @@ async fn an_admin_made_a_supervisor_is_told_every_record_now_out_of_their_scope_
     // the change, which the device never had.
     let token = change_role(&app, &admin, &demoted, "supervisor").await;
     closed(other.id).await;
-    let mut told = vec![];
-    let mut page = first;
-    loop {
-        page = pull_page(&app, &token, Some(&page), 2).await;
-        let deleted = change_ids(&page, "deleted");
-        assert!(deleted.len() <= 2, "{page}");
-        assert_eq!(change_ids(&page, "created"), Vec::<String>::new());
-        assert_eq!(change_ids(&page, "updated"), Vec::<String>::new());
-        told.extend(deleted);
-        if page["has_more"] == json!(false) {
-            break;
-        }
-        assert!(told.len() <= gone.len(), "{page}");
-    }
-    assert_eq!(told, gone);
-    let shrunk = page;
+    let shrunk = deletions_in_pages_of_two(&app, &token, first, &gone).await;
     let again = pull_from(&app, &token, Some(&shrunk)).await;
     assert_eq!(
         change_ids(&again, "deleted"),

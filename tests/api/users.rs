@@ -725,7 +725,20 @@ async fn the_activity_log_filters_by_actor_action_entity_and_time() {
     let (_, body) = get("from=2999-01-01T00:00:00Z".into()).await;
     assert_eq!(body["total"], 0);
     let (status, body) = get("from=yesterday".into()).await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert!(body["error"]["details"]["from"].is_array(), "{body}");
+    // Dates and blank bounds, as on exports and summaries.
+    let (_, all) = get(String::new()).await;
+    let (status, body) = get("from=&to=2999-12-31".into()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["total"], all["total"]);
+    let (_, body) = get("from=2999-12-31&to=2999-12-31".into()).await;
+    assert_eq!(body["total"], 0);
 }
 
 #[tokio::test]

@@ -12,19 +12,21 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use futures::StreamExt;
 use serde::Deserialize;
-use sqlx::QueryBuilder;
+use sqlx::pool::PoolConnection;
+use sqlx::{Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{parse_period, parse_tz};
+use super::parse_tz;
 use crate::auth::AuthUser;
 use crate::db::attendance::push_filters;
 use crate::domain::Role;
 use crate::domain::attendance::neutralise_cell;
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::extract::Query;
+use crate::routes::period;
 use crate::state::AppState;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -184,7 +186,9 @@ impl ExportRow {
 
 /// One export's reader, filters and time zone.
 struct Export {
-    db: sqlx::PgPool,
+    /// Taken before the response begins: a service that cannot reach its database answers 503,
+    /// not a 200 whose body then breaks.
+    conn: PoolConnection<Postgres>,
     viewer: AuthUser,
     q: ExportQuery,
     from: Option<DateTime<Utc>>,
@@ -237,8 +241,7 @@ async fn export(
 ) -> Result<Response, ApiError> {
     user.require(Role::Supervisor)?;
     let tz = parse_tz(q.tz.as_deref(), &state)?;
-    let (from, to) = parse_period(&q.from, &q.to, tz)?;
-    crate::routes::period::check_order(from, to)?;
+    let (from, to) = period::parse(q.from.as_deref(), q.to.as_deref(), tz)?;
     let format = q.format.unwrap_or_default();
     let slot = state
         .exports
@@ -251,7 +254,7 @@ async fn export(
         })?;
     let stamp = Utc::now().with_timezone(&tz).format("%Y%m%d-%H%M");
     let job = Export {
-        db: state.db.clone(),
+        conn: state.db.acquire().await?,
         viewer: user,
         q,
         from,
@@ -261,7 +264,7 @@ async fn export(
     match format {
         ExportFormat::Csv => {
             let stall = state.config.request_timeout;
-            let body = csv_stream(job, stall, slot);
+            let body = csv_stream(job, stall, slot).await?;
             Ok((
                 [
                     (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
@@ -303,56 +306,72 @@ async fn export(
 /// however many records there are. The export holds a database connection while it runs, so a
 /// client that takes nothing for `stall` (the request timeout) is cut off, and the connection
 /// goes back to the pool.
-fn csv_stream(
+async fn csv_stream(
     job: Export,
     stall: std::time::Duration,
     slot: tokio::sync::OwnedSemaphorePermit,
-) -> Body {
+) -> Result<Body, ApiError> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
+    let (begun, answer) = tokio::sync::oneshot::channel::<Result<(), sqlx::Error>>();
     let cut = Arc::new(AtomicBool::new(false));
     let cut_off = cut.clone();
     tokio::spawn(async move {
         let _slot = slot;
+        let mut job = job;
         let mut qb = job.query();
-        let mut rows = qb.build_query_as::<ExportRow>().fetch(&job.db);
-        let mut writer = csv::Writer::from_writer(Vec::with_capacity(80 * 1024));
+        let mut rows = qb.build_query_as::<ExportRow>().fetch(&mut *job.conn);
+        // The response begins once the query answers: a database that cannot is a 503, not a
+        // 200 whose body then breaks.
+        let mut row = match rows.next().await {
+            Some(Err(e)) => {
+                let _ = begun.send(Err(e));
+                return;
+            }
+            first => {
+                let _ = begun.send(Ok(()));
+                first
+            }
+        };
+        // A byte-order mark first: without one, Excel reads UTF-8 as the system's code page
+        // and garbles accented names.
+        let mut first = Vec::with_capacity(80 * 1024);
+        first.extend_from_slice("\u{FEFF}".as_bytes());
+        let mut writer = csv::Writer::from_writer(first);
         let _ = writer.write_record(EXPORT_HEADERS);
-        while let Some(row) = rows.next().await {
-            let row = match row {
-                Ok(row) => row,
+        while let Some(next) = row {
+            let next = match next {
+                Ok(next) => next,
                 Err(e) => {
                     tracing::error!(error = %e, "export query failed mid-stream");
                     let _ = tx.send(Err(std::io::Error::other("export failed"))).await;
                     return;
                 }
             };
-            let _ = writer.write_record(row.cells(job.tz, true));
+            let _ = writer.write_record(next.cells(job.tz, true));
             if writer.get_ref().len() >= 64 * 1024 {
                 let full = std::mem::replace(
                     &mut writer,
                     csv::Writer::from_writer(Vec::with_capacity(80 * 1024)),
                 );
                 let Ok(chunk) = full.into_inner() else { return };
-                match tokio::time::timeout(stall, tx.send(Ok(chunk))).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return, // the client went away
-                    Err(_) => {
-                        tracing::warn!("export cut off: the client took nothing for {stall:?}");
-                        cut_off.store(true, Ordering::Release);
-                        return;
-                    }
+                if !deliver(&tx, chunk, stall, &cut_off).await {
+                    return;
                 }
             }
+            row = rows.next().await;
         }
         if let Ok(rest) = writer.into_inner()
             && !rest.is_empty()
         {
-            let _ = tx.send(Ok(rest)).await;
+            deliver(&tx, rest, stall, &cut_off).await;
         }
     });
+    answer
+        .await
+        .map_err(|_| anyhow::anyhow!("the export stopped before its query answered"))??;
     // A cut-off export ends in an error, so the client sees a broken download rather than a
     // short file that looks whole. Fused: the compression layer may poll once more after the end.
-    Body::from_stream(
+    Ok(Body::from_stream(
         futures::stream::unfold(Some(rx), move |rx| {
             let cut = cut.clone();
             async move {
@@ -367,7 +386,25 @@ fn csv_stream(
             }
         })
         .fuse(),
-    )
+    ))
+}
+
+/// Hands a chunk to the response; false when the client went away, or took nothing for `stall`
+/// (the export is then `cut` off).
+async fn deliver(
+    tx: &tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    chunk: Vec<u8>,
+    stall: std::time::Duration,
+    cut: &AtomicBool,
+) -> bool {
+    match tokio::time::timeout(stall, tx.send(Ok(chunk))).await {
+        Ok(sent) => sent.is_ok(),
+        Err(_) => {
+            tracing::warn!("export cut off: the client took nothing for {stall:?}");
+            cut.store(true, Ordering::Release);
+            false
+        }
+    }
 }
 
 /// XLSX in constant-memory mode (rows go to a temporary file as they are written), so the
@@ -375,7 +412,7 @@ fn csv_stream(
 /// A worksheet's rows (1,048,576) less the header.
 const XLSX_MAX_RECORDS: u32 = 1_048_575;
 
-async fn xlsx_file(job: Export) -> Result<std::fs::File, ApiError> {
+async fn xlsx_file(mut job: Export) -> Result<std::fs::File, ApiError> {
     let tz = job.tz;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<ExportRow>(1024);
     let writer = tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
@@ -399,7 +436,7 @@ async fn xlsx_file(job: Export) -> Result<std::fs::File, ApiError> {
         Ok(file)
     });
     let mut qb = job.query();
-    let mut rows = qb.build_query_as::<ExportRow>().fetch(&job.db);
+    let mut rows = qb.build_query_as::<ExportRow>().fetch(&mut *job.conn);
     let mut written = 0u32;
     while let Some(row) = rows.next().await {
         let row = row?;

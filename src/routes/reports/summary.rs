@@ -9,12 +9,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{parse_period, parse_tz};
+use super::parse_tz;
 use crate::auth::AuthUser;
 use crate::db::attendance::push_filters;
 use crate::domain::Role;
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::extract::{Json, Query};
+use crate::routes::period;
 use crate::state::AppState;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -92,9 +93,17 @@ async fn summary(
 ) -> Result<Json<Summary>, ApiError> {
     user.require(Role::Supervisor)?;
     let tz = parse_tz(q.tz.as_deref(), &state)?;
-    let (from, to) = parse_period(&q.from, &q.to, tz)?;
-    let to = to.unwrap_or_else(Utc::now);
-    crate::routes::period::check_order(from, Some(to))?;
+    let (from, to) = period::parse(q.from.as_deref(), q.to.as_deref(), tz)?;
+    let to = match to {
+        Some(to) => to,
+        None if from.is_some_and(|from| from >= Utc::now()) => {
+            return Err(ApiError::invalid(
+                "from",
+                "must be in the past when `to` is not given (the period then ends now)",
+            ));
+        }
+        None => Utc::now(),
+    };
     let from = from.unwrap_or(to - chrono::Duration::days(30));
     if from == to {
         return Err(ApiError::invalid("from", "must be before `to`"));

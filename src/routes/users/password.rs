@@ -162,22 +162,20 @@ async fn reset_password(
     Json(req): Json<ResetPassword>,
 ) -> Result<StatusCode, ApiError> {
     admin.require(Role::Admin)?;
-    let (email, role): (String, String) =
-        sqlx::query_as("SELECT email, role FROM users WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&state.db)
-            .await?
-            .ok_or(ApiError::NotFound)?;
-    // An admin who could set another admin's password could act as them. An admin's own
-    // password is changed with the current one, or reset from the command line (create-admin),
-    // which needs the server.
-    if role == Role::Admin.as_str() {
-        return Err(ApiError::Forbidden);
-    }
-    let password = Password::parse(&req.new_password, &email)
-        .map_err(|reason| ApiError::invalid("new_password", reason))?;
+    let target = sqlx::query_as("SELECT email, role FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&state.db)
+        .await?;
+    let password = resettable(target, &req.new_password)?;
     let hash = state.hasher.hash(password.into_secret()).await?;
     let mut tx = state.db.begin().await?;
+    // Checked again under the row's lock: the user may have been made an admin, or given this
+    // password as their email, while the hash was made.
+    let target = sqlx::query_as("SELECT email, role FROM users WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    resettable(target, &req.new_password)?;
     store(&mut tx, id, hash).await?;
     Activity::new("user.password_reset")
         .by(&admin)
@@ -188,4 +186,17 @@ async fn reset_password(
     tx.commit().await?;
     state.auth_cache.invalidate(id);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The password an admin may set for a user (email and role), if they may set one at all.
+fn resettable(target: Option<(String, String)>, new_password: &str) -> Result<Password, ApiError> {
+    let (email, role) = target.ok_or(ApiError::NotFound)?;
+    // An admin who could set another admin's password could act as them. An admin's own
+    // password is changed with the current one, or reset from the command line (create-admin),
+    // which needs the server.
+    if role == Role::Admin.as_str() {
+        return Err(ApiError::Forbidden);
+    }
+    Password::parse(new_password, &email)
+        .map_err(|reason| ApiError::invalid("new_password", reason))
 }
