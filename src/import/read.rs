@@ -182,7 +182,7 @@ fn xml_reader<R: Read>(part: R) -> quick_xml::Reader<BufReader<R>> {
 /// calamine sets aside room for as many shared strings as the part's `uniqueCount` says, before
 /// it reads one: a few bytes declaring 10^14 would ask for petabytes. A count beyond what the
 /// part could hold (each string takes at least `<si/>`, five bytes) is refused, and so is a
-/// part holding more than [`MAX_SHARED_STRINGS`].
+/// part declaring or holding more than [`MAX_SHARED_STRINGS`].
 fn check_shared_strings<R: Read>(part: zip::read::ZipFile<'_, R>) -> Result<(), ReadError> {
     let most = part.size() / 5;
     let mut xml = xml_reader(part);
@@ -192,27 +192,23 @@ fn check_shared_strings<R: Read>(part: zip::read::ZipFile<'_, R>) -> Result<(), 
         buf.clear();
         match xml.read_event_into(&mut buf) {
             Ok(Event::Start(e)) if e.local_name().as_ref() == "sst" => {
-                let declared = e
-                    .attributes()
-                    .with_checks(false)
-                    .flatten()
-                    .find(|a| a.key.local_name().as_ref() == "uniqueCount");
-                if let Some(attr) = declared
-                    && !attr.value.is_empty()
-                    && attr.value.bytes().all(|b| b.is_ascii_digit())
-                    && attr.value.parse::<u64>().map_or(true, |n| n > most)
-                {
+                let [declared] = watched(&e, ["uniqueCount"])?;
+                let declared = declared
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .map(|v| v.parse::<u64>().unwrap_or(u64::MAX));
+                if declared.is_some_and(|n| n > most) {
                     return Err(ReadError::Unreadable(
                         "the workbook declares more shared strings than it holds".into(),
                     ));
+                }
+                if declared.is_some_and(|n| n > MAX_SHARED_STRINGS) {
+                    return Err(too_many_strings());
                 }
             }
             Ok(Event::Start(e)) if e.local_name().as_ref() == "si" => {
                 strings += 1;
                 if strings > MAX_SHARED_STRINGS {
-                    return Err(ReadError::TooLarge(format!(
-                        "the workbook holds more than {MAX_SHARED_STRINGS} different texts"
-                    )));
+                    return Err(too_many_strings());
                 }
             }
             // calamine reports a broken part itself.
@@ -220,6 +216,36 @@ fn check_shared_strings<R: Read>(part: zip::read::ZipFile<'_, R>) -> Result<(), 
             Ok(_) => {}
         }
     }
+}
+
+fn too_many_strings() -> ReadError {
+    ReadError::TooLarge(format!(
+        "the workbook holds more than {MAX_SHARED_STRINGS} different texts"
+    ))
+}
+
+/// The values of `keys` on an element, read by their exact names as calamine reads them. An
+/// element naming one twice, or under a prefix, is refused: Excel writes each once and
+/// unqualified, and the checks must read the very value that calamine will.
+fn watched<const N: usize>(
+    e: &quick_xml::events::BytesStart<'_>,
+    keys: [&str; N],
+) -> Result<[Option<String>; N], ReadError> {
+    let mut values: [Option<String>; N] = std::array::from_fn(|_| None);
+    for a in e.attributes().with_checks(false).flatten() {
+        let local = a.key.local_name();
+        let Some(i) = keys.iter().position(|k| local.as_ref() == *k) else {
+            continue;
+        };
+        if a.key.as_ref() != local.as_ref() || values[i].is_some() {
+            return Err(ReadError::Unreadable(format!(
+                "an element of the workbook gives its {} twice, or under a prefix",
+                keys[i]
+            )));
+        }
+        values[i] = Some(a.value.to_string());
+    }
+    Ok(values)
 }
 
 /// calamine builds one style for each cell format (`<xf>` in `<cellXfs>`) of `styles.xml`, and
@@ -250,15 +276,7 @@ fn check_styles<R: Read>(part: zip::read::ZipFile<'_, R>) -> Result<(), ReadErro
         let (start, name) = match xml.read_event_into(&mut buf) {
             // calamine reports a broken part itself.
             Ok(Event::Eof) | Err(_) => return Ok(()),
-            Ok(Event::Start(e)) => {
-                let mut ids: [Option<String>; 4] = Default::default();
-                for a in e.attributes().with_checks(false).flatten() {
-                    if let Some(i) = IDS.iter().position(|k| a.key.local_name().as_ref() == *k) {
-                        ids[i] = Some(a.value.to_string());
-                    }
-                }
-                (Some(ids), e.local_name().as_ref().to_string())
-            }
+            Ok(Event::Start(e)) => (Some(watched(&e, IDS)?), e.local_name().as_ref().to_string()),
             Ok(Event::End(e)) => (None, e.local_name().as_ref().to_string()),
             Ok(_) => continue,
         };

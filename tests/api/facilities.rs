@@ -74,10 +74,15 @@ fn one_string_everywhere(chars: usize, rows: usize) -> Vec<u8> {
 /// A workbook whose styles give `formats` cell formats the same font, named by `chars`
 /// characters: calamine copies the name into each. `stray` goes before the fonts.
 fn one_font_in_every_format(chars: usize, formats: usize, stray: &str) -> Vec<u8> {
+    one_font_in_every(chars, formats, stray, r#"<xf numFmtId="0" fontId="0"/>"#)
+}
+
+/// As [`one_font_in_every_format`], each format written as `xf`.
+fn one_font_in_every(chars: usize, formats: usize, stray: &str, xf: &str) -> Vec<u8> {
     let styles = format!(
         r#"<?xml version="1.0"?><styleSheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">{stray}<fonts count="1"><font><name val="{}"/></font></fonts><cellXfs count="{formats}">{}</cellXfs></styleSheet>"#,
         "A".repeat(chars),
-        r#"<xf numFmtId="0" fontId="0"/>"#.repeat(formats)
+        xf.repeat(formats)
     );
     zip_with(
         Some(&fixture("facilities.xlsx")),
@@ -682,6 +687,32 @@ async fn hostile_and_broken_files_are_refused_and_change_nothing() {
                     "xl/sharedStrings.xml",
                     r#"<?xml version="1.0"?><!-- x --><sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" count="1" uniqueCount="100000000000000"><si><t>x</t></si></sst>"#,
                 )],
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            // A decoy count under a prefix, which the reader does not read, before the count
+            // it does: room for 50 million strings.
+            "shared strings declared beyond the file behind a decoy",
+            zip_with(
+                Some(&fixture("facilities.xlsx")),
+                &[(
+                    "xl/sharedStrings.xml",
+                    r#"<?xml version="1.0"?><sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" xmlns:x="http://schemas.openxmlformats.org/spreadsheetml/2006/main" x:uniqueCount="1" uniqueCount="50000000"><si><t>x</t></si></sst>"#,
+                )],
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            // Each format names the long font, and a decoy under a prefix names none.
+            "one long font name in every cell format behind a decoy",
+            one_font_in_every(
+                300_000,
+                1_000,
+                "",
+                r#"<xf numFmtId="0" fontId="0" x:fontId="9"/>"#,
             ),
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation_failed",
