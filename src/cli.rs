@@ -104,22 +104,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 strict,
             };
             let filename = file.file_name().map(|n| n.to_string_lossy().into_owned());
-            let radius = state.config.attendance.default_geofence_m;
-            let report =
-                crate::import::apply::run(&state.db, bytes, filename, options, radius, None)
-                    .await
-                    .map_err(|e| match e {
-                        // "validation failed" alone would not say which column or why.
-                        crate::error::ApiError::Validation(details) => anyhow::anyhow!(
-                            "import refused: {}",
-                            details
-                                .iter()
-                                .map(|(field, reasons)| format!("{field}: {}", reasons.join("; ")))
-                                .collect::<Vec<_>>()
-                                .join("; ")
-                        ),
-                        other => anyhow::anyhow!("import refused: {other}"),
-                    })?;
+            let report = crate::import::apply::run(&state, bytes, filename, options, None)
+                .await
+                .map_err(|e| match e {
+                    // "validation failed" alone would not say which column or why.
+                    crate::error::ApiError::Validation(details) => anyhow::anyhow!(
+                        "import refused: {}",
+                        details
+                            .iter()
+                            .map(|(field, reasons)| format!("{field}: {}", reasons.join("; ")))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                    other => anyhow::anyhow!("import refused: {other}"),
+                })?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Openapi => unreachable!("handled before configuration is read"),

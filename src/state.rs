@@ -80,6 +80,8 @@ pub struct Services {
     /// Exports running at once. Each holds a database connection for as long as its client
     /// takes to read it, so they may take a quarter of the pool at most, never all of it.
     pub exports: Arc<tokio::sync::Semaphore>,
+    /// The facility file being read: one at a time (see `import::apply::run`).
+    pub imports: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -106,6 +108,7 @@ impl AppState {
             metrics: Metrics::global(),
             started_at: Instant::now(),
             exports: Arc::new(tokio::sync::Semaphore::new(export_slots)),
+            imports: Arc::new(tokio::sync::Semaphore::new(1)),
         }))
     }
 }

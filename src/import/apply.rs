@@ -11,13 +11,11 @@ use crate::audit::Activity;
 use crate::auth::{AuthUser, ClientInfo};
 use crate::error::{ApiError, FieldErrors};
 use crate::import::read::{self, ReadError};
-use crate::import::rows::{self, Councils, FacilityRow, RowError, code_key};
+use crate::import::rows::{self, Councils, FacilityRow, MAX_REPORTED_ERRORS, RowError, code_key};
+use crate::state::AppState;
 
 /// The advisory lock key that imports take, so that one runs at a time.
 const IMPORT_LOCK: i64 = 0x6661_6369_6d70; // "facimp"
-
-/// Row errors kept in a report; `failed` still counts every failed row.
-pub const MAX_REPORTED_ERRORS: usize = 1000;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -74,6 +72,9 @@ fn read_error(e: ReadError) -> ApiError {
         ReadError::TooLarge(reason) => ApiError::ContentTooLarge(reason),
         ReadError::Empty => ApiError::invalid("file", "is empty"),
         ReadError::Unreadable(reason) => ApiError::invalid("file", reason),
+        ReadError::Encrypted | ReadError::MixedEncoding(_) => {
+            ApiError::invalid("file", e.to_string())
+        }
     }
 }
 
@@ -91,17 +92,30 @@ async fn councils(db: &PgPool) -> Result<Councils, sqlx::Error> {
 
 /// Reads, checks and applies `bytes`, and stores the report. Parsing runs on the blocking pool.
 /// New facilities get `default_radius_m` as their geofence (`GEOFENCE_DEFAULT_RADIUS_M`).
+///
+/// Files are read one at a time (`AppState::imports`): reading one may take hundreds of
+/// megabytes and a core for seconds. Another arriving meanwhile answers 503 with `Retry-After`.
+/// The reading keeps its turn until it ends, even when the request that began it has gone.
 pub async fn run(
-    db: &PgPool,
+    state: &AppState,
     bytes: Vec<u8>,
     filename: Option<String>,
     options: ImportOptions,
-    default_radius_m: i32,
     actor: Option<(&AuthUser, &ClientInfo)>,
 ) -> Result<ImportReport, ApiError> {
+    let (db, default_radius_m) = (&state.db, state.config.attendance.default_geofence_m);
+    let turn = state
+        .imports
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Busy {
+            message: "another facility file is being read; try again shortly".into(),
+            retry_after_s: 5,
+        })?;
     let councils = councils(db).await?;
     let span = tracing::Span::current();
     let (format, checked) = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         span.in_scope(|| {
             let sheet = read::read(&bytes).map_err(read_error)?;
             if sheet.rows.is_empty() {

@@ -59,6 +59,14 @@ pub enum ReadError {
     )]
     OtherWorkbook,
     #[error(
+        "the workbook is protected with a password, which this service cannot open: remove the password in Excel (File > Info > Protect Workbook) and save it again"
+    )]
+    Encrypted,
+    #[error(
+        "the file is UTF-8 but for a byte in line {0} (a row saved in another encoding?): save the whole file as CSV UTF-8"
+    )]
+    MixedEncoding(usize),
+    #[error(
         "the file is a web page or XML (as some systems export for Excel), not CSV or XLSX; open it in Excel and save the sheet as XLSX or CSV"
     )]
     Markup,
@@ -74,7 +82,19 @@ pub fn read(bytes: &[u8]) -> Result<Sheet, ReadError> {
     }
     match bytes {
         [0x50, 0x4B, 0x03, 0x04, ..] => read_zip(bytes),
-        [0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1, ..] => Err(ReadError::OtherWorkbook),
+        // An OLE container: an Excel 97-2003 workbook, or an XLSX that Excel encrypted with a
+        // password, whose directory names its `EncryptedPackage` stream (in UTF-16).
+        [0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1, ..] => {
+            let name: Vec<u8> = "EncryptedPackage"
+                .encode_utf16()
+                .flat_map(u16::to_le_bytes)
+                .collect();
+            if bytes.windows(name.len()).any(|w| w == name) {
+                Err(ReadError::Encrypted)
+            } else {
+                Err(ReadError::OtherWorkbook)
+            }
+        }
         _ => read_csv(bytes),
     }
 }
@@ -518,6 +538,15 @@ fn decode(bytes: &[u8]) -> Result<String, ReadError> {
     }
     match std::str::from_utf8(bytes) {
         Ok(text) => Ok(text.to_string()),
+        // Some text is UTF-8 beyond ASCII, and some is not: read as Windows-1252, every accent
+        // written as UTF-8 would be garbled without a word.
+        Err(e) if bytes.utf8_chunks().any(|c| !c.valid().is_ascii()) => {
+            let line = bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
+            Err(ReadError::MixedEncoding(line + 1))
+        }
         Err(_) => {
             let (text, _, _) = encoding_rs::WINDOWS_1252.decode(bytes);
             Ok(text.into_owned())
@@ -652,6 +681,29 @@ mod tests {
         let (row, error) = refused.expect("the budget stops the sheet");
         assert!(matches!(error, ReadError::TooLarge(_)), "{error:?}");
         assert!(row as usize > MAX_SHEET_BYTES / MAX_CELL_CHARS * 9 / 10);
+    }
+
+    #[test]
+    fn a_utf8_file_with_a_line_in_another_encoding_is_refused_not_garbled() {
+        let mixed = "code,name\nA,Centre de santé\nB,Poste ".as_bytes();
+        let bytes = [mixed, b"\xC9cole\n"].concat();
+        assert_eq!(read(&bytes).unwrap_err(), ReadError::MixedEncoding(3));
+        // Windows-1252 throughout is read as such.
+        let sheet = read(b"code,name\nA,Centre de sant\xE9\nB,Poste \xC9cole\n").unwrap();
+        assert_eq!(sheet.rows[1].1[1], "Poste École");
+    }
+
+    #[test]
+    fn a_workbook_encrypted_with_a_password_is_named_as_such() {
+        let ole = [0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1];
+        let stream: Vec<u8> = "EncryptedPackage"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let encrypted = [&ole[..], &[0; 504], &stream, &[0; 64]].concat();
+        assert_eq!(read(&encrypted).unwrap_err(), ReadError::Encrypted);
+        let xls = [&ole[..], &[0; 504]].concat();
+        assert_eq!(read(&xls).unwrap_err(), ReadError::OtherWorkbook);
     }
 
     #[test]

@@ -9,6 +9,9 @@ use uuid::Uuid;
 use crate::domain::GeoPoint;
 use crate::import::read::{Format, Sheet};
 
+/// Row errors kept in a report; `failed` still counts every failed row.
+pub const MAX_REPORTED_ERRORS: usize = 1000;
+
 /// A row that passed every check, ready to apply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FacilityRow {
@@ -219,6 +222,9 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
     let mut seen_codes: HashMap<String, u32> = HashMap::new();
 
     for (row, cells) in &sheet.rows {
+        // Only the first errors are reported (`failed` counts every row): a file of 200,000
+        // broken rows holds no more of them than that.
+        errors.truncate(MAX_REPORTED_ERRORS);
         let row = *row;
         let get = |c: Column| -> &str {
             map.get(&c)

@@ -297,6 +297,36 @@ async fn failed_formulas_control_characters_and_case_twins_are_row_errors_not_a_
 }
 
 #[tokio::test]
+async fn a_file_sent_while_another_is_being_read_is_told_to_retry() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    // The first import is held as it begins to read its file (it looks up the councils).
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE councils IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let file = || fixture("facilities_utf8.csv");
+    let first = import(&app, &admin.token, "facilities.csv", file(), "");
+    let second = async {
+        app.until_waiting_on_locks(1, "the first import to begin reading")
+            .await;
+        let second = import(&app, &admin.token, "facilities.csv", file(), "");
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(10), second).await;
+        holder.commit().await.unwrap();
+        answer.expect("the second import is answered, not kept waiting")
+    };
+    let ((status, report), (busy, body)) = tokio::join!(first, second);
+    assert_error(busy, &body, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["created"], 4);
+    // Its turn is free again.
+    let (status, report) = import(&app, &admin.token, "facilities.csv", file(), "").await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["skipped"], 4);
+}
+
+#[tokio::test]
 async fn a_bom_csv_with_council_codes_and_a_phone_column_imports() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;

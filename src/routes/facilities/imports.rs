@@ -65,6 +65,7 @@ pub struct ImportUpload {
         (status = 413, description = "Over the upload limit, or a spreadsheet that expands absurdly", body = ErrorEnvelope),
         (status = 415, description = "Neither CSV nor a spreadsheet", body = ErrorEnvelope),
         (status = 422, description = "No `file` field, an empty file, no data rows or a missing required column", body = ErrorEnvelope),
+        (status = 503, description = "Another facility file is being read (`unavailable`, with Retry-After), or the database is unreachable; retry later", body = ErrorEnvelope),
     ))]
 async fn import_facilities(
     State(state): State<AppState>,
@@ -115,18 +116,8 @@ async fn import_facilities(
         dry_run: query.dry_run.unwrap_or(false),
         strict: query.strict.unwrap_or(false),
     };
-    let radius = state.config.attendance.default_geofence_m;
     let shown_name = filename.clone();
-    let report = match apply::run(
-        &state.db,
-        bytes,
-        filename,
-        options,
-        radius,
-        Some((&admin, &client)),
-    )
-    .await
-    {
+    let report = match apply::run(&state, bytes, filename, options, Some((&admin, &client))).await {
         Ok(report) => report,
         // A file refused whole (unreadable, hostile, of another kind, missing columns) is not an
         // import and stores no report, but who sent it, and why it was refused, is kept.
