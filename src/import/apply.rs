@@ -11,7 +11,7 @@ use crate::audit::Activity;
 use crate::auth::{AuthUser, ClientInfo};
 use crate::error::{ApiError, FieldErrors};
 use crate::import::read::{self, ReadError};
-use crate::import::rows::{self, Councils, FacilityRow, MAX_REPORTED_ERRORS, RowError, code_key};
+use crate::import::rows::{self, Councils, FacilityRow, RowError, code_key};
 use crate::state::AppState;
 
 /// The advisory lock key that imports take, so that one runs at a time.
@@ -166,8 +166,7 @@ pub async fn run(
         tx.rollback().await?;
         tx = db.begin().await?;
     }
-    let mut errors = checked.errors;
-    errors.truncate(MAX_REPORTED_ERRORS);
+    let errors = checked.errors;
     let import_id: Uuid = sqlx::query_scalar(
         "INSERT INTO facility_imports (uploaded_by, filename, format, on_duplicate, dry_run, strict,
                                        total_rows, created, updated, skipped, failed, errors)

@@ -244,26 +244,46 @@ fn too_many_strings() -> ReadError {
     ))
 }
 
-/// The values of `keys` on an element, read by their exact names as calamine reads them. An
-/// element naming one twice, or under a prefix, is refused: Excel writes each once and
-/// unqualified, and the checks must read the very value that calamine will.
+/// The values of `keys` on an element, read as calamine reads them: its attributes split by its
+/// rules (which count a form feed as a space, and allow spaces around `=`, where the XML reader
+/// here does not), each key matched whole. An element naming one twice, or under a prefix, or
+/// with attributes calamine cannot split, is refused: Excel writes each once and unqualified,
+/// and the checks must read the very value that calamine will.
 fn watched<const N: usize>(
     e: &quick_xml::events::BytesStart<'_>,
     keys: [&str; N],
 ) -> Result<[Option<String>; N], ReadError> {
+    let refuse = |what: &str| {
+        ReadError::Unreadable(format!(
+            "an element of the workbook {what}, which no spreadsheet program writes"
+        ))
+    };
+    let raw: &str = e.attributes_raw();
     let mut values: [Option<String>; N] = std::array::from_fn(|_| None);
-    for a in e.attributes().with_checks(false).flatten() {
-        let local = a.key.local_name();
-        let Some(i) = keys.iter().position(|k| local.as_ref() == *k) else {
-            continue;
-        };
-        if a.key.as_ref() != local.as_ref() || values[i].is_some() {
-            return Err(ReadError::Unreadable(format!(
-                "an element of the workbook gives its {} twice, or under a prefix",
-                keys[i]
-            )));
+    let mut rest = raw.trim_start_matches(|c: char| c.is_ascii_whitespace());
+    while !rest.is_empty() {
+        // calamine's `RawAttrIter`: the key runs to `=`, less trailing spaces; the value is
+        // quoted, after any spaces.
+        let (key, after) = rest
+            .split_once('=')
+            .ok_or_else(|| refuse("has an attribute without a value"))?;
+        let key = key.trim_end_matches(|c: char| c.is_ascii_whitespace());
+        let after = after.trim_start_matches(|c: char| c.is_ascii_whitespace());
+        let quote = after
+            .chars()
+            .next()
+            .filter(|q| matches!(q, '"' | '\''))
+            .ok_or_else(|| refuse("has an attribute without quotes"))?;
+        let (value, tail) = after[1..].split_once(quote).unwrap_or((&after[1..], ""));
+        for (i, k) in keys.iter().enumerate() {
+            let prefixed = key.strip_suffix(k).is_some_and(|p| p.ends_with(':'));
+            if key == *k && values[i].is_none() {
+                values[i] = Some(value.to_string());
+            } else if key == *k || prefixed {
+                return Err(refuse(&format!("gives its {k} twice, or under a prefix")));
+            }
         }
-        values[i] = Some(a.value.to_string());
+        rest = tail.trim_start_matches(|c: char| c.is_ascii_whitespace());
     }
     Ok(values)
 }
@@ -540,7 +560,7 @@ fn decode(bytes: &[u8]) -> Result<String, ReadError> {
         Ok(text) => Ok(text.to_string()),
         // Some text is UTF-8 beyond ASCII, and some is not: read as Windows-1252, every accent
         // written as UTF-8 would be garbled without a word.
-        Err(e) if bytes.utf8_chunks().any(|c| !c.valid().is_ascii()) => {
+        Err(e) if holds_utf8_text(bytes) => {
             let line = bytes[..e.valid_up_to()]
                 .iter()
                 .filter(|&&b| b == b'\n')
@@ -552,6 +572,19 @@ fn decode(bytes: &[u8]) -> Result<String, ReadError> {
             Ok(text.into_owned())
         }
     }
+}
+
+/// Whether some of `bytes` is text written as UTF-8 beyond ASCII: a Latin letter with its accent
+/// (U+00A0–U+017F) or typographic punctuation (U+2000–U+20CF). Windows-1252 text makes such a
+/// sequence only by a chance its writers do not meet (`Ã` or `Â` before a symbol, `â€`), where
+/// an accented capital before one (`É»` is also UTF-8 for `ɻ`) is ordinary.
+fn holds_utf8_text(bytes: &[u8]) -> bool {
+    bytes.utf8_chunks().any(|chunk| {
+        chunk
+            .valid()
+            .chars()
+            .any(|c| matches!(c, '\u{A0}'..='\u{17F}' | '\u{2000}'..='\u{20CF}'))
+    })
 }
 
 /// Control characters other than tab, CR, LF and form feed mean a binary file, whatever its
@@ -688,9 +721,14 @@ mod tests {
         let mixed = "code,name\nA,Centre de santé\nB,Poste ".as_bytes();
         let bytes = [mixed, b"\xC9cole\n"].concat();
         assert_eq!(read(&bytes).unwrap_err(), ReadError::MixedEncoding(3));
-        // Windows-1252 throughout is read as such.
+        // Windows-1252 throughout is read as such, even where two of its letters happen to
+        // make a UTF-8 sequence.
         let sheet = read(b"code,name\nA,Centre de sant\xE9\nB,Poste \xC9cole\n").unwrap();
         assert_eq!(sheet.rows[1].1[1], "Poste École");
+        let sheet =
+            read(b"code,name\nA,\xABCENTRE DE SANT\xC9\xBB\nB,D\xC9P\xD4T\x96NORD \xE9\n").unwrap();
+        assert_eq!(sheet.rows[0].1[1], "«CENTRE DE SANTÉ»");
+        assert_eq!(sheet.rows[1].1[1], "DÉPÔT–NORD é");
     }
 
     #[test]

@@ -412,6 +412,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
             errors.extend(row_errors);
         }
     }
+    errors.truncate(MAX_REPORTED_ERRORS);
     Ok(Checked {
         valid,
         errors,

@@ -204,8 +204,21 @@ pub(crate) fn check_times(
     Ok(())
 }
 
-/// Everything but the time rules: coordinates, the clock-out's order and location, notes.
-pub(crate) fn check_fields(content: &Content) -> Result<(), String> {
+/// Everything but the time rules: coordinates, the clock-out's order and location, notes. A
+/// clock-out stamped before the clock-in by no more than `tolerance` (a phone's clock set back
+/// between the two, by network time) ends the shift where it began, as online.
+pub(crate) fn check_fields(
+    content: &mut Content,
+    tolerance: std::time::Duration,
+) -> Result<(), String> {
+    if let Some(out) = content.clock_out_at
+        && out < content.clock_in_at
+        && (content.clock_in_at - out)
+            .to_std()
+            .is_ok_and(|d| d <= tolerance)
+    {
+        content.clock_out_at = Some(content.clock_in_at);
+    }
     for (name, l) in [
         ("clock_in_location", Some(&content.clock_in)),
         ("clock_out_location", content.clock_out.as_ref()),
@@ -270,7 +283,7 @@ pub async fn push(
     let now = Utc::now().trunc_subsecs(6);
     let user_id = ctx.user.id;
     let cutoff = forgotten_before(now, ctx.config.attendance.max_shift);
-    let batch = parse(raw);
+    let batch = parse(raw, ctx.config.attendance.future_tolerance);
 
     if let Some(answered) = push_unseen(&ctx, device_id, &batch, now).await? {
         return Ok(answered);
@@ -430,7 +443,7 @@ fn readable_id(text: &RawValue) -> Option<Uuid> {
 const MAX_SYNC_VERSION: i32 = 1_000_000_000;
 
 /// Reads and checks each record on its own: the checks that need no database.
-fn parse(raw: &[Box<RawValue>]) -> Vec<Parsed> {
+fn parse(raw: &[Box<RawValue>], tolerance: std::time::Duration) -> Vec<Parsed> {
     let mut parsed: Vec<Parsed> = Vec::with_capacity(raw.len());
     let mut seen_ids = HashSet::new();
     for text in raw {
@@ -483,8 +496,8 @@ fn parse(raw: &[Box<RawValue>]) -> Vec<Parsed> {
                     "data is required for upsert",
                 )),
                 (Op::Upsert, Some(data)) => {
-                    let content = Content::from_data(data);
-                    match check_fields(&content) {
+                    let mut content = Content::from_data(data);
+                    match check_fields(&mut content, tolerance) {
                         Ok(()) => Ok(Some(content)),
                         Err(reason) => Err(reject(id, "validation_failed", reason)),
                     }

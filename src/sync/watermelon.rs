@@ -108,13 +108,12 @@ pub struct MigrationColumns {
     pub columns: Vec<String>,
 }
 
-/// The snapshot a timestamp names, and whether it is exactly the one its pull read at: its own
-/// row, or, once old timestamps are thinned, the row kept for its range, whose snapshot is no
-/// later than any it replaced (so the pull is a superset, never short). A number above every
-/// one issued names nothing.
-async fn snapshot_of(db: &PgPool, id: i64) -> Result<Option<(String, bool)>, ApiError> {
-    Ok(sqlx::query_as(
-        "SELECT snapshot::text, id = $1 AND NOT widened FROM sync_snapshots
+/// The snapshot a timestamp names: its own row, or, once old timestamps are thinned, the row
+/// kept for its range, whose snapshot is no later than any it replaced (so the pull is a
+/// superset, never short). A number above every one issued names nothing.
+async fn snapshot_of(db: &PgPool, id: i64) -> Result<Option<String>, ApiError> {
+    Ok(sqlx::query_scalar(
+        "SELECT snapshot::text FROM sync_snapshots
          WHERE id <= $1 AND $1 <= (SELECT max(id) FROM sync_snapshots)
          ORDER BY id DESC LIMIT 1",
     )
@@ -169,14 +168,11 @@ pub async fn pull_changes(
     last_pulled_at: Option<i64>,
     migration: Option<Migration>,
 ) -> Result<(Value, i64), ApiError> {
-    let (base, exact) = match last_pulled_at.filter(|t| *t > 0) {
-        Some(id) => {
-            let (base, exact) = snapshot_of(db, id).await?.ok_or_else(|| {
-                ApiError::invalid("last_pulled_at", "is not a timestamp this service issued")
-            })?;
-            (Some(base), exact)
-        }
-        None => (None, true),
+    let base = match last_pulled_at.filter(|t| *t > 0) {
+        Some(id) => Some(snapshot_of(db, id).await?.ok_or_else(|| {
+            ApiError::invalid("last_pulled_at", "is not a timestamp this service issued")
+        })?),
+        None => None,
     };
     let mut tx = db.begin().await?;
     let (mut changes, next, _) = pull::pull(
@@ -190,15 +186,15 @@ pub async fn pull_changes(
     )
     .await?;
     tx.commit().await?;
-    if !exact {
-        // From a thinned timestamp, records the device already holds would read as created, and
-        // WatermelonDB recreates a created record the device deleted and has yet to push (its
-        // deletion lost). As updates, it keeps the deletion and creates only what it lacks.
-        let attendance = &mut changes.attendance;
-        attendance.updated.append(&mut attendance.created);
-        let facilities = &mut changes.facilities;
-        facilities.updated.append(&mut facilities.created);
-    }
+    // Every record comes as `updated` (apps set WatermelonDB's `sendCreatedAsUpdated`): a record
+    // created since the last pull may be one this device pushed itself and has deleted since,
+    // its deletion yet to be pushed, and from a thinned timestamp records it has long held would
+    // read as created too. WatermelonDB recreates a created record that the device deleted (the
+    // deletion lost); an updated one it keeps deleted, and it creates those it lacks.
+    let attendance = &mut changes.attendance;
+    attendance.updated.append(&mut attendance.created);
+    let facilities = &mut changes.facilities;
+    facilities.updated.append(&mut facilities.created);
     let target = next
         .base
         .clone()
@@ -371,7 +367,7 @@ pub async fn push_changes(
     } = ctx;
     // To the microsecond, as Postgres keeps it (new rows are stamped with it).
     let now = Utc::now().trunc_subsecs(6);
-    let (snapshot, _) = snapshot_of(db, last_pulled_at).await?.ok_or_else(|| {
+    let snapshot = snapshot_of(db, last_pulled_at).await?.ok_or_else(|| {
         ApiError::invalid("last_pulled_at", "is not a timestamp this service issued")
     })?;
     let mut problems = FieldErrors::new();
@@ -404,7 +400,10 @@ pub async fn push_changes(
             .to_string();
         // The time rules wait for the stored copy: a record whose clock times the server
         // already holds is not refused for its age (a note added a month later).
-        match content_of(raw).and_then(|(id, c)| check_fields(&c).map(|()| (id, c))) {
+        let tolerance = config.attendance.future_tolerance;
+        match content_of(raw)
+            .and_then(|(id, mut c)| check_fields(&mut c, tolerance).map(|()| (id, c)))
+        {
             Ok(pair) => {
                 if raw
                     .get("user_id")
@@ -436,6 +435,17 @@ pub async fn push_changes(
                     .or_default()
                     .push("id must be a UUID".into());
             }
+        }
+    }
+    // WatermelonDB sends a record once per push; twice (created and updated, or updated and
+    // deleted) one write would undo the other.
+    let mut seen = HashSet::new();
+    for id in upserts.iter().map(|(id, _)| id).chain(&deletes) {
+        if !seen.insert(*id) {
+            problems
+                .entry(format!("attendance.{id}"))
+                .or_default()
+                .push("appears more than once in the push".into());
         }
     }
     if !problems.is_empty() {

@@ -736,6 +736,30 @@ async fn hostile_and_broken_files_are_refused_and_change_nothing() {
             "validation_failed",
         ),
         (
+            // A form feed before the count: a space to the workbook reader, not to XML.
+            "shared strings declared beyond the file after a form feed",
+            zip_with(
+                Some(&fixture("facilities.xlsx")),
+                &[(
+                    "xl/sharedStrings.xml",
+                    "<?xml version=\"1.0\"?><sst xmlns=\"http://schemas.openxmlformats.org/spreadsheetml/2006/main\" count=\"1\"\u{C}uniqueCount=\"50000000\"><si><t>x</t></si></sst>",
+                )],
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "one long font name in every cell format after a form feed",
+            one_font_in_every(
+                300_000,
+                1_000,
+                "",
+                "<xf numFmtId=\"0\"\u{C}fontId=\"0\"/>",
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
             // Each format names the long font, and a decoy under a prefix names none.
             "one long font name in every cell format behind a decoy",
             one_font_in_every(

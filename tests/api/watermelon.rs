@@ -47,7 +47,7 @@ async fn push_and_pull_follow_the_watermelondb_backend_rules() {
     let t1 = first["timestamp"].as_i64().unwrap();
     assert!(t1 > 0);
     assert_eq!(
-        first["changes"]["facilities"]["created"][0]["id"],
+        first["changes"]["facilities"]["updated"][0]["id"],
         json!(facility)
     );
 
@@ -69,19 +69,21 @@ async fn push_and_pull_follow_the_watermelondb_backend_rules() {
         .unwrap();
     assert_eq!(notes, vec!["a, again", "b"]);
 
-    // Since t1: both records are new to that client, so `created`, with no id twice, and
-    // without WatermelonDB's local bookkeeping columns.
+    // Since t1: both records are new to that pull, yet `updated`, with no id twice, and without
+    // WatermelonDB's local bookkeeping columns. The device may be the one that pushed them and
+    // have deleted one since: as `created`, WatermelonDB would recreate it and lose the
+    // deletion; as `updated`, it keeps the deletion and creates what it lacks.
     let since = pull(&app, &user, Some(t1)).await;
-    let created = since["changes"]["attendance"]["created"]
+    let updated = since["changes"]["attendance"]["updated"]
         .as_array()
         .unwrap();
-    assert_eq!(created.len(), 2);
+    assert_eq!(updated.len(), 2);
     assert!(
-        created
+        updated
             .iter()
             .all(|r| r.get("_status").is_none() && r.get("_changed").is_none())
     );
-    assert_eq!(since["changes"]["attendance"]["updated"], json!([]));
+    assert_eq!(since["changes"]["attendance"]["created"], json!([]));
     let t2 = since["timestamp"].as_i64().unwrap();
 
     // Another device changes `a`; a push based on t2 touching `a` is refused whole.
@@ -205,6 +207,24 @@ async fn bad_records_other_users_records_and_unknown_timestamps_are_refused() {
     )
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // One record twice in a push: one write would undo the other.
+    let twice = Uuid::new_v4();
+    for changes in [
+        json!({"created": [raw(twice, facility, "x")], "deleted": [twice]}),
+        json!({"created": [raw(twice, facility, "x")], "updated": [raw(twice, facility, "y")]}),
+        json!({"updated": [raw(id, facility, "edit")], "deleted": [id]}),
+    ] {
+        let (status, body) = push(&app, &owner, t, json!({ "attendance": changes })).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+        let details = body["error"]["details"].as_object().unwrap();
+        let named = |id: Uuid| details.contains_key(&format!("attendance.{id}"));
+        assert!(named(twice) || named(id), "{body}");
+    }
     let (status, body) = push(&app, &owner, 987_654_321, json!({"attendance": {}})).await;
     assert_error(
         status,
@@ -334,7 +354,7 @@ async fn the_librarys_own_requests_never_leave_a_device_stuck() {
     assert_eq!(status, StatusCode::OK, "{first}");
     let t = first["timestamp"].as_i64().unwrap();
     let pulled = |id: Uuid| {
-        first["changes"]["attendance"]["created"]
+        first["changes"]["attendance"]["updated"]
             .as_array()
             .unwrap()
             .iter()
@@ -583,7 +603,7 @@ async fn a_pulled_record_edited_on_the_device_is_not_checked_again_as_new_times(
     .unwrap();
     let first = pull(&app, &user, None).await;
     let t = first["timestamp"].as_i64().unwrap();
-    let mut record = first["changes"]["attendance"]["created"][0].clone();
+    let mut record = first["changes"]["attendance"]["updated"][0].clone();
     assert_eq!(record["id"], json!(id));
     // The app adds a note and sends the record back, its times in milliseconds as pulled.
     record["notes"] = json!("signed by the in-charge");

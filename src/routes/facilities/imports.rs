@@ -65,7 +65,7 @@ pub struct ImportUpload {
         (status = 413, description = "Over the upload limit, or a spreadsheet that expands absurdly", body = ErrorEnvelope),
         (status = 415, description = "Neither CSV nor a spreadsheet", body = ErrorEnvelope),
         (status = 422, description = "No `file` field, an empty file, no data rows or a missing required column", body = ErrorEnvelope),
-        (status = 503, description = "Another facility file is being read (`unavailable`, with Retry-After), or the database is unreachable; retry later", body = ErrorEnvelope),
+        (status = 503, description = "Another facility file is being read, the database is unreachable, the request timed out, or it met concurrent changes to the same records (`unavailable`); retry later, after `Retry-After` seconds when given", body = ErrorEnvelope),
     ))]
 async fn import_facilities(
     State(state): State<AppState>,

@@ -312,7 +312,7 @@ async fn csv_stream(
     slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<Body, ApiError> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
-    let (begun, answer) = tokio::sync::oneshot::channel::<Result<(), sqlx::Error>>();
+    let (mut begun, answer) = tokio::sync::oneshot::channel::<Result<(), sqlx::Error>>();
     let cut = Arc::new(AtomicBool::new(false));
     let cut_off = cut.clone();
     tokio::spawn(async move {
@@ -321,8 +321,13 @@ async fn csv_stream(
         let mut qb = job.query();
         let mut rows = qb.build_query_as::<ExportRow>().fetch(&mut *job.conn);
         // The response begins once the query answers: a database that cannot is a 503, not a
-        // 200 whose body then breaks.
-        let mut row = match rows.next().await {
+        // 200 whose body then breaks. A request gone meanwhile (timed out, or its client left)
+        // gives back its connection and its turn at once.
+        let first = tokio::select! {
+            first = rows.next() => first,
+            () = begun.closed() => return,
+        };
+        let mut row = match first {
             Some(Err(e)) => {
                 let _ = begun.send(Err(e));
                 return;

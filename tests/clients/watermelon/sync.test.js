@@ -84,6 +84,8 @@ async function login(email, password) {
 async function sync(db, user, { onPush } = {}) {
   await synchronize({
     database: db,
+    // The server sends every record as `updated` (WatermelonDB creates those it lacks).
+    sendCreatedAsUpdated: true,
     pullChanges: async ({ lastPulledAt, schemaVersion, migration }) => {
       // As the library's documentation writes it: `null` on the first sync, for both.
       const migrationParam = encodeURIComponent(JSON.stringify(migration));
@@ -229,6 +231,16 @@ test('two devices and a supervisor sync attendance through the WatermelonDB prot
   assert.equal(thirdCopies.length, 1, 'stored once');
   assert.equal(thirdCopies[0].id, third);
   assert.equal(mine.body.total, 2, 'first and third; the second is deleted');
+
+  // A shift pushed in one sync and deleted on the phone before the next: the next pull must not
+  // bring it back, and the deletion reaches the server.
+  const regretted = await clockInOut(deviceA, facility, 3, 1, 'clocked by mistake');
+  await sync(deviceA, worker);
+  assert.equal((await serverRecord(worker, regretted)).status, 200);
+  await deviceA.write(async () => (await byId(deviceA, regretted)).markAsDeleted());
+  await sync(deviceA, worker);
+  assert.equal(await byId(deviceA, regretted), undefined, 'the deleted shift stays deleted');
+  assert.equal((await serverRecord(worker, regretted)).status, 404, 'and the deletion was pushed');
 
   // Someone outside the supervisor's team clocks a shift.
   const deviceX = device(`x-${tag}`);
