@@ -7,6 +7,15 @@ dir=/tmp/field-attendance-ci
 mkdir -p "$dir"
 port=${SERVICE_PORT:-18080}
 db=field_attendance_ci
+if ! command -v curl >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+fi
+# A service left by an earlier run would answer in this one's place.
+bash "$(dirname "$0")/stop-service.sh"
+if curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
+  echo "service: port $port is already in use" >&2
+  exit 1
+fi
 psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" postgres
 cargo build --locked --quiet
 cat > "$dir/env" <<ENV
@@ -23,8 +32,12 @@ JWT_SECRET=ci-signing-secret-that-is-long-enough-000 \
 BIND_ADDR=127.0.0.1:$port RATE_LIMIT_ENABLED=false LOG_FORMAT=json LOG_LEVEL=warn \
 DB_MIN_CONNECTIONS=2 \
   nohup target/debug/field-attendance serve > "$dir/service.log" 2>&1 &
-echo $! > "$dir/pid"
+pid=$!
+echo $pid > "$dir/pid"
 for _ in $(seq 1 120); do
+  if ! kill -0 "$pid" 2>/dev/null; then
+    break
+  fi
   if curl -fsS "$BASE_URL/ready" >/dev/null 2>&1; then
     echo "service: ready on $BASE_URL"
     exit 0
@@ -33,4 +46,5 @@ for _ in $(seq 1 120); do
 done
 echo "service: not ready; log follows" >&2
 cat "$dir/service.log" >&2
+bash "$(dirname "$0")/stop-service.sh"
 exit 1

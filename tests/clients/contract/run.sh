@@ -6,8 +6,18 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
 cd "$here"
+# A virtual environment of its own: a distribution's Python refuses pip installs into itself
+# (PEP 668), and nothing is left in the machine's.
+venv=/tmp/field-attendance-ci/venv
+if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  python3 -m venv "$venv"
+fi
+# shellcheck disable=SC1091
+source "$venv/bin/activate"
 python3 -m pip install -q --disable-pip-version-check -r requirements.txt
-eval "$(python3 setup_users.py)"
+users=$(python3 setup_users.py)
+eval "$users"
 
 echo "--- generated Python client"
 rm -rf "$here/build"
