@@ -638,12 +638,13 @@ async fn manual_conflicts_queue_once_and_resolve_both_ways_visible_to_the_next_p
         .await;
         assert_eq!(status, StatusCode::OK, "{resolved}");
         assert_eq!(resolved["conflict"]["resolution"], keep);
-        let expected = if keep == "client" {
-            "edited on device A"
+        // The device's copy is a new version; the server's keeps its own (no device edited it).
+        let (expected, version) = if keep == "client" {
+            ("edited on device A", 3)
         } else {
-            "edited on device B"
+            ("edited on device B", 2)
         };
-        assert_eq!(notes_and_version(&app).await, (expected.into(), 3));
+        assert_eq!(notes_and_version(&app).await, (expected.into(), version));
 
         let (_, after) = send(
             app.get(&format!("/api/sync/pull?cursor={cursor}"))
@@ -714,7 +715,7 @@ async fn keeping_the_devices_copy_never_sets_back_a_record_that_moved_on() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(notes_and_version(&app).await, ("changed later".into(), 4));
+    assert_eq!(notes_and_version(&app).await, ("changed later".into(), 3));
 }
 
 #[tokio::test]
@@ -855,14 +856,119 @@ async fn keeping_the_server_copy_of_a_shift_queued_beside_an_open_one_answers_th
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{resolved}");
-    // The server's copy is the online shift, still open, with a new version for devices to pull.
+    // The server's copy is the online shift, still open, and still on its version: no device
+    // edited it.
     assert_eq!(resolved["record"]["id"], online["id"], "{resolved}");
     assert_eq!(resolved["record"]["status"], "open");
-    assert!(
-        resolved["record"]["sync_version"].as_i64() > online["sync_version"].as_i64(),
-        "{resolved}"
-    );
+    assert_eq!(resolved["record"]["sync_version"], online["sync_version"]);
     assert_eq!(count(&app).await, 1);
+    // The phone holding it clocks it out offline, on the version it has: applied, not lost.
+    let now = Utc::now().to_rfc3339();
+    let mut out = open_shift(facility, 0);
+    out["id"] = online["id"].clone();
+    out["sync_version"] = online["sync_version"].clone();
+    out["client_timestamp"] = json!(now);
+    out["data"]["clock_in_at"] = online["clock_in_at"].clone();
+    out["data"]["clock_out_at"] = json!(now);
+    out["data"]["clock_out_location"] = json!({"latitude": SITE.0, "longitude": SITE.1});
+    let (_, body) = push(&app, &user, vec![out]).await;
+    assert_eq!(statuses(&body), ["updated"], "{body}");
+}
+
+/// A shift pushed open beside the user's online one and queued for an admin; the online one.
+async fn queued_beside_online(app: &TestApp, user: &TestUser, facility: Uuid) -> (Value, Value) {
+    let (_, online) = send(
+        app.post("/api/attendance/clock-in")
+            .bearer_auth(&user.token)
+            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
+    )
+    .await;
+    let mut offline = open_shift(facility, 30);
+    offline["conflict_strategy"] = json!("manual");
+    let (_, body) = push(app, user, vec![offline.clone()]).await;
+    assert_eq!(statuses(&body), vec!["conflict"]);
+    (offline, online)
+}
+
+async fn keep_client(app: &TestApp, admin: &TestUser) -> (StatusCode, Value) {
+    let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
+    send(
+        app.post(&format!(
+            "/api/sync/conflicts/{}/resolve",
+            queue["data"][0]["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&admin.token)
+        .json(&json!({"keep": "client"})),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn keeping_a_queued_shift_that_has_aged_past_the_maximum_leaves_the_open_one_open() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (user, facility) = setup(&app).await;
+    let (offline, online) = queued_beside_online(&app, &user, facility).await;
+    // By the time the admin looks, the queued shift began longer ago than the maximum shift.
+    sqlx::query(
+        "UPDATE sync_conflicts
+         SET client_data = jsonb_set(client_data, '{content,clock_in_at}', to_jsonb($1::text))",
+    )
+    .bind((Utc::now() - Duration::hours(20)).to_rfc3339())
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let (status, resolved) = keep_client(&app, &admin).await;
+    assert_eq!(status, StatusCode::OK, "{resolved}");
+    assert_eq!(resolved["record"]["id"], offline["id"]);
+    assert_eq!(resolved["record"]["status"], "incomplete");
+    let (_, current) = send(
+        app.get(&format!(
+            "/api/attendance/{}",
+            online["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&user.token),
+    )
+    .await;
+    assert_eq!(
+        current["status"], "open",
+        "the user's current shift goes on"
+    );
+}
+
+#[tokio::test]
+async fn keeping_a_queued_shift_the_device_has_stored_and_changed_since_is_refused() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (user, facility) = setup(&app).await;
+    let (offline, online) = queued_beside_online(&app, &user, facility).await;
+    // The sweep closes the online shift (keeping its version); the device pushes its shift
+    // again, now stored, and clocks it out.
+    sqlx::query("UPDATE attendance SET status = 'incomplete' WHERE id = $1")
+        .bind(online["id"].as_str().unwrap().parse::<Uuid>().unwrap())
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let mut again = offline.clone();
+    again["conflict_strategy"] = json!("manual");
+    let (_, body) = push(&app, &user, vec![again.clone()]).await;
+    assert_eq!(statuses(&body), ["created"], "{body}");
+    let now = Utc::now().to_rfc3339();
+    again["sync_version"] = json!(2);
+    again["client_timestamp"] = json!(now);
+    again["data"]["clock_out_at"] = json!(now);
+    again["data"]["clock_out_location"] = json!({"latitude": SITE.0, "longitude": SITE.1});
+    let (_, body) = push(&app, &user, vec![again]).await;
+    assert_eq!(statuses(&body), ["updated"], "{body}");
+
+    let (status, body) = keep_client(&app, &admin).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let closed: String = sqlx::query_scalar("SELECT status FROM attendance WHERE id = $1")
+        .bind(offline["id"].as_str().unwrap().parse::<Uuid>().unwrap())
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(closed, "closed", "the device's clock-out stands");
 }
 
 #[tokio::test]

@@ -174,13 +174,6 @@ async fn resolve_conflict(
             "this conflict is already resolved",
         ));
     }
-    let record_sql = |set: &str| {
-        format!(
-            "UPDATE attendance AS a SET {set}, sync_version = sync_version + 1, server_timestamp = now()
-             WHERE a.id = $1 RETURNING {}",
-            records::COLUMNS
-        )
-    };
     // The server's record the device's copy was queued against: the same record, or, for a
     // shift pushed open beside another open one, that one.
     let against = conflict
@@ -190,12 +183,17 @@ async fn resolve_conflict(
         .and_then(|s| s.parse::<Uuid>().ok())
         .unwrap_or(conflict.record_id);
     let row: Option<AttendanceRow> = match req.keep {
-        // Touching the record gives it a new version, so devices pull the server's copy again.
+        // Touched, the record is pulled again, so devices get the server's copy. It keeps its
+        // version: no device edited it, and one holding it (the phone of a shift another device
+        // was queued beside) still clocks it out on the version it has.
         Keep::Server => {
-            sqlx::query_as(&record_sql("notes = notes"))
-                .bind(against)
-                .fetch_optional(&mut *tx)
-                .await?
+            sqlx::query_as(&format!(
+                "UPDATE attendance AS a SET notes = notes WHERE a.id = $1 RETURNING {}",
+                records::COLUMNS
+            ))
+            .bind(against)
+            .fetch_optional(&mut *tx)
+            .await?
         }
         Keep::Client => {
             // The device's copy answered the record as it was when the conflict was queued; a
@@ -208,18 +206,20 @@ async fn resolve_conflict(
                     .fetch_optional(&mut *tx)
                     .await?;
             if version.is_some_and(|v| v != conflict.server_version) {
-                return Err(ApiError::conflict(
-                    "conflict",
-                    "the record changed after this conflict was queued; keep the server's copy, \
-                     and the device can push its change again",
-                ));
+                return Err(changed_since_queued());
             }
             let op = conflict.client_data["op"].as_str().unwrap_or("upsert");
             if op == "delete" {
-                sqlx::query_as(&record_sql("deleted_at = now()"))
-                    .bind(conflict.record_id)
-                    .fetch_optional(&mut *tx)
-                    .await?
+                sqlx::query_as(&format!(
+                    "UPDATE attendance AS a
+                     SET deleted_at = now(), sync_version = sync_version + 1,
+                         server_timestamp = now()
+                     WHERE a.id = $1 RETURNING {}",
+                    records::COLUMNS
+                ))
+                .bind(conflict.record_id)
+                .fetch_optional(&mut *tx)
+                .await?
             } else {
                 Some(keep_client_copy(&state, &mut tx, &conflict, against, version).await?)
             }
@@ -282,6 +282,15 @@ async fn keep_client_copy(
             .await?;
     }
     let stored = records::find(&mut *tx, conflict.record_id).await?;
+    // Queued beside another shift, the device's record was checked against that one only: one
+    // written or deleted since (pushed again and clocked out, say) is not set back either.
+    if against != conflict.record_id
+        && stored
+            .as_ref()
+            .is_some_and(|r| r.updated_at > conflict.created_at)
+    {
+        return Err(changed_since_queued());
+    }
     let stored_version = stored.as_ref().map(|r| r.sync_version);
     let now = Utc::now().trunc_subsecs(6);
     let version = stored_version.map_or(conflict.client_version, |v| v + 1);
@@ -296,7 +305,9 @@ async fn keep_client_copy(
     )
     .map_err(|(_, reason)| ApiError::invalid("location", reason))?;
     let mut plan = Plan::default();
-    if against != conflict.record_id && against_version.is_some() {
+    // Only a kept copy that is open replaces the shift it was queued beside (one that has aged
+    // past the maximum shift since is stored incomplete, and leaves that one open).
+    if against != conflict.record_id && against_version.is_some() && w.status == "open" {
         plan.closes.push(against);
     }
     if stored.is_some() {
@@ -317,4 +328,12 @@ async fn keep_client_copy(
     records::find(&mut *tx, conflict.record_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("the record just stored is gone").into())
+}
+
+fn changed_since_queued() -> ApiError {
+    ApiError::conflict(
+        "conflict",
+        "the record changed after this conflict was queued; keep the server's copy, and the \
+         device can push its change again",
+    )
 }
