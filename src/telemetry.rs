@@ -36,7 +36,9 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<Vec<WorkerGuard>> {
                 .rotation(Rotation::DAILY)
                 .filename_prefix("field-attendance")
                 .filename_suffix("log")
-                .max_log_files(settings.retention_files.max(1))
+                // The appender keeps one file fewer than this, counting today's: today's file
+                // and `LOG_RETENTION_DAYS` days before it.
+                .max_log_files(settings.retention_files + 1)
                 .build(dir)
                 .map_err(|e| anyhow::anyhow!("LOG_DIR={dir} cannot hold the log files: {e}"))?;
             let (writer, guard) = tracing_appender::non_blocking(appender);

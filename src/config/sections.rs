@@ -66,7 +66,7 @@ pub(super) fn log(r: &mut Reader<'_>, dev: bool) -> LogSettings {
             &[("json", LogFormat::Json), ("pretty", LogFormat::Pretty)],
         ),
         dir: r.raw("LOG_DIR"),
-        retention_files: r.parsed("LOG_RETENTION_DAYS", 14usize),
+        retention_files: r.ranged("LOG_RETENTION_DAYS", 14usize, 1..=3650),
     }
 }
 
@@ -151,8 +151,23 @@ pub(super) fn auth(r: &mut Reader<'_>, dev: bool) -> AuthSettings {
             .max(1),
         admin_email,
         admin_password: admin_password.map(SecretString::from),
-        metrics_token: r.raw("METRICS_TOKEN").map(SecretString::from),
+        metrics_token: metrics_token(r, dev),
     }
+}
+
+/// The bearer token Prometheus scrapes `/metrics` with: outside development, as hard to guess as
+/// the signing secret (`/metrics` answers every guess, with no rate limit).
+fn metrics_token(r: &mut Reader<'_>, dev: bool) -> Option<SecretString> {
+    let token = r.raw("METRICS_TOKEN")?;
+    if !dev && (token.len() < 32 || looks_like_a_placeholder(&token)) {
+        r.problems.push(
+            "METRICS_TOKEN must be at least 32 random bytes outside development (for example \
+             `openssl rand -hex 32`)"
+                .to_string(),
+        );
+        return None;
+    }
+    Some(SecretString::from(token))
 }
 
 pub(super) fn rate_limits(r: &mut Reader<'_>) -> RateLimits {
