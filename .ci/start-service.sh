@@ -2,7 +2,8 @@
 # Starts the service for client tests: a fresh database, application traffic through PgBouncer,
 # migrations direct, rate limits off. Writes the connection details to $dir/env.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here/.."
 dir=/tmp/field-attendance-ci
 mkdir -p "$dir"
 port=${SERVICE_PORT:-18080}
@@ -11,7 +12,7 @@ if ! command -v curl >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
 fi
 # A service left by an earlier run would answer in this one's place.
-bash "$(dirname "$0")/stop-service.sh"
+bash "$here/stop-service.sh"
 if curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
   echo "service: port $port is already in use" >&2
   exit 1
@@ -46,5 +47,5 @@ for _ in $(seq 1 120); do
 done
 echo "service: not ready; log follows" >&2
 cat "$dir/service.log" >&2
-bash "$(dirname "$0")/stop-service.sh"
+bash "$here/stop-service.sh"
 exit 1

@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
-# Stops the service started by start-service.sh (SIGTERM: it finishes in-flight requests).
+# Stops the service started by start-service.sh (SIGTERM: it finishes in-flight requests), when
+# the process its pid file names is still that service (a pid left by an ended session may have
+# been reused by another process).
 dir=/tmp/field-attendance-ci
 if [ -f "$dir/pid" ]; then
-  kill "$(cat "$dir/pid")" 2>/dev/null || true
+  pid=$(cat "$dir/pid")
+  if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q 'field-attendance serve'; then
+    kill "$pid" 2>/dev/null || true
+    # Until it has finished, so that its port is free for the next.
+    for _ in $(seq 1 60); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.5
+    done
+  fi
   rm -f "$dir/pid"
 fi

@@ -36,9 +36,10 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<Vec<WorkerGuard>> {
                 .rotation(Rotation::DAILY)
                 .filename_prefix("field-attendance")
                 .filename_suffix("log")
-                // The appender keeps one file fewer than this, counting today's: today's file
-                // and `LOG_RETENTION_DAYS` days before it.
-                .max_log_files(settings.retention_files + 1)
+                // The appender prunes to one file fewer than this before it opens today's,
+                // counting today's when it is there (at a restart): so at least
+                // `LOG_RETENTION_DAYS` days are kept besides today's.
+                .max_log_files(settings.retention_files + 2)
                 .build(dir)
                 .map_err(|e| anyhow::anyhow!("LOG_DIR={dir} cannot hold the log files: {e}"))?;
             let (writer, guard) = tracing_appender::non_blocking(appender);

@@ -574,16 +574,17 @@ fn decode(bytes: &[u8]) -> Result<String, ReadError> {
     }
 }
 
-/// Whether some of `bytes` is text written as UTF-8 beyond ASCII: a Latin letter with its accent
-/// (U+00A0–U+017F) or typographic punctuation (U+2000–U+20CF). Windows-1252 text makes such a
-/// sequence only by a chance its writers do not meet (`Ã` or `Â` before a symbol, `â€`), where
-/// an accented capital before one (`É»` is also UTF-8 for `ɻ`) is ordinary.
+/// Whether some of `bytes` is text written as UTF-8 beyond ASCII: a character of three or four
+/// bytes (punctuation, other scripts), or of two that is a Latin letter with its accent
+/// (U+00A0–U+017F). Windows-1252 text makes such a sequence only by a chance its writers do
+/// not meet (`Ã` or `Â` before a symbol, `â€™`), where an accented capital before a symbol
+/// (`É»`, also UTF-8 for `ɻ`) is ordinary.
 fn holds_utf8_text(bytes: &[u8]) -> bool {
     bytes.utf8_chunks().any(|chunk| {
         chunk
             .valid()
             .chars()
-            .any(|c| matches!(c, '\u{A0}'..='\u{17F}' | '\u{2000}'..='\u{20CF}'))
+            .any(|c| c.len_utf8() > 2 || matches!(c, '\u{A0}'..='\u{17F}'))
     })
 }
 
@@ -720,6 +721,9 @@ mod tests {
     fn a_utf8_file_with_a_line_in_another_encoding_is_refused_not_garbled() {
         let mixed = "code,name\nA,Centre de santé\nB,Poste ".as_bytes();
         let bytes = [mixed, b"\xC9cole\n"].concat();
+        assert_eq!(read(&bytes).unwrap_err(), ReadError::MixedEncoding(3));
+        let other_script = "code,name\nA,Trạm Y tế\nB,Poste ".as_bytes();
+        let bytes = [other_script, b"\xC9cole\n"].concat();
         assert_eq!(read(&bytes).unwrap_err(), ReadError::MixedEncoding(3));
         // Windows-1252 throughout is read as such, even where two of its letters happen to
         // make a UTF-8 sequence.

@@ -351,8 +351,8 @@ async fn clock_out(
             return match latest {
                 Some(latest) if latest.repeated => Ok(Json(latest.row.into())),
                 Some(latest) if latest.row.status == "incomplete" => Err(not_clocked_in(
-                    "you are not clocked in: your last shift was closed as incomplete, open \
-                     past the maximum shift length",
+                    "you are not clocked in: your last shift was closed as incomplete (open \
+                     past the maximum shift length, or replaced by another)",
                 )),
                 _ => Err(not_clocked_in("you are not clocked in")),
             };

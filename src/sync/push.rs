@@ -698,7 +698,7 @@ fn decide_all(
                     Strategy::ClientWins => plan.close(other.id),
                     Strategy::ServerWins | Strategy::Manual => {
                         if strategy == Strategy::Manual {
-                            queue(plan, queued, &w, other, record.sync_version);
+                            queue(plan, queued, &w, server_version, other, record.sync_version);
                         }
                         return Outcome::Done(
                             w.id,
@@ -890,18 +890,23 @@ fn client_data(op: Op, content: Option<&Content>, stamp: DateTime<Utc>) -> Value
     json!({ "op": op, "content": content, "client_timestamp": stamp })
 }
 
+/// Queues `w`, a shift opened beside the user's open one (`server`), for an admin. Its own
+/// stored version (none: the server does not have it) is kept with it, so that a resolution can
+/// tell whether the record moved on since.
 fn queue(
     plan: &mut Plan,
     queued: &HashSet<(Uuid, String)>,
     w: &Write,
+    stored_version: Option<i32>,
     server: &AttendanceRow,
     version: i32,
 ) {
-    let client = client_data(
+    let mut client = client_data(
         Op::Upsert,
         Some(&w.content),
         w.client_timestamp.unwrap_or_else(Utc::now),
     );
+    client["stored_version"] = json!(stored_version);
     if !queued.contains(&(w.id, client.to_string())) {
         plan.conflicts.push((
             w.id,

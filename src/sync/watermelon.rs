@@ -628,6 +628,11 @@ fn with_stored_times(content: &Content, stored: &AttendanceRow) -> Content {
     let same = |sent: DateTime<Utc>, kept: DateTime<Utc>| sent == kept.trunc_subsecs(3);
     let mut content = content.clone();
     if same(content.clock_in_at, stored.clock_in_at) {
+        // A clock-out at the clock-in as sent (one stamped a little before it, say, and ended
+        // where the shift began) stays at it.
+        if content.clock_out_at == Some(content.clock_in_at) {
+            content.clock_out_at = Some(stored.clock_in_at);
+        }
         content.clock_in_at = stored.clock_in_at;
     }
     if let (Some(sent), Some(kept)) = (content.clock_out_at, stored.clock_out_at)

@@ -578,6 +578,42 @@ async fn old_timestamps_once_thinned_still_pull_every_change_since() {
 }
 
 #[tokio::test]
+async fn a_clock_out_stamped_just_before_an_online_clock_in_ends_the_shift_where_it_began() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    let user = app.quick_user("focal", None, facility).await;
+    // Clocked in online (the server holds microseconds); the app pulls it in milliseconds.
+    let (status, online) = send(
+        app.post("/api/attendance/clock-in")
+            .bearer_auth(&user.token)
+            .json(&json!({"latitude": -1.9456, "longitude": 30.127})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{online}");
+    let first = pull(&app, &user, None).await;
+    let t = first["timestamp"].as_i64().unwrap();
+    let mut record = first["changes"]["attendance"]["updated"][0].clone();
+    // The phone's clock, set back by network time, stamps the clock-out a minute before.
+    let clock_in = record["clock_in_at"].as_i64().unwrap();
+    record["clock_out_at"] = json!(clock_in - 60_000);
+    record["clock_out_latitude"] = json!(-1.9456);
+    record["clock_out_longitude"] = json!(30.127);
+    let (status, body) = push(&app, &user, t, json!({"attendance": {"updated": [record]}})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, closed) = send(
+        app.get(&format!(
+            "/api/attendance/{}",
+            online["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&user.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(closed["status"], "closed", "{closed}");
+    assert_eq!(closed["clock_out_at"], online["clock_in_at"], "{closed}");
+}
+
+#[tokio::test]
 async fn a_pulled_record_edited_on_the_device_is_not_checked_again_as_new_times() {
     let app = TestApp::spawn().await;
     let facility = app.facility_at(-1.9456, 30.127).await;

@@ -312,63 +312,16 @@ async fn csv_stream(
     slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<Body, ApiError> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
-    let (mut begun, answer) = tokio::sync::oneshot::channel::<Result<(), sqlx::Error>>();
+    let (begun, answer) = tokio::sync::oneshot::channel::<Result<(), sqlx::Error>>();
     let cut = Arc::new(AtomicBool::new(false));
     let cut_off = cut.clone();
     tokio::spawn(async move {
         let _slot = slot;
         let mut job = job;
-        let mut qb = job.query();
-        let mut rows = qb.build_query_as::<ExportRow>().fetch(&mut *job.conn);
-        // The response begins once the query answers: a database that cannot is a 503, not a
-        // 200 whose body then breaks. A request gone meanwhile (timed out, or its client left)
-        // gives back its connection and its turn at once.
-        let first = tokio::select! {
-            first = rows.next() => first,
-            () = begun.closed() => return,
-        };
-        let mut row = match first {
-            Some(Err(e)) => {
-                let _ = begun.send(Err(e));
-                return;
-            }
-            first => {
-                let _ = begun.send(Ok(()));
-                first
-            }
-        };
-        // A byte-order mark first: without one, Excel reads UTF-8 as the system's code page
-        // and garbles accented names.
-        let mut first = Vec::with_capacity(80 * 1024);
-        first.extend_from_slice("\u{FEFF}".as_bytes());
-        let mut writer = csv::Writer::from_writer(first);
-        let _ = writer.write_record(EXPORT_HEADERS);
-        while let Some(next) = row {
-            let next = match next {
-                Ok(next) => next,
-                Err(e) => {
-                    tracing::error!(error = %e, "export query failed mid-stream");
-                    let _ = tx.send(Err(std::io::Error::other("export failed"))).await;
-                    return;
-                }
-            };
-            let _ = writer.write_record(next.cells(job.tz, true));
-            if writer.get_ref().len() >= 64 * 1024 {
-                let full = std::mem::replace(
-                    &mut writer,
-                    csv::Writer::from_writer(Vec::with_capacity(80 * 1024)),
-                );
-                let Ok(chunk) = full.into_inner() else { return };
-                if !deliver(&tx, chunk, stall, &cut_off).await {
-                    return;
-                }
-            }
-            row = rows.next().await;
-        }
-        if let Ok(rest) = writer.into_inner()
-            && !rest.is_empty()
-        {
-            deliver(&tx, rest, stall, &cut_off).await;
+        if !write_csv(&mut job, begun, &tx, stall, &cut_off).await {
+            // Stopped partway: the query may still be sending rows, which would keep the
+            // connection busy after this export gave back its turn. Closed, it stops.
+            let _ = job.conn.close().await;
         }
     });
     answer
@@ -392,6 +345,71 @@ async fn csv_stream(
         })
         .fuse(),
     ))
+}
+
+/// Writes the export's rows to `tx` as CSV chunks; whether it wrote them all. Tells `begun` once
+/// the query has answered (or failed), before anything is sent.
+async fn write_csv(
+    job: &mut Export,
+    mut begun: tokio::sync::oneshot::Sender<Result<(), sqlx::Error>>,
+    tx: &tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    stall: std::time::Duration,
+    cut_off: &AtomicBool,
+) -> bool {
+    let mut qb = job.query();
+    let mut rows = qb.build_query_as::<ExportRow>().fetch(&mut *job.conn);
+    // The response begins once the query answers: a database that cannot is a 503, not a 200
+    // whose body then breaks. A request gone meanwhile (timed out, or its client left) gives
+    // back its connection and its turn at once.
+    let first = tokio::select! {
+        first = rows.next() => first,
+        () = begun.closed() => return false,
+    };
+    let mut row = match first {
+        Some(Err(e)) => {
+            let _ = begun.send(Err(e));
+            return false;
+        }
+        first => {
+            let _ = begun.send(Ok(()));
+            first
+        }
+    };
+    // A byte-order mark first: without one, Excel reads UTF-8 as the system's code page and
+    // garbles accented names.
+    let mut first = Vec::with_capacity(80 * 1024);
+    first.extend_from_slice("\u{FEFF}".as_bytes());
+    let mut writer = csv::Writer::from_writer(first);
+    let _ = writer.write_record(EXPORT_HEADERS);
+    while let Some(next) = row {
+        let next = match next {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(error = %e, "export query failed mid-stream");
+                let _ = tx.send(Err(std::io::Error::other("export failed"))).await;
+                return false;
+            }
+        };
+        let _ = writer.write_record(next.cells(job.tz, true));
+        if writer.get_ref().len() >= 64 * 1024 {
+            let full = std::mem::replace(
+                &mut writer,
+                csv::Writer::from_writer(Vec::with_capacity(80 * 1024)),
+            );
+            let Ok(chunk) = full.into_inner() else {
+                return false;
+            };
+            if !deliver(tx, chunk, stall, cut_off).await {
+                return false;
+            }
+        }
+        row = rows.next().await;
+    }
+    match writer.into_inner() {
+        Ok(rest) if !rest.is_empty() => deliver(tx, rest, stall, cut_off).await,
+        Ok(_) => true,
+        Err(_) => false,
+    }
 }
 
 /// Hands a chunk to the response; false when the client went away, or took nothing for `stall`

@@ -140,8 +140,9 @@ pub struct Resolution {
     pub record: Option<AttendanceRecord>,
 }
 
-/// Settles a queued conflict (admin). Either way the record's version is bumped, so every
-/// device receives the outcome on its next pull.
+/// Settles a queued conflict (admin). Either way every device receives the outcome on its next
+/// pull: the device's copy kept is a new version; the server's kept keeps its version (no
+/// device edited it).
 #[utoipa::path(post, path = "/sync/conflicts/{id}/resolve", tag = "sync", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Conflict id")), request_body = ResolveRequest,
     responses(
@@ -283,13 +284,19 @@ async fn keep_client_copy(
     }
     let stored = records::find(&mut *tx, conflict.record_id).await?;
     // Queued beside another shift, the device's record was checked against that one only: one
-    // written or deleted since (pushed again and clocked out, say) is not set back either.
-    if against != conflict.record_id
-        && stored
-            .as_ref()
-            .is_some_and(|r| r.updated_at > conflict.created_at)
-    {
-        return Err(changed_since_queued());
+    // written or deleted since (pushed again and clocked out, say) is not set back either. The
+    // conflict keeps the version it had then (null: none); one queued before it kept that is
+    // judged by the time of its last change.
+    if against != conflict.record_id {
+        let moved_on = match conflict.client_data.get("stored_version") {
+            Some(then) => *then != serde_json::json!(stored.as_ref().map(|r| r.sync_version)),
+            None => stored
+                .as_ref()
+                .is_some_and(|r| r.updated_at > conflict.created_at),
+        };
+        if moved_on {
+            return Err(changed_since_queued());
+        }
     }
     let stored_version = stored.as_ref().map(|r| r.sync_version);
     let now = Utc::now().trunc_subsecs(6);
