@@ -784,32 +784,14 @@ async fn a_new_shift_queued_beside_an_open_one_is_stored_when_the_admin_keeps_it
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
     let (user, facility) = setup(&app).await;
-    let (status, online) = send(
-        app.post("/api/attendance/clock-in")
-            .bearer_auth(&user.token)
-            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED);
-    let mut offline = open_shift(facility, 30);
-    offline["conflict_strategy"] = json!("manual");
-    // Sent twice (the phone retried): queued once.
-    for _ in 0..2 {
-        let (_, body) = push(&app, &user, vec![offline.clone()]).await;
-        assert_eq!(statuses(&body), vec!["conflict"]);
-        assert_eq!(body["results"][0]["resolution"], "manual");
-    }
+    let (offline, online) = queued_beside_online(&app, &user, facility).await;
+    // Sent again (the phone retried): queued once.
+    let (_, body) = push(&app, &user, vec![offline.clone()]).await;
+    assert_eq!(statuses(&body), vec!["conflict"]);
+    assert_eq!(body["results"][0]["resolution"], "manual");
     let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
     assert_eq!(queue["total"], 1, "{queue}");
-    let (status, resolved) = send(
-        app.post(&format!(
-            "/api/sync/conflicts/{}/resolve",
-            queue["data"][0]["id"].as_str().unwrap()
-        ))
-        .bearer_auth(&admin.token)
-        .json(&json!({"keep": "client"})),
-    )
-    .await;
+    let (status, resolved) = keep_client(&app, &admin).await;
     assert_eq!(status, StatusCode::OK, "{resolved}");
     assert_eq!(resolved["record"]["id"], offline["id"]);
     assert_eq!(resolved["record"]["status"], "open");
@@ -835,16 +817,7 @@ async fn keeping_the_server_copy_of_a_shift_queued_beside_an_open_one_answers_th
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
     let (user, facility) = setup(&app).await;
-    let (_, online) = send(
-        app.post("/api/attendance/clock-in")
-            .bearer_auth(&user.token)
-            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
-    )
-    .await;
-    let mut offline = open_shift(facility, 30);
-    offline["conflict_strategy"] = json!("manual");
-    let (_, body) = push(&app, &user, vec![offline]).await;
-    assert_eq!(statuses(&body), vec!["conflict"]);
+    let (_, online) = queued_beside_online(&app, &user, facility).await;
     let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
     let (status, resolved) = send(
         app.post(&format!(
@@ -877,12 +850,13 @@ async fn keeping_the_server_copy_of_a_shift_queued_beside_an_open_one_answers_th
 
 /// A shift pushed open beside the user's online one and queued for an admin; the online one.
 async fn queued_beside_online(app: &TestApp, user: &TestUser, facility: Uuid) -> (Value, Value) {
-    let (_, online) = send(
+    let (status, online) = send(
         app.post("/api/attendance/clock-in")
             .bearer_auth(&user.token)
             .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
     )
     .await;
+    assert_eq!(status, StatusCode::CREATED, "{online}");
     let mut offline = open_shift(facility, 30);
     offline["conflict_strategy"] = json!("manual");
     let (_, body) = push(app, user, vec![offline.clone()]).await;
