@@ -8,6 +8,23 @@ use chrono::{DateTime, Utc};
 /// the clock-in and clock-out endpoints take them), on lines of their own.
 pub const MAX_RECORD_NOTES: usize = 2 * 1000 + 1;
 
+/// A clock-out stamped before its clock-in by no more than `tolerance` (the clock-in stamped by
+/// the server and the clock-out by a phone whose clock runs behind it, or a phone's clock set
+/// back by network time between the two) ends the shift where it began; any other stays as
+/// stamped (one further back is refused by whoever checks the order).
+pub fn settle_clock_out(
+    clock_in: DateTime<Utc>,
+    clock_out: DateTime<Utc>,
+    tolerance: Duration,
+) -> DateTime<Utc> {
+    let behind = (clock_in - clock_out).to_std();
+    if behind.is_ok_and(|b| !b.is_zero() && b <= tolerance) {
+        clock_in
+    } else {
+        clock_out
+    }
+}
+
 /// The window in which a client-reported time is accepted.
 #[derive(Debug, Clone, Copy)]
 pub struct TimeRules {

@@ -17,7 +17,9 @@ use crate::db::clock_ins::NewClockIn;
 use crate::db::clock_outs::{self, CloseShift, OpenShift};
 use crate::db::coalesce::Shared;
 use crate::domain::GeoPoint;
-use crate::domain::attendance::{MAX_RECORD_NOTES, forgotten_before, too_old_to_open};
+use crate::domain::attendance::{
+    MAX_RECORD_NOTES, forgotten_before, settle_clock_out, too_old_to_open,
+};
 use crate::error::{ApiError, ErrorEnvelope, Invalid};
 use crate::extract::{Json, Path, Query};
 use crate::routes::checks::optional_text;
@@ -366,18 +368,8 @@ async fn clock_out(
                 "your open shift exceeded the maximum shift length and was closed as incomplete",
             ));
         }
-        // The clock-in may have been stamped by the server and the clock-out by a phone whose
-        // clock runs behind it: within the tolerance, the shift ends where it began.
-        let skew = open.clock_in_at - occurred_at;
-        let occurred_at = if skew > chrono::Duration::zero()
-            && skew
-                .to_std()
-                .is_ok_and(|s| s <= state.config.attendance.future_tolerance)
-        {
-            open.clock_in_at
-        } else {
-            occurred_at
-        };
+        let tolerance = state.config.attendance.future_tolerance;
+        let occurred_at = settle_clock_out(open.clock_in_at, occurred_at, tolerance);
         if occurred_at < open.clock_in_at {
             return Err(ApiError::invalid(
                 "occurred_at",

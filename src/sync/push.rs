@@ -16,7 +16,7 @@ use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
 use crate::db::facilities::{Site, SiteCache};
 use crate::db::is_deadlock;
 use crate::domain::GeoPoint;
-use crate::domain::attendance::{MAX_RECORD_NOTES, TimeRules, forgotten_before};
+use crate::domain::attendance::{MAX_RECORD_NOTES, TimeRules, forgotten_before, settle_clock_out};
 use crate::error::ApiError;
 use crate::sync::apply::{apply_plan, insert_created};
 use crate::sync::decide::{Decision, ServerCopy, decide};
@@ -187,6 +187,23 @@ fn reject(id: Option<Uuid>, code: &'static str, message: impl Into<String>) -> O
     Outcome::Rejected(id, code, message.into())
 }
 
+/// The time rules, for clock times the server does not hold yet: a record stored once stays
+/// acceptable, however long its device took to hear so.
+pub(crate) fn check_new_times(
+    content: &Content,
+    stored: Option<&AttendanceRow>,
+    rules: &TimeRules,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    let held = stored.is_some_and(|r| {
+        r.clock_in_at == content.clock_in_at && r.clock_out_at == content.clock_out_at
+    });
+    if held {
+        return Ok(());
+    }
+    check_times(content, rules, now)
+}
+
 /// The time rules (no clock time in the future past the tolerance, none older than the limit).
 pub(crate) fn check_times(
     content: &Content,
@@ -205,20 +222,15 @@ pub(crate) fn check_times(
 }
 
 /// Everything but the time rules: coordinates, the clock-out's order and location, notes. A
-/// clock-out stamped before the clock-in by no more than `tolerance` (a phone's clock set back
-/// between the two, by network time) ends the shift where it began, as online.
+/// clock-out stamped a little before the clock-in ends the shift where it began, as online
+/// ([`settle_clock_out`]).
 pub(crate) fn check_fields(
     content: &mut Content,
     tolerance: std::time::Duration,
 ) -> Result<(), String> {
-    if let Some(out) = content.clock_out_at
-        && out < content.clock_in_at
-        && (content.clock_in_at - out)
-            .to_std()
-            .is_ok_and(|d| d <= tolerance)
-    {
-        content.clock_out_at = Some(content.clock_in_at);
-    }
+    content.clock_out_at = content
+        .clock_out_at
+        .map(|out| settle_clock_out(content.clock_in_at, out, tolerance));
     for (name, l) in [
         ("clock_in_location", Some(&content.clock_in)),
         ("clock_out_location", content.clock_out.as_ref()),
@@ -644,14 +656,10 @@ fn decide_all(
                 continue;
             }
         }
-        // The same rules as online clock-in, for clock times the server does not hold yet: a
-        // record stored once stays acceptable, however long its device took to hear so. Checked
-        // before any decision, so that a conflict queued for an admin holds acceptable times.
+        // The same rules as online clock-in. Checked before any decision, so that a conflict
+        // queued for an admin holds acceptable times.
         if let Some(content) = content
-            && !existing.is_some_and(|r| {
-                r.clock_in_at == content.clock_in_at && r.clock_out_at == content.clock_out_at
-            })
-            && let Err(reason) = check_times(content, &rules, now)
+            && let Err(reason) = check_new_times(content, existing, &rules, now)
         {
             outcomes.push(reject(Some(id), "validation_failed", reason));
             continue;

@@ -27,13 +27,13 @@ use crate::audit::Activity;
 use crate::auth::AuthUser;
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow, Location};
 use crate::db::facilities::Facility;
-use crate::domain::attendance::{TimeRules, forgotten_before};
+use crate::domain::attendance::{TimeRules, forgotten_before, settle_clock_out};
 use crate::error::{ApiError, FieldErrors, ResultExt};
 use crate::sync::apply::apply_plan;
 use crate::sync::model::Content;
 use crate::sync::pull::{self, Changes, Cursor};
 use crate::sync::push::{
-    Plan, PushContext, begin_for_user, build_write, check_fields, check_times,
+    Plan, PushContext, begin_for_user, build_write, check_fields, check_new_times,
 };
 
 /// WatermelonDB pulls are not paged: one answer holds every change.
@@ -125,7 +125,7 @@ async fn snapshot_of(db: &PgPool, id: i64) -> Result<Option<String>, ApiError> {
 /// Every WatermelonDB pull stores the snapshot its timestamp names. Those older than
 /// `keep_exact` are thinned: each whole range of `per_range` consecutive timestamps keeps one
 /// row, at its lowest number, whose snapshot sees only what every snapshot of the range saw
-/// (all transactions below their lowest `xmin`), marked `widened`. A device that pulls again
+/// (all transactions below their lowest `xmin`). A device that pulls again
 /// with a thinned timestamp is sent some changes twice, all as updates, and none fewer. The
 /// range holding the newest timestamp is never thinned. Returns the rows removed.
 pub async fn thin_snapshots(
@@ -145,9 +145,9 @@ pub async fn thin_snapshots(
              FROM sync_snapshots s, recent
              WHERE s.id < recent.first / $2 * $2
              GROUP BY 1 HAVING count(*) > 1
-         ), widened AS (
+         ), widen AS (
              UPDATE sync_snapshots s
-             SET snapshot = format('%s:%s:', r.xmin, r.xmin)::pg_snapshot, widened = true
+             SET snapshot = format('%s:%s:', r.xmin, r.xmin)::pg_snapshot
              FROM ranges r WHERE s.id = r.keep
          )
          DELETE FROM sync_snapshots s USING ranges r
@@ -542,16 +542,14 @@ async fn apply_changes(
         if current.is_some_and(|r| r.deleted_at.is_some()) {
             continue;
         }
-        let adopted = current.map(|r| with_stored_times(content, r));
+        let tolerance = config.attendance.future_tolerance;
+        let adopted = current.map(|r| with_stored_times(content, r, tolerance));
         let content = adopted.as_ref().unwrap_or(content);
         // Unchanged content needs no write (and keeps its version).
         if current.is_some_and(|r| &Content::from_row(r) == content) {
             continue;
         }
-        let times_stored = current.is_some_and(|r| {
-            r.clock_in_at == content.clock_in_at && r.clock_out_at == content.clock_out_at
-        });
-        if !times_stored && let Err(reason) = check_times(content, rules, now) {
+        if let Err(reason) = check_new_times(content, current, rules, now) {
             problems
                 .entry(format!("attendance.{id}"))
                 .or_default()
@@ -623,16 +621,16 @@ async fn apply_changes(
 /// The pushed content with the stored clock times where it sends them back as pulled: a pull
 /// gives milliseconds, the server keeps microseconds, and a record edited on the device (a note)
 /// must not read as new times, which the time rules would check again (and refuse, once the
-/// shift is older than they allow).
-fn with_stored_times(content: &Content, stored: &AttendanceRow) -> Content {
+/// shift is older than they allow). The clock-out is settled again against the clock-in adopted
+/// (one ended where the shift began, as sent, would fall a fraction of a millisecond before it).
+fn with_stored_times(
+    content: &Content,
+    stored: &AttendanceRow,
+    tolerance: std::time::Duration,
+) -> Content {
     let same = |sent: DateTime<Utc>, kept: DateTime<Utc>| sent == kept.trunc_subsecs(3);
     let mut content = content.clone();
     if same(content.clock_in_at, stored.clock_in_at) {
-        // A clock-out at the clock-in as sent (one stamped a little before it, say, and ended
-        // where the shift began) stays at it.
-        if content.clock_out_at == Some(content.clock_in_at) {
-            content.clock_out_at = Some(stored.clock_in_at);
-        }
         content.clock_in_at = stored.clock_in_at;
     }
     if let (Some(sent), Some(kept)) = (content.clock_out_at, stored.clock_out_at)
@@ -640,6 +638,9 @@ fn with_stored_times(content: &Content, stored: &AttendanceRow) -> Content {
     {
         content.clock_out_at = Some(kept);
     }
+    content.clock_out_at = content
+        .clock_out_at
+        .map(|out| settle_clock_out(content.clock_in_at, out, tolerance));
     content
 }
 

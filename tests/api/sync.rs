@@ -791,7 +791,7 @@ async fn a_new_shift_queued_beside_an_open_one_is_stored_when_the_admin_keeps_it
     assert_eq!(body["results"][0]["resolution"], "manual");
     let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
     assert_eq!(queue["total"], 1, "{queue}");
-    let (status, resolved) = keep_client(&app, &admin).await;
+    let (status, resolved) = resolve_oldest(&app, &admin, "client").await;
     assert_eq!(status, StatusCode::OK, "{resolved}");
     assert_eq!(resolved["record"]["id"], offline["id"]);
     assert_eq!(resolved["record"]["status"], "open");
@@ -818,16 +818,7 @@ async fn keeping_the_server_copy_of_a_shift_queued_beside_an_open_one_answers_th
     let admin = app.admin().await;
     let (user, facility) = setup(&app).await;
     let (_, online) = queued_beside_online(&app, &user, facility).await;
-    let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
-    let (status, resolved) = send(
-        app.post(&format!(
-            "/api/sync/conflicts/{}/resolve",
-            queue["data"][0]["id"].as_str().unwrap()
-        ))
-        .bearer_auth(&admin.token)
-        .json(&json!({"keep": "server"})),
-    )
-    .await;
+    let (status, resolved) = resolve_oldest(&app, &admin, "server").await;
     assert_eq!(status, StatusCode::OK, "{resolved}");
     // The server's copy is the online shift, still open, and still on its version: no device
     // edited it.
@@ -864,7 +855,8 @@ async fn queued_beside_online(app: &TestApp, user: &TestUser, facility: Uuid) ->
     (offline, online)
 }
 
-async fn keep_client(app: &TestApp, admin: &TestUser) -> (StatusCode, Value) {
+/// Resolves the oldest pending conflict as the admin, keeping `keep` (`client` or `server`).
+async fn resolve_oldest(app: &TestApp, admin: &TestUser, keep: &str) -> (StatusCode, Value) {
     let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
     send(
         app.post(&format!(
@@ -872,7 +864,7 @@ async fn keep_client(app: &TestApp, admin: &TestUser) -> (StatusCode, Value) {
             queue["data"][0]["id"].as_str().unwrap()
         ))
         .bearer_auth(&admin.token)
-        .json(&json!({"keep": "client"})),
+        .json(&json!({ "keep": keep })),
     )
     .await
 }
@@ -892,7 +884,7 @@ async fn keeping_a_queued_shift_that_has_aged_past_the_maximum_leaves_the_open_o
     .execute(&app.db)
     .await
     .unwrap();
-    let (status, resolved) = keep_client(&app, &admin).await;
+    let (status, resolved) = resolve_oldest(&app, &admin, "client").await;
     assert_eq!(status, StatusCode::OK, "{resolved}");
     assert_eq!(resolved["record"]["id"], offline["id"]);
     assert_eq!(resolved["record"]["status"], "incomplete");
@@ -935,7 +927,7 @@ async fn keeping_a_queued_shift_the_device_has_stored_and_changed_since_is_refus
     let (_, body) = push(&app, &user, vec![again]).await;
     assert_eq!(statuses(&body), ["updated"], "{body}");
 
-    let (status, body) = keep_client(&app, &admin).await;
+    let (status, body) = resolve_oldest(&app, &admin, "client").await;
     assert_error(status, &body, StatusCode::CONFLICT, "conflict");
     let closed: String = sqlx::query_scalar("SELECT status FROM attendance WHERE id = $1")
         .bind(offline["id"].as_str().unwrap().parse::<Uuid>().unwrap())
@@ -1052,16 +1044,7 @@ async fn keeping_a_devices_copy_of_a_shift_replaced_since_does_not_reopen_it() {
     let (_, body) = push_from(&app, &user, "device-B", vec![later.clone()]).await;
     assert_eq!(statuses(&body), vec!["created"], "{body}");
 
-    let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
-    let (status, resolved) = send(
-        app.post(&format!(
-            "/api/sync/conflicts/{}/resolve",
-            queue["data"][0]["id"].as_str().unwrap()
-        ))
-        .bearer_auth(&admin.token)
-        .json(&json!({"keep": "client"})),
-    )
-    .await;
+    let (status, resolved) = resolve_oldest(&app, &admin, "client").await;
     assert_eq!(status, StatusCode::OK, "{resolved}");
     assert_eq!(resolved["record"]["notes"], "from the phone");
     assert_eq!(resolved["record"]["status"], "incomplete");

@@ -318,9 +318,11 @@ async fn csv_stream(
     tokio::spawn(async move {
         let _slot = slot;
         let mut job = job;
-        if !write_csv(&mut job, begun, &tx, stall, &cut_off).await {
-            // Stopped partway: the query may still be sending rows, which would keep the
-            // connection busy after this export gave back its turn. Closed, it stops.
+        if !write_csv(&mut job, begun, &tx, stall).await {
+            // Stopped partway: the body ends in an error, whatever the cause, and the query,
+            // which may still be sending rows, would keep the connection busy after this
+            // export gave back its turn. Closed, it stops.
+            cut_off.store(true, Ordering::Release);
             let _ = job.conn.close().await;
         }
     });
@@ -354,7 +356,6 @@ async fn write_csv(
     mut begun: tokio::sync::oneshot::Sender<Result<(), sqlx::Error>>,
     tx: &tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
     stall: std::time::Duration,
-    cut_off: &AtomicBool,
 ) -> bool {
     let mut qb = job.query();
     let mut rows = qb.build_query_as::<ExportRow>().fetch(&mut *job.conn);
@@ -386,7 +387,6 @@ async fn write_csv(
             Ok(next) => next,
             Err(e) => {
                 tracing::error!(error = %e, "export query failed mid-stream");
-                let _ = tx.send(Err(std::io::Error::other("export failed"))).await;
                 return false;
             }
         };
@@ -399,32 +399,29 @@ async fn write_csv(
             let Ok(chunk) = full.into_inner() else {
                 return false;
             };
-            if !deliver(tx, chunk, stall, cut_off).await {
+            if !deliver(tx, chunk, stall).await {
                 return false;
             }
         }
         row = rows.next().await;
     }
     match writer.into_inner() {
-        Ok(rest) if !rest.is_empty() => deliver(tx, rest, stall, cut_off).await,
+        Ok(rest) if !rest.is_empty() => deliver(tx, rest, stall).await,
         Ok(_) => true,
         Err(_) => false,
     }
 }
 
-/// Hands a chunk to the response; false when the client went away, or took nothing for `stall`
-/// (the export is then `cut` off).
+/// Hands a chunk to the response; false when the client went away, or took nothing for `stall`.
 async fn deliver(
     tx: &tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
     chunk: Vec<u8>,
     stall: std::time::Duration,
-    cut: &AtomicBool,
 ) -> bool {
     match tokio::time::timeout(stall, tx.send(Ok(chunk))).await {
         Ok(sent) => sent.is_ok(),
         Err(_) => {
             tracing::warn!("export cut off: the client took nothing for {stall:?}");
-            cut.store(true, Ordering::Release);
             false
         }
     }

@@ -211,16 +211,16 @@ async fn resolve_conflict(
             }
             let op = conflict.client_data["op"].as_str().unwrap_or("upsert");
             if op == "delete" {
-                sqlx::query_as(&format!(
-                    "UPDATE attendance AS a
-                     SET deleted_at = now(), sync_version = sync_version + 1,
-                         server_timestamp = now()
-                     WHERE a.id = $1 RETURNING {}",
-                    records::COLUMNS
-                ))
+                // The device's deletion kept: there is no record to answer with.
+                sqlx::query(
+                    "UPDATE attendance SET deleted_at = now(), sync_version = sync_version + 1,
+                                           server_timestamp = now()
+                     WHERE id = $1",
+                )
                 .bind(conflict.record_id)
-                .fetch_optional(&mut *tx)
-                .await?
+                .execute(&mut *tx)
+                .await?;
+                None
             } else {
                 Some(keep_client_copy(&state, &mut tx, &conflict, against, version).await?)
             }
