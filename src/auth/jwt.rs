@@ -3,10 +3,14 @@
 
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::config::AuthSettings;
@@ -33,7 +37,12 @@ pub struct JwtKeys {
     issuer: String,
     audience: String,
     pub ttl: Duration,
+    /// Signs what the service hands clients to give back unchanged (pull cursors).
+    seal: Hmac<Sha256>,
 }
+
+/// Put before what [`JwtKeys::seal`] signs, so that no signature it makes is one over a token.
+const SEALED: &[u8] = b"field-attendance sealed\0";
 
 impl JwtKeys {
     pub fn new(settings: &AuthSettings) -> Self {
@@ -51,7 +60,27 @@ impl JwtKeys {
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
             ttl: settings.access_ttl,
+            seal: Hmac::new_from_slice(secret).expect("HMAC takes a key of any length"),
         }
+    }
+
+    /// `text` as `<text>.<signature>`: a client can hand it back, and cannot change it.
+    pub fn seal(&self, text: &str) -> String {
+        let mut mac = self.seal.clone();
+        mac.update(SEALED);
+        mac.update(text.as_bytes());
+        let tag = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{text}.{tag}")
+    }
+
+    /// The text that [`Self::seal`] signed, if `sealed` is one it made with this secret.
+    pub fn open<'a>(&self, sealed: &'a str) -> Option<&'a str> {
+        let (text, tag) = sealed.rsplit_once('.')?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        let mut mac = self.seal.clone();
+        mac.update(SEALED);
+        mac.update(text.as_bytes());
+        mac.verify_slice(&tag).ok().map(|()| text)
     }
 
     pub fn issue(&self, user_id: Uuid, role: Role, version: i32) -> anyhow::Result<String> {

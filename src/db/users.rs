@@ -279,12 +279,26 @@ pub fn push_scope(qb: &mut QueryBuilder<'_, Postgres>, viewer: &AuthUser, column
 /// the move is written: the supervisors above the new place gain their records, those above
 /// the old place lose them (see the `scope_changes` migration). The gained records are written
 /// again unchanged, so that they fall in the gaining devices' next pull.
+///
+/// The moved users are locked first, against the foreign-key checks of records being written
+/// for them: one that a transaction still open has written would be left out of the rewrite,
+/// commit before the move, and fall in a gaining device's pull while its user was not yet in
+/// scope there, and never again. The lock waits for such writers, and later ones wait for the
+/// move.
 pub async fn record_move(
     tx: &mut sqlx::PgConnection,
     user: Uuid,
     from: Option<Uuid>,
     to: Option<Uuid>,
 ) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH RECURSIVE moved AS (SELECT $1::uuid AS id
+                                  UNION SELECT u.id FROM users u JOIN moved m ON u.supervisor_id = m.id)
+         SELECT 1 FROM users WHERE id IN (SELECT id FROM moved) ORDER BY id FOR UPDATE",
+    )
+    .bind(user)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "WITH RECURSIVE
            moved AS (SELECT $1::uuid AS id

@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
+use crate::auth::jwt::JwtKeys;
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
 use crate::db::facilities::{FROM_FACILITIES, Facility, FacilityRow, SELECT_FACILITY};
 use crate::db::users::{push_scope_with_self, push_self_and_team};
@@ -78,20 +79,23 @@ fn xid(s: &str) -> Option<u64> {
 }
 
 impl Cursor {
-    pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).expect("a cursor serialises"))
+    /// Signed: a client may only hand back a cursor as it was given (a forged base would list
+    /// records of workers the caller no longer sees).
+    pub fn encode(&self, keys: &JwtKeys) -> String {
+        keys.seal(&URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).expect("a cursor serialises")))
     }
 
-    pub fn decode(text: &str) -> Result<Self, ApiError> {
+    pub fn decode(text: &str, keys: &JwtKeys) -> Result<Self, ApiError> {
         let bad = || ApiError::invalid("cursor", "is not a cursor this service issued");
-        let bytes = URL_SAFE_NO_PAD.decode(text.trim()).map_err(|_| bad())?;
+        let text = keys.open(text.trim()).ok_or_else(bad)?;
+        let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| bad())?;
         let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-        let keys = [&cursor.attendance_after, &cursor.facilities_after];
+        let after = [&cursor.attendance_after, &cursor.facilities_after];
         let snapshots_ok = [&cursor.base, &cursor.target]
             .into_iter()
             .flatten()
             .all(|s| valid_snapshot(s));
-        let keys_ok = keys.into_iter().flatten().all(|(xid, _)| valid_xid(xid));
+        let keys_ok = after.into_iter().flatten().all(|(xid, _)| valid_xid(xid));
         if snapshots_ok && keys_ok {
             Ok(cursor)
         } else {
@@ -261,15 +265,18 @@ pub async fn pull(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *conn)
         .await?;
-    // And the viewer's role as this snapshot has it, and whether it moved into or out of admin
+    // And the viewer's role as this snapshot has it; whether it moved into or out of admin
     // after the base (and by the target): their whole scope moved, see the `scope_reset`
-    // migration.
-    let (now, role, rescoped, reset_xid): (String, String, bool, Option<String>) = sqlx::query_as(
+    // migration; and whether workers moved away from under them in that window.
+    let (now, role, rescoped, lost): (String, String, bool, bool) = sqlx::query_as(
         "SELECT pg_current_snapshot()::text, u.role,
                 coalesce(pg_visible_in_snapshot(u.scope_reset_xid,
                              coalesce($2::pg_snapshot, pg_current_snapshot()))
                          AND NOT pg_visible_in_snapshot(u.scope_reset_xid, $3::pg_snapshot), false),
-                u.scope_reset_xid::text
+                $3::pg_snapshot IS NOT NULL AND EXISTS (
+                  SELECT 1 FROM scope_changes s WHERE s.viewer_id = u.id AND NOT s.granted
+                   AND pg_visible_in_snapshot(s.xid, coalesce($2::pg_snapshot, pg_current_snapshot()))
+                   AND NOT pg_visible_in_snapshot(s.xid, $3::pg_snapshot))
          FROM users u WHERE u.id = $1",
     )
     .bind(viewer.id)
@@ -309,14 +316,13 @@ pub async fn pull(
 
     // Records that left the viewer's scope since the base are gone from the device's point of
     // view: told as deleted on the pull's first pages, in pages of the limit, before any other
-    // change. Besides a reset, only a supervisor's scope moves (a field worker sees their own
-    // records, an admin all).
+    // change. Besides a reset, scope moves with workers moved away from under the viewer: a
+    // supervisor's, or a former supervisor's, whose team had to be moved away before they could
+    // be given a field role.
     let supervising = !viewer.is_admin() && !viewer.role.is_field();
-    let departed = match (&base, &reset_xid) {
-        (Some(base), Some(reset_xid)) if rescoped && !viewer.is_admin() => {
-            Some(Departed::Reset { base, reset_xid })
-        }
-        (Some(base), _) if supervising => Some(Departed::Moved {
+    let departed = match &base {
+        Some(base) if rescoped && !viewer.is_admin() => Some(Departed::Reset { base }),
+        Some(base) if lost && !viewer.is_admin() => Some(Departed::Moved {
             base,
             target: &target,
         }),
@@ -415,13 +421,14 @@ pub async fn pull(
     ))
 }
 
-/// Why records left the viewer's scope since `base`.
+/// Why records left the viewer's scope since `base`. Either way, only records the device may
+/// hold are told: those created by a transaction visible in its base (a later one it never
+/// had, and it may not list them).
 enum Departed<'a> {
-    /// The viewer is no longer an admin (`reset_xid` stamps the change): records outside their
-    /// scope now that their device may hold — created before the change (later ones it never
-    /// had, and a former admin may not list them), and alive or deleted after the base.
-    Reset { base: &'a str, reset_xid: &'a str },
-    /// Workers moved away from this supervisor after the base (and by the target), and not
+    /// The viewer is no longer an admin: records outside their scope now, alive or deleted
+    /// after the base.
+    Reset { base: &'a str },
+    /// Workers moved away from under the viewer after the base (and by the target), and not
     /// back: their records.
     Moved { base: &'a str, target: &'a str },
 }
@@ -438,15 +445,12 @@ async fn departed_ids(
     qb.push_bind(after).push(" AND NOT (true");
     push_scope_with_self(&mut qb, viewer, "a.user_id");
     qb.push(")");
-    match departed {
-        Departed::Reset { base, reset_xid } => {
-            qb.push(" AND a.created_xid < ")
-                .push_bind(reset_xid.to_string())
-                .push(
-                    "::xid8 AND (a.deleted_at IS NULL OR NOT pg_visible_in_snapshot(a.change_xid, ",
-                )
+    let base = match departed {
+        Departed::Reset { base } => {
+            qb.push(" AND (a.deleted_at IS NULL OR NOT pg_visible_in_snapshot(a.change_xid, ")
                 .push_bind(base.to_string())
                 .push("::pg_snapshot))");
+            base
         }
         Departed::Moved { base, target } => {
             qb.push(
@@ -459,8 +463,12 @@ async fn departed_ids(
             .push("::pg_snapshot) AND NOT pg_visible_in_snapshot(s.xid, ")
             .push_bind(base.to_string())
             .push("::pg_snapshot))");
+            base
         }
-    }
+    };
+    qb.push(" AND pg_visible_in_snapshot(a.created_xid, ")
+        .push_bind(base.to_string())
+        .push("::pg_snapshot)");
     qb.push(" ORDER BY a.id LIMIT ").push_bind(limit as i64 + 1);
     Ok(qb.build_query_scalar().fetch_all(&mut *conn).await?)
 }
@@ -504,8 +512,24 @@ fn fill_facilities(out: &mut FacilityChanges, rows: Vec<PulledFacility>) {
 mod tests {
     use super::*;
 
+    fn keys_of(secret: &str) -> JwtKeys {
+        let config = crate::config::Config::from_map(
+            &[
+                ("APP_ENV", "development"),
+                ("DATABASE_URL", "postgres://localhost/unused"),
+                ("JWT_SECRET", secret),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        )
+        .unwrap();
+        JwtKeys::new(&config.auth)
+    }
+
     #[test]
     fn cursors_round_trip_and_forged_ones_are_refused() {
+        let keys = keys_of("a test secret of some length, and random enough: 7f3a9c");
         let cursor = Cursor {
             base: Some("100:105:101,103".into()),
             target: Some("110:110:".into()),
@@ -514,15 +538,36 @@ mod tests {
             facilities_stage: false,
             reset_after: Some(Uuid::nil()),
         };
-        assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
+        let issued = cursor.encode(&keys);
+        assert_eq!(Cursor::decode(&issued, &keys).unwrap(), cursor);
+        let (payload, tag) = issued.rsplit_once('.').unwrap();
+        let unsigned = |json: &[u8]| URL_SAFE_NO_PAD.encode(json);
         for bad in [
-            "",
-            "not base64!",
-            &URL_SAFE_NO_PAD.encode(br#"{"b":"1:2:3;DROP TABLE users"}"#),
-            &URL_SAFE_NO_PAD
-                .encode(br#"{"a":["1 OR 1=1","00000000-0000-0000-0000-000000000000"]}"#),
+            String::new(),
+            "not base64!".into(),
+            payload.to_string(),
+            format!("{}.{tag}", unsigned(br#"{"b":"1:1:"}"#)),
+            format!("{payload}.{}", &tag[1..]),
+            cursor.encode(&keys_of("another secret, as long and as random: 0b5e21d")),
         ] {
-            assert!(Cursor::decode(bad).is_err(), "{bad}");
+            assert!(Cursor::decode(&bad, &keys).is_err(), "{bad}");
         }
+        // Even signed, a cursor holds what Postgres reads, or is refused.
+        for text in [
+            &br#"{"b":"1:2:3;DROP TABLE users"}"#[..],
+            br#"{"a":["1 OR 1=1","00000000-0000-0000-0000-000000000000"]}"#,
+            br#"{"b":"5:3:"}"#,
+            br#"{"b":"3:9:2"}"#,
+            br#"{"b":"3:9:9"}"#,
+            br#"{"b":"3:9:6,4"}"#,
+            br#"{"b":"0:5:"}"#,
+            br#"{"b":"99999999999999999999:99999999999999999999:"}"#,
+        ] {
+            let signed = keys.seal(&unsigned(text));
+            let text = String::from_utf8_lossy(text);
+            assert!(Cursor::decode(&signed, &keys).is_err(), "{text}");
+        }
+        let signed = keys.seal(&unsigned(br#"{"b":"3:9:4,4,6"}"#));
+        assert!(Cursor::decode(&signed, &keys).is_ok());
     }
 }

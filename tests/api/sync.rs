@@ -1226,18 +1226,33 @@ async fn a_locked_push_that_meets_a_write_it_could_not_see_is_decided_again() {
 }
 
 #[tokio::test]
-async fn a_cursor_postgres_would_not_read_is_refused_not_a_server_error() {
+async fn a_cursor_changed_by_its_client_or_postgres_would_not_read_is_refused() {
+    use base64::Engine;
     let app = TestApp::spawn().await;
     let (user, _) = setup(&app).await;
-    let pull = |snapshot: &str| {
-        use base64::Engine;
-        let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(json!({ "b": snapshot }).to_string());
+    let keys = field_attendance::auth::jwt::JwtKeys::new(&app.config.auth);
+    let encode =
+        |json: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json.to_string());
+    let pull = |cursor: String| {
         send(
             app.get(&format!("/api/sync/pull?cursor={cursor}"))
                 .bearer_auth(&user.token),
         )
     };
+    // A cursor as issued, with its snapshot changed: a base that sees everything.
+    let (status, body) = pull(String::new()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let issued = body["cursor"].as_str().unwrap();
+    let (_, tag) = issued.rsplit_once('.').unwrap();
+    let forged = format!("{}.{tag}", encode(json!({ "b": "99999999:99999999:" })));
+    let (status, body) = pull(forged).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    // Signed, but not a snapshot Postgres reads: refused, not a server error.
     for bad in [
         "5:3:",
         "3:9:2",
@@ -1246,7 +1261,7 @@ async fn a_cursor_postgres_would_not_read_is_refused_not_a_server_error() {
         "0:5:",
         "99999999999999999999:99999999999999999999:",
     ] {
-        let (status, body) = pull(bad).await;
+        let (status, body) = pull(keys.seal(&encode(json!({ "b": bad })))).await;
         assert_error(
             status,
             &body,
@@ -1254,7 +1269,7 @@ async fn a_cursor_postgres_would_not_read_is_refused_not_a_server_error() {
             "validation_failed",
         );
     }
-    let (status, body) = pull("3:9:4,4,6").await;
+    let (status, body) = pull(keys.seal(&encode(json!({ "b": "3:9:4,4,6" })))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
@@ -1769,6 +1784,140 @@ async fn an_admin_made_a_supervisor_is_told_every_record_now_out_of_their_scope_
     kept.sort();
     let whole = pull_from(&app, &token, None).await;
     assert_eq!(change_ids(&whole, "created"), kept);
+}
+
+#[tokio::test]
+async fn a_supervisor_given_a_field_role_is_told_their_former_teams_records_are_gone() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let facility = app.facility_at(SITE.0, SITE.1).await;
+    let supervisor = app.user("supervisor", None).await;
+    let successor = app.user("supervisor", None).await;
+    let worker = app.quick_user("focal", Some(supervisor.id), facility).await;
+    let own = closed_shift(&app, supervisor.id, facility).await;
+    let team = closed_shift(&app, worker.id, facility).await;
+    let first = pull_from(&app, &supervisor.token, None).await;
+    let mut both = vec![own, team.clone()];
+    both.sort();
+    assert_eq!(change_ids(&first, "created"), both);
+
+    // The team must go to another supervisor before its supervisor can be given a field role.
+    let (status, body) = send(
+        app.patch(&format!("/api/users/{}", worker.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"supervisor_id": successor.id})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = change_role(&app, &admin, &supervisor, "focal").await;
+    let after = pull_from(&app, &token, Some(&first)).await;
+    assert_eq!(change_ids(&after, "deleted"), [team], "{after}");
+    assert_eq!(change_ids(&after, "created"), Vec::<String>::new());
+    assert_eq!(change_ids(&after, "updated"), Vec::<String>::new());
+    let again = pull_from(&app, &token, Some(&after)).await;
+    let told_once = ["created", "updated", "deleted"].map(|kind| change_ids(&again, kind));
+    assert!(told_once.iter().all(Vec::is_empty), "{again}");
+}
+
+/// Holds inserts into the audit trail until the transaction is committed: a change that writes
+/// its audit row last waits there, uncommitted, with everything else written.
+async fn hold_the_audit_trail(app: &TestApp) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE activities IN SHARE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_written_while_its_worker_moves_reaches_the_new_supervisor() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let facility = app.facility_at(SITE.0, SITE.1).await;
+    let supervisor = app.user("supervisor", None).await;
+    let worker = app.quick_user("focal", None, facility).await;
+    let first = pull_from(&app, &supervisor.token, None).await;
+
+    // The record's transaction is open when the move begins, and commits before it; the
+    // supervisor's device pulls between the two commits.
+    let mut writer = app.db.begin().await.unwrap();
+    let day = Utc::now() - Duration::days(3);
+    let record: Uuid = sqlx::query_scalar(
+        "INSERT INTO attendance (user_id, facility_id, status, clock_in_at, clock_out_at,
+                                 clock_in_latitude, clock_in_longitude, distance_m)
+         VALUES ($1, $2, 'closed', $3, $4, -1.9456, 30.1270, 0) RETURNING id",
+    )
+    .bind(worker.id)
+    .bind(facility)
+    .bind(day)
+    .bind(day + Duration::hours(8))
+    .fetch_one(&mut *writer)
+    .await
+    .unwrap();
+    let audit = hold_the_audit_trail(&app).await;
+    let moved = send(
+        app.patch(&format!("/api/users/{}", worker.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"supervisor_id": supervisor.id})),
+    );
+    let between = async {
+        app.until_waiting_on_locks(1, "the move waits").await;
+        writer.commit().await.unwrap();
+        let between = pull_from(&app, &supervisor.token, Some(&first)).await;
+        audit.commit().await.unwrap();
+        between
+    };
+    let ((status, body), between) = tokio::join!(moved, between);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(change_ids(&between, "created"), Vec::<String>::new());
+
+    let after = pull_from(&app, &supervisor.token, Some(&between)).await;
+    assert_eq!(
+        change_ids(&after, "created"),
+        [record.to_string()],
+        "{after}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_made_a_supervisor_is_told_of_a_record_that_reached_them_as_the_change_committed()
+{
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let facility = app.facility_at(SITE.0, SITE.1).await;
+    let demoted = app.user("admin", None).await;
+    let other = app.quick_user("focal", None, facility).await;
+    let first = pull_from(&app, &demoted.token, None).await;
+
+    // A record whose transaction begins after the role change's and commits before it reaches
+    // the device while it is still an admin's.
+    let audit = hold_the_audit_trail(&app).await;
+    let changed = send(
+        app.patch(&format!("/api/users/{}", demoted.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"role": "supervisor"})),
+    );
+    let between = async {
+        app.until_waiting_on_locks(1, "the role change waits at its audit row")
+            .await;
+        let record = closed_shift(&app, other.id, facility).await;
+        let between = pull_from(&app, &demoted.token, Some(&first)).await;
+        assert_eq!(
+            change_ids(&between, "created"),
+            std::slice::from_ref(&record)
+        );
+        audit.commit().await.unwrap();
+        (record, between)
+    };
+    let ((status, body), (record, between)) = tokio::join!(changed, between);
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let (status, body) = app.login(&demoted.email, crate::helpers::PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["access_token"].as_str().unwrap();
+    let shrunk = pull_from(&app, token, Some(&between)).await;
+    assert_eq!(change_ids(&shrunk, "deleted"), [record], "{shrunk}");
 }
 
 #[tokio::test]

@@ -123,7 +123,7 @@ async fn pull_changes(
         return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
     }
     let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
-        Some(text) => Cursor::decode(text)?,
+        Some(text) => Cursor::decode(text, &state.jwt)?,
         None => Cursor::default(),
     };
     let mut tx = state.db.begin().await?;
@@ -131,7 +131,7 @@ async fn pull_changes(
     tx.commit().await?;
     Ok(Json(PullResponse {
         changes,
-        cursor: next.encode(),
+        cursor: next.encode(&state.jwt),
         has_more,
     }))
 }
