@@ -126,9 +126,12 @@ impl TryFrom<String> for UserStatus {
 pub struct Email(String);
 
 impl Email {
+    /// The longest address that can be delivered to (RFC 5321's path limit, less its brackets).
+    pub const MAX_BYTES: usize = 254;
+
     pub fn parse(raw: &str) -> Result<Self, String> {
         let email = raw.trim().to_lowercase();
-        if email.len() > 254 || !validator::ValidateEmail::validate_email(&email) {
+        if email.len() > Self::MAX_BYTES || !validator::ValidateEmail::validate_email(&email) {
             return Err("must be a valid email address".into());
         }
         Ok(Self(email))

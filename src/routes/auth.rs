@@ -15,7 +15,7 @@ use crate::auth::refresh::{self, Rotation};
 use crate::auth::{AuthUser, ClientInfo};
 use crate::config::Registration;
 use crate::db::users::{self, NewUser, User};
-use crate::domain::{Role, UserStatus};
+use crate::domain::{Email, Role, UserStatus};
 use crate::error::{ApiError, ErrorEnvelope, Invalid};
 use crate::extract::Json;
 use crate::routes::checks::{NewIdentity, check_facility, check_supervisor};
@@ -241,7 +241,9 @@ async fn login(
     Json(req): Json<LoginRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let email = req.email.trim().to_lowercase();
+    // No stored email is longer (RFC 5321), and a refusal records what was sent.
     if email.is_empty()
+        || email.len() > Email::MAX_BYTES
         || email.contains('\0')
         || req.password.is_empty()
         || req.password.len() > 1024
@@ -315,14 +317,16 @@ async fn login(
     };
     let mut tx = state.db.begin().await?;
     // Only if the account is still as it was read: a password change, deactivation or role
-    // change committed while the password was being checked would otherwise be undone (an
-    // upgraded hash of the old password written over the new one) or outlived (a refresh token
-    // its revocation did not see). Locked from here, such a change waits for this login and
-    // then revokes its token.
+    // change committed while the password was being checked (each moves the token version)
+    // would otherwise be undone (an upgraded hash of the old password written over the new one)
+    // or outlived (a refresh token its revocation did not see). Locked from here, such a change
+    // waits for this login and then revokes its token. Another login's upgrade of the same hash
+    // is no change: the first one written stays.
     let unchanged = sqlx::query(
         "UPDATE users SET failed_login_count = 0, locked_until = NULL, last_login_at = now(),
-                password_hash = coalesce($2, password_hash)
-         WHERE id = $1 AND password_hash = $3 AND token_version = $4 AND status = 'active'",
+                password_hash = CASE WHEN password_hash = $3 THEN coalesce($2, password_hash)
+                                     ELSE password_hash END
+         WHERE id = $1 AND token_version = $4 AND status = 'active'",
     )
     .bind(user.id)
     .bind(upgraded)

@@ -367,11 +367,10 @@ async fn a_success_resets_the_failure_count() {
     );
 }
 
-#[tokio::test]
-async fn a_password_hashed_with_older_parameters_is_rehashed_at_login_and_sessions_stay() {
+/// Gives the user a hash of `PASSWORD` made with older parameters (OWASP's 19 MiB, 2 passes);
+/// the hash.
+async fn hash_with_older_parameters(app: &TestApp, user: uuid::Uuid) -> String {
     use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-    let app = TestApp::spawn().await;
-    let user = app.user("focal", None).await;
     let older = argon2::Argon2::new(
         argon2::Algorithm::Argon2id,
         argon2::Version::V0x13,
@@ -382,10 +381,18 @@ async fn a_password_hashed_with_older_parameters_is_rehashed_at_login_and_sessio
     .to_string();
     sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
         .bind(&older)
-        .bind(user.id)
+        .bind(user)
         .execute(&app.db)
         .await
         .unwrap();
+    older
+}
+
+#[tokio::test]
+async fn a_password_hashed_with_older_parameters_is_rehashed_at_login_and_sessions_stay() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    let older = hash_with_older_parameters(&app, user.id).await;
     let stored = || async {
         sqlx::query_scalar::<_, String>("SELECT password_hash FROM users WHERE id = $1")
             .bind(user.id)
@@ -1481,4 +1488,109 @@ async fn registration_gives_one_reason_for_every_supervisor_it_refuses() {
     // Whether a known id is a user, may supervise or is active is not told to a stranger.
     assert!(reasons[0].is_array(), "{reasons:?}");
     assert!(reasons.iter().all(|r| *r == reasons[0]), "{reasons:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_logins_at_once_on_a_hash_with_older_parameters_both_succeed() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    hash_with_older_parameters(&app, user.id).await;
+    // Both read the older hash before either stores its upgrade: the account's row is held
+    // until both wait on it.
+    let mut hold = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+        .bind(user.id)
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let release = async {
+        app.until_waiting_on_locks(2, "both logins wait on the account")
+            .await;
+        hold.commit().await.unwrap();
+    };
+    let (first, second, ()) = tokio::join!(
+        app.login(&user.email, PASSWORD),
+        app.login(&user.email, PASSWORD),
+        release
+    );
+    assert_eq!(first.0, StatusCode::OK, "{}", first.1);
+    assert_eq!(second.0, StatusCode::OK, "{}", second.1);
+    assert_eq!(app.login(&user.email, PASSWORD).await.0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_does_not_overwrite_a_reset_made_while_it_was_checked() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let user = app.user("focal", None).await;
+    // The admin's reset, as it commits while the user's change checks the current password:
+    // the hash of another user's password, set by the admin through the API.
+    let donor = app.user("focal", None).await;
+    let (status, body) = send(
+        app.post(&format!("/api/users/{}/password", donor.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"new_password": "set by the admin 71"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let mut reset = app.db.begin().await.unwrap();
+    sqlx::query(
+        "UPDATE users SET password_hash = (SELECT password_hash FROM users WHERE id = $2),
+                          token_version = token_version + 1
+         WHERE id = $1",
+    )
+    .bind(user.id)
+    .bind(donor.id)
+    .execute(&mut *reset)
+    .await
+    .unwrap();
+    let change = send(
+        app.post("/api/users/me/password")
+            .bearer_auth(&user.token)
+            .json(&json!({"current_password": PASSWORD, "new_password": "chosen by the user 42"})),
+    );
+    let commit = async {
+        app.until_waiting_on_rows(1, "the change waits on the account")
+            .await;
+        reset.commit().await.unwrap();
+    };
+    let ((status, body), ()) = tokio::join!(change, commit);
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+    assert_eq!(
+        app.login(&user.email, "set by the admin 71").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.login(&user.email, "chosen by the user 42").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn a_login_with_an_email_longer_than_any_address_is_refused_and_not_recorded() {
+    let app = TestApp::spawn().await;
+    let email = format!("{}@example.org", "x".repeat(300_000));
+    let (status, body) = app.login(&email, PASSWORD).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    );
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM activities WHERE action = 'auth.login_failed'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(recorded, 0);
+    // An address of the longest length is still checked, and its failure recorded.
+    let longest = format!("{}@example.org", "x".repeat(254 - "@example.org".len()));
+    let (status, _) = app.login(&longest, PASSWORD).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM activities WHERE action = 'auth.login_failed'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(recorded, 1);
 }

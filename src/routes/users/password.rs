@@ -24,18 +24,30 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Stores a new password hash: every token issued before stops working, and a lockout ends.
-async fn store(tx: &mut PgConnection, id: Uuid, hash: String) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// With `version`, only while the user's token version is still that one (false otherwise):
+/// a password set, or sessions ended, since it was read.
+async fn store(
+    tx: &mut PgConnection,
+    id: Uuid,
+    hash: String,
+    version: Option<i32>,
+) -> Result<bool, sqlx::Error> {
+    let stored = sqlx::query(
         "UPDATE users SET password_hash = $2, token_version = token_version + 1,
                           failed_login_count = 0, locked_until = NULL
-         WHERE id = $1",
+         WHERE id = $1 AND token_version = coalesce($3, token_version)",
     )
     .bind(id)
     .bind(hash)
+    .bind(version)
     .execute(&mut *tx)
-    .await?;
-    refresh::revoke_all(&mut *tx, id).await?;
-    Ok(())
+    .await?
+    .rows_affected()
+        == 1;
+    if stored {
+        refresh::revoke_all(&mut *tx, id).await?;
+    }
+    Ok(stored)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -53,6 +65,7 @@ pub struct ChangePassword {
     responses(
         (status = 204, description = "Password changed; log in again"),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token, or the session ended while the password was checked (`invalid_token`: an admin set a new password meanwhile); nothing was stored", body = ErrorEnvelope),
         (status = 422, description = "Wrong current password or weak new one", body = ErrorEnvelope),
         (status = 423, description = "Locked after too many wrong passwords, here or at login (`account_locked`); see Retry-After", body = ErrorEnvelope),
     ))]
@@ -78,10 +91,11 @@ async fn change_password(
         return Err(invalid.into_error());
     }
     let new_password = new_password.expect("checked above");
-    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
-        .bind(user.id)
-        .fetch_one(&state.db)
-        .await?;
+    let (hash, version): (String, i32) =
+        sqlx::query_as("SELECT password_hash, token_version FROM users WHERE id = $1")
+            .bind(user.id)
+            .fetch_one(&state.db)
+            .await?;
     // Guesses here count towards the same lock as guesses at login.
     let attempt = match lockout::attempt(&state.db, Some(user.id), &state.config.auth).await {
         Ok(attempt) => {
@@ -121,7 +135,13 @@ async fn change_password(
     }
     let new_hash = state.hasher.hash(new_password.into_secret()).await?;
     let mut tx = state.db.begin().await?;
-    store(&mut tx, user.id, new_hash).await?;
+    // Not over a password an admin set while this one was checked: that reset ended the
+    // session this request came with.
+    if !store(&mut tx, user.id, new_hash, Some(version)).await? {
+        drop(tx);
+        attempt.succeeded().await?;
+        return Err(ApiError::InvalidToken);
+    }
     Activity::new("user.password_change")
         .by(&user)
         .on("user", user.id)
@@ -176,7 +196,7 @@ async fn reset_password(
         .fetch_optional(&mut *tx)
         .await?;
     resettable(target, &req.new_password)?;
-    store(&mut tx, id, hash).await?;
+    store(&mut tx, id, hash, None).await?;
     Activity::new("user.password_reset")
         .by(&admin)
         .on("user", id)
