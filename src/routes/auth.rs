@@ -122,7 +122,8 @@ async fn registered_supervisor(
     invalid: &mut Invalid,
 ) -> Result<(), ApiError> {
     let mut refused = Invalid::default();
-    check_supervisor(db, supervisor_id, None, &mut refused).await?;
+    // Registration is for field roles, which every role that supervises outranks.
+    check_supervisor(db, supervisor_id, Role::Tester, None, &mut refused).await?;
     if !refused.is_empty() {
         invalid.add(
             "supervisor_id",

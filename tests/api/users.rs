@@ -963,3 +963,84 @@ async fn a_supervisors_edit_waits_for_a_move_higher_up_the_tree_and_then_changes
     let moved = (team_lead.id, next_boss.id);
     edit_racing_a_move(&app, &boss, (worker.id, facility), moved, true).await;
 }
+
+#[tokio::test]
+async fn no_one_is_placed_under_a_supervisor_who_ranks_below_them() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let supervisor = app.user("supervisor", None).await;
+    let backstopper = app.user("backstopper", None).await;
+    let worker = app.user("focal", Some(supervisor.id)).await;
+    let refused = |status: StatusCode, body: &Value| {
+        assert_error(
+            status,
+            body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+        assert!(
+            body["error"]["details"]["supervisor_id"]
+                .to_string()
+                .contains("below the user's role"),
+            "{body}"
+        );
+    };
+    // An admin created under a supervisor, who could then approve or move them.
+    let new_user = |role: &str, supervisor: uuid::Uuid| {
+        json!({"email": format!("{role}.{supervisor}@example.org"), "password": "a long enough passphrase",
+               "first_name": "New", "last_name": "User", "role": role, "status": "pending",
+               "supervisor_id": supervisor})
+    };
+    let (status, body) = send(
+        app.post("/api/users")
+            .bearer_auth(&admin.token)
+            .json(&new_user("admin", supervisor.id)),
+    )
+    .await;
+    refused(status, &body);
+    // A team lead under a supervisor is a supervisor under a supervisor: allowed.
+    let (status, body) = send(
+        app.post("/api/users")
+            .bearer_auth(&admin.token)
+            .json(&new_user("supervisor", supervisor.id)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Promoted above the supervisor they keep, or moved under one below them.
+    let patch = |id: uuid::Uuid, body: Value| {
+        send(
+            app.patch(&format!("/api/users/{id}"))
+                .bearer_auth(&admin.token)
+                .json(&body),
+        )
+    };
+    let (status, body) = patch(worker.id, json!({"role": "backstopper"})).await;
+    refused(status, &body);
+    let (status, body) = patch(backstopper.id, json!({"supervisor_id": supervisor.id})).await;
+    refused(status, &body);
+    // Both at once, under someone high enough: allowed.
+    let (status, body) = patch(
+        worker.id,
+        json!({"role": "backstopper", "supervisor_id": admin.id}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Demoted below a user they supervise.
+    let (status, body) = patch(supervisor.id, json!({"supervisor_id": worker.id})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let peer = app.user("backstopper", Some(worker.id)).await;
+    let (status, body) = patch(worker.id, json!({"role": "supervisor"})).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let role = || {
+        sqlx::query_scalar::<_, String>("SELECT role FROM users WHERE id = $1")
+            .bind(worker.id)
+            .fetch_one(&app.db)
+    };
+    assert_eq!(role().await.unwrap(), "backstopper");
+    // Once the peer has another supervisor, a supervisor may supervise a supervisor.
+    let (status, body) = patch(peer.id, json!({"supervisor_id": admin.id})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = patch(worker.id, json!({"role": "supervisor"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(role().await.unwrap(), "supervisor");
+}

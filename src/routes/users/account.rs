@@ -65,7 +65,8 @@ pub struct UpdateUser {
     #[serde(default, deserialize_with = "crate::extract::double_option")]
     #[schema(value_type = Option<Uuid>, nullable)]
     pub facility_id: Option<Option<Uuid>>,
-    /// A supervisor, backstopper or admin; never one that would make a cycle.
+    /// A supervisor, backstopper or admin whose role is no lower than the user's; never one that
+    /// would make a cycle.
     #[serde(default, deserialize_with = "crate::extract::double_option")]
     #[schema(value_type = Option<Uuid>, nullable)]
     pub supervisor_id: Option<Option<Uuid>>,
@@ -154,7 +155,7 @@ async fn update_user(
     // Supervision changes are serialised so that two concurrent edits cannot form a cycle
     // that neither would see alone. A supervisor's edit holds the tree still (shared) until it
     // commits, so that the user cannot leave their team meanwhile (checked again below).
-    if req.supervisor_id.is_some() {
+    if req.supervisor_id.is_some() || req.role.is_some() {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('users.supervisor_id'))")
             .execute(&mut *tx)
             .await?;
@@ -193,9 +194,18 @@ async fn update_user(
     if !actor.is_admin() && !users::is_above(&mut *tx, actor.id, id).await? {
         return Err(ApiError::NotFound);
     }
+    let current_role: Role = current.role.parse().map_err(anyhow::Error::msg)?;
+    let role = req.role.unwrap_or(current_role);
+    // The supervisor named, or the one kept under a new role, must still rank no lower.
+    let supervisor = match req.supervisor_id {
+        Some(named) => named,
+        None if role != current_role => current.supervisor_id,
+        None => None,
+    };
     check_supervisor(
         &mut *tx,
-        req.supervisor_id.flatten(),
+        supervisor,
+        role,
         current.supervisor_id,
         &mut invalid,
     )
@@ -213,23 +223,41 @@ async fn update_user(
     {
         return Err(last_admin());
     }
-    // Someone's supervisor must stay able to supervise (the row is locked above, and each
-    // new supervisor is share-locked while it is named).
+    // Someone's supervisor must stay able to supervise them, and rank no lower (the tree is
+    // held above, and each new supervisor is share-locked while it is named).
     if let Some(role) = req.role
-        && !role.can_supervise()
+        && role < current_role
     {
-        let reports: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM users WHERE supervisor_id = $1")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
+        let reports: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT role, count(*) FROM users WHERE supervisor_id = $1 GROUP BY role",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let outranked = |theirs: &str| theirs.parse::<Role>().map_or(true, |r| r > role);
+        let reports: i64 = if role.can_supervise() {
+            reports
+                .iter()
+                .filter(|(r, _)| outranked(r))
+                .map(|(_, n)| n)
+                .sum()
+        } else {
+            reports.iter().map(|(_, n)| n).sum()
+        };
         if reports > 0 {
             return Err(ApiError::conflict(
                 "conflict",
-                format!(
-                    "{reports} user(s) name this user as their supervisor; give them another \
-                     supervisor before making this user a {role}"
-                ),
+                if role.can_supervise() {
+                    format!(
+                        "{reports} user(s) this user supervises hold a role above {role}; give \
+                         them another supervisor before making this user a {role}"
+                    )
+                } else {
+                    format!(
+                        "{reports} user(s) name this user as their supervisor; give them another \
+                         supervisor before making this user a {role}"
+                    )
+                },
             ));
         }
     }

@@ -63,6 +63,7 @@ pub struct CreateUser {
     pub employee_id: Option<String>,
     pub role: Role,
     pub facility_id: Option<Uuid>,
+    /// A supervisor, backstopper or admin whose role is no lower than the user's.
     pub supervisor_id: Option<Uuid>,
     /// Default `active`.
     pub status: Option<UserStatus>,
@@ -102,7 +103,7 @@ async fn create_user(
         &mut invalid,
     );
     check_facility(&state, req.facility_id, None, &mut invalid).await?;
-    check_supervisor(&state.db, req.supervisor_id, None, &mut invalid).await?;
+    check_supervisor(&state.db, req.supervisor_id, req.role, None, &mut invalid).await?;
     invalid.finish()?;
     let (Some(email), Some(password)) = (email, password) else {
         unreachable!("checked above");
@@ -112,7 +113,7 @@ async fn create_user(
     let mut tx = state.db.begin().await?;
     // Again under a share lock: the supervisor cannot be made a field role before this commits.
     let mut invalid = Invalid::default();
-    check_supervisor(&mut *tx, req.supervisor_id, None, &mut invalid).await?;
+    check_supervisor(&mut *tx, req.supervisor_id, req.role, None, &mut invalid).await?;
     invalid.finish()?;
     let id = users::insert(
         &mut *tx,
