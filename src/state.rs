@@ -90,10 +90,10 @@ impl AppState {
         let export_slots = (config.db.max_connections as usize / 4).max(1);
         let rl = &config.rate_limits;
         let limiters = rl.enabled.then(|| Limiters {
-            api: limiter(rl.api, jwt.clone(), rl.trust_proxy, true),
-            auth: limiter(rl.auth, jwt.clone(), rl.trust_proxy, false),
-            upload: limiter(rl.upload, jwt.clone(), rl.trust_proxy, true),
-            sync: limiter(rl.sync, jwt.clone(), rl.trust_proxy, true),
+            api: limiter(rl.api, jwt.clone(), rl.trust_proxy.clone(), true),
+            auth: limiter(rl.auth, jwt.clone(), rl.trust_proxy.clone(), false),
+            upload: limiter(rl.upload, jwt.clone(), rl.trust_proxy.clone(), true),
+            sync: limiter(rl.sync, jwt.clone(), rl.trust_proxy.clone(), true),
         });
         Self(Arc::new(Services {
             hasher: Hasher::new(config.auth.max_concurrent_hashes),

@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::cache::TtlMap;
+use crate::config::TrustProxy;
 use crate::domain::{Role, UserStatus};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -162,7 +163,7 @@ impl FromRequestParts<AppState> for ClientInfo {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         Ok(ClientInfo {
-            ip: client_ip(parts, state.config.rate_limits.trust_proxy).map(|ip| ip.to_string()),
+            ip: client_ip(parts, &state.config.rate_limits.trust_proxy).map(|ip| ip.to_string()),
             user_agent: parts
                 .headers
                 .get(header::USER_AGENT)
@@ -172,22 +173,23 @@ impl FromRequestParts<AppState> for ClientInfo {
     }
 }
 
-/// The client address: when the proxy in front is trusted, the last `X-Forwarded-For` entry,
+/// The client address: when the peer is a trusted proxy, the last `X-Forwarded-For` entry,
 /// the address that proxy saw and appended (entries left of it are whatever the client sent);
 /// else the peer address. Never the header otherwise, or anyone could pick their own
 /// rate-limit key.
-pub fn client_ip(parts: &Parts, trust_proxy: bool) -> Option<IpAddr> {
-    client_ip_from(&parts.headers, parts.extensions.get(), trust_proxy)
+pub fn client_ip(parts: &Parts, trust: &TrustProxy) -> Option<IpAddr> {
+    client_ip_from(&parts.headers, parts.extensions.get(), trust)
 }
 
 pub fn client_ip_from(
     headers: &axum::http::HeaderMap,
     peer: Option<&ConnectInfo<SocketAddr>>,
-    trust_proxy: bool,
+    trust: &TrustProxy,
 ) -> Option<IpAddr> {
+    let peer = peer.map(|ConnectInfo(addr)| addr.ip());
     // A proxy may add its own header line rather than extend the client's: the last entry of
     // the last line is the one it wrote.
-    if trust_proxy
+    if trust.trusts(peer)
         && let Some(ip) = headers
             .get_all("x-forwarded-for")
             .iter()
@@ -198,7 +200,7 @@ pub fn client_ip_from(
     {
         return Some(ip);
     }
-    peer.map(|ConnectInfo(addr)| addr.ip())
+    peer
 }
 
 /// An `X-Forwarded-For` entry: an address, or an address with the client's port

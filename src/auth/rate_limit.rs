@@ -16,14 +16,14 @@ use tower_governor::key_extractor::KeyExtractor;
 
 use crate::auth::extractor::{bearer_in, client_ip_from};
 use crate::auth::jwt::JwtKeys;
-use crate::config::RateQuota;
+use crate::config::{RateQuota, TrustProxy};
 use crate::error::ApiError;
 
 /// Keys a request by its user (a valid bearer token) or else by its client address.
 #[derive(Clone)]
 pub struct ClientKey {
     jwt: Arc<JwtKeys>,
-    trust_proxy: bool,
+    trust_proxy: TrustProxy,
     per_user: bool,
 }
 
@@ -42,7 +42,7 @@ impl KeyExtractor for ClientKey {
             return Ok(format!("user:{}:{}", claims.sub, claims.ver));
         }
         let peer = req.extensions().get::<ConnectInfo<SocketAddr>>();
-        client_ip_from(req.headers(), peer, self.trust_proxy)
+        client_ip_from(req.headers(), peer, &self.trust_proxy)
             .map(address_key)
             .ok_or(GovernorError::UnableToExtractKey)
     }
@@ -66,7 +66,12 @@ fn address_key(ip: IpAddr) -> String {
 pub type Limiter = Arc<GovernorConfig<ClientKey, StateInformationMiddleware>>;
 
 /// A limiter of `quota`, keyed per user when `per_user`, else per client address.
-pub fn limiter(quota: RateQuota, jwt: Arc<JwtKeys>, trust_proxy: bool, per_user: bool) -> Limiter {
+pub fn limiter(
+    quota: RateQuota,
+    jwt: Arc<JwtKeys>,
+    trust_proxy: TrustProxy,
+    per_user: bool,
+) -> Limiter {
     let replenish = quota.period / quota.burst;
     let config = GovernorConfigBuilder::default()
         .period(replenish.max(Duration::from_millis(1)))

@@ -50,8 +50,33 @@ pub struct RateLimits {
     pub auth: RateQuota,
     pub upload: RateQuota,
     pub sync: RateQuota,
-    /// Read the client address from `X-Forwarded-For` (only behind a proxy we trust).
-    pub trust_proxy: bool,
+    /// Whose `X-Forwarded-For` gives the client address.
+    pub trust_proxy: TrustProxy,
+}
+
+/// Whose `X-Forwarded-For` is believed: `TRUST_PROXY`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustProxy {
+    /// No one's (`false`): the peer is the client.
+    Nobody,
+    /// Any peer's (`true`): for a service that only its proxy can reach.
+    Anyone,
+    /// Only these peers' (the proxies' addresses or networks, comma-separated): a client that
+    /// reaches the service directly cannot choose its own address.
+    Peers(Vec<ipnet::IpNet>),
+}
+
+impl TrustProxy {
+    /// Whether a request from `peer` may say where it came from.
+    pub fn trusts(&self, peer: Option<std::net::IpAddr>) -> bool {
+        match self {
+            Self::Nobody => false,
+            Self::Anyone => true,
+            Self::Peers(nets) => peer
+                .map(|ip| ip.to_canonical())
+                .is_some_and(|ip| nets.iter().any(|net| net.contains(&ip))),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::RateQuota;
+use super::{RateQuota, TrustProxy};
 
 /// Collects values and problems while reading variables one by one.
 pub(super) struct Reader<'a> {
@@ -120,6 +120,38 @@ impl FromStr for RateQuota {
             return Err("requests and period must both be above zero".into());
         }
         Ok(Self { burst, period })
+    }
+}
+
+impl FromStr for TrustProxy {
+    type Err = String;
+
+    /// `false`, `true`, or addresses and networks: `10.0.0.5`, `10.0.0.0/8, fd00::/8`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "false" | "0" | "no" | "off" => return Ok(Self::Nobody),
+            "true" | "1" | "yes" | "on" => return Ok(Self::Anyone),
+            _ => {}
+        }
+        let peers = s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        format!(
+                            "`{p}` is not an address or network; expected true, false, or the \
+                             proxies' addresses such as 10.0.0.5, 10.0.0.0/8"
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if peers.is_empty() {
+            return Err("expected true, false, or the proxies' addresses".into());
+        }
+        Ok(Self::Peers(peers))
     }
 }
 

@@ -7,7 +7,7 @@ use secrecy::SecretString;
 use super::reader::Reader;
 use super::{
     AttendanceSettings, AuthSettings, DbSettings, LogFormat, LogSettings, RateLimits, RateQuota,
-    Registration,
+    Registration, TrustProxy,
 };
 use crate::domain::{Email, Password};
 
@@ -177,7 +177,7 @@ pub(super) fn rate_limits(r: &mut Reader<'_>) -> RateLimits {
         auth: r.parsed("RATE_LIMIT_AUTH", quota(5, 15 * 60)),
         upload: r.parsed("RATE_LIMIT_UPLOAD", quota(10, 15 * 60)),
         sync: r.parsed("RATE_LIMIT_SYNC", quota(20, 5 * 60)),
-        trust_proxy: r.bool("TRUST_PROXY", false),
+        trust_proxy: r.parsed("TRUST_PROXY", TrustProxy::Nobody),
     }
 }
 

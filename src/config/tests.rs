@@ -173,3 +173,36 @@ fn rate_quotas_parse_with_units() {
     assert!("ten/1m".parse::<RateQuota>().is_err());
     assert!("10/1d".parse::<RateQuota>().is_err());
 }
+
+#[test]
+fn trust_proxy_is_off_on_or_the_proxies_addresses() {
+    let trust = |value: &str| {
+        Config::from_map(&vars(&[
+            ("APP_ENV", "development"),
+            ("DATABASE_URL", "postgres://localhost/db"),
+            ("TRUST_PROXY", value),
+        ]))
+        .map(|c| c.rate_limits.trust_proxy)
+    };
+    let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+    assert_eq!(trust("false").unwrap(), TrustProxy::Nobody);
+    assert!(!trust("false").unwrap().trusts(ip("10.0.0.1")));
+    assert!(trust("TRUE").unwrap().trusts(ip("203.0.113.9")));
+    let peers = trust(" 10.0.0.5, 172.16.0.0/12,fd00::/8 ").unwrap();
+    for (peer, trusted) in [
+        ("10.0.0.5", true),
+        ("10.0.0.6", false),
+        ("172.31.255.1", true),
+        ("fd12::1", true),
+        // The same IPv4 proxy, seen by a listener bound to an IPv6 address.
+        ("::ffff:10.0.0.5", true),
+        ("203.0.113.9", false),
+    ] {
+        assert_eq!(peers.trusts(ip(peer)), trusted, "{peer}");
+    }
+    assert!(!peers.trusts(None));
+    for bad in ["maybe", "10.0.0.300", "10.0.0.0/33", ","] {
+        let text = trust(bad).unwrap_err().to_string();
+        assert!(text.contains("TRUST_PROXY"), "{bad}: {text}");
+    }
+}

@@ -1138,12 +1138,13 @@ async fn a_token_ended_by_a_password_change_cannot_spend_the_new_sessions_budget
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
-/// A service whose logins allow two attempts per address, behind a proxy it trusts or not.
-async fn two_logins_per_address(trust_proxy: bool) -> TestApp {
+/// A service whose logins allow two attempts per address, with `TRUST_PROXY` as given (the
+/// tests reach it from 127.0.0.1).
+async fn two_logins_per_address(trust_proxy: &str) -> TestApp {
     TestApp::spawn_with(|env| {
         env.insert("RATE_LIMIT_ENABLED".into(), "true".into());
         env.insert("RATE_LIMIT_AUTH".into(), "2/15m".into());
-        env.insert("TRUST_PROXY".into(), trust_proxy.to_string());
+        env.insert("TRUST_PROXY".into(), trust_proxy.into());
     })
     .await
 }
@@ -1177,7 +1178,7 @@ async fn login_forwarded(app: &TestApp, forwarded: String) -> StatusCode {
 
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_address_it_appended_is_the_clients() {
-    let app = two_logins_per_address(true).await;
+    let app = two_logins_per_address("127.0.0.0/8, ::1").await;
     // What the client wrote comes first; the proxy appends the address it saw.
     three_logins_count_as_one_address(&app, |i| format!("10.0.0.{i}, 203.0.113.7")).await;
     assert_eq!(
@@ -1189,7 +1190,7 @@ async fn behind_a_trusted_proxy_the_address_it_appended_is_the_clients() {
 
 #[tokio::test]
 async fn a_trusted_proxy_that_writes_the_clients_port_is_understood() {
-    let app = two_logins_per_address(true).await;
+    let app = two_logins_per_address("true").await;
     // The same address from three ports is one client.
     three_logins_count_as_one_address(&app, |i| format!("10.0.0.1, 203.0.113.7:{}", 40000 + i))
         .await;
@@ -1202,7 +1203,7 @@ async fn a_trusted_proxy_that_writes_the_clients_port_is_understood() {
 
 #[tokio::test]
 async fn a_proxy_that_adds_its_own_header_line_is_believed_not_the_clients_line() {
-    let app = two_logins_per_address(true).await;
+    let app = two_logins_per_address("127.0.0.1").await;
     for i in 0..3 {
         let status = app
             .post("/api/auth/login")
@@ -1224,7 +1225,14 @@ async fn a_proxy_that_adds_its_own_header_line_is_believed_not_the_clients_line(
 
 #[tokio::test]
 async fn x_forwarded_for_is_ignored_unless_the_proxy_is_trusted() {
-    let app = two_logins_per_address(false).await;
+    let app = two_logins_per_address("false").await;
+    three_logins_count_as_one_address(&app, |i| format!("10.0.0.{i}")).await;
+}
+
+#[tokio::test]
+async fn x_forwarded_for_is_ignored_from_a_peer_that_is_not_one_of_the_trusted_proxies() {
+    // A client that reaches the service beside its proxy cannot choose its address.
+    let app = two_logins_per_address("10.1.2.3, 192.168.0.0/16").await;
     three_logins_count_as_one_address(&app, |i| format!("10.0.0.{i}")).await;
 }
 
