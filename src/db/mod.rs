@@ -2,6 +2,7 @@
 //! them (`routes/*`), each taking an executor or a transaction.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -138,13 +139,49 @@ pub async fn create_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// How long a migration statement waits for a lock. A table's readers queue behind a
+/// migration waiting to alter it, so a migration stuck behind a long report would hold every
+/// clock-in up for as long: it gives up after this, and is tried again a little later.
+const MIGRATION_LOCK_TIMEOUT: &str = "2s";
+/// How long migrations are tried again when they keep meeting a held lock.
+const MIGRATION_LOCK_PATIENCE: Duration = Duration::from_secs(10 * 60);
+
 /// Applies pending migrations over a direct connection: sqlx serialises migrators with a
-/// session advisory lock, which PgBouncer's transaction pooling would not keep.
+/// session advisory lock, which PgBouncer's transaction pooling would not keep. A migration that
+/// cannot get its lock in `MIGRATION_LOCK_TIMEOUT` is rolled back (each runs in a transaction)
+/// and tried again, with pauses from 1 to 30 s, for up to `MIGRATION_LOCK_PATIENCE`; so is a
+/// second instance waiting for the first one's migrations.
 pub async fn migrate(url: &str) -> Result<(), sqlx::migrate::MigrateError> {
-    let mut conn = PgConnection::connect_with(&connect_options(url)?).await?;
-    MIGRATOR.run(&mut conn).await?;
-    conn.close().await?;
-    Ok(())
+    let options = connect_options(url)?.options([("lock_timeout", MIGRATION_LOCK_TIMEOUT)]);
+    let deadline = tokio::time::Instant::now() + MIGRATION_LOCK_PATIENCE;
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let mut conn = PgConnection::connect_with(&options).await?;
+        match MIGRATOR.run(&mut conn).await {
+            Ok(()) => {
+                conn.close().await?;
+                return Ok(());
+            }
+            // The connection is dropped, and with it the migrators' advisory lock.
+            Err(e) if lock_not_available(&e) && tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, retry_in_s = pause.as_secs(), "a migration waited too long for a lock; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Postgres gave up waiting for a lock (55P03, `lock_timeout`).
+fn lock_not_available(e: &sqlx::migrate::MigrateError) -> bool {
+    use sqlx::migrate::MigrateError;
+    let (MigrateError::Execute(sqlx::Error::Database(db))
+    | MigrateError::ExecuteMigration(sqlx::Error::Database(db), _)) = e
+    else {
+        return false;
+    };
+    db.code().as_deref() == Some("55P03")
 }
 
 /// Loads the reference data (regions and councils). Safe to run any number of times.

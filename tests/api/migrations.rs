@@ -75,3 +75,85 @@ async fn migrations_applied_twice_are_a_no_op_and_every_down_reverts_cleanly() {
     assert_eq!(latest, latest_migration());
     conn.close().await.unwrap();
 }
+
+/// A migration that waits for a lock a long read holds (an export, a report) gives up after a
+/// moment and is tried again, rather than hold every later query of the table behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_blocked_by_a_long_read_lets_other_queries_pass_and_applies_later() {
+    let db = TestDb::new().await;
+    let mut conn = PgConnection::connect(&db.url()).await.unwrap();
+    let previous = MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .filter(|&v| v < latest_migration())
+        .max()
+        .unwrap();
+    MIGRATOR.undo(&mut conn, previous).await.unwrap();
+    // A long read of every table, so that whatever the last migration alters is held.
+    let tables = user_tables(&mut conn).await;
+    let mut reader = PgConnection::connect(&db.url()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut reader).await.unwrap();
+    for table in &tables {
+        sqlx::query(&format!(r#"LOCK TABLE "{table}" IN ACCESS SHARE MODE"#))
+            .execute(&mut reader)
+            .await
+            .unwrap();
+    }
+    // (Run beside the checks rather than spawned: the migrator's future is not `Send` to
+    // every lifetime.)
+    let url = db.url();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let migrating = async {
+        let applied = field_attendance::db::migrate(&url).await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        applied
+    };
+    // Another query of every table, once the migration waits: it waits at most the migration's
+    // lock timeout, not as long as the long read.
+    let checks = async {
+        let mut other = PgConnection::connect(&db.url()).await.unwrap();
+        let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                       WHERE NOT l.granted AND a.datname = current_database()";
+        let started = std::time::Instant::now();
+        while sqlx::query_scalar::<_, i64>(waiting)
+            .fetch_one(&mut other)
+            .await
+            .unwrap()
+            == 0
+        {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "the migration never waited: did the last one alter no table?"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let counts = tables
+            .iter()
+            .map(|t| format!(r#"(SELECT count(*) FROM "{t}")"#))
+            .collect::<Vec<_>>()
+            .join(" + ");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(8),
+            sqlx::query(&format!("SELECT {counts}")).execute(&mut other),
+        )
+        .await
+        .expect("a query waited behind the migration for as long as the long read")
+        .unwrap();
+        assert!(
+            !done.load(std::sync::atomic::Ordering::SeqCst),
+            "the migration gave up"
+        );
+        sqlx::query("COMMIT").execute(&mut reader).await.unwrap();
+    };
+    let (applied, ()) = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        tokio::join!(migrating, checks)
+    })
+    .await
+    .expect("the migration was not tried again");
+    applied.unwrap();
+    let latest: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(latest, latest_migration());
+}
