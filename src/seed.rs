@@ -68,21 +68,24 @@ pub async fn create_admin(
         .map_err(|reason| anyhow::anyhow!("the password {reason}"))?;
     let hash = state.hasher.hash(password.into_secret()).await?;
     let mut tx = state.db.begin().await?;
-    let before: Option<(String, String)> =
-        sqlx::query_as("SELECT role, status FROM users WHERE email = $1 FOR UPDATE")
+    let before: Option<(String, String, Option<uuid::Uuid>)> =
+        sqlx::query_as("SELECT role, status, supervisor_id FROM users WHERE email = $1 FOR UPDATE")
             .bind(email)
             .fetch_optional(&mut *tx)
             .await?;
-    let id = sqlx::query_scalar(
+    let (id, supervisor): (uuid::Uuid, Option<uuid::Uuid>) = sqlx::query_as(
         "INSERT INTO users (email, password_hash, first_name, last_name, role, status)
          VALUES ($1, $2, 'System', 'Administrator', 'admin', 'active')
          ON CONFLICT (email) DO UPDATE
             SET password_hash = EXCLUDED.password_hash, role = 'admin', status = 'active',
                 failed_login_count = 0, locked_until = NULL,
                 token_version = users.token_version + 1,
+                -- An admin answers to no one below an admin.
+                supervisor_id = CASE WHEN (SELECT s.role FROM users s WHERE s.id = users.supervisor_id)
+                                          = 'admin' THEN users.supervisor_id END,
                 scope_reset_xid = CASE WHEN users.role = 'admin' THEN users.scope_reset_xid
                                        ELSE pg_current_xact_id() END
-         RETURNING id",
+         RETURNING id, supervisor_id",
     )
     .bind(email)
     .bind(hash)
@@ -90,6 +93,11 @@ pub async fn create_admin(
     .await?;
     // A reset account keeps no session of whoever held it before.
     crate::auth::refresh::revoke_all(&mut *tx, id).await?;
+    if let Some((_, _, Some(from))) = before
+        && supervisor != Some(from)
+    {
+        crate::db::users::record_move(&mut tx, id, Some(from), None).await?;
+    }
     let details = serde_json::json!({ "via": via });
     let mut entries = Vec::new();
     match before {
@@ -97,7 +105,7 @@ pub async fn create_admin(
             Activity::new("user.create")
                 .details(serde_json::json!({ "via": via, "role": "admin" })),
         ),
-        Some((role, status)) => {
+        Some((role, status, _)) => {
             entries.push(Activity::new("user.password_change").details(details.clone()));
             if role != "admin" {
                 entries.push(

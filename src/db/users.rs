@@ -277,28 +277,15 @@ pub fn push_scope(qb: &mut QueryBuilder<'_, Postgres>, viewer: &AuthUser, column
 
 /// Records that `user` (and the team below them) moved from under `from` to under `to`, after
 /// the move is written: the supervisors above the new place gain their records, those above
-/// the old place lose them (see the `scope_changes` migration). The gained records are written
-/// again unchanged, so that they fall in the gaining devices' next pull.
-///
-/// The moved users are locked first, against the foreign-key checks of records being written
-/// for them: one that a transaction still open has written would be left out of the rewrite,
-/// commit before the move, and fall in a gaining device's pull while its user was not yet in
-/// scope there, and never again. The lock waits for such writers, and later ones wait for the
-/// move.
+/// the old place lose them (see the `scope_changes` migration). The records themselves are not
+/// written: a gaining device's next pull sends the live records of the users it gained whole,
+/// whenever they last changed, so a record committed while the move did is not missed either.
 pub async fn record_move(
     tx: &mut sqlx::PgConnection,
     user: Uuid,
     from: Option<Uuid>,
     to: Option<Uuid>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "WITH RECURSIVE moved AS (SELECT $1::uuid AS id
-                                  UNION SELECT u.id FROM users u JOIN moved m ON u.supervisor_id = m.id)
-         SELECT 1 FROM users WHERE id IN (SELECT id FROM moved) ORDER BY id FOR UPDATE",
-    )
-    .bind(user)
-    .execute(&mut *tx)
-    .await?;
     sqlx::query(
         "WITH RECURSIVE
            moved AS (SELECT $1::uuid AS id
@@ -310,15 +297,11 @@ pub async fn record_move(
                          UNION SELECT u.supervisor_id FROM users u JOIN new_chain c ON u.id = c.id
                          WHERE u.supervisor_id IS NOT NULL),
            lost AS (SELECT id FROM old_chain EXCEPT SELECT id FROM new_chain),
-           gained AS (SELECT id FROM new_chain EXCEPT SELECT id FROM old_chain),
-           logged AS (
-             INSERT INTO scope_changes (viewer_id, user_id, granted)
-             SELECT l.id, m.id, false FROM lost l CROSS JOIN moved m
-             UNION ALL
-             SELECT g.id, m.id, true FROM gained g CROSS JOIN moved m
-           )
-         UPDATE attendance SET change_xid = change_xid
-         WHERE user_id IN (SELECT id FROM moved) AND EXISTS (SELECT 1 FROM gained)",
+           gained AS (SELECT id FROM new_chain EXCEPT SELECT id FROM old_chain)
+         INSERT INTO scope_changes (viewer_id, user_id, granted)
+         SELECT l.id, m.id, false FROM lost l CROSS JOIN moved m
+         UNION ALL
+         SELECT g.id, m.id, true FROM gained g CROSS JOIN moved m",
     )
     .bind(user)
     .bind(from)

@@ -123,7 +123,7 @@ async fn registered_supervisor(
 ) -> Result<(), ApiError> {
     let mut refused = Invalid::default();
     // Registration is for field roles, which every role that supervises outranks.
-    check_supervisor(db, supervisor_id, Role::Tester, None, &mut refused).await?;
+    check_supervisor(db, supervisor_id, None, None, &mut refused).await?;
     if !refused.is_empty() {
         invalid.add(
             "supervisor_id",

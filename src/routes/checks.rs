@@ -80,16 +80,16 @@ impl NewIdentity {
     }
 }
 
-/// Checks that `supervisor_id` names someone who may supervise a user of `role` (a role that
-/// supervises, no lower than theirs: a supervisor could otherwise approve, move or read an
-/// admin), with an active account, unless the user already has them (`kept`: an edit that
-/// sends the account's other fields back unchanged). Inside a transaction the row stays
-/// share-locked, so the role cannot change, nor the account be deactivated, before the
-/// transaction ends.
+/// Checks that `supervisor_id` names someone who may supervise: a role that supervises, no
+/// lower than the user's `role` when given (a supervisor could otherwise approve, move or read
+/// an admin; `None`: the user keeps this supervisor and their role), with an active account,
+/// unless the user already has them (`kept`: an edit that sends the account's other fields back
+/// unchanged). Inside a transaction the row stays share-locked, so the role cannot change, nor
+/// the account be deactivated, before the transaction ends.
 pub async fn check_supervisor(
     db: impl sqlx::PgExecutor<'_>,
     supervisor_id: Option<Uuid>,
-    role: Role,
+    role: Option<Role>,
     kept: Option<Uuid>,
     invalid: &mut Invalid,
 ) -> Result<(), ApiError> {
@@ -101,13 +101,17 @@ pub async fn check_supervisor(
                 .await?;
         let found = found.map(|(role, status)| (role.parse::<Role>().ok(), status));
         match found {
-            Some((Some(theirs), _)) if theirs.can_supervise() && theirs < role => invalid.add(
+            Some((Some(theirs), _))
+                if theirs.can_supervise() && let Some(role) = role.filter(|&r| theirs < r) =>
+            {
+                invalid.add(
                 "supervisor_id",
                 format!(
                     "names a {theirs}, below the user's role ({role}): a user's supervisor holds \
                      a role at least as high"
                 ),
-            ),
+                )
+            }
             Some((Some(theirs), status)) if theirs.can_supervise() => {
                 if status != UserStatus::Active.as_str() && kept != Some(id) {
                     invalid.add("supervisor_id", "names a deactivated account");

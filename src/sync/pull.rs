@@ -114,8 +114,8 @@ pub struct AttendanceChanges {
     pub created: Vec<AttendanceRecord>,
     pub updated: Vec<AttendanceRecord>,
     /// Ids of records deleted since the cursor, and of records that left the caller's scope (a
-    /// worker moved to another supervisor, or the caller is no longer an admin): those on the
-    /// pull's first pages, before any other change.
+    /// worker moved to another supervisor, or the caller is no longer an admin or a supervisor):
+    /// those on the pull's first pages, before any other change.
     pub deleted: Vec<Uuid>,
 }
 
@@ -158,13 +158,25 @@ struct PulledFacility {
     is_new: bool,
 }
 
-/// `change_xid` is newer than the base and visible in the target (and the row is in range).
-/// `whole`: every live row too, whenever it changed (a device whose scope grew at once).
+/// Live rows a device lacks although they last changed before its base.
+#[derive(Clone, Copy)]
+enum Lacking {
+    Nothing,
+    /// Every one (a device whose scope grew at once: a new admin's).
+    Everything,
+    /// Those of users who came into this viewer's scope after the base (and by the target): a
+    /// move does not write their records, and one written while the move committed may have
+    /// been left out of the base as not yet the viewer's.
+    GainedBy(Uuid),
+}
+
+/// `change_xid` is newer than the base and visible in the target (and the row is in range),
+/// or the row is one the device lacks.
 fn push_window(
     qb: &mut QueryBuilder<'_, sqlx::Postgres>,
     alias: &str,
     base: &Option<String>,
-    whole: bool,
+    lacking: Lacking,
     target: &str,
     after: &Option<(String, Uuid)>,
 ) {
@@ -175,21 +187,33 @@ fn push_window(
     .push("::pg_snapshot)");
     match base {
         Some(base) => {
-            if whole {
-                qb.push(format_args!(" AND ({alias}.deleted_at IS NULL OR ("));
-            } else {
-                qb.push(" AND");
-            }
+            qb.push(" AND ((");
             qb.push(format_args!(" {alias}.change_xid >= pg_snapshot_xmin("))
                 .push_bind(base.clone())
                 .push(format_args!(
                     "::pg_snapshot) AND NOT pg_visible_in_snapshot({alias}.change_xid, "
                 ))
                 .push_bind(base.clone())
-                .push("::pg_snapshot)");
-            if whole {
-                qb.push("))");
+                .push("::pg_snapshot))");
+            match lacking {
+                Lacking::Nothing => {}
+                Lacking::Everything => {
+                    qb.push(format_args!(" OR {alias}.deleted_at IS NULL"));
+                }
+                Lacking::GainedBy(viewer) => {
+                    qb.push(format_args!(
+                        " OR ({alias}.deleted_at IS NULL AND {alias}.user_id IN (
+                           SELECT s.user_id FROM scope_changes s WHERE s.viewer_id = "
+                    ))
+                    .push_bind(viewer)
+                    .push(" AND s.granted AND pg_visible_in_snapshot(s.xid, ")
+                    .push_bind(target.to_string())
+                    .push("::pg_snapshot) AND NOT pg_visible_in_snapshot(s.xid, ")
+                    .push_bind(base.clone())
+                    .push("::pg_snapshot)))");
+                }
             }
+            qb.push(")");
         }
         // A first pull needs no tombstones.
         None if alias == "a" => {
@@ -267,14 +291,26 @@ pub async fn pull(
         .await?;
     // And the viewer's role as this snapshot has it; whether it moved into or out of admin
     // after the base (and by the target): their whole scope moved, see the `scope_reset`
-    // migration; and whether workers moved away from under them in that window.
-    let (now, role, rescoped, lost): (String, String, bool, bool) = sqlx::query_as(
+    // migration; and whether workers moved away from under them, or came, in that window.
+    let (now, role, rescoped, reset_xid, lost, gained): (
+        String,
+        String,
+        bool,
+        Option<String>,
+        bool,
+        bool,
+    ) = sqlx::query_as(
         "SELECT pg_current_snapshot()::text, u.role,
                 coalesce(pg_visible_in_snapshot(u.scope_reset_xid,
                              coalesce($2::pg_snapshot, pg_current_snapshot()))
                          AND NOT pg_visible_in_snapshot(u.scope_reset_xid, $3::pg_snapshot), false),
+                u.scope_reset_xid::text,
                 $3::pg_snapshot IS NOT NULL AND EXISTS (
                   SELECT 1 FROM scope_changes s WHERE s.viewer_id = u.id AND NOT s.granted
+                   AND pg_visible_in_snapshot(s.xid, coalesce($2::pg_snapshot, pg_current_snapshot()))
+                   AND NOT pg_visible_in_snapshot(s.xid, $3::pg_snapshot)),
+                $3::pg_snapshot IS NOT NULL AND EXISTS (
+                  SELECT 1 FROM scope_changes s WHERE s.viewer_id = u.id AND s.granted
                    AND pg_visible_in_snapshot(s.xid, coalesce($2::pg_snapshot, pg_current_snapshot()))
                    AND NOT pg_visible_in_snapshot(s.xid, $3::pg_snapshot))
          FROM users u WHERE u.id = $1",
@@ -320,9 +356,11 @@ pub async fn pull(
     // supervisor's, or a former supervisor's, whose team had to be moved away before they could
     // be given a field role.
     let supervising = !viewer.is_admin() && !viewer.role.is_field();
-    let departed = match &base {
-        Some(base) if rescoped && !viewer.is_admin() => Some(Departed::Reset { base }),
-        Some(base) if lost && !viewer.is_admin() => Some(Departed::Moved {
+    let departed = match (&base, &reset_xid) {
+        (Some(base), Some(reset_xid)) if rescoped && !viewer.is_admin() => {
+            Some(Departed::Reset { base, reset_xid })
+        }
+        (Some(base), _) if lost && !viewer.is_admin() => Some(Departed::Moved {
             base,
             target: &target,
         }),
@@ -347,6 +385,13 @@ pub async fn pull(
     if !cursor.facilities_stage {
         // A new admin's device gets every record it lacks, and the deletions since its base.
         let grown = rescoped && viewer.is_admin();
+        let lacking = if grown {
+            Lacking::Everything
+        } else if gained && !viewer.is_admin() {
+            Lacking::GainedBy(viewer.id)
+        } else {
+            Lacking::Nothing
+        };
         let unseen = Unseen {
             gained_by: (supervising || grown).then_some(viewer.id),
             outside_team_of: grown.then_some(viewer.id),
@@ -359,7 +404,7 @@ pub async fn pull(
             &mut qb,
             "a",
             &base,
-            grown,
+            lacking,
             &target,
             &cursor.attendance_after,
         );
@@ -398,7 +443,14 @@ pub async fn pull(
     push_is_new(&mut qb, "f", &base, Unseen::default());
     qb.push(FROM_FACILITIES);
     qb.push(" WHERE true");
-    push_window(&mut qb, "f", &base, false, &target, &next.facilities_after);
+    push_window(
+        &mut qb,
+        "f",
+        &base,
+        Lacking::Nothing,
+        &target,
+        &next.facilities_after,
+    );
     qb.push(" ORDER BY f.change_xid, f.id LIMIT ")
         .push_bind(remaining as i64 + 1);
     let mut rows: Vec<PulledFacility> = qb.build_query_as().fetch_all(&mut *conn).await?;
@@ -422,12 +474,13 @@ pub async fn pull(
 }
 
 /// Why records left the viewer's scope since `base`. Either way, only records the device may
-/// hold are told: those created by a transaction visible in its base (a later one it never
-/// had, and it may not list them).
+/// hold are told (a later one it never had, and may not list): those created by a
+/// transaction its base saw, and, since a WatermelonDB timestamp thinned after two weeks sees
+/// less than its device does, those created before the change too.
 enum Departed<'a> {
-    /// The viewer is no longer an admin: records outside their scope now, alive or deleted
-    /// after the base.
-    Reset { base: &'a str },
+    /// The viewer is no longer an admin (`reset_xid` stamps the change): records outside their
+    /// scope now, alive or deleted after the base.
+    Reset { base: &'a str, reset_xid: &'a str },
     /// Workers moved away from under the viewer after the base (and by the target), and not
     /// back: their records.
     Moved { base: &'a str, target: &'a str },
@@ -445,30 +498,31 @@ async fn departed_ids(
     qb.push_bind(after).push(" AND NOT (true");
     push_scope_with_self(&mut qb, viewer, "a.user_id");
     qb.push(")");
-    let base = match departed {
-        Departed::Reset { base } => {
+    match departed {
+        Departed::Reset { base, reset_xid } => {
             qb.push(" AND (a.deleted_at IS NULL OR NOT pg_visible_in_snapshot(a.change_xid, ")
                 .push_bind(base.to_string())
-                .push("::pg_snapshot))");
-            base
+                .push("::pg_snapshot)) AND (pg_visible_in_snapshot(a.created_xid, ")
+                .push_bind(base.to_string())
+                .push("::pg_snapshot) OR a.created_xid < ")
+                .push_bind(reset_xid.to_string())
+                .push("::xid8)");
         }
         Departed::Moved { base, target } => {
             qb.push(
-                " AND a.user_id IN (
-                   SELECT s.user_id FROM scope_changes s WHERE s.viewer_id = ",
+                " AND EXISTS (
+                   SELECT 1 FROM scope_changes s WHERE s.viewer_id = ",
             )
             .push_bind(viewer.id)
-            .push(" AND NOT s.granted AND pg_visible_in_snapshot(s.xid, ")
+            .push(" AND s.user_id = a.user_id AND NOT s.granted AND pg_visible_in_snapshot(s.xid, ")
             .push_bind(target.to_string())
             .push("::pg_snapshot) AND NOT pg_visible_in_snapshot(s.xid, ")
             .push_bind(base.to_string())
-            .push("::pg_snapshot))");
-            base
+            .push("::pg_snapshot) AND (pg_visible_in_snapshot(a.created_xid, ")
+            .push_bind(base.to_string())
+            .push("::pg_snapshot) OR a.created_at <= s.created_at))");
         }
-    };
-    qb.push(" AND pg_visible_in_snapshot(a.created_xid, ")
-        .push_bind(base.to_string())
-        .push("::pg_snapshot)");
+    }
     qb.push(" ORDER BY a.id LIMIT ").push_bind(limit as i64 + 1);
     Ok(qb.build_query_scalar().fetch_all(&mut *conn).await?)
 }
@@ -480,7 +534,7 @@ async fn has_any_facility(
     after: &Option<(String, Uuid)>,
 ) -> Result<bool, ApiError> {
     let mut qb = QueryBuilder::new("SELECT EXISTS (SELECT 1 FROM facilities f WHERE true");
-    push_window(&mut qb, "f", base, false, target, after);
+    push_window(&mut qb, "f", base, Lacking::Nothing, target, after);
     qb.push(")");
     Ok(qb.build_query_scalar().fetch_one(&mut *conn).await?)
 }

@@ -1819,6 +1819,35 @@ async fn a_supervisor_given_a_field_role_is_told_their_former_teams_records_are_
     assert!(told_once.iter().all(Vec::is_empty), "{again}");
 }
 
+#[tokio::test]
+async fn a_worker_made_an_admin_from_the_command_line_leaves_their_supervisors_scope() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(SITE.0, SITE.1).await;
+    let supervisor = app.user("supervisor", None).await;
+    let worker = app.quick_user("focal", Some(supervisor.id), facility).await;
+    let record = closed_shift(&app, worker.id, facility).await;
+    let first = pull_from(&app, &supervisor.token, None).await;
+    assert_eq!(change_ids(&first, "created"), std::slice::from_ref(&record));
+
+    app.cli(&[
+        "create-admin",
+        "--email",
+        &worker.email,
+        "--password",
+        "a promoted admin's passphrase",
+    ]);
+    // An admin answers to no one below an admin: the supervisor no longer sees them.
+    let supervisor_of: Option<Uuid> =
+        sqlx::query_scalar("SELECT supervisor_id FROM users WHERE id = $1")
+            .bind(worker.id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(supervisor_of, None);
+    let after = pull_from(&app, &supervisor.token, Some(&first)).await;
+    assert_eq!(change_ids(&after, "deleted"), [record], "{after}");
+}
+
 /// Holds inserts into the audit trail until the transaction is committed: a change that writes
 /// its audit row last waits there, uncommitted, with everything else written.
 async fn hold_the_audit_trail(app: &TestApp) -> sqlx::Transaction<'static, sqlx::Postgres> {

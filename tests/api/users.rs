@@ -1018,6 +1018,15 @@ async fn no_one_is_placed_under_a_supervisor_who_ranks_below_them() {
     refused(status, &body);
     let (status, body) = patch(backstopper.id, json!({"supervisor_id": supervisor.id})).await;
     refused(status, &body);
+    // An edit that sends back the role and supervisor a user already has is not checked
+    // again (a pair from before the rule).
+    let elder = app.user("backstopper", Some(supervisor.id)).await;
+    let (status, body) = patch(
+        elder.id,
+        json!({"role": "backstopper", "supervisor_id": supervisor.id, "first_name": "Elder"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     // Both at once, under someone high enough: allowed.
     let (status, body) = patch(
         worker.id,

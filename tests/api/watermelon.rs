@@ -698,3 +698,57 @@ async fn deleting_the_servers_open_shift_leaves_the_devices_own_open() {
     .unwrap();
     assert_eq!((own_status.as_str(), online_deleted), ("open", true));
 }
+
+#[tokio::test]
+async fn a_supervisor_pulling_from_a_thinned_timestamp_is_told_a_departed_workers_records_are_gone()
+{
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    let supervisor = app.user("supervisor", None).await;
+    let worker = app.quick_user("focal", Some(supervisor.id), facility).await;
+    // Before the worker's record: what the thinned timestamp will see.
+    let early: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let day = Utc::now() - Duration::days(3);
+    let record = app
+        .insert_attendance(
+            worker.id,
+            facility,
+            day,
+            Some(day + Duration::hours(8)),
+            "closed",
+        )
+        .await;
+    let first = pull(&app, &supervisor, None).await;
+    assert_eq!(pulled_ids(&first), [record.to_string()]);
+    let timestamp = first["timestamp"].as_i64().unwrap();
+    // Thinned as after two weeks: it sees only what an older timestamp of its range saw.
+    sqlx::query(
+        "UPDATE sync_snapshots
+         SET snapshot = format('%s:%s:', pg_snapshot_xmin($2::pg_snapshot),
+                               pg_snapshot_xmin($2::pg_snapshot))::pg_snapshot
+         WHERE id = $1",
+    )
+    .bind(timestamp)
+    .bind(&early)
+    .execute(&app.db)
+    .await
+    .unwrap();
+
+    let (status, body) = send(
+        app.patch(&format!("/api/users/{}", worker.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"supervisor_id": null})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let after = pull(&app, &supervisor, Some(timestamp)).await;
+    assert_eq!(
+        after["changes"]["attendance"]["deleted"],
+        json!([record]),
+        "{after}"
+    );
+}

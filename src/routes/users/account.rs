@@ -100,8 +100,8 @@ struct Current {
         (status = 400, description = "Malformed JSON or id", body = ErrorEnvelope),
         (status = 403, description = "The caller may not change these fields", body = ErrorEnvelope),
         (status = 404, description = "No such user, or not visible to the caller", body = ErrorEnvelope),
-        (status = 409, description = "Email or employee id taken (`duplicate`), a field role for someone who still supervises others, or the last active admin's role or status (`conflict`)", body = ErrorEnvelope),
-        (status = 422, description = "Invalid fields, a supervisor cycle, or deactivating oneself", body = ErrorEnvelope),
+        (status = 409, description = "Email or employee id taken (`duplicate`), a field role for someone who still supervises others, a role below one of the users they supervise, or the last active admin's role or status (`conflict`)", body = ErrorEnvelope),
+        (status = 422, description = "Invalid fields, a supervisor cycle, a supervisor whose role is below the user's, or deactivating oneself", body = ErrorEnvelope),
     ))]
 async fn update_user(
     State(state): State<AppState>,
@@ -196,16 +196,18 @@ async fn update_user(
     }
     let current_role: Role = current.role.parse().map_err(anyhow::Error::msg)?;
     let role = req.role.unwrap_or(current_role);
-    // The supervisor named, or the one kept under a new role, must still rank no lower.
-    let supervisor = match req.supervisor_id {
-        Some(named) => named,
-        None if role != current_role => current.supervisor_id,
-        None => None,
-    };
+    let supervisor = req.supervisor_id.unwrap_or(current.supervisor_id);
+    // A supervisor newly named, or kept under a new role, must rank no lower; one sent back
+    // unchanged with the role is checked as before.
+    let rank_changed = supervisor != current.supervisor_id || role != current_role;
     check_supervisor(
         &mut *tx,
-        supervisor,
-        role,
+        if req.supervisor_id.is_some() || rank_changed {
+            supervisor
+        } else {
+            None
+        },
+        rank_changed.then_some(role),
         current.supervisor_id,
         &mut invalid,
     )

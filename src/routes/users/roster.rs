@@ -103,7 +103,14 @@ async fn create_user(
         &mut invalid,
     );
     check_facility(&state, req.facility_id, None, &mut invalid).await?;
-    check_supervisor(&state.db, req.supervisor_id, req.role, None, &mut invalid).await?;
+    check_supervisor(
+        &state.db,
+        req.supervisor_id,
+        Some(req.role),
+        None,
+        &mut invalid,
+    )
+    .await?;
     invalid.finish()?;
     let (Some(email), Some(password)) = (email, password) else {
         unreachable!("checked above");
@@ -113,7 +120,14 @@ async fn create_user(
     let mut tx = state.db.begin().await?;
     // Again under a share lock: the supervisor cannot be made a field role before this commits.
     let mut invalid = Invalid::default();
-    check_supervisor(&mut *tx, req.supervisor_id, req.role, None, &mut invalid).await?;
+    check_supervisor(
+        &mut *tx,
+        req.supervisor_id,
+        Some(req.role),
+        None,
+        &mut invalid,
+    )
+    .await?;
     invalid.finish()?;
     let id = users::insert(
         &mut *tx,
