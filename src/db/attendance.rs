@@ -284,6 +284,8 @@ pub struct LatestShift {
     /// same clock-out sent again because its answer was lost, or because the service answered
     /// 503. One shift cannot be closed twice, so such a repeat can only be that clock-out.
     pub repeated: bool,
+    /// The shift's change stamp (see `db::clock_outs`).
+    pub change_xid: String,
 }
 
 /// The user's latest shift (see [`LatestShift`]).
@@ -304,7 +306,8 @@ pub async fn latest_shift<'e>(
                   AND EXISTS (SELECT 1 FROM activities l
                               WHERE l.entity_type = 'attendance' AND l.entity_id = a.id
                                 AND l.action = 'attendance.clock_out'
-                                AND l.created_at > now() - $6), false) AS repeated
+                                AND l.created_at > now() - $6), false) AS repeated,
+                a.change_xid::text AS change_xid
          FROM attendance a
          WHERE a.id = (SELECT id FROM attendance WHERE user_id = $1 AND deleted_at IS NULL
                        ORDER BY clock_in_at DESC LIMIT 1)"

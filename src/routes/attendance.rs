@@ -311,9 +311,9 @@ fn not_clocked_in(message: &str) -> ApiError {
 /// Ends the open shift.
 #[utoipa::path(post, path = "/attendance/clock-out", tag = "attendance", security(("bearer" = [])), request_body = ClockOut,
     responses(
-        (status = 200, description = "The closed record; also when the clock-out that closed the caller's latest shift, in the last 10 minutes, is sent again (the same coordinates and accuracy, and the same notes when it sent any): that shift as it is stored", body = AttendanceRecord),
+        (status = 200, description = "The closed record; also the caller's latest shift when the periodic sweep closed it as incomplete before this clock-out arrived, and the shift is of normal length by the clock-out's time; also when the clock-out that closed the caller's latest shift, in the last 10 minutes, is sent again (the same coordinates and accuracy, and the same notes when it sent any): that shift as it is stored", body = AttendanceRecord),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
-        (status = 409, description = "No open shift (`not_clocked_in`), or it exceeded the maximum shift and was closed as incomplete; `conflict` when it kept changing (still open: retry)", body = ErrorEnvelope),
+        (status = 409, description = "No open shift (`not_clocked_in`), or it exceeded the maximum shift by the clock-out's time and was closed as incomplete; `conflict` when it kept changing (still open: retry)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a time outside the accepted window or before the clock-in", body = ErrorEnvelope),
     ))]
 async fn clock_out(
@@ -341,23 +341,37 @@ async fn clock_out(
     // the shift ends now, and is measured and stored so.
     let occurred_at = occurred_at.min(now);
     for _ in 0..3 {
-        let Some(OpenShift {
-            row: open,
-            change_xid,
-        }) = open_shift(&state, user.id).await?
-        else {
-            let (accuracy, repeat) = (req.accuracy_m, REPEATED_CLOCK_OUT_WITHIN);
-            let notes = notes.as_deref();
-            let latest =
-                records::latest_shift(&state.db, user.id, point, accuracy, notes, repeat).await?;
-            return match latest {
-                Some(latest) if latest.repeated => Ok(Json(latest.row.into())),
-                Some(latest) if latest.row.status == "incomplete" => Err(not_clocked_in(
-                    "you are not clocked in: your last shift was closed as incomplete (open \
-                     past the maximum shift length, or replaced by another)",
-                )),
-                _ => Err(not_clocked_in("you are not clocked in")),
-            };
+        let (open, change_xid) = match open_shift(&state, user.id).await? {
+            Some(OpenShift { row, change_xid }) => (row, change_xid),
+            None => {
+                let (accuracy, repeat) = (req.accuracy_m, REPEATED_CLOCK_OUT_WITHIN);
+                let notes = notes.as_deref();
+                let latest =
+                    records::latest_shift(&state.db, user.id, point, accuracy, notes, repeat)
+                        .await?;
+                match latest {
+                    Some(latest) if latest.repeated => return Ok(Json(latest.row.into())),
+                    // A clock-out held back until after its shift was closed as forgotten (the
+                    // phone offline past the sweep, or its answer lost) still ends that shift,
+                    // as a sync push would: the user's latest, closed by no one, and of normal
+                    // length by the clock-out's own time.
+                    Some(latest)
+                        if latest.row.status == "incomplete"
+                            && latest.row.clock_out_at.is_none()
+                            && latest.row.clock_in_at
+                                >= forgotten_before(occurred_at, max_shift) =>
+                    {
+                        (latest.row, latest.change_xid)
+                    }
+                    Some(latest) if latest.row.status == "incomplete" => {
+                        return Err(not_clocked_in(
+                            "you are not clocked in: your last shift was closed as incomplete \
+                             (open past the maximum shift length, or replaced by another)",
+                        ));
+                    }
+                    _ => return Err(not_clocked_in("you are not clocked in")),
+                }
+            }
         };
         // Measured to the clock-out's own time: a clock-out sent late (the phone was offline)
         // still closes a shift of normal length, as long as nothing has closed it since.

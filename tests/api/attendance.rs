@@ -252,6 +252,40 @@ async fn a_clock_out_sent_late_still_closes_a_shift_of_normal_length() {
 }
 
 #[tokio::test]
+async fn a_clock_out_held_back_past_the_sweep_still_closes_its_shift() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = user_at_site(&app, "focal", None).await;
+    let started = Utc::now() - Duration::hours(17);
+    let shift = app
+        .insert_attendance(user.id, facility, started, None, "open")
+        .await;
+    // The sweep closes the shift as forgotten before the phone's clock-out reaches the service.
+    let swept = field_attendance::db::attendance::close_forgotten(
+        &app.db,
+        None,
+        Utc::now() - Duration::hours(16),
+    )
+    .await
+    .unwrap();
+    assert_eq!(swept, 1);
+    // A clock-out of now would make the shift longer than the maximum: it stays incomplete.
+    let (status, body) = clock_out(&app, &user, at_site()).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "not_clocked_in");
+    // The phone's, nine hours into the shift, ends it as the sync push would.
+    let mut late = at_site();
+    late["occurred_at"] = json!((started + Duration::hours(9)).to_rfc3339());
+    let (status, closed) = clock_out(&app, &user, late.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{closed}");
+    assert_eq!(closed["id"], json!(shift));
+    assert_eq!(closed["status"], "closed");
+    assert_eq!(closed["duration_s"].as_i64().unwrap() / 60, 9 * 60);
+    // Sent again, it is answered with that shift, changed no further.
+    let (status, again) = clock_out(&app, &user, late).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again, closed);
+}
+
+#[tokio::test]
 async fn a_clock_out_whose_notes_would_make_the_records_too_long_to_sync_is_refused() {
     let app = TestApp::spawn().await;
     let (user, facility) = user_at_site(&app, "focal", None).await;
