@@ -69,13 +69,22 @@ fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     match inner.classify() {
         serde_json::error::Category::Data => {
             let message = inner.to_string();
-            let (field, reason) = match unknown_field(&message) {
+            let (field, reason) = match (unknown_field(&message), missing_field(&message)) {
                 // The path already ends with the unknown field's name.
-                Some(name) => (
+                (Some(name), _) => (
                     if path == "." { name } else { path },
                     "is not a field of this request".to_string(),
                 ),
-                None => (
+                // The path is the object that lacks it.
+                (None, Some(name)) => (
+                    if path == "." {
+                        name
+                    } else {
+                        format!("{path}.{name}")
+                    },
+                    "is required".to_string(),
+                ),
+                (None, None) => (
                     if path == "." {
                         "body".to_string()
                     } else {
@@ -100,7 +109,16 @@ fn malformed(e: &serde_json::Error) -> ApiError {
 }
 
 fn unknown_field(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `")?;
+    quoted_after(message, "unknown field `")
+}
+
+fn missing_field(message: &str) -> Option<String> {
+    quoted_after(message, "missing field `")
+}
+
+/// The name serde quotes after `prefix`, as in "unknown field `x`, expected …".
+fn quoted_after(message: &str, prefix: &str) -> Option<String> {
+    let rest = message.strip_prefix(prefix)?;
     Some(rest[..rest.find('`')?].to_string())
 }
 
@@ -206,6 +224,33 @@ mod tests {
     fn a_wrong_type_names_the_field() {
         let d = details(parse_json::<Patch>(br#"{"age":"old"}"#).unwrap_err());
         assert!(d.contains_key("age"), "{d:?}");
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Point {
+        latitude: f64,
+        longitude: f64,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Located {
+        latitude: f64,
+        place: Option<Point>,
+    }
+
+    #[test]
+    fn a_missing_field_is_named_where_it_is_missing() {
+        let d = details(parse_json::<Located>(br#"{"place": null}"#).unwrap_err());
+        assert_eq!(
+            d.get("latitude"),
+            Some(&vec!["is required".to_string()]),
+            "{d:?}"
+        );
+        let nested = br#"{"latitude": 1, "place": {"latitude": 2}}"#;
+        let d = details(parse_json::<Located>(nested).unwrap_err());
+        assert!(d.contains_key("place.longitude"), "{d:?}");
     }
 
     #[test]

@@ -279,22 +279,33 @@ pub struct LatestShift {
     #[sqlx(flatten)]
     pub row: AttendanceRow,
     /// A clock-out from exactly this spot (the coordinates and accuracy as the phone reported
-    /// them, to the last digit) and with these notes, if any (kept after the clock-in's), closed
-    /// it within `within` (by its audit row, which a later edit of the shift leaves alone): the
-    /// same clock-out sent again because its answer was lost, or because the service answered
-    /// 503. One shift cannot be closed twice, so such a repeat can only be that clock-out.
+    /// them, to the last digit) and with these notes, if any (kept after the clock-in's), and at
+    /// this time, if one was sent (within the clock difference allowed, which may have moved
+    /// it), closed it within `within` (by its audit row, which a later edit of the shift leaves
+    /// alone): the same clock-out sent again because its answer was lost, or because the
+    /// service answered 503. One shift cannot be closed twice, so such a repeat can only be that
+    /// clock-out.
     pub repeated: bool,
     /// The shift's change stamp (see `db::clock_outs`).
     pub change_xid: String,
+}
+
+/// A clock-out as its phone sent it, to tell it when it comes again (see [`LatestShift`]).
+pub struct SentClockOut<'a> {
+    pub point: GeoPoint,
+    pub accuracy_m: Option<f64>,
+    pub notes: Option<&'a str>,
+    /// Its `occurred_at`, when it sent one.
+    pub at: Option<DateTime<Utc>>,
+    /// How far the stored time may be from `at` (the clock difference allowed).
+    pub tolerance: std::time::Duration,
 }
 
 /// The user's latest shift (see [`LatestShift`]).
 pub async fn latest_shift<'e>(
     db: impl PgExecutor<'e>,
     user_id: Uuid,
-    point: GeoPoint,
-    accuracy_m: Option<f64>,
-    notes: Option<&str>,
+    sent: SentClockOut<'_>,
     within: std::time::Duration,
 ) -> Result<Option<LatestShift>, sqlx::Error> {
     sqlx::query_as(&format!(
@@ -303,6 +314,8 @@ pub async fn latest_shift<'e>(
                   AND a.clock_out_longitude = $3
                   AND a.clock_out_accuracy_m IS NOT DISTINCT FROM $4
                   AND ($5::text IS NULL OR right(a.notes, length($5)) = $5)
+                  AND ($7::timestamptz IS NULL
+                       OR a.clock_out_at BETWEEN $7::timestamptz - $8 AND $7::timestamptz + $8)
                   AND EXISTS (SELECT 1 FROM activities l
                               WHERE l.entity_type = 'attendance' AND l.entity_id = a.id
                                 AND l.action = 'attendance.clock_out'
@@ -313,11 +326,13 @@ pub async fn latest_shift<'e>(
                        ORDER BY clock_in_at DESC LIMIT 1)"
     ))
     .bind(user_id)
-    .bind(point.latitude)
-    .bind(point.longitude)
-    .bind(accuracy_m)
-    .bind(notes)
+    .bind(sent.point.latitude)
+    .bind(sent.point.longitude)
+    .bind(sent.accuracy_m)
+    .bind(sent.notes)
     .bind(chrono::Duration::from_std(within).unwrap_or_default())
+    .bind(sent.at)
+    .bind(chrono::Duration::from_std(sent.tolerance).unwrap_or_default())
     .fetch_optional(db)
     .await
 }

@@ -311,7 +311,7 @@ fn not_clocked_in(message: &str) -> ApiError {
 /// Ends the open shift.
 #[utoipa::path(post, path = "/attendance/clock-out", tag = "attendance", security(("bearer" = [])), request_body = ClockOut,
     responses(
-        (status = 200, description = "The closed record; also the caller's latest shift when the periodic sweep closed it as incomplete before this clock-out arrived, and the shift is of normal length by the clock-out's time; also when the clock-out that closed the caller's latest shift, in the last 10 minutes, is sent again (the same coordinates and accuracy, and the same notes when it sent any): that shift as it is stored", body = AttendanceRecord),
+        (status = 200, description = "The closed record; also the caller's latest shift when the periodic sweep closed it as incomplete before this clock-out arrived, and the shift is of normal length by the clock-out's time; also when the clock-out that closed the caller's latest shift, in the last 10 minutes, is sent again (the same coordinates and accuracy, and the same notes and time when it sent any): that shift as it is stored", body = AttendanceRecord),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 409, description = "No open shift (`not_clocked_in`), or it exceeded the maximum shift by the clock-out's time and was closed as incomplete; `conflict` when it kept changing (still open: retry)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a time outside the accepted window or before the clock-in", body = ErrorEnvelope),
@@ -344,10 +344,15 @@ async fn clock_out(
         let (open, change_xid) = match open_shift(&state, user.id).await? {
             Some(OpenShift { row, change_xid }) => (row, change_xid),
             None => {
-                let (accuracy, repeat) = (req.accuracy_m, REPEATED_CLOCK_OUT_WITHIN);
-                let notes = notes.as_deref();
+                let sent = records::SentClockOut {
+                    point,
+                    accuracy_m: req.accuracy_m,
+                    notes: notes.as_deref(),
+                    at: req.occurred_at.map(|t| t.with_timezone(&Utc)),
+                    tolerance: state.config.attendance.future_tolerance,
+                };
                 let latest =
-                    records::latest_shift(&state.db, user.id, point, accuracy, notes, repeat)
+                    records::latest_shift(&state.db, user.id, sent, REPEATED_CLOCK_OUT_WITHIN)
                         .await?;
                 match latest {
                     Some(latest) if latest.repeated => return Ok(Json(latest.row.into())),

@@ -280,9 +280,13 @@ async fn a_clock_out_held_back_past_the_sweep_still_closes_its_shift() {
     assert_eq!(closed["status"], "closed");
     assert_eq!(closed["duration_s"].as_i64().unwrap() / 60, 9 * 60);
     // Sent again, it is answered with that shift, changed no further.
-    let (status, again) = clock_out(&app, &user, late).await;
+    let (status, again) = clock_out(&app, &user, late.clone()).await;
     assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!(again, closed);
+    // Another clock-out from the same spot, at another time, is no repeat of it.
+    late["occurred_at"] = json!((started + Duration::hours(9) + Duration::minutes(8)).to_rfc3339());
+    let (status, body) = clock_out(&app, &user, late).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "not_clocked_in");
 }
 
 #[tokio::test]
