@@ -68,6 +68,11 @@ pub async fn create_admin(
         .map_err(|reason| anyhow::anyhow!("the password {reason}"))?;
     let hash = state.hasher.hash(password.into_secret()).await?;
     let mut tx = state.db.begin().await?;
+    // Held as a role or supervisor change holds it: the supervisor kept cannot be demoted, nor
+    // the tree changed, meanwhile.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('users.supervisor_id'))")
+        .execute(&mut *tx)
+        .await?;
     let before: Option<(String, String, Option<uuid::Uuid>)> =
         sqlx::query_as("SELECT role, status, supervisor_id FROM users WHERE email = $1 FOR UPDATE")
             .bind(email)

@@ -311,9 +311,9 @@ fn not_clocked_in(message: &str) -> ApiError {
 /// Ends the open shift.
 #[utoipa::path(post, path = "/attendance/clock-out", tag = "attendance", security(("bearer" = [])), request_body = ClockOut,
     responses(
-        (status = 200, description = "The closed record; also the caller's latest shift when the periodic sweep closed it as incomplete before this clock-out arrived, and the shift is of normal length by the clock-out's time; also when the clock-out that closed the caller's latest shift, in the last 10 minutes, is sent again (the same coordinates and accuracy, and the same notes and time when it sent any): that shift as it is stored", body = AttendanceRecord),
+        (status = 200, description = "The closed record; also the caller's latest shift when it was closed as incomplete before this clock-out arrived (by the periodic sweep, or replaced by a shift deleted since), and is of normal length by the clock-out's time; also when the clock-out that closed the caller's latest shift, in the last 10 minutes, is sent again (the same coordinates and accuracy, and the same notes and time when it sent any): that shift as it is stored", body = AttendanceRecord),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
-        (status = 409, description = "No open shift (`not_clocked_in`), or it exceeded the maximum shift by the clock-out's time and was closed as incomplete; `conflict` when it kept changing (still open: retry)", body = ErrorEnvelope),
+        (status = 409, description = "No open shift (`not_clocked_in`), or it exceeded the maximum shift by the clock-out's time and was closed as incomplete; `conflict` when it kept changing while it was being closed (retry)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a time outside the accepted window or before the clock-in", body = ErrorEnvelope),
     ))]
 async fn clock_out(
@@ -356,10 +356,11 @@ async fn clock_out(
                         .await?;
                 match latest {
                     Some(latest) if latest.repeated => return Ok(Json(latest.row.into())),
-                    // A clock-out held back until after its shift was closed as forgotten (the
-                    // phone offline past the sweep, or its answer lost) still ends that shift,
-                    // as a sync push would: the user's latest, closed by no one, and of normal
-                    // length by the clock-out's own time.
+                    // A clock-out held back until after its shift was closed as incomplete (the
+                    // phone offline past the sweep, or its answer lost; or the shift replaced
+                    // by one deleted since) still ends that shift, as a sync push would: the
+                    // user's latest, with no clock-out, and of normal length by the clock-out's
+                    // own time.
                     Some(latest)
                         if latest.row.status == "incomplete"
                             && latest.row.clock_out_at.is_none()

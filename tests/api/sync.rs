@@ -1848,6 +1848,46 @@ async fn a_worker_made_an_admin_from_the_command_line_leaves_their_supervisors_s
     assert_eq!(change_ids(&after, "deleted"), [record], "{after}");
 }
 
+#[tokio::test]
+async fn a_worker_moved_in_while_a_pull_pages_comes_once_in_the_next_pull() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let facility = app.facility_at(SITE.0, SITE.1).await;
+    let supervisor = app.user("supervisor", None).await;
+    let worker = app.quick_user("focal", None, facility).await;
+    let first = pull_from(&app, &supervisor.token, None).await;
+    let mut own = vec![
+        closed_shift(&app, supervisor.id, facility).await,
+        closed_shift(&app, supervisor.id, facility).await,
+    ];
+    own.sort();
+    let record = closed_shift(&app, worker.id, facility).await;
+    // The first page of the next pull fixes what it reads up to; the worker moves in before
+    // the second.
+    let mut page = pull_page(&app, &supervisor.token, Some(&first), 1).await;
+    assert_eq!(page["has_more"], json!(true), "{page}");
+    let (status, body) = send(
+        app.patch(&format!("/api/users/{}", worker.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"supervisor_id": supervisor.id})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut created = change_ids(&page, "created");
+    while page["has_more"] == json!(true) {
+        page = pull_page(&app, &supervisor.token, Some(&page), 1).await;
+        created.extend(change_ids(&page, "created"));
+    }
+    created.sort();
+    assert_eq!(created, own);
+    // The worker's record comes with the next pull, once.
+    let next = pull_from(&app, &supervisor.token, Some(&page)).await;
+    assert_eq!(change_ids(&next, "created"), [record], "{next}");
+    let again = pull_from(&app, &supervisor.token, Some(&next)).await;
+    let told_once = ["created", "updated", "deleted"].map(|kind| change_ids(&again, kind));
+    assert!(told_once.iter().all(Vec::is_empty), "{again}");
+}
+
 /// Holds inserts into the audit trail until the transaction is committed: a change that writes
 /// its audit row last waits there, uncommitted, with everything else written.
 async fn hold_the_audit_trail(app: &TestApp) -> sqlx::Transaction<'static, sqlx::Postgres> {
