@@ -1554,13 +1554,7 @@ async fn a_worker_moved_to_another_supervisor_takes_their_records_along_in_both_
     )
     .await;
 
-    let (status, body) = send(
-        app.patch(&format!("/api/users/{}", worker.id))
-            .bearer_auth(&admin.token)
-            .json(&json!({"supervisor_id": after.id})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    move_under(&app, &admin, worker.id, Some(after.id)).await;
 
     // The new supervisor's devices get the worker's history as new records; the old one's are
     // told the records are gone. The record itself did not change.
@@ -1607,13 +1601,7 @@ async fn a_supervisor_is_told_a_departed_workers_records_in_pages_of_the_limit()
     let first = pull_from(&app, &supervisor.token, None).await;
     assert_eq!(change_ids(&first, "created"), gone);
 
-    let (status, body) = send(
-        app.patch(&format!("/api/users/{}", worker.id))
-            .bearer_auth(&admin.token)
-            .json(&json!({"supervisor_id": null})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    move_under(&app, &admin, worker.id, None).await;
     let last = deletions_in_pages_of_two(&app, &supervisor.token, first, &gone).await;
     let again = pull_from(&app, &supervisor.token, Some(&last)).await;
     assert_eq!(
@@ -1679,6 +1667,24 @@ async fn pull_page(app: &TestApp, token: &str, cursor: Option<&Value>, limit: us
     body
 }
 
+/// Checks that the pull after `from` tells nothing: what came was told once.
+async fn nothing_more(app: &TestApp, token: &str, from: &Value) {
+    let again = pull_from(app, token, Some(from)).await;
+    let told = ["created", "updated", "deleted"].map(|kind| change_ids(&again, kind));
+    assert!(told.iter().all(Vec::is_empty), "{again}");
+}
+
+/// Moves `user` under `supervisor` (or under no one), as the admin.
+pub async fn move_under(app: &TestApp, admin: &TestUser, user: Uuid, supervisor: Option<Uuid>) {
+    let (status, body) = send(
+        app.patch(&format!("/api/users/{user}"))
+            .bearer_auth(&admin.token)
+            .json(&json!({ "supervisor_id": supervisor })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 /// Changes `user`'s role as the admin, and logs them in again (the change ends their sessions).
 async fn change_role(app: &TestApp, admin: &TestUser, user: &TestUser, role: &str) -> String {
     let (status, body) = send(
@@ -1727,13 +1733,7 @@ async fn a_supervisor_made_an_admin_pulls_every_record_they_lacked_and_the_delet
     let (_, body) = push(&app, &member, vec![delete]).await;
     assert_eq!(statuses(&body), ["deleted"], "{body}");
     // A worker moved under the supervisor meanwhile, with a record as old.
-    let (status, body) = send(
-        app.patch(&format!("/api/users/{}", moved.id))
-            .bearer_auth(&admin.token)
-            .json(&json!({"supervisor_id": promoted.id})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    move_under(&app, &admin, moved.id, Some(promoted.id)).await;
 
     let token = change_role(&app, &admin, &promoted, "admin").await;
     // The records the device never had come as new, though they are older than the cursor, and
@@ -1744,9 +1744,7 @@ async fn a_supervisor_made_an_admin_pulls_every_record_they_lacked_and_the_delet
     assert_eq!(change_ids(&grown, "created"), lacked, "{grown}");
     assert_eq!(change_ids(&grown, "updated"), Vec::<String>::new());
     assert_eq!(change_ids(&grown, "deleted"), [team_record]);
-    let again = pull_from(&app, &token, Some(&grown)).await;
-    let told_once = ["created", "updated", "deleted"].map(|kind| change_ids(&again, kind));
-    assert!(told_once.iter().all(Vec::is_empty), "{again}");
+    nothing_more(&app, &token, &grown).await;
 }
 
 #[tokio::test]
@@ -1802,21 +1800,13 @@ async fn a_supervisor_given_a_field_role_is_told_their_former_teams_records_are_
     assert_eq!(change_ids(&first, "created"), both);
 
     // The team must go to another supervisor before its supervisor can be given a field role.
-    let (status, body) = send(
-        app.patch(&format!("/api/users/{}", worker.id))
-            .bearer_auth(&admin.token)
-            .json(&json!({"supervisor_id": successor.id})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    move_under(&app, &admin, worker.id, Some(successor.id)).await;
     let token = change_role(&app, &admin, &supervisor, "focal").await;
     let after = pull_from(&app, &token, Some(&first)).await;
     assert_eq!(change_ids(&after, "deleted"), [team], "{after}");
     assert_eq!(change_ids(&after, "created"), Vec::<String>::new());
     assert_eq!(change_ids(&after, "updated"), Vec::<String>::new());
-    let again = pull_from(&app, &token, Some(&after)).await;
-    let told_once = ["created", "updated", "deleted"].map(|kind| change_ids(&again, kind));
-    assert!(told_once.iter().all(Vec::is_empty), "{again}");
+    nothing_more(&app, &token, &after).await;
 }
 
 #[tokio::test]
@@ -1866,13 +1856,7 @@ async fn a_worker_moved_in_while_a_pull_pages_comes_once_in_the_next_pull() {
     // the second.
     let mut page = pull_page(&app, &supervisor.token, Some(&first), 1).await;
     assert_eq!(page["has_more"], json!(true), "{page}");
-    let (status, body) = send(
-        app.patch(&format!("/api/users/{}", worker.id))
-            .bearer_auth(&admin.token)
-            .json(&json!({"supervisor_id": supervisor.id})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    move_under(&app, &admin, worker.id, Some(supervisor.id)).await;
     let mut created = change_ids(&page, "created");
     while page["has_more"] == json!(true) {
         page = pull_page(&app, &supervisor.token, Some(&page), 1).await;
@@ -1883,9 +1867,7 @@ async fn a_worker_moved_in_while_a_pull_pages_comes_once_in_the_next_pull() {
     // The worker's record comes with the next pull, once.
     let next = pull_from(&app, &supervisor.token, Some(&page)).await;
     assert_eq!(change_ids(&next, "created"), [record], "{next}");
-    let again = pull_from(&app, &supervisor.token, Some(&next)).await;
-    let told_once = ["created", "updated", "deleted"].map(|kind| change_ids(&again, kind));
-    assert!(told_once.iter().all(Vec::is_empty), "{again}");
+    nothing_more(&app, &supervisor.token, &next).await;
 }
 
 /// Holds inserts into the audit trail until the transaction is committed: a change that writes

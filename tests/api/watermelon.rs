@@ -738,13 +738,7 @@ async fn a_supervisor_pulling_from_a_thinned_timestamp_is_told_a_departed_worker
     .await
     .unwrap();
 
-    let (status, body) = send(
-        app.patch(&format!("/api/users/{}", worker.id))
-            .bearer_auth(&admin.token)
-            .json(&json!({"supervisor_id": null})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    crate::sync::move_under(&app, &admin, worker.id, None).await;
     let after = pull(&app, &supervisor, Some(timestamp)).await;
     assert_eq!(
         after["changes"]["attendance"]["deleted"],
