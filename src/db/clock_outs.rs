@@ -1,7 +1,7 @@
 //! Open shifts and their closing: one alone, or many that come together in one statement (see
 //! [`crate::db::coalesce`]).
 //!
-//! Clock-out reads the open shift, then closes it on condition that it is unchanged since
+//! Clock-out reads the open shift (or the latest, closed as incomplete), then closes it on condition that it is unchanged since
 //! (`change_xid`, stamped by trigger on every update): a concurrent change (a sync push, another
 //! clock-out) makes the close match nothing, and the shift is read again. No transaction is held
 //! in between, so both steps can be shared with other users' clock-outs.

@@ -308,10 +308,11 @@ fn not_clocked_in(message: &str) -> ApiError {
     ApiError::conflict("not_clocked_in", message)
 }
 
-/// Ends the open shift.
+/// Ends the open shift, or the latest one closed as incomplete before this clock-out came, if it
+/// still fits it.
 #[utoipa::path(post, path = "/attendance/clock-out", tag = "attendance", security(("bearer" = [])), request_body = ClockOut,
     responses(
-        (status = 200, description = "The closed record; also the caller's latest shift when it was closed as incomplete before this clock-out arrived (by the periodic sweep, or replaced by a shift deleted since), and is of normal length by the clock-out's time; also when the clock-out that closed the caller's latest shift, in the last 10 minutes, is sent again (the same coordinates and accuracy, and the same notes and time when it sent any): that shift as it is stored", body = AttendanceRecord),
+        (status = 200, description = "The closed record; also the caller's latest shift when it was closed as incomplete before this clock-out arrived (past the maximum shift length, by the periodic sweep or at a sync; or replaced by a shift deleted since), and is of normal length by the clock-out's time; also when the clock-out that closed the caller's latest shift, in the last 10 minutes, is sent again (the same coordinates and accuracy, and the same notes and time when it sent any): that shift as it is stored", body = AttendanceRecord),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 409, description = "No open shift (`not_clocked_in`), or it exceeded the maximum shift by the clock-out's time and was closed as incomplete; `conflict` when it kept changing while it was being closed (retry)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a time outside the accepted window or before the clock-in", body = ErrorEnvelope),
@@ -357,8 +358,8 @@ async fn clock_out(
                 match latest {
                     Some(latest) if latest.repeated => return Ok(Json(latest.row.into())),
                     // A clock-out held back until after its shift was closed as incomplete (the
-                    // phone offline past the sweep, or its answer lost; or the shift replaced
-                    // by one deleted since) still ends that shift, as a sync push would: the
+                    // phone offline past the sweep or a sync, or its answer lost; or the shift
+                    // replaced by one deleted since) still ends that shift, as a sync push would: the
                     // user's latest, with no clock-out, and of normal length by the clock-out's
                     // own time.
                     Some(latest)
@@ -380,7 +381,8 @@ async fn clock_out(
             }
         };
         // Measured to the clock-out's own time: a clock-out sent late (the phone was offline)
-        // still closes a shift of normal length, as long as nothing has closed it since.
+        // still closes a shift of normal length, as long as no clock-out has closed it since (a
+        // close as incomplete does not stop it, see above).
         if open.clock_in_at < forgotten_before(occurred_at, max_shift) {
             let cutoff = forgotten_before(now, max_shift);
             records::close_forgotten(&state.db, Some(user.id), cutoff).await?;

@@ -101,19 +101,16 @@ pub async fn check_supervisor(
                 .await?;
         let found = found.map(|(role, status)| (role.parse::<Role>().ok(), status));
         match found {
-            Some((Some(theirs), _))
-                if theirs.can_supervise() && let Some(role) = role.filter(|&r| theirs < r) =>
-            {
-                invalid.add(
-                "supervisor_id",
-                format!(
-                    "names a {theirs}, below the user's role ({role}): a user's supervisor holds \
-                     a role at least as high"
-                ),
-                )
-            }
             Some((Some(theirs), status)) if theirs.can_supervise() => {
-                if status != UserStatus::Active.as_str() && kept != Some(id) {
+                if let Some(role) = role.filter(|&r| theirs < r) {
+                    invalid.add(
+                        "supervisor_id",
+                        format!(
+                            "names a {theirs}, below the user's role ({role}): a user's \
+                             supervisor holds a role at least as high"
+                        ),
+                    );
+                } else if status != UserStatus::Active.as_str() && kept != Some(id) {
                     invalid.add("supervisor_id", "names a deactivated account");
                 }
             }

@@ -8,7 +8,9 @@
 //! insert time would already have been passed by the cursor.
 //!
 //! Pages of one pull all read "as of" the first page's snapshot (the target): rows changed
-//! again after it are left for the next pull, which starts from that target.
+//! again after it are left for the next pull, which starts from that target. (The supervision
+//! tree a later page reads is today's: users who came into scope after the target are left
+//! out, see `pull`.)
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -383,7 +385,8 @@ pub async fn pull(
     }
 
     if !cursor.facilities_stage {
-        // A new admin's device gets every record it lacks, and the deletions since its base.
+        // A new admin's device gets every record it lacks, and the deletions since its base; a
+        // supervisor's, the live records of the users it gained since its base.
         let grown = rescoped && viewer.is_admin();
         let lacking = if grown {
             Lacking::Everything

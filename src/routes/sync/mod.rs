@@ -111,7 +111,7 @@ pub struct PullQuery {
     responses(
         (status = 200, description = "A page of changes", body = PullResponse),
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
-        (status = 422, description = "A cursor this service did not issue, or a bad limit", body = ErrorEnvelope),
+        (status = 422, description = "A cursor this service did not issue (or issued under another `JWT_SECRET`: push what the app holds, clear its synced copies and pull again without a cursor), or a bad limit", body = ErrorEnvelope),
     ))]
 async fn pull_changes(
     State(state): State<AppState>,

@@ -152,8 +152,8 @@ async fn update_user(
     check_facility(&state, req.facility_id.flatten(), Some(id), &mut invalid).await?;
 
     let mut tx = state.db.begin().await?;
-    // Supervision changes are serialised so that two concurrent edits cannot form a cycle
-    // that neither would see alone. A supervisor's edit holds the tree still (shared) until it
+    // Supervision and role changes are serialised so that two concurrent edits cannot form a
+    // cycle, or a supervisor ranked below their report, that neither would see alone. A supervisor's edit holds the tree still (shared) until it
     // commits, so that the user cannot leave their team meanwhile (checked again below).
     if req.supervisor_id.is_some() || req.role.is_some() {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('users.supervisor_id'))")

@@ -65,7 +65,7 @@ pub struct ChangePassword {
     responses(
         (status = 204, description = "Password changed; log in again"),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid token, or the session ended while the password was checked (`invalid_token`: an admin set a new password meanwhile); nothing was stored", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid token, or the account's sessions were ended while the password was checked (`invalid_token`: a password reset or change, a role change or a deactivation meanwhile); nothing was stored", body = ErrorEnvelope),
         (status = 422, description = "Wrong current password or weak new one", body = ErrorEnvelope),
         (status = 423, description = "Locked after too many wrong passwords, here or at login (`account_locked`); see Retry-After", body = ErrorEnvelope),
     ))]
@@ -135,8 +135,8 @@ async fn change_password(
     }
     let new_hash = state.hasher.hash(new_password.into_secret()).await?;
     let mut tx = state.db.begin().await?;
-    // Not over a password an admin set while this one was checked: that reset ended the
-    // session this request came with.
+    // Not over a password an admin set while this one was checked, nor for a session ended
+    // meanwhile (a role change, a deactivation): either moved the token version.
     if !store(&mut tx, user.id, new_hash, Some(version)).await? {
         drop(tx);
         attempt.succeeded().await?;

@@ -118,7 +118,8 @@ async fn create_user(
     let status = req.status.unwrap_or(UserStatus::Active);
     let hash = state.hasher.hash(password.into_secret()).await?;
     let mut tx = state.db.begin().await?;
-    // Again under a share lock: the supervisor cannot be made a field role before this commits.
+    // Again under a share lock: the supervisor cannot be demoted (to a field role, or below the
+    // new user's role) before this commits.
     let mut invalid = Invalid::default();
     check_supervisor(
         &mut *tx,
