@@ -70,9 +70,7 @@ pub async fn create_admin(
     let mut tx = state.db.begin().await?;
     // Held as a role or supervisor change holds it: the supervisor kept cannot be demoted, nor
     // the tree changed, meanwhile.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('users.supervisor_id'))")
-        .execute(&mut *tx)
-        .await?;
+    crate::db::users::lock_tree(&mut tx, false).await?;
     let before: Option<(String, String, Option<uuid::Uuid>)> =
         sqlx::query_as("SELECT role, status, supervisor_id FROM users WHERE email = $1 FOR UPDATE")
             .bind(email)

@@ -66,10 +66,7 @@ impl JwtKeys {
 
     /// `text` as `<text>.<signature>`: a client can hand it back, and cannot change it.
     pub fn seal(&self, text: &str) -> String {
-        let mut mac = self.seal.clone();
-        mac.update(SEALED);
-        mac.update(text.as_bytes());
-        let tag = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        let tag = URL_SAFE_NO_PAD.encode(self.mac_of(text).finalize().into_bytes());
         format!("{text}.{tag}")
     }
 
@@ -77,10 +74,15 @@ impl JwtKeys {
     pub fn open<'a>(&self, sealed: &'a str) -> Option<&'a str> {
         let (text, tag) = sealed.rsplit_once('.')?;
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        self.mac_of(text).verify_slice(&tag).ok().map(|()| text)
+    }
+
+    /// The signature of `text`, ready to finish or check (see [`SEALED`]).
+    fn mac_of(&self, text: &str) -> Hmac<Sha256> {
         let mut mac = self.seal.clone();
         mac.update(SEALED);
         mac.update(text.as_bytes());
-        mac.verify_slice(&tag).ok().map(|()| text)
+        mac
     }
 
     pub fn issue(&self, user_id: Uuid, role: Role, version: i32) -> anyhow::Result<String> {

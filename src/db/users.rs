@@ -208,6 +208,21 @@ pub async fn lock_admin_roster(conn: &mut sqlx::PgConnection) -> Result<(), sqlx
     Ok(())
 }
 
+/// Changes to the supervision tree (a supervisor or a role) run one at a time, within the
+/// caller's transaction: two concurrent edits could otherwise form a cycle, or rank a supervisor
+/// below their report, that neither would see alone. `shared`: the tree is only held still
+/// (a supervisor's edit of someone in their team), alongside other such holders.
+pub async fn lock_tree(conn: &mut sqlx::PgConnection, shared: bool) -> Result<(), sqlx::Error> {
+    sqlx::query(if shared {
+        "SELECT pg_advisory_xact_lock_shared(hashtext('users.supervisor_id'))"
+    } else {
+        "SELECT pg_advisory_xact_lock(hashtext('users.supervisor_id'))"
+    })
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Whether an active admin other than `id` remains (under [`lock_admin_roster`]).
 pub async fn another_active_admin(
     conn: &mut sqlx::PgConnection,

@@ -208,11 +208,9 @@ fn push_window(
                            SELECT s.user_id FROM scope_changes s WHERE s.viewer_id = "
                     ))
                     .push_bind(viewer)
-                    .push(" AND s.granted AND pg_visible_in_snapshot(s.xid, ")
-                    .push_bind(target.to_string())
-                    .push("::pg_snapshot) AND NOT pg_visible_in_snapshot(s.xid, ")
-                    .push_bind(base.clone())
-                    .push("::pg_snapshot)))");
+                    .push(" AND s.granted");
+                    push_moved_between(qb, base, target);
+                    qb.push("))");
                 }
             }
             qb.push(")");
@@ -306,16 +304,15 @@ pub async fn pull(
                 coalesce(pg_visible_in_snapshot(u.scope_reset_xid,
                              coalesce($2::pg_snapshot, pg_current_snapshot()))
                          AND NOT pg_visible_in_snapshot(u.scope_reset_xid, $3::pg_snapshot), false),
-                u.scope_reset_xid::text,
-                $3::pg_snapshot IS NOT NULL AND EXISTS (
-                  SELECT 1 FROM scope_changes s WHERE s.viewer_id = u.id AND NOT s.granted
-                   AND pg_visible_in_snapshot(s.xid, coalesce($2::pg_snapshot, pg_current_snapshot()))
-                   AND NOT pg_visible_in_snapshot(s.xid, $3::pg_snapshot)),
-                $3::pg_snapshot IS NOT NULL AND EXISTS (
-                  SELECT 1 FROM scope_changes s WHERE s.viewer_id = u.id AND s.granted
-                   AND pg_visible_in_snapshot(s.xid, coalesce($2::pg_snapshot, pg_current_snapshot()))
-                   AND NOT pg_visible_in_snapshot(s.xid, $3::pg_snapshot))
-         FROM users u WHERE u.id = $1",
+                u.scope_reset_xid::text, coalesce(m.lost, false), coalesce(m.gained, false)
+         FROM users u
+         LEFT JOIN LATERAL (
+           SELECT bool_or(NOT s.granted) AS lost, bool_or(s.granted) AS gained
+           FROM scope_changes s
+           WHERE s.viewer_id = u.id AND $3::pg_snapshot IS NOT NULL
+             AND pg_visible_in_snapshot(s.xid, coalesce($2::pg_snapshot, pg_current_snapshot()))
+             AND NOT pg_visible_in_snapshot(s.xid, $3::pg_snapshot)) m ON true
+         WHERE u.id = $1",
     )
     .bind(viewer.id)
     .bind(&cursor.target)
@@ -501,6 +498,15 @@ enum Departed<'a> {
     Moved { base: &'a str, target: &'a str },
 }
 
+/// ` AND …` of a `scope_changes s` row: the move committed after `base`, and by `target`.
+fn push_moved_between(qb: &mut QueryBuilder<'_, sqlx::Postgres>, base: &str, target: &str) {
+    qb.push(" AND pg_visible_in_snapshot(s.xid, ")
+        .push_bind(target.to_string())
+        .push("::pg_snapshot) AND NOT pg_visible_in_snapshot(s.xid, ")
+        .push_bind(base.to_string())
+        .push("::pg_snapshot)");
+}
+
 /// Up to `limit + 1` ids after `after`, in id order, of records that left the viewer's scope.
 async fn departed_ids(
     conn: &mut PgConnection,
@@ -529,13 +535,11 @@ async fn departed_ids(
                    SELECT 1 FROM scope_changes s WHERE s.viewer_id = ",
             )
             .push_bind(viewer.id)
-            .push(" AND s.user_id = a.user_id AND NOT s.granted AND pg_visible_in_snapshot(s.xid, ")
-            .push_bind(target.to_string())
-            .push("::pg_snapshot) AND NOT pg_visible_in_snapshot(s.xid, ")
-            .push_bind(base.to_string())
-            .push("::pg_snapshot) AND (pg_visible_in_snapshot(a.created_xid, ")
-            .push_bind(base.to_string())
-            .push("::pg_snapshot) OR a.created_at <= s.created_at))");
+            .push(" AND s.user_id = a.user_id AND NOT s.granted");
+            push_moved_between(&mut qb, base, target);
+            qb.push(" AND (pg_visible_in_snapshot(a.created_xid, ")
+                .push_bind(base.to_string())
+                .push("::pg_snapshot) OR a.created_at <= s.created_at))");
         }
     }
     qb.push(" ORDER BY a.id LIMIT ").push_bind(limit as i64 + 1);

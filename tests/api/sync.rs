@@ -739,26 +739,12 @@ async fn deletes_are_tombstones_that_pull_as_ids() {
     delete["client_timestamp"] = json!(Utc::now().to_rfc3339());
     let (_, body) = push(&app, &user, vec![delete]).await;
     assert_eq!(statuses(&body), vec!["duplicate"]);
-    let (_, next) = send(
-        app.get(&format!(
-            "/api/sync/pull?cursor={}",
-            first["cursor"].as_str().unwrap()
-        ))
-        .bearer_auth(&user.token),
-    )
-    .await;
+    let next = pull_from(&app, &user.token, Some(&first)).await;
     assert_eq!(
         next["changes"]["attendance"]["deleted"],
         json!([record["id"]])
     );
-    let (status, _) = send(
-        app.get(&format!(
-            "/api/attendance/{}",
-            record["id"].as_str().unwrap()
-        ))
-        .bearer_auth(&user.token),
-    )
-    .await;
+    let (status, _) = stored_record(&app, &user, &record).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
@@ -797,14 +783,7 @@ async fn a_new_shift_queued_beside_an_open_one_is_stored_when_the_admin_keeps_it
     assert_eq!(resolved["record"]["status"], "open");
     assert_eq!(resolved["record"]["device_id"], "device-A");
     // The online shift it replaced is closed as incomplete, as client_wins would have.
-    let (_, replaced) = send(
-        app.get(&format!(
-            "/api/attendance/{}",
-            online["id"].as_str().unwrap()
-        ))
-        .bearer_auth(&user.token),
-    )
-    .await;
+    let (_, replaced) = stored_record(&app, &user, &online).await;
     assert_eq!(replaced["status"], "incomplete");
     assert_eq!(count(&app).await, 2);
     // The phone's next push of the same record is a duplicate.
@@ -888,14 +867,7 @@ async fn keeping_a_queued_shift_that_has_aged_past_the_maximum_leaves_the_open_o
     assert_eq!(status, StatusCode::OK, "{resolved}");
     assert_eq!(resolved["record"]["id"], offline["id"]);
     assert_eq!(resolved["record"]["status"], "incomplete");
-    let (_, current) = send(
-        app.get(&format!(
-            "/api/attendance/{}",
-            online["id"].as_str().unwrap()
-        ))
-        .bearer_auth(&user.token),
-    )
-    .await;
+    let (_, current) = stored_record(&app, &user, &online).await;
     assert_eq!(
         current["status"], "open",
         "the user's current shift goes on"
@@ -982,14 +954,7 @@ async fn a_note_added_to_a_shift_replaced_by_a_later_one_does_not_reopen_it() {
     later["conflict_strategy"] = json!("client_wins");
     let (_, body) = push_from(&app, &user, "device-B", vec![later.clone()]).await;
     assert_eq!(statuses(&body), vec!["created"], "{body}");
-    let (_, replaced) = send(
-        app.get(&format!(
-            "/api/attendance/{}",
-            earlier["id"].as_str().unwrap()
-        ))
-        .bearer_auth(&user.token),
-    )
-    .await;
+    let (_, replaced) = stored_record(&app, &user, &earlier).await;
     assert_eq!(replaced["status"], "incomplete");
     let audited: Vec<(Option<uuid::Uuid>, String)> = sqlx::query_as(
         "SELECT actor_id, entity_id::text FROM activities WHERE action = 'attendance.auto_close'",
@@ -1009,14 +974,7 @@ async fn a_note_added_to_a_shift_replaced_by_a_later_one_does_not_reopen_it() {
     assert_eq!(statuses(&body), vec!["updated"], "{body}");
     assert_eq!(body["results"][0]["record"]["status"], "incomplete");
     assert_eq!(body["results"][0]["record"]["notes"], "generator broke");
-    let (_, later_now) = send(
-        app.get(&format!(
-            "/api/attendance/{}",
-            later["id"].as_str().unwrap()
-        ))
-        .bearer_auth(&user.token),
-    )
-    .await;
+    let (_, later_now) = stored_record(&app, &user, &later).await;
     assert_eq!(later_now["status"], "open", "the later shift stays open");
 }
 
@@ -1048,14 +1006,7 @@ async fn keeping_a_devices_copy_of_a_shift_replaced_since_does_not_reopen_it() {
     assert_eq!(status, StatusCode::OK, "{resolved}");
     assert_eq!(resolved["record"]["notes"], "from the phone");
     assert_eq!(resolved["record"]["status"], "incomplete");
-    let (_, later_now) = send(
-        app.get(&format!(
-            "/api/attendance/{}",
-            later["id"].as_str().unwrap()
-        ))
-        .bearer_auth(&user.token),
-    )
-    .await;
+    let (_, later_now) = stored_record(&app, &user, &later).await;
     assert_eq!(later_now["status"], "open");
 }
 
@@ -1637,6 +1588,16 @@ async fn deletions_in_pages_of_two(
     page
 }
 
+/// A record as its user reads it (`GET /api/attendance/{id}`), by a record of a response.
+async fn stored_record(app: &TestApp, user: &TestUser, record: &Value) -> (StatusCode, Value) {
+    let id = record["id"].as_str().unwrap();
+    send(
+        app.get(&format!("/api/attendance/{id}"))
+            .bearer_auth(&user.token),
+    )
+    .await
+}
+
 /// The ids of one kind of attendance change (`created`, `updated` or `deleted`) in a pull.
 fn change_ids(body: &Value, kind: &str) -> Vec<String> {
     let mut ids: Vec<String> = body["changes"]["attendance"][kind]
@@ -1700,7 +1661,7 @@ async fn change_role(app: &TestApp, admin: &TestUser, user: &TestUser, role: &st
 }
 
 /// A shift of three days ago, stored as history; its id.
-async fn closed_shift(app: &TestApp, user: Uuid, facility: Uuid) -> String {
+pub async fn closed_shift(app: &TestApp, user: Uuid, facility: Uuid) -> String {
     let day = Utc::now() - Duration::days(3);
     let end = Some(day + Duration::hours(8));
     let id = app

@@ -29,6 +29,18 @@ async fn pull(app: &TestApp, user: &TestUser, last: Option<i64>) -> Value {
     body
 }
 
+/// Clocks the user in online at the test facility's site; the record.
+async fn clock_in_online(app: &TestApp, user: &TestUser) -> Value {
+    let (status, online) = send(
+        app.post("/api/attendance/clock-in")
+            .bearer_auth(&user.token)
+            .json(&json!({"latitude": -1.9456, "longitude": 30.127})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{online}");
+    online
+}
+
 async fn push(app: &TestApp, user: &TestUser, last: i64, changes: Value) -> (StatusCode, Value) {
     send(
         app.post(&format!("/api/sync/watermelon?last_pulled_at={last}"))
@@ -425,13 +437,7 @@ async fn a_shift_opened_offline_beside_one_opened_online_leaves_the_later_one_op
     let facility = app.facility_at(-1.9456, 30.127).await;
     for (offline_minutes_from_now, offline_stays_open) in [(-120, false), (2, true)] {
         let user = app.quick_user("focal", None, facility).await;
-        let (status, online) = send(
-            app.post("/api/attendance/clock-in")
-                .bearer_auth(&user.token)
-                .json(&json!({"latitude": -1.9456, "longitude": 30.127})),
-        )
-        .await;
-        assert_eq!(status, StatusCode::CREATED, "{online}");
+        let online = clock_in_online(&app, &user).await;
         let t = pull(&app, &user, None).await["timestamp"].as_i64().unwrap();
         let id = Uuid::new_v4();
         let mut offline = raw(id, facility, "offline");
@@ -583,13 +589,7 @@ async fn a_clock_out_stamped_just_before_an_online_clock_in_ends_the_shift_where
     let facility = app.facility_at(-1.9456, 30.127).await;
     let user = app.quick_user("focal", None, facility).await;
     // Clocked in online (the server holds microseconds); the app pulls it in milliseconds.
-    let (status, online) = send(
-        app.post("/api/attendance/clock-in")
-            .bearer_auth(&user.token)
-            .json(&json!({"latitude": -1.9456, "longitude": 30.127})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{online}");
+    let online = clock_in_online(&app, &user).await;
     let first = pull(&app, &user, None).await;
     let t = first["timestamp"].as_i64().unwrap();
     let mut record = first["changes"]["attendance"]["updated"][0].clone();
@@ -664,13 +664,7 @@ async fn deleting_the_servers_open_shift_leaves_the_devices_own_open() {
     let app = TestApp::spawn().await;
     let facility = app.facility_at(-1.9456, 30.127).await;
     let user = app.quick_user("focal", None, facility).await;
-    let (status, online) = send(
-        app.post("/api/attendance/clock-in")
-            .bearer_auth(&user.token)
-            .json(&json!({"latitude": -1.9456, "longitude": 30.127})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED);
+    let online = clock_in_online(&app, &user).await;
     let t = pull(&app, &user, None).await["timestamp"].as_i64().unwrap();
     // The device's own shift began earlier; the online one was a double clock-in it deletes.
     let id = Uuid::new_v4();
@@ -712,18 +706,9 @@ async fn a_supervisor_pulling_from_a_thinned_timestamp_is_told_a_departed_worker
         .fetch_one(&app.db)
         .await
         .unwrap();
-    let day = Utc::now() - Duration::days(3);
-    let record = app
-        .insert_attendance(
-            worker.id,
-            facility,
-            day,
-            Some(day + Duration::hours(8)),
-            "closed",
-        )
-        .await;
+    let record = crate::sync::closed_shift(&app, worker.id, facility).await;
     let first = pull(&app, &supervisor, None).await;
-    assert_eq!(pulled_ids(&first), [record.to_string()]);
+    assert_eq!(pulled_ids(&first), std::slice::from_ref(&record));
     let timestamp = first["timestamp"].as_i64().unwrap();
     // Thinned as after two weeks: it sees only what an older timestamp of its range saw.
     sqlx::query(

@@ -156,13 +156,9 @@ async fn update_user(
     // cycle, or a supervisor ranked below their report, that neither would see alone. A supervisor's edit holds the tree still (shared) until it
     // commits, so that the user cannot leave their team meanwhile (checked again below).
     if req.supervisor_id.is_some() || req.role.is_some() {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('users.supervisor_id'))")
-            .execute(&mut *tx)
-            .await?;
+        users::lock_tree(&mut tx, false).await?;
     } else if !actor.is_admin() {
-        sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtext('users.supervisor_id'))")
-            .execute(&mut *tx)
-            .await?;
+        users::lock_tree(&mut tx, true).await?;
     }
     let may_remove_admin = req.role.is_some_and(|r| r != Role::Admin)
         || req.status.is_some_and(|s| s != UserStatus::Active);
