@@ -80,12 +80,32 @@ pub fn forgotten_before(now: DateTime<Utc>, max_shift: Duration) -> DateTime<Utc
 }
 
 /// A spreadsheet runs a cell starting with `=`, `+`, `-` or `@` (and, in some, tab or CR) as a
-/// formula; a leading apostrophe makes it plain text.
+/// formula; a leading apostrophe makes it plain text. Excel set to a language whose list
+/// separator is `;` (French, German and others) splits a CSV line on `;` wherever it stands, so
+/// each piece after a `;` is a cell of its own there, and is neutralised too.
 pub fn neutralise_cell(value: &str) -> std::borrow::Cow<'_, str> {
-    match value.chars().next() {
-        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{value}").into(),
-        _ => value.into(),
+    let runs = |piece: &str| {
+        matches!(
+            piece.trim_start_matches(' ').chars().next(),
+            Some('=' | '+' | '-' | '@' | '\t' | '\r')
+        )
+    };
+    if !value.split(';').any(runs) {
+        return value.into();
     }
+    let mut out = String::with_capacity(value.len() + 4);
+    for (i, piece) in value.split(';').enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        let text = piece.trim_start_matches(' ');
+        if runs(piece) {
+            out.push_str(&piece[..piece.len() - text.len()]);
+            out.push('\'');
+        }
+        out.push_str(text);
+    }
+    out.into()
 }
 
 #[cfg(test)]
@@ -139,5 +159,16 @@ mod tests {
         }
         assert_eq!(neutralise_cell("Kigali"), "Kigali");
         assert_eq!(neutralise_cell(""), "");
+        // Split on `;` by Excel in French, German and other languages: each piece is a cell.
+        assert_eq!(
+            neutralise_cell("Gate 2; ask for Aimée"),
+            "Gate 2; ask for Aimée"
+        );
+        assert_eq!(
+            neutralise_cell("ok;=HYPERLINK(\"http://evil.example\");"),
+            "ok;'=HYPERLINK(\"http://evil.example\");"
+        );
+        assert_eq!(neutralise_cell("a; @SUM(A1)"), "a; '@SUM(A1)");
+        assert_eq!(neutralise_cell("  +1"), "  '+1");
     }
 }

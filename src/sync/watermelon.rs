@@ -355,13 +355,31 @@ fn content_of(raw: &Map<String, Value>) -> Result<(Uuid, Content), String> {
     ))
 }
 
-/// Applies a push all or nothing. Refused with 409 when any pushed record changed on the server
-/// after `last_pulled_at` (the client then pulls and pushes again).
+/// The records of a push the service refused, each with its reasons, keyed `attendance.<id>`.
+/// The rest of the push is applied: WatermelonDB, told their ids (`experimentalRejectedIds`),
+/// keeps them on the device as not yet synced and marks the others synced.
+pub type Rejected = FieldErrors;
+
+/// The ids of rejected records, by table, as WatermelonDB's `experimentalRejectedIds` reads them.
+pub fn rejected_ids(rejected: &Rejected) -> HashMap<&'static str, Vec<String>> {
+    let ids = rejected
+        .keys()
+        .filter_map(|key| key.strip_prefix("attendance."))
+        .map(str::to_string)
+        .collect();
+    HashMap::from([("attendance", ids)])
+}
+
+/// Applies a push in one transaction. A record the service refuses (its times, its facility,
+/// its fields) is left out and named in the answer, so that one bad record never keeps a
+/// device's other records from the server. Refused whole with 409 when any pushed record changed
+/// on the server after `last_pulled_at` (the client then pulls and pushes again), and with 422
+/// when the push itself is malformed.
 pub async fn push_changes(
     ctx: PushContext<'_>,
     last_pulled_at: i64,
     changes: HashMap<String, TableChanges>,
-) -> Result<(), ApiError> {
+) -> Result<Rejected, ApiError> {
     let PushContext {
         db, config, user, ..
     } = ctx;
@@ -388,53 +406,54 @@ pub async fn push_changes(
     }
     let attendance = changes.get("attendance");
     let rules = config.attendance.time_rules();
+    let mut rejected = Rejected::new();
+    let mut reject = |label: &str, reason: String| {
+        rejected
+            .entry(format!("attendance.{label}"))
+            .or_default()
+            .push(reason);
+    };
     let mut upserts: Vec<(Uuid, Content)> = Vec::new();
     for raw in attendance
         .iter()
         .flat_map(|t| t.created.iter().chain(&t.updated))
     {
-        let label = raw
-            .get("id")
+        if raw
+            .get("user_id")
             .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string();
+            .is_some_and(|u| u != user.id.to_string())
+        {
+            let label = raw.get("id").and_then(Value::as_str).unwrap_or("?");
+            return Err(ApiError::ForbiddenWith {
+                code: "forbidden",
+                message: format!("record {label} belongs to another user"),
+            });
+        }
         // The time rules wait for the stored copy: a record whose clock times the server
         // already holds is not refused for its age (a note added a month later).
         let tolerance = config.attendance.future_tolerance;
         match content_of(raw)
             .and_then(|(id, mut c)| check_fields(&mut c, tolerance).map(|()| (id, c)))
         {
-            Ok(pair) => {
-                if raw
-                    .get("user_id")
-                    .and_then(Value::as_str)
-                    .is_some_and(|u| u != user.id.to_string())
-                {
-                    return Err(ApiError::ForbiddenWith {
-                        code: "forbidden",
-                        message: format!("record {label} belongs to another user"),
-                    });
+            Ok(pair) => upserts.push(pair),
+            // A record the device can be told of by its id is left out; one without an id is
+            // a malformed push.
+            Err(reason) => match raw.get("id").and_then(Value::as_str) {
+                Some(label) => reject(label, reason),
+                None => {
+                    problems
+                        .entry("attendance.?".into())
+                        .or_default()
+                        .push(reason);
                 }
-                upserts.push(pair);
-            }
-            Err(reason) => {
-                problems
-                    .entry(format!("attendance.{label}"))
-                    .or_default()
-                    .push(reason);
-            }
+            },
         }
     }
     let mut deletes = Vec::new();
     for id in attendance.iter().flat_map(|t| &t.deleted) {
         match id.parse::<Uuid>() {
             Ok(id) => deletes.push(id),
-            Err(_) => {
-                problems
-                    .entry(format!("attendance.{id}"))
-                    .or_default()
-                    .push("id must be a UUID".into());
-            }
+            Err(_) => reject(id, "id must be a UUID".into()),
         }
     }
     // WatermelonDB sends a record once per push; twice (created and updated, or updated and
@@ -457,6 +476,7 @@ pub async fn push_changes(
     // applied again.
     let mut attempt = 1;
     loop {
+        let mut outcome = rejected.clone();
         match apply_changes(
             &ctx,
             &snapshot,
@@ -465,17 +485,20 @@ pub async fn push_changes(
             last_pulled_at,
             &rules,
             now,
+            &mut outcome,
         )
         .await
         {
             Err(e) if e.is_deadlock() && attempt < 3 => attempt += 1,
-            applied => return applied,
+            applied => return applied.map(|()| outcome),
         }
     }
 }
 
 /// Applies checked records in one transaction holding the user's lock, refused whole when one
-/// changed on the server after `snapshot`.
+/// changed on the server after `snapshot`. Records the rules refuse are added to `rejected`
+/// and left out.
+#[allow(clippy::too_many_arguments)]
 async fn apply_changes(
     ctx: &PushContext<'_>,
     snapshot: &str,
@@ -484,6 +507,7 @@ async fn apply_changes(
     last_pulled_at: i64,
     rules: &TimeRules,
     now: DateTime<Utc>,
+    rejected: &mut Rejected,
 ) -> Result<(), ApiError> {
     let PushContext {
         db,
@@ -493,30 +517,24 @@ async fn apply_changes(
         client,
     } = *ctx;
     let mut tx = begin_for_user(db, user.id).await?;
-    records::close_forgotten(
-        &mut *tx,
-        Some(user.id),
-        forgotten_before(now, config.attendance.max_shift),
-    )
-    .await?;
     let ids: Vec<Uuid> = upserts
         .iter()
         .map(|(id, _)| *id)
         .chain(deletes.iter().copied())
         .collect();
-    let existing = existing_rows(&mut tx, &ids).await?;
+    let mut existing = existing_rows(&mut tx, &ids).await?;
     if existing.values().any(|r| r.user_id != user.id) {
         return Err(ApiError::ForbiddenWith {
             code: "forbidden",
             message: "a pushed record belongs to another user".into(),
         });
     }
-    // Changed by another transaction since the pull: this one's own close of a forgotten shift
-    // above is not a change the device missed.
+    // Changed by another transaction since the pull (the rows are locked above, so none changes
+    // meanwhile). Checked before this push closes forgotten shifts, which would hide another
+    // device's edit of one behind this transaction's own write.
     let changed: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM attendance WHERE id = ANY($1)
-           AND NOT pg_visible_in_snapshot(change_xid, $2::pg_snapshot)
-           AND change_xid <> pg_current_xact_id()",
+           AND NOT pg_visible_in_snapshot(change_xid, $2::pg_snapshot)",
     )
     .bind(&ids)
     .bind(snapshot)
@@ -531,11 +549,25 @@ async fn apply_changes(
             ),
         ));
     }
+    let closed = records::close_forgotten(
+        &mut *tx,
+        Some(user.id),
+        forgotten_before(now, config.attendance.max_shift),
+    )
+    .await?;
+    if closed > 0 {
+        existing = existing_rows(&mut tx, &ids).await?;
+    }
 
     let facility_ids: Vec<Uuid> = upserts.iter().map(|(_, c)| c.facility_id).collect();
     let sites = sites.get_many(&mut *tx, &facility_ids).await?;
     let mut plan = Plan::default();
-    let mut problems = FieldErrors::new();
+    let mut reject = |id: &Uuid, reason: String| {
+        rejected
+            .entry(format!("attendance.{id}"))
+            .or_default()
+            .push(reason);
+    };
     for (id, content) in upserts {
         let current = existing.get(id);
         // Known deleted: an edit made before the deletion reached the device is dropped.
@@ -550,17 +582,11 @@ async fn apply_changes(
             continue;
         }
         if let Err(reason) = check_new_times(content, current, rules, now) {
-            problems
-                .entry(format!("attendance.{id}"))
-                .or_default()
-                .push(reason);
+            reject(id, reason);
             continue;
         }
         let Some(site) = sites.get(&content.facility_id) else {
-            problems
-                .entry(format!("attendance.{id}"))
-                .or_default()
-                .push("facility_id: no such facility".into());
+            reject(id, "facility_id: no such facility".into());
             continue;
         };
         let version = current.map_or(1, |r| r.sync_version + 1);
@@ -568,16 +594,8 @@ async fn apply_changes(
             // "Created" records that already exist (an earlier push landed unseen) are updated.
             Ok(w) if current.is_some() => plan.updates.push(w.stays_closed(current)),
             Ok(w) => plan.inserts.push(w),
-            Err((_, reason)) => {
-                problems
-                    .entry(format!("attendance.{id}"))
-                    .or_default()
-                    .push(reason);
-            }
+            Err((_, reason)) => reject(id, reason),
         }
-    }
-    if !problems.is_empty() {
-        return Err(ApiError::Validation(problems));
     }
     for id in deletes {
         // Deleting a record the server does not have (or already deleted) is nothing to do.
@@ -605,12 +623,18 @@ async fn apply_changes(
                 "the push would leave two open shifts for one user",
             )
         })?;
+    // The refused records by id, with the service's reasons; an id that is not a UUID (any text
+    // a device sent) is only counted.
+    let refused: HashMap<Uuid, &Vec<String>> = rejected
+        .iter()
+        .filter_map(|(key, why)| Some((key.strip_prefix("attendance.")?.parse().ok()?, why)))
+        .collect();
     Activity::new("sync.watermelon_push")
         .by(user)
         .from(client)
         .details(json!({
             "created": plan.inserts.len(), "updated": plan.updates.len(), "deleted": plan.deletes.len(),
-            "last_pulled_at": last_pulled_at,
+            "last_pulled_at": last_pulled_at, "rejected": rejected.len(), "refused": refused,
         }))
         .record(&mut *tx)
         .await?;

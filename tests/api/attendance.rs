@@ -1433,7 +1433,8 @@ async fn exports_are_real_csv_and_xlsx_in_local_time_with_formulas_neutralised()
             "closed",
         )
         .await;
-    sqlx::query("UPDATE attendance SET notes = '=HYPERLINK(\"http://evil.example\",\"click\")' WHERE id = $1")
+    // A formula at the start, and one after a `;`, where Excel in French or German splits cells.
+    sqlx::query("UPDATE attendance SET notes = '=HYPERLINK(\"http://evil.example\",\"click\");=1+1' WHERE id = $1")
         .bind(id)
         .execute(&app.db)
         .await
@@ -1484,7 +1485,7 @@ async fn exports_are_real_csv_and_xlsx_in_local_time_with_formulas_neutralised()
     assert_eq!(&rows[0][col("hours")], "8.00");
     assert_eq!(
         &rows[0][col("notes")],
-        "'=HYPERLINK(\"http://evil.example\",\"click\")"
+        "'=HYPERLINK(\"http://evil.example\",\"click\");'=1+1"
     );
     assert_eq!(&rows[1][col("status")], "incomplete");
     assert_eq!(&rows[1][col("hours")], "");
@@ -1517,7 +1518,10 @@ async fn exports_are_real_csv_and_xlsx_in_local_time_with_formulas_neutralised()
     assert_eq!(range.get((1, 12)), Some(&calamine::Data::Bool(false)));
     assert_eq!(range.get((2, 10)), Some(&calamine::Data::Empty));
     // A workbook's text cell never runs: the note reads as written, and no cell is a formula.
-    assert_eq!(cell(1, 14), "=HYPERLINK(\"http://evil.example\",\"click\")");
+    assert_eq!(
+        cell(1, 14),
+        "=HYPERLINK(\"http://evil.example\",\"click\");=1+1"
+    );
     let formulas = workbook.worksheet_formula("Attendance").unwrap();
     assert!(formulas.used_cells().all(|(_, _, f)| f.is_empty()));
 }

@@ -186,31 +186,54 @@ async fn bad_records_other_users_records_and_unknown_timestamps_are_refused() {
     .await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
 
-    let mut future = raw(Uuid::new_v4(), facility, "x");
+    // Records the rules refuse are left out and named, as WatermelonDB reads them; the rest of
+    // the push is applied.
+    let (future_id, ok_id) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut future = raw(future_id, facility, "x");
     future["clock_in_at"] = json!((Utc::now() + Duration::hours(2)).timestamp_millis());
+    let mut not_uuid = raw(Uuid::new_v4(), facility, "x");
+    not_uuid["id"] = json!("aB3dE5fG7hJ9kL1m");
     let (status, body) = push(
         &app,
         &owner,
         t,
-        json!({"attendance": {"created": [future, raw(Uuid::new_v4(), facility, "ok")]}}),
+        json!({"attendance": {
+            "created": [future, raw(ok_id, facility, "ok"), not_uuid],
+            "deleted": ["not-an-id"],
+        }}),
     )
     .await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut refused: Vec<&str> = body["experimentalRejectedIds"]["attendance"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap())
+        .collect();
+    refused.sort();
+    let mut expected = vec![
+        future_id.to_string(),
+        "aB3dE5fG7hJ9kL1m".into(),
+        "not-an-id".into(),
+    ];
+    expected.sort();
+    assert_eq!(refused, expected);
+    let why = body["reasons"][format!("attendance.{future_id}")][0]
+        .as_str()
+        .unwrap();
+    assert!(why.contains("clock_in_at"), "{why}");
+    let trail: Value = sqlx::query_scalar(
+        "SELECT details FROM activities WHERE action = 'sync.watermelon_push'
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(trail["rejected"], 3, "{trail}");
+    assert!(
+        trail["refused"][future_id.to_string()].is_array(),
+        "{trail}"
     );
-    let mut not_uuid = raw(Uuid::new_v4(), facility, "x");
-    not_uuid["id"] = json!("aB3dE5fG7hJ9kL1m");
-    let (status, _) = push(
-        &app,
-        &owner,
-        t,
-        json!({"attendance": {"created": [not_uuid]}}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let (status, _) = push(
         &app,
         &owner,
@@ -244,12 +267,11 @@ async fn bad_records_other_users_records_and_unknown_timestamps_are_refused() {
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation_failed",
     );
-    assert_eq!(app_count(&app).await, 1);
-    let notes: String = sqlx::query_scalar("SELECT notes FROM attendance")
-        .fetch_one(&app.db)
+    let notes: Vec<String> = sqlx::query_scalar("SELECT notes FROM attendance ORDER BY notes")
+        .fetch_all(&app.db)
         .await
         .unwrap();
-    assert_eq!(notes, "mine");
+    assert_eq!(notes, ["mine", "ok"]);
 }
 
 #[tokio::test]
@@ -412,23 +434,31 @@ async fn the_librarys_own_requests_never_leave_a_device_stuck() {
             (forgotten, "incomplete".into(), None, true),
         ]
     );
-    // A shift the device itself dates older than the limit is still refused.
-    let mut ancient = raw(Uuid::new_v4(), facility, "x");
+    // A shift the device itself dates older than the limit (a phone whose date reset) is still
+    // refused, but alone: the device's other records reach the server, and the refused one is
+    // named so that WatermelonDB keeps it on the device rather than marking it synced.
+    let (ancient_id, fresh_id) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut ancient = raw(ancient_id, facility, "x");
     ancient["clock_in_at"] = json!(at(Duration::days(40)).timestamp_millis());
     ancient["clock_out_at"] = json!(at(Duration::days(40) - Duration::hours(1)).timestamp_millis());
     let (status, body) = push(
         &app,
         &user,
         t,
-        json!({"attendance": {"created": [ancient]}}),
+        json!({"attendance": {"created": [ancient, raw(fresh_id, facility, "fresh")]}}),
     )
     .await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["experimentalRejectedIds"],
+        json!({"attendance": [ancient_id]})
     );
+    let kept: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM attendance WHERE id = ANY($1)")
+        .bind([ancient_id, fresh_id])
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(kept, [fresh_id]);
 }
 
 #[tokio::test]
@@ -730,4 +760,37 @@ async fn a_supervisor_pulling_from_a_thinned_timestamp_is_told_a_departed_worker
         json!([record]),
         "{after}"
     );
+}
+
+#[tokio::test]
+async fn an_edit_from_another_device_to_a_forgotten_shift_is_not_overwritten() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    let user = app.quick_user("focal", None, facility).await;
+    // Open longer than the maximum shift; the periodic sweep has not closed it yet.
+    let clock_in = chrono::DateTime::from_timestamp_millis(
+        (Utc::now() - Duration::hours(17)).timestamp_millis(),
+    )
+    .unwrap();
+    let forgotten = stored(&app, &user, facility, clock_in, None).await;
+    let first = pull(&app, &user, None).await;
+    let t = first["timestamp"].as_i64().unwrap();
+    // Another device of the user writes a note after this one pulled.
+    sqlx::query("UPDATE attendance SET notes = 'from the other phone' WHERE id = $1")
+        .bind(forgotten)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let mut mine = first["changes"]["attendance"]["updated"][0].clone();
+    assert_eq!(mine["id"], json!(forgotten));
+    mine["notes"] = json!("from this phone");
+    let (status, body) = push(&app, &user, t, json!({"attendance": {"updated": [mine]}})).await;
+    // The push closes the forgotten shift itself; that write must not hide the other's.
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let notes: Option<String> = sqlx::query_scalar("SELECT notes FROM attendance WHERE id = $1")
+        .bind(forgotten)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(notes.as_deref(), Some("from the other phone"));
 }

@@ -1,6 +1,7 @@
 //! The WatermelonDB protocol's pull and push, so apps built on that library sync with no glue code.
 
 use axum::extract::State;
+use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -70,8 +71,9 @@ pub struct WatermelonPull {
     pub timestamp: i64,
 }
 
-/// WatermelonDB `pullChanges`: every change since `last_pulled_at`, no id twice, records
-/// created since then (by the server's own creation) in `created`, deletions as ids.
+/// WatermelonDB `pullChanges`: every change since `last_pulled_at`, no id twice. Every live
+/// record comes in `updated` (the app syncs with `sendCreatedAsUpdated: true`; WatermelonDB
+/// creates the ones it lacks), deletions as ids in `deleted`, and `created` is always empty.
 #[utoipa::path(get, path = "/sync/watermelon", tag = "sync", security(("bearer" = [])), params(WatermelonPullQuery),
     responses(
         (status = 200, description = "Changes and the next timestamp", body = WatermelonPull),
@@ -123,20 +125,37 @@ pub struct WatermelonPushBody {
     pub changes: std::collections::HashMap<String, watermelon::TableChanges>,
 }
 
-/// WatermelonDB `pushChanges`, all or nothing. A created record that already exists is updated;
-/// an update of a missing record creates it unless it is known deleted; deleting a missing record
-/// is ignored. A shift opened beside the user's open one leaves the later of the two open and
-/// the other incomplete. 409 when a pushed record changed on the server after `last_pulled_at`: pull, then
-/// push again.
+/// Records of a push that the service refused; the rest were applied.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WatermelonRejected {
+    /// The refused records' ids by table, as WatermelonDB's `synchronize()` reads them when
+    /// `pushChanges` returns this object: it keeps those records on the device, not synced, and
+    /// marks the others synced.
+    #[serde(rename = "experimentalRejectedIds")]
+    #[schema(value_type = std::collections::HashMap<String, Vec<String>>, example = json!({"attendance": ["8d4f8c7e-2d1b-4b4e-9a53-2f7f3f6d9a10"]}))]
+    pub experimental_rejected_ids: std::collections::HashMap<&'static str, Vec<String>>,
+    /// Why each was refused, keyed `attendance.<id>`.
+    #[schema(value_type = std::collections::HashMap<String, Vec<String>>, example = json!({"attendance.8d4f8c7e-2d1b-4b4e-9a53-2f7f3f6d9a10": ["clock_in_at is more than 30 days ago"]}))]
+    pub reasons: crate::error::FieldErrors,
+}
+
+/// WatermelonDB `pushChanges`, in one transaction. A created record that already exists is
+/// updated; an update of a missing record creates it unless it is known deleted; deleting a
+/// missing record is ignored. A shift opened beside the user's open one leaves the later of the
+/// two open and the other incomplete. A record the service refuses (its times, facility or
+/// fields) is left out and named in a 200 answer, which `pushChanges` returns to
+/// `synchronize()`; the others are applied. 409 when a pushed record changed on the server after
+/// `last_pulled_at`: pull, then push again.
 #[utoipa::path(post, path = "/sync/watermelon", tag = "sync", security(("bearer" = [])),
     params(WatermelonPushQuery), request_body = WatermelonPushBody,
     responses(
-        (status = 204, description = "Applied"),
+        (status = 200, description = "Applied, except the records named, which the service refused", body = WatermelonRejected),
+        (status = 204, description = "Applied whole"),
         (status = 400, description = "Malformed JSON or query", body = ErrorEnvelope),
         (status = 403, description = "A record of another user, or a push to a read-only table", body = ErrorEnvelope),
         (status = 409, description = "Changed on the server since `last_pulled_at` (`conflict`), or another open shift written at the same moment (`already_clocked_in`); pull and push again", body = ErrorEnvelope),
         (status = 413, description = "Body over the limit", body = ErrorEnvelope),
-        (status = 422, description = "Invalid records (each named `attendance.<id>`), or an unknown `last_pulled_at`", body = ErrorEnvelope),
+        (status = 422, description = "A malformed push (a record without an id, or one record twice), or an unknown `last_pulled_at`", body = ErrorEnvelope),
     ))]
 async fn watermelon_push(
     State(state): State<AppState>,
@@ -144,7 +163,7 @@ async fn watermelon_push(
     client: ClientInfo,
     Query(q): Query<WatermelonPushQuery>,
     Json(body): Json<WatermelonPushBody>,
-) -> Result<axum::http::StatusCode, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let ctx = PushContext {
         db: &state.db,
         config: &state.config,
@@ -152,6 +171,13 @@ async fn watermelon_push(
         user: &user,
         client: &client,
     };
-    watermelon::push_changes(ctx, q.last_pulled_at, body.changes).await?;
-    Ok(axum::http::StatusCode::NO_CONTENT)
+    let rejected = watermelon::push_changes(ctx, q.last_pulled_at, body.changes).await?;
+    if rejected.is_empty() {
+        return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
+    }
+    Ok(Json(WatermelonRejected {
+        experimental_rejected_ids: watermelon::rejected_ids(&rejected),
+        reasons: rejected,
+    })
+    .into_response())
 }

@@ -100,6 +100,8 @@ async function sync(db, user, { onPush } = {}) {
     pushChanges: async ({ changes, lastPulledAt }) => {
       const res = await api('POST', `/api/sync/watermelon?last_pulled_at=${lastPulledAt}`, user.token, { changes });
       if (onPush) await onPush(res);
+      // 200 names records the service refused: the library keeps them on the device, unsynced.
+      if (res.status === 200) return { experimentalRejectedIds: res.body.experimentalRejectedIds };
       if (res.status !== 204) throw new Error(`push refused: ${res.status} ${JSON.stringify(res.body)}`);
     },
   });
@@ -241,6 +243,18 @@ test('two devices and a supervisor sync attendance through the WatermelonDB prot
   await sync(deviceA, worker);
   assert.equal(await byId(deviceA, regretted), undefined, 'the deleted shift stays deleted');
   assert.equal((await serverRecord(worker, regretted)).status, 404, 'and the deletion was pushed');
+
+  // A phone whose date had reset records a shift 40 days back, beside a real one: the service
+  // refuses the first alone, the device keeps it unsynced, and the real one reaches the server.
+  const misdated = await clockInOut(deviceA, facility, 40 * 24, 2, 'date was wrong');
+  const genuine = await clockInOut(deviceA, facility, 2, 1, 'real shift');
+  await sync(deviceA, worker);
+  assert.equal((await serverRecord(worker, genuine)).status, 200, 'the real shift was stored');
+  assert.equal((await serverRecord(worker, misdated)).status, 404, 'the misdated one was not');
+  assert.equal((await byId(deviceA, genuine))._raw._status, 'synced');
+  assert.equal((await byId(deviceA, misdated))._raw._status, 'created', 'kept on the device, not synced');
+  await sync(deviceA, worker);
+  assert.ok(await byId(deviceA, misdated), 'and still there after the next sync');
 
   // Someone outside the supervisor's team clocks a shift.
   const deviceX = device(`x-${tag}`);
