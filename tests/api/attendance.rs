@@ -1682,6 +1682,65 @@ async fn an_export_nobody_reads_lets_go_of_its_database_connection() {
 }
 
 #[tokio::test]
+async fn time_that_shifts_of_one_worker_overlap_counts_once_in_the_summary() {
+    let app = TestApp::spawn().await;
+    let supervisor = app.user("supervisor", None).await;
+    let (worker, facility) = user_at_site(&app, "focal", Some(supervisor.id)).await;
+    let (outsider, outsider_facility) = user_at_site(&app, "focal", None).await;
+    let utc = |d: u32, h: u32| Utc.with_ymd_and_hms(2026, 10, d, h, 0, 0).unwrap();
+    // Oct 5: one shift stored twice (online, and from a phone that recorded it offline): 8 h.
+    // Oct 6: 06-10 and 08-12: 6 h. Oct 7: 06-14 and, within it, 08-10: 8 h.
+    for (d, from, to) in [
+        (5, 6, 14),
+        (5, 6, 14),
+        (6, 6, 10),
+        (6, 8, 12),
+        (7, 6, 14),
+        (7, 8, 10),
+    ] {
+        app.insert_attendance(
+            worker.id,
+            facility,
+            utc(d, from),
+            Some(utc(d, to)),
+            "closed",
+        )
+        .await;
+    }
+    app.insert_attendance(
+        outsider.id,
+        outsider_facility,
+        utc(5, 6),
+        Some(utc(5, 14)),
+        "closed",
+    )
+    .await;
+    let (status, by_user) = send(
+        app.get("/api/attendance/summary?from=2026-10-01&to=2026-10-31&group_by=user&tz=UTC")
+            .bearer_auth(&supervisor.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{by_user}");
+    let rows = by_user["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "only the supervisor's team: {by_user}");
+    assert_eq!(rows[0]["key"], json!(worker.id.to_string()));
+    assert_eq!(rows[0]["records"], 6);
+    assert_eq!(rows[0]["hours_worked"], 22.0);
+    let (_, by_day) = send(
+        app.get("/api/attendance/summary?from=2026-10-01&to=2026-10-31&group_by=day&tz=UTC")
+            .bearer_auth(&supervisor.token),
+    )
+    .await;
+    let hours: Vec<f64> = by_day["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["hours_worked"].as_f64().unwrap())
+        .collect();
+    assert_eq!(hours, [8.0, 6.0, 8.0]);
+}
+
+#[tokio::test]
 async fn summaries_match_hand_computed_figures_including_a_shift_across_midnight() {
     let app = TestApp::spawn().await;
     let supervisor = app.user("supervisor", None).await;

@@ -58,7 +58,8 @@ pub struct SummaryRow {
     pub days_present: i64,
     /// Distinct users with a clock-in.
     pub users_present: i64,
-    /// Hours of closed shifts.
+    /// Hours of closed shifts; time that shifts of one user overlap (the same shift stored
+    /// twice, from two devices, say) counts once.
     pub hours_worked: f64,
     pub open: i64,
     /// Shifts closed automatically after a forgotten clock-out; counted apart, no hours.
@@ -126,19 +127,27 @@ async fn summary(
             "",
         ),
     };
+    // Each closed shift counts from where the user's earlier closed shifts of the same group
+    // end (`covered`), so that overlapping time counts once: the union of the intervals.
     let mut qb = QueryBuilder::new(format!(
         "SELECT {key} AS key, {label} AS label, count(*) AS records,
                 count(DISTINCT (a.clock_in_at AT TIME ZONE tz.name)::date) AS days_present,
                 count(DISTINCT a.user_id) AS users_present,
-                round(coalesce(sum(extract(epoch FROM a.clock_out_at - a.clock_in_at))
-                      FILTER (WHERE a.status = 'closed'), 0)::numeric / 3600, 2)::float8 AS hours_worked,
+                round(coalesce(sum(extract(epoch FROM a.clock_out_at - greatest(a.clock_in_at, a.covered)))
+                      FILTER (WHERE a.status = 'closed' AND a.clock_out_at > a.covered), 0)::numeric
+                      / 3600, 2)::float8 AS hours_worked,
                 count(*) FILTER (WHERE a.status = 'open') AS open,
                 count(*) FILTER (WHERE a.status = 'incomplete') AS incomplete,
                 count(*) FILTER (WHERE a.outside_geofence) AS outside_geofence
-         FROM attendance a {join} CROSS JOIN (SELECT "
+         FROM (SELECT a.*,
+                      coalesce(max(a.clock_out_at) FILTER (WHERE a.status = 'closed')
+                               OVER (PARTITION BY {key}, a.user_id ORDER BY a.clock_in_at, a.id
+                                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+                               '-infinity') AS covered
+               FROM attendance a CROSS JOIN (SELECT "
     ));
-    qb.push_bind(tz.name().to_string())
-        .push("::text AS name) tz");
+    let zone = tz.name().to_string();
+    qb.push_bind(zone.clone()).push("::text AS name) tz");
     push_filters(
         &mut qb,
         &user,
@@ -147,6 +156,9 @@ async fn summary(
         Some(from),
         Some(to),
     );
+    qb.push(format_args!(") a {join} CROSS JOIN (SELECT "))
+        .push_bind(zone)
+        .push("::text AS name) tz");
     qb.push(format_args!(" GROUP BY {key} ORDER BY {key}"));
     let rows: Vec<SummaryRow> = qb.build_query_as().fetch_all(&state.db).await?;
     Ok(Json(Summary {
