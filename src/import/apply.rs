@@ -72,7 +72,7 @@ fn read_error(e: ReadError) -> ApiError {
         ReadError::TooLarge(reason) => ApiError::ContentTooLarge(reason),
         ReadError::Empty => ApiError::invalid("file", "is empty"),
         ReadError::Unreadable(reason) => ApiError::invalid("file", reason),
-        ReadError::Encrypted | ReadError::MixedEncoding(_) => {
+        ReadError::Encrypted | ReadError::MixedEncoding(_) | ReadError::UnclosedQuote(..) => {
             ApiError::invalid("file", e.to_string())
         }
     }

@@ -45,6 +45,9 @@ pub struct Sheet {
     pub format: Format,
     pub header_row: u32,
     pub headers: Vec<String>,
+    /// The header line's fields, blank ones after the last named column included (Excel pads
+    /// every CSV line to the width of the sheet's used range, an unlabelled column too).
+    pub header_width: usize,
     pub rows: Vec<(u32, Vec<String>)>,
 }
 
@@ -70,6 +73,10 @@ pub enum ReadError {
         "the file is a web page or XML (as some systems export for Excel), not CSV or XLSX; open it in Excel and save the sheet as XLSX or CSV"
     )]
     Markup,
+    #[error(
+        "a quote opened in row {0} takes in the {1} line(s) after it, which read as rows of their own: is its closing quote missing? Close or remove it and save the file again"
+    )]
+    UnclosedQuote(u32, u32),
     #[error("{0}")]
     TooLarge(String),
     #[error("the spreadsheet cannot be read: {0}")]
@@ -524,6 +531,7 @@ impl Grid {
         Ok(Sheet {
             format: self.format,
             header_row,
+            header_width: headers.len(),
             headers,
             rows: self.rows,
         })
@@ -543,17 +551,16 @@ fn decode(bytes: &[u8]) -> Result<String, ReadError> {
         _ => None,
     };
     if let Some(text) = utf16 {
-        if text.chars().take(64 * 1024).any(is_binary) {
+        if looks_binary(text.chars()) {
             return Err(ReadError::NotSpreadsheet);
         }
-        return Ok(text.into_owned());
+        return Ok(text.trim_end_matches(DOS_END_OF_FILE).to_string());
     }
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    if bytes
-        .iter()
-        .take(64 * 1024)
-        .any(|&b| b.is_ascii() && is_binary(b as char))
-    {
+    let bytes = bytes
+        .strip_suffix(&[DOS_END_OF_FILE as u8])
+        .unwrap_or(bytes);
+    if looks_binary(bytes.iter().filter(|b| b.is_ascii()).map(|&b| b as char)) {
         return Err(ReadError::NotSpreadsheet);
     }
     match std::str::from_utf8(bytes) {
@@ -588,10 +595,23 @@ fn holds_utf8_text(bytes: &[u8]) -> bool {
     })
 }
 
-/// Control characters other than tab, CR, LF and form feed mean a binary file, whatever its
-/// name.
-fn is_binary(c: char) -> bool {
-    c < ' ' && !matches!(c, '\t' | '\r' | '\n' | '\x0C')
+/// Ends some files that older DOS and Windows programs write.
+const DOS_END_OF_FILE: char = '\x1A';
+
+/// A binary file, whatever its name: a NUL among the first 64 Ki characters, or control
+/// characters other than tab, CR, LF and form feed in more than one in a hundred of them. A
+/// stray one (a vertical tab some exporters write for a line break in a cell) is left to the
+/// row checks, which name its row and column.
+fn looks_binary(chars: impl Iterator<Item = char>) -> bool {
+    let (mut seen, mut control) = (0usize, 0usize);
+    for c in chars.take(64 * 1024) {
+        if c == '\0' {
+            return true;
+        }
+        seen += 1;
+        control += usize::from(c < ' ' && !matches!(c, '\t' | '\r' | '\n' | '\x0C'));
+    }
+    control * 100 > seen
 }
 
 /// The separator that splits the header line into the most fields.
@@ -612,6 +632,22 @@ fn sniff_delimiter(text: &str) -> u8 {
                 .count()
         })
         .unwrap_or(b',')
+}
+
+/// A quoted cell whose lines after the first hold as many separators as a row of `width`
+/// columns: a quote left open (csv reads on to the next quote, across line breaks), which has
+/// taken in the rows below it. The number of lines it took in.
+fn swallowed_rows(record: &csv::StringRecord, delimiter: u8, width: usize) -> Option<u32> {
+    let whole_row = width.saturating_sub(1).max(2);
+    record.iter().find_map(|field| {
+        let mut lines = field.lines().skip(1).peekable();
+        lines.peek()?;
+        let lines: Vec<&str> = lines.collect();
+        lines
+            .iter()
+            .any(|line| line.bytes().filter(|&b| b == delimiter).count() >= whole_row)
+            .then_some(lines.len() as u32)
+    })
 }
 
 fn read_csv(bytes: &[u8]) -> Result<Sheet, ReadError> {
@@ -646,6 +682,7 @@ fn read_csv(bytes: &[u8]) -> Result<Sheet, ReadError> {
             .count() as u32
     };
     let (mut scanned, mut read_to, mut lines_before, mut extra) = (0, 0, 0, 0);
+    let mut header_width = None;
     let mut record = csv::StringRecord::new();
     loop {
         match reader.read_record(&mut record) {
@@ -660,22 +697,49 @@ fn read_csv(bytes: &[u8]) -> Result<Sheet, ReadError> {
                 lines_before += breaks(scanned, start);
                 (scanned, read_to) = (start, end);
                 let row = 1 + lines_before - extra;
+                let width = header_width.unwrap_or(record.len());
+                if let Some(lines) = swallowed_rows(&record, delimiter, width) {
+                    return Err(ReadError::UnclosedQuote(row, lines));
+                }
                 for (col, field) in record.iter().enumerate() {
                     extra += field.matches('\n').count() as u32
                         + field.matches('\r').count() as u32
                         - field.matches("\r\n").count() as u32;
                     grid.put(row - 1, col as u32, field.to_string())?;
                 }
+                // The first line with a value is the header.
+                if header_width.is_none() && grid.current.is_some() {
+                    header_width = Some(record.len());
+                }
             }
             Err(e) => return Err(ReadError::Unreadable(e.to_string())),
         }
     }
-    grid.finish()
+    let mut sheet = grid.finish()?;
+    sheet.header_width = sheet.header_width.max(header_width.unwrap_or(0));
+    Ok(sheet)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quote_left_open_is_refused_rather_than_taking_in_the_rows_below() {
+        let csv = "name,code,latitude,longitude,council_name,address\n\
+                   Clinic A,HC-1,-1.9,30.1,Gasabo,\"Near the market\n\
+                   Clinic B,HC-2,-1.9,30.1,Gasabo,KG 7 Ave\n\
+                   Clinic C,HC-3,-1.9,30.1,Gasabo,\"KG 9 Ave\"\n";
+        assert_eq!(
+            read(csv.as_bytes()).err(),
+            Some(ReadError::UnclosedQuote(2, 2))
+        );
+        // An address over two lines, with a comma, is a cell like any other.
+        let csv = "name,code,latitude,longitude,council_name,address\n\
+                   Clinic A,HC-1,-1.9,30.1,Gasabo,\"KG 11 Ave,\nKimironko, Gasabo\"\n\
+                   Clinic B,HC-2,-1.9,30.1,Gasabo,KG 7 Ave\n";
+        assert_eq!(read(csv.as_bytes()).unwrap().rows.len(), 2);
+    }
 
     #[test]
     fn csv_rows_keep_their_spreadsheet_numbers_across_blank_lines() {
@@ -805,6 +869,12 @@ mod tests {
             read(b"PK\x03\x04garbage").unwrap_err(),
             ReadError::NotSpreadsheet
         );
+        // A DOS end-of-file mark, or a stray control character in a cell, is text's.
+        let csv = "name,code,latitude,longitude,council_name,address\r\n\
+                   Clinic A,HC-1,-1.9,30.1,Gasabo,KG 7 Ave\x0BKimironko\r\n\x1A";
+        let sheet = read(csv.as_bytes()).unwrap();
+        assert_eq!(sheet.rows.len(), 1);
+        assert_eq!(sheet.rows[0].1[5], "KG 7 Ave\x0BKimironko");
     }
 
     #[test]

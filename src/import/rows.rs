@@ -233,14 +233,15 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
         };
         let code = get(Column::Code).to_string();
         let key = code_key(&code);
-        // A CSV row with values past the header's last column: most likely a separator inside
-        // a value that is not in quotes (`KG 11 Ave, Kimironko`), which has shifted every value
-        // after it into the wrong column. A spreadsheet's cells cannot shift, so a note to the
-        // right of an XLSX table is left alone.
+        // A CSV row with values past the header line's last field: most likely a separator
+        // inside a value that is not in quotes (`KG 11 Ave, Kimironko`), which has shifted
+        // every value after it into the wrong column. A column with a blank header (notes, say)
+        // is in the header line, as a field, and is no shift. A spreadsheet's cells cannot
+        // shift, so a note to the right of an XLSX table is left alone.
         if sheet.format == Format::Csv
             && cells
                 .iter()
-                .skip(sheet.headers.len())
+                .skip(sheet.header_width)
                 .any(|c| !c.trim().is_empty())
         {
             errors.push(RowError {
@@ -249,7 +250,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                 message: format!(
                     "has values past the last of the {} columns of the header: is a separator \
                      inside a value that is not in quotes? Quote that value",
-                    sheet.headers.len()
+                    sheet.header_width
                 ),
             });
             if !code.is_empty() {

@@ -656,6 +656,28 @@ async fn a_csv_row_with_more_values_than_the_header_is_reported_not_shifted() {
 }
 
 #[tokio::test]
+async fn a_csv_column_without_a_header_is_not_taken_for_a_shifted_row() {
+    // Excel pads every line to the sheet's used range: notes in a column with no header make the
+    // header line end in a separator. A value past that padded width is still a shift.
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let csv = "name;code;latitude;longitude;council_name;\r\n\
+               Kimironko HC;HC-1;-1,95;30,12;Gasabo;call before visiting\r\n\
+               Remera HC;HC-2;-1,96;30,11;Gasabo;\r\n\
+               Kacyiru HC;HC-3;-1,94;30,09;Gasabo;KG 7 Ave; Kacyiru\r\n";
+
+    let (status, report) = import(&app, &admin.token, "f.csv", csv.into(), "").await;
+
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        (report["created"].as_u64(), report["failed"].as_u64()),
+        (Some(2), Some(1)),
+        "{report}"
+    );
+    assert_eq!(report["errors"][0]["row"], 4, "{report}");
+}
+
+#[tokio::test]
 async fn hostile_and_broken_files_are_refused_and_change_nothing() {
     let app = TestApp::spawn_with(|env| {
         env.insert("MAX_UPLOAD_BYTES".into(), (256 * 1024).to_string());
