@@ -1741,6 +1741,30 @@ async fn time_that_shifts_of_one_worker_overlap_counts_once_in_the_summary() {
 }
 
 #[tokio::test]
+async fn a_summary_in_cet_keeps_summer_time_as_the_period_does() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (worker, facility) = user_at_site(&app, "focal", None).await;
+    // 22:30 UTC on July 1 is 00:30 on July 2 in CET's summer time (UTC+2).
+    let start = Utc.with_ymd_and_hms(2026, 7, 1, 22, 30, 0).unwrap();
+    app.insert_attendance(
+        worker.id,
+        facility,
+        start,
+        Some(start + Duration::hours(8)),
+        "closed",
+    )
+    .await;
+    let (status, by_day) = send(
+        app.get("/api/attendance/summary?from=2026-07-01&to=2026-07-31&group_by=day&tz=CET")
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{by_day}");
+    assert_eq!(by_day["rows"][0]["key"], "2026-07-02", "{by_day}");
+}
+
+#[tokio::test]
 async fn summaries_match_hand_computed_figures_including_a_shift_across_midnight() {
     let app = TestApp::spawn().await;
     let supervisor = app.user("supervisor", None).await;

@@ -146,7 +146,7 @@ async fn summary(
                                '-infinity') AS covered
                FROM attendance a CROSS JOIN (SELECT "
     ));
-    let zone = tz.name().to_string();
+    let zone = database_zone(tz).to_string();
     qb.push_bind(zone.clone()).push("::text AS name) tz");
     push_filters(
         &mut qb,
@@ -160,7 +160,17 @@ async fn summary(
         .push_bind(zone)
         .push("::text AS name) tz");
     qb.push(format_args!(" GROUP BY {key} ORDER BY {key}"));
-    let rows: Vec<SummaryRow> = qb.build_query_as().fetch_all(&state.db).await?;
+    let rows: Vec<SummaryRow> =
+        qb.build_query_as()
+            .fetch_all(&state.db)
+            .await
+            .map_err(|e| match &e {
+                // A zone newer than the database's own time zone data.
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("22023") => {
+                    ApiError::invalid("tz", "is not a time zone the database knows; use another")
+                }
+                _ => e.into(),
+            })?;
     Ok(Json(Summary {
         from,
         to,
@@ -173,4 +183,17 @@ async fn summary(
         .to_string(),
         rows,
     }))
+}
+
+/// The name Postgres reads as `tz`. Postgres takes a name that is also a time zone abbreviation
+/// as the abbreviation, a fixed offset: `CET` would never be summer time there, as it is in
+/// the time zone data that reads the period and the export. Those are given as the zones the
+/// data makes them links to.
+fn database_zone(tz: chrono_tz::Tz) -> &'static str {
+    match tz.name() {
+        "CET" | "MET" => "Europe/Brussels",
+        "EET" => "Europe/Athens",
+        "WET" => "Europe/Lisbon",
+        name => name,
+    }
 }
