@@ -531,7 +531,9 @@ async fn apply_changes(
     }
     // Changed by another transaction since the pull (the rows are locked above, so none changes
     // meanwhile). Checked before this push closes forgotten shifts, which would hide another
-    // device's edit of one behind this transaction's own write.
+    // device's edit of one behind this transaction's own write. A record that already holds
+    // what is pushed (this very push, sent again after its answer was lost) is no conflict:
+    // nothing of the server's would be lost.
     let changed: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM attendance WHERE id = ANY($1)
            AND NOT pg_visible_in_snapshot(change_xid, $2::pg_snapshot)",
@@ -540,6 +542,21 @@ async fn apply_changes(
     .bind(snapshot)
     .fetch_all(&mut *tx)
     .await?;
+    let pushed: HashMap<Uuid, &Content> = upserts.iter().map(|(id, c)| (*id, c)).collect();
+    let tolerance = config.attendance.future_tolerance;
+    let holds_the_push = |id: &Uuid| {
+        existing.get(id).is_some_and(|row| match pushed.get(id) {
+            Some(content) => {
+                row.deleted_at.is_none()
+                    && Content::from_row(row) == with_stored_times(content, row, tolerance)
+            }
+            None => row.deleted_at.is_some(),
+        })
+    };
+    let changed: Vec<Uuid> = changed
+        .into_iter()
+        .filter(|id| !holds_the_push(id))
+        .collect();
     if !changed.is_empty() {
         return Err(ApiError::conflict(
             "conflict",

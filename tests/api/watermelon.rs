@@ -794,3 +794,75 @@ async fn an_edit_from_another_device_to_a_forgotten_shift_is_not_overwritten() {
         .unwrap();
     assert_eq!(notes.as_deref(), Some("from the other phone"));
 }
+
+#[tokio::test]
+async fn a_push_sent_again_after_its_answer_was_lost_is_not_a_conflict() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    let user = app.quick_user("focal", None, facility).await;
+    let kept = stored(
+        &app,
+        &user,
+        facility,
+        Utc::now().trunc_subsecs(3) - Duration::hours(30),
+        Some(Utc::now().trunc_subsecs(3) - Duration::hours(22)),
+    )
+    .await;
+    let doomed = stored(
+        &app,
+        &user,
+        facility,
+        Utc::now().trunc_subsecs(3) - Duration::hours(20),
+        Some(Utc::now().trunc_subsecs(3) - Duration::hours(12)),
+    )
+    .await;
+    let first = pull(&app, &user, None).await;
+    let t = first["timestamp"].as_i64().unwrap();
+    let mut edited = first["changes"]["attendance"]["updated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == json!(kept))
+        .unwrap()
+        .clone();
+    edited["notes"] = json!("signed by the nurse in charge");
+    let new = Uuid::new_v4();
+    let changes = json!({"attendance": {
+        "created": [raw(new, facility, "new")], "updated": [edited], "deleted": [doomed],
+    }});
+    let (status, body) = push(&app, &user, t, changes.clone()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    // The answer was lost; the app sends the same push, on the same timestamp.
+    let (status, body) = push(&app, &user, t, changes).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let rows: Vec<(Uuid, Option<String>, bool)> = sqlx::query_as(
+        "SELECT id, notes, deleted_at IS NOT NULL FROM attendance ORDER BY clock_in_at",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (kept, Some("signed by the nurse in charge".into()), false),
+            (doomed, None, true),
+            (new, Some("new".into()), false),
+        ]
+    );
+    // Another device's edit since the pull is still a conflict.
+    sqlx::query("UPDATE attendance SET notes = 'from the other phone' WHERE id = $1")
+        .bind(kept)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let mut stale = first["changes"]["attendance"]["updated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == json!(kept))
+        .unwrap()
+        .clone();
+    stale["notes"] = json!("signed by the nurse in charge");
+    let (status, body) = push(&app, &user, t, json!({"attendance": {"updated": [stale]}})).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+}

@@ -145,7 +145,8 @@ pub struct WatermelonRejected {
 /// two open and the other incomplete. A record the service refuses (its times, facility or
 /// fields) is left out and named in a 200 answer, which `pushChanges` returns to
 /// `synchronize()`; the others are applied. 409 when a pushed record changed on the server after
-/// `last_pulled_at`: pull, then push again.
+/// `last_pulled_at` and does not already hold what is pushed (the same push sent again after
+/// its answer was lost applies once, with no conflict): pull, then push again.
 #[utoipa::path(post, path = "/sync/watermelon", tag = "sync", security(("bearer" = [])),
     params(WatermelonPushQuery), request_body = WatermelonPushBody,
     responses(
