@@ -36,7 +36,12 @@ use crate::sync::push::{
     Plan, PushContext, begin_for_user, build_write, check_fields, check_new_times,
 };
 
-/// WatermelonDB pulls are not paged: one answer holds every change.
+/// The most records (and ids told deleted) one WatermelonDB pull answers with. A pull with more
+/// to send answers `has_more`, and the next pull from its timestamp goes on where it stopped.
+pub const PULL_PAGE: usize = 5_000;
+
+/// A pull that sends the tables named by the app's `migration` whole is not paged: WatermelonDB
+/// names them on one sync only.
 const WHOLE_PULL: usize = 10_000_000;
 
 /// The tables a device may sync, with the columns it receives.
@@ -108,18 +113,34 @@ pub struct MigrationColumns {
     pub columns: Vec<String>,
 }
 
-/// The snapshot a timestamp names: its own row, or, once old timestamps are thinned, the row
-/// kept for its range, whose snapshot is no later than any it replaced (so the pull is a
-/// superset, never short). A number above every one issued names nothing.
-async fn snapshot_of(db: &PgPool, id: i64) -> Result<Option<String>, ApiError> {
-    Ok(sqlx::query_scalar(
-        "SELECT snapshot::text FROM sync_snapshots
-         WHERE id <= $1 AND $1 <= (SELECT max(id) FROM sync_snapshots)
+/// What a timestamp names: the snapshot its device has wholly seen and, when its pull stopped
+/// at a page with more to come, where to go on and for whom.
+#[derive(sqlx::FromRow)]
+struct Issued {
+    snapshot: String,
+    resume: Option<sqlx::types::Json<Cursor>>,
+    viewer_id: Option<Uuid>,
+}
+
+/// A timestamp's own row, or, once old timestamps are thinned, the row kept for its range,
+/// whose snapshot is no later than any it replaced (so the pull is a superset, never short).
+/// The row of a pull that stopped partway is never thinned, and never stands for another
+/// number. A number above every one issued names nothing.
+async fn issued(db: &PgPool, id: i64) -> Result<Option<Issued>, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT snapshot::text, resume, viewer_id FROM sync_snapshots
+         WHERE (id = $1 OR (id < $1 AND resume IS NULL))
+           AND $1 <= (SELECT max(id) FROM sync_snapshots)
          ORDER BY id DESC LIMIT 1",
     )
     .bind(id)
     .fetch_optional(db)
     .await?)
+}
+
+/// The snapshot a push's `last_pulled_at` is checked against: what its device has wholly seen.
+async fn snapshot_of(db: &PgPool, id: i64) -> Result<Option<String>, ApiError> {
+    Ok(issued(db, id).await?.map(|row| row.snapshot))
 }
 
 /// Every WatermelonDB pull stores the snapshot its timestamp names. Those older than
@@ -143,7 +164,7 @@ pub async fn thin_snapshots(
              SELECT s.id / $2 AS range, min(s.id) AS keep,
                     min(pg_snapshot_xmin(s.snapshot)) AS xmin
              FROM sync_snapshots s, recent
-             WHERE s.id < recent.first / $2 * $2
+             WHERE s.id < recent.first / $2 * $2 AND s.resume IS NULL
              GROUP BY 1 HAVING count(*) > 1
          ), widen AS (
              UPDATE sync_snapshots s
@@ -151,7 +172,8 @@ pub async fn thin_snapshots(
              FROM ranges r WHERE s.id = r.keep
          )
          DELETE FROM sync_snapshots s USING ranges r
-         WHERE s.id >= r.range * $2 AND s.id < (r.range + 1) * $2 AND s.id <> r.keep",
+         WHERE s.id >= r.range * $2 AND s.id < (r.range + 1) * $2 AND s.id <> r.keep
+           AND s.resume IS NULL",
     )
     .bind(keep_exact.as_secs_f64())
     .bind(per_range)
@@ -160,31 +182,46 @@ pub async fn thin_snapshots(
     Ok(removed.rows_affected())
 }
 
-/// Everything after `last_pulled_at` (null or 0: everything), as WatermelonDB changes, and the
-/// timestamp to send back next time.
+/// One WatermelonDB pull: the changes, the timestamp to send back next time, and whether more
+/// changes wait (the next pull from that timestamp sends them).
+pub struct Pulled {
+    pub changes: Value,
+    pub timestamp: i64,
+    pub has_more: bool,
+}
+
+/// Everything after `last_pulled_at` (null or 0: everything), as WatermelonDB changes, at most
+/// `PULL_PAGE` of them.
 pub async fn pull_changes(
     db: &PgPool,
     viewer: &AuthUser,
     last_pulled_at: Option<i64>,
     migration: Option<Migration>,
-) -> Result<(Value, i64), ApiError> {
-    let base = match last_pulled_at.filter(|t| *t > 0) {
-        Some(id) => Some(snapshot_of(db, id).await?.ok_or_else(|| {
-            ApiError::invalid("last_pulled_at", "is not a timestamp this service issued")
-        })?),
-        None => None,
+) -> Result<Pulled, ApiError> {
+    let unknown = || ApiError::invalid("last_pulled_at", "is not a timestamp this service issued");
+    let cursor = match last_pulled_at.filter(|t| *t > 0) {
+        None => Cursor::default(),
+        Some(id) => {
+            let issued = issued(db, id).await?.ok_or_else(unknown)?;
+            match issued.resume {
+                Some(resume) if issued.viewer_id == Some(viewer.id) => resume.0,
+                // A page of another user's pull.
+                Some(_) => return Err(unknown()),
+                None => Cursor {
+                    base: Some(issued.snapshot),
+                    ..Cursor::default()
+                },
+            }
+        }
+    };
+    let base = cursor.base.clone();
+    let page = if migration.is_some() {
+        WHOLE_PULL
+    } else {
+        PULL_PAGE
     };
     let mut tx = db.begin().await?;
-    let (mut changes, next, _) = pull::pull(
-        &mut tx,
-        viewer,
-        Cursor {
-            base: base.clone(),
-            ..Cursor::default()
-        },
-        WHOLE_PULL,
-    )
-    .await?;
+    let (mut changes, next, has_more) = pull::pull(&mut tx, viewer, cursor, page).await?;
     tx.commit().await?;
     // Every record comes as `updated` (apps set WatermelonDB's `sendCreatedAsUpdated`): a record
     // created since the last pull may be one this device pushed itself and has deleted since,
@@ -195,10 +232,30 @@ pub async fn pull_changes(
     attendance.updated.append(&mut attendance.created);
     let facilities = &mut changes.facilities;
     facilities.updated.append(&mut facilities.created);
+    if has_more {
+        // What the device has wholly seen is still the base (nothing, on a first sync, but the
+        // pages read at the target); where to go on is kept for this viewer.
+        let seen = base.clone().or_else(|| next.target.clone());
+        let seen = seen.ok_or_else(|| anyhow::anyhow!("a paged pull names its target"))?;
+        let timestamp: i64 = sqlx::query_scalar(
+            "INSERT INTO sync_snapshots (snapshot, resume, viewer_id)
+             VALUES ($1::pg_snapshot, $2, $3) RETURNING id",
+        )
+        .bind(&seen)
+        .bind(sqlx::types::Json(&next))
+        .bind(viewer.id)
+        .fetch_one(db)
+        .await?;
+        return Ok(Pulled {
+            changes: to_watermelon(changes, None, &HashSet::new()),
+            timestamp,
+            has_more,
+        });
+    }
     let target = next
         .base
         .clone()
-        .expect("a complete pull names its snapshot");
+        .ok_or_else(|| anyhow::anyhow!("a complete pull names its snapshot"))?;
 
     // Tables or columns added since the client's schema: send those tables whole.
     let migrated: HashSet<String> = migration
@@ -229,7 +286,11 @@ pub async fn pull_changes(
     .bind(&target)
     .fetch_one(db)
     .await?;
-    Ok((to_watermelon(changes, full, &migrated), timestamp))
+    Ok(Pulled {
+        changes: to_watermelon(changes, full, &migrated),
+        timestamp,
+        has_more,
+    })
 }
 
 fn to_watermelon(changes: Changes, full: Option<Changes>, migrated: &HashSet<String>) -> Value {

@@ -866,3 +866,89 @@ async fn a_push_sent_again_after_its_answer_was_lost_is_not_a_conflict() {
     let (status, body) = push(&app, &user, t, json!({"attendance": {"updated": [stale]}})).await;
     assert_error(status, &body, StatusCode::CONFLICT, "conflict");
 }
+
+#[tokio::test]
+async fn a_pull_larger_than_a_page_completes_over_several_syncs_each_going_on() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    let user = app.quick_user("focal", None, facility).await;
+    let stranger = app.quick_user("focal", None, facility).await;
+    let page = field_attendance::sync::watermelon::PULL_PAGE;
+    let total = page + 700;
+    sqlx::query(
+        "INSERT INTO attendance (user_id, facility_id, status, clock_in_at, clock_out_at,
+                                 clock_in_latitude, clock_in_longitude, clock_out_latitude,
+                                 clock_out_longitude, distance_m, source)
+         SELECT $1, $2, 'closed', now() - make_interval(hours => 2 * g + 2),
+                now() - make_interval(hours => 2 * g + 1), -1.9456, 30.127, -1.9456, 30.127,
+                0, 'sync'
+         FROM generate_series(1, $3) g",
+    )
+    .bind(user.id)
+    .bind(facility)
+    .bind(total as i32)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let ids = |body: &Value| -> Vec<String> {
+        body["changes"]["attendance"]["updated"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let first = pull(&app, &user, None).await;
+    assert_eq!(first["has_more"], true);
+    let t1 = first["timestamp"].as_i64().unwrap();
+    let mut seen = ids(&first);
+    assert_eq!(seen.len(), page);
+    // Between the pages: the phone edits a record it has, and pushes on the page's timestamp.
+    let mut edited = first["changes"]["attendance"]["updated"][0].clone();
+    edited["notes"] = json!("edited on the phone");
+    let (status, body) = push(
+        &app,
+        &user,
+        t1,
+        json!({"attendance": {"updated": [edited]}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    // Thinning old timestamps leaves a pull that stopped partway where it was.
+    field_attendance::sync::watermelon::thin_snapshots(&app.db, std::time::Duration::ZERO, 2)
+        .await
+        .unwrap();
+    // Another user cannot go on with it.
+    let (status, body) = send(
+        app.get(&format!("/api/sync/watermelon?last_pulled_at={t1}"))
+            .bearer_auth(&stranger.token),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+
+    let second = pull(&app, &user, Some(t1)).await;
+    assert_eq!(second["has_more"], false, "{}", second["timestamp"]);
+    let rest = ids(&second);
+    assert!(
+        rest.iter().all(|id| !seen.contains(id)),
+        "no record twice across the pages"
+    );
+    seen.extend(rest);
+    // Every record came once over the two pages.
+    assert_eq!(seen.len(), total);
+    let facilities = second["changes"]["facilities"]["updated"]
+        .as_array()
+        .unwrap();
+    assert!(facilities.iter().any(|f| f["id"] == json!(facility)));
+    let third = pull(&app, &user, second["timestamp"].as_i64()).await;
+    assert_eq!(third["has_more"], false);
+    let changed = &third["changes"]["attendance"]["updated"];
+    assert_eq!(changed.as_array().unwrap().len(), 1, "{changed}");
+    assert_eq!(changed[0]["notes"], "edited on the phone");
+}

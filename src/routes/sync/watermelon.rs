@@ -69,11 +69,17 @@ pub struct WatermelonPull {
     /// Send back as `last_pulled_at`.
     #[schema(example = 42)]
     pub timestamp: i64,
+    /// More changes wait: the app syncs again (the next pull from `timestamp` sends them). One
+    /// pull answers at most 5,000 records and deleted ids; each sync goes on where the last
+    /// stopped, so a first sync of a large history completes over several.
+    pub has_more: bool,
 }
 
-/// WatermelonDB `pullChanges`: every change since `last_pulled_at`, no id twice. Every live
-/// record comes in `updated` (the app syncs with `sendCreatedAsUpdated: true`; WatermelonDB
-/// creates the ones it lacks), deletions as ids in `deleted`, and `created` is always empty.
+/// WatermelonDB `pullChanges`: the changes since `last_pulled_at`, no id twice, at most 5,000
+/// records and deleted ids at a time (`has_more` when more wait; the next pull from the
+/// `timestamp` sends them). Every live record comes in `updated` (the app syncs with
+/// `sendCreatedAsUpdated: true`; WatermelonDB creates the ones it lacks), deletions as ids in
+/// `deleted`, and `created` is always empty.
 #[utoipa::path(get, path = "/sync/watermelon", tag = "sync", security(("bearer" = [])), params(WatermelonPullQuery),
     responses(
         (status = 200, description = "Changes and the next timestamp", body = WatermelonPull),
@@ -103,9 +109,12 @@ async fn watermelon_pull(
             ApiError::invalid("last_pulled_at", "is not a timestamp this service issued")
         })?),
     };
-    let (changes, timestamp) =
-        watermelon::pull_changes(&state.db, &user, last_pulled_at, migration).await?;
-    Ok(Json(WatermelonPull { changes, timestamp }))
+    let pulled = watermelon::pull_changes(&state.db, &user, last_pulled_at, migration).await?;
+    Ok(Json(WatermelonPull {
+        changes: pulled.changes,
+        timestamp: pulled.timestamp,
+        has_more: pulled.has_more,
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
