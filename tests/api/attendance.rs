@@ -1679,6 +1679,30 @@ async fn an_export_nobody_reads_lets_go_of_its_database_connection() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    // A workbook is written before it is sent: one too large for the request's time is
+    // answered 503, and its export stops and lets go of its connection.
+    let response = app
+        .get("/api/attendance/export?format=xlsx")
+        .bearer_auth(&supervisor.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let started = std::time::Instant::now();
+    while exporting().await {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the workbook's export still holds its connection"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let response = app
+        .get("/api/attendance/export?format=xlsx&from=2000-01-01&to=2000-01-02")
+        .bearer_auth(&supervisor.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -278,9 +278,7 @@ async fn export(
                 .into_response())
         }
         ExportFormat::Xlsx => {
-            let file = xlsx_file(job).await?;
-            // The file is written: streaming it needs no connection.
-            drop(slot);
+            let file = xlsx_task(job, slot).await?;
             let file = tokio::fs::File::from_std(file);
             let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
             Ok((
@@ -432,7 +430,33 @@ async fn deliver(
 /// A worksheet's rows (1,048,576) less the header.
 const XLSX_MAX_RECORDS: u32 = 1_048_575;
 
-async fn xlsx_file(mut job: Export) -> Result<std::fs::File, ApiError> {
+/// Writes the workbook in a task of its own, which holds the export's turn until it ends. A
+/// request gone meanwhile (timed out, or its client left) stops it: its query is cut off and
+/// its connection closed rather than given back to the pool with rows still coming.
+async fn xlsx_task(
+    mut job: Export,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> Result<std::fs::File, ApiError> {
+    let (mut done, answer) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let written = tokio::select! {
+            written = xlsx_file(&mut job) => Some(written),
+            () = done.closed() => None,
+        };
+        if !matches!(written, Some(Ok(_))) {
+            let _ = job.conn.close().await;
+        }
+        if let Some(written) = written {
+            let _ = done.send(written);
+        }
+    });
+    answer
+        .await
+        .map_err(|_| anyhow::anyhow!("the export stopped before its file was written"))?
+}
+
+async fn xlsx_file(job: &mut Export) -> Result<std::fs::File, ApiError> {
     let tz = job.tz;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<ExportRow>(1024);
     let writer = tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
