@@ -330,28 +330,23 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
             }
             _ => {}
         }
-        let council_key = [Column::CouncilName, Column::CouncilCode]
+        // The council by its name or its code, whichever cell names one; a row giving both is
+        // read by either, and a cell naming none is the one reported.
+        let given: Vec<(Column, &str)> = [Column::CouncilName, Column::CouncilCode]
             .into_iter()
-            .map(get)
-            .find(|v| !v.is_empty());
-        let council_id = match council_key {
-            None => {
-                err(Column::CouncilName, "is required".into());
-                None
+            .map(|c| (c, get(c)))
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        let council_id = given
+            .iter()
+            .find_map(|(_, key)| councils.get(&key.to_lowercase()).copied());
+        match given.first() {
+            None => err(Column::CouncilName, "is required".into()),
+            Some(&(column, key)) if council_id.is_none() => {
+                err(column, format!("no council named `{}`", shown(key)));
             }
-            Some(key) => {
-                let id = councils.get(&key.to_lowercase()).copied();
-                if id.is_none() {
-                    let column = if map.contains_key(&Column::CouncilName) {
-                        Column::CouncilName
-                    } else {
-                        Column::CouncilCode
-                    };
-                    err(column, format!("no council named `{}`", shown(key)));
-                }
-                id
-            }
-        };
+            Some(_) => {}
+        }
         // The facility endpoints' own limits, so that an imported facility can be edited.
         for column in [
             Column::Code,
@@ -463,6 +458,21 @@ mod tests {
                 "missing required column `council_name`"
             ]
         );
+    }
+
+    #[test]
+    fn a_council_is_found_by_its_name_or_its_code_and_the_cell_read_is_the_one_reported() {
+        let (councils, id) = councils();
+        let sheet = read(
+            b"code,name,latitude,longitude,council_name,council_code\n\
+              A,Long name,-1.9,30.1,Gasabo District,RW-0102\n\
+              B,Code only,-1.9,30.1,,RW-9999\n",
+        )
+        .unwrap();
+        let checked = check(&sheet, &councils).unwrap();
+        assert_eq!(checked.valid.len(), 1);
+        assert_eq!(checked.valid[0].council_id, id);
+        assert_eq!(places(&checked), vec![(3, Some("council_code"))]);
     }
 
     /// Each error's row and column.
