@@ -661,7 +661,23 @@ fn read_csv(bytes: &[u8]) -> Result<Sheet, ReadError> {
     {
         return Err(ReadError::Markup);
     }
-    let delimiter = sniff_delimiter(&text);
+    // `sep=;` on the first line, which Excel reads as the separator to use: taken as such, and
+    // blanked (so that the rows keep their numbers).
+    let mut text = text;
+    let sep = text
+        .trim_start_matches('\u{FEFF}')
+        .lines()
+        .next()
+        .and_then(|line| line.trim_end().strip_prefix("sep="))
+        .and_then(|rest| match rest.as_bytes() {
+            [b] if matches!(b, b',' | b';' | b'\t' | b'|') => Some(*b),
+            _ => None,
+        });
+    if sep.is_some() {
+        let end = text.find(['\r', '\n']).unwrap_or(text.len());
+        text.replace_range(..end, &" ".repeat(end));
+    }
+    let delimiter = sep.unwrap_or_else(|| sniff_delimiter(&text));
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(false)
@@ -739,6 +755,17 @@ mod tests {
                    Clinic A,HC-1,-1.9,30.1,Gasabo,\"KG 11 Ave,\nKimironko, Gasabo\"\n\
                    Clinic B,HC-2,-1.9,30.1,Gasabo,KG 7 Ave\n";
         assert_eq!(read(csv.as_bytes()).unwrap().rows.len(), 2);
+    }
+
+    #[test]
+    fn a_sep_line_names_the_separator_and_is_not_the_header() {
+        let sheet = read(b"sep=;\r\ncode;name, long\r\nA;One, two\r\n").unwrap();
+        assert_eq!(sheet.header_row, 2);
+        assert_eq!(sheet.headers, ["code", "name, long"]);
+        assert_eq!(
+            sheet.rows,
+            [(3, vec!["A".to_string(), "One, two".to_string()])]
+        );
     }
 
     #[test]

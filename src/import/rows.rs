@@ -215,7 +215,24 @@ fn parse_number(text: &str) -> Option<f64> {
 }
 
 pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>> {
-    let map = columns(&sheet.headers)?;
+    let map = columns(&sheet.headers).map_err(|mut problems| {
+        if problems.iter().any(|p| p.starts_with("missing")) {
+            // A title above the table is read as its header: say which row was.
+            let read: Vec<String> = sheet
+                .headers
+                .iter()
+                .filter(|h| !h.trim().is_empty())
+                .take(8)
+                .map(|h| format!("`{}`", shown(h.trim()).chars().take(40).collect::<String>()))
+                .collect();
+            problems.push(format!(
+                "the header is the first row with a value, row {}: {}",
+                sheet.header_row,
+                read.join(", ")
+            ));
+        }
+        problems
+    })?;
     let mut valid = Vec::with_capacity(sheet.rows.len());
     let mut errors = Vec::new();
     let mut failed = 0;
@@ -455,7 +472,8 @@ mod tests {
             vec![
                 "missing required column `code`",
                 "missing required column `longitude`",
-                "missing required column `council_name`"
+                "missing required column `council_name`",
+                "the header is the first row with a value, row 1: `name`, `latitude`"
             ]
         );
     }
