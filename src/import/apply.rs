@@ -15,7 +15,20 @@ use crate::import::rows::{self, Councils, FacilityRow, RowError, code_key};
 use crate::state::AppState;
 
 /// The advisory lock key that imports take, so that one runs at a time.
-const IMPORT_LOCK: i64 = 0x6661_6369_6d70; // "facimp"
+pub const IMPORT_LOCK: i64 = 0x6661_6369_6d70; // "facimp"
+
+/// A transaction for a facility written outside an import, which waits for a running import to
+/// end (and an import for it): an import reads the stored values of the codes in its file, and
+/// a facility created or renamed to one of them meanwhile would be overwritten with the file's
+/// defaults.
+pub async fn begin_beside_imports(
+    db: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    db.begin_with(format!(
+        "BEGIN; SELECT pg_advisory_xact_lock_shared({IMPORT_LOCK})"
+    ))
+    .await
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -1334,3 +1334,32 @@ async fn the_command_line_import_prints_the_report() {
         "the refusal names the missing columns: {error}"
     );
 }
+
+#[tokio::test]
+async fn a_facility_created_while_an_import_applies_waits_for_it() {
+    // An import that read the stored facilities must not meet one created since under a code
+    // of its file: it would overwrite the new facility's type with the file's default.
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let council = gasabo(&app).await;
+    let mut import = app.db.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(field_attendance::import::apply::IMPORT_LOCK)
+        .execute(&mut *import)
+        .await
+        .unwrap();
+    let create = tokio::spawn(
+        app.post("/api/facilities")
+            .bearer_auth(&admin.token)
+            .json(&json!({
+                "code": "KGL-DH-9", "name": "Masaka", "council_id": council, "type": "hospital",
+                "latitude": -1.98, "longitude": 30.2,
+            }))
+            .send(),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!create.is_finished(), "the facility waits for the import");
+    import.commit().await.unwrap();
+    let response = create.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+}

@@ -224,7 +224,7 @@ async fn create_facility(
     let radius = req
         .geofence_radius_m
         .unwrap_or(state.config.attendance.default_geofence_m);
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::import::apply::begin_beside_imports(&state.db).await?;
     let id: Uuid = sqlx::query_scalar(
         "INSERT INTO facilities (code, name, type, council_id, latitude, longitude, geofence_radius_m,
                                  address, contact_phone, contact_email, status)
@@ -341,7 +341,7 @@ async fn update_facility(
     }
     check_council(&state, req.council_id, &mut invalid).await?;
     invalid.finish()?;
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::import::apply::begin_beside_imports(&state.db).await?;
     let updated = sqlx::query(
         "UPDATE facilities SET
              code = coalesce($2, code), name = coalesce($3, name), type = coalesce($4, type),
