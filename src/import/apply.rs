@@ -214,6 +214,8 @@ pub async fn run(
     activity.record(&mut *tx).await?;
     tx.commit().await?;
     if !options.dry_run {
+        // An import in `update` mode may move any facility's geofence.
+        state.sites.clear();
         for (outcome, n) in [
             ("created", created),
             ("updated", updated),

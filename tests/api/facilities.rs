@@ -1363,3 +1363,39 @@ async fn a_facility_created_while_an_import_applies_waits_for_it() {
     let response = create.await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn an_import_whose_request_times_out_still_ends_whole_and_reported() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("REQUEST_TIMEOUT_SECS".into(), "1".into());
+        env.insert("MAX_UPLOAD_BYTES".into(), (20 * 1024 * 1024).to_string());
+    })
+    .await;
+    let admin = app.admin().await;
+    let rows = 150_000;
+    let mut csv = String::from("name,code,latitude,longitude,council_name\n");
+    for i in 0..rows {
+        csv.push_str(&format!("Centre {i},TO-{i},-1.9,30.1,Gasabo\n"));
+    }
+    let (status, body) = import(&app, &admin.token, "big.csv", csv.into_bytes(), "").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    // The import goes on without its request: all of it lands, with its report.
+    let started = std::time::Instant::now();
+    loop {
+        let reported: Option<i32> =
+            sqlx::query_scalar("SELECT created FROM facility_imports WHERE filename = 'big.csv'")
+                .fetch_optional(&app.db)
+                .await
+                .unwrap();
+        if let Some(created) = reported {
+            assert_eq!(created, rows);
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the import never ended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(facility_count(&app).await, i64::from(rows));
+}

@@ -119,7 +119,16 @@ async fn import_facilities(
         strict: query.strict.unwrap_or(false),
     };
     let shown_name = filename.clone();
-    let report = match apply::run(&state, bytes, filename, options, Some((&admin, &client))).await {
+    // In a task of its own, so that an import runs to its end, report and all, even when its
+    // request times out or its client leaves: what it applied is always in the import list, and
+    // the geofences it moved are never left cached.
+    let applied = {
+        let (state, admin, client) = (state.clone(), admin.clone(), client.clone());
+        tokio::spawn(async move {
+            apply::run(&state, bytes, filename, options, Some((&admin, &client))).await
+        })
+    };
+    let report = match applied.await.map_err(anyhow::Error::from)? {
         Ok(report) => report,
         // A file refused whole (unreadable, hostile, of another kind, missing columns) is not an
         // import and stores no report, but who sent it, and why it was refused, is kept.
@@ -141,8 +150,6 @@ async fn import_facilities(
         }
         Err(error) => return Err(error),
     };
-    // An import in `update` mode may move any facility's geofence.
-    state.sites.clear();
     Ok(Json(report))
 }
 
