@@ -49,6 +49,8 @@ pub struct Sheet {
     /// every CSV line to the width of the sheet's used range, an unlabelled column too).
     pub header_width: usize,
     pub rows: Vec<(u32, Vec<String>)>,
+    /// Each CSV row's fields, blank ones included, beside `rows` (none for a workbook).
+    pub widths: Vec<usize>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -468,8 +470,12 @@ fn float_text(f: f64) -> String {
 struct Grid {
     format: Format,
     header: Option<(u32, Vec<String>)>,
+    header_width: usize,
     rows: Vec<(u32, Vec<String>)>,
+    widths: Vec<usize>,
     current: Option<(u32, Vec<String>)>,
+    /// The fields of the CSV line being put, blank ones included.
+    width: usize,
     /// What the cells kept take, text and slots, against `MAX_SHEET_BYTES`.
     bytes: usize,
 }
@@ -479,8 +485,11 @@ impl Grid {
         Self {
             format,
             header: None,
+            header_width: 0,
             rows: Vec::new(),
+            widths: Vec::new(),
             current: None,
+            width: 0,
             bytes: 0,
         }
     }
@@ -512,14 +521,19 @@ impl Grid {
 
     fn flush(&mut self) -> Result<(), ReadError> {
         if let Some((row, cells)) = self.current.take() {
+            let width = self.width.max(cells.len());
             let numbered = (row + 1, cells);
             if self.header.is_none() {
                 self.header = Some(numbered);
+                self.header_width = width;
             } else {
                 if self.rows.len() >= MAX_ROWS {
                     return Err(too_many_rows());
                 }
                 self.rows.push(numbered);
+                if self.format == Format::Csv {
+                    self.widths.push(width);
+                }
             }
         }
         Ok(())
@@ -531,9 +545,10 @@ impl Grid {
         Ok(Sheet {
             format: self.format,
             header_row,
-            header_width: headers.len(),
+            header_width: self.header_width,
             headers,
             rows: self.rows,
+            widths: self.widths,
         })
     }
 }
@@ -557,9 +572,11 @@ fn decode(bytes: &[u8]) -> Result<String, ReadError> {
         return Ok(text.trim_end_matches(DOS_END_OF_FILE).to_string());
     }
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let bytes = bytes
-        .strip_suffix(&[DOS_END_OF_FILE as u8])
-        .unwrap_or(bytes);
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != DOS_END_OF_FILE as u8)
+        .map_or(0, |i| i + 1);
+    let bytes = &bytes[..end];
     if looks_binary(bytes.iter().filter(|b| b.is_ascii()).map(|&b| b as char)) {
         return Err(ReadError::NotSpreadsheet);
     }
@@ -599,7 +616,8 @@ fn holds_utf8_text(bytes: &[u8]) -> bool {
 const DOS_END_OF_FILE: char = '\x1A';
 
 /// A binary file, whatever its name: a NUL among the first 64 Ki characters, or control
-/// characters other than tab, CR, LF and form feed in more than one in a hundred of them. A
+/// characters other than tab, CR, LF and form feed in more than one in a hundred of them (and
+/// more than eight, so that a short file's one stray character is not enough). A
 /// stray one (a vertical tab some exporters write for a line break in a cell) is left to the
 /// row checks, which name its row and column.
 fn looks_binary(chars: impl Iterator<Item = char>) -> bool {
@@ -611,7 +629,7 @@ fn looks_binary(chars: impl Iterator<Item = char>) -> bool {
         seen += 1;
         control += usize::from(c < ' ' && !matches!(c, '\t' | '\r' | '\n' | '\x0C'));
     }
-    control * 100 > seen
+    control > 8 && control * 100 > seen
 }
 
 /// The separator that splits the header line into the most fields.
@@ -640,7 +658,11 @@ fn sniff_delimiter(text: &str) -> u8 {
 fn swallowed_rows(record: &csv::StringRecord, delimiter: u8, width: usize) -> Option<u32> {
     let whole_row = width.saturating_sub(1).max(2);
     record.iter().find_map(|field| {
-        let mut lines = field.lines().skip(1).peekable();
+        let mut lines = field
+            .split(['\r', '\n'])
+            .filter(|line| !line.is_empty())
+            .skip(1)
+            .peekable();
         lines.peek()?;
         let lines: Vec<&str> = lines.collect();
         lines
@@ -698,7 +720,6 @@ fn read_csv(bytes: &[u8]) -> Result<Sheet, ReadError> {
             .count() as u32
     };
     let (mut scanned, mut read_to, mut lines_before, mut extra) = (0, 0, 0, 0);
-    let mut header_width = None;
     let mut record = csv::StringRecord::new();
     loop {
         match reader.read_record(&mut record) {
@@ -713,27 +734,27 @@ fn read_csv(bytes: &[u8]) -> Result<Sheet, ReadError> {
                 lines_before += breaks(scanned, start);
                 (scanned, read_to) = (start, end);
                 let row = 1 + lines_before - extra;
-                let width = header_width.unwrap_or(record.len());
+                let width = match grid.header {
+                    Some(_) => grid.header_width,
+                    None => record.len(),
+                };
                 if let Some(lines) = swallowed_rows(&record, delimiter, width) {
                     return Err(ReadError::UnclosedQuote(row, lines));
                 }
+                grid.width = record.len();
                 for (col, field) in record.iter().enumerate() {
                     extra += field.matches('\n').count() as u32
                         + field.matches('\r').count() as u32
                         - field.matches("\r\n").count() as u32;
                     grid.put(row - 1, col as u32, field.to_string())?;
                 }
-                // The first line with a value is the header.
-                if header_width.is_none() && grid.current.is_some() {
-                    header_width = Some(record.len());
-                }
+                // Each line is a row (or, the first with a value, the header) with its width.
+                grid.flush()?;
             }
             Err(e) => return Err(ReadError::Unreadable(e.to_string())),
         }
     }
-    let mut sheet = grid.finish()?;
-    sheet.header_width = sheet.header_width.max(header_width.unwrap_or(0));
-    Ok(sheet)
+    grid.finish()
 }
 
 #[cfg(test)]
@@ -880,7 +901,7 @@ mod tests {
             assert_eq!(sheet.rows[0].0, 2);
         }
         let mut binary = vec![0xFF, 0xFE];
-        binary.extend("a\u{1}b".encode_utf16().flat_map(u16::to_le_bytes));
+        binary.extend("a\u{0}b".encode_utf16().flat_map(u16::to_le_bytes));
         assert_eq!(read(&binary).unwrap_err(), ReadError::NotSpreadsheet);
     }
 

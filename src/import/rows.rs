@@ -238,7 +238,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
     let mut failed = 0;
     let mut seen_codes: HashMap<String, u32> = HashMap::new();
 
-    for (row, cells) in &sheet.rows {
+    for (i, (row, cells)) in sheet.rows.iter().enumerate() {
         // Only the first errors are reported (`failed` counts every row): a file of 200,000
         // broken rows holds no more of them than that.
         errors.truncate(MAX_REPORTED_ERRORS);
@@ -252,22 +252,28 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
         let key = code_key(&code);
         // A CSV row with values past the header line's last field: most likely a separator
         // inside a value that is not in quotes (`KG 11 Ave, Kimironko`), which has shifted
-        // every value after it into the wrong column. A column with a blank header (notes, say)
-        // is in the header line, as a field, and is no shift. A spreadsheet's cells cannot
-        // shift, so a note to the right of an XLSX table is left alone.
+        // every value after it into the wrong column. A column with a blank header (notes, say,
+        // in a sheet Excel padded every line of) is a field of the header line, and a value in
+        // it no shift, unless the row has more fields than the header line: then the value is
+        // one shifted there (a file whose lines all end in a separator). A spreadsheet's cells
+        // cannot shift, so a note to the right of an XLSX table is left alone.
+        let named = sheet.headers.len();
+        let shifted_past = match sheet.widths.get(i) {
+            Some(&width) if width > sheet.header_width => named,
+            _ => sheet.header_width,
+        };
         if sheet.format == Format::Csv
             && cells
                 .iter()
-                .skip(sheet.header_width)
+                .skip(shifted_past)
                 .any(|c| !c.trim().is_empty())
         {
             errors.push(RowError {
                 row,
                 column: None,
                 message: format!(
-                    "has values past the last of the {} columns of the header: is a separator \
-                     inside a value that is not in quotes? Quote that value",
-                    sheet.header_width
+                    "has values past the last of the {named} named columns of the header: is a \
+                     separator inside a value that is not in quotes? Quote that value"
                 ),
             });
             if !code.is_empty() {

@@ -675,6 +675,20 @@ async fn a_csv_column_without_a_header_is_not_taken_for_a_shifted_row() {
         "{report}"
     );
     assert_eq!(report["errors"][0]["row"], 4, "{report}");
+
+    // Every line ends in a separator: a value shifted into the blank last field is still a
+    // shift.
+    let csv = "name;code;latitude;longitude;council_name;address;contact_phone;\n\
+               Nyarutarama HC;HC-4;-1,95;30,1;Gasabo;KG 7 Ave; Kimironko;0788123456;\n\
+               Gisozi HC;HC-5;-1,95;30,1;Gasabo;KG 9 Ave;0788000000;\n";
+    let (status, report) = import(&app, &admin.token, "g.csv", csv.into(), "").await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        (report["created"].as_u64(), report["failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{report}"
+    );
+    assert_eq!(report["errors"][0]["row"], 2, "{report}");
 }
 
 #[tokio::test]
