@@ -5,3 +5,4 @@
 ALTER TABLE sync_snapshots
     ADD COLUMN resume jsonb,
     ADD COLUMN viewer_id uuid REFERENCES users (id) ON DELETE CASCADE;
+CREATE INDEX sync_snapshots_viewer_idx ON sync_snapshots (viewer_id) WHERE viewer_id IS NOT NULL;

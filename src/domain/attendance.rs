@@ -84,9 +84,10 @@ pub fn forgotten_before(now: DateTime<Utc>, max_shift: Duration) -> DateTime<Utc
 /// separator is `;` (French, German and others) splits a CSV line on `;` wherever it stands, so
 /// each piece after a `;` is a cell of its own there, and is neutralised too.
 pub fn neutralise_cell(value: &str) -> std::borrow::Cow<'_, str> {
+    // A piece read as a quoted field runs as well: `"=1+1"`.
     let runs = |piece: &str| {
         matches!(
-            piece.trim_start_matches(' ').chars().next(),
+            piece.trim_start_matches(' ').trim_start_matches('"').chars().next(),
             Some('=' | '+' | '-' | '@' | '\t' | '\r')
         )
     };
@@ -170,5 +171,6 @@ mod tests {
         );
         assert_eq!(neutralise_cell("a; @SUM(A1)"), "a; '@SUM(A1)");
         assert_eq!(neutralise_cell("  +1"), "  '+1");
+        assert_eq!(neutralise_cell("a;\"=1+1\""), "a;'\"=1+1\"");
     }
 }

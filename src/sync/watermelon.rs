@@ -138,9 +138,16 @@ async fn issued(db: &PgPool, id: i64) -> Result<Option<Issued>, ApiError> {
     .await?)
 }
 
-/// The snapshot a push's `last_pulled_at` is checked against: what its device has wholly seen.
-async fn snapshot_of(db: &PgPool, id: i64) -> Result<Option<String>, ApiError> {
-    Ok(issued(db, id).await?.map(|row| row.snapshot))
+/// What `last_pulled_at` names for `viewer`: 422 for a number this service never issued, or
+/// one that ends a page of another user's pull.
+async fn issued_to(db: &PgPool, viewer: &AuthUser, id: i64) -> Result<Issued, ApiError> {
+    match issued(db, id).await? {
+        Some(row) if row.resume.is_none() || row.viewer_id == Some(viewer.id) => Ok(row),
+        _ => Err(ApiError::invalid(
+            "last_pulled_at",
+            "is not a timestamp this service issued",
+        )),
+    }
 }
 
 /// Every WatermelonDB pull stores the snapshot its timestamp names. Those older than
@@ -198,15 +205,13 @@ pub async fn pull_changes(
     last_pulled_at: Option<i64>,
     migration: Option<Migration>,
 ) -> Result<Pulled, ApiError> {
-    let unknown = || ApiError::invalid("last_pulled_at", "is not a timestamp this service issued");
-    let cursor = match last_pulled_at.filter(|t| *t > 0) {
+    let given = last_pulled_at.filter(|t| *t > 0);
+    let cursor = match given {
         None => Cursor::default(),
         Some(id) => {
-            let issued = issued(db, id).await?.ok_or_else(unknown)?;
+            let issued = issued_to(db, viewer, id).await?;
             match issued.resume {
-                Some(resume) if issued.viewer_id == Some(viewer.id) => resume.0,
-                // A page of another user's pull.
-                Some(_) => return Err(unknown()),
+                Some(resume) => resume.0,
                 None => Cursor {
                     base: Some(issued.snapshot),
                     ..Cursor::default()
@@ -215,11 +220,18 @@ pub async fn pull_changes(
         }
     };
     let base = cursor.base.clone();
-    let page = if migration.is_some() {
-        WHOLE_PULL
-    } else {
-        PULL_PAGE
-    };
+    // Tables or columns added since the client's schema: those tables are sent whole (on a
+    // sync after the first: a first sync sends everything anyway).
+    let migrated: HashSet<String> = migration
+        .map(|m| {
+            m.tables
+                .into_iter()
+                .chain(m.columns.into_iter().map(|c| c.table))
+                .collect()
+        })
+        .unwrap_or_default();
+    let whole = given.is_some() && TABLES.iter().any(|t| migrated.contains(*t));
+    let page = if whole { WHOLE_PULL } else { PULL_PAGE };
     let mut tx = db.begin().await?;
     let (mut changes, next, has_more) = pull::pull(&mut tx, viewer, cursor, page).await?;
     tx.commit().await?;
@@ -257,16 +269,7 @@ pub async fn pull_changes(
         .clone()
         .ok_or_else(|| anyhow::anyhow!("a complete pull names its snapshot"))?;
 
-    // Tables or columns added since the client's schema: send those tables whole.
-    let migrated: HashSet<String> = migration
-        .map(|m| {
-            m.tables
-                .into_iter()
-                .chain(m.columns.into_iter().map(|c| c.table))
-                .collect()
-        })
-        .unwrap_or_default();
-    let full = if base.is_some() && TABLES.iter().any(|t| migrated.contains(*t)) {
+    let full = if whole {
         let mut tx = db.begin().await?;
         let cursor = Cursor {
             base: None,
@@ -370,13 +373,26 @@ fn time(raw: &Map<String, Value>, key: &str) -> Result<Option<DateTime<Utc>>, St
         .transpose()
 }
 
+/// A record's id as the server stores and sends it back: a UUID in lower case with hyphens. One
+/// written otherwise (upper case, say) would come back from the next pull as another record.
+fn canonical_id(id: &str) -> Result<Uuid, &'static str> {
+    id.parse::<Uuid>()
+        .ok()
+        .filter(|u| u.hyphenated().to_string() == id)
+        .ok_or("id must be a UUID in lower case with hyphens, as pulls send ids")
+}
+
+/// Adds a record the service refuses, by its id as the device sent it, to `rejected`.
+fn refuse(rejected: &mut Rejected, id: impl std::fmt::Display, reason: String) {
+    rejected
+        .entry(format!("attendance.{id}"))
+        .or_default()
+        .push(reason);
+}
+
 /// A raw attendance record as pushed, to the contract's content.
 fn content_of(raw: &Map<String, Value>) -> Result<(Uuid, Content), String> {
-    let id = raw
-        .get("id")
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse::<Uuid>().ok())
-        .ok_or("id must be a UUID")?;
+    let id = canonical_id(raw.get("id").and_then(Value::as_str).unwrap_or_default())?;
     let facility_id = raw
         .get("facility_id")
         .and_then(Value::as_str)
@@ -446,9 +462,7 @@ pub async fn push_changes(
     } = ctx;
     // To the microsecond, as Postgres keeps it (new rows are stamped with it).
     let now = Utc::now().trunc_subsecs(6);
-    let snapshot = snapshot_of(db, last_pulled_at).await?.ok_or_else(|| {
-        ApiError::invalid("last_pulled_at", "is not a timestamp this service issued")
-    })?;
+    let snapshot = issued_to(db, user, last_pulled_at).await?.snapshot;
     let mut problems = FieldErrors::new();
     for (table, set) in &changes {
         if table == "facilities" && !set.is_empty() {
@@ -468,12 +482,6 @@ pub async fn push_changes(
     let attendance = changes.get("attendance");
     let rules = config.attendance.time_rules();
     let mut rejected = Rejected::new();
-    let mut reject = |label: &str, reason: String| {
-        rejected
-            .entry(format!("attendance.{label}"))
-            .or_default()
-            .push(reason);
-    };
     let mut upserts: Vec<(Uuid, Content)> = Vec::new();
     for raw in attendance
         .iter()
@@ -492,15 +500,14 @@ pub async fn push_changes(
         }
         // The time rules wait for the stored copy: a record whose clock times the server
         // already holds is not refused for its age (a note added a month later).
-        let tolerance = config.attendance.future_tolerance;
-        match content_of(raw)
-            .and_then(|(id, mut c)| check_fields(&mut c, tolerance).map(|()| (id, c)))
-        {
+        match content_of(raw).and_then(|(id, mut c)| {
+            check_fields(&mut c, config.attendance.future_tolerance).map(|()| (id, c))
+        }) {
             Ok(pair) => upserts.push(pair),
             // A record the device can be told of by its id is left out; one without an id is
             // a malformed push.
             Err(reason) => match raw.get("id").and_then(Value::as_str) {
-                Some(label) => reject(label, reason),
+                Some(label) => refuse(&mut rejected, label, reason),
                 None => {
                     problems
                         .entry("attendance.?".into())
@@ -512,9 +519,9 @@ pub async fn push_changes(
     }
     let mut deletes = Vec::new();
     for id in attendance.iter().flat_map(|t| &t.deleted) {
-        match id.parse::<Uuid>() {
+        match canonical_id(id) {
             Ok(id) => deletes.push(id),
-            Err(_) => reject(id, "id must be a UUID".into()),
+            Err(reason) => refuse(&mut rejected, id, reason.into()),
         }
     }
     // WatermelonDB sends a record once per push; twice (created and updated, or updated and
@@ -640,19 +647,12 @@ async fn apply_changes(
     let facility_ids: Vec<Uuid> = upserts.iter().map(|(_, c)| c.facility_id).collect();
     let sites = sites.get_many(&mut *tx, &facility_ids).await?;
     let mut plan = Plan::default();
-    let mut reject = |id: &Uuid, reason: String| {
-        rejected
-            .entry(format!("attendance.{id}"))
-            .or_default()
-            .push(reason);
-    };
     for (id, content) in upserts {
         let current = existing.get(id);
         // Known deleted: an edit made before the deletion reached the device is dropped.
         if current.is_some_and(|r| r.deleted_at.is_some()) {
             continue;
         }
-        let tolerance = config.attendance.future_tolerance;
         let adopted = current.map(|r| with_stored_times(content, r, tolerance));
         let content = adopted.as_ref().unwrap_or(content);
         // Unchanged content needs no write (and keeps its version).
@@ -660,11 +660,11 @@ async fn apply_changes(
             continue;
         }
         if let Err(reason) = check_new_times(content, current, rules, now) {
-            reject(id, reason);
+            refuse(rejected, id, reason);
             continue;
         }
         let Some(site) = sites.get(&content.facility_id) else {
-            reject(id, "facility_id: no such facility".into());
+            refuse(rejected, id, "facility_id: no such facility".into());
             continue;
         };
         let version = current.map_or(1, |r| r.sync_version + 1);
@@ -672,7 +672,7 @@ async fn apply_changes(
             // "Created" records that already exist (an earlier push landed unseen) are updated.
             Ok(w) if current.is_some() => plan.updates.push(w.stays_closed(current)),
             Ok(w) => plan.inserts.push(w),
-            Err((_, reason)) => reject(id, reason),
+            Err((_, reason)) => refuse(rejected, id, reason),
         }
     }
     for id in deletes {

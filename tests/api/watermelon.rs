@@ -193,12 +193,16 @@ async fn bad_records_other_users_records_and_unknown_timestamps_are_refused() {
     future["clock_in_at"] = json!((Utc::now() + Duration::hours(2)).timestamp_millis());
     let mut not_uuid = raw(Uuid::new_v4(), facility, "x");
     not_uuid["id"] = json!("aB3dE5fG7hJ9kL1m");
+    // A UUID in capitals would come back from a pull in lower case, as another record.
+    let shouted = Uuid::new_v4().to_string().to_uppercase();
+    let mut upper = raw(Uuid::new_v4(), facility, "x");
+    upper["id"] = json!(shouted);
     let (status, body) = push(
         &app,
         &owner,
         t,
         json!({"attendance": {
-            "created": [future, raw(ok_id, facility, "ok"), not_uuid],
+            "created": [future, raw(ok_id, facility, "ok"), not_uuid, upper],
             "deleted": ["not-an-id"],
         }}),
     )
@@ -215,6 +219,7 @@ async fn bad_records_other_users_records_and_unknown_timestamps_are_refused() {
         future_id.to_string(),
         "aB3dE5fG7hJ9kL1m".into(),
         "not-an-id".into(),
+        shouted.clone(),
     ];
     expected.sort();
     assert_eq!(refused, expected);
@@ -229,7 +234,7 @@ async fn bad_records_other_users_records_and_unknown_timestamps_are_refused() {
     .fetch_one(&app.db)
     .await
     .unwrap();
-    assert_eq!(trail["rejected"], 3, "{trail}");
+    assert_eq!(trail["rejected"], 4, "{trail}");
     assert!(
         trail["refused"][future_id.to_string()].is_array(),
         "{trail}"
@@ -899,9 +904,16 @@ async fn a_pull_larger_than_a_page_completes_over_several_syncs_each_going_on() 
             .collect()
     };
 
+    // Other devices' timestamps around this one's, for the thinning below.
+    for _ in 0..2 {
+        pull(&app, &stranger, None).await;
+    }
     let first = pull(&app, &user, None).await;
     assert_eq!(first["has_more"], true);
     let t1 = first["timestamp"].as_i64().unwrap();
+    for _ in 0..4 {
+        pull(&app, &stranger, None).await;
+    }
     let mut seen = ids(&first);
     assert_eq!(seen.len(), page);
     // Between the pages: the phone edits a record it has, and pushes on the page's timestamp.
@@ -915,10 +927,29 @@ async fn a_pull_larger_than_a_page_completes_over_several_syncs_each_going_on() 
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
-    // Thinning old timestamps leaves a pull that stopped partway where it was.
-    field_attendance::sync::watermelon::thin_snapshots(&app.db, std::time::Duration::ZERO, 2)
-        .await
-        .unwrap();
+    // Thinning old timestamps (in pairs: this one shares its pair with another device's)
+    // leaves a pull that stopped partway where it was.
+    let thinned =
+        field_attendance::sync::watermelon::thin_snapshots(&app.db, std::time::Duration::ZERO, 2)
+            .await
+            .unwrap();
+    assert!(thinned > 0, "other timestamps were thinned");
+    // An app upgraded to a schema with new columns, partway through its first sync, gets the
+    // tables whole.
+    let migration = r#"{"from":1,"tables":["attendance"],"columns":[]}"#;
+    let (status, migrated) = send(
+        app.get("/api/sync/watermelon")
+            .query(&[
+                ("last_pulled_at", t1.to_string().as_str()),
+                ("migration", migration),
+            ])
+            .bearer_auth(&user.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", migrated["timestamp"]);
+    assert_eq!(migrated["has_more"], false);
+    // All but the record edited since the pages began, which the next pull sends.
+    assert_eq!(ids(&migrated).len(), total - 1);
     // Another user cannot go on with it.
     let (status, body) = send(
         app.get(&format!("/api/sync/watermelon?last_pulled_at={t1}"))

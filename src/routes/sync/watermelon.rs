@@ -165,7 +165,7 @@ pub struct WatermelonRejected {
         (status = 403, description = "A record of another user, or a push to a read-only table", body = ErrorEnvelope),
         (status = 409, description = "Changed on the server since `last_pulled_at` (`conflict`), or another open shift written at the same moment (`already_clocked_in`); pull and push again", body = ErrorEnvelope),
         (status = 413, description = "Body over the limit", body = ErrorEnvelope),
-        (status = 422, description = "A malformed push (a record without an id, or one record twice), or an unknown `last_pulled_at`", body = ErrorEnvelope),
+        (status = 422, description = "A malformed push (a record without an id, one record twice, or records of a table the server does not sync), or an unknown `last_pulled_at`", body = ErrorEnvelope),
     ))]
 async fn watermelon_push(
     State(state): State<AppState>,
