@@ -87,7 +87,11 @@ pub fn neutralise_cell(value: &str) -> std::borrow::Cow<'_, str> {
     // A piece read as a quoted field runs as well: `"=1+1"`.
     let runs = |piece: &str| {
         matches!(
-            piece.trim_start_matches(' ').trim_start_matches('"').chars().next(),
+            piece
+                .trim_start_matches(' ')
+                .trim_start_matches('"')
+                .chars()
+                .next(),
             Some('=' | '+' | '-' | '@' | '\t' | '\r')
         )
     };

@@ -796,7 +796,8 @@ async fn keeping_the_server_copy_of_a_shift_queued_beside_an_open_one_answers_th
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
     let (user, facility) = setup(&app).await;
-    let (_, online) = queued_beside_online(&app, &user, facility).await;
+    let (offline, online) = queued_beside_online(&app, &user, facility).await;
+    let (_, before) = send(app.get("/api/sync/pull").bearer_auth(&user.token)).await;
     let (status, resolved) = resolve_oldest(&app, &admin, "server").await;
     assert_eq!(status, StatusCode::OK, "{resolved}");
     // The server's copy is the online shift, still open, and still on its version: no device
@@ -804,7 +805,25 @@ async fn keeping_the_server_copy_of_a_shift_queued_beside_an_open_one_answers_th
     assert_eq!(resolved["record"]["id"], online["id"], "{resolved}");
     assert_eq!(resolved["record"]["status"], "open");
     assert_eq!(resolved["record"]["sync_version"], online["sync_version"]);
-    assert_eq!(count(&app).await, 1);
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance WHERE deleted_at IS NULL")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(live, 1);
+    // The phone that queued its own open shift is told it is gone, and no longer keeps it open.
+    let (_, after) = send(
+        app.get(&format!(
+            "/api/sync/pull?cursor={}",
+            before["cursor"].as_str().unwrap()
+        ))
+        .bearer_auth(&user.token),
+    )
+    .await;
+    assert_eq!(
+        after["changes"]["attendance"]["deleted"],
+        json!([offline["id"]]),
+        "{after}"
+    );
     // The phone holding it clocks it out offline, on the version it has: applied, not lost.
     let now = Utc::now().to_rfc3339();
     let mut out = open_shift(facility, 0);

@@ -142,7 +142,8 @@ pub struct Resolution {
 
 /// Settles a queued conflict (admin). Either way every device receives the outcome on its next
 /// pull: the device's copy kept is a new version; the server's kept keeps its version (no
-/// device edited it).
+/// device edited it), and a copy queued beside another open shift, which the server never
+/// stored, reaches the device that sent it as a deletion.
 #[utoipa::path(post, path = "/sync/conflicts/{id}/resolve", tag = "sync", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Conflict id")), request_body = ResolveRequest,
     responses(
@@ -188,6 +189,9 @@ async fn resolve_conflict(
         // version: no device edited it, and one holding it (the phone of a shift another device
         // was queued beside) still clocks it out on the version it has.
         Keep::Server => {
+            if against != conflict.record_id {
+                forget_queued_copy(&state, &mut tx, &conflict).await?;
+            }
             sqlx::query_as(&format!(
                 "UPDATE attendance AS a SET notes = notes WHERE a.id = $1 RETURNING {}",
                 records::COLUMNS
@@ -335,6 +339,50 @@ async fn keep_client_copy(
     records::find(&mut *tx, conflict.record_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("the record just stored is gone").into())
+}
+
+/// The device's copy of a shift queued beside another open one, when the server's is kept: the
+/// server never stored it, so no pull would ever mention it, and the device that sent it would
+/// keep it open for good. Stored as a deleted record (closed as incomplete, never a second open
+/// shift), it reaches that device's next pull as a deletion. A copy the server holds by now,
+/// or whose facility is gone, is left alone.
+async fn forget_queued_copy(
+    state: &AppState,
+    tx: &mut sqlx::PgConnection,
+    conflict: &SyncConflict,
+) -> Result<(), ApiError> {
+    if records::find(&mut *tx, conflict.record_id).await?.is_some() {
+        return Ok(());
+    }
+    let Ok(content) = serde_json::from_value::<Content>(conflict.client_data["content"].clone())
+    else {
+        return Ok(());
+    };
+    let Some(site) = state.sites.get(&mut *tx, content.facility_id).await? else {
+        return Ok(());
+    };
+    let now = Utc::now().trunc_subsecs(6);
+    let version = conflict.client_version;
+    let Ok(mut w) = push::build_write(
+        conflict.record_id,
+        &content,
+        &site,
+        version,
+        None,
+        now,
+        &state.config,
+    ) else {
+        return Ok(());
+    };
+    w.status = "incomplete";
+    let device = conflict.device_id.as_deref().unwrap_or_default();
+    let mut plan = Plan::default();
+    plan.inserts.push(w);
+    apply_plan(&mut *tx, &plan, conflict.user_id, device, now).await?;
+    let mut plan = Plan::default();
+    plan.deletes.push((conflict.record_id, version + 1));
+    apply_plan(&mut *tx, &plan, conflict.user_id, device, now).await?;
+    Ok(())
 }
 
 fn changed_since_queued() -> ApiError {
