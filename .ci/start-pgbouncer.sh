@@ -6,9 +6,21 @@ port=${PGBOUNCER_PORT:-6432}
 dir=${PGBOUNCER_DIR:-/tmp/field-attendance-pgbouncer}
 bin=$(command -v /usr/local/bin/pgbouncer || command -v pgbouncer)
 
-if (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null; then
-  echo "pgbouncer: already listening on $port"
-  exit 0
+listening() { (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null; }
+if listening; then
+  if [ -f "$dir/pgbouncer.pid" ] && kill -0 "$(cat "$dir/pgbouncer.pid")" 2>/dev/null; then
+    echo "pgbouncer: already listening on $port"
+    exit 0
+  fi
+  # Another PgBouncer holds the port: most likely the distribution's own service, which its
+  # package starts on install, with no databases and password authentication.
+  if command -v systemctl >/dev/null && systemctl stop pgbouncer 2>/dev/null; then
+    sleep 1
+  fi
+  if listening; then
+    echo "pgbouncer: port $port is taken by another program; stop it (systemctl disable --now pgbouncer)" >&2
+    exit 1
+  fi
 fi
 mkdir -p "$dir"
 cat > "$dir/pgbouncer.ini" <<INI

@@ -65,7 +65,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let config = Config::from_env()?;
-    let _guards = crate::telemetry::init(&config.log)?;
+    let console = match command {
+        Command::Serve => crate::telemetry::Console::Stdout,
+        _ => crate::telemetry::Console::Stderr,
+    };
+    let _guards = crate::telemetry::init(&config.log, console)?;
     match command {
         Command::Serve => {
             let app = Application::build(config).await?;

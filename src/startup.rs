@@ -1,7 +1,7 @@
 //! Building and running the service: prepare the database, bind the listener (so the port is
 //! known before serving, and tests never race for one), then serve until told to stop.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 
 use anyhow::Context;
@@ -63,21 +63,56 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    /// Serves until `shutdown` completes, then lets in-flight requests finish, and work that
+    /// outlives its request (an import whose request timed out) end. Both get the request
+    /// timeout and 5 s more: a connection still open then (a client reading a download very
+    /// slowly, say) is closed. A second SIGINT or SIGTERM stops at once.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let background = crate::jobs::spawn(self.state.clone());
         tracing::info!(addr = %self.local_addr(), "listening");
-        let result = axum::serve(
+        let grace = self.state.config.request_timeout + std::time::Duration::from_secs(5);
+        let (told, stopping) = tokio::sync::oneshot::channel::<()>();
+        let serve = axum::serve(
             self.listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = told.send(());
+        })
+        .into_future();
+        let mut forced = false;
+        let deadline = async {
+            if stopping.await.is_err() {
+                return std::future::pending().await;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(grace) => {
+                    tracing::warn!("connections still open {grace:?} after the shutdown signal; closing them");
+                }
+                () = signalled() => {
+                    tracing::warn!("a second shutdown signal: stopping now");
+                    forced = true;
+                }
+            }
+        };
+        let result = tokio::select! {
+            result = serve => result,
+            () = deadline => Ok(()),
+        };
         background.abort();
+        let tasks = &self.state.tasks;
+        tasks.close();
+        if !forced && tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            tracing::warn!(
+                left = tasks.len(),
+                "work begun by requests did not end within {grace:?}; stopping it"
+            );
+        }
         result
     }
 }
@@ -113,6 +148,11 @@ pub async fn prepare_database(config: &Config) -> anyhow::Result<()> {
 
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
+    signalled().await;
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+async fn signalled() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -131,5 +171,4 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {},
         () = terminate => {},
     }
-    tracing::info!("shutdown signal received; finishing in-flight requests");
 }

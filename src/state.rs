@@ -82,6 +82,9 @@ pub struct Services {
     pub exports: Arc<tokio::sync::Semaphore>,
     /// The facility file being read: one at a time (see `import::apply::run`).
     pub imports: Arc<tokio::sync::Semaphore>,
+    /// Work that runs to its end whatever becomes of the request that began it (an import),
+    /// which shutdown waits for.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl AppState {
@@ -109,6 +112,7 @@ impl AppState {
             started_at: Instant::now(),
             exports: Arc::new(tokio::sync::Semaphore::new(export_slots)),
             imports: Arc::new(tokio::sync::Semaphore::new(1)),
+            tasks: tokio_util::task::TaskTracker::new(),
         }))
     }
 }

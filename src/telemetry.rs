@@ -1,4 +1,5 @@
-//! Logging: JSON (or pretty, in development) to stdout, and JSON to daily-rotated files.
+//! Logging: JSON (or pretty, in development) to stdout (stderr for commands that print their
+//! own output), and JSON to daily-rotated files.
 //!
 //! Request and response bodies are never logged, and the `Authorization` header is marked
 //! sensitive by the middleware stack, so passwords and tokens cannot reach a log line.
@@ -11,14 +12,25 @@ use tracing_subscriber::{EnvFilter, Layer, fmt};
 
 use crate::config::{LogFormat, LogSettings};
 
+/// Where console log lines go.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Console {
+    Stdout,
+    /// For a command whose own output is on stdout (a report to pipe into `jq`, say).
+    Stderr,
+}
+
 /// Installs the global subscriber. Keep the returned guards alive for the life of the process:
 /// dropping them flushes the file writer.
-pub fn init(settings: &LogSettings) -> anyhow::Result<Vec<WorkerGuard>> {
+pub fn init(settings: &LogSettings, console: Console) -> anyhow::Result<Vec<WorkerGuard>> {
     let mut guards = Vec::new();
     let filter = EnvFilter::try_new(&settings.filter)
         .map_err(|e| anyhow::anyhow!("LOG_LEVEL `{}` is invalid: {e}", settings.filter))?;
 
-    let (stdout, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let (stdout, guard) = match console {
+        Console::Stdout => tracing_appender::non_blocking(std::io::stdout()),
+        Console::Stderr => tracing_appender::non_blocking(std::io::stderr()),
+    };
     guards.push(guard);
     let stdout_layer = match settings.format {
         LogFormat::Json => fmt::layer()

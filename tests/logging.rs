@@ -14,12 +14,15 @@ use serde_json::json;
 #[tokio::test]
 async fn secrets_never_reach_the_logs() {
     let dir = std::env::temp_dir().join(format!("fa-logs-{}", uuid::Uuid::new_v4()));
-    let guards = field_attendance::telemetry::init(&LogSettings {
-        filter: "debug,hyper=info,h2=info,reqwest=info".into(),
-        format: LogFormat::Json,
-        dir: Some(dir.to_string_lossy().into_owned()),
-        retention_files: 2,
-    })
+    let guards = field_attendance::telemetry::init(
+        &LogSettings {
+            filter: "debug,hyper=info,h2=info,reqwest=info".into(),
+            format: LogFormat::Json,
+            dir: Some(dir.to_string_lossy().into_owned()),
+            retention_files: 2,
+        },
+        field_attendance::telemetry::Console::Stdout,
+    )
     .unwrap();
 
     let app = TestApp::spawn_with(|env| {

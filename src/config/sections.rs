@@ -39,7 +39,8 @@ pub(super) fn db(r: &mut Reader<'_>) -> DbSettings {
         min_connections,
         max_connections,
         acquire_timeout: Duration::from_secs(r.ranged("DB_ACQUIRE_TIMEOUT_SECS", 3, 1..=300)),
-        idle_timeout: r.secs("DB_IDLE_TIMEOUT_SECS", 10),
+        // 0 would have the pool's upkeep close idle connections in a busy loop.
+        idle_timeout: Duration::from_secs(r.ranged("DB_IDLE_TIMEOUT_SECS", 10, 1..=86_400)),
         startup_wait: Duration::from_secs(r.ranged("DB_STARTUP_WAIT_SECS", 60, 0..=3600)),
     }
 }

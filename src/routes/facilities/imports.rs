@@ -124,7 +124,8 @@ async fn import_facilities(
     // the geofences it moved are never left cached.
     let applied = {
         let (state, admin, client) = (state.clone(), admin.clone(), client.clone());
-        tokio::spawn(async move {
+        let tasks = state.tasks.clone();
+        tasks.spawn(async move {
             apply::run(&state, bytes, filename, options, Some((&admin, &client))).await
         })
     };
