@@ -13,8 +13,9 @@ if listening; then
     exit 0
   fi
   # Another PgBouncer holds the port: most likely the distribution's own service, which its
-  # package starts on install, with no databases and password authentication.
-  if command -v systemctl >/dev/null && systemctl stop pgbouncer 2>/dev/null; then
+  # package starts on install, with no databases and password authentication. Stopped in CI
+  # only: on a developer's machine it may be one set up on purpose.
+  if [ "${CI:-}" = true ] && command -v systemctl >/dev/null && systemctl stop pgbouncer 2>/dev/null; then
     sleep 1
   fi
   if listening; then

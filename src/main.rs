@@ -17,11 +17,15 @@ fn main() -> std::process::ExitCode {
         .thread_name("fa-worker")
         .build()
         .expect("the async runtime starts");
-    match runtime.block_on(field_attendance::cli::run(cli)) {
+    let code = match runtime.block_on(field_attendance::cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("field-attendance: {err:#}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // Whatever is still running (a connection left after the shutdown deadline, a file being
+    // parsed) is not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }

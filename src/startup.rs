@@ -64,9 +64,9 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish, and work that
-    /// outlives its request (an import whose request timed out) end. Both get the request
-    /// timeout and 5 s more: a connection still open then (a client reading a download very
-    /// slowly, say) is closed. A second SIGINT or SIGTERM stops at once.
+    /// outlives its request (an import whose request timed out) end, within the request timeout
+    /// and 5 s more of the signal: what is left then (a client reading a download very slowly,
+    /// say) is dropped as the process ends. A second SIGINT or SIGTERM ends the wait at once.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -85,34 +85,36 @@ impl Application {
             let _ = told.send(());
         })
         .into_future();
-        let mut forced = false;
-        let deadline = async {
-            if stopping.await.is_err() {
-                return std::future::pending().await;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(grace) => {
-                    tracing::warn!("connections still open {grace:?} after the shutdown signal; closing them");
-                }
-                () = signalled() => {
-                    tracing::warn!("a second shutdown signal: stopping now");
-                    forced = true;
-                }
-            }
+        let tasks = self.state.tasks.clone();
+        // Everything after the signal: requests drain, then the work they began ends.
+        let drained = async move {
+            let result = serve.await;
+            tasks.close();
+            tasks.wait().await;
+            result
         };
+        tokio::pin!(drained);
         let result = tokio::select! {
-            result = serve => result,
-            () = deadline => Ok(()),
+            result = &mut drained => result,
+            Ok(()) = stopping => {
+                let deadline = tokio::time::Instant::now() + grace;
+                tokio::select! {
+                    result = &mut drained => result,
+                    () = tokio::time::sleep_until(deadline) => {
+                        tracing::warn!(
+                            "requests or work begun by them still running {grace:?} after the \
+                             shutdown signal; stopping without them"
+                        );
+                        Ok(())
+                    }
+                    () = signalled() => {
+                        tracing::warn!("a second shutdown signal: stopping now");
+                        Ok(())
+                    }
+                }
+            }
         };
         background.abort();
-        let tasks = &self.state.tasks;
-        tasks.close();
-        if !forced && tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-            tracing::warn!(
-                left = tasks.len(),
-                "work begun by requests did not end within {grace:?}; stopping it"
-            );
-        }
         result
     }
 }

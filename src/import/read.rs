@@ -652,22 +652,28 @@ fn sniff_delimiter(text: &str) -> u8 {
         .unwrap_or(b',')
 }
 
-/// A quoted cell whose lines after the first hold as many separators as a row of `width`
-/// columns: a quote left open (csv reads on to the next quote, across line breaks), which has
-/// taken in the rows below it. The number of lines it took in.
+/// A quoted cell whose lines after the first read as rows of their own: a quote left open (csv
+/// reads on to the next quote, across line breaks), which has taken in the rows below it. A line
+/// reads as a row when it has the fields of the required columns (five: four separators, or all
+/// of the header's if fewer) and two of them are decimal numbers (a row's coordinates), which an
+/// address over several lines does not have. The number of lines it took in.
 fn swallowed_rows(record: &csv::StringRecord, delimiter: u8, width: usize) -> Option<u32> {
-    let whole_row = width.saturating_sub(1).max(2);
+    let whole_row = width.saturating_sub(1).clamp(2, 4);
+    let decimal = |field: &str| {
+        let field = field.trim().replace(',', ".");
+        field.contains('.') && field.parse::<f64>().is_ok()
+    };
+    let reads_as_row = |line: &str| {
+        let fields: Vec<&str> = line.split(delimiter as char).collect();
+        fields.len() > whole_row && fields.iter().filter(|f| decimal(f)).count() >= 2
+    };
     record.iter().find_map(|field| {
-        let mut lines = field
+        let lines: Vec<&str> = field
             .split(['\r', '\n'])
             .filter(|line| !line.is_empty())
             .skip(1)
-            .peekable();
-        lines.peek()?;
-        let lines: Vec<&str> = lines.collect();
-        lines
-            .iter()
-            .any(|line| line.bytes().filter(|&b| b == delimiter).count() >= whole_row)
+            .collect();
+        (!lines.is_empty() && lines.iter().any(|line| reads_as_row(line)))
             .then_some(lines.len() as u32)
     })
 }
@@ -771,9 +777,18 @@ mod tests {
             read(csv.as_bytes()).err(),
             Some(ReadError::UnclosedQuote(2, 2))
         );
-        // An address over two lines, with a comma, is a cell like any other.
+        // Rows without their optional columns are taken in too.
+        let csv = "name,code,latitude,longitude,council_name,address,contact_phone\n\
+                   Clinic A,HC-1,-1.9,30.1,Gasabo,\"Near the market\n\
+                   Clinic B,HC-2,-1.9,30.1,Gasabo\n\
+                   Clinic C,HC-3,-1.9,30.1,Gasabo,\"KG 9 Ave\"\n";
+        assert_eq!(
+            read(csv.as_bytes()).err(),
+            Some(ReadError::UnclosedQuote(2, 2))
+        );
+        // An address over two lines, with commas, is a cell like any other.
         let csv = "name,code,latitude,longitude,council_name,address\n\
-                   Clinic A,HC-1,-1.9,30.1,Gasabo,\"KG 11 Ave,\nKimironko, Gasabo\"\n\
+                   Clinic A,HC-1,-1.9,30.1,Gasabo,\"KG 11 Ave,\nPlot 4, Kimironko, Gasabo, Kigali, Rwanda\"\n\
                    Clinic B,HC-2,-1.9,30.1,Gasabo,KG 7 Ave\n";
         assert_eq!(read(csv.as_bytes()).unwrap().rows.len(), 2);
     }

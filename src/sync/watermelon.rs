@@ -373,14 +373,16 @@ fn time(raw: &Map<String, Value>, key: &str) -> Result<Option<DateTime<Utc>>, St
         .transpose()
 }
 
-/// A record's id as the server stores and sends it back: a UUID in lower case with hyphens. One
-/// written otherwise (upper case, say) would come back from the next pull as another record.
-fn canonical_id(id: &str) -> Result<Uuid, &'static str> {
-    id.parse::<Uuid>()
-        .ok()
-        .filter(|u| u.hyphenated().to_string() == id)
-        .ok_or("id must be a UUID in lower case with hyphens, as pulls send ids")
+/// A record's id: a UUID, and whether it is written as the server stores and sends it back (in
+/// lower case with hyphens). One written otherwise (upper case, say) names only a record the
+/// server already holds (one an earlier version of this service stored under it): a new one
+/// would come back from the next pull as another record.
+fn record_id(id: &str) -> Result<(Uuid, bool), &'static str> {
+    let uuid = id.parse::<Uuid>().map_err(|_| "id must be a UUID")?;
+    Ok((uuid, uuid.hyphenated().to_string() == id))
 }
+
+const NOT_AS_PULLED: &str = "id must be a UUID in lower case with hyphens, as pulls send ids";
 
 /// Adds a record the service refuses, by its id as the device sent it, to `rejected`.
 fn refuse(rejected: &mut Rejected, id: impl std::fmt::Display, reason: String) {
@@ -392,7 +394,7 @@ fn refuse(rejected: &mut Rejected, id: impl std::fmt::Display, reason: String) {
 
 /// A raw attendance record as pushed, to the contract's content.
 fn content_of(raw: &Map<String, Value>) -> Result<(Uuid, Content), String> {
-    let id = canonical_id(raw.get("id").and_then(Value::as_str).unwrap_or_default())?;
+    let (id, _) = record_id(raw.get("id").and_then(Value::as_str).unwrap_or_default())?;
     let facility_id = raw
         .get("facility_id")
         .and_then(Value::as_str)
@@ -483,6 +485,8 @@ pub async fn push_changes(
     let rules = config.attendance.time_rules();
     let mut rejected = Rejected::new();
     let mut upserts: Vec<(Uuid, Content)> = Vec::new();
+    // Ids sent otherwise than as pulls send them, as sent.
+    let mut sent_as: HashMap<Uuid, String> = HashMap::new();
     for raw in attendance
         .iter()
         .flat_map(|t| t.created.iter().chain(&t.updated))
@@ -503,7 +507,13 @@ pub async fn push_changes(
         match content_of(raw).and_then(|(id, mut c)| {
             check_fields(&mut c, config.attendance.future_tolerance).map(|()| (id, c))
         }) {
-            Ok(pair) => upserts.push(pair),
+            Ok(pair) => {
+                let sent = raw.get("id").and_then(Value::as_str).unwrap_or_default();
+                if sent != pair.0.hyphenated().to_string() {
+                    sent_as.insert(pair.0, sent.to_string());
+                }
+                upserts.push(pair);
+            }
             // A record the device can be told of by its id is left out; one without an id is
             // a malformed push.
             Err(reason) => match raw.get("id").and_then(Value::as_str) {
@@ -519,8 +529,13 @@ pub async fn push_changes(
     }
     let mut deletes = Vec::new();
     for id in attendance.iter().flat_map(|t| &t.deleted) {
-        match canonical_id(id) {
-            Ok(id) => deletes.push(id),
+        match record_id(id) {
+            Ok((uuid, as_pulled)) => {
+                if !as_pulled {
+                    sent_as.insert(uuid, id.clone());
+                }
+                deletes.push(uuid);
+            }
             Err(reason) => refuse(&mut rejected, id, reason.into()),
         }
     }
@@ -550,6 +565,7 @@ pub async fn push_changes(
             &snapshot,
             &upserts,
             &deletes,
+            &sent_as,
             last_pulled_at,
             &rules,
             now,
@@ -572,6 +588,7 @@ async fn apply_changes(
     snapshot: &str,
     upserts: &[(Uuid, Content)],
     deletes: &[Uuid],
+    sent_as: &HashMap<Uuid, String>,
     last_pulled_at: i64,
     rules: &TimeRules,
     now: DateTime<Utc>,
@@ -644,10 +661,17 @@ async fn apply_changes(
         existing = existing_rows(&mut tx, &ids).await?;
     }
 
+    // Refused records are named as the device sent them, which is how it finds them.
+    let named = |id: &Uuid| sent_as.get(id).cloned().unwrap_or_else(|| id.to_string());
+    let new_but_not_as_pulled = |id: &Uuid| sent_as.contains_key(id) && !existing.contains_key(id);
     let facility_ids: Vec<Uuid> = upserts.iter().map(|(_, c)| c.facility_id).collect();
     let sites = sites.get_many(&mut *tx, &facility_ids).await?;
     let mut plan = Plan::default();
     for (id, content) in upserts {
+        if new_but_not_as_pulled(id) {
+            refuse(rejected, named(id), NOT_AS_PULLED.into());
+            continue;
+        }
         let current = existing.get(id);
         // Known deleted: an edit made before the deletion reached the device is dropped.
         if current.is_some_and(|r| r.deleted_at.is_some()) {
@@ -660,11 +684,11 @@ async fn apply_changes(
             continue;
         }
         if let Err(reason) = check_new_times(content, current, rules, now) {
-            refuse(rejected, id, reason);
+            refuse(rejected, named(id), reason);
             continue;
         }
         let Some(site) = sites.get(&content.facility_id) else {
-            refuse(rejected, id, "facility_id: no such facility".into());
+            refuse(rejected, named(id), "facility_id: no such facility".into());
             continue;
         };
         let version = current.map_or(1, |r| r.sync_version + 1);
@@ -672,7 +696,7 @@ async fn apply_changes(
             // "Created" records that already exist (an earlier push landed unseen) are updated.
             Ok(w) if current.is_some() => plan.updates.push(w.stays_closed(current)),
             Ok(w) => plan.inserts.push(w),
-            Err((_, reason)) => refuse(rejected, id, reason),
+            Err((_, reason)) => refuse(rejected, named(id), reason),
         }
     }
     for id in deletes {

@@ -983,3 +983,33 @@ async fn a_pull_larger_than_a_page_completes_over_several_syncs_each_going_on() 
     assert_eq!(changed.as_array().unwrap().len(), 1, "{changed}");
     assert_eq!(changed[0]["notes"], "edited on the phone");
 }
+
+#[tokio::test]
+async fn a_record_the_server_holds_may_be_named_in_capitals_as_an_older_service_took_it() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    let user = app.quick_user("focal", None, facility).await;
+    let t = pull(&app, &user, None).await["timestamp"].as_i64().unwrap();
+    let id = Uuid::new_v4();
+    let (status, body) = push(
+        &app,
+        &user,
+        t,
+        json!({"attendance": {"created": [raw(id, facility, "first")]}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let t = pull(&app, &user, Some(t)).await["timestamp"]
+        .as_i64()
+        .unwrap();
+    let mut edited = raw(id, facility, "edited");
+    edited["id"] = json!(id.to_string().to_uppercase());
+    let (status, body) = push(&app, &user, t, json!({"attendance": {"updated": [edited]}})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let notes: String = sqlx::query_scalar("SELECT notes FROM attendance WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(notes, "edited");
+}

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::audit::Activity;
 use crate::auth::{AuthUser, ClientInfo};
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
-use crate::domain::Role;
+use crate::domain::{GeoPoint, Role};
 use crate::error::{ApiError, ErrorEnvelope, ResultExt};
 use crate::extract::{Json, Path, Query};
 use crate::routes::pagination::{Page, Paging};
@@ -362,19 +362,26 @@ async fn forget_queued_copy(
         return Ok(());
     };
     let now = Utc::now().trunc_subsecs(6);
-    let version = conflict.client_version;
-    let Ok(mut w) = push::build_write(
-        conflict.record_id,
-        &content,
-        &site,
-        version,
-        None,
-        now,
-        &state.config,
-    ) else {
-        return Ok(());
+    // Above any version the device may hold for it: its own, and the one the push answered
+    // with, which was the other shift's.
+    let version = conflict.client_version.max(conflict.server_version).max(1);
+    // Written as it stands, whatever the geofence now says (it is deleted at once).
+    let point = |l: &crate::db::attendance::Location| GeoPoint {
+        latitude: l.latitude,
+        longitude: l.longitude,
     };
-    w.status = "incomplete";
+    let (distance_m, outside) = site.measure(point(&content.clock_in));
+    let out_distance_m = content.clock_out.as_ref().map(|l| site.measure(point(l)).0);
+    let w = push::Write {
+        id: conflict.record_id,
+        content,
+        status: "incomplete",
+        distance_m,
+        out_distance_m,
+        outside,
+        client_timestamp: None,
+        version,
+    };
     let device = conflict.device_id.as_deref().unwrap_or_default();
     let mut plan = Plan::default();
     plan.inserts.push(w);
