@@ -279,8 +279,7 @@ async fn export(
         }
         ExportFormat::Xlsx => {
             let file = xlsx_task(job, slot).await?;
-            let file = tokio::fs::File::from_std(file);
-            let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+            let body = file_body(file, state.config.request_timeout);
             Ok((
                 [
                     (
@@ -327,9 +326,17 @@ async fn csv_stream(
     answer
         .await
         .map_err(|_| anyhow::anyhow!("the export stopped before its query answered"))??;
-    // A cut-off export ends in an error, so the client sees a broken download rather than a
-    // short file that looks whole. Fused: the compression layer may poll once more after the end.
-    Ok(Body::from_stream(
+    Ok(chunks_body(rx, cut))
+}
+
+/// A body of the chunks `rx` brings. A cut-off export (`cut`) ends in an error, so the client
+/// sees a broken download rather than a short file that looks whole. Fused: the compression
+/// layer may poll once more after the end.
+fn chunks_body(
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+    cut: Arc<AtomicBool>,
+) -> Body {
+    Body::from_stream(
         futures::stream::unfold(Some(rx), move |rx| {
             let cut = cut.clone();
             async move {
@@ -344,7 +351,39 @@ async fn csv_stream(
             }
         })
         .fuse(),
-    ))
+    )
+}
+
+/// A written workbook, sent in chunks of 64 KiB: a client that takes nothing for `stall` (the
+/// request timeout) is cut off, as from a CSV export, rather than hold its connection and the
+/// file for good.
+fn file_body(file: std::fs::File, stall: std::time::Duration) -> Body {
+    use tokio::io::AsyncReadExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
+    let cut = Arc::new(AtomicBool::new(false));
+    let cut_off = cut.clone();
+    tokio::spawn(async move {
+        let mut file = tokio::fs::File::from_std(file);
+        loop {
+            let mut chunk = vec![0; 64 * 1024];
+            let whole = match file.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    chunk.truncate(n);
+                    deliver(&tx, chunk, stall).await
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the written workbook could not be read back");
+                    false
+                }
+            };
+            if !whole {
+                cut_off.store(true, Ordering::Release);
+                break;
+            }
+        }
+    });
+    chunks_body(rx, cut)
 }
 
 /// Writes the export's rows to `tx` as CSV chunks; whether it wrote them all. Tells `begun` once
