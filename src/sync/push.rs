@@ -26,6 +26,19 @@ use crate::sync::model::{
 
 /// A row as it will be written: distances, geofence flag and status derived on the server, with
 /// the same rules as online clock-in (a shift open or closed past the maximum is incomplete).
+/// The distances of a record's clock-in and clock-out from its facility, and whether either is
+/// outside the geofence.
+pub(crate) fn measure(content: &Content, site: &Site) -> (f64, Option<f64>, bool) {
+    let point = |l: &crate::db::attendance::Location| GeoPoint {
+        latitude: l.latitude,
+        longitude: l.longitude,
+    };
+    let (distance, outside_in) = site.measure(point(&content.clock_in));
+    let clock_out = content.clock_out.as_ref().map(|l| site.measure(point(l)));
+    let outside = outside_in || clock_out.is_some_and(|(_, out)| out);
+    (distance, clock_out.map(|(d, _)| d), outside)
+}
+
 pub(crate) fn build_write(
     id: Uuid,
     content: &Content,
@@ -35,14 +48,7 @@ pub(crate) fn build_write(
     now: DateTime<Utc>,
     config: &Config,
 ) -> Result<Write, (&'static str, String)> {
-    let point = |l: &crate::db::attendance::Location| GeoPoint {
-        latitude: l.latitude,
-        longitude: l.longitude,
-    };
-    let (distance, outside_in) = site.measure(point(&content.clock_in));
-    let clock_out = content.clock_out.as_ref().map(|l| site.measure(point(l)));
-    let out_distance = clock_out.map(|(d, _)| d);
-    let outside = outside_in || clock_out.is_some_and(|(_, out)| out);
+    let (distance, out_distance, outside) = measure(content, site);
     if outside && config.attendance.enforce_geofence {
         return Err((
             "outside_geofence",

@@ -249,18 +249,9 @@ pub async fn pull_changes(
         // pages read at the target); where to go on is kept for this viewer.
         let seen = base.clone().or_else(|| next.target.clone());
         let seen = seen.ok_or_else(|| anyhow::anyhow!("a paged pull names its target"))?;
-        let timestamp: i64 = sqlx::query_scalar(
-            "INSERT INTO sync_snapshots (snapshot, resume, viewer_id)
-             VALUES ($1::pg_snapshot, $2, $3) RETURNING id",
-        )
-        .bind(&seen)
-        .bind(sqlx::types::Json(&next))
-        .bind(viewer.id)
-        .fetch_one(db)
-        .await?;
         return Ok(Pulled {
             changes: to_watermelon(changes, None, &HashSet::new()),
-            timestamp,
+            timestamp: issue(db, &seen, Some((&next, viewer.id))).await?,
             has_more,
         });
     }
@@ -283,17 +274,29 @@ pub async fn pull_changes(
         None
     };
 
-    let timestamp: i64 = sqlx::query_scalar(
-        "INSERT INTO sync_snapshots (snapshot) VALUES ($1::pg_snapshot) RETURNING id",
-    )
-    .bind(&target)
-    .fetch_one(db)
-    .await?;
     Ok(Pulled {
         changes: to_watermelon(changes, full, &migrated),
-        timestamp,
+        timestamp: issue(db, &target, None).await?,
         has_more,
     })
+}
+
+/// Stores a new timestamp: the snapshot its device has wholly seen and, for a pull that stopped
+/// at a page, where to go on and for whom.
+async fn issue(
+    db: &PgPool,
+    seen: &str,
+    resume: Option<(&Cursor, Uuid)>,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO sync_snapshots (snapshot, resume, viewer_id)
+         VALUES ($1::pg_snapshot, $2, $3) RETURNING id",
+    )
+    .bind(seen)
+    .bind(resume.map(|(cursor, _)| sqlx::types::Json(cursor)))
+    .bind(resume.map(|(_, viewer)| viewer))
+    .fetch_one(db)
+    .await
 }
 
 fn to_watermelon(changes: Changes, full: Option<Changes>, migrated: &HashSet<String>) -> Value {

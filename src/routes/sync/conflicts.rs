@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::audit::Activity;
 use crate::auth::{AuthUser, ClientInfo};
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
-use crate::domain::{GeoPoint, Role};
+use crate::domain::Role;
 use crate::error::{ApiError, ErrorEnvelope, ResultExt};
 use crate::extract::{Json, Path, Query};
 use crate::routes::pagination::{Page, Paging};
@@ -366,12 +366,7 @@ async fn forget_queued_copy(
     // with, which was the other shift's.
     let version = conflict.client_version.max(conflict.server_version).max(1);
     // Written as it stands, whatever the geofence now says (it is deleted at once).
-    let point = |l: &crate::db::attendance::Location| GeoPoint {
-        latitude: l.latitude,
-        longitude: l.longitude,
-    };
-    let (distance_m, outside) = site.measure(point(&content.clock_in));
-    let out_distance_m = content.clock_out.as_ref().map(|l| site.measure(point(l)).0);
+    let (distance_m, out_distance_m, outside) = push::measure(&content, &site);
     let w = push::Write {
         id: conflict.record_id,
         content,
