@@ -291,6 +291,7 @@ pub struct LatestShift {
 }
 
 /// A clock-out as its phone sent it, to tell it when it comes again (see [`LatestShift`]).
+#[derive(Clone, Copy)]
 pub struct SentClockOut<'a> {
     pub point: GeoPoint,
     pub accuracy_m: Option<f64>,
@@ -301,12 +302,13 @@ pub struct SentClockOut<'a> {
     pub tolerance: std::time::Duration,
 }
 
-/// The user's latest shift (see [`LatestShift`]).
+/// The user's latest shift (see [`LatestShift`]), or the latest that began before `before`.
 pub async fn latest_shift<'e>(
     db: impl PgExecutor<'e>,
     user_id: Uuid,
     sent: SentClockOut<'_>,
     within: std::time::Duration,
+    before: Option<DateTime<Utc>>,
 ) -> Result<Option<LatestShift>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS},
@@ -323,6 +325,7 @@ pub async fn latest_shift<'e>(
                 a.change_xid::text AS change_xid
          FROM attendance a
          WHERE a.id = (SELECT id FROM attendance WHERE user_id = $1 AND deleted_at IS NULL
+                         AND ($9::timestamptz IS NULL OR clock_in_at < $9)
                        ORDER BY clock_in_at DESC LIMIT 1)"
     ))
     .bind(user_id)
@@ -333,6 +336,7 @@ pub async fn latest_shift<'e>(
     .bind(chrono::Duration::from_std(within).unwrap_or_default())
     .bind(sent.at)
     .bind(chrono::Duration::from_std(sent.tolerance).unwrap_or_default())
+    .bind(before)
     .fetch_optional(db)
     .await
 }

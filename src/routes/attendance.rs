@@ -122,7 +122,7 @@ fn already_clocked_in() -> ApiError {
 #[utoipa::path(post, path = "/attendance/clock-in", tag = "attendance", security(("bearer" = [])), request_body = ClockIn,
     responses(
         (status = 201, description = "Clocked in", body = AttendanceRecord),
-        (status = 200, description = "A retry (the same `client_id`, or the same `device_id` and `occurred_at`): the record made the first time", body = AttendanceRecord),
+        (status = 200, description = "A retry (the same `client_id`, or the same `device_id` and `occurred_at`): the record made the first time, even when a later shift was worked since or the time rules would now refuse it", body = AttendanceRecord),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 409, description = "Already clocked in (`already_clocked_in`), or a backdated `occurred_at` inside or before a shift already worked (`conflict`)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a time outside the accepted window or more than the maximum shift ago, no facility, or outside the geofence when enforced", body = ErrorEnvelope),
@@ -146,6 +146,24 @@ async fn clock_in(
     let device_id = optional_text(req.device_id, "device_id", 128, &mut invalid);
     let client_id = optional_text(req.client_id, "client_id", 128, &mut invalid);
     let notes = optional_text(req.notes, "notes", 1000, &mut invalid);
+    let client_timestamp = req.occurred_at.map(|t| t.with_timezone(&Utc));
+    let first_attempt = async || {
+        earlier_attempt(
+            &state,
+            user.id,
+            client_id.as_deref(),
+            device_id.as_deref(),
+            client_timestamp,
+        )
+        .await
+    };
+    // A clock-in sent again long after it was stored (its answer lost) may break the time rules
+    // by now: it gets its record back, not a refusal.
+    if !invalid.is_empty()
+        && let Some(row) = first_attempt().await?
+    {
+        return Ok((StatusCode::OK, Json(row.into())));
+    }
     invalid.finish()?;
     let point = point.expect("checked above");
     // A time within the tolerance ahead of the server clock is a phone's clock running fast:
@@ -195,6 +213,10 @@ async fn clock_in(
         )
         .await?;
         if let Some((from, to)) = worked {
+            // Sent again after the user worked a later shift: the record it made.
+            if let Some(row) = first_attempt().await? {
+                return Ok((StatusCode::OK, Json(row.into())));
+            }
             return Err(ApiError::conflict(
                 "conflict",
                 format!(
@@ -218,7 +240,7 @@ async fn clock_in(
         point,
         accuracy_m: req.accuracy_m,
         occurred_at,
-        client_timestamp: req.occurred_at.map(|t| t.with_timezone(&Utc)),
+        client_timestamp,
         distance,
         outside,
         device_id,
@@ -291,6 +313,28 @@ async fn clock_in(
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
+/// The record an earlier attempt of this clock-in made: by its `client_id`, or by the same
+/// device's tap at the same `occurred_at`.
+async fn earlier_attempt(
+    state: &AppState,
+    user_id: Uuid,
+    client_id: Option<&str>,
+    device_id: Option<&str>,
+    at: Option<DateTime<Utc>>,
+) -> Result<Option<records::AttendanceRow>, sqlx::Error> {
+    if let Some(cid) = client_id
+        && let Some(row) = records::by_client_id(&state.db, user_id, cid).await?
+    {
+        return Ok(Some(row));
+    }
+    match (device_id, at) {
+        (Some(device), Some(at)) => {
+            records::by_device_timestamp(&state.db, user_id, device, at).await
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The user's open shift, read with the others asked for at the same time, or alone when that
 /// read failed (a read is safe to repeat).
 async fn open_shift(state: &AppState, user_id: Uuid) -> Result<Option<OpenShift>, ApiError> {
@@ -312,7 +356,7 @@ fn not_clocked_in(message: &str) -> ApiError {
 /// still fits it.
 #[utoipa::path(post, path = "/attendance/clock-out", tag = "attendance", security(("bearer" = [])), request_body = ClockOut,
     responses(
-        (status = 200, description = "The closed record; also the caller's latest shift when it was closed as incomplete before this clock-out arrived (past the maximum shift length, by the periodic sweep or at a sync; or replaced by a shift deleted since), and is of normal length by the clock-out's time; also when the clock-out that closed the caller's latest shift, in the last 10 minutes, is sent again (the same coordinates and accuracy, and the same notes and time when it sent any): that shift as it is stored", body = AttendanceRecord),
+        (status = 200, description = "The closed record; also the caller's latest shift when it was closed as incomplete before this clock-out arrived (past the maximum shift length, by the periodic sweep or at a sync; or replaced by a shift deleted since), and is of normal length by the clock-out's time; also when the clock-out that closed the caller's latest shift, in the last 10 minutes, is sent again (the same coordinates and accuracy, and the same notes and time when it sent any; one with a time before the open shift began, when the user clocked in since): that shift as it is stored", body = AttendanceRecord),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 409, description = "No open shift (`not_clocked_in`), or it exceeded the maximum shift by the clock-out's time and was closed as incomplete; `conflict` when it kept changing while it was being closed (retry)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a time outside the accepted window or before the clock-in", body = ErrorEnvelope),
@@ -341,20 +385,42 @@ async fn clock_out(
     // A time within the tolerance ahead of the server clock is a phone's clock running fast:
     // the shift ends now, and is measured and stored so.
     let occurred_at = occurred_at.min(now);
+    let sent = records::SentClockOut {
+        point,
+        accuracy_m: req.accuracy_m,
+        notes: notes.as_deref(),
+        at: req.occurred_at.map(|t| t.with_timezone(&Utc)),
+        tolerance: state.config.attendance.future_tolerance,
+    };
     for _ in 0..3 {
         let (open, change_xid) = match open_shift(&state, user.id).await? {
-            Some(OpenShift { row, change_xid }) => (row, change_xid),
+            Some(OpenShift { row, change_xid }) => {
+                // A clock-out stamped before the open shift began, sent again late (its answer
+                // was lost, and the user clocked in since): the shift it closed, not this one.
+                if sent.at.is_some_and(|at| at < row.clock_in_at)
+                    && let Some(earlier) = records::latest_shift(
+                        &state.db,
+                        user.id,
+                        sent,
+                        REPEATED_CLOCK_OUT_WITHIN,
+                        Some(row.clock_in_at),
+                    )
+                    .await?
+                    && earlier.repeated
+                {
+                    return Ok(Json(earlier.row.into()));
+                }
+                (row, change_xid)
+            }
             None => {
-                let sent = records::SentClockOut {
-                    point,
-                    accuracy_m: req.accuracy_m,
-                    notes: notes.as_deref(),
-                    at: req.occurred_at.map(|t| t.with_timezone(&Utc)),
-                    tolerance: state.config.attendance.future_tolerance,
-                };
-                let latest =
-                    records::latest_shift(&state.db, user.id, sent, REPEATED_CLOCK_OUT_WITHIN)
-                        .await?;
+                let latest = records::latest_shift(
+                    &state.db,
+                    user.id,
+                    sent,
+                    REPEATED_CLOCK_OUT_WITHIN,
+                    None,
+                )
+                .await?;
                 match latest {
                     Some(latest) if latest.repeated => return Ok(Json(latest.row.into())),
                     // A clock-out held back until after its shift was closed as incomplete (the

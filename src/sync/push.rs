@@ -597,8 +597,19 @@ impl Seen {
     }
 }
 
-/// Decides each record in order, tracking the user's one open shift through the batch: what to
-/// write, and each record's outcome.
+/// The order records are decided in: those of the user's stored open shift first, so that a
+/// device that closed (or deleted) it and then clocked in sends the new shift beside a closed
+/// one, whatever order its records come in. The rest keep the order sent.
+fn decision_order(batch: &[Parsed], open: Option<&AttendanceRow>) -> Vec<usize> {
+    let of_open = |item: &Parsed| matches!((item, open), (Ok((record, _)), Some(open)) if record.id == open.id);
+    let (mut first, rest): (Vec<usize>, Vec<usize>) =
+        (0..batch.len()).partition(|&i| of_open(&batch[i]));
+    first.extend(rest);
+    first
+}
+
+/// Decides each record, tracking the user's one open shift through the batch: what to write,
+/// and each record's outcome, in the order sent.
 fn decide_all(
     batch: &[Parsed],
     seen: &Seen,
@@ -619,13 +630,14 @@ fn decide_all(
     let rules = config.attendance.time_rules();
     let mut open = open.clone();
     let mut plan = Plan::default();
-    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
     let mut batch_stamps: HashMap<DateTime<Utc>, Uuid> = HashMap::new();
-    for item in batch {
+    for i in decision_order(batch, open.as_ref()) {
+        let item = &batch[i];
         let (record, content) = match item {
             Ok((record, content)) => (record, content),
             Err(outcome) => {
-                outcomes.push(outcome.clone());
+                outcomes[i] = Some(outcome.clone());
                 continue;
             }
         };
@@ -634,7 +646,7 @@ fn decide_all(
         let strategy = record.conflict_strategy.unwrap_or_default();
         let existing = by_id.get(&id);
         if existing.is_some_and(|row| row.user_id != user_id) {
-            outcomes.push(reject(
+            outcomes[i] = Some(reject(
                 Some(id),
                 "forbidden",
                 "this id belongs to another user's record",
@@ -644,7 +656,7 @@ fn decide_all(
         // The same change sent again under another id (same device, same client timestamp).
         if existing.is_none() && record.op == Op::Upsert {
             if let Some(row) = by_stamp.get(&stamp) {
-                outcomes.push(Outcome::Done(
+                outcomes[i] = Some(Outcome::Done(
                     id,
                     ResultStatus::Duplicate,
                     Some(row.sync_version),
@@ -654,7 +666,7 @@ fn decide_all(
                 continue;
             }
             if batch_stamps.contains_key(&stamp) {
-                outcomes.push(reject(
+                outcomes[i] = Some(reject(
                     Some(id),
                     "duplicate",
                     "another record of this batch has the same device and client_timestamp",
@@ -667,7 +679,7 @@ fn decide_all(
         if let Some(content) = content
             && let Err(reason) = check_new_times(content, existing, &rules, now)
         {
-            outcomes.push(reject(Some(id), "validation_failed", reason));
+            outcomes[i] = Some(reject(Some(id), "validation_failed", reason));
             continue;
         }
         let write = |content: &Content, version: i32| -> Result<Write, Outcome> {
@@ -820,8 +832,12 @@ fn decide_all(
             }
             Decision::Update => unreachable!("an update is an upsert"),
         };
-        outcomes.push(outcome);
+        outcomes[i] = Some(outcome);
     }
+    let outcomes = outcomes
+        .into_iter()
+        .map(|o| o.expect("every record is decided"))
+        .collect();
     (plan, outcomes)
 }
 

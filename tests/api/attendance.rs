@@ -161,6 +161,32 @@ async fn a_clock_out_sent_again_gets_the_shift_it_closed_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_clock_out_sent_again_after_the_next_clock_in_leaves_the_new_shift_open() {
+    let app = TestApp::spawn().await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    let mut start = at_site();
+    start["occurred_at"] = json!((Utc::now() - Duration::minutes(60)).to_rfc3339());
+    assert_eq!(clock_in(&app, &user, start).await.0, StatusCode::CREATED);
+    let mut request = at_site();
+    request["occurred_at"] = json!((Utc::now() - Duration::minutes(3)).to_rfc3339());
+    let (status, first) = clock_out(&app, &user, request.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    // Its answer was lost; the user clocks in again before the phone sends it once more.
+    let (status, next) = clock_in(&app, &user, at_site()).await;
+    assert_eq!(status, StatusCode::CREATED, "{next}");
+    let (status, again) = clock_out(&app, &user, request).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again, first);
+    let (_, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
+    assert_eq!(active["attendance"]["id"], next["id"]);
+    assert_eq!(active["attendance"]["status"], "open");
+    // The next shift's own clock-out still closes it.
+    let (status, closed) = clock_out(&app, &user, at_site()).await;
+    assert_eq!(status, StatusCode::OK, "{closed}");
+    assert_eq!(closed["id"], next["id"]);
+}
+
+#[tokio::test]
 async fn a_shift_left_open_past_the_limit_is_closed_incomplete_by_the_next_clock_in() {
     let app = TestApp::spawn().await;
     let (user, facility) = user_at_site(&app, "focal", None).await;
@@ -1253,6 +1279,70 @@ async fn a_retried_clock_in_with_the_same_client_id_returns_the_same_record() {
         .await
         .unwrap();
     assert_eq!(rows, 1);
+}
+
+#[tokio::test]
+async fn a_clock_in_retried_after_a_later_shift_or_past_the_time_rules_returns_its_record() {
+    let app = TestApp::spawn().await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    let ago = |minutes| json!((Utc::now() - Duration::minutes(minutes)).to_rfc3339());
+    let mut first = at_site();
+    first["occurred_at"] = ago(90);
+    first["client_id"] = json!("phone-42:first");
+    let (status, made) = clock_in(&app, &user, first.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let mut out = at_site();
+    out["occurred_at"] = ago(80);
+    assert_eq!(clock_out(&app, &user, out).await.0, StatusCode::OK);
+    // A later shift, worked and closed, before the phone sends the first clock-in again.
+    let mut later = at_site();
+    later["occurred_at"] = ago(40);
+    assert_eq!(clock_in(&app, &user, later).await.0, StatusCode::CREATED);
+    assert_eq!(clock_out(&app, &user, at_site()).await.0, StatusCode::OK);
+    let (status, again) = clock_in(&app, &user, first.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], made["id"]);
+
+    // The same device's tap, sent again once past the maximum shift length: its record, not 422.
+    let mut tap = at_site();
+    tap["device_id"] = json!("phone-42");
+    tap["occurred_at"] = ago(0);
+    let (status, tapped) = clock_in(&app, &user, tap.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{tapped}");
+    let long_ago = Utc::now() - Duration::hours(17);
+    sqlx::query(
+        "UPDATE attendance SET clock_in_at = $2, client_timestamp = $2, status = 'incomplete'
+         WHERE id = $1",
+    )
+    .bind(
+        tapped["id"]
+            .as_str()
+            .unwrap()
+            .parse::<uuid::Uuid>()
+            .unwrap(),
+    )
+    .bind(long_ago)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    tap["occurred_at"] = json!(long_ago.to_rfc3339());
+    let (status, again) = clock_in(&app, &user, tap.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], tapped["id"]);
+    // Another tap that old is still refused.
+    tap["device_id"] = json!("phone-43");
+    let (status, body) = clock_in(&app, &user, tap).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 3);
 }
 
 #[tokio::test]

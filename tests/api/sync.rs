@@ -766,6 +766,42 @@ async fn an_open_record_while_another_is_open_is_a_conflict() {
 }
 
 #[tokio::test]
+async fn a_new_shift_sent_before_the_clock_out_of_the_open_one_is_created_beside_it() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    for op in ["close", "delete"] {
+        let mut earlier = open_shift(facility, 90);
+        let (_, body) = push(&app, &user, vec![earlier.clone()]).await;
+        assert_eq!(statuses(&body), vec!["created"], "{body}");
+        // Offline, the device ends that shift and begins another; it sends the new record first.
+        if op == "close" {
+            earlier["data"]["clock_out_at"] =
+                json!((Utc::now() - Duration::minutes(40)).to_rfc3339());
+            earlier["data"]["clock_out_location"] =
+                json!({"latitude": SITE.0, "longitude": SITE.1});
+        } else {
+            earlier["op"] = json!("delete");
+        }
+        let later = open_shift(facility, 30);
+        let (status, body) = push(&app, &user, vec![later.clone(), earlier.clone()]).await;
+        assert_eq!(status, StatusCode::OK);
+        let second = if op == "close" { "updated" } else { "deleted" };
+        assert_eq!(statuses(&body), vec!["created", second], "{op}: {body}");
+        assert_eq!(body["results"][0]["record"]["status"], "open", "{body}");
+        let (_, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
+        assert_eq!(active["attendance"]["id"], later["id"], "{op}");
+        // Closed for the next round.
+        let (status, _) = send(
+            app.post("/api/attendance/clock-out")
+                .bearer_auth(&user.token)
+                .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
 async fn a_new_shift_queued_beside_an_open_one_is_stored_when_the_admin_keeps_it() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
