@@ -1008,6 +1008,7 @@ async fn run() -> anyhow::Result<()> {
         role: Role::Admin,
         email: "admin@bench.example".into(),
         facility_id: None,
+        token_version: 0,
     });
     for (what, search) in [("user page", false), ("user search", true)] {
         let rec = Recorder::new();

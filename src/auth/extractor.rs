@@ -25,6 +25,8 @@ pub struct AuthUser {
     pub email: String,
     /// The user's own facility, where a clock-in without one happens.
     pub facility_id: Option<Uuid>,
+    /// The token version the request's token carries (the account's when it was checked).
+    pub token_version: i32,
 }
 
 impl AuthUser {
@@ -79,6 +81,7 @@ impl FromRequestParts<AppState> for AuthUser {
             role: record.role,
             email: record.email,
             facility_id: record.facility_id,
+            token_version: claims.ver,
         };
         parts.extensions.insert(user.clone());
         Ok(user)

@@ -3,7 +3,8 @@
 //! all be checked before the first failure is written: at most `LOGIN_MAX_FAILURES` checks run
 //! per lockout period. The check that fills the allowance sets the lock; any counted check that
 //! finds the right password clears it, and the count. A check that ends before its password is
-//! known (the client went away, the hashing queue timed out, the database failed) is taken back.
+//! known (the client went away, the request timed out waiting for the hashing threads, the
+//! database failed) is taken back.
 
 use sqlx::PgPool;
 use uuid::Uuid;

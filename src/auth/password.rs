@@ -168,6 +168,12 @@ impl Hasher {
         let span = tracing::Span::current();
         self.jobs
             .send(Box::new(move || {
+                // A request that went away while its job waited (it timed out, or its client
+                // hung up) needs no hash: a burst of them would otherwise keep the threads busy
+                // long after it ended, and every login behind it would wait and time out too.
+                if done.is_closed() {
+                    return;
+                }
                 let _ = done.send(span.in_scope(work));
             }))
             .map_err(|_| anyhow::anyhow!("the hashing threads have stopped"))?;
@@ -194,6 +200,32 @@ impl Hasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_job_whose_request_went_away_while_it_waited_is_not_run() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let hasher = Hasher::new(1);
+        // The one thread is kept busy until released.
+        let (release, held) = mpsc::channel::<()>();
+        hasher
+            .jobs
+            .send(Box::new(move || {
+                let _ = held.recv();
+            }))
+            .unwrap();
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            hasher.run(move || flag.store(true, Ordering::SeqCst)),
+        )
+        .await;
+        assert!(waited.is_err(), "the request gave up while its job waited");
+        release.send(()).unwrap();
+        // Queued after it: once this has run, the abandoned job has been taken off the queue.
+        assert_eq!(hasher.run(|| 7).await.unwrap(), 7);
+        assert!(!ran.load(Ordering::SeqCst));
+    }
 
     #[test]
     fn reused_memory_computes_what_the_library_computes() {

@@ -58,7 +58,7 @@ pub async fn owner(
 pub enum Rotation {
     /// The token was current: it is now rotated, and this is its family and owner.
     Rotated { user_id: Uuid, family_id: Uuid },
-    /// The token had already been used or revoked: its family is now revoked. `stolen` the
+    /// The token had already been rotated (used): its family is now revoked. `stolen` the
     /// first time a rotated token of the family comes back: someone else holds, or held, the
     /// newer tokens, and may hold an access token from them.
     Reused {
@@ -129,9 +129,14 @@ pub async fn rotate(
     .fetch_optional(&mut *conn)
     .await?
     .ok_or(ApiError::InvalidToken)?;
-    if rotated || revoked {
+    // Revoked but never rotated: the session was ended (a logout, a password change, a
+    // deactivation), and a device that missed it still holds its last token. No theft.
+    if revoked && !rotated {
+        return Err(ApiError::InvalidToken);
+    }
+    if rotated {
         revoke_family(&mut *conn, family_id).await?;
-        let stolen = rotated && first_reuse(&mut *conn, family_id).await?;
+        let stolen = first_reuse(&mut *conn, family_id).await?;
         return Ok(Rotation::Reused {
             user_id,
             family_id,

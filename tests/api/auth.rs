@@ -618,6 +618,13 @@ async fn logout_revokes_the_refresh_token() {
     )
     .await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+    // A token that was revoked, never rotated, is no sign of theft: no alarm in the trail.
+    assert!(
+        !app.actions()
+            .await
+            .iter()
+            .any(|a| a == "auth.refresh_reuse")
+    );
 }
 
 #[tokio::test]
@@ -1037,6 +1044,36 @@ async fn a_wrong_current_password_changes_nothing() {
     );
     assert!(body["error"]["details"]["current_password"].is_array());
     assert_eq!(app.login(&user.email, PASSWORD).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_password_change_from_a_session_ended_elsewhere_stores_nothing() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    // The session is checked once (and remembered for a while by this instance).
+    let (status, _) = send(app.get("/api/users/me").bearer_auth(&user.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    // Another instance deactivates the account.
+    sqlx::query(
+        "UPDATE users SET status = 'inactive', token_version = token_version + 1 WHERE id = $1",
+    )
+    .bind(user.id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let (status, body) = send(
+        app.post("/api/users/me/password")
+            .bearer_auth(&user.token)
+            .json(&json!({"current_password": PASSWORD, "new_password": "a brand new passphrase"})),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+    let changed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM activities WHERE action = 'user.password_change'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(changed, 0);
 }
 
 #[tokio::test]

@@ -91,11 +91,16 @@ async fn change_password(
         return Err(invalid.into_error());
     }
     let new_password = new_password.expect("checked above");
-    let (hash, version): (String, i32) =
-        sqlx::query_as("SELECT password_hash, token_version FROM users WHERE id = $1")
-            .bind(user.id)
-            .fetch_one(&state.db)
-            .await?;
+    // The session the request came with, still current: not ended (a deactivation, a role
+    // change, a reset) since its token was checked.
+    let hash: String = sqlx::query_scalar(
+        "SELECT password_hash FROM users WHERE id = $1 AND token_version = $2 AND status = 'active'",
+    )
+    .bind(user.id)
+    .bind(user.token_version)
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or(ApiError::InvalidToken)?;
     // Guesses here count towards the same lock as guesses at login.
     let attempt = match lockout::attempt(&state.db, Some(user.id), &state.config.auth).await {
         Ok(attempt) => {
@@ -137,7 +142,7 @@ async fn change_password(
     let mut tx = state.db.begin().await?;
     // Not over a password an admin set while this one was checked, nor for a session ended
     // meanwhile (a role change, a deactivation): either moved the token version.
-    if !store(&mut tx, user.id, new_hash, Some(version)).await? {
+    if !store(&mut tx, user.id, new_hash, Some(user.token_version)).await? {
         drop(tx);
         attempt.succeeded().await?;
         return Err(ApiError::InvalidToken);
@@ -190,8 +195,9 @@ async fn reset_password(
     let hash = state.hasher.hash(password.into_secret()).await?;
     let mut tx = state.db.begin().await?;
     // Checked again under the row's lock: the user may have been made an admin, or given this
-    // password as their email, while the hash was made.
-    let target = sqlx::query_as("SELECT email, role FROM users WHERE id = $1 FOR UPDATE")
+    // password as their email, while the hash was made. No key changes: a key-share lock (the
+    // user's own logout writing its audit row) need not wait, and cannot deadlock with it.
+    let target = sqlx::query_as("SELECT email, role FROM users WHERE id = $1 FOR NO KEY UPDATE")
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
