@@ -105,6 +105,21 @@ impl Activity {
     }
 }
 
+/// The details of an edit: the `fields` it sent, and `changes`, `{field: {from, to}}` for each
+/// of them whose value differs between the row before the edit and after it (each read as
+/// `to_jsonb` of the row).
+pub fn edit(before: &Value, after: &Value, fields: &[&str]) -> Value {
+    let changes: serde_json::Map<String, Value> = fields
+        .iter()
+        .filter(|f| before[**f] != after[**f])
+        .map(|f| {
+            let change = serde_json::json!({ "from": before[*f], "to": after[*f] });
+            (f.to_string(), change)
+        })
+        .collect();
+    serde_json::json!({ "fields": fields, "changes": changes })
+}
+
 const INSERT: &str = "INSERT INTO activities (actor_id, actor_email, action, entity_type, entity_id, details, ip, user_agent)";
 
 /// `VALUES ($first, ..., $first + 7)`.

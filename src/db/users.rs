@@ -58,6 +58,7 @@ pub struct User {
     #[schema(required = true)]
     pub last_login_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// When the account last changed; a login, or a wrong password, is no change.
     pub updated_at: DateTime<Utc>,
 }
 

@@ -670,6 +670,129 @@ async fn authorization_matrix() {
 }
 
 #[tokio::test]
+async fn logins_and_wrong_passwords_leave_the_accounts_updated_at_alone() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let worker = app.user("focal", None).await;
+    let updated_at = || async {
+        let (status, body) = send(
+            app.get(&format!("/api/users/{}", worker.id))
+                .bearer_auth(&admin.token),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["updated_at"].clone()
+    };
+    let before = updated_at().await;
+    app.login(&worker.email, "wrong-password-here").await;
+    assert_eq!(
+        app.login(&worker.email, crate::helpers::PASSWORD).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(updated_at().await, before);
+    let (status, _) = send(
+        app.patch("/api/users/me")
+            .bearer_auth(&worker.token)
+            .json(&json!({"first_name": "Renamed"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(updated_at().await, before);
+}
+
+#[tokio::test]
+async fn the_trail_shows_what_each_edit_changed_from_and_to() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let worker = app.user("focal", None).await;
+    let elsewhere = app.facility_at(-1.95, 30.06).await;
+    let latest = |entity: String| {
+        let app = &app;
+        let token = admin.token.clone();
+        async move {
+            let (status, body) = send(
+                app.get(&format!("/api/activities?{entity}&per_page=1"))
+                    .bearer_auth(&token),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["data"][0]["details"].clone()
+        }
+    };
+    let before: (Option<String>, Option<uuid::Uuid>) =
+        sqlx::query_as("SELECT phone, facility_id FROM users WHERE id = $1")
+            .bind(worker.id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    let (status, body) = send(
+        app.patch(&format!("/api/users/{}", worker.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"phone": "+250 788 000 111", "facility_id": elsewhere, "first_name": worker_first(&app, worker.id).await})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let details = latest(format!("action=user.update&entity_id={}", worker.id)).await;
+    assert_eq!(
+        details["changes"],
+        json!({
+            "phone": {"from": before.0, "to": "+250 788 000 111"},
+            "facility_id": {"from": before.1, "to": elsewhere},
+        }),
+        "a name sent unchanged is not a change: {details}"
+    );
+    assert_eq!(
+        details["fields"],
+        json!(["first_name", "phone", "facility_id"])
+    );
+
+    // One's own edit.
+    let (status, body) = send(
+        app.patch("/api/users/me")
+            .bearer_auth(&worker.token)
+            .json(&json!({"phone": null})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let details = latest(format!("action=user.update&entity_id={}", worker.id)).await;
+    assert_eq!(
+        (details["self"].clone(), details["changes"].clone()),
+        (
+            json!(true),
+            json!({"phone": {"from": "+250 788 000 111", "to": null}})
+        )
+    );
+    assert!(!details.to_string().contains("argon2"), "{details}");
+
+    // A facility's edit.
+    let (status, body) = send(
+        app.patch(&format!("/api/facilities/{elsewhere}"))
+            .bearer_auth(&admin.token)
+            .json(&json!({"geofence_radius_m": 350})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let details = latest(format!("action=facility.update&entity_id={elsewhere}")).await;
+    assert_eq!(
+        details["changes"]["geofence_radius_m"]["to"],
+        json!(350),
+        "{details}"
+    );
+    assert!(
+        details["changes"]["geofence_radius_m"]["from"].is_number(),
+        "{details}"
+    );
+}
+
+async fn worker_first(app: &TestApp, id: uuid::Uuid) -> String {
+    sqlx::query_scalar("SELECT first_name FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
 async fn the_activity_log_filters_by_actor_action_entity_and_time() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;

@@ -2,12 +2,13 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
+use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::audit::Activity;
+use crate::audit::{self, Activity};
 use crate::auth::{AuthUser, ClientInfo};
 use crate::db::facilities::{self, Facility, FacilityFilter, FacilityStatus};
 use crate::domain::{GeoPoint, Role};
@@ -342,7 +343,13 @@ async fn update_facility(
     check_council(&state, req.council_id, &mut invalid).await?;
     invalid.finish()?;
     let mut tx = crate::import::apply::begin_beside_imports(&state.db).await?;
-    let updated = sqlx::query(
+    let before: Value =
+        sqlx::query_scalar("SELECT to_jsonb(f) FROM facilities f WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+    let after: Value = sqlx::query_scalar(
         "UPDATE facilities SET
              code = coalesce($2, code), name = coalesce($3, name), type = coalesce($4, type),
              council_id = coalesce($5, council_id), latitude = coalesce($6, latitude),
@@ -351,7 +358,8 @@ async fn update_facility(
              contact_phone = CASE WHEN $11 THEN $12 ELSE contact_phone END,
              contact_email = CASE WHEN $13 THEN $14 ELSE contact_email END,
              status = coalesce($15, status)
-         WHERE id = $1",
+         WHERE id = $1
+         RETURNING to_jsonb(facilities)",
     )
     .bind(id)
     .bind(code)
@@ -368,12 +376,9 @@ async fn update_facility(
     .bind(email.is_some())
     .bind(email.flatten().map(|e| e.to_lowercase()))
     .bind(req.status.map(FacilityStatus::as_str))
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await
     .on_constraint("facilities_code_key", duplicate_code)?;
-    if updated.rows_affected() == 0 {
-        return Err(ApiError::NotFound);
-    }
     // A status change is its own action, so the trail can be searched for it.
     let action = match req.status {
         Some(FacilityStatus::Inactive) => "facility.deactivate",
@@ -384,7 +389,7 @@ async fn update_facility(
         .by(&admin)
         .on("facility", id)
         .from(&client)
-        .details(serde_json::json!({ "fields": changed_fields(&req) }))
+        .details(audit::edit(&before, &after, &changed_fields(&req)))
         .record(&mut *tx)
         .await?;
     let facility = facilities::find(&mut *tx, id)

@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::audit::Activity;
+use crate::audit::{self, Activity};
 use crate::auth::{AuthUser, ClientInfo, refresh};
 use crate::db::users::{self, User};
 use crate::domain::{Email, Role, UserStatus};
@@ -90,6 +90,8 @@ struct Current {
     role: String,
     status: String,
     supervisor_id: Option<Uuid>,
+    /// The whole row, for the audit trail's account of what changed.
+    state: serde_json::Value,
 }
 
 /// Updates a user: admins any field; supervisors only the facility of users in their tree.
@@ -177,9 +179,11 @@ async fn update_user(
             .await?;
     }
     let current: Current = sqlx::query_as(if email.is_some() {
-        "SELECT role, status, supervisor_id FROM users WHERE id = $1 FOR UPDATE"
+        "SELECT role, status, supervisor_id, to_jsonb(u) - 'password_hash' AS state
+         FROM users u WHERE id = $1 FOR UPDATE"
     } else {
-        "SELECT role, status, supervisor_id FROM users WHERE id = $1 FOR NO KEY UPDATE"
+        "SELECT role, status, supervisor_id, to_jsonb(u) - 'password_hash' AS state
+         FROM users u WHERE id = $1 FOR NO KEY UPDATE"
     })
     .bind(id)
     .fetch_optional(&mut *tx)
@@ -316,11 +320,16 @@ async fn update_user(
     {
         users::record_move(&mut tx, id, current.supervisor_id, supervisor).await?;
     }
+    let after: serde_json::Value =
+        sqlx::query_scalar("SELECT to_jsonb(u) - 'password_hash' FROM users u WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
     Activity::new("user.update")
         .by(&actor)
         .on("user", id)
         .from(&client)
-        .details(serde_json::json!({ "fields": changed_fields(&req) }))
+        .details(audit::edit(&current.state, &after, &changed_fields(&req)))
         .record(&mut *tx)
         .await?;
     if role_changed {

@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::audit::Activity;
+use crate::audit::{self, Activity};
 use crate::auth::{AuthUser, ClientInfo};
 use crate::db::users::{self, User};
 use crate::error::{ApiError, ErrorEnvelope, Invalid};
@@ -68,24 +68,41 @@ async fn update_me(
         .phone
         .map(|p| optional_text(p, "phone", 32, &mut invalid));
     invalid.finish()?;
+    let fields: Vec<&str> = [
+        ("first_name", first_name.is_some()),
+        ("last_name", last_name.is_some()),
+        ("phone", phone.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, sent)| sent.then_some(name))
+    .collect();
     let mut tx = state.db.begin().await?;
-    sqlx::query(
+    let before: serde_json::Value = sqlx::query_scalar(
+        "SELECT to_jsonb(u) - 'password_hash' FROM users u WHERE id = $1 FOR NO KEY UPDATE",
+    )
+    .bind(user.id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let after: serde_json::Value = sqlx::query_scalar(
         "UPDATE users SET first_name = coalesce($2, first_name), last_name = coalesce($3, last_name),
                           phone = CASE WHEN $4 THEN $5 ELSE phone END
-         WHERE id = $1",
+         WHERE id = $1
+         RETURNING to_jsonb(users) - 'password_hash'",
     )
     .bind(user.id)
     .bind(first_name)
     .bind(last_name)
     .bind(phone.is_some())
     .bind(phone.flatten())
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
+    let mut details = audit::edit(&before, &after, &fields);
+    details["self"] = true.into();
     Activity::new("user.update")
         .by(&user)
         .on("user", user.id)
         .from(&client)
-        .details(serde_json::json!({ "self": true }))
+        .details(details)
         .record(&mut *tx)
         .await?;
     let updated = users::find(&mut *tx, user.id)
