@@ -302,7 +302,8 @@ pub struct SentClockOut<'a> {
     pub tolerance: std::time::Duration,
 }
 
-/// The user's latest shift (see [`LatestShift`]), or the latest that began before `before`.
+/// The user's latest shift (see [`LatestShift`]); with `before`, the latest that began before
+/// it and ended at the clock-out's time (`at`, within `tolerance`).
 pub async fn latest_shift<'e>(
     db: impl PgExecutor<'e>,
     user_id: Uuid,
@@ -325,7 +326,10 @@ pub async fn latest_shift<'e>(
                 a.change_xid::text AS change_xid
          FROM attendance a
          WHERE a.id = (SELECT id FROM attendance WHERE user_id = $1 AND deleted_at IS NULL
-                         AND ($9::timestamptz IS NULL OR clock_in_at < $9)
+                         AND ($9::timestamptz IS NULL
+                              OR (clock_in_at < $9
+                                  AND clock_out_at BETWEEN $7::timestamptz - $8
+                                                       AND $7::timestamptz + $8))
                        ORDER BY clock_in_at DESC LIMIT 1)"
     ))
     .bind(user_id)

@@ -58,7 +58,7 @@ pub struct User {
     #[schema(required = true)]
     pub last_login_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
-    /// When the account last changed; a login, or a wrong password, is no change.
+    /// When the account last changed; a login, a wrong password or a lockout is no change.
     pub updated_at: DateTime<Utc>,
 }
 

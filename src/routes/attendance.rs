@@ -122,7 +122,7 @@ fn already_clocked_in() -> ApiError {
 #[utoipa::path(post, path = "/attendance/clock-in", tag = "attendance", security(("bearer" = [])), request_body = ClockIn,
     responses(
         (status = 201, description = "Clocked in", body = AttendanceRecord),
-        (status = 200, description = "A retry (the same `client_id`, or the same `device_id` and `occurred_at`): the record made the first time, even when a later shift was worked since or the time rules would now refuse it", body = AttendanceRecord),
+        (status = 200, description = "A retry (the same `client_id`, or the same `device_id` and `occurred_at`): the record made the first time, unless deleted since; also when the clock-in would by now be refused (a later shift worked, the time rules, the facility closed)", body = AttendanceRecord),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 409, description = "Already clocked in (`already_clocked_in`), or a backdated `occurred_at` inside or before a shift already worked (`conflict`)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a time outside the accepted window or more than the maximum shift ago, no facility, or outside the geofence when enforced", body = ErrorEnvelope),
@@ -136,98 +136,44 @@ async fn clock_in(
     let now = Utc::now();
     let mut invalid = Invalid::default();
     let point = check_location(req.latitude, req.longitude, req.accuracy_m, &mut invalid);
-    let occurred_at = req.occurred_at.map_or(now, |t| t.with_timezone(&Utc));
-    if let Err(reason) = state.config.attendance.time_rules().check(occurred_at, now) {
-        invalid.add("occurred_at", reason);
-    }
-    if let Err(reason) = too_old_to_open(occurred_at, now, state.config.attendance.max_shift) {
-        invalid.add("occurred_at", reason);
-    }
     let device_id = optional_text(req.device_id, "device_id", 128, &mut invalid);
     let client_id = optional_text(req.client_id, "client_id", 128, &mut invalid);
     let notes = optional_text(req.notes, "notes", 1000, &mut invalid);
-    let client_timestamp = req.occurred_at.map(|t| t.with_timezone(&Utc));
-    let first_attempt = async || {
-        earlier_attempt(
-            &state,
-            user.id,
-            client_id.as_deref(),
-            device_id.as_deref(),
-            client_timestamp,
-        )
-        .await
-    };
-    // A clock-in sent again long after it was stored (its answer lost) may break the time rules
-    // by now: it gets its record back, not a refusal.
-    if !invalid.is_empty()
-        && let Some(row) = first_attempt().await?
-    {
-        return Ok((StatusCode::OK, Json(row.into())));
-    }
     invalid.finish()?;
     let point = point.expect("checked above");
-    // A time within the tolerance ahead of the server clock is a phone's clock running fast:
-    // the tap happened now.
-    let occurred_at = occurred_at.min(now);
-
-    let facility_id = req.facility_id.or(user.facility_id).ok_or_else(|| {
-        ApiError::invalid("facility_id", "is required: you have no default facility")
-    })?;
-    let site = state
-        .sites
-        .get(&state.db, facility_id)
-        .await?
-        .ok_or_else(|| ApiError::invalid("facility_id", "no such facility"))?;
-    if site.status != "active" {
-        let whose = match req.facility_id {
-            Some(_) => "the facility",
-            None => "your default facility",
-        };
-        let status = match site.status.as_str() {
-            "maintenance" => "under maintenance",
-            other => other,
-        };
-        return Err(ApiError::invalid(
-            "facility_id",
-            format!("{whose} is {status} and takes no clock-ins"),
-        ));
-    }
-    let (distance, outside) = site.measure(point);
-    if outside && state.config.attendance.enforce_geofence {
-        return Err(geofence_refusal(distance, site.geofence_radius_m));
-    }
-    // A clock-in backdated into or before a shift already worked would count those hours twice
-    // (the new shift runs from its start until the clock-out). A tap sent as it happens cannot
-    // be before a closed shift's end, so only backdated ones are checked.
-    // The shift this very clock-in began (a retry by client_id, or the same device's tap) is
-    // not another shift: the insert below finds it and answers with it.
-    if occurred_at < now - chrono::Duration::minutes(1) {
-        let tolerance = state.config.attendance.future_tolerance;
-        let worked = records::worked_shift_at(
-            &state.db,
-            user.id,
-            occurred_at,
-            tolerance,
-            client_id.as_deref(),
-            device_id.as_deref(),
-        )
-        .await?;
-        if let Some((from, to)) = worked {
-            // Sent again after the user worked a later shift: the record it made.
-            if let Some(row) = first_attempt().await? {
-                return Ok((StatusCode::OK, Json(row.into())));
-            }
-            return Err(ApiError::conflict(
-                "conflict",
-                format!(
-                    "occurred_at is before the end of a shift you already worked ({} to {}); \
-                     a shift can start only after it",
-                    from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                ),
-            ));
+    let client_timestamp = req.occurred_at.map(|t| t.with_timezone(&Utc));
+    let tap = Tap {
+        facility_id: req.facility_id,
+        occurred_at: client_timestamp.unwrap_or(now),
+        point,
+        client_id: client_id.as_deref(),
+        device_id: device_id.as_deref(),
+    };
+    let Admitted {
+        site,
+        occurred_at,
+        distance,
+        outside,
+    } = match admit(&state, &user, &tap, now).await {
+        Ok(admitted) => admitted,
+        // A clock-in sent again after it was stored (its answer lost) may be refused by now: a
+        // later shift worked since, the time rules, the facility closed. It gets its record.
+        Err(refusal @ (ApiError::Validation(_) | ApiError::Conflict { .. })) => {
+            let earlier = earlier_attempt(
+                &state,
+                user.id,
+                tap.client_id,
+                tap.device_id,
+                client_timestamp,
+            )
+            .await?;
+            return match earlier {
+                Some(row) => Ok((StatusCode::OK, Json(row.into()))),
+                None => Err(refusal),
+            };
         }
-    }
+        Err(other) => return Err(other),
+    };
 
     // The common case is written with the clock-ins that arrive beside it (see
     // `db::coalesce`). One it did not write is written alone, and told apart by the constraint
@@ -313,8 +259,113 @@ async fn clock_in(
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
-/// The record an earlier attempt of this clock-in made: by its `client_id`, or by the same
-/// device's tap at the same `occurred_at`.
+/// A clock-in as sent, once its fields are well formed.
+struct Tap<'a> {
+    facility_id: Option<Uuid>,
+    occurred_at: DateTime<Utc>,
+    point: GeoPoint,
+    client_id: Option<&'a str>,
+    device_id: Option<&'a str>,
+}
+
+/// What a clock-in admitted is written with.
+struct Admitted {
+    site: crate::db::facilities::Site,
+    /// The time it happened: the time sent, or now when that was a little ahead.
+    occurred_at: DateTime<Utc>,
+    distance: f64,
+    outside: bool,
+}
+
+/// The rules a clock-in must meet against the clock and what is stored: the time window, an
+/// active facility, the geofence when enforced, and no shift already worked after its time.
+async fn admit(
+    state: &AppState,
+    user: &AuthUser,
+    tap: &Tap<'_>,
+    now: DateTime<Utc>,
+) -> Result<Admitted, ApiError> {
+    let mut invalid = Invalid::default();
+    if let Err(reason) = state
+        .config
+        .attendance
+        .time_rules()
+        .check(tap.occurred_at, now)
+    {
+        invalid.add("occurred_at", reason);
+    }
+    if let Err(reason) = too_old_to_open(tap.occurred_at, now, state.config.attendance.max_shift) {
+        invalid.add("occurred_at", reason);
+    }
+    invalid.finish()?;
+    // A time within the tolerance ahead of the server clock is a phone's clock running fast:
+    // the tap happened now.
+    let occurred_at = tap.occurred_at.min(now);
+
+    let facility_id = tap.facility_id.or(user.facility_id).ok_or_else(|| {
+        ApiError::invalid("facility_id", "is required: you have no default facility")
+    })?;
+    let site = state
+        .sites
+        .get(&state.db, facility_id)
+        .await?
+        .ok_or_else(|| ApiError::invalid("facility_id", "no such facility"))?;
+    if site.status != "active" {
+        let whose = match tap.facility_id {
+            Some(_) => "the facility",
+            None => "your default facility",
+        };
+        let status = match site.status.as_str() {
+            "maintenance" => "under maintenance",
+            other => other,
+        };
+        return Err(ApiError::invalid(
+            "facility_id",
+            format!("{whose} is {status} and takes no clock-ins"),
+        ));
+    }
+    let (distance, outside) = site.measure(tap.point);
+    if outside && state.config.attendance.enforce_geofence {
+        return Err(geofence_refusal(distance, site.geofence_radius_m));
+    }
+    // A clock-in backdated into or before a shift already worked would count those hours twice
+    // (the new shift runs from its start until the clock-out). A tap sent as it happens cannot
+    // be before a closed shift's end, so only backdated ones are checked.
+    // The shift this very clock-in began (a retry by client_id, or the same device's tap) is
+    // not another shift: the insert finds it and answers with it.
+    if occurred_at < now - chrono::Duration::minutes(1) {
+        let tolerance = state.config.attendance.future_tolerance;
+        let worked = records::worked_shift_at(
+            &state.db,
+            user.id,
+            occurred_at,
+            tolerance,
+            tap.client_id,
+            tap.device_id,
+        )
+        .await?;
+        if let Some((from, to)) = worked {
+            return Err(ApiError::conflict(
+                "conflict",
+                format!(
+                    "occurred_at is before the end of a shift you already worked ({} to {}); \
+                     a shift can start only after it",
+                    from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+            ));
+        }
+    }
+    Ok(Admitted {
+        site,
+        occurred_at,
+        distance,
+        outside,
+    })
+}
+
+/// The record an earlier attempt of this clock-in made, unless deleted since: by its
+/// `client_id`, or by the same device's tap at the same `occurred_at`.
 async fn earlier_attempt(
     state: &AppState,
     user_id: Uuid,
@@ -322,17 +373,17 @@ async fn earlier_attempt(
     device_id: Option<&str>,
     at: Option<DateTime<Utc>>,
 ) -> Result<Option<records::AttendanceRow>, sqlx::Error> {
-    if let Some(cid) = client_id
-        && let Some(row) = records::by_client_id(&state.db, user_id, cid).await?
+    let mut found = None;
+    if let Some(cid) = client_id {
+        found = records::by_client_id(&state.db, user_id, cid).await?;
+    }
+    if found.is_none()
+        && let (Some(device), Some(at)) = (device_id, at)
     {
-        return Ok(Some(row));
+        found = records::by_device_timestamp(&state.db, user_id, device, at).await?;
     }
-    match (device_id, at) {
-        (Some(device), Some(at)) => {
-            records::by_device_timestamp(&state.db, user_id, device, at).await
-        }
-        _ => Ok(None),
-    }
+    // A record deleted since is no answer: the refusal stands.
+    Ok(found.filter(|row| row.deleted_at.is_none()))
 }
 
 /// The user's open shift, read with the others asked for at the same time, or alone when that
@@ -397,11 +448,17 @@ async fn clock_out(
             Some(OpenShift { row, change_xid }) => {
                 // A clock-out stamped before the open shift began, sent again late (its answer
                 // was lost, and the user clocked in since): the shift it closed, not this one.
+                // Its time must match to the microsecond: a clock-out of this shift from a phone
+                // whose clock runs behind would be stamped before it began too.
+                let exact = records::SentClockOut {
+                    tolerance: std::time::Duration::ZERO,
+                    ..sent
+                };
                 if sent.at.is_some_and(|at| at < row.clock_in_at)
                     && let Some(earlier) = records::latest_shift(
                         &state.db,
                         user.id,
-                        sent,
+                        exact,
                         REPEATED_CLOCK_OUT_WITHIN,
                         Some(row.clock_in_at),
                     )

@@ -164,26 +164,39 @@ async fn a_clock_out_sent_again_gets_the_shift_it_closed_and_changes_nothing() {
 async fn a_clock_out_sent_again_after_the_next_clock_in_leaves_the_new_shift_open() {
     let app = TestApp::spawn().await;
     let (user, _) = user_at_site(&app, "focal", None).await;
+    let ago = |minutes| json!((Utc::now() - Duration::minutes(minutes)).to_rfc3339());
     let mut start = at_site();
-    start["occurred_at"] = json!((Utc::now() - Duration::minutes(60)).to_rfc3339());
+    start["occurred_at"] = ago(60);
     assert_eq!(clock_in(&app, &user, start).await.0, StatusCode::CREATED);
     let mut request = at_site();
-    request["occurred_at"] = json!((Utc::now() - Duration::minutes(3)).to_rfc3339());
+    request["occurred_at"] = ago(30);
     let (status, first) = clock_out(&app, &user, request.clone()).await;
     assert_eq!(status, StatusCode::OK, "{first}");
-    // Its answer was lost; the user clocks in again before the phone sends it once more.
+    // Another shift, from the same spot, before the phone sends the first clock-out again
+    // (its answer was lost), and a third begun since.
+    let mut start = at_site();
+    start["occurred_at"] = ago(20);
+    assert_eq!(clock_in(&app, &user, start).await.0, StatusCode::CREATED);
+    let mut end = at_site();
+    end["occurred_at"] = ago(10);
+    let (status, second) = clock_out(&app, &user, end).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
     let (status, next) = clock_in(&app, &user, at_site()).await;
     assert_eq!(status, StatusCode::CREATED, "{next}");
     let (status, again) = clock_out(&app, &user, request).await;
     assert_eq!(status, StatusCode::OK, "{again}");
-    assert_eq!(again, first);
+    assert_eq!(again, first, "the shift that clock-out closed");
     let (_, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
     assert_eq!(active["attendance"]["id"], next["id"]);
     assert_eq!(active["attendance"]["status"], "open");
-    // The next shift's own clock-out still closes it.
-    let (status, closed) = clock_out(&app, &user, at_site()).await;
+    // A clock-out from a phone whose clock runs behind, stamped before the open shift began, is
+    // no repeat: it closes the open shift.
+    let mut behind = at_site();
+    behind["occurred_at"] = ago(2);
+    let (status, closed) = clock_out(&app, &user, behind).await;
     assert_eq!(status, StatusCode::OK, "{closed}");
     assert_eq!(closed["id"], next["id"]);
+    assert_eq!(closed["status"], "closed");
 }
 
 #[tokio::test]
@@ -1284,7 +1297,7 @@ async fn a_retried_clock_in_with_the_same_client_id_returns_the_same_record() {
 #[tokio::test]
 async fn a_clock_in_retried_after_a_later_shift_or_past_the_time_rules_returns_its_record() {
     let app = TestApp::spawn().await;
-    let (user, _) = user_at_site(&app, "focal", None).await;
+    let (user, facility) = user_at_site(&app, "focal", None).await;
     let ago = |minutes| json!((Utc::now() - Duration::minutes(minutes)).to_rfc3339());
     let mut first = at_site();
     first["occurred_at"] = ago(90);
@@ -1343,6 +1356,43 @@ async fn a_clock_in_retried_after_a_later_shift_or_past_the_time_rules_returns_i
         .await
         .unwrap();
     assert_eq!(rows, 3);
+
+    // The facility closed since: the retry still gets its record.
+    let admin = app.admin().await;
+    let (status, body) = send(
+        app.patch(&format!("/api/facilities/{facility}"))
+            .bearer_auth(&admin.token)
+            .json(&json!({"status": "maintenance"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, again) = clock_in(&app, &user, first.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], made["id"]);
+    // A malformed request is refused for its shape, whatever its client_id names.
+    let mut malformed = first.clone();
+    malformed["latitude"] = json!(123.0);
+    let (status, body) = clock_in(&app, &user, malformed).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    // A record deleted since is no answer: the refusal stands.
+    sqlx::query("UPDATE attendance SET deleted_at = now() WHERE id = $1")
+        .bind(made["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap())
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let (status, body) = clock_in(&app, &user, first).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert!(body["error"]["details"]["facility_id"].is_array(), "{body}");
 }
 
 #[tokio::test]
