@@ -313,12 +313,14 @@ fn push_found(
     qb.push(FROM_FACILITIES);
     qb.push(" WHERE true");
     if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
-        let pattern = format!("%{}%", escape_like(&q.to_lowercase()));
-        qb.push(" AND (lower(f.name) LIKE ")
+        // Lowered by Postgres, as the names it is compared with (Rust lowers some letters
+        // otherwise: a final sigma, a dotted capital I).
+        let pattern = format!("%{}%", escape_like(q));
+        qb.push(" AND (lower(f.name) LIKE lower(")
             .push_bind(pattern.clone());
-        qb.push(" OR lower(f.code) LIKE ")
+        qb.push(") OR lower(f.code) LIKE lower(")
             .push_bind(pattern)
-            .push(")");
+            .push("))");
     }
     if let Some(id) = filter.council_id {
         qb.push(" AND f.council_id = ").push_bind(id);

@@ -468,7 +468,11 @@ fn push_matching(qb: &mut QueryBuilder<'_, Postgres>, viewer: &AuthUser, filter:
             " AND lower(u.first_name || ' ' || u.last_name || ' ' || u.email || ' ' || coalesce(u.phone, '') || ' '
                     || coalesce(u.employee_id, '')) LIKE ",
         );
-        qb.push_bind(format!("%{}%", escape_like(&q.to_lowercase())));
+        // Lowered by Postgres, as the text it is compared with (Rust lowers some letters
+        // otherwise: a final sigma, a dotted capital I).
+        qb.push("lower(")
+            .push_bind(format!("%{}%", escape_like(q)))
+            .push(")");
     }
     if let Some(role) = filter.role {
         qb.push(" AND u.role = ").push_bind(role.as_str());

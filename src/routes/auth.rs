@@ -174,7 +174,7 @@ async fn register(
     if !role.is_field() {
         invalid.add("role", "self-registration is for field roles only");
     }
-    check_facility(&state, Some(req.facility_id), None, &mut invalid).await?;
+    check_facility(&state.db, Some(req.facility_id), None, &mut invalid).await?;
     registered_supervisor(&state.db, req.supervisor_id, &mut invalid).await?;
     invalid.finish()?;
     let (Some(email), Some(password)) = (email, password) else {
@@ -183,8 +183,10 @@ async fn register(
 
     let hash = state.hasher.hash(password.into_secret()).await?;
     let mut tx = state.db.begin().await?;
-    // Again under a share lock: the supervisor cannot be made a field role before this commits.
+    // Again under share locks: the supervisor cannot be made a field role, nor the facility
+    // deactivated, before this commits.
     let mut invalid = Invalid::default();
+    check_facility(&mut *tx, Some(req.facility_id), None, &mut invalid).await?;
     registered_supervisor(&mut *tx, req.supervisor_id, &mut invalid).await?;
     invalid.finish()?;
     let id = users::insert(

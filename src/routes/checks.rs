@@ -1,11 +1,11 @@
 //! Checks of fields that several routes take: trimmed text, a new account's identity, the
 //! supervisor and the facility a user is given.
 
+use sqlx::PgExecutor;
 use uuid::Uuid;
 
 use crate::domain::{Email, Password, Role, UserStatus};
 use crate::error::{ApiError, Invalid};
-use crate::state::AppState;
 
 /// Trims optional text; blank means absent.
 pub fn optional_text(
@@ -125,9 +125,10 @@ pub async fn check_supervisor(
 }
 
 /// The facility a user is given must exist and be active, unless `user` already has it (an
-/// edit that sends the account's other fields back unchanged).
-pub async fn check_facility(
-    state: &AppState,
+/// edit that sends the account's other fields back unchanged). In a transaction, the facility
+/// is share-locked: it cannot be deactivated before the user is written.
+pub async fn check_facility<'e>(
+    db: impl PgExecutor<'e>,
     facility_id: Option<Uuid>,
     user: Option<Uuid>,
     invalid: &mut Invalid,
@@ -135,11 +136,11 @@ pub async fn check_facility(
     if let Some(id) = facility_id {
         let found: Option<(String, bool)> = sqlx::query_as(
             "SELECT f.status, EXISTS (SELECT 1 FROM users u WHERE u.id = $2 AND u.facility_id = f.id)
-             FROM facilities f WHERE f.id = $1",
+             FROM facilities f WHERE f.id = $1 FOR SHARE OF f",
         )
         .bind(id)
         .bind(user)
-        .fetch_optional(&state.db)
+        .fetch_optional(db)
         .await?;
         match found {
             None => invalid.add("facility_id", "no such facility"),

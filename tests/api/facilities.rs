@@ -1413,3 +1413,40 @@ async fn an_import_whose_request_times_out_still_ends_whole_and_reported() {
     }
     assert_eq!(facility_count(&app).await, i64::from(rows));
 }
+
+#[tokio::test]
+async fn a_name_with_letters_rust_and_postgres_lower_differently_finds_itself() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let facility = app.facility().await;
+    let worker = app.user("focal", None).await;
+    let name = "İNKA ΟΔΟΣ Health Post";
+    let (status, body) = send(
+        app.patch(&format!("/api/facilities/{facility}"))
+            .bearer_auth(&admin.token)
+            .json(&json!({"name": name})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = send(
+        app.patch(&format!("/api/users/{}", worker.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"last_name": "İNAN ΟΔΟΣ"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for (path, q, id) in [
+        ("facilities", "İNKA ΟΔΟΣ", facility.to_string()),
+        ("users", "İNAN ΟΔΟΣ", worker.id.to_string()),
+    ] {
+        let (status, body) = send(
+            app.get(&format!("/api/{path}"))
+                .query(&[("q", q)])
+                .bearer_auth(&admin.token),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["total"], 1, "{path}: {body}");
+        assert_eq!(body["data"][0]["id"], json!(id));
+    }
+}

@@ -452,6 +452,64 @@ async fn admins_create_users_of_any_role_and_duplicates_conflict() {
 }
 
 #[tokio::test]
+async fn a_user_placed_while_their_facility_is_being_closed_is_refused() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let facility = app.facility().await;
+    let worker = app.user("focal", None).await;
+    let created = json!({
+        "email": "placed@example.org", "password": "a long enough passphrase",
+        "first_name": "Placed", "last_name": "Late", "role": "focal", "facility_id": facility,
+    });
+    let registered = json!({
+        "email": "registered@example.org", "password": "a long enough passphrase",
+        "first_name": "Self", "last_name": "Made", "facility_id": facility,
+    });
+    let requests = [
+        app.post("/api/users")
+            .bearer_auth(&admin.token)
+            .json(&created),
+        app.post("/api/auth/register").json(&registered),
+        app.patch(&format!("/api/users/{}", worker.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"facility_id": facility})),
+    ];
+    for request in requests {
+        // The facility's deactivation has begun (its row is held) when the request checks it.
+        let mut closing = app.db.begin().await.unwrap();
+        sqlx::query("UPDATE facilities SET status = 'inactive' WHERE id = $1")
+            .bind(facility)
+            .execute(&mut *closing)
+            .await
+            .unwrap();
+        let commit = async {
+            app.until_waiting_on_rows(1, "the request waits on the closing facility")
+                .await;
+            closing.commit().await.unwrap();
+        };
+        let ((status, body), ()) = tokio::join!(send(request), commit);
+        assert_error(
+            status,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+        assert!(body["error"]["details"]["facility_id"].is_array(), "{body}");
+        sqlx::query("UPDATE facilities SET status = 'active' WHERE id = $1")
+            .bind(facility)
+            .execute(&app.db)
+            .await
+            .unwrap();
+    }
+    let placed: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE facility_id = $1")
+        .bind(facility)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(placed, 0);
+}
+
+#[tokio::test]
 async fn no_one_is_newly_assigned_to_a_closed_facility_but_its_staff_can_still_be_edited() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
@@ -782,6 +840,26 @@ async fn the_trail_shows_what_each_edit_changed_from_and_to() {
         details["changes"]["geofence_radius_m"]["from"].is_number(),
         "{details}"
     );
+    // Deactivated, then deactivated again: one change, recorded once.
+    for _ in 0..2 {
+        let (status, _) = send(
+            app.delete(&format!("/api/facilities/{elsewhere}"))
+                .bearer_auth(&admin.token),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    let details = latest(format!("action=facility.deactivate&entity_id={elsewhere}")).await;
+    assert_eq!(
+        details["changes"],
+        json!({"status": {"from": "active", "to": "inactive"}})
+    );
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM activities WHERE action = 'facility.deactivate'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(recorded, 1);
 }
 
 async fn worker_first(app: &TestApp, id: uuid::Uuid) -> String {

@@ -400,11 +400,12 @@ async fn update_facility(
     Ok(Json(facility))
 }
 
-/// Deactivates a facility (admin): its status becomes `inactive`; history stays.
+/// Deactivates a facility (admin): its status becomes `inactive`; history stays. One already
+/// inactive is left as it is.
 #[utoipa::path(delete, path = "/facilities/{id}", tag = "facilities", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Facility id")),
     responses(
-        (status = 204, description = "Deactivated"),
+        (status = 204, description = "Deactivated, or already inactive"),
         (status = 400, description = "Malformed id", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
         (status = 404, description = "No such facility", body = ErrorEnvelope),
@@ -417,17 +418,27 @@ async fn deactivate_facility(
 ) -> Result<StatusCode, ApiError> {
     admin.require(Role::Admin)?;
     let mut tx = state.db.begin().await?;
-    let updated = sqlx::query("UPDATE facilities SET status = 'inactive' WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    if updated.rows_affected() == 0 {
-        return Err(ApiError::NotFound);
+    let before: Value =
+        sqlx::query_scalar("SELECT to_jsonb(f) FROM facilities f WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+    // Already inactive: nothing changes, nothing is recorded, and devices pull nothing new.
+    if before["status"] == "inactive" {
+        return Ok(StatusCode::NO_CONTENT);
     }
+    let after: Value = sqlx::query_scalar(
+        "UPDATE facilities SET status = 'inactive' WHERE id = $1 RETURNING to_jsonb(facilities)",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
     Activity::new("facility.deactivate")
         .by(&admin)
         .on("facility", id)
         .from(&client)
+        .details(audit::edit(&before, &after, &["status"]))
         .record(&mut *tx)
         .await?;
     tx.commit().await?;

@@ -151,7 +151,6 @@ async fn update_user(
             invalid.add("role", "you cannot change your own role");
         }
     }
-    check_facility(&state, req.facility_id.flatten(), Some(id), &mut invalid).await?;
 
     let mut tx = state.db.begin().await?;
     // Supervision and role changes are serialised so that two concurrent edits cannot form a
@@ -200,6 +199,8 @@ async fn update_user(
     // A supervisor newly named, or kept under a new role, must rank no lower; one sent back
     // unchanged with the role is checked as before.
     let rank_changed = supervisor != current.supervisor_id || role != current_role;
+    // Share-locked: the facility cannot be deactivated before this commits.
+    check_facility(&mut *tx, req.facility_id.flatten(), Some(id), &mut invalid).await?;
     check_supervisor(
         &mut *tx,
         if req.supervisor_id.is_some() || rank_changed {

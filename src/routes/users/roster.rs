@@ -102,7 +102,7 @@ async fn create_user(
         req.employee_id,
         &mut invalid,
     );
-    check_facility(&state, req.facility_id, None, &mut invalid).await?;
+    check_facility(&state.db, req.facility_id, None, &mut invalid).await?;
     check_supervisor(
         &state.db,
         req.supervisor_id,
@@ -118,9 +118,10 @@ async fn create_user(
     let status = req.status.unwrap_or(UserStatus::Active);
     let hash = state.hasher.hash(password.into_secret()).await?;
     let mut tx = state.db.begin().await?;
-    // Again under a share lock: the supervisor cannot be demoted (to a field role, or below the
-    // new user's role) before this commits.
+    // Again under share locks: the supervisor cannot be demoted (to a field role, or below the
+    // new user's role), nor the facility deactivated, before this commits.
     let mut invalid = Invalid::default();
+    check_facility(&mut *tx, req.facility_id, None, &mut invalid).await?;
     check_supervisor(
         &mut *tx,
         req.supervisor_id,
