@@ -154,6 +154,22 @@ where
     <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
 }
 
+/// For `#[serde(default, deserialize_with = ...)]` on an `Option<T>` field that may be left out
+/// but never cleared: `null` is refused (422 naming the field), not read as "leave it alone".
+pub fn not_null<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    match <Option<T> as serde::Deserialize>::deserialize(d)? {
+        Some(value) => Ok(Some(value)),
+        None => Err(D::Error::custom(
+            "cannot be null; leave it out to keep the value",
+        )),
+    }
+}
+
 /// A JSON body that must also pass its `validator` rules (422 with every failing field).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ValidJson<T>(pub T);
@@ -238,6 +254,31 @@ mod tests {
     struct Located {
         latitude: f64,
         place: Option<Point>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Edit {
+        #[serde(default, deserialize_with = "super::not_null")]
+        radius: Option<i32>,
+        #[serde(default, deserialize_with = "super::not_null")]
+        role: Option<crate::domain::Role>,
+        #[serde(default, deserialize_with = "super::not_null")]
+        name: Option<String>,
+    }
+
+    #[test]
+    fn null_for_a_field_that_cannot_be_cleared_names_the_field() {
+        for (body, field) in [
+            (&br#"{"radius": null}"#[..], "radius"),
+            (br#"{"name": null, "radius": 3}"#, "name"),
+            (br#"{"role": null}"#, "role"),
+        ] {
+            let d = details(parse_json::<Edit>(body).unwrap_err());
+            assert!(d[field][0].contains("cannot be null"), "{d:?}");
+        }
+        let edit = parse_json::<Edit>(br#"{"radius": 3}"#).unwrap();
+        assert_eq!((edit.radius, edit.name), (Some(3), None));
     }
 
     #[test]

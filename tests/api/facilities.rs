@@ -1450,3 +1450,56 @@ async fn a_name_with_letters_rust_and_postgres_lower_differently_finds_itself() 
         assert_eq!(body["data"][0]["id"], json!(id));
     }
 }
+
+#[tokio::test]
+async fn null_for_a_field_that_cannot_be_cleared_is_refused_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let facility = app.facility().await;
+    let worker = app.user("focal", None).await;
+    let edits = [
+        (
+            format!("/api/facilities/{facility}"),
+            &admin,
+            json!({"geofence_radius_m": null, "address": "Plot 4"}),
+            "geofence_radius_m",
+        ),
+        (
+            format!("/api/facilities/{facility}"),
+            &admin,
+            json!({"status": null}),
+            "status",
+        ),
+        (
+            format!("/api/users/{}", worker.id),
+            &admin,
+            json!({"last_name": null}),
+            "last_name",
+        ),
+        (
+            "/api/users/me".to_string(),
+            &worker,
+            json!({"first_name": null}),
+            "first_name",
+        ),
+    ];
+    for (path, who, body, field) in edits {
+        let (status, answer) = send(app.patch(&path).bearer_auth(&who.token).json(&body)).await;
+        assert_error(
+            status,
+            &answer,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+        assert!(answer["error"]["details"][field].is_array(), "{answer}");
+    }
+    let (address, edits): (Option<String>, i64) = sqlx::query_as(
+        "SELECT (SELECT address FROM facilities WHERE id = $1),
+                (SELECT count(*) FROM activities WHERE action IN ('facility.update', 'user.update'))",
+    )
+    .bind(facility)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!((address.as_deref(), edits), (None, 0));
+}

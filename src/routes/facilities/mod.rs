@@ -262,19 +262,27 @@ async fn create_facility(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateFacility {
-    #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
+    #[schema(nullable = false, min_length = 1, max_length = 64, pattern = r"\S")]
+    #[serde(default, deserialize_with = "crate::extract::not_null")]
     pub code: Option<String>,
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(nullable = false, min_length = 1, max_length = 200, pattern = r"\S")]
+    #[serde(default, deserialize_with = "crate::extract::not_null")]
     pub name: Option<String>,
     #[serde(rename = "type")]
-    #[schema(min_length = 1, max_length = 50, pattern = r"\S")]
+    #[schema(nullable = false, min_length = 1, max_length = 50, pattern = r"\S")]
+    #[serde(default, deserialize_with = "crate::extract::not_null")]
     pub facility_type: Option<String>,
+    #[schema(nullable = false)]
+    #[serde(default, deserialize_with = "crate::extract::not_null")]
     pub council_id: Option<Uuid>,
-    #[schema(minimum = -90, maximum = 90)]
+    #[schema(nullable = false, minimum = -90, maximum = 90)]
+    #[serde(default, deserialize_with = "crate::extract::not_null")]
     pub latitude: Option<f64>,
-    #[schema(minimum = -180, maximum = 180)]
+    #[schema(nullable = false, minimum = -180, maximum = 180)]
+    #[serde(default, deserialize_with = "crate::extract::not_null")]
     pub longitude: Option<f64>,
-    #[schema(minimum = 1, maximum = 100000)]
+    #[schema(nullable = false, minimum = 1, maximum = 100000)]
+    #[serde(default, deserialize_with = "crate::extract::not_null")]
     pub geofence_radius_m: Option<i32>,
     #[serde(default, deserialize_with = "crate::extract::double_option")]
     #[schema(value_type = Option<String>, nullable, max_length = 500)]
@@ -286,6 +294,8 @@ pub struct UpdateFacility {
     #[serde(default, deserialize_with = "crate::extract::double_option")]
     #[schema(value_type = Option<String>, nullable, max_length = 254)]
     pub contact_email: Option<Option<String>>,
+    #[schema(nullable = false)]
+    #[serde(default, deserialize_with = "crate::extract::not_null")]
     pub status: Option<FacilityStatus>,
 }
 

@@ -47,11 +47,19 @@ async fn get_user(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
-    #[schema(min_length = 3, max_length = 254, pattern = r"^[^@\s]+@[^@\s]+$")]
+    #[schema(
+        nullable = false,
+        min_length = 3,
+        max_length = 254,
+        pattern = r"^[^@\s]+@[^@\s]+$"
+    )]
+    #[serde(default, deserialize_with = "crate::extract::not_null")]
     pub email: Option<String>,
-    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
+    #[schema(nullable = false, min_length = 1, max_length = 100, pattern = r"\S")]
+    #[serde(default, deserialize_with = "crate::extract::not_null")]
     pub first_name: Option<String>,
-    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
+    #[schema(nullable = false, min_length = 1, max_length = 100, pattern = r"\S")]
+    #[serde(default, deserialize_with = "crate::extract::not_null")]
     pub last_name: Option<String>,
     #[serde(default, deserialize_with = "crate::extract::double_option")]
     #[schema(value_type = Option<String>, nullable, max_length = 32)]
@@ -59,7 +67,11 @@ pub struct UpdateUser {
     #[serde(default, deserialize_with = "crate::extract::double_option")]
     #[schema(value_type = Option<String>, nullable, max_length = 64)]
     pub employee_id: Option<Option<String>>,
+    #[schema(nullable = false)]
+    #[serde(default, deserialize_with = "crate::extract::not_null")]
     pub role: Option<Role>,
+    #[schema(nullable = false)]
+    #[serde(default, deserialize_with = "crate::extract::not_null")]
     pub status: Option<UserStatus>,
     /// Supervisors may change only this field, for users in their tree.
     #[serde(default, deserialize_with = "crate::extract::double_option")]

@@ -34,9 +34,11 @@ async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<User>,
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMe {
-    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
+    #[schema(nullable = false, min_length = 1, max_length = 100, pattern = r"\S")]
+    #[serde(default, deserialize_with = "crate::extract::not_null")]
     pub first_name: Option<String>,
-    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
+    #[schema(nullable = false, min_length = 1, max_length = 100, pattern = r"\S")]
+    #[serde(default, deserialize_with = "crate::extract::not_null")]
     pub last_name: Option<String>,
     /// `null` or blank clears it.
     #[serde(default, deserialize_with = "crate::extract::double_option")]
