@@ -1164,10 +1164,23 @@ async fn a_token_ended_by_a_password_change_cannot_spend_the_new_sessions_budget
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     // Someone still holding the old token keeps sending it.
+    let mut answers = Vec::new();
     for _ in 0..3 {
-        let (status, _) = send(app.get("/api/users/me").bearer_auth(&user.token)).await;
-        assert_ne!(status, StatusCode::OK);
+        answers.push(
+            send(app.get("/api/users/me").bearer_auth(&user.token))
+                .await
+                .0,
+        );
     }
+    // Refused, and counted: the old token's budget (3, one spent on the change) runs out.
+    assert_eq!(
+        answers,
+        [
+            StatusCode::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
     let (status, login) = app.login(&user.email, "a brand new passphrase").await;
     assert_eq!(status, StatusCode::OK, "{login}");
     let token = login["access_token"].as_str().unwrap();

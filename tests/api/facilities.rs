@@ -1371,7 +1371,8 @@ async fn a_facility_created_while_an_import_applies_waits_for_it() {
             }))
             .send(),
     );
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    app.until_waiting_on_locks(1, "the facility waits for the import")
+        .await;
     assert!(!create.is_finished(), "the facility waits for the import");
     import.commit().await.unwrap();
     let response = create.await.unwrap().unwrap();
@@ -1502,4 +1503,49 @@ async fn null_for_a_field_that_cannot_be_cleared_is_refused_and_changes_nothing(
     .await
     .unwrap();
     assert_eq!((address.as_deref(), edits), (None, 0));
+}
+
+#[tokio::test]
+async fn uploads_past_their_own_limit_are_refused_with_when_to_try_again() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("RATE_LIMIT_ENABLED".into(), "true".into());
+        env.insert("RATE_LIMIT_UPLOAD".into(), "2/15m".into());
+    })
+    .await;
+    let admin = app.admin().await;
+    let csv = b"name,code,type,latitude,longitude,council_name\nKacyiru HC,UPL-1,health_center,-1.94,30.06,Gasabo\n";
+    let upload = || {
+        let form = Form::new().part("file", Part::bytes(csv.to_vec()).file_name("f.csv"));
+        app.post("/api/facilities/import?dry_run=true")
+            .bearer_auth(&admin.token)
+            .multipart(form)
+            .send()
+    };
+    let mut remaining = Vec::new();
+    for _ in 0..2 {
+        let response = upload().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["x-ratelimit-limit"], "2");
+        remaining.push(
+            response.headers()["x-ratelimit-remaining"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(remaining, ["1", "0"]);
+    let response = upload().await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // One upload's share of the period: 450 s at 2 per 15 minutes.
+    assert!((1..=450).contains(&retry_after), "{retry_after}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // The general API still answers the same admin: uploads have their own budget.
+    let (status, _) = send(app.get("/api/facilities").bearer_auth(&admin.token)).await;
+    assert_eq!(status, StatusCode::OK);
 }

@@ -25,14 +25,32 @@ openapi-python-client generate --path "$root/openapi.yaml" --output-path "$here/
 python3 -m pip install -q --disable-pip-version-check "$here/build/client"
 python3 client_scenario.py
 
+# The token a run fuzzed with must still be good at its end: a run whose token stopped working
+# partway through would have checked nothing but 401s from there on.
+still_signed_in() {
+  python3 - "$1" "$2" <<'PY'
+import os, sys, urllib.error, urllib.request
+role, token = sys.argv[1], sys.argv[2]
+request = urllib.request.Request(os.environ["BASE_URL"] + "/api/users/me",
+                                 headers={"Authorization": "Bearer " + token})
+try:
+    urllib.request.urlopen(request).close()
+except urllib.error.HTTPError as refused:
+    sys.exit(f"the {role} token stopped working during its run: {refused.code}")
+print(f"the {role} token still works after its run")
+PY
+}
+
 # One worker: with two, schemathesis parses sources in two threads at once, and CPython 3.11
 # before 3.11.8 can then fail in its ast module ("AST constructor recursion depth mismatch").
 echo "--- schemathesis, admin token"
 schemathesis run "$root/openapi.yaml" --url "$BASE_URL" -H "Authorization: Bearer $ADMIN_TOKEN" \
   --checks all --max-examples 50 --workers 1 --seed 1
+still_signed_in admin "$ADMIN_TOKEN"
 echo "--- schemathesis, field-role token"
 schemathesis run "$root/openapi.yaml" --url "$BASE_URL" -H "Authorization: Bearer $FIELD_TOKEN" \
   --checks all --max-examples 50 --workers 1 --seed 2
+still_signed_in field-role "$FIELD_TOKEN"
 
 echo "--- Swagger UI in headless Chromium"
 if ! command -v chromium >/dev/null; then

@@ -226,6 +226,7 @@ test('two devices and a supervisor sync attendance through the WatermelonDB prot
         throw new Error('network dropped the response');
       },
     }),
+    /network dropped the response/,
   );
   await sync(deviceA, worker);
   const mine = await api('GET', `/api/attendance/my-records?per_page=100`, worker.token);
