@@ -303,7 +303,7 @@ pub struct SentClockOut<'a> {
 }
 
 /// The user's latest shift (see [`LatestShift`]); with `before`, the latest that began before
-/// it and ended at the clock-out's time (`at`, within `tolerance`).
+/// it and was closed by a clock-out that sent the time `at`, to the microsecond.
 pub async fn latest_shift<'e>(
     db: impl PgExecutor<'e>,
     user_id: Uuid,
@@ -328,8 +328,12 @@ pub async fn latest_shift<'e>(
          WHERE a.id = (SELECT id FROM attendance WHERE user_id = $1 AND deleted_at IS NULL
                          AND ($9::timestamptz IS NULL
                               OR (clock_in_at < $9
-                                  AND clock_out_at BETWEEN $7::timestamptz - $8
-                                                       AND $7::timestamptz + $8))
+                                  AND EXISTS (SELECT 1 FROM activities l
+                                              WHERE l.entity_type = 'attendance'
+                                                AND l.entity_id = attendance.id
+                                                AND l.action = 'attendance.clock_out'
+                                                AND (l.details ->> 'sent_at')::timestamptz
+                                                    = $7::timestamptz)))
                        ORDER BY clock_in_at DESC LIMIT 1)"
     ))
     .bind(user_id)

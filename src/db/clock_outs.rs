@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -76,6 +76,9 @@ pub struct CloseShift {
     pub user_id: Uuid,
     pub email: String,
     pub occurred_at: DateTime<Utc>,
+    /// The time the phone sent, if any (kept in the audit row, to tell this clock-out when it
+    /// is sent again: the shift's own time may have been moved to the clock-in, or to now).
+    pub sent_at: Option<DateTime<Utc>>,
     pub point: GeoPoint,
     pub accuracy_m: Option<f64>,
     pub distance: f64,
@@ -87,7 +90,12 @@ pub struct CloseShift {
 
 impl CloseShift {
     fn details(&self) -> Value {
-        json!({ "distance_m": self.distance.round(), "outside_geofence": self.outside })
+        json!({
+            "distance_m": self.distance.round(),
+            "outside_geofence": self.outside,
+            // To the microsecond, as Postgres compares it with the time a repeat sends.
+            "sent_at": self.sent_at.map(|t| t.trunc_subsecs(6)),
+        })
     }
 
     /// Closes the shift alone, with its audit row, in one statement. None when the shift

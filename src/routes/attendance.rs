@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, FixedOffset, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -122,9 +122,9 @@ fn already_clocked_in() -> ApiError {
 #[utoipa::path(post, path = "/attendance/clock-in", tag = "attendance", security(("bearer" = [])), request_body = ClockIn,
     responses(
         (status = 201, description = "Clocked in", body = AttendanceRecord),
-        (status = 200, description = "A retry (the same `client_id`, or the same `device_id` and `occurred_at`): the record made the first time, unless deleted since; also when the clock-in would by now be refused (a later shift worked, the time rules, the facility closed)", body = AttendanceRecord),
+        (status = 200, description = "A retry (the same `client_id`, or the same `device_id` and `occurred_at`): the record made the first time; also when the clock-in would by now be refused (a later shift worked, the time rules, the facility closed) and the request is that clock-in's own (the same spot, time and facility)", body = AttendanceRecord),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
-        (status = 409, description = "Already clocked in (`already_clocked_in`), or a backdated `occurred_at` inside or before a shift already worked (`conflict`)", body = ErrorEnvelope),
+        (status = 409, description = "Already clocked in (`already_clocked_in`), or a backdated `occurred_at` inside or before a shift already worked (`conflict`), or a retry of a clock-in deleted since (`conflict`)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a time outside the accepted window or more than the maximum shift ago, no facility, or outside the geofence when enforced", body = ErrorEnvelope),
     ))]
 async fn clock_in(
@@ -139,9 +139,13 @@ async fn clock_in(
     let device_id = optional_text(req.device_id, "device_id", 128, &mut invalid);
     let client_id = optional_text(req.client_id, "client_id", 128, &mut invalid);
     let notes = optional_text(req.notes, "notes", 1000, &mut invalid);
+    let client_timestamp = req.occurred_at.map(|t| t.with_timezone(&Utc));
+    // A malformed request is told everything wrong with it at once, its time included.
+    if !invalid.is_empty() {
+        check_time(&state, client_timestamp.unwrap_or(now), now, &mut invalid);
+    }
     invalid.finish()?;
     let point = point.expect("checked above");
-    let client_timestamp = req.occurred_at.map(|t| t.with_timezone(&Utc));
     let tap = Tap {
         facility_id: req.facility_id,
         occurred_at: client_timestamp.unwrap_or(now),
@@ -159,14 +163,9 @@ async fn clock_in(
         // A clock-in sent again after it was stored (its answer lost) may be refused by now: a
         // later shift worked since, the time rules, the facility closed. It gets its record.
         Err(refusal @ (ApiError::Validation(_) | ApiError::Conflict { .. })) => {
-            let earlier = earlier_attempt(
-                &state,
-                user.id,
-                tap.client_id,
-                tap.device_id,
-                client_timestamp,
-            )
-            .await?;
+            let earlier = earlier_attempt(&state, user.id, &tap, client_timestamp)
+                .await?
+                .filter(|row| is_same_tap(row, &tap, req.accuracy_m, client_timestamp));
             return match earlier {
                 Some(row) => Ok((StatusCode::OK, Json(row.into()))),
                 None => Err(refusal),
@@ -220,7 +219,7 @@ async fn clock_in(
             && let Some(existing) =
                 records::by_device_timestamp(&state.db, user.id, device, at).await?
         {
-            return Ok((StatusCode::OK, Json(existing.into())));
+            return retried(existing);
         }
         if !one_open && constraint.as_deref() != Some("attendance_client_id_key") {
             return Err(error.into());
@@ -229,7 +228,7 @@ async fn clock_in(
         if let Some(cid) = &new.client_id
             && let Some(existing) = records::by_client_id(&state.db, user.id, cid).await?
         {
-            return Ok((StatusCode::OK, Json(existing.into())));
+            return retried(existing);
         }
         if !one_open {
             return Err(error.into());
@@ -286,17 +285,7 @@ async fn admit(
     now: DateTime<Utc>,
 ) -> Result<Admitted, ApiError> {
     let mut invalid = Invalid::default();
-    if let Err(reason) = state
-        .config
-        .attendance
-        .time_rules()
-        .check(tap.occurred_at, now)
-    {
-        invalid.add("occurred_at", reason);
-    }
-    if let Err(reason) = too_old_to_open(tap.occurred_at, now, state.config.attendance.max_shift) {
-        invalid.add("occurred_at", reason);
-    }
+    check_time(state, tap.occurred_at, now, &mut invalid);
     invalid.finish()?;
     // A time within the tolerance ahead of the server clock is a phone's clock running fast:
     // the tap happened now.
@@ -364,26 +353,65 @@ async fn admit(
     })
 }
 
+/// The answer to a clock-in sent again: the record it made, unless that was deleted since (its
+/// key is spent: a new clock-in needs a new `client_id`, or a new tap).
+fn retried(
+    existing: records::AttendanceRow,
+) -> Result<(StatusCode, Json<AttendanceRecord>), ApiError> {
+    if existing.deleted_at.is_some() {
+        return Err(ApiError::conflict(
+            "conflict",
+            "the clock-in this repeats was deleted since; a new clock-in needs a new client_id",
+        ));
+    }
+    Ok((StatusCode::OK, Json(existing.into())))
+}
+
+/// A clock-in's time against the window (not too far ahead, not too old) and the maximum shift.
+fn check_time(state: &AppState, at: DateTime<Utc>, now: DateTime<Utc>, invalid: &mut Invalid) {
+    if let Err(reason) = state.config.attendance.time_rules().check(at, now) {
+        invalid.add("occurred_at", reason);
+    }
+    if let Err(reason) = too_old_to_open(at, now, state.config.attendance.max_shift) {
+        invalid.add("occurred_at", reason);
+    }
+}
+
 /// The record an earlier attempt of this clock-in made, unless deleted since: by its
 /// `client_id`, or by the same device's tap at the same `occurred_at`.
 async fn earlier_attempt(
     state: &AppState,
     user_id: Uuid,
-    client_id: Option<&str>,
-    device_id: Option<&str>,
+    tap: &Tap<'_>,
     at: Option<DateTime<Utc>>,
 ) -> Result<Option<records::AttendanceRow>, sqlx::Error> {
     let mut found = None;
-    if let Some(cid) = client_id {
+    if let Some(cid) = tap.client_id {
         found = records::by_client_id(&state.db, user_id, cid).await?;
     }
     if found.is_none()
-        && let (Some(device), Some(at)) = (device_id, at)
+        && let (Some(device), Some(at)) = (tap.device_id, at)
     {
         found = records::by_device_timestamp(&state.db, user_id, device, at).await?;
     }
     // A record deleted since is no answer: the refusal stands.
     Ok(found.filter(|row| row.deleted_at.is_none()))
+}
+
+/// The stored clock-in is this very request, sent again: the same spot to the last digit, the
+/// same time and facility when it named them. A request that merely reuses a key is refused
+/// as it would be without one.
+fn is_same_tap(
+    row: &records::AttendanceRow,
+    tap: &Tap<'_>,
+    accuracy_m: Option<f64>,
+    at: Option<DateTime<Utc>>,
+) -> bool {
+    row.clock_in_latitude == tap.point.latitude
+        && row.clock_in_longitude == tap.point.longitude
+        && row.clock_in_accuracy_m == accuracy_m
+        && tap.facility_id.is_none_or(|f| f == row.facility_id)
+        && at.is_none_or(|at| row.client_timestamp == Some(at.trunc_subsecs(6)))
 }
 
 /// The user's open shift, read with the others asked for at the same time, or alone when that
@@ -448,17 +476,14 @@ async fn clock_out(
             Some(OpenShift { row, change_xid }) => {
                 // A clock-out stamped before the open shift began, sent again late (its answer
                 // was lost, and the user clocked in since): the shift it closed, not this one.
-                // Its time must match to the microsecond: a clock-out of this shift from a phone
-                // whose clock runs behind would be stamped before it began too.
-                let exact = records::SentClockOut {
-                    tolerance: std::time::Duration::ZERO,
-                    ..sent
-                };
+                // The time it sent must be the one that clock-out sent, to the microsecond: a
+                // clock-out of this shift from a phone whose clock runs behind would be stamped
+                // before it began too.
                 if sent.at.is_some_and(|at| at < row.clock_in_at)
                     && let Some(earlier) = records::latest_shift(
                         &state.db,
                         user.id,
-                        exact,
+                        sent,
                         REPEATED_CLOCK_OUT_WITHIN,
                         Some(row.clock_in_at),
                     )
@@ -545,6 +570,7 @@ async fn clock_out(
             user_id: user.id,
             email: user.email.clone(),
             occurred_at,
+            sent_at: sent.at,
             point,
             accuracy_m: req.accuracy_m,
             distance,

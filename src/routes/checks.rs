@@ -1,7 +1,7 @@
 //! Checks of fields that several routes take: trimmed text, a new account's identity, the
 //! supervisor and the facility a user is given.
 
-use sqlx::PgExecutor;
+use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::domain::{Email, Password, Role, UserStatus};
@@ -125,19 +125,39 @@ pub async fn check_supervisor(
 }
 
 /// The facility a user is given must exist and be active, unless `user` already has it (an
-/// edit that sends the account's other fields back unchanged). In a transaction, the facility
-/// is share-locked: it cannot be deactivated before the user is written.
+/// edit that sends the account's other fields back unchanged).
 pub async fn check_facility<'e>(
     db: impl PgExecutor<'e>,
     facility_id: Option<Uuid>,
     user: Option<Uuid>,
     invalid: &mut Invalid,
 ) -> Result<(), ApiError> {
+    facility_given(db, facility_id, user, invalid, "").await
+}
+
+/// [`check_facility`] in the transaction that writes the user, with the facility share-locked
+/// until it commits: it cannot be deactivated meanwhile.
+pub async fn hold_facility(
+    tx: &mut PgConnection,
+    facility_id: Option<Uuid>,
+    user: Option<Uuid>,
+    invalid: &mut Invalid,
+) -> Result<(), ApiError> {
+    facility_given(tx, facility_id, user, invalid, " FOR SHARE OF f").await
+}
+
+async fn facility_given<'e>(
+    db: impl PgExecutor<'e>,
+    facility_id: Option<Uuid>,
+    user: Option<Uuid>,
+    invalid: &mut Invalid,
+    lock: &'static str,
+) -> Result<(), ApiError> {
     if let Some(id) = facility_id {
-        let found: Option<(String, bool)> = sqlx::query_as(
+        let found: Option<(String, bool)> = sqlx::query_as(&format!(
             "SELECT f.status, EXISTS (SELECT 1 FROM users u WHERE u.id = $2 AND u.facility_id = f.id)
-             FROM facilities f WHERE f.id = $1 FOR SHARE OF f",
-        )
+             FROM facilities f WHERE f.id = $1{lock}"
+        ))
         .bind(id)
         .bind(user)
         .fetch_optional(db)

@@ -1064,6 +1064,7 @@ async fn two_clock_outs_of_one_shift_in_one_batch_close_it_once_with_the_first()
             user_id: user.id,
             email: user.email.clone(),
             occurred_at: Utc::now(),
+            sent_at: None,
             point: field_attendance::domain::GeoPoint::new(SITE.0, SITE.1).unwrap(),
             accuracy_m: None,
             distance: 0.0,
@@ -1379,6 +1380,16 @@ async fn a_clock_in_retried_after_a_later_shift_or_past_the_time_rules_returns_i
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation_failed",
     );
+    // The same key from another spot is not this clock-in sent again: refused.
+    let mut elsewhere = first.clone();
+    elsewhere["latitude"] = json!(SITE.0 + 0.001);
+    let (status, body) = clock_in(&app, &user, elsewhere).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
     // A record deleted since is no answer: the refusal stands.
     sqlx::query("UPDATE attendance SET deleted_at = now() WHERE id = $1")
         .bind(made["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap())
@@ -1393,6 +1404,61 @@ async fn a_clock_in_retried_after_a_later_shift_or_past_the_time_rules_returns_i
         "validation_failed",
     );
     assert!(body["error"]["details"]["facility_id"].is_array(), "{body}");
+}
+
+#[tokio::test]
+async fn a_retry_of_a_clock_in_deleted_since_is_refused_not_answered_with_it() {
+    let app = TestApp::spawn().await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    let mut body = at_site();
+    body["client_id"] = json!("phone-42:deleted");
+    let (status, made) = clock_in(&app, &user, body.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    sqlx::query("UPDATE attendance SET deleted_at = now() WHERE id = $1")
+        .bind(made["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap())
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let (status, answer) = clock_in(&app, &user, body).await;
+    assert_error(status, &answer, StatusCode::CONFLICT, "conflict");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deleted"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_clock_out_from_a_phone_running_ahead_is_known_when_sent_again_after_the_next_shift() {
+    let app = TestApp::spawn().await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    let mut start = at_site();
+    start["occurred_at"] = json!((Utc::now() - Duration::minutes(30)).to_rfc3339());
+    assert_eq!(clock_in(&app, &user, start).await.0, StatusCode::CREATED);
+    // The phone's clock is a second ahead: the shift ends at the server's now, not at the time
+    // the phone sent.
+    let mut request = at_site();
+    request["occurred_at"] = json!((Utc::now() + Duration::seconds(1)).to_rfc3339());
+    let (status, first) = clock_out(&app, &user, request.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let time = |v: &Value| {
+        v.as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<Utc>>()
+            .unwrap()
+    };
+    assert!(time(&first["clock_out_at"]) < time(&request["occurred_at"]));
+    // The next shift begins after the time the phone sent; then the lost clock-out comes again.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (status, next) = clock_in(&app, &user, at_site()).await;
+    assert_eq!(status, StatusCode::CREATED, "{next}");
+    let (status, again) = clock_out(&app, &user, request).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again, first);
+    let (_, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
+    assert_eq!(active["attendance"]["id"], next["id"]);
 }
 
 #[tokio::test]
