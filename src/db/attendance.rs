@@ -302,8 +302,9 @@ pub struct SentClockOut<'a> {
     pub tolerance: std::time::Duration,
 }
 
-/// The user's latest shift (see [`LatestShift`]); with `before`, the latest that began before
-/// it and was closed by a clock-out that sent the time `at`, to the microsecond.
+/// The user's latest shift (see [`LatestShift`]); with `before`, the shift that began before it
+/// and was closed in the last `within` by a clock-out that sent the time `at` (to the
+/// microsecond).
 pub async fn latest_shift<'e>(
     db: impl PgExecutor<'e>,
     user_id: Uuid,
@@ -311,6 +312,19 @@ pub async fn latest_shift<'e>(
     within: std::time::Duration,
     before: Option<DateTime<Utc>>,
 ) -> Result<Option<LatestShift>, sqlx::Error> {
+    let shift = if before.is_some() {
+        // Found by the user's own audit rows of the last `within`, however long their history.
+        "SELECT l.entity_id FROM activities l JOIN attendance s ON s.id = l.entity_id
+         WHERE l.actor_id = $1 AND l.action = 'attendance.clock_out'
+           AND l.created_at > now() - $6
+           AND (l.details ->> 'sent_at')::timestamptz = $7::timestamptz
+           AND s.user_id = $1 AND s.deleted_at IS NULL AND s.clock_in_at < $9
+         ORDER BY l.created_at DESC LIMIT 1"
+    } else {
+        "SELECT id FROM attendance WHERE user_id = $1 AND deleted_at IS NULL
+           AND $9::timestamptz IS NULL
+         ORDER BY clock_in_at DESC LIMIT 1"
+    };
     sqlx::query_as(&format!(
         "SELECT {COLUMNS},
                 coalesce(a.status = 'closed' AND a.clock_out_latitude = $2
@@ -325,16 +339,7 @@ pub async fn latest_shift<'e>(
                                 AND l.created_at > now() - $6), false) AS repeated,
                 a.change_xid::text AS change_xid
          FROM attendance a
-         WHERE a.id = (SELECT id FROM attendance WHERE user_id = $1 AND deleted_at IS NULL
-                         AND ($9::timestamptz IS NULL
-                              OR (clock_in_at < $9
-                                  AND EXISTS (SELECT 1 FROM activities l
-                                              WHERE l.entity_type = 'attendance'
-                                                AND l.entity_id = attendance.id
-                                                AND l.action = 'attendance.clock_out'
-                                                AND (l.details ->> 'sent_at')::timestamptz
-                                                    = $7::timestamptz)))
-                       ORDER BY clock_in_at DESC LIMIT 1)"
+         WHERE a.id = ({shift})"
     ))
     .bind(user_id)
     .bind(sent.point.latitude)

@@ -361,7 +361,8 @@ fn retried(
     if existing.deleted_at.is_some() {
         return Err(ApiError::conflict(
             "conflict",
-            "the clock-in this repeats was deleted since; a new clock-in needs a new client_id",
+            "the clock-in this repeats was deleted since; a new clock-in needs a new client_id \
+             (or device time)",
         ));
     }
     Ok((StatusCode::OK, Json(existing.into())))

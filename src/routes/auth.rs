@@ -18,7 +18,7 @@ use crate::db::users::{self, NewUser, User};
 use crate::domain::{Email, Role, UserStatus};
 use crate::error::{ApiError, ErrorEnvelope, Invalid};
 use crate::extract::Json;
-use crate::routes::checks::{NewIdentity, check_facility, check_supervisor, hold_facility};
+use crate::routes::checks::{NewIdentity, check_facility, check_supervisor, lock_facility};
 use crate::state::AppState;
 
 /// Routes that need no token (rate limited per client address).
@@ -186,7 +186,8 @@ async fn register(
     // Again under share locks: the supervisor cannot be made a field role, nor the facility
     // deactivated, before this commits.
     let mut invalid = Invalid::default();
-    hold_facility(&mut tx, Some(req.facility_id), None, &mut invalid).await?;
+    lock_facility(&mut tx, Some(req.facility_id)).await?;
+    check_facility(&mut *tx, Some(req.facility_id), None, &mut invalid).await?;
     registered_supervisor(&mut *tx, req.supervisor_id, &mut invalid).await?;
     invalid.finish()?;
     let id = users::insert(

@@ -132,32 +132,11 @@ pub async fn check_facility<'e>(
     user: Option<Uuid>,
     invalid: &mut Invalid,
 ) -> Result<(), ApiError> {
-    facility_given(db, facility_id, user, invalid, "").await
-}
-
-/// [`check_facility`] in the transaction that writes the user, with the facility share-locked
-/// until it commits: it cannot be deactivated meanwhile.
-pub async fn hold_facility(
-    tx: &mut PgConnection,
-    facility_id: Option<Uuid>,
-    user: Option<Uuid>,
-    invalid: &mut Invalid,
-) -> Result<(), ApiError> {
-    facility_given(tx, facility_id, user, invalid, " FOR SHARE OF f").await
-}
-
-async fn facility_given<'e>(
-    db: impl PgExecutor<'e>,
-    facility_id: Option<Uuid>,
-    user: Option<Uuid>,
-    invalid: &mut Invalid,
-    lock: &'static str,
-) -> Result<(), ApiError> {
     if let Some(id) = facility_id {
-        let found: Option<(String, bool)> = sqlx::query_as(&format!(
+        let found: Option<(String, bool)> = sqlx::query_as(
             "SELECT f.status, EXISTS (SELECT 1 FROM users u WHERE u.id = $2 AND u.facility_id = f.id)
-             FROM facilities f WHERE f.id = $1{lock}"
-        ))
+             FROM facilities f WHERE f.id = $1",
+        )
         .bind(id)
         .bind(user)
         .fetch_optional(db)
@@ -169,6 +148,21 @@ async fn facility_given<'e>(
             }
             Some(_) => {}
         }
+    }
+    Ok(())
+}
+
+/// Share-locks the facility a user is being given until the transaction commits: it cannot be
+/// deactivated before the user is written (checked with [`check_facility`] once it is held).
+pub async fn lock_facility(
+    tx: &mut PgConnection,
+    facility_id: Option<Uuid>,
+) -> Result<(), sqlx::Error> {
+    if let Some(id) = facility_id {
+        sqlx::query("SELECT 1 FROM facilities WHERE id = $1 FOR SHARE")
+            .bind(id)
+            .execute(tx)
+            .await?;
     }
     Ok(())
 }

@@ -14,7 +14,9 @@ use crate::db::users::{self, User};
 use crate::domain::{Email, Role, UserStatus};
 use crate::error::{ApiError, ErrorEnvelope, Invalid, ResultExt};
 use crate::extract::{Json, Path};
-use crate::routes::checks::{check_supervisor, hold_facility, optional_text, required_text};
+use crate::routes::checks::{
+    check_facility, check_supervisor, lock_facility, optional_text, required_text,
+};
 use crate::state::AppState;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -178,9 +180,9 @@ async fn update_user(
     if may_remove_admin {
         users::lock_admin_roster(&mut tx).await?;
     }
-    // Share-locked, before the user's row (as a facility's own writers lock it before their
-    // audit row checks the user): the facility cannot be deactivated before this commits.
-    hold_facility(&mut tx, req.facility_id.flatten(), Some(id), &mut invalid).await?;
+    // Share-locked before the user's row (as a facility's own writers lock it before their
+    // audit row checks the user), and checked once that row is held.
+    lock_facility(&mut tx, req.facility_id.flatten()).await?;
     // The lock the update needs: a new email (a unique key) takes the row whole, which the
     // audit row's check of its actor would wait for. Rows are then locked in id order, the
     // actor's first when it sorts first, so that two admins changing each other's email wait
@@ -214,6 +216,7 @@ async fn update_user(
     // A supervisor newly named, or kept under a new role, must rank no lower; one sent back
     // unchanged with the role is checked as before.
     let rank_changed = supervisor != current.supervisor_id || role != current_role;
+    check_facility(&mut *tx, req.facility_id.flatten(), Some(id), &mut invalid).await?;
     check_supervisor(
         &mut *tx,
         if req.supervisor_id.is_some() || rank_changed {

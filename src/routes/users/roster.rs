@@ -15,7 +15,7 @@ use crate::domain::{Role, UserStatus};
 use crate::error::{ApiError, ErrorEnvelope, Invalid};
 use crate::extract::{Json, Path, Query};
 use crate::routes::auth::UserEnvelope;
-use crate::routes::checks::{NewIdentity, check_facility, check_supervisor, hold_facility};
+use crate::routes::checks::{NewIdentity, check_facility, check_supervisor, lock_facility};
 use crate::routes::pagination::{Page, Paging};
 use crate::state::AppState;
 
@@ -121,7 +121,8 @@ async fn create_user(
     // Again under share locks: the supervisor cannot be demoted (to a field role, or below the
     // new user's role), nor the facility deactivated, before this commits.
     let mut invalid = Invalid::default();
-    hold_facility(&mut tx, req.facility_id, None, &mut invalid).await?;
+    lock_facility(&mut tx, req.facility_id).await?;
+    check_facility(&mut *tx, req.facility_id, None, &mut invalid).await?;
     check_supervisor(
         &mut *tx,
         req.supervisor_id,
