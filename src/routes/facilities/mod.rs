@@ -139,6 +139,16 @@ fn changed_fields(req: &UpdateFacility) -> Vec<&'static str> {
     .collect()
 }
 
+/// The facility's row as it is before an edit (the audit trail's "from"), locked until the
+/// edit commits; 404 when there is none.
+async fn before_edit(tx: &mut sqlx::PgConnection, id: Uuid) -> Result<Value, ApiError> {
+    sqlx::query_scalar("SELECT to_jsonb(f) FROM facilities f WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(id)
+        .fetch_optional(tx)
+        .await?
+        .ok_or(ApiError::NotFound)
+}
+
 fn duplicate_code() -> ApiError {
     ApiError::conflict("duplicate", "a facility with this code already exists")
 }
@@ -353,12 +363,7 @@ async fn update_facility(
     check_council(&state, req.council_id, &mut invalid).await?;
     invalid.finish()?;
     let mut tx = crate::import::apply::begin_beside_imports(&state.db).await?;
-    let before: Value =
-        sqlx::query_scalar("SELECT to_jsonb(f) FROM facilities f WHERE id = $1 FOR NO KEY UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(ApiError::NotFound)?;
+    let before = before_edit(&mut tx, id).await?;
     let after: Value = sqlx::query_scalar(
         "UPDATE facilities SET
              code = coalesce($2, code), name = coalesce($3, name), type = coalesce($4, type),
@@ -428,12 +433,7 @@ async fn deactivate_facility(
 ) -> Result<StatusCode, ApiError> {
     admin.require(Role::Admin)?;
     let mut tx = state.db.begin().await?;
-    let before: Value =
-        sqlx::query_scalar("SELECT to_jsonb(f) FROM facilities f WHERE id = $1 FOR NO KEY UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(ApiError::NotFound)?;
+    let before = before_edit(&mut tx, id).await?;
     // Already inactive: nothing changes, nothing is recorded, and devices pull nothing new.
     if before["status"] == "inactive" {
         return Ok(StatusCode::NO_CONTENT);
