@@ -190,8 +190,8 @@ where
 }
 
 /// Query string: 400 `bad_request` naming what did not parse (an empty value included: the
-/// spec types every parameter, and `?role=` is not a role), or that it holds a NUL character,
-/// which no text filter could match (Postgres text cannot hold one).
+/// spec types every parameter, and `?role=` is not a role); 422 naming a parameter that holds a
+/// NUL character, which no text filter could match (Postgres text cannot hold one).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Query<T>(pub T);
 
@@ -203,10 +203,14 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        if parts.uri.query().is_some_and(|q| q.contains("%00")) {
-            return Err(ApiError::BadRequest(
-                "invalid query string: it must not contain NUL characters".into(),
-            ));
+        // A well-formed value no filter could match: 422 naming its parameter.
+        if let Some(pair) = parts
+            .uri
+            .query()
+            .and_then(|q| q.split('&').find(|pair| pair.contains("%00")))
+        {
+            let name = pair.split('=').next().unwrap_or_default();
+            return Err(ApiError::invalid(name, "must not contain NUL characters"));
         }
         let axum::extract::Query(value) =
             axum::extract::Query::<T>::from_request_parts(parts, state).await?;
