@@ -321,6 +321,7 @@ pub async fn latest_shift<'e>(
            AND s.user_id = $1 AND s.deleted_at IS NULL AND s.clock_in_at < $9
          ORDER BY l.created_at DESC LIMIT 1"
     } else {
+        // `$9` (null here) is named so that both statements take the same nine values.
         "SELECT id FROM attendance WHERE user_id = $1 AND deleted_at IS NULL
            AND $9::timestamptz IS NULL
          ORDER BY clock_in_at DESC LIMIT 1"

@@ -752,10 +752,7 @@ async fn simultaneous_retries_of_one_clock_in_return_one_record() {
         "{statuses:?}"
     );
     assert!(results.iter().all(|(_, b)| b["id"] == results[0].1["id"]));
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let rows = app.attendance_rows().await;
     assert_eq!(rows, 1);
 }
 
@@ -1136,10 +1133,7 @@ async fn an_enforced_geofence_refuses_far_clock_ins() {
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation_failed",
     );
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let rows = app.attendance_rows().await;
     assert_eq!(rows, 0);
     assert_eq!(
         clock_in(
@@ -1210,10 +1204,7 @@ async fn times_outside_the_accepted_window_and_bad_input_are_refused() {
             "{name}: {response}"
         );
     }
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let rows = app.attendance_rows().await;
     assert_eq!(rows, 0);
 
     assert_eq!(
@@ -1259,10 +1250,7 @@ async fn the_same_devices_tap_sent_again_without_a_client_id_returns_its_record(
     let (status, again) = clock_in(&app, &other, body).await;
     assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!(again["id"], second["id"]);
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let rows = app.attendance_rows().await;
     assert_eq!(rows, 2);
 }
 
@@ -1288,10 +1276,7 @@ async fn a_retried_clock_in_with_the_same_client_id_returns_the_same_record() {
         (third["id"].clone(), third["status"].clone()),
         (first["id"].clone(), json!("closed"))
     );
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let rows = app.attendance_rows().await;
     assert_eq!(rows, 1);
 }
 
@@ -1352,10 +1337,7 @@ async fn a_clock_in_retried_after_a_later_shift_or_past_the_time_rules_returns_i
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation_failed",
     );
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let rows = app.attendance_rows().await;
     assert_eq!(rows, 3);
 
     // The facility closed since: the retry still gets its record.

@@ -561,6 +561,14 @@ impl TestApp {
 }
 
 impl TestApp {
+    /// Every attendance row of this test's database, deleted ones included.
+    pub async fn attendance_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM attendance")
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
     /// Waits until `n` transactions of this test's database wait on another's row; panics with
     /// `what` after 10 s.
     pub async fn until_waiting_on_rows(&self, n: i64, what: &str) {

@@ -67,13 +67,6 @@ async fn setup(app: &TestApp) -> (TestUser, Uuid) {
     (app.quick_user("focal", None, facility).await, facility)
 }
 
-async fn count(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM attendance")
-        .fetch_one(&app.db)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_batch_replayed_three_times_is_stored_once() {
     let app = TestApp::spawn().await;
@@ -112,7 +105,7 @@ async fn a_batch_replayed_three_times_is_stored_once() {
         assert_eq!(again["results"][3]["id"], records[3]["id"]);
         assert_eq!(again["results"][3]["server_version"], 1);
     }
-    assert_eq!(count(&app).await, 10);
+    assert_eq!(app.attendance_rows().await, 10);
     let first_rec = &first["results"][0]["record"];
     assert_eq!(first_rec["source"], "sync");
     assert_eq!(first_rec["duration_s"], 4 * 3600);
@@ -169,7 +162,7 @@ async fn the_same_device_and_client_timestamp_under_a_new_id_is_a_duplicate() {
     assert_eq!(statuses(&body), vec!["duplicate"]);
     assert_eq!(body["results"][0]["id"], regenerated["id"]);
     assert_eq!(body["results"][0]["record"]["id"], original["id"]);
-    assert_eq!(count(&app).await, 1);
+    assert_eq!(app.attendance_rows().await, 1);
 }
 
 #[tokio::test]
@@ -186,7 +179,7 @@ async fn two_users_of_one_shared_device_never_duplicate_each_other() {
     let (_, body) = push(&app, &second, vec![same_moment]).await;
     assert_eq!(statuses(&body), vec!["created"], "{body}");
     assert_eq!(body["results"][0]["record"]["user_id"], json!(second.id));
-    assert_eq!(count(&app).await, 2);
+    assert_eq!(app.attendance_rows().await, 2);
 }
 
 #[tokio::test]
@@ -203,7 +196,7 @@ async fn a_repeat_is_recognised_when_its_client_timestamp_is_finer_than_a_micros
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(statuses(&body), vec!["duplicate"]);
     assert_eq!(body["results"][0]["record"]["id"], original["id"]);
-    assert_eq!(count(&app).await, 1);
+    assert_eq!(app.attendance_rows().await, 1);
 }
 
 #[tokio::test]
@@ -237,7 +230,7 @@ async fn one_bad_record_is_rejected_and_the_other_49_apply() {
             .unwrap()
             .contains("latitude")
     );
-    assert_eq!(count(&app).await, 49);
+    assert_eq!(app.attendance_rows().await, 49);
 }
 
 #[tokio::test]
@@ -294,7 +287,7 @@ async fn malformed_records_and_broken_rules_are_rejected_one_by_one() {
     // A record that does not parse still answers under its id when the id is readable.
     assert_eq!(body["results"][7]["id"], unknown_field_id);
     assert_eq!(body["results"][7]["error"]["code"], "validation_failed");
-    assert_eq!(count(&app).await, 1);
+    assert_eq!(app.attendance_rows().await, 1);
 }
 
 #[tokio::test]
@@ -344,12 +337,12 @@ async fn a_batch_over_the_limit_is_refused_whole() {
         "validation_failed",
     );
     assert!(body["error"]["details"]["records"].is_array(), "{body}");
-    assert_eq!(count(&app).await, 0);
+    assert_eq!(app.attendance_rows().await, 0);
     // Exactly the limit is one batch, answered record by record.
     let (status, body) = push(&app, &user, records[..500].to_vec()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["results"].as_array().unwrap().len(), 500);
-    assert!(count(&app).await > 0);
+    assert!(app.attendance_rows().await > 0);
 }
 
 #[tokio::test]
@@ -528,7 +521,7 @@ async fn records_changed_in_one_action_share_a_client_timestamp_and_all_apply() 
         "{body}"
     );
     assert_eq!(body["results"][2]["record"]["notes"], "corrected");
-    assert_eq!(count(&app).await, 3);
+    assert_eq!(app.attendance_rows().await, 3);
     assert_eq!(stored_for(&app, &user, true).await, 1);
     // Each stored record keeps the timestamp it was created under: sending a creation again
     // under another id is still recognised.
@@ -553,7 +546,7 @@ async fn client_wins_replaces_a_shift_opened_earlier_in_the_same_batch() {
     let (_, again) = push(&app, &user, vec![first, second]).await;
     assert_eq!(statuses(&again), vec!["duplicate", "duplicate"]);
     assert_eq!(stored_for(&app, &user, true).await, 1);
-    assert_eq!(count(&app).await, 2);
+    assert_eq!(app.attendance_rows().await, 2);
 }
 
 /// Creates a record at version 1 and moves the server to version 2 (another device's edit).
@@ -777,7 +770,7 @@ async fn an_open_record_while_another_is_open_is_a_conflict() {
     let (_, body) = push(&app, &user, vec![open_shift(facility, 30)]).await;
     assert_eq!(statuses(&body), vec!["conflict"]);
     assert_eq!(body["results"][0]["record"]["id"], online["id"]);
-    assert_eq!(count(&app).await, 1);
+    assert_eq!(app.attendance_rows().await, 1);
 }
 
 #[tokio::test]
@@ -836,7 +829,7 @@ async fn a_new_shift_queued_beside_an_open_one_is_stored_when_the_admin_keeps_it
     // The online shift it replaced is closed as incomplete, as client_wins would have.
     let (_, replaced) = stored_record(&app, &user, &online).await;
     assert_eq!(replaced["status"], "incomplete");
-    assert_eq!(count(&app).await, 2);
+    assert_eq!(app.attendance_rows().await, 2);
     // The phone's next push of the same record is a duplicate.
     let (_, body) = push(&app, &user, vec![offline]).await;
     assert_eq!(statuses(&body), vec!["duplicate"]);

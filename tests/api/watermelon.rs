@@ -109,7 +109,7 @@ async fn push_and_pull_follow_the_watermelondb_backend_rules() {
     }})).await;
     assert_error(status, &body, StatusCode::CONFLICT, "conflict");
     assert_eq!(
-        app_count(&app).await,
+        app.attendance_rows().await,
         2,
         "nothing of the refused push applied"
     );
@@ -143,13 +143,6 @@ async fn push_and_pull_follow_the_watermelondb_backend_rules() {
         pull(&app, &user, Some(t3)).await["changes"]["attendance"]["deleted"],
         json!([b])
     );
-}
-
-async fn app_count(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM attendance")
-        .fetch_one(&app.db)
-        .await
-        .unwrap()
 }
 
 #[tokio::test]
