@@ -196,7 +196,143 @@ fn check_parts(archive: &mut zip::ZipArchive<Cursor<&[u8]>>) -> Result<(), ReadE
             check_styles(entry)?;
         }
     }
+    check_workbook(archive)
+}
+
+/// The indices of the parts calamine would open by `path`: it looks a part up by its name
+/// in lower case, `\` read as `/`.
+fn parts_named(archive: &zip::ZipArchive<Cursor<&[u8]>>, path: &str) -> Vec<usize> {
+    let path = path.replace('\\', "/").to_ascii_lowercase();
+    archive
+        .file_names()
+        .enumerate()
+        .filter(|(_, name)| {
+            name.as_ref()
+                .is_ok_and(|name| name.replace('\\', "/").to_ascii_lowercase() == path)
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Sheets, defined names and relationships beyond which a workbook is refused: Excel's own
+/// workbooks name a handful of each.
+const MAX_WORKBOOK_ENTRIES: u64 = 65_536;
+/// What calamine's copies of sheet names and paths may take in all (see [`check_workbook`]).
+const MAX_SHEET_COPIES_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Checks the workbook part and its relationships, which calamine reads whole before the
+/// first cell: it keeps every sheet, defined name and relationship they list, and gives each
+/// sheet its own copies of its name and of the path its relationship names, so that a
+/// workbook listing millions of sheets, or thousands pointing at one long path, would ask for
+/// gigabytes. The parts are found as calamine finds them, through the package's
+/// `_rels/.rels`; every office document it names is checked, not only the one calamine opens.
+fn check_workbook(archive: &mut zip::ZipArchive<Cursor<&[u8]>>) -> Result<(), ReadError> {
+    let unreadable = |e: &dyn std::fmt::Display| ReadError::Unreadable(e.to_string());
+    let too_many = || {
+        ReadError::TooLarge(format!(
+            "the workbook lists more than {MAX_WORKBOOK_ENTRIES} sheets, names or relationships, \
+             or sheets whose names and paths would take more than {} MiB to read",
+            MAX_SHEET_COPIES_BYTES / (1024 * 1024)
+        ))
+    };
+    let mut documents = Vec::new();
+    for i in parts_named(archive, "_rels/.rels") {
+        let part = archive.by_index(i).map_err(|e| unreadable(&e))?;
+        let mut entries = 0;
+        for_each_start(part, |e| {
+            if e.local_name().as_ref() == "Relationship" {
+                entries += 1;
+                let [kind, target] = watched(e, ["Type", "Target"])?;
+                if kind.is_some_and(|k| k.ends_with("/relationships/officeDocument")) {
+                    documents.extend(target);
+                }
+            }
+            Ok(entries <= MAX_WORKBOOK_ENTRIES)
+        })?;
+        if entries > MAX_WORKBOOK_ENTRIES {
+            return Err(too_many());
+        }
+    }
+    let documents: std::collections::BTreeSet<String> = documents
+        .into_iter()
+        .map(|t| match quick_xml::escape::unescape(&t) {
+            Ok(unescaped) => unescaped.into_owned(),
+            Err(_) => t,
+        })
+        .collect();
+    if documents.len() > 1 {
+        return Err(ReadError::Unreadable(
+            "the package names more than one main document, which no spreadsheet program writes"
+                .into(),
+        ));
+    }
+    for target in documents {
+        let (folder, name) = target.split_at(target.rfind('/').map_or(0, |i| i + 1));
+        let folder = folder.strip_prefix('/').unwrap_or(folder);
+        let name = if name.is_empty() {
+            "workbook.xml"
+        } else {
+            name
+        };
+        // Each sheet is charged the longest path a relationship names, whichever it names.
+        let (mut relationships, mut longest) = (0u64, 0u64);
+        for i in parts_named(archive, &format!("{folder}_rels/{name}.rels")) {
+            let part = archive.by_index(i).map_err(|e| unreadable(&e))?;
+            for_each_start(part, |e| {
+                if e.local_name().as_ref() == "Relationship" {
+                    relationships += 1;
+                    let [target] = watched(e, ["Target"])?;
+                    longest = longest.max((folder.len() + target.map_or(0, |t| t.len())) as u64);
+                }
+                Ok(relationships <= MAX_WORKBOOK_ENTRIES)
+            })?;
+        }
+        if relationships > MAX_WORKBOOK_ENTRIES {
+            return Err(too_many());
+        }
+        for i in parts_named(archive, &format!("{folder}{name}")) {
+            let part = archive.by_index(i).map_err(|e| unreadable(&e))?;
+            let (mut entries, mut copies) = (0u64, 0u64);
+            for_each_start(part, |e| {
+                match e.local_name().as_ref() {
+                    "sheet" => {
+                        let [sheet] = watched(e, ["name"])?;
+                        copies += 2 * sheet.map_or(0, |s| s.len()) as u64 + longest;
+                    }
+                    "definedName" => {}
+                    _ => return Ok(true),
+                }
+                entries += 1;
+                Ok(entries <= MAX_WORKBOOK_ENTRIES && copies <= MAX_SHEET_COPIES_BYTES)
+            })?;
+            if entries > MAX_WORKBOOK_ENTRIES || copies > MAX_SHEET_COPIES_BYTES {
+                return Err(too_many());
+            }
+        }
+    }
     Ok(())
+}
+
+/// Hands each element that `part` opens to `seen`, until it answers `false` or the part ends
+/// (calamine reports a broken part itself).
+fn for_each_start<R: Read>(
+    part: R,
+    mut seen: impl FnMut(&quick_xml::events::BytesStart<'_>) -> Result<bool, ReadError>,
+) -> Result<(), ReadError> {
+    let mut xml = xml_reader(part);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match xml.read_event_into(&mut buf) {
+            Ok(Event::Start(e)) => {
+                if !seen(&e)? {
+                    return Ok(());
+                }
+            }
+            Ok(Event::Eof) | Err(_) => return Ok(()),
+            Ok(_) => {}
+        }
+    }
 }
 
 fn xml_reader<R: Read>(part: R) -> quick_xml::Reader<BufReader<R>> {
@@ -424,17 +560,8 @@ fn read_xlsx(bytes: &[u8]) -> Result<Sheet, ReadError> {
         if text.is_some_and(|t| t.trim().is_empty()) {
             continue;
         }
-        if let Some(text) = text
-            && text.len() > MAX_CELL_CHARS
-            && text.chars().count() > MAX_CELL_CHARS
-        {
-            return Err(ReadError::TooLarge(format!(
-                "the cell in row {}, column {} holds more than {MAX_CELL_CHARS} characters, \
-                 Excel's own limit",
-                row + 1,
-                col + 1
-            )));
-        }
+        // Checked before the text is copied, as well as when it is kept.
+        check_length(row, col, text.unwrap_or_default())?;
         grid.put(row, col, cell_text(value))?;
     }
     grid.finish()
@@ -463,6 +590,19 @@ fn float_text(f: f64) -> String {
     } else {
         format!("{f}")
     }
+}
+
+/// Refuses a cell longer than a spreadsheet can hold (`row` and `col` from 0).
+fn check_length(row: u32, col: u32, text: &str) -> Result<(), ReadError> {
+    if text.len() > MAX_CELL_CHARS && text.chars().count() > MAX_CELL_CHARS {
+        return Err(ReadError::TooLarge(format!(
+            "the cell in row {}, column {} holds more than {MAX_CELL_CHARS} characters, Excel's \
+             own limit",
+            row + 1,
+            col + 1
+        )));
+    }
+    Ok(())
 }
 
 /// Collects cells into rows keyed by spreadsheet row, finding the header as the first
@@ -499,6 +639,7 @@ impl Grid {
         if col as usize >= MAX_COLUMNS || text.trim().is_empty() {
             return Ok(());
         }
+        check_length(row, col, &text)?;
         if self.current.as_ref().is_some_and(|(r, _)| *r != row) {
             self.flush()?;
         }
@@ -689,8 +830,8 @@ fn read_csv(bytes: &[u8]) -> Result<Sheet, ReadError> {
     {
         return Err(ReadError::Markup);
     }
-    // `sep=;` on the first line, which Excel reads as the separator to use: taken as such, and
-    // blanked (so that the rows keep their numbers).
+    // `sep=;` on the first line, which Excel reads as the separator to use and does not show:
+    // taken as such and removed, so that the header is row 1 as on Excel's screen.
     let mut text = text;
     let sep = text
         .trim_start_matches('\u{FEFF}')
@@ -703,7 +844,13 @@ fn read_csv(bytes: &[u8]) -> Result<Sheet, ReadError> {
         });
     if sep.is_some() {
         let end = text.find(['\r', '\n']).unwrap_or(text.len());
-        text.replace_range(..end, &" ".repeat(end));
+        let rest = &text[end..];
+        let line_break = if rest.starts_with("\r\n") {
+            2
+        } else {
+            usize::from(rest.starts_with(['\r', '\n']))
+        };
+        text.replace_range(..end + line_break, "");
     }
     let delimiter = sep.unwrap_or_else(|| sniff_delimiter(&text));
     let mut reader = csv::ReaderBuilder::new()
@@ -796,12 +943,14 @@ mod tests {
     #[test]
     fn a_sep_line_names_the_separator_and_is_not_the_header() {
         let sheet = read(b"sep=;\r\ncode;name, long\r\nA;One, two\r\n").unwrap();
-        assert_eq!(sheet.header_row, 2);
+        assert_eq!(sheet.header_row, 1);
         assert_eq!(sheet.headers, ["code", "name, long"]);
         assert_eq!(
             sheet.rows,
-            [(3, vec!["A".to_string(), "One, two".to_string()])]
+            [(2, vec!["A".to_string(), "One, two".to_string()])]
         );
+        let sheet = read("\u{FEFF}sep=;\ncode;name\n\nA;One\n".as_bytes()).unwrap();
+        assert_eq!((sheet.header_row, sheet.rows[0].0), (1, 3));
     }
 
     #[test]
@@ -842,6 +991,18 @@ mod tests {
         let (row, error) = refused.expect("the budget stops the sheet");
         assert!(matches!(error, ReadError::TooLarge(_)), "{error:?}");
         assert!(row as usize > MAX_SHEET_BYTES / MAX_CELL_CHARS * 9 / 10);
+    }
+
+    #[test]
+    fn a_csv_cell_longer_than_excel_holds_is_refused_where_it_is() {
+        let csv = format!("code,address\nA,{}\n", "é".repeat(MAX_CELL_CHARS + 1));
+        let error = read(csv.as_bytes()).unwrap_err();
+        assert!(
+            matches!(&error, ReadError::TooLarge(m) if m.contains("row 2, column 2")),
+            "{error:?}"
+        );
+        let csv = format!("code,address\nA,{}\n", "é".repeat(MAX_CELL_CHARS));
+        assert_eq!(read(csv.as_bytes()).unwrap().rows.len(), 1);
     }
 
     #[test]

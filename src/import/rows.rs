@@ -52,13 +52,13 @@ enum Column {
 
 impl Column {
     fn from_header(header: &str) -> Option<Self> {
-        let normal: String = header
-            .trim()
-            .trim_start_matches('\u{FEFF}')
-            .to_lowercase()
-            .chars()
-            .map(|c| if c == ' ' || c == '-' { '_' } else { c })
-            .collect();
+        // Any run of spaces (a non-breaking one pasted from the web too), `_` and `-` is one `_`.
+        let lower = header.trim_start_matches('\u{FEFF}').trim().to_lowercase();
+        let normal = lower
+            .split(|c: char| c.is_whitespace() || c == '_' || c == '-')
+            .filter(|word| !word.is_empty())
+            .collect::<Vec<_>>()
+            .join("_");
         Some(match normal.as_str() {
             "name" | "facility_name" => Column::Name,
             "code" | "facility_code" => Column::Code,
@@ -68,7 +68,7 @@ impl Column {
             "council_name" | "council" | "district" => Column::CouncilName,
             "council_code" | "district_code" => Column::CouncilCode,
             "address" => Column::Address,
-            "contact_phone" | "phone" => Column::ContactPhone,
+            "contact_phone" | "phone" | "phone_number" | "telephone" => Column::ContactPhone,
             _ => return None,
         })
     }
@@ -466,6 +466,15 @@ mod tests {
         );
         assert_eq!(row.contact_phone.as_deref(), Some("+250"));
         assert_eq!(row.facility_type, None);
+        // Doubled and non-breaking spaces, as a header pasted from the web has them.
+        let sheet = read(
+            "Name;Code;Latitude;Longitude;Council\u{A0} Name;Phone  Number\nKimironko;HC-1;-1.9;30.1;Gasabo;+250\n"
+                .as_bytes(),
+        )
+        .unwrap();
+        let checked = check(&sheet, &councils).unwrap();
+        assert_eq!(checked.errors, vec![]);
+        assert_eq!(checked.valid[0].contact_phone.as_deref(), Some("+250"));
     }
 
     #[test]

@@ -93,15 +93,7 @@ fn one_font_in_every(chars: usize, formats: usize, stray: &str, xf: &str) -> Vec
 /// A workbook whose shared strings are `count` empty ones, behind a comment of letters that do
 /// not compress, so that the part's compression ratio is one a real workbook can have.
 fn empty_shared_strings(count: usize) -> Vec<u8> {
-    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-    let noise: String = (0..count / 25)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (b'a' + (seed % 26) as u8) as char
-        })
-        .collect();
+    let noise = letters(count / 25);
     let strings = format!(
         r#"<?xml version="1.0"?><sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" uniqueCount="{count}"><!-- {noise} -->{}</sst>"#,
         "<si/>".repeat(count)
@@ -109,6 +101,41 @@ fn empty_shared_strings(count: usize) -> Vec<u8> {
     zip_with(
         Some(&fixture("facilities.xlsx")),
         &[("xl/sharedStrings.xml", &strings)],
+    )
+}
+
+/// `len` letters that do not compress, to give a part a compression ratio a real workbook can
+/// have.
+fn letters(len: usize) -> String {
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (b'a' + (seed % 26) as u8) as char
+        })
+        .collect()
+}
+
+/// A workbook whose first sheet is the usual one, followed by `sheets` more, all shown by one
+/// relationship naming a path of `chars` characters: calamine gives each sheet its own copy.
+fn many_sheets(sheets: usize, chars: usize) -> Vec<u8> {
+    let relationships = format!(
+        r#"<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet" Target="worksheets/sheet1.xml"/><Relationship Id="rId3" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/styles" Target="styles.xml"/><Relationship Id="rId4" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/sharedStrings" Target="sharedStrings.xml"/><Relationship Id="rId9" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet" Target="{}"/></Relationships>"#,
+        "a".repeat(chars)
+    );
+    let more = r#"<sheet r:id="rId9"/>"#.repeat(sheets);
+    let workbook = format!(
+        r#"<?xml version="1.0"?><workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships"><!-- {} --><sheets><sheet name="Sheet1" sheetId="1" r:id="rId1"/>{more}</sheets></workbook>"#,
+        letters(more.len() / 100)
+    );
+    zip_with(
+        Some(&fixture("facilities.xlsx")),
+        &[
+            ("xl/_rels/workbook.xml.rels", &relationships),
+            ("xl/workbook.xml", &workbook),
+        ],
     )
 }
 
@@ -610,6 +637,22 @@ async fn a_workbook_with_as_many_cell_formats_as_excel_allows_imports() {
 }
 
 #[tokio::test]
+async fn a_workbook_of_many_sheets_imports_its_first() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (status, report) = import(
+        &app,
+        &admin.token,
+        "f.xlsx",
+        many_sheets(1_000, "worksheets/a long sheet name.xml".len()),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["created"], 3, "{report}");
+}
+
+#[tokio::test]
 async fn a_csv_row_with_more_values_than_the_header_is_reported_not_shifted() {
     // Arrange: an address with an unquoted comma pushes the phone one column right.
     let app = TestApp::spawn().await;
@@ -839,6 +882,19 @@ async fn hostile_and_broken_files_are_refused_and_change_nothing() {
         (
             "more shared strings than eight for each row allowed",
             empty_shared_strings(1_600_001),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            // Each of 2,000 sheets would get its own copy of a path of a million characters.
+            "thousands of sheets naming one long path",
+            many_sheets(2_000, 1_000_000),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            "more sheets than a workbook can list",
+            many_sheets(70_000, "worksheets/sheet1.xml".len()),
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
         ),
