@@ -541,8 +541,8 @@ fn read_xlsx(bytes: &[u8]) -> Result<Sheet, ReadError> {
         .worksheet_cells_reader(&name)
         .map_err(|e| ReadError::Unreadable(e.to_string()))?;
     let mut grid = Grid::new(Format::Xlsx);
-    while let Some(cell) = cells
-        .next_cell()
+    while let Some((cell, style)) = cells
+        .next_cell_with_style_id()
         .map_err(|e| ReadError::Unreadable(e.to_string()))?
     {
         let (row, col) = cell.get_position();
@@ -562,7 +562,12 @@ fn read_xlsx(bytes: &[u8]) -> Result<Sheet, ReadError> {
         }
         // Checked before the text is copied, as well as when it is kept.
         check_length(row, col, text.unwrap_or_default())?;
-        grid.put(row, col, cell_text(value))?;
+        let shown = cells
+            .styles()
+            .get(style)
+            .and_then(|style| style.number_format.as_ref())
+            .map(|format| format.format_code.as_str());
+        grid.put(row, col, padded(cell_text(value), shown))?;
     }
     grid.finish()
 }
@@ -589,6 +594,22 @@ fn float_text(f: f64) -> String {
         format!("{}", f as i64)
     } else {
         format!("{f}")
+    }
+}
+
+/// A whole number shown through a format of zeros alone (`00000`), as Excel keeps codes and
+/// phone numbers with leading zeros, reads as the sheet shows it: `123` as `00123`, as Excel's
+/// own CSV export writes it.
+fn padded(text: String, format: Option<&str>) -> String {
+    match format {
+        Some(zeros)
+            if zeros.len() > text.len()
+                && zeros.bytes().all(|b| b == b'0')
+                && text.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            format!("{text:0>width$}", width = zeros.len())
+        }
+        _ => text,
     }
 }
 
@@ -1105,5 +1126,34 @@ mod tests {
     fn numbers_read_as_codes_without_a_decimal_point() {
         assert_eq!(float_text(1001.0), "1001");
         assert_eq!(float_text(-1.9456), "-1.9456");
+    }
+
+    #[test]
+    fn numbers_shown_with_leading_zeros_keep_them() {
+        let mut workbook = rust_xlsxwriter::Workbook::new();
+        let zeros = |n: usize| rust_xlsxwriter::Format::new().set_num_format("0".repeat(n));
+        let sheet = workbook.add_worksheet();
+        sheet.write_string(0, 0, "code").unwrap();
+        sheet.write_string(0, 1, "phone").unwrap();
+        sheet.write_string(0, 2, "latitude").unwrap();
+        sheet
+            .write_number_with_format(1, 0, 123, &zeros(5))
+            .unwrap();
+        sheet
+            .write_number_with_format(1, 1, 788_123_456, &zeros(10))
+            .unwrap();
+        sheet
+            .write_number_with_format(1, 2, -1.5, &zeros(3))
+            .unwrap();
+        sheet
+            .write_number_with_format(2, 0, 123_456, &zeros(5))
+            .unwrap();
+        sheet.write_number(2, 1, 42).unwrap();
+        let bytes = workbook.save_to_buffer().unwrap();
+        let sheet = read(&bytes).unwrap();
+        let cells =
+            |row: usize| -> Vec<&str> { sheet.rows[row].1.iter().map(String::as_str).collect() };
+        assert_eq!(cells(0), ["00123", "0788123456", "-1.5"]);
+        assert_eq!(cells(1), ["123456", "42"]);
     }
 }
