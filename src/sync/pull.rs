@@ -41,9 +41,13 @@ pub struct Cursor {
     /// Last facility returned in this pull (xid, id).
     #[serde(rename = "f", default, skip_serializing_if = "Option::is_none")]
     pub facilities_after: Option<(String, Uuid)>,
-    /// Attendance is done for this pull; facilities are being paged.
-    #[serde(rename = "s", default)]
-    pub facilities_stage: bool,
+    /// Facilities are done for this pull; attendance is being paged.
+    #[serde(rename = "d", default)]
+    pub facilities_done: bool,
+    /// Attendance is done for this pull: set only by an earlier version, which paged attendance
+    /// before facilities.
+    #[serde(rename = "s", default, skip_serializing_if = "std::ops::Not::not")]
+    pub attendance_done: bool,
     /// Last id told deleted because it left the caller's scope, while more are to come.
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
     pub reset_after: Option<Uuid>,
@@ -344,7 +348,8 @@ pub async fn pull(
         target: Some(target.clone()),
         attendance_after: cursor.attendance_after.clone(),
         facilities_after: cursor.facilities_after.clone(),
-        facilities_stage: cursor.facilities_stage,
+        facilities_done: cursor.facilities_done,
+        attendance_done: cursor.attendance_done,
         reset_after: None,
     };
     let mut remaining = limit;
@@ -381,7 +386,38 @@ pub async fn pull(
         changes.attendance.deleted = ids;
     }
 
-    if !cursor.facilities_stage {
+    // Facilities first: a new device needs them to clock in, and they are few beside a team's
+    // history, which may take several pages.
+    if !cursor.facilities_done {
+        let mut qb = QueryBuilder::new(SELECT_FACILITY);
+        push_is_new(&mut qb, "f", &base, Unseen::default());
+        qb.push(FROM_FACILITIES);
+        qb.push(" WHERE true");
+        push_window(
+            &mut qb,
+            "f",
+            &base,
+            Lacking::Nothing,
+            &target,
+            &cursor.facilities_after,
+        );
+        qb.push(" ORDER BY f.change_xid, f.id LIMIT ")
+            .push_bind(remaining as i64 + 1);
+        let mut rows: Vec<PulledFacility> = qb.build_query_as().fetch_all(&mut *conn).await?;
+        if rows.len() > remaining {
+            rows.truncate(remaining);
+            let last = rows.last().expect("limit is at least 1");
+            next.facilities_after = Some((last.xid.clone(), last.row.id()));
+            fill_facilities(&mut changes.facilities, rows);
+            return Ok((changes, next, true));
+        }
+        remaining -= rows.len();
+        fill_facilities(&mut changes.facilities, rows);
+        next.facilities_done = true;
+        next.facilities_after = None;
+    }
+
+    if !cursor.attendance_done {
         // A new admin's device gets every record it lacks, and the deletions since its base; a
         // supervisor's, the live records of the users it gained since its base.
         let grown = rescoped && viewer.is_admin();
@@ -424,56 +460,17 @@ pub async fn pull(
             .push_bind(remaining as i64 + 1);
         let mut rows: Vec<PulledAttendance> = qb.build_query_as().fetch_all(&mut *conn).await?;
         if rows.len() > remaining {
+            // A page that facilities filled reads one record, only to say that more wait.
             rows.truncate(remaining);
-            let last = rows.last().expect("limit is at least 1");
-            next.attendance_after = Some((last.xid.clone(), last.row.id));
+            if let Some(last) = rows.last() {
+                next.attendance_after = Some((last.xid.clone(), last.row.id));
+            }
             fill_attendance(&mut changes.attendance, rows);
             return Ok((changes, next, true));
         }
-        remaining -= rows.len();
         fill_attendance(&mut changes.attendance, rows);
-        next.facilities_stage = true;
-        next.attendance_after = None;
     }
 
-    if remaining == 0 {
-        // The page is full of attendance: say whether facilities are still to come.
-        let more = has_any_facility(conn, &base, &target, &next.facilities_after).await?;
-        if more {
-            return Ok((changes, next, true));
-        }
-        return Ok((
-            changes,
-            Cursor {
-                base: Some(target),
-                ..Cursor::default()
-            },
-            false,
-        ));
-    }
-    let mut qb = QueryBuilder::new(SELECT_FACILITY);
-    push_is_new(&mut qb, "f", &base, Unseen::default());
-    qb.push(FROM_FACILITIES);
-    qb.push(" WHERE true");
-    push_window(
-        &mut qb,
-        "f",
-        &base,
-        Lacking::Nothing,
-        &target,
-        &next.facilities_after,
-    );
-    qb.push(" ORDER BY f.change_xid, f.id LIMIT ")
-        .push_bind(remaining as i64 + 1);
-    let mut rows: Vec<PulledFacility> = qb.build_query_as().fetch_all(&mut *conn).await?;
-    if rows.len() > remaining {
-        rows.truncate(remaining);
-        let last = rows.last().expect("limit is at least 1");
-        next.facilities_after = Some((last.xid.clone(), last.row.id()));
-        fill_facilities(&mut changes.facilities, rows);
-        return Ok((changes, next, true));
-    }
-    fill_facilities(&mut changes.facilities, rows);
     // Everything up to the target is delivered: it becomes the base of the next pull.
     Ok((
         changes,
@@ -546,18 +543,6 @@ async fn departed_ids(
     Ok(qb.build_query_scalar().fetch_all(&mut *conn).await?)
 }
 
-async fn has_any_facility(
-    conn: &mut PgConnection,
-    base: &Option<String>,
-    target: &str,
-    after: &Option<(String, Uuid)>,
-) -> Result<bool, ApiError> {
-    let mut qb = QueryBuilder::new("SELECT EXISTS (SELECT 1 FROM facilities f WHERE true");
-    push_window(&mut qb, "f", base, Lacking::Nothing, target, after);
-    qb.push(")");
-    Ok(qb.build_query_scalar().fetch_one(&mut *conn).await?)
-}
-
 fn fill_attendance(out: &mut AttendanceChanges, rows: Vec<PulledAttendance>) {
     for r in rows {
         if r.row.deleted_at.is_some() {
@@ -608,7 +593,8 @@ mod tests {
             target: Some("110:110:".into()),
             attendance_after: Some(("104".into(), Uuid::nil())),
             facilities_after: None,
-            facilities_stage: false,
+            facilities_done: true,
+            attendance_done: false,
             reset_after: Some(Uuid::nil()),
         };
         let issued = cursor.encode(&keys);
@@ -642,5 +628,9 @@ mod tests {
         }
         let signed = keys.seal(&unsigned(br#"{"b":"3:9:4,4,6"}"#));
         assert!(Cursor::decode(&signed, &keys).is_ok());
+        // A cursor of the version that paged attendance first, partway through facilities.
+        let signed = keys.seal(&unsigned(br#"{"t":"3:9:","s":true}"#));
+        let legacy = Cursor::decode(&signed, &keys).unwrap();
+        assert!(legacy.attendance_done && !legacy.facilities_done);
     }
 }

@@ -404,15 +404,19 @@ fn content_of(raw: &Map<String, Value>) -> Result<(Uuid, Content), String> {
         .and_then(|s| s.parse::<Uuid>().ok())
         .ok_or("facility_id must be a UUID")?;
     let required = |key: &str| number(raw, key)?.ok_or_else(|| format!("{key} is required"));
-    let clock_out_at = time(raw, "clock_out_at")?;
+    // WatermelonDB writes 0 for an unset number column the app did not declare optional: no
+    // clock-out is at the epoch, at 0°N 0°E, or accurate to the millimetre.
+    let optional = |key: &str| Ok::<_, String>(number(raw, key)?.filter(|n| *n != 0.0));
+    let clock_out_at = time(raw, "clock_out_at")?.filter(|t| t.timestamp_millis() != 0);
     let clock_out = match (
         number(raw, "clock_out_latitude")?,
         number(raw, "clock_out_longitude")?,
     ) {
+        (Some(0.0), Some(0.0)) => None,
         (Some(latitude), Some(longitude)) => Some(Location {
             latitude,
             longitude,
-            accuracy_m: number(raw, "clock_out_accuracy_m")?,
+            accuracy_m: optional("clock_out_accuracy_m")?,
         }),
         _ => None,
     };
@@ -425,7 +429,7 @@ fn content_of(raw: &Map<String, Value>) -> Result<(Uuid, Content), String> {
             clock_in: Location {
                 latitude: required("clock_in_latitude")?,
                 longitude: required("clock_in_longitude")?,
-                accuracy_m: number(raw, "clock_in_accuracy_m")?,
+                accuracy_m: optional("clock_in_accuracy_m")?,
             },
             clock_out,
             notes: raw
@@ -494,10 +498,11 @@ pub async fn push_changes(
         .iter()
         .flat_map(|t| t.created.iter().chain(&t.updated))
     {
+        // Empty is unset (WatermelonDB's value for a string column not declared optional).
         if raw
             .get("user_id")
             .and_then(Value::as_str)
-            .is_some_and(|u| u != user.id.to_string())
+            .is_some_and(|u| !u.is_empty() && u != user.id.to_string())
         {
             let label = raw.get("id").and_then(Value::as_str).unwrap_or("?");
             return Err(ApiError::ForbiddenWith {

@@ -2099,3 +2099,50 @@ async fn a_stale_copy_with_times_outside_the_window_is_rejected_not_queued_for_a
         .unwrap();
     assert_eq!(queued, 0);
 }
+
+#[tokio::test]
+async fn a_pull_sends_facilities_before_the_history_and_says_when_more_wait() {
+    // Arrange: two facilities and one shift.
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let second = app.facility_at(SITE.0 + 0.5, SITE.1).await;
+    let id = Uuid::new_v4();
+    let (status, body) = push(&app, &user, vec![shift(id, facility, 1, 8, 1)]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Act: pages of two.
+    let first = pull_page(&app, &user.token, None, 2).await;
+    let rest = pull_page(&app, &user.token, Some(&first), 2).await;
+
+    // Assert: the facilities fill the first page, which says the shift waits.
+    let mut facilities: Vec<&str> = ["created", "updated"]
+        .iter()
+        .flat_map(|kind| first["changes"]["facilities"][kind].as_array().unwrap())
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    facilities.sort();
+    let mut expected = [facility.to_string(), second.to_string()];
+    expected.sort();
+    assert_eq!(facilities, expected, "{first}");
+    assert_eq!(
+        change_ids(&first, "created"),
+        Vec::<String>::new(),
+        "{first}"
+    );
+    assert_eq!(first["has_more"], json!(true), "{first}");
+    assert_eq!(rest["has_more"], json!(false), "{rest}");
+    assert_eq!(
+        rest["changes"]["facilities"]["created"],
+        json!([]),
+        "{rest}"
+    );
+    assert_eq!(
+        change_ids(&rest, "created")
+            .into_iter()
+            .chain(change_ids(&rest, "updated"))
+            .collect::<Vec<_>>(),
+        vec![id.to_string()],
+        "{rest}"
+    );
+    nothing_more(&app, &user.token, &rest).await;
+}

@@ -908,7 +908,14 @@ async fn a_pull_larger_than_a_page_completes_over_several_syncs_each_going_on() 
         pull(&app, &stranger, None).await;
     }
     let mut seen = ids(&first);
-    assert_eq!(seen.len(), page);
+    // The facilities come first, which a new device needs to clock in; the history fills the
+    // rest of the page.
+    let facilities = first["changes"]["facilities"]["updated"]
+        .as_array()
+        .unwrap();
+    assert_eq!(facilities.len(), 1, "{}", first["changes"]["facilities"]);
+    assert_eq!(facilities[0]["id"], json!(facility));
+    assert_eq!(seen.len(), page - 1);
     // Between the pages: the phone edits a record it has, and pushes on the page's timestamp.
     let mut edited = first["changes"]["attendance"]["updated"][0].clone();
     edited["notes"] = json!("edited on the phone");
@@ -966,10 +973,7 @@ async fn a_pull_larger_than_a_page_completes_over_several_syncs_each_going_on() 
     seen.extend(rest);
     // Every record came once over the two pages.
     assert_eq!(seen.len(), total);
-    let facilities = second["changes"]["facilities"]["updated"]
-        .as_array()
-        .unwrap();
-    assert!(facilities.iter().any(|f| f["id"] == json!(facility)));
+    assert_eq!(second["changes"]["facilities"]["updated"], json!([]));
     let third = pull(&app, &user, second["timestamp"].as_i64()).await;
     assert_eq!(third["has_more"], false);
     let changed = &third["changes"]["attendance"]["updated"];
@@ -1005,4 +1009,52 @@ async fn a_record_the_server_holds_may_be_named_in_capitals_as_an_older_service_
         .await
         .unwrap();
     assert_eq!(notes, "edited");
+}
+
+#[tokio::test]
+async fn columns_the_app_did_not_declare_optional_push_as_unset() {
+    // Arrange: WatermelonDB fills an unset column not declared optional with "" or 0.
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    let user = app.quick_user("focal", None, facility).await;
+    let t = pull(&app, &user, None).await["timestamp"].as_i64().unwrap();
+    let id = Uuid::new_v4();
+    let mut open = raw(id, facility, "open");
+    for (column, unset) in [
+        ("user_id", json!("")),
+        ("status", json!("")),
+        ("clock_out_at", json!(0)),
+        ("clock_out_latitude", json!(0)),
+        ("clock_out_longitude", json!(0)),
+        ("clock_in_accuracy_m", json!(0)),
+        ("clock_out_accuracy_m", json!(0)),
+    ] {
+        open[column] = unset;
+    }
+
+    // Act
+    let (status, body) = push(&app, &user, t, json!({"attendance": {"created": [open]}})).await;
+
+    // Assert: stored as an open shift of this user, which pulls back with its columns unset.
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let pulled = pull(&app, &user, Some(t)).await;
+    let record = &pulled["changes"]["attendance"]["updated"][0];
+    assert_eq!(record["id"], json!(id), "{pulled}");
+    assert_eq!(
+        (
+            &record["user_id"],
+            &record["status"],
+            &record["clock_out_at"],
+            &record["clock_out_latitude"],
+            &record["clock_in_accuracy_m"],
+        ),
+        (
+            &json!(user.id),
+            &json!("open"),
+            &Value::Null,
+            &Value::Null,
+            &Value::Null
+        ),
+        "{record}"
+    );
 }
