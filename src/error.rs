@@ -250,6 +250,11 @@ impl From<sqlx::Error> for ApiError {
                 tracing::warn!(error = %err, "database unavailable");
                 ApiError::Unavailable
             }
+            // A statement cancelled by its time limit (see `db::bounded`).
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => ApiError::Busy {
+                message: "the request took too long and was cancelled; ask for less".into(),
+                retry_after_s: 60,
+            },
             sqlx::Error::Database(db) => match db.kind() {
                 sqlx::error::ErrorKind::UniqueViolation => ApiError::conflict(
                     "conflict",

@@ -212,6 +212,21 @@ pub mod facilities;
 pub mod users;
 
 /// Postgres ended the statement to break a deadlock (40P01): nothing of it was written.
+/// Opens a transaction whose statements Postgres cancels after `limit`: a request the service
+/// gave up on would otherwise keep its query running, and its pool connection taken, to the end.
+/// Set for the transaction only, as a pooler in transaction mode requires.
+pub async fn bounded(
+    pool: &PgPool,
+    limit: std::time::Duration,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+        .bind(format!("{}ms", limit.as_millis()))
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 pub fn is_deadlock(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01"))
 }

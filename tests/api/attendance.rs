@@ -2198,3 +2198,49 @@ async fn a_clock_in_cut_off_mid_statement_answers_503_and_its_retry_finds_the_on
     .unwrap();
     assert_eq!((rows, audits), (1, 1));
 }
+
+#[tokio::test]
+async fn a_summary_past_the_request_timeout_is_cancelled_in_the_database_too() {
+    // Arrange: the table locked, so that the summary's query waits.
+    let app = TestApp::spawn_with(|env| {
+        env.insert("REQUEST_TIMEOUT_SECS".into(), "1".into());
+    })
+    .await;
+    let admin = app.admin().await;
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE attendance IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+
+    // Act
+    let (status, body) = send(app.get("/api/attendance/summary").bearer_auth(&admin.token)).await;
+
+    // Assert: the request gave up, and so did its query, though the lock is still held.
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    let gone = async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND query LIKE '%covered%'
+                   AND state = 'active' AND pid <> pg_backend_pid()",
+            )
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+            if waiting == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), gone)
+        .await
+        .expect("the summary's query is cancelled while the lock is held");
+    lock.rollback().await.unwrap();
+}

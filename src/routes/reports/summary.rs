@@ -35,7 +35,7 @@ pub enum GroupBy {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SummaryQuery {
-    /// A date (YYYY-MM-DD, in the time zone) or an RFC 3339 instant; default 30 days ago.
+    /// A date (YYYY-MM-DD, in the time zone) or an RFC 3339 instant; default 30 days before `to`.
     pub from: Option<String>,
     /// A date (inclusive) or an RFC 3339 instant (exclusive); default now.
     pub to: Option<String>,
@@ -160,9 +160,11 @@ async fn summary(
         .push_bind(zone)
         .push("::text AS name) tz");
     qb.push(format_args!(" GROUP BY {key} ORDER BY {key}"));
+    // A summary over years of records can outlast the request.
+    let mut tx = crate::db::bounded(&state.db, state.config.request_timeout).await?;
     let rows: Vec<SummaryRow> =
         qb.build_query_as()
-            .fetch_all(&state.db)
+            .fetch_all(&mut *tx)
             .await
             .map_err(|e| match &e {
                 // A zone newer than the database's own time zone data.
