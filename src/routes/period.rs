@@ -60,7 +60,14 @@ fn parse_bound(
             ))
         }
     };
-    if let Ok(instant) = DateTime::parse_from_rfc3339(value) {
+    // A `+` left unencoded in a query string arrives as a space: `…T08:00:00 02:00`.
+    let offset_plus = value
+        .rsplit_once(' ')
+        .filter(|(time, _)| time.contains('T'))
+        .map(|(time, offset)| format!("{time}+{offset}"));
+    let instant = DateTime::parse_from_rfc3339(value)
+        .or_else(|e| offset_plus.map_or(Err(e), |v| DateTime::parse_from_rfc3339(&v)));
+    if let Ok(instant) = instant {
         in_years(instant.year())?;
         return Ok((instant.with_timezone(&Utc), false));
     }
@@ -115,6 +122,10 @@ mod tests {
         // A date `to` one day before `from`: both read as the same instant, yet reversed.
         assert_eq!(refused(Some("2026-11-02"), Some("2026-11-01")), ["from"]);
         assert_eq!(refused(Some("yesterday"), None), ["from"]);
+        // An offset's `+` not encoded in the query string arrives as a space.
+        let (from, _) = parse(Some("2026-11-01T08:00:00 02:00"), None, KIGALI).unwrap();
+        assert_eq!(from.unwrap().to_rfc3339(), "2026-11-01T06:00:00+00:00");
+        assert_eq!(refused(Some("2026-11-01 02:00"), None), ["from"]);
     }
 
     #[test]
