@@ -9,8 +9,8 @@ use quick_xml::events::Event;
 
 /// Rows beyond this are refused: a facility list has thousands of rows, not millions.
 pub const MAX_ROWS: usize = 200_000;
-/// Columns read per row; anything further right is ignored.
-const MAX_COLUMNS: usize = 64;
+/// Columns read per row (A to BL); anything further right is ignored.
+pub const MAX_COLUMNS: usize = 64;
 /// Uncompressed size of an XLSX archive beyond which it is refused unopened (zip bombs).
 const MAX_UNCOMPRESSED_BYTES: u64 = 256 * 1024 * 1024;
 /// Compression ratio beyond which an archive entry is taken for a bomb.
@@ -48,6 +48,8 @@ pub struct Sheet {
     /// The header line's fields, blank ones after the last named column included (Excel pads
     /// every CSV line to the width of the sheet's used range, an unlabelled column too).
     pub header_width: usize,
+    /// The header row has values past the columns read (`MAX_COLUMNS`).
+    pub header_cut: bool,
     pub rows: Vec<(u32, Vec<String>)>,
     /// Each CSV row's fields, blank ones included, beside `rows` (none for a workbook).
     pub widths: Vec<usize>,
@@ -546,12 +548,15 @@ fn read_xlsx(bytes: &[u8]) -> Result<Sheet, ReadError> {
         .map_err(|e| ReadError::Unreadable(e.to_string()))?
     {
         let (row, col) = cell.get_position();
+        let value = cell.get_value();
         // Cells that would be dropped are dropped before their text is copied: a sheet can point
         // millions of them at one long shared string.
         if col as usize >= MAX_COLUMNS {
+            if !matches!(value, DataRef::Empty) {
+                grid.cut(row);
+            }
             continue;
         }
-        let value = cell.get_value();
         let text = match value {
             DataRef::String(s) => Some(s.as_str()),
             DataRef::SharedString(s) => Some(*s),
@@ -639,6 +644,8 @@ struct Grid {
     width: usize,
     /// What the cells kept take, text and slots, against `MAX_SHEET_BYTES`.
     bytes: usize,
+    /// Rows read before the header was known that had values past `MAX_COLUMNS` (from 0).
+    cut_rows: Vec<u32>,
 }
 
 impl Grid {
@@ -652,12 +659,17 @@ impl Grid {
             current: None,
             width: 0,
             bytes: 0,
+            cut_rows: Vec::new(),
         }
     }
 
     /// Cells arrive row by row, left to right (as spreadsheets store them).
     fn put(&mut self, row: u32, col: u32, text: String) -> Result<(), ReadError> {
-        if col as usize >= MAX_COLUMNS || text.trim().is_empty() {
+        if text.trim().is_empty() {
+            return Ok(());
+        }
+        if col as usize >= MAX_COLUMNS {
+            self.cut(row);
             return Ok(());
         }
         check_length(row, col, &text)?;
@@ -679,6 +691,13 @@ impl Grid {
         }
         cells[col] = text;
         Ok(())
+    }
+
+    /// Notes a value past the columns read, in a row that may be the header.
+    fn cut(&mut self, row: u32) {
+        if self.header.is_none() && self.cut_rows.last() != Some(&row) && self.cut_rows.len() < 64 {
+            self.cut_rows.push(row);
+        }
     }
 
     fn flush(&mut self) -> Result<(), ReadError> {
@@ -706,6 +725,7 @@ impl Grid {
         let (header_row, headers) = self.header.ok_or(ReadError::Empty)?;
         Ok(Sheet {
             format: self.format,
+            header_cut: self.cut_rows.contains(&(header_row - 1)),
             header_row,
             header_width: self.header_width,
             headers,

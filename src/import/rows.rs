@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::domain::GeoPoint;
-use crate::import::read::{Format, Sheet};
+use crate::import::read::{Format, MAX_COLUMNS, Sheet};
 
 /// Row errors kept in a report; `failed` still counts every failed row.
 pub const MAX_REPORTED_ERRORS: usize = 1000;
@@ -230,6 +230,12 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                 sheet.header_row,
                 read.join(", ")
             ));
+            if sheet.header_cut {
+                problems.push(format!(
+                    "only the first {MAX_COLUMNS} columns (A to BL) are read, and the header goes \
+                     on past them: move the columns needed to the left"
+                ));
+            }
         }
         problems
     })?;
@@ -475,6 +481,29 @@ mod tests {
         let checked = check(&sheet, &councils).unwrap();
         assert_eq!(checked.errors, vec![]);
         assert_eq!(checked.valid[0].contact_phone.as_deref(), Some("+250"));
+    }
+
+    #[test]
+    fn required_columns_past_those_read_are_said_to_be() {
+        let (councils, _) = councils();
+        let filler = "x,".repeat(MAX_COLUMNS);
+        let csv = format!(
+            "{filler}name,code,latitude,longitude,council\n{filler}A,HC-1,-1.9,30.1,Gasabo\n"
+        );
+        let problems = check(&read(csv.as_bytes()).unwrap(), &councils).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("only the first 64 columns")),
+            "{problems:?}"
+        );
+        // A note far to the right of a data row says nothing of the header.
+        let csv = format!("name\nA,{filler}note\n");
+        let problems = check(&read(csv.as_bytes()).unwrap(), &councils).unwrap_err();
+        assert!(
+            !problems.iter().any(|p| p.contains("only the first")),
+            "{problems:?}"
+        );
     }
 
     #[test]
