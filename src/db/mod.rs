@@ -211,7 +211,6 @@ pub mod coalesce;
 pub mod facilities;
 pub mod users;
 
-/// Postgres ended the statement to break a deadlock (40P01): nothing of it was written.
 /// Opens a transaction whose statements Postgres cancels after `limit`: a request the service
 /// gave up on would otherwise keep its query running, and its pool connection taken, to the end.
 /// Set for the transaction only, as a pooler in transaction mode requires.
@@ -227,6 +226,7 @@ pub async fn bounded(
     Ok(tx)
 }
 
+/// Postgres ended the statement to break a deadlock (40P01): nothing of it was written.
 pub fn is_deadlock(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01"))
 }

@@ -216,9 +216,12 @@ fn parts_named(archive: &zip::ZipArchive<Cursor<&[u8]>>, path: &str) -> Vec<usiz
         .collect()
 }
 
-/// Sheets, defined names and relationships beyond which a workbook is refused: Excel's own
+/// Sheets, and relationships of the workbook, beyond which a workbook is refused: Excel's own
 /// workbooks name a handful of each.
 const MAX_WORKBOOK_ENTRIES: u64 = 65_536;
+/// Defined names beyond which a workbook is refused: workbooks copied from one another over the
+/// years gather tens of thousands, hidden; calamine keeps each as two strings.
+const MAX_DEFINED_NAMES: u64 = 1_000_000;
 /// What calamine's copies of sheet names and paths may take in all (see [`check_workbook`]).
 const MAX_SHEET_COPIES_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -232,8 +235,9 @@ fn check_workbook(archive: &mut zip::ZipArchive<Cursor<&[u8]>>) -> Result<(), Re
     let unreadable = |e: &dyn std::fmt::Display| ReadError::Unreadable(e.to_string());
     let too_many = || {
         ReadError::TooLarge(format!(
-            "the workbook lists more than {MAX_WORKBOOK_ENTRIES} sheets, names or relationships, \
-             or sheets whose names and paths would take more than {} MiB to read",
+            "the workbook lists more than {MAX_WORKBOOK_ENTRIES} sheets or relationships, more \
+             than {MAX_DEFINED_NAMES} defined names, or sheets whose names and paths would take \
+             more than {} MiB to read",
             MAX_SHEET_COPIES_BYTES / (1024 * 1024)
         ))
     };
@@ -255,11 +259,16 @@ fn check_workbook(archive: &mut zip::ZipArchive<Cursor<&[u8]>>) -> Result<(), Re
             return Err(too_many());
         }
     }
+    // Told apart as parts are found: by name in lower case, `\` read as `/`, from the root.
     let documents: std::collections::BTreeSet<String> = documents
         .into_iter()
-        .map(|t| match quick_xml::escape::unescape(&t) {
-            Ok(unescaped) => unescaped.into_owned(),
-            Err(_) => t,
+        .map(|t| {
+            let t = match quick_xml::escape::unescape(&t) {
+                Ok(unescaped) => unescaped.into_owned(),
+                Err(_) => t,
+            };
+            let t = t.replace('\\', "/").to_ascii_lowercase();
+            t.strip_prefix('/').map(str::to_string).unwrap_or(t)
         })
         .collect();
     if documents.len() > 1 {
@@ -294,20 +303,25 @@ fn check_workbook(archive: &mut zip::ZipArchive<Cursor<&[u8]>>) -> Result<(), Re
         }
         for i in parts_named(archive, &format!("{folder}{name}")) {
             let part = archive.by_index(i).map_err(|e| unreadable(&e))?;
-            let (mut entries, mut copies) = (0u64, 0u64);
+            let (mut sheets, mut names, mut copies) = (0u64, 0u64, 0u64);
+            let within = |sheets, names, copies| {
+                sheets <= MAX_WORKBOOK_ENTRIES
+                    && names <= MAX_DEFINED_NAMES
+                    && copies <= MAX_SHEET_COPIES_BYTES
+            };
             for_each_start(part, |e| {
                 match e.local_name().as_ref() {
                     "sheet" => {
+                        sheets += 1;
                         let [sheet] = watched(e, ["name"])?;
                         copies += 2 * sheet.map_or(0, |s| s.len()) as u64 + longest;
                     }
-                    "definedName" => {}
-                    _ => return Ok(true),
+                    "definedName" => names += 1,
+                    _ => {}
                 }
-                entries += 1;
-                Ok(entries <= MAX_WORKBOOK_ENTRIES && copies <= MAX_SHEET_COPIES_BYTES)
+                Ok(within(sheets, names, copies))
             })?;
-            if entries > MAX_WORKBOOK_ENTRIES || copies > MAX_SHEET_COPIES_BYTES {
+            if !within(sheets, names, copies) {
                 return Err(too_many());
             }
         }
@@ -567,12 +581,18 @@ fn read_xlsx(bytes: &[u8]) -> Result<Sheet, ReadError> {
         }
         // Checked before the text is copied, as well as when it is kept.
         check_length(row, col, text.unwrap_or_default())?;
-        let shown = cells
-            .styles()
-            .get(style)
-            .and_then(|style| style.number_format.as_ref())
-            .map(|format| format.format_code.as_str());
-        grid.put(row, col, padded(cell_text(value), shown))?;
+        let text = match value {
+            DataRef::Float(_) | DataRef::Int(_) => {
+                let shown = cells
+                    .styles()
+                    .get(style)
+                    .and_then(|style| style.number_format.as_ref())
+                    .map(|format| format.format_code.as_str());
+                padded(cell_text(value), shown)
+            }
+            _ => cell_text(value),
+        };
+        grid.put(row, col, text)?;
     }
     grid.finish()
 }
@@ -878,7 +898,7 @@ fn read_csv(bytes: &[u8]) -> Result<Sheet, ReadError> {
         .trim_start_matches('\u{FEFF}')
         .lines()
         .next()
-        .and_then(|line| line.trim_end().strip_prefix("sep="))
+        .and_then(|line| line.trim_end_matches([' ', '\r']).strip_prefix("sep="))
         .and_then(|rest| match rest.as_bytes() {
             [b] if matches!(b, b',' | b';' | b'\t' | b'|') => Some(*b),
             _ => None,
@@ -992,6 +1012,9 @@ mod tests {
         );
         let sheet = read("\u{FEFF}sep=;\ncode;name\n\nA;One\n".as_bytes()).unwrap();
         assert_eq!((sheet.header_row, sheet.rows[0].0), (1, 3));
+        let sheet = read(b"sep=\t \r\ncode\tname, long\r\nA\tOne, two\r\n").unwrap();
+        assert_eq!(sheet.headers, ["code", "name, long"]);
+        assert_eq!(sheet.rows[0].0, 2);
     }
 
     #[test]
@@ -1169,11 +1192,15 @@ mod tests {
             .write_number_with_format(2, 0, 123_456, &zeros(5))
             .unwrap();
         sheet.write_number(2, 1, 42).unwrap();
+        // Text in a column of that format is shown as typed.
+        sheet
+            .write_string_with_format(2, 2, "123", &zeros(5))
+            .unwrap();
         let bytes = workbook.save_to_buffer().unwrap();
         let sheet = read(&bytes).unwrap();
         let cells =
             |row: usize| -> Vec<&str> { sheet.rows[row].1.iter().map(String::as_str).collect() };
         assert_eq!(cells(0), ["00123", "0788123456", "-1.5"]);
-        assert_eq!(cells(1), ["123456", "42"]);
+        assert_eq!(cells(1), ["123456", "42", "123"]);
     }
 }

@@ -51,7 +51,9 @@ enum Column {
 }
 
 impl Column {
-    fn from_header(header: &str) -> Option<Self> {
+    /// The column a header names, and whether it names it only as a fallback (read when no
+    /// header names it otherwise, and never counted as the column given twice).
+    fn from_header(header: &str) -> Option<(Self, bool)> {
         // Any run of spaces (a non-breaking one pasted from the web too), `_` and `-` is one `_`.
         let lower = header.trim_start_matches('\u{FEFF}').trim().to_lowercase();
         let normal = lower
@@ -59,18 +61,24 @@ impl Column {
             .filter(|word| !word.is_empty())
             .collect::<Vec<_>>()
             .join("_");
-        Some(match normal.as_str() {
-            "name" | "facility_name" => Column::Name,
-            "code" | "facility_code" => Column::Code,
-            "type" | "facility_type" => Column::Type,
-            "latitude" | "lat" => Column::Latitude,
-            "longitude" | "lng" | "lon" | "long" => Column::Longitude,
-            "council_name" | "council" | "district" => Column::CouncilName,
-            "council_code" | "district_code" => Column::CouncilCode,
-            "address" => Column::Address,
-            "contact_phone" | "phone" | "phone_number" | "telephone" => Column::ContactPhone,
-            _ => return None,
-        })
+        if matches!(normal.as_str(), "phone_number" | "telephone") {
+            return Some((Column::ContactPhone, true));
+        }
+        Some((
+            match normal.as_str() {
+                "name" | "facility_name" => Column::Name,
+                "code" | "facility_code" => Column::Code,
+                "type" | "facility_type" => Column::Type,
+                "latitude" | "lat" => Column::Latitude,
+                "longitude" | "lng" | "lon" | "long" => Column::Longitude,
+                "council_name" | "council" | "district" => Column::CouncilName,
+                "council_code" | "district_code" => Column::CouncilCode,
+                "address" => Column::Address,
+                "contact_phone" | "phone" => Column::ContactPhone,
+                _ => return None,
+            },
+            false,
+        ))
     }
 
     fn name(self) -> &'static str {
@@ -104,10 +112,13 @@ pub struct Checked {
 /// `contact_phone`), which would leave the file's author guessing which one was read.
 fn columns(headers: &[String]) -> Result<HashMap<Column, usize>, Vec<String>> {
     let mut map = HashMap::new();
+    let mut fallbacks = HashMap::new();
     let mut problems = Vec::new();
     for (i, header) in headers.iter().enumerate() {
-        if let Some(column) = Column::from_header(header) {
-            if let Some(&first) = map.get(&column) {
+        if let Some((column, fallback)) = Column::from_header(header) {
+            if fallback {
+                fallbacks.entry(column).or_insert(i);
+            } else if let Some(&first) = map.get(&column) {
                 problems.push(format!(
                     "column `{}` is given twice (columns {} and {}); keep one",
                     column.name(),
@@ -118,6 +129,9 @@ fn columns(headers: &[String]) -> Result<HashMap<Column, usize>, Vec<String>> {
                 map.insert(column, i);
             }
         }
+    }
+    for (column, i) in fallbacks {
+        map.entry(column).or_insert(i);
     }
     let mut missing = Vec::new();
     for required in [
@@ -480,6 +494,13 @@ mod tests {
         .unwrap();
         let checked = check(&sheet, &councils).unwrap();
         assert_eq!(checked.errors, vec![]);
+        assert_eq!(checked.valid[0].contact_phone.as_deref(), Some("+250"));
+        // A second number under another name is left, as any extra column is.
+        let sheet = read(
+            b"Telephone;Name;Code;Latitude;Longitude;Council;Phone\n+1;Kimironko;HC-1;-1.9;30.1;Gasabo;+250\n",
+        )
+        .unwrap();
+        let checked = check(&sheet, &councils).unwrap();
         assert_eq!(checked.valid[0].contact_phone.as_deref(), Some("+250"));
     }
 

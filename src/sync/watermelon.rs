@@ -405,18 +405,17 @@ fn content_of(raw: &Map<String, Value>) -> Result<(Uuid, Content), String> {
         .ok_or("facility_id must be a UUID")?;
     let required = |key: &str| number(raw, key)?.ok_or_else(|| format!("{key} is required"));
     // WatermelonDB writes 0 for an unset number column the app did not declare optional: no
-    // clock-out is at the epoch, at 0°N 0°E, or accurate to the millimetre.
-    let optional = |key: &str| Ok::<_, String>(number(raw, key)?.filter(|n| *n != 0.0));
+    // shift ends at the epoch, and a shift not ended has no clock-out place.
     let clock_out_at = time(raw, "clock_out_at")?.filter(|t| t.timestamp_millis() != 0);
     let clock_out = match (
         number(raw, "clock_out_latitude")?,
         number(raw, "clock_out_longitude")?,
     ) {
-        (Some(0.0), Some(0.0)) => None,
+        (Some(0.0), Some(0.0)) if clock_out_at.is_none() => None,
         (Some(latitude), Some(longitude)) => Some(Location {
             latitude,
             longitude,
-            accuracy_m: optional("clock_out_accuracy_m")?,
+            accuracy_m: number(raw, "clock_out_accuracy_m")?,
         }),
         _ => None,
     };
@@ -429,7 +428,7 @@ fn content_of(raw: &Map<String, Value>) -> Result<(Uuid, Content), String> {
             clock_in: Location {
                 latitude: required("clock_in_latitude")?,
                 longitude: required("clock_in_longitude")?,
-                accuracy_m: optional("clock_in_accuracy_m")?,
+                accuracy_m: number(raw, "clock_in_accuracy_m")?,
             },
             clock_out,
             notes: raw

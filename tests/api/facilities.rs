@@ -121,6 +121,12 @@ fn letters(len: usize) -> String {
 /// A workbook whose first sheet is the usual one, followed by `sheets` more, all shown by one
 /// relationship naming a path of `chars` characters: calamine gives each sheet its own copy.
 fn many_sheets(sheets: usize, chars: usize) -> Vec<u8> {
+    many_sheets_in("xl/workbook.xml", sheets, chars)
+}
+
+/// As [`many_sheets`], the workbook part at `path` (in `xl/`), which the package names in lower
+/// case from the root, as a reader finds it.
+fn many_sheets_in(path: &str, sheets: usize, chars: usize) -> Vec<u8> {
     let relationships = format!(
         r#"<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet" Target="worksheets/sheet1.xml"/><Relationship Id="rId3" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/styles" Target="styles.xml"/><Relationship Id="rId4" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/sharedStrings" Target="sharedStrings.xml"/><Relationship Id="rId9" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet" Target="{}"/></Relationships>"#,
         "a".repeat(chars)
@@ -130,11 +136,17 @@ fn many_sheets(sheets: usize, chars: usize) -> Vec<u8> {
         r#"<?xml version="1.0"?><workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships"><!-- {} --><sheets><sheet name="Sheet1" sheetId="1" r:id="rId1"/>{more}</sheets></workbook>"#,
         letters(more.len() / 100)
     );
+    let name = path.rsplit('/').next().unwrap();
+    let package = format!(
+        r#"<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" Target="/{}"/></Relationships>"#,
+        path.to_lowercase()
+    );
     zip_with(
         Some(&fixture("facilities.xlsx")),
         &[
-            ("xl/_rels/workbook.xml.rels", &relationships),
-            ("xl/workbook.xml", &workbook),
+            ("_rels/.rels", &package),
+            (&format!("xl/_rels/{name}.rels"), &relationships),
+            (path, &workbook),
         ],
     )
 }
@@ -650,6 +662,16 @@ async fn a_workbook_of_many_sheets_imports_its_first() {
     .await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["created"], 3, "{report}");
+    let (status, report) = import(
+        &app,
+        &admin.token,
+        "f.xlsx",
+        many_sheets_in("xl/Book.xml", 1_000, 40),
+        "?dry_run=true",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["total_rows"], 4, "{report}");
 }
 
 #[tokio::test]
@@ -889,6 +911,13 @@ async fn hostile_and_broken_files_are_refused_and_change_nothing() {
             // Each of 2,000 sheets would get its own copy of a path of a million characters.
             "thousands of sheets naming one long path",
             many_sheets(2_000, 1_000_000),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            // The workbook part where the package says, in another case than it is named.
+            "thousands of sheets naming one long path, in a workbook part moved",
+            many_sheets_in("xl/Book.xml", 2_000, 1_000_000),
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
         ),

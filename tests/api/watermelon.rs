@@ -1018,43 +1018,57 @@ async fn columns_the_app_did_not_declare_optional_push_as_unset() {
     let facility = app.facility_at(-1.9456, 30.127).await;
     let user = app.quick_user("focal", None, facility).await;
     let t = pull(&app, &user, None).await["timestamp"].as_i64().unwrap();
-    let id = Uuid::new_v4();
-    let mut open = raw(id, facility, "open");
+    let open_id = Uuid::new_v4();
+    let mut open = raw(open_id, facility, "open");
     for (column, unset) in [
         ("user_id", json!("")),
         ("status", json!("")),
         ("clock_out_at", json!(0)),
         ("clock_out_latitude", json!(0)),
         ("clock_out_longitude", json!(0)),
-        ("clock_in_accuracy_m", json!(0)),
-        ("clock_out_accuracy_m", json!(0)),
     ] {
         open[column] = unset;
     }
+    // A shift ended where the phone had no fix keeps the place it was sent with.
+    let closed_id = Uuid::new_v4();
+    let mut closed = raw(closed_id, facility, "closed");
+    let start = Utc::now() - Duration::days(2);
+    closed["clock_in_at"] = json!(start.timestamp_millis());
+    closed["clock_out_at"] = json!((start + Duration::hours(1)).timestamp_millis());
+    closed["clock_out_latitude"] = json!(0);
+    closed["clock_out_longitude"] = json!(0);
 
     // Act
-    let (status, body) = push(&app, &user, t, json!({"attendance": {"created": [open]}})).await;
+    let (status, body) = push(
+        &app,
+        &user,
+        t,
+        json!({"attendance": {"created": [open, closed]}}),
+    )
+    .await;
 
-    // Assert: stored as an open shift of this user, which pulls back with its columns unset.
+    // Assert: the open shift is stored as this user's, and pulls back with its columns unset.
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     let pulled = pull(&app, &user, Some(t)).await;
-    let record = &pulled["changes"]["attendance"]["updated"][0];
-    assert_eq!(record["id"], json!(id), "{pulled}");
+    let pulled = pulled["changes"]["attendance"]["updated"]
+        .as_array()
+        .unwrap();
+    let record = |id: Uuid| pulled.iter().find(|r| r["id"] == json!(id)).unwrap();
+    let open = record(open_id);
     assert_eq!(
         (
-            &record["user_id"],
-            &record["status"],
-            &record["clock_out_at"],
-            &record["clock_out_latitude"],
-            &record["clock_in_accuracy_m"],
+            &open["user_id"],
+            &open["status"],
+            &open["clock_out_at"],
+            &open["clock_out_latitude"],
         ),
-        (
-            &json!(user.id),
-            &json!("open"),
-            &Value::Null,
-            &Value::Null,
-            &Value::Null
-        ),
-        "{record}"
+        (&json!(user.id), &json!("open"), &Value::Null, &Value::Null),
+        "{open}"
+    );
+    let closed = record(closed_id);
+    assert_eq!(
+        (&closed["status"], &closed["clock_out_latitude"]),
+        (&json!("closed"), &json!(0.0)),
+        "{closed}"
     );
 }
