@@ -53,10 +53,6 @@ impl Reader<'_> {
         }
     }
 
-    pub(super) fn secs(&mut self, key: &str, default: u64) -> Duration {
-        Duration::from_secs(self.parsed(key, default))
-    }
-
     /// A number that must lie in `range` (a shift of 0 hours, or a timeout of 0 seconds, would
     /// start a service that refuses everything).
     pub(super) fn ranged<T>(

@@ -115,6 +115,16 @@ pub(super) fn auth(r: &mut Reader<'_>, dev: bool) -> AuthSettings {
         && let Err(reason) = Password::parse(p, admin_email.as_deref().unwrap_or_default())
     {
         r.problems.push(format!("ADMIN_PASSWORD {reason}"));
+    } else if let Some(p) = &admin_password
+        && !dev
+        && (looks_like_a_placeholder(p) || p == "a-long-password")
+    {
+        // The first admin's password, copied from a sample, is as good as published.
+        r.problems.push(
+            "ADMIN_PASSWORD looks like a placeholder; choose one of your own (for example \
+             `openssl rand -base64 18`)"
+                .to_string(),
+        );
     }
     AuthSettings {
         jwt_secret: SecretString::from(jwt_secret),
@@ -187,7 +197,11 @@ pub(super) fn attendance(r: &mut Reader<'_>) -> AttendanceSettings {
     AttendanceSettings {
         default_geofence_m: r.ranged("GEOFENCE_DEFAULT_RADIUS_M", 200i32, 1..=100_000),
         enforce_geofence: r.bool("GEOFENCE_ENFORCE", false),
-        future_tolerance: r.secs("CLOCK_FUTURE_TOLERANCE_SECS", 5 * 60),
+        future_tolerance: Duration::from_secs(r.ranged(
+            "CLOCK_FUTURE_TOLERANCE_SECS",
+            5 * 60,
+            0..=86_400,
+        )),
         max_age: Duration::from_secs(r.ranged("CLOCK_MAX_AGE_DAYS", 30u64, 1..=3650) * 86_400),
         max_shift: Duration::from_secs(r.ranged("MAX_SHIFT_HOURS", 16u64, 1..=72) * 3600),
         sweep_interval: Duration::from_secs(r.ranged("SWEEP_INTERVAL_SECS", 300, 1..=86_400)),

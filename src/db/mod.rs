@@ -130,13 +130,30 @@ pub async fn wait_until_up(url: &str, patience: std::time::Duration) -> Result<(
     }
 }
 
-/// Creates the database named in `url` when it does not exist yet.
+/// Creates the database named in `url` when it does not exist yet. The database itself is tried
+/// first: a role let into its own database only (as hardened servers have it) never needs the
+/// server's maintenance database, which creating it goes through.
 pub async fn create_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
-    if !Postgres::database_exists(url).await? {
-        tracing::info!("creating the database");
-        Postgres::create_database(url).await?;
+    let code = |e: &sqlx::Error| match e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    match PgConnection::connect_with(&connect_options(url)?).await {
+        Ok(conn) => {
+            let _ = conn.close().await;
+            return Ok(());
+        }
+        // 3D000: the database does not exist.
+        Err(e) if code(&e).as_deref() != Some("3D000") => return Err(e),
+        Err(_) => {}
     }
-    Ok(())
+    tracing::info!("creating the database");
+    match Postgres::create_database(url).await {
+        // Another instance, starting beside this one, created it first (42P04), or at the
+        // same time (23505, on the catalog's unique name).
+        Err(e) if matches!(code(&e).as_deref(), Some("42P04" | "23505")) => Ok(()),
+        other => other,
+    }
 }
 
 /// How long a migration statement waits for a lock. A table's readers queue behind a

@@ -83,7 +83,11 @@ async fn system(
         .map(|t| format!("SELECT '{t}'::text, count(*) FROM {t}"))
         .collect::<Vec<_>>()
         .join(" UNION ALL ");
-    let rows: Vec<(String, i64)> = sqlx::query_as(&counts_sql).fetch_all(&state.db).await?;
+    // Exact counts read whole tables: bounded, so that a dashboard polling a large database
+    // never piles up queries the service has given up on.
+    let mut tx = crate::db::bounded(&state.db, state.config.request_timeout).await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(&counts_sql).fetch_all(&mut *tx).await?;
+    tx.commit().await?;
     let migrations: Vec<MigrationInfo> = sqlx::query_as(
         "SELECT version, description, installed_on FROM _sqlx_migrations WHERE success ORDER BY version",
     )

@@ -157,3 +157,23 @@ async fn a_migration_blocked_by_a_long_read_lets_other_queries_pass_and_applies_
         .unwrap();
     assert_eq!(latest, latest_migration());
 }
+
+#[tokio::test]
+async fn a_missing_database_is_created_once_by_instances_starting_together() {
+    // Arrange: a name no database has (dropped afterwards with the guard).
+    let db = TestDb {
+        name: format!("fa_test_{}", uuid::Uuid::new_v4().simple()),
+    };
+    let url = db.url();
+
+    // Act: three instances start at once.
+    let create = field_attendance::db::create_database_if_missing;
+    let (a, b, c) = tokio::join!(create(&url), create(&url), create(&url));
+
+    // Assert: none fails, and the database is there to migrate.
+    for result in [a, b, c] {
+        result.unwrap();
+    }
+    create(&url).await.unwrap();
+    field_attendance::db::migrate(&url).await.unwrap();
+}
