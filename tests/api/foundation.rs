@@ -591,3 +591,34 @@ async fn a_page_past_the_end_still_counts_every_match() {
         assert_eq!(past["total"], total, "{list}: {past}");
     }
 }
+
+#[tokio::test]
+async fn a_database_url_that_requires_tls_is_served_over_tls() {
+    // Arrange: the local server has TLS on, as Debian sets Postgres up (a snake-oil certificate).
+    let app = TestApp::spawn().await;
+    let ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        ssl, "on",
+        "this test needs the local Postgres to accept TLS"
+    );
+    let url = format!("{}?sslmode=require", app.test_db.url());
+
+    // Act
+    let secure = TestApp::spawn_with(|env| {
+        env.insert("DATABASE_URL".into(), url);
+    })
+    .await;
+    let (status, _) = send(secure.get("/ready")).await;
+
+    // Assert
+    assert_eq!(status, StatusCode::OK);
+    let encrypted: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&secure.service_pool)
+            .await
+            .unwrap();
+    assert!(encrypted);
+}
