@@ -7,7 +7,9 @@ use tokio::task::JoinHandle;
 use crate::domain::attendance::forgotten_before;
 use crate::state::AppState;
 
-/// Starts the background jobs; abort the handle to stop them.
+/// Starts the background jobs, each on its own schedule and in its own task, so that one slow
+/// statement (a sweep waiting on a lock, say) never holds the others up; abort the handle to
+/// stop them all.
 pub fn spawn(state: AppState) -> JoinHandle<()> {
     tokio::spawn(async move {
         let sweep_every = state
@@ -15,26 +17,45 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
             .attendance
             .sweep_interval
             .max(Duration::from_secs(1));
-        let mut sweep = tokio::time::interval(sweep_every);
-        let mut housekeeping = tokio::time::interval(Duration::from_secs(60));
-        let mut metrics_upkeep = tokio::time::interval(Duration::from_secs(5));
-        let mut pruning = tokio::time::interval(Duration::from_secs(3600));
-        loop {
-            tokio::select! {
-                _ = sweep.tick() => close_forgotten_clock_outs(&state).await,
-                _ = metrics_upkeep.tick() => state.metrics.run_upkeep(),
-                _ = pruning.tick() => prune(&state).await,
-                _ = housekeeping.tick() => {
-                    // Forget rate-limit keys whose quota has refilled, so memory stays bounded.
-                    if let Some(limiters) = &state.limiters {
-                        for limiter in limiters.all() {
-                            limiter.limiter().retain_recent();
-                        }
-                    }
+        let mut jobs = tokio::task::JoinSet::new();
+        jobs.spawn(every(sweep_every, state.clone(), |state| async move {
+            close_forgotten_clock_outs(&state).await
+        }));
+        jobs.spawn(every(
+            Duration::from_secs(5),
+            state.clone(),
+            |state| async move { state.metrics.run_upkeep() },
+        ));
+        jobs.spawn(every(
+            Duration::from_secs(3600),
+            state.clone(),
+            |state| async move { prune(&state).await },
+        ));
+        jobs.spawn(every(Duration::from_secs(60), state, |state| async move {
+            // Forget rate-limit keys whose quota has refilled, so memory stays bounded.
+            if let Some(limiters) = &state.limiters {
+                for limiter in limiters.all() {
+                    limiter.limiter().retain_recent();
                 }
             }
-        }
+        }));
+        // Dropped with this task when it is aborted, the set aborts every job.
+        while jobs.join_next().await.is_some() {}
     })
+}
+
+/// Runs `job` at once and then every `period`; a run that overruns its period delays the next.
+async fn every<F, Fut>(period: Duration, state: AppState, job: F)
+where
+    F: Fn(AppState) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        job(state.clone()).await;
+    }
 }
 
 /// Closes every open record older than the maximum shift as `incomplete`.

@@ -511,6 +511,72 @@ async fn a_clock_out_a_little_ahead_of_the_server_clock_closes_a_full_length_shi
 }
 
 #[tokio::test]
+async fn a_job_held_up_in_the_database_holds_up_no_other() {
+    // Arrange: the hourly thinning of sync timestamps, which runs at start, waits on a lock.
+    let test_db = crate::helpers::TestDb::new().await;
+    let pool = test_db.pool().await;
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE sync_snapshots IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let mut env = crate::helpers::test_env(&test_db.url());
+    env.insert("SWEEP_INTERVAL_SECS".into(), "1".into());
+    let app = TestApp::spawn_on(test_db, env).await;
+    let held = async {
+        loop {
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks
+                 WHERE relation = 'sync_snapshots'::regclass AND NOT granted
+                   AND database = (SELECT oid FROM pg_database
+                                   WHERE datname = current_database()))",
+            )
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+            if waiting {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), held)
+        .await
+        .expect("the thinning waits on the lock");
+
+    // Act: a shift is forgotten meanwhile.
+    let (user, facility) = user_at_site(&app, "focal", None).await;
+    let forgotten = app
+        .insert_attendance(
+            user.id,
+            facility,
+            Utc::now() - Duration::hours(20),
+            None,
+            "open",
+        )
+        .await;
+
+    // Assert: the sweep still runs every second.
+    let closed = async {
+        loop {
+            let status: String = sqlx::query_scalar("SELECT status FROM attendance WHERE id = $1")
+                .bind(forgotten)
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+            if status == "incomplete" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), closed)
+        .await
+        .expect("the sweep runs while the thinning waits");
+    lock.rollback().await.unwrap();
+}
+
+#[tokio::test]
 async fn the_periodic_sweep_closes_forgotten_shifts() {
     let app = TestApp::spawn_with(|env| {
         env.insert("SWEEP_INTERVAL_SECS".into(), "1".into());
