@@ -139,7 +139,7 @@ pub struct ErrorBody {
     pub message: String,
     /// For `validation_failed`: each invalid field mapped to its reasons.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>, example = json!({"email": ["must be a valid email address"]}))]
+    #[schema(value_type = Option<std::collections::HashMap<String, Vec<String>>>, example = json!({"email": ["must be a valid email address"]}))]
     pub details: Option<FieldErrors>,
     /// The request id, also sent as the `x-request-id` header.
     pub request_id: String,

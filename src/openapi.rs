@@ -46,6 +46,17 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "metrics_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The `METRICS_TOKEN` the service was started with (for Prometheus)",
+                    ))
+                    .build(),
+            ),
+        );
     }
 }
 

@@ -25,17 +25,23 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct ActivityEntry {
     pub id: Uuid,
     /// Who did it; null for anonymous attempts (a failed login with an unknown email).
+    #[schema(required = true)]
     pub actor_id: Option<Uuid>,
+    #[schema(required = true)]
     pub actor_email: Option<String>,
     /// e.g. `auth.login`, `auth.login_failed`, `auth.lockout`, `user.create`, `user.role_change`,
     /// `facility.import`, `attendance.clock_in`, `sync.push`, `sync.conflict_resolve`.
     #[schema(example = "auth.login")]
     pub action: String,
+    #[schema(required = true)]
     pub entity_type: Option<String>,
+    #[schema(required = true)]
     pub entity_id: Option<Uuid>,
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
+    #[schema(required = true)]
     pub ip: Option<String>,
+    #[schema(required = true)]
     pub user_agent: Option<String>,
     pub created_at: DateTime<Utc>,
 }

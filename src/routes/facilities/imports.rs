@@ -168,7 +168,9 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
 pub struct ImportRecord {
     pub id: Uuid,
+    #[schema(required = true)]
     pub uploaded_by: Option<Uuid>,
+    #[schema(required = true)]
     pub filename: Option<String>,
     #[schema(value_type = crate::import::read::Format)]
     pub format: String,

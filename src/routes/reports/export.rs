@@ -220,18 +220,36 @@ impl Export {
     }
 }
 
+/// The bytes of an exported file: binary, as an XLSX is a zip archive (a client reading it as
+/// text would garble it).
+pub struct ExportFile;
+
+impl utoipa::PartialSchema for ExportFile {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .into()
+    }
+}
+
+impl ToSchema for ExportFile {}
+
 /// Attendance as a CSV or XLSX file (supervisor and above, over their tree). Rows are streamed
 /// from the database; times are in the chosen time zone; cells that a spreadsheet would run as
 /// formulas are prefixed with an apostrophe.
 #[utoipa::path(get, path = "/attendance/export", tag = "reports", security(("bearer" = [])), params(ExportQuery),
     responses(
         (status = 200, description = "The file", content(
-            (String = "text/csv"),
-            (String = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+            (ExportFile = "text/csv"),
+            (ExportFile = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+        ), headers(
+            ("Content-Disposition" = String, description = "`attachment; filename=\"attendance-YYYYMMDD-HHMM.csv\"` (or `.xlsx`), stamped in the report's time zone"),
         )),
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
         (status = 403, description = "Field roles may not export", body = ErrorEnvelope),
-        (status = 422, description = "Bad dates or time zone, or a period out of range or reversed", body = ErrorEnvelope),
+        (status = 422, description = "Bad dates or time zone, or a period out of range or reversed, or an XLSX export of more records than a sheet holds (1,048,575; export CSV or a shorter period)", body = ErrorEnvelope),
         (status = 503, description = "The database is unreachable or the request timed out, or as many exports as the service runs at once are running (`unavailable`, with Retry-After); retry later", body = ErrorEnvelope),
     ))]
 async fn export(

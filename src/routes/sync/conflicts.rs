@@ -152,7 +152,7 @@ pub struct Resolution {
         (status = 403, description = "Admins only", body = ErrorEnvelope),
         (status = 404, description = "No such conflict", body = ErrorEnvelope),
         (status = 409, description = "Already resolved, or `keep: client` for a record that changed after the conflict was queued (`conflict`); or the client's open shift beside another (`already_clocked_in`)", body = ErrorEnvelope),
-        (status = 422, description = "Invalid fields", body = ErrorEnvelope),
+        (status = 422, description = "Invalid fields, or `keep: client` for a shift at a facility that no longer exists or, with the geofence enforced, away from its site", body = ErrorEnvelope),
     ))]
 async fn resolve_conflict(
     State(state): State<AppState>,

@@ -117,7 +117,7 @@ struct Current {
         (status = 403, description = "The caller may not change these fields", body = ErrorEnvelope),
         (status = 404, description = "No such user, or not visible to the caller", body = ErrorEnvelope),
         (status = 409, description = "Email or employee id taken (`duplicate`), a field role for someone who still supervises others, a role below one of the users they supervise, or the last active admin's role or status (`conflict`)", body = ErrorEnvelope),
-        (status = 422, description = "Invalid fields, a supervisor cycle, a supervisor whose role is below the user's, or deactivating oneself", body = ErrorEnvelope),
+        (status = 422, description = "Invalid fields, a supervisor cycle, a supervisor whose role is below the user's, changing one's own role, or deactivating oneself", body = ErrorEnvelope),
     ))]
 async fn update_user(
     State(state): State<AppState>,
