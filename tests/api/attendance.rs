@@ -510,6 +510,26 @@ async fn a_clock_out_a_little_ahead_of_the_server_clock_closes_a_full_length_shi
     );
 }
 
+/// Waits, ten seconds at most, for the periodic sweep to close the shift `id` as incomplete.
+async fn swept(app: &TestApp, id: uuid::Uuid) {
+    let closed = async {
+        loop {
+            let status: String = sqlx::query_scalar("SELECT status FROM attendance WHERE id = $1")
+                .bind(id)
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+            if status == "incomplete" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), closed)
+        .await
+        .expect("the sweep closes the forgotten shift");
+}
+
 #[tokio::test]
 async fn a_job_held_up_in_the_database_holds_up_no_other() {
     // Arrange: the hourly thinning of sync timestamps, which runs at start, waits on a lock.
@@ -557,22 +577,7 @@ async fn a_job_held_up_in_the_database_holds_up_no_other() {
         .await;
 
     // Assert: the sweep still runs every second.
-    let closed = async {
-        loop {
-            let status: String = sqlx::query_scalar("SELECT status FROM attendance WHERE id = $1")
-                .bind(forgotten)
-                .fetch_one(&app.db)
-                .await
-                .unwrap();
-            if status == "incomplete" {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(10), closed)
-        .await
-        .expect("the sweep runs while the thinning waits");
+    swept(&app, forgotten).await;
     lock.rollback().await.unwrap();
 }
 
@@ -601,22 +606,7 @@ async fn the_periodic_sweep_closes_forgotten_shifts() {
             "closed",
         )
         .await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let status: String = sqlx::query_scalar("SELECT status FROM attendance WHERE id = $1")
-            .bind(forgotten)
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-        if status == "incomplete" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the sweep did not run"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    swept(&app, forgotten).await;
     let untouched: String = sqlx::query_scalar("SELECT status FROM attendance WHERE id = $1")
         .bind(recent)
         .fetch_one(&app.db)
