@@ -45,16 +45,27 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
 }
 
 /// Runs `job` at once and then every `period`; a run that overruns its period delays the next.
-async fn every<F, Fut>(period: Duration, state: AppState, job: F)
+/// A run that panics is logged, and the job runs again at its next turn.
+async fn every<S, F, Fut>(period: Duration, state: S, job: F)
 where
-    F: Fn(AppState) -> Fut,
+    S: Clone,
+    F: Fn(S) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    use futures::FutureExt;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        job(state.clone()).await;
+        let run = std::panic::AssertUnwindSafe(job(state.clone()));
+        if let Err(panic) = run.catch_unwind().await {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, ?period, "a background job panicked; it runs again at its next turn");
+        }
     }
 }
 
@@ -94,5 +105,36 @@ async fn prune(state: &AppState) {
         Ok(0) => {}
         Ok(n) => tracing::info!(removed = n, "thinned old WatermelonDB snapshots"),
         Err(e) => tracing::warn!(error = %e, "thinning WatermelonDB snapshots failed; will retry"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_job_that_panics_runs_again_at_its_next_turn() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let job = tokio::spawn(every(
+            Duration::from_millis(20),
+            runs.clone(),
+            |runs| async move {
+                if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                    panic!("the first run fails");
+                }
+            },
+        ));
+        let again = async {
+            while runs.load(Ordering::SeqCst) < 3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), again)
+            .await
+            .expect("the job runs on after its panic");
+        assert!(!job.is_finished());
+        job.abort();
     }
 }

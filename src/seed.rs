@@ -31,6 +31,14 @@ async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| "admin@example.org".to_string());
     let (password, generated) = match &auth.admin_password {
+        // Copied from the sample or the README, it is as good as published: no admin is made
+        // with it but on a developer's machine.
+        Some(p) if !state.config.is_dev() && crate::config::is_a_sample(p.expose_secret()) => {
+            anyhow::bail!(
+                "ADMIN_PASSWORD is a sample value; choose one of your own for the first admin \
+                 (for example `openssl rand -base64 18`)"
+            )
+        }
         Some(p) => (p.clone(), false),
         None if state.config.is_dev() => (SecretString::from(generate_password()), true),
         None => {

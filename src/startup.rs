@@ -130,7 +130,7 @@ async fn wait_for(config: &Config, key: &str, url: &str) -> anyhow::Result<()> {
                     config.db.startup_wait.as_secs()
                 )
             } else {
-                format!("the database at {key} refused the connection (check its user, password and database)")
+                format!("the database at {key} refused the connection (check its user, password and database, and the TLS its `sslmode` asks for)")
             };
             anyhow::Error::from(err).context(why)
         })

@@ -5,6 +5,7 @@
 
 mod reader;
 mod sections;
+pub use sections::is_a_sample;
 #[cfg(test)]
 mod tests;
 

@@ -115,16 +115,6 @@ pub(super) fn auth(r: &mut Reader<'_>, dev: bool) -> AuthSettings {
         && let Err(reason) = Password::parse(p, admin_email.as_deref().unwrap_or_default())
     {
         r.problems.push(format!("ADMIN_PASSWORD {reason}"));
-    } else if let Some(p) = &admin_password
-        && !dev
-        && (looks_like_a_placeholder(p) || p == "a-long-password")
-    {
-        // The first admin's password, copied from a sample, is as good as published.
-        r.problems.push(
-            "ADMIN_PASSWORD looks like a placeholder; choose one of your own (for example \
-             `openssl rand -base64 18`)"
-                .to_string(),
-        );
     }
     AuthSettings {
         jwt_secret: SecretString::from(jwt_secret),
@@ -239,12 +229,17 @@ pub(super) fn quota(burst: u32, secs: u64) -> RateQuota {
 
 /// The sample configuration's value, or too few distinct characters to be random.
 fn looks_like_a_placeholder(secret: &str) -> bool {
-    let lower = secret.to_ascii_lowercase();
     let distinct: std::collections::HashSet<char> = secret.chars().collect();
+    is_a_sample(secret) || distinct.len() < 10
+}
+
+/// A value the sample configuration or the README shows, as good as published.
+pub fn is_a_sample(secret: &str) -> bool {
+    let lower = secret.to_ascii_lowercase();
     ["change-me", "changeme", "change_me", "placeholder"]
         .iter()
         .any(|word| lower.contains(word))
-        || distinct.len() < 10
+        || lower == "a-long-password"
 }
 
 /// A development-only signing key, new at every start (tokens do not survive restarts).

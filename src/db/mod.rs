@@ -79,6 +79,7 @@ pub fn pool(settings: &DbSettings) -> Result<PgPool, sqlx::Error> {
 /// starting, shutting down, or a pooler that cannot reach it), so trying again may succeed.
 pub fn not_up_yet(err: &sqlx::Error) -> bool {
     match err {
+        sqlx::Error::Io(_) if tls_refused(err) => false,
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
         sqlx::Error::Database(db) => db
             .code()
@@ -87,11 +88,22 @@ pub fn not_up_yet(err: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether TLS could not be agreed as the URL's `sslmode` asks: a server or pooler that does not
+/// offer it, or a handshake the client refused (a certificate it does not trust, which arrives
+/// as invalid data). Neither comes right by waiting.
+pub fn tls_refused(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::InvalidData,
+        _ => false,
+    }
+}
+
 /// Waits up to `patience` for the server at `url` to accept a connection (a database that does
 /// not exist yet counts as up: its server answered). A service started beside its database, by
 /// a machine boot or a container orchestrator, would otherwise exit on the first refusal. A
-/// login the server refuses (a wrong password or user: SQLSTATE class 28) will not come right
-/// by waiting, and is returned at once.
+/// login the server refuses (a wrong password or user: SQLSTATE class 28), or TLS refused, will
+/// not come right by waiting, and is returned at once.
 pub async fn wait_until_up(url: &str, patience: std::time::Duration) -> Result<(), sqlx::Error> {
     use std::time::Duration;
     let options = connect_options(url)?;
@@ -115,6 +127,7 @@ pub async fn wait_until_up(url: &str, patience: std::time::Duration) -> Result<(
             {
                 return Err(sqlx::Error::Database(db));
             }
+            Ok(Err(err)) if tls_refused(&err) => return Err(err),
             Ok(Err(err)) if !not_up_yet(&err) => return Ok(()),
             Ok(Err(err)) => err,
             Err(_) => sqlx::Error::PoolTimedOut,

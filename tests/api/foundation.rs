@@ -594,7 +594,8 @@ async fn a_page_past_the_end_still_counts_every_match() {
 
 #[tokio::test]
 async fn a_database_url_that_requires_tls_is_served_over_tls() {
-    // Arrange: the local server has TLS on, as Debian sets Postgres up (a snake-oil certificate).
+    // Arrange: the local server has TLS on, as Debian sets Postgres up (a snake-oil certificate;
+    // the GitHub workflow turns it on in its Postgres container).
     let app = TestApp::spawn().await;
     let ssl: String = sqlx::query_scalar("SHOW ssl")
         .fetch_one(&app.db)
@@ -621,4 +622,57 @@ async fn a_database_url_that_requires_tls_is_served_over_tls() {
             .await
             .unwrap();
     assert!(encrypted);
+}
+
+#[tokio::test]
+async fn tls_that_cannot_be_agreed_stops_start_up_at_once_naming_it() {
+    // A certificate no trusted authority signed (the local snake-oil one), checked as
+    // `verify-full` asks.
+    let test_db = crate::helpers::TestDb::new().await;
+    let mut env = crate::helpers::test_env(&format!("{}?sslmode=verify-full", test_db.url()));
+    env.insert("DB_STARTUP_WAIT_SECS".into(), "30".into());
+    let config = Config::from_map(&env).unwrap();
+    let started = Instant::now();
+    let err = Application::build(config)
+        .await
+        .err()
+        .expect("the service does not start over TLS it cannot trust");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no waiting for a refusal that will not change ({:?})",
+        started.elapsed()
+    );
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("refused the connection") && message.contains("sslmode"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_sample_admin_password_makes_no_admin_outside_development() {
+    // Arrange: a database with no admin yet, and the README's old example password.
+    let test_db = crate::helpers::TestDb::new().await;
+    let mut env = crate::helpers::test_env(&test_db.url());
+    env.insert("ADMIN_PASSWORD".into(), "change-me-now".into());
+    let config = Config::from_map(&env).unwrap();
+
+    // Act
+    let err = Application::build(config)
+        .await
+        .err()
+        .expect("the service does not make an admin with a published password");
+
+    // Assert
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("ADMIN_PASSWORD is a sample value"),
+        "{message}"
+    );
+    let pool = test_db.pool().await;
+    let admins: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE role = 'admin'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(admins, 0);
 }
