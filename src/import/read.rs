@@ -366,14 +366,11 @@ fn xml_reader<R: Read>(part: R) -> quick_xml::Reader<BufReader<R>> {
 /// part declaring or holding more than [`MAX_SHARED_STRINGS`].
 fn check_shared_strings<R: Read>(part: zip::read::ZipFile<'_, R>) -> Result<(), ReadError> {
     let most = part.size() / 5;
-    let mut xml = xml_reader(part);
-    let mut buf = Vec::new();
     let mut strings: u64 = 0;
-    loop {
-        buf.clear();
-        match xml.read_event_into(&mut buf) {
-            Ok(Event::Start(e)) if e.local_name().as_ref() == "sst" => {
-                let [declared] = watched(&e, ["uniqueCount"])?;
+    for_each_start(part, |e| {
+        match e.local_name().as_ref() {
+            "sst" => {
+                let [declared] = watched(e, ["uniqueCount"])?;
                 let declared = declared
                     .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
                     .map(|v| v.parse::<u64>().unwrap_or(u64::MAX));
@@ -386,17 +383,16 @@ fn check_shared_strings<R: Read>(part: zip::read::ZipFile<'_, R>) -> Result<(), 
                     return Err(too_many_strings());
                 }
             }
-            Ok(Event::Start(e)) if e.local_name().as_ref() == "si" => {
+            "si" => {
                 strings += 1;
                 if strings > MAX_SHARED_STRINGS {
                     return Err(too_many_strings());
                 }
             }
-            // calamine reports a broken part itself.
-            Ok(Event::Eof) | Err(_) => return Ok(()),
-            Ok(_) => {}
+            _ => {}
         }
-    }
+        Ok(true)
+    })
 }
 
 fn too_many_strings() -> ReadError {

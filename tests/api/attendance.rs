@@ -512,22 +512,12 @@ async fn a_clock_out_a_little_ahead_of_the_server_clock_closes_a_full_length_shi
 
 /// Waits, ten seconds at most, for the periodic sweep to close the shift `id` as incomplete.
 async fn swept(app: &TestApp, id: uuid::Uuid) {
-    let closed = async {
-        loop {
-            let status: String = sqlx::query_scalar("SELECT status FROM attendance WHERE id = $1")
-                .bind(id)
-                .fetch_one(&app.db)
-                .await
-                .unwrap();
-            if status == "incomplete" {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(10), closed)
-        .await
-        .expect("the sweep closes the forgotten shift");
+    app.until_counted(
+        &format!("SELECT count(*) FROM attendance WHERE id = '{id}' AND status = 'incomplete'"),
+        1,
+        "the sweep closes the forgotten shift",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -543,26 +533,8 @@ async fn a_job_held_up_in_the_database_holds_up_no_other() {
     let mut env = crate::helpers::test_env(&test_db.url());
     env.insert("SWEEP_INTERVAL_SECS".into(), "1".into());
     let app = TestApp::spawn_on(test_db, env).await;
-    let held = async {
-        loop {
-            let waiting: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks
-                 WHERE relation = 'sync_snapshots'::regclass AND NOT granted
-                   AND database = (SELECT oid FROM pg_database
-                                   WHERE datname = current_database()))",
-            )
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-            if waiting {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(10), held)
-        .await
-        .expect("the thinning waits on the lock");
+    app.until_waiting_on_locks(1, "the thinning waits on the lock")
+        .await;
 
     // Act: a shift is forgotten meanwhile.
     let (user, facility) = user_at_site(&app, "focal", None).await;
@@ -2279,24 +2251,13 @@ async fn a_summary_past_the_request_timeout_is_cancelled_in_the_database_too() {
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
     );
-    let gone = async {
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND query LIKE '%covered%'
-                   AND state = 'active' AND pid <> pg_backend_pid()",
-            )
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-            if waiting == 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(5), gone)
-        .await
-        .expect("the summary's query is cancelled while the lock is held");
+    app.until_counted(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE '%covered%'
+           AND state = 'active' AND pid <> pg_backend_pid()",
+        0,
+        "the summary's query is cancelled while the lock is held",
+    )
+    .await;
     lock.rollback().await.unwrap();
 }

@@ -153,26 +153,33 @@ async fn the_service_gives_up_on_a_database_that_stays_away_and_says_why() {
     );
 }
 
-#[tokio::test]
-async fn a_database_url_whose_login_is_refused_stops_start_up_at_once_naming_it() {
-    let test_db = crate::helpers::TestDb::new().await;
-    let mut env = crate::helpers::test_env(&format!(
-        "postgres://no_such_role@127.0.0.1:5432/{}",
-        test_db.name
-    ));
+/// Starts a service on `database_url` (30 s of patience for a database not up yet), which must
+/// refuse to start well within that; its error, with its causes.
+async fn refused_at_once(database_url: &str) -> String {
+    let mut env = crate::helpers::test_env(database_url);
     env.insert("DB_STARTUP_WAIT_SECS".into(), "30".into());
     let config = Config::from_map(&env).unwrap();
     let started = Instant::now();
     let err = Application::build(config)
         .await
         .err()
-        .expect("the service does not start with a login the database refuses");
+        .expect("the service does not start");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "no waiting for a refusal that will not change ({:?})",
         started.elapsed()
     );
-    let message = format!("{err:#}");
+    format!("{err:#}")
+}
+
+#[tokio::test]
+async fn a_database_url_whose_login_is_refused_stops_start_up_at_once_naming_it() {
+    let test_db = crate::helpers::TestDb::new().await;
+    let message = refused_at_once(&format!(
+        "postgres://no_such_role@127.0.0.1:5432/{}",
+        test_db.name
+    ))
+    .await;
     assert!(
         message.contains("the database at DATABASE_URL refused the connection"),
         "{message}"
@@ -629,20 +636,7 @@ async fn tls_that_cannot_be_agreed_stops_start_up_at_once_naming_it() {
     // A certificate no trusted authority signed (the local snake-oil one), checked as
     // `verify-full` asks.
     let test_db = crate::helpers::TestDb::new().await;
-    let mut env = crate::helpers::test_env(&format!("{}?sslmode=verify-full", test_db.url()));
-    env.insert("DB_STARTUP_WAIT_SECS".into(), "30".into());
-    let config = Config::from_map(&env).unwrap();
-    let started = Instant::now();
-    let err = Application::build(config)
-        .await
-        .err()
-        .expect("the service does not start over TLS it cannot trust");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "no waiting for a refusal that will not change ({:?})",
-        started.elapsed()
-    );
-    let message = format!("{err:#}");
+    let message = refused_at_once(&format!("{}?sslmode=verify-full", test_db.url())).await;
     assert!(
         message.contains("refused the connection") && message.contains("sslmode"),
         "{message}"

@@ -595,7 +595,7 @@ impl TestApp {
     }
 
     /// Waits until `count` (a query of one number) answers `n`; panics with `what` after 10 s.
-    async fn until_counted(&self, count: &str, n: i64, what: &str) {
+    pub async fn until_counted(&self, count: &str, n: i64, what: &str) {
         let reached = async {
             while sqlx::query_scalar::<_, i64>(count)
                 .fetch_one(&self.db)
