@@ -98,6 +98,12 @@ pub fn check_location(
         Ok(p) => Some(p),
         Err((field, reason)) => {
             invalid.add(field, reason);
+            // A bad latitude is found first; the longitude is told too when it is also bad.
+            if field == "latitude"
+                && let Err((field, reason)) = GeoPoint::new(0.0, longitude)
+            {
+                invalid.add(field, reason);
+            }
             None
         }
     }
@@ -243,15 +249,10 @@ async fn clock_in(
         )
         .await?;
         if closed_forgotten == 0 {
-            // None left to close: either the open shift is today's, or a request sent before
-            // this one (the same clock-in, retried before its answer came) closed the forgotten
-            // shift and wrote this clock-in meanwhile. Only a retry can find its record, by
-            // the key it carries, on one more try.
-            if new.client_id.is_none()
-                && (new.device_id.is_none() || new.client_timestamp.is_none())
-            {
-                return Err(already_clocked_in());
-            }
+            // None left to close: the open shift is today's, or someone closed the forgotten
+            // one first: the sweep (then this clock-in goes in on one more try), or a request
+            // sent before this one, the same clock-in retried before its answer came, which
+            // wrote it meanwhile (then a retry finds its record by the key it carries).
             tried_again = true;
         }
     };

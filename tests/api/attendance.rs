@@ -231,6 +231,44 @@ async fn a_shift_left_open_past_the_limit_is_closed_incomplete_by_the_next_clock
 }
 
 #[tokio::test]
+async fn a_clock_in_meeting_the_sweep_over_a_forgotten_shift_is_stored() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = user_at_site(&app, "focal", None).await;
+    let forgotten = app
+        .insert_attendance(
+            user.id,
+            facility,
+            Utc::now() - Duration::hours(17),
+            None,
+            "open",
+        )
+        .await;
+    // The sweep holds the forgotten shift as it closes it.
+    let mut sweep = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM attendance WHERE id = $1 FOR UPDATE")
+        .bind(forgotten)
+        .execute(&mut *sweep)
+        .await
+        .unwrap();
+    // A clock-in with no key (no client_id, no device): it finds the shift open, and waits to
+    // close it.
+    let clocking_in = tokio::spawn(clock_in_task(&app, &user, at_site()));
+    app.until_waiting_on_locks(1, "the clock-in waits to close the forgotten shift")
+        .await;
+    sqlx::query("UPDATE attendance SET status = 'incomplete' WHERE id = $1")
+        .bind(forgotten)
+        .execute(&mut *sweep)
+        .await
+        .unwrap();
+    sweep.commit().await.unwrap();
+    // The sweep closed it first: today's clock-in is not blocked by it.
+    let (status, body) = clocking_in.await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
+    assert_eq!(active["attendance"]["id"], body["id"]);
+}
+
+#[tokio::test]
 async fn a_night_shift_under_the_limit_stays_open() {
     let app = TestApp::spawn().await;
     let (user, facility) = user_at_site(&app, "focal", None).await;
@@ -1232,6 +1270,25 @@ async fn times_outside_the_accepted_window_and_bad_input_are_refused() {
             "{name}: {response}"
         );
     }
+    // Everything wrong with a request is told at once.
+    let (status, response) = clock_in(
+        &app,
+        &user,
+        json!({"latitude": 91.0, "longitude": -181.0, "accuracy_m": -1}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let mut fields: Vec<&String> = response["error"]["details"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        ["accuracy_m", "latitude", "longitude"],
+        "{response}"
+    );
     let rows = app.attendance_rows().await;
     assert_eq!(rows, 0);
 
@@ -2087,6 +2144,11 @@ async fn summaries_match_hand_computed_figures_including_a_shift_across_midnight
         .map(|r| r["key"].as_str().unwrap())
         .collect();
     assert_eq!(keys, vec!["2026-10-04", "2026-10-06", "2026-10-07"]);
+    // The same offset named `Etc/GMT+7`, its `+` left unencoded in the query string.
+    let (status, unencoded) = get("group_by=day&tz=Etc/GMT+7").await;
+    assert_eq!(status, StatusCode::OK, "{unencoded}");
+    assert_eq!(unencoded["tz"], "Etc/GMT+7");
+    assert_eq!(unencoded["rows"], shifted["rows"]);
 
     let (_, by_facility) = get("group_by=facility").await;
     assert_eq!(by_facility["rows"][0]["key"], json!(facility.to_string()));

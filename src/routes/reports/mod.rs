@@ -18,7 +18,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub(super) fn parse_tz(tz: Option<&str>, state: &AppState) -> Result<Tz, ApiError> {
     match tz.filter(|t| !t.is_empty()) {
         None => Ok(state.config.attendance.timezone),
-        Some(name) => name.parse().map_err(|_| {
+        // No zone name has a space: one is a `+` left unencoded (`Etc/GMT+3`).
+        Some(name) => name.replace(' ', "+").parse().map_err(|_| {
             ApiError::invalid("tz", "must be an IANA time zone such as Africa/Kigali")
         }),
     }
