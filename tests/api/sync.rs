@@ -836,6 +836,32 @@ async fn a_new_shift_queued_beside_an_open_one_is_stored_when_the_admin_keeps_it
 }
 
 #[tokio::test]
+async fn a_shift_queued_beside_one_clocked_out_since_is_stored_when_the_admin_keeps_it() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (user, facility) = setup(&app).await;
+    let (offline, online) = queued_beside_online(&app, &user, facility).await;
+    // The online shift is clocked out before the admin looks: nothing clashes any more.
+    let (status, closed) = send(
+        app.post("/api/attendance/clock-out")
+            .bearer_auth(&user.token)
+            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{closed}");
+    let (status, resolved) = resolve_oldest(&app, &admin, "client").await;
+    assert_eq!(status, StatusCode::OK, "{resolved}");
+    assert_eq!(resolved["record"]["id"], offline["id"]);
+    assert_eq!(resolved["record"]["status"], "open");
+    // The clock-out stands: the shift is not set back to incomplete.
+    let (_, kept) = stored_record(&app, &user, &online).await;
+    assert_eq!(kept["status"], "closed");
+    assert_eq!(kept["clock_out_at"], closed["clock_out_at"]);
+    let (_, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
+    assert_eq!(active["attendance"]["id"], offline["id"]);
+}
+
+#[tokio::test]
 async fn keeping_the_server_copy_of_a_shift_queued_beside_an_open_one_answers_that_one() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;

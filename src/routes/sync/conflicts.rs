@@ -204,13 +204,15 @@ async fn resolve_conflict(
             // The device's copy answered the record as it was when the conflict was queued; a
             // record that has moved on since (clocked out online, say) is not set back. Kept
             // beside another open shift, it closes that one as incomplete, as `client_wins`
-            // would have, and stores the device's, which may be new.
+            // would have, if it is still open, and stores the device's, which may be new.
             let version: Option<i32> =
                 sqlx::query_scalar("SELECT sync_version FROM attendance WHERE id = $1 FOR UPDATE")
                     .bind(against)
                     .fetch_optional(&mut *tx)
                     .await?;
-            if version.is_some_and(|v| v != conflict.server_version) {
+            if against == conflict.record_id
+                && version.is_some_and(|v| v != conflict.server_version)
+            {
                 return Err(changed_since_queued());
             }
             let op = conflict.client_data["op"].as_str().unwrap_or("upsert");
@@ -226,7 +228,7 @@ async fn resolve_conflict(
                 .await?;
                 None
             } else {
-                Some(keep_client_copy(&state, &mut tx, &conflict, against, version).await?)
+                Some(keep_client_copy(&state, &mut tx, &conflict, against).await?)
             }
         }
     };
@@ -262,13 +264,12 @@ async fn resolve_conflict(
 
 /// Writes the device's copy of a conflict's record, as a push would: over the stored record,
 /// or as a new one when it was queued before the server ever stored it; `against`, the open
-/// shift it was queued beside (read `FOR UPDATE` at `against_version`), is closed as incomplete.
+/// shift it was queued beside (read `FOR UPDATE`), is closed as incomplete if still open.
 async fn keep_client_copy(
     state: &AppState,
     tx: &mut sqlx::PgConnection,
     conflict: &SyncConflict,
     against: Uuid,
-    against_version: Option<i32>,
 ) -> Result<AttendanceRow, ApiError> {
     let content: Content = serde_json::from_value(conflict.client_data["content"].clone())
         .map_err(|e| anyhow::anyhow!("stored conflict content is unreadable: {e}"))?;
@@ -317,9 +318,15 @@ async fn keep_client_copy(
     .map_err(|(_, reason)| ApiError::invalid("location", reason))?;
     let mut plan = Plan::default();
     // Only a kept copy that is open replaces the shift it was queued beside (one that has aged
-    // past the maximum shift since is stored incomplete, and leaves that one open).
-    if against != conflict.record_id && against_version.is_some() && w.status == "open" {
-        plan.closes.push(against);
+    // past the maximum shift since is stored incomplete, and leaves that one open), and only
+    // while that one is open: one clocked out, closed or deleted since keeps what it became.
+    if against != conflict.record_id && w.status == "open" {
+        let still_open = records::find(&mut *tx, against)
+            .await?
+            .is_some_and(|r| r.status == "open" && r.deleted_at.is_none());
+        if still_open {
+            plan.closes.push(against);
+        }
     }
     if stored.is_some() {
         // A shift the server closed by itself since (replaced, forgotten) is not reopened.
