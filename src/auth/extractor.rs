@@ -179,7 +179,8 @@ impl FromRequestParts<AppState> for ClientInfo {
 /// The client address: when the peer is a trusted proxy, the last `X-Forwarded-For` entry,
 /// the address that proxy saw and appended (entries left of it are whatever the client sent);
 /// else the peer address. Never the header otherwise, or anyone could pick their own
-/// rate-limit key.
+/// rate-limit key. With the proxies named (`TRUST_PROXY` networks), an entry that is itself one
+/// of them (a load balancer behind a CDN, both named) is passed over for the one left of it.
 pub fn client_ip(parts: &Parts, trust: &TrustProxy) -> Option<IpAddr> {
     client_ip_from(&parts.headers, parts.extensions.get(), trust)
 }
@@ -190,20 +191,29 @@ pub fn client_ip_from(
     trust: &TrustProxy,
 ) -> Option<IpAddr> {
     let peer = peer.map(|ConnectInfo(addr)| addr.ip());
-    // A proxy may add its own header line rather than extend the client's: the last entry of
-    // the last line is the one it wrote.
-    if trust.trusts(peer)
-        && let Some(ip) = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| forwarded_address(v.trim()))
-    {
-        return Some(ip);
+    if !trust.trusts(peer) {
+        return peer;
     }
-    peer
+    // From the right. A proxy may add its own header line rather than extend the client's: the
+    // last entry of the last line is the one it wrote.
+    let entries = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .rev()
+        .flat_map(|line| line.to_str().unwrap_or_default().rsplit(','));
+    let mut client = peer;
+    for entry in entries {
+        // An entry no proxy would write ends the walk at the hop right of it.
+        let Some(ip) = forwarded_address(entry.trim()) else {
+            break;
+        };
+        client = Some(ip);
+        // Only named proxies can be told apart from clients; `true` believes one hop.
+        if !matches!(trust, TrustProxy::Peers(_)) || !trust.trusts(client) {
+            break;
+        }
+    }
+    client
 }
 
 /// An `X-Forwarded-For` entry: an address, or an address with the client's port

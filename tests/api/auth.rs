@@ -1239,6 +1239,19 @@ async fn behind_a_trusted_proxy_the_address_it_appended_is_the_clients() {
 }
 
 #[tokio::test]
+async fn behind_two_named_proxies_the_address_the_outer_one_saw_is_the_clients() {
+    // A CDN edge (203.0.113.0/24) in front of a load balancer (the tests' 127.0.0.1).
+    let app = two_logins_per_address("127.0.0.0/8, 203.0.113.0/24").await;
+    three_logins_count_as_one_address(&app, |i| format!("10.0.0.{i}, 198.51.100.9, 203.0.113.7"))
+        .await;
+    assert_eq!(
+        login_forwarded(&app, "198.51.100.10, 203.0.113.7".into()).await,
+        StatusCode::UNAUTHORIZED,
+        "another client behind the same edge, its own budget"
+    );
+}
+
+#[tokio::test]
 async fn a_trusted_proxy_that_writes_the_clients_port_is_understood() {
     let app = two_logins_per_address("true").await;
     // The same address from three ports is one client.
