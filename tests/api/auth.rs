@@ -1047,6 +1047,31 @@ async fn a_wrong_current_password_changes_nothing() {
 }
 
 #[tokio::test]
+async fn the_current_password_is_no_new_password() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    let (status, body) = send(
+        app.post("/api/users/me/password")
+            .bearer_auth(&user.token)
+            .json(&json!({"current_password": PASSWORD, "new_password": PASSWORD})),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert!(
+        body["error"]["details"]["new_password"].is_array(),
+        "{body}"
+    );
+    // Nothing changed: the session the request came with goes on.
+    let (status, me) = send(app.get("/api/users/me").bearer_auth(&user.token)).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+}
+
+#[tokio::test]
 async fn a_password_change_from_a_session_ended_elsewhere_stores_nothing() {
     let app = TestApp::spawn().await;
     let user = app.user("focal", None).await;

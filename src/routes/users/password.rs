@@ -55,7 +55,7 @@ async fn store(
 pub struct ChangePassword {
     #[schema(min_length = 1, max_length = 1024)]
     pub current_password: String,
-    /// 10 to 128 characters, not the email.
+    /// 10 to 128 characters, not the email, not the current password.
     #[schema(min_length = 10, max_length = 128)]
     pub new_password: String,
 }
@@ -66,7 +66,7 @@ pub struct ChangePassword {
         (status = 204, description = "Password changed; log in again"),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 401, description = "Missing or invalid token, or the account's sessions were ended while the password was checked (`invalid_token`: a password reset or change, a role change or a deactivation meanwhile); nothing was stored", body = ErrorEnvelope),
-        (status = 422, description = "Wrong current password or weak new one", body = ErrorEnvelope),
+        (status = 422, description = "Wrong current password, or a new one that is weak or the same as the current one", body = ErrorEnvelope),
         (status = 423, description = "Locked after too many wrong passwords, here or at login (`account_locked`); see Retry-After", body = ErrorEnvelope),
     ))]
 async fn change_password(
@@ -80,6 +80,10 @@ async fn change_password(
         "new_password",
         Password::parse(&req.new_password, &user.email),
     );
+    // The same password again would end every session and change nothing else.
+    if req.new_password == req.current_password {
+        invalid.add("new_password", "must differ from the current password");
+    }
     if req.current_password.is_empty() {
         invalid.add("current_password", "is required");
     } else if req.current_password.chars().count() > 1024 {
