@@ -781,6 +781,7 @@ async fn deactivation_role_change_and_password_change_cut_existing_tokens_off() 
     let deactivated = app.user("focal", None).await;
     let promoted = app.user("focal", None).await;
     let changer = app.user("focal", None).await;
+    let suspended = app.user("focal", None).await;
 
     let (status, _) = send(
         app.delete(&format!("/api/users/{}", deactivated.id))
@@ -802,13 +803,21 @@ async fn deactivation_role_change_and_password_change_cut_existing_tokens_off() 
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = send(
+        app.patch(&format!("/api/users/{}", suspended.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"status": "suspended"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 
-    for user in [&deactivated, &promoted, &changer] {
+    let everyone = [&deactivated, &promoted, &changer, &suspended];
+    for user in everyone {
         let (status, body) = send(app.get("/api/users/me").bearer_auth(&user.token)).await;
         assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
     }
-    // Refresh tokens of the deactivated and the password changer are revoked too.
-    for user in [&deactivated, &changer] {
+    // Their refresh tokens are revoked too.
+    for user in everyone {
         let (status, _) = send(
             app.post("/api/auth/refresh")
                 .json(&json!({"refresh_token": user.refresh_token})),
@@ -826,6 +835,8 @@ async fn deactivation_role_change_and_password_change_cut_existing_tokens_off() 
     );
     let (status, body) = app.login(&deactivated.email, PASSWORD).await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "account_inactive");
+    let (status, body) = app.login(&suspended.email, PASSWORD).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     let actions = app.actions().await;
     for action in [
         "user.deactivate",

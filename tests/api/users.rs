@@ -617,6 +617,50 @@ async fn a_supervisor_named_by_a_new_user_is_not_made_a_field_worker_meanwhile()
 }
 
 #[tokio::test]
+async fn a_supervisor_changes_only_the_facility_of_their_team_and_nothing_of_their_own() {
+    let app = TestApp::spawn().await;
+    let t = tree(&app).await;
+    let facility = app.facility().await;
+    let fields = "SELECT row_to_json(u)::text FROM (SELECT email, first_name, role, status,
+                         supervisor_id, facility_id FROM users WHERE id = $1) u";
+    let stored = |id: uuid::Uuid| {
+        sqlx::query_scalar::<_, String>(fields)
+            .bind(id)
+            .fetch_one(&app.db)
+    };
+    let (worker_before, own_before) = (
+        stored(t.worker.id).await.unwrap(),
+        stored(t.supervisor.id).await.unwrap(),
+    );
+    for body in [
+        json!({"role": "supervisor"}),
+        json!({"status": "suspended"}),
+        json!({"email": "renamed@test.example"}),
+        json!({"supervisor_id": t.unrelated.id}),
+        json!({"first_name": "Renamed"}),
+        json!({"facility_id": facility, "first_name": "Renamed"}),
+    ] {
+        let (status, answer) = send(
+            app.patch(&format!("/api/users/{}", t.worker.id))
+                .bearer_auth(&t.supervisor.token)
+                .json(&body),
+        )
+        .await;
+        assert_error(status, &answer, StatusCode::FORBIDDEN, "forbidden");
+    }
+    // Not their own record either, not even its facility.
+    let (status, answer) = send(
+        app.patch(&format!("/api/users/{}", t.supervisor.id))
+            .bearer_auth(&t.supervisor.token)
+            .json(&json!({"facility_id": facility})),
+    )
+    .await;
+    assert_error(status, &answer, StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(stored(t.worker.id).await.unwrap(), worker_before);
+    assert_eq!(stored(t.supervisor.id).await.unwrap(), own_before);
+}
+
+#[tokio::test]
 async fn authorization_matrix() {
     let app = TestApp::spawn().await;
     let t = tree(&app).await;
