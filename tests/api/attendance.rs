@@ -1178,6 +1178,15 @@ async fn the_geofence_flags_a_point_500_m_away_but_not_150_m() {
     assert!((near["distance_m"].as_f64().unwrap() - 150.0).abs() < 1.0);
     assert_eq!(far["outside_geofence"], true, "{far}");
     assert!((far["distance_m"].as_f64().unwrap() - 500.0).abs() < 1.0);
+    // A clock-out far from the facility flags the shift too.
+    let (status, closed) = clock_out(
+        &app,
+        &near_user,
+        json!({"latitude": SITE.0 + 500.0 * DEG_PER_M, "longitude": SITE.1}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{closed}");
+    assert_eq!(closed["outside_geofence"], true, "{closed}");
 }
 
 #[tokio::test]
@@ -1687,6 +1696,120 @@ async fn every_read_is_scoped_by_role() {
         let (status, body) = send(app.get(path).bearer_auth(&worker.token)).await;
         assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
     }
+    // A supervisor naming someone outside their tree, in a summary or an export, gets nothing
+    // of theirs; the backstopper's summary reaches two levels down.
+    let (status, summary) = send(
+        app.get(&format!("/api/attendance/summary?user_id={}", stranger.id))
+            .bearer_auth(&supervisor.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    assert_eq!(summary["rows"], json!([]));
+    let export = app
+        .get(&format!(
+            "/api/attendance/export?format=csv&user_id={}",
+            stranger.id
+        ))
+        .bearer_auth(&supervisor.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(export.status(), StatusCode::OK);
+    let csv = export.text().await.unwrap();
+    assert_eq!(csv.lines().count(), 1, "the header alone: {csv}");
+    let (_, summary) = send(
+        app.get(&format!("/api/attendance/summary?user_id={}", worker.id))
+            .bearer_auth(&backstopper.token),
+    )
+    .await;
+    assert_eq!(summary["rows"][0]["key"], json!(worker.id.to_string()));
+    assert_eq!(summary["rows"][0]["records"], 1);
+}
+
+#[tokio::test]
+async fn the_list_answers_only_what_its_filters_name_page_by_page() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (worker, home) = user_at_site(&app, "focal", None).await;
+    let (other, _) = user_at_site(&app, "focal", None).await;
+    let elsewhere = app.facility().await;
+    let at = |days: i64| Utc::now() - Duration::days(days);
+    let hours = Duration::hours(8);
+    let a = app
+        .insert_attendance(worker.id, home, at(5), Some(at(5) + hours), "closed")
+        .await;
+    let b = app
+        .insert_attendance(worker.id, elsewhere, at(3), Some(at(3) + hours), "closed")
+        .await;
+    let c = app
+        .insert_attendance(worker.id, home, at(2), None, "incomplete")
+        .await;
+    let d = app
+        .insert_attendance(
+            worker.id,
+            home,
+            Utc::now() - Duration::hours(1),
+            None,
+            "open",
+        )
+        .await;
+    app.insert_attendance(other.id, home, at(3), Some(at(3) + hours), "closed")
+        .await;
+    let list = |query: String| {
+        let request = app
+            .get(&format!("/api/attendance?user_id={}&{query}", worker.id))
+            .bearer_auth(&admin.token);
+        async move {
+            let (status, body) = send(request).await;
+            assert_eq!(status, StatusCode::OK, "{query}: {body}");
+            body
+        }
+    };
+    let ids = |body: &Value| -> Vec<uuid::Uuid> {
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().parse().unwrap())
+            .collect()
+    };
+    let instant = |t: chrono::DateTime<Utc>| t.to_rfc3339().replace('+', "%2B");
+
+    // Newest clock-in first.
+    assert_eq!(ids(&list(String::new()).await), [d, c, b, a]);
+    assert_eq!(ids(&list("status=closed".into()).await), [b, a]);
+    assert_eq!(ids(&list(format!("facility_id={elsewhere}")).await), [b]);
+    assert_eq!(
+        ids(&list(format!("facility_id={home}&status=incomplete")).await),
+        [c]
+    );
+    let period = format!("from={}&to={}", instant(at(4)), instant(at(1)));
+    assert_eq!(ids(&list(period).await), [c, b]);
+
+    // Pages of three: the second holds the last record; each says where it is.
+    let first = list("per_page=3".into()).await;
+    let second = list("per_page=3&page=2".into()).await;
+    assert_eq!(ids(&first), [d, c, b]);
+    assert_eq!(ids(&second), [a]);
+    for (page, body) in [(1, &first), (2, &second)] {
+        assert_eq!(body["page"], page);
+        assert_eq!(body["per_page"], 3);
+        assert_eq!(body["total"], 4);
+    }
+
+    // A deleted record is gone from the list and from its own address.
+    sqlx::query("UPDATE attendance SET deleted_at = now() WHERE id = $1")
+        .bind(d)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(ids(&list(String::new()).await), [c, b, a]);
+    let (status, body) = send(
+        app.get(&format!("/api/attendance/{d}"))
+            .bearer_auth(&worker.token),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
 }
 
 #[tokio::test]
