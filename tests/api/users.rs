@@ -726,6 +726,24 @@ async fn authorization_matrix() {
             None,
             [401, 404, 404, 404, 404, 404],
         ),
+        (
+            Method::GET,
+            "/api/sync/conflicts".into(),
+            None,
+            [401, 403, 403, 403, 403, 200],
+        ),
+        (
+            Method::POST,
+            format!("/api/sync/conflicts/{}/resolve", uuid::Uuid::new_v4()),
+            Some(json!({"keep": "server"})),
+            [401, 403, 403, 403, 403, 404],
+        ),
+        (
+            Method::GET,
+            "/api/facilities/imports".into(),
+            None,
+            [401, 403, 403, 403, 403, 200],
+        ),
     ];
     for (method, path, body, expected) in &cases {
         for ((name, user), want) in personas.iter().zip(expected) {
