@@ -143,9 +143,11 @@ pub struct Site {
     pub longitude: f64,
     pub geofence_radius_m: i32,
     pub status: String,
+    /// When `status` last changed.
+    pub status_changed_at: DateTime<Utc>,
 }
 
-const SITE_COLUMNS: &str = "id, latitude, longitude, geofence_radius_m, status";
+const SITE_COLUMNS: &str = "id, latitude, longitude, geofence_radius_m, status, status_changed_at";
 
 /// The geofences this instance read recently, by facility id (see [`crate::cache`]): every
 /// clock-in, clock-out and sync push reads one, and facilities rarely change. This instance's
@@ -211,6 +213,22 @@ impl SiteCache {
 }
 
 impl Site {
+    /// Why a shift begun at `clock_in_at` is not taken here: the facility was closed (inactive,
+    /// or under maintenance) before it began.
+    pub fn closed_before(&self, clock_in_at: DateTime<Utc>) -> Option<String> {
+        let status = match self.status.as_str() {
+            "active" => return None,
+            "maintenance" => "under maintenance",
+            other => other,
+        };
+        (clock_in_at >= self.status_changed_at).then(|| {
+            format!(
+                "the facility is {status} since {}, before this shift began, and takes no clock-ins",
+                self.status_changed_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        })
+    }
+
     /// Distance from the facility to `point`, in metres, and whether it is outside the geofence.
     pub fn measure(&self, point: GeoPoint) -> (f64, bool) {
         let here = GeoPoint {

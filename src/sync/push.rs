@@ -48,6 +48,9 @@ pub(crate) fn build_write(
     now: DateTime<Utc>,
     config: &Config,
 ) -> Result<Write, (&'static str, String)> {
+    if let Some(reason) = site.closed_before(content.clock_in_at) {
+        return Err(("validation_failed", format!("facility_id: {reason}")));
+    }
     let (distance, out_distance, outside) = measure(content, site);
     if outside && config.attendance.enforce_geofence {
         return Err((

@@ -757,6 +757,55 @@ async fn deletes_are_tombstones_that_pull_as_ids() {
 }
 
 #[tokio::test]
+async fn a_shift_begun_after_its_facility_closed_is_refused_and_one_begun_before_is_kept() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (user, facility) = setup(&app).await;
+    // Offline, the phone keeps yesterday's shift and an open one begun an hour ago; the admin
+    // then closes the facility, and later the phone begins another shift there.
+    let yesterday = shift(Uuid::new_v4(), facility, 1, 6, 1);
+    let mut morning = open_shift(facility, 60);
+    let (status, _) = send(
+        app.delete(&format!("/api/facilities/{facility}"))
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let clock_out = Utc::now().to_rfc3339();
+    morning["client_timestamp"] = json!(clock_out);
+    morning["data"]["clock_out_at"] = json!(clock_out);
+    morning["data"]["clock_out_location"] = json!({"latitude": SITE.0, "longitude": SITE.1});
+    let after = open_shift(facility, 0);
+
+    let (status, body) = push(&app, &user, vec![yesterday, morning, after]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        statuses(&body),
+        ["created", "created", "rejected"],
+        "{body}"
+    );
+    assert_eq!(body["results"][1]["record"]["status"], "closed");
+    let error = &body["results"][2]["error"];
+    assert_eq!(error["code"], "validation_failed", "{body}");
+    assert!(
+        error["message"].as_str().unwrap().contains("inactive"),
+        "{body}"
+    );
+    assert_eq!(app.attendance_rows().await, 2);
+
+    // Open again, it takes shifts as before.
+    let (status, body) = send(
+        app.patch(&format!("/api/facilities/{facility}"))
+            .bearer_auth(&admin.token)
+            .json(&json!({"status": "active"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, body) = push(&app, &user, vec![open_shift(facility, 0)]).await;
+    assert_eq!(statuses(&body), ["created"], "{body}");
+}
+
+#[tokio::test]
 async fn an_open_record_while_another_is_open_is_a_conflict() {
     let app = TestApp::spawn().await;
     let (user, facility) = setup(&app).await;

@@ -315,7 +315,11 @@ async fn keep_client_copy(
         now,
         &state.config,
     )
-    .map_err(|(_, reason)| ApiError::invalid("location", reason))?;
+    // Push reasons read `field: reason`, but for the geofence's, which is the location's.
+    .map_err(|(_, reason)| match reason.split_once(": ") {
+        Some((field @ "facility_id", reason)) => ApiError::invalid(field, reason.to_string()),
+        _ => ApiError::invalid("location", reason),
+    })?;
     let mut plan = Plan::default();
     // Only a kept copy that is open replaces the shift it was queued beside (one that has aged
     // past the maximum shift since is stored incomplete, and leaves that one open), and only
