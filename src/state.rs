@@ -66,7 +66,7 @@ pub struct Services {
     pub db: PgPool,
     /// One connection of its own for `/ready`, so that a busy pool does not read as a database
     /// that is away.
-    pub probe: PgPool,
+    pub probe: crate::db::Probe,
     pub config: Arc<Config>,
     pub hasher: Hasher,
     pub jwt: Arc<JwtKeys>,
@@ -106,7 +106,7 @@ impl AppState {
             jwt,
             limiters,
             config: Arc::new(config),
-            probe: crate::db::probe_pool(&db),
+            probe: crate::db::Probe::new(&db),
             db,
             metrics: Metrics::global(),
             started_at: Instant::now(),

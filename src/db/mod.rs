@@ -28,17 +28,49 @@ fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
         ))
 }
 
-/// A pool of one connection to the application pool's database, for the readiness probe: with
-/// every application connection busy, `/ready` would wait for one and report the database away,
-/// and an orchestrator would take a busy instance out of service. Checked before each use (a
-/// probe comes every few seconds, not under load), and closed when idle.
-pub fn probe_pool(app: &PgPool) -> PgPool {
-    PgPoolOptions::new()
-        .min_connections(0)
-        .max_connections(1)
-        .acquire_timeout(std::time::Duration::from_secs(2))
-        .idle_timeout(Some(std::time::Duration::from_secs(30)))
-        .connect_lazy_with((*app.connect_options()).clone())
+/// The readiness probe: a pool of one connection to the application pool's database, so that
+/// with every application connection busy `/ready` does not wait for one and report the database
+/// away (an orchestrator would take a busy instance out of service). Checked before each use (a
+/// probe comes every few seconds, not under load), and closed when idle. Probes that arrive while
+/// a check runs wait for it and share its answer: `/ready` needs no login, and a flood of them
+/// would otherwise queue on the one connection until the orchestrator's own probe timed out.
+pub struct Probe {
+    pool: PgPool,
+    /// Checks finished so far, and the last one's answer.
+    checks: std::sync::atomic::AtomicU64,
+    last: tokio::sync::Mutex<bool>,
+}
+
+impl Probe {
+    pub fn new(app: &PgPool) -> Self {
+        Self {
+            pool: PgPoolOptions::new()
+                .min_connections(0)
+                .max_connections(1)
+                .acquire_timeout(std::time::Duration::from_secs(2))
+                .idle_timeout(Some(std::time::Duration::from_secs(30)))
+                .connect_lazy_with((*app.connect_options()).clone()),
+            checks: Default::default(),
+            last: Default::default(),
+        }
+    }
+
+    /// Whether the database answers, within 2 s, with every migration applied.
+    pub async fn ready(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let seen = self.checks.load(Ordering::Acquire);
+        let mut last = self.last.lock().await;
+        // A check finished while this one waited: its answer is as fresh as a new one would be.
+        if self.checks.load(Ordering::Acquire) != seen {
+            return *last;
+        }
+        let ready = tokio::time::timeout(std::time::Duration::from_secs(2), is_ready(&self.pool))
+            .await
+            .unwrap_or(false);
+        *last = ready;
+        self.checks.fetch_add(1, Ordering::Release);
+        ready
+    }
 }
 
 /// A connection idle for longer than this is checked (one round trip) before it is handed out.
@@ -226,7 +258,7 @@ pub fn latest_migration() -> i64 {
 }
 
 /// True when the database answers and has every embedded migration applied.
-pub async fn is_ready(pool: &PgPool) -> bool {
+async fn is_ready(pool: &PgPool) -> bool {
     let applied: Result<Option<i64>, _> =
         sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
             .fetch_one(pool)

@@ -1,7 +1,5 @@
 //! Liveness, readiness and metrics.
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
@@ -48,10 +46,7 @@ async fn health() -> Json<HealthStatus> {
         (status = 503, description = "The database is unreachable or not migrated", body = ErrorEnvelope),
     ))]
 async fn ready(State(state): State<AppState>) -> Result<Json<HealthStatus>, ApiError> {
-    let ready = tokio::time::timeout(Duration::from_secs(2), crate::db::is_ready(&state.probe))
-        .await
-        .unwrap_or(false);
-    if ready {
+    if state.probe.ready().await {
         Ok(Json(HealthStatus {
             status: "ready".into(),
         }))
