@@ -10,6 +10,7 @@ use axum::response::Response;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -37,7 +38,10 @@ pub fn apply(router: Router, config: &Config) -> Router {
     let inner = ServiceBuilder::new()
         .layer(CatchPanicLayer::new())
         .layer(RequestBodyLimitLayer::new(hard_limit))
-        .layer(CompressionLayer::new())
+        // Not an XLSX export: it is a zip already.
+        .layer(CompressionLayer::new().compress_when(
+            DefaultPredicate::new().and(NotForContentType::const_new(crate::routes::XLSX_TYPE)),
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout,
@@ -119,6 +123,8 @@ fn cors(config: &Config) -> CorsLayer {
             HeaderName::from_static("x-ratelimit-limit"),
             HeaderName::from_static("x-ratelimit-remaining"),
             HeaderName::from_static("x-ratelimit-after"),
+            // An export's file name.
+            header::CONTENT_DISPOSITION,
         ])
         .max_age(Duration::from_secs(3600))
 }

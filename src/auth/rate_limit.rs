@@ -85,11 +85,9 @@ pub fn limiter(
         .error_handler(|error| match error {
             GovernorError::TooManyRequests { wait_time, headers } => {
                 // The limiter's wait is in whole seconds, rounded down: one more, so that a
-                // client waiting as told is let through.
-                let mut response = ApiError::RateLimited {
-                    retry_after_s: wait_time + 1,
-                }
-                .into_response();
+                // client waiting as told is let through. Both headers that tell it say so.
+                let retry_after_s = wait_time + 1;
+                let mut response = ApiError::RateLimited { retry_after_s }.into_response();
                 if let Some(headers) = headers {
                     for (name, value) in &headers {
                         if name != axum::http::header::RETRY_AFTER {
@@ -97,6 +95,10 @@ pub fn limiter(
                         }
                     }
                 }
+                response.headers_mut().insert(
+                    "x-ratelimit-after",
+                    axum::http::HeaderValue::from(retry_after_s),
+                );
                 response
             }
             GovernorError::UnableToExtractKey => {

@@ -27,6 +27,9 @@ use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::state::AppState;
 
+/// The media type of an XLSX workbook.
+pub const XLSX_TYPE: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
+
 /// Routes grouped by the rate limit that applies to them (the contract's four classes).
 struct Groups {
     /// `/api/auth/*`: per client address.

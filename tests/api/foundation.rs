@@ -544,6 +544,57 @@ async fn an_error_for_a_client_accepting_gzip_is_still_readable_json() {
 }
 
 #[tokio::test]
+async fn an_admin_tool_in_a_browser_passes_cors_and_reads_an_exports_name() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("CORS_ORIGINS".into(), "https://admin.example".into());
+        env.insert("RATE_LIMIT_ENABLED".into(), "true".into());
+        env.insert("RATE_LIMIT_API".into(), "1/15m".into());
+    })
+    .await;
+    let supervisor = app.user("supervisor", None).await;
+    let preflight = |origin: &str| {
+        app.request(reqwest::Method::OPTIONS, "/api/attendance/export")
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    // The preflight needs no token and spends no budget, however many there are.
+    for _ in 0..3 {
+        let response = preflight("https://admin.example").await.unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        assert_eq!(
+            response.headers()["access-control-allow-origin"],
+            "https://admin.example"
+        );
+    }
+    let elsewhere = preflight("https://evil.example").await.unwrap();
+    assert!(
+        !elsewhere
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+    // The workbook comes as it is (a zip already), its name readable by the page.
+    let response = app
+        .get("/api/attendance/export?format=xlsx")
+        .bearer_auth(&supervisor.token)
+        .header("origin", "https://admin.example")
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let exposed = response.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(exposed.contains("content-disposition"), "{exposed}");
+    assert!(!response.headers().contains_key("content-encoding"));
+    let bytes = response.bytes().await.unwrap();
+    assert_eq!(&bytes[..2], b"PK");
+}
+
+#[tokio::test]
 async fn a_page_past_the_end_still_counts_every_match() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;

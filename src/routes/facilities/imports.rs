@@ -5,6 +5,7 @@ use axum::extract::{Multipart, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -125,9 +126,13 @@ async fn import_facilities(
     let applied = {
         let (state, admin, client) = (state.clone(), admin.clone(), client.clone());
         let tasks = state.tasks.clone();
-        tasks.spawn(async move {
-            apply::run(&state, bytes, filename, options, Some((&admin, &client))).await
-        })
+        tasks.spawn(
+            async move {
+                apply::run(&state, bytes, filename, options, Some((&admin, &client))).await
+            }
+            // Its log lines keep the request's id.
+            .in_current_span(),
+        )
     };
     let report = match applied.await.map_err(anyhow::Error::from)? {
         Ok(report) => report,

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use sqlx::pool::PoolConnection;
 use sqlx::{Postgres, QueryBuilder};
+use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -26,7 +27,7 @@ use crate::domain::Role;
 use crate::domain::attendance::neutralise_cell;
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::extract::Query;
-use crate::routes::period;
+use crate::routes::{XLSX_TYPE, period};
 use crate::state::AppState;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -300,11 +301,7 @@ async fn export(
             let body = file_body(file, state.config.request_timeout);
             Ok((
                 [
-                    (
-                        header::CONTENT_TYPE,
-                        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-                            .to_string(),
-                    ),
+                    (header::CONTENT_TYPE, XLSX_TYPE.to_string()),
                     (
                         header::CONTENT_DISPOSITION,
                         format!("attachment; filename=\"attendance-{stamp}.xlsx\""),
@@ -330,17 +327,20 @@ async fn csv_stream(
     let (begun, answer) = tokio::sync::oneshot::channel::<Result<(), sqlx::Error>>();
     let cut = Arc::new(AtomicBool::new(false));
     let cut_off = cut.clone();
-    tokio::spawn(async move {
-        let _slot = slot;
-        let mut job = job;
-        if !write_csv(&mut job, begun, &tx, stall).await {
-            // Stopped partway: the body ends in an error, whatever the cause, and the query,
-            // which may still be sending rows, would keep the connection busy after this
-            // export gave back its turn. Closed, it stops.
-            cut_off.store(true, Ordering::Release);
-            let _ = job.conn.close().await;
+    tokio::spawn(
+        async move {
+            let _slot = slot;
+            let mut job = job;
+            if !write_csv(&mut job, begun, &tx, stall).await {
+                // Stopped partway: the body ends in an error, whatever the cause, and the query,
+                // which may still be sending rows, would keep the connection busy after this
+                // export gave back its turn. Closed, it stops.
+                cut_off.store(true, Ordering::Release);
+                let _ = job.conn.close().await;
+            }
         }
-    });
+        .in_current_span(),
+    );
     answer
         .await
         .map_err(|_| anyhow::anyhow!("the export stopped before its query answered"))??;
@@ -380,27 +380,30 @@ fn file_body(file: std::fs::File, stall: std::time::Duration) -> Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
     let cut = Arc::new(AtomicBool::new(false));
     let cut_off = cut.clone();
-    tokio::spawn(async move {
-        let mut file = tokio::fs::File::from_std(file);
-        loop {
-            let mut chunk = vec![0; 64 * 1024];
-            let whole = match file.read(&mut chunk).await {
-                Ok(0) => break,
-                Ok(n) => {
-                    chunk.truncate(n);
-                    deliver(&tx, chunk, stall).await
+    tokio::spawn(
+        async move {
+            let mut file = tokio::fs::File::from_std(file);
+            loop {
+                let mut chunk = vec![0; 64 * 1024];
+                let whole = match file.read(&mut chunk).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        deliver(&tx, chunk, stall).await
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the written workbook could not be read back");
+                        false
+                    }
+                };
+                if !whole {
+                    cut_off.store(true, Ordering::Release);
+                    break;
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "the written workbook could not be read back");
-                    false
-                }
-            };
-            if !whole {
-                cut_off.store(true, Ordering::Release);
-                break;
             }
         }
-    });
+        .in_current_span(),
+    );
     chunks_body(rx, cut)
 }
 
@@ -495,19 +498,22 @@ async fn xlsx_task(
     slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<std::fs::File, ApiError> {
     let (mut done, answer) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let _slot = slot;
-        let written = tokio::select! {
-            written = xlsx_file(&mut job) => Some(written),
-            () = done.closed() => None,
-        };
-        if !matches!(written, Some(Ok(_))) {
-            let _ = job.conn.close().await;
+    tokio::spawn(
+        async move {
+            let _slot = slot;
+            let written = tokio::select! {
+                written = xlsx_file(&mut job) => Some(written),
+                () = done.closed() => None,
+            };
+            if !matches!(written, Some(Ok(_))) {
+                let _ = job.conn.close().await;
+            }
+            if let Some(written) = written {
+                let _ = done.send(written);
+            }
         }
-        if let Some(written) = written {
-            let _ = done.send(written);
-        }
-    });
+        .in_current_span(),
+    );
     answer
         .await
         .map_err(|_| anyhow::anyhow!("the export stopped before its file was written"))?
