@@ -1320,6 +1320,54 @@ async fn facility_edits_report_every_bad_field_and_searches_cross_the_antimeridi
 }
 
 #[tokio::test]
+async fn the_trail_names_each_status_change_as_it_happened_and_an_edit_changing_nothing_writes_nothing()
+ {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let id = app.facility().await;
+    let updated_at = || {
+        sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+            "SELECT updated_at FROM facilities WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&app.db)
+    };
+    // Each PATCH, and the action it leaves in the trail (None: no row).
+    let steps = [
+        (json!({}), None),
+        (json!({"status": "active"}), None),
+        (json!({"status": "maintenance"}), Some("facility.update")),
+        (json!({"status": "active"}), Some("facility.reactivate")),
+        (json!({"status": "inactive"}), Some("facility.deactivate")),
+        (json!({"status": "inactive"}), None),
+        (json!({"status": "maintenance"}), Some("facility.update")),
+        (json!({"status": "inactive"}), Some("facility.deactivate")),
+    ];
+    for (body, expected) in steps {
+        let rows_before = app.actions().await.len();
+        let stamped_before = updated_at().await.unwrap();
+        let (status, answer) = send(
+            app.patch(&format!("/api/facilities/{id}"))
+                .bearer_auth(&admin.token)
+                .json(&body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}: {answer}");
+        let actions = app.actions().await;
+        match expected {
+            Some(action) => {
+                assert_eq!(actions.len(), rows_before + 1, "{body}");
+                assert_eq!(actions.last().map(String::as_str), Some(action), "{body}");
+            }
+            None => {
+                assert_eq!(actions.len(), rows_before, "{body}: {actions:?}");
+                assert_eq!(updated_at().await.unwrap(), stamped_before, "{body}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn near_sorts_by_great_circle_distance_within_a_metre_of_the_reference() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;

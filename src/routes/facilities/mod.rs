@@ -394,17 +394,28 @@ async fn update_facility(
     .fetch_one(&mut *tx)
     .await
     .on_constraint("facilities_code_key", duplicate_code)?;
-    // A status change is its own action, so the trail can be searched for it.
-    let action = match req.status {
-        Some(FacilityStatus::Inactive) => "facility.deactivate",
-        Some(FacilityStatus::Active) => "facility.reactivate",
+    let details = audit::edit(&before, &after, &changed_fields(&req));
+    if details["changes"].as_object().is_some_and(|c| c.is_empty()) {
+        // Nothing changed (the form sent back as it was): nothing is written, and no device
+        // pulls the facility again.
+        tx.rollback().await?;
+        return facilities::find(&state.db, id)
+            .await?
+            .map(Json)
+            .ok_or(ApiError::NotFound);
+    }
+    // A status change is its own action, so the trail can be searched for it: closing the
+    // facility, or opening it again after it was closed or under maintenance.
+    let action = match (before["status"].as_str(), after["status"].as_str()) {
+        (from, Some("inactive")) if from != Some("inactive") => "facility.deactivate",
+        (Some("inactive" | "maintenance"), Some("active")) => "facility.reactivate",
         _ => "facility.update",
     };
     Activity::new(action)
         .by(&admin)
         .on("facility", id)
         .from(&client)
-        .details(audit::edit(&before, &after, &changed_fields(&req)))
+        .details(details)
         .record(&mut *tx)
         .await?;
     let facility = facilities::find(&mut *tx, id)
