@@ -237,8 +237,8 @@ impl utoipa::PartialSchema for ExportFile {
 
 impl ToSchema for ExportFile {}
 
-/// Attendance as a CSV or XLSX file (supervisor and above, over their tree). Rows are streamed
-/// from the database; times are in the chosen time zone; cells that a spreadsheet would run as
+/// Attendance as a CSV or XLSX file (supervisor and above, over their tree). A CSV is sent as
+/// its rows come from the database; times are in the chosen time zone; cells that a spreadsheet would run as
 /// formulas are prefixed with an apostrophe.
 #[utoipa::path(get, path = "/attendance/export", tag = "reports", security(("bearer" = [])), params(ExportQuery),
     responses(
@@ -283,7 +283,7 @@ async fn export(
     match format {
         ExportFormat::Csv => {
             let stall = state.config.request_timeout;
-            let body = csv_stream(job, stall, slot).await?;
+            let body = csv_spool(job, stall, slot).await?;
             Ok((
                 [
                     (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
@@ -314,37 +314,49 @@ async fn export(
     }
 }
 
-/// CSV written as rows arrive from the database, in chunks of about 64 KiB: memory stays flat
-/// however many records there are. The export holds a database connection while it runs, so a
-/// client that takes nothing for `stall` (the request timeout) is cut off, and the connection
-/// goes back to the pool.
-async fn csv_stream(
+/// CSV written as rows arrive from the database, in chunks of about 64 KiB, to a temporary file
+/// that is sent as it grows: memory stays flat however many records there are, and the
+/// database connection (with its snapshot, which holds back vacuum) is let go as soon as the
+/// query has sent its rows, however slowly the client reads. A client that takes nothing for
+/// `stall` (the request timeout) is cut off, and one gone stops the query.
+async fn csv_spool(
     job: Export,
     stall: std::time::Duration,
     slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<Body, ApiError> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
+    let file = tempfile::tempfile().map_err(anyhow::Error::from)?;
+    let sent = file.try_clone().map_err(anyhow::Error::from)?;
+    let (progress, written) = tokio::sync::watch::channel(Spooled::default());
     let (begun, answer) = tokio::sync::oneshot::channel::<Result<(), sqlx::Error>>();
-    let cut = Arc::new(AtomicBool::new(false));
-    let cut_off = cut.clone();
     tokio::spawn(
         async move {
-            let _slot = slot;
             let mut job = job;
-            if !write_csv(&mut job, begun, &tx, stall).await {
-                // Stopped partway: the body ends in an error, whatever the cause, and the query,
-                // which may still be sending rows, would keep the connection busy after this
-                // export gave back its turn. Closed, it stops.
-                cut_off.store(true, Ordering::Release);
+            let whole = write_csv(&mut job, begun, file, &progress).await;
+            if whole {
+                drop(job);
+            } else {
+                // Stopped partway: the query, which may still be sending rows, would keep the
+                // connection busy after this export gave back its turn. Closed, it stops.
                 let _ = job.conn.close().await;
             }
+            // The connection and the turn are given back before the download is told the file
+            // is written: the next export finds them free.
+            drop(slot);
+            progress.send_modify(|p| p.end = Some(whole));
         }
         .in_current_span(),
     );
     answer
         .await
         .map_err(|_| anyhow::anyhow!("the export stopped before its query answered"))??;
-    Ok(chunks_body(rx, cut))
+    Ok(spooled_body(sent, written, stall))
+}
+
+/// How much of a spooled file is written, and whether it ended (whole, or broken).
+#[derive(Debug, Clone, Copy, Default)]
+struct Spooled {
+    written: u64,
+    end: Option<bool>,
 }
 
 /// A body of the chunks `rx` brings. A cut-off export (`cut`) ends in an error, so the client
@@ -372,34 +384,66 @@ fn chunks_body(
     )
 }
 
-/// A written workbook, sent in chunks of 64 KiB: a client that takes nothing for `stall` (the
-/// request timeout) is cut off, as from a CSV export, rather than hold its connection and the
-/// file for good.
+/// A written workbook, sent in chunks of 64 KiB, as a spooled CSV is.
 fn file_body(file: std::fs::File, stall: std::time::Duration) -> Body {
-    use tokio::io::AsyncReadExt;
+    let written = file.metadata().map(|m| m.len());
+    let (_, progress) = tokio::sync::watch::channel(Spooled {
+        written: *written.as_ref().unwrap_or(&0),
+        end: Some(written.is_ok()),
+    });
+    spooled_body(file, progress, stall)
+}
+
+/// The file as far as `progress` says it is written, sent in chunks of 64 KiB as it grows: a
+/// client that takes nothing for `stall` (the request timeout) is cut off rather than hold the
+/// file for good, and the download of a file whose writing broke ends broken.
+fn spooled_body(
+    file: std::fs::File,
+    mut progress: tokio::sync::watch::Receiver<Spooled>,
+    stall: std::time::Duration,
+) -> Body {
+    use std::os::unix::fs::FileExt;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
     let cut = Arc::new(AtomicBool::new(false));
     let cut_off = cut.clone();
+    let file = Arc::new(file);
     tokio::spawn(
         async move {
-            let mut file = tokio::fs::File::from_std(file);
-            loop {
-                let mut chunk = vec![0; 64 * 1024];
-                let whole = match file.read(&mut chunk).await {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        chunk.truncate(n);
-                        deliver(&tx, chunk, stall).await
+            let mut offset = 0u64;
+            let whole = loop {
+                let Spooled { written, end } = *progress.borrow_and_update();
+                if offset < written {
+                    let len = (written - offset).min(64 * 1024) as usize;
+                    let file = file.clone();
+                    // Read at the offset, not through the file's cursor, which the writer moves.
+                    let read = tokio::task::spawn_blocking(move || {
+                        let mut chunk = vec![0; len];
+                        file.read_exact_at(&mut chunk, offset).map(|()| chunk)
+                    })
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|read| read);
+                    let chunk = match read {
+                        Ok(chunk) => chunk,
+                        Err(e) => {
+                            tracing::error!(error = %e, "the export's file could not be read back");
+                            break false;
+                        }
+                    };
+                    if !deliver(&tx, chunk, stall).await {
+                        break false;
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "the written workbook could not be read back");
-                        false
-                    }
-                };
-                if !whole {
-                    cut_off.store(true, Ordering::Release);
-                    break;
+                    offset += len as u64;
+                    continue;
                 }
+                match end {
+                    Some(whole) => break whole,
+                    None if progress.changed().await.is_err() => break false,
+                    None => {}
+                }
+            };
+            if !whole {
+                cut_off.store(true, Ordering::Release);
             }
         }
         .in_current_span(),
@@ -407,14 +451,16 @@ fn file_body(file: std::fs::File, stall: std::time::Duration) -> Body {
     chunks_body(rx, cut)
 }
 
-/// Writes the export's rows to `tx` as CSV chunks; whether it wrote them all. Tells `begun` once
-/// the query has answered (or failed), before anything is sent.
+/// Writes the export's rows to `file` as CSV, telling `progress` how far it has written; whether
+/// it wrote them all. Tells `begun` once the query has answered (or failed), before anything is
+/// sent. Stops when the download has ended (its client gone, or cut off).
 async fn write_csv(
     job: &mut Export,
     mut begun: tokio::sync::oneshot::Sender<Result<(), sqlx::Error>>,
-    tx: &tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
-    stall: std::time::Duration,
+    file: std::fs::File,
+    progress: &tokio::sync::watch::Sender<Spooled>,
 ) -> bool {
+    use tokio::io::AsyncWriteExt;
     let mut qb = job.query();
     let mut rows = qb.build_query_as::<ExportRow>().fetch(&mut *job.conn);
     // The response begins once the query answers: a database that cannot is a 503, not a 200
@@ -433,6 +479,20 @@ async fn write_csv(
             let _ = begun.send(Ok(()));
             first
         }
+    };
+    let mut file = tokio::fs::File::from_std(file);
+    let mut written = 0u64;
+    let mut spool = async |chunk: Vec<u8>| -> bool {
+        if progress.is_closed() {
+            return false;
+        }
+        if let Err(e) = file.write_all(&chunk).await.and(file.flush().await) {
+            tracing::error!(error = %e, "the export's file could not be written");
+            return false;
+        }
+        written += chunk.len() as u64;
+        progress.send_modify(|p| p.written = written);
+        true
     };
     // A byte-order mark first: without one, Excel reads UTF-8 as the system's code page and
     // garbles accented names.
@@ -457,15 +517,14 @@ async fn write_csv(
             let Ok(chunk) = full.into_inner() else {
                 return false;
             };
-            if !deliver(tx, chunk, stall).await {
+            if !spool(chunk).await {
                 return false;
             }
         }
         row = rows.next().await;
     }
     match writer.into_inner() {
-        Ok(rest) if !rest.is_empty() => deliver(tx, rest, stall).await,
-        Ok(_) => true,
+        Ok(rest) => rest.is_empty() || spool(rest).await,
         Err(_) => false,
     }
 }
