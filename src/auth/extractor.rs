@@ -1,4 +1,6 @@
-//! The current user, as an extractor, and the role guards that read as one line:
+//! The current user, as an extractor, and the role guards: a route for admins (or supervisors
+//! and above) takes an [`AdminUser`] (a [`SupervisingUser`]), refused before anything else of
+//! the request is read; one that decides by role as it goes reads as one line:
 //! `user.require(Role::Supervisor)?`.
 
 use std::net::{IpAddr, SocketAddr};
@@ -85,6 +87,57 @@ impl FromRequestParts<AppState> for AuthUser {
         };
         parts.extensions.insert(user.clone());
         Ok(user)
+    }
+}
+
+/// The least role a route takes, as a type (see [`Requires`]).
+pub trait Minimum {
+    const ROLE: Role;
+}
+
+pub struct AdminRole;
+
+impl Minimum for AdminRole {
+    const ROLE: Role = Role::Admin;
+}
+
+pub struct SupervisorRole;
+
+impl Minimum for SupervisorRole {
+    const ROLE: Role = Role::Supervisor;
+}
+
+/// A user of at least `M::ROLE`, else 403, found before anything else of the request is read:
+/// a caller the route is not for learns nothing from the errors of its path, query string or
+/// body.
+pub struct Requires<M>(AuthUser, std::marker::PhantomData<M>);
+
+/// Admins only.
+pub type AdminUser = Requires<AdminRole>;
+/// Supervisors and above.
+pub type SupervisingUser = Requires<SupervisorRole>;
+
+impl<M> std::ops::Deref for Requires<M> {
+    type Target = AuthUser;
+
+    fn deref(&self) -> &AuthUser {
+        &self.0
+    }
+}
+
+impl<M> Requires<M> {
+    pub fn into_inner(self) -> AuthUser {
+        self.0
+    }
+}
+
+impl<M: Minimum + Send + Sync> FromRequestParts<AppState> for Requires<M> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        user.require(M::ROLE)?;
+        Ok(Self(user, std::marker::PhantomData))
     }
 }
 

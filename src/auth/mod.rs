@@ -8,4 +8,4 @@ pub mod password;
 pub mod rate_limit;
 pub mod refresh;
 
-pub use extractor::{AuthUser, ClientInfo};
+pub use extractor::{AdminUser, AuthUser, ClientInfo, SupervisingUser};

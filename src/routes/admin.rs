@@ -9,8 +9,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::AuthUser;
-use crate::domain::Role;
+use crate::auth::AdminUser;
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::extract::Json;
 use crate::state::AppState;
@@ -70,9 +69,8 @@ pub struct SystemInfo {
     ))]
 async fn system(
     State(state): State<AppState>,
-    user: AuthUser,
+    _user: AdminUser,
 ) -> Result<Json<SystemInfo>, ApiError> {
-    user.require(Role::Admin)?;
     let database_size_bytes: i64 =
         sqlx::query_scalar("SELECT pg_database_size(current_database())")
             .fetch_one(&state.db)

@@ -744,6 +744,31 @@ async fn authorization_matrix() {
             None,
             [401, 403, 403, 403, 403, 200],
         ),
+        // A route the caller may not use refuses them before reading what they sent.
+        (
+            Method::POST,
+            "/api/facilities".into(),
+            Some(json!({})),
+            [401, 403, 403, 403, 403, 422],
+        ),
+        (
+            Method::PATCH,
+            format!("/api/facilities/{facility}"),
+            Some(json!({"latitude": 100})),
+            [401, 403, 403, 403, 403, 422],
+        ),
+        (
+            Method::GET,
+            "/api/activities?no_such_filter=1".into(),
+            None,
+            [401, 403, 403, 403, 403, 400],
+        ),
+        (
+            Method::GET,
+            "/api/attendance/summary?tz=Mars/Olympus".into(),
+            None,
+            [401, 403, 422, 422, 422, 422],
+        ),
     ];
     for (method, path, body, expected) in &cases {
         for ((name, user), want) in personas.iter().zip(expected) {

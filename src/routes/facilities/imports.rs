@@ -12,8 +12,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::audit::Activity;
-use crate::auth::{AuthUser, ClientInfo};
-use crate::domain::Role;
+use crate::auth::{AdminUser, ClientInfo};
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::extract::{Json, Query};
 use crate::import::apply::{self, ImportOptions, ImportReport, OnDuplicate};
@@ -72,12 +71,11 @@ pub struct ImportUpload {
     ))]
 async fn import_facilities(
     State(state): State<AppState>,
-    admin: AuthUser,
+    admin: AdminUser,
     client: ClientInfo,
     Query(query): Query<ImportQuery>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<ImportReport>, ApiError> {
-    admin.require(Role::Admin)?;
     let mut multipart = multipart.map_err(|_| {
         ApiError::BadRequest("expected a multipart/form-data body with a `file` field".into())
     })?;
@@ -204,10 +202,9 @@ pub struct ImportRecord {
     ))]
 async fn list_imports(
     State(state): State<AppState>,
-    admin: AuthUser,
+    _admin: AdminUser,
     Query(q): Query<crate::routes::geography::PageQuery>,
 ) -> Result<Json<Page<ImportRecord>>, ApiError> {
-    admin.require(Role::Admin)?;
     let paging = Paging::new(q.page, q.per_page)?;
     let rows: Vec<ImportRecord> = sqlx::query_as(
         "SELECT id, uploaded_by, filename, format, on_duplicate, dry_run, strict, total_rows, created,

@@ -9,9 +9,9 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::audit::{self, Activity};
-use crate::auth::{AuthUser, ClientInfo};
+use crate::auth::{AdminUser, AuthUser, ClientInfo};
 use crate::db::facilities::{self, Facility, FacilityFilter, FacilityStatus};
-use crate::domain::{GeoPoint, Role};
+use crate::domain::GeoPoint;
 use crate::error::{ApiError, ErrorEnvelope, Invalid, ResultExt};
 use crate::extract::{Json, Path, Query};
 use crate::routes::checks::{optional_text, required_text};
@@ -212,11 +212,10 @@ async fn check_council(
     ))]
 async fn create_facility(
     State(state): State<AppState>,
-    admin: AuthUser,
+    admin: AdminUser,
     client: ClientInfo,
     Json(req): Json<CreateFacility>,
 ) -> Result<(StatusCode, Json<Facility>), ApiError> {
-    admin.require(Role::Admin)?;
     let mut invalid = Invalid::default();
     let code = required_text(&req.code, "code", 64, &mut invalid);
     let name = required_text(&req.name, "name", 200, &mut invalid);
@@ -322,12 +321,11 @@ pub struct UpdateFacility {
     ))]
 async fn update_facility(
     State(state): State<AppState>,
-    admin: AuthUser,
+    admin: AdminUser,
     client: ClientInfo,
     Path(id): Path<Uuid>,
     Json(req): Json<UpdateFacility>,
 ) -> Result<Json<Facility>, ApiError> {
-    admin.require(Role::Admin)?;
     let mut invalid = Invalid::default();
     let code = req
         .code
@@ -438,11 +436,10 @@ async fn update_facility(
     ))]
 async fn deactivate_facility(
     State(state): State<AppState>,
-    admin: AuthUser,
+    admin: AdminUser,
     client: ClientInfo,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    admin.require(Role::Admin)?;
     let mut tx = state.db.begin().await?;
     let before = before_edit(&mut tx, id).await?;
     // Already inactive: nothing changes, nothing is recorded, and devices pull nothing new.

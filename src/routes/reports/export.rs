@@ -21,9 +21,8 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::parse_tz;
-use crate::auth::AuthUser;
+use crate::auth::{AuthUser, SupervisingUser};
 use crate::db::attendance::push_filters;
-use crate::domain::Role;
 use crate::domain::attendance::neutralise_cell;
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::extract::Query;
@@ -255,10 +254,9 @@ impl ToSchema for ExportFile {}
     ))]
 async fn export(
     State(state): State<AppState>,
-    user: AuthUser,
+    user: SupervisingUser,
     Query(q): Query<ExportQuery>,
 ) -> Result<Response, ApiError> {
-    user.require(Role::Supervisor)?;
     let tz = parse_tz(q.tz.as_deref(), &state)?;
     let (from, to) = period::parse(q.from.as_deref(), q.to.as_deref(), tz)?;
     let format = q.format.unwrap_or_default();
@@ -274,7 +272,7 @@ async fn export(
     let stamp = Utc::now().with_timezone(&tz).format("%Y%m%d-%H%M");
     let job = Export {
         conn: state.db.acquire().await?,
-        viewer: user,
+        viewer: user.into_inner(),
         q,
         from,
         to,

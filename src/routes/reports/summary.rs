@@ -10,9 +10,8 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::parse_tz;
-use crate::auth::AuthUser;
+use crate::auth::SupervisingUser;
 use crate::db::attendance::push_filters;
-use crate::domain::Role;
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::extract::{Json, Query};
 use crate::routes::period;
@@ -89,10 +88,9 @@ pub struct Summary {
     ))]
 async fn summary(
     State(state): State<AppState>,
-    user: AuthUser,
+    user: SupervisingUser,
     Query(q): Query<SummaryQuery>,
 ) -> Result<Json<Summary>, ApiError> {
-    user.require(Role::Supervisor)?;
     let tz = parse_tz(q.tz.as_deref(), &state)?;
     let (from, to) = period::parse(q.from.as_deref(), q.to.as_deref(), tz)?;
     let to = match to {

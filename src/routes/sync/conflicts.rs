@@ -9,9 +9,8 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::audit::Activity;
-use crate::auth::{AuthUser, ClientInfo};
+use crate::auth::{AdminUser, ClientInfo};
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
-use crate::domain::Role;
 use crate::error::{ApiError, ErrorEnvelope, ResultExt};
 use crate::extract::{Json, Path, Query};
 use crate::routes::pagination::{Page, Paging};
@@ -90,10 +89,9 @@ const CONFLICT_COLUMNS: &str =
     ))]
 async fn list_conflicts(
     State(state): State<AppState>,
-    user: AuthUser,
+    _user: AdminUser,
     Query(q): Query<ConflictQuery>,
 ) -> Result<Json<Page<SyncConflict>>, ApiError> {
-    user.require(Role::Admin)?;
     let paging = Paging::new(q.page, q.per_page)?;
     let status = match q.status.unwrap_or(ConflictStatus::Pending) {
         ConflictStatus::Pending => "pending",
@@ -156,12 +154,11 @@ pub struct Resolution {
     ))]
 async fn resolve_conflict(
     State(state): State<AppState>,
-    admin: AuthUser,
+    admin: AdminUser,
     client: ClientInfo,
     Path(id): Path<Uuid>,
     Json(req): Json<ResolveRequest>,
 ) -> Result<Json<Resolution>, ApiError> {
-    admin.require(Role::Admin)?;
     let mut tx = state.db.begin().await?;
     let conflict: SyncConflict = sqlx::query_as(&format!(
         "SELECT {CONFLICT_COLUMNS} FROM sync_conflicts WHERE id = $1 FOR UPDATE"

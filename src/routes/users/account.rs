@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::audit::{self, Activity};
-use crate::auth::{AuthUser, ClientInfo, refresh};
+use crate::auth::{AdminUser, AuthUser, ClientInfo, refresh};
 use crate::db::users::{self, User};
 use crate::domain::{Email, Role, UserStatus};
 use crate::error::{ApiError, ErrorEnvelope, Invalid, ResultExt};
@@ -414,11 +414,10 @@ fn changed_fields(req: &UpdateUser) -> Vec<&'static str> {
     ))]
 async fn deactivate_user(
     State(state): State<AppState>,
-    admin: AuthUser,
+    admin: AdminUser,
     client: ClientInfo,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    admin.require(Role::Admin)?;
     if admin.id == id {
         return Err(ApiError::invalid(
             "id",

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::audit::Activity;
-use crate::auth::{AuthUser, ClientInfo, lockout, refresh};
+use crate::auth::{AdminUser, AuthUser, ClientInfo, lockout, refresh};
 use crate::domain::{Password, Role};
 use crate::error::{ApiError, ErrorEnvelope, Invalid};
 use crate::extract::{Json, Path};
@@ -185,12 +185,11 @@ pub struct ResetPassword {
     ))]
 async fn reset_password(
     State(state): State<AppState>,
-    admin: AuthUser,
+    admin: AdminUser,
     client: ClientInfo,
     Path(id): Path<Uuid>,
     Json(req): Json<ResetPassword>,
 ) -> Result<StatusCode, ApiError> {
-    admin.require(Role::Admin)?;
     let target = sqlx::query_as("SELECT email, role FROM users WHERE id = $1")
         .bind(id)
         .fetch_optional(&state.db)

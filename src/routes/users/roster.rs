@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::audit::Activity;
-use crate::auth::{AuthUser, ClientInfo};
+use crate::auth::{AdminUser, AuthUser, ClientInfo, SupervisingUser};
 use crate::db::users::{self, NewUser, User, UserFilter};
 use crate::domain::{Role, UserStatus};
 use crate::error::{ApiError, ErrorEnvelope, Invalid};
@@ -36,10 +36,9 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
     ))]
 async fn list_users(
     State(state): State<AppState>,
-    user: AuthUser,
+    user: SupervisingUser,
     Query(filter): Query<UserFilter>,
 ) -> Result<Json<Page<User>>, ApiError> {
-    user.require(Role::Supervisor)?;
     let paging = Paging::new(filter.page, filter.per_page)?;
     let (data, total) =
         users::search(&state.db, &user, &filter, paging.limit(), paging.offset()).await?;
@@ -80,11 +79,10 @@ pub struct CreateUser {
     ))]
 async fn create_user(
     State(state): State<AppState>,
-    admin: AuthUser,
+    admin: AdminUser,
     client: ClientInfo,
     Json(req): Json<CreateUser>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
-    admin.require(Role::Admin)?;
     let mut invalid = Invalid::default();
     let NewIdentity {
         email,
