@@ -77,9 +77,9 @@ pub struct Services {
     pub limiters: Option<Limiters>,
     pub metrics: Metrics,
     pub started_at: Instant,
-    /// Exports whose queries run at once. Each holds a database connection until its rows are
-    /// written (to the file its client then reads), so they may take a quarter of the pool at
-    /// most, never all of it.
+    /// Exports running at once, from the query to the end of the download. Each holds a
+    /// database connection until its rows are written to the file its client reads, so they may
+    /// take a quarter of the pool at most, never all of it; and the files are as few.
     pub exports: Arc<tokio::sync::Semaphore>,
     /// The facility file being read: one at a time (see `import::apply::run`).
     pub imports: Arc<tokio::sync::Semaphore>,

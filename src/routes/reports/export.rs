@@ -295,8 +295,8 @@ async fn export(
                 .into_response())
         }
         ExportFormat::Xlsx => {
-            let file = xlsx_task(job, slot).await?;
-            let body = file_body(file, state.config.request_timeout);
+            let (file, slot) = xlsx_task(job, slot).await?;
+            let body = file_body(file, state.config.request_timeout, slot);
             Ok((
                 [
                     (header::CONTENT_TYPE, XLSX_TYPE.to_string()),
@@ -315,8 +315,10 @@ async fn export(
 /// CSV written as rows arrive from the database, in chunks of about 64 KiB, to a temporary file
 /// that is sent as it grows: memory stays flat however many records there are, and the
 /// database connection (with its snapshot, which holds back vacuum) is let go as soon as the
-/// query has sent its rows, however slowly the client reads. A client that takes nothing for
-/// `stall` (the request timeout) is cut off, and one gone stops the query.
+/// query has sent its rows, however slowly the client reads. The export's turn (`slot`) is
+/// held until the download ends, so that files waiting on slow clients are as few as the turns.
+/// A client that takes nothing for `stall` (the request timeout) is cut off, and one gone stops
+/// the query.
 async fn csv_spool(
     job: Export,
     stall: std::time::Duration,
@@ -334,12 +336,9 @@ async fn csv_spool(
                 drop(job);
             } else {
                 // Stopped partway: the query, which may still be sending rows, would keep the
-                // connection busy after this export gave back its turn. Closed, it stops.
+                // connection busy. Closed, it stops.
                 let _ = job.conn.close().await;
             }
-            // The connection and the turn are given back before the download is told the file
-            // is written: the next export finds them free.
-            drop(slot);
             progress.send_modify(|p| p.end = Some(whole));
         }
         .in_current_span(),
@@ -347,7 +346,7 @@ async fn csv_spool(
     answer
         .await
         .map_err(|_| anyhow::anyhow!("the export stopped before its query answered"))??;
-    Ok(spooled_body(sent, written, stall))
+    Ok(spooled_body(sent, written, stall, slot))
 }
 
 /// How much of a spooled file is written, and whether it ended (whole, or broken).
@@ -383,22 +382,28 @@ fn chunks_body(
 }
 
 /// A written workbook, sent in chunks of 64 KiB, as a spooled CSV is.
-fn file_body(file: std::fs::File, stall: std::time::Duration) -> Body {
+fn file_body(
+    file: std::fs::File,
+    stall: std::time::Duration,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> Body {
     let written = file.metadata().map(|m| m.len());
     let (_, progress) = tokio::sync::watch::channel(Spooled {
         written: *written.as_ref().unwrap_or(&0),
         end: Some(written.is_ok()),
     });
-    spooled_body(file, progress, stall)
+    spooled_body(file, progress, stall, slot)
 }
 
 /// The file as far as `progress` says it is written, sent in chunks of 64 KiB as it grows: a
 /// client that takes nothing for `stall` (the request timeout) is cut off rather than hold the
-/// file for good, and the download of a file whose writing broke ends broken.
+/// file (and the export's turn, `slot`) for good, and the download of a file whose writing broke
+/// ends broken.
 fn spooled_body(
     file: std::fs::File,
     mut progress: tokio::sync::watch::Receiver<Spooled>,
     stall: std::time::Duration,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Body {
     use std::os::unix::fs::FileExt;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
@@ -443,6 +448,9 @@ fn spooled_body(
             if !whole {
                 cut_off.store(true, Ordering::Release);
             }
+            // Given back before the client sees the end: the next export finds it free.
+            drop(slot);
+            drop(tx);
         }
         .in_current_span(),
     );
@@ -547,26 +555,28 @@ async fn deliver(
 /// A worksheet's rows (1,048,576) less the header.
 const XLSX_MAX_RECORDS: u32 = 1_048_575;
 
-/// Writes the workbook in a task of its own, which holds the export's turn until it ends. A
-/// request gone meanwhile (timed out, or its client left) stops it: its query is cut off and
-/// its connection closed rather than given back to the pool with rows still coming.
+/// Writes the workbook in a task of its own, which holds the export's turn until the file is
+/// written, and then hands it on with the file (to its download). A request gone meanwhile
+/// (timed out, or its client left) stops it: its query is cut off and its connection closed
+/// rather than given back to the pool with rows still coming.
 async fn xlsx_task(
     mut job: Export,
     slot: tokio::sync::OwnedSemaphorePermit,
-) -> Result<std::fs::File, ApiError> {
+) -> Result<(std::fs::File, tokio::sync::OwnedSemaphorePermit), ApiError> {
     let (mut done, answer) = tokio::sync::oneshot::channel();
     tokio::spawn(
         async move {
-            let _slot = slot;
             let written = tokio::select! {
                 written = xlsx_file(&mut job) => Some(written),
                 () = done.closed() => None,
             };
-            if !matches!(written, Some(Ok(_))) {
+            if matches!(written, Some(Ok(_))) {
+                drop(job);
+            } else {
                 let _ = job.conn.close().await;
             }
             if let Some(written) = written {
-                let _ = done.send(written);
+                let _ = done.send(written.map(|file| (file, slot)));
             }
         }
         .in_current_span(),
