@@ -39,6 +39,23 @@ pub(crate) fn measure(content: &Content, site: &Site) -> (f64, Option<f64>, bool
     (distance, clock_out.map(|(d, _)| d), outside)
 }
 
+/// Why the facility does not take this shift: it was closed before the shift began. Only for a
+/// shift the server does not hold yet there (`stored`, the record as stored, has another
+/// clock-in or facility): one it took while open stays open to its clock-out and edits.
+pub(crate) fn closed_to(
+    site: &Site,
+    content: &Content,
+    stored: Option<&AttendanceRow>,
+) -> Option<String> {
+    let held = stored.is_some_and(|r| {
+        r.clock_in_at == content.clock_in_at && r.facility_id == content.facility_id
+    });
+    if held {
+        return None;
+    }
+    site.closed_before(content.clock_in_at)
+}
+
 pub(crate) fn build_write(
     id: Uuid,
     content: &Content,
@@ -48,9 +65,6 @@ pub(crate) fn build_write(
     now: DateTime<Utc>,
     config: &Config,
 ) -> Result<Write, (&'static str, String)> {
-    if let Some(reason) = site.closed_before(content.clock_in_at) {
-        return Err(("validation_failed", format!("facility_id: {reason}")));
-    }
     let (distance, out_distance, outside) = measure(content, site);
     if outside && config.attendance.enforce_geofence {
         return Err((
@@ -693,6 +707,10 @@ fn decide_all(
                     "facility_id: no such facility",
                 )
             })?;
+            if let Some(reason) = closed_to(site, content, existing) {
+                let reason = format!("facility_id: {reason}");
+                return Err(reject(Some(id), "validation_failed", reason));
+            }
             build_write(id, content, site, version, Some(stamp), now, config)
                 .map_err(|(code, message)| reject(Some(id), code, message))
         };

@@ -33,7 +33,7 @@ use crate::sync::apply::apply_plan;
 use crate::sync::model::Content;
 use crate::sync::pull::{self, Changes, Cursor};
 use crate::sync::push::{
-    Plan, PushContext, begin_for_user, build_write, check_fields, check_new_times,
+    Plan, PushContext, begin_for_user, build_write, check_fields, check_new_times, closed_to,
 };
 
 /// The most records (and ids told deleted) one WatermelonDB pull answers with. A pull with more
@@ -698,6 +698,10 @@ async fn apply_changes(
             refuse(rejected, named(id), "facility_id: no such facility".into());
             continue;
         };
+        if let Some(reason) = closed_to(site, content, current) {
+            refuse(rejected, named(id), format!("facility_id: {reason}"));
+            continue;
+        }
         let version = current.map_or(1, |r| r.sync_version + 1);
         match build_write(*id, content, site, version, None, now, config) {
             // "Created" records that already exist (an earlier push landed unseen) are updated.

@@ -765,6 +765,12 @@ async fn a_shift_begun_after_its_facility_closed_is_refused_and_one_begun_before
     // then closes the facility, and later the phone begins another shift there.
     let yesterday = shift(Uuid::new_v4(), facility, 1, 6, 1);
     let mut morning = open_shift(facility, 60);
+    // Another phone, its clock two minutes ahead, pushed a shift begun "after" the closure
+    // before it happened: the server took it, and its clock-out is taken too.
+    let colleague = app.quick_user("focal", None, facility).await;
+    let mut ahead = open_shift(facility, -2);
+    let (_, body) = push(&app, &colleague, vec![ahead.clone()]).await;
+    assert_eq!(statuses(&body), ["created"], "{body}");
     let (status, _) = send(
         app.delete(&format!("/api/facilities/{facility}"))
             .bearer_auth(&admin.token),
@@ -791,7 +797,14 @@ async fn a_shift_begun_after_its_facility_closed_is_refused_and_one_begun_before
         error["message"].as_str().unwrap().contains("inactive"),
         "{body}"
     );
-    assert_eq!(app.attendance_rows().await, 2);
+    let out = (Utc::now() + Duration::minutes(3)).to_rfc3339();
+    ahead["client_timestamp"] = json!(out);
+    ahead["data"]["clock_out_at"] = json!(out);
+    ahead["data"]["clock_out_location"] = json!({"latitude": SITE.0, "longitude": SITE.1});
+    let (_, body) = push(&app, &colleague, vec![ahead]).await;
+    assert_eq!(statuses(&body), ["updated"], "{body}");
+    assert_eq!(body["results"][0]["record"]["status"], "closed");
+    assert_eq!(app.attendance_rows().await, 3);
 
     // Open again, it takes shifts as before.
     let (status, body) = send(

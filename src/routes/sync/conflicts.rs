@@ -303,6 +303,9 @@ async fn keep_client_copy(
     let stored_version = stored.as_ref().map(|r| r.sync_version);
     let now = Utc::now().trunc_subsecs(6);
     let version = stored_version.map_or(conflict.client_version, |v| v + 1);
+    if let Some(reason) = push::closed_to(&site, &content, stored.as_ref()) {
+        return Err(ApiError::invalid("facility_id", reason));
+    }
     let w = push::build_write(
         conflict.record_id,
         &content,
@@ -312,11 +315,7 @@ async fn keep_client_copy(
         now,
         &state.config,
     )
-    // Push reasons read `field: reason`, but for the geofence's, which is the location's.
-    .map_err(|(_, reason)| match reason.split_once(": ") {
-        Some((field @ "facility_id", reason)) => ApiError::invalid(field, reason.to_string()),
-        _ => ApiError::invalid("location", reason),
-    })?;
+    .map_err(|(_, reason)| ApiError::invalid("location", reason))?;
     let mut plan = Plan::default();
     // Only a kept copy that is open replaces the shift it was queued beside (one that has aged
     // past the maximum shift since is stored incomplete, and leaves that one open), and only
