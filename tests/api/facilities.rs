@@ -1146,6 +1146,50 @@ async fn a_facility_type_is_one_type_however_it_is_written() {
 }
 
 #[tokio::test]
+async fn two_facilities_whose_codes_differ_only_in_case_never_both_go_in() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let council = gasabo(&app).await;
+    let create = |code: &str| {
+        send(app.post("/api/facilities").bearer_auth(&admin.token).json(&json!({
+            "code": code, "name": code, "council_id": council, "latitude": -1.95, "longitude": 30.1,
+        })))
+    };
+    // At once: one is stored, the other told why, neither a 500.
+    let ((first, a), (second, b)) = tokio::join!(create("MSK-1"), create("msk-1"));
+    let mut statuses = [first.as_u16(), second.as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 409], "{a} {b}");
+    let refused = if first == StatusCode::CONFLICT {
+        &a
+    } else {
+        &b
+    };
+    assert_eq!(refused["error"]["code"], "duplicate", "{refused}");
+    // Renaming another facility to it is refused the same way, and changes nothing.
+    let (status, other) = create("MSK-2").await;
+    assert_eq!(status, StatusCode::CREATED, "{other}");
+    let (status, body) = send(
+        app.patch(&format!(
+            "/api/facilities/{}",
+            other["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&admin.token)
+        .json(&json!({"code": "Msk-1", "name": "Renamed"})),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "duplicate");
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM facilities WHERE lower(code) LIKE 'msk-%' ORDER BY code",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(names.len(), 2);
+    assert!(!names.contains(&"Renamed".to_string()), "{names:?}");
+}
+
+#[tokio::test]
 async fn admins_create_update_and_deactivate_facilities_with_case_insensitive_codes() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;

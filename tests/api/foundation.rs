@@ -484,6 +484,34 @@ async fn an_oversized_body_is_a_413_envelope() {
 }
 
 #[tokio::test]
+async fn an_oversized_body_sent_in_chunks_without_a_length_is_a_413_envelope_too() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    // 2 MiB of a sync batch, in 64 KiB chunks, with no Content-Length to refuse it by.
+    let chunks = (0..32).map(|i| {
+        let chunk = if i == 0 {
+            format!(r#"{{"device_id": "{}"#, "x".repeat(64 * 1024))
+        } else {
+            "x".repeat(64 * 1024)
+        };
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let (status, body) = send(
+        app.post("/api/sync/push")
+            .bearer_auth(&user.token)
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks))),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+}
+
+#[tokio::test]
 async fn a_well_formed_body_of_the_wrong_shape_is_a_422_naming_the_field() {
     let app = TestApp::spawn().await;
     let (status, body) = send(
