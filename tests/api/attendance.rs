@@ -203,15 +203,7 @@ async fn a_clock_out_sent_again_after_the_next_clock_in_leaves_the_new_shift_ope
 async fn a_shift_left_open_past_the_limit_is_closed_incomplete_by_the_next_clock_in() {
     let app = TestApp::spawn().await;
     let (user, facility) = user_at_site(&app, "focal", None).await;
-    let forgotten = app
-        .insert_attendance(
-            user.id,
-            facility,
-            Utc::now() - Duration::hours(17),
-            None,
-            "open",
-        )
-        .await;
+    let forgotten = app.forgotten_shift(user.id, facility).await;
     let (status, body) = clock_in(&app, &user, at_site()).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, clock_out_at): (String, Option<chrono::DateTime<Utc>>) =
@@ -234,15 +226,7 @@ async fn a_shift_left_open_past_the_limit_is_closed_incomplete_by_the_next_clock
 async fn a_clock_in_meeting_the_sweep_over_a_forgotten_shift_is_stored() {
     let app = TestApp::spawn().await;
     let (user, facility) = user_at_site(&app, "focal", None).await;
-    let forgotten = app
-        .insert_attendance(
-            user.id,
-            facility,
-            Utc::now() - Duration::hours(17),
-            None,
-            "open",
-        )
-        .await;
+    let forgotten = app.forgotten_shift(user.id, facility).await;
     // The sweep holds the forgotten shift as it closes it.
     let mut sweep = app.db.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM attendance WHERE id = $1 FOR UPDATE")
@@ -293,15 +277,7 @@ async fn a_night_shift_under_the_limit_stays_open() {
 async fn a_clock_out_sent_late_still_closes_a_shift_of_normal_length() {
     let app = TestApp::spawn().await;
     let (user, facility) = user_at_site(&app, "focal", None).await;
-    let shift = app
-        .insert_attendance(
-            user.id,
-            facility,
-            Utc::now() - Duration::hours(17),
-            None,
-            "open",
-        )
-        .await;
+    let shift = app.forgotten_shift(user.id, facility).await;
     // The phone clocked out 15 hours into the shift and reached the service two hours later.
     let mut late = at_site();
     late["occurred_at"] = json!((Utc::now() - Duration::hours(2)).to_rfc3339());
@@ -311,14 +287,7 @@ async fn a_clock_out_sent_late_still_closes_a_shift_of_normal_length() {
     assert_eq!(closed["status"], "closed");
     assert_eq!(closed["duration_s"].as_i64().unwrap() / 60, 15 * 60);
     // A clock-out that itself comes past the limit finds the shift forgotten.
-    app.insert_attendance(
-        user.id,
-        facility,
-        Utc::now() - Duration::hours(17),
-        None,
-        "open",
-    )
-    .await;
+    app.forgotten_shift(user.id, facility).await;
     let (status, body) = clock_out(&app, &user, at_site()).await;
     assert_error(status, &body, StatusCode::CONFLICT, "not_clocked_in");
     // Sent again (the phone retried), it is told what became of the shift.
@@ -2001,17 +1970,11 @@ async fn an_export_while_the_database_is_away_answers_503_not_a_broken_file() {
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
 }
 
-#[tokio::test]
-async fn an_export_nobody_reads_lets_go_of_its_database_connection() {
-    // A pool of 4 runs one export at a time.
-    let app = TestApp::spawn_with(|env| {
-        env.insert("REQUEST_TIMEOUT_SECS".into(), "1".into());
-        env.insert("DB_MAX_CONNECTIONS".into(), "4".into());
-    })
-    .await;
+/// A supervisor over some 40 MB of CSV: more than every buffer between Postgres and the client
+/// holds.
+async fn supervisor_of_40_mb_of_csv(app: &TestApp) -> TestUser {
     let supervisor = app.user("supervisor", None).await;
-    let (worker, facility) = user_at_site(&app, "focal", Some(supervisor.id)).await;
-    // Some 40 MB of CSV: more than every buffer between Postgres and the client holds.
+    let (worker, facility) = user_at_site(app, "focal", Some(supervisor.id)).await;
     sqlx::query(
         "INSERT INTO attendance (user_id, facility_id, status, clock_in_at, clock_out_at,
                                  clock_in_latitude, clock_in_longitude, distance_m, notes)
@@ -2024,17 +1987,30 @@ async fn an_export_nobody_reads_lets_go_of_its_database_connection() {
     .execute(&app.db)
     .await
     .unwrap();
-    let exporting = || async {
-        let active: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND pid <> pg_backend_pid()
-               AND state = 'active' AND query LIKE '%FROM attendance%'",
-        )
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-        active > 0
-    };
+    supervisor
+}
+
+/// Waits, ten seconds at most, until no export's query runs; panics with `what` after.
+async fn until_no_export_query(app: &TestApp, what: &str) {
+    app.until_counted(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND state = 'active' AND query LIKE '%FROM attendance%'",
+        0,
+        what,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_export_nobody_reads_lets_go_of_its_database_connection() {
+    // A pool of 4 runs one export at a time.
+    let app = TestApp::spawn_with(|env| {
+        env.insert("REQUEST_TIMEOUT_SECS".into(), "1".into());
+        env.insert("DB_MAX_CONNECTIONS".into(), "4".into());
+    })
+    .await;
+    let supervisor = supervisor_of_40_mb_of_csv(&app).await;
     let unread = app
         .get("/api/attendance/export?format=csv")
         .bearer_auth(&supervisor.token)
@@ -2062,14 +2038,7 @@ async fn an_export_nobody_reads_lets_go_of_its_database_connection() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let started = std::time::Instant::now();
-    while exporting().await {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "the export still holds its connection"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    until_no_export_query(&app, "the export lets go of its connection").await;
     assert!(
         unread.bytes().await.is_err(),
         "a cut-off export ends as a broken download, not as a short file that looks whole"
@@ -2083,14 +2052,7 @@ async fn an_export_nobody_reads_lets_go_of_its_database_connection() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let started = std::time::Instant::now();
-    while exporting().await {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "the workbook's export still holds its connection"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    until_no_export_query(&app, "the workbook's export lets go of its connection").await;
     let response = app
         .get("/api/attendance/export?format=xlsx&from=2000-01-01&to=2000-01-02")
         .bearer_auth(&supervisor.token)
@@ -2107,21 +2069,7 @@ async fn exports_take_a_quarter_of_the_pool_at_most() {
         env.insert("DB_MAX_CONNECTIONS".into(), "4".into());
     })
     .await;
-    let supervisor = app.user("supervisor", None).await;
-    let (worker, facility) = user_at_site(&app, "focal", Some(supervisor.id)).await;
-    // Some 40 MB of CSV: more than every buffer between Postgres and the client holds.
-    sqlx::query(
-        "INSERT INTO attendance (user_id, facility_id, status, clock_in_at, clock_out_at,
-                                 clock_in_latitude, clock_in_longitude, distance_m, notes)
-         SELECT $1, $2, 'closed', now() - make_interval(mins => i + 60),
-                now() - make_interval(mins => i), -1.9456, 30.127, 0, repeat('n', 300)
-         FROM generate_series(1, 100000) AS i",
-    )
-    .bind(worker.id)
-    .bind(facility)
-    .execute(&app.db)
-    .await
-    .unwrap();
+    let supervisor = supervisor_of_40_mb_of_csv(&app).await;
     // The first export's query waits on the table.
     let mut lock = app.db.begin().await.unwrap();
     sqlx::query("LOCK TABLE attendance IN ACCESS EXCLUSIVE MODE")
@@ -2152,14 +2100,7 @@ async fn exports_take_a_quarter_of_the_pool_at_most() {
     assert_eq!(response.status(), StatusCode::OK);
     // Its rows go to a file as fast as the database sends them: the query ends, and lets go of
     // its connection, before the client has read anything.
-    app.until_counted(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND pid <> pg_backend_pid()
-           AND state = 'active' AND query LIKE '%FROM attendance%'",
-        0,
-        "the export lets go of its connection, unread",
-    )
-    .await;
+    until_no_export_query(&app, "the export lets go of its connection, unread").await;
     let csv = response.bytes().await.unwrap();
     assert_eq!(csv.iter().filter(|b| **b == b'\n').count(), 100_001);
     // The first one done, the next goes.

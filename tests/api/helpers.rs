@@ -641,6 +641,14 @@ impl TestApp {
     }
 
     /// Inserts an attendance record directly (history that the API's time rules would refuse).
+    /// A shift of `user` opened 17 hours ago and never closed: past the default 16-hour
+    /// maximum, a forgotten clock-out.
+    pub async fn forgotten_shift(&self, user: uuid::Uuid, facility: uuid::Uuid) -> uuid::Uuid {
+        let opened = chrono::Utc::now() - chrono::Duration::hours(17);
+        self.insert_attendance(user, facility, opened, None, "open")
+            .await
+    }
+
     pub async fn insert_attendance(
         &self,
         user: uuid::Uuid,

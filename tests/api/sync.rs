@@ -431,15 +431,7 @@ async fn new_records_pushed_beside_stored_ones_are_all_created_and_the_others_an
 async fn a_shift_opened_offline_after_a_forgotten_one_closes_that_one_and_is_created() {
     let app = TestApp::spawn().await;
     let (user, facility) = setup(&app).await;
-    let forgotten = app
-        .insert_attendance(
-            user.id,
-            facility,
-            Utc::now() - Duration::hours(17),
-            None,
-            "open",
-        )
-        .await;
+    let forgotten = app.forgotten_shift(user.id, facility).await;
     let (status, body) = push(&app, &user, vec![open_shift(facility, 30)]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(statuses(&body), vec!["created"]);
