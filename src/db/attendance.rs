@@ -355,7 +355,8 @@ pub async fn latest_shift<'e>(
     .await
 }
 
-/// The record a user's device made with this timestamp.
+/// The clock-in a user's device made online with this timestamp (or, failing one, a synced
+/// record it stamped alike: one tap may stamp two shifts so).
 pub async fn by_device_timestamp<'e>(
     db: impl PgExecutor<'e>,
     user_id: Uuid,
@@ -364,7 +365,9 @@ pub async fn by_device_timestamp<'e>(
 ) -> Result<Option<AttendanceRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM attendance a
-         WHERE a.device_id = $1 AND a.client_timestamp = $2 AND a.user_id = $3"
+         WHERE a.device_id = $1 AND a.client_timestamp = $2 AND a.user_id = $3
+         ORDER BY a.source = 'online' DESC, a.created_at
+         LIMIT 1"
     ))
     .bind(device_id)
     .bind(at)
