@@ -355,8 +355,7 @@ pub async fn latest_shift<'e>(
     .await
 }
 
-/// The clock-in a user's device made online with this timestamp (or, failing one, a synced
-/// record it stamped alike: one tap may stamp two shifts so).
+/// The record a user's device made with this timestamp.
 pub async fn by_device_timestamp<'e>(
     db: impl PgExecutor<'e>,
     user_id: Uuid,
@@ -365,9 +364,7 @@ pub async fn by_device_timestamp<'e>(
 ) -> Result<Option<AttendanceRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM attendance a
-         WHERE a.device_id = $1 AND a.client_timestamp = $2 AND a.user_id = $3
-         ORDER BY a.source = 'online' DESC, a.created_at
-         LIMIT 1"
+         WHERE a.device_id = $1 AND a.client_timestamp = $2 AND a.user_id = $3"
     ))
     .bind(device_id)
     .bind(at)

@@ -180,16 +180,6 @@ async fn clock_in(
         Err(other) => return Err(other),
     };
 
-    // A tap stamped ahead of the server's clock is stored at the server's time, which its retry
-    // would not share: the device-timestamp key (which holds the clock-in) would not meet it, so
-    // the first attempt is looked for here. Such taps are few; the others meet the key.
-    if client_timestamp.is_some_and(|at| at > now)
-        && let Some(row) = earlier_attempt(&state, user.id, &tap, client_timestamp)
-            .await?
-            .filter(|row| is_same_tap(row, &tap, req.accuracy_m, client_timestamp))
-    {
-        return Ok((StatusCode::OK, Json(row.into())));
-    }
     // The common case is written with the clock-ins that arrive beside it (see
     // `db::coalesce`). One it did not write is written alone, and told apart by the constraint
     // it meets: a retry (client_id) gets its record back, and an open shift older than the

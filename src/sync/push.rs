@@ -648,8 +648,7 @@ fn decide_all(
     let mut open = open.clone();
     let mut plan = Plan::default();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
-    // The new records of this batch, by device timestamp and clock-in.
-    let mut batch_stamps: HashSet<(DateTime<Utc>, DateTime<Utc>)> = HashSet::new();
+    let mut batch_stamps: HashMap<DateTime<Utc>, Uuid> = HashMap::new();
     for i in decision_order(batch, open.as_ref()) {
         let item = &batch[i];
         let (record, content) = match item {
@@ -671,15 +670,9 @@ fn decide_all(
             ));
             continue;
         }
-        // The same change sent again under another id: the same device and client timestamp,
-        // for the same shift (one tap may stamp two shifts alike: the end of one, the start of
-        // the next).
-        if existing.is_none()
-            && record.op == Op::Upsert
-            && let Some(content) = content
-        {
-            let shift = (stamp, content.clock_in_at);
-            if let Some(row) = by_stamp.get(&shift) {
+        // The same change sent again under another id (same device, same client timestamp).
+        if existing.is_none() && record.op == Op::Upsert {
+            if let Some(row) = by_stamp.get(&stamp) {
                 outcomes[i] = Some(Outcome::Done(
                     id,
                     ResultStatus::Duplicate,
@@ -689,12 +682,11 @@ fn decide_all(
                 ));
                 continue;
             }
-            if batch_stamps.contains(&shift) {
+            if batch_stamps.contains_key(&stamp) {
                 outcomes[i] = Some(reject(
                     Some(id),
                     "duplicate",
-                    "another record of this batch has the same device, client_timestamp and \
-                     clock_in_at",
+                    "another record of this batch has the same device and client_timestamp",
                 ));
                 continue;
             }
@@ -774,7 +766,7 @@ fn decide_all(
             let id = w.id;
             if is_create {
                 if let Some(stamp) = w.client_timestamp {
-                    batch_stamps.insert((stamp, w.content.clock_in_at));
+                    batch_stamps.insert(stamp, w.id);
                 }
                 plan.inserts.push(w)
             } else {
@@ -996,9 +988,9 @@ pub(crate) async fn begin_for_user(
 struct Touched {
     /// The batch's records that already exist (whoever owns them).
     by_id: HashMap<Uuid, AttendanceRow>,
-    /// The user's records from this device at the batch's client timestamps, by timestamp and
-    /// clock-in: the same change sent again under another id.
-    by_stamp: HashMap<(DateTime<Utc>, DateTime<Utc>), AttendanceRow>,
+    /// The user's records from this device at the batch's client timestamps: the same change
+    /// sent again under another id.
+    by_stamp: HashMap<DateTime<Utc>, AttendanceRow>,
     /// The user's open shift.
     open: Option<AttendanceRow>,
 }
@@ -1055,9 +1047,7 @@ impl Touched {
             if r.by_stamp
                 && let Some(stamp) = r.row.client_timestamp
             {
-                touched
-                    .by_stamp
-                    .insert((stamp, r.row.clock_in_at), r.row.clone());
+                touched.by_stamp.insert(stamp, r.row.clone());
             }
             if r.by_id {
                 touched.by_id.insert(r.row.id, r.row);
