@@ -48,7 +48,9 @@ pub(crate) fn closed_to(
     stored: Option<&AttendanceRow>,
 ) -> Option<String> {
     let held = stored.is_some_and(|r| {
-        r.clock_in_at == content.clock_in_at && r.facility_id == content.facility_id
+        r.deleted_at.is_none()
+            && r.clock_in_at == content.clock_in_at
+            && r.facility_id == content.facility_id
     });
     if held {
         return None;

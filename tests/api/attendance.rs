@@ -1318,6 +1318,25 @@ async fn the_same_devices_tap_sent_again_without_a_client_id_returns_its_record(
 }
 
 #[tokio::test]
+async fn a_tap_stamped_ahead_of_the_server_sent_again_after_its_clock_out_returns_its_record() {
+    let app = TestApp::spawn().await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    // The phone's clock runs two minutes ahead: the shift is stored at the server's time.
+    let mut body = at_site();
+    body["device_id"] = json!("phone-7");
+    body["occurred_at"] = json!((Utc::now() + Duration::minutes(2)).to_rfc3339());
+    let (status, first) = clock_in(&app, &user, body.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, _) = clock_out(&app, &user, at_site()).await;
+    assert_eq!(status, StatusCode::OK);
+    // Its answer was lost; the phone sends it again: the same shift, not a second one.
+    let (status, again) = clock_in(&app, &user, body).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(app.attendance_rows().await, 1);
+}
+
+#[tokio::test]
 async fn a_retried_clock_in_with_the_same_client_id_returns_the_same_record() {
     let app = TestApp::spawn().await;
     let (user, _) = user_at_site(&app, "focal", None).await;

@@ -328,6 +328,10 @@ async fn csv_spool(
     let sent = file.try_clone().map_err(anyhow::Error::from)?;
     let (progress, written) = tokio::sync::watch::channel(Spooled::default());
     let (begun, answer) = tokio::sync::oneshot::channel::<Result<(), sqlx::Error>>();
+    // The turn is given back when both the query and the download have ended: a download cut
+    // off while rows still come does not free it before the query's connection is closed.
+    let slot = Arc::new(slot);
+    let query_slot = slot.clone();
     tokio::spawn(
         async move {
             let mut job = job;
@@ -339,6 +343,8 @@ async fn csv_spool(
                 // connection busy. Closed, it stops.
                 let _ = job.conn.close().await;
             }
+            // Before the download may end, so that the next export finds the turn free.
+            drop(query_slot);
             progress.send_modify(|p| p.end = Some(whole));
         }
         .in_current_span(),
@@ -387,6 +393,7 @@ fn file_body(
     stall: std::time::Duration,
     slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Body {
+    let slot = Arc::new(slot);
     let written = file.metadata().map(|m| m.len());
     let (_, progress) = tokio::sync::watch::channel(Spooled {
         written: *written.as_ref().unwrap_or(&0),
@@ -403,7 +410,7 @@ fn spooled_body(
     file: std::fs::File,
     mut progress: tokio::sync::watch::Receiver<Spooled>,
     stall: std::time::Duration,
-    slot: tokio::sync::OwnedSemaphorePermit,
+    slot: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) -> Body {
     use std::os::unix::fs::FileExt;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
