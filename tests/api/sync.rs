@@ -916,6 +916,36 @@ async fn a_shift_queued_beside_one_clocked_out_since_is_stored_when_the_admin_ke
 }
 
 #[tokio::test]
+async fn keeping_a_queued_shift_the_device_has_since_stored_under_another_id_is_a_duplicate() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (user, facility) = setup(&app).await;
+    let (offline, _) = queued_beside_online(&app, &user, facility).await;
+    let (status, _) = send(
+        app.post("/api/attendance/clock-out")
+            .bearer_auth(&user.token)
+            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // The phone, reinstalled, sends the same change under a new id, then clocks it out.
+    let mut again = offline.clone();
+    again["id"] = json!(Uuid::new_v4());
+    again["conflict_strategy"] = Value::Null;
+    let (_, body) = push(&app, &user, vec![again.clone()]).await;
+    assert_eq!(statuses(&body), ["created"], "{body}");
+    let now = Utc::now().to_rfc3339();
+    again["data"]["clock_out_at"] = json!(now);
+    again["data"]["clock_out_location"] = json!({"latitude": SITE.0, "longitude": SITE.1});
+    let (_, body) = push(&app, &user, vec![again]).await;
+    assert_eq!(statuses(&body), ["updated"], "{body}");
+    // Keeping the queued copy would store the same change twice.
+    let (status, body) = resolve_oldest(&app, &admin, "client").await;
+    assert_error(status, &body, StatusCode::CONFLICT, "duplicate");
+    assert_eq!(app.attendance_rows().await, 2);
+}
+
+#[tokio::test]
 async fn keeping_the_server_copy_of_a_shift_queued_beside_an_open_one_answers_that_one() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;

@@ -149,7 +149,7 @@ pub struct Resolution {
         (status = 400, description = "Malformed JSON or id", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
         (status = 404, description = "No such conflict", body = ErrorEnvelope),
-        (status = 409, description = "Already resolved, or `keep: client` for a record that changed after the conflict was queued (`conflict`); or the client's open shift beside another (`already_clocked_in`)", body = ErrorEnvelope),
+        (status = 409, description = "Already resolved, or `keep: client` for a record that changed after the conflict was queued (`conflict`); or the client's open shift beside another (`already_clocked_in`); or a change the device has since stored as another record (`duplicate`)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, or `keep: client` for a shift at a facility that no longer exists or, with the geofence enforced, away from its site", body = ErrorEnvelope),
     ))]
 async fn resolve_conflict(
@@ -337,12 +337,22 @@ async fn keep_client_copy(
     let device = conflict.device_id.as_deref().unwrap_or_default();
     apply_plan(&mut *tx, &plan, conflict.user_id, device, now)
         .await
-        .on_constraint("attendance_one_open_per_user", || {
-            ApiError::conflict(
-                "already_clocked_in",
-                "the user has another open shift; close it first",
-            )
-        })?;
+        .on_constraints(&[
+            ("attendance_one_open_per_user", || {
+                ApiError::conflict(
+                    "already_clocked_in",
+                    "the user has another open shift; close it first",
+                )
+            }),
+            // The device has since sent the same change under another id, and it is stored.
+            ("attendance_device_timestamp_key", || {
+                ApiError::conflict(
+                    "duplicate",
+                    "the device has since stored this change as another record; keep the \
+                     server's copy",
+                )
+            }),
+        ])?;
     records::find(&mut *tx, conflict.record_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("the record just stored is gone").into())
