@@ -894,15 +894,7 @@ async fn a_shift_queued_beside_one_clocked_out_since_is_stored_when_the_admin_ke
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
     let (user, facility) = setup(&app).await;
-    let (offline, online) = queued_beside_online(&app, &user, facility).await;
-    // The online shift is clocked out before the admin looks: nothing clashes any more.
-    let (status, closed) = send(
-        app.post("/api/attendance/clock-out")
-            .bearer_auth(&user.token)
-            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{closed}");
+    let (offline, online, closed) = queued_beside_one_clocked_out(&app, &user, facility).await;
     let (status, resolved) = resolve_oldest(&app, &admin, "client").await;
     assert_eq!(status, StatusCode::OK, "{resolved}");
     assert_eq!(resolved["record"]["id"], offline["id"]);
@@ -920,14 +912,7 @@ async fn keeping_a_queued_shift_the_device_has_since_stored_under_another_id_is_
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
     let (user, facility) = setup(&app).await;
-    let (offline, _) = queued_beside_online(&app, &user, facility).await;
-    let (status, _) = send(
-        app.post("/api/attendance/clock-out")
-            .bearer_auth(&user.token)
-            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
+    let (offline, ..) = queued_beside_one_clocked_out(&app, &user, facility).await;
     // The phone, reinstalled, sends the same change under a new id, then clocks it out.
     let mut again = offline.clone();
     again["id"] = json!(Uuid::new_v4());
@@ -1005,6 +990,24 @@ async fn queued_beside_online(app: &TestApp, user: &TestUser, facility: Uuid) ->
     let (_, body) = push(app, user, vec![offline.clone()]).await;
     assert_eq!(statuses(&body), vec!["conflict"]);
     (offline, online)
+}
+
+/// A shift pushed open beside the user's online one and queued for an admin, and the online one
+/// clocked out before the admin looks: the queued shift, the online one, and its clock-out.
+async fn queued_beside_one_clocked_out(
+    app: &TestApp,
+    user: &TestUser,
+    facility: Uuid,
+) -> (Value, Value, Value) {
+    let (offline, online) = queued_beside_online(app, user, facility).await;
+    let (status, closed) = send(
+        app.post("/api/attendance/clock-out")
+            .bearer_auth(&user.token)
+            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{closed}");
+    (offline, online, closed)
 }
 
 /// Resolves the oldest pending conflict as the admin, keeping `keep` (`client` or `server`).
