@@ -4,7 +4,7 @@ use chrono::{Duration, TimeZone, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestUser, assert_error, send};
+use crate::helpers::{TestApp, TestUser, assert_error, assert_invalid, send};
 
 /// The helper facilities stand here, with a 200 m geofence.
 const SITE: (f64, f64) = (-1.9456, 30.1270);
@@ -355,13 +355,7 @@ async fn a_clock_out_whose_notes_would_make_the_records_too_long_to_sync_is_refu
         body
     };
     let (status, body) = clock_out(&app, &user, with_notes(600)).await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    );
-    assert!(body["error"]["details"]["notes"].is_array(), "{body}");
+    assert_invalid(status, &body, "notes");
     let (status, closed) = clock_out(&app, &user, with_notes(500)).await;
     assert_eq!(status, StatusCode::OK, "still open: {closed}");
     assert_eq!(closed["notes"].as_str().unwrap().chars().count(), 2001);
@@ -388,13 +382,7 @@ async fn backdated_clock_ins_that_would_count_hours_twice_or_never_close_are_ref
     let (status, body) = clock_in(&app, &user, at(6, 0)).await;
     assert_error(status, &body, StatusCode::CONFLICT, "conflict");
     let (status, body) = clock_in(&app, &user, at(17, 0)).await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    );
-    assert!(body["error"]["details"]["occurred_at"].is_array(), "{body}");
+    assert_invalid(status, &body, "occurred_at");
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance WHERE user_id = $1")
         .bind(user.id)
         .fetch_one(&app.db)
@@ -461,13 +449,7 @@ async fn a_clock_out_keeps_the_clock_in_notes_and_forgives_a_phone_clock_running
         StatusCode::CREATED
     );
     let (status, body) = clock_out(&app, &user, with(None, 10)).await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    );
-    assert!(body["error"]["details"]["occurred_at"].is_array(), "{body}");
+    assert_invalid(status, &body, "occurred_at");
     let (status, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(active["attendance"]["status"], "open", "{active}");
@@ -1461,13 +1443,7 @@ async fn a_clock_in_retried_after_a_later_shift_or_past_the_time_rules_returns_i
         .await
         .unwrap();
     let (status, body) = clock_in(&app, &user, first).await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    );
-    assert!(body["error"]["details"]["facility_id"].is_array(), "{body}");
+    assert_invalid(status, &body, "facility_id");
 }
 
 #[tokio::test]

@@ -369,6 +369,23 @@ pub fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code
     );
 }
 
+/// Asserts a 422 `validation_failed` whose details name `field` with at least one reason.
+#[track_caller]
+pub fn assert_invalid(status: StatusCode, body: &Value, field: &str) {
+    assert_error(
+        status,
+        body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert!(
+        body["error"]["details"][field]
+            .as_array()
+            .is_some_and(|reasons| !reasons.is_empty()),
+        "no reason for {field}: {body}"
+    );
+}
+
 /// A TCP proxy to Postgres whose link can be cut and restored, to take the database away from
 /// a running service without stopping the shared server.
 pub struct FlakyProxy {
