@@ -445,6 +445,10 @@ fn content_of(raw: &Map<String, Value>) -> Result<(Uuid, Content), String> {
 /// keeps them on the device as not yet synced and marks the others synced.
 pub type Rejected = FieldErrors;
 
+/// Why a record of another user is left out of a push.
+const ANOTHER_USERS: &str =
+    "user_id: the record is another user's; a device pushes its own user's records only";
+
 /// The ids of rejected records, by table, as WatermelonDB's `experimentalRejectedIds` reads them.
 pub fn rejected_ids(rejected: &Rejected) -> HashMap<&'static str, Vec<String>> {
     let ids = rejected
@@ -498,22 +502,20 @@ pub async fn push_changes(
         .flat_map(|t| t.created.iter().chain(&t.updated))
     {
         // Empty is unset (WatermelonDB's value for a string column not declared optional).
-        if raw
+        let foreign = raw
             .get("user_id")
             .and_then(Value::as_str)
-            .is_some_and(|u| !u.is_empty() && u != user.id.to_string())
-        {
-            let label = raw.get("id").and_then(Value::as_str).unwrap_or("?");
-            return Err(ApiError::ForbiddenWith {
-                code: "forbidden",
-                message: format!("record {label} belongs to another user"),
-            });
-        }
+            .is_some_and(|u| !u.is_empty() && u != user.id.to_string());
         // The time rules wait for the stored copy: a record whose clock times the server
         // already holds is not refused for its age (a note added a month later).
-        match content_of(raw).and_then(|(id, mut c)| {
-            check_fields(&mut c, config.attendance.future_tolerance).map(|()| (id, c))
-        }) {
+        let checked = if foreign {
+            Err(ANOTHER_USERS.to_string())
+        } else {
+            content_of(raw).and_then(|(id, mut c)| {
+                check_fields(&mut c, config.attendance.future_tolerance).map(|()| (id, c))
+            })
+        };
+        match checked {
             Ok(pair) => {
                 let sent = raw.get("id").and_then(Value::as_str).unwrap_or_default();
                 if sent != pair.0.hyphenated().to_string() {
@@ -615,12 +617,15 @@ async fn apply_changes(
         .chain(deletes.iter().copied())
         .collect();
     let mut existing = existing_rows(&mut tx, &ids).await?;
-    if existing.values().any(|r| r.user_id != user.id) {
-        return Err(ApiError::ForbiddenWith {
-            code: "forbidden",
-            message: "a pushed record belongs to another user".into(),
-        });
-    }
+    // A team member's record a supervisor's device pulled, and sent back as changed, is refused
+    // on its own: this push writes the caller's records only, and the rest of it goes in.
+    let foreign: HashSet<Uuid> = existing
+        .values()
+        .filter(|r| r.user_id != user.id)
+        .map(|r| r.id)
+        .collect();
+    existing.retain(|id, _| !foreign.contains(id));
+    let ids: Vec<Uuid> = ids.into_iter().filter(|id| !foreign.contains(id)).collect();
     // Changed by another transaction since the pull (the rows are locked above, so none changes
     // meanwhile). Checked before this push closes forgotten shifts, which would hide another
     // device's edit of one behind this transaction's own write. A record that already holds
@@ -674,7 +679,12 @@ async fn apply_changes(
     let facility_ids: Vec<Uuid> = upserts.iter().map(|(_, c)| c.facility_id).collect();
     let sites = sites.get_many(&mut *tx, &facility_ids).await?;
     let mut plan = Plan::default();
-    for (id, content) in upserts {
+    for id in upserts.iter().map(|(id, _)| id).chain(deletes) {
+        if foreign.contains(id) {
+            refuse(rejected, named(id), ANOTHER_USERS.into());
+        }
+    }
+    for (id, content) in upserts.iter().filter(|(id, _)| !foreign.contains(id)) {
         if new_but_not_as_pulled(id) {
             refuse(rejected, named(id), NOT_AS_PULLED.into());
             continue;
@@ -710,7 +720,7 @@ async fn apply_changes(
             Err((_, reason)) => refuse(rejected, named(id), reason),
         }
     }
-    for id in deletes {
+    for id in deletes.iter().filter(|id| !foreign.contains(id)) {
         // Deleting a record the server does not have (or already deleted) is nothing to do.
         if let Some(row) = existing.get(id).filter(|r| r.deleted_at.is_none()) {
             plan.deletes.push((*id, row.sync_version + 1));

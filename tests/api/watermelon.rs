@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, TestUser, assert_error, send};
+use crate::helpers::{TestApp, TestUser, assert_error, assert_invalid, send};
 
 fn raw(id: Uuid, facility: Uuid, notes: &str) -> Value {
     let start = (Utc::now() - Duration::hours(5)).timestamp_millis();
@@ -170,14 +170,19 @@ async fn bad_records_other_users_records_and_unknown_timestamps_are_refused() {
     let t_other = pull(&app, &other, None).await["timestamp"]
         .as_i64()
         .unwrap();
+    // Another user's record is refused on its own, the rest of the push applied.
+    let theirs = Uuid::new_v4();
     let (status, body) = push(
         &app,
         &other,
         t_other,
-        json!({"attendance": {"updated": [raw(id, facility, "stolen")]}}),
+        json!({"attendance": {"updated": [raw(id, facility, "stolen")], "created": [raw(theirs, facility, "own")]}}),
     )
     .await;
-    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["experimentalRejectedIds"]["attendance"], json!([id]));
+    assert_eq!(stored_notes(&app, id).await, "mine");
+    assert_eq!(stored_notes(&app, theirs).await, "own");
 
     // Records the rules refuse are left out and named, as WatermelonDB reads them; the rest of
     // the push is applied.
@@ -265,11 +270,20 @@ async fn bad_records_other_users_records_and_unknown_timestamps_are_refused() {
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation_failed",
     );
+    // A negative number is no timestamp issued, nor a first sync.
+    for last in ["-1", "-987654321"] {
+        let (status, body) = send(
+            app.get(&format!("/api/sync/watermelon?last_pulled_at={last}"))
+                .bearer_auth(&owner.token),
+        )
+        .await;
+        assert_invalid(status, &body, "last_pulled_at");
+    }
     let notes: Vec<String> = sqlx::query_scalar("SELECT notes FROM attendance ORDER BY notes")
         .fetch_all(&app.db)
         .await
         .unwrap();
-    assert_eq!(notes, ["mine", "ok"]);
+    assert_eq!(notes, ["mine", "ok", "own"]);
 }
 
 #[tokio::test]
@@ -758,6 +772,107 @@ async fn a_supervisor_pulling_from_a_thinned_timestamp_is_told_a_departed_worker
         json!([record]),
         "{after}"
     );
+}
+
+async fn stored_notes(app: &TestApp, id: Uuid) -> String {
+    sqlx::query_scalar("SELECT notes FROM attendance WHERE id = $1 AND deleted_at IS NULL")
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_supervisors_device_sending_back_team_records_has_them_refused_and_its_own_applied() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    let supervisor = app.user("supervisor", None).await;
+    let worker = app.quick_user("focal", Some(supervisor.id), facility).await;
+    let (edited, deleted) = (Uuid::new_v4(), Uuid::new_v4());
+    let t = pull(&app, &worker, None).await["timestamp"]
+        .as_i64()
+        .unwrap();
+    let mut second = raw(deleted, facility, "second");
+    second["clock_in_at"] = json!((Utc::now() - Duration::hours(30)).timestamp_millis());
+    second["clock_out_at"] = json!((Utc::now() - Duration::hours(29)).timestamp_millis());
+    let (status, body) = push(
+        &app,
+        &worker,
+        t,
+        json!({"attendance": {"created": [raw(edited, facility, "worker's"), second]}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+
+    // The supervisor's app pulls the team's records, edits one, deletes another, and clocks
+    // its own user in offline; it sends all of that, and a new record it filled in for the
+    // worker.
+    let pulled = pull(&app, &supervisor, None).await;
+    let mut team = pulled_ids(&pulled);
+    team.sort();
+    let mut expected = vec![edited.to_string(), deleted.to_string()];
+    expected.sort();
+    assert_eq!(team, expected, "{pulled}");
+    let mut edit = pulled["changes"]["attendance"]["updated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == edited.to_string())
+        .unwrap()
+        .clone();
+    edit["notes"] = json!("supervisor's edit");
+    edit["_status"] = json!("updated");
+    let (own, for_worker) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut filled_in = raw(for_worker, facility, "filled in");
+    filled_in["user_id"] = json!(worker.id);
+    let (status, body) = push(
+        &app,
+        &supervisor,
+        pulled["timestamp"].as_i64().unwrap(),
+        json!({"attendance": {
+            "created": [raw(own, facility, "supervisor's own"), filled_in],
+            "updated": [edit],
+            "deleted": [deleted],
+        }}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut refused: Vec<String> = body["experimentalRejectedIds"]["attendance"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_string())
+        .collect();
+    refused.sort();
+    let mut expected = vec![
+        edited.to_string(),
+        deleted.to_string(),
+        for_worker.to_string(),
+    ];
+    expected.sort();
+    assert_eq!(refused, expected, "{body}");
+    for id in &refused {
+        let why = body["reasons"][format!("attendance.{id}")][0]
+            .as_str()
+            .unwrap();
+        assert!(why.starts_with("user_id"), "{why}");
+    }
+    // The worker's records are as the worker left them; the supervisor's own went in.
+    assert_eq!(stored_notes(&app, edited).await, "worker's");
+    assert_eq!(stored_notes(&app, deleted).await, "second");
+    assert_eq!(stored_notes(&app, own).await, "supervisor's own");
+    let owner: Uuid = sqlx::query_scalar("SELECT user_id FROM attendance WHERE id = $1")
+        .bind(own)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(owner, supervisor.id);
+    let filled: i64 = sqlx::query_scalar("SELECT count(*) FROM attendance WHERE id = $1")
+        .bind(for_worker)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(filled, 0);
 }
 
 #[tokio::test]

@@ -105,7 +105,8 @@ async fn watermelon_pull(
         })?;
     let last_pulled_at = match q.last_pulled_at.as_deref() {
         None | Some("null" | "undefined") => None,
-        Some(t) => Some(t.parse::<i64>().map_err(|_| {
+        // A negative number is no timestamp this service issued, nor a first sync.
+        Some(t) => Some(t.parse::<i64>().ok().filter(|t| *t >= 0).ok_or_else(|| {
             ApiError::invalid("last_pulled_at", "is not a timestamp this service issued")
         })?),
     };
@@ -152,7 +153,7 @@ pub struct WatermelonRejected {
 /// updated; an update of a missing record creates it unless it is known deleted; deleting a
 /// missing record is ignored. A shift opened beside the user's open one leaves the later of the
 /// two open and the other incomplete. A record the service refuses (its times, facility or
-/// fields) is left out and named in a 200 answer, which `pushChanges` returns to
+/// fields, or another user's record a supervisor's device pulled) is left out and named in a 200 answer, which `pushChanges` returns to
 /// `synchronize()`; the others are applied. 409 when a pushed record changed on the server after
 /// `last_pulled_at` and does not already hold what is pushed (the same push sent again after
 /// its answer was lost applies once, with no conflict): pull, then push again.
@@ -162,7 +163,7 @@ pub struct WatermelonRejected {
         (status = 200, description = "Applied, except the records named, which the service refused", body = WatermelonRejected),
         (status = 204, description = "Applied whole"),
         (status = 400, description = "Malformed JSON or query", body = ErrorEnvelope),
-        (status = 403, description = "A record of another user, or a push to a read-only table", body = ErrorEnvelope),
+        (status = 403, description = "A push to a read-only table", body = ErrorEnvelope),
         (status = 409, description = "Changed on the server since `last_pulled_at` (`conflict`), or another open shift written at the same moment (`already_clocked_in`); pull and push again", body = ErrorEnvelope),
         (status = 413, description = "Body over the limit", body = ErrorEnvelope),
         (status = 422, description = "A malformed push (a record without an id, one record twice, or records of a table the server does not sync), or an unknown `last_pulled_at`", body = ErrorEnvelope),
