@@ -2,11 +2,11 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::Config;
 use crate::import::apply::{ImportOptions, OnDuplicate};
-use crate::startup::{Application, prepare_database, shutdown_signal};
+use crate::startup::{Application, prepare_database, shutdown_signal, wait_for};
 use crate::state::AppState;
 
 #[derive(Debug, Parser)]
@@ -130,7 +130,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// State for one-off commands: a small pool, no listener.
+/// The service's state for a one-off command, its database prepared as `serve` prepares it
+/// (and waited for: a command run beside a database still starting does not give up at once).
 async fn offline_state(mut config: Config) -> anyhow::Result<AppState> {
+    if config.run_migrations {
+        prepare_database(&config).await?;
+    }
+    wait_for(&config, "DATABASE_URL", config.db.url.expose_secret()).await?;
     config.db.min_connections = 0;
     config.db.max_connections = config.db.max_connections.min(4);
     let db = crate::db::pool(&config.db).context("DATABASE_URL is not usable")?;

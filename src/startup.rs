@@ -26,12 +26,6 @@ impl Application {
         // created (and refuse its clients for a while), so it is tried only once the migrations
         // have created it.
         if config.run_migrations {
-            wait_for(
-                &config,
-                "MIGRATION_DATABASE_URL",
-                config.migration_database_url(),
-            )
-            .await?;
             prepare_database(&config).await?;
         }
         if config.seed_on_start {
@@ -120,7 +114,7 @@ impl Application {
 }
 
 /// Waits up to `DB_STARTUP_WAIT_SECS` for the database at `url` (named by `key`) to answer.
-async fn wait_for(config: &Config, key: &str, url: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_for(config: &Config, key: &str, url: &str) -> anyhow::Result<()> {
     crate::db::wait_until_up(url, config.db.startup_wait)
         .await
         .map_err(|err| {
@@ -136,15 +130,21 @@ async fn wait_for(config: &Config, key: &str, url: &str) -> anyhow::Result<()> {
         })
 }
 
-/// Creates the database when missing and applies migrations, over the direct URL.
+/// Waits for the database server, creates the database when missing, applies migrations and
+/// brings change marks a logical restore left ahead of the server's counter back under it, over
+/// the direct URL.
 pub async fn prepare_database(config: &Config) -> anyhow::Result<()> {
     let url = config.migration_database_url();
+    wait_for(config, "MIGRATION_DATABASE_URL", url).await?;
     crate::db::create_database_if_missing(url)
         .await
         .context("cannot reach or create the database at MIGRATION_DATABASE_URL")?;
     crate::db::migrate(url)
         .await
         .context("applying migrations failed")?;
+    crate::db::restore::restamp_after_restore(url)
+        .await
+        .context("restamping change marks after a restore failed")?;
     Ok(())
 }
 

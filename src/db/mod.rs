@@ -271,6 +271,7 @@ pub mod clock_ins;
 pub mod clock_outs;
 pub mod coalesce;
 pub mod facilities;
+pub mod restore;
 pub mod users;
 
 /// Opens a transaction whose statements Postgres cancels after `limit`: a request the service

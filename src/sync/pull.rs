@@ -282,12 +282,16 @@ fn push_is_new(
     qb.push(format_args!(", {alias}.change_xid::text AS xid"));
 }
 
-/// One page of changes after `cursor`, at most `limit` rows in all.
+/// One page of changes after `cursor`, at most `limit` rows in all. A cursor from a later
+/// point of the database's history than the server now holds (a database restored to an
+/// earlier point) is refused as `field`: changes written since the restore could otherwise
+/// pass for ones the device has.
 pub async fn pull(
     conn: &mut PgConnection,
     viewer: &AuthUser,
     cursor: Cursor,
     limit: usize,
+    field: &str,
 ) -> Result<(Changes, Cursor, bool), ApiError> {
     // One snapshot for every statement of this page.
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -296,11 +300,12 @@ pub async fn pull(
     // And the viewer's role as this snapshot has it; whether it moved into or out of admin
     // after the base (and by the target): their whole scope moved, see the `scope_reset`
     // migration; and whether workers moved away from under them, or came, in that window.
-    let (now, role, rescoped, reset_xid, lost, gained): (
+    let (now, role, rescoped, reset_xid, lost, gained, ahead): (
         String,
         String,
         bool,
         Option<String>,
+        bool,
         bool,
         bool,
     ) = sqlx::query_as(
@@ -308,7 +313,9 @@ pub async fn pull(
                 coalesce(pg_visible_in_snapshot(u.scope_reset_xid,
                              coalesce($2::pg_snapshot, pg_current_snapshot()))
                          AND NOT pg_visible_in_snapshot(u.scope_reset_xid, $3::pg_snapshot), false),
-                u.scope_reset_xid::text, coalesce(m.lost, false), coalesce(m.gained, false)
+                u.scope_reset_xid::text, coalesce(m.lost, false), coalesce(m.gained, false),
+                coalesce(greatest(pg_snapshot_xmax($2::pg_snapshot), pg_snapshot_xmax($3::pg_snapshot))
+                         > pg_snapshot_xmax(pg_current_snapshot()), false)
          FROM users u
          LEFT JOIN LATERAL (
            SELECT bool_or(NOT s.granted) AS lost, bool_or(s.granted) AS gained
@@ -328,6 +335,13 @@ pub async fn pull(
     // line) ends the token; served under the old role, the pull would use up the reset.
     if role != viewer.role.as_str() {
         return Err(ApiError::InvalidToken);
+    }
+    if ahead {
+        return Err(ApiError::invalid(
+            field,
+            "is from a later point of the database's history than the server now holds (it \
+             was restored): push what has not synced, then sync again from the start",
+        ));
     }
     let target = cursor.target.clone().unwrap_or(now);
     let base = cursor.base.clone();

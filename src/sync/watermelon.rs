@@ -233,7 +233,8 @@ pub async fn pull_changes(
     let whole = given.is_some() && TABLES.iter().any(|t| migrated.contains(*t));
     let page = if whole { WHOLE_PULL } else { PULL_PAGE };
     let mut tx = db.begin().await?;
-    let (mut changes, next, has_more) = pull::pull(&mut tx, viewer, cursor, page).await?;
+    let (mut changes, next, has_more) =
+        pull::pull(&mut tx, viewer, cursor, page, "last_pulled_at").await?;
     tx.commit().await?;
     // Every record comes as `updated` (apps set WatermelonDB's `sendCreatedAsUpdated`): a record
     // created since the last pull may be one this device pushed itself and has deleted since,
@@ -267,7 +268,8 @@ pub async fn pull_changes(
             target: Some(target.clone()),
             ..Cursor::default()
         };
-        let (full, _, _) = pull::pull(&mut tx, viewer, cursor, WHOLE_PULL).await?;
+        let (full, _, _) =
+            pull::pull(&mut tx, viewer, cursor, WHOLE_PULL, "last_pulled_at").await?;
         tx.commit().await?;
         Some(full)
     } else {

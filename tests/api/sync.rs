@@ -2253,3 +2253,110 @@ async fn a_pull_sends_facilities_before_the_history_and_says_when_more_wait() {
     );
     nothing_more(&app, &user.token, &rest).await;
 }
+
+#[tokio::test]
+async fn after_a_logical_restore_into_another_cluster_devices_are_sent_everything_again() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(SITE.0, SITE.1).await;
+    let user = app.quick_user("focal", None, facility).await;
+    let record = closed_shift(&app, user.id, facility).await;
+    let (status, first) = send(app.get("/api/sync/watermelon").bearer_auth(&user.token)).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let timestamp = first["timestamp"].as_i64().unwrap();
+    let stamped = "SELECT updated_at FROM attendance WHERE id = $1";
+    let updated_before: DateTime<Utc> = sqlx::query_scalar(stamped)
+        .bind(Uuid::parse_str(&record).unwrap())
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+
+    // A dump restored into a new cluster: every mark, and every snapshot kept, lies ahead of
+    // the new cluster's transaction counter.
+    sqlx::raw_sql(
+        "ALTER TABLE attendance DISABLE TRIGGER attendance_stamp;
+         ALTER TABLE facilities DISABLE TRIGGER facilities_stamp;
+         UPDATE attendance SET change_xid = (pg_current_xact_id()::text::bigint + 1000000)::text::xid8,
+                               created_xid = (pg_current_xact_id()::text::bigint + 1000000)::text::xid8;
+         UPDATE facilities SET change_xid = (pg_current_xact_id()::text::bigint + 1000000)::text::xid8,
+                               created_xid = (pg_current_xact_id()::text::bigint + 1000000)::text::xid8;
+         ALTER TABLE attendance ENABLE TRIGGER attendance_stamp;
+         ALTER TABLE facilities ENABLE TRIGGER facilities_stamp;
+         UPDATE sync_snapshots SET snapshot = '2000000000:2000000000:';",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let far = field_attendance::sync::pull::Cursor {
+        base: Some("2000000000:2000000000:".into()),
+        ..Default::default()
+    }
+    .encode(&field_attendance::auth::jwt::JwtKeys::new(&app.config.auth));
+
+    // The service starts on the restored database.
+    field_attendance::startup::prepare_database(&app.config)
+        .await
+        .unwrap();
+
+    // A device starting over is sent the record; one syncing from its old timestamp is sent it
+    // again; its change time is the one it had.
+    let fresh = pull_from(&app, &user.token, None).await;
+    assert_eq!(
+        fresh["changes"]["attendance"]["created"][0]["id"], record,
+        "{fresh}"
+    );
+    assert!(
+        fresh["changes"]["facilities"]["created"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"] == facility.to_string()),
+        "{fresh}"
+    );
+    let (status, again) = send(
+        app.get(&format!("/api/sync/watermelon?last_pulled_at={timestamp}"))
+            .bearer_auth(&user.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(
+        again["changes"]["attendance"]["updated"][0]["id"], record,
+        "{again}"
+    );
+    let updated_after: DateTime<Utc> = sqlx::query_scalar(stamped)
+        .bind(Uuid::parse_str(&record).unwrap())
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(updated_after, updated_before);
+    // A record written since is pulled after the new position, once.
+    let later = closed_shift(&app, user.id, facility).await;
+    let next = pull_from(&app, &user.token, Some(&fresh)).await;
+    assert_eq!(
+        next["changes"]["attendance"]["created"][0]["id"], later,
+        "{next}"
+    );
+    nothing_more(&app, &user.token, &next).await;
+
+    // A cursor from beyond the restored history is refused, not read as having seen all since.
+    let (status, body) = send(
+        app.get(&format!("/api/sync/pull?cursor={far}"))
+            .bearer_auth(&user.token),
+    )
+    .await;
+    assert_invalid(status, &body, "cursor");
+
+    // Started again, the service leaves the marks as they now are.
+    let marks = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT string_agg(change_xid::text, ',' ORDER BY id) FROM attendance",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+    };
+    let before = marks().await;
+    field_attendance::startup::prepare_database(&app.config)
+        .await
+        .unwrap();
+    assert_eq!(marks().await, before);
+}

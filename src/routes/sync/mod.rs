@@ -127,7 +127,8 @@ async fn pull_changes(
         None => Cursor::default(),
     };
     let mut tx = state.db.begin().await?;
-    let (changes, next, has_more) = pull::pull(&mut tx, &user, cursor, limit as usize).await?;
+    let (changes, next, has_more) =
+        pull::pull(&mut tx, &user, cursor, limit as usize, "cursor").await?;
     tx.commit().await?;
     Ok(Json(PullResponse {
         changes,
