@@ -6,3 +6,36 @@ pub mod identity;
 
 pub use geo::GeoPoint;
 pub use identity::{Email, Password, Role, UserStatus};
+
+/// A facility code as stored and compared: spaces of any kind (a non-breaking space pasted from
+/// a web page, a run of spaces) read as one plain space, invisible characters (zero-width
+/// spaces, a byte order mark left inside joined files) dropped, and the ends trimmed; so
+/// `KGL\u{A0}HC  001` is `KGL HC 001`, and not a second facility beside it.
+pub fn facility_code(text: &str) -> String {
+    text.chars()
+        .filter(|c| !matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}'))
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::facility_code;
+
+    #[test]
+    fn facility_codes_read_every_kind_of_space_as_one_and_drop_invisible_characters() {
+        for typed in [
+            "KGL HC 001",
+            " KGL\u{A0}HC 001",
+            "KGL  HC\u{202F}001 ",
+            "\u{FEFF}KGL HC\u{200B} 001",
+            "KGL\tHC 001",
+        ] {
+            assert_eq!(facility_code(typed), "KGL HC 001", "{typed:?}");
+        }
+        assert_eq!(facility_code("HC-1"), "HC-1");
+        assert_eq!(facility_code("\u{200B}"), "");
+    }
+}

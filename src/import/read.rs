@@ -2,6 +2,7 @@
 //! XLSX (recognised by signature, not by file name), or CSV in UTF-8 (with or without BOM) or
 //! Windows-1252, separated by `,`, `;` or tabs.
 
+use std::collections::HashSet;
 use std::io::{BufReader, Cursor, Read};
 
 use calamine::{DataRef, Reader, Xlsx};
@@ -53,6 +54,9 @@ pub struct Sheet {
     pub rows: Vec<(u32, Vec<String>)>,
     /// Each CSV row's fields, blank ones included, beside `rows` (none for a workbook).
     pub widths: Vec<usize>,
+    /// The workbook cells Excel stores as dates, by row number (as in `rows`) and column: a
+    /// code typed as `1-12` that Excel took for a date holds a day count, not what was typed.
+    pub dates: HashSet<(u32, usize)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -544,11 +548,19 @@ fn check_styles<R: Read>(part: zip::read::ZipFile<'_, R>) -> Result<(), ReadErro
 fn read_xlsx(bytes: &[u8]) -> Result<Sheet, ReadError> {
     let mut workbook: Xlsx<_> =
         Xlsx::new(Cursor::new(bytes)).map_err(|e| ReadError::Unreadable(e.to_string()))?;
-    let name = workbook
-        .sheet_names()
-        .first()
-        .cloned()
-        .ok_or_else(|| ReadError::Unreadable("the workbook has no sheet".into()))?;
+    // The first worksheet Excel shows: a hidden sheet (an old copy kept out of sight) or a
+    // chart is passed over.
+    let worksheets: Vec<&calamine::Sheet> = workbook
+        .sheets_metadata()
+        .iter()
+        .filter(|sheet| sheet.typ == calamine::SheetType::WorkSheet)
+        .collect();
+    let name = worksheets
+        .iter()
+        .find(|sheet| sheet.visible == calamine::SheetVisible::Visible)
+        .or(worksheets.first())
+        .map(|sheet| sheet.name.clone())
+        .ok_or_else(|| ReadError::Unreadable("the workbook has no worksheet".into()))?;
     let mut cells = workbook
         .worksheet_cells_reader(&name)
         .map_err(|e| ReadError::Unreadable(e.to_string()))?;
@@ -585,6 +597,10 @@ fn read_xlsx(bytes: &[u8]) -> Result<Sheet, ReadError> {
                     .and_then(|style| style.number_format.as_ref())
                     .map(|format| format.format_code.as_str());
                 padded(cell_text(value), shown)
+            }
+            DataRef::DateTime(_) | DataRef::DateTimeIso(_) => {
+                grid.date(row, col);
+                cell_text(value)
             }
             _ => cell_text(value),
         };
@@ -662,6 +678,7 @@ struct Grid {
     bytes: usize,
     /// Rows read before the header was known that had values past `MAX_COLUMNS` (from 0).
     cut_rows: Vec<u32>,
+    dates: HashSet<(u32, usize)>,
 }
 
 impl Grid {
@@ -676,7 +693,15 @@ impl Grid {
             width: 0,
             bytes: 0,
             cut_rows: Vec::new(),
+            dates: HashSet::new(),
         }
+    }
+
+    /// Notes that the cell about to be put is a date; what noting it takes counts against
+    /// `MAX_SHEET_BYTES` with the cell.
+    fn date(&mut self, row: u32, col: u32) {
+        self.bytes += 2 * std::mem::size_of::<(u32, usize)>();
+        self.dates.insert((row + 1, col as usize));
     }
 
     /// Cells arrive row by row, left to right (as spreadsheets store them).
@@ -747,6 +772,7 @@ impl Grid {
             headers,
             rows: self.rows,
             widths: self.widths,
+            dates: self.dates,
         })
     }
 }
@@ -1165,6 +1191,30 @@ mod tests {
     fn numbers_read_as_codes_without_a_decimal_point() {
         assert_eq!(float_text(1001.0), "1001");
         assert_eq!(float_text(-1.9456), "-1.9456");
+    }
+
+    #[test]
+    fn the_first_worksheet_shown_is_read_and_its_date_cells_are_known() {
+        let mut workbook = rust_xlsxwriter::Workbook::new();
+        let old = workbook.add_worksheet().set_name("old copy").unwrap();
+        old.write_string(0, 0, "stale").unwrap();
+        old.set_hidden(true);
+        let sheet = workbook.add_worksheet();
+        sheet.set_active(true);
+        sheet.write_string(0, 0, "code").unwrap();
+        sheet.write_string(0, 1, "name").unwrap();
+        let day = rust_xlsxwriter::ExcelDateTime::from_ymd(2025, 1, 12).unwrap();
+        let shown = rust_xlsxwriter::Format::new().set_num_format("d-mmm");
+        sheet
+            .write_datetime_with_format(1, 0, &day, &shown)
+            .unwrap();
+        sheet.write_string(1, 1, "Kimironko").unwrap();
+        sheet.write_string(2, 0, "1-12").unwrap();
+        let bytes = workbook.save_to_buffer().unwrap();
+        let sheet = read(&bytes).unwrap();
+        assert_eq!(sheet.headers, ["code", "name"]);
+        assert_eq!(sheet.rows[0].1[0], "45669");
+        assert_eq!(sheet.dates, HashSet::from([(2, 0)]));
     }
 
     #[test]

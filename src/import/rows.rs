@@ -6,7 +6,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::domain::GeoPoint;
+use crate::domain::{GeoPoint, facility_code};
 use crate::import::read::{Format, MAX_COLUMNS, Sheet};
 
 /// Row errors kept in a report; `failed` still counts every failed row.
@@ -171,25 +171,29 @@ fn column_letters(index: usize) -> String {
     String::from_utf8(letters).expect("ASCII letters")
 }
 
-/// What Excel shows in a cell whose formula failed, and writes as that text to CSV.
-const EXCEL_ERRORS: &[&str] = &[
-    "#NULL!",
-    "#DIV/0!",
-    "#VALUE!",
-    "#REF!",
-    "#NAME?",
-    "#NUM!",
-    "#N/A",
-    "#DATA!",
-    "#GETTING_DATA",
-    "#SPILL!",
-    "#CALC!",
-    "#FIELD!",
-    "#BLOCKED!",
-    "#CONNECT!",
-    "#BUSY!",
-    "#UNKNOWN!",
-];
+/// What Excel shows in a cell whose formula failed, and writes as that text to CSV, in
+/// English (an XLSX file stores them so, whatever the language): `#N/A`, `#VALUE!`, `#SPILL!`.
+/// A CSV saved by Excel in another language has them in that language: `#NOM?`, `#VALEUR!`
+/// (French), `#WERT!`, `#NV` (German), `#¡VALOR!` (Spanish), `#N/D` (Italian, Portuguese); so a
+/// cell of `#`, capitals (`¡`, `¿`, `/`, digits and `_` among them) and a closing `!` or `?`
+/// is taken for one too. No code or name is written so.
+fn excel_error(text: &str) -> bool {
+    const NOT_AVAILABLE: &[&str] = &["#N/A", "#NV", "#N/D", "#NA", "#GETTING_DATA"];
+    if NOT_AVAILABLE.contains(&text) {
+        return true;
+    }
+    let Some(inner) = text
+        .strip_prefix('#')
+        .and_then(|t| t.strip_suffix(['!', '?']))
+    else {
+        return false;
+    };
+    inner.chars().count() <= 24
+        && inner.chars().any(char::is_uppercase)
+        && inner
+            .chars()
+            .all(|c| c.is_uppercase() || c.is_ascii_digit() || matches!(c, '/' | '_' | '¡' | '¿'))
+}
 
 /// A cell's text as a message quotes it: control characters escaped (a NUL could not be
 /// stored in the report), at most 64 characters.
@@ -268,7 +272,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                 .and_then(|&i| cells.get(i))
                 .map_or("", |s| s.trim())
         };
-        let code = get(Column::Code).to_string();
+        let code = facility_code(get(Column::Code));
         let key = code_key(&code);
         // A CSV row with values past the header line's last field: most likely a separator
         // inside a value that is not in quotes (`KG 11 Ave, Kimironko`), which has shifted
@@ -304,7 +308,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
         }
         let mut broken: Vec<(usize, Column)> = map
             .iter()
-            .filter(|(c, _)| EXCEL_ERRORS.contains(&get(**c)))
+            .filter(|(c, _)| excel_error(get(**c)))
             .map(|(c, i)| (*i, *c))
             .collect();
         if !broken.is_empty() {
@@ -317,7 +321,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                     get(column)
                 ),
             }));
-            if !code.is_empty() && !EXCEL_ERRORS.contains(&code.as_str()) {
+            if !code.is_empty() && !excel_error(&code) {
                 seen_codes.entry(key).or_insert(row);
             }
             failed += 1;
@@ -354,6 +358,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
         let latitude = parse_number(get(Column::Latitude));
         let longitude = parse_number(get(Column::Longitude));
         match latitude {
+            None if get(Column::Latitude).is_empty() => err(Column::Latitude, "is required".into()),
             None => err(
                 Column::Latitude,
                 format!("`{}` is not a number", shown(get(Column::Latitude))),
@@ -364,6 +369,9 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
             _ => {}
         }
         match longitude {
+            None if get(Column::Longitude).is_empty() => {
+                err(Column::Longitude, "is required".into())
+            }
             None => err(
                 Column::Longitude,
                 format!("`{}` is not a number", shown(get(Column::Longitude))),
@@ -374,21 +382,61 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
             _ => {}
         }
         // The council by its name or its code, whichever cell names one; a row giving both is
-        // read by either, and a cell naming none is the one reported.
-        let given: Vec<(Column, &str)> = [Column::CouncilName, Column::CouncilCode]
+        // read by either (a name spelled otherwise beside a known code), unless the two name
+        // different councils; a cell naming none is the one reported.
+        let given: Vec<(Column, &str, Option<Uuid>)> = [Column::CouncilName, Column::CouncilCode]
             .into_iter()
             .map(|c| (c, get(c)))
             .filter(|(_, v)| !v.is_empty())
+            .map(|(c, v)| (c, v, councils.get(&v.to_lowercase()).copied()))
             .collect();
-        let council_id = given
-            .iter()
-            .find_map(|(_, key)| councils.get(&key.to_lowercase()).copied());
-        match given.first() {
-            None => err(Column::CouncilName, "is required".into()),
-            Some(&(column, key)) if council_id.is_none() => {
+        let found: Vec<&(Column, &str, Option<Uuid>)> =
+            given.iter().filter(|(_, _, id)| id.is_some()).collect();
+        let council_id = found.first().and_then(|(_, _, id)| *id);
+        match (given.first(), found.as_slice()) {
+            // Under the column the file has (it has one of the two).
+            (None, _) if !map.contains_key(&Column::CouncilName) => {
+                err(Column::CouncilCode, "is required".into());
+            }
+            (None, _) => err(Column::CouncilName, "is required".into()),
+            (Some(&(column, key, _)), []) => {
                 err(column, format!("no council named `{}`", shown(key)));
             }
-            Some(_) => {}
+            (_, [(_, name, Some(by_name)), (column, code, Some(by_code))])
+                if by_name != by_code =>
+            {
+                err(
+                    *column,
+                    format!(
+                        "`{}` names another council than `{}` in {}",
+                        shown(code),
+                        shown(name),
+                        Column::CouncilName.name()
+                    ),
+                );
+            }
+            _ => {}
+        }
+        // A code typed as `1-12` that Excel took for a date holds a day count (`45658`).
+        for column in [
+            Column::Code,
+            Column::Name,
+            Column::Type,
+            Column::ContactPhone,
+            Column::CouncilName,
+            Column::CouncilCode,
+        ] {
+            if map
+                .get(&column)
+                .is_some_and(|&i| sheet.dates.contains(&(row, i)))
+            {
+                err(
+                    column,
+                    "is a date to Excel, which keeps it as a day count, not as typed: format the \
+                     column as Text and type the value again"
+                        .into(),
+                );
+            }
         }
         // The facility endpoints' own limits, so that an imported facility can be edited.
         for column in [
@@ -397,7 +445,12 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
             Column::Type,
             Column::ContactPhone,
         ] {
-            if get(column).chars().any(char::is_control) {
+            let text = if column == Column::Code {
+                &code
+            } else {
+                get(column)
+            };
+            if text.chars().any(char::is_control) {
                 err(column, "must not contain control characters".into());
             }
         }
@@ -544,18 +597,124 @@ mod tests {
     }
 
     #[test]
-    fn a_council_is_found_by_its_name_or_its_code_and_the_cell_read_is_the_one_reported() {
+    fn a_council_is_found_by_its_name_or_its_code_unless_the_two_disagree() {
         let (councils, id) = councils();
         let sheet = read(
             b"code,name,latitude,longitude,council_name,council_code\n\
               A,Long name,-1.9,30.1,Gasabo District,RW-0102\n\
-              B,Code only,-1.9,30.1,,RW-9999\n",
+              B,Code only,-1.9,30.1,,RW-9999\n\
+              C,Contradiction,-1.9,30.1,Gasabo,RW-0504\n\
+              D,Both agree,-1.9,30.1,gasabo,rw-0102\n",
+        )
+        .unwrap();
+        let mut councils = councils;
+        councils.insert("rw-0504".into(), Uuid::new_v4());
+        let checked = check(&sheet, &councils).unwrap();
+        assert_eq!(checked.valid.len(), 2);
+        assert!(checked.valid.iter().all(|row| row.council_id == id));
+        assert_eq!(
+            places(&checked),
+            vec![(3, Some("council_code")), (4, Some("council_code"))]
+        );
+        assert!(
+            checked.errors[1]
+                .message
+                .contains("another council than `Gasabo`"),
+            "{:?}",
+            checked.errors
+        );
+    }
+
+    #[test]
+    fn excel_errors_are_known_in_the_languages_excel_writes_them_in() {
+        for error in [
+            "#N/A",
+            "#VALUE!",
+            "#DIV/0!",
+            "#SPILL!",
+            "#CALC!",
+            "#GETTING_DATA",
+            "#NOM?",
+            "#VALEUR!",
+            "#NOMBRE!",
+            "#NUL!",
+            "#WERT!",
+            "#BEZUG!",
+            "#NV",
+            "#ÜBERLAUF!",
+            "#¡VALOR!",
+            "#¿NOMBRE?",
+            "#N/D",
+            "#NÚM!",
+        ] {
+            assert!(excel_error(error), "{error}");
+        }
+        for value in [
+            "#1",
+            "HC-1",
+            "#",
+            "#!",
+            "#12!",
+            "Kimironko #2!",
+            "#hc-1!",
+            "#N/A ",
+        ] {
+            assert!(!excel_error(value), "{value}");
+        }
+        // In a French CSV: the row is refused, not stored with `#NOM?` as its name.
+        let (councils, _) = councils();
+        let sheet = read(
+            "name;code;latitude;longitude;council_name\n\
+             #NOM?;HC-78;-1,95;30,11;Gasabo\n\
+             CS Remera;#VALEUR!;-1,96;30,1;Gasabo\n"
+                .as_bytes(),
         )
         .unwrap();
         let checked = check(&sheet, &councils).unwrap();
+        assert!(checked.valid.is_empty());
+        assert_eq!(places(&checked), vec![(2, Some("name")), (3, Some("code"))]);
+    }
+
+    #[test]
+    fn a_text_cell_excel_keeps_as_a_date_is_a_row_error() {
+        let (councils, _) = councils();
+        let mut sheet =
+            read(b"code,name,latitude,longitude,council_name\n45669,Ok,-1.9,30.1,Gasabo\n")
+                .unwrap();
+        let checked = check(&sheet, &councils).unwrap();
         assert_eq!(checked.valid.len(), 1);
-        assert_eq!(checked.valid[0].council_id, id);
-        assert_eq!(places(&checked), vec![(3, Some("council_code"))]);
+        sheet.dates.insert((2, 0));
+        let checked = check(&sheet, &councils).unwrap();
+        assert!(checked.valid.is_empty());
+        assert_eq!(places(&checked), vec![(2, Some("code"))]);
+        assert!(
+            checked.errors[0]
+                .message
+                .contains("format the column as Text")
+        );
+    }
+
+    #[test]
+    fn a_blank_required_cell_is_said_to_be_required_under_the_files_own_column() {
+        let (councils, _) = councils();
+        let sheet =
+            read(b"code,name,latitude,longitude,council_code\nA,Ok,,30.1,\nB,Ok,x,,RW-0102\n")
+                .unwrap();
+        let checked = check(&sheet, &councils).unwrap();
+        let said: Vec<(u32, Option<&str>, &str)> = checked
+            .errors
+            .iter()
+            .map(|e| (e.row, e.column.as_deref(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            said,
+            vec![
+                (2, Some("latitude"), "is required"),
+                (2, Some("council_code"), "is required"),
+                (3, Some("latitude"), "`x` is not a number"),
+                (3, Some("longitude"), "is required"),
+            ]
+        );
     }
 
     /// Each error's row and column.

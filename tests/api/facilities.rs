@@ -1748,3 +1748,50 @@ async fn a_nul_character_in_a_query_parameter_is_refused_naming_it() {
         assert!(body["error"]["details"][name].is_array(), "{path}: {body}");
     }
 }
+
+#[tokio::test]
+async fn a_code_pasted_with_other_spaces_is_the_same_facility_and_a_council_contradiction_is_a_row_error()
+ {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let csv = "name,code,latitude,longitude,council_name,council_code\n\
+               Kimironko HC,KGL HC 001,-1.95,30.11,Gasabo,RW-0102\n";
+    let (status, report) = import(&app, &admin.token, "first.csv", csv.into(), "").await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["created"], 1, "{report}");
+
+    // The code again, with a non-breaking space and a zero-width one pasted from a web page;
+    // and a row whose council name and code name two councils.
+    let csv = "name,code,latitude,longitude,council_name,council_code\n\
+               Kimironko HC,KGL\u{A0}HC\u{200B} 001,-1.95,30.11,Gasabo,RW-0102\n\
+               Remera HC,HC-77,-1.95,30.11,Gasabo,RW-0504\n";
+    let (status, report) = import(&app, &admin.token, "again.csv", csv.into(), "").await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        (report["created"].as_u64(), report["skipped"].as_u64()),
+        (Some(0), Some(1)),
+        "{report}"
+    );
+    assert_eq!(errors(&report), vec![(3, "council_code".into())]);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM facilities")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+
+    // So does the endpoint: the code pasted so is the one already taken.
+    let council: uuid::Uuid = sqlx::query_scalar("SELECT id FROM councils WHERE code = 'RW-0102'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let (status, body) = send(
+        app.post("/api/facilities")
+            .bearer_auth(&admin.token)
+            .json(&json!({
+                "code": "\u{FEFF}KGL\u{A0}HC  001", "name": "Twin", "latitude": -1.95,
+                "longitude": 30.11, "council_id": council,
+            })),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "duplicate");
+}

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::audit::{self, Activity};
 use crate::auth::{AdminUser, AuthUser, ClientInfo};
 use crate::db::facilities::{self, Facility, FacilityFilter, FacilityStatus};
-use crate::domain::GeoPoint;
+use crate::domain::{GeoPoint, facility_code};
 use crate::error::{ApiError, ErrorEnvelope, Invalid, ResultExt};
 use crate::extract::{Json, Path, Query};
 use crate::routes::checks::{optional_text, required_text};
@@ -217,7 +217,7 @@ async fn create_facility(
     Json(req): Json<CreateFacility>,
 ) -> Result<(StatusCode, Json<Facility>), ApiError> {
     let mut invalid = Invalid::default();
-    let code = required_text(&req.code, "code", 64, &mut invalid);
+    let code = required_text(&facility_code(&req.code), "code", 64, &mut invalid);
     let name = required_text(&req.name, "name", 200, &mut invalid);
     let facility_type = req.facility_type.as_deref().map_or_else(
         || "health_center".into(),
@@ -330,7 +330,7 @@ async fn update_facility(
     let code = req
         .code
         .as_deref()
-        .map(|c| required_text(c, "code", 64, &mut invalid));
+        .map(|c| required_text(&facility_code(c), "code", 64, &mut invalid));
     let name = req
         .name
         .as_deref()
