@@ -6,6 +6,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::Config;
 use crate::import::apply::{ImportOptions, OnDuplicate};
+use crate::seed::Made;
 use crate::startup::{Application, prepare_database, shutdown_signal, wait_for};
 use crate::state::AppState;
 
@@ -86,7 +87,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CreateAdmin { email, password } => {
             let state = offline_state(config).await?;
-            let id = crate::seed::create_admin(&state, &email, password, "command line").await?;
+            let id = crate::seed::create_admin(&state, &email, password, Made::ByCommand)
+                .await?
+                .expect("a command makes its admin whatever the roster holds");
             println!("admin {email} ready (id {id})");
         }
         Command::ImportFacilities {

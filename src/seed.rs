@@ -18,11 +18,12 @@ pub async fn run(state: &AppState) -> anyhow::Result<()> {
 /// development, with no password given, a random one is generated and printed once; there is
 /// never a fixed default.
 async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE role = 'admin')")
-            .fetch_one(&state.db)
-            .await?;
-    if exists {
+    if any_admin(&mut *state.db.acquire().await?).await? {
+        if state.config.auth.admin_password.is_some() {
+            tracing::info!(
+                "an admin exists: ADMIN_EMAIL and ADMIN_PASSWORD are left unused (`field-attendance create-admin` resets an admin's password)"
+            );
+        }
         return Ok(());
     }
     let auth = &state.config.auth;
@@ -31,14 +32,6 @@ async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| "admin@example.org".to_string());
     let (password, generated) = match &auth.admin_password {
-        // Copied from the sample or the README, it is as good as published: no admin is made
-        // with it but on a developer's machine.
-        Some(p) if !state.config.is_dev() && crate::config::is_a_sample(p.expose_secret()) => {
-            anyhow::bail!(
-                "ADMIN_PASSWORD is a sample value; choose one of your own for the first admin \
-                 (for example `openssl rand -base64 18`)"
-            )
-        }
         Some(p) => (p.clone(), false),
         None if state.config.is_dev() => (SecretString::from(generate_password()), true),
         None => {
@@ -48,7 +41,14 @@ async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    create_admin(state, &email, password.clone(), "seed").await?;
+    // Another instance, starting beside this one, may have made the first admin meanwhile.
+    if create_admin(state, &email, password.clone(), Made::First)
+        .await
+        .context("making the first admin from ADMIN_EMAIL and ADMIN_PASSWORD")?
+        .is_none()
+    {
+        return Ok(());
+    }
     if generated {
         // Printed, not logged: log files outlive the terminal.
         println!(
@@ -60,18 +60,51 @@ async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn any_admin(conn: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE role = 'admin')")
+        .fetch_one(conn)
+        .await
+}
+
+/// How an admin is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Made {
+    /// The first admin, at start; nothing when one exists by the time the roster is locked.
+    First,
+    /// From the command line: created, or an existing account made an active admin.
+    ByCommand,
+}
+
+impl Made {
+    fn via(self) -> &'static str {
+        match self {
+            Made::First => "seed",
+            Made::ByCommand => "command line",
+        }
+    }
+}
+
 /// Creates an active admin, or makes an existing account with that email an active admin with
-/// the given password, under the API's rules for emails and passwords. The audit trail records
-/// it as the API would (creation, or a password change and any role or status change), with
-/// no actor and `via` (the seed, the command line) in its details.
+/// the given password, under the API's rules for emails and passwords; outside development, a
+/// sample password (copied from the README or `.env.example`, as good as published) is
+/// refused. The audit trail records it as the API would (creation, or a password change and any
+/// role or status change), with no actor and `via` (the seed, the command line) in its
+/// details. `None` when `made` is [`Made::First`] and an admin exists.
 pub async fn create_admin(
     state: &AppState,
     email: &str,
     password: SecretString,
-    via: &str,
-) -> anyhow::Result<uuid::Uuid> {
+    made: Made,
+) -> anyhow::Result<Option<uuid::Uuid>> {
+    let via = made.via();
     let email = Email::parse(email).map_err(|reason| anyhow::anyhow!("the email {reason}"))?;
     let email = email.as_str();
+    if !state.config.is_dev() && crate::config::is_a_sample(password.expose_secret()) {
+        anyhow::bail!(
+            "the password is a sample value; choose one of your own for the admin (for example \
+             `openssl rand -base64 18`)"
+        );
+    }
     let password = Password::parse(password.expose_secret(), email)
         .map_err(|reason| anyhow::anyhow!("the password {reason}"))?;
     let hash = state.hasher.hash(password.into_secret()).await?;
@@ -79,6 +112,9 @@ pub async fn create_admin(
     // Held as a role or supervisor change holds it: the supervisor kept cannot be demoted, nor
     // the tree changed, meanwhile.
     crate::db::users::lock_tree(&mut tx, false).await?;
+    if made == Made::First && any_admin(&mut tx).await? {
+        return Ok(None);
+    }
     let before: Option<(String, String, Option<uuid::Uuid>)> =
         sqlx::query_as("SELECT role, status, supervisor_id FROM users WHERE email = $1 FOR UPDATE")
             .bind(email)
@@ -133,7 +169,7 @@ pub async fn create_admin(
         entry.on("user", id).record(&mut *tx).await?;
     }
     tx.commit().await?;
-    Ok(id)
+    Ok(Some(id))
 }
 
 fn generate_password() -> String {

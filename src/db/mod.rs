@@ -224,6 +224,19 @@ pub async fn migrate(url: &str) -> Result<(), sqlx::migrate::MigrateError> {
                 conn.close().await?;
                 return Ok(());
             }
+            // A newer build migrated this database (this one is an older build rolled back to,
+            // or an instance restarting during a rolling deploy): served as `/ready` holds, when
+            // every migration this build has is applied.
+            Err(sqlx::migrate::MigrateError::VersionMissing(newer))
+                if has_every_embedded(&mut conn).await? =>
+            {
+                tracing::warn!(
+                    newer,
+                    "the database has migrations newer than this build's; serving on it"
+                );
+                conn.close().await?;
+                return Ok(());
+            }
             // The connection is dropped, and with it the migrators' advisory lock.
             Err(e) if lock_not_available(&e) && tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %e, retry_in_s = pause.as_secs(), "a migration waited too long for a lock; trying again");
@@ -233,6 +246,22 @@ pub async fn migrate(url: &str) -> Result<(), sqlx::migrate::MigrateError> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Whether every migration embedded in this build is applied (successfully) to the database.
+async fn has_every_embedded(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    let embedded: Vec<i64> = MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .map(|m| m.version)
+        .collect();
+    sqlx::query_scalar(
+        "SELECT count(*) = cardinality($1) FROM _sqlx_migrations
+         WHERE success AND version = ANY($1)",
+    )
+    .bind(&embedded)
+    .fetch_one(conn)
+    .await
 }
 
 /// Postgres gave up waiting for a lock (55P03, `lock_timeout`).

@@ -142,7 +142,8 @@ impl Email {
     }
 }
 
-/// A password that meets the policy: 10 to 128 characters and not the account's email.
+/// A password that meets the policy: 10 to 128 characters, not only spaces, and not the
+/// account's email.
 pub struct Password(SecretString);
 
 impl Password {
@@ -153,6 +154,9 @@ impl Password {
         }
         if chars > 128 {
             return Err("must be at most 128 characters".into());
+        }
+        if raw.trim().is_empty() {
+            return Err("must not be only spaces".into());
         }
         if raw.trim().eq_ignore_ascii_case(email.trim()) {
             return Err("must not be the email address".into());
@@ -202,6 +206,8 @@ mod tests {
         assert!(Password::parse("ada@example.org", "ada@example.org").is_err());
         assert!(Password::parse("ADA@example.org", "ada@example.org").is_err());
         assert!(Password::parse("a long enough passphrase", "ada@example.org").is_ok());
+        assert!(Password::parse(&" ".repeat(12), "a@b.org").is_err());
+        assert!(Password::parse(" \u{A0}\t          ", "a@b.org").is_err());
         // Length is counted in characters, not bytes.
         assert!(Password::parse("ééééééééé", "a@b.org").is_err());
     }

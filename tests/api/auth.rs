@@ -1005,6 +1005,18 @@ async fn create_admin_resets_an_account_and_ends_its_sessions() {
     ] {
         app.cli_refused(&["create-admin", "--email", email, "--password", password]);
     }
+    // A published sample password, outside development.
+    let said = app.cli_refused_with(
+        &[("APP_ENV", "production")],
+        &[
+            "create-admin",
+            "--email",
+            "third@test.example",
+            "--password",
+            "change-me-now",
+        ],
+    );
+    assert!(said.contains("sample value"), "{said}");
     let n: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM users WHERE email LIKE 'third%' OR email = 'not-an-email'",
     )

@@ -631,7 +631,7 @@ impl TestApp {
     /// Runs the service's command line against this test's database; panics when it fails,
     /// showing what it printed. Returns its standard output.
     pub fn cli(&self, args: &[&str]) -> Vec<u8> {
-        let output = self.run_cli(args);
+        let output = self.run_cli(args, &[]);
         assert!(
             output.status.success(),
             "{}",
@@ -642,17 +642,23 @@ impl TestApp {
 
     /// Runs the command line expecting it to fail; returns what it printed as its error.
     pub fn cli_refused(&self, args: &[&str]) -> String {
-        let output = self.run_cli(args);
+        self.cli_refused_with(&[], args)
+    }
+
+    /// As [`TestApp::cli_refused`], with these variables set besides the database's.
+    pub fn cli_refused_with(&self, env: &[(&str, &str)], args: &[&str]) -> String {
+        let output = self.run_cli(args, env);
         assert!(!output.status.success(), "{args:?} succeeded");
         String::from_utf8_lossy(&output.stderr).into_owned()
     }
 
-    fn run_cli(&self, args: &[&str]) -> std::process::Output {
+    fn run_cli(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         std::process::Command::new(env!("CARGO_BIN_EXE_field-attendance"))
             .args(args)
             .env("DATABASE_URL", self.test_db.url())
             .env("JWT_SECRET", JWT_SECRET)
             .env("LOG_LEVEL", "warn")
+            .envs(env.iter().copied())
             .output()
             .unwrap()
     }

@@ -177,3 +177,30 @@ async fn a_missing_database_is_created_once_by_instances_starting_together() {
     create(&url).await.unwrap();
     field_attendance::db::migrate(&url).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_build_older_than_the_database_starts_on_it_when_it_has_every_migration_of_its_own() {
+    let db = TestDb::empty().await;
+    field_attendance::db::migrate(&db.url()).await.unwrap();
+    let mut conn = PgConnection::connect(&db.url()).await.unwrap();
+    // A newer build's migration, applied by it during a rolling deploy.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES ($1, 'from a newer build', true, '\\x00', 1)",
+    )
+    .bind(latest_migration() + 1)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    field_attendance::db::migrate(&db.url())
+        .await
+        .expect("this build's migrations are all there: it starts");
+
+    // One of its own missing beside the newer one: that database is not one it can serve.
+    sqlx::query("UPDATE _sqlx_migrations SET success = false WHERE version = $1")
+        .bind(latest_migration())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert!(field_attendance::db::migrate(&db.url()).await.is_err());
+}

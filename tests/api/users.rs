@@ -1308,3 +1308,35 @@ async fn no_one_is_placed_under_a_supervisor_who_ranks_below_them() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(role().await.unwrap(), "supervisor");
 }
+
+#[tokio::test]
+async fn deactivating_a_user_again_changes_and_records_nothing_more() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let user = app.user("focal", None).await;
+    let deactivate = || {
+        send(
+            app.delete(&format!("/api/users/{}", user.id))
+                .bearer_auth(&admin.token),
+        )
+    };
+    let version = || async {
+        sqlx::query_scalar::<_, i32>("SELECT token_version FROM users WHERE id = $1")
+            .bind(user.id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+    assert_eq!(deactivate().await.0, StatusCode::NO_CONTENT);
+    let after_once = version().await;
+    assert_eq!(deactivate().await.0, StatusCode::NO_CONTENT);
+    assert_eq!(version().await, after_once);
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM activities WHERE action = 'user.deactivate' AND entity_id = $1",
+    )
+    .bind(user.id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 1);
+}

@@ -435,6 +435,11 @@ async fn deactivate_user(
     .fetch_optional(&mut *tx)
     .await?;
     let (previous, role) = previous.ok_or(ApiError::NotFound)?;
+    // Deactivated already (a request sent again): nothing is written, no session is ended.
+    if previous == UserStatus::Inactive.as_str() {
+        tx.rollback().await?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     if role == Role::Admin.as_str()
         && previous == UserStatus::Active.as_str()
         && !users::another_active_admin(&mut tx, id).await?
