@@ -253,7 +253,7 @@ pub async fn find<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Facili
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FacilityFilter {
-    /// Matches name or code, case-insensitively.
+    /// Matches part of a name or code, whatever the case and accents (`sante` finds Santé).
     pub q: Option<String>,
     pub council_id: Option<Uuid>,
     pub region_id: Option<Uuid>,
@@ -331,12 +331,12 @@ fn push_found(
     qb.push(FROM_FACILITIES);
     qb.push(" WHERE true");
     if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
-        // Lowered by Postgres, as the names it is compared with (Rust lowers some letters
-        // otherwise: a final sigma, a dotted capital I).
+        // Accents and case aside, by Postgres, as the names it is compared with (Rust lowers
+        // some letters otherwise: a final sigma, a dotted capital I).
         let pattern = format!("%{}%", escape_like(q));
-        qb.push(" AND (lower(f.name) LIKE lower(")
+        qb.push(" AND (search_key(f.name) LIKE search_key(")
             .push_bind(pattern.clone());
-        qb.push(") OR lower(f.code) LIKE lower(")
+        qb.push(") OR search_key(f.code) LIKE search_key(")
             .push_bind(pattern)
             .push("))");
     }

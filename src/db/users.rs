@@ -356,7 +356,8 @@ fn push_team(qb: &mut QueryBuilder<'_, Postgres>, supervisor: Uuid) {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UserFilter {
-    /// Matches name, email, phone or employee id, case-insensitively.
+    /// Matches part of a name, email, phone or employee id, whatever the case and accents
+    /// (`theogene` finds Théogène).
     pub q: Option<String>,
     pub role: Option<Role>,
     pub status: Option<UserStatus>,
@@ -463,14 +464,14 @@ fn push_matching(qb: &mut QueryBuilder<'_, Postgres>, viewer: &AuthUser, filter:
     qb.push(" WHERE true");
     push_scope(qb, viewer, "u.id");
     if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
-        // Same expression as the trigram index users_search_idx.
+        // Same expression as the trigram index users_search_idx: accents and case aside.
         qb.push(
-            " AND lower(u.first_name || ' ' || u.last_name || ' ' || u.email || ' ' || coalesce(u.phone, '') || ' '
+            " AND search_key(u.first_name || ' ' || u.last_name || ' ' || u.email || ' ' || coalesce(u.phone, '') || ' '
                     || coalesce(u.employee_id, '')) LIKE ",
         );
-        // Lowered by Postgres, as the text it is compared with (Rust lowers some letters
+        // Keyed by Postgres, as the text it is compared with (Rust lowers some letters
         // otherwise: a final sigma, a dotted capital I).
-        qb.push("lower(")
+        qb.push("search_key(")
             .push_bind(format!("%{}%", escape_like(q)))
             .push(")");
     }

@@ -1795,3 +1795,30 @@ async fn a_code_pasted_with_other_spaces_is_the_same_facility_and_a_council_cont
     .await;
     assert_error(status, &body, StatusCode::CONFLICT, "duplicate");
 }
+
+#[tokio::test]
+async fn facility_search_sets_accents_and_case_aside() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let csv = "name,code,latitude,longitude,council_name\n\
+               Centre de Santé Gikondo,CS-GIK,-1.97,30.07,Kicukiro\n\
+               Kimironko HC,HC-KIM,-1.95,30.12,Gasabo\n";
+    let (status, report) = import(&app, &admin.token, "list.csv", csv.into(), "").await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["created"], 2, "{report}");
+    for typed in ["sante", "SANTÉ", "santé gik", "cs-gik"] {
+        let (status, body) = send(
+            app.get(&format!("/api/facilities?q={typed}"))
+                .bearer_auth(&admin.token),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let codes: Vec<&str> = body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["code"].as_str().unwrap())
+            .collect();
+        assert_eq!(codes, ["CS-GIK"], "{typed}");
+    }
+}

@@ -58,7 +58,7 @@ async fn migrations_applied_twice_are_a_no_op_and_every_down_reverts_cleanly() {
     assert!(user_tables(&mut conn).await.is_empty());
     let functions: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-         WHERE n.nspname = 'public' AND p.proname IN ('set_updated_at', 'stamp_change', 'uuid_v7')",
+         WHERE n.nspname = 'public' AND p.proname IN ('set_updated_at', 'stamp_change', 'uuid_v7', 'search_key')",
     )
     .fetch_one(&mut conn)
     .await

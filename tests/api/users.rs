@@ -188,6 +188,35 @@ async fn user_search_filters_and_paginates() {
     assert_eq!(body["data"][0]["email"], "nurse4@clinic.example");
     let (_, body) = send(app.get("/api/users?q=nurse%25").bearer_auth(&admin.token)).await;
     assert_eq!(body["total"], 0, "% is matched literally");
+    for literal in ["nurse_", "nurse%5C"] {
+        let (_, body) = send(
+            app.get(&format!("/api/users?q={literal}"))
+                .bearer_auth(&admin.token),
+        )
+        .await;
+        assert_eq!(body["total"], 0, "{literal} is matched literally");
+    }
+    // Accents aside, either way: typed without them on a phone, or with them.
+    let (status, body) = send(
+        app.post("/api/users")
+            .bearer_auth(&admin.token)
+            .json(&json!({
+                "email": "theo@clinic.example", "password": "a long enough passphrase",
+                "first_name": "Théogène", "last_name": "Uwimana", "role": "focal",
+            })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for typed in ["theogene", "THEOGENE", "Théogène", "théo", "THÉOGÈNE"] {
+        let (_, body) = send(
+            app.get(&format!("/api/users?q={typed}"))
+                .bearer_auth(&admin.token),
+        )
+        .await;
+        assert_eq!(listed(&body, "email"), ["theo@clinic.example"], "{typed}");
+    }
+    let (_, body) = send(app.get("/api/users?q=mukamána").bearer_auth(&admin.token)).await;
+    assert_eq!(body["total"], 7);
     let (_, body) = send(app.get("/api/users?role=admin").bearer_auth(&admin.token)).await;
     assert_eq!(body["total"], 1);
     let (status, body) = send(app.get("/api/users?per_page=101").bearer_auth(&admin.token)).await;
