@@ -544,8 +544,93 @@ fn check_styles<R: Read>(part: zip::read::ZipFile<'_, R>) -> Result<(), ReadErro
     }
 }
 
+/// How many newer Excel errors a workbook may hold that the reader has to be shown as text.
+const MAX_UNKNOWN_ERRORS: usize = 8;
+
 /// Streams the first worksheet cell by cell, so memory follows the rows kept, not the sheet.
 fn read_xlsx(bytes: &[u8]) -> Result<Sheet, ReadError> {
+    let mut patched: Option<Vec<u8>> = None;
+    for _ in 0..=MAX_UNKNOWN_ERRORS {
+        let current = patched.as_deref().unwrap_or(bytes);
+        match read_worksheet(current)? {
+            Pass::Read(sheet) => return Ok(sheet),
+            Pass::UnknownError(value) => patched = Some(errors_as_text(current, &value)?),
+        }
+    }
+    Err(ReadError::Unreadable(format!(
+        "the sheet holds more than {MAX_UNKNOWN_ERRORS} kinds of Excel error"
+    )))
+}
+
+enum Pass {
+    Read(Sheet),
+    /// An error cell whose value the reader does not know (it knows Excel's seven classic
+    /// ones, not `#SPILL!`, `#CALC!` or `#GETTING_DATA`), which stops it.
+    UnknownError(String),
+}
+
+/// The workbook with every error cell showing `value` made a text cell of the same words, which
+/// the row check reports as Excel's error: the `t="e"` of the `<c>` tag before each
+/// `<v>value</v>` of the worksheets becomes `t="str"`. Only those parts are written again.
+fn errors_as_text(bytes: &[u8], value: &str) -> Result<Vec<u8>, ReadError> {
+    use std::io::Write;
+    let broken = |e: &dyn std::fmt::Display| ReadError::Unreadable(e.to_string());
+    let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| broken(&e))?;
+    let mut out = zip::ZipWriter::new(Cursor::new(Vec::with_capacity(bytes.len())));
+    let marker = format!("<v>{value}</v>");
+    for i in 0..archive.len() {
+        let entry = archive.by_index(i).map_err(|e| broken(&e))?;
+        let name = entry.name().map_err(|e| broken(&e))?.into_owned();
+        if !(name.starts_with("xl/worksheets/") && name.ends_with(".xml")) {
+            out.raw_copy_file(entry).map_err(|e| broken(&e))?;
+            continue;
+        }
+        let mut xml = Vec::with_capacity(entry.size() as usize);
+        entry
+            .take(MAX_UNCOMPRESSED_BYTES)
+            .read_to_end(&mut xml)
+            .map_err(|e| broken(&e))?;
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        out.start_file(name, options).map_err(|e| broken(&e))?;
+        out.write_all(&as_text(&xml, marker.as_bytes()))
+            .map_err(|e| broken(&e))?;
+    }
+    Ok(out.finish().map_err(|e| broken(&e))?.into_inner())
+}
+
+/// `xml` with `t="e"` made `t="str"` in the start tag of each `<c>` holding `marker`.
+fn as_text(xml: &[u8], marker: &[u8]) -> Vec<u8> {
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    let mut out = Vec::with_capacity(xml.len());
+    // Written up to `done`; the previous marker ended at `from` (a cell's tag comes after it).
+    let mut done = 0;
+    let mut from = 0;
+    while let Some(at) = find(&xml[from..], marker).map(|i| from + i) {
+        let after = from;
+        from = at + marker.len();
+        let Some(cell) = xml[after..at]
+            .windows(3)
+            .rposition(|w| w == b"<c ")
+            .map(|i| after + i)
+        else {
+            continue;
+        };
+        let tag_end = xml[cell..at]
+            .iter()
+            .position(|&b| b == b'>')
+            .map_or(at, |i| cell + i);
+        if let Some(t) = find(&xml[cell..tag_end], b" t=\"e\"").map(|i| cell + i) {
+            out.extend_from_slice(&xml[done..t]);
+            out.extend_from_slice(b" t=\"str\"");
+            done = t + b" t=\"e\"".len();
+        }
+    }
+    out.extend_from_slice(&xml[done..]);
+    out
+}
+
+fn read_worksheet(bytes: &[u8]) -> Result<Pass, ReadError> {
     let mut workbook: Xlsx<_> =
         Xlsx::new(Cursor::new(bytes)).map_err(|e| ReadError::Unreadable(e.to_string()))?;
     // The first worksheet Excel shows: a hidden sheet (an old copy kept out of sight) or a
@@ -565,10 +650,13 @@ fn read_xlsx(bytes: &[u8]) -> Result<Sheet, ReadError> {
         .worksheet_cells_reader(&name)
         .map_err(|e| ReadError::Unreadable(e.to_string()))?;
     let mut grid = Grid::new(Format::Xlsx);
-    while let Some((cell, style)) = cells
-        .next_cell_with_style_id()
-        .map_err(|e| ReadError::Unreadable(e.to_string()))?
-    {
+    loop {
+        let (cell, style) = match cells.next_cell_with_style_id() {
+            Ok(Some(next)) => next,
+            Ok(None) => break,
+            Err(calamine::XlsxError::CellError(value)) => return Ok(Pass::UnknownError(value)),
+            Err(e) => return Err(ReadError::Unreadable(e.to_string())),
+        };
         let (row, col) = cell.get_position();
         let value = cell.get_value();
         // Cells that would be dropped are dropped before their text is copied: a sheet can point
@@ -606,7 +694,7 @@ fn read_xlsx(bytes: &[u8]) -> Result<Sheet, ReadError> {
         };
         grid.put(row, col, text)?;
     }
-    grid.finish()
+    grid.finish().map(Pass::Read)
 }
 
 /// Formulas are read as the values the spreadsheet last computed; nothing is evaluated.
@@ -1215,6 +1303,41 @@ mod tests {
         assert_eq!(sheet.headers, ["code", "name"]);
         assert_eq!(sheet.rows[0].1[0], "45669");
         assert_eq!(sheet.dates, HashSet::from([(2, 0)]));
+    }
+
+    #[test]
+    fn an_error_cell_newer_than_the_reader_reads_as_its_text() {
+        let mut workbook = rust_xlsxwriter::Workbook::new();
+        let sheet = workbook.add_worksheet();
+        sheet.write_string(0, 0, "code").unwrap();
+        sheet.write_string(0, 1, "name").unwrap();
+        sheet.write_string(1, 0, "HC-1").unwrap();
+        // Stored as Excel stores a formula's error: `<c … t="e"><f>…</f><v>#GETTING_DATA</v>`.
+        let waiting =
+            rust_xlsxwriter::Formula::new("=WEBSERVICE(\"x\")").set_result("#GETTING_DATA");
+        sheet.write_formula(1, 1, waiting).unwrap();
+        sheet.write_string(2, 0, "HC-2").unwrap();
+        sheet.write_string(2, 1, "Kimironko").unwrap();
+        let bytes = workbook.save_to_buffer().unwrap();
+        // The reader stops at it, as it would at `#SPILL!` or `#CALC!`.
+        assert!(matches!(
+            read_worksheet(&bytes),
+            Ok(Pass::UnknownError(value)) if value == "#GETTING_DATA"
+        ));
+        let sheet = read(&bytes).unwrap();
+        let cells =
+            |row: usize| -> Vec<&str> { sheet.rows[row].1.iter().map(String::as_str).collect() };
+        assert_eq!(cells(0), ["HC-1", "#GETTING_DATA"]);
+        assert_eq!(cells(1), ["HC-2", "Kimironko"]);
+    }
+
+    #[test]
+    fn only_the_error_cells_showing_the_value_become_text() {
+        let xml = br#"<row><c r="A1" t="e"><v>#SPILL!</v></c><c r="B1" t="str"><v>#SPILL!</v></c><c r="C1" s="2" t="e"><f>X</f><v>#CALC!</v></c><c r="D1" t="e"><v>#SPILL!</v></c></row>"#;
+        assert_eq!(
+            String::from_utf8(as_text(xml, b"<v>#SPILL!</v>")).unwrap(),
+            r#"<row><c r="A1" t="str"><v>#SPILL!</v></c><c r="B1" t="str"><v>#SPILL!</v></c><c r="C1" s="2" t="e"><f>X</f><v>#CALC!</v></c><c r="D1" t="str"><v>#SPILL!</v></c></row>"#
+        );
     }
 
     #[test]
