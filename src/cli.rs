@@ -132,16 +132,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// State for one-off commands: a small pool, no listener.
-/// The service's state for a one-off command, its database prepared as `serve` prepares it
-/// (and waited for: a command run beside a database still starting does not give up at once).
+/// State for one-off commands: a small pool, no listener. The database is waited for (a
+/// command run beside a database still starting does not give up at once) and must hold this
+/// build's migrations: a command migrates nothing (`DATABASE_URL` may be PgBouncer's, which
+/// migrations must not go through), it says to run `migrate`.
 async fn offline_state(mut config: Config) -> anyhow::Result<AppState> {
-    if config.run_migrations {
-        prepare_database(&config).await?;
-    }
     wait_for(&config, "DATABASE_URL", config.db.url.expose_secret()).await?;
     config.db.min_connections = 0;
     config.db.max_connections = config.db.max_connections.min(4);
     let db = crate::db::pool(&config.db).context("DATABASE_URL is not usable")?;
+    if !crate::db::is_ready(&db).await {
+        anyhow::bail!(
+            "the database at DATABASE_URL lacks this build's migrations: run `field-attendance migrate` first"
+        );
+    }
     Ok(AppState::new(config, db))
 }

@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::cache::TtlMap;
-use crate::db::users::{CouncilRef, RegionRef, escape_like};
+use crate::db::users::{CouncilRef, RegionRef, push_containing};
 use crate::domain::GeoPoint;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -331,14 +331,11 @@ fn push_found(
     qb.push(FROM_FACILITIES);
     qb.push(" WHERE true");
     if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
-        // Accents and case aside, by Postgres, as the names it is compared with (Rust lowers
-        // some letters otherwise: a final sigma, a dotted capital I).
-        let pattern = format!("%{}%", escape_like(q));
-        qb.push(" AND (search_key(f.name) LIKE search_key(")
-            .push_bind(pattern.clone());
-        qb.push(") OR search_key(f.code) LIKE search_key(")
-            .push_bind(pattern)
-            .push("))");
+        qb.push(" AND (search_key(f.name)");
+        push_containing(qb, q);
+        qb.push(" OR search_key(f.code)");
+        push_containing(qb, q);
+        qb.push(")");
     }
     if let Some(id) = filter.council_id {
         qb.push(" AND f.council_id = ").push_bind(id);

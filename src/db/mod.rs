@@ -287,7 +287,7 @@ pub fn latest_migration() -> i64 {
 }
 
 /// True when the database answers and has every embedded migration applied.
-async fn is_ready(pool: &PgPool) -> bool {
+pub async fn is_ready(pool: &PgPool) -> bool {
     let applied: Result<Option<i64>, _> =
         sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
             .fetch_one(pool)

@@ -467,13 +467,9 @@ fn push_matching(qb: &mut QueryBuilder<'_, Postgres>, viewer: &AuthUser, filter:
         // Same expression as the trigram index users_search_idx: accents and case aside.
         qb.push(
             " AND search_key(u.first_name || ' ' || u.last_name || ' ' || u.email || ' ' || coalesce(u.phone, '') || ' '
-                    || coalesce(u.employee_id, '')) LIKE ",
+                    || coalesce(u.employee_id, ''))",
         );
-        // Keyed by Postgres, as the text it is compared with (Rust lowers some letters
-        // otherwise: a final sigma, a dotted capital I).
-        qb.push("search_key(")
-            .push_bind(format!("%{}%", escape_like(q)))
-            .push(")");
+        push_containing(qb, q);
     }
     if let Some(role) = filter.role {
         qb.push(" AND u.role = ").push_bind(role.as_str());
@@ -495,14 +491,12 @@ fn push_matching(qb: &mut QueryBuilder<'_, Postgres>, viewer: &AuthUser, filter:
     }
 }
 
-/// Escapes `%`, `_` and `\` so user input matches literally inside a LIKE pattern.
-pub fn escape_like(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
+/// ` LIKE` a pattern of the search term `q` anywhere, as `search_key()` keys text: keyed by
+/// Postgres (Rust lowers some letters otherwise: a final sigma, a dotted capital I), and only
+/// then with `%`, `_` and `\` escaped, so that they match literally (keying turns a full-width
+/// `％` into `%`).
+pub fn push_containing(qb: &mut QueryBuilder<'_, Postgres>, q: &str) {
+    qb.push(" LIKE '%' || replace(replace(replace(search_key(")
+        .push_bind(q.to_string())
+        .push(r"), '\', '\\'), '%', '\%'), '_', '\_') || '%'");
 }

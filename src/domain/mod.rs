@@ -9,15 +9,28 @@ pub use identity::{Email, Password, Role, UserStatus};
 
 /// A facility code as stored and compared: spaces of any kind (a non-breaking space pasted from
 /// a web page, a run of spaces) read as one plain space, invisible characters (zero-width
-/// spaces, a byte order mark left inside joined files) dropped, and the ends trimmed; so
-/// `KGL\u{A0}HC  001` is `KGL HC 001`, and not a second facility beside it.
+/// spaces, direction marks, soft hyphens, a byte order mark left inside joined files) dropped,
+/// and the ends trimmed; so `KGL\u{A0}HC  001` is `KGL HC 001`, and not a second facility
+/// beside it. Control characters (a tab, a line break) are kept, for the checks to refuse.
 pub fn facility_code(text: &str) -> String {
-    text.chars()
-        .filter(|c| !matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}'))
-        .collect::<String>()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut code = String::with_capacity(text.len());
+    for c in text.trim().chars() {
+        if matches!(
+            c,
+            '\u{AD}' | '\u{200B}'..='\u{200F}' | '\u{2060}' | '\u{FEFF}'
+        ) {
+            continue;
+        }
+        let c = if c.is_whitespace() && !c.is_control() {
+            ' '
+        } else {
+            c
+        };
+        if !(c == ' ' && code.ends_with(' ')) {
+            code.push(c);
+        }
+    }
+    code.trim().to_string()
 }
 
 #[cfg(test)]
@@ -31,11 +44,12 @@ mod tests {
             " KGL\u{A0}HC 001",
             "KGL  HC\u{202F}001 ",
             "\u{FEFF}KGL HC\u{200B} 001",
-            "KGL\tHC 001",
+            "KGL\u{AD} HC\u{200E} 001\n",
         ] {
             assert_eq!(facility_code(typed), "KGL HC 001", "{typed:?}");
         }
         assert_eq!(facility_code("HC-1"), "HC-1");
+        assert_eq!(facility_code("HC\t1"), "HC\t1");
         assert_eq!(facility_code("\u{200B}"), "");
     }
 }

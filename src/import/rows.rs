@@ -178,8 +178,23 @@ fn column_letters(index: usize) -> String {
 /// cell of `#`, capitals (`¡`, `¿`, `/`, digits and `_` among them) and a closing `!` or `?`
 /// is taken for one too. No code or name is written so.
 fn excel_error(text: &str) -> bool {
-    const NOT_AVAILABLE: &[&str] = &["#N/A", "#NV", "#N/D", "#NA", "#GETTING_DATA"];
-    if NOT_AVAILABLE.contains(&text) {
+    // "Not available" has no closing mark: `#N/A`, `#N/B` (Dutch), `#Н/Д` (Russian)…
+    const NOT_AVAILABLE: &[&str] = &[
+        "#NV",
+        "#NA",
+        "#GETTING_DATA",
+        "#NENÍ_K_DISPOZICI",
+        "#HIÁNYZIK",
+    ];
+    if NOT_AVAILABLE.contains(&text)
+        || text.strip_prefix('#').is_some_and(|inner| {
+            inner.split_once('/').is_some_and(|(a, b)| {
+                [a, b].iter().all(|part| {
+                    (1..=3).contains(&part.chars().count()) && part.chars().all(char::is_uppercase)
+                })
+            })
+        })
+    {
         return true;
     }
     let Some(inner) = text
@@ -642,6 +657,9 @@ mod tests {
             "#BEZUG!",
             "#NV",
             "#ÜBERLAUF!",
+            "#N/B",
+            "#Н/Д",
+            "#HIÁNYZIK",
             "#¡VALOR!",
             "#¿NOMBRE?",
             "#N/D",
@@ -658,6 +676,9 @@ mod tests {
             "Kimironko #2!",
             "#hc-1!",
             "#N/A ",
+            "#1/2",
+            "#N/",
+            "#KGL/HC/1",
         ] {
             assert!(!excel_error(value), "{value}");
         }

@@ -30,6 +30,7 @@ const TABLES: &[&str] = &[
     "refresh_families_reused",
     "sync_conflicts",
     "sync_snapshots",
+    "sync_epoch",
     "scope_changes",
     "user_counts",
     "facility_imports",

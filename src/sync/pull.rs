@@ -51,6 +51,24 @@ pub struct Cursor {
     /// Last id told deleted because it left the caller's scope, while more are to come.
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
     pub reset_after: Option<Uuid>,
+    /// The sync epoch the cursor was issued in (see the `sync_epoch` migration).
+    #[serde(rename = "e", default, skip_serializing_if = "is_zero")]
+    pub epoch: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// Where a pull's position was kept, which says how it may be out of date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// A `/sync/pull` cursor the device held: refused as `cursor` when from another epoch, or
+    /// from beyond the database's history.
+    ByDevice,
+    /// A WatermelonDB timestamp's snapshot, kept by the service and restamped with the rows:
+    /// refused as `last_pulled_at` when from beyond the database's history.
+    ByService,
 }
 
 /// `xmin:xmax:xip,xip` as Postgres prints a `pg_snapshot`, and as it reads one: ids from 1,
@@ -282,16 +300,16 @@ fn push_is_new(
     qb.push(format_args!(", {alias}.change_xid::text AS xid"));
 }
 
-/// One page of changes after `cursor`, at most `limit` rows in all. A cursor from a later
+/// One page of changes after `cursor`, at most `limit` rows in all. A position from a later
 /// point of the database's history than the server now holds (a database restored to an
-/// earlier point) is refused as `field`: changes written since the restore could otherwise
-/// pass for ones the device has.
+/// earlier point), or a device's cursor from before a restore into another cluster, is refused:
+/// changes written since the restore could otherwise pass for ones the device has.
 pub async fn pull(
     conn: &mut PgConnection,
     viewer: &AuthUser,
     cursor: Cursor,
     limit: usize,
-    field: &str,
+    kept: Kept,
 ) -> Result<(Changes, Cursor, bool), ApiError> {
     // One snapshot for every statement of this page.
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -300,7 +318,7 @@ pub async fn pull(
     // And the viewer's role as this snapshot has it; whether it moved into or out of admin
     // after the base (and by the target): their whole scope moved, see the `scope_reset`
     // migration; and whether workers moved away from under them, or came, in that window.
-    let (now, role, rescoped, reset_xid, lost, gained, ahead): (
+    let (now, role, rescoped, reset_xid, lost, gained, ahead, epoch): (
         String,
         String,
         bool,
@@ -308,6 +326,7 @@ pub async fn pull(
         bool,
         bool,
         bool,
+        i64,
     ) = sqlx::query_as(
         "SELECT pg_current_snapshot()::text, u.role,
                 coalesce(pg_visible_in_snapshot(u.scope_reset_xid,
@@ -315,7 +334,8 @@ pub async fn pull(
                          AND NOT pg_visible_in_snapshot(u.scope_reset_xid, $3::pg_snapshot), false),
                 u.scope_reset_xid::text, coalesce(m.lost, false), coalesce(m.gained, false),
                 coalesce(greatest(pg_snapshot_xmax($2::pg_snapshot), pg_snapshot_xmax($3::pg_snapshot))
-                         > pg_snapshot_xmax(pg_current_snapshot()), false)
+                         > pg_snapshot_xmax(pg_current_snapshot()), false),
+                (SELECT epoch FROM sync_epoch)
          FROM users u
          LEFT JOIN LATERAL (
            SELECT bool_or(NOT s.granted) AS lost, bool_or(s.granted) AS gained
@@ -336,10 +356,17 @@ pub async fn pull(
     if role != viewer.role.as_str() {
         return Err(ApiError::InvalidToken);
     }
-    if ahead {
+    let elsewhere = kept == Kept::ByDevice
+        && cursor.epoch != epoch
+        && (cursor.base.is_some() || cursor.target.is_some());
+    if ahead || elsewhere {
+        let field = match kept {
+            Kept::ByDevice => "cursor",
+            Kept::ByService => "last_pulled_at",
+        };
         return Err(ApiError::invalid(
             field,
-            "is from a later point of the database's history than the server now holds (it \
+            "names a point of the database's history that the server no longer holds (it \
              was restored): push what has not synced, then sync again from the start",
         ));
     }
@@ -365,6 +392,7 @@ pub async fn pull(
         facilities_done: cursor.facilities_done,
         attendance_done: cursor.attendance_done,
         reset_after: None,
+        epoch,
     };
     let mut remaining = limit;
 
@@ -490,6 +518,7 @@ pub async fn pull(
         changes,
         Cursor {
             base: Some(target),
+            epoch,
             ..Cursor::default()
         },
         false,
@@ -610,6 +639,7 @@ mod tests {
             facilities_done: true,
             attendance_done: false,
             reset_after: Some(Uuid::nil()),
+            epoch: 2,
         };
         let issued = cursor.encode(&keys);
         assert_eq!(Cursor::decode(&issued, &keys).unwrap(), cursor);

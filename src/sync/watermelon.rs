@@ -234,7 +234,7 @@ pub async fn pull_changes(
     let page = if whole { WHOLE_PULL } else { PULL_PAGE };
     let mut tx = db.begin().await?;
     let (mut changes, next, has_more) =
-        pull::pull(&mut tx, viewer, cursor, page, "last_pulled_at").await?;
+        pull::pull(&mut tx, viewer, cursor, page, pull::Kept::ByService).await?;
     tx.commit().await?;
     // Every record comes as `updated` (apps set WatermelonDB's `sendCreatedAsUpdated`): a record
     // created since the last pull may be one this device pushed itself and has deleted since,
@@ -269,7 +269,7 @@ pub async fn pull_changes(
             ..Cursor::default()
         };
         let (full, _, _) =
-            pull::pull(&mut tx, viewer, cursor, WHOLE_PULL, "last_pulled_at").await?;
+            pull::pull(&mut tx, viewer, cursor, WHOLE_PULL, pull::Kept::ByService).await?;
         tx.commit().await?;
         Some(full)
     } else {
@@ -618,16 +618,19 @@ async fn apply_changes(
         .map(|(id, _)| *id)
         .chain(deletes.iter().copied())
         .collect();
-    let mut existing = existing_rows(&mut tx, &ids).await?;
     // A team member's record a supervisor's device pulled, and sent back as changed, is refused
-    // on its own: this push writes the caller's records only, and the rest of it goes in.
-    let foreign: HashSet<Uuid> = existing
-        .values()
-        .filter(|r| r.user_id != user.id)
-        .map(|r| r.id)
-        .collect();
-    existing.retain(|id, _| !foreign.contains(id));
+    // on its own (and not locked: the device sends it again at every sync): this push writes
+    // the caller's records only, and the rest of it goes in.
+    let foreign: HashSet<Uuid> =
+        sqlx::query_scalar("SELECT id FROM attendance WHERE id = ANY($1) AND user_id <> $2")
+            .bind(&ids)
+            .bind(user.id)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
     let ids: Vec<Uuid> = ids.into_iter().filter(|id| !foreign.contains(id)).collect();
+    let mut existing = existing_rows(&mut tx, &ids, user.id).await?;
     // Changed by another transaction since the pull (the rows are locked above, so none changes
     // meanwhile). Checked before this push closes forgotten shifts, which would hide another
     // device's edit of one behind this transaction's own write. A record that already holds
@@ -672,7 +675,7 @@ async fn apply_changes(
     )
     .await?;
     if closed > 0 {
-        existing = existing_rows(&mut tx, &ids).await?;
+        existing = existing_rows(&mut tx, &ids, user.id).await?;
     }
 
     // Refused records are named as the device sent them, which is how it finds them.
@@ -832,15 +835,21 @@ async fn settle_open_shifts(
     Ok(())
 }
 
+/// The caller's records among `ids`, locked for this push.
 async fn existing_rows(
     tx: &mut PgConnection,
     ids: &[Uuid],
+    user_id: Uuid,
 ) -> Result<HashMap<Uuid, AttendanceRow>, sqlx::Error> {
     let sql = format!(
-        "SELECT {} FROM attendance a WHERE a.id = ANY($1) FOR UPDATE",
+        "SELECT {} FROM attendance a WHERE a.id = ANY($1) AND a.user_id = $2 FOR UPDATE",
         records::COLUMNS
     );
-    let rows: Vec<AttendanceRow> = sqlx::query_as(&sql).bind(ids).fetch_all(&mut *tx).await?;
+    let rows: Vec<AttendanceRow> = sqlx::query_as(&sql)
+        .bind(ids)
+        .bind(user_id)
+        .fetch_all(&mut *tx)
+        .await?;
     Ok(rows.into_iter().map(|r| (r.id, r)).collect())
 }
 

@@ -204,3 +204,67 @@ async fn a_build_older_than_the_database_starts_on_it_when_it_has_every_migratio
         .unwrap();
     assert!(field_attendance::db::migrate(&db.url()).await.is_err());
 }
+
+#[tokio::test]
+async fn a_command_on_a_database_without_migrations_says_to_run_migrate_which_prepares_it() {
+    let db = TestDb::empty().await;
+    let run = |command: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_field-attendance"))
+            .arg(command)
+            .env("DATABASE_URL", db.url())
+            .env("JWT_SECRET", crate::helpers::JWT_SECRET)
+            .env("LOG_LEVEL", "warn")
+            .output()
+            .unwrap()
+    };
+    let refused = run("seed");
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("run `field-attendance migrate` first"),
+        "{said}"
+    );
+    assert!(run("migrate").status.success());
+    let seeded = run("seed");
+    assert!(
+        seeded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seeded.stderr)
+    );
+}
+
+#[tokio::test]
+async fn codes_stored_with_other_spaces_are_respaced_unless_two_would_meet() {
+    let db = TestDb::new().await;
+    let mut conn = PgConnection::connect(&db.url()).await.unwrap();
+    let respacing = 20261210000019;
+    MIGRATOR.undo(&mut conn, respacing - 1).await.unwrap();
+    for code in [
+        "KGL\u{A0}HC\u{200B} 001",
+        "  HUY  HOS 1",
+        "X\u{A0}1",
+        "x 1",
+        "HC-7",
+    ] {
+        sqlx::query(
+            "INSERT INTO facilities (code, name, council_id, latitude, longitude)
+             SELECT $1, 'Facility', id, -1.9, 30.1 FROM councils WHERE name = 'Gasabo'",
+        )
+        .bind(code)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    field_attendance::db::migrate(&db.url()).await.unwrap();
+    let codes: Vec<String> = sqlx::query_scalar("SELECT code FROM facilities ORDER BY code")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        codes,
+        ["HC-7", "HUY HOS 1", "KGL HC 001", "X\u{A0}1", "x 1"]
+    );
+    for code in &codes[..3] {
+        assert_eq!(&field_attendance::domain::facility_code(code), code);
+    }
+}

@@ -2263,6 +2263,7 @@ async fn after_a_logical_restore_into_another_cluster_devices_are_sent_everythin
     let (status, first) = send(app.get("/api/sync/watermelon").bearer_auth(&user.token)).await;
     assert_eq!(status, StatusCode::OK, "{first}");
     let timestamp = first["timestamp"].as_i64().unwrap();
+    let cursor_before = pull_from(&app, &user.token, None).await;
     let stamped = "SELECT updated_at FROM attendance WHERE id = $1";
     let updated_before: DateTime<Utc> = sqlx::query_scalar(stamped)
         .bind(Uuid::parse_str(&record).unwrap())
@@ -2337,7 +2338,17 @@ async fn after_a_logical_restore_into_another_cluster_devices_are_sent_everythin
     );
     nothing_more(&app, &user.token, &next).await;
 
-    // A cursor from beyond the restored history is refused, not read as having seen all since.
+    // A cursor from before the restore is refused, though the counter is past it, as is one
+    // from beyond the restored history: neither is read as having seen all since.
+    let (status, body) = send(
+        app.get(&format!(
+            "/api/sync/pull?cursor={}",
+            cursor_before["cursor"].as_str().unwrap()
+        ))
+        .bearer_auth(&user.token),
+    )
+    .await;
+    assert_invalid(status, &body, "cursor");
     let (status, body) = send(
         app.get(&format!("/api/sync/pull?cursor={far}"))
             .bearer_auth(&user.token),
@@ -2359,4 +2370,32 @@ async fn after_a_logical_restore_into_another_cluster_devices_are_sent_everythin
         .await
         .unwrap();
     assert_eq!(marks().await, before);
+}
+
+#[tokio::test]
+async fn watermelondb_timestamps_alone_ahead_of_a_restored_database_are_restamped() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(SITE.0, SITE.1).await;
+    let user = app.quick_user("focal", None, facility).await;
+    let record = closed_shift(&app, user.id, facility).await;
+    let (_, first) = send(app.get("/api/sync/watermelon").bearer_auth(&user.token)).await;
+    let timestamp = first["timestamp"].as_i64().unwrap();
+    // The rows' marks are behind the new counter, the timestamp's snapshot ahead of it.
+    sqlx::query("UPDATE sync_snapshots SET snapshot = '2000000000:2000000000:'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    field_attendance::startup::prepare_database(&app.config)
+        .await
+        .unwrap();
+    let (status, again) = send(
+        app.get(&format!("/api/sync/watermelon?last_pulled_at={timestamp}"))
+            .bearer_auth(&user.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(
+        again["changes"]["attendance"]["updated"][0]["id"], record,
+        "{again}"
+    );
 }

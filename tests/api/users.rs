@@ -188,7 +188,8 @@ async fn user_search_filters_and_paginates() {
     assert_eq!(body["data"][0]["email"], "nurse4@clinic.example");
     let (_, body) = send(app.get("/api/users?q=nurse%25").bearer_auth(&admin.token)).await;
     assert_eq!(body["total"], 0, "% is matched literally");
-    for literal in ["nurse_", "nurse%5C"] {
+    // A full-width `％` or `＿` (which unaccenting makes `%` and `_`) is literal too.
+    for literal in ["nurse_", "nurse%5C", "nurse％", "nurse＿"] {
         let (_, body) = send(
             app.get(&format!("/api/users?q={literal}"))
                 .bearer_auth(&admin.token),

@@ -128,7 +128,7 @@ async fn pull_changes(
     };
     let mut tx = state.db.begin().await?;
     let (changes, next, has_more) =
-        pull::pull(&mut tx, &user, cursor, limit as usize, "cursor").await?;
+        pull::pull(&mut tx, &user, cursor, limit as usize, pull::Kept::ByDevice).await?;
     tx.commit().await?;
     Ok(Json(PullResponse {
         changes,

@@ -1,0 +1,2 @@
+-- The codes respaced stay as they are: the spelling they had is not kept.
+SELECT 1;
