@@ -35,8 +35,9 @@ apt-get install -y -qq --no-install-recommends \
 work=$(mktemp -d)
 cd "$work"
 apt-get source -qq --download-only pgbouncer/trixie >/dev/null
-tar xf pgbouncer_*.orig.tar.*
-cd pgbouncer-*/
+# Unpacked with Debian's patches (its security fixes among them), not the bare upstream tarball.
+dpkg-source -x pgbouncer_*.dsc src >/dev/null
+cd src
 ./configure --prefix=/usr/local --without-systemd --without-pam >/dev/null
 make -j"$(nproc)" >/dev/null
 make install >/dev/null

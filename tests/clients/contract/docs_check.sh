@@ -12,7 +12,8 @@ flags=(--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --dis
 "$browser" "${flags[@]}" --dump-dom "$BASE_URL/docs/" > "$out/docs.html" 2>/dev/null
 "$browser" "${flags[@]}" --window-size=1280,2400 --screenshot="$out/docs.png" "$BASE_URL/docs/" 2>/dev/null
 rm -rf "$profile"
-operations=$(grep -o 'opblock-summary-path' "$out/docs.html" | wc -l)
+operations=$({ grep -o 'opblock-summary-path' "$out/docs.html" || true; } | wc -l)
+[ "$operations" -gt 0 ] || { echo "docs: Swagger UI listed no operation (see $out/docs.html)"; exit 1; }
 for path in /api/auth/login /api/attendance/clock-in /api/sync/push /api/facilities/import; do
   grep -q "data-path=\"$path\"" "$out/docs.html" || { echo "docs: $path is not listed"; exit 1; }
 done

@@ -53,7 +53,8 @@ schemathesis run "$root/openapi.yaml" --url "$BASE_URL" -H "Authorization: Beare
 still_signed_in field-role "$FIELD_TOKEN"
 
 echo "--- Swagger UI in headless Chromium"
-if ! command -v chromium >/dev/null; then
+# Debian's package is `chromium`; Ubuntu's `chromium-browser` (docs_check.sh takes either).
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 ARTIFACT_DIR="$root/target/ci-artifacts" bash "$here/docs_check.sh"
