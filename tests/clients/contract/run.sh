@@ -15,14 +15,14 @@ if ! python3 -m venv "$venv" >/dev/null 2>&1; then
 fi
 # shellcheck disable=SC1091
 source "$venv/bin/activate"
-python3 -m pip install -q --disable-pip-version-check -r requirements.txt
+python3 -m pip install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
 users=$(python3 setup_users.py)
 eval "$users"
 
 echo "--- generated Python client"
 rm -rf "$here/build"
 openapi-python-client generate --path "$root/openapi.yaml" --output-path "$here/build/client" >/dev/null
-python3 -m pip install -q --disable-pip-version-check "$here/build/client"
+python3 -m pip install -q --disable-pip-version-check "$here/build/client" -c constraints.txt
 python3 client_scenario.py
 
 # The token a run fuzzed with must still be good at its end: a run whose token stopped working
