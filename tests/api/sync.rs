@@ -2313,16 +2313,7 @@ async fn after_a_logical_restore_into_another_cluster_devices_are_sent_everythin
             .any(|f| f["id"] == facility.to_string()),
         "{fresh}"
     );
-    let (status, again) = send(
-        app.get(&format!("/api/sync/watermelon?last_pulled_at={timestamp}"))
-            .bearer_auth(&user.token),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{again}");
-    assert_eq!(
-        again["changes"]["attendance"]["updated"][0]["id"], record,
-        "{again}"
-    );
+    sent_again_from(&app, &user, timestamp, &record).await;
     let updated_after: DateTime<Utc> = sqlx::query_scalar(stamped)
         .bind(Uuid::parse_str(&record).unwrap())
         .fetch_one(&app.db)
@@ -2388,6 +2379,11 @@ async fn watermelondb_timestamps_alone_ahead_of_a_restored_database_are_restampe
     field_attendance::startup::prepare_database(&app.config)
         .await
         .unwrap();
+    sent_again_from(&app, &user, timestamp, &record).await;
+}
+
+/// Checks that a WatermelonDB pull from `timestamp` sends `record` again.
+async fn sent_again_from(app: &TestApp, user: &TestUser, timestamp: i64, record: &str) {
     let (status, again) = send(
         app.get(&format!("/api/sync/watermelon?last_pulled_at={timestamp}"))
             .bearer_auth(&user.token),

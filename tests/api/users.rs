@@ -1257,12 +1257,7 @@ async fn no_one_is_placed_under_a_supervisor_who_ranks_below_them() {
     let backstopper = app.user("backstopper", None).await;
     let worker = app.user("focal", Some(supervisor.id)).await;
     let refused = |status: StatusCode, body: &Value| {
-        assert_error(
-            status,
-            body,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-        );
+        assert_invalid(status, body, "supervisor_id");
         assert!(
             body["error"]["details"]["supervisor_id"]
                 .to_string()

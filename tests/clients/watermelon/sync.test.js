@@ -270,10 +270,22 @@ test('two devices and a supervisor sync attendance through the WatermelonDB prot
   assert.ok(!seen.includes(foreign), "another team's record is not");
   assert.ok(!seen.includes(second), 'deleted records are not sent on a first sync');
 
-  // Another user's record cannot be written through the protocol.
+  // Another user's record cannot be written through the protocol: it alone is refused.
   const theft = await api('POST', `/api/sync/watermelon?last_pulled_at=${stale.body.timestamp}`, stranger.token, {
     changes: { attendance: { created: [], updated: [], deleted: [first] } },
   });
-  assert.equal(theft.status, 403, JSON.stringify(theft.body));
+  assert.equal(theft.status, 200, JSON.stringify(theft.body));
+  assert.deepEqual(theft.body.experimentalRejectedIds.attendance, [first]);
   assert.equal((await serverRecord(worker, first)).status, 200);
+
+  // The supervisor's app edits a team member's shift it pulled and clocks its own user's shift:
+  // the library keeps the edit on the device, unsynced, and the own shift reaches the server.
+  await setNotes(deviceS, first, "the supervisor's edit");
+  const own = await clockInOut(deviceS, facility, 3, 1, "the supervisor's own");
+  await sync(deviceS, supervisor);
+  assert.equal((await serverRecord(supervisor, own)).status, 200, 'the own shift was stored');
+  assert.equal((await byId(deviceS, own))._raw._status, 'synced');
+  assert.equal((await byId(deviceS, first))._raw._status, 'updated', 'the edit is kept, not synced');
+  const kept = await serverRecord(worker, first);
+  assert.notEqual(kept.body.notes, "the supervisor's edit", JSON.stringify(kept.body));
 });
