@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Loads /docs in headless Chromium (Debian's package), checks that Swagger UI lists the
+# Loads /docs in headless Chromium (Debian's `chromium` or Ubuntu's `chromium-browser`), checks that Swagger UI lists the
 # operations, and keeps a screenshot as a CI artifact.
 set -euo pipefail
 : "${BASE_URL:?}"

@@ -22,7 +22,7 @@ eval "$users"
 echo "--- generated Python client"
 rm -rf "$here/build"
 openapi-python-client generate --path "$root/openapi.yaml" --output-path "$here/build/client" >/dev/null
-python3 -m pip install -q --disable-pip-version-check "$here/build/client" -c constraints.txt
+PIP_CONSTRAINT="$here/constraints.txt" python3 -m pip install -q --disable-pip-version-check "$here/build/client"
 python3 client_scenario.py
 
 # The token a run fuzzed with must still be good at its end: a run whose token stopped working
