@@ -248,8 +248,9 @@ pub async fn migrate(url: &str) -> Result<(), sqlx::migrate::MigrateError> {
     }
 }
 
-/// Whether every migration embedded in this build is applied (successfully) to the database.
-async fn has_every_embedded(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+/// Whether every migration embedded in this build is applied (successfully) to the database,
+/// whatever newer ones a later build added.
+async fn has_every_embedded(conn: impl sqlx::PgExecutor<'_>) -> Result<bool, sqlx::Error> {
     let embedded: Vec<i64> = MIGRATOR
         .iter()
         .filter(|m| m.migration_type.is_up_migration())
@@ -288,11 +289,7 @@ pub fn latest_migration() -> i64 {
 
 /// True when the database answers and has every embedded migration applied.
 pub async fn is_ready(pool: &PgPool) -> bool {
-    let applied: Result<Option<i64>, _> =
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(pool)
-            .await;
-    matches!(applied, Ok(Some(v)) if v >= latest_migration())
+    has_every_embedded(pool).await.unwrap_or(false)
 }
 
 pub mod attendance;

@@ -32,15 +32,17 @@ pub async fn restamp_after_restore(url: &str) -> Result<bool, sqlx::Error> {
         .bind(RESTAMP_LOCK)
         .execute(&mut *tx)
         .await?;
-    // The marks' maxima come from their indexes; the scope tables and the positions kept are
-    // read whole (thousands of rows, at each start).
+    // The marks' maxima come from their indexes, and the positions' from the newest kept (a
+    // timestamp's snapshot is taken as it is numbered); the scope tables, of a row per change
+    // of a team, are read whole.
     let ahead: bool = sqlx::query_scalar(
         "SELECT coalesce(greatest((SELECT max(change_xid) FROM attendance),
                                   (SELECT max(change_xid) FROM facilities),
                                   (SELECT max(xid) FROM scope_changes),
                                   (SELECT max(scope_reset_xid) FROM users))
                          >= pg_snapshot_xmax(pg_current_snapshot()), false)
-             OR coalesce((SELECT max(pg_snapshot_xmax(snapshot)) FROM sync_snapshots)
+             OR coalesce((SELECT max(pg_snapshot_xmax(snapshot))
+                          FROM (SELECT snapshot FROM sync_snapshots ORDER BY id DESC LIMIT 64) s)
                          > pg_snapshot_xmax(pg_current_snapshot()), false)",
     )
     .fetch_one(&mut *tx)

@@ -640,11 +640,7 @@ async fn manual_conflicts_queue_once_and_resolve_both_ways_visible_to_the_next_p
         };
         assert_eq!(notes_and_version(&app).await, (expected.into(), version));
 
-        let (_, after) = send(
-            app.get(&format!("/api/sync/pull?cursor={cursor}"))
-                .bearer_auth(&user.token),
-        )
-        .await;
+        let (_, after) = pull_at(&app, &user.token, &cursor).await;
         let updated = after["changes"]["attendance"]["updated"]
             .as_array()
             .unwrap();
@@ -944,14 +940,7 @@ async fn keeping_the_server_copy_of_a_shift_queued_beside_an_open_one_answers_th
         .unwrap();
     assert_eq!(live, 1);
     // The phone that queued its own open shift is told it is gone, and no longer keeps it open.
-    let (_, after) = send(
-        app.get(&format!(
-            "/api/sync/pull?cursor={}",
-            before["cursor"].as_str().unwrap()
-        ))
-        .bearer_auth(&user.token),
-    )
-    .await;
+    let (_, after) = pull_at(&app, &user.token, before["cursor"].as_str().unwrap()).await;
     assert_eq!(
         after["changes"]["attendance"]["deleted"],
         json!([offline["id"]]),
@@ -1446,11 +1435,7 @@ async fn pull_pages_through_everything_the_caller_may_see_and_nothing_else() {
     assert_eq!(seen.len(), 7);
     assert_eq!(facilities, 1);
     assert!(pages >= 3);
-    let (_, empty) = send(
-        app.get(&format!("/api/sync/pull?cursor={cursor}"))
-            .bearer_auth(&supervisor.token),
-    )
-    .await;
+    let (_, empty) = pull_at(&app, &supervisor.token, &cursor).await;
     assert_eq!(empty["changes"]["attendance"]["created"], json!([]));
     assert_eq!(empty["has_more"], false);
     let (status, body) = send(
@@ -1782,6 +1767,15 @@ fn change_ids(body: &Value, kind: &str) -> Vec<String> {
 
 async fn pull_from(app: &TestApp, token: &str, cursor: Option<&Value>) -> Value {
     pull_page(app, token, cursor, 200).await
+}
+
+/// The answer to a pull from `cursor`, whatever its status.
+async fn pull_at(app: &TestApp, token: &str, cursor: &str) -> (StatusCode, Value) {
+    send(
+        app.get(&format!("/api/sync/pull?cursor={cursor}"))
+            .bearer_auth(token),
+    )
+    .await
 }
 
 /// A page of at most `limit` changes after the cursor of a previous answer.
@@ -2120,14 +2114,7 @@ async fn a_token_served_from_before_a_role_change_made_elsewhere_cannot_use_up_t
         "--password",
         "a new admin passphrase",
     ]);
-    let (status, body) = send(
-        app.get(&format!(
-            "/api/sync/pull?cursor={}",
-            first["cursor"].as_str().unwrap()
-        ))
-        .bearer_auth(&supervisor.token),
-    )
-    .await;
+    let (status, body) = pull_at(&app, &supervisor.token, first["cursor"].as_str().unwrap()).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
 
     let (status, login) = app.login(&supervisor.email, "a new admin passphrase").await;
@@ -2331,20 +2318,10 @@ async fn after_a_logical_restore_into_another_cluster_devices_are_sent_everythin
 
     // A cursor from before the restore is refused, though the counter is past it, as is one
     // from beyond the restored history: neither is read as having seen all since.
-    let (status, body) = send(
-        app.get(&format!(
-            "/api/sync/pull?cursor={}",
-            cursor_before["cursor"].as_str().unwrap()
-        ))
-        .bearer_auth(&user.token),
-    )
-    .await;
+    let (status, body) =
+        pull_at(&app, &user.token, cursor_before["cursor"].as_str().unwrap()).await;
     assert_invalid(status, &body, "cursor");
-    let (status, body) = send(
-        app.get(&format!("/api/sync/pull?cursor={far}"))
-            .bearer_auth(&user.token),
-    )
-    .await;
+    let (status, body) = pull_at(&app, &user.token, &far).await;
     assert_invalid(status, &body, "cursor");
 
     // Started again, the service leaves the marks as they now are.
