@@ -31,6 +31,11 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
             state.clone(),
             |state| async move { prune(&state).await },
         ));
+        jobs.spawn(every(
+            Duration::from_secs(60),
+            state.clone(),
+            |state| async move { end_stolen_sessions(&state).await },
+        ));
         jobs.spawn(every(Duration::from_secs(60), state, |state| async move {
             // Forget rate-limit keys whose quota has refilled, so memory stays bounded.
             if let Some(limiters) = &state.limiters {
@@ -76,6 +81,25 @@ async fn close_forgotten_clock_outs(state: &AppState) {
         Ok(0) => {}
         Ok(n) => tracing::info!(closed = n, "closed forgotten clock-outs as incomplete"),
         Err(e) => tracing::warn!(error = %e, "forgotten clock-out sweep failed; will retry"),
+    }
+}
+
+/// Ends the access tokens of stolen refresh chains that the request which found them left
+/// live (see [`crate::auth::refresh::end_pending_access_tokens`]).
+async fn end_stolen_sessions(state: &AppState) {
+    match crate::auth::refresh::end_pending_access_tokens(&state.db).await {
+        Ok(users) => {
+            for user in &users {
+                state.auth_cache.invalidate(*user);
+            }
+            if !users.is_empty() {
+                tracing::warn!(
+                    users = users.len(),
+                    "ended the access tokens of stolen refresh chains left live"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "ending stolen sessions failed; will retry"),
     }
 }
 

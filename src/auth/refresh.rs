@@ -102,6 +102,23 @@ pub async fn end_access_tokens(
     Ok(())
 }
 
+/// Ends the access tokens of every user with a stolen chain whose request never did (it failed
+/// or its instance stopped after the reuse was committed), once that chain has waited longer
+/// than a request would take. The users whose tokens were ended.
+pub async fn end_pending_access_tokens(db: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH ended AS (
+           UPDATE refresh_families_reused SET ended_at = now()
+           WHERE ended_at IS NULL AND detected_at < now() - interval '30 seconds'
+           RETURNING family_id)
+         UPDATE users u SET token_version = u.token_version + 1
+         WHERE u.id IN (SELECT t.user_id FROM refresh_tokens t JOIN ended USING (family_id))
+         RETURNING u.id",
+    )
+    .fetch_all(db)
+    .await
+}
+
 /// Serialises the rotations and revocations of one family (one login's chain), within the
 /// caller's transaction: a logout then sees a token rotated concurrently, and a reuse and a
 /// logout never lock the family's rows in opposite orders.
@@ -188,6 +205,13 @@ pub async fn revoke(
     else {
         return Ok(Revoked::default());
     };
+    // The account before the tokens, as at a refresh: an edit that locks the account and then
+    // revokes its tokens never meets this one holding the tokens while its audit row (whose key
+    // names the account) waits for the account.
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR KEY SHARE")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
     lock_family(&mut *tx, family_id).await?;
     // Read under the family's lock: a refresh with this token may have rotated it meanwhile.
     let rotated: bool = sqlx::query_scalar(

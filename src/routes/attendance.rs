@@ -194,8 +194,8 @@ async fn clock_in(
         client_timestamp,
         distance,
         outside,
-        device_id,
-        client_id,
+        device_id: device_id.clone(),
+        client_id: client_id.clone(),
         notes,
         ip: client.ip,
         user_agent: client.user_agent,
@@ -230,11 +230,21 @@ async fn clock_in(
         if !one_open && constraint.as_deref() != Some("attendance_client_id_key") {
             return Err(error.into());
         }
-        // A retry of a clock-in that already happened gets that record back.
+        // A retry of a clock-in that already happened gets that record back. A key already
+        // spent on another clock-in is refused: answering with that record would lose this one.
         if let Some(cid) = &new.client_id
             && let Some(existing) = records::by_client_id(&state.db, user.id, cid).await?
         {
-            return retried(existing);
+            if is_same_tap(&existing, &tap, req.accuracy_m, client_timestamp) {
+                return retried(existing);
+            }
+            if !one_open {
+                return Err(ApiError::conflict(
+                    "conflict",
+                    "client_id was already used for another clock-in; a new clock-in needs a \
+                     new client_id",
+                ));
+            }
         }
         if !one_open {
             return Err(error.into());

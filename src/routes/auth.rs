@@ -390,7 +390,10 @@ async fn record_refusal(
 }
 
 /// The audit row of a login that did not succeed, and why.
+/// What was sent as the email is kept only when it is one: anything else in that field may be
+/// a password typed in the wrong box, which the trail (read by every admin) must not hold.
 fn login_failed(client: &ClientInfo, email: &str, user_id: Option<Uuid>, reason: &str) -> Activity {
+    let email = Email::parse(email).ok().map(|_| email);
     let activity = Activity::new("auth.login_failed")
         .from(client)
         .details(serde_json::json!({ "email": email, "reason": reason }));
@@ -554,7 +557,7 @@ async fn logout(
 /// may hold an access token from it too, so every access token of the user stops working (once
 /// per stolen chain). Devices with another, unrevoked chain refresh and carry on. Done on a task
 /// of its own, so that a client hanging up cannot cancel it; should it fail, the chain's next
-/// reuse tries again.
+/// reuse tries again, and a background job does within a minute or two.
 async fn end_access_tokens(
     state: &AppState,
     user_id: Uuid,

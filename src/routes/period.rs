@@ -69,7 +69,7 @@ fn parse_bound(
         .or_else(|e| offset_plus.map_or(Err(e), |v| DateTime::parse_from_rfc3339(&v)));
     if let Ok(instant) = instant {
         in_years(instant.year())?;
-        return Ok((instant.with_timezone(&Utc), false));
+        return Ok((in_utc_years(instant.with_timezone(&Utc)), false));
     }
     let date = NaiveDate::parse_from_str(value, "%Y-%m-%d")
         .map_err(|_| ApiError::invalid(field, "must be a date (YYYY-MM-DD) or an RFC 3339 time"))?;
@@ -87,8 +87,24 @@ fn parse_bound(
             tz.from_local_datetime(&(midnight + chrono::Duration::minutes(m)))
                 .earliest()
         })
-        .map(|t| (t.with_timezone(&Utc), true))
+        .map(|t| (in_utc_years(t.with_timezone(&Utc)), true))
         .ok_or_else(|| ApiError::invalid(field, "does not exist in this time zone"))
+}
+
+/// A bound held to the years in UTC too: the first of January of year 1 in a zone east of
+/// Greenwich is still year 0 in UTC, and the day after the last of 9999 is year 10000, neither
+/// of which an RFC 3339 time (as the summary answers its period) can say. No record falls
+/// between those instants and the nearest one held.
+fn in_utc_years(t: DateTime<Utc>) -> DateTime<Utc> {
+    let first = Utc
+        .with_ymd_and_hms(*YEARS.start(), 1, 1, 0, 0, 0)
+        .single()
+        .expect("a valid time");
+    let last = Utc
+        .with_ymd_and_hms(*YEARS.end(), 12, 31, 23, 59, 59)
+        .single()
+        .expect("a valid time");
+    t.clamp(first, last)
 }
 
 #[cfg(test)]
@@ -116,6 +132,15 @@ mod tests {
             "an empty period"
         );
         assert!(parse(Some("0001-01-01"), Some("9999-12-31T00:00:00Z"), KIGALI).is_ok());
+        // The widest dates stay within those years in UTC, whatever the zone.
+        let chicago: Tz = "America/Chicago".parse().unwrap();
+        for tz in [KIGALI, chicago] {
+            let (from, to) = parse(Some("0001-01-01"), Some("9999-12-31"), tz).unwrap();
+            assert_eq!(from.unwrap().year(), 1, "{tz}");
+            assert_eq!(to.unwrap().year(), 9999, "{tz}");
+        }
+        let (from, _) = parse(Some("0001-01-01T00:00:00+03:00"), None, KIGALI).unwrap();
+        assert_eq!(from.unwrap().year(), 1);
         assert_eq!(refused(Some("0000-06-01T00:00:00Z"), None), ["from"]);
         assert_eq!(refused(None, Some("10000-01-01")), ["to"]);
         assert_eq!(refused(Some("2027-01-01"), Some("2026-01-01")), ["from"]);

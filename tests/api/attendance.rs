@@ -1345,6 +1345,41 @@ async fn a_retried_clock_in_with_the_same_client_id_returns_the_same_record() {
 }
 
 #[tokio::test]
+async fn a_client_id_reused_for_another_clock_in_is_refused_not_answered_with_the_old_one() {
+    let app = TestApp::spawn().await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    let mut morning = at_site();
+    morning["client_id"] = json!("phone-42:2026-11-21");
+    let (status, first) = clock_in(&app, &user, morning.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let mut afternoon = morning.clone();
+    afternoon["latitude"] = json!(SITE.0 + 0.001);
+    // While the morning's shift is open, another clock-in is the second one it would be.
+    let (status, body) = clock_in(&app, &user, afternoon.clone()).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "already_clocked_in");
+    let (status, _) = clock_out(&app, &user, at_site()).await;
+    assert_eq!(status, StatusCode::OK);
+    // Once it is closed, the app is told its key is spent rather than handed the morning's
+    // closed shift as if the afternoon's had begun.
+    let (status, body) = clock_in(&app, &user, afternoon).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("client_id"),
+        "{body}"
+    );
+    assert_eq!(app.attendance_rows().await, 1);
+    let (_, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
+    assert_eq!(active["attendance"], Value::Null);
+    // The morning's own retry still gets its record.
+    let (status, again) = clock_in(&app, &user, morning).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], first["id"]);
+}
+
+#[tokio::test]
 async fn a_clock_in_retried_after_a_later_shift_or_past_the_time_rules_returns_its_record() {
     let app = TestApp::spawn().await;
     let (user, facility) = user_at_site(&app, "focal", None).await;

@@ -206,6 +206,43 @@ async fn unknown_email_and_wrong_password_get_the_same_answer() {
 }
 
 #[tokio::test]
+async fn a_password_typed_into_the_email_field_is_not_kept_in_the_audit_trail() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .login("Correct Horse Battery Staple", "wrong-password-1")
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    );
+    let (status, body) = app.login("nobody@test.example", "wrong-password-1").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    );
+    // Both refusals are in the trail; only the one that names an address says which.
+    let recorded: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT details->>'email', details->>'reason' FROM activities
+         WHERE action = 'auth.login_failed' ORDER BY id",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let unknown = Some("unknown_email".to_string());
+    assert_eq!(
+        recorded,
+        [
+            (None, unknown.clone()),
+            (Some("nobody@test.example".into()), unknown)
+        ]
+    );
+}
+
+#[tokio::test]
 async fn five_failures_lock_the_account_even_against_the_right_password_until_it_expires() {
     let app = TestApp::spawn().await;
     let user = app.user("focal", None).await;
@@ -749,6 +786,55 @@ async fn a_reuse_whose_tokens_were_never_ended_ends_them_when_it_comes_back() {
     let thief_access = stolen["access_token"].as_str().unwrap();
     let (status, body) = send(app.get("/api/users/me").bearer_auth(thief_access)).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+}
+
+#[tokio::test]
+async fn a_reuse_whose_tokens_were_never_ended_has_them_ended_in_the_background() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    let (status, stolen) = send(
+        app.post("/api/auth/refresh")
+            .json(&json!({"refresh_token": user.refresh_token})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{stolen}");
+    let thief_access = stolen["access_token"].as_str().unwrap();
+    // A reuse found a minute ago, by a request that failed after its commit; and one found this
+    // instant, whose request is still ending its tokens.
+    let other = app.user("focal", None).await;
+    sqlx::query(
+        "INSERT INTO refresh_families_reused (family_id, detected_at)
+         SELECT family_id, now() - CASE WHEN user_id = $1 THEN interval '1 minute'
+                                        ELSE interval '0' END
+         FROM refresh_tokens WHERE user_id IN ($1, $2) AND rotated_at IS NULL",
+    )
+    .bind(user.id)
+    .bind(other.id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    // (The service's own run of the job may come first.)
+    let ended = field_attendance::auth::refresh::end_pending_access_tokens(&app.db)
+        .await
+        .unwrap();
+    assert!(ended.iter().all(|id| *id == user.id), "{ended:?}");
+    let left: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT t.user_id FROM refresh_families_reused r JOIN refresh_tokens t USING (family_id)
+         WHERE r.ended_at IS NULL",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(left, [other.id]);
+    let (status, body) = send(app.get("/api/users/me").bearer_auth(thief_access)).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+    let (status, body) = send(app.get("/api/users/me").bearer_auth(&other.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Once only.
+    let ended = field_attendance::auth::refresh::end_pending_access_tokens(&app.db)
+        .await
+        .unwrap();
+    assert!(ended.is_empty(), "{ended:?}");
 }
 
 #[tokio::test]

@@ -595,7 +595,9 @@ async fn xlsx_task(
 
 async fn xlsx_file(job: &mut Export) -> Result<std::fs::File, ApiError> {
     let tz = job.tz;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<ExportRow>(1024);
+    // Rows, then `None` once the last is sent: a channel closed before that is an export
+    // abandoned (refused, timed out, its client gone), whose workbook is not worth finishing.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<ExportRow>>(1024);
     let writer = tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
         let mut workbook = rust_xlsxwriter::Workbook::new();
         let sheet = workbook.add_worksheet_with_constant_memory();
@@ -605,8 +607,12 @@ async fn xlsx_file(job: &mut Export) -> Result<std::fs::File, ApiError> {
         }
         let time_format = rust_xlsxwriter::Format::new().set_num_format("yyyy-mm-dd hh:mm:ss");
         let mut r = 1u32;
-        while let Some(row) = rx.blocking_recv() {
-            row.write_xlsx(sheet, r, tz, &time_format)?;
+        loop {
+            match rx.blocking_recv() {
+                Some(Some(row)) => row.write_xlsx(sheet, r, tz, &time_format)?,
+                Some(None) => break,
+                None => anyhow::bail!("the export was abandoned before its last row"),
+            }
             r += 1;
         }
         let mut file = tempfile::tempfile()?;
@@ -632,10 +638,12 @@ async fn xlsx_file(job: &mut Export) -> Result<std::fs::File, ApiError> {
             ));
         }
         // A bounded channel: the database is read no faster than the sheet is written.
-        tx.send(row)
+        tx.send(Some(row))
             .await
             .map_err(|_| anyhow::anyhow!("the spreadsheet writer stopped"))?;
     }
-    drop(tx);
+    tx.send(None)
+        .await
+        .map_err(|_| anyhow::anyhow!("the spreadsheet writer stopped"))?;
     Ok(writer.await.map_err(anyhow::Error::from)??)
 }
