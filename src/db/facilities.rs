@@ -223,8 +223,10 @@ impl Site {
         };
         (clock_in_at >= self.status_changed_at).then(|| {
             format!(
-                "the facility is {status} since {}, before this shift began, and takes no clock-ins",
-                self.status_changed_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                "the facility is {status}, closed since {} (before this shift began), and takes \
+                 no clock-ins",
+                self.status_changed_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             )
         })
     }

@@ -7,6 +7,15 @@ pub mod identity;
 pub use geo::GeoPoint;
 pub use identity::{Email, Password, Role, UserStatus};
 
+/// A character that shows nothing: zero-width spaces and joiners, direction marks, soft hyphens,
+/// a byte order mark.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{AD}' | '\u{200B}'..='\u{200F}' | '\u{2060}' | '\u{FEFF}'
+    )
+}
+
 /// A facility code as stored and compared: spaces of any kind (a non-breaking space pasted from
 /// a web page, a run of spaces) read as one plain space, invisible characters (zero-width
 /// spaces, direction marks, soft hyphens, a byte order mark left inside joined files) dropped,
@@ -15,10 +24,7 @@ pub use identity::{Email, Password, Role, UserStatus};
 pub fn facility_code(text: &str) -> String {
     let mut code = String::with_capacity(text.len());
     for c in text.trim().chars() {
-        if matches!(
-            c,
-            '\u{AD}' | '\u{200B}'..='\u{200F}' | '\u{2060}' | '\u{FEFF}'
-        ) {
+        if is_invisible(c) {
             continue;
         }
         let c = if c.is_whitespace() && !c.is_control() {

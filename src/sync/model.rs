@@ -136,7 +136,9 @@ pub struct PushResult {
     #[schema(required = true)]
     pub id: Option<Uuid>,
     pub status: ResultStatus,
-    /// The record's version on the server after this push.
+    /// The record's version on the server after this push (for a duplicate sent under another
+    /// id, the version of the stored record it repeats); null when the server holds none: a
+    /// rejected record, or a new one in conflict with another.
     #[schema(required = true)]
     pub server_version: Option<i32>,
     /// The server's record: after a change, or the one kept in a conflict or duplicate.

@@ -58,9 +58,15 @@ pub(crate) fn closed_to(
     site.closed_before(content.clock_in_at)
 }
 
+/// `stored`: the record as the server holds it, if it does. An enforced geofence refuses, as
+/// online, a clock-in outside it (a clock-out outside is flagged, not refused), and only one the
+/// server does not hold yet: a shift it took stays open to its clock-out and edits, whatever
+/// became of the fence since.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn build_write(
     id: Uuid,
     content: &Content,
+    stored: Option<&AttendanceRow>,
     site: &Site,
     version: i32,
     client_timestamp: Option<DateTime<Utc>>,
@@ -68,11 +74,22 @@ pub(crate) fn build_write(
     config: &Config,
 ) -> Result<Write, (&'static str, String)> {
     let (distance, out_distance, outside) = measure(content, site);
-    if outside && config.attendance.enforce_geofence {
+    let clock_in_held = stored.is_some_and(|r| {
+        r.deleted_at.is_none()
+            && r.clock_in_at == content.clock_in_at
+            && r.facility_id == content.facility_id
+            && r.clock_in_latitude == content.clock_in.latitude
+            && r.clock_in_longitude == content.clock_in.longitude
+    });
+    if config.attendance.enforce_geofence
+        && !clock_in_held
+        && crate::domain::attendance::outside_geofence(distance, site.geofence_radius_m)
+    {
         return Err((
             "outside_geofence",
             format!(
-                "{distance:.0} m from the facility, outside its {} m geofence",
+                "clock_in_location: {distance:.0} m from the facility, outside its {} m \
+                 geofence",
                 site.geofence_radius_m
             ),
         ));
@@ -713,8 +730,17 @@ fn decide_all(
                 let reason = format!("facility_id: {reason}");
                 return Err(reject(Some(id), "validation_failed", reason));
             }
-            build_write(id, content, site, version, Some(stamp), now, config)
-                .map_err(|(code, message)| reject(Some(id), code, message))
+            build_write(
+                id,
+                content,
+                existing,
+                site,
+                version,
+                Some(stamp),
+                now,
+                config,
+            )
+            .map_err(|(code, message)| reject(Some(id), code, message))
         };
         let server = existing.map(|row| ServerCopy {
             version: row.sync_version,
@@ -901,7 +927,12 @@ fn answer(
             Outcome::Done(id, status, version, record, resolution) => PushResult {
                 id: Some(id),
                 status,
-                server_version: version.or(record.as_ref().map(|r| r.sync_version)),
+                // The version the server holds of this id: none when the record answered with
+                // is another (the open shift a new one conflicts with, say).
+                server_version: version.or(record
+                    .as_ref()
+                    .filter(|r| r.id == id)
+                    .map(|r| r.sync_version)),
                 record: record.map(|r| *r),
                 resolution: resolution.map(str::to_string),
                 error: None,

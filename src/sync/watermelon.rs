@@ -718,7 +718,7 @@ async fn apply_changes(
             continue;
         }
         let version = current.map_or(1, |r| r.sync_version + 1);
-        match build_write(*id, content, site, version, None, now, config) {
+        match build_write(*id, content, current, site, version, None, now, config) {
             // "Created" records that already exist (an earlier push landed unseen) are updated.
             Ok(w) if current.is_some() => plan.updates.push(w.stays_closed(current)),
             Ok(w) => plan.inserts.push(w),

@@ -1223,6 +1223,24 @@ async fn admins_create_update_and_deactivate_facilities_with_case_insensitive_co
     )
     .await;
     assert_invalid(status, &body, "latitude");
+    // A name of nothing visible is blank, whatever was pasted.
+    let (status, body) = send(
+        app.post("/api/facilities")
+            .bearer_auth(&admin.token)
+            .json(&json!({
+                "code": "Z", "name": " \u{200B}\u{FEFF} ", "council_id": council,
+                "latitude": 0, "longitude": 0,
+            })),
+    )
+    .await;
+    assert_invalid(status, &body, "name");
+    let (status, body) = send(
+        app.patch(&format!("/api/facilities/{id}"))
+            .bearer_auth(&admin.token)
+            .json(&json!({"name": "\u{2060}"})),
+    )
+    .await;
+    assert_invalid(status, &body, "name");
 
     let (status, patched) = send(
         app.patch(&format!("/api/facilities/{id}"))

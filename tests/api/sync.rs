@@ -798,6 +798,72 @@ async fn a_shift_begun_after_its_facility_closed_is_refused_and_one_begun_before
     assert_eq!(status, StatusCode::OK, "{body}");
     let (_, body) = push(&app, &user, vec![open_shift(facility, 0)]).await;
     assert_eq!(statuses(&body), ["created"], "{body}");
+
+    // Put under maintenance, then closed for good: it has been closed since the first, and a
+    // shift a phone began in between is refused when it syncs after the second.
+    let set = |status: &'static str| {
+        send(
+            app.patch(&format!("/api/facilities/{facility}"))
+                .bearer_auth(&admin.token)
+                .json(&json!({ "status": status })),
+        )
+    };
+    let (status, body) = set("maintenance").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let between = open_shift(facility, 0);
+    let (status, body) = set("inactive").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, body) = push(&app, &colleague, vec![between]).await;
+    assert_eq!(statuses(&body), ["rejected"], "{body}");
+    let message = body["results"][0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("inactive, closed since"), "{message}");
+}
+
+#[tokio::test]
+async fn an_enforced_geofence_refuses_a_clock_in_outside_it_as_online_and_nothing_else() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("GEOFENCE_ENFORCE".into(), "true".into());
+    })
+    .await;
+    let admin = app.admin().await;
+    let (user, facility) = setup(&app).await;
+    let metres_north = |m: f64| json!({"latitude": SITE.0 + m / 111_195.0, "longitude": SITE.1});
+    let mut far = shift(Uuid::new_v4(), facility, 3, 6, 1);
+    far["data"]["clock_in_location"] = metres_north(500.0);
+    // Clocked in at the facility, clocked out from the car park 300 m away: kept and flagged,
+    // as an online clock-out from there would be.
+    let mut car_park = shift(Uuid::new_v4(), facility, 2, 6, 1);
+    car_park["data"]["clock_out_location"] = metres_north(300.0);
+    let mut edge = shift(Uuid::new_v4(), facility, 1, 6, 1);
+    edge["data"]["clock_in_location"] = metres_north(150.0);
+    let (_, body) = push(&app, &user, vec![far, car_park, edge.clone()]).await;
+    assert_eq!(
+        statuses(&body),
+        ["rejected", "created", "created"],
+        "{body}"
+    );
+    assert_eq!(body["results"][0]["error"]["code"], "outside_geofence");
+    assert_eq!(body["results"][1]["record"]["outside_geofence"], true);
+    assert_eq!(app.attendance_rows().await, 2);
+
+    // The fence narrows after the shift 150 m out was stored: its edit is still taken.
+    let (status, body) = send(
+        app.patch(&format!("/api/facilities/{facility}"))
+            .bearer_auth(&admin.token)
+            .json(&json!({"geofence_radius_m": 100})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    edge["sync_version"] = json!(2);
+    edge["data"]["notes"] = json!("left early");
+    let (_, body) = push(&app, &user, vec![edge.clone()]).await;
+    assert_eq!(statuses(&body), ["updated"], "{body}");
+    assert_eq!(body["results"][0]["record"]["notes"], "left early");
+    // Moving its clock-in is a clock-in the fence now refuses.
+    edge["sync_version"] = json!(3);
+    edge["data"]["clock_in_location"] = metres_north(140.0);
+    let (_, body) = push(&app, &user, vec![edge]).await;
+    assert_eq!(statuses(&body), ["rejected"], "{body}");
 }
 
 #[tokio::test]
@@ -814,6 +880,8 @@ async fn an_open_record_while_another_is_open_is_a_conflict() {
     let (_, body) = push(&app, &user, vec![open_shift(facility, 30)]).await;
     assert_eq!(statuses(&body), vec!["conflict"]);
     assert_eq!(body["results"][0]["record"]["id"], online["id"]);
+    // The server holds no version of the record sent: the one answered with is another.
+    assert_eq!(body["results"][0]["server_version"], Value::Null, "{body}");
     assert_eq!(app.attendance_rows().await, 1);
 }
 

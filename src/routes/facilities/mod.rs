@@ -105,14 +105,15 @@ pub struct CreateFacility {
     #[schema(example = 30.1128)]
     #[schema(minimum = -180, maximum = 180)]
     pub longitude: f64,
-    /// Default 200.
+    /// Default: the service's `GEOFENCE_DEFAULT_RADIUS_M` (200 unless configured).
     #[schema(minimum = 1, maximum = 100000)]
     pub geofence_radius_m: Option<i32>,
     #[schema(max_length = 500)]
     pub address: Option<String>,
     #[schema(max_length = 32)]
     pub contact_phone: Option<String>,
-    #[schema(min_length = 3, max_length = 254, pattern = r"^[^@\s]+@[^@\s]+$")]
+    /// An email address; `null` or blank is none.
+    #[schema(max_length = 254)]
     pub contact_email: Option<String>,
     pub status: Option<FacilityStatus>,
 }

@@ -309,6 +309,7 @@ async fn keep_client_copy(
     let w = push::build_write(
         conflict.record_id,
         &content,
+        stored.as_ref(),
         &site,
         version,
         stamp,
