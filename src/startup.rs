@@ -135,13 +135,14 @@ pub(crate) async fn wait_for(config: &Config, key: &str, url: &str) -> anyhow::R
 /// the direct URL.
 pub async fn prepare_database(config: &Config) -> anyhow::Result<()> {
     let url = config.migration_database_url();
-    wait_for(config, "MIGRATION_DATABASE_URL", url).await?;
+    let from = config.db.migration_url_from;
+    wait_for(config, from, url).await?;
     crate::db::create_database_if_missing(url)
         .await
-        .context("cannot reach or create the database at MIGRATION_DATABASE_URL")?;
+        .with_context(|| format!("cannot reach or create the database at {from}"))?;
     crate::db::migrate(url)
         .await
-        .context("applying migrations failed")?;
+        .with_context(|| format!("applying migrations over {from} failed"))?;
     crate::db::restore::restamp_after_restore(url)
         .await
         .context("restamping change marks after a restore failed")?;

@@ -83,40 +83,55 @@ async fn first_reuse(conn: &mut PgConnection, family_id: Uuid) -> Result<bool, s
 }
 
 /// Ends every access token of the user whose chain `family_id` was found reused (within the auth
-/// cache's life on other instances), and marks that done, in one statement. Outside the transaction that found the reuse: a refresh holds the
-/// account `FOR SHARE`, as a concurrent presentation of the same token may, and neither could
-/// then take the row.
+/// cache's life on other instances), and marks that done. Outside the transaction that found the
+/// reuse: a refresh holds the account `FOR SHARE`, as a concurrent presentation of the same
+/// token may, and neither could then take the row.
 pub async fn end_access_tokens(
     db: &PgPool,
     user_id: Uuid,
     family_id: Uuid,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "WITH ended AS (UPDATE users SET token_version = token_version + 1 WHERE id = $1)
-         UPDATE refresh_families_reused SET ended_at = now() WHERE family_id = $2",
-    )
-    .bind(user_id)
-    .bind(family_id)
-    .execute(db)
-    .await?;
-    Ok(())
+    end_for(db, &[user_id], &[family_id]).await
 }
 
 /// Ends the access tokens of every user with a stolen chain whose request never did (it failed
 /// or its instance stopped after the reuse was committed), once that chain has waited longer
 /// than a request would take. The users whose tokens were ended.
 pub async fn end_pending_access_tokens(db: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "WITH ended AS (
-           UPDATE refresh_families_reused SET ended_at = now()
-           WHERE ended_at IS NULL AND detected_at < now() - interval '30 seconds'
-           RETURNING family_id)
-         UPDATE users u SET token_version = u.token_version + 1
-         WHERE u.id IN (SELECT t.user_id FROM refresh_tokens t JOIN ended USING (family_id))
-         RETURNING u.id",
+    let pending: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT DISTINCT r.family_id, t.user_id
+         FROM refresh_families_reused r JOIN refresh_tokens t USING (family_id)
+         WHERE r.ended_at IS NULL AND r.detected_at < now() - interval '30 seconds'",
     )
     .fetch_all(db)
-    .await
+    .await?;
+    let families: Vec<Uuid> = pending.iter().map(|(family, _)| *family).collect();
+    let mut users: Vec<Uuid> = pending.into_iter().map(|(_, user)| user).collect();
+    users.sort_unstable();
+    users.dedup();
+    if !users.is_empty() {
+        end_for(db, &users, &families).await?;
+    }
+    Ok(users)
+}
+
+/// Ends every access token of `users` and marks the stolen chains `families` done, in one
+/// transaction that takes the accounts first, in order, as a refresh does (it holds the account
+/// `FOR SHARE`, then records the reuse): neither then waits on a lock the other holds.
+async fn end_for(db: &PgPool, users: &[Uuid], families: &[Uuid]) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "UPDATE users SET token_version = token_version + 1
+         WHERE id IN (SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE)",
+    )
+    .bind(users)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE refresh_families_reused SET ended_at = now() WHERE family_id = ANY($1)")
+        .bind(families)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
 }
 
 /// Serialises the rotations and revocations of one family (one login's chain), within the

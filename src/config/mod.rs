@@ -86,6 +86,8 @@ pub struct DbSettings {
     pub url: SecretString,
     /// Migrations and database creation, always direct to Postgres.
     pub migration_url: SecretString,
+    /// The variable `migration_url` came from, as messages name it.
+    pub migration_url_from: &'static str,
     pub min_connections: u32,
     pub max_connections: u32,
     pub acquire_timeout: Duration,

@@ -23,9 +23,14 @@ pub(super) fn db(r: &mut Reader<'_>) -> DbSettings {
             r.problems.push(format!("{key} must be a postgres:// URL"));
         }
     }
-    let migration_url = r
-        .raw("MIGRATION_DATABASE_URL")
-        .unwrap_or_else(|| database_url.clone());
+    let (migration_url, migration_url_from) = match r.raw("MIGRATION_DATABASE_URL") {
+        Some(url) => (url, "MIGRATION_DATABASE_URL"),
+        None => (
+            database_url.clone(),
+            "DATABASE_URL (MIGRATION_DATABASE_URL is unset; when DATABASE_URL is a pooler such as \
+             PgBouncer, set MIGRATION_DATABASE_URL straight to Postgres)",
+        ),
+    };
     let min_connections = r.parsed("DB_MIN_CONNECTIONS", 20u32);
     let max_connections = r.ranged("DB_MAX_CONNECTIONS", 100u32, 1..=10_000);
     if min_connections > max_connections {
@@ -36,6 +41,7 @@ pub(super) fn db(r: &mut Reader<'_>) -> DbSettings {
     DbSettings {
         url: SecretString::from(database_url),
         migration_url: SecretString::from(migration_url),
+        migration_url_from,
         min_connections,
         max_connections,
         acquire_timeout: Duration::from_secs(r.ranged("DB_ACQUIRE_TIMEOUT_SECS", 3, 1..=300)),
@@ -144,12 +150,11 @@ pub(super) fn auth(r: &mut Reader<'_>, dev: bool) -> AuthSettings {
                 ("closed", Registration::Closed),
             ],
         ),
-        max_concurrent_hashes: r
-            .parsed(
-                "MAX_CONCURRENT_HASHES",
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
-            )
-            .max(1),
+        max_concurrent_hashes: r.ranged(
+            "MAX_CONCURRENT_HASHES",
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+            1..=1024,
+        ),
         admin_email,
         admin_password: admin_password.map(SecretString::from),
         metrics_token: metrics_token(r, dev),

@@ -72,6 +72,7 @@ fn settings_that_would_refuse_everything_are_refused_at_start() {
         ("ACCESS_TOKEN_TTL_SECS", "0"),
         ("LOGIN_MAX_FAILURES", "0"),
         ("DB_MAX_CONNECTIONS", "0"),
+        ("MAX_CONCURRENT_HASHES", "0"),
         (
             "CORS_ORIGINS",
             "https://app.example.org/, app.example.org, https://App.Example.org, https://ok.example.org:8443",
@@ -87,6 +88,7 @@ fn settings_that_would_refuse_everything_are_refused_at_start() {
         "ACCESS_TOKEN_TTL_SECS",
         "LOGIN_MAX_FAILURES",
         "DB_MAX_CONNECTIONS",
+        "MAX_CONCURRENT_HASHES",
         "`https://app.example.org/`",
         "`app.example.org`",
         "`https://App.Example.org`",
@@ -115,6 +117,15 @@ fn development_accepts_a_short_secret_and_defaults_the_rest() {
     .unwrap();
     assert_eq!(config.db.max_connections, 100);
     assert_eq!(config.migration_database_url(), "postgres://localhost/db");
+    // A failure to migrate then names the variable used, and the one to set.
+    assert!(
+        config
+            .db
+            .migration_url_from
+            .starts_with("DATABASE_URL (MIGRATION_DATABASE_URL is unset"),
+        "{}",
+        config.db.migration_url_from
+    );
     assert_eq!(config.attendance.timezone, chrono_tz::Africa::Kigali);
     assert_eq!(config.rate_limits.auth.burst, 5);
     assert_eq!(config.bind_addr.port(), 8080);

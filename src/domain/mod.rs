@@ -16,6 +16,24 @@ pub fn is_invisible(c: char) -> bool {
     )
 }
 
+/// A character that shows nothing on its own: [`is_invisible`], and the direction overrides and
+/// isolates, invisible operators and fillers that a name of nothing else would be made of. (Not
+/// dropped from codes: stored codes are compared as [`facility_code`] spells them.)
+pub fn shows_nothing(c: char) -> bool {
+    is_invisible(c)
+        || c.is_whitespace()
+        || matches!(
+            c,
+            '\u{115F}'
+                | '\u{1160}'
+                | '\u{180E}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2061}'..='\u{2069}'
+                | '\u{3164}'
+                | '\u{FFA0}'
+        )
+}
+
 /// A facility code as stored and compared: spaces of any kind (a non-breaking space pasted from
 /// a web page, a run of spaces) read as one plain space, invisible characters (zero-width
 /// spaces, direction marks, soft hyphens, a byte order mark left inside joined files) dropped,

@@ -365,7 +365,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
             );
         }
         let name = get(Column::Name).to_string();
-        if name.is_empty() {
+        if name.chars().all(crate::domain::shows_nothing) {
             err(Column::Name, "is required".into());
         } else if name.chars().count() > 200 {
             err(Column::Name, "must be at most 200 characters".into());
@@ -793,6 +793,8 @@ mod tests {
         file.extend(format!("T,Long type,{},,,-1.9,30.1,Gasabo\n", "t".repeat(51)).as_bytes());
         file.extend(format!("F,Long phone,,,{},-1.9,30.1,Gasabo\n", "1".repeat(33)).as_bytes());
         file.extend(b"M,Multi-line,,\"KG 11 Ave\r\nKimironko\",,-1.9,30.1,Gasabo\n");
+        // A name of nothing visible, as the endpoints refuse it.
+        file.extend("Z,\u{200B}\u{2060},,,,-1.9,30.1,Gasabo\n".as_bytes());
         let checked = check(&read(&file).unwrap(), &councils).unwrap();
         let found = places(&checked);
         assert_eq!(
@@ -800,10 +802,12 @@ mod tests {
             vec![
                 (2002, Some("name")),
                 (2003, Some("type")),
-                (2004, Some("contact_phone"))
+                (2004, Some("contact_phone")),
+                (2006, Some("name"))
             ]
         );
         let last = checked.valid.last().unwrap();
         assert_eq!(last.address.as_deref(), Some("KG 11 Ave, Kimironko"));
+        assert!(checked.errors[3].message.contains("required"));
     }
 }

@@ -390,10 +390,16 @@ async fn record_refusal(
 }
 
 /// The audit row of a login that did not succeed, and why.
-/// What was sent as the email is kept only when it is one: anything else in that field may be
-/// a password typed in the wrong box, which the trail (read by every admin) must not hold.
+/// The email sent is kept when it names an account; any other is kept masked, and only when it
+/// looks like an address with a domain (`a***@example.org`, enough to see a typo in the domain or
+/// a run of guesses at one): anything else typed there may be a password in the wrong box
+/// (`Summer@2026` reads as an address to the rules), which the trail, read by every admin, must
+/// not hold.
 fn login_failed(client: &ClientInfo, email: &str, user_id: Option<Uuid>, reason: &str) -> Activity {
-    let email = Email::parse(email).ok().map(|_| email);
+    let email = match user_id {
+        Some(_) => Some(email.to_string()),
+        None => masked_address(email),
+    };
     let activity = Activity::new("auth.login_failed")
         .from(client)
         .details(serde_json::json!({ "email": email, "reason": reason }));
@@ -401,6 +407,15 @@ fn login_failed(client: &ClientInfo, email: &str, user_id: Option<Uuid>, reason:
         Some(id) => activity.on("user", id),
         None => activity,
     }
+}
+
+/// An unknown email as the trail keeps it: its first character and its domain, when it is an
+/// address whose domain has a dot.
+fn masked_address(email: &str) -> Option<String> {
+    Email::parse(email).ok()?;
+    let (local, domain) = email.rsplit_once('@')?;
+    let first = local.chars().next()?;
+    domain.contains('.').then(|| format!("{first}***@{domain}"))
 }
 
 /// Records a failed login (the account's count was kept when the attempt began), and the

@@ -32,10 +32,7 @@ pub fn required_text(value: &str, field: &str, max: usize, invalid: &mut Invalid
     let value = value.trim().to_string();
     if value.chars().any(char::is_control) {
         invalid.add(field, "must not contain control characters");
-    } else if value
-        .chars()
-        .all(|c| c.is_whitespace() || crate::domain::is_invisible(c))
-    {
+    } else if value.chars().all(crate::domain::shows_nothing) {
         // Empty, or nothing a list could show or a search find (a zero-width space pasted).
         invalid.add(field, "must not be blank");
     } else if value.chars().count() > max {

@@ -95,7 +95,7 @@ fn parse_bound(
 /// Greenwich is still year 0 in UTC, and the day after the last of 9999 is year 10000, neither
 /// of which an RFC 3339 time (as the summary answers its period) can say. No record falls
 /// between those instants and the nearest one held.
-fn in_utc_years(t: DateTime<Utc>) -> DateTime<Utc> {
+pub fn in_utc_years(t: DateTime<Utc>) -> DateTime<Utc> {
     let first = Utc
         .with_ymd_and_hms(*YEARS.start(), 1, 1, 0, 0, 0)
         .single()

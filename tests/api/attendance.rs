@@ -1,6 +1,6 @@
 //! Clock-in/out, geofence, time rules, forgotten clock-outs, scoping, exports and summaries.
 
-use chrono::{Duration, TimeZone, Utc};
+use chrono::{Datelike, Duration, TimeZone, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -1969,6 +1969,21 @@ async fn periods_out_of_range_or_reversed_are_refused_and_blank_bounds_are_no_bo
     .await;
     let reason = body["error"]["details"]["from"][0].as_str().unwrap();
     assert!(reason.contains("past"), "{reason}");
+    // A period's bounds answer as RFC 3339 times, in years 1 to 9999, however they were given.
+    for path in [
+        "/api/attendance/summary?from=0001-01-01&to=9999-12-31&tz=America/Chicago",
+        "/api/attendance/summary?to=0001-01-10",
+    ] {
+        let (status, body) = send(app.get(path).bearer_auth(&admin.token)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        for bound in ["from", "to"] {
+            let text = body[bound].as_str().unwrap();
+            let year = chrono::DateTime::parse_from_rfc3339(text)
+                .unwrap_or_else(|e| panic!("{path}: {bound} {text}: {e}"))
+                .year();
+            assert!((1..=9999).contains(&year), "{path}: {bound} {text}");
+        }
+    }
     // The admin's own login is in the trail: a blank filter does not hide it.
     let (status, body) = send(
         app.get("/api/activities?action=&entity_type=")

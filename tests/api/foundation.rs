@@ -319,6 +319,15 @@ async fn metrics_count_requests_by_route_and_status() {
             && l.contains(r#"status="200""#)),
         "{text}"
     );
+    // The latency targets (30 ms, 100 ms, 150 ms) are bucket edges: counted, not interpolated.
+    for edge in ["0.03", "0.1", "0.15"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("http_request_duration_seconds_bucket")
+                    && l.contains(&format!(r#"le="{edge}""#))),
+            "{edge}: {text}"
+        );
+    }
     assert!(text.contains("db_pool_connections"));
 }
 

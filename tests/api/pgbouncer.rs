@@ -17,6 +17,7 @@ async fn thousands_of_concurrent_queries_through_pgbouncer_return_their_own_valu
     let config = field_attendance::config::DbSettings {
         url: url.clone().into(),
         migration_url: db.url().into(),
+        migration_url_from: "MIGRATION_DATABASE_URL",
         min_connections: 0,
         max_connections: 60,
         acquire_timeout: std::time::Duration::from_secs(30),

@@ -637,13 +637,12 @@ async fn xlsx_file(job: &mut Export) -> Result<std::fs::File, ApiError> {
                 ),
             ));
         }
-        // A bounded channel: the database is read no faster than the sheet is written.
-        tx.send(Some(row))
-            .await
-            .map_err(|_| anyhow::anyhow!("the spreadsheet writer stopped"))?;
+        // A bounded channel: the database is read no faster than the sheet is written. One
+        // that takes no more has stopped on an error, which it answers with below.
+        if tx.send(Some(row)).await.is_err() {
+            break;
+        }
     }
-    tx.send(None)
-        .await
-        .map_err(|_| anyhow::anyhow!("the spreadsheet writer stopped"))?;
+    let _ = tx.send(None).await;
     Ok(writer.await.map_err(anyhow::Error::from)??)
 }

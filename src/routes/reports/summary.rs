@@ -103,7 +103,7 @@ async fn summary(
         }
         None => Utc::now(),
     };
-    let from = from.unwrap_or(to - chrono::Duration::days(30));
+    let from = from.unwrap_or_else(|| period::in_utc_years(to - chrono::Duration::days(30)));
     if from == to {
         return Err(ApiError::invalid("from", "must be before `to`"));
     }

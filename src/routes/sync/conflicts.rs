@@ -316,7 +316,14 @@ async fn keep_client_copy(
         now,
         &state.config,
     )
-    .map_err(|(_, reason)| ApiError::invalid("location", reason))?;
+    .map_err(|(_, reason)| {
+        // The only refusal left: an enforced geofence, named as a push result names it.
+        let field = "clock_in_location";
+        let reason = reason
+            .strip_prefix("clock_in_location: ")
+            .unwrap_or(&reason);
+        ApiError::invalid(field, reason)
+    })?;
     let mut plan = Plan::default();
     // Only a kept copy that is open replaces the shift it was queued beside (one that has aged
     // past the maximum shift since is stored incomplete, and leaves that one open), and only
