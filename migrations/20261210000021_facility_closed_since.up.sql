@@ -5,5 +5,3 @@ DROP TRIGGER facilities_status_changed ON facilities;
 CREATE TRIGGER facilities_status_changed BEFORE UPDATE OF status ON facilities
     FOR EACH ROW WHEN ((NEW.status = 'active') IS DISTINCT FROM (OLD.status = 'active'))
     EXECUTE FUNCTION note_status_change();
--- Facilities moved between the two closed states before this migration keep the later stamp:
--- the table does not know when they first closed.

@@ -91,7 +91,8 @@ pub async fn end_access_tokens(
     user_id: Uuid,
     family_id: Uuid,
 ) -> Result<(), sqlx::Error> {
-    end_for(db, &[user_id], &[family_id]).await
+    end_for(db, &[user_id], &[family_id]).await?;
+    Ok(())
 }
 
 /// Ends the access tokens of every user with a stolen chain whose request never did (it failed
@@ -105,33 +106,39 @@ pub async fn end_pending_access_tokens(db: &PgPool) -> Result<Vec<Uuid>, sqlx::E
     )
     .fetch_all(db)
     .await?;
-    let families: Vec<Uuid> = pending.iter().map(|(family, _)| *family).collect();
-    let mut users: Vec<Uuid> = pending.into_iter().map(|(_, user)| user).collect();
-    users.sort_unstable();
-    users.dedup();
-    if !users.is_empty() {
-        end_for(db, &users, &families).await?;
+    if pending.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(users)
+    let families: Vec<Uuid> = pending.iter().map(|(family, _)| *family).collect();
+    let users: Vec<Uuid> = pending.into_iter().map(|(_, user)| user).collect();
+    end_for(db, &users, &families).await
 }
 
-/// Ends every access token of `users` and marks the stolen chains `families` done, in one
-/// transaction that takes the accounts first, in order, as a refresh does (it holds the account
-/// `FOR SHARE`, then records the reuse): neither then waits on a lock the other holds.
-async fn end_for(db: &PgPool, users: &[Uuid], families: &[Uuid]) -> Result<(), sqlx::Error> {
+/// Ends every access token of the owners of the stolen chains `families` (of `users`) that are
+/// not marked done yet, and marks them done, in one transaction that takes the accounts first,
+/// in order, as a refresh does (it holds the account `FOR SHARE`, then records the reuse):
+/// neither then waits on a lock the other holds. A chain another instance's job, or the request
+/// that found it, ended meanwhile is not ended twice. The users whose tokens were ended.
+async fn end_for(db: &PgPool, users: &[Uuid], families: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
     let mut tx = db.begin().await?;
-    sqlx::query(
-        "UPDATE users SET token_version = token_version + 1
-         WHERE id IN (SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE)",
-    )
-    .bind(users)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("UPDATE refresh_families_reused SET ended_at = now() WHERE family_id = ANY($1)")
-        .bind(families)
+    sqlx::query("SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+        .bind(users)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await
+    let ended: Vec<Uuid> = sqlx::query_scalar(
+        "WITH ended AS (
+           UPDATE refresh_families_reused SET ended_at = now()
+           WHERE family_id = ANY($1) AND ended_at IS NULL
+           RETURNING family_id)
+         UPDATE users u SET token_version = u.token_version + 1
+         WHERE u.id IN (SELECT t.user_id FROM refresh_tokens t JOIN ended USING (family_id))
+         RETURNING u.id",
+    )
+    .bind(families)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(ended)
 }
 
 /// Serialises the rotations and revocations of one family (one login's chain), within the

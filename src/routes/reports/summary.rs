@@ -103,8 +103,10 @@ async fn summary(
         }
         None => Utc::now(),
     };
+    let from_given = from.is_some();
     let from = from.unwrap_or_else(|| period::in_utc_years(to - chrono::Duration::days(30)));
-    if from == to {
+    // (A defaulted start meets the end only at the first instant of year 1: an empty period.)
+    if from == to && from_given {
         return Err(ApiError::invalid("from", "must be before `to`"));
     }
     let group_by = q.group_by.unwrap_or_default();
