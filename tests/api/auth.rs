@@ -21,6 +21,15 @@ fn registration(facility: uuid::Uuid) -> Value {
     })
 }
 
+/// Exchanges a refresh token, as a device does.
+async fn refresh<T: serde::Serialize + ?Sized>(app: &TestApp, token: &T) -> (StatusCode, Value) {
+    send(
+        app.post("/api/auth/refresh")
+            .json(&json!({ "refresh_token": token })),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_registered_account_cannot_log_in_until_approved() {
     let app = TestApp::spawn().await;
@@ -598,11 +607,7 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_whole_chain() {
     let app = TestApp::spawn().await;
     let user = app.user("focal", None).await;
 
-    let (status, first) = send(
-        app.post("/api/auth/refresh")
-            .json(&json!({"refresh_token": user.refresh_token})),
-    )
-    .await;
+    let (status, first) = refresh(&app, &user.refresh_token).await;
     assert_eq!(status, StatusCode::OK, "{first}");
     let second_refresh = first["refresh_token"].as_str().unwrap().to_string();
     assert_ne!(second_refresh, user.refresh_token);
@@ -614,17 +619,9 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_whole_chain() {
     assert_eq!(status, StatusCode::OK);
 
     // The rotated token is presented again: refused, and its descendants die with it.
-    let (status, body) = send(
-        app.post("/api/auth/refresh")
-            .json(&json!({"refresh_token": user.refresh_token})),
-    )
-    .await;
+    let (status, body) = refresh(&app, &user.refresh_token).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
-    let (status, body) = send(
-        app.post("/api/auth/refresh")
-            .json(&json!({"refresh_token": second_refresh})),
-    )
-    .await;
+    let (status, body) = refresh(&app, &second_refresh).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
     assert!(
         app.actions()
@@ -654,11 +651,7 @@ async fn logout_revokes_the_refresh_token() {
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, body) = send(
-        app.post("/api/auth/refresh")
-            .json(&json!({"refresh_token": user.refresh_token})),
-    )
-    .await;
+    let (status, body) = refresh(&app, &user.refresh_token).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
     // A token that was revoked, never rotated, is no sign of theft: no alarm in the trail.
     assert!(
@@ -677,19 +670,11 @@ async fn a_reused_refresh_token_ends_the_access_tokens_of_the_stolen_chain() {
     let (status, phone) = app.login(&user.email, PASSWORD).await;
     assert_eq!(status, StatusCode::OK);
     // A thief refreshes first with a copy of the token.
-    let (status, stolen) = send(
-        app.post("/api/auth/refresh")
-            .json(&json!({"refresh_token": user.refresh_token})),
-    )
-    .await;
+    let (status, stolen) = refresh(&app, &user.refresh_token).await;
     assert_eq!(status, StatusCode::OK);
     let thief_access = stolen["access_token"].as_str().unwrap();
     // The owner presents it next: reuse.
-    let (status, _) = send(
-        app.post("/api/auth/refresh")
-            .json(&json!({"refresh_token": user.refresh_token})),
-    )
-    .await;
+    let (status, _) = refresh(&app, &user.refresh_token).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     let (status, body) = send(app.get("/api/users/me").bearer_auth(thief_access)).await;
@@ -698,11 +683,7 @@ async fn a_reused_refresh_token_ends_the_access_tokens_of_the_stolen_chain() {
     let phone_access = phone["access_token"].as_str().unwrap();
     let (status, _) = send(app.get("/api/users/me").bearer_auth(phone_access)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, renewed) = send(
-        app.post("/api/auth/refresh")
-            .json(&json!({"refresh_token": phone["refresh_token"]})),
-    )
-    .await;
+    let (status, renewed) = refresh(&app, &phone["refresh_token"]).await;
     assert_eq!(status, StatusCode::OK);
     let (status, _) = send(
         app.get("/api/users/me")
@@ -716,14 +697,8 @@ async fn a_reused_refresh_token_ends_the_access_tokens_of_the_stolen_chain() {
 async fn a_thief_who_logs_out_the_stolen_chain_still_loses_their_access_token() {
     let app = TestApp::spawn().await;
     let user = app.user("focal", None).await;
-    let refresh = |token: &Value| {
-        send(
-            app.post("/api/auth/refresh")
-                .json(&json!({ "refresh_token": token })),
-        )
-    };
     let me = |token: &str| send(app.get("/api/users/me").bearer_auth(token));
-    let (status, stolen) = refresh(&json!(user.refresh_token)).await;
+    let (status, stolen) = refresh(&app, &user.refresh_token).await;
     assert_eq!(status, StatusCode::OK, "{stolen}");
     let thief_access = stolen["access_token"].as_str().unwrap();
     // The thief ends the chain, hoping the owner's reuse finds nothing live to call theft.
@@ -734,7 +709,7 @@ async fn a_thief_who_logs_out_the_stolen_chain_still_loses_their_access_token() 
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = refresh(&json!(user.refresh_token)).await;
+    let (status, _) = refresh(&app, &user.refresh_token).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, body) = me(thief_access).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
@@ -742,13 +717,13 @@ async fn a_thief_who_logs_out_the_stolen_chain_still_loses_their_access_token() 
     // Told once per chain: the owner's new login survives the old token coming back again.
     let (status, login) = app.login(&user.email, PASSWORD).await;
     assert_eq!(status, StatusCode::OK, "{login}");
-    let (status, _) = refresh(&json!(user.refresh_token)).await;
+    let (status, _) = refresh(&app, &user.refresh_token).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, body) = me(login["access_token"].as_str().unwrap()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
     // The owner logging out with the token the thief rotated is the same alarm.
-    let (status, stolen) = refresh(&login["refresh_token"]).await;
+    let (status, stolen) = refresh(&app, &login["refresh_token"]).await;
     assert_eq!(status, StatusCode::OK, "{stolen}");
     let (status, _) = send(
         app.post("/api/auth/logout")
@@ -765,11 +740,7 @@ async fn a_thief_who_logs_out_the_stolen_chain_still_loses_their_access_token() 
 async fn a_reuse_whose_tokens_were_never_ended_ends_them_when_it_comes_back() {
     let app = TestApp::spawn().await;
     let user = app.user("focal", None).await;
-    let (status, stolen) = send(
-        app.post("/api/auth/refresh")
-            .json(&json!({"refresh_token": user.refresh_token})),
-    )
-    .await;
+    let (status, stolen) = refresh(&app, &user.refresh_token).await;
     assert_eq!(status, StatusCode::OK, "{stolen}");
     // A reuse was found before, and the request that found it failed after its commit.
     sqlx::query(
@@ -780,11 +751,7 @@ async fn a_reuse_whose_tokens_were_never_ended_ends_them_when_it_comes_back() {
     .execute(&app.db)
     .await
     .unwrap();
-    let (status, _) = send(
-        app.post("/api/auth/refresh")
-            .json(&json!({"refresh_token": user.refresh_token})),
-    )
-    .await;
+    let (status, _) = refresh(&app, &user.refresh_token).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let thief_access = stolen["access_token"].as_str().unwrap();
     let (status, body) = send(app.get("/api/users/me").bearer_auth(thief_access)).await;
@@ -795,11 +762,7 @@ async fn a_reuse_whose_tokens_were_never_ended_ends_them_when_it_comes_back() {
 async fn a_reuse_whose_tokens_were_never_ended_has_them_ended_in_the_background() {
     let app = TestApp::spawn().await;
     let user = app.user("focal", None).await;
-    let (status, stolen) = send(
-        app.post("/api/auth/refresh")
-            .json(&json!({"refresh_token": user.refresh_token})),
-    )
-    .await;
+    let (status, stolen) = refresh(&app, &user.refresh_token).await;
     assert_eq!(status, StatusCode::OK, "{stolen}");
     let thief_access = stolen["access_token"].as_str().unwrap();
     // A reuse found a minute ago, by a request that failed after its commit; and one found just
@@ -845,11 +808,7 @@ async fn a_reuse_whose_tokens_were_never_ended_has_them_ended_in_the_background(
 async fn logout_with_an_already_rotated_token_ends_the_session_it_came_from() {
     let app = TestApp::spawn().await;
     let user = app.user("focal", None).await;
-    let (status, rotated) = send(
-        app.post("/api/auth/refresh")
-            .json(&json!({"refresh_token": user.refresh_token})),
-    )
-    .await;
+    let (status, rotated) = refresh(&app, &user.refresh_token).await;
     assert_eq!(status, StatusCode::OK);
     let (status, _) = send(
         app.post("/api/auth/logout")
@@ -858,11 +817,7 @@ async fn logout_with_an_already_rotated_token_ends_the_session_it_came_from() {
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, body) = send(
-        app.post("/api/auth/refresh")
-            .json(&json!({"refresh_token": rotated["refresh_token"]})),
-    )
-    .await;
+    let (status, body) = refresh(&app, &rotated["refresh_token"]).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
 }
 
@@ -910,11 +865,7 @@ async fn deactivation_role_change_and_password_change_cut_existing_tokens_off() 
     }
     // Their refresh tokens are revoked too.
     for user in everyone {
-        let (status, _) = send(
-            app.post("/api/auth/refresh")
-                .json(&json!({"refresh_token": user.refresh_token})),
-        )
-        .await;
+        let (status, _) = refresh(&app, &user.refresh_token).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
     assert_eq!(
@@ -1030,11 +981,7 @@ async fn create_admin_resets_an_account_and_ends_its_sessions() {
     ]);
     let (status, body) = send(app.get("/api/users/me").bearer_auth(&admin.token)).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
-    let (status, body) = send(
-        app.post("/api/auth/refresh")
-            .json(&json!({"refresh_token": admin.refresh_token})),
-    )
-    .await;
+    let (status, body) = refresh(&app, &admin.refresh_token).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
     assert_eq!(
         app.login(ADMIN_EMAIL, "a fresh admin passphrase").await.0,
@@ -1475,11 +1422,7 @@ async fn refresh_tokens_expired_for_a_day_are_pruned_and_current_ones_kept() {
             .await
             .unwrap();
     assert_eq!(reused, [kept]);
-    let (status, _) = send(
-        app.post("/api/auth/refresh")
-            .json(&json!({"refresh_token": user.refresh_token})),
-    )
-    .await;
+    let (status, _) = refresh(&app, &user.refresh_token).await;
     assert_eq!(status, StatusCode::OK, "the current token still works");
     let left: i64 =
         sqlx::query_scalar("SELECT count(*) FROM refresh_tokens WHERE expires_at < now()")
@@ -1540,11 +1483,7 @@ async fn a_logged_out_token_presented_again_ends_no_other_session() {
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     for _ in 0..2 {
-        let (status, _) = send(
-            app.post("/api/auth/refresh")
-                .json(&json!({"refresh_token": user.refresh_token})),
-        )
-        .await;
+        let (status, _) = refresh(&app, &user.refresh_token).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
     let (status, _) = send(
@@ -1601,11 +1540,7 @@ async fn an_admin_sets_a_forgotten_password_which_lifts_the_lock_and_ends_old_se
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     let (status, body) = send(app.get("/api/users/me").bearer_auth(&worker.token)).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
-    let (status, body) = send(
-        app.post("/api/auth/refresh")
-            .json(&json!({"refresh_token": worker.refresh_token})),
-    )
-    .await;
+    let (status, body) = refresh(&app, &worker.refresh_token).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
     let (status, login) = app.login(&worker.email, "a handed-over passphrase").await;
     assert_eq!(status, StatusCode::OK, "{login}");
