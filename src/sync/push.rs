@@ -39,61 +39,74 @@ pub(crate) fn measure(content: &Content, site: &Site) -> (f64, Option<f64>, bool
     (distance, clock_out.map(|(d, _)| d), outside)
 }
 
-/// Why the facility does not take this shift: it was closed before the shift began. Only for a
-/// shift the server does not hold yet there (`stored`, the record as stored, has another
-/// clock-in or facility): one it took while open stays open to its clock-out and edits.
-pub(crate) fn closed_to(
+/// Why the facility does not take a shift's clock-in, as online clock-in would not: the facility
+/// was closed before the shift began, or (when enforced) the clock-in is outside its geofence; a
+/// clock-out outside is flagged, not refused. Only for a clock-in the server does not hold yet
+/// (`stored`, the record as stored, has another one): a shift it took stays open to its clock-out
+/// and edits, whatever became of the facility or its fence since.
+pub(crate) fn site_refuses(
     site: &Site,
     content: &Content,
     stored: Option<&AttendanceRow>,
-) -> Option<String> {
-    let held = stored.is_some_and(|r| {
+    config: &Config,
+) -> Option<Refusal> {
+    let held = stored.filter(|r| {
         r.deleted_at.is_none()
             && r.clock_in_at == content.clock_in_at
             && r.facility_id == content.facility_id
     });
-    if held {
-        return None;
+    if held.is_none()
+        && let Some(reason) = site.closed_before(content.clock_in_at)
+    {
+        return Some(Refusal {
+            code: "validation_failed",
+            field: "facility_id",
+            reason,
+        });
     }
-    site.closed_before(content.clock_in_at)
+    let place_held = held.is_some_and(|r| {
+        r.clock_in_latitude == content.clock_in.latitude
+            && r.clock_in_longitude == content.clock_in.longitude
+    });
+    let (distance, outside) = site.measure(GeoPoint {
+        latitude: content.clock_in.latitude,
+        longitude: content.clock_in.longitude,
+    });
+    (config.attendance.enforce_geofence && outside && !place_held).then(|| Refusal {
+        code: "outside_geofence",
+        field: "clock_in_location",
+        reason: format!(
+            "{distance:.0} m from the facility, outside its {} m geofence",
+            site.geofence_radius_m
+        ),
+    })
 }
 
-/// `stored`: the record as the server holds it, if it does. An enforced geofence refuses, as
-/// online, a clock-in outside it (a clock-out outside is flagged, not refused), and only one the
-/// server does not hold yet: a shift it took stays open to its clock-out and edits, whatever
-/// became of the fence since.
-#[allow(clippy::too_many_arguments)]
+/// A record the facility does not take (see [`site_refuses`]): its result's code, and the field
+/// its reason is about.
+pub(crate) struct Refusal {
+    pub code: &'static str,
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl Refusal {
+    /// The reason as a push result gives it, prefixed with its field.
+    pub fn message(&self) -> String {
+        format!("{}: {}", self.field, self.reason)
+    }
+}
+
 pub(crate) fn build_write(
     id: Uuid,
     content: &Content,
-    stored: Option<&AttendanceRow>,
     site: &Site,
     version: i32,
     client_timestamp: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
     config: &Config,
-) -> Result<Write, (&'static str, String)> {
+) -> Write {
     let (distance, out_distance, outside) = measure(content, site);
-    let clock_in_held = stored.is_some_and(|r| {
-        r.deleted_at.is_none()
-            && r.clock_in_at == content.clock_in_at
-            && r.facility_id == content.facility_id
-            && r.clock_in_latitude == content.clock_in.latitude
-            && r.clock_in_longitude == content.clock_in.longitude
-    });
-    if config.attendance.enforce_geofence
-        && !clock_in_held
-        && crate::domain::attendance::outside_geofence(distance, site.geofence_radius_m)
-    {
-        return Err((
-            "outside_geofence",
-            format!(
-                "clock_in_location: {distance:.0} m from the facility, outside its {} m \
-                 geofence",
-                site.geofence_radius_m
-            ),
-        ));
-    }
     let max_shift = config.attendance.max_shift;
     let status = match content.clock_out_at {
         // A clock-out later than the maximum shift does not close that shift (online, the shift
@@ -103,7 +116,7 @@ pub(crate) fn build_write(
         None if content.clock_in_at < forgotten_before(now, max_shift) => "incomplete",
         None => "open",
     };
-    Ok(Write {
+    Write {
         id,
         content: content.clone(),
         status,
@@ -112,7 +125,7 @@ pub(crate) fn build_write(
         outside,
         client_timestamp,
         version,
-    })
+    }
 }
 
 impl Write {
@@ -726,21 +739,18 @@ fn decide_all(
                     "facility_id: no such facility",
                 )
             })?;
-            if let Some(reason) = closed_to(site, content, existing) {
-                let reason = format!("facility_id: {reason}");
-                return Err(reject(Some(id), "validation_failed", reason));
+            if let Some(refusal) = site_refuses(site, content, existing, config) {
+                return Err(reject(Some(id), refusal.code, refusal.message()));
             }
-            build_write(
+            Ok(build_write(
                 id,
                 content,
-                existing,
                 site,
                 version,
                 Some(stamp),
                 now,
                 config,
-            )
-            .map_err(|(code, message)| reject(Some(id), code, message))
+            ))
         };
         let server = existing.map(|row| ServerCopy {
             version: row.sync_version,

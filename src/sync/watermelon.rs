@@ -33,7 +33,7 @@ use crate::sync::apply::apply_plan;
 use crate::sync::model::Content;
 use crate::sync::pull::{self, Changes, Cursor};
 use crate::sync::push::{
-    Plan, PushContext, begin_for_user, build_write, check_fields, check_new_times, closed_to,
+    Plan, PushContext, begin_for_user, build_write, check_fields, check_new_times, site_refuses,
 };
 
 /// The most records (and ids told deleted) one WatermelonDB pull answers with. A pull with more
@@ -713,16 +713,16 @@ async fn apply_changes(
             refuse(rejected, named(id), "facility_id: no such facility".into());
             continue;
         };
-        if let Some(reason) = closed_to(site, content, current) {
-            refuse(rejected, named(id), format!("facility_id: {reason}"));
+        if let Some(refusal) = site_refuses(site, content, current, config) {
+            refuse(rejected, named(id), refusal.message());
             continue;
         }
         let version = current.map_or(1, |r| r.sync_version + 1);
-        match build_write(*id, content, current, site, version, None, now, config) {
-            // "Created" records that already exist (an earlier push landed unseen) are updated.
-            Ok(w) if current.is_some() => plan.updates.push(w.stays_closed(current)),
-            Ok(w) => plan.inserts.push(w),
-            Err((_, reason)) => refuse(rejected, named(id), reason),
+        let w = build_write(*id, content, site, version, None, now, config);
+        // "Created" records that already exist (an earlier push landed unseen) are updated.
+        match current {
+            Some(_) => plan.updates.push(w.stays_closed(current)),
+            None => plan.inserts.push(w),
         }
     }
     for id in deletes.iter().filter(|id| !foreign.contains(id)) {

@@ -303,27 +303,18 @@ async fn keep_client_copy(
     let stored_version = stored.as_ref().map(|r| r.sync_version);
     let now = Utc::now().trunc_subsecs(6);
     let version = stored_version.map_or(conflict.client_version, |v| v + 1);
-    if let Some(reason) = push::closed_to(&site, &content, stored.as_ref()) {
-        return Err(ApiError::invalid("facility_id", reason));
+    if let Some(refusal) = push::site_refuses(&site, &content, stored.as_ref(), &state.config) {
+        return Err(ApiError::invalid(refusal.field, refusal.reason));
     }
     let w = push::build_write(
         conflict.record_id,
         &content,
-        stored.as_ref(),
         &site,
         version,
         stamp,
         now,
         &state.config,
-    )
-    .map_err(|(_, reason)| {
-        // The only refusal left: an enforced geofence, named as a push result names it.
-        let field = "clock_in_location";
-        let reason = reason
-            .strip_prefix("clock_in_location: ")
-            .unwrap_or(&reason);
-        ApiError::invalid(field, reason)
-    })?;
+    );
     let mut plan = Plan::default();
     // Only a kept copy that is open replaces the shift it was queued beside (one that has aged
     // past the maximum shift since is stored incomplete, and leaves that one open), and only
