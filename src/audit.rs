@@ -120,6 +120,12 @@ pub fn edit(before: &Value, after: &Value, fields: &[&str]) -> Value {
     serde_json::json!({ "fields": fields, "changes": changes })
 }
 
+/// Whether an edit's details (from [`edit`]) name no value that changed: the form was sent back
+/// as it was, and the edit is to write nothing and record nothing.
+pub fn changes_nothing(details: &Value) -> bool {
+    details["changes"].as_object().is_some_and(|c| c.is_empty())
+}
+
 const INSERT: &str = "INSERT INTO activities (actor_id, actor_email, action, entity_type, entity_id, details, ip, user_agent)";
 
 /// `VALUES ($first, ..., $first + 7)`.

@@ -308,11 +308,18 @@ pub async fn bounded(
     limit: std::time::Duration,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    bound(&mut tx, limit).await?;
+    Ok(tx)
+}
+
+/// Bounds the statements of the transaction open on `conn`, as [`bounded`] does (after any
+/// `SET TRANSACTION`, which must come first).
+pub async fn bound(conn: &mut PgConnection, limit: std::time::Duration) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT set_config('statement_timeout', $1, true)")
         .bind(format!("{}ms", limit.as_millis()))
-        .execute(&mut *tx)
+        .execute(conn)
         .await?;
-    Ok(tx)
+    Ok(())
 }
 
 /// Postgres ended the statement to break a deadlock (40P01): nothing of it was written.

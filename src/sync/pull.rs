@@ -136,6 +136,9 @@ fn valid_xid(s: &str) -> bool {
 pub struct AttendanceChanges {
     /// Records created since the cursor (by the server's own creation, not the device's clock).
     pub created: Vec<AttendanceRecord>,
+    /// Records changed since the cursor. One the device does not hold yet may come here too (a
+    /// record changed while a paged pull was under way comes in the next pull, as updated):
+    /// apply `created` and `updated` alike, as upserts by id.
     pub updated: Vec<AttendanceRecord>,
     /// Ids of records deleted since the cursor, and of records that left the caller's scope (a
     /// worker moved to another supervisor, or the caller is no longer an admin or a supervisor):
@@ -146,6 +149,7 @@ pub struct AttendanceChanges {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FacilityChanges {
     pub created: Vec<Facility>,
+    /// As for attendance: apply `created` and `updated` alike, as upserts by id.
     pub updated: Vec<Facility>,
     /// Facilities are deactivated, never deleted: always empty.
     pub deleted: Vec<Uuid>,
@@ -310,11 +314,14 @@ pub async fn pull(
     cursor: Cursor,
     limit: usize,
     kept: Kept,
+    timeout: std::time::Duration,
 ) -> Result<(Changes, Cursor, bool), ApiError> {
-    // One snapshot for every statement of this page.
+    // One snapshot for every statement of this page, none of them left running once the
+    // request has given up.
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *conn)
         .await?;
+    crate::db::bound(conn, timeout).await?;
     // And the viewer's role as this snapshot has it; whether it moved into or out of admin
     // after the base (and by the target): their whole scope moved, see the `scope_reset`
     // migration; and whether workers moved away from under them, or came, in that window.

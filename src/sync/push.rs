@@ -514,6 +514,11 @@ fn parse(raw: &[Box<RawValue>], tolerance: std::time::Duration) -> Vec<Parsed> {
     let mut parsed: Vec<Parsed> = Vec::with_capacity(raw.len());
     let mut seen_ids = HashSet::new();
     for text in raw {
+        if !text.get().starts_with('{') {
+            let reason = "the record must be a JSON object";
+            parsed.push(Err(reject(None, "validation_failed", reason)));
+            continue;
+        }
         let record: PushRecord = match crate::extract::parse_json(text.get().as_bytes()) {
             Ok(r) => r,
             Err(e) => {

@@ -204,6 +204,7 @@ pub async fn pull_changes(
     viewer: &AuthUser,
     last_pulled_at: Option<i64>,
     migration: Option<Migration>,
+    timeout: std::time::Duration,
 ) -> Result<Pulled, ApiError> {
     let given = last_pulled_at.filter(|t| *t > 0);
     let cursor = match given {
@@ -233,8 +234,15 @@ pub async fn pull_changes(
     let whole = given.is_some() && TABLES.iter().any(|t| migrated.contains(*t));
     let page = if whole { WHOLE_PULL } else { PULL_PAGE };
     let mut tx = db.begin().await?;
-    let (mut changes, next, has_more) =
-        pull::pull(&mut tx, viewer, cursor, page, pull::Kept::ByService).await?;
+    let (mut changes, next, has_more) = pull::pull(
+        &mut tx,
+        viewer,
+        cursor,
+        page,
+        pull::Kept::ByService,
+        timeout,
+    )
+    .await?;
     tx.commit().await?;
     // Every record comes as `updated` (apps set WatermelonDB's `sendCreatedAsUpdated`): a record
     // created since the last pull may be one this device pushed itself and has deleted since,
@@ -268,8 +276,15 @@ pub async fn pull_changes(
             target: Some(target.clone()),
             ..Cursor::default()
         };
-        let (full, _, _) =
-            pull::pull(&mut tx, viewer, cursor, WHOLE_PULL, pull::Kept::ByService).await?;
+        let (full, _, _) = pull::pull(
+            &mut tx,
+            viewer,
+            cursor,
+            WHOLE_PULL,
+            pull::Kept::ByService,
+            timeout,
+        )
+        .await?;
         tx.commit().await?;
         Some(full)
     } else {

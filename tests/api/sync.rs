@@ -269,6 +269,11 @@ async fn malformed_records_and_broken_rules_are_rejected_one_by_one() {
         // Versions past the bound, and years Postgres cannot keep.
         with(&["sync_version"], json!(i32::MAX)),
         with(&["client_timestamp"], json!("-5000-01-01T00:00:00Z")),
+        // Not records at all: each is refused alone, and the batch still applies.
+        json!(null),
+        json!("x"),
+        json!([]),
+        json!(7),
     ];
     let unknown_field_id = records[7]["id"].clone();
     let (_, body) = push(&app, &user, records).await;
@@ -276,9 +281,20 @@ async fn malformed_records_and_broken_rules_are_rejected_one_by_one() {
         statuses(&body),
         vec![
             "created", "rejected", "rejected", "rejected", "rejected", "rejected", "rejected",
-            "rejected", "rejected", "rejected", "rejected"
+            "rejected", "rejected", "rejected", "rejected", "rejected", "rejected", "rejected",
+            "rejected"
         ]
     );
+    for not_a_record in &body["results"].as_array().unwrap()[11..] {
+        assert!(not_a_record["id"].is_null(), "{not_a_record}");
+        assert!(
+            not_a_record["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("JSON object"),
+            "{not_a_record}"
+        );
+    }
     for rejected in &body["results"].as_array().unwrap()[9..] {
         assert_eq!(rejected["error"]["code"], "validation_failed", "{rejected}");
     }

@@ -1365,3 +1365,55 @@ async fn deactivating_a_user_again_changes_and_records_nothing_more() {
     .unwrap();
     assert_eq!(recorded, 1);
 }
+
+#[tokio::test]
+async fn an_edit_sending_back_what_a_user_has_writes_and_records_nothing() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let worker = app.user("focal", None).await;
+    let stamp = || async {
+        sqlx::query_as::<_, (chrono::DateTime<chrono::Utc>, i64)>(
+            "SELECT updated_at, xmin::text::bigint FROM users WHERE id = $1",
+        )
+        .bind(worker.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+    };
+    let before = stamp().await;
+    let first = worker_first(&app, worker.id).await;
+    let (status, body) = send(
+        app.patch(&format!("/api/users/{}", worker.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"email": worker.email.to_uppercase(), "first_name": first, "role": "focal", "status": "active"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["first_name"], json!(first), "{body}");
+    let (status, body) = send(
+        app.patch("/api/users/me")
+            .bearer_auth(&worker.token)
+            .json(&json!({"first_name": first})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["id"], json!(worker.id), "{body}");
+    assert_eq!(stamp().await, before, "the row was written again");
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM activities WHERE action = 'user.update' AND entity_id = $1",
+    )
+    .bind(worker.id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 0);
+    // The same worker's edit that does change something is still written and recorded.
+    let (status, _) = send(
+        app.patch("/api/users/me")
+            .bearer_auth(&worker.token)
+            .json(&json!({"first_name": format!("{first}x")})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(stamp().await, before);
+}

@@ -623,6 +623,15 @@ async fn old_timestamps_once_thinned_still_pull_every_change_since() {
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation_failed",
     );
+    // Nor is anything but a whole number a timestamp: a bad query string.
+    for malformed in ["abc", "", "1.5"] {
+        let (status, body) = send(
+            app.get(&format!("/api/sync/watermelon?last_pulled_at={malformed}"))
+                .bearer_auth(&user.token),
+        )
+        .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    }
 }
 
 #[tokio::test]

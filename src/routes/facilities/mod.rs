@@ -394,7 +394,7 @@ async fn update_facility(
     .await
     .on_constraint("facilities_code_key", duplicate_code)?;
     let details = audit::edit(&before, &after, &changed_fields(&req));
-    if details["changes"].as_object().is_some_and(|c| c.is_empty()) {
+    if audit::changes_nothing(&details) {
         // Nothing changed (the form sent back as it was): nothing is written, and no device
         // pulls the facility again.
         tx.rollback().await?;

@@ -83,7 +83,7 @@ pub struct WatermelonPull {
 #[utoipa::path(get, path = "/sync/watermelon", tag = "sync", security(("bearer" = [])), params(WatermelonPullQuery),
     responses(
         (status = 200, description = "Changes and the next timestamp", body = WatermelonPull),
-        (status = 400, description = "Bad query string", body = ErrorEnvelope),
+        (status = 400, description = "Bad query string (a `last_pulled_at` that is not a whole number)", body = ErrorEnvelope),
         (status = 422, description = "An unknown `last_pulled_at` or a malformed `migration`", body = ErrorEnvelope),
     ))]
 async fn watermelon_pull(
@@ -105,12 +105,28 @@ async fn watermelon_pull(
         })?;
     let last_pulled_at = match q.last_pulled_at.as_deref() {
         None | Some("null" | "undefined") => None,
-        // A negative number is no timestamp this service issued, nor a first sync.
-        Some(t) => Some(t.parse::<i64>().ok().filter(|t| *t >= 0).ok_or_else(|| {
-            ApiError::invalid("last_pulled_at", "is not a timestamp this service issued")
-        })?),
+        Some(t) => {
+            let t = t.parse::<i64>().map_err(|_| {
+                ApiError::BadRequest("last_pulled_at must be a whole number or null".into())
+            })?;
+            // A negative number is no timestamp this service issued, nor a first sync.
+            if t < 0 {
+                return Err(ApiError::invalid(
+                    "last_pulled_at",
+                    "is not a timestamp this service issued",
+                ));
+            }
+            Some(t)
+        }
     };
-    let pulled = watermelon::pull_changes(&state.db, &user, last_pulled_at, migration).await?;
+    let pulled = watermelon::pull_changes(
+        &state.db,
+        &user,
+        last_pulled_at,
+        migration,
+        state.config.request_timeout,
+    )
+    .await?;
     Ok(Json(WatermelonPull {
         changes: pulled.changes,
         timestamp: pulled.timestamp,

@@ -342,11 +342,20 @@ async fn update_user(
             .bind(id)
             .fetch_one(&mut *tx)
             .await?;
+    let details = audit::edit(&current.state, &after, &changed_fields(&req));
+    if audit::changes_nothing(&details) {
+        // The form sent back as it was: nothing is written and nothing recorded.
+        tx.rollback().await?;
+        return users::find(&state.db, id)
+            .await?
+            .map(Json)
+            .ok_or(ApiError::NotFound);
+    }
     Activity::new("user.update")
         .by(&actor)
         .on("user", id)
         .from(&client)
-        .details(audit::edit(&current.state, &after, &changed_fields(&req)))
+        .details(details)
         .record(&mut *tx)
         .await?;
     if role_changed {

@@ -99,6 +99,13 @@ async fn update_me(
     .fetch_one(&mut *tx)
     .await?;
     let mut details = audit::edit(&before, &after, &fields);
+    if audit::changes_nothing(&details) {
+        tx.rollback().await?;
+        return users::find(&state.db, user.id)
+            .await?
+            .map(Json)
+            .ok_or(ApiError::NotFound);
+    }
     details["self"] = true.into();
     Activity::new("user.update")
         .by(&user)
