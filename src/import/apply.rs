@@ -97,8 +97,8 @@ async fn councils(db: &PgPool) -> Result<Councils, sqlx::Error> {
         .await?;
     let mut map = Councils::new();
     for (id, name, code) in rows {
-        map.insert(name.to_lowercase(), id);
-        map.insert(code.to_lowercase(), id);
+        map.insert(rows::council_key(&name), id);
+        map.insert(rows::council_key(&code), id);
     }
     Ok(map)
 }

@@ -236,6 +236,26 @@ pub fn code_key(code: &str) -> String {
         .collect()
 }
 
+/// A council's name or code as a cell is matched to it: spelled as a facility code is (invisible
+/// characters dropped, spaces collapsed), and compared as [`code_key`] lower-cases it.
+pub fn council_key(text: &str) -> String {
+    code_key(&facility_code(text))
+}
+
+/// A number Excel shortened to its scientific form when it wrote the CSV (`1.23457E+11` for a
+/// twelve-digit code): the digits it dropped are lost.
+fn excel_shortened(code: &str) -> bool {
+    let Some((mantissa, exponent)) = code.split_once(['E', 'e']) else {
+        return false;
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, "0"));
+    let exponent = exponent.strip_prefix(['+', '-']).unwrap_or("");
+    whole.len() == 1
+        && [whole, fraction, exponent]
+            .iter()
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Numbers as Excel users type them: `-1.9456`, `-1,9456` (decimal comma), ` 30.1 `.
 fn parse_number(text: &str) -> Option<f64> {
     let t = text.trim();
@@ -355,6 +375,15 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
             err(Column::Code, "is required".into());
         } else if code.chars().count() > 64 {
             err(Column::Code, "must be at most 64 characters".into());
+        } else if excel_shortened(&code) {
+            err(
+                Column::Code,
+                format!(
+                    "`{}` is a number Excel shortened when it saved the file, its last digits \
+                     lost: format the column as Text, type the codes again and save again",
+                    shown(&code)
+                ),
+            );
         } else if let Some(first) = seen_codes.get(&key) {
             err(
                 Column::Code,
@@ -396,6 +425,15 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
             }
             _ => {}
         }
+        if latitude == Some(0.0) && longitude == Some(0.0) {
+            // No facility stands at 0° 0°, in the Gulf of Guinea: the zeros of a lookup formula
+            // that found nothing, most likely.
+            err(
+                Column::Latitude,
+                "0, 0 is in the sea, no facility's place: give the facility's own coordinates"
+                    .into(),
+            );
+        }
         // The council by its name or its code, whichever cell names one; a row giving both is
         // read by either (a name spelled otherwise beside a known code), unless the two name
         // different councils; a cell naming none is the one reported.
@@ -403,7 +441,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
             .into_iter()
             .map(|c| (c, get(c)))
             .filter(|(_, v)| !v.is_empty())
-            .map(|(c, v)| (c, v, councils.get(&v.to_lowercase()).copied()))
+            .map(|(c, v)| (c, v, councils.get(&council_key(v)).copied()))
             .collect();
         let found: Vec<&(Column, &str, Option<Uuid>)> =
             given.iter().filter(|(_, _, id)| id.is_some()).collect();
@@ -638,6 +676,52 @@ mod tests {
             "{:?}",
             checked.errors
         );
+    }
+
+    #[test]
+    fn a_council_cell_pasted_with_invisible_characters_or_doubled_spaces_is_found() {
+        let id = Uuid::new_v4();
+        let mut councils = Councils::new();
+        councils.insert(council_key("Nyarugenge  Town"), id);
+        councils.insert(council_key("RW-0102"), id);
+        let sheet = read(
+            "code,name,latitude,longitude,council_name,council_code\n\
+             A,Pasted,-1.9,30.1,Nyarugenge\u{200B} town,\n\
+             B,Spaced,-1.9,30.1,nyarugenge\u{A0}\u{A0}Town,\n\
+             C,By code,-1.9,30.1,,\u{FEFF}rw-0102\n"
+                .as_bytes(),
+        )
+        .unwrap();
+        let checked = check(&sheet, &councils).unwrap();
+        assert_eq!(checked.errors, vec![]);
+        assert_eq!(checked.valid.len(), 3);
+        assert!(checked.valid.iter().all(|row| row.council_id == id));
+    }
+
+    #[test]
+    fn codes_excel_shortened_and_points_at_zero_zero_are_refused() {
+        let (councils, _) = councils();
+        let sheet = read(
+            b"code,name,latitude,longitude,council_name\n\
+              1.23457E+11,Shortened,-1.9,30.1,Gasabo\n\
+              4E-05,Shortened too,-1.9,30.1,Gasabo\n\
+              HC-1E5,A code with an E,-1.9,30.1,Gasabo\n\
+              HC-2,Lookup found nothing,0,0,Gasabo\n\
+              HC-3,On the equator,0,30.1,Gasabo\n",
+        )
+        .unwrap();
+        let checked = check(&sheet, &councils).unwrap();
+        assert_eq!(
+            places(&checked),
+            vec![(2, Some("code")), (3, Some("code")), (5, Some("latitude"))]
+        );
+        assert!(
+            checked.errors[0].message.contains("Excel shortened"),
+            "{:?}",
+            checked.errors
+        );
+        let kept: Vec<&str> = checked.valid.iter().map(|r| r.code.as_str()).collect();
+        assert_eq!(kept, ["HC-1E5", "HC-3"]);
     }
 
     #[test]
