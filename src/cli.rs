@@ -65,7 +65,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         print!("{}", crate::openapi::yaml()?);
         return Ok(());
     }
-    let config = Config::from_env()?;
+    let config = match command {
+        Command::Serve => Config::from_env()?,
+        _ => Config::for_command(&|key| std::env::var(key).ok())?,
+    };
     let console = match command {
         Command::Serve => crate::telemetry::Console::Stdout,
         _ => crate::telemetry::Console::Stderr,

@@ -37,6 +37,13 @@ impl Application {
             .with_context(|| format!("cannot bind {}", config.bind_addr))?;
         let state = AppState::new(config, db);
         if state.config.seed_on_start {
+            // Seeding a database that lacks the migrations would fail on its first table.
+            if !crate::db::is_ready(&state.db).await {
+                anyhow::bail!(
+                    "the database at DATABASE_URL lacks this build's migrations, which seeding \
+                     needs: run `field-attendance migrate` first, or start with RUN_MIGRATIONS=true"
+                );
+            }
             crate::seed::run(&state).await.context("seeding failed")?;
         }
         let router = crate::routes::build(state.clone());

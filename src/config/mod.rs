@@ -190,6 +190,16 @@ impl Config {
         Self::from_lookup(&|key| vars.get(key).cloned())
     }
 
+    /// Configuration for a one-off command (`migrate`, `seed`, `create-admin`,
+    /// `import-facilities`): none signs a token, so `JWT_SECRET` may be left out, a stand-in
+    /// taking its place; one given is checked as for `serve`.
+    pub fn for_command(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let stand_in = sections::random_secret();
+        Self::from_lookup(&|key| {
+            lookup(key).or_else(|| (key == "JWT_SECRET").then(|| stand_in.clone()))
+        })
+    }
+
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut r = Reader {
             lookup,

@@ -248,7 +248,7 @@ pub fn is_a_sample(secret: &str) -> bool {
 }
 
 /// A development-only signing key, new at every start (tokens do not survive restarts).
-fn random_secret() -> String {
+pub(super) fn random_secret() -> String {
     use rand::Rng;
     let bytes: [u8; 32] = rand::thread_rng().r#gen();
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -220,3 +220,20 @@ fn trust_proxy_is_off_on_or_the_proxies_addresses() {
         assert!(text.contains("TRUST_PROXY"), "{bad}: {text}");
     }
 }
+
+#[test]
+fn a_one_off_command_needs_no_signing_secret_but_checks_one_given() {
+    let production = [
+        ("APP_ENV", "production"),
+        ("DATABASE_URL", "postgres://localhost/app"),
+    ];
+    let err = Config::from_map(&vars(&production)).unwrap_err();
+    assert!(err.to_string().contains("JWT_SECRET"), "{err}");
+    let map = vars(&production);
+    let config = Config::for_command(&|key| map.get(key).cloned()).unwrap();
+    assert!(config.auth.jwt_secret.expose_secret().len() >= 32);
+    let mut map = vars(&production);
+    map.insert("JWT_SECRET".into(), "short".into());
+    let err = Config::for_command(&|key| map.get(key).cloned()).unwrap_err();
+    assert!(err.to_string().contains("JWT_SECRET"), "{err}");
+}

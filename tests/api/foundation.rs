@@ -189,6 +189,18 @@ async fn a_database_url_whose_login_is_refused_stops_start_up_at_once_naming_it(
 }
 
 #[tokio::test]
+async fn seeding_a_database_that_was_never_migrated_stops_start_up_saying_to_migrate() {
+    let empty = crate::helpers::TestDb::empty().await;
+    // RUN_MIGRATIONS=false, SEED_ON_START=true.
+    let message = refused_at_once(&empty.url()).await;
+    assert!(
+        message.contains("lacks this build's migrations")
+            && message.contains("field-attendance migrate"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
 async fn a_database_session_ended_by_the_server_is_a_503() {
     // The profile update waits on the row the test holds; the server then ends its session
     // (as a restart or a failover would).
