@@ -57,6 +57,9 @@ pub struct Sheet {
     /// The workbook cells Excel stores as dates, by row number (as in `rows`) and column: a
     /// code typed as `1-12` that Excel took for a date holds a day count, not what was typed.
     pub dates: HashSet<(u32, usize)>,
+    /// The workbook's number cells shown through a format that adds text (`"HC-"000`, `00\-000`):
+    /// the cell holds `12` where Excel shows `HC-012`.
+    pub dressed: HashSet<(u32, usize)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -684,6 +687,10 @@ fn read_worksheet(bytes: &[u8]) -> Result<Pass, ReadError> {
                     .get(style)
                     .and_then(|style| style.number_format.as_ref())
                     .map(|format| format.format_code.as_str());
+                // Text a format adds is quoted or escaped with a backslash, as Excel saves it.
+                if shown.is_some_and(|format| format.contains(['"', '\\'])) {
+                    grid.dressed(row, col);
+                }
                 padded(cell_text(value), shown)
             }
             DataRef::DateTime(_) | DataRef::DateTimeIso(_) => {
@@ -767,6 +774,7 @@ struct Grid {
     /// Rows read before the header was known that had values past `MAX_COLUMNS` (from 0).
     cut_rows: Vec<u32>,
     dates: HashSet<(u32, usize)>,
+    dressed: HashSet<(u32, usize)>,
 }
 
 impl Grid {
@@ -782,6 +790,7 @@ impl Grid {
             bytes: 0,
             cut_rows: Vec::new(),
             dates: HashSet::new(),
+            dressed: HashSet::new(),
         }
     }
 
@@ -790,6 +799,13 @@ impl Grid {
     fn date(&mut self, row: u32, col: u32) {
         self.bytes += 2 * std::mem::size_of::<(u32, usize)>();
         self.dates.insert((row + 1, col as usize));
+    }
+
+    /// Notes that the number about to be put shows through a format that adds text, counted as
+    /// [`Grid::date`] counts.
+    fn dressed(&mut self, row: u32, col: u32) {
+        self.bytes += 2 * std::mem::size_of::<(u32, usize)>();
+        self.dressed.insert((row + 1, col as usize));
     }
 
     /// Cells arrive row by row, left to right (as spreadsheets store them).
@@ -861,6 +877,7 @@ impl Grid {
             rows: self.rows,
             widths: self.widths,
             dates: self.dates,
+            dressed: self.dressed,
         })
     }
 }

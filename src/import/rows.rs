@@ -491,6 +491,23 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                 );
             }
         }
+        // A code stored as a number and shown through a format that adds text: Excel shows
+        // `HC-012`, and writes it so in a CSV, but the cell holds `12`.
+        for column in [Column::Code, Column::CouncilCode] {
+            if map
+                .get(&column)
+                .is_some_and(|&i| sheet.dressed.contains(&(row, i)))
+            {
+                err(
+                    column,
+                    format!(
+                        "holds the number `{}`, which Excel shows through a format that adds \
+                         text: format the column as Text and type the values as shown",
+                        shown(get(column))
+                    ),
+                );
+            }
+        }
         // The facility endpoints' own limits, so that an imported facility can be edited.
         for column in [
             Column::Code,
@@ -778,6 +795,41 @@ mod tests {
         let checked = check(&sheet, &councils).unwrap();
         assert!(checked.valid.is_empty());
         assert_eq!(places(&checked), vec![(2, Some("name")), (3, Some("code"))]);
+    }
+
+    #[test]
+    fn a_code_stored_as_a_number_that_a_format_dresses_in_text_is_a_row_error() {
+        let (councils, _) = councils();
+        let mut workbook = rust_xlsxwriter::Workbook::new();
+        let sheet = workbook.add_worksheet();
+        for (col, header) in ["code", "name", "latitude", "longitude", "council_code"]
+            .iter()
+            .enumerate()
+        {
+            sheet.write_string(0, col as u16, *header).unwrap();
+        }
+        let formats = [r#""HC-"000"#, r"00\-000", "00000", "0.00", "General"];
+        for (i, format) in formats.iter().enumerate() {
+            let row = i as u32 + 1;
+            let shown = rust_xlsxwriter::Format::new().set_num_format(*format);
+            sheet
+                .write_number_with_format(row, 0, 12.0 + f64::from(row), &shown)
+                .unwrap();
+            sheet.write_string(row, 1, "Facility").unwrap();
+            sheet.write_number(row, 2, -1.9).unwrap();
+            sheet.write_number(row, 3, 30.1).unwrap();
+            sheet.write_string(row, 4, "RW-0102").unwrap();
+        }
+        let bytes = workbook.save_to_buffer().unwrap();
+        let checked = check(&read(&bytes).unwrap(), &councils).unwrap();
+        assert_eq!(places(&checked), vec![(2, Some("code")), (3, Some("code"))]);
+        assert!(
+            checked.errors[0].message.contains("holds the number `13`"),
+            "{:?}",
+            checked.errors
+        );
+        let kept: Vec<&str> = checked.valid.iter().map(|r| r.code.as_str()).collect();
+        assert_eq!(kept, ["00015", "16", "17"]);
     }
 
     #[test]
