@@ -295,7 +295,8 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
     let mut valid = Vec::with_capacity(sheet.rows.len());
     let mut errors = Vec::new();
     let mut failed = 0;
-    let mut seen_codes: HashMap<String, u32> = HashMap::new();
+    // Each code's first row, and whether that row was valid.
+    let mut seen_codes: HashMap<String, (u32, bool)> = HashMap::new();
 
     for (i, (row, cells)) in sheet.rows.iter().enumerate() {
         // Only the first errors are reported (`failed` counts every row): a file of 200,000
@@ -336,7 +337,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                 ),
             });
             if !code.is_empty() {
-                seen_codes.entry(key).or_insert(row);
+                seen_codes.entry(key).or_insert((row, false));
             }
             failed += 1;
             continue;
@@ -357,7 +358,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                 ),
             }));
             if !code.is_empty() && !excel_error(&code) {
-                seen_codes.entry(key).or_insert(row);
+                seen_codes.entry(key).or_insert((row, false));
             }
             failed += 1;
             continue;
@@ -384,11 +385,16 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                     shown(&code)
                 ),
             );
-        } else if let Some(first) = seen_codes.get(&key) {
+        } else if let Some(&(first, valid)) = seen_codes.get(&key) {
+            let refused = if valid {
+                ""
+            } else {
+                ", itself refused: correct that row, or remove one of the two"
+            };
             err(
                 Column::Code,
                 format!(
-                    "`{}` is repeated in the file (first at row {first})",
+                    "`{}` is repeated in the file (first at row {first}{refused})",
                     shown(&code)
                 ),
             );
@@ -553,7 +559,9 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
         let optional = |c: Column| Some(get(c).to_string()).filter(|s| !s.is_empty());
 
         if !code.is_empty() {
-            seen_codes.entry(key).or_insert(row);
+            seen_codes
+                .entry(key)
+                .or_insert((row, row_errors.is_empty()));
         }
         if row_errors.is_empty() {
             let (Some(lat), Some(lng), Some(council_id)) = (latitude, longitude, council_id) else {
@@ -915,6 +923,36 @@ mod tests {
         );
         assert!(checked.errors[3].message.contains("first at row 2"));
         assert_eq!(checked.valid[1].point.latitude, -1.95);
+    }
+
+    #[test]
+    fn a_code_repeating_a_refused_row_says_that_row_was_refused() {
+        let (councils, _) = councils();
+        let sheet = read(
+            b"code,name,latitude,longitude,council_name\n\
+              B,Bad lat,95,30.1,Gasabo\n\
+              B,Corrected,-1.9,30.1,Gasabo\n\
+              C,Fine,-1.9,30.1,Gasabo\n\
+              C,Again,-1.9,30.1,Gasabo\n",
+        )
+        .unwrap();
+        let checked = check(&sheet, &councils).unwrap();
+        assert_eq!(
+            places(&checked),
+            vec![(2, Some("latitude")), (3, Some("code")), (5, Some("code"))]
+        );
+        assert!(
+            checked.errors[1]
+                .message
+                .contains("first at row 2, itself refused"),
+            "{:?}",
+            checked.errors
+        );
+        assert!(
+            checked.errors[2].message.ends_with("(first at row 4)"),
+            "{:?}",
+            checked.errors
+        );
     }
 
     #[test]
