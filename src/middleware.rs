@@ -3,10 +3,10 @@
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
@@ -16,7 +16,6 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 
 use crate::config::Config;
@@ -28,8 +27,8 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const QUIET_ROUTES: &[&str] = &["/health", "/ready", "/metrics"];
 
 /// Wraps the router in the stack, outermost first: request id, sensitive headers, security
-/// headers, CORS, request span and metrics, error envelope, panic catcher, compression,
-/// timeout, body limits.
+/// headers, CORS, request span and metrics, error envelope, time limit, panic catcher,
+/// compression, body limits.
 pub fn apply(router: Router, config: &Config) -> Router {
     // Uploads get their own, larger limit on their route; this is the ceiling for everything.
     let hard_limit = config.max_upload_bytes.max(config.max_body_bytes) + 64 * 1024;
@@ -41,10 +40,6 @@ pub fn apply(router: Router, config: &Config) -> Router {
         // Not an XLSX export: it is a zip already.
         .layer(CompressionLayer::new().compress_when(
             DefaultPredicate::new().and(NotForContentType::const_new(crate::routes::XLSX_TYPE)),
-        ))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            config.request_timeout,
         ))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
     let outer = ServiceBuilder::new()
@@ -72,11 +67,39 @@ pub fn apply(router: Router, config: &Config) -> Router {
             json_csp,
         ))
         .layer(cors(config));
+    let limits = TimeLimits {
+        request: config.request_timeout,
+        upload: config.upload_timeout,
+    };
     router
         .layer(inner)
+        .layer(middleware::from_fn_with_state(limits, time_limit))
         .layer(middleware::from_fn(envelope_errors))
         .layer(middleware::from_fn(trace_requests))
         .layer(outer)
+}
+
+/// The route whose requests carry a file up, over whatever link an admin has.
+const UPLOAD_ROUTE: &str = "/api/facilities/import";
+
+#[derive(Clone, Copy)]
+struct TimeLimits {
+    request: Duration,
+    upload: Duration,
+}
+
+/// Cancels a request that outlasts its limit (`REQUEST_TIMEOUT_SECS`, or `UPLOAD_TIMEOUT_SECS`
+/// for an import, whose time includes receiving the file); the envelope layer answers it 503.
+async fn time_limit(State(limits): State<TimeLimits>, request: Request, next: Next) -> Response {
+    let limit = if request.uri().path() == UPLOAD_ROUTE {
+        limits.upload
+    } else {
+        limits.request
+    };
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
+    }
 }
 
 /// JSON never needs to load anything; the Swagger UI page sets its own policy.

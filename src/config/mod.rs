@@ -158,6 +158,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_upload_bytes: usize,
     pub request_timeout: Duration,
+    /// A facility import's request, its upload included: an admin's file may come over a slow
+    /// link.
+    pub upload_timeout: Duration,
     pub rate_limits: RateLimits,
     pub attendance: AttendanceSettings,
     pub sync_max_batch: usize,
@@ -239,6 +242,7 @@ impl Config {
             max_body_bytes: r.ranged("MAX_BODY_BYTES", 1024 * 1024usize, 1024..=64 << 20),
             max_upload_bytes: r.ranged("MAX_UPLOAD_BYTES", 10 * 1024 * 1024usize, 1024..=1 << 30),
             request_timeout: Duration::from_secs(r.ranged("REQUEST_TIMEOUT_SECS", 30, 1..=3600)),
+            upload_timeout: Duration::from_secs(r.ranged("UPLOAD_TIMEOUT_SECS", 300, 1..=3600)),
             rate_limits: sections::rate_limits(&mut r),
             attendance: sections::attendance(&mut r),
             sync_max_batch: r.ranged("SYNC_MAX_BATCH", 500usize, 1..=10_000),

@@ -1,5 +1,6 @@
 //! Geography, facilities and facility imports from real files.
 
+use futures::StreamExt;
 use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
@@ -1571,7 +1572,7 @@ async fn a_facility_created_while_an_import_applies_waits_for_it() {
 #[tokio::test]
 async fn an_import_whose_request_times_out_still_ends_whole_and_reported() {
     let app = TestApp::spawn_with(|env| {
-        env.insert("REQUEST_TIMEOUT_SECS".into(), "1".into());
+        env.insert("UPLOAD_TIMEOUT_SECS".into(), "1".into());
     })
     .await;
     let admin = app.admin().await;
@@ -1839,4 +1840,59 @@ async fn facility_search_sets_accents_and_case_aside() {
             .collect();
         assert_eq!(codes, ["CS-GIK"], "{typed}");
     }
+}
+
+#[tokio::test]
+async fn a_file_coming_up_slower_than_the_request_time_limit_is_still_imported() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("REQUEST_TIMEOUT_SECS".into(), "1".into());
+    })
+    .await;
+    let admin = app.admin().await;
+    let boundary = "slow-link";
+    let head = format!(
+        "--{boundary}\r\ncontent-disposition: form-data; name=\"file\"; filename=\"slow.csv\"\r\n\
+         content-type: text/csv\r\n\r\nname,code,latitude,longitude,council_name\r\n"
+    );
+    let tail = format!("--{boundary}--\r\n");
+    // The file arrives over three seconds, as over a slow link, each part after a pause.
+    let parts = vec![
+        head,
+        "Slow Centre A,SL-1,-1.9,30.1,Gasabo\r\n".to_string(),
+        format!("Slow Centre B,SL-2,-1.9,30.1,Gasabo\r\n\r\n{tail}"),
+    ];
+    let trickle = futures::stream::iter(parts).then(|part| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        Ok::<_, std::io::Error>(part)
+    });
+    let (status, body) = send(
+        app.post("/api/facilities/import")
+            .bearer_auth(&admin.token)
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(reqwest::Body::wrap_stream(trickle)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["created"], 2, "{body}");
+    // Any other request still has the one second.
+    let slow_json = futures::stream::iter(["{", "}"]).then(|part| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        Ok::<_, std::io::Error>(part)
+    });
+    let (status, body) = send(
+        app.post("/api/facilities")
+            .bearer_auth(&admin.token)
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(slow_json)),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
 }
