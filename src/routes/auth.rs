@@ -138,7 +138,7 @@ async fn registered_supervisor(
     responses(
         (status = 201, description = "Account created, pending approval", body = UserEnvelope),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
-        (status = 403, description = "Registration is closed (`registration_closed`)", body = ErrorEnvelope),
+        (status = 403, description = "Registration is closed (`forbidden`)", body = ErrorEnvelope),
         (status = 409, description = "Email or employee id already registered (`duplicate`)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields", body = ErrorEnvelope),
     ))]
@@ -149,7 +149,7 @@ async fn register(
 ) -> Result<(StatusCode, Json<UserEnvelope>), ApiError> {
     if state.config.auth.registration == Registration::Closed {
         return Err(ApiError::ForbiddenWith {
-            code: "registration_closed",
+            code: "forbidden",
             message: "self-registration is closed; ask an administrator for an account".into(),
         });
     }

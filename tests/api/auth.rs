@@ -119,7 +119,14 @@ async fn registration_can_be_closed() {
     .await;
     let facility = app.facility().await;
     let (status, body) = send(app.post("/api/auth/register").json(&registration(facility))).await;
-    assert_error(status, &body, StatusCode::FORBIDDEN, "registration_closed");
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("registration is closed"),
+        "{body}"
+    );
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
         .fetch_one(&app.db)
         .await
