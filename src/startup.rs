@@ -67,7 +67,8 @@ impl Application {
     /// Serves until `shutdown` completes, then lets in-flight requests finish, and work that
     /// outlives its request (an import whose request timed out) end, within the request timeout
     /// and 5 s more of the signal: what is left then (a client reading a download very slowly,
-    /// say) is dropped as the process ends. A second SIGINT or SIGTERM ends the wait at once.
+    /// or a file still coming up to an import over a slow link, say) is dropped as the process
+    /// ends. A second SIGINT or SIGTERM ends the wait at once.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,

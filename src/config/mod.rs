@@ -199,7 +199,9 @@ impl Config {
     pub fn for_command(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let stand_in = sections::random_secret();
         Self::from_lookup(&|key| {
-            lookup(key).or_else(|| (key == "JWT_SECRET").then(|| stand_in.clone()))
+            // Set but empty, as in an `.env` template, is unset.
+            let value = lookup(key).filter(|v| !v.trim().is_empty());
+            value.or_else(|| (key == "JWT_SECRET").then(|| stand_in.clone()))
         })
     }
 

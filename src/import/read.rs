@@ -687,8 +687,7 @@ fn read_worksheet(bytes: &[u8]) -> Result<Pass, ReadError> {
                     .get(style)
                     .and_then(|style| style.number_format.as_ref())
                     .map(|format| format.format_code.as_str());
-                // Text a format adds is quoted or escaped with a backslash, as Excel saves it.
-                if shown.is_some_and(|format| format.contains(['"', '\\'])) {
+                if shown.is_some_and(adds_text) {
                     grid.dressed(row, col);
                 }
                 padded(cell_text(value), shown)
@@ -727,6 +726,34 @@ fn float_text(f: f64) -> String {
     } else {
         format!("{f}")
     }
+}
+
+/// Whether a number format shows text beside a positive number (`"HC-"000`, `00\-000`): text
+/// in quotes, or a character escaped with a backslash, in its first section. Colours and
+/// conditions (`[Red]`), the room `_x` keeps, the fill `*x` and escaped spaces show no text;
+/// the later sections are for negative numbers, zero and text.
+fn adds_text(format: &str) -> bool {
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ';' => return false,
+            '"' => {
+                let quoted: String = chars.by_ref().take_while(|&c| c != '"').collect();
+                if !quoted.trim().is_empty() {
+                    return true;
+                }
+            }
+            '\\' if chars.next().is_some_and(|c| c != ' ') => return true,
+            '_' | '*' => {
+                chars.next();
+            }
+            '[' => {
+                chars.by_ref().find(|&c| c == ']');
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// A whole number shown through a format of zeros alone (`00000`), as Excel keeps codes and

@@ -243,13 +243,14 @@ pub fn council_key(text: &str) -> String {
 }
 
 /// A number Excel shortened to its scientific form when it wrote the CSV (`1.23457E+11` for a
-/// twelve-digit code): the digits it dropped are lost.
+/// twelve-digit code): the digits it dropped are lost. (A code is a whole number: Excel writes
+/// `E+` for those, so `1E-05` may be a code of its own.)
 fn excel_shortened(code: &str) -> bool {
     let Some((mantissa, exponent)) = code.split_once(['E', 'e']) else {
         return false;
     };
     let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, "0"));
-    let exponent = exponent.strip_prefix(['+', '-']).unwrap_or("");
+    let exponent = exponent.strip_prefix('+').unwrap_or("");
     whole.len() == 1
         && [whole, fraction, exponent]
             .iter()
@@ -729,7 +730,8 @@ mod tests {
         let sheet = read(
             b"code,name,latitude,longitude,council_name\n\
               1.23457E+11,Shortened,-1.9,30.1,Gasabo\n\
-              4E-05,Shortened too,-1.9,30.1,Gasabo\n\
+              4E+05,Shortened too,-1.9,30.1,Gasabo\n\
+              1E-05,Building 1 east wing,-1.9,30.1,Gasabo\n\
               HC-1E5,A code with an E,-1.9,30.1,Gasabo\n\
               HC-2,Lookup found nothing,0,0,Gasabo\n\
               HC-3,On the equator,0,30.1,Gasabo\n",
@@ -738,7 +740,7 @@ mod tests {
         let checked = check(&sheet, &councils).unwrap();
         assert_eq!(
             places(&checked),
-            vec![(2, Some("code")), (3, Some("code")), (5, Some("latitude"))]
+            vec![(2, Some("code")), (3, Some("code")), (6, Some("latitude"))]
         );
         assert!(
             checked.errors[0].message.contains("Excel shortened"),
@@ -746,7 +748,7 @@ mod tests {
             checked.errors
         );
         let kept: Vec<&str> = checked.valid.iter().map(|r| r.code.as_str()).collect();
-        assert_eq!(kept, ["HC-1E5", "HC-3"]);
+        assert_eq!(kept, ["1E-05", "HC-1E5", "HC-3"]);
     }
 
     #[test]
@@ -816,7 +818,17 @@ mod tests {
         {
             sheet.write_string(0, col as u16, *header).unwrap();
         }
-        let formats = [r#""HC-"000"#, r"00\-000", "00000", "0.00", "General"];
+        // Excel's "Number" with red negatives, and a format adding text to negatives only,
+        // show a positive code as it is.
+        let formats = [
+            r#""HC-"000"#,
+            r"00\-000",
+            "00000",
+            "0.00",
+            "General",
+            r"0_ ;[Red]\-0\ ",
+            r#"0;"minus "0"#,
+        ];
         for (i, format) in formats.iter().enumerate() {
             let row = i as u32 + 1;
             let shown = rust_xlsxwriter::Format::new().set_num_format(*format);
@@ -837,7 +849,7 @@ mod tests {
             checked.errors
         );
         let kept: Vec<&str> = checked.valid.iter().map(|r| r.code.as_str()).collect();
-        assert_eq!(kept, ["00015", "16", "17"]);
+        assert_eq!(kept, ["00015", "16", "17", "18", "19"]);
     }
 
     #[test]
