@@ -92,10 +92,10 @@ pub struct PushRequest {
     )]
     pub device_id: String,
     /// At most 500 records (configurable), each shaped as `PushRecord`. Each is checked on its
-    /// own: a malformed record (unknown fields included) gets a `rejected` result and the others
-    /// still apply, so the body accepts any objects here.
+    /// own: a malformed record (unknown fields included, or anything but an object) gets a
+    /// `rejected` result and the others still apply, so the body accepts any values here.
     // Kept as text until then, so that each record is parsed once, straight into its fields.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<Value>)]
     pub records: Vec<Box<RawValue>>,
 }
 
