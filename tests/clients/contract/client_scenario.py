@@ -14,7 +14,6 @@ from field_attendance_api_client.models import (
     ClockOut,
     LoginRequest,
     PushRequest,
-    PushRequestRecordsItem,
     PullResponse,
     PushResponse,
     TokenResponse,
@@ -38,10 +37,12 @@ assert closed.status == "closed" and closed.id == record.id, closed
 
 start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(days=2)
 offline_id = str(uuid.uuid4())
+# Records are any JSON values to the spec (each is checked on its own, and a bad one rejected
+# alone), so the client sends them as plain dicts shaped as PushRecord.
 batch = PushRequest(
     device_id="generated-client",
     records=[
-        PushRequestRecordsItem.from_dict({
+        {
             "kind": "attendance", "op": "upsert", "id": offline_id, "sync_version": 1,
             "client_timestamp": start.isoformat(),
             "data": {
@@ -51,7 +52,7 @@ batch = PushRequest(
                 "clock_in_location": {"latitude": LAT, "longitude": LNG},
                 "clock_out_location": {"latitude": LAT, "longitude": LNG},
             },
-        })
+        }
     ],
 )
 pushed = push_changes.sync(client=authed, body=batch)
