@@ -37,8 +37,9 @@ impl Application {
             .with_context(|| format!("cannot bind {}", config.bind_addr))?;
         let state = AppState::new(config, db);
         if state.config.seed_on_start {
-            // Seeding a database that lacks the migrations would fail on its first table.
-            if !crate::db::is_ready(&state.db).await {
+            // Seeding a database that lacks the migrations would fail on its first table (when
+            // this start ran them, they are there).
+            if !state.config.run_migrations && !crate::db::is_ready(&state.db).await {
                 anyhow::bail!(
                     "the database at DATABASE_URL lacks this build's migrations, which seeding \
                      needs: run `field-attendance migrate` first, or start with RUN_MIGRATIONS=true"

@@ -1,6 +1,6 @@
 //! From rows of text to validated facility rows: header matching and per-row checks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -477,6 +477,10 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
             }
             _ => {}
         }
+        // Whether the workbook marked this row's cell in `column` (as a date, say).
+        let marked = |cells: &HashSet<(u32, usize)>, column: Column| {
+            map.get(&column).is_some_and(|&i| cells.contains(&(row, i)))
+        };
         // A code typed as `1-12` that Excel took for a date holds a day count (`45658`).
         for column in [
             Column::Code,
@@ -486,10 +490,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
             Column::CouncilName,
             Column::CouncilCode,
         ] {
-            if map
-                .get(&column)
-                .is_some_and(|&i| sheet.dates.contains(&(row, i)))
-            {
+            if marked(&sheet.dates, column) {
                 err(
                     column,
                     "is a date to Excel, which keeps it as a day count, not as typed: format the \
@@ -501,10 +502,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
         // A code stored as a number and shown through a format that adds text: Excel shows
         // `HC-012`, and writes it so in a CSV, but the cell holds `12`.
         for column in [Column::Code, Column::CouncilCode] {
-            if map
-                .get(&column)
-                .is_some_and(|&i| sheet.dressed.contains(&(row, i)))
-            {
+            if marked(&sheet.dressed, column) {
                 err(
                     column,
                     format!(

@@ -68,11 +68,15 @@ pub(crate) fn site_refuses(
         r.clock_in_latitude == content.clock_in.latitude
             && r.clock_in_longitude == content.clock_in.longitude
     });
+    // Measured here only when a fence is enforced; the write measures the point itself.
+    if !config.attendance.enforce_geofence || place_held {
+        return None;
+    }
     let (distance, outside) = site.measure(GeoPoint {
         latitude: content.clock_in.latitude,
         longitude: content.clock_in.longitude,
     });
-    (config.attendance.enforce_geofence && outside && !place_held).then(|| Refusal {
+    outside.then(|| Refusal {
         code: "outside_geofence",
         field: "clock_in_location",
         reason: format!(
