@@ -28,8 +28,14 @@ pub enum ApiError {
     TokenExpired,
     #[error("the token is invalid")]
     InvalidToken,
+    /// A `403` that says why (`forbidden`, or `account_pending` at login); `details` names what
+    /// refused it (the account's `status` at login), for a client to tell the cases apart.
     #[error("{message}")]
-    ForbiddenWith { code: &'static str, message: String },
+    ForbiddenWith {
+        code: &'static str,
+        message: String,
+        details: Option<FieldErrors>,
+    },
     #[error("you are not allowed to do this")]
     Forbidden,
     #[error("not found")]
@@ -71,6 +77,15 @@ impl ApiError {
         let mut details = FieldErrors::new();
         details.insert(field.to_string(), vec![reason.into()]);
         ApiError::Validation(details)
+    }
+
+    /// A 403 that says why, with no details.
+    pub fn refused(message: impl Into<String>) -> Self {
+        ApiError::ForbiddenWith {
+            code: "forbidden",
+            message: message.into(),
+            details: None,
+        }
     }
 
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
@@ -137,7 +152,9 @@ pub struct ErrorBody {
     pub code: String,
     /// Human-readable explanation; never contains SQL, stack traces or secrets.
     pub message: String,
-    /// For `validation_failed`: each invalid field mapped to its reasons.
+    /// For `validation_failed`: each invalid field mapped to its reasons. For a login refused
+    /// because the account is not active (`account_pending` or `forbidden`): `status` with the
+    /// account's status.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<std::collections::HashMap<String, Vec<String>>>, example = json!({"email": ["must be a valid email address"]}))]
     pub details: Option<FieldErrors>,
@@ -184,6 +201,7 @@ impl ApiError {
         };
         let details = match self {
             ApiError::Validation(ref d) => Some(d.clone()),
+            ApiError::ForbiddenWith { ref details, .. } => details.clone(),
             _ => None,
         };
         let body = ErrorBody {

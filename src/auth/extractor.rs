@@ -248,16 +248,20 @@ pub fn client_ip_from(
         return peer;
     }
     // From the right. A proxy may add its own header line rather than extend the client's: the
-    // last entry of the last line is the one it wrote.
+    // last entry of the last line is the one it wrote. Split as bytes: what a client wrote on
+    // the left may be anything, and must not hide the entries the proxies wrote after it.
     let entries = headers
         .get_all("x-forwarded-for")
         .iter()
         .rev()
-        .flat_map(|line| line.to_str().unwrap_or_default().rsplit(','));
+        .flat_map(|line| line.as_bytes().rsplit(|&b| b == b','));
     let mut client = peer;
     for entry in entries {
         // An entry no proxy would write ends the walk at the hop right of it.
-        let Some(ip) = forwarded_address(entry.trim()) else {
+        let Some(ip) = std::str::from_utf8(entry)
+            .ok()
+            .and_then(|entry| forwarded_address(entry.trim()))
+        else {
             break;
         };
         client = Some(ip);
@@ -270,10 +274,15 @@ pub fn client_ip_from(
 }
 
 /// An `X-Forwarded-For` entry: an address, or an address with the client's port
-/// (`203.0.113.5:41234`, `[2001:db8::1]:443`) as some gateways write it.
+/// (`203.0.113.5:41234`, `[2001:db8::1]:443`) or an IPv6 address in brackets (`[2001:db8::1]`)
+/// as some gateways write it.
 fn forwarded_address(entry: &str) -> Option<IpAddr> {
     entry
         .parse()
         .ok()
         .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            let inner = entry.strip_prefix('[')?.strip_suffix(']')?;
+            inner.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
+        })
 }

@@ -182,8 +182,10 @@ pub async fn rotate(
             stolen,
         });
     }
+    // Answered as any other refresh token that no longer works: the device logs in again
+    // (`token_expired` would send it back here, as for an expired access token).
     if expired {
-        return Err(ApiError::TokenExpired);
+        return Err(ApiError::InvalidToken);
     }
     sqlx::query("UPDATE refresh_tokens SET rotated_at = now() WHERE token_hash = $1")
         .bind(digest(token))

@@ -82,8 +82,10 @@ pub fn forgotten_before(now: DateTime<Utc>, max_shift: Duration) -> DateTime<Utc
 /// A spreadsheet runs a cell starting with `=`, `+`, `-` or `@` (and, in some, tab or CR) as a
 /// formula; a leading apostrophe makes it plain text. Excel set to a language whose list
 /// separator is `;` (French, German and others) splits a CSV line on `;` wherever it stands, so
-/// each piece after a `;` is a cell of its own there, and is neutralised too.
+/// each piece after a `;` is a cell of its own there, and is neutralised too; so is each line
+/// of a text that spans lines (a note), whose line break may end the spreadsheet's row there.
 pub fn neutralise_cell(value: &str) -> std::borrow::Cow<'_, str> {
+    let boundary = |c: char| matches!(c, ';' | '\n' | '\r');
     // A piece read as a quoted field runs as well: `"=1+1"`.
     let runs = |piece: &str| {
         matches!(
@@ -92,23 +94,31 @@ pub fn neutralise_cell(value: &str) -> std::borrow::Cow<'_, str> {
                 .trim_start_matches('"')
                 .chars()
                 .next(),
-            Some('=' | '+' | '-' | '@' | '\t' | '\r')
+            Some('=' | '+' | '-' | '@' | '\t')
         )
     };
-    if !value.split(';').any(runs) {
+    let leading_cr = value.starts_with('\r');
+    if !leading_cr && !value.split(boundary).any(runs) {
         return value.into();
     }
     let mut out = String::with_capacity(value.len() + 4);
-    for (i, piece) in value.split(';').enumerate() {
-        if i > 0 {
-            out.push(';');
-        }
+    if leading_cr {
+        out.push('\'');
+    }
+    let mut rest = value;
+    loop {
+        let (piece, tail) = rest.split_at(rest.find(boundary).unwrap_or(rest.len()));
         let text = piece.trim_start_matches(' ');
         if runs(piece) {
             out.push_str(&piece[..piece.len() - text.len()]);
             out.push('\'');
         }
         out.push_str(text);
+        let Some(separator) = tail.chars().next() else {
+            break;
+        };
+        out.push(separator);
+        rest = &tail[separator.len_utf8()..];
     }
     out.into()
 }
@@ -176,5 +186,12 @@ mod tests {
         assert_eq!(neutralise_cell("a; @SUM(A1)"), "a; '@SUM(A1)");
         assert_eq!(neutralise_cell("  +1"), "  '+1");
         assert_eq!(neutralise_cell("a;\"=1+1\""), "a;'\"=1+1\"");
+        // A line of a note is a row's first cell there.
+        assert_eq!(
+            neutralise_cell("ok\n=cmd|' /C calc'!A0"),
+            "ok\n'=cmd|' /C calc'!A0"
+        );
+        assert_eq!(neutralise_cell("ok\r\n+1\r-2"), "ok\r\n'+1\r'-2");
+        assert_eq!(neutralise_cell("line one\nline two"), "line one\nline two");
     }
 }

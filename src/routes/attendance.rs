@@ -218,14 +218,26 @@ async fn clock_in(
             _ => None,
         };
         let one_open = constraint.as_deref() == Some("attendance_one_open_per_user");
-        // The same device's tap at the same instant is the same clock-in, sent again (the
-        // open-shift index may trip first while that shift is still open).
-        if (one_open || constraint.as_deref() == Some("attendance_device_timestamp_key"))
+        // The same device's tap at the same instant, from the same spot, is the same clock-in,
+        // sent again (the open-shift index may trip first while that shift is still open).
+        // Another tap with the time of one already stored is refused: answering with that
+        // record would lose this one.
+        let device_key = constraint.as_deref() == Some("attendance_device_timestamp_key");
+        if (one_open || device_key)
             && let (Some(device), Some(at)) = (&new.device_id, new.client_timestamp)
             && let Some(existing) =
                 records::by_device_timestamp(&state.db, user.id, device, at).await?
         {
-            return retried(existing);
+            if is_same_tap(&existing, &tap, req.accuracy_m, client_timestamp) {
+                return retried(existing);
+            }
+            if device_key {
+                return Err(ApiError::conflict(
+                    "conflict",
+                    "this device already sent a clock-in with this occurred_at; a new clock-in \
+                     needs its own time",
+                ));
+            }
         }
         if !one_open && constraint.as_deref() != Some("attendance_client_id_key") {
             return Err(error.into());
@@ -435,8 +447,9 @@ async fn open_shift(state: &AppState, user_id: Uuid) -> Result<Option<OpenShift>
     }
 }
 
-/// How long after a clock-out the same clock-out sent again answers with the shift it closed.
-/// A phone retries within seconds; ten minutes covers one that was offline meanwhile.
+/// How long after a clock-out the same clock-out sent again answers with the shift it closed,
+/// when the user has not clocked in since. A phone retries within seconds; ten minutes covers
+/// one that was offline meanwhile.
 const REPEATED_CLOCK_OUT_WITHIN: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 fn not_clocked_in(message: &str) -> ApiError {
@@ -447,7 +460,7 @@ fn not_clocked_in(message: &str) -> ApiError {
 /// still fits it.
 #[utoipa::path(post, path = "/attendance/clock-out", tag = "attendance", security(("bearer" = [])), request_body = ClockOut,
     responses(
-        (status = 200, description = "The closed record; also the caller's latest shift when it was closed as incomplete before this clock-out arrived (past the maximum shift length, by the periodic sweep or at a sync; or replaced by a shift deleted since), and is of normal length by the clock-out's time; also when the clock-out that closed the caller's latest shift, in the last 10 minutes, is sent again (the same coordinates and accuracy, and the same notes and time when it sent any; one with a time before the open shift began, when the user clocked in since): that shift as it is stored", body = AttendanceRecord),
+        (status = 200, description = "The closed record; also the caller's latest shift when it was closed as incomplete before this clock-out arrived (past the maximum shift length, by the periodic sweep or at a sync; or replaced by a shift deleted since), and is of normal length by the clock-out's time; also when the clock-out that closed the caller's latest shift, in the last 10 minutes, is sent again (the same coordinates and accuracy, and the same notes and time when it sent any; when the user clocked in since, one with the very time that clock-out sent, however late, before the open shift began or after it by no more than the clock difference allowed): that shift as it is stored", body = AttendanceRecord),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 409, description = "No open shift (`not_clocked_in`), or it exceeded the maximum shift by the clock-out's time and was closed as incomplete; `conflict` when it kept changing while it was being closed (retry)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a time outside the accepted window or before the clock-in", body = ErrorEnvelope),
@@ -486,17 +499,21 @@ async fn clock_out(
     for _ in 0..3 {
         let (open, change_xid) = match open_shift(&state, user.id).await? {
             Some(OpenShift { row, change_xid }) => {
-                // A clock-out stamped before the open shift began, sent again late (its answer
-                // was lost, and the user clocked in since): the shift it closed, not this one.
-                // The time it sent must be the one that clock-out sent, to the microsecond: a
-                // clock-out of this shift from a phone whose clock runs behind would be stamped
-                // before it began too.
-                if sent.at.is_some_and(|at| at < row.clock_in_at)
+                // A clock-out stamped before the open shift began (or after it, by no more
+                // than a phone's clock may run ahead), sent again late (its answer was lost,
+                // and the user clocked in since): the shift it closed, not this one. The time
+                // it sent must be the one that clock-out sent, to the microsecond: a clock-out
+                // of this shift from a phone whose clock runs behind would be stamped before it
+                // began too. Looked for as far back as a time is accepted: the phone may have
+                // been offline long since.
+                let ahead = chrono::Duration::from_std(state.config.attendance.future_tolerance)
+                    .unwrap_or_default();
+                if sent.at.is_some_and(|at| at < row.clock_in_at + ahead)
                     && let Some(earlier) = records::latest_shift(
                         &state.db,
                         user.id,
                         sent,
-                        REPEATED_CLOCK_OUT_WITHIN,
+                        state.config.attendance.max_age,
                         Some(row.clock_in_at),
                     )
                     .await?

@@ -16,7 +16,7 @@ use crate::auth::{AuthUser, ClientInfo};
 use crate::config::Registration;
 use crate::db::users::{self, NewUser, User};
 use crate::domain::{Email, Role, UserStatus};
-use crate::error::{ApiError, ErrorEnvelope, Invalid};
+use crate::error::{ApiError, ErrorEnvelope, FieldErrors, Invalid};
 use crate::extract::Json;
 use crate::routes::checks::{NewIdentity, check_facility, check_supervisor, lock_facility};
 use crate::state::AppState;
@@ -148,10 +148,9 @@ async fn register(
     Json(req): Json<RegisterRequest>,
 ) -> Result<(StatusCode, Json<UserEnvelope>), ApiError> {
     if state.config.auth.registration == Registration::Closed {
-        return Err(ApiError::ForbiddenWith {
-            code: "forbidden",
-            message: "self-registration is closed; ask an administrator for an account".into(),
-        });
+        return Err(ApiError::refused(
+            "self-registration is closed; ask an administrator for an account",
+        ));
     }
     let mut invalid = Invalid::default();
     let NewIdentity {
@@ -235,7 +234,7 @@ struct LoginRow {
         (status = 200, description = "Logged in", body = TokenResponse),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = ErrorEnvelope),
-        (status = 403, description = "Account pending approval (`account_pending`) or deactivated (`account_inactive`)", body = ErrorEnvelope),
+        (status = 403, description = "Account pending approval (`account_pending`) or deactivated or suspended (`forbidden`); `details.status` is the account's status: `pending`, `inactive` or `suspended`", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields", body = ErrorEnvelope),
         (status = 423, description = "Locked after too many failures (`account_locked`); see Retry-After", body = ErrorEnvelope),
     ))]
@@ -299,16 +298,22 @@ async fn login(
             "account_inactive"
         };
         record_refusal(&state, &client, &email, Some(user.id), reason).await;
-        return Err(if user.status == "pending" {
-            ApiError::ForbiddenWith {
-                code: "account_pending",
-                message: "this account is waiting for approval".into(),
-            }
-        } else {
-            ApiError::ForbiddenWith {
-                code: "account_inactive",
-                message: "this account is deactivated".into(),
-            }
+        let message = match user.status.as_str() {
+            "pending" => "this account is waiting for approval",
+            "suspended" => "this account is suspended",
+            _ => "this account is deactivated",
+        };
+        return Err(ApiError::ForbiddenWith {
+            code: if user.status == "pending" {
+                "account_pending"
+            } else {
+                "forbidden"
+            },
+            message: message.into(),
+            details: Some(FieldErrors::from([(
+                "status".to_string(),
+                vec![user.status.clone()],
+            )])),
         });
     }
 

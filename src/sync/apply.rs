@@ -177,9 +177,10 @@ pub(crate) async fn insert_created(
 }
 
 /// Applies a plan inside the caller's transaction, which holds the user's lock; new records
-/// are stamped `at`. Updates and deletes keep the record's device and client timestamp: the pair
-/// names the record's creation, which a device may send again under another id, and one action
-/// on a device (a clock-out and the next clock-in) can stamp two records alike.
+/// are stamped `at`. Updates and deletes touch only the user's own records (as the decisions
+/// have checked), and keep the record's device and client timestamp: the pair names the
+/// record's creation, which a device may send again under another id, and one action on a
+/// device (a clock-out and the next clock-in) can stamp two records alike.
 pub(crate) async fn apply_plan(
     tx: &mut PgConnection,
     plan: &Plan,
@@ -215,12 +216,13 @@ pub(crate) async fn apply_plan(
         let sql = format!(
             "UPDATE attendance a SET deleted_at = now(), sync_version = d.version, server_timestamp = now()
              FROM UNNEST($1::uuid[], $2::int4[]) AS d (id, version)
-             WHERE a.id = d.id RETURNING {}",
+             WHERE a.id = d.id AND a.user_id = $3 RETURNING {}",
             records::COLUMNS
         );
         let rows: Vec<AttendanceRow> = sqlx::query_as(&sql)
             .bind(ids)
             .bind(versions)
+            .bind(user_id)
             .fetch_all(&mut *tx)
             .await?;
         written.extend(rows.into_iter().map(|r| (r.id, AttendanceRecord::from(r))));
@@ -242,11 +244,12 @@ pub(crate) async fn apply_plan(
                     sync_version = w.version, notes = w.notes,
                     source = 'sync', server_timestamp = now(), deleted_at = NULL
              FROM {UNNEST}
-             WHERE a.id = w.id RETURNING {}",
+             WHERE a.id = w.id AND a.user_id = $18 RETURNING {}",
             records::COLUMNS
         );
         let rows: Vec<AttendanceRow> = Columns::of(group.into_iter())
             .bind(sqlx::query_as(&sql))
+            .bind(user_id)
             .fetch_all(&mut *tx)
             .await?;
         written.extend(rows.into_iter().map(|r| (r.id, AttendanceRecord::from(r))));
@@ -288,6 +291,16 @@ pub(crate) async fn apply_plan(
         .bind(server_data)
         .bind(user_id)
         .bind(device_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !plan.withdrawn.is_empty() {
+        sqlx::query(
+            "UPDATE sync_conflicts SET status = 'resolved', resolution = 'server', resolved_at = now()
+             WHERE status = 'pending' AND user_id = $1 AND record_id = ANY($2)",
+        )
+        .bind(user_id)
+        .bind(&plan.withdrawn)
         .execute(&mut *tx)
         .await?;
     }

@@ -200,6 +200,9 @@ pub(crate) struct Plan {
     /// Stored open records closed as incomplete because a later shift replaced them.
     pub closes: Vec<Uuid>,
     pub conflicts: Vec<(Uuid, i32, i32, Value, Value)>,
+    /// Records the server never had that their device deleted: a copy of one still waiting in
+    /// the conflict queue is withdrawn (the server's record stands), never to be kept later.
+    pub withdrawn: Vec<Uuid>,
 }
 
 impl Plan {
@@ -223,6 +226,7 @@ impl Plan {
             && self.deletes.is_empty()
             && self.closes.is_empty()
             && self.conflicts.is_empty()
+            && self.withdrawn.is_empty()
     }
 }
 
@@ -246,38 +250,30 @@ fn reject(id: Option<Uuid>, code: &'static str, message: impl Into<String>) -> O
     Outcome::Rejected(id, code, message.into())
 }
 
-/// The time rules, for clock times the server does not hold yet: a record stored once stays
-/// acceptable, however long its device took to hear so.
+/// The time rules (no clock time in the future past the tolerance, none older than the limit),
+/// for clock times the server does not hold yet: a record stored once stays acceptable, however
+/// long its device took to hear so.
 pub(crate) fn check_new_times(
     content: &Content,
     stored: Option<&AttendanceRow>,
     rules: &TimeRules,
     now: DateTime<Utc>,
 ) -> Result<(), String> {
-    let held = stored.is_some_and(|r| {
-        r.clock_in_at == content.clock_in_at && r.clock_out_at == content.clock_out_at
-    });
-    if held {
-        return Ok(());
-    }
-    check_times(content, rules, now)
-}
-
-/// The time rules (no clock time in the future past the tolerance, none older than the limit).
-pub(crate) fn check_times(
-    content: &Content,
-    rules: &TimeRules,
-    now: DateTime<Utc>,
-) -> Result<(), String> {
-    rules
-        .check(content.clock_in_at, now)
-        .map_err(|r| format!("clock_in_at {r}"))?;
-    if let Some(out) = content.clock_out_at {
+    // Each time on its own: a clock-out sent long after the clock-in was stored is checked, the
+    // clock-in it closes is not again.
+    let held_in = stored.is_some_and(|r| r.clock_in_at == content.clock_in_at);
+    let held_out = stored.is_some_and(|r| r.clock_out_at == content.clock_out_at);
+    if !held_in {
         rules
-            .check(out, now)
-            .map_err(|r| format!("clock_out_at {r}"))?;
+            .check(content.clock_in_at, now)
+            .map_err(|r| format!("clock_in_at {r}"))?;
     }
-    Ok(())
+    match content.clock_out_at {
+        Some(out) if !held_out => rules
+            .check(out, now)
+            .map_err(|r| format!("clock_out_at {r}")),
+        _ => Ok(()),
+    }
 }
 
 /// Everything but the time rules: coordinates, the clock-out's order and location, notes. A
@@ -551,8 +547,9 @@ fn parse(raw: &[Box<RawValue>], tolerance: std::time::Duration) -> Vec<Parsed> {
                 "validation_failed",
                 format!("sync_version must be 1 to {MAX_SYNC_VERSION}"),
             ))
-        } else if !(1..=9999).contains(&record.client_timestamp.year()) {
+        } else if !(1..=9999).contains(&record.client_timestamp.naive_utc().year()) {
             // Postgres keeps years from 4713 BC; chrono reads signed and five-digit years too.
+            // In UTC, as it is stored and sent back: 9999-12-31T23:30-05:00 is in the year 10000.
             Err(reject(
                 id,
                 "validation_failed",
@@ -830,7 +827,10 @@ fn decide_all(
                 server_record(),
                 None,
             ),
-            Decision::DeleteUnknown => Outcome::Done(id, ResultStatus::Deleted, None, None, None),
+            Decision::DeleteUnknown => {
+                plan.withdrawn.push(id);
+                Outcome::Done(id, ResultStatus::Deleted, None, None, None)
+            }
             Decision::Create => match write(
                 content.as_ref().expect("upsert has content"),
                 record.sync_version,

@@ -495,10 +495,7 @@ pub async fn push_changes(
     let mut problems = FieldErrors::new();
     for (table, set) in &changes {
         if table == "facilities" && !set.is_empty() {
-            return Err(ApiError::ForbiddenWith {
-                code: "forbidden",
-                message: "facilities are read-only for devices".into(),
-            });
+            return Err(ApiError::refused("facilities are read-only for devices"));
         }
         // The app's local-only tables come with empty sets.
         if !TABLES.contains(&table.as_str()) && !set.is_empty() {

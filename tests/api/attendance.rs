@@ -1282,9 +1282,17 @@ async fn the_same_devices_tap_sent_again_without_a_client_id_returns_its_record(
     assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!(again["id"], first["id"]);
     assert_eq!(clock_out(&app, &user, at_site()).await.0, StatusCode::OK);
-    let (status, again) = clock_in(&app, &user, body).await;
+    let (status, again) = clock_in(&app, &user, body.clone()).await;
     assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!(again["id"], first["id"]);
+    // Another tap with the same device and time, from elsewhere, is no retry: answering with
+    // the closed shift would tell the user they are clocked in.
+    let mut elsewhere = body;
+    elsewhere["latitude"] = json!(SITE.0 + 0.0005);
+    let (status, refused) = clock_in(&app, &user, elsewhere).await;
+    assert_error(status, &refused, StatusCode::CONFLICT, "conflict");
+    let (_, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
+    assert!(active["attendance"].is_null(), "{active}");
     // And a backdated clock-in retried by its client_id after the shift ended.
     let (other, _) = user_at_site(&app, "focal", None).await;
     let mut body = at_site();
@@ -1535,6 +1543,61 @@ async fn a_clock_out_from_a_phone_running_ahead_is_known_when_sent_again_after_t
     assert_eq!(again, first);
     let (_, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
     assert_eq!(active["attendance"]["id"], next["id"]);
+}
+
+#[tokio::test]
+async fn a_clock_out_from_a_phone_running_ahead_sent_again_within_its_lead_leaves_the_new_shift_open()
+ {
+    let app = TestApp::spawn().await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    let mut start = at_site();
+    start["occurred_at"] = json!((Utc::now() - Duration::minutes(30)).to_rfc3339());
+    assert_eq!(clock_in(&app, &user, start).await.0, StatusCode::CREATED);
+    // The phone runs three minutes ahead; the user clocks in again before the time it sent.
+    let mut request = at_site();
+    request["occurred_at"] = json!((Utc::now() + Duration::minutes(3)).to_rfc3339());
+    let (status, first) = clock_out(&app, &user, request.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (status, next) = clock_in(&app, &user, at_site()).await;
+    assert_eq!(status, StatusCode::CREATED, "{next}");
+    let (status, again) = clock_out(&app, &user, request).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again, first, "the shift that clock-out closed");
+    let (_, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
+    assert_eq!(active["attendance"]["id"], next["id"]);
+    assert_eq!(active["attendance"]["status"], "open");
+}
+
+#[tokio::test]
+async fn a_clock_out_sent_again_long_after_the_next_clock_in_leaves_the_new_shift_open() {
+    let app = TestApp::spawn().await;
+    let (user, _) = user_at_site(&app, "focal", None).await;
+    let ago = |minutes| json!((Utc::now() - Duration::minutes(minutes)).to_rfc3339());
+    let mut start = at_site();
+    start["occurred_at"] = ago(60);
+    assert_eq!(clock_in(&app, &user, start).await.0, StatusCode::CREATED);
+    let mut request = at_site();
+    request["occurred_at"] = ago(4);
+    let (status, first) = clock_out(&app, &user, request.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let mut start = at_site();
+    start["occurred_at"] = ago(2);
+    let (status, next) = clock_in(&app, &user, start).await;
+    assert_eq!(status, StatusCode::CREATED, "{next}");
+    // The phone was offline for half an hour before it sent the lost clock-out again.
+    sqlx::query(
+        "UPDATE activities SET created_at = created_at - interval '30 minutes'
+         WHERE action = 'attendance.clock_out'",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let (status, again) = clock_out(&app, &user, request).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again, first, "the shift that clock-out closed");
+    let (_, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
+    assert_eq!(active["attendance"]["id"], next["id"]);
+    assert_eq!(active["attendance"]["status"], "open");
 }
 
 #[tokio::test]
@@ -1954,6 +2017,7 @@ async fn periods_out_of_range_or_reversed_are_refused_and_blank_bounds_are_no_bo
         "/api/attendance/summary?from=0001-01-01&to=9999-12-31",
         // An empty period is an empty answer.
         "/api/attendance?from=2026-12-01T00:00:00Z&to=2026-12-01T00:00:00Z",
+        "/api/attendance/summary?from=2026-12-01T00:00:00Z&to=2026-12-01T00:00:00Z",
         // Lists take dates and blank bounds as exports and summaries do.
         "/api/attendance?from=&to=",
         "/api/attendance?from=2026-12-01&to=2026-12-01",
@@ -1985,6 +2049,29 @@ async fn periods_out_of_range_or_reversed_are_refused_and_blank_bounds_are_no_bo
             assert!((1..=9999).contains(&year), "{path}: {bound} {text}");
         }
     }
+    // Without `from`, thirty days of the report's calendar, across a change of clocks
+    // (New York left summer time on 1 November 2026): from a local midnight.
+    let (status, body) = send(
+        app.get("/api/attendance/summary?to=2026-11-05&tz=America/New_York")
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let bound = |name: &str| {
+        chrono::DateTime::parse_from_rfc3339(body[name].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&Utc)
+    };
+    assert_eq!(
+        bound("to").to_rfc3339(),
+        "2026-11-06T05:00:00+00:00",
+        "{body}"
+    );
+    assert_eq!(
+        bound("from").to_rfc3339(),
+        "2026-10-07T04:00:00+00:00",
+        "{body}"
+    );
     // The admin's own login is in the trail: a blank filter does not hide it.
     let (status, body) = send(
         app.get("/api/activities?action=&entity_type=")

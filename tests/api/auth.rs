@@ -52,6 +52,11 @@ async fn a_registered_account_cannot_log_in_until_approved() {
         .login("amina.uwase@example.org", "a long enough passphrase")
         .await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "account_pending");
+    assert_eq!(
+        body["error"]["details"]["status"],
+        json!(["pending"]),
+        "{body}"
+    );
 
     let admin = app.admin().await;
     let (status, body) = send(
@@ -94,7 +99,12 @@ async fn a_rejected_registration_stays_locked_out() {
     let (status, body) = app
         .login("amina.uwase@example.org", "a long enough passphrase")
         .await;
-    assert_error(status, &body, StatusCode::FORBIDDEN, "account_inactive");
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(
+        body["error"]["details"]["status"],
+        json!(["inactive"]),
+        "{body}"
+    );
     let reason: Option<String> = sqlx::query_scalar(
         "SELECT details->>'reason' FROM activities WHERE action = 'auth.login_failed'",
     )
@@ -648,6 +658,39 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_whole_chain() {
 }
 
 #[tokio::test]
+async fn an_expired_refresh_token_is_refused_and_stays_unrotated() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    sqlx::query(
+        "UPDATE refresh_tokens SET expires_at = now() - interval '1 second' WHERE user_id = $1",
+    )
+    .bind(user.id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let (status, body) = refresh(&app, &user.refresh_token).await;
+    // Not `token_expired`, which tells a device to refresh: this one must log in again.
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+    let rotated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM refresh_tokens WHERE user_id = $1 AND rotated_at IS NOT NULL",
+    )
+    .bind(user.id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(rotated, 0, "an expired token is not rotated");
+    let (status, body) = refresh(&app, &user.refresh_token).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+    assert!(
+        !app.actions()
+            .await
+            .iter()
+            .any(|a| a == "auth.refresh_reuse"),
+        "presenting it again is no theft"
+    );
+}
+
+#[tokio::test]
 async fn logout_revokes_the_refresh_token() {
     let app = TestApp::spawn().await;
     let user = app.user("focal", None).await;
@@ -667,6 +710,27 @@ async fn logout_revokes_the_refresh_token() {
             .iter()
             .any(|a| a == "auth.refresh_reuse")
     );
+}
+
+#[tokio::test]
+async fn a_logout_with_another_users_refresh_token_leaves_their_session_alone() {
+    let app = TestApp::spawn().await;
+    let (owner, other) = (app.user("focal", None).await, app.user("focal", None).await);
+    let (status, _) = send(
+        app.post("/api/auth/logout")
+            .bearer_auth(&other.token)
+            .json(&json!({"refresh_token": owner.refresh_token})),
+    )
+    .await;
+    // The same answer as for an unknown token: nothing says whose it is.
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = refresh(&app, &owner.refresh_token).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the owner's session goes on: {body}"
+    );
+    assert!(!app.actions().await.iter().any(|a| a == "auth.logout"));
 }
 
 #[tokio::test]
@@ -884,9 +948,19 @@ async fn deactivation_role_change_and_password_change_cut_existing_tokens_off() 
         StatusCode::UNAUTHORIZED
     );
     let (status, body) = app.login(&deactivated.email, PASSWORD).await;
-    assert_error(status, &body, StatusCode::FORBIDDEN, "account_inactive");
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(
+        body["error"]["details"]["status"],
+        json!(["inactive"]),
+        "{body}"
+    );
     let (status, body) = app.login(&suspended.email, PASSWORD).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(
+        body["error"]["details"]["status"],
+        json!(["suspended"]),
+        "{body}"
+    );
     let actions = app.actions().await;
     for action in [
         "user.deactivate",
@@ -1344,6 +1418,50 @@ async fn a_trusted_proxy_that_writes_the_clients_port_is_understood() {
         login_forwarded(&app, "[2001:db8::1]:443".into()).await,
         StatusCode::UNAUTHORIZED,
         "another client, its own budget"
+    );
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_that_writes_ipv6_in_brackets_is_understood() {
+    let app = two_logins_per_address("true").await;
+    three_logins_count_as_one_address(&app, |_| "[2001:db8:1::7]".into()).await;
+    assert_eq!(
+        login_forwarded(&app, "[2001:db8:2::7]".into()).await,
+        StatusCode::UNAUTHORIZED,
+        "another client, its own budget, not the proxy's"
+    );
+}
+
+#[tokio::test]
+async fn bytes_a_client_wrote_do_not_hide_the_address_its_proxy_appended() {
+    let app = two_logins_per_address("true").await;
+    let line = |client: &str| {
+        let mut bytes = b"\xff\xfe, ".to_vec();
+        bytes.extend_from_slice(client.as_bytes());
+        reqwest::header::HeaderValue::from_bytes(&bytes).unwrap()
+    };
+    let login = |client: &'static str| {
+        app.post("/api/auth/login")
+            .header("x-forwarded-for", line(client))
+            .json(&json!({"email": "x@test.example", "password": "whatever-123"}))
+            .send()
+    };
+    for i in 0..3 {
+        let expected = if i < 2 {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        };
+        assert_eq!(
+            login("203.0.113.7").await.unwrap().status(),
+            expected,
+            "request {i}"
+        );
+    }
+    assert_eq!(
+        login("198.51.100.9").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED,
+        "another client, its own budget, not the proxy's"
     );
 }
 

@@ -307,6 +307,50 @@ async fn malformed_records_and_broken_rules_are_rejected_one_by_one() {
 }
 
 #[tokio::test]
+async fn a_client_timestamp_past_the_year_9999_in_utc_is_rejected() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let mut record = shift(Uuid::new_v4(), facility, 1, 6, 1);
+    // The year 9999 where it was written, 10000 in UTC, as it would be stored and sent back.
+    record["client_timestamp"] = json!("9999-12-31T23:30:00-05:00");
+    let (_, body) = push(&app, &user, vec![record]).await;
+    assert_eq!(statuses(&body), vec!["rejected"], "{body}");
+    assert_eq!(body["results"][0]["error"]["code"], "validation_failed");
+    assert_eq!(app.attendance_rows().await, 0);
+}
+
+#[tokio::test]
+async fn a_clock_out_within_the_age_limit_closes_a_shift_begun_just_past_it() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let open = open_shift(facility, 30);
+    let (_, body) = push(&app, &user, vec![open.clone()]).await;
+    assert_eq!(statuses(&body), vec!["created"]);
+    // Clocked in just over 30 days ago (the limit), closed by the sweep since; the phone comes
+    // back with the clock-out it took six hours later, within the limit.
+    let clock_in: DateTime<Utc> = sqlx::query_scalar(
+        "UPDATE attendance SET clock_in_at = now() - interval '30 days 2 hours',
+                               status = 'incomplete'
+         RETURNING clock_in_at",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    let mut out = open;
+    out["data"]["clock_in_at"] = json!(clock_in.to_rfc3339());
+    out["data"]["clock_out_at"] = json!((clock_in + Duration::hours(6)).to_rfc3339());
+    out["data"]["clock_out_location"] = json!({"latitude": SITE.0, "longitude": SITE.1});
+    out["client_timestamp"] = out["data"]["clock_out_at"].clone();
+    let (_, body) = push(&app, &user, vec![out]).await;
+    assert_eq!(statuses(&body), vec!["updated"], "{body}");
+    let stored: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT clock_out_at FROM attendance")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, Some(clock_in + Duration::hours(6)));
+}
+
+#[tokio::test]
 async fn a_clock_out_stamped_just_before_its_clock_in_ends_the_shift_where_it_began() {
     let app = TestApp::spawn().await;
     let (user, facility) = setup(&app).await;
@@ -1002,6 +1046,34 @@ async fn keeping_a_queued_shift_the_device_has_since_stored_under_another_id_is_
     let (status, body) = resolve_oldest(&app, &admin, "client").await;
     assert_error(status, &body, StatusCode::CONFLICT, "duplicate");
     assert_eq!(app.attendance_rows().await, 2);
+}
+
+#[tokio::test]
+async fn a_queued_shift_its_device_deleted_leaves_the_queue_and_cannot_be_kept() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (user, facility) = setup(&app).await;
+    let (offline, online) = queued_beside_online(&app, &user, facility).await;
+    let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
+    let conflict = queue["data"][0]["id"].as_str().unwrap().to_string();
+    // The user discards the shift on the phone.
+    let delete = json!({"kind": "attendance", "op": "delete", "id": offline["id"], "sync_version": 1,
+                        "client_timestamp": Utc::now().to_rfc3339()});
+    let (_, body) = push(&app, &user, vec![delete]).await;
+    assert_eq!(statuses(&body), vec!["deleted"]);
+    let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
+    assert_eq!(queue["total"], 0, "withdrawn from the queue: {queue}");
+    let (status, body) = send(
+        app.post(&format!("/api/sync/conflicts/{conflict}/resolve"))
+            .bearer_auth(&admin.token)
+            .json(&json!({"keep": "client"})),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    // The online shift keeps its hours; the deleted one never comes back.
+    let (_, kept) = stored_record(&app, &user, &online).await;
+    assert_eq!(kept["status"], "open");
+    assert_eq!(app.attendance_rows().await, 1);
 }
 
 #[tokio::test]

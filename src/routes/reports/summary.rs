@@ -103,12 +103,15 @@ async fn summary(
         }
         None => Utc::now(),
     };
-    let from_given = from.is_some();
-    let from = from.unwrap_or_else(|| period::in_utc_years(to - chrono::Duration::days(30)));
-    // (A defaulted start meets the end only at the first instant of year 1: an empty period.)
-    if from == to && from_given {
-        return Err(ApiError::invalid("from", "must be before `to`"));
-    }
+    // Thirty days of the report's calendar: from a local midnight to a local midnight, even
+    // across a change of clocks. An instant `to` equal to `from` is an empty period, as in lists.
+    let from = from.unwrap_or_else(|| {
+        let start = to
+            .with_timezone(&tz)
+            .checked_sub_days(chrono::Days::new(30))
+            .map_or(to - chrono::Duration::days(30), |t| t.with_timezone(&Utc));
+        period::in_utc_years(start)
+    });
     let group_by = q.group_by.unwrap_or_default();
     let (key, label, join) = match group_by {
         GroupBy::User => (
