@@ -447,6 +447,7 @@ async fn push_unseen(
         touched: Touched::default(),
         sites: sites_of(&mut conn, ctx, batch).await?,
         queued: HashSet::new(),
+        pending: 0,
     };
     let (plan, outcomes) = decide_all(batch, &seen, ctx.user.id, device_id, now, ctx.config);
     let all_created = batch.iter().zip(&outcomes).all(|(parsed, outcome)| {
@@ -606,6 +607,9 @@ struct Seen {
     touched: Touched,
     sites: HashMap<Uuid, Site>,
     queued: HashSet<(Uuid, String)>,
+    /// How many of the user's conflicts wait for an admin (read only for a batch that asks for
+    /// `manual`).
+    pending: i64,
 }
 
 impl Seen {
@@ -636,10 +640,22 @@ impl Seen {
             .map(|(id, data)| (id, data.to_string()))
             .collect()
         };
+        let manual = accepted(batch).any(|(r, _)| r.conflict_strategy == Some(Strategy::Manual));
+        let pending = if manual {
+            sqlx::query_scalar(
+                "SELECT count(*) FROM sync_conflicts WHERE status = 'pending' AND user_id = $1",
+            )
+            .bind(ctx.user.id)
+            .fetch_one(&mut *conn)
+            .await?
+        } else {
+            0
+        };
         Ok(Seen {
             touched,
             sites,
             queued,
+            pending,
         })
     }
 
@@ -681,6 +697,7 @@ fn decide_all(
         },
         sites,
         queued,
+        pending,
     } = seen;
     let rules = config.attendance.time_rules();
     let mut open = open.clone();
@@ -789,7 +806,18 @@ fn decide_all(
                     Strategy::ClientWins => plan.close(other.id),
                     Strategy::ServerWins | Strategy::Manual => {
                         if strategy == Strategy::Manual {
-                            queue(plan, queued, &w, server_version, other, record.sync_version);
+                            let mut client = client_data(Op::Upsert, Some(&w.content), stamp);
+                            // Its own stored version (none: the server does not have it), so
+                            // that a resolution can tell whether the record moved on since.
+                            client["stored_version"] = json!(server_version);
+                            let queue = Queue {
+                                plan,
+                                queued,
+                                pending: *pending,
+                            };
+                            if let Err(full) = queue.add(w.id, record.sync_version, client, other) {
+                                return full;
+                            }
                         }
                         return Outcome::Done(
                             w.id,
@@ -877,26 +905,29 @@ fn decide_all(
                 Outcome::Written(status, id, resolution)
             }
             Decision::Conflict(s @ (Strategy::ServerWins | Strategy::Manual)) => {
-                if s == Strategy::Manual {
-                    let row = existing.expect("a conflict has a server copy");
-                    let client = client_data(record.op, content.as_ref(), stamp);
-                    if !queued.contains(&(id, client.to_string())) {
-                        plan.conflicts.push((
-                            id,
-                            record.sync_version,
-                            row.sync_version,
-                            client,
-                            json!(AttendanceRecord::from(row.clone())),
-                        ));
+                let queued = match s {
+                    Strategy::Manual => {
+                        let row = existing.expect("a conflict has a server copy");
+                        let client = client_data(record.op, content.as_ref(), stamp);
+                        let queue = Queue {
+                            plan: &mut plan,
+                            queued,
+                            pending: *pending,
+                        };
+                        queue.add(id, record.sync_version, client, row)
                     }
+                    _ => Ok(()),
+                };
+                match queued {
+                    Err(full) => full,
+                    Ok(()) => Outcome::Done(
+                        id,
+                        ResultStatus::Conflict,
+                        server_version,
+                        server_record(),
+                        Some(s.as_str()),
+                    ),
                 }
-                Outcome::Done(
-                    id,
-                    ResultStatus::Conflict,
-                    server_version,
-                    server_record(),
-                    Some(s.as_str()),
-                )
             }
             Decision::Update => unreachable!("an update is an upsert"),
         };
@@ -993,31 +1024,52 @@ fn client_data(op: Op, content: Option<&Content>, stamp: DateTime<Utc>) -> Value
     json!({ "op": op, "content": content, "client_timestamp": stamp })
 }
 
-/// Queues `w`, a shift opened beside the user's open one (`server`), for an admin. Its own
-/// stored version (none: the server does not have it) is kept with it, so that a resolution can
-/// tell whether the record moved on since.
-fn queue(
-    plan: &mut Plan,
-    queued: &HashSet<(Uuid, String)>,
-    w: &Write,
-    stored_version: Option<i32>,
-    server: &AttendanceRow,
-    version: i32,
-) {
-    let mut client = client_data(
-        Op::Upsert,
-        Some(&w.content),
-        w.client_timestamp.unwrap_or_else(Utc::now),
-    );
-    client["stored_version"] = json!(stored_version);
-    if !queued.contains(&(w.id, client.to_string())) {
-        plan.conflicts.push((
-            w.id,
+/// The most conflicts of one user that wait for an admin at once. Past it, a record that would
+/// be queued is rejected, to be sent again once the admin has caught up: one device cannot bury
+/// the queue, and nothing it sent is lost.
+pub const MAX_PENDING_CONFLICTS: i64 = 200;
+
+/// The admin's queue, as a batch adds to it.
+struct Queue<'a> {
+    plan: &'a mut Plan,
+    /// Already queued: the same copy is not queued twice (a retried push).
+    queued: &'a HashSet<(Uuid, String)>,
+    /// Waiting before this batch.
+    pending: i64,
+}
+
+impl Queue<'_> {
+    /// Queues the device's copy `client` of record `id` against the server's record `server`
+    /// (the same record, or the open shift a new one was pushed beside); the rejection when the
+    /// user's queue is full.
+    fn add(
+        self,
+        id: Uuid,
+        version: i32,
+        client: Value,
+        server: &AttendanceRow,
+    ) -> Result<(), Outcome> {
+        if self.queued.contains(&(id, client.to_string())) {
+            return Ok(());
+        }
+        if self.pending + self.plan.conflicts.len() as i64 >= MAX_PENDING_CONFLICTS {
+            return Err(reject(
+                Some(id),
+                "conflict",
+                format!(
+                    "{MAX_PENDING_CONFLICTS} of your conflicts already wait for an administrator; \
+                     send this record again once they are resolved"
+                ),
+            ));
+        }
+        self.plan.conflicts.push((
+            id,
             version,
             server.sync_version,
             client,
             json!(AttendanceRecord::from(server.clone())),
         ));
+        Ok(())
     }
 }
 

@@ -1077,6 +1077,58 @@ async fn a_queued_shift_its_device_deleted_leaves_the_queue_and_cannot_be_kept()
 }
 
 #[tokio::test]
+async fn a_full_conflict_queue_rejects_the_next_manual_conflict_until_it_is_worked_through() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let (status, _) = send(
+        app.post("/api/attendance/clock-in")
+            .bearer_auth(&user.token)
+            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // 199 of the user's conflicts already wait for an admin.
+    sqlx::query(
+        "INSERT INTO sync_conflicts (record_id, user_id, client_version, server_version, client_data, server_data)
+         SELECT gen_random_uuid(), $1, 1, 1, '{}', '{}' FROM generate_series(1, 199)",
+    )
+    .bind(user.id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let manual = |minutes_ago| {
+        let mut shift = open_shift(facility, minutes_ago);
+        shift["conflict_strategy"] = json!("manual");
+        shift
+    };
+    let (first, second) = (manual(30), manual(20));
+    let (_, body) = push(&app, &user, vec![first.clone(), second.clone()]).await;
+    assert_eq!(statuses(&body), vec!["conflict", "rejected"], "{body}");
+    assert_eq!(body["results"][1]["error"]["code"], "conflict");
+    // The one queued, sent again, is still answered as queued; the other waits on the device.
+    let (_, body) = push(&app, &user, vec![first.clone(), second.clone()]).await;
+    assert_eq!(statuses(&body), vec!["conflict", "rejected"], "{body}");
+    let pending = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM sync_conflicts WHERE status = 'pending' AND user_id = $1",
+        )
+        .bind(user.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+    };
+    assert_eq!(pending().await, 200);
+    // Once an admin has worked through some, it is queued.
+    sqlx::query("UPDATE sync_conflicts SET status = 'resolved', resolution = 'server' WHERE client_data = '{}'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let (_, body) = push(&app, &user, vec![second]).await;
+    assert_eq!(statuses(&body), vec!["conflict"], "{body}");
+    assert_eq!(pending().await, 2);
+}
+
+#[tokio::test]
 async fn keeping_the_server_copy_of_a_shift_queued_beside_an_open_one_answers_that_one() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
