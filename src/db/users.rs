@@ -247,14 +247,15 @@ pub async fn is_above<'e>(
     ancestor: Uuid,
     user: Uuid,
 ) -> Result<bool, sqlx::Error> {
-    // The depth bound keeps a corrupted (cyclic) tree from looping forever.
+    // However deep, as the lists see the tree (`push_team`); UNION (not UNION ALL) stops at a
+    // repeated id, so even a corrupted, cyclic tree terminates.
     sqlx::query_scalar(
-        "WITH RECURSIVE chain (id, depth) AS (
-             SELECT supervisor_id, 1 FROM users WHERE id = $2
-             UNION ALL
-             SELECT u.supervisor_id, c.depth + 1
+        "WITH RECURSIVE chain (id) AS (
+             SELECT supervisor_id FROM users WHERE id = $2
+             UNION
+             SELECT u.supervisor_id
              FROM users u JOIN chain c ON u.id = c.id
-             WHERE c.id IS NOT NULL AND c.depth < 64
+             WHERE c.id IS NOT NULL
          )
          SELECT EXISTS (SELECT 1 FROM chain WHERE id = $1)",
     )

@@ -236,6 +236,38 @@ async fn user_search_filters_and_paginates() {
 }
 
 #[tokio::test]
+async fn a_tree_of_any_depth_is_one_tree_for_seeing_and_for_cycles() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let top = app.user("supervisor", None).await;
+    // Seventy supervisors, each under the one before.
+    let mut bottom = top.id;
+    for _ in 0..70 {
+        bottom = app
+            .insert_user("supervisor", "active", Some(bottom), None)
+            .await
+            .0;
+    }
+    let (status, body) = send(
+        app.get(&format!("/api/users/{bottom}"))
+            .bearer_auth(&top.token),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the top sees the bottom as lists do: {body}"
+    );
+    let (status, body) = send(
+        app.patch(&format!("/api/users/{}", top.id))
+            .bearer_auth(&admin.token)
+            .json(&json!({"supervisor_id": bottom})),
+    )
+    .await;
+    assert_invalid(status, &body, "supervisor_id");
+}
+
+#[tokio::test]
 async fn a_supervisor_id_must_name_a_supervisor_and_never_make_a_cycle() {
     let app = TestApp::spawn().await;
     let t = tree(&app).await;

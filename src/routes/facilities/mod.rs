@@ -420,8 +420,7 @@ async fn update_facility(
     let facility = facilities::find(&mut *tx, id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    tx.commit().await?;
-    state.sites.forget(id);
+    commit_and_forget(&state, tx, id).await?;
     Ok(Json(facility))
 }
 
@@ -460,7 +459,27 @@ async fn deactivate_facility(
         .details(audit::edit(&before, &after, &["status"]))
         .record(&mut *tx)
         .await?;
-    tx.commit().await?;
-    state.sites.forget(id);
+    commit_and_forget(&state, tx, id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Commits an edit of facility `id` and drops its cached site, on a task of its own: a request
+/// ended meanwhile (its time limit, its client gone) cannot leave the old site cached, for
+/// clock-ins to be measured against, once the edit is committed.
+async fn commit_and_forget(
+    state: &AppState,
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    id: Uuid,
+) -> Result<(), ApiError> {
+    let sites = state.sites.clone();
+    state
+        .tasks
+        .spawn(async move {
+            let committed = tx.commit().await;
+            sites.forget(id);
+            committed
+        })
+        .await
+        .map_err(anyhow::Error::from)??;
+    Ok(())
 }
