@@ -8,8 +8,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     // Before the arguments: some are read from the environment (ADMIN_PASSWORD), which a
-    // `.env` file may supply.
-    let _ = dotenvy::dotenv();
+    // `.env` file may supply. One that cannot be read whole is no start: the lines after a bad
+    // one (a value with unquoted spaces) would be left out without a word.
+    if let Err(err) = dotenvy::dotenv()
+        && !err.not_found()
+    {
+        eprintln!("field-attendance: .env: {err} (quote a value with spaces or `$` in it)");
+        return std::process::ExitCode::FAILURE;
+    }
     let cli = field_attendance::cli::Cli::parse();
     // Named threads, so that `top -H` and profiles tell the service's work apart.
     let runtime = tokio::runtime::Builder::new_multi_thread()

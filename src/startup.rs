@@ -118,6 +118,10 @@ impl Application {
             }
         };
         background.abort();
+        // Connections are closed as a client should, rather than cut as the process ends (each
+        // a line in the logs of Postgres or PgBouncer); one still taken is not waited for long.
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(2), self.state.db.close()).await;
         result
     }
 }

@@ -31,8 +31,10 @@ pub(super) fn db(r: &mut Reader<'_>) -> DbSettings {
              PgBouncer, set MIGRATION_DATABASE_URL straight to Postgres)",
         ),
     };
-    let min_connections = r.parsed("DB_MIN_CONNECTIONS", 20u32);
     let max_connections = r.ranged("DB_MAX_CONNECTIONS", 100u32, 1..=10_000);
+    // Unset, the minimum follows a smaller maximum: `DB_MAX_CONNECTIONS=10` alone is a pool of
+    // at most 10, all kept.
+    let min_connections = r.parsed("DB_MIN_CONNECTIONS", 20u32.min(max_connections));
     if min_connections > max_connections {
         r.problems.push(format!(
             "DB_MIN_CONNECTIONS ({min_connections}) is above DB_MAX_CONNECTIONS ({max_connections})"

@@ -240,3 +240,30 @@ fn a_one_off_command_needs_no_signing_secret_but_checks_one_given() {
     let err = Config::for_command(&|key| map.get(key).cloned()).unwrap_err();
     assert!(err.to_string().contains("JWT_SECRET"), "{err}");
 }
+
+#[test]
+fn a_smaller_pool_alone_keeps_a_smaller_minimum() {
+    let config = |pairs: &[(&str, &str)]| {
+        let mut all = vec![
+            ("APP_ENV", "development"),
+            ("DATABASE_URL", "postgres://localhost/db"),
+        ];
+        all.extend_from_slice(pairs);
+        Config::from_map(&vars(&all))
+    };
+    let small = config(&[("DB_MAX_CONNECTIONS", "10")]).unwrap();
+    assert_eq!(
+        (small.db.min_connections, small.db.max_connections),
+        (10, 10)
+    );
+    let default = config(&[]).unwrap();
+    assert_eq!(
+        (default.db.min_connections, default.db.max_connections),
+        (20, 100)
+    );
+    // Both set, and at odds: named.
+    let text = config(&[("DB_MAX_CONNECTIONS", "10"), ("DB_MIN_CONNECTIONS", "12")])
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("DB_MIN_CONNECTIONS"), "{text}");
+}

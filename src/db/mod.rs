@@ -237,8 +237,11 @@ pub async fn migrate(url: &str) -> Result<(), sqlx::migrate::MigrateError> {
                 conn.close().await?;
                 return Ok(());
             }
-            // The connection is dropped, and with it the migrators' advisory lock.
+            // The connection is dropped before the pause, and with it the migrators' advisory
+            // lock (the failed migration's table locks went with its error), so that another
+            // instance's migrator is not held up by this one's pause.
             Err(e) if lock_not_available(&e) && tokio::time::Instant::now() < deadline => {
+                drop(conn);
                 tracing::warn!(error = %e, retry_in_s = pause.as_secs(), "a migration waited too long for a lock; trying again");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(30));

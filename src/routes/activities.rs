@@ -91,14 +91,19 @@ async fn list_activities(
         .push_bind(paging.limit())
         .push(" OFFSET ")
         .push_bind(paging.offset());
-    let rows: Vec<ActivityEntry> = qb.build_query_as().fetch_all(&state.db).await?;
+    // The trail is the fastest-growing table: a filter no index serves (an `entity_id` alone,
+    // a long period) is cancelled in the database when the request has taken its time, rather
+    // than run on, holding a connection; the page and its total are read in one snapshot.
+    let mut tx = crate::db::bounded(&state.db, state.config.request_timeout).await?;
+    let rows: Vec<ActivityEntry> = qb.build_query_as().fetch_all(&mut *tx).await?;
     let total = paging
         .total(rows.len(), async || {
             let mut qb = QueryBuilder::new("SELECT count(*)");
             push_matching(&mut qb, &filter, period);
-            qb.build_query_scalar().fetch_one(&state.db).await
+            qb.build_query_scalar().fetch_one(&mut *tx).await
         })
         .await?;
+    tx.commit().await?;
     Ok(Json(paging.wrap(rows, total)))
 }
 

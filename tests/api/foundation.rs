@@ -174,6 +174,33 @@ async fn refused_at_once(database_url: &str) -> String {
     format!("{err:#}")
 }
 
+#[test]
+fn a_dot_env_file_with_a_bad_line_stops_the_command_naming_it() {
+    let dir = std::env::temp_dir().join(format!("fa-dotenv-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |contents: &str| {
+        std::fs::write(dir.join(".env"), contents).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_field-attendance"))
+            .arg("openapi")
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    // The unquoted spaces would drop this line and every line after it.
+    let refused = run("LOG_LEVEL=warn\nADMIN_PASSWORD=my secret phrase\nRATE_LIMIT_AUTH=5/15m\n");
+    let quoted = run("LOG_LEVEL=warn\nADMIN_PASSWORD=\"my secret phrase\"\n");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains(".env"), "{stderr}");
+    assert!(refused.stdout.is_empty());
+    assert!(
+        quoted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&quoted.stderr)
+    );
+}
+
 #[tokio::test]
 async fn a_database_url_whose_login_is_refused_stops_start_up_at_once_naming_it() {
     let test_db = crate::helpers::TestDb::new().await;
