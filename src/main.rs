@@ -13,7 +13,7 @@ fn main() -> std::process::ExitCode {
     if let Err(err) = dotenvy::dotenv()
         && !err.not_found()
     {
-        eprintln!("field-attendance: .env: {err} (quote a value with spaces or `$` in it)");
+        eprintln!("field-attendance: .env: {}", dotenv_problem(&err));
         return std::process::ExitCode::FAILURE;
     }
     let cli = field_attendance::cli::Cli::parse();
@@ -34,4 +34,14 @@ fn main() -> std::process::ExitCode {
     // parsed) is not waited for.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code
+}
+
+/// What is wrong with `.env`, never the text of a line (it may hold a password).
+fn dotenv_problem(err: &dotenvy::Error) -> String {
+    match err {
+        dotenvy::Error::LineParse(..) => "a line cannot be read: put a value with spaces in \
+                                          quotes, and one with `$` in single quotes"
+            .to_string(),
+        other => other.to_string(),
+    }
 }

@@ -325,6 +325,18 @@ pub async fn bound(conn: &mut PgConnection, limit: std::time::Duration) -> Resul
     Ok(())
 }
 
+/// Makes the transaction open on `conn` a read-only one whose statements all see one snapshot,
+/// bounded as [`bounded`] is.
+pub async fn read_snapshot(
+    conn: &mut PgConnection,
+    limit: std::time::Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *conn)
+        .await?;
+    bound(conn, limit).await
+}
+
 /// Postgres ended the statement to break a deadlock (40P01): nothing of it was written.
 pub fn is_deadlock(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01"))

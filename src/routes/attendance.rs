@@ -130,7 +130,7 @@ fn already_clocked_in() -> ApiError {
         (status = 201, description = "Clocked in", body = AttendanceRecord),
         (status = 200, description = "A retry (the same `client_id`, or the same `device_id` and `occurred_at`): the record made the first time; also when the clock-in would by now be refused (a later shift worked, the time rules, the facility closed) and the request is that clock-in's own (the same spot, time and facility)", body = AttendanceRecord),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
-        (status = 409, description = "Already clocked in (`already_clocked_in`), or a backdated `occurred_at` inside or before a shift already worked (`conflict`), or a retry of a clock-in deleted since (`conflict`), or a `client_id` already used for another clock-in (`conflict`)", body = ErrorEnvelope),
+        (status = 409, description = "Already clocked in (`already_clocked_in`), or a backdated `occurred_at` inside or before a shift already worked (`conflict`), or a retry of a clock-in deleted since (`conflict`), or a `client_id`, or a `device_id` and `occurred_at`, already used for another clock-in (`conflict`)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a time outside the accepted window or more than the maximum shift ago, no facility, or outside the geofence when enforced", body = ErrorEnvelope),
     ))]
 async fn clock_in(

@@ -82,13 +82,20 @@ fn parse_bound(
     // Where clocks skip midnight (a daylight-saving change at 00:00), the day begins at its
     // first minute that exists.
     let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists");
+    local_instant(tz, midnight)
+        .map(|t| (in_utc_years(t), true))
+        .ok_or_else(|| ApiError::invalid(field, "does not exist in this time zone"))
+}
+
+/// The instant of local time `at` in `tz`: the earlier of a time the clocks repeat, and past a
+/// time they skip, the first minute after it that exists.
+pub fn local_instant(tz: Tz, at: chrono::NaiveDateTime) -> Option<DateTime<Utc>> {
     (0..=180)
         .find_map(|m| {
-            tz.from_local_datetime(&(midnight + chrono::Duration::minutes(m)))
+            tz.from_local_datetime(&(at + chrono::Duration::minutes(m)))
                 .earliest()
         })
-        .map(|t| (in_utc_years(t.with_timezone(&Utc)), true))
-        .ok_or_else(|| ApiError::invalid(field, "does not exist in this time zone"))
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// A bound held to the years in UTC too: the first of January of year 1 in a zone east of

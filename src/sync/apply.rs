@@ -295,9 +295,19 @@ pub(crate) async fn apply_plan(
         .await?;
     }
     if !plan.withdrawn.is_empty() {
+        // Each in the audit trail as a resolution, by the user whose device withdrew it.
         sqlx::query(
-            "UPDATE sync_conflicts SET status = 'resolved', resolution = 'server', resolved_at = now()
-             WHERE status = 'pending' AND user_id = $1 AND record_id = ANY($2)",
+            "WITH withdrawn AS (
+                 UPDATE sync_conflicts SET status = 'resolved', resolution = 'server', resolved_at = now()
+                 WHERE status = 'pending' AND user_id = $1 AND record_id = ANY($2)
+                 RETURNING id, record_id
+             )
+             INSERT INTO activities (actor_id, actor_email, action, entity_type, entity_id, details)
+             SELECT $1, (SELECT email FROM users WHERE id = $1), 'sync.conflict_resolve',
+                    'sync_conflict', w.id,
+                    jsonb_build_object('record_id', w.record_id, 'keep', 'server',
+                                       'withdrawn', 'the device deleted its copy')
+             FROM withdrawn w",
         )
         .bind(user_id)
         .bind(&plan.withdrawn)

@@ -125,6 +125,12 @@ impl ResultStatus {
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ResultError {
+    /// Why the record was rejected: `validation_failed` (a field, or a time rule),
+    /// `outside_geofence` (a clock-in outside an enforced geofence), `forbidden` (the id is
+    /// another user's record), `duplicate` (another record of the batch has the same device and
+    /// `client_timestamp`), `duplicate_in_batch` (the id appears earlier in the batch),
+    /// `unsupported_kind`, or `conflict_queue_full` (the user's conflicts waiting for an admin
+    /// are at their limit: keep the record, and send it again once they are resolved).
     #[schema(example = "validation_failed")]
     pub code: String,
     pub message: String,

@@ -318,10 +318,7 @@ pub async fn pull(
 ) -> Result<(Changes, Cursor, bool), ApiError> {
     // One snapshot for every statement of this page, none of them left running once the
     // request has given up.
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *conn)
-        .await?;
-    crate::db::bound(conn, timeout).await?;
+    crate::db::read_snapshot(conn, timeout).await?;
     // And the viewer's role as this snapshot has it; whether it moved into or out of admin
     // after the base (and by the target): their whole scope moved, see the `scope_reset`
     // migration; and whether workers moved away from under them, or came, in that window.

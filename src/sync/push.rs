@@ -810,12 +810,10 @@ fn decide_all(
                             // Its own stored version (none: the server does not have it), so
                             // that a resolution can tell whether the record moved on since.
                             client["stored_version"] = json!(server_version);
-                            let queue = Queue {
-                                plan,
-                                queued,
-                                pending: *pending,
-                            };
-                            if let Err(full) = queue.add(w.id, record.sync_version, client, other) {
+                            let (id, version) = (w.id, record.sync_version);
+                            if let Err(full) =
+                                queue(plan, queued, *pending, id, version, client, other)
+                            {
                                 return full;
                             }
                         }
@@ -905,20 +903,16 @@ fn decide_all(
                 Outcome::Written(status, id, resolution)
             }
             Decision::Conflict(s @ (Strategy::ServerWins | Strategy::Manual)) => {
-                let queued = match s {
+                let queueing = match s {
                     Strategy::Manual => {
                         let row = existing.expect("a conflict has a server copy");
                         let client = client_data(record.op, content.as_ref(), stamp);
-                        let queue = Queue {
-                            plan: &mut plan,
-                            queued,
-                            pending: *pending,
-                        };
-                        queue.add(id, record.sync_version, client, row)
+                        let version = record.sync_version;
+                        queue(&mut plan, queued, *pending, id, version, client, row)
                     }
                     _ => Ok(()),
                 };
-                match queued {
+                match queueing {
                     Err(full) => full,
                     Ok(()) => Outcome::Done(
                         id,
@@ -1029,48 +1023,40 @@ fn client_data(op: Op, content: Option<&Content>, stamp: DateTime<Utc>) -> Value
 /// the queue, and nothing it sent is lost.
 pub const MAX_PENDING_CONFLICTS: i64 = 200;
 
-/// The admin's queue, as a batch adds to it.
-struct Queue<'a> {
-    plan: &'a mut Plan,
-    /// Already queued: the same copy is not queued twice (a retried push).
-    queued: &'a HashSet<(Uuid, String)>,
-    /// Waiting before this batch.
+/// Queues the device's copy `client` of record `id` against the server's record `server` (the
+/// same record, or the open shift a new one was pushed beside), unless that copy is queued
+/// already (`queued`: a retried push); the rejection when the user's queue, `pending` long
+/// before this batch, is full.
+fn queue(
+    plan: &mut Plan,
+    queued: &HashSet<(Uuid, String)>,
     pending: i64,
-}
-
-impl Queue<'_> {
-    /// Queues the device's copy `client` of record `id` against the server's record `server`
-    /// (the same record, or the open shift a new one was pushed beside); the rejection when the
-    /// user's queue is full.
-    fn add(
-        self,
-        id: Uuid,
-        version: i32,
-        client: Value,
-        server: &AttendanceRow,
-    ) -> Result<(), Outcome> {
-        if self.queued.contains(&(id, client.to_string())) {
-            return Ok(());
-        }
-        if self.pending + self.plan.conflicts.len() as i64 >= MAX_PENDING_CONFLICTS {
-            return Err(reject(
-                Some(id),
-                "conflict",
-                format!(
-                    "{MAX_PENDING_CONFLICTS} of your conflicts already wait for an administrator; \
-                     send this record again once they are resolved"
-                ),
-            ));
-        }
-        self.plan.conflicts.push((
-            id,
-            version,
-            server.sync_version,
-            client,
-            json!(AttendanceRecord::from(server.clone())),
-        ));
-        Ok(())
+    id: Uuid,
+    version: i32,
+    client: Value,
+    server: &AttendanceRow,
+) -> Result<(), Outcome> {
+    if queued.contains(&(id, client.to_string())) {
+        return Ok(());
     }
+    if pending + plan.conflicts.len() as i64 >= MAX_PENDING_CONFLICTS {
+        return Err(reject(
+            Some(id),
+            "conflict_queue_full",
+            format!(
+                "{MAX_PENDING_CONFLICTS} of your conflicts already wait for an administrator; \
+                 keep this record and send it again once they are resolved"
+            ),
+        ));
+    }
+    plan.conflicts.push((
+        id,
+        version,
+        server.sync_version,
+        client,
+        json!(AttendanceRecord::from(server.clone())),
+    ));
+    Ok(())
 }
 
 /// Begins a transaction holding the user's sync lock, in one round trip: pushes of one user's

@@ -2072,6 +2072,20 @@ async fn periods_out_of_range_or_reversed_are_refused_and_blank_bounds_are_no_bo
         "2026-10-07T04:00:00+00:00",
         "{body}"
     );
+    // A start whose midnight the clocks skip (Beirut, 31 March 2024): its first minute.
+    let (status, body) = send(
+        app.get("/api/attendance/summary?to=2024-04-29&tz=Asia/Beirut")
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(body["from"].as_str().unwrap())
+            .unwrap()
+            .to_rfc3339(),
+        "2024-03-30T22:00:00+00:00",
+        "{body}"
+    );
     // The admin's own login is in the trail: a blank filter does not hide it.
     let (status, body) = send(
         app.get("/api/activities?action=&entity_type=")

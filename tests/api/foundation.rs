@@ -193,6 +193,7 @@ fn a_dot_env_file_with_a_bad_line_stops_the_command_naming_it() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains(".env"), "{stderr}");
+    assert!(!stderr.contains("secret"), "never its value: {stderr}");
     assert!(refused.stdout.is_empty());
     assert!(
         quoted.status.success(),

@@ -1063,6 +1063,15 @@ async fn a_queued_shift_its_device_deleted_leaves_the_queue_and_cannot_be_kept()
     assert_eq!(statuses(&body), vec!["deleted"]);
     let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
     assert_eq!(queue["total"], 0, "withdrawn from the queue: {queue}");
+    let (_, trail) = send(
+        app.get(&format!(
+            "/api/activities?action=sync.conflict_resolve&entity_id={conflict}"
+        ))
+        .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(trail["total"], 1, "{trail}");
+    assert_eq!(trail["data"][0]["actor_id"], json!(user.id));
     let (status, body) = send(
         app.post(&format!("/api/sync/conflicts/{conflict}/resolve"))
             .bearer_auth(&admin.token)
@@ -1104,7 +1113,7 @@ async fn a_full_conflict_queue_rejects_the_next_manual_conflict_until_it_is_work
     let (first, second) = (manual(30), manual(20));
     let (_, body) = push(&app, &user, vec![first.clone(), second.clone()]).await;
     assert_eq!(statuses(&body), vec!["conflict", "rejected"], "{body}");
-    assert_eq!(body["results"][1]["error"]["code"], "conflict");
+    assert_eq!(body["results"][1]["error"]["code"], "conflict_queue_full");
     // The one queued, sent again, is still answered as queued; the other waits on the device.
     let (_, body) = push(&app, &user, vec![first.clone(), second.clone()]).await;
     assert_eq!(statuses(&body), vec!["conflict", "rejected"], "{body}");

@@ -108,8 +108,10 @@ async fn summary(
     let from = from.unwrap_or_else(|| {
         let start = to
             .with_timezone(&tz)
+            .naive_local()
             .checked_sub_days(chrono::Days::new(30))
-            .map_or(to - chrono::Duration::days(30), |t| t.with_timezone(&Utc));
+            .and_then(|local| period::local_instant(tz, local))
+            .unwrap_or(to - chrono::Duration::days(30));
         period::in_utc_years(start)
     });
     let group_by = q.group_by.unwrap_or_default();

@@ -1,0 +1,1 @@
+DROP INDEX sync_conflicts_pending_user_idx;
