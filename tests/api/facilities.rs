@@ -1879,3 +1879,149 @@ async fn a_file_coming_up_slower_than_the_request_time_limit_is_still_imported()
     assert_eq!(body["created"], 2, "{body}");
     // (Other routes keep the one second: see the export's and the clock-in queue's tests.)
 }
+
+#[tokio::test]
+async fn the_facility_list_filters_by_council_region_and_status_and_pages_with_its_total() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let gasabo = gasabo(&app).await;
+    let (elsewhere, kigali, other_region): (uuid::Uuid, uuid::Uuid, uuid::Uuid) = sqlx::query_as(
+        "SELECT c.id, (SELECT id FROM regions WHERE name = 'Kigali City'), r.id
+         FROM councils c JOIN regions r ON r.id = c.region_id
+         WHERE r.name <> 'Kigali City' ORDER BY c.name LIMIT 1",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    let create = |code: &str, council: uuid::Uuid| {
+        app.post("/api/facilities")
+            .bearer_auth(&admin.token)
+            .json(&json!({
+                "code": code, "name": format!("Filter clinic {code}"), "council_id": council,
+                "latitude": -1.95, "longitude": 30.1,
+            }))
+    };
+    let mut ids = vec![];
+    for (code, council) in [
+        ("FL-1", gasabo),
+        ("FL-2", gasabo),
+        ("FL-3", gasabo),
+        ("FL-4", elsewhere),
+    ] {
+        let (status, body) = send(create(code, council)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_string());
+    }
+    let (status, _) = send(
+        app.delete(&format!("/api/facilities/{}", ids[2]))
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let codes = |query: String| {
+        let request = app
+            .get(&format!("/api/facilities?q=filter&{query}"))
+            .bearer_auth(&admin.token);
+        async move {
+            let (status, body) = send(request).await;
+            assert_eq!(status, StatusCode::OK, "{query}: {body}");
+            let codes: Vec<String> = body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["code"].as_str().unwrap().to_string())
+                .collect();
+            (codes, body["total"].as_i64().unwrap())
+        }
+    };
+    assert_eq!(
+        codes(format!("council_id={gasabo}")).await,
+        (vec!["FL-1".into(), "FL-2".into(), "FL-3".into()], 3)
+    );
+    assert_eq!(
+        codes(format!("region_id={kigali}&status=active")).await,
+        (vec!["FL-1".into(), "FL-2".into()], 2)
+    );
+    assert_eq!(
+        codes("status=inactive".into()).await,
+        (vec!["FL-3".into()], 1)
+    );
+    assert_eq!(
+        codes(format!("region_id={other_region}")).await,
+        (vec!["FL-4".into()], 1)
+    );
+    // A page of two of four, and a page past the end: the total of them all either way.
+    assert_eq!(
+        codes("per_page=2&page=2".into()).await,
+        (vec!["FL-3".into(), "FL-4".into()], 4)
+    );
+    assert_eq!(codes("per_page=2&page=9".into()).await, (vec![], 4));
+}
+
+#[tokio::test]
+async fn facility_writes_refuse_unknown_fields_and_only_admins_close_a_facility_that_exists() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let supervisor = app.user("supervisor", None).await;
+    let council = gasabo(&app).await;
+    let (status, body) = send(
+        app.post("/api/facilities")
+            .bearer_auth(&admin.token)
+            .json(&json!({
+                "code": "UF-1", "name": "Unknown fields", "council_id": council,
+                "latitude": 0, "longitude": 0, "status_reason": "mass assignment",
+            })),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM facilities WHERE code = 'UF-1'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+    let facility = app.facility().await;
+    let (status, body) = send(
+        app.patch(&format!("/api/facilities/{facility}"))
+            .bearer_auth(&admin.token)
+            .json(&json!({"name": "Renamed", "created_at": "2000-01-01T00:00:00Z"})),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    let (_, stored) = send(
+        app.get(&format!("/api/facilities/{facility}"))
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_ne!(
+        stored["name"], "Renamed",
+        "nothing of a refused edit is kept"
+    );
+    let (status, body) = send(
+        app.delete(&format!("/api/facilities/{facility}"))
+            .bearer_auth(&supervisor.token),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    let (status, body) = send(
+        app.delete(&format!("/api/facilities/{}", uuid::Uuid::new_v4()))
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (_, stored) = send(
+        app.get(&format!("/api/facilities/{facility}"))
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(stored["status"], "active");
+}

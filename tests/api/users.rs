@@ -832,18 +832,33 @@ async fn authorization_matrix() {
         }
     }
 
-    // Approval of a pending applicant who named the supervisor: one applicant per persona.
+    // Approval or rejection of a pending applicant who named the supervisor: one applicant
+    // per persona and decision.
     let expected = [401, 404, 200, 403, 404, 200];
-    for ((name, user), want) in personas.iter().zip(expected) {
-        let (pending, _) = app
-            .insert_user("focal", "pending", Some(t.supervisor.id), None)
-            .await;
-        let mut request = app.post(&format!("/api/users/{pending}/approve"));
-        if let Some(user) = user {
-            request = request.bearer_auth(&user.token);
+    for decision in ["approve", "reject"] {
+        for ((name, user), want) in personas.iter().zip(expected) {
+            let (pending, _) = app
+                .insert_user("focal", "pending", Some(t.supervisor.id), None)
+                .await;
+            let mut request = app.post(&format!("/api/users/{pending}/{decision}"));
+            if let Some(user) = user {
+                request = request.bearer_auth(&user.token);
+            }
+            let (status, response) = send(request).await;
+            assert_eq!(status.as_u16(), want, "{decision} as {name}: {response}");
+            let status: String = sqlx::query_scalar("SELECT status FROM users WHERE id = $1")
+                .bind(pending)
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+            let decided = if decision == "approve" {
+                "active"
+            } else {
+                "inactive"
+            };
+            let expected = if want == 200 { decided } else { "pending" };
+            assert_eq!(status, expected, "{decision} as {name}");
         }
-        let (status, response) = send(request).await;
-        assert_eq!(status.as_u16(), want, "approve as {name}: {response}");
     }
 
     // Deactivation is the admin's alone; the others change nothing.
