@@ -74,10 +74,27 @@ where
     }
 }
 
+/// How long the sweep waits for a row another transaction holds, and how long it may run: one
+/// that waited on (a session left open in `psql`, say) would keep the open shifts it had
+/// already locked, and their clock-outs would wait behind it. It gives up, and runs again at
+/// its next turn.
+const SWEEP_LOCK_TIMEOUT: &str = "5s";
+const SWEEP_TIME_LIMIT: Duration = Duration::from_secs(60);
+
 /// Closes every open record older than the maximum shift as `incomplete`.
 async fn close_forgotten_clock_outs(state: &AppState) {
     let before = forgotten_before(chrono::Utc::now(), state.config.attendance.max_shift);
-    match crate::db::attendance::close_forgotten(&state.db, None, before).await {
+    let swept = async {
+        let mut tx = crate::db::bounded(&state.db, SWEEP_TIME_LIMIT).await?;
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(SWEEP_LOCK_TIMEOUT)
+            .execute(&mut *tx)
+            .await?;
+        let closed = crate::db::attendance::close_forgotten(&mut *tx, None, before).await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(closed)
+    };
+    match swept.await {
         Ok(0) => {}
         Ok(n) => tracing::info!(closed = n, "closed forgotten clock-outs as incomplete"),
         Err(e) => tracing::warn!(error = %e, "forgotten clock-out sweep failed; will retry"),

@@ -200,6 +200,70 @@ async fn a_clock_out_sent_again_after_the_next_clock_in_leaves_the_new_shift_ope
 }
 
 #[tokio::test]
+async fn the_periodic_sweep_closes_a_forgotten_shift_and_gives_up_on_a_held_row() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("SWEEP_INTERVAL_SECS".into(), "1".into());
+    })
+    .await;
+    let (user, facility) = user_at_site(&app, "focal", None).await;
+    let forgotten = app.forgotten_shift(user.id, facility).await;
+    // A session left open in `psql`, holding the row: the sweep waits for it only a while,
+    // and closes the shift at a later turn, once the row is free.
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM attendance WHERE id = $1 FOR UPDATE")
+        .bind(forgotten)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    // When the statement waiting for the row began: a new one is the sweep's next turn.
+    let waiting_since = || async {
+        sqlx::query_scalar::<_, Option<chrono::DateTime<Utc>>>(
+            "SELECT max(query_start) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+    };
+    let started = std::time::Instant::now();
+    let first = loop {
+        if let Some(since) = waiting_since().await {
+            break since;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the sweep never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // It gives up within its lock timeout, rather than hold the shifts it had locked, and tries
+    // again at its next turn.
+    while waiting_since().await.is_none_or(|since| since == first) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the sweep waited on a held row for good"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    holder.rollback().await.unwrap();
+    let status = || async {
+        sqlx::query_scalar::<_, String>("SELECT status FROM attendance WHERE id = $1")
+            .bind(forgotten)
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+    let freed = std::time::Instant::now();
+    while status().await != "incomplete" {
+        assert!(
+            freed.elapsed() < std::time::Duration::from_secs(10),
+            "never swept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_shift_left_open_past_the_limit_is_closed_incomplete_by_the_next_clock_in() {
     let app = TestApp::spawn().await;
     let (user, facility) = user_at_site(&app, "focal", None).await;
