@@ -47,6 +47,30 @@ async fn clock_out(app: &TestApp, user: &TestUser, body: Value) -> (StatusCode, 
     .await
 }
 
+/// [`at_site`], with `occurred_at` this far from now (before it when negative).
+fn at_site_stamped(from_now: Duration) -> Value {
+    let mut body = at_site();
+    body["occurred_at"] = json!((Utc::now() + from_now).to_rfc3339());
+    body
+}
+
+/// Sends `request`, a clock-out whose answer `first` was lost, again after the user clocked in
+/// to `next`: it answers with the shift it closed, and `next` stays open.
+async fn clock_out_sent_again(
+    app: &TestApp,
+    user: &TestUser,
+    request: Value,
+    first: &Value,
+    next: &Value,
+) {
+    let (status, again) = clock_out(app, user, request).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(&again, first, "the shift that clock-out closed");
+    let (_, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
+    assert_eq!(active["attendance"]["id"], next["id"]);
+    assert_eq!(active["attendance"]["status"], "open");
+}
+
 #[tokio::test]
 async fn clock_in_active_clock_out_round_trip_with_duration() {
     let app = TestApp::spawn().await;
@@ -164,36 +188,22 @@ async fn a_clock_out_sent_again_gets_the_shift_it_closed_and_changes_nothing() {
 async fn a_clock_out_sent_again_after_the_next_clock_in_leaves_the_new_shift_open() {
     let app = TestApp::spawn().await;
     let (user, _) = user_at_site(&app, "focal", None).await;
-    let ago = |minutes| json!((Utc::now() - Duration::minutes(minutes)).to_rfc3339());
-    let mut start = at_site();
-    start["occurred_at"] = ago(60);
-    assert_eq!(clock_in(&app, &user, start).await.0, StatusCode::CREATED);
-    let mut request = at_site();
-    request["occurred_at"] = ago(30);
+    let ago = |minutes| at_site_stamped(-Duration::minutes(minutes));
+    assert_eq!(clock_in(&app, &user, ago(60)).await.0, StatusCode::CREATED);
+    let request = ago(30);
     let (status, first) = clock_out(&app, &user, request.clone()).await;
     assert_eq!(status, StatusCode::OK, "{first}");
     // Another shift, from the same spot, before the phone sends the first clock-out again
     // (its answer was lost), and a third begun since.
-    let mut start = at_site();
-    start["occurred_at"] = ago(20);
-    assert_eq!(clock_in(&app, &user, start).await.0, StatusCode::CREATED);
-    let mut end = at_site();
-    end["occurred_at"] = ago(10);
-    let (status, second) = clock_out(&app, &user, end).await;
+    assert_eq!(clock_in(&app, &user, ago(20)).await.0, StatusCode::CREATED);
+    let (status, second) = clock_out(&app, &user, ago(10)).await;
     assert_eq!(status, StatusCode::OK, "{second}");
     let (status, next) = clock_in(&app, &user, at_site()).await;
     assert_eq!(status, StatusCode::CREATED, "{next}");
-    let (status, again) = clock_out(&app, &user, request).await;
-    assert_eq!(status, StatusCode::OK, "{again}");
-    assert_eq!(again, first, "the shift that clock-out closed");
-    let (_, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
-    assert_eq!(active["attendance"]["id"], next["id"]);
-    assert_eq!(active["attendance"]["status"], "open");
+    clock_out_sent_again(&app, &user, request, &first, &next).await;
     // A clock-out from a phone whose clock runs behind, stamped before the open shift began, is
     // no repeat: it closes the open shift.
-    let mut behind = at_site();
-    behind["occurred_at"] = ago(2);
-    let (status, closed) = clock_out(&app, &user, behind).await;
+    let (status, closed) = clock_out(&app, &user, ago(2)).await;
     assert_eq!(status, StatusCode::OK, "{closed}");
     assert_eq!(closed["id"], next["id"]);
     assert_eq!(closed["status"], "closed");
@@ -1582,13 +1592,11 @@ async fn a_retry_of_a_clock_in_deleted_since_is_refused_not_answered_with_it() {
 async fn a_clock_out_from_a_phone_running_ahead_is_known_when_sent_again_after_the_next_shift() {
     let app = TestApp::spawn().await;
     let (user, _) = user_at_site(&app, "focal", None).await;
-    let mut start = at_site();
-    start["occurred_at"] = json!((Utc::now() - Duration::minutes(30)).to_rfc3339());
+    let start = at_site_stamped(-Duration::minutes(30));
     assert_eq!(clock_in(&app, &user, start).await.0, StatusCode::CREATED);
     // The phone's clock is a second ahead: the shift ends at the server's now, not at the time
     // the phone sent.
-    let mut request = at_site();
-    request["occurred_at"] = json!((Utc::now() + Duration::seconds(1)).to_rfc3339());
+    let request = at_site_stamped(Duration::seconds(1));
     let (status, first) = clock_out(&app, &user, request.clone()).await;
     assert_eq!(status, StatusCode::OK, "{first}");
     let time = |v: &Value| {
@@ -1602,11 +1610,7 @@ async fn a_clock_out_from_a_phone_running_ahead_is_known_when_sent_again_after_t
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let (status, next) = clock_in(&app, &user, at_site()).await;
     assert_eq!(status, StatusCode::CREATED, "{next}");
-    let (status, again) = clock_out(&app, &user, request).await;
-    assert_eq!(status, StatusCode::OK, "{again}");
-    assert_eq!(again, first);
-    let (_, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
-    assert_eq!(active["attendance"]["id"], next["id"]);
+    clock_out_sent_again(&app, &user, request, &first, &next).await;
 }
 
 #[tokio::test]
@@ -1614,39 +1618,27 @@ async fn a_clock_out_from_a_phone_running_ahead_sent_again_within_its_lead_leave
  {
     let app = TestApp::spawn().await;
     let (user, _) = user_at_site(&app, "focal", None).await;
-    let mut start = at_site();
-    start["occurred_at"] = json!((Utc::now() - Duration::minutes(30)).to_rfc3339());
+    let start = at_site_stamped(-Duration::minutes(30));
     assert_eq!(clock_in(&app, &user, start).await.0, StatusCode::CREATED);
     // The phone runs three minutes ahead; the user clocks in again before the time it sent.
-    let mut request = at_site();
-    request["occurred_at"] = json!((Utc::now() + Duration::minutes(3)).to_rfc3339());
+    let request = at_site_stamped(Duration::minutes(3));
     let (status, first) = clock_out(&app, &user, request.clone()).await;
     assert_eq!(status, StatusCode::OK, "{first}");
     let (status, next) = clock_in(&app, &user, at_site()).await;
     assert_eq!(status, StatusCode::CREATED, "{next}");
-    let (status, again) = clock_out(&app, &user, request).await;
-    assert_eq!(status, StatusCode::OK, "{again}");
-    assert_eq!(again, first, "the shift that clock-out closed");
-    let (_, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
-    assert_eq!(active["attendance"]["id"], next["id"]);
-    assert_eq!(active["attendance"]["status"], "open");
+    clock_out_sent_again(&app, &user, request, &first, &next).await;
 }
 
 #[tokio::test]
 async fn a_clock_out_sent_again_long_after_the_next_clock_in_leaves_the_new_shift_open() {
     let app = TestApp::spawn().await;
     let (user, _) = user_at_site(&app, "focal", None).await;
-    let ago = |minutes| json!((Utc::now() - Duration::minutes(minutes)).to_rfc3339());
-    let mut start = at_site();
-    start["occurred_at"] = ago(60);
-    assert_eq!(clock_in(&app, &user, start).await.0, StatusCode::CREATED);
-    let mut request = at_site();
-    request["occurred_at"] = ago(4);
+    let ago = |minutes| at_site_stamped(-Duration::minutes(minutes));
+    assert_eq!(clock_in(&app, &user, ago(60)).await.0, StatusCode::CREATED);
+    let request = ago(4);
     let (status, first) = clock_out(&app, &user, request.clone()).await;
     assert_eq!(status, StatusCode::OK, "{first}");
-    let mut start = at_site();
-    start["occurred_at"] = ago(2);
-    let (status, next) = clock_in(&app, &user, start).await;
+    let (status, next) = clock_in(&app, &user, ago(2)).await;
     assert_eq!(status, StatusCode::CREATED, "{next}");
     // The phone was offline for half an hour before it sent the lost clock-out again.
     sqlx::query(
@@ -1656,12 +1648,7 @@ async fn a_clock_out_sent_again_long_after_the_next_clock_in_leaves_the_new_shif
     .execute(&app.db)
     .await
     .unwrap();
-    let (status, again) = clock_out(&app, &user, request).await;
-    assert_eq!(status, StatusCode::OK, "{again}");
-    assert_eq!(again, first, "the shift that clock-out closed");
-    let (_, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
-    assert_eq!(active["attendance"]["id"], next["id"]);
-    assert_eq!(active["attendance"]["status"], "open");
+    clock_out_sent_again(&app, &user, request, &first, &next).await;
 }
 
 #[tokio::test]

@@ -21,6 +21,21 @@ fn registration(facility: uuid::Uuid) -> Value {
     })
 }
 
+/// Logs out the session of `token` with the access token `access`, as a device does.
+async fn logout<T: serde::Serialize + ?Sized>(
+    app: &TestApp,
+    access: &str,
+    token: &T,
+) -> StatusCode {
+    send(
+        app.post("/api/auth/logout")
+            .bearer_auth(access)
+            .json(&json!({ "refresh_token": token })),
+    )
+    .await
+    .0
+}
+
 /// Exchanges a refresh token, as a device does.
 async fn refresh<T: serde::Serialize + ?Sized>(app: &TestApp, token: &T) -> (StatusCode, Value) {
     send(
@@ -694,12 +709,7 @@ async fn an_expired_refresh_token_is_refused_and_stays_unrotated() {
 async fn logout_revokes_the_refresh_token() {
     let app = TestApp::spawn().await;
     let user = app.user("focal", None).await;
-    let (status, _) = send(
-        app.post("/api/auth/logout")
-            .bearer_auth(&user.token)
-            .json(&json!({"refresh_token": user.refresh_token})),
-    )
-    .await;
+    let status = logout(&app, &user.token, &user.refresh_token).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, body) = refresh(&app, &user.refresh_token).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
@@ -716,12 +726,7 @@ async fn logout_revokes_the_refresh_token() {
 async fn a_logout_with_another_users_refresh_token_leaves_their_session_alone() {
     let app = TestApp::spawn().await;
     let (owner, other) = (app.user("focal", None).await, app.user("focal", None).await);
-    let (status, _) = send(
-        app.post("/api/auth/logout")
-            .bearer_auth(&other.token)
-            .json(&json!({"refresh_token": owner.refresh_token})),
-    )
-    .await;
+    let status = logout(&app, &other.token, &owner.refresh_token).await;
     // The same answer as for an unknown token: nothing says whose it is.
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, body) = refresh(&app, &owner.refresh_token).await;
@@ -773,12 +778,7 @@ async fn a_thief_who_logs_out_the_stolen_chain_still_loses_their_access_token() 
     assert_eq!(status, StatusCode::OK, "{stolen}");
     let thief_access = stolen["access_token"].as_str().unwrap();
     // The thief ends the chain, hoping the owner's reuse finds nothing live to call theft.
-    let (status, _) = send(
-        app.post("/api/auth/logout")
-            .bearer_auth(thief_access)
-            .json(&json!({"refresh_token": stolen["refresh_token"]})),
-    )
-    .await;
+    let status = logout(&app, thief_access, &stolen["refresh_token"]).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = refresh(&app, &user.refresh_token).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -796,10 +796,10 @@ async fn a_thief_who_logs_out_the_stolen_chain_still_loses_their_access_token() 
     // The owner logging out with the token the thief rotated is the same alarm.
     let (status, stolen) = refresh(&app, &login["refresh_token"]).await;
     assert_eq!(status, StatusCode::OK, "{stolen}");
-    let (status, _) = send(
-        app.post("/api/auth/logout")
-            .bearer_auth(login["access_token"].as_str().unwrap())
-            .json(&json!({"refresh_token": login["refresh_token"]})),
+    let status = logout(
+        &app,
+        login["access_token"].as_str().unwrap(),
+        &login["refresh_token"],
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
@@ -881,12 +881,7 @@ async fn logout_with_an_already_rotated_token_ends_the_session_it_came_from() {
     let user = app.user("focal", None).await;
     let (status, rotated) = refresh(&app, &user.refresh_token).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) = send(
-        app.post("/api/auth/logout")
-            .bearer_auth(&user.token)
-            .json(&json!({"refresh_token": user.refresh_token})),
-    )
-    .await;
+    let status = logout(&app, &user.token, &user.refresh_token).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, body) = refresh(&app, &rotated["refresh_token"]).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
@@ -1600,12 +1595,7 @@ async fn a_logged_out_token_presented_again_ends_no_other_session() {
     let user = app.user("focal", None).await;
     let (status, tablet) = app.login(&user.email, PASSWORD).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) = send(
-        app.post("/api/auth/logout")
-            .bearer_auth(&user.token)
-            .json(&json!({"refresh_token": user.refresh_token})),
-    )
-    .await;
+    let status = logout(&app, &user.token, &user.refresh_token).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     for _ in 0..2 {
         let (status, _) = refresh(&app, &user.refresh_token).await;
