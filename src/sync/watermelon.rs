@@ -738,9 +738,12 @@ async fn apply_changes(
         }
     }
     for id in deletes.iter().filter(|id| !foreign.contains(id)) {
-        // Deleting a record the server does not have (or already deleted) is nothing to do.
-        if let Some(row) = existing.get(id).filter(|r| r.deleted_at.is_none()) {
-            plan.deletes.push((*id, row.sync_version + 1));
+        // Deleting a record the server already deleted is nothing to do; one it does not have
+        // withdraws any copy of it waiting in the conflict queue.
+        match existing.get(id) {
+            Some(row) if row.deleted_at.is_none() => plan.deletes.push((*id, row.sync_version + 1)),
+            Some(_) => {}
+            None => plan.withdrawn.push(*id),
         }
     }
     // After the deletions are known: a stored open shift this push deletes is no rival.

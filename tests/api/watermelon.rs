@@ -1196,3 +1196,36 @@ async fn columns_the_app_did_not_declare_optional_push_as_unset() {
         "{closed}"
     );
 }
+
+#[tokio::test]
+async fn deleting_a_shift_queued_as_a_conflict_withdraws_it_from_the_queue() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    let user = app.quick_user("focal", None, facility).await;
+    let admin = app.admin().await;
+    clock_in_online(&app, &user).await;
+    // An open shift pushed beside the online one, for an admin to settle.
+    let queued = Uuid::new_v4();
+    let at = (Utc::now() - Duration::minutes(30)).to_rfc3339();
+    let (status, body) = send(
+        app.post("/api/sync/push")
+            .bearer_auth(&user.token)
+            .json(&json!({
+                "device_id": "device-A",
+                "records": [{
+                    "kind": "attendance", "op": "upsert", "id": queued, "sync_version": 1,
+                    "client_timestamp": at, "conflict_strategy": "manual",
+                    "data": {"facility_id": facility, "clock_in_at": at,
+                             "clock_in_location": {"latitude": -1.9456, "longitude": 30.127}},
+                }],
+            })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["status"], "conflict", "{body}");
+    let t = pull(&app, &user, None).await["timestamp"].as_i64().unwrap();
+    let (status, body) = push(&app, &user, t, json!({"attendance": {"deleted": [queued]}})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
+    assert_eq!(queue["total"], 0, "withdrawn from the queue: {queue}");
+}
