@@ -30,7 +30,8 @@ pub struct FacilityRow {
 /// One problem with one row (and column, when it is one cell's fault).
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
 pub struct RowError {
-    /// The spreadsheet row number (the header is row 1).
+    /// The row's number in the spreadsheet, blank rows counted: the header's row is the first
+    /// that is not blank (row 1 in most files).
     pub row: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub column: Option<String>,
@@ -243,13 +244,14 @@ pub fn council_key(text: &str) -> String {
 }
 
 /// A number Excel shortened to its scientific form when it wrote the CSV (`1.23457E+11` for a
-/// twelve-digit code): the digits it dropped are lost. (A code is a whole number: Excel writes
-/// `E+` for those, so `1E-05` may be a code of its own.)
+/// twelve-digit code, `1,23457E+11` where the decimal mark is a comma): the digits it dropped
+/// are lost. (A code is a whole number: Excel writes `E+` for those, so `1E-05` may be a code of
+/// its own.)
 fn excel_shortened(code: &str) -> bool {
     let Some((mantissa, exponent)) = code.split_once(['E', 'e']) else {
         return false;
     };
-    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, "0"));
+    let (whole, fraction) = mantissa.split_once(['.', ',']).unwrap_or((mantissa, "0"));
     let exponent = exponent.strip_prefix('+').unwrap_or("");
     whole.len() == 1
         && [whole, fraction, exponent]
@@ -747,6 +749,18 @@ mod tests {
         );
         let kept: Vec<&str> = checked.valid.iter().map(|r| r.code.as_str()).collect();
         assert_eq!(kept, ["1E-05", "HC-1E5", "HC-3"]);
+
+        // Excel where the decimal mark is a comma writes its `;` file the same way.
+        let sheet = read(
+            b"code;name;latitude;longitude;council_name\n\
+              1,23457E+11;Poste A;-1,95;30,1;Gasabo\n\
+              HC-4;Poste B;-1,96;30,1;Gasabo\n",
+        )
+        .unwrap();
+        let checked = check(&sheet, &councils).unwrap();
+        assert_eq!(places(&checked), vec![(2, Some("code"))]);
+        assert!(checked.errors[0].message.contains("Excel shortened"));
+        assert_eq!(checked.valid.len(), 1);
     }
 
     #[test]
