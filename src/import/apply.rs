@@ -72,7 +72,8 @@ pub struct ImportReport {
     /// skipped + failed = total_rows`.
     pub skipped: usize,
     pub failed: usize,
-    /// Each problem with its spreadsheet row (header = 1); at most the first 1000.
+    /// Each problem with its row number in the spreadsheet (see `RowError`); at most the first
+    /// 1000.
     pub errors: Vec<RowError>,
     pub dry_run: bool,
 }
@@ -106,9 +107,9 @@ async fn councils(db: &PgPool) -> Result<Councils, sqlx::Error> {
 /// Reads, checks and applies `bytes`, and stores the report. Parsing runs on the blocking pool.
 /// New facilities get `default_radius_m` as their geofence (`GEOFENCE_DEFAULT_RADIUS_M`).
 ///
-/// Files are read one at a time (`AppState::imports`): reading one may take hundreds of
-/// megabytes and a core for seconds. Another arriving meanwhile answers 503 with `Retry-After`.
-/// The reading keeps its turn until it ends, even when the request that began it has gone.
+/// Files are read and applied one at a time (`AppState::imports`): reading one may take hundreds
+/// of megabytes and a core for seconds, and its rows are held until they are applied. Another
+/// arriving meanwhile answers 503 with `Retry-After`, rather than wait holding its own rows.
 pub async fn run(
     state: &AppState,
     bytes: Vec<u8>,
@@ -117,7 +118,7 @@ pub async fn run(
     actor: Option<(&AuthUser, &ClientInfo)>,
 ) -> Result<ImportReport, ApiError> {
     let (db, default_radius_m) = (&state.db, state.config.attendance.default_geofence_m);
-    let turn = state
+    let _turn = state
         .imports
         .clone()
         .try_acquire_owned()
@@ -128,7 +129,6 @@ pub async fn run(
     let councils = councils(db).await?;
     let span = tracing::Span::current();
     let (format, checked) = tokio::task::spawn_blocking(move || {
-        let _turn = turn;
         span.in_scope(|| {
             let sheet = read::read(&bytes).map_err(read_error)?;
             if sheet.rows.is_empty() {

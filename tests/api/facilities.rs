@@ -367,6 +367,60 @@ async fn a_file_sent_while_another_is_being_read_is_told_to_retry() {
 }
 
 #[tokio::test]
+async fn a_file_sent_while_another_waits_to_apply_is_told_to_retry_rather_than_wait_too() {
+    // Each import waiting to apply would hold its whole file's rows, and a connection.
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let mut other = app.db.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(field_attendance::import::apply::IMPORT_LOCK)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let file = || fixture("facilities_utf8.csv");
+    let first = import(&app, &admin.token, "facilities.csv", file(), "");
+    let second = async {
+        app.until_waiting_on_locks(1, "the first import waits to apply")
+            .await;
+        let second = import(&app, &admin.token, "facilities.csv", file(), "");
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(10), second).await;
+        other.commit().await.unwrap();
+        answer.expect("the second import is answered, not kept waiting")
+    };
+    let ((status, report), (busy, body)) = tokio::join!(first, second);
+    assert_error(busy, &body, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["created"], 4);
+}
+
+#[tokio::test]
+async fn a_file_refused_after_its_request_timed_out_is_still_in_the_trail() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("UPLOAD_TIMEOUT_SECS".into(), "1".into());
+    })
+    .await;
+    let admin = app.admin().await;
+    // The import is held past its request's time limit before it reads the file.
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE councils IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let file = b"name,code,latitude\nClinic,HC-1,-1.9\n".to_vec();
+    let (status, body) = import(&app, &admin.token, "short.csv", file, "").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    holder.commit().await.unwrap();
+    app.until_counted(
+        "SELECT count(*) FROM activities WHERE action = 'facility.import_refused'
+           AND details->>'filename' = 'short.csv' AND details->>'code' = 'validation_failed'",
+        1,
+        "the refusal is recorded though no one waits for it",
+    )
+    .await;
+    assert_eq!(facility_count(&app).await, 0);
+}
+
+#[tokio::test]
 async fn a_bom_csv_with_council_codes_and_a_phone_column_imports() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
@@ -528,6 +582,9 @@ async fn reimporting_skips_everything_and_update_touches_only_changed_rows() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list["total"], 4);
     assert_eq!(list["data"][0]["updated"], 1);
+    // Listed with the report the import answered, under the same name for its id.
+    assert_eq!(list["data"][0]["import_id"], update["import_id"]);
+    assert_eq!(list["data"][0]["id"], update["import_id"]);
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::audit::Activity;
-use crate::auth::{AdminUser, ClientInfo};
+use crate::auth::{AdminUser, AuthUser, ClientInfo};
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::extract::{Json, Query};
 use crate::import::apply::{self, ImportOptions, ImportReport, OnDuplicate};
@@ -34,7 +34,7 @@ pub fn upload_router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct ImportQuery {
     /// `skip` (default) leaves existing codes alone; `update` applies the file's values.
-    #[param(inline)]
+    #[param(inline, default = "skip")]
     pub on_duplicate: Option<OnDuplicate>,
     /// Check and count without applying anything.
     #[param(default = false)]
@@ -50,7 +50,7 @@ pub struct ImportQuery {
 #[allow(dead_code)]
 pub struct ImportUpload {
     /// A CSV (UTF-8 with or without BOM, or Windows-1252; `,`, `;` or tab separated) or an
-    /// XLSX workbook (first sheet). Columns: name, code, type, latitude, longitude,
+    /// XLSX workbook (its first visible sheet). Columns: name, code, type, latitude, longitude,
     /// council_name (or council_code), address, contact_phone (or phone).
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
@@ -66,8 +66,8 @@ pub struct ImportUpload {
         (status = 403, description = "Admins only", body = ErrorEnvelope),
         (status = 413, description = "Over the upload limit, more than 200,000 rows, a cell over 32,767 characters, more than 256 MiB of text, or a spreadsheet that expands absurdly or whose shared strings, styles or list of sheets would take absurd memory to read", body = ErrorEnvelope),
         (status = 415, description = "Neither CSV nor a spreadsheet", body = ErrorEnvelope),
-        (status = 422, description = "No `file` field, `file` twice or another field, an empty file, no data rows, a missing required column, a workbook protected with a password or that cannot be read, a CSV with lines in two encodings or a quote left open, or two codes that differ only in case", body = ErrorEnvelope),
-        (status = 503, description = "Another facility file is being read, the database is unreachable, the request timed out, or it met concurrent changes to the same records (`unavailable`); retry later, after `Retry-After` seconds when given. An import whose request timed out still runs to its end: look for its report in `GET /facilities/imports` before sending the file again", body = ErrorEnvelope),
+        (status = 422, description = "No `file` field, `file` twice or another field, an empty file, no data rows, a missing required column, a workbook protected with a password or that cannot be read, a CSV with lines in two encodings or a quote left open, or two codes that Postgres (unlike the row check) finds differ only in case", body = ErrorEnvelope),
+        (status = 503, description = "Another facility file is being read or applied, the database is unreachable, the request timed out, or it met concurrent changes to the same records (`unavailable`); retry later, after `Retry-After` seconds when given. An import whose request timed out still runs to its end: look for its report in `GET /facilities/imports` before sending the file again", body = ErrorEnvelope),
     ))]
 async fn import_facilities(
     State(state): State<AppState>,
@@ -117,44 +117,54 @@ async fn import_facilities(
         dry_run: query.dry_run.unwrap_or(false),
         strict: query.strict.unwrap_or(false),
     };
-    let shown_name = filename.clone();
     // In a task of its own, so that an import runs to its end, report and all, even when its
-    // request times out or its client leaves: what it applied is always in the import list, and
-    // the geofences it moved are never left cached.
+    // request times out or its client leaves: what it applied is always in the import list, the
+    // geofences it moved are never left cached, and a file refused whole is in the trail.
     let applied = {
         let (state, admin, client) = (state.clone(), admin.clone(), client.clone());
         let tasks = state.tasks.clone();
         tasks.spawn(
             async move {
-                apply::run(&state, bytes, filename, options, Some((&admin, &client))).await
+                let shown_name = filename.clone();
+                let applied =
+                    apply::run(&state, bytes, filename, options, Some((&admin, &client))).await;
+                if let Err(refusal) = &applied
+                    && refusal.status().is_client_error()
+                {
+                    record_refusal(&state, &admin, &client, shown_name, refusal).await;
+                }
+                applied
             }
             // Its log lines keep the request's id.
             .in_current_span(),
         )
     };
-    let report = match applied.await.map_err(anyhow::Error::from)? {
-        Ok(report) => report,
-        // A file refused whole (unreadable, hostile, of another kind, missing columns) is not an
-        // import and stores no report, but who sent it, and why it was refused, is kept.
-        Err(refusal) if refusal.status().is_client_error() => {
-            Activity::new("facility.import_refused")
-                .by(&admin)
-                .from(&client)
-                .details(serde_json::json!({
-                    "filename": shown_name,
-                    "code": refusal.code(),
-                    "reason": match &refusal {
-                        ApiError::Validation(details) => serde_json::json!(details),
-                        other => serde_json::json!(other.to_string()),
-                    },
-                }))
-                .record_or_warn(&state.db)
-                .await;
-            return Err(refusal);
-        }
-        Err(error) => return Err(error),
-    };
+    let report = applied.await.map_err(anyhow::Error::from)??;
     Ok(Json(report))
+}
+
+/// A file refused whole (unreadable, hostile, of another kind, missing columns) is not an import
+/// and stores no report, but who sent it, and why it was refused, is kept.
+async fn record_refusal(
+    state: &AppState,
+    admin: &AuthUser,
+    client: &ClientInfo,
+    filename: Option<String>,
+    refusal: &ApiError,
+) {
+    Activity::new("facility.import_refused")
+        .by(admin)
+        .from(client)
+        .details(serde_json::json!({
+            "filename": filename,
+            "code": refusal.code(),
+            "reason": match refusal {
+                ApiError::Validation(details) => serde_json::json!(details),
+                other => serde_json::json!(other.to_string()),
+            },
+        }))
+        .record_or_warn(&state.db)
+        .await;
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
@@ -171,6 +181,8 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
 pub struct ImportRecord {
     pub id: Uuid,
+    /// The same as `id`, under the name the import's own report gives it.
+    pub import_id: Uuid,
     #[schema(required = true)]
     pub uploaded_by: Option<Uuid>,
     #[schema(required = true)]
@@ -207,7 +219,7 @@ async fn list_imports(
 ) -> Result<Json<Page<ImportRecord>>, ApiError> {
     let paging = Paging::new(q.page, q.per_page)?;
     let rows: Vec<ImportRecord> = sqlx::query_as(
-        "SELECT id, uploaded_by, filename, format, on_duplicate, dry_run, strict, total_rows, created,
+        "SELECT id, id AS import_id, uploaded_by, filename, format, on_duplicate, dry_run, strict, total_rows, created,
                 updated, skipped, failed, errors, created_at
          FROM facility_imports ORDER BY created_at DESC, id LIMIT $1 OFFSET $2",
     )
