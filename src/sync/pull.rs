@@ -419,8 +419,7 @@ pub async fn pull(
     if let Some(departed) = departed
         && (cursor.target.is_none() || cursor.reset_after.is_some())
     {
-        let after = cursor.reset_after.unwrap_or_default();
-        let mut ids = departed_ids(conn, viewer, departed, after, remaining).await?;
+        let mut ids = departed_ids(conn, viewer, departed, cursor.reset_after, remaining).await?;
         if ids.len() >= remaining {
             let more = ids.len() > remaining;
             ids.truncate(remaining);
@@ -551,18 +550,21 @@ fn push_moved_between(qb: &mut QueryBuilder<'_, sqlx::Postgres>, base: &str, tar
         .push("::pg_snapshot)");
 }
 
-/// Up to `limit + 1` ids after `after`, in id order, of records that left the viewer's scope.
+/// Up to `limit + 1` ids after `after` (from the first, the nil id too), in id order, of
+/// records that left the viewer's scope.
 async fn departed_ids(
     conn: &mut PgConnection,
     viewer: &AuthUser,
     departed: Departed<'_>,
-    after: Uuid,
+    after: Option<Uuid>,
     limit: usize,
 ) -> Result<Vec<Uuid>, ApiError> {
-    let mut qb = QueryBuilder::new("SELECT a.id FROM attendance a WHERE a.id > ");
-    qb.push_bind(after).push(" AND NOT (true");
+    let mut qb = QueryBuilder::new("SELECT a.id FROM attendance a WHERE NOT (true");
     push_scope_with_self(&mut qb, viewer, "a.user_id");
     qb.push(")");
+    if let Some(after) = after {
+        qb.push(" AND a.id > ").push_bind(after);
+    }
     match departed {
         Departed::Reset { base, reset_xid } => {
             qb.push(" AND (a.deleted_at IS NULL OR NOT pg_visible_in_snapshot(a.change_xid, ")
