@@ -2319,23 +2319,20 @@ async fn time_that_shifts_of_one_worker_overlap_counts_once_in_the_summary() {
     let (outsider, outsider_facility) = user_at_site(&app, "focal", None).await;
     let utc = |d: u32, h: u32| Utc.with_ymd_and_hms(2026, 10, d, h, 0, 0).unwrap();
     // Oct 5: one shift stored twice (online, and from a phone that recorded it offline): 8 h.
-    // Oct 6: 06-10 and 08-12: 6 h. Oct 7: 06-14 and, within it, 08-10: 8 h.
-    for (d, from, to) in [
-        (5, 6, 14),
-        (5, 6, 14),
-        (6, 6, 10),
-        (6, 8, 12),
-        (7, 6, 14),
-        (7, 8, 10),
+    // Oct 6: 06-10 and 08-12: 6 h. Oct 7: 06-14 and, within it, 08-10: 8 h. A night shift
+    // stored twice, one copy begun at 23:00 on Oct 8, the other at midnight: 8 h, on Oct 8.
+    for (from, to) in [
+        (utc(5, 6), utc(5, 14)),
+        (utc(5, 6), utc(5, 14)),
+        (utc(6, 6), utc(6, 10)),
+        (utc(6, 8), utc(6, 12)),
+        (utc(7, 6), utc(7, 14)),
+        (utc(7, 8), utc(7, 10)),
+        (utc(8, 23), utc(9, 7)),
+        (utc(9, 0), utc(9, 7)),
     ] {
-        app.insert_attendance(
-            worker.id,
-            facility,
-            utc(d, from),
-            Some(utc(d, to)),
-            "closed",
-        )
-        .await;
+        app.insert_attendance(worker.id, facility, from, Some(to), "closed")
+            .await;
     }
     app.insert_attendance(
         outsider.id,
@@ -2354,8 +2351,8 @@ async fn time_that_shifts_of_one_worker_overlap_counts_once_in_the_summary() {
     let rows = by_user["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "only the supervisor's team: {by_user}");
     assert_eq!(rows[0]["key"], json!(worker.id.to_string()));
-    assert_eq!(rows[0]["records"], 6);
-    assert_eq!(rows[0]["hours_worked"], 22.0);
+    assert_eq!(rows[0]["records"], 8);
+    assert_eq!(rows[0]["hours_worked"], 30.0);
     let (_, by_day) = send(
         app.get("/api/attendance/summary?from=2026-10-01&to=2026-10-31&group_by=day&tz=UTC")
             .bearer_auth(&supervisor.token),
@@ -2367,7 +2364,8 @@ async fn time_that_shifts_of_one_worker_overlap_counts_once_in_the_summary() {
         .iter()
         .map(|r| r["hours_worked"].as_f64().unwrap())
         .collect();
-    assert_eq!(hours, [8.0, 6.0, 8.0]);
+    // The days add up to the worker's hours: the copy begun on Oct 9 adds nothing there.
+    assert_eq!(hours, [8.0, 6.0, 8.0, 8.0, 0.0]);
 }
 
 #[tokio::test]

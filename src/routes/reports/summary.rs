@@ -58,7 +58,7 @@ pub struct SummaryRow {
     /// Distinct users with a clock-in.
     pub users_present: i64,
     /// Hours of closed shifts; time that shifts of one user overlap (the same shift stored
-    /// twice, from two devices, say) counts once.
+    /// twice, from two devices, say) counts once, in the group of the shift that began first.
     pub hours_worked: f64,
     pub open: i64,
     /// Shifts closed automatically after a forgotten clock-out; counted apart, no hours.
@@ -132,8 +132,9 @@ async fn summary(
             "",
         ),
     };
-    // Each closed shift counts from where the user's earlier closed shifts of the same group
-    // end (`covered`), so that overlapping time counts once: the union of the intervals.
+    // Each closed shift counts from where the user's earlier closed shifts end (`covered`), so
+    // that overlapping time counts once, the union of the intervals, and in the group of the
+    // shift that began first: the groups add up to the user's hours.
     let mut qb = QueryBuilder::new(format!(
         "SELECT {key} AS key, {label} AS label, count(*) AS records,
                 count(DISTINCT (a.clock_in_at AT TIME ZONE tz.name)::date) AS days_present,
@@ -146,7 +147,7 @@ async fn summary(
                 count(*) FILTER (WHERE a.outside_geofence) AS outside_geofence
          FROM (SELECT a.*,
                       coalesce(max(a.clock_out_at) FILTER (WHERE a.status = 'closed')
-                               OVER (PARTITION BY {key}, a.user_id ORDER BY a.clock_in_at, a.id
+                               OVER (PARTITION BY a.user_id ORDER BY a.clock_in_at, a.id
                                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
                                '-infinity') AS covered
                FROM attendance a CROSS JOIN (SELECT "
