@@ -429,9 +429,11 @@ fn generic_error(status: StatusCode) -> (&'static str, &'static str) {
             "method_not_allowed",
             "this method is not allowed on this resource",
         ),
-        StatusCode::REQUEST_TIMEOUT => {
-            ("unavailable", "the request took too long and was cancelled")
-        }
+        StatusCode::REQUEST_TIMEOUT => (
+            "unavailable",
+            "the request took too long and was stopped; what it was changing may have been \
+                 saved, so look before sending it again",
+        ),
         StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large"),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => {
             ("unsupported_media_type", "unsupported content type")
