@@ -74,22 +74,13 @@ where
     }
 }
 
-/// How long the sweep waits for a row another transaction holds, and how long it may run: one
-/// that waited on (a session left open in `psql`, say) would keep the open shifts it had
-/// already locked, and their clock-outs would wait behind it. It gives up, and runs again at
-/// its next turn.
-const SWEEP_LOCK_TIMEOUT: &str = "5s";
-const SWEEP_TIME_LIMIT: Duration = Duration::from_secs(60);
-
 /// Closes every open record older than the maximum shift as `incomplete`.
 async fn close_forgotten_clock_outs(state: &AppState) {
     let before = forgotten_before(chrono::Utc::now(), state.config.attendance.max_shift);
     let swept = async {
-        let mut tx = crate::db::bounded(&state.db, SWEEP_TIME_LIMIT).await?;
-        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-            .bind(SWEEP_LOCK_TIMEOUT)
-            .execute(&mut *tx)
-            .await?;
+        // Bounded: waiting on a row, it would keep the open shifts it had already locked, and
+        // their clock-outs would wait behind it.
+        let mut tx = crate::db::upkeep(&state.db).await?;
         let closed = crate::db::attendance::close_forgotten(&mut *tx, None, before).await?;
         tx.commit().await?;
         Ok::<_, sqlx::Error>(closed)
@@ -129,7 +120,7 @@ pub const SYNC_TIMESTAMPS_PER_RANGE: i64 = 1000;
 
 /// Removes what can never be used again: refresh tokens long expired, and most old WatermelonDB
 /// snapshots (see [`crate::sync::watermelon::thin_snapshots`]). Every instance may run it; the
-/// work is the same whoever does it.
+/// work is the same whoever does it. Each part is bounded as all upkeep is ([`crate::db::upkeep`]).
 async fn prune(state: &AppState) {
     match crate::auth::refresh::prune_expired(&state.db).await {
         Ok(0) => {}

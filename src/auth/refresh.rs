@@ -120,7 +120,9 @@ pub async fn end_pending_access_tokens(db: &PgPool) -> Result<Vec<Uuid>, sqlx::E
 /// neither then waits on a lock the other holds. A chain another instance's job, or the request
 /// that found it, ended meanwhile is not ended twice. The users whose tokens were ended.
 async fn end_for(db: &PgPool, users: &[Uuid], families: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
-    let mut tx = db.begin().await?;
+    // Bounded: waiting on one account, it would keep the others it had locked from their
+    // refreshes. What it leaves is tried again by the next run of the job.
+    let mut tx = crate::db::upkeep(db).await?;
     sqlx::query("SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
         .bind(users)
         .execute(&mut *tx)
@@ -273,6 +275,7 @@ pub async fn revoke_all<'e>(
 /// Deletes refresh tokens that expired more than a day ago: none can be used again, and a
 /// rotated one presented after that is refused as unknown rather than as reused.
 pub async fn prune_expired(db: &PgPool) -> Result<u64, sqlx::Error> {
+    let mut tx = crate::db::upkeep(db).await?;
     // A family's reuse is forgotten with its last token: one presented after that is unknown.
     let removed: i64 = sqlx::query_scalar(
         "WITH gone AS (
@@ -286,7 +289,8 @@ pub async fn prune_expired(db: &PgPool) -> Result<u64, sqlx::Error> {
                                AND t.expires_at >= now() - interval '1 day'))
          SELECT count(*) FROM gone",
     )
-    .fetch_one(db)
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(removed as u64)
 }

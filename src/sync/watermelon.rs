@@ -161,6 +161,7 @@ pub async fn thin_snapshots(
     keep_exact: std::time::Duration,
     per_range: i64,
 ) -> Result<u64, sqlx::Error> {
+    let mut tx = crate::db::upkeep(db).await?;
     let removed = sqlx::query(
         "WITH recent AS (
              SELECT coalesce(
@@ -184,8 +185,9 @@ pub async fn thin_snapshots(
     )
     .bind(keep_exact.as_secs_f64())
     .bind(per_range)
-    .execute(db)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(removed.rows_affected())
 }
 

@@ -930,6 +930,46 @@ async fn a_reuse_whose_tokens_were_never_ended_has_them_ended_in_the_background(
 }
 
 #[tokio::test]
+async fn ending_a_stolen_chains_tokens_gives_up_on_an_account_held_elsewhere() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    let (status, stolen) = refresh(&app, &user.refresh_token).await;
+    assert_eq!(status, StatusCode::OK, "{stolen}");
+    // A reuse found a minute ago, whose request failed after its commit.
+    sqlx::query(
+        "INSERT INTO refresh_families_reused (family_id, detected_at)
+         SELECT family_id, now() - interval '1 minute' FROM refresh_tokens WHERE user_id = $1
+         LIMIT 1",
+    )
+    .bind(user.id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    // A session left open in `psql` holds the account: the job waits only a while (the
+    // accounts it had already locked would wait with it), and ends the tokens at a later turn.
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+        .bind(user.id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let job = field_attendance::auth::refresh::end_pending_access_tokens(&app.db);
+    let ran = tokio::time::timeout(std::time::Duration::from_secs(20), job)
+        .await
+        .expect("the job waited on a held account for good");
+    assert!(ran.is_err(), "it gave up: {ran:?}");
+    holder.rollback().await.unwrap();
+    let ended = field_attendance::auth::refresh::end_pending_access_tokens(&app.db)
+        .await
+        .unwrap();
+    // (Unless the service's own run of the job came first.)
+    assert!(ended.iter().all(|id| *id == user.id), "{ended:?}");
+    let thief_access = stolen["access_token"].as_str().unwrap();
+    let (status, body) = send(app.get("/api/users/me").bearer_auth(thief_access)).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+}
+
+#[tokio::test]
 async fn logout_with_an_already_rotated_token_ends_the_session_it_came_from() {
     let app = TestApp::spawn().await;
     let user = app.user("focal", None).await;
