@@ -346,6 +346,37 @@ async fn supervisors_may_change_only_the_facility_of_their_team() {
 }
 
 #[tokio::test]
+async fn an_edit_by_someone_who_may_not_make_it_is_refused_whatever_its_body() {
+    let app = TestApp::spawn().await;
+    let t = tree(&app).await;
+    let edit = |token: &str, id: uuid::Uuid, body: &'static str| {
+        send(
+            app.patch(&format!("/api/users/{id}"))
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body),
+        )
+    };
+    for body in [
+        r#"{"no_such_field": 1}"#,
+        "{not json",
+        r#"{"first_name": ""}"#,
+    ] {
+        // A field worker, about another user and about themself; a supervisor, outside their
+        // tree.
+        let (status, answer) = edit(&t.worker.token, t.unrelated.id, body).await;
+        assert_error(status, &answer, StatusCode::NOT_FOUND, "not_found");
+        let (status, answer) = edit(&t.worker.token, t.worker.id, body).await;
+        assert_error(status, &answer, StatusCode::FORBIDDEN, "forbidden");
+        let (status, answer) = edit(&t.supervisor.token, t.unrelated.id, body).await;
+        assert_error(status, &answer, StatusCode::NOT_FOUND, "not_found");
+    }
+    // One who may, is told what is wrong with it.
+    let (status, answer) = edit(&t.supervisor.token, t.worker.id, "{not json").await;
+    assert_error(status, &answer, StatusCode::BAD_REQUEST, "bad_request");
+}
+
+#[tokio::test]
 async fn list_totals_follow_every_creation_and_change_of_role_or_status() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;

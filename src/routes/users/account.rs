@@ -124,8 +124,10 @@ async fn update_user(
     actor: AuthUser,
     client: ClientInfo,
     Path(id): Path<Uuid>,
-    Json(req): Json<UpdateUser>,
+    body: Result<Json<UpdateUser>, ApiError>,
 ) -> Result<Json<User>, ApiError> {
+    // Who may edit the user is settled before the body is read: one who may not learns nothing
+    // from how it was refused.
     if !users::can_see(&state.db, &actor, id).await? || (actor.role.is_field()) {
         return Err(if actor.id == id {
             ApiError::Forbidden
@@ -133,6 +135,7 @@ async fn update_user(
             ApiError::NotFound
         });
     }
+    let Json(req) = body?;
     if !actor.is_admin() && (actor.id == id || !req.only_facility()) {
         return Err(ApiError::Forbidden);
     }
