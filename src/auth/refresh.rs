@@ -210,8 +210,6 @@ async fn revoke_family(conn: &mut PgConnection, family_id: Uuid) -> Result<u64, 
 /// What a logout did.
 #[derive(Default)]
 pub struct Revoked {
-    /// The token's owner (id and email), unless the token was ignored.
-    pub owner: Option<(Uuid, String)>,
     /// Live tokens of the chain were revoked.
     pub ended: bool,
     /// The chain, when the token sent had been rotated and the user's access tokens are still
@@ -219,27 +217,26 @@ pub struct Revoked {
     pub stolen: Option<Uuid>,
 }
 
-/// Revokes a token and its whole chain (logout): a token already rotated still names the
-/// session, whose current token may be elsewhere. Unknown tokens are ignored, and so is the token
-/// of anyone but `caller` when the request named one. In the caller's transaction, which commits
-/// it.
+/// Revokes a token of this user and its whole chain (logout): a token already rotated still
+/// names the session, whose current token may be elsewhere. Unknown tokens are ignored. In the
+/// caller's transaction, which commits it.
 pub async fn revoke(
     tx: &mut PgConnection,
-    caller: Option<Uuid>,
+    user_id: Uuid,
     token: &str,
 ) -> Result<Revoked, sqlx::Error> {
-    let Some((user_id, family_id)) = owner(&mut *tx, token)
+    let Some((_, family_id)) = owner(&mut *tx, token)
         .await?
-        .filter(|(owner, _)| caller.is_none_or(|caller| caller == *owner))
+        .filter(|(owner, _)| *owner == user_id)
     else {
         return Ok(Revoked::default());
     };
     // The account before the tokens, as at a refresh: an edit that locks the account and then
     // revokes its tokens never meets this one holding the tokens while its audit row (whose key
     // names the account) waits for the account.
-    let email: String = sqlx::query_scalar("SELECT email FROM users WHERE id = $1 FOR KEY SHARE")
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR KEY SHARE")
         .bind(user_id)
-        .fetch_one(&mut *tx)
+        .execute(&mut *tx)
         .await?;
     lock_family(&mut *tx, family_id).await?;
     // Read under the family's lock: a refresh with this token may have rotated it meanwhile.
@@ -252,7 +249,6 @@ pub async fn revoke(
     let revoked = revoke_family(&mut *tx, family_id).await?;
     let stolen = rotated && first_reuse(&mut *tx, family_id).await?;
     Ok(Revoked {
-        owner: Some((user_id, email)),
         ended: revoked > 0,
         stolen: stolen.then_some(family_id),
     })

@@ -21,13 +21,17 @@ use crate::extract::Json;
 use crate::routes::checks::{NewIdentity, check_facility, check_supervisor, lock_facility};
 use crate::state::AppState;
 
-/// The `/auth` routes: none needs an access token (rate limited per client address).
-pub fn router() -> OpenApiRouter<AppState> {
+/// Routes that need no token (rate limited per client address).
+pub fn public_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(register))
         .routes(routes!(login))
         .routes(routes!(refresh_tokens))
-        .routes(routes!(logout))
+}
+
+/// Routes under `/auth` that need a token.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(logout))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -532,41 +536,28 @@ async fn refresh_tokens(
     )?))
 }
 
-/// Ends a session: the refresh token and every one rotated from the same login. The refresh
-/// token is the credential, so no access token is needed: a device whose access token has run
-/// out can still log out. An access token sent along must be live, and then only its user's
-/// refresh token is revoked.
+/// Ends the caller's session: its refresh token and every one rotated from the same login.
 #[utoipa::path(post, path = "/auth/logout", tag = "auth", request_body = RefreshRequest,
-    security((), ("bearer" = [])),
+    security(("bearer" = [])),
     responses(
-        (status = 204, description = "The refresh token and its chain are revoked (an unknown \
-            token, or another user's, is left alone with the same answer)"),
+        (status = 204, description = "The refresh token and its chain are revoked"),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
-        (status = 401, description = "An access token was sent, and it is invalid", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid access token", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields", body = ErrorEnvelope),
     ))]
 async fn logout(
     State(state): State<AppState>,
-    caller: Result<AuthUser, ApiError>,
+    user: AuthUser,
     client: ClientInfo,
     Json(req): Json<RefreshRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let caller = match caller {
-        Ok(user) => Some(user.id),
-        // No access token, or one past its time: the refresh token alone decides.
-        Err(ApiError::Unauthenticated | ApiError::TokenExpired) => None,
-        Err(refused) => return Err(refused),
-    };
     // The revocation and its audit rows commit together.
     let mut tx = state.db.begin().await?;
-    let revoked = refresh::revoke(&mut tx, caller, req.refresh_token.trim()).await?;
-    let Some((user_id, email)) = revoked.owner else {
-        return Ok(StatusCode::NO_CONTENT);
-    };
+    let revoked = refresh::revoke(&mut tx, user.id, req.refresh_token.trim()).await?;
     let activity = |action| {
         Activity::new(action)
-            .by_id(user_id, &email)
-            .on("user", user_id)
+            .by(&user)
+            .on("user", user.id)
             .from(&client)
     };
     if revoked.stolen.is_some() {
@@ -577,7 +568,7 @@ async fn logout(
     }
     tx.commit().await?;
     if let Some(family_id) = revoked.stolen {
-        end_access_tokens(&state, user_id, family_id).await?;
+        end_access_tokens(&state, user.id, family_id).await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -44,7 +44,7 @@ struct Groups {
 
 fn groups() -> Groups {
     Groups {
-        auth: auth::router(),
+        auth: auth::public_router().merge(auth::router()),
         sync: sync::router(),
         upload: facilities::upload_router(),
         api: users::router()
