@@ -156,7 +156,7 @@ pub struct ErrorBody {
     /// because the account is not active (`account_pending` or `forbidden`): `status` with the
     /// account's status.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<std::collections::HashMap<String, Vec<String>>>, example = json!({"email": ["must be a valid email address"]}))]
+    #[schema(nullable = false, value_type = Option<std::collections::HashMap<String, Vec<String>>>, example = json!({"email": ["must be a valid email address"]}))]
     pub details: Option<FieldErrors>,
     /// The request id, also sent as the `x-request-id` header.
     pub request_id: String,

@@ -67,6 +67,30 @@ pub fn spec() -> utoipa::openapi::OpenApi {
     spec
 }
 
+/// Each `Page_X` names its items as the schema `X`, rather than a copy of it (utoipa inlines a
+/// generic's argument): a generated client's list of users is then a list of its `User`.
+fn refer_page_items(spec: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{ArrayItems, Schema};
+    use utoipa::openapi::{Ref, RefOr};
+    let Some(components) = spec.components.as_mut() else {
+        return;
+    };
+    let named: Vec<String> = components.schemas.keys().cloned().collect();
+    for (name, schema) in components.schemas.iter_mut() {
+        let Some(item) = name.strip_prefix("Page_") else {
+            continue;
+        };
+        if !named.iter().any(|n| n == item) {
+            continue;
+        }
+        if let RefOr::T(Schema::Object(page)) = schema
+            && let Some(RefOr::T(Schema::Array(data))) = page.properties.get_mut("data")
+        {
+            data.items = ArrayItems::RefOrSchema(Box::new(RefOr::Ref(Ref::from_schema_name(item))));
+        }
+    }
+}
+
 /// Answers every operation can give whatever its handler does, added once here rather than on
 /// each route: 401 wherever a token is required, 429 under `/api` (every group there has its
 /// rate limit, see `routes::groups`), 500 (a bug), 503 (the database is unreachable; not for
@@ -74,6 +98,7 @@ pub fn spec() -> utoipa::openapi::OpenApi {
 /// that says more about one of them keeps its own. Then the headers that middleware and the
 /// error type set (see [`add_common_headers`]).
 pub fn add_common_responses(spec: &mut utoipa::openapi::OpenApi) {
+    refer_page_items(spec);
     use utoipa::openapi::content::ContentBuilder;
     use utoipa::openapi::{Ref, RefOr, ResponseBuilder};
     let envelope = |description: &str| {
@@ -104,14 +129,18 @@ pub fn add_common_responses(spec: &mut utoipa::openapi::OpenApi) {
         {
             let responses = &mut operation.responses.responses;
             if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
-                responses
-                    .entry("401".into())
-                    .or_insert_with(|| envelope("Missing or invalid token"));
+                responses.entry("401".into()).or_insert_with(|| {
+                    envelope(
+                        "No token (`unauthenticated`), one past its time (`token_expired`: \
+                             refresh, then send the request again), or one that is invalid or \
+                             no longer works (`invalid_token`: log in again)",
+                    )
+                });
             }
             if rate_limited {
                 responses
                     .entry("429".into())
-                    .or_insert_with(|| envelope("Rate limited"));
+                    .or_insert_with(|| envelope("Rate limited (`rate_limited`)"));
             }
             responses.entry("500".into()).or_insert_with(|| {
                 envelope("An internal error (`internal`); the body carries no details")
@@ -135,10 +164,10 @@ pub fn add_common_responses(spec: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-/// The headers answers carry by status (`x-request-id`, on every answer, is said once in the
-/// document's description): `WWW-Authenticate` on 401; `Retry-After` on 423, 429 and 503 (on a 503 when the service can tell when to try
-/// again); the rate limiter's own on 429 and, where a route is rate limited (it lists a 429),
-/// on its successes while limits are on.
+/// The headers answers carry: `x-request-id` on every one; by status, `WWW-Authenticate` on 401;
+/// `Retry-After` on 423, 429 and 503 (on a 503 when the service can tell when to try again); the
+/// rate limiter's own on 429 and, where a route is rate limited (it lists a 429), on its
+/// successes while limits are on.
 fn add_common_headers(
     responses: &mut std::collections::BTreeMap<
         String,
@@ -164,6 +193,12 @@ fn add_common_headers(
                 .entry(name.to_string())
                 .or_insert_with(|| header(kind, description));
         };
+        add(
+            "x-request-id",
+            Type::String,
+            "The request's id: the client's own `x-request-id` when it sent a usable one, else \
+             one made up; also the `request_id` of an error body, and in the service's log",
+        );
         match status.as_str() {
             "401" => add(
                 "WWW-Authenticate",

@@ -58,6 +58,7 @@ pub struct Facility {
     pub council: CouncilRef,
     /// Great-circle distance from `near`, when the list was asked for with `near`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub distance_m: Option<f64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -34,6 +34,7 @@ pub struct RowError {
     /// that is not blank (row 1 in most files).
     pub row: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub column: Option<String>,
     pub message: String,
 }

@@ -149,12 +149,14 @@ pub struct PushResult {
     pub server_version: Option<i32>,
     /// The server's record: after a change, or the one kept in a conflict or duplicate.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub record: Option<AttendanceRecord>,
     /// For conflicts: the strategy that settled it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Strategy>)]
+    #[schema(nullable = false, value_type = Option<Strategy>)]
     pub resolution: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub error: Option<ResultError>,
 }
 

@@ -48,7 +48,8 @@ fn timestamp_or_first_sync() -> utoipa::openapi::schema::Schema {
         .item(
             ObjectBuilder::new()
                 .schema_type(Type::Integer)
-                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64))),
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .minimum(Some(0)),
         )
         .item(
             ObjectBuilder::new()
@@ -139,6 +140,7 @@ async fn watermelon_pull(
 #[serde(deny_unknown_fields)]
 pub struct WatermelonPushQuery {
     /// The `timestamp` of the pull this push follows.
+    #[param(minimum = 1)]
     pub last_pulled_at: i64,
 }
 
