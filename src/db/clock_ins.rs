@@ -10,7 +10,7 @@ use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::audit::audit_cte;
@@ -67,10 +67,11 @@ impl Batch for ClockIns {
     type Item = Arc<NewClockIn>;
     type Output = Option<AttendanceRow>;
     const NAME: &'static str = "clock_in";
+    const WRITES: bool = true;
 
     async fn run(
         &self,
-        db: &PgPool,
+        conn: &mut PgConnection,
         items: &[Arc<NewClockIn>],
     ) -> Result<Vec<Option<AttendanceRow>>, sqlx::Error> {
         let ids: Vec<Uuid> = items.iter().map(|_| Uuid::now_v7()).collect();
@@ -82,7 +83,7 @@ impl Batch for ClockIns {
             .zip(items.iter().map(Arc::as_ref))
             .collect();
         rows.sort_by_key(|(_, c)| c.user_id);
-        let mut written: HashMap<Uuid, AttendanceRow> = insert(db, &rows, 0, true)
+        let mut written: HashMap<Uuid, AttendanceRow> = insert(conn, &rows, 0, true)
             .await?
             .into_iter()
             .map(|r| (r.id, r))
@@ -124,8 +125,8 @@ fn insert_sql(skip_conflicts: bool) -> String {
 
 /// Clock-ins with their ids, in one statement; `closed_forgotten` is recorded in their audit
 /// rows.
-async fn insert(
-    db: &PgPool,
+async fn insert<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     rows: &[(Uuid, &NewClockIn)],
     closed_forgotten: u64,
     skip_conflicts: bool,

@@ -11,7 +11,7 @@ use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::audit::audit_cte;
@@ -51,15 +51,16 @@ impl Batch for OpenShifts {
     type Item = Uuid;
     type Output = Option<OpenShift>;
     const NAME: &'static str = "open_shift";
+    const WRITES: bool = false;
 
     async fn run(
         &self,
-        db: &PgPool,
+        conn: &mut PgConnection,
         users: &[Uuid],
     ) -> Result<Vec<Option<OpenShift>>, sqlx::Error> {
         let found: Vec<OpenShift> = sqlx::query_as(OPEN_SHIFTS.as_str())
             .bind(users)
-            .fetch_all(db)
+            .fetch_all(conn)
             .await?;
         let by_user: HashMap<Uuid, OpenShift> =
             found.into_iter().map(|s| (s.row.user_id, s)).collect();
@@ -113,10 +114,11 @@ impl Batch for ShiftCloses {
     type Item = Arc<CloseShift>;
     type Output = Option<AttendanceRow>;
     const NAME: &'static str = "clock_out";
+    const WRITES: bool = true;
 
     async fn run(
         &self,
-        db: &PgPool,
+        conn: &mut PgConnection,
         items: &[Arc<CloseShift>],
     ) -> Result<Vec<Option<AttendanceRow>>, sqlx::Error> {
         // An UPDATE … FROM joining one row to two sources applies one of them, unpredictably:
@@ -132,7 +134,7 @@ impl Batch for ShiftCloses {
         // Locked in id order: two batches that hold the same shifts wait for each other in one
         // order, never in a cycle.
         closes.sort_by_key(|c| c.id);
-        let mut closed: HashMap<Uuid, AttendanceRow> = close(db, &closes)
+        let mut closed: HashMap<Uuid, AttendanceRow> = close(conn, &closes)
             .await?
             .into_iter()
             .map(|r| (r.id, r))
@@ -149,7 +151,10 @@ impl Batch for ShiftCloses {
 /// and not returned. The update names the rows by id alone: a `status = 'open'` condition would
 /// let the planner pick the one-open-shift index, whose size it misjudges while statistics
 /// predate the day's clock-ins, and read every open shift to find these.
-async fn close(db: &PgPool, closes: &[&CloseShift]) -> Result<Vec<AttendanceRow>, sqlx::Error> {
+async fn close<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    closes: &[&CloseShift],
+) -> Result<Vec<AttendanceRow>, sqlx::Error> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "WITH c AS (

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Statements of one kind in flight at once. Postgres has two cores here: a few statements keep
@@ -23,18 +23,52 @@ pub const MAX_BATCH: usize = 128;
 
 /// A set-based statement serving many requests.
 pub trait Batch: Send + Sync + 'static {
-    type Item: Send + 'static;
+    type Item: Send + Sync + 'static;
     type Output: Send + 'static;
     /// Names the batch in metrics and logs.
     const NAME: &'static str;
 
-    /// One output per item, in the items' order. One autocommit statement: an error the
-    /// database reports means nothing of it was written.
+    /// Whether the statement writes. One that does runs in a transaction of its own, bounded
+    /// (see [`LOCK_WAIT`]), so that an error the database reports means nothing was written.
+    const WRITES: bool;
+
+    /// One output per item, in the items' order, from one statement on `conn`.
     fn run(
         &self,
-        db: &PgPool,
+        conn: &mut PgConnection,
         items: &[Self::Item],
     ) -> impl Future<Output = Result<Vec<Self::Output>, sqlx::Error>> + Send;
+}
+
+/// How long a writing batch waits for a row another transaction holds (a sync push, a conflict
+/// being resolved, a session left open in `psql`), before it gives up and each of its requests
+/// is served alone: one request's wait never becomes its whole batch's. Normal waits, on
+/// another batch or a push, take milliseconds.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// Runs `batch` on a connection of `db`: a writing batch in a transaction that gives up on a
+/// held row after [`LOCK_WAIT`] and is cancelled by Postgres before `time_limit` ends, so that
+/// a statement whose requests are about to be answered 503 does not write their rows afterwards.
+async fn run<B: Batch>(
+    db: &PgPool,
+    batch: &B,
+    items: &[B::Item],
+    time_limit: Duration,
+) -> Result<Vec<B::Output>, sqlx::Error> {
+    if !B::WRITES {
+        return batch.run(&mut *db.acquire().await?, items).await;
+    }
+    let statement_limit = time_limit.saturating_sub(time_limit / 5).max(LOCK_WAIT);
+    let mut tx = db
+        .begin_with(format!(
+            "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}",
+            LOCK_WAIT.as_millis(),
+            statement_limit.as_millis()
+        ))
+        .await?;
+    let outputs = batch.run(&mut tx, items).await?;
+    tx.commit().await?;
+    Ok(outputs)
 }
 
 /// What a request hears from its batch.
@@ -150,7 +184,7 @@ async fn serve<B: Batch>(
     let every = |what: fn() -> Shared<B::Output>| (0..size).map(|_| what()).collect();
     let answers: Vec<Shared<B::Output>> = match tokio::time::timeout(
         time_limit,
-        batch.run(db, &items),
+        run(db, batch, &items, time_limit),
     )
     .await
     {
@@ -166,8 +200,9 @@ async fn serve<B: Batch>(
             );
             every(|| Shared::Unknown)
         }
-        // A statement the database refused wrote nothing; one whose session ended (PgBouncer
-        // reports a lost server connection as a database error) may have committed.
+        // A statement the database refused (a held row it gave up on, its time limit) wrote
+        // nothing; one whose session ended (PgBouncer reports a lost server connection as a
+        // database error) may have committed.
         Ok(Err(sqlx::Error::Database(e)))
             if e.code()
                 .is_some_and(|code| crate::error::session_lost(&code)) =>

@@ -950,7 +950,8 @@ async fn statements_stuck_past_the_request_timeout_give_their_slots_back() {
             "unavailable",
         );
     }
-    // Their statements still wait on the gate, but the slots are free for the next clock-in.
+    // Their statements are cancelled (their time limit is the request's), and the slots are free
+    // for the next clock-in.
     let (status, body) = clock_in(&app, &later, at_site()).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     release(gate).await;
@@ -967,10 +968,17 @@ const GATE: i64 = 4242;
 async fn gate_clock_ins(app: &TestApp) {
     sqlx::raw_sql(
         "CREATE SEQUENCE test_clock_in_attempts;
+         CREATE SEQUENCE test_clock_in_held;
          CREATE FUNCTION test_clock_in_gate() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
              PERFORM nextval('test_clock_in_attempts');
-             IF NEW.notes = 'hold' THEN PERFORM pg_advisory_xact_lock_shared(4242); END IF;
+             -- Slow work, not a lock wait (which a shared statement gives up on).
+             IF NEW.notes = 'hold' THEN
+                 PERFORM nextval('test_clock_in_held');
+                 WHILE NOT pg_try_advisory_xact_lock_shared(4242) LOOP
+                     PERFORM pg_sleep(0.005);
+                 END LOOP;
+             END IF;
              RETURN NEW;
          END $$;
          CREATE TRIGGER test_clock_in_gate BEFORE INSERT ON attendance
@@ -1033,20 +1041,17 @@ async fn close_gate(app: &TestApp) -> sqlx::pool::PoolConnection<sqlx::Postgres>
     gate
 }
 
-/// Waits until `k` statements wait on `GATE` inside the database.
+/// Waits until `k` statements have come to `GATE` inside the database.
 async fn wait_until_held(app: &TestApp, k: i64) {
     let waiting = async {
         loop {
             let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
-                 WHERE l.locktype = 'advisory' AND l.objid::int8 = $1 AND NOT l.granted
-                   AND d.datname = current_database()",
+                "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM test_clock_in_held",
             )
-            .bind(GATE)
             .fetch_one(&app.db)
             .await
             .unwrap();
-            if n == k {
+            if n >= k {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -1132,6 +1137,63 @@ async fn twenty_simultaneous_clock_outs_close_the_shift_exactly_once() {
 }
 
 #[tokio::test]
+async fn a_batch_that_meets_a_row_held_elsewhere_gives_up_and_its_requests_go_alone() {
+    use field_attendance::db::clock_ins::{ClockIns, NewClockIn};
+    use field_attendance::db::coalesce::{Coalescer, Shared};
+    let app = TestApp::spawn().await;
+    let (held, facility) = user_at_site(&app, "focal", None).await;
+    let (free, _) = user_at_site(&app, "focal", None).await;
+    // Another transaction (a session left open in `psql`, say) has written the first user's
+    // open shift and not committed: a clock-in of theirs waits on it.
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO attendance (user_id, facility_id, status, clock_in_at, clock_in_latitude,
+                                 clock_in_longitude, distance_m)
+         VALUES ($1, $2, 'open', now(), -1.9456, 30.1270, 0)",
+    )
+    .bind(held.id)
+    .bind(facility)
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    let clock_in = |user: &crate::helpers::TestUser| {
+        std::sync::Arc::new(NewClockIn {
+            user_id: user.id,
+            email: user.email.clone(),
+            facility_id: facility,
+            point: field_attendance::domain::GeoPoint::new(SITE.0, SITE.1).unwrap(),
+            accuracy_m: None,
+            occurred_at: Utc::now(),
+            client_timestamp: None,
+            distance: 0.0,
+            outside: false,
+            device_id: None,
+            client_id: None,
+            notes: None,
+            ip: None,
+            user_agent: None,
+        })
+    };
+    // Both queued before the coalescer's task first runs: one batch.
+    let coalescer = Coalescer::new(app.db.clone(), ClockIns, std::time::Duration::from_secs(30));
+    let both = async {
+        tokio::join!(
+            coalescer.submit(clock_in(&held)),
+            coalescer.submit(clock_in(&free))
+        )
+    };
+    let (first, second) = tokio::time::timeout(std::time::Duration::from_secs(10), both)
+        .await
+        .expect("the batch gave up on the held row, rather than wait with it");
+    // Nothing of the batch was written: each request is served alone, where only the first
+    // user's waits.
+    assert!(matches!(first, Shared::Alone), "{first:?}");
+    assert!(matches!(second, Shared::Alone), "{second:?}");
+    assert_eq!(app.attendance_rows().await, 0);
+    holder.rollback().await.unwrap();
+}
+
+#[tokio::test]
 async fn two_clock_outs_of_one_shift_in_one_batch_close_it_once_with_the_first() {
     use field_attendance::db::clock_outs::{CloseShift, ShiftCloses, open_shift};
     use field_attendance::db::coalesce::Batch;
@@ -1165,7 +1227,10 @@ async fn two_clock_outs_of_one_shift_in_one_batch_close_it_once_with_the_first()
     };
 
     let answers = ShiftCloses
-        .run(&app.db, &[close("first"), close("second")])
+        .run(
+            &mut app.db.acquire().await.unwrap(),
+            &[close("first"), close("second")],
+        )
         .await
         .unwrap();
 
@@ -2545,7 +2610,7 @@ async fn ids_made_by_the_server_are_time_ordered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clock_in_cut_off_mid_statement_answers_503_and_its_retry_finds_the_one_record() {
+async fn a_clock_in_cut_off_mid_statement_answers_503_stores_nothing_and_its_retry_stores_one() {
     // One connection, so that the one cut is the only one the pool had.
     let (proxy, app) = TestApp::spawn_through_proxy(|env| {
         env.insert("DB_MAX_CONNECTIONS".into(), "1".into());
@@ -2576,29 +2641,19 @@ async fn a_clock_in_cut_off_mid_statement_answers_503_and_its_retry_finds_the_on
     );
     assert_eq!(clock_in_attempts(&app).await, 1);
 
-    // The database never heard of the cut: once the gate opens, the statement commits.
+    // Its transaction ends with its connection: once the gate opens, nothing of it is stored.
     release(gate).await;
-    let stored = async {
-        loop {
-            let ids: Vec<uuid::Uuid> =
-                sqlx::query_scalar("SELECT id FROM attendance WHERE user_id = $1")
-                    .bind(user.id)
-                    .fetch_all(&app.db)
-                    .await
-                    .unwrap();
-            if !ids.is_empty() {
-                break ids;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    };
-    let stored = tokio::time::timeout(std::time::Duration::from_secs(10), stored)
-        .await
-        .expect("the cut-off statement commits");
-    assert_eq!(stored.len(), 1);
+    app.until_counted(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE '%INSERT INTO attendance%'
+           AND state <> 'idle' AND pid <> pg_backend_pid()",
+        0,
+        "the cut-off statement ends",
+    )
+    .await;
+    assert_eq!(app.attendance_rows().await, 0);
 
-    // The phone retries with the same client_id until it hears an answer: the record that was
-    // stored, and no second one.
+    // The phone retries with the same client_id until it hears an answer: one record.
     let mut attempts = 0;
     let retried = loop {
         let (status, answer) = clock_in(&app, &user, body.clone()).await;
@@ -2608,8 +2663,7 @@ async fn a_clock_in_cut_off_mid_statement_answers_503_and_its_retry_finds_the_on
         attempts += 1;
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    assert_eq!(retried.0, StatusCode::OK, "{}", retried.1);
-    assert_eq!(retried.1["id"], json!(stored[0]));
+    assert_eq!(retried.0, StatusCode::CREATED, "{}", retried.1);
     let (rows, audits): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM attendance),
                 (SELECT count(*) FROM activities WHERE action = 'attendance.clock_in')",
