@@ -44,6 +44,25 @@ pub async fn open_shift(db: &PgPool, user_id: Uuid) -> Result<Option<OpenShift>,
         .await
 }
 
+/// A shift of the user closed as incomplete with no clock-out, read by id with its change stamp:
+/// one a clock-out was about to close when a clock-in closed it (see `routes::attendance`).
+pub async fn closed_incomplete(
+    db: &PgPool,
+    user_id: Uuid,
+    id: Uuid,
+) -> Result<Option<OpenShift>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {}, a.change_xid::text AS change_xid FROM attendance a
+         WHERE a.id = $1 AND a.user_id = $2 AND a.status = 'incomplete'
+           AND a.clock_out_at IS NULL AND a.deleted_at IS NULL",
+        records::COLUMNS
+    ))
+    .bind(id)
+    .bind(user_id)
+    .fetch_optional(db)
+    .await
+}
+
 /// Open shifts read together, by user id.
 pub struct OpenShifts;
 

@@ -496,8 +496,20 @@ async fn clock_out(
         at: req.occurred_at.map(|t| t.with_timezone(&Utc)),
         tolerance: state.config.attendance.future_tolerance,
     };
+    // The shift a close just missed: a clock-in may have closed it as incomplete meanwhile (past
+    // the maximum shift by now, not by this clock-out's time), and this clock-out, which came
+    // while it was the user's latest, still ends it.
+    let mut missed: Option<Uuid> = None;
     for _ in 0..3 {
-        let (open, change_xid) = match open_shift(&state, user.id).await? {
+        let again = match missed {
+            Some(id) => clock_outs::closed_incomplete(&state.db, user.id, id).await?,
+            None => None,
+        };
+        let current = match again {
+            Some(shift) => Some(shift),
+            None => open_shift(&state, user.id).await?,
+        };
+        let (open, change_xid) = match current {
             Some(OpenShift { row, change_xid }) => {
                 // A clock-out stamped before the open shift began (or after it, by no more
                 // than a phone's clock may run ahead), sent again late (its answer was lost,
@@ -616,6 +628,7 @@ async fn clock_out(
         if let Some(row) = closed {
             return Ok(Json(row.into()));
         }
+        missed = Some(open.id);
     }
     // Still clocked in: `not_clocked_in` would tell the app to forget its open shift.
     Err(ApiError::conflict(

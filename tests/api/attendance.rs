@@ -409,6 +409,60 @@ async fn a_clock_out_held_back_past_the_sweep_still_closes_its_shift() {
     assert_error(status, &body, StatusCode::CONFLICT, "not_clocked_in");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_out_that_a_clock_in_overtakes_still_closes_the_shift_it_came_for() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = user_at_site(&app, "focal", None).await;
+    let started = Utc::now() - Duration::hours(17);
+    let shift = app
+        .insert_attendance(user.id, facility, started, None, "open")
+        .await;
+    // The phone's clock-out, nine hours into the shift, reads it open; before its close, the
+    // next clock-in closes the shift as forgotten (past the maximum by now) and opens another.
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM attendance WHERE id = $1 FOR UPDATE")
+        .bind(shift)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let mut late = at_site();
+    late["occurred_at"] = json!((started + Duration::hours(9)).to_rfc3339());
+    let request = app
+        .post("/api/attendance/clock-out")
+        .bearer_auth(&user.token)
+        .json(&late);
+    let closing = tokio::spawn(async move { send(request).await });
+    app.until_waiting_on_rows(1, "the clock-out waits to close the shift")
+        .await;
+    sqlx::query("UPDATE attendance SET status = 'incomplete' WHERE id = $1")
+        .bind(shift)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO attendance (user_id, facility_id, status, clock_in_at, clock_in_latitude,
+                                 clock_in_longitude, distance_m)
+         VALUES ($1, $2, 'open', now(), -1.9456, 30.1270, 0)",
+    )
+    .bind(user.id)
+    .bind(facility)
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    holder.commit().await.unwrap();
+
+    let (status, closed) = closing.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{closed}");
+    assert_eq!(closed["id"], json!(shift));
+    assert_eq!(closed["status"], "closed");
+    assert_eq!(closed["duration_s"].as_i64().unwrap() / 60, 9 * 60);
+    // The new shift is open still.
+    let (status, body) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_ne!(body["attendance"]["id"], json!(shift));
+    assert_eq!(body["attendance"]["status"], "open");
+}
+
 #[tokio::test]
 async fn a_clock_out_whose_notes_would_make_the_records_too_long_to_sync_is_refused() {
     let app = TestApp::spawn().await;
