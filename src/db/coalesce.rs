@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -47,23 +47,21 @@ pub trait Batch: Send + Sync + 'static {
 const LOCK_WAIT: Duration = Duration::from_secs(1);
 
 /// Runs `batch` on a connection of `db`: a writing batch in a transaction that gives up on a
-/// held row after [`LOCK_WAIT`] and is cancelled by Postgres before `time_limit` ends, so that
-/// a statement whose requests are about to be answered 503 does not write their rows afterwards.
+/// held row after [`LOCK_WAIT`] and that Postgres cancels after `statement_limit`.
 async fn run<B: Batch>(
     db: &PgPool,
     batch: &B,
     items: &[B::Item],
-    time_limit: Duration,
+    statement_limit: Duration,
 ) -> Result<Vec<B::Output>, sqlx::Error> {
     if !B::WRITES {
         return batch.run(&mut *db.acquire().await?, items).await;
     }
-    let statement_limit = time_limit.saturating_sub(time_limit / 5).max(LOCK_WAIT);
     let mut tx = db
         .begin_with(format!(
             "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}",
             LOCK_WAIT.as_millis(),
-            statement_limit.as_millis()
+            statement_limit.as_millis().max(1)
         ))
         .await?;
     let outputs = batch.run(&mut tx, items).await?;
@@ -80,12 +78,15 @@ pub enum Shared<T> {
     /// sent): the caller serves the request alone, where the error it meets is its own.
     Alone,
     /// Whether its batch was written is not known (the connection failed, or the statement
-    /// outlived the time a request may take): serving it again could do it twice.
+    /// outlived the time a request may take), or too little of the request's time was left to
+    /// write it: the request is answered 503, not served again (which could do it twice).
     Unknown,
 }
 
+/// A request waiting: its item, when it came, and where its answer goes.
 type Pending<B> = (
     <B as Batch>::Item,
+    Instant,
     oneshot::Sender<Shared<<B as Batch>::Output>>,
 );
 
@@ -129,7 +130,7 @@ impl<B: Batch> Coalescer<B> {
         });
         // Counted before it can be taken, so that the count never goes below zero.
         self.waiting.fetch_add(1, Ordering::Relaxed);
-        if sender.send((item, reply)).is_err() {
+        if sender.send((item, Instant::now(), reply)).is_err() {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             return Shared::Alone;
         }
@@ -174,17 +175,33 @@ async fn serve<B: Batch>(
 ) {
     // A request that gave up while it waited (its client left, or it timed out and was answered
     // so) is not served: what its client was told stays true.
-    pending.retain(|(_, reply)| !reply.is_closed());
+    pending.retain(|(_, _, reply)| !reply.is_closed());
     if pending.is_empty() {
         return;
     }
     metrics::histogram!("coalesced_batch_size", "batch" => B::NAME).record(pending.len() as f64);
-    let (items, replies): (Vec<B::Item>, Vec<_>) = pending.into_iter().unzip();
+    // Postgres cancels the statement well before the oldest request's time runs out, so that
+    // a statement whose requests are answered 503 does not write their rows afterwards.
+    let oldest = pending.iter().map(|(_, came, _)| *came).min();
+    let statement_limit = oldest.map_or(time_limit, |came| {
+        (time_limit - time_limit / 5).saturating_sub(came.elapsed())
+    });
+    let (items, replies): (Vec<B::Item>, Vec<_>) = pending
+        .into_iter()
+        .map(|(item, _, reply)| (item, reply))
+        .unzip();
     let size = items.len();
     let every = |what: fn() -> Shared<B::Output>| (0..size).map(|_| what()).collect();
+    if statement_limit.is_zero() {
+        // Nothing is sent: the requests are about to be answered 503 (`Unknown` answers so).
+        for reply in replies {
+            let _ = reply.send(Shared::Unknown);
+        }
+        return;
+    }
     let answers: Vec<Shared<B::Output>> = match tokio::time::timeout(
         time_limit,
-        run(db, batch, &items, time_limit),
+        run(db, batch, &items, statement_limit),
     )
     .await
     {
@@ -200,9 +217,15 @@ async fn serve<B: Batch>(
             );
             every(|| Shared::Unknown)
         }
-        // A statement the database refused (a held row it gave up on, its time limit) wrote
-        // nothing; one whose session ended (PgBouncer reports a lost server connection as a
-        // database error) may have committed.
+        // Cancelled at its time limit: nothing was written, and too little time is left to
+        // serve each request alone (which would not be bounded so): answered 503.
+        Ok(Err(sqlx::Error::Database(e))) if e.code().as_deref() == Some("57014") => {
+            tracing::warn!(batch = B::NAME, error = %e, size = items.len(), "a batch ran out of time and was cancelled");
+            every(|| Shared::Unknown)
+        }
+        // A statement the database refused (a held row it gave up on) wrote nothing; one whose
+        // session ended (PgBouncer reports a lost server connection as a database error) may
+        // have committed.
         Ok(Err(sqlx::Error::Database(e)))
             if e.code()
                 .is_some_and(|code| crate::error::session_lost(&code)) =>

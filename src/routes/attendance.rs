@@ -505,9 +505,11 @@ async fn clock_out(
             Some(id) => clock_outs::closed_incomplete(&state.db, user.id, id).await?,
             None => None,
         };
-        let current = match again {
-            Some(shift) => Some(shift),
-            None => open_shift(&state, user.id).await?,
+        let current = match (again, open_shift(&state, user.id).await?) {
+            // Unless a shift begun by this clock-out's time is open now: that one it ends.
+            (Some(_), Some(open)) if open.row.clock_in_at <= occurred_at => Some(open),
+            (Some(missed), _) => Some(missed),
+            (None, open) => open,
         };
         let (open, change_xid) = match current {
             Some(OpenShift { row, change_xid }) => {

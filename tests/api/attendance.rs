@@ -409,16 +409,18 @@ async fn a_clock_out_held_back_past_the_sweep_still_closes_its_shift() {
     assert_error(status, &body, StatusCode::CONFLICT, "not_clocked_in");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clock_out_that_a_clock_in_overtakes_still_closes_the_shift_it_came_for() {
-    let app = TestApp::spawn().await;
-    let (user, facility) = user_at_site(&app, "focal", None).await;
-    let started = Utc::now() - Duration::hours(17);
+/// A clock-out at `started + 9 h` of a shift begun at `started`, which reads the shift open;
+/// before its close, another change closes the shift as incomplete and opens one at
+/// `next_started`. The answer, the first shift's id and the next one's.
+async fn clock_out_overtaken(
+    app: &TestApp,
+    started: chrono::DateTime<Utc>,
+    next_started: chrono::DateTime<Utc>,
+) -> ((StatusCode, Value), uuid::Uuid, uuid::Uuid) {
+    let (user, facility) = user_at_site(app, "focal", None).await;
     let shift = app
         .insert_attendance(user.id, facility, started, None, "open")
         .await;
-    // The phone's clock-out, nine hours into the shift, reads it open; before its close, the
-    // next clock-in closes the shift as forgotten (past the maximum by now) and opens another.
     let mut holder = app.db.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM attendance WHERE id = $1 FOR UPDATE")
         .bind(shift)
@@ -439,28 +441,46 @@ async fn a_clock_out_that_a_clock_in_overtakes_still_closes_the_shift_it_came_fo
         .execute(&mut *holder)
         .await
         .unwrap();
-    sqlx::query(
+    let next: uuid::Uuid = sqlx::query_scalar(
         "INSERT INTO attendance (user_id, facility_id, status, clock_in_at, clock_in_latitude,
                                  clock_in_longitude, distance_m)
-         VALUES ($1, $2, 'open', now(), -1.9456, 30.1270, 0)",
+         VALUES ($1, $2, 'open', $3, -1.9456, 30.1270, 0) RETURNING id",
     )
     .bind(user.id)
     .bind(facility)
-    .execute(&mut *holder)
+    .bind(next_started)
+    .fetch_one(&mut *holder)
     .await
     .unwrap();
     holder.commit().await.unwrap();
+    (closing.await.unwrap(), shift, next)
+}
 
-    let (status, closed) = closing.await.unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_out_that_a_clock_in_overtakes_still_closes_the_shift_it_came_for() {
+    let app = TestApp::spawn().await;
+    // The next clock-in closes the shift as forgotten (past the maximum by now, not by the
+    // clock-out's time): the clock-out still ends it, nine hours long.
+    let started = Utc::now() - Duration::hours(17);
+    let ((status, closed), shift, next) = clock_out_overtaken(&app, started, Utc::now()).await;
     assert_eq!(status, StatusCode::OK, "{closed}");
     assert_eq!(closed["id"], json!(shift));
     assert_eq!(closed["status"], "closed");
     assert_eq!(closed["duration_s"].as_i64().unwrap() / 60, 9 * 60);
-    // The new shift is open still.
-    let (status, body) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_ne!(body["attendance"]["id"], json!(shift));
-    assert_eq!(body["attendance"]["status"], "open");
+    let status: String = sqlx::query_scalar("SELECT status FROM attendance WHERE id = $1")
+        .bind(next)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(status, "open");
+    // A shift begun before the clock-out's time (another device's, synced meanwhile) is the one
+    // it ends.
+    let started = Utc::now() - Duration::hours(10);
+    let next_started = started + Duration::hours(8);
+    let ((status, closed), _, next) = clock_out_overtaken(&app, started, next_started).await;
+    assert_eq!(status, StatusCode::OK, "{closed}");
+    assert_eq!(closed["id"], json!(next));
+    assert_eq!(closed["duration_s"].as_i64().unwrap() / 60, 60);
 }
 
 #[tokio::test]
@@ -1004,11 +1024,21 @@ async fn statements_stuck_past_the_request_timeout_give_their_slots_back() {
             "unavailable",
         );
     }
-    // Their statements are cancelled (their time limit is the request's), and the slots are free
-    // for the next clock-in.
+    // Postgres cancels their statements before the requests' time runs out, and the slots are
+    // free for the next clock-in.
     let (status, body) = clock_in(&app, &later, at_site()).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     release(gate).await;
+    // Nothing of what they were answered 503 for is written afterwards.
+    app.until_counted(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE '%INSERT INTO attendance%'
+           AND state <> 'idle' AND pid <> pg_backend_pid()",
+        0,
+        "the held statements end",
+    )
+    .await;
+    assert_eq!(app.attendance_rows().await, 1);
 }
 
 /// The writing slots of each kind of shared statement.
