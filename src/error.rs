@@ -272,6 +272,12 @@ impl From<sqlx::Error> for ApiError {
                 tracing::warn!(error = %err, "database unavailable");
                 ApiError::Unavailable
             }
+            // A row held by another change for longer than the statement would wait (see
+            // `db::upkeep`): nothing was done.
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => ApiError::Busy {
+                message: "records this needs are held by another change; try again shortly".into(),
+                retry_after_s: 5,
+            },
             // A statement cancelled by its time limit (see `db::bounded`).
             sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => ApiError::Busy {
                 message: "the request took too long and was cancelled; ask for less".into(),

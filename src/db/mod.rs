@@ -316,18 +316,18 @@ pub async fn bounded(
 }
 
 /// How long background upkeep (a periodic job, or the ending of a stolen chain's access tokens)
-/// may run in one transaction, and how long it waits for a row another session holds.
-const UPKEEP_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// waits for a row another session holds.
 const UPKEEP_LOCK_WAIT: &str = "5s";
 
-/// Opens a transaction for background upkeep: bounded as [`bounded`] is, and giving up after a
-/// few seconds' wait for a row another session holds (one left open in `psql`, say) rather than
-/// wait on, holding the rows it has already locked from the requests that need them. The work
-/// is tried again at its next turn.
+/// Opens a transaction for background upkeep: bounded as [`bounded`] is (by `limit`), and giving
+/// up after a few seconds' wait for a row another session holds (one left open in `psql`, say)
+/// rather than wait on, holding the rows it has already locked from the requests that need them.
+/// The work is tried again at its next turn.
 pub async fn upkeep(
     pool: &PgPool,
+    limit: std::time::Duration,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    let mut tx = bounded(pool, UPKEEP_TIME_LIMIT).await?;
+    let mut tx = bounded(pool, limit).await?;
     sqlx::query("SELECT set_config('lock_timeout', $1, true)")
         .bind(UPKEEP_LOCK_WAIT)
         .execute(&mut *tx)

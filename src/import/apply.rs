@@ -123,7 +123,7 @@ pub async fn run(
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::Busy {
-            message: "another facility file is being read; try again shortly".into(),
+            message: "another facility file is being read or applied; try again shortly".into(),
             retry_after_s: 5,
         })?;
     let councils = councils(db).await?;

@@ -161,7 +161,8 @@ pub async fn thin_snapshots(
     keep_exact: std::time::Duration,
     per_range: i64,
 ) -> Result<u64, sqlx::Error> {
-    let mut tx = crate::db::upkeep(db).await?;
+    // A backlog (the service down for weeks) may take a while to thin.
+    let mut tx = crate::db::upkeep(db, std::time::Duration::from_secs(600)).await?;
     let removed = sqlx::query(
         "WITH recent AS (
              SELECT coalesce(

@@ -950,6 +950,41 @@ async fn ending_a_stolen_chains_tokens_gives_up_on_an_account_held_elsewhere() {
 }
 
 #[tokio::test]
+async fn a_reuse_met_while_the_account_is_held_elsewhere_answers_503_and_is_ended_later() {
+    let app = TestApp::spawn().await;
+    let user = app.user("focal", None).await;
+    let (status, stolen) = refresh(&app, &user.refresh_token).await;
+    assert_eq!(status, StatusCode::OK, "{stolen}");
+    // A session holds the account (shared, as a long report over the user's team might): the
+    // reuse is recorded, but ending the chain's access tokens waits only a while.
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR SHARE")
+        .bind(user.id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let (status, body) = refresh(&app, &user.refresh_token).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    holder.rollback().await.unwrap();
+    // Left to the job, which ends them (the reuse is older than its 30 s grace here).
+    sqlx::query("UPDATE refresh_families_reused SET detected_at = now() - interval '1 minute'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    field_attendance::auth::refresh::end_pending_access_tokens(&app.db)
+        .await
+        .unwrap();
+    let thief_access = stolen["access_token"].as_str().unwrap();
+    let (status, body) = send(app.get("/api/users/me").bearer_auth(thief_access)).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_token");
+}
+
+#[tokio::test]
 async fn logout_with_an_already_rotated_token_ends_the_session_it_came_from() {
     let app = TestApp::spawn().await;
     let user = app.user("focal", None).await;
