@@ -1030,15 +1030,20 @@ async fn statements_stuck_past_the_request_timeout_give_their_slots_back() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     release(gate).await;
     // Nothing of what they were answered 503 for is written afterwards.
+    until_no_insert_runs(&app).await;
+    assert_eq!(app.attendance_rows().await, 1);
+}
+
+/// Waits until no statement of this test's database is inserting attendance.
+async fn until_no_insert_runs(app: &TestApp) {
     app.until_counted(
         "SELECT count(*) FROM pg_stat_activity
          WHERE datname = current_database() AND query LIKE '%INSERT INTO attendance%'
            AND state <> 'idle' AND pid <> pg_backend_pid()",
         0,
-        "the held statements end",
+        "the statements inserting attendance end",
     )
     .await;
-    assert_eq!(app.attendance_rows().await, 1);
 }
 
 /// The writing slots of each kind of shared statement.
@@ -2727,14 +2732,7 @@ async fn a_clock_in_cut_off_mid_statement_answers_503_stores_nothing_and_its_ret
 
     // Its transaction ends with its connection: once the gate opens, nothing of it is stored.
     release(gate).await;
-    app.until_counted(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND query LIKE '%INSERT INTO attendance%'
-           AND state <> 'idle' AND pid <> pg_backend_pid()",
-        0,
-        "the cut-off statement ends",
-    )
-    .await;
+    until_no_insert_runs(&app).await;
     assert_eq!(app.attendance_rows().await, 0);
 
     // The phone retries with the same client_id until it hears an answer: one record.

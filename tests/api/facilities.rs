@@ -337,60 +337,46 @@ async fn failed_formulas_control_characters_and_case_twins_are_row_errors_not_a_
 }
 
 #[tokio::test]
-async fn a_file_sent_while_another_is_being_read_is_told_to_retry() {
-    let app = TestApp::spawn().await;
-    let admin = app.admin().await;
-    // The first import is held as it begins to read its file (it looks up the councils).
-    let mut holder = app.db.begin().await.unwrap();
-    sqlx::query("LOCK TABLE councils IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    let file = || fixture("facilities_utf8.csv");
-    let first = import(&app, &admin.token, "facilities.csv", file(), "");
-    let second = async {
-        app.until_waiting_on_locks(1, "the first import to begin reading")
-            .await;
-        let second = import(&app, &admin.token, "facilities.csv", file(), "");
-        let answer = tokio::time::timeout(std::time::Duration::from_secs(10), second).await;
-        holder.commit().await.unwrap();
-        answer.expect("the second import is answered, not kept waiting")
-    };
-    let ((status, report), (busy, body)) = tokio::join!(first, second);
-    assert_error(busy, &body, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
-    assert_eq!(status, StatusCode::OK, "{report}");
-    assert_eq!(report["created"], 4);
-    // Its turn is free again.
-    let (status, report) = import(&app, &admin.token, "facilities.csv", file(), "").await;
-    assert_eq!(status, StatusCode::OK, "{report}");
-    assert_eq!(report["skipped"], 4);
-}
-
-#[tokio::test]
-async fn a_file_sent_while_another_waits_to_apply_is_told_to_retry_rather_than_wait_too() {
-    // Each import waiting to apply would hold its whole file's rows, and a connection.
-    let app = TestApp::spawn().await;
-    let admin = app.admin().await;
-    let mut other = app.db.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(field_attendance::import::apply::IMPORT_LOCK)
-        .execute(&mut *other)
-        .await
-        .unwrap();
-    let file = || fixture("facilities_utf8.csv");
-    let first = import(&app, &admin.token, "facilities.csv", file(), "");
-    let second = async {
-        app.until_waiting_on_locks(1, "the first import waits to apply")
-            .await;
-        let second = import(&app, &admin.token, "facilities.csv", file(), "");
-        let answer = tokio::time::timeout(std::time::Duration::from_secs(10), second).await;
-        other.commit().await.unwrap();
-        answer.expect("the second import is answered, not kept waiting")
-    };
-    let ((status, report), (busy, body)) = tokio::join!(first, second);
-    assert_error(busy, &body, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
-    assert_eq!(status, StatusCode::OK, "{report}");
-    assert_eq!(report["created"], 4);
+async fn a_file_sent_while_another_is_being_read_or_applied_is_told_to_retry() {
+    // Held as it begins to read its file (it looks up the councils), or as it waits to apply
+    // (another import holds the facilities): one waiting beside it would hold its whole file's
+    // rows, and a connection.
+    for (hold, waits) in [
+        (
+            "LOCK TABLE councils IN ACCESS EXCLUSIVE MODE",
+            "to begin reading",
+        ),
+        ("SELECT pg_advisory_xact_lock($1)", "to apply"),
+    ] {
+        let app = TestApp::spawn().await;
+        let admin = app.admin().await;
+        let mut holder = app.db.begin().await.unwrap();
+        let held = sqlx::query(hold);
+        let held = if hold.contains("$1") {
+            held.bind(field_attendance::import::apply::IMPORT_LOCK)
+        } else {
+            held
+        };
+        held.execute(&mut *holder).await.unwrap();
+        let file = || fixture("facilities_utf8.csv");
+        let first = import(&app, &admin.token, "facilities.csv", file(), "");
+        let second = async {
+            app.until_waiting_on_locks(1, &format!("the first import waits {waits}"))
+                .await;
+            let second = import(&app, &admin.token, "facilities.csv", file(), "");
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(10), second).await;
+            holder.commit().await.unwrap();
+            answer.expect("the second import is answered, not kept waiting")
+        };
+        let ((status, report), (busy, body)) = tokio::join!(first, second);
+        assert_error(busy, &body, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+        assert_eq!(status, StatusCode::OK, "{waits}: {report}");
+        assert_eq!(report["created"], 4);
+        // Its turn is free again.
+        let (status, report) = import(&app, &admin.token, "facilities.csv", file(), "").await;
+        assert_eq!(status, StatusCode::OK, "{report}");
+        assert_eq!(report["skipped"], 4);
+    }
 }
 
 #[tokio::test]
