@@ -80,7 +80,7 @@ async fn close_forgotten_clock_outs(state: &AppState) {
     let swept = async {
         // Bounded: waiting on a row, it would keep the open shifts it had already locked, and
         // their clock-outs would wait behind it.
-        let mut tx = crate::db::upkeep(&state.db, Duration::from_secs(60)).await?;
+        let mut tx = crate::db::upkeep(&state.db, crate::db::UPKEEP_LIMIT).await?;
         let closed = crate::db::attendance::close_forgotten(&mut *tx, None, before).await?;
         tx.commit().await?;
         Ok::<_, sqlx::Error>(closed)

@@ -122,7 +122,7 @@ pub async fn end_pending_access_tokens(db: &PgPool) -> Result<Vec<Uuid>, sqlx::E
 async fn end_for(db: &PgPool, users: &[Uuid], families: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
     // Bounded: waiting on one account, it would keep the others it had locked from their
     // refreshes. What it leaves is tried again by the next run of the job.
-    let mut tx = crate::db::upkeep(db, std::time::Duration::from_secs(60)).await?;
+    let mut tx = crate::db::upkeep(db, crate::db::UPKEEP_LIMIT).await?;
     sqlx::query("SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
         .bind(users)
         .execute(&mut *tx)
@@ -271,8 +271,7 @@ pub async fn revoke_all<'e>(
 /// Deletes refresh tokens that expired more than a day ago: none can be used again, and a
 /// rotated one presented after that is refused as unknown rather than as reused.
 pub async fn prune_expired(db: &PgPool) -> Result<u64, sqlx::Error> {
-    // A backlog (the service down for weeks) may take a while to delete.
-    let mut tx = crate::db::upkeep(db, std::time::Duration::from_secs(600)).await?;
+    let mut tx = crate::db::upkeep(db, crate::db::BACKLOG_LIMIT).await?;
     // A family's reuse is forgotten with its last token: one presented after that is unknown.
     let removed: i64 = sqlx::query_scalar(
         "WITH gone AS (

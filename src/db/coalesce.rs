@@ -57,13 +57,7 @@ async fn run<B: Batch>(
     if !B::WRITES {
         return batch.run(&mut *db.acquire().await?, items).await;
     }
-    let mut tx = db
-        .begin_with(format!(
-            "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}",
-            LOCK_WAIT.as_millis(),
-            statement_limit.as_millis().max(1)
-        ))
-        .await?;
+    let mut tx = super::begin_limited(db, statement_limit, LOCK_WAIT).await?;
     let outputs = batch.run(&mut tx, items).await?;
     tx.commit().await?;
     Ok(outputs)

@@ -315,24 +315,40 @@ pub async fn bounded(
     Ok(tx)
 }
 
+/// Opens a transaction, in one round trip, whose statements Postgres cancels after `limit` and
+/// which gives up after `lock_wait` on a row another session holds.
+pub async fn begin_limited(
+    pool: &PgPool,
+    limit: std::time::Duration,
+    lock_wait: std::time::Duration,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    // Whole milliseconds, at least one: 0 would mean no limit.
+    pool.begin_with(format!(
+        "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
+        limit.as_millis().max(1),
+        lock_wait.as_millis().max(1)
+    ))
+    .await
+}
+
 /// How long background upkeep (a periodic job, or the ending of a stolen chain's access tokens)
 /// waits for a row another session holds.
-const UPKEEP_LOCK_WAIT: &str = "5s";
+const UPKEEP_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long upkeep that holds rows requests need may run (the sweep, ending stolen tokens).
+pub const UPKEEP_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long upkeep that only deletes what no one uses may run: a backlog (the service down for
+/// weeks) may take a while to clear.
+pub const BACKLOG_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Opens a transaction for background upkeep: bounded as [`bounded`] is (by `limit`), and giving
-/// up after a few seconds' wait for a row another session holds (one left open in `psql`, say)
-/// rather than wait on, holding the rows it has already locked from the requests that need them.
-/// The work is tried again at its next turn.
+/// Opens a transaction for background upkeep: bounded by `limit` ([`UPKEEP_LIMIT`] or
+/// [`BACKLOG_LIMIT`]), and giving up after a few seconds' wait for a row another session holds
+/// (one left open in `psql`, say) rather than wait on, holding the rows it has already locked
+/// from the requests that need them. The work is tried again at its next turn.
 pub async fn upkeep(
     pool: &PgPool,
     limit: std::time::Duration,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    let mut tx = bounded(pool, limit).await?;
-    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-        .bind(UPKEEP_LOCK_WAIT)
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    begin_limited(pool, limit, UPKEEP_LOCK_WAIT).await
 }
 
 /// Bounds the statements of the transaction open on `conn`, as [`bounded`] does (after any

@@ -161,8 +161,7 @@ pub async fn thin_snapshots(
     keep_exact: std::time::Duration,
     per_range: i64,
 ) -> Result<u64, sqlx::Error> {
-    // A backlog (the service down for weeks) may take a while to thin.
-    let mut tx = crate::db::upkeep(db, std::time::Duration::from_secs(600)).await?;
+    let mut tx = crate::db::upkeep(db, crate::db::BACKLOG_LIMIT).await?;
     let removed = sqlx::query(
         "WITH recent AS (
              SELECT coalesce(
