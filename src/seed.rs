@@ -16,7 +16,8 @@ pub async fn run(state: &AppState) -> anyhow::Result<()> {
 
 /// Creates the first admin from `ADMIN_EMAIL`/`ADMIN_PASSWORD` when no admin exists. In
 /// development, with no password given, a random one is generated and printed once; there is
-/// never a fixed default.
+/// never a fixed default. Elsewhere an `ADMIN_EMAIL` without a password stops start-up; with
+/// neither, the service starts with a warning (`create-admin` makes one later).
 async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
     if any_admin(&mut *state.db.acquire().await?).await? {
         if state.config.auth.admin_password.is_some() {
@@ -34,6 +35,12 @@ async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
     let (password, generated) = match &auth.admin_password {
         Some(p) => (p.clone(), false),
         None if state.config.is_dev() => (SecretString::from(generate_password()), true),
+        // Asked for an admin by name, with nothing to make it with: stopped here rather than
+        // running with no one able to sign in as it.
+        None if auth.admin_email.is_some() => anyhow::bail!(
+            "ADMIN_EMAIL is set but ADMIN_PASSWORD is not: no admin account exists, and the \
+             first one needs both (or run `field-attendance create-admin`)"
+        ),
         None => {
             tracing::warn!(
                 "no admin account exists: set ADMIN_EMAIL and ADMIN_PASSWORD, or run `field-attendance create-admin`"

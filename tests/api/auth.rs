@@ -1249,6 +1249,39 @@ async fn create_admin_resets_an_account_and_ends_its_sessions() {
 }
 
 #[tokio::test]
+async fn an_admin_email_without_a_password_stops_start_up_when_no_admin_exists() {
+    let app = TestApp::spawn().await;
+    sqlx::query("UPDATE users SET role = 'supervisor' WHERE role = 'admin'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let said = app.cli_refused_with(
+        &[
+            ("APP_ENV", "production"),
+            ("ADMIN_EMAIL", "first@test.example"),
+            ("ADMIN_PASSWORD", ""),
+        ],
+        &["seed"],
+    );
+    assert!(said.contains("ADMIN_PASSWORD"), "{said}");
+    let admins: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE role = 'admin'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(admins, 0);
+    // With neither, it starts (an admin can be made later from the command line).
+    let output = app.cli_with(
+        &[
+            ("APP_ENV", "production"),
+            ("ADMIN_EMAIL", ""),
+            ("ADMIN_PASSWORD", ""),
+        ],
+        &["seed"],
+    );
+    assert!(String::from_utf8_lossy(&output).contains("seed data loaded"));
+}
+
+#[tokio::test]
 async fn a_session_begun_after_a_reset_elsewhere_is_not_refused_by_a_stale_cache() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;

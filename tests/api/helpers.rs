@@ -631,7 +631,12 @@ impl TestApp {
     /// Runs the service's command line against this test's database; panics when it fails,
     /// showing what it printed. Returns its standard output.
     pub fn cli(&self, args: &[&str]) -> Vec<u8> {
-        let output = self.run_cli(args, &[]);
+        self.cli_with(&[], args)
+    }
+
+    /// As [`TestApp::cli`], with these variables set besides the database's.
+    pub fn cli_with(&self, env: &[(&str, &str)], args: &[&str]) -> Vec<u8> {
+        let output = self.run_cli(args, env);
         assert!(
             output.status.success(),
             "{}",
