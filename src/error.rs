@@ -16,6 +16,38 @@ pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 /// Field name → reasons, as in `details` of a 422.
 pub type FieldErrors = BTreeMap<String, Vec<String>>;
 
+/// Every `code` an error response carries, for a client to switch on (`message` is for people):
+/// 400 `bad_request`; 401 `unauthenticated`, `invalid_credentials`, `token_expired`,
+/// `invalid_token`; 403 `forbidden`, `account_pending` (a login to an account waiting for
+/// approval); 404 `not_found`; 405 `method_not_allowed`; 409 `conflict`, `already_clocked_in`,
+/// `not_clocked_in`, `duplicate`; 413 `payload_too_large`; 415 `unsupported_media_type`; 422
+/// `validation_failed`; 423 `account_locked`; 429 `rate_limited`; 500 `internal`; 503
+/// `unavailable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthenticated,
+    InvalidCredentials,
+    TokenExpired,
+    InvalidToken,
+    Forbidden,
+    AccountPending,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    AlreadyClockedIn,
+    NotClockedIn,
+    Duplicate,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+    AccountLocked,
+    RateLimited,
+    Internal,
+    Unavailable,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -32,7 +64,7 @@ pub enum ApiError {
     /// refused it (the account's `status` at login), for a client to tell the cases apart.
     #[error("{message}")]
     ForbiddenWith {
-        code: &'static str,
+        code: ErrorCode,
         message: String,
         details: Option<FieldErrors>,
     },
@@ -41,7 +73,7 @@ pub enum ApiError {
     #[error("not found")]
     NotFound,
     #[error("{message}")]
-    Conflict { code: &'static str, message: String },
+    Conflict { code: ErrorCode, message: String },
     #[error("the request body is too large")]
     PayloadTooLarge,
     /// An upload within the size limit whose content is too large to read (`413`, with why).
@@ -82,13 +114,13 @@ impl ApiError {
     /// A 403 that says why, with no details.
     pub fn refused(message: impl Into<String>) -> Self {
         ApiError::ForbiddenWith {
-            code: "forbidden",
+            code: ErrorCode::Forbidden,
             message: message.into(),
             details: None,
         }
     }
 
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn conflict(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError::Conflict {
             code,
             message: message.into(),
@@ -117,24 +149,24 @@ impl ApiError {
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ApiError::BadRequest(_) => "bad_request",
-            ApiError::Unauthenticated => "unauthenticated",
-            ApiError::InvalidCredentials => "invalid_credentials",
-            ApiError::TokenExpired => "token_expired",
-            ApiError::InvalidToken => "invalid_token",
-            ApiError::ForbiddenWith { code, .. } => code,
-            ApiError::Forbidden => "forbidden",
-            ApiError::NotFound => "not_found",
-            ApiError::Conflict { code, .. } => code,
-            ApiError::PayloadTooLarge | ApiError::ContentTooLarge(_) => "payload_too_large",
-            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
-            ApiError::Validation(_) => "validation_failed",
-            ApiError::AccountLocked { .. } => "account_locked",
-            ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Unavailable | ApiError::Busy { .. } => "unavailable",
-            ApiError::Internal(_) => "internal",
+            ApiError::BadRequest(_) => ErrorCode::BadRequest,
+            ApiError::Unauthenticated => ErrorCode::Unauthenticated,
+            ApiError::InvalidCredentials => ErrorCode::InvalidCredentials,
+            ApiError::TokenExpired => ErrorCode::TokenExpired,
+            ApiError::InvalidToken => ErrorCode::InvalidToken,
+            ApiError::ForbiddenWith { code, .. } => *code,
+            ApiError::Forbidden => ErrorCode::Forbidden,
+            ApiError::NotFound => ErrorCode::NotFound,
+            ApiError::Conflict { code, .. } => *code,
+            ApiError::PayloadTooLarge | ApiError::ContentTooLarge(_) => ErrorCode::PayloadTooLarge,
+            ApiError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            ApiError::Validation(_) => ErrorCode::ValidationFailed,
+            ApiError::AccountLocked { .. } => ErrorCode::AccountLocked,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
+            ApiError::Unavailable | ApiError::Busy { .. } => ErrorCode::Unavailable,
+            ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
 }
@@ -148,8 +180,7 @@ pub struct ErrorEnvelope {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable code, e.g. `validation_failed`, `not_found`, `already_clocked_in`.
-    #[schema(example = "validation_failed")]
-    pub code: String,
+    pub code: ErrorCode,
     /// Human-readable explanation; never contains SQL, stack traces or secrets.
     pub message: String,
     /// For `validation_failed`: each invalid field mapped to its reasons. For a login refused
@@ -205,7 +236,7 @@ impl ApiError {
             _ => None,
         };
         let body = ErrorBody {
-            code: self.code().to_string(),
+            code: self.code(),
             message,
             details,
             request_id: String::new(),
@@ -224,10 +255,10 @@ impl ApiError {
             | ApiError::InvalidToken
             | ApiError::InvalidCredentials => {
                 let value = match self.code() {
-                    "token_expired" => {
+                    ErrorCode::TokenExpired => {
                         r#"Bearer error="invalid_token", error_description="the access token has expired""#
                     }
-                    "invalid_token" => r#"Bearer error="invalid_token""#,
+                    ErrorCode::InvalidToken => r#"Bearer error="invalid_token""#,
                     _ => "Bearer",
                 };
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
@@ -285,7 +316,7 @@ impl From<sqlx::Error> for ApiError {
             },
             sqlx::Error::Database(db) => match db.kind() {
                 sqlx::error::ErrorKind::UniqueViolation => ApiError::conflict(
-                    "conflict",
+                    ErrorCode::Conflict,
                     "a record with the same unique value already exists",
                 ),
                 sqlx::error::ErrorKind::ForeignKeyViolation => ApiError::invalid(
@@ -398,7 +429,7 @@ pub async fn envelope_errors(request: Request, next: Next) -> Response {
         None => {
             let (code, message) = generic_error(status);
             ErrorBody {
-                code: code.to_string(),
+                code,
                 message: message.to_string(),
                 details: None,
                 request_id: String::new(),
@@ -425,32 +456,35 @@ pub async fn envelope_errors(request: Request, next: Next) -> Response {
     Response::from_parts(parts, axum::body::Body::from(body))
 }
 
-fn generic_error(status: StatusCode) -> (&'static str, &'static str) {
+fn generic_error(status: StatusCode) -> (ErrorCode, &'static str) {
     match status {
-        StatusCode::BAD_REQUEST => ("bad_request", "the request is malformed"),
-        StatusCode::UNAUTHORIZED => ("unauthenticated", "authentication required"),
-        StatusCode::FORBIDDEN => ("forbidden", "you are not allowed to do this"),
-        StatusCode::NOT_FOUND => ("not_found", "no such resource"),
+        StatusCode::BAD_REQUEST => (ErrorCode::BadRequest, "the request is malformed"),
+        StatusCode::UNAUTHORIZED => (ErrorCode::Unauthenticated, "authentication required"),
+        StatusCode::FORBIDDEN => (ErrorCode::Forbidden, "you are not allowed to do this"),
+        StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such resource"),
         StatusCode::METHOD_NOT_ALLOWED => (
-            "method_not_allowed",
+            ErrorCode::MethodNotAllowed,
             "this method is not allowed on this resource",
         ),
         StatusCode::REQUEST_TIMEOUT => (
-            "unavailable",
+            ErrorCode::Unavailable,
             "the request took too long and was stopped; what it was changing may have been \
                  saved, so look before sending it again",
         ),
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large"),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            (ErrorCode::PayloadTooLarge, "the request body is too large")
+        }
         StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            ("unsupported_media_type", "unsupported content type")
+            (ErrorCode::UnsupportedMediaType, "unsupported content type")
         }
-        StatusCode::UNPROCESSABLE_ENTITY => ("validation_failed", "validation failed"),
-        StatusCode::TOO_MANY_REQUESTS => ("rate_limited", "too many requests; slow down"),
-        StatusCode::SERVICE_UNAVAILABLE => {
-            ("unavailable", "the service is temporarily unavailable")
-        }
-        s if s.is_server_error() => ("internal", "an internal error occurred"),
-        _ => ("bad_request", "the request could not be processed"),
+        StatusCode::UNPROCESSABLE_ENTITY => (ErrorCode::ValidationFailed, "validation failed"),
+        StatusCode::TOO_MANY_REQUESTS => (ErrorCode::RateLimited, "too many requests; slow down"),
+        StatusCode::SERVICE_UNAVAILABLE => (
+            ErrorCode::Unavailable,
+            "the service is temporarily unavailable",
+        ),
+        s if s.is_server_error() => (ErrorCode::Internal, "an internal error occurred"),
+        _ => (ErrorCode::BadRequest, "the request could not be processed"),
     }
 }
 
@@ -544,7 +578,7 @@ mod tests {
             assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{code}");
             assert_eq!(response.headers()[header::RETRY_AFTER], "1", "{code}");
             let body = response.extensions().get::<ErrorBody>().unwrap();
-            assert_eq!(body.code, "unavailable", "{code}");
+            assert_eq!(body.code, ErrorCode::Unavailable, "{code}");
         }
         // Any other database error is still a bug, answered without its text.
         let response = answer("XX000");

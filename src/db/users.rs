@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::auth::AuthUser;
 use crate::domain::{Role, UserStatus};
+use crate::error::{ApiError, ConstraintError, ErrorCode};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RegionRef {
@@ -161,10 +162,7 @@ pub struct NewUser<'a> {
 }
 
 /// Inserts a user; a taken email or employee id is a 409 `duplicate`.
-pub async fn insert<'e>(
-    db: impl PgExecutor<'e>,
-    user: NewUser<'_>,
-) -> Result<Uuid, crate::error::ApiError> {
+pub async fn insert<'e>(db: impl PgExecutor<'e>, user: NewUser<'_>) -> Result<Uuid, ApiError> {
     use crate::error::ResultExt;
     sqlx::query_scalar(
         "INSERT INTO users (email, password_hash, first_name, last_name, phone, employee_id,
@@ -187,13 +185,16 @@ pub async fn insert<'e>(
 }
 
 /// The users table's unique fields and the 409 each means.
-pub const UNIQUE_FIELDS: &[crate::error::ConstraintError<'static>] = &[
+pub const UNIQUE_FIELDS: &[ConstraintError<'static>] = &[
     ("users_email_key", || {
-        crate::error::ApiError::conflict("duplicate", "an account with this email already exists")
+        ApiError::conflict(
+            ErrorCode::Duplicate,
+            "an account with this email already exists",
+        )
     }),
     ("users_employee_id_key", || {
-        crate::error::ApiError::conflict(
-            "duplicate",
+        ApiError::conflict(
+            ErrorCode::Duplicate,
             "an account with this employee id already exists",
         )
     }),

@@ -20,7 +20,7 @@ use crate::domain::GeoPoint;
 use crate::domain::attendance::{
     MAX_RECORD_NOTES, forgotten_before, settle_clock_out, too_old_to_open,
 };
-use crate::error::{ApiError, ErrorEnvelope, Invalid};
+use crate::error::{ApiError, ErrorCode, ErrorEnvelope, Invalid};
 use crate::extract::{Json, Path, Query};
 use crate::routes::checks::optional_text;
 use crate::routes::pagination::{Page, Paging};
@@ -118,7 +118,7 @@ fn geofence_refusal(distance: f64, radius: i32) -> ApiError {
 
 fn already_clocked_in() -> ApiError {
     ApiError::conflict(
-        "already_clocked_in",
+        ErrorCode::AlreadyClockedIn,
         "you are already clocked in; clock out first",
     )
 }
@@ -233,7 +233,7 @@ async fn clock_in(
             }
             if device_key {
                 return Err(ApiError::conflict(
-                    "conflict",
+                    ErrorCode::Conflict,
                     "this device already sent a clock-in with this occurred_at; a new clock-in \
                      needs its own time",
                 ));
@@ -252,7 +252,7 @@ async fn clock_in(
             }
             if !one_open {
                 return Err(ApiError::conflict(
-                    "conflict",
+                    ErrorCode::Conflict,
                     "client_id was already used for another clock-in; a new clock-in needs a \
                      new client_id",
                 ));
@@ -358,7 +358,7 @@ async fn admit(
         .await?;
         if let Some((from, to)) = worked {
             return Err(ApiError::conflict(
-                "conflict",
+                ErrorCode::Conflict,
                 format!(
                     "occurred_at is before the end of a shift you already worked ({} to {}); \
                      a shift can start only after it",
@@ -383,7 +383,7 @@ fn retried(
 ) -> Result<(StatusCode, Json<AttendanceRecord>), ApiError> {
     if existing.deleted_at.is_some() {
         return Err(ApiError::conflict(
-            "conflict",
+            ErrorCode::Conflict,
             "the clock-in this repeats was deleted since; a new clock-in needs a new client_id \
              (or device time)",
         ));
@@ -453,7 +453,7 @@ async fn open_shift(state: &AppState, user_id: Uuid) -> Result<Option<OpenShift>
 const REPEATED_CLOCK_OUT_WITHIN: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 fn not_clocked_in(message: &str) -> ApiError {
-    ApiError::conflict("not_clocked_in", message)
+    ApiError::conflict(ErrorCode::NotClockedIn, message)
 }
 
 /// Ends the open shift, or the latest one closed as incomplete before this clock-out came, if it
@@ -634,7 +634,7 @@ async fn clock_out(
     }
     // Still clocked in: `not_clocked_in` would tell the app to forget its open shift.
     Err(ApiError::conflict(
-        "conflict",
+        ErrorCode::Conflict,
         "your open shift kept changing while it was being closed; try again",
     ))
 }

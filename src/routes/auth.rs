@@ -16,7 +16,7 @@ use crate::auth::{AuthUser, ClientInfo};
 use crate::config::Registration;
 use crate::db::users::{self, NewUser, User};
 use crate::domain::{Email, Role, UserStatus};
-use crate::error::{ApiError, ErrorEnvelope, FieldErrors, Invalid};
+use crate::error::{ApiError, ErrorCode, ErrorEnvelope, FieldErrors, Invalid};
 use crate::extract::Json;
 use crate::routes::checks::{NewIdentity, check_facility, check_supervisor, lock_facility};
 use crate::state::AppState;
@@ -305,9 +305,9 @@ async fn login(
         };
         return Err(ApiError::ForbiddenWith {
             code: if user.status == "pending" {
-                "account_pending"
+                ErrorCode::AccountPending
             } else {
-                "forbidden"
+                ErrorCode::Forbidden
             },
             message: message.into(),
             details: Some(FieldErrors::from([(

@@ -28,7 +28,7 @@ use crate::auth::AuthUser;
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow, Location};
 use crate::db::facilities::Facility;
 use crate::domain::attendance::{TimeRules, forgotten_before, settle_clock_out};
-use crate::error::{ApiError, FieldErrors, ResultExt};
+use crate::error::{ApiError, ErrorCode, FieldErrors, ResultExt};
 use crate::sync::apply::apply_plan;
 use crate::sync::model::Content;
 use crate::sync::pull::{self, Changes, Cursor};
@@ -675,7 +675,7 @@ async fn apply_changes(
         .collect();
     if !changed.is_empty() {
         return Err(ApiError::conflict(
-            "conflict",
+            ErrorCode::Conflict,
             format!(
                 "{} pushed record(s) changed on the server since last_pulled_at; pull and push again",
                 changed.len()
@@ -764,7 +764,7 @@ async fn apply_changes(
         .await
         .on_constraint("attendance_one_open_per_user", || {
             ApiError::conflict(
-                "already_clocked_in",
+                ErrorCode::AlreadyClockedIn,
                 "the push would leave two open shifts for one user",
             )
         })?;

@@ -707,21 +707,36 @@ async fn manual_conflicts_queue_once_and_resolve_both_ways_visible_to_the_next_p
         assert_eq!(updated.len(), 1, "{after}");
         assert_eq!(updated[0]["notes"], expected);
 
-        let (status, body) = send(
+        // Sent again (its answer lost), the same choice is answered as it was settled and
+        // written once; the other choice is refused.
+        let resolve_again = |keep: &str| {
             app.post(&format!(
                 "/api/sync/conflicts/{}/resolve",
                 conflict["id"].as_str().unwrap()
             ))
             .bearer_auth(&admin.token)
-            .json(&json!({"keep": keep})),
-        )
-        .await;
+            .json(&json!({"keep": keep}))
+        };
+        let (status, again) = send(resolve_again(keep)).await;
+        assert_eq!(status, StatusCode::OK, "{again}");
+        assert_eq!(again["conflict"], resolved["conflict"]);
+        assert_eq!(again["record"]["notes"], expected);
+        assert_eq!(again["record"]["sync_version"], version);
+        assert_eq!(notes_and_version(&app).await, (expected.into(), version));
+        let other = if keep == "client" { "server" } else { "client" };
+        let (status, body) = send(resolve_again(other)).await;
         assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+        assert_eq!(notes_and_version(&app).await, (expected.into(), version));
     }
-    assert!(
-        app.actions()
-            .await
-            .contains(&"sync.conflict_resolve".to_string())
+    let resolutions = app
+        .actions()
+        .await
+        .iter()
+        .filter(|a| *a == "sync.conflict_resolve")
+        .count();
+    assert_eq!(
+        resolutions, 2,
+        "one audit row per conflict, whatever the retries"
     );
     let (status, _) = send(app.get("/api/sync/conflicts").bearer_auth(&user.token)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);

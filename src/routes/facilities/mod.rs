@@ -12,7 +12,7 @@ use crate::audit::{self, Activity};
 use crate::auth::{AdminUser, AuthUser, ClientInfo};
 use crate::db::facilities::{self, Facility, FacilityFilter, FacilityStatus};
 use crate::domain::{GeoPoint, facility_code};
-use crate::error::{ApiError, ErrorEnvelope, Invalid, ResultExt};
+use crate::error::{ApiError, ErrorCode, ErrorEnvelope, Invalid, ResultExt};
 use crate::extract::{Json, Path, Query};
 use crate::routes::checks::{optional_text, required_text};
 use crate::routes::pagination::{Page, Paging};
@@ -151,7 +151,10 @@ async fn before_edit(tx: &mut sqlx::PgConnection, id: Uuid) -> Result<Value, Api
 }
 
 fn duplicate_code() -> ApiError {
-    ApiError::conflict("duplicate", "a facility with this code already exists")
+    ApiError::conflict(
+        ErrorCode::Duplicate,
+        "a facility with this code already exists",
+    )
 }
 
 fn check_radius(radius: Option<i32>, invalid: &mut Invalid) {

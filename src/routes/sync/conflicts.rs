@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::audit::Activity;
 use crate::auth::{AdminUser, ClientInfo};
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
-use crate::error::{ApiError, ErrorEnvelope, ResultExt};
+use crate::error::{ApiError, ErrorCode, ErrorEnvelope, ResultExt};
 use crate::extract::{Json, Path, Query};
 use crate::routes::pagination::{Page, Paging};
 use crate::state::AppState;
@@ -124,6 +124,16 @@ pub enum Keep {
     Client,
 }
 
+impl Keep {
+    /// As `resolution` stores it.
+    fn as_str(self) -> &'static str {
+        match self {
+            Keep::Server => "server",
+            Keep::Client => "client",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResolveRequest {
@@ -145,11 +155,11 @@ pub struct Resolution {
 #[utoipa::path(post, path = "/sync/conflicts/{id}/resolve", tag = "sync", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Conflict id")), request_body = ResolveRequest,
     responses(
-        (status = 200, description = "Resolved", body = Resolution),
+        (status = 200, description = "Resolved; or already resolved with the same `keep` (a retry), answered as it was settled, with the record as it now stands", body = Resolution),
         (status = 400, description = "Malformed JSON or id", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
         (status = 404, description = "No such conflict", body = ErrorEnvelope),
-        (status = 409, description = "Already resolved, or `keep: client` for a record that changed after the conflict was queued (`conflict`); or the client's open shift beside another (`already_clocked_in`); or a change the device has since stored as another record (`duplicate`)", body = ErrorEnvelope),
+        (status = 409, description = "Already resolved the other way, or `keep: client` for a record that changed after the conflict was queued (`conflict`); or the client's open shift beside another (`already_clocked_in`); or a change the device has since stored as another record (`duplicate`)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, or `keep: client` for a shift at a facility that no longer exists or, with the geofence enforced, away from its site", body = ErrorEnvelope),
     ))]
 async fn resolve_conflict(
@@ -167,12 +177,6 @@ async fn resolve_conflict(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(ApiError::NotFound)?;
-    if conflict.status != "pending" {
-        return Err(ApiError::conflict(
-            "conflict",
-            "this conflict is already resolved",
-        ));
-    }
     // The server's record the device's copy was queued against: the same record, or, for a
     // shift pushed open beside another open one, that one.
     let against = conflict
@@ -181,6 +185,27 @@ async fn resolve_conflict(
         .and_then(|v| v.as_str())
         .and_then(|s| s.parse::<Uuid>().ok())
         .unwrap_or(conflict.record_id);
+    if conflict.status != "pending" {
+        // The same choice again (an answer lost on the way): answered as it was settled, with
+        // the record as it now stands, and nothing written twice.
+        if conflict.resolution.as_deref() == Some(req.keep.as_str()) {
+            let kept = match req.keep {
+                Keep::Server => against,
+                Keep::Client => conflict.record_id,
+            };
+            let record = records::find(&mut *tx, kept).await?;
+            return Ok(Json(Resolution {
+                conflict,
+                record: record
+                    .filter(|r| r.deleted_at.is_none())
+                    .map(AttendanceRecord::from),
+            }));
+        }
+        return Err(ApiError::conflict(
+            ErrorCode::Conflict,
+            "this conflict is already resolved the other way",
+        ));
+    }
     let row: Option<AttendanceRow> = match req.keep {
         // Touched, the record is pulled again, so devices get the server's copy. It keeps its
         // version: no device edited it, and one holding it (the phone of a shift another device
@@ -229,11 +254,7 @@ async fn resolve_conflict(
             }
         }
     };
-    let keep = if req.keep == Keep::Server {
-        "server"
-    } else {
-        "client"
-    };
+    let keep = req.keep.as_str();
     let conflict: SyncConflict = sqlx::query_as(&format!(
         "UPDATE sync_conflicts SET status = 'resolved', resolution = $2, resolved_by = $3, resolved_at = now()
          WHERE id = $1 RETURNING {CONFLICT_COLUMNS}"
@@ -339,14 +360,14 @@ async fn keep_client_copy(
         .on_constraints(&[
             ("attendance_one_open_per_user", || {
                 ApiError::conflict(
-                    "already_clocked_in",
+                    ErrorCode::AlreadyClockedIn,
                     "the user has another open shift; close it first",
                 )
             }),
             // The device has since sent the same change under another id, and it is stored.
             ("attendance_device_timestamp_key", || {
                 ApiError::conflict(
-                    "duplicate",
+                    ErrorCode::Duplicate,
                     "the device has since stored this change as another record; keep the \
                      server's copy",
                 )
@@ -405,7 +426,7 @@ async fn forget_queued_copy(
 
 fn changed_since_queued() -> ApiError {
     ApiError::conflict(
-        "conflict",
+        ErrorCode::Conflict,
         "the record changed after this conflict was queued; keep the server's copy, and the \
          device can push its change again",
     )

@@ -12,7 +12,7 @@ use crate::audit::{self, Activity};
 use crate::auth::{AdminUser, AuthUser, ClientInfo, refresh};
 use crate::db::users::{self, User};
 use crate::domain::{Email, Role, UserStatus};
-use crate::error::{ApiError, ErrorEnvelope, Invalid, ResultExt};
+use crate::error::{ApiError, ErrorCode, ErrorEnvelope, Invalid, ResultExt};
 use crate::extract::{Json, Path};
 use crate::routes::checks::{
     check_facility, check_supervisor, lock_facility, optional_text, required_text,
@@ -268,7 +268,7 @@ async fn update_user(
         };
         if reports > 0 {
             return Err(ApiError::conflict(
-                "conflict",
+                ErrorCode::Conflict,
                 if role.can_supervise() {
                     format!(
                         "{reports} user(s) this user supervises hold a role above {role}; give \
@@ -391,7 +391,7 @@ async fn update_user(
 
 fn last_admin() -> ApiError {
     ApiError::conflict(
-        "conflict",
+        ErrorCode::Conflict,
         "this is the last active admin; make another user an admin first",
     )
 }

@@ -12,7 +12,7 @@ use crate::audit::Activity;
 use crate::auth::{AdminUser, AuthUser, ClientInfo, SupervisingUser};
 use crate::db::users::{self, NewUser, User, UserFilter};
 use crate::domain::{Role, UserStatus};
-use crate::error::{ApiError, ErrorEnvelope, Invalid};
+use crate::error::{ApiError, ErrorCode, ErrorEnvelope, Invalid};
 use crate::extract::{Json, Path, Query};
 use crate::routes::auth::UserEnvelope;
 use crate::routes::checks::{NewIdentity, check_facility, check_supervisor, lock_facility};
@@ -181,7 +181,7 @@ async fn decide(
     }
     if status != "pending" {
         return Err(ApiError::conflict(
-            "conflict",
+            ErrorCode::Conflict,
             format!("the account is {status}, not pending"),
         ));
     }
