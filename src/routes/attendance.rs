@@ -123,8 +123,10 @@ fn already_clocked_in() -> ApiError {
     )
 }
 
-/// Starts a shift. A retry with the same `client_id` answers 200 with the record the first
-/// attempt made; a second open shift is refused with 409.
+/// Starts a shift.
+///
+/// A retry with the same `client_id` answers 200 with the record the first attempt made; a second
+/// open shift is refused with 409.
 #[utoipa::path(post, path = "/attendance/clock-in", tag = "attendance", security(("bearer" = [])), request_body = ClockIn,
     responses(
         (status = 201, description = "Clocked in", body = AttendanceRecord),
@@ -456,8 +458,9 @@ fn not_clocked_in(message: &str) -> ApiError {
     ApiError::conflict(ErrorCode::NotClockedIn, message)
 }
 
-/// Ends the open shift, or the latest one closed as incomplete before this clock-out came, if it
-/// still fits it.
+/// Ends the open shift.
+///
+/// Or the latest one closed as incomplete before this clock-out came, if it still fits it.
 #[utoipa::path(post, path = "/attendance/clock-out", tag = "attendance", security(("bearer" = [])), request_body = ClockOut,
     responses(
         (status = 200, description = "The closed record; also the caller's latest shift when it was closed as incomplete before this clock-out arrived (past the maximum shift length, by the periodic sweep or at a sync; or replaced by a shift deleted since), and is of normal length by the clock-out's time; also when the clock-out that closed the caller's latest shift, in the last 10 minutes, is sent again (the same coordinates and accuracy, and the same notes and time when it sent any; when the user clocked in since, one with the very time that clock-out sent, however late, before the open shift began or after it by no more than the clock difference allowed): that shift as it is stored", body = AttendanceRecord),
@@ -661,8 +664,9 @@ async fn active(
     }))
 }
 
-/// Attendance records the caller may see: field roles their own, supervisors and backstoppers
-/// their own and their tree's, admins all. Newest first.
+/// Attendance records the caller may see, newest first.
+///
+/// Field roles see their own, supervisors and backstoppers their own and their tree's, admins all.
 #[utoipa::path(get, path = "/attendance", tag = "attendance", security(("bearer" = [])), params(AttendanceFilter),
     responses(
         (status = 200, description = "A page of records", body = Page<AttendanceRecord>),
@@ -690,8 +694,10 @@ async fn list(
     Ok(Json(paging.wrap(data, total)))
 }
 
-/// The caller's own records (the list with `user_id` fixed to the caller: another user's id is
-/// refused, rather than answered with the caller's records as if they were that user's).
+/// The caller's own records.
+///
+/// The list with `user_id` fixed to the caller: another user's id is refused, rather than answered
+/// with the caller's records as if they were that user's.
 #[utoipa::path(get, path = "/attendance/my-records", tag = "attendance", security(("bearer" = [])), params(AttendanceFilter),
     responses(
         (status = 200, description = "A page of the caller's records", body = Page<AttendanceRecord>),

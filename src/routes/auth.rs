@@ -227,8 +227,10 @@ struct LoginRow {
     token_version: i32,
 }
 
-/// Logs in with email and password. Unknown email and wrong password answer alike, in about the
-/// same time; after repeated failures the account is locked for a while.
+/// Logs in with email and password.
+///
+/// Unknown email and wrong password answer alike, in about the same time; after repeated failures
+/// the account is locked for a while.
 #[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest,
     responses(
         (status = 200, description = "Logged in", body = TokenResponse),
@@ -463,9 +465,10 @@ fn token_response(
     })
 }
 
-/// Exchanges a refresh token for a new pair. The old one stops working; presenting it again
-/// revokes every refresh token descended from the same login, and ends the user's access
-/// tokens (other logins refresh theirs).
+/// Exchanges a refresh token for a new pair.
+///
+/// The old one stops working; presenting it again revokes every refresh token descended from the
+/// same login, and ends the user's access tokens (other logins refresh theirs).
 #[utoipa::path(post, path = "/auth/refresh", tag = "auth", request_body = RefreshRequest,
     responses(
         (status = 200, description = "A new token pair", body = TokenResponse),

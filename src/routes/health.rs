@@ -55,8 +55,10 @@ async fn ready(State(state): State<AppState>) -> Result<Json<HealthStatus>, ApiE
     }
 }
 
-/// Prometheus metrics: requests and latency by route and status, pool gauges, domain counters.
-/// For admins, and for Prometheus with the `METRICS_TOKEN` the service was started with.
+/// Prometheus metrics.
+///
+/// Requests and latency by route and status, pool gauges, domain counters. For admins, and for
+/// Prometheus with the `METRICS_TOKEN` the service was started with.
 #[utoipa::path(get, path = "/metrics", tag = "health", security(("bearer" = []), ("metrics_token" = [])),
     responses(
         (status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String),

@@ -56,8 +56,10 @@ pub struct ImportUpload {
     file: Vec<u8>,
 }
 
-/// Imports facilities from CSV or a spreadsheet (admin). Valid rows are applied in one
-/// transaction; invalid rows are reported with their spreadsheet row numbers.
+/// Imports facilities from CSV or a spreadsheet (admin).
+///
+/// Valid rows are applied in one transaction; invalid rows are reported with their spreadsheet row
+/// numbers.
 #[utoipa::path(post, path = "/facilities/import", tag = "facilities", security(("bearer" = [])),
     params(ImportQuery), request_body(content = ImportUpload, content_type = "multipart/form-data"),
     responses(

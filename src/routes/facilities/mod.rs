@@ -427,8 +427,9 @@ async fn update_facility(
     Ok(Json(facility))
 }
 
-/// Deactivates a facility (admin): its status becomes `inactive`; history stays. One already
-/// inactive is left as it is.
+/// Deactivates a facility (admin).
+///
+/// Its status becomes `inactive`; history stays. One already inactive is left as it is.
 #[utoipa::path(delete, path = "/facilities/{id}", tag = "facilities", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Facility id")),
     responses(

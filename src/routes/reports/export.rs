@@ -236,10 +236,11 @@ impl utoipa::PartialSchema for ExportFile {
 
 impl ToSchema for ExportFile {}
 
-/// Attendance as a CSV or XLSX file (supervisor and above, over their tree). A CSV is sent as
-/// its rows come from the database; times are in the chosen time zone; in a CSV, cells that a
-/// spreadsheet would run as formulas are prefixed with an apostrophe (a workbook's text cells
-/// are never run).
+/// Attendance as a CSV or XLSX file (supervisor and above, over their tree).
+///
+/// A CSV is sent as its rows come from the database; times are in the chosen time zone; in a CSV,
+/// cells that a spreadsheet would run as formulas are prefixed with an apostrophe (a workbook's
+/// text cells are never run).
 #[utoipa::path(get, path = "/attendance/export", tag = "reports", security(("bearer" = [])), params(ExportQuery),
     responses(
         (status = 200, description = "The file", content(

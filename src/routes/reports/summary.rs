@@ -77,8 +77,10 @@ pub struct Summary {
     pub rows: Vec<SummaryRow>,
 }
 
-/// Days present, hours worked, open, incomplete and outside-geofence counts by user, facility or
-/// day (supervisor and above, over their tree). A shift belongs to the local day it started.
+/// Attendance summary by user, facility or day (supervisor and above, over their tree).
+///
+/// Days present, hours worked, open, incomplete and outside-geofence counts. A shift belongs to the
+/// local day it started.
 #[utoipa::path(get, path = "/attendance/summary", tag = "reports", security(("bearer" = [])), params(SummaryQuery),
     responses(
         (status = 200, description = "The summary", body = Summary),

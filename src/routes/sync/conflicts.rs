@@ -148,10 +148,12 @@ pub struct Resolution {
     pub record: Option<AttendanceRecord>,
 }
 
-/// Settles a queued conflict (admin). Either way every device receives the outcome on its next
-/// pull: the device's copy kept is a new version; the server's kept keeps its version (no
-/// device edited it), and a copy queued beside another open shift, which the server never
-/// stored, reaches the device that sent it as a deletion.
+/// Settles a queued conflict (admin).
+///
+/// Either way every device receives the outcome on its next pull: the device's copy kept is a new
+/// version; the server's kept keeps its version (no device edited it), and a copy queued beside
+/// another open shift, which the server never stored, reaches the device that sent it as a
+/// deletion.
 #[utoipa::path(post, path = "/sync/conflicts/{id}/resolve", tag = "sync", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Conflict id")), request_body = ResolveRequest,
     responses(

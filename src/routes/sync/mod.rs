@@ -54,9 +54,10 @@ async fn run_push(
     Ok(Json(push::push(ctx, &device_id, &req.records).await?))
 }
 
-/// Pushes a batch of offline changes. Idempotent: a batch sent again changes nothing and
-/// answers `duplicate` per record. Each record gets its own result, in the order sent; a bad
-/// record is `rejected` and never fails the others.
+/// Pushes a batch of offline changes.
+///
+/// Idempotent: a batch sent again changes nothing and answers `duplicate` per record. Each record
+/// gets its own result, in the order sent; a bad record is `rejected` and never fails the others.
 #[utoipa::path(post, path = "/sync/push", tag = "sync", security(("bearer" = [])), request_body = PushRequest,
     responses(
         (status = 200, description = "One result per record", body = PushResponse),
@@ -101,9 +102,10 @@ pub struct PullQuery {
     pub limit: Option<u32>,
 }
 
-/// Everything the caller may see that changed after `cursor`: attendance (their own, their
-/// tree's for supervisors, all for admins) and facilities. No change is ever skipped, even when
-/// transactions commit out of order; follow `has_more` to the end.
+/// Everything the caller may see that changed after `cursor`.
+///
+/// Attendance (their own, their tree's for supervisors, all for admins) and facilities. No change
+/// is ever skipped, even when transactions commit out of order; follow `has_more` to the end.
 #[utoipa::path(get, path = "/sync/pull", tag = "sync", security(("bearer" = [])), params(PullQuery),
     responses(
         (status = 200, description = "A page of changes", body = PullResponse),

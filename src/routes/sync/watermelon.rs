@@ -76,10 +76,11 @@ pub struct WatermelonPull {
     pub has_more: bool,
 }
 
-/// WatermelonDB `pullChanges`: the changes since `last_pulled_at`, no id twice, at most 5,000
-/// records and deleted ids at a time (`has_more` when more wait; the next pull from the
-/// `timestamp` sends them). Every live record comes in `updated` (the app syncs with
-/// `sendCreatedAsUpdated: true`; WatermelonDB creates the ones it lacks), deletions as ids in
+/// WatermelonDB `pullChanges`: the changes since `last_pulled_at`.
+///
+/// No id twice, at most 5,000 records and deleted ids at a time (`has_more` when more wait; the
+/// next pull from the `timestamp` sends them). Every live record comes in `updated` (the app syncs
+/// with `sendCreatedAsUpdated: true`; WatermelonDB creates the ones it lacks), deletions as ids in
 /// `deleted`, and `created` is always empty.
 #[utoipa::path(get, path = "/sync/watermelon", tag = "sync", security(("bearer" = [])), params(WatermelonPullQuery),
     responses(
@@ -167,14 +168,16 @@ pub struct WatermelonRejected {
     pub reasons: crate::error::FieldErrors,
 }
 
-/// WatermelonDB `pushChanges`, in one transaction. A created record that already exists is
-/// updated; an update of a missing record creates it unless it is known deleted; deleting a
-/// missing record is ignored. A shift opened beside the user's open one leaves the later of the
-/// two open and the other incomplete. A record the service refuses (its times, facility or
-/// fields, or another user's record a supervisor's device pulled) is left out and named in a 200 answer, which `pushChanges` returns to
-/// `synchronize()`; the others are applied. 409 when a pushed record changed on the server after
-/// `last_pulled_at` and does not already hold what is pushed (the same push sent again after
-/// its answer was lost applies once, with no conflict): pull, then push again.
+/// WatermelonDB `pushChanges`, in one transaction.
+///
+/// A created record that already exists is updated; an update of a missing record creates it unless
+/// it is known deleted; deleting a missing record is ignored. A shift opened beside the user's open
+/// one leaves the later of the two open and the other incomplete. A record the service refuses (its
+/// times, facility or fields, or another user's record a supervisor's device pulled) is left out
+/// and named in a 200 answer, which `pushChanges` returns to `synchronize()`; the others are
+/// applied. 409 when a pushed record changed on the server after `last_pulled_at` and does not
+/// already hold what is pushed (the same push sent again after its answer was lost applies once,
+/// with no conflict): pull, then push again.
 #[utoipa::path(post, path = "/sync/watermelon", tag = "sync", security(("bearer" = [])),
     params(WatermelonPushQuery), request_body = WatermelonPushBody,
     responses(

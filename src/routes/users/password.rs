@@ -171,9 +171,10 @@ pub struct ResetPassword {
     pub new_password: String,
 }
 
-/// Sets another user's password (admin), for someone who forgot theirs: it also lifts a
-/// lockout, and every token the user held stops working. Their role and status are unchanged.
-/// Not for an admin's password (see `create-admin` in the README).
+/// Sets another user's password (admin), for someone who forgot theirs.
+///
+/// It also lifts a lockout, and every token the user held stops working. Their role and status are
+/// unchanged. Not for an admin's password (see `create-admin` in the README).
 #[utoipa::path(post, path = "/users/{id}/password", tag = "users", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "User id")), request_body = ResetPassword,
     responses(
