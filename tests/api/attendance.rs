@@ -2523,6 +2523,53 @@ async fn time_that_shifts_of_one_worker_overlap_counts_once_in_the_summary() {
 }
 
 #[tokio::test]
+async fn a_summary_with_no_period_counts_thirty_whole_local_days_up_to_today() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (worker, facility) = user_at_site(&app, "focal", None).await;
+    // Kigali is UTC+2, with no summer time.
+    let kigali = chrono::FixedOffset::east_opt(2 * 3600).unwrap();
+    let today = Utc::now().with_timezone(&kigali).date_naive();
+    let local = |days_back: u64, h: u32, m: u32| {
+        let day = today
+            .checked_sub_days(chrono::Days::new(days_back))
+            .unwrap();
+        day.and_hms_opt(h, m, 0)
+            .unwrap()
+            .and_local_timezone(kigali)
+            .unwrap()
+            .with_timezone(&Utc)
+    };
+    // The first minutes of the first day, and the last of the day before it.
+    for start in [local(29, 0, 30), local(30, 23, 0)] {
+        app.insert_attendance(
+            worker.id,
+            facility,
+            start,
+            Some(start + Duration::minutes(50)),
+            "closed",
+        )
+        .await;
+    }
+    let (status, body) = send(
+        app.get("/api/attendance/summary?group_by=day&tz=Africa/Kigali")
+            .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let from = chrono::DateTime::parse_from_rfc3339(body["from"].as_str().unwrap()).unwrap();
+    assert_eq!(from, local(29, 0, 0), "{body}");
+    let days: Vec<&str> = body["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    let first = today.checked_sub_days(chrono::Days::new(29)).unwrap();
+    assert_eq!(days, [first.to_string()], "{body}");
+}
+
+#[tokio::test]
 async fn a_summary_in_cet_keeps_summer_time_as_the_period_does() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;

@@ -34,7 +34,8 @@ pub enum GroupBy {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SummaryQuery {
-    /// A date (YYYY-MM-DD, in the time zone) or an RFC 3339 instant; default 30 days before `to`.
+    /// A date (YYYY-MM-DD, in the time zone) or an RFC 3339 instant; default the local midnight
+    /// that begins the 30 days up to `to` (with `to` now: today and the 29 days before it).
     pub from: Option<String>,
     /// A date (inclusive) or an RFC 3339 instant (exclusive); default now.
     pub to: Option<String>,
@@ -105,14 +106,24 @@ async fn summary(
         }
         None => Utc::now(),
     };
-    // Thirty days of the report's calendar: from a local midnight to a local midnight, even
-    // across a change of clocks. An instant `to` equal to `from` is an empty period, as in lists.
+    // Thirty days of the report's calendar, each counted whole: from the local midnight that
+    // begins the first of them, even across a change of clocks (with `to` now, today is the
+    // thirtieth, so far). An instant `to` equal to `from` is an empty period, as in lists.
     let from = from.unwrap_or_else(|| {
-        let start = to
+        let back = to
             .with_timezone(&tz)
             .naive_local()
-            .checked_sub_days(chrono::Days::new(30))
-            .and_then(|local| period::local_instant(tz, local))
+            .checked_sub_days(chrono::Days::new(30));
+        let first_day = back.map(|local| {
+            let day = local.date();
+            if local.time() == chrono::NaiveTime::MIN {
+                day
+            } else {
+                day.succ_opt().unwrap_or(day)
+            }
+        });
+        let start = first_day
+            .and_then(|day| period::local_instant(tz, day.and_time(chrono::NaiveTime::MIN)))
             .unwrap_or(to - chrono::Duration::days(30));
         period::in_utc_years(start)
     });
