@@ -180,7 +180,8 @@ pub(crate) async fn insert_created(
 /// are stamped `at`. Updates and deletes touch only the user's own records (as the decisions
 /// have checked), and keep the record's device and client timestamp: the pair names the
 /// record's creation, which a device may send again under another id, and one action on a
-/// device (a clock-out and the next clock-in) can stamp two records alike.
+/// device (a clock-out and the next clock-in) can stamp two records alike. An update keeps its
+/// own stamp as the device's last change to the record (`pushed`).
 pub(crate) async fn apply_plan(
     tx: &mut PgConnection,
     plan: &Plan,
@@ -242,7 +243,11 @@ pub(crate) async fn apply_plan(
                     clock_out_latitude = w.out_lat, clock_out_longitude = w.out_lng, clock_out_accuracy_m = w.out_acc,
                     distance_m = w.distance, clock_out_distance_m = w.out_distance, outside_geofence = w.outside,
                     sync_version = w.version, notes = w.notes,
-                    source = 'sync', server_timestamp = now(), deleted_at = NULL
+                    source = 'sync', server_timestamp = now(), deleted_at = NULL,
+                    pushed = CASE WHEN w.client_ts IS NULL THEN a.pushed
+                                  ELSE coalesce(a.pushed, '{{}}') || jsonb_build_object(
+                                      $19::text, (extract(epoch FROM w.client_ts) * 1000000)::bigint)
+                             END
              FROM {UNNEST}
              WHERE a.id = w.id AND a.user_id = $18 RETURNING {}",
             records::COLUMNS
@@ -250,6 +255,7 @@ pub(crate) async fn apply_plan(
         let rows: Vec<AttendanceRow> = Columns::of(group.into_iter())
             .bind(sqlx::query_as(&sql))
             .bind(user_id)
+            .bind(device_id)
             .fetch_all(&mut *tx)
             .await?;
         written.extend(rows.into_iter().map(|r| (r.id, AttendanceRecord::from(r))));

@@ -402,7 +402,7 @@ async fn push_locked(
     cutoff: DateTime<Utc>,
 ) -> Result<PushResponse, sqlx::Error> {
     let user_id = ctx.user.id;
-    let mut tx = begin_for_user(ctx.db, user_id).await?;
+    let mut tx = begin_for_user(ctx.db, user_id, ctx.config.request_timeout).await?;
     let mut seen = Seen::read(&mut tx, ctx, device_id, batch, true).await?;
     // Yesterday's forgotten clock-out must not block today's shifts: closed as incomplete,
     // then read again.
@@ -690,11 +690,13 @@ fn decide_all(
     config: &Config,
 ) -> (Plan, Vec<Outcome>) {
     let Seen {
-        touched: Touched {
-            by_id,
-            by_stamp,
-            open,
-        },
+        touched:
+            Touched {
+                by_id,
+                by_stamp,
+                open,
+                last_pushed,
+            },
         sites,
         queued,
         pending,
@@ -787,6 +789,16 @@ fn decide_all(
             server.as_ref(),
             strategy,
         );
+        // A change this device's push already applied, sent again after the record moved on
+        // (its answer lost): the same change, not a stale edit for the strategy to settle.
+        let applied_before = existing.is_some_and(|row| {
+            (row.device_id.as_deref() == Some(device_id) && row.client_timestamp == Some(stamp))
+                || last_pushed.get(&id) == Some(&stamp.timestamp_micros())
+        });
+        let decision = match decision {
+            Decision::Conflict(_) if applied_before => Decision::Duplicate,
+            other => other,
+        };
         let server_version = existing.map(|r| r.sync_version);
         let server_record = || existing.map(|r| Box::new(AttendanceRecord::from(r.clone())));
 
@@ -1061,14 +1073,20 @@ fn queue(
 
 /// Begins a transaction holding the user's sync lock, in one round trip: pushes of one user's
 /// devices are serialised, so that two of them cannot both open a shift. Transaction-scoped, so
-/// PgBouncer's transaction pooling keeps it.
+/// PgBouncer's transaction pooling keeps it. Each statement, the wait for the lock included, is
+/// cancelled after `limit` (the request's): a push the service gave up on would otherwise keep
+/// waiting, and its pool connection taken, for as long as the lock or a row is held.
 pub(crate) async fn begin_for_user(
     db: &PgPool,
     user_id: Uuid,
+    limit: std::time::Duration,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    // A Uuid prints as 36 hexadecimal digits and hyphens only: nothing to escape.
+    // A Uuid prints as 36 hexadecimal digits and hyphens only: nothing to escape. Whole
+    // milliseconds, at least one: 0 would mean no limit.
     db.begin_with(format!(
-        "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('{user_id}', 0))"
+        "BEGIN; SET LOCAL statement_timeout = {}; \
+         SELECT pg_advisory_xact_lock(hashtextextended('{user_id}', 0))",
+        limit.as_millis().max(1)
     ))
     .await
 }
@@ -1083,6 +1101,9 @@ struct Touched {
     by_stamp: HashMap<DateTime<Utc>, AttendanceRow>,
     /// The user's open shift.
     open: Option<AttendanceRow>,
+    /// The client timestamp (in microseconds) of the last change a push from this device
+    /// applied to each record of the batch that has one.
+    last_pushed: HashMap<Uuid, i64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -1092,6 +1113,7 @@ struct TouchedRow {
     by_id: bool,
     by_stamp: bool,
     is_open: bool,
+    last_pushed: Option<i64>,
 }
 
 impl Touched {
@@ -1109,7 +1131,8 @@ impl Touched {
         let sql = format!(
             "SELECT {}, a.id = ANY($1) AS by_id,
                     coalesce(a.user_id = $2 AND a.device_id = $3 AND a.client_timestamp = ANY($4), false) AS by_stamp,
-                    (a.user_id = $2 AND a.status = 'open' AND a.deleted_at IS NULL) AS is_open
+                    (a.user_id = $2 AND a.status = 'open' AND a.deleted_at IS NULL) AS is_open,
+                    (a.pushed ->> $3)::bigint AS last_pushed
              FROM attendance a
              WHERE a.id = ANY($1)
                 OR (a.device_id = $3 AND a.client_timestamp = ANY($4))
@@ -1129,6 +1152,7 @@ impl Touched {
             by_id: HashMap::new(),
             by_stamp: HashMap::new(),
             open: None,
+            last_pushed: HashMap::new(),
         };
         for r in rows {
             if r.is_open {
@@ -1140,6 +1164,9 @@ impl Touched {
                 touched.by_stamp.insert(stamp, r.row.clone());
             }
             if r.by_id {
+                if let Some(stamp) = r.last_pushed {
+                    touched.last_pushed.insert(r.row.id, stamp);
+                }
                 touched.by_id.insert(r.row.id, r.row);
             }
         }

@@ -626,7 +626,7 @@ async fn apply_changes(
         user,
         client,
     } = *ctx;
-    let mut tx = begin_for_user(db, user.id).await?;
+    let mut tx = begin_for_user(db, user.id, config.request_timeout).await?;
     let ids: Vec<Uuid> = upserts
         .iter()
         .map(|(id, _)| *id)

@@ -653,6 +653,102 @@ async fn client_wins_applies_the_client_and_bumps_the_version() {
 }
 
 #[tokio::test]
+async fn batches_sent_again_after_the_record_moved_on_are_duplicates_and_undo_nothing() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    // A shift opened offline, then a note added to it: two batches, whose answers the phone
+    // never got.
+    let mut opened = open_shift(facility, 30);
+    opened["conflict_strategy"] = json!("client_wins");
+    let (_, body) = push(&app, &user, vec![opened.clone()]).await;
+    assert_eq!(statuses(&body), ["created"], "{body}");
+    let mut noted = opened.clone();
+    noted["data"]["notes"] = json!("on the way");
+    noted["client_timestamp"] = json!((Utc::now() - Duration::minutes(20)).to_rfc3339());
+    let (_, body) = push(&app, &user, vec![noted.clone()]).await;
+    assert_eq!(statuses(&body), ["updated"], "{body}");
+    // The worker clocks out online meanwhile.
+    let (status, closed) = send(
+        app.post("/api/attendance/clock-out")
+            .bearer_auth(&user.token)
+            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{closed}");
+    // The phone's queue sends both batches again, whatever strategy they carry.
+    for batch in [opened, noted] {
+        for strategy in ["client_wins", "manual", "server_wins"] {
+            let mut again = batch.clone();
+            again["conflict_strategy"] = json!(strategy);
+            let (_, body) = push(&app, &user, vec![again]).await;
+            assert_eq!(statuses(&body), ["duplicate"], "{strategy}: {body}");
+            assert_eq!(body["results"][0]["record"]["status"], "closed", "{body}");
+        }
+    }
+    let (_, stored) = stored_record(&app, &user, &closed).await;
+    assert_eq!(stored["status"], "closed", "{stored}");
+    assert_eq!(stored["clock_out_at"], closed["clock_out_at"]);
+    assert_eq!(stored["notes"], "on the way");
+    assert_eq!(stored["sync_version"], closed["sync_version"]);
+    let (_, queue) = send(
+        app.get("/api/sync/conflicts")
+            .bearer_auth(&app.admin().await.token),
+    )
+    .await;
+    assert_eq!(queue["total"], 0, "{queue}");
+    // A change the phone made after the one it was sent, on the old version, is still a
+    // conflict settled by its strategy.
+    let later = json!({"kind": "attendance", "op": "upsert", "id": closed["id"], "sync_version": 2,
+                   "client_timestamp": (Utc::now() - Duration::minutes(10)).to_rfc3339(),
+                   "data": {"facility_id": facility, "clock_in_at": closed["clock_in_at"],
+                            "clock_in_location": {"latitude": SITE.0, "longitude": SITE.1},
+                            "notes": "left early"}});
+    let (_, body) = push(&app, &user, vec![later]).await;
+    assert_eq!(statuses(&body), ["conflict"], "{body}");
+    assert_eq!(body["results"][0]["resolution"], "server_wins");
+}
+
+#[tokio::test]
+async fn a_push_cut_by_the_request_time_limit_stops_waiting_in_the_database_too() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("REQUEST_TIMEOUT_SECS".into(), "1".into());
+    })
+    .await;
+    let (user, facility) = setup(&app).await;
+    let record = shift(Uuid::new_v4(), facility, 1, 6, 1);
+    let (_, body) = push(&app, &user, vec![record.clone()]).await;
+    assert_eq!(statuses(&body), ["created"], "{body}");
+    // Another push of the user's holds their lock (here, a session of the test's own) for
+    // longer than a request may take.
+    let mut held = app.db.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(user.id.to_string())
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let mut edit = record;
+    edit["data"]["notes"] = json!("edited");
+    edit["client_timestamp"] = json!(Utc::now().to_rfc3339());
+    let (status, body) = push(&app, &user, vec![edit]).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    app.until_counted(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE '%pg_advisory_xact_lock%'
+           AND state = 'active' AND pid <> pg_backend_pid()",
+        0,
+        "the push stops waiting for the lock while it is still held",
+    )
+    .await;
+    held.rollback().await.unwrap();
+    assert_eq!(notes_and_version(&app).await, ("offline".into(), 1));
+}
+
+#[tokio::test]
 async fn manual_conflicts_queue_once_and_resolve_both_ways_visible_to_the_next_pull() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
@@ -1384,6 +1480,7 @@ async fn keeping_a_devices_copy_of_a_shift_replaced_since_does_not_reopen_it() {
     assert_eq!(statuses(&body), vec!["updated"], "{body}");
     let mut stale = shift.clone();
     stale["data"]["notes"] = json!("from the phone");
+    stale["client_timestamp"] = json!((Utc::now() - Duration::minutes(60)).to_rfc3339());
     stale["conflict_strategy"] = json!("manual");
     let (_, body) = push(&app, &user, vec![stale]).await;
     assert_eq!(statuses(&body), vec!["conflict"], "{body}");
