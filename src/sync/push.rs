@@ -1071,24 +1071,25 @@ fn queue(
     Ok(())
 }
 
-/// Begins a transaction holding the user's sync lock, in one round trip: pushes of one user's
-/// devices are serialised, so that two of them cannot both open a shift. Transaction-scoped, so
-/// PgBouncer's transaction pooling keeps it. Each statement, the wait for the lock included, is
-/// cancelled after `limit` (the request's): a push the service gave up on would otherwise keep
-/// waiting, and its pool connection taken, for as long as the lock or a row is held.
+/// Begins a transaction holding the user's sync lock: pushes of one user's devices are
+/// serialised, so that two of them cannot both open a shift. Transaction-scoped, so PgBouncer's
+/// transaction pooling keeps it. Each statement, and each wait for a lock (this one included),
+/// gives up after `limit` (the request's): a push the service gave up on would otherwise keep
+/// waiting, and its pool connection taken, for as long as the lock or a row is held. The lock is
+/// taken inside the transaction, not with its `BEGIN`: a request dropped while it waits then
+/// rolls the transaction back, where one dropped inside `BEGIN` would hand its connection back
+/// to the pool still in the transaction.
 pub(crate) async fn begin_for_user(
     db: &PgPool,
     user_id: Uuid,
     limit: std::time::Duration,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    // A Uuid prints as 36 hexadecimal digits and hyphens only: nothing to escape. Whole
-    // milliseconds, at least one: 0 would mean no limit.
-    db.begin_with(format!(
-        "BEGIN; SET LOCAL statement_timeout = {}; \
-         SELECT pg_advisory_xact_lock(hashtextextended('{user_id}', 0))",
-        limit.as_millis().max(1)
-    ))
-    .await
+    let mut tx = crate::db::begin_limited(db, limit, limit).await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(user_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }
 
 /// What a batch touches, read in one statement.

@@ -729,7 +729,7 @@ async fn a_push_cut_by_the_request_time_limit_stops_waiting_in_the_database_too(
     let mut edit = record;
     edit["data"]["notes"] = json!("edited");
     edit["client_timestamp"] = json!(Utc::now().to_rfc3339());
-    let (status, body) = push(&app, &user, vec![edit]).await;
+    let (status, body) = push(&app, &user, vec![edit.clone()]).await;
     assert_error(
         status,
         &body,
@@ -745,7 +745,21 @@ async fn a_push_cut_by_the_request_time_limit_stops_waiting_in_the_database_too(
     )
     .await;
     held.rollback().await.unwrap();
+    // Its connection came back to the pool out of its transaction: not holding the lock, nor
+    // left aborted for the next request to fail on.
+    app.until_counted(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+        0,
+        "no session of the service is left in a transaction",
+    )
+    .await;
     assert_eq!(notes_and_version(&app).await, ("offline".into(), 1));
+    // The same push, sent again, goes through.
+    let (status, body) = push(&app, &user, vec![edit]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(statuses(&body), ["updated"], "{body}");
+    assert_eq!(notes_and_version(&app).await, ("edited".into(), 2));
 }
 
 #[tokio::test]
