@@ -20,14 +20,18 @@ pub const IMPORT_LOCK: i64 = 0x6661_6369_6d70; // "facimp"
 /// A transaction for a facility written outside an import, which waits for a running import to
 /// end (and an import for it): an import reads the stored values of the codes in its file, and
 /// a facility created or renamed to one of them meanwhile would be overwritten with the file's
-/// defaults.
+/// defaults. The lock is taken inside the transaction, not with its `BEGIN`: a request dropped
+/// while it waits then rolls back, where one dropped inside `BEGIN` would hand its connection
+/// back to the pool still in the transaction, holding the lock once it came.
 pub async fn begin_beside_imports(
     db: &PgPool,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    db.begin_with(format!(
-        "BEGIN; SELECT pg_advisory_xact_lock_shared({IMPORT_LOCK})"
-    ))
-    .await
+    let mut tx = db.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+        .bind(IMPORT_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -1613,6 +1613,57 @@ async fn a_facility_created_while_an_import_applies_waits_for_it() {
 }
 
 #[tokio::test]
+async fn a_facility_write_cut_while_an_import_applies_leaves_no_transaction_behind() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("REQUEST_TIMEOUT_SECS".into(), "1".into());
+    })
+    .await;
+    let admin = app.admin().await;
+    let council = gasabo(&app).await;
+    let before = facility_count(&app).await;
+    let mut import = app.db.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(field_attendance::import::apply::IMPORT_LOCK)
+        .execute(&mut *import)
+        .await
+        .unwrap();
+    let (status, body) = send(
+        app.post("/api/facilities")
+            .bearer_auth(&admin.token)
+            .json(&json!({
+                "code": "KGL-DH-8", "name": "Muhima", "council_id": council, "type": "hospital",
+                "latitude": -1.98, "longitude": 30.2,
+            })),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    import.commit().await.unwrap();
+    // The write's connection went back to the pool out of its transaction, not holding the
+    // imports' lock: the next import can take it.
+    app.until_counted(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+        0,
+        "no session of the service is left in a transaction",
+    )
+    .await;
+    let mut next = app.db.begin().await.unwrap();
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(field_attendance::import::apply::IMPORT_LOCK)
+        .fetch_one(&mut *next)
+        .await
+        .unwrap();
+    assert!(free, "the next import is not kept waiting");
+    next.rollback().await.unwrap();
+    assert_eq!(facility_count(&app).await, before);
+}
+
+#[tokio::test]
 async fn an_import_whose_request_times_out_still_ends_whole_and_reported() {
     let app = TestApp::spawn_with(|env| {
         env.insert("UPLOAD_TIMEOUT_SECS".into(), "1".into());
