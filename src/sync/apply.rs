@@ -30,10 +30,12 @@ struct Columns {
     client_ts: Vec<Option<DateTime<Utc>>>,
     version: Vec<i32>,
     notes: Vec<Option<String>>,
+    pushed: Vec<Option<i64>>,
 }
 
 impl Columns {
-    fn of<'w>(writes: impl Iterator<Item = &'w Write>) -> Self {
+    /// `pushed`: the change each write was sent with, where a push sent it.
+    fn of<'w>(writes: impl Iterator<Item = &'w Write>, pushed: &HashMap<Uuid, i64>) -> Self {
         let mut c = Columns {
             id: vec![],
             facility_id: vec![],
@@ -52,6 +54,7 @@ impl Columns {
             client_ts: vec![],
             version: vec![],
             notes: vec![],
+            pushed: vec![],
         };
         for w in writes {
             c.id.push(w.id);
@@ -74,6 +77,7 @@ impl Columns {
             c.client_ts.push(w.client_timestamp);
             c.version.push(w.version);
             c.notes.push(w.content.notes.clone());
+            c.pushed.push(pushed.get(&w.id).copied());
         }
         c
     }
@@ -100,36 +104,54 @@ impl Columns {
             .bind(self.client_ts)
             .bind(self.version)
             .bind(self.notes)
+            .bind(self.pushed)
     }
 }
 
 const UNNEST: &str =
     "UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::timestamptz[],
     $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::float8[],
-    $12::float8[], $13::float8[], $14::bool[], $15::timestamptz[], $16::int4[], $17::text[])
+    $12::float8[], $13::float8[], $14::bool[], $15::timestamptz[], $16::int4[], $17::text[],
+    $18::int8[])
     AS w (id, facility_id, status, clock_in_at, clock_out_at, in_lat, in_lng, in_acc, out_lat,
-          out_lng, out_acc, distance, out_distance, outside, client_ts, version, notes)";
+          out_lng, out_acc, distance, out_distance, outside, client_ts, version, notes, pushed)";
 
-/// Inserts the writes bound by `Columns` ($1..$17) for device $18, user $19, stamped $20 (to the
+/// Inserts the writes bound by `Columns` ($1..$18) for device $19, user $20, stamped $21 (to the
 /// microsecond): the stored rows are known without reading them back (`Write::row`).
 const INSERT: &str = "INSERT INTO attendance (id, user_id, facility_id, status, clock_in_at,
         clock_out_at, clock_in_latitude, clock_in_longitude, clock_in_accuracy_m, clock_out_latitude,
         clock_out_longitude, clock_out_accuracy_m, distance_m, clock_out_distance_m,
         outside_geofence, client_timestamp, sync_version, notes, source, device_id,
-        server_timestamp, created_at, updated_at)
-    SELECT w.id, $19, w.facility_id, w.status, w.clock_in_at, w.clock_out_at, w.in_lat, w.in_lng,
+        server_timestamp, created_at, updated_at, pushed)
+    SELECT w.id, $20, w.facility_id, w.status, w.clock_in_at, w.clock_out_at, w.in_lat, w.in_lng,
         w.in_acc, w.out_lat, w.out_lng, w.out_acc, w.distance, w.out_distance, w.outside,
-        w.client_ts, w.version, w.notes, 'sync', $18, $20, $20, $20";
+        w.client_ts, w.version, w.notes, 'sync', $19, $21, $21, $21,
+        CASE WHEN w.pushed IS NOT NULL THEN ARRAY[w.pushed] END";
 
-/// Binds `INSERT`'s parameters for `inserts`.
+/// The latest changes pushes applied to a record (`a.pushed`), with `$new` (NULL: none) last:
+/// at most [`KEPT_CHANGES`] of them.
+fn with_pushed(new: &str) -> String {
+    format!(
+        "CASE WHEN {new} IS NULL THEN a.pushed
+              ELSE (coalesce(a.pushed, '{{}}') || {new})[greatest(cardinality(a.pushed) + 2 - {KEPT_CHANGES}, 1):]
+         END"
+    )
+}
+
+/// How many of a record's latest pushed changes are kept to know them when sent again: a device
+/// that sends again every batch its answers were lost for sends at most as many changes of one
+/// record as it made while those answers were lost.
+const KEPT_CHANGES: usize = 16;
+
+/// Binds `INSERT`'s parameters for the plan's inserts.
 fn bind_insert<'q, O>(
     query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    inserts: &[Write],
+    plan: &Plan,
     user_id: Uuid,
     device_id: &'q str,
     at: DateTime<Utc>,
 ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-    Columns::of(inserts.iter())
+    Columns::of(plan.inserts.iter(), &plan.pushed)
         .bind(query)
         .bind(device_id)
         .bind(user_id)
@@ -155,7 +177,7 @@ fn stored<'w>(
 /// under the user's lock.
 pub(crate) async fn insert_created(
     conn: &mut PgConnection,
-    inserts: &[Write],
+    plan: &Plan,
     user_id: Uuid,
     device_id: &str,
     at: DateTime<Utc>,
@@ -163,25 +185,25 @@ pub(crate) async fn insert_created(
 ) -> Result<HashMap<Uuid, AttendanceRecord>, sqlx::Error> {
     let sql = format!(
         "WITH a AS ({INSERT} FROM {UNNEST}), {} SELECT 1",
-        Activity::cte(21)
+        Activity::cte(22)
     );
     let query = bind_insert(
         sqlx::query_as::<_, (i32,)>(&sql),
-        inserts,
+        plan,
         user_id,
         device_id,
         at,
     );
     activity.bind(query).fetch_one(conn).await?;
-    Ok(stored(inserts, user_id, device_id, at).collect())
+    Ok(stored(&plan.inserts, user_id, device_id, at).collect())
 }
 
 /// Applies a plan inside the caller's transaction, which holds the user's lock; new records
 /// are stamped `at`. Updates and deletes touch only the user's own records (as the decisions
 /// have checked), and keep the record's device and client timestamp: the pair names the
 /// record's creation, which a device may send again under another id, and one action on a
-/// device (a clock-out and the next clock-in) can stamp two records alike. An update keeps its
-/// own stamp as the device's last change to the record (`pushed`).
+/// device (a clock-out and the next clock-in) can stamp two records alike. Each write keeps the
+/// change a push sent it with (`plan.pushed`) among the record's latest (`pushed`).
 pub(crate) async fn apply_plan(
     tx: &mut PgConnection,
     plan: &Plan,
@@ -214,15 +236,19 @@ pub(crate) async fn apply_plan(
     }
     if !plan.deletes.is_empty() {
         let (ids, versions): (Vec<Uuid>, Vec<i32>) = plan.deletes.iter().copied().unzip();
+        let pushed: Vec<Option<i64>> = ids.iter().map(|id| plan.pushed.get(id).copied()).collect();
         let sql = format!(
-            "UPDATE attendance a SET deleted_at = now(), sync_version = d.version, server_timestamp = now()
-             FROM UNNEST($1::uuid[], $2::int4[]) AS d (id, version)
-             WHERE a.id = d.id AND a.user_id = $3 RETURNING {}",
+            "UPDATE attendance a SET deleted_at = now(), sync_version = d.version, server_timestamp = now(),
+                    pushed = {}
+             FROM UNNEST($1::uuid[], $2::int4[], $3::int8[]) AS d (id, version, pushed)
+             WHERE a.id = d.id AND a.user_id = $4 RETURNING {}",
+            with_pushed("d.pushed"),
             records::COLUMNS
         );
         let rows: Vec<AttendanceRow> = sqlx::query_as(&sql)
             .bind(ids)
             .bind(versions)
+            .bind(pushed)
             .bind(user_id)
             .fetch_all(&mut *tx)
             .await?;
@@ -244,18 +270,15 @@ pub(crate) async fn apply_plan(
                     distance_m = w.distance, clock_out_distance_m = w.out_distance, outside_geofence = w.outside,
                     sync_version = w.version, notes = w.notes,
                     source = 'sync', server_timestamp = now(), deleted_at = NULL,
-                    pushed = CASE WHEN w.client_ts IS NULL THEN a.pushed
-                                  ELSE coalesce(a.pushed, '{{}}') || jsonb_build_object(
-                                      $19::text, (extract(epoch FROM w.client_ts) * 1000000)::bigint)
-                             END
+                    pushed = {}
              FROM {UNNEST}
-             WHERE a.id = w.id AND a.user_id = $18 RETURNING {}",
+             WHERE a.id = w.id AND a.user_id = $19 RETURNING {}",
+            with_pushed("w.pushed"),
             records::COLUMNS
         );
-        let rows: Vec<AttendanceRow> = Columns::of(group.into_iter())
+        let rows: Vec<AttendanceRow> = Columns::of(group.into_iter(), &plan.pushed)
             .bind(sqlx::query_as(&sql))
             .bind(user_id)
-            .bind(device_id)
             .fetch_all(&mut *tx)
             .await?;
         written.extend(rows.into_iter().map(|r| (r.id, AttendanceRecord::from(r))));
@@ -264,7 +287,7 @@ pub(crate) async fn apply_plan(
         let sql = format!("{INSERT} FROM {UNNEST}");
         let query = bind_insert(
             sqlx::query_as::<_, (i32,)>(&sql),
-            &plan.inserts,
+            plan,
             user_id,
             device_id,
             at,

@@ -74,9 +74,7 @@ pub struct PushRecord {
     /// The server version this change is based on (1 for a new record).
     #[schema(example = 1, minimum = 1, maximum = 1_000_000_000)]
     pub sync_version: i32,
-    /// When the device recorded the change (years 1 to 9999). With `device_id` it names the
-    /// change: sent again, a change already applied is a `duplicate`, even once the record has
-    /// moved on since; each change of a record needs its own.
+    /// When the device recorded the change (years 1 to 9999).
     pub client_timestamp: DateTime<FixedOffset>,
     pub conflict_strategy: Option<Strategy>,
     /// Required for `upsert`.

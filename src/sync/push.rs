@@ -203,6 +203,9 @@ pub(crate) struct Plan {
     /// Records the server never had that their device deleted: a copy of one still waiting in
     /// the conflict queue is withdrawn (the server's record stands), never to be kept later.
     pub withdrawn: Vec<Uuid>,
+    /// The change each written record was sent with ([`change_digest`]), kept with the record
+    /// so that it is known when sent again.
+    pub pushed: HashMap<Uuid, i64>,
 }
 
 impl Plan {
@@ -473,7 +476,7 @@ async fn write_created(
 ) -> Result<Option<PushResponse>, ApiError> {
     let counts = count(&outcomes);
     let activity = activity(ctx, device_id, &counts);
-    match insert_created(conn, &plan.inserts, ctx.user.id, device_id, now, activity).await {
+    match insert_created(conn, plan, ctx.user.id, device_id, now, activity).await {
         Ok(written) => Ok(Some(answer(now, outcomes, written, &counts))),
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
             tracing::debug!(constraint = ?e.constraint(), "a unique index tripped; deciding the push again");
@@ -695,7 +698,7 @@ fn decide_all(
                 by_id,
                 by_stamp,
                 open,
-                last_pushed,
+                pushed,
             },
         sites,
         queued,
@@ -789,12 +792,10 @@ fn decide_all(
             server.as_ref(),
             strategy,
         );
-        // A change this device's push already applied, sent again after the record moved on
-        // (its answer lost): the same change, not a stale edit for the strategy to settle.
-        let applied_before = existing.is_some_and(|row| {
-            (row.device_id.as_deref() == Some(device_id) && row.client_timestamp == Some(stamp))
-                || last_pushed.get(&id) == Some(&stamp.timestamp_micros())
-        });
+        // A change a push already applied, sent again after the record moved on (its answer
+        // lost): the same change, not a stale edit for the strategy to settle.
+        let change = change_digest(device_id, &client_data(record.op, content.as_ref(), stamp));
+        let applied_before = pushed.get(&id).is_some_and(|c| c.contains(&change));
         let decision = match decision {
             Decision::Conflict(_) if applied_before => Decision::Duplicate,
             other => other,
@@ -937,6 +938,9 @@ fn decide_all(
             }
             Decision::Update => unreachable!("an update is an upsert"),
         };
+        if let Outcome::Written(..) = outcome {
+            plan.pushed.insert(id, change);
+        }
         outcomes[i] = Some(outcome);
     }
     let outcomes = outcomes
@@ -1030,6 +1034,23 @@ fn client_data(op: Op, content: Option<&Content>, stamp: DateTime<Utc>) -> Value
     json!({ "op": op, "content": content, "client_timestamp": stamp })
 }
 
+/// A change as one number: the device that sent it and what it sent (`client_data`), hashed.
+/// Equal for the same change sent again, whatever the record has become since; a change with
+/// other content, or from another device, differs even at the same client timestamp.
+pub(crate) fn change_digest(device_id: &str, change: &Value) -> i64 {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(device_id.as_bytes());
+    hash.update([0]);
+    hash.update(change.to_string().as_bytes());
+    let digest = hash.finalize();
+    i64::from_be_bytes(
+        digest[..8]
+            .try_into()
+            .expect("a SHA-256 digest has 32 bytes"),
+    )
+}
+
 /// The most conflicts of one user that wait for an admin at once. Past it, a record that would
 /// be queued is rejected, to be sent again once the admin has caught up: one device cannot bury
 /// the queue, and nothing it sent is lost.
@@ -1102,9 +1123,8 @@ struct Touched {
     by_stamp: HashMap<DateTime<Utc>, AttendanceRow>,
     /// The user's open shift.
     open: Option<AttendanceRow>,
-    /// The client timestamp (in microseconds) of the last change a push from this device
-    /// applied to each record of the batch that has one.
-    last_pushed: HashMap<Uuid, i64>,
+    /// The latest changes pushes applied to each record of the batch ([`change_digest`]).
+    pushed: HashMap<Uuid, Vec<i64>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -1114,7 +1134,7 @@ struct TouchedRow {
     by_id: bool,
     by_stamp: bool,
     is_open: bool,
-    last_pushed: Option<i64>,
+    pushed_changes: Option<Vec<i64>>,
 }
 
 impl Touched {
@@ -1133,7 +1153,7 @@ impl Touched {
             "SELECT {}, a.id = ANY($1) AS by_id,
                     coalesce(a.user_id = $2 AND a.device_id = $3 AND a.client_timestamp = ANY($4), false) AS by_stamp,
                     (a.user_id = $2 AND a.status = 'open' AND a.deleted_at IS NULL) AS is_open,
-                    (a.pushed ->> $3)::bigint AS last_pushed
+                    a.pushed AS pushed_changes
              FROM attendance a
              WHERE a.id = ANY($1)
                 OR (a.device_id = $3 AND a.client_timestamp = ANY($4))
@@ -1153,7 +1173,7 @@ impl Touched {
             by_id: HashMap::new(),
             by_stamp: HashMap::new(),
             open: None,
-            last_pushed: HashMap::new(),
+            pushed: HashMap::new(),
         };
         for r in rows {
             if r.is_open {
@@ -1165,8 +1185,8 @@ impl Touched {
                 touched.by_stamp.insert(stamp, r.row.clone());
             }
             if r.by_id {
-                if let Some(stamp) = r.last_pushed {
-                    touched.last_pushed.insert(r.row.id, stamp);
+                if let Some(changes) = r.pushed_changes {
+                    touched.pushed.insert(r.row.id, changes);
                 }
                 touched.by_id.insert(r.row.id, r.row);
             }

@@ -656,17 +656,26 @@ async fn client_wins_applies_the_client_and_bumps_the_version() {
 async fn batches_sent_again_after_the_record_moved_on_are_duplicates_and_undo_nothing() {
     let app = TestApp::spawn().await;
     let (user, facility) = setup(&app).await;
-    // A shift opened offline, then a note added to it: two batches, whose answers the phone
-    // never got.
+    // A shift opened offline, then two notes added to it: three batches, whose answers the
+    // phone never got.
     let mut opened = open_shift(facility, 30);
     opened["conflict_strategy"] = json!("client_wins");
+    let mut batches = vec![opened.clone()];
     let (_, body) = push(&app, &user, vec![opened.clone()]).await;
     assert_eq!(statuses(&body), ["created"], "{body}");
-    let mut noted = opened.clone();
-    noted["data"]["notes"] = json!("on the way");
-    noted["client_timestamp"] = json!((Utc::now() - Duration::minutes(20)).to_rfc3339());
-    let (_, body) = push(&app, &user, vec![noted.clone()]).await;
-    assert_eq!(statuses(&body), ["updated"], "{body}");
+    for (version, (note, minutes_ago)) in [("on the way", 20), ("generator broke", 10)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut noted = opened.clone();
+        noted["sync_version"] = json!(version + 1);
+        noted["data"]["notes"] = json!(note);
+        noted["client_timestamp"] =
+            json!((Utc::now() - Duration::minutes(minutes_ago)).to_rfc3339());
+        let (_, body) = push(&app, &user, vec![noted.clone()]).await;
+        assert_eq!(statuses(&body), ["updated"], "{body}");
+        batches.push(noted);
+    }
     // The worker clocks out online meanwhile.
     let (status, closed) = send(
         app.post("/api/attendance/clock-out")
@@ -675,9 +684,9 @@ async fn batches_sent_again_after_the_record_moved_on_are_duplicates_and_undo_no
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{closed}");
-    // The phone's queue sends both batches again, whatever strategy they carry.
-    for batch in [opened, noted] {
-        for strategy in ["client_wins", "manual", "server_wins"] {
+    // The phone's queue sends the batches again, in order, whatever strategy they carry.
+    for strategy in ["client_wins", "manual", "server_wins"] {
+        for batch in &batches {
             let mut again = batch.clone();
             again["conflict_strategy"] = json!(strategy);
             let (_, body) = push(&app, &user, vec![again]).await;
@@ -688,7 +697,7 @@ async fn batches_sent_again_after_the_record_moved_on_are_duplicates_and_undo_no
     let (_, stored) = stored_record(&app, &user, &closed).await;
     assert_eq!(stored["status"], "closed", "{stored}");
     assert_eq!(stored["clock_out_at"], closed["clock_out_at"]);
-    assert_eq!(stored["notes"], "on the way");
+    assert_eq!(stored["notes"], "generator broke");
     assert_eq!(stored["sync_version"], closed["sync_version"]);
     let (_, queue) = send(
         app.get("/api/sync/conflicts")
@@ -696,16 +705,47 @@ async fn batches_sent_again_after_the_record_moved_on_are_duplicates_and_undo_no
     )
     .await;
     assert_eq!(queue["total"], 0, "{queue}");
-    // A change the phone made after the one it was sent, on the old version, is still a
-    // conflict settled by its strategy.
-    let later = json!({"kind": "attendance", "op": "upsert", "id": closed["id"], "sync_version": 2,
-                   "client_timestamp": (Utc::now() - Duration::minutes(10)).to_rfc3339(),
-                   "data": {"facility_id": facility, "clock_in_at": closed["clock_in_at"],
-                            "clock_in_location": {"latitude": SITE.0, "longitude": SITE.1},
-                            "notes": "left early"}});
+    // A change the phone made after those it sent, on the old version, is a conflict settled by
+    // its strategy; so is one that reuses a sent change's client timestamp with other content.
+    let mut later = batches[2].clone();
+    later["data"]["notes"] = json!("left early");
+    let (_, body) = push(&app, &user, vec![later.clone()]).await;
+    assert_eq!(statuses(&body), ["conflict"], "{body}");
+    assert_eq!(body["results"][0]["resolution"], "client_wins");
+    later["client_timestamp"] = json!((Utc::now() - Duration::minutes(5)).to_rfc3339());
+    later["data"]["notes"] = json!("left early, again");
     let (_, body) = push(&app, &user, vec![later]).await;
     assert_eq!(statuses(&body), ["conflict"], "{body}");
-    assert_eq!(body["results"][0]["resolution"], "server_wins");
+    assert_eq!(notes_and_version(&app).await.0, "left early, again");
+}
+
+#[tokio::test]
+async fn a_deletion_sent_again_after_another_device_restored_the_record_undoes_nothing() {
+    let app = TestApp::spawn().await;
+    let (user, facility) = setup(&app).await;
+    let record = shift(Uuid::new_v4(), facility, 1, 6, 1);
+    let (_, body) = push(&app, &user, vec![record.clone()]).await;
+    assert_eq!(statuses(&body), ["created"], "{body}");
+    // The phone deletes it; the answer is lost.
+    let delete = json!({"kind": "attendance", "op": "delete", "id": record["id"], "sync_version": 1,
+                        "client_timestamp": (Utc::now() - Duration::minutes(10)).to_rfc3339(),
+                        "conflict_strategy": "client_wins"});
+    let (_, body) = push(&app, &user, vec![delete.clone()]).await;
+    assert_eq!(statuses(&body), ["deleted"], "{body}");
+    // The tablet, not having pulled the deletion, keeps its edit of it.
+    let mut kept = record.clone();
+    kept["data"]["notes"] = json!("kept on the tablet");
+    kept["client_timestamp"] = json!((Utc::now() - Duration::minutes(5)).to_rfc3339());
+    kept["conflict_strategy"] = json!("client_wins");
+    let (_, body) = push_from(&app, &user, "device-B", vec![kept]).await;
+    assert_eq!(statuses(&body), ["conflict"], "{body}");
+    assert_eq!(body["results"][0]["resolution"], "client_wins");
+    // The phone sends its deletion again.
+    let (_, body) = push(&app, &user, vec![delete]).await;
+    assert_eq!(statuses(&body), ["duplicate"], "{body}");
+    let (status, stored) = stored_record(&app, &user, &record).await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    assert_eq!(stored["notes"], "kept on the tablet");
 }
 
 #[tokio::test]
@@ -1494,7 +1534,6 @@ async fn keeping_a_devices_copy_of_a_shift_replaced_since_does_not_reopen_it() {
     assert_eq!(statuses(&body), vec!["updated"], "{body}");
     let mut stale = shift.clone();
     stale["data"]["notes"] = json!("from the phone");
-    stale["client_timestamp"] = json!((Utc::now() - Duration::minutes(60)).to_rfc3339());
     stale["conflict_strategy"] = json!("manual");
     let (_, body) = push(&app, &user, vec![stale]).await;
     assert_eq!(statuses(&body), vec!["conflict"], "{body}");

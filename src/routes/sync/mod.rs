@@ -57,9 +57,9 @@ async fn run_push(
 /// Pushes a batch of offline changes.
 ///
 /// Idempotent: a batch sent again changes nothing and answers `duplicate` per record, even once
-/// its records have moved on since (a change is known by its device and `client_timestamp`). Each
-/// record gets its own result, in the order sent; a bad record is `rejected` and never fails the
-/// others.
+/// its records have moved on since (a change is known by its device, content and
+/// `client_timestamp`). Each record gets its own result, in the order sent; a bad record is
+/// `rejected` and never fails the others.
 #[utoipa::path(post, path = "/sync/push", tag = "sync", security(("bearer" = [])), request_body = PushRequest,
     responses(
         (status = 200, description = "One result per record", body = PushResponse),
