@@ -203,9 +203,10 @@ async fn resolve_conflict(
                     .map(AttendanceRecord::from),
             }));
         }
+        let kept = conflict.resolution.as_deref().unwrap_or("other");
         return Err(ApiError::conflict(
             ErrorCode::Conflict,
-            "this conflict is already resolved the other way",
+            format!("this conflict is already resolved: the {kept} copy was kept"),
         ));
     }
     let row: Option<AttendanceRow> = match req.keep {
