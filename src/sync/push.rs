@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::audit::Activity;
 use crate::auth::{AuthUser, ClientInfo};
 use crate::config::Config;
-use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
+use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow, Location};
 use crate::db::facilities::{Site, SiteCache};
 use crate::db::is_deadlock;
 use crate::domain::GeoPoint;
@@ -29,7 +29,7 @@ use crate::sync::model::{
 /// The distances of a record's clock-in and clock-out from its facility, and whether either is
 /// outside the geofence.
 pub(crate) fn measure(content: &Content, site: &Site) -> (f64, Option<f64>, bool) {
-    let point = |l: &crate::db::attendance::Location| GeoPoint {
+    let point = |l: &Location| GeoPoint {
         latitude: l.latitude,
         longitude: l.longitude,
     };
@@ -794,7 +794,7 @@ fn decide_all(
         );
         // A change a push already applied, sent again after the record moved on (its answer
         // lost): the same change, not a stale edit for the strategy to settle.
-        let change = change_digest(device_id, &client_data(record.op, content.as_ref(), stamp));
+        let change = change_digest(device_id, record.op, content.as_ref(), stamp);
         let applied_before = pushed.get(&id).is_some_and(|c| c.contains(&change));
         let decision = match decision {
             Decision::Conflict(_) if applied_before => Decision::Duplicate,
@@ -1034,15 +1034,71 @@ fn client_data(op: Op, content: Option<&Content>, stamp: DateTime<Utc>) -> Value
     json!({ "op": op, "content": content, "client_timestamp": stamp })
 }
 
-/// A change as one number: the device that sent it and what it sent (`client_data`), hashed.
-/// Equal for the same change sent again, whatever the record has become since; a change with
-/// other content, or from another device, differs even at the same client timestamp.
-pub(crate) fn change_digest(device_id: &str, change: &Value) -> i64 {
+/// A change as one number: the device that sent it and what it sent (its operation, content and
+/// client timestamp), hashed field by field. Equal for the same change sent again, whatever the
+/// record has become since; a change with other content, or from another device, differs even
+/// at the same client timestamp.
+pub(crate) fn change_digest(
+    device_id: &str,
+    op: Op,
+    content: Option<&Content>,
+    stamp: DateTime<Utc>,
+) -> i64 {
     use sha2::{Digest, Sha256};
+    fn text(hash: &mut Sha256, text: Option<&str>) {
+        match text {
+            Some(t) => {
+                hash.update([1]);
+                hash.update((t.len() as u64).to_be_bytes());
+                hash.update(t.as_bytes());
+            }
+            None => hash.update([0]),
+        }
+    }
+    fn time(hash: &mut Sha256, at: Option<DateTime<Utc>>) {
+        match at {
+            Some(at) => {
+                hash.update([1]);
+                hash.update(at.timestamp_micros().to_be_bytes());
+            }
+            None => hash.update([0]),
+        }
+    }
+    fn number(hash: &mut Sha256, n: Option<f64>) {
+        match n {
+            Some(n) => {
+                hash.update([1]);
+                hash.update(n.to_bits().to_be_bytes());
+            }
+            None => hash.update([0]),
+        }
+    }
+    fn place(hash: &mut Sha256, at: Option<&Location>) {
+        match at {
+            Some(at) => {
+                hash.update([1]);
+                number(hash, Some(at.latitude));
+                number(hash, Some(at.longitude));
+                number(hash, at.accuracy_m);
+            }
+            None => hash.update([0]),
+        }
+    }
     let mut hash = Sha256::new();
-    hash.update(device_id.as_bytes());
-    hash.update([0]);
-    hash.update(change.to_string().as_bytes());
+    text(&mut hash, Some(device_id));
+    hash.update([match op {
+        Op::Upsert => 1,
+        Op::Delete => 2,
+    }]);
+    time(&mut hash, Some(stamp));
+    if let Some(c) = content {
+        hash.update(c.facility_id.as_bytes());
+        time(&mut hash, Some(c.clock_in_at));
+        time(&mut hash, c.clock_out_at);
+        place(&mut hash, Some(&c.clock_in));
+        place(&mut hash, c.clock_out.as_ref());
+        text(&mut hash, c.notes.as_deref());
+    }
     let digest = hash.finalize();
     i64::from_be_bytes(
         digest[..8]
@@ -1192,5 +1248,53 @@ impl Touched {
             }
         }
         Ok(touched)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn a_change_hashes_alike_only_when_sent_again_whole() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 1, 6, 0, 0).unwrap();
+        let content = Content {
+            facility_id: Uuid::from_u128(7),
+            clock_in_at: at,
+            clock_out_at: None,
+            clock_in: Location {
+                latitude: -1.9,
+                longitude: 30.1,
+                accuracy_m: Some(12.5),
+            },
+            clock_out: None,
+            notes: None,
+        };
+        let digest =
+            |device: &str, op: Op, c: Option<&Content>, stamp| change_digest(device, op, c, stamp);
+        let sent = digest("phone", Op::Upsert, Some(&content), at);
+        assert_eq!(
+            sent,
+            digest("phone", Op::Upsert, Some(&content.clone()), at)
+        );
+        let mut noted = content.clone();
+        noted.notes = Some(String::new());
+        let mut moved = content.clone();
+        moved.clock_in.accuracy_m = None;
+        let others = [
+            digest("tablet", Op::Upsert, Some(&content), at),
+            digest("phone", Op::Delete, None, at),
+            digest(
+                "phone",
+                Op::Upsert,
+                Some(&content),
+                at + chrono::Duration::microseconds(1),
+            ),
+            digest("phone", Op::Upsert, Some(&noted), at),
+            digest("phone", Op::Upsert, Some(&moved), at),
+        ];
+        assert!(others.iter().all(|d| *d != sent), "{others:?} vs {sent}");
     }
 }
