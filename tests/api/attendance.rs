@@ -2344,14 +2344,7 @@ async fn supervisor_of_40_mb_of_csv(app: &TestApp) -> TestUser {
 
 /// Waits, ten seconds at most, until no export's query runs; panics with `what` after.
 async fn until_no_export_query(app: &TestApp, what: &str) {
-    app.until_counted(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND pid <> pg_backend_pid()
-           AND state = 'active' AND query LIKE '%FROM attendance%'",
-        0,
-        what,
-    )
-    .await;
+    app.until_none_running("FROM attendance", what).await;
 }
 
 #[tokio::test]
@@ -2827,11 +2820,8 @@ async fn a_summary_past_the_request_timeout_is_cancelled_in_the_database_too() {
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
     );
-    app.until_counted(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND query LIKE '%covered%'
-           AND state = 'active' AND pid <> pg_backend_pid()",
-        0,
+    app.until_none_running(
+        "covered",
         "the summary's query is cancelled while the lock is held",
     )
     .await;

@@ -1133,6 +1133,17 @@ async fn only_admins_import_or_manage_facilities() {
     assert_eq!(facility_count(&app).await, 1, "only the helper's facility");
 }
 
+/// Holds the imports' lock as an import applying its rows does, until committed or dropped.
+async fn an_import_applying(app: &TestApp) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut import = app.db.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(field_attendance::import::apply::IMPORT_LOCK)
+        .execute(&mut *import)
+        .await
+        .unwrap();
+    import
+}
+
 async fn gasabo(app: &TestApp) -> uuid::Uuid {
     sqlx::query_scalar("SELECT id FROM councils WHERE name = 'Gasabo'")
         .fetch_one(&app.db)
@@ -1589,12 +1600,7 @@ async fn a_facility_created_while_an_import_applies_waits_for_it() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
     let council = gasabo(&app).await;
-    let mut import = app.db.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(field_attendance::import::apply::IMPORT_LOCK)
-        .execute(&mut *import)
-        .await
-        .unwrap();
+    let import = an_import_applying(&app).await;
     let create = tokio::spawn(
         app.post("/api/facilities")
             .bearer_auth(&admin.token)
@@ -1621,12 +1627,7 @@ async fn a_facility_write_cut_while_an_import_applies_leaves_no_transaction_behi
     let admin = app.admin().await;
     let council = gasabo(&app).await;
     let before = facility_count(&app).await;
-    let mut import = app.db.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(field_attendance::import::apply::IMPORT_LOCK)
-        .execute(&mut *import)
-        .await
-        .unwrap();
+    let import = an_import_applying(&app).await;
     let (status, body) = send(
         app.post("/api/facilities")
             .bearer_auth(&admin.token)
@@ -1645,13 +1646,7 @@ async fn a_facility_write_cut_while_an_import_applies_leaves_no_transaction_behi
     import.commit().await.unwrap();
     // The write's connection went back to the pool out of its transaction, not holding the
     // imports' lock: the next import can take it.
-    app.until_counted(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
-        0,
-        "no session of the service is left in a transaction",
-    )
-    .await;
+    app.until_no_session_in_a_transaction().await;
     let mut next = app.db.begin().await.unwrap();
     let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(field_attendance::import::apply::IMPORT_LOCK)
@@ -1676,12 +1671,7 @@ async fn an_import_whose_request_times_out_still_ends_whole_and_reported() {
         csv.push_str(&format!("Centre {i},TO-{i},-1.9,30.1,Gasabo\n"));
     }
     // Another import holds the facilities past the request's time limit.
-    let mut other = app.db.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(field_attendance::import::apply::IMPORT_LOCK)
-        .execute(&mut *other)
-        .await
-        .unwrap();
+    let other = an_import_applying(&app).await;
     let (status, body) = import(&app, &admin.token, "big.csv", csv.into_bytes(), "").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(facility_count(&app).await, 0);

@@ -628,6 +628,33 @@ impl TestApp {
             .expect(what);
     }
 
+    /// Waits until no statement whose text contains `text` runs in this test's database (other
+    /// than the query asking).
+    pub async fn until_none_running(&self, text: &str, what: &str) {
+        self.until_counted(
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND query LIKE '%{text}%'
+                   AND state = 'active' AND pid <> pg_backend_pid()"
+            ),
+            0,
+            what,
+        )
+        .await;
+    }
+
+    /// Waits until no session of this test's database is left inside a transaction: every
+    /// connection the service gave back to its pool was out of its transaction.
+    pub async fn until_no_session_in_a_transaction(&self) {
+        self.until_counted(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+            0,
+            "no session of the service is left in a transaction",
+        )
+        .await;
+    }
+
     /// Runs the service's command line against this test's database; panics when it fails,
     /// showing what it printed. Returns its standard output.
     pub fn cli(&self, args: &[&str]) -> Vec<u8> {

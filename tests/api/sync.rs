@@ -776,24 +776,15 @@ async fn a_push_cut_by_the_request_time_limit_stops_waiting_in_the_database_too(
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
     );
-    app.until_counted(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND query LIKE '%pg_advisory_xact_lock%'
-           AND state = 'active' AND pid <> pg_backend_pid()",
-        0,
+    app.until_none_running(
+        "pg_advisory_xact_lock",
         "the push stops waiting for the lock while it is still held",
     )
     .await;
     held.rollback().await.unwrap();
     // Its connection came back to the pool out of its transaction: not holding the lock, nor
     // left aborted for the next request to fail on.
-    app.until_counted(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
-        0,
-        "no session of the service is left in a transaction",
-    )
-    .await;
+    app.until_no_session_in_a_transaction().await;
     assert_eq!(notes_and_version(&app).await, ("offline".into(), 1));
     // The same push, sent again, goes through.
     let (status, body) = push(&app, &user, vec![edit]).await;
