@@ -305,14 +305,17 @@ pub mod users;
 
 /// Opens a transaction whose statements Postgres cancels after `limit`: a request the service
 /// gave up on would otherwise keep its query running, and its pool connection taken, to the end.
-/// Set for the transaction only, as a pooler in transaction mode requires.
+/// Set for the transaction only, as a pooler in transaction mode requires; in the same round
+/// trip as its `BEGIN`.
 pub async fn bounded(
     pool: &PgPool,
     limit: std::time::Duration,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    bound(&mut tx, limit).await?;
-    Ok(tx)
+    pool.begin_with(format!(
+        "BEGIN; SET LOCAL statement_timeout = {}",
+        millis(limit)
+    ))
+    .await
 }
 
 /// Opens a transaction, in one round trip, whose statements Postgres cancels after `limit` and
@@ -322,13 +325,17 @@ pub async fn begin_limited(
     limit: std::time::Duration,
     lock_wait: std::time::Duration,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    // Whole milliseconds, at least one: 0 would mean no limit.
     pool.begin_with(format!(
         "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
-        limit.as_millis().max(1),
-        lock_wait.as_millis().max(1)
+        millis(limit),
+        millis(lock_wait)
     ))
     .await
+}
+
+/// A limit as Postgres takes it: whole milliseconds, at least one (0 would mean no limit).
+fn millis(limit: std::time::Duration) -> u128 {
+    limit.as_millis().max(1)
 }
 
 /// How long background upkeep (a periodic job, or the ending of a stolen chain's access tokens)
@@ -355,7 +362,7 @@ pub async fn upkeep(
 /// `SET TRANSACTION`, which must come first).
 pub async fn bound(conn: &mut PgConnection, limit: std::time::Duration) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT set_config('statement_timeout', $1, true)")
-        .bind(format!("{}ms", limit.as_millis()))
+        .bind(format!("{}ms", millis(limit)))
         .execute(conn)
         .await?;
     Ok(())

@@ -458,9 +458,10 @@ fn not_clocked_in(message: &str) -> ApiError {
     ApiError::conflict(ErrorCode::NotClockedIn, message)
 }
 
-/// Ends the open shift.
+/// Ends the caller's shift.
 ///
-/// Or the latest one closed as incomplete before this clock-out came, if it still fits it.
+/// The open shift, or the latest one closed as incomplete before this clock-out came, if it still
+/// fits it.
 #[utoipa::path(post, path = "/attendance/clock-out", tag = "attendance", security(("bearer" = [])), request_body = ClockOut,
     responses(
         (status = 200, description = "The closed record; also the caller's latest shift when it was closed as incomplete before this clock-out arrived (past the maximum shift length, by the periodic sweep or at a sync; or replaced by a shift deleted since), and is of normal length by the clock-out's time; also when the clock-out that closed the caller's latest shift, in the last 10 minutes, is sent again (the same coordinates and accuracy, and the same notes and time when it sent any; when the user clocked in since, one with the very time that clock-out sent, however late, before the open shift began or after it by no more than the clock difference allowed): that shift as it is stored", body = AttendanceRecord),

@@ -53,6 +53,30 @@ async fn push(app: &TestApp, user: &TestUser, records: Vec<Value>) -> (StatusCod
     .await
 }
 
+/// Clocks the user in online, at the site; the record.
+async fn clock_in_online(app: &TestApp, user: &TestUser) -> Value {
+    let (status, record) = send(
+        app.post("/api/attendance/clock-in")
+            .bearer_auth(&user.token)
+            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{record}");
+    record
+}
+
+/// Clocks the user out online, at the site; the record.
+async fn clock_out_online(app: &TestApp, user: &TestUser) -> Value {
+    let (status, record) = send(
+        app.post("/api/attendance/clock-out")
+            .bearer_auth(&user.token)
+            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    record
+}
+
 fn statuses(body: &Value) -> Vec<String> {
     body["results"]
         .as_array()
@@ -677,13 +701,7 @@ async fn batches_sent_again_after_the_record_moved_on_are_duplicates_and_undo_no
         batches.push(noted);
     }
     // The worker clocks out online meanwhile.
-    let (status, closed) = send(
-        app.post("/api/attendance/clock-out")
-            .bearer_auth(&user.token)
-            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{closed}");
+    let closed = clock_out_online(&app, &user).await;
     // The phone's queue sends the batches again, in order, whatever strategy they carry.
     for strategy in ["client_wins", "manual", "server_wins"] {
         for batch in &batches {
@@ -1086,13 +1104,7 @@ async fn an_enforced_geofence_refuses_a_clock_in_outside_it_as_online_and_nothin
 async fn an_open_record_while_another_is_open_is_a_conflict() {
     let app = TestApp::spawn().await;
     let (user, facility) = setup(&app).await;
-    let (status, online) = send(
-        app.post("/api/attendance/clock-in")
-            .bearer_auth(&user.token)
-            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED);
+    let online = clock_in_online(&app, &user).await;
     let (_, body) = push(&app, &user, vec![open_shift(facility, 30)]).await;
     assert_eq!(statuses(&body), vec!["conflict"]);
     assert_eq!(body["results"][0]["record"]["id"], online["id"]);
@@ -1127,13 +1139,7 @@ async fn a_new_shift_sent_before_the_clock_out_of_the_open_one_is_created_beside
         let (_, active) = send(app.get("/api/attendance/active").bearer_auth(&user.token)).await;
         assert_eq!(active["attendance"]["id"], later["id"], "{op}");
         // Closed for the next round.
-        let (status, _) = send(
-            app.post("/api/attendance/clock-out")
-                .bearer_auth(&user.token)
-                .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK);
+        clock_out_online(&app, &user).await;
     }
 }
 
@@ -1245,13 +1251,7 @@ async fn a_queued_shift_its_device_deleted_leaves_the_queue_and_cannot_be_kept()
 async fn a_full_conflict_queue_rejects_the_next_manual_conflict_until_it_is_worked_through() {
     let app = TestApp::spawn().await;
     let (user, facility) = setup(&app).await;
-    let (status, _) = send(
-        app.post("/api/attendance/clock-in")
-            .bearer_auth(&user.token)
-            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED);
+    clock_in_online(&app, &user).await;
     // 199 of the user's conflicts already wait for an admin.
     sqlx::query(
         "INSERT INTO sync_conflicts (record_id, user_id, client_version, server_version, client_data, server_data)
@@ -1334,13 +1334,7 @@ async fn keeping_the_server_copy_of_a_shift_queued_beside_an_open_one_answers_th
 
 /// A shift pushed open beside the user's online one and queued for an admin; the online one.
 async fn queued_beside_online(app: &TestApp, user: &TestUser, facility: Uuid) -> (Value, Value) {
-    let (status, online) = send(
-        app.post("/api/attendance/clock-in")
-            .bearer_auth(&user.token)
-            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{online}");
+    let online = clock_in_online(app, user).await;
     let mut offline = open_shift(facility, 30);
     offline["conflict_strategy"] = json!("manual");
     let (_, body) = push(app, user, vec![offline.clone()]).await;
@@ -1356,13 +1350,7 @@ async fn queued_beside_one_clocked_out(
     facility: Uuid,
 ) -> (Value, Value, Value) {
     let (offline, online) = queued_beside_online(app, user, facility).await;
-    let (status, closed) = send(
-        app.post("/api/attendance/clock-out")
-            .bearer_auth(&user.token)
-            .json(&json!({"latitude": SITE.0, "longitude": SITE.1})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{closed}");
+    let closed = clock_out_online(app, user).await;
     (offline, online, closed)
 }
 
