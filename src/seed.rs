@@ -115,7 +115,7 @@ pub async fn create_admin(
     let password = Password::parse(password.expose_secret(), email)
         .map_err(|reason| anyhow::anyhow!("the password {reason}"))?;
     let hash = state.hasher.hash(password.into_secret()).await?;
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     // Held as a role or supervisor change holds it: the supervisor kept cannot be demoted, nor
     // the tree changed, meanwhile.
     crate::db::users::lock_tree(&mut tx, false).await?;

@@ -303,18 +303,49 @@ pub mod facilities;
 pub mod restore;
 pub mod users;
 
+/// A transaction on a pooled connection.
+pub type Tx = sqlx::Transaction<'static, Postgres>;
+
+/// Opens a transaction. Every transaction of the service opens through here (or
+/// [`begin_with`]), not through the pool's own `begin`.
+pub async fn begin(pool: &PgPool) -> Result<Tx, sqlx::Error> {
+    begin_with(pool, "BEGIN").await
+}
+
+/// Opens a transaction with `statement` (a `BEGIN` and what the transaction sets with it), in a
+/// task of its own, so that a request given up while its `BEGIN` waits (behind a PgBouncer whose
+/// server connections are all busy, say, until the request's time limit or its client's) cannot
+/// return its connection to the pool inside a transaction. sqlx counts a transaction as open only
+/// once its `BEGIN` has answered, and rolls back on drop only one it counts: the next request on
+/// that connection would run inside the stale transaction, and its writes, answered as done, be
+/// rolled back with it (or, after an error there, every later statement on the connection fail).
+/// Left to its task, the `BEGIN` finishes, and a transaction nobody waits for any more is dropped
+/// there and rolled back.
+pub async fn begin_with(
+    pool: &PgPool,
+    statement: impl Into<std::borrow::Cow<'static, str>>,
+) -> Result<Tx, sqlx::Error> {
+    let pool = pool.clone();
+    let statement = statement.into();
+    #[allow(clippy::disallowed_methods)]
+    let begun = tokio::spawn(async move { pool.begin_with(statement).await });
+    match begun.await {
+        Ok(tx) => tx,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // The runtime is shutting down.
+        Err(_) => Err(sqlx::Error::PoolClosed),
+    }
+}
+
 /// Opens a transaction whose statements Postgres cancels after `limit`: a request the service
 /// gave up on would otherwise keep its query running, and its pool connection taken, to the end.
 /// Set for the transaction only, as a pooler in transaction mode requires; in the same round
 /// trip as its `BEGIN`.
-pub async fn bounded(
-    pool: &PgPool,
-    limit: std::time::Duration,
-) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    pool.begin_with(format!(
-        "BEGIN; SET LOCAL statement_timeout = {}",
-        millis(limit)
-    ))
+pub async fn bounded(pool: &PgPool, limit: std::time::Duration) -> Result<Tx, sqlx::Error> {
+    begin_with(
+        pool,
+        format!("BEGIN; SET LOCAL statement_timeout = {}", millis(limit)),
+    )
     .await
 }
 
@@ -324,12 +355,15 @@ pub async fn begin_limited(
     pool: &PgPool,
     limit: std::time::Duration,
     lock_wait: std::time::Duration,
-) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    pool.begin_with(format!(
-        "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
-        millis(limit),
-        millis(lock_wait)
-    ))
+) -> Result<Tx, sqlx::Error> {
+    begin_with(
+        pool,
+        format!(
+            "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
+            millis(limit),
+            millis(lock_wait)
+        ),
+    )
     .await
 }
 
@@ -351,10 +385,7 @@ pub const BACKLOG_LIMIT: std::time::Duration = std::time::Duration::from_secs(60
 /// [`BACKLOG_LIMIT`]), and giving up after a few seconds' wait for a row another session holds
 /// (one left open in `psql`, say) rather than wait on, holding the rows it has already locked
 /// from the requests that need them. The work is tried again at its next turn.
-pub async fn upkeep(
-    pool: &PgPool,
-    limit: std::time::Duration,
-) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+pub async fn upkeep(pool: &PgPool, limit: std::time::Duration) -> Result<Tx, sqlx::Error> {
     begin_limited(pool, limit, UPKEEP_LOCK_WAIT).await
 }
 

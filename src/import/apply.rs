@@ -23,10 +23,8 @@ pub const IMPORT_LOCK: i64 = 0x6661_6369_6d70; // "facimp"
 /// defaults. The lock is taken inside the transaction, not with its `BEGIN`: a request dropped
 /// while it waits then rolls back, where one dropped inside `BEGIN` would hand its connection
 /// back to the pool still in the transaction, holding the lock once it came.
-pub async fn begin_beside_imports(
-    db: &PgPool,
-) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    let mut tx = db.begin().await?;
+pub async fn begin_beside_imports(db: &PgPool) -> Result<crate::db::Tx, sqlx::Error> {
+    let mut tx = crate::db::begin(db).await?;
     sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
         .bind(IMPORT_LOCK)
         .execute(&mut *tx)
@@ -150,7 +148,7 @@ pub async fn run(
     .map_err(anyhow::Error::from)??;
 
     let apply = !(options.strict && checked.failed > 0);
-    let mut tx = db.begin().await?;
+    let mut tx = crate::db::begin(db).await?;
     let (created, updated) = if apply && !checked.valid.is_empty() {
         // One import at a time: two writing the same new codes in different orders would
         // deadlock, and one could read stored values another is about to change.
@@ -181,7 +179,7 @@ pub async fn run(
     if options.dry_run {
         // The counts above are exact because the statement really ran; nothing is kept.
         tx.rollback().await?;
-        tx = db.begin().await?;
+        tx = crate::db::begin(db).await?;
     }
     let errors = checked.errors;
     let import_id: Uuid = sqlx::query_scalar(

@@ -94,7 +94,7 @@ async fn list_activities(
     // The trail is the fastest-growing table: a filter no index serves (an `entity_id` alone,
     // a long period) is cancelled in the database when the request has taken its time, rather
     // than run on, holding a connection; the page and its total are read in one snapshot.
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     crate::db::read_snapshot(&mut tx, state.config.request_timeout).await?;
     let rows: Vec<ActivityEntry> = qb.build_query_as().fetch_all(&mut *tx).await?;
     let total = paging

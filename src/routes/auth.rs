@@ -181,7 +181,7 @@ async fn register(
     };
 
     let hash = state.hasher.hash(password.into_secret()).await?;
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     // Again under share locks: the supervisor cannot be made a field role, nor the facility
     // deactivated, before this commits.
     let mut invalid = Invalid::default();
@@ -326,7 +326,7 @@ async fn login(
     } else {
         Some(state.hasher.hash(password).await?)
     };
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     // Only if the account is still as it was read: a password change, deactivation or role
     // change committed while the password was being checked (each moves the token version)
     // would otherwise be undone (an upgraded hash of the old password written over the new one)
@@ -433,7 +433,7 @@ async fn record_failure(
     email: &str,
     failure: Option<lockout::Failure>,
 ) -> Result<(), ApiError> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     let reason = if failure.is_some() {
         "wrong_password"
     } else {
@@ -482,7 +482,7 @@ async fn refresh_tokens(
     Json(req): Json<RefreshRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let token = req.refresh_token.trim();
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     // The account is share-locked before the token. A password change, deactivation or role
     // change locks the account, then revokes its tokens: either it waits for this rotation and
     // revokes the new token too, or this waits for it and finds the token revoked.
@@ -555,7 +555,7 @@ async fn logout(
     Json(req): Json<RefreshRequest>,
 ) -> Result<StatusCode, ApiError> {
     // The revocation and its audit rows commit together.
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     let revoked = refresh::revoke(&mut tx, user.id, req.refresh_token.trim()).await?;
     let activity = |action| {
         Activity::new(action)

@@ -1160,7 +1160,7 @@ pub(crate) async fn begin_for_user(
     db: &PgPool,
     user_id: Uuid,
     limit: std::time::Duration,
-) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+) -> Result<crate::db::Tx, sqlx::Error> {
     let mut tx = crate::db::begin_limited(db, limit, limit).await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind(user_id.to_string())

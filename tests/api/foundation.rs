@@ -82,6 +82,38 @@ async fn ready_turns_503_while_the_database_is_away_and_recovers_by_itself() {
 }
 
 #[tokio::test]
+async fn a_transaction_given_up_while_it_begins_leaves_its_connection_out_of_it() {
+    let app = TestApp::spawn().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&app.test_db.url())
+        .await
+        .unwrap();
+    // A `BEGIN` that answers late, as one waiting behind a PgBouncer whose server connections
+    // are all busy, given up (the request's time limit, or its client gone) before it does.
+    let late = field_attendance::db::begin_with(&pool, "BEGIN; SELECT pg_sleep(0.3)");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), late)
+            .await
+            .is_err()
+    );
+    // The next request on the pool's one connection writes, and is answered: its write is
+    // committed, not held (and later rolled back) in the transaction given up.
+    let mut next = pool.acquire().await.unwrap();
+    sqlx::query("CREATE TABLE written_after (id int)")
+        .execute(&mut *next)
+        .await
+        .unwrap();
+    drop(next);
+    let committed: bool = sqlx::query_scalar("SELECT to_regclass('written_after') IS NOT NULL")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(committed, "the write ran inside the transaction given up");
+    pool.close().await;
+}
+
+#[tokio::test]
 async fn a_service_whose_pool_is_all_busy_is_still_ready() {
     let app = TestApp::spawn_with(|env| {
         env.insert("DB_MAX_CONNECTIONS".into(), "2".into());

@@ -444,7 +444,7 @@ async fn deactivate_facility(
     client: ClientInfo,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     let before = before_edit(&mut tx, id).await?;
     // Already inactive: nothing changes, nothing is recorded, and devices pull nothing new.
     if before["status"] == "inactive" {
@@ -470,11 +470,7 @@ async fn deactivate_facility(
 /// Commits an edit of facility `id` and drops its cached site, on a task of its own: a request
 /// ended meanwhile (its time limit, its client gone) cannot leave the old site cached, for
 /// clock-ins to be measured against, once the edit is committed.
-async fn commit_and_forget(
-    state: &AppState,
-    tx: sqlx::Transaction<'static, sqlx::Postgres>,
-    id: Uuid,
-) -> Result<(), ApiError> {
+async fn commit_and_forget(state: &AppState, tx: crate::db::Tx, id: Uuid) -> Result<(), ApiError> {
     let sites = state.sites.clone();
     state
         .tasks

@@ -171,7 +171,7 @@ async fn resolve_conflict(
     Path(id): Path<Uuid>,
     Json(req): Json<ResolveRequest>,
 ) -> Result<Json<Resolution>, ApiError> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     let conflict: SyncConflict = sqlx::query_as(&format!(
         "SELECT {CONFLICT_COLUMNS} FROM sync_conflicts WHERE id = $1 FOR UPDATE"
     ))

@@ -127,7 +127,7 @@ async fn pull_changes(
         Some(text) => Cursor::decode(text, &state.jwt)?,
         None => Cursor::default(),
     };
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     let (changes, next, has_more) = pull::pull(
         &mut tx,
         &user,

@@ -169,7 +169,7 @@ async fn update_user(
         }
     }
 
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     // Supervision and role changes are serialised so that two concurrent edits cannot form a
     // cycle, or a supervisor ranked below their report, that neither would see alone. A supervisor's edit holds the tree still (shared) until it
     // commits, so that the user cannot leave their team meanwhile (checked again below).
@@ -436,7 +436,7 @@ async fn deactivate_user(
             "you cannot deactivate your own account",
         ));
     }
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     users::lock_admin_roster(&mut tx).await?;
     let previous: Option<(String, String)> = sqlx::query_as(
         "UPDATE users u SET status = 'inactive', token_version = u.token_version + 1

@@ -128,7 +128,7 @@ async fn change_password(
         .await?;
     if !current_ok {
         let failure = attempt.failed();
-        let mut tx = state.db.begin().await?;
+        let mut tx = crate::db::begin(&state.db).await?;
         Activity::new("user.password_change_failed")
             .by(&user)
             .on("user", user.id)
@@ -143,7 +143,7 @@ async fn change_password(
         return Err(ApiError::invalid("current_password", "is incorrect"));
     }
     let new_hash = state.hasher.hash(new_password.into_secret()).await?;
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     // Not over a password an admin set while this one was checked, nor for a session ended
     // meanwhile (a role change, a deactivation): either moved the token version.
     if !store(&mut tx, user.id, new_hash, Some(user.token_version)).await? {
@@ -197,7 +197,7 @@ async fn reset_password(
         .await?;
     let password = resettable(target, &req.new_password)?;
     let hash = state.hasher.hash(password.into_secret()).await?;
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     // Checked again under the row's lock: the user may have been made an admin, or given this
     // password as their email, while the hash was made. No key changes: a key-share lock (the
     // user's own logout writing its audit row) need not wait, and cannot deadlock with it.

@@ -78,7 +78,7 @@ async fn update_me(
     .into_iter()
     .filter_map(|(name, sent)| sent.then_some(name))
     .collect();
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     let before: serde_json::Value = sqlx::query_scalar(
         "SELECT to_jsonb(u) - 'password_hash' FROM users u WHERE id = $1 FOR NO KEY UPDATE",
     )

@@ -115,7 +115,7 @@ async fn create_user(
     };
     let status = req.status.unwrap_or(UserStatus::Active);
     let hash = state.hasher.hash(password.into_secret()).await?;
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     // Again under share locks: the supervisor cannot be demoted (to a field role, or below the
     // new user's role), nor the facility deactivated, before this commits.
     let mut invalid = Invalid::default();
@@ -169,7 +169,7 @@ async fn decide(
     if !users::can_see(&state.db, actor, id).await? {
         return Err(ApiError::NotFound);
     }
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     let row: Option<(String, Option<Uuid>)> =
         sqlx::query_as("SELECT status, supervisor_id FROM users WHERE id = $1 FOR NO KEY UPDATE")
             .bind(id)
