@@ -235,7 +235,7 @@ pub async fn pull_changes(
         .unwrap_or_default();
     let whole = given.is_some() && TABLES.iter().any(|t| migrated.contains(*t));
     let page = if whole { WHOLE_PULL } else { PULL_PAGE };
-    let mut tx = db.begin().await?;
+    let mut tx = crate::db::begin(db).await?;
     let (mut changes, next, has_more) = pull::pull(
         &mut tx,
         viewer,
@@ -272,7 +272,7 @@ pub async fn pull_changes(
         .ok_or_else(|| anyhow::anyhow!("a complete pull names its snapshot"))?;
 
     let full = if whole {
-        let mut tx = db.begin().await?;
+        let mut tx = crate::db::begin(db).await?;
         let cursor = Cursor {
             base: None,
             target: Some(target.clone()),
@@ -368,12 +368,6 @@ pub struct TableChanges {
     pub deleted: Vec<String>,
 }
 
-impl TableChanges {
-    fn is_empty(&self) -> bool {
-        self.created.is_empty() && self.updated.is_empty() && self.deleted.is_empty()
-    }
-}
-
 fn number(raw: &Map<String, Value>, key: &str) -> Result<Option<f64>, String> {
     match raw.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -407,9 +401,9 @@ fn record_id(id: &str) -> Result<(Uuid, bool), &'static str> {
 const NOT_AS_PULLED: &str = "id must be a UUID in lower case with hyphens, as pulls send ids";
 
 /// Adds a record the service refuses, by its id as the device sent it, to `rejected`.
-fn refuse(rejected: &mut Rejected, id: impl std::fmt::Display, reason: String) {
+fn refuse(rejected: &mut Rejected, table: &str, id: impl std::fmt::Display, reason: String) {
     rejected
-        .entry(format!("attendance.{id}"))
+        .entry(format!("{table}.{id}"))
         .or_default()
         .push(reason);
 }
@@ -459,7 +453,7 @@ fn content_of(raw: &Map<String, Value>) -> Result<(Uuid, Content), String> {
     ))
 }
 
-/// The records of a push the service refused, each with its reasons, keyed `attendance.<id>`.
+/// The records of a push the service refused, each with its reasons, keyed `<table>.<id>`.
 /// The rest of the push is applied: WatermelonDB, told their ids (`experimentalRejectedIds`),
 /// keeps them on the device as not yet synced and marks the others synced.
 pub type Rejected = FieldErrors;
@@ -469,13 +463,14 @@ const ANOTHER_USERS: &str =
     "user_id: the record is another user's; a device pushes its own user's records only";
 
 /// The ids of rejected records, by table, as WatermelonDB's `experimentalRejectedIds` reads them.
-pub fn rejected_ids(rejected: &Rejected) -> HashMap<&'static str, Vec<String>> {
-    let ids = rejected
-        .keys()
-        .filter_map(|key| key.strip_prefix("attendance."))
-        .map(str::to_string)
-        .collect();
-    HashMap::from([("attendance", ids)])
+pub fn rejected_ids(rejected: &Rejected) -> HashMap<String, Vec<String>> {
+    let mut ids = HashMap::from([("attendance".to_string(), Vec::new())]);
+    for (table, id) in rejected.keys().filter_map(|key| key.split_once('.')) {
+        ids.entry(table.to_string())
+            .or_default()
+            .push(id.to_string());
+    }
+    ids
 }
 
 /// Applies a push in one transaction. A record the service refuses (its times, its facility,
@@ -495,21 +490,35 @@ pub async fn push_changes(
     let now = Utc::now().trunc_subsecs(6);
     let snapshot = issued_to(db, user, last_pulled_at).await?.snapshot;
     let mut problems = FieldErrors::new();
-    for (table, set) in &changes {
-        if table == "facilities" && !set.is_empty() {
-            return Err(ApiError::refused("facilities are read-only for devices"));
+    let mut rejected = Rejected::new();
+    // Records of a table devices do not write, or of one the server does not sync (the app's
+    // local-only tables come with empty sets, but one written before they were kept local would
+    // not), are refused one by one: WatermelonDB sends a record again at every sync until a
+    // push takes it, so refusing the whole push would keep the device's shifts from the server
+    // for good.
+    for (table, set) in changes.iter().filter(|(table, _)| *table != "attendance") {
+        let reason = if table == "facilities" {
+            "facilities are read-only for devices"
+        } else {
+            "is not a table the server syncs"
+        };
+        for raw in set.created.iter().chain(&set.updated) {
+            match raw.get("id").and_then(Value::as_str) {
+                Some(id) => refuse(&mut rejected, table, id, reason.into()),
+                None => {
+                    problems
+                        .entry(format!("{table}.?"))
+                        .or_default()
+                        .push("a record without an id".into());
+                }
+            }
         }
-        // The app's local-only tables come with empty sets.
-        if !TABLES.contains(&table.as_str()) && !set.is_empty() {
-            problems.insert(
-                format!("changes.{table}"),
-                vec!["is not a synced table".into()],
-            );
+        for id in &set.deleted {
+            refuse(&mut rejected, table, id, reason.into());
         }
     }
     let attendance = changes.get("attendance");
     let rules = config.attendance.time_rules();
-    let mut rejected = Rejected::new();
     let mut upserts: Vec<(Uuid, Content)> = Vec::new();
     // Ids sent otherwise than as pulls send them, as sent.
     let mut sent_as: HashMap<Uuid, String> = HashMap::new();
@@ -542,7 +551,7 @@ pub async fn push_changes(
             // A record the device can be told of by its id is left out; one without an id is
             // a malformed push.
             Err(reason) => match raw.get("id").and_then(Value::as_str) {
-                Some(label) => refuse(&mut rejected, label, reason),
+                Some(label) => refuse(&mut rejected, "attendance", label, reason),
                 None => {
                     problems
                         .entry("attendance.?".into())
@@ -561,7 +570,7 @@ pub async fn push_changes(
                 }
                 deletes.push(uuid);
             }
-            Err(reason) => refuse(&mut rejected, id, reason.into()),
+            Err(reason) => refuse(&mut rejected, "attendance", id, reason.into()),
         }
     }
     // WatermelonDB sends a record once per push; twice (created and updated, or updated and
@@ -700,12 +709,12 @@ async fn apply_changes(
     let mut plan = Plan::default();
     for id in upserts.iter().map(|(id, _)| id).chain(deletes) {
         if foreign.contains(id) {
-            refuse(rejected, named(id), ANOTHER_USERS.into());
+            refuse(rejected, "attendance", named(id), ANOTHER_USERS.into());
         }
     }
     for (id, content) in upserts.iter().filter(|(id, _)| !foreign.contains(id)) {
         if new_but_not_as_pulled(id) {
-            refuse(rejected, named(id), NOT_AS_PULLED.into());
+            refuse(rejected, "attendance", named(id), NOT_AS_PULLED.into());
             continue;
         }
         let current = existing.get(id);
@@ -720,15 +729,20 @@ async fn apply_changes(
             continue;
         }
         if let Err(reason) = check_new_times(content, current, rules, now) {
-            refuse(rejected, named(id), reason);
+            refuse(rejected, "attendance", named(id), reason);
             continue;
         }
         let Some(site) = sites.get(&content.facility_id) else {
-            refuse(rejected, named(id), "facility_id: no such facility".into());
+            refuse(
+                rejected,
+                "attendance",
+                named(id),
+                "facility_id: no such facility".into(),
+            );
             continue;
         };
         if let Some(refusal) = site_refuses(site, content, current, config) {
-            refuse(rejected, named(id), refusal.message());
+            refuse(rejected, "attendance", named(id), refusal.message());
             continue;
         }
         let version = current.map_or(1, |r| r.sync_version + 1);

@@ -237,14 +237,44 @@ async fn bad_records_other_users_records_and_unknown_timestamps_are_refused() {
         trail["refused"][future_id.to_string()].is_array(),
         "{trail}"
     );
-    let (status, _) = push(
+    // A facility edited on the device, and a record of a table the server does not sync (one
+    // the app keeps on the device alone), are refused one by one beside a shift that is stored:
+    // WatermelonDB sends them again at every sync, and refused whole the push would keep the
+    // device's shifts from the server for good.
+    let (draft, beside) = (Uuid::new_v4(), Uuid::new_v4());
+    let (status, body) = push(
         &app,
         &owner,
         t,
-        json!({"facilities": {"updated": [{"id": facility, "name": "renamed"}]}}),
+        json!({
+            "facilities": {"updated": [{"id": facility, "name": "renamed"}]},
+            "drafts": {"created": [{"id": draft, "text": "kept on the phone"}]},
+            "attendance": {"created": [raw(beside, facility, "beside")]},
+        }),
     )
     .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["experimentalRejectedIds"],
+        json!({"attendance": [], "facilities": [facility], "drafts": [draft]})
+    );
+    assert!(
+        body["reasons"][format!("facilities.{facility}")][0]
+            .as_str()
+            .unwrap()
+            .contains("read-only"),
+        "{body}"
+    );
+    let stored: (String, Option<String>) = sqlx::query_as(
+        "SELECT f.name, a.notes FROM facilities f, attendance a WHERE f.id = $1 AND a.id = $2",
+    )
+    .bind(facility)
+    .bind(beside)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_ne!(stored.0, "renamed");
+    assert_eq!(stored.1.as_deref(), Some("beside"));
     // One record twice in a push: one write would undo the other.
     let twice = Uuid::new_v4();
     for changes in [
@@ -283,7 +313,7 @@ async fn bad_records_other_users_records_and_unknown_timestamps_are_refused() {
         .fetch_all(&app.db)
         .await
         .unwrap();
-    assert_eq!(notes, ["mine", "ok", "own"]);
+    assert_eq!(notes, ["beside", "mine", "ok", "own"]);
 }
 
 #[tokio::test]

@@ -162,8 +162,8 @@ pub struct WatermelonRejected {
     /// marks the others synced.
     #[serde(rename = "experimentalRejectedIds")]
     #[schema(value_type = std::collections::HashMap<String, Vec<String>>, example = json!({"attendance": ["8d4f8c7e-2d1b-4b4e-9a53-2f7f3f6d9a10"]}))]
-    pub experimental_rejected_ids: std::collections::HashMap<&'static str, Vec<String>>,
-    /// Why each was refused, keyed `attendance.<id>`.
+    pub experimental_rejected_ids: std::collections::HashMap<String, Vec<String>>,
+    /// Why each was refused, keyed `<table>.<id>`.
     #[schema(value_type = std::collections::HashMap<String, Vec<String>>, example = json!({"attendance.8d4f8c7e-2d1b-4b4e-9a53-2f7f3f6d9a10": ["clock_in_at is more than 30 days ago"]}))]
     pub reasons: crate::error::FieldErrors,
 }
@@ -184,10 +184,9 @@ pub struct WatermelonRejected {
         (status = 200, description = "Applied, except the records named, which the service refused", body = WatermelonRejected),
         (status = 204, description = "Applied whole"),
         (status = 400, description = "Malformed JSON or query", body = ErrorEnvelope),
-        (status = 403, description = "A push to a read-only table", body = ErrorEnvelope),
         (status = 409, description = "Changed on the server since `last_pulled_at` (`conflict`), or another open shift written at the same moment (`already_clocked_in`); pull and push again", body = ErrorEnvelope),
         (status = 413, description = "Body over the limit", body = ErrorEnvelope),
-        (status = 422, description = "A malformed push (a record without an id, one record twice, or records of a table the server does not sync), or an unknown `last_pulled_at`", body = ErrorEnvelope),
+        (status = 422, description = "A malformed push (a record without an id, or one record twice), or an unknown `last_pulled_at`", body = ErrorEnvelope),
     ))]
 async fn watermelon_push(
     State(state): State<AppState>,
