@@ -74,7 +74,8 @@ pub fn limiter(
 ) -> Limiter {
     let replenish = quota.period / quota.burst;
     let config = GovernorConfigBuilder::default()
-        .period(replenish.max(Duration::from_millis(1)))
+        // Not zero, which the limiter refuses (more than a billion requests a second).
+        .period(replenish.max(Duration::from_nanos(1)))
         .burst_size(quota.burst)
         .key_extractor(ClientKey {
             jwt,

@@ -156,11 +156,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("`{s}` is not a duration such as 90s, 15m or 1h"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
+    let unit = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
         _ => return Err(format!("`{s}` has an unknown unit (use s, m or h)")),
     };
-    Ok(Duration::from_secs(secs))
+    n.checked_mul(unit)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{s}` is longer than any period this service can count"))
 }

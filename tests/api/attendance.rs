@@ -706,22 +706,25 @@ async fn the_periodic_sweep_closes_forgotten_shifts() {
             "open",
         )
         .await;
-    let recent = app
+    // Another worker, at work for two hours: the sweep leaves that shift open.
+    let (colleague, _) = user_at_site(&app, "focal", None).await;
+    let at_work = app
         .insert_attendance(
-            user.id,
+            colleague.id,
             facility,
-            Utc::now() - Duration::hours(30),
-            Some(Utc::now() - Duration::hours(22)),
-            "closed",
+            Utc::now() - Duration::hours(2),
+            None,
+            "open",
         )
         .await;
+    // Closed by the same sweep, had that taken every open shift for forgotten.
     swept(&app, forgotten).await;
     let untouched: String = sqlx::query_scalar("SELECT status FROM attendance WHERE id = $1")
-        .bind(recent)
+        .bind(at_work)
         .fetch_one(&app.db)
         .await
         .unwrap();
-    assert_eq!(untouched, "closed");
+    assert_eq!(untouched, "open");
     // How the shift ended is in its audit trail, done by no one.
     let audited: Vec<(Option<uuid::Uuid>, uuid::Uuid, Option<String>)> = sqlx::query_as(
         "SELECT actor_id, entity_id, details->>'user_id' FROM activities

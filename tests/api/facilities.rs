@@ -1372,7 +1372,7 @@ async fn facility_edits_report_every_bad_field_and_searches_cross_the_antimeridi
     .await;
     assert_eq!(status, StatusCode::CREATED, "{fiji}");
     assert_eq!(fiji["geofence_radius_m"], 300);
-    import(
+    let (status, imported) = import(
         &app,
         &admin.token,
         "f.csv",
@@ -1380,11 +1380,14 @@ async fn facility_edits_report_every_bad_field_and_searches_cross_the_antimeridi
         "",
     )
     .await;
-    let radii: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT geofence_radius_m FROM facilities")
-        .fetch_all(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(radii, vec![300]);
+    assert_eq!(status, StatusCode::OK, "{imported}");
+    let radii: Vec<i32> = sqlx::query_scalar(
+        "SELECT DISTINCT geofence_radius_m FROM facilities WHERE code LIKE 'KGL-%'",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(radii, vec![300], "{imported}");
     // 2.1 km away across the antimeridian.
     let (status, found) = send(
         app.get("/api/facilities?near=-17,179.99&radius_m=5000")

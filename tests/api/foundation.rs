@@ -384,6 +384,16 @@ async fn metrics_count_requests_by_route_and_status() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
     send(app.get("/health")).await;
+    // Two users that do not exist: one series for the route, not one for each id asked for.
+    let ids = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
+    for id in ids {
+        let (status, _) = send(
+            app.get(&format!("/api/users/{id}"))
+                .bearer_auth(&admin.token),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
     let text = app.metrics(&admin).await;
     assert!(
         text.lines().any(|l| l.starts_with("http_requests_total")
@@ -391,6 +401,15 @@ async fn metrics_count_requests_by_route_and_status() {
             && l.contains(r#"status="200""#)),
         "{text}"
     );
+    assert!(
+        text.lines().any(|l| l.starts_with("http_requests_total")
+            && l.contains(r#"route="/api/users/{id}""#)
+            && l.contains(r#"status="404""#)),
+        "{text}"
+    );
+    for id in ids {
+        assert!(!text.contains(&id.to_string()), "{id} in {text}");
+    }
     // The latency targets (30 ms, 100 ms, 150 ms) are bucket edges: counted, not interpolated.
     for edge in ["0.03", "0.1", "0.15"] {
         assert!(
