@@ -719,39 +719,57 @@ fn cell_text(value: &DataRef<'_>) -> String {
     }
 }
 
-/// `1001.0` (a code stored as a number) reads as `1001`; other numbers keep their digits.
+/// `1001.0` (a code stored as a number) reads as `1001`; other numbers keep their digits. One
+/// of 16 digits or more reads as Excel shows it, `1.23456789012345E+18`: Excel keeps 15 digits
+/// of a number typed, and the ones past them are lost.
 fn float_text(f: f64) -> String {
-    if f.fract() == 0.0 && f.abs() < 1e15 {
+    if f.abs() >= 1e15 {
+        format!("{f:E}").replacen('E', "E+", 1)
+    } else if f.fract() == 0.0 {
         format!("{}", f as i64)
     } else {
         format!("{f}")
     }
 }
 
-/// Whether a number format shows text beside a positive number (`"HC-"000`, `00\-000`): text
-/// in quotes, or a character escaped with a backslash, in its first section. Colours and
-/// conditions (`[Red]`), the room `_x` keeps, the fill `*x` and escaped spaces show no text;
-/// the later sections are for negative numbers, zero and text.
+/// Whether a number format shows more than the number's digits beside a positive number
+/// (`"HC-"000`, `00\-000`, `00-000`, `000 000`, `0%`): text in quotes, a character escaped with
+/// a backslash, or one Excel shows as it is (`-`, `(`, `$`, ...), in its first section; a space
+/// only between digits (a cell's text is trimmed). Colours and conditions (`[Red]`), the room
+/// `_x` keeps and the fill `*x` show no text; the later sections are for negative numbers, zero
+/// and text.
 fn adds_text(format: &str) -> bool {
     let mut chars = format.chars();
+    // A digit shown, and a space shown after it.
+    let (mut digit, mut spaced) = (false, false);
     while let Some(c) = chars.next() {
-        match c {
+        let shown = match c {
             ';' => return false,
-            '"' => {
-                let quoted: String = chars.by_ref().take_while(|&c| c != '"').collect();
-                if !quoted.trim().is_empty() {
+            '0' | '#' | '?' => {
+                if spaced {
                     return true;
                 }
+                digit = true;
+                continue;
             }
-            '\\' if chars.next().is_some_and(|c| c != ' ') => return true,
+            '"' => chars.by_ref().take_while(|&c| c != '"').collect(),
+            '\\' => chars.next().map(String::from).unwrap_or_default(),
+            '$' | '-' | '+' | '/' | '(' | ')' | ':' | '!' | '^' | '&' | '\'' | '~' | '{' | '}'
+            | '<' | '>' | '=' | '%' | ' ' => c.to_string(),
             '_' | '*' => {
                 chars.next();
+                continue;
             }
             '[' => {
                 chars.by_ref().find(|&c| c == ']');
+                continue;
             }
-            _ => {}
+            _ => continue,
+        };
+        if !shown.trim().is_empty() {
+            return true;
         }
+        spaced |= digit && !shown.is_empty();
     }
     false
 }
@@ -760,7 +778,15 @@ fn adds_text(format: &str) -> bool {
 /// phone numbers with leading zeros, reads as the sheet shows it: `123` as `00123`, as Excel's
 /// own CSV export writes it.
 fn padded(text: String, format: Option<&str>) -> String {
-    match format {
+    // A colour or a condition (`[Blue]00000`) shows no text.
+    let zeros = format.map(|f| {
+        let mut rest = f;
+        while let Some(after) = rest.strip_prefix('[').and_then(|r| r.split_once(']')) {
+            rest = after.1;
+        }
+        rest
+    });
+    match zeros {
         Some(zeros)
             if zeros.len() > text.len()
                 && zeros.bytes().all(|b| b == b'0')

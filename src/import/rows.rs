@@ -57,7 +57,14 @@ impl Column {
     /// header names it otherwise, and never counted as the column given twice).
     fn from_header(header: &str) -> Option<(Self, bool)> {
         // Any run of spaces (a non-breaking one pasted from the web too), `_` and `-` is one `_`.
-        let lower = header.trim_start_matches('\u{FEFF}').trim().to_lowercase();
+        // Characters that show nothing (a BOM, a zero-width space pasted from the web) are not
+        // part of the name the user sees.
+        let lower = header
+            .chars()
+            .filter(|&c| !crate::domain::is_invisible(c))
+            .collect::<String>()
+            .trim()
+            .to_lowercase();
         let normal = lower
             .split(|c: char| c.is_whitespace() || c == '_' || c == '-')
             .filter(|word| !word.is_empty())
@@ -504,7 +511,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
         }
         // A code stored as a number and shown through a format that adds text: Excel shows
         // `HC-012`, and writes it so in a CSV, but the cell holds `12`.
-        for column in [Column::Code, Column::CouncilCode] {
+        for column in [Column::Code, Column::CouncilCode, Column::ContactPhone] {
             if marked(&sheet.dressed, column) {
                 err(
                     column,
@@ -841,6 +848,12 @@ mod tests {
             "General",
             r"0_ ;[Red]\-0\ ",
             r#"0;"minus "0"#,
+            // Text Excel shows as it is, unescaped, or a space between digits: `00-020`,
+            // `000 021`. A colour shows none, nor does a space after the number.
+            "00-000",
+            r"000\ 000",
+            "[Blue]00000",
+            r"0\ ",
         ];
         for (i, format) in formats.iter().enumerate() {
             let row = i as u32 + 1;
@@ -855,14 +868,94 @@ mod tests {
         }
         let bytes = workbook.save_to_buffer().unwrap();
         let checked = check(&read(&bytes).unwrap(), &councils).unwrap();
-        assert_eq!(places(&checked), vec![(2, Some("code")), (3, Some("code"))]);
+        assert_eq!(
+            places(&checked),
+            vec![
+                (2, Some("code")),
+                (3, Some("code")),
+                (9, Some("code")),
+                (10, Some("code"))
+            ]
+        );
         assert!(
             checked.errors[0].message.contains("holds the number `13`"),
             "{:?}",
             checked.errors
         );
         let kept: Vec<&str> = checked.valid.iter().map(|r| r.code.as_str()).collect();
-        assert_eq!(kept, ["00015", "16", "17", "18", "19"]);
+        assert_eq!(kept, ["00015", "16", "17", "18", "19", "00022", "23"]);
+    }
+
+    #[test]
+    fn a_phone_a_format_dresses_and_a_code_past_excels_fifteen_digits_are_row_errors() {
+        let (councils, _) = councils();
+        let mut workbook = rust_xlsxwriter::Workbook::new();
+        let sheet = workbook.add_worksheet();
+        let headers = [
+            "code",
+            "name",
+            "latitude",
+            "longitude",
+            "council_code",
+            "phone",
+        ];
+        for (col, header) in headers.iter().enumerate() {
+            sheet.write_string(0, col as u16, *header).unwrap();
+        }
+        for row in 1..=3u32 {
+            sheet.write_string(row, 1, "Facility").unwrap();
+            sheet.write_number(row, 2, -1.9).unwrap();
+            sheet.write_number(row, 3, 30.1).unwrap();
+            sheet.write_string(row, 4, "RW-0102").unwrap();
+        }
+        // Shown `0788 123 456`: the cell holds 788123456.
+        sheet.write_string(1, 0, "A").unwrap();
+        let spaced = rust_xlsxwriter::Format::new().set_num_format("0000 000 000");
+        sheet
+            .write_number_with_format(1, 5, 788_123_456.0, &spaced)
+            .unwrap();
+        // A code of 19 digits typed into a number cell: Excel kept the first 15.
+        sheet
+            .write_number(2, 0, 1_234_567_890_123_456_789.0)
+            .unwrap();
+        // Shown `0788123456`, which is what is read.
+        sheet.write_string(3, 0, "C").unwrap();
+        let zeros = rust_xlsxwriter::Format::new().set_num_format("0000000000");
+        sheet
+            .write_number_with_format(3, 5, 788_123_456.0, &zeros)
+            .unwrap();
+        let bytes = workbook.save_to_buffer().unwrap();
+        let checked = check(&read(&bytes).unwrap(), &councils).unwrap();
+        assert_eq!(
+            places(&checked),
+            vec![(2, Some("contact_phone")), (3, Some("code"))],
+            "{:?}",
+            checked.errors
+        );
+        assert!(
+            checked.errors[1].message.contains("Excel shortened"),
+            "{:?}",
+            checked.errors
+        );
+        let kept: Vec<(&str, Option<&str>)> = checked
+            .valid
+            .iter()
+            .map(|r| (r.code.as_str(), r.contact_phone.as_deref()))
+            .collect();
+        assert_eq!(kept, [("C", Some("0788123456"))]);
+    }
+
+    #[test]
+    fn a_header_with_a_character_that_shows_nothing_names_its_column() {
+        let (councils, _) = councils();
+        let sheet = read(
+            "name,code\u{200B},latitude,longitude,council_name\nOk,A-1,-1.9,30.1,Gasabo\n"
+                .as_bytes(),
+        )
+        .unwrap();
+        let checked = check(&sheet, &councils).unwrap();
+        assert_eq!(checked.valid.len(), 1, "{:?}", checked.errors);
+        assert_eq!(checked.valid[0].code, "A-1");
     }
 
     #[test]
