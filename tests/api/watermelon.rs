@@ -1259,3 +1259,143 @@ async fn deleting_a_shift_queued_as_a_conflict_withdraws_it_from_the_queue() {
     let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
     assert_eq!(queue["total"], 0, "withdrawn from the queue: {queue}");
 }
+
+#[tokio::test]
+async fn an_upgraded_app_gets_the_migrated_tables_whole_and_what_was_deleted_since() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    let user = app.quick_user("focal", None, facility).await;
+    let t0 = pull(&app, &user, None).await["timestamp"].as_i64().unwrap();
+    let (kept, gone, later) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let (status, body) = push(
+        &app,
+        &user,
+        t0,
+        json!({"attendance": {"created": [raw(kept, facility, "kept"), raw(gone, facility, "gone")]}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let t1 = pull(&app, &user, Some(t0)).await["timestamp"]
+        .as_i64()
+        .unwrap();
+    // Since t1: one record deleted, another created, on another device of the user.
+    let (status, body) = push(
+        &app,
+        &user,
+        t1,
+        json!({"attendance": {"created": [raw(later, facility, "later")], "deleted": [gone]}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let migrated = |migration: &str| {
+        send(
+            app.get("/api/sync/watermelon")
+                .query(&[
+                    ("last_pulled_at", t1.to_string().as_str()),
+                    ("schema_version", "2"),
+                    ("migration", migration),
+                ])
+                .bearer_auth(&user.token),
+        )
+    };
+    // The app's new schema added a column to attendance: the table comes whole (the record
+    // unchanged since t1 too, for its new column), and the deletion since t1 with it.
+    let (status, body) = migrated(
+        r#"{"from":1,"tables":[],"columns":[{"table":"attendance","columns":["notes"]}]}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut updated: Vec<Uuid> = body["changes"]["attendance"]["updated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    updated.sort();
+    let mut whole = vec![kept, later];
+    whole.sort();
+    assert_eq!(updated, whole, "{body}");
+    assert_eq!(body["changes"]["attendance"]["deleted"], json!([gone]));
+    // Facilities, not migrated, come as changed since t1: none.
+    assert_eq!(body["changes"]["facilities"]["updated"], json!([]));
+    // Facilities migrated: the table whole.
+    let (status, body) = migrated(r#"{"from":1,"tables":["facilities"],"columns":[]}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sites = body["changes"]["facilities"]["updated"].as_array().unwrap();
+    assert!(sites.iter().any(|f| f["id"] == json!(facility)), "{body}");
+    let updated = body["changes"]["attendance"]["updated"].as_array().unwrap();
+    assert_eq!(updated.len(), 1, "only the record created since t1: {body}");
+    // A migration that is not WatermelonDB's object.
+    for malformed in ["{\"from\":", "[1,2]", "{\"tables\":\"attendance\"}"] {
+        let (status, body) = migrated(malformed).await;
+        assert_invalid(status, &body, "migration");
+    }
+}
+
+#[tokio::test]
+async fn a_sync_after_more_changes_than_a_page_goes_on_from_where_it_stopped() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    let user = app.quick_user("focal", None, facility).await;
+    let t0 = pull(&app, &user, None).await["timestamp"].as_i64().unwrap();
+    // Since the last sync: more changes than a page holds (the history another device of the
+    // user pushed, say).
+    let page = field_attendance::sync::watermelon::PULL_PAGE;
+    let total = page + 300;
+    sqlx::query(
+        "INSERT INTO attendance (user_id, facility_id, status, clock_in_at, clock_out_at,
+                                 clock_in_latitude, clock_in_longitude, clock_out_latitude,
+                                 clock_out_longitude, distance_m, source)
+         SELECT $1, $2, 'closed', now() - make_interval(hours => 2 * g + 2),
+                now() - make_interval(hours => 2 * g + 1), -1.9456, 30.127, -1.9456, 30.127,
+                0, 'sync'
+         FROM generate_series(1, $3) g",
+    )
+    .bind(user.id)
+    .bind(facility)
+    .bind(total as i32)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let ids = |body: &Value| -> Vec<String> {
+        body["changes"]["attendance"]["updated"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = pull(&app, &user, Some(t0)).await;
+    assert_eq!(first["has_more"], true);
+    let mut seen = ids(&first);
+    assert_eq!(seen.len(), page);
+    // Between the pages, a record of the first page is deleted on the server.
+    let deleted = seen[0].clone();
+    sqlx::query(
+        "UPDATE attendance SET deleted_at = now(), sync_version = sync_version + 1
+         WHERE id = $1::uuid",
+    )
+    .bind(&deleted)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let t1 = first["timestamp"].as_i64().unwrap();
+    let second = pull(&app, &user, Some(t1)).await;
+    assert_eq!(second["has_more"], false);
+    let rest = ids(&second);
+    assert!(
+        rest.iter().all(|id| !seen.contains(id)),
+        "no record twice across the pages"
+    );
+    seen.extend(rest);
+    assert_eq!(seen.len(), total);
+    // The deletion made while the pages were read comes with the next sync, not lost.
+    let t2 = second["timestamp"].as_i64().unwrap();
+    let third = pull(&app, &user, Some(t2)).await;
+    assert_eq!(third["changes"]["attendance"]["deleted"], json!([deleted]));
+    assert_eq!(third["has_more"], false);
+    let t3 = third["timestamp"].as_i64().unwrap();
+    let quiet = pull(&app, &user, Some(t3)).await;
+    assert_eq!(ids(&quiet), Vec::<String>::new());
+    assert_eq!(quiet["changes"]["attendance"]["deleted"], json!([]));
+}
