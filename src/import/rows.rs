@@ -523,6 +523,22 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                 );
             }
         }
+        // A CSV phone with no digit in it: most likely the end of an address whose separator
+        // is not in quotes (`KG 11 Ave, Kimironko`), carried into an empty phone column last
+        // on the line, where it shifts nothing past the header.
+        let phone = get(Column::ContactPhone);
+        if sheet.format == Format::Csv
+            && !phone.is_empty()
+            && !phone.chars().any(|c| c.is_ascii_digit())
+        {
+            err(
+                Column::ContactPhone,
+                format!(
+                    "`{}` has no digit in it: is a separator inside an earlier value that is                      not in quotes? Quote that value",
+                    shown(phone)
+                ),
+            );
+        }
         // The facility endpoints' own limits, so that an imported facility can be edited.
         for column in [
             Column::Code,
@@ -943,6 +959,26 @@ mod tests {
             .map(|r| (r.code.as_str(), r.contact_phone.as_deref()))
             .collect();
         assert_eq!(kept, [("C", Some("0788123456"))]);
+    }
+
+    #[test]
+    fn a_csv_address_whose_separator_moved_it_into_an_empty_phone_column_is_a_row_error() {
+        let (councils, _) = councils();
+        let sheet = read(
+            b"name,code,latitude,longitude,council_name,address,contact_phone\n\
+              Clinic A,HC-1,-1.9,30.1,Gasabo,KG 11 Ave, Kimironko\n\
+              Clinic B,HC-2,-1.9,30.1,Gasabo,\"KG 11 Ave, Kimironko\",+250 788 000 001\n",
+        )
+        .unwrap();
+        let checked = check(&sheet, &councils).unwrap();
+        assert_eq!(places(&checked), vec![(2, Some("contact_phone"))]);
+        assert!(checked.errors[0].message.contains("Kimironko"));
+        let kept: Vec<(&str, Option<&str>)> = checked
+            .valid
+            .iter()
+            .map(|r| (r.address.as_deref().unwrap(), r.contact_phone.as_deref()))
+            .collect();
+        assert_eq!(kept, [("KG 11 Ave, Kimironko", Some("+250 788 000 001"))]);
     }
 
     #[test]
