@@ -173,26 +173,22 @@ async fn serve<B: Batch>(
     if pending.is_empty() {
         return;
     }
+    let (late, pending, statement_limit) =
+        split_late(pending, |(_, came, _)| *came, Instant::now(), time_limit);
+    // Nothing is sent for these: they are about to be answered 503 (`Unknown` answers so).
+    for (_, _, reply) in late {
+        let _ = reply.send(Shared::Unknown);
+    }
+    if pending.is_empty() {
+        return;
+    }
     metrics::histogram!("coalesced_batch_size", "batch" => B::NAME).record(pending.len() as f64);
-    // Postgres cancels the statement well before the oldest request's time runs out, so that
-    // a statement whose requests are answered 503 does not write their rows afterwards.
-    let oldest = pending.iter().map(|(_, came, _)| *came).min();
-    let statement_limit = oldest.map_or(time_limit, |came| {
-        (time_limit - time_limit / 5).saturating_sub(came.elapsed())
-    });
     let (items, replies): (Vec<B::Item>, Vec<_>) = pending
         .into_iter()
         .map(|(item, _, reply)| (item, reply))
         .unzip();
     let size = items.len();
     let every = |what: fn() -> Shared<B::Output>| (0..size).map(|_| what()).collect();
-    if statement_limit.is_zero() {
-        // Nothing is sent: the requests are about to be answered 503 (`Unknown` answers so).
-        for reply in replies {
-            let _ = reply.send(Shared::Unknown);
-        }
-        return;
-    }
     let answers: Vec<Shared<B::Output>> = match tokio::time::timeout(
         time_limit,
         run(db, batch, &items, statement_limit),
@@ -252,5 +248,55 @@ async fn serve<B: Batch>(
         // A request that gave up while its statement ran no longer listens; what the statement
         // wrote stands, as a statement of its own would have.
         let _ = reply.send(answer);
+    }
+}
+
+/// Splits the requests of a batch into those with too little of their time left to be written
+/// (less than [`LOCK_WAIT`], or a tenth of the time a request may take when that is shorter),
+/// and the others, with the time their
+/// statement may run: Postgres cancels it well before the oldest of them runs out of time (at
+/// four fifths), so that a statement whose requests are answered 503 does not write their rows
+/// afterwards. A request that waited long for a slot is answered alone, rather than cutting
+/// short the statement of the newer ones that came with it.
+fn split_late<P>(
+    pending: Vec<P>,
+    came: impl Fn(&P) -> Instant,
+    now: Instant,
+    time_limit: Duration,
+) -> Split<P> {
+    let left = |p: &P| (time_limit - time_limit / 5).saturating_sub(now - came(p));
+    let (late, rest): (Vec<_>, Vec<_>) = pending
+        .into_iter()
+        .partition(|p| left(p) < LOCK_WAIT.min(time_limit / 10));
+    let statement_limit = rest.iter().map(left).min().unwrap_or(time_limit);
+    (late, rest, statement_limit)
+}
+
+/// Requests too late to be written, the others, and the time their statement may run.
+type Split<P> = (Vec<P>, Vec<P>, Duration);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_that_waited_long_for_a_slot_does_not_cut_short_the_newer_ones_beside_it() {
+        let now = Instant::now();
+        let limit = Duration::from_secs(30);
+        let came = |ago: u64| (ago, now - Duration::from_millis(ago));
+        let split = |pending| split_late(pending, |(_, came): &(u64, Instant)| *came, now, limit);
+        // Four fifths of 30 s is 24 s: the one that came 23.5 s ago has half a second of it
+        // left, less than the second a statement is given at least; the one that came 22 s ago
+        // has two, and bounds the statement of the rest.
+        let (late, rest, statement_limit) =
+            split(vec![came(1_000), came(23_500), came(2_000), came(22_000)]);
+        let ids = |v: &[(u64, Instant)]| v.iter().map(|(id, _)| *id).collect::<Vec<_>>();
+        assert_eq!(ids(&late), [23_500]);
+        assert_eq!(ids(&rest), [1_000, 2_000, 22_000]);
+        assert_eq!(statement_limit, Duration::from_secs(2));
+        // All fresh: the oldest bounds the statement.
+        let (late, _, statement_limit) = split(vec![came(0), came(4_000)]);
+        assert!(late.is_empty());
+        assert_eq!(statement_limit, Duration::from_secs(20));
     }
 }
