@@ -14,7 +14,9 @@ use crate::error::{ErrorBody, ErrorEnvelope};
                        facility imports and supervision reports. Every error answers with the \
                        `ErrorEnvelope` shape. Every response carries `x-request-id`: the \
                        request's own when it sent a usable one, else one made for it, also \
-                       given as `request_id` in error bodies.",
+                       given as `request_id` in error bodies, and `x-content-type-options: \
+                       nosniff`, `x-frame-options: DENY`, `referrer-policy: no-referrer` and a \
+                       `content-security-policy`.",
     ),
     modifiers(&BearerAuth),
     components(schemas(ErrorEnvelope, ErrorBody, crate::sync::model::PushRecord)),
@@ -166,8 +168,8 @@ pub fn add_common_responses(spec: &mut utoipa::openapi::OpenApi) {
 
 /// The headers answers carry: `x-request-id` on every one; by status, `WWW-Authenticate` on 401;
 /// `Retry-After` on 423, 429 and 503 (on a 503 when the service can tell when to try again); the
-/// rate limiter's own on 429 and, where a route is rate limited (it lists a 429), on its
-/// successes while limits are on.
+/// rate limiter's own, where a route is rate limited (it lists a 429), on its successes and its
+/// 429 while limits are on (its other answers carry them too).
 fn add_common_headers(
     responses: &mut std::collections::BTreeMap<
         String,
@@ -208,7 +210,7 @@ fn add_common_headers(
             "423" | "429" | "503" => add(
                 "Retry-After",
                 Type::Integer,
-                "Seconds to wait before trying again",
+                "Seconds to wait before trying again (on a 503, when the service can tell)",
             ),
             _ => {}
         }
@@ -219,7 +221,7 @@ fn add_common_headers(
                 "Seconds until the limit lets a request through",
             );
         }
-        if rate_limited && status.starts_with('2') {
+        if rate_limited && (status.starts_with('2') || status == "429") {
             add(
                 "x-ratelimit-limit",
                 Type::Integer,

@@ -10,12 +10,14 @@ use crate::auth::AuthUser;
 use crate::db::users::push_scope_with_self;
 use crate::domain::GeoPoint;
 
+/// `open` until clocked out, then `closed`; `incomplete` for a forgotten clock-out, closed by
+/// the service with no clock-out time or place, or pushed by a device with a clock-out later
+/// than the longest shift allows (it keeps the clock-out sent). No hours count for `incomplete`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttendanceStatus {
     Open,
     Closed,
-    /// Closed automatically after a forgotten clock-out: no clock-out time or place.
     Incomplete,
 }
 

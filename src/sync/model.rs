@@ -42,12 +42,17 @@ impl Strategy {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocationIn {
+    /// From -90 to 90; a record with one outside is `rejected` (the rest of its batch applies).
     pub latitude: f64,
+    /// From -180 to 180; a record with one outside is `rejected`.
     pub longitude: f64,
+    /// At least 0; a record with a negative one is `rejected`.
     pub accuracy_m: Option<f64>,
 }
 
-/// The attendance fields a device sends.
+/// The attendance fields a device sends. `clock_out_at` and `clock_out_location` come together
+/// or not at all, and a clock-out is no earlier than its clock-in; a record otherwise is
+/// `rejected`, as is one the time rules or an enforced geofence refuse.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttendanceData {

@@ -56,7 +56,7 @@ pub struct ImportUpload {
     file: Vec<u8>,
 }
 
-/// Imports facilities from CSV or a spreadsheet (admin).
+/// Imports facilities from CSV or XLSX (admin).
 ///
 /// Valid rows are applied in one transaction; invalid rows are reported with their spreadsheet row
 /// numbers.
@@ -67,7 +67,7 @@ pub struct ImportUpload {
         (status = 400, description = "Not a multipart form, or a bad query string", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
         (status = 413, description = "Over the upload limit, more than 200,000 rows, a cell over 32,767 characters, more than 256 MiB of text, or a spreadsheet that expands absurdly or whose shared strings, styles or list of sheets would take absurd memory to read", body = ErrorEnvelope),
-        (status = 415, description = "Neither CSV nor a spreadsheet", body = ErrorEnvelope),
+        (status = 415, description = "Neither CSV nor XLSX: an Excel 97-2003 (.xls) or OpenDocument (.ods) workbook, an HTML or XML export, or another kind of file (`unsupported_media_type`)", body = ErrorEnvelope),
         (status = 422, description = "No `file` field, `file` twice or another field, an empty file, no data rows, a missing required column, a workbook protected with a password or that cannot be read, a CSV with lines in two encodings or a quote left open, or two codes that Postgres (unlike the row check) finds differ only in case", body = ErrorEnvelope),
         (status = 503, description = "Another facility file is being read or applied, the database is unreachable, the request timed out, or it met concurrent changes to the same records (`unavailable`); retry later, after `Retry-After` seconds when given. An import whose request timed out still runs to its end: look for its report in `GET /facilities/imports` before sending the file again", body = ErrorEnvelope),
     ))]

@@ -39,6 +39,7 @@ pub struct SummaryQuery {
     pub from: Option<String>,
     /// A date (inclusive) or an RFC 3339 instant (exclusive); default now.
     pub to: Option<String>,
+    /// What each row sums; default `user`.
     #[param(inline)]
     pub group_by: Option<GroupBy>,
     /// IANA time zone that decides which day a shift belongs to; default `APP_TIMEZONE`.

@@ -71,15 +71,17 @@ pub struct WatermelonPull {
     #[schema(example = 42)]
     pub timestamp: i64,
     /// More changes wait: the app syncs again (the next pull from `timestamp` sends them). One
-    /// pull answers at most 5,000 records and deleted ids; each sync goes on where the last
-    /// stopped, so a first sync of a large history completes over several.
+    /// pull answers at most 5,000 records and deleted ids (but for one whose `migration` names a
+    /// table, which sends the tables it names whole); each sync goes on where the last stopped,
+    /// so a first sync of a large history completes over several.
     pub has_more: bool,
 }
 
 /// WatermelonDB `pullChanges`: the changes since `last_pulled_at`.
 ///
 /// No id twice, at most 5,000 records and deleted ids at a time (`has_more` when more wait; the
-/// next pull from the `timestamp` sends them). Every live record comes in `updated` (the app syncs
+/// next pull from the `timestamp` sends them), but for a pull whose `migration` names a table:
+/// the tables it names come whole, unpaged. Every live record comes in `updated` (the app syncs
 /// with `sendCreatedAsUpdated: true`; WatermelonDB creates the ones it lacks), deletions as ids in
 /// `deleted`, and `created` is always empty.
 #[utoipa::path(get, path = "/sync/watermelon", tag = "sync", security(("bearer" = [])), params(WatermelonPullQuery),
@@ -149,7 +151,8 @@ pub struct WatermelonPushQuery {
 #[serde(deny_unknown_fields)]
 pub struct WatermelonPushBody {
     /// `{attendance: {created: [raw], updated: [raw], deleted: [id]}}`; `_status` and `_changed`
-    /// are ignored, as are the columns the server sets.
+    /// are ignored, as are the columns the server sets and any column it does not know (an app's
+    /// schema may have more), as WatermelonDB's protocol has it.
     #[schema(value_type = Object)]
     pub changes: std::collections::HashMap<String, watermelon::TableChanges>,
 }
