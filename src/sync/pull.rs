@@ -482,16 +482,19 @@ pub async fn pull(
         qb.push(" FROM attendance a WHERE true");
         push_scope_with_self(&mut qb, viewer, "a.user_id");
         if supervising {
-            // A later page reads the tree as it is now, past its target: users who came into
-            // scope after the target are left to the next pull, which sends their records whole.
-            qb.push(" AND NOT EXISTS (SELECT 1 FROM scope_changes s WHERE s.viewer_id = ")
+            // A later page reads the tree as it is now, past its target: the records of users
+            // who came into scope after the target are left to the next pull, which sends them
+            // whole. Their deletions are sent: one moved away and back meanwhile may be held by
+            // the device, and the next pull sends only live records (a deletion of a record the
+            // device never held it passes over).
+            qb.push(" AND (a.deleted_at IS NOT NULL OR NOT EXISTS (SELECT 1 FROM scope_changes s WHERE s.viewer_id = ")
                 .push_bind(viewer.id)
                 .push(
                     " AND s.user_id = a.user_id AND s.granted
                       AND NOT pg_visible_in_snapshot(s.xid, ",
                 )
                 .push_bind(target.clone())
-                .push("::pg_snapshot))");
+                .push("::pg_snapshot)))");
         }
         push_window(
             &mut qb,

@@ -1710,18 +1710,18 @@ async fn a_cursor_changed_by_its_client_or_postgres_would_not_read_is_refused() 
                 .bearer_auth(&user.token),
         )
     };
-    // A cursor as issued, with its snapshot changed: a base that sees everything.
+    // A cursor as issued, with its snapshot changed: a base from long ago, that Postgres would
+    // read, so that only the signature tells it from one issued.
     let (status, body) = pull(String::new()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let issued = body["cursor"].as_str().unwrap();
     let (_, tag) = issued.rsplit_once('.').unwrap();
-    let forged = format!("{}.{tag}", encode(json!({ "b": "99999999:99999999:" })));
+    let forged = format!("{}.{tag}", encode(json!({ "b": "3:3:" })));
     let (status, body) = pull(forged).await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
+    assert_invalid(status, &body, "cursor");
+    assert_eq!(
+        body["error"]["details"]["cursor"][0],
+        "is not a cursor this service issued"
     );
     // Signed, but not a snapshot Postgres reads: refused, not a server error.
     for bad in [
@@ -1742,6 +1742,21 @@ async fn a_cursor_changed_by_its_client_or_postgres_would_not_read_is_refused() 
     }
     let (status, body) = pull(keys.seal(&encode(json!({ "b": "3:9:4,4,6" })))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // A page of 1 to 1,000 records.
+    for limit in ["0", "1001"] {
+        let (status, body) = send(
+            app.get(&format!("/api/sync/pull?limit={limit}"))
+                .bearer_auth(&user.token),
+        )
+        .await;
+        assert_invalid(status, &body, "limit");
+    }
+    let (status, body) = send(
+        app.get("/api/sync/pull?limit=many")
+            .bearer_auth(&user.token),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
 }
 
 #[tokio::test]
@@ -2363,6 +2378,46 @@ async fn a_worker_moved_in_while_a_pull_pages_comes_once_in_the_next_pull() {
     let next = pull_from(&app, &supervisor.token, Some(&page)).await;
     assert_eq!(change_ids(&next, "created"), [record], "{next}");
     nothing_more(&app, &supervisor.token, &next).await;
+}
+
+#[tokio::test]
+async fn a_deletion_reaches_a_supervisor_whose_worker_moved_away_and_back_while_a_pull_paged() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let facility = app.facility_at(SITE.0, SITE.1).await;
+    let supervisor = app.user("supervisor", None).await;
+    let other = app.user("supervisor", None).await;
+    let worker = app.quick_user("focal", None, facility).await;
+    move_under(&app, &admin, worker.id, Some(supervisor.id)).await;
+    let record = closed_shift(&app, worker.id, facility).await;
+    let first = pull_from(&app, &supervisor.token, None).await;
+    assert!(change_ids(&first, "created").contains(&record), "{first}");
+    // Since: two of the supervisor's own shifts, then the worker's record deleted.
+    for _ in 0..2 {
+        closed_shift(&app, supervisor.id, facility).await;
+    }
+    sqlx::query(
+        "UPDATE attendance SET deleted_at = now(), sync_version = sync_version + 1
+         WHERE id = $1::uuid",
+    )
+    .bind(&record)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    // The first page fixes what the pull reads up to; the worker is moved to another team and
+    // back before the rest.
+    let mut page = pull_page(&app, &supervisor.token, Some(&first), 1).await;
+    assert_eq!(page["has_more"], json!(true), "{page}");
+    let mut deleted = change_ids(&page, "deleted");
+    move_under(&app, &admin, worker.id, Some(other.id)).await;
+    move_under(&app, &admin, worker.id, Some(supervisor.id)).await;
+    while page["has_more"] == json!(true) {
+        page = pull_page(&app, &supervisor.token, Some(&page), 1).await;
+        deleted.extend(change_ids(&page, "deleted"));
+    }
+    let next = pull_from(&app, &supervisor.token, Some(&page)).await;
+    deleted.extend(change_ids(&next, "deleted"));
+    assert!(deleted.contains(&record), "the deletion never came: {next}");
 }
 
 /// Holds inserts into the audit trail until the transaction is committed: a change that writes
