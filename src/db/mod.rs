@@ -320,15 +320,15 @@ pub async fn begin(pool: &PgPool) -> Result<Tx, sqlx::Error> {
 /// that connection would run inside the stale transaction, and its writes, answered as done, be
 /// rolled back with it (or, after an error there, every later statement on the connection fail).
 /// Left to its task, the `BEGIN` finishes, and a transaction nobody waits for any more is dropped
-/// there and rolled back.
+/// there and rolled back. The connection is taken here, as the pool's own `begin_with` takes it:
+/// a request given up while it waits for one leaves the queue at once.
 pub async fn begin_with(
     pool: &PgPool,
     statement: impl Into<std::borrow::Cow<'static, str>>,
 ) -> Result<Tx, sqlx::Error> {
-    let pool = pool.clone();
+    let conn = pool.acquire().await?;
     let statement = statement.into();
-    #[allow(clippy::disallowed_methods)]
-    let begun = tokio::spawn(async move { pool.begin_with(statement).await });
+    let begun = tokio::spawn(sqlx::Transaction::begin(conn, Some(statement)));
     match begun.await {
         Ok(tx) => tx,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

@@ -21,8 +21,8 @@ pub const IMPORT_LOCK: i64 = 0x6661_6369_6d70; // "facimp"
 /// end (and an import for it): an import reads the stored values of the codes in its file, and
 /// a facility created or renamed to one of them meanwhile would be overwritten with the file's
 /// defaults. The lock is taken inside the transaction, not with its `BEGIN`: a request dropped
-/// while it waits then rolls back, where one dropped inside `BEGIN` would hand its connection
-/// back to the pool still in the transaction, holding the lock once it came.
+/// while it waits then rolls back at once, where a `BEGIN` (which runs to its end in a task of
+/// its own, see [`crate::db::begin_with`]) would wait on for the lock with no one to answer.
 pub async fn begin_beside_imports(db: &PgPool) -> Result<crate::db::Tx, sqlx::Error> {
     let mut tx = crate::db::begin(db).await?;
     sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")

@@ -1154,8 +1154,8 @@ fn queue(
 /// gives up after `limit` (the request's): a push the service gave up on would otherwise keep
 /// waiting, and its pool connection taken, for as long as the lock or a row is held. The lock is
 /// taken inside the transaction, not with its `BEGIN`: a request dropped while it waits then
-/// rolls the transaction back, where one dropped inside `BEGIN` would hand its connection back
-/// to the pool still in the transaction.
+/// rolls the transaction back at once, where a `BEGIN` (which runs to its end in a task of its
+/// own, see [`crate::db::begin_with`]) would wait on for the lock with no one to answer.
 pub(crate) async fn begin_for_user(
     db: &PgPool,
     user_id: Uuid,
