@@ -115,6 +115,13 @@ impl FromStr for RateQuota {
         if burst == 0 || period.is_zero() {
             return Err("requests and period must both be above zero".into());
         }
+        // The limiter counts in nanoseconds, in 64 bits.
+        if u64::try_from(period.as_nanos()).is_err() {
+            return Err(format!(
+                "`{}` is longer than the rate limiter can count (some 584 years)",
+                s.trim()
+            ));
+        }
         Ok(Self { burst, period })
     }
 }
