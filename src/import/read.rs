@@ -60,6 +60,9 @@ pub struct Sheet {
     /// The workbook's number cells shown through a format that adds text (`"HC-"000`, `00\-000`):
     /// the cell holds `12` where Excel shows `HC-012`.
     pub dressed: HashSet<(u32, usize)>,
+    /// Those of them whose format also shows zeros the number lacks: `0000 000 000` shows the
+    /// cell's `788123456` as `0788 123 456`.
+    pub hiding_zeros: HashSet<(u32, usize)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -556,7 +559,7 @@ fn read_xlsx(bytes: &[u8]) -> Result<Sheet, ReadError> {
     for _ in 0..=MAX_UNKNOWN_ERRORS {
         let current = patched.as_deref().unwrap_or(bytes);
         match read_worksheet(current)? {
-            Pass::Read(sheet) => return Ok(sheet),
+            Pass::Read(sheet) => return Ok(*sheet),
             Pass::UnknownError(value) => patched = Some(errors_as_text(current, &value)?),
         }
     }
@@ -566,7 +569,7 @@ fn read_xlsx(bytes: &[u8]) -> Result<Sheet, ReadError> {
 }
 
 enum Pass {
-    Read(Sheet),
+    Read(Box<Sheet>),
     /// An error cell whose value the reader does not know (it knows Excel's seven classic
     /// ones, not `#SPILL!`, `#CALC!` or `#GETTING_DATA`), which stops it.
     UnknownError(String),
@@ -682,15 +685,17 @@ fn read_worksheet(bytes: &[u8]) -> Result<Pass, ReadError> {
         check_length(row, col, text.unwrap_or_default())?;
         let text = match value {
             DataRef::Float(_) | DataRef::Int(_) => {
-                let shown = cells
+                let format = cells
                     .styles()
                     .get(style)
                     .and_then(|style| style.number_format.as_ref())
                     .map(|format| format.format_code.as_str());
-                if shown.is_some_and(adds_text) {
-                    grid.dressed(row, col);
+                let text = cell_text(value);
+                let shown = format.map(Shown::of).unwrap_or_default();
+                if shown.text {
+                    grid.dressed(row, col, shown.zeros > text.len());
                 }
-                padded(cell_text(value), shown)
+                padded(text, &shown)
             }
             DataRef::DateTime(_) | DataRef::DateTimeIso(_) => {
                 grid.date(row, col);
@@ -700,7 +705,7 @@ fn read_worksheet(bytes: &[u8]) -> Result<Pass, ReadError> {
         };
         grid.put(row, col, text)?;
     }
-    grid.finish().map(Pass::Read)
+    grid.finish().map(|sheet| Pass::Read(Box::new(sheet)))
 }
 
 /// Formulas are read as the values the spreadsheet last computed; nothing is evaluated.
@@ -719,82 +724,100 @@ fn cell_text(value: &DataRef<'_>) -> String {
     }
 }
 
-/// `1001.0` (a code stored as a number) reads as `1001`; other numbers keep their digits. One
-/// of 16 digits or more reads as Excel shows it, `1.23456789012345E+18`: Excel keeps 15 digits
-/// of a number typed, and the ones past them are lost.
+/// `1001.0` (a code stored as a number) reads as `1001`; other numbers keep their digits. A
+/// whole number of 16 digits or more reads as Excel shows it, `1.23456789012345E+18`, when it
+/// is one Excel shortened (it keeps 15 digits of a number typed, and zeros for the rest) or one
+/// too long to be held exactly; one another program wrote exactly keeps its digits.
 fn float_text(f: f64) -> String {
-    if f.abs() >= 1e15 {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    if f.fract() != 0.0 {
+        return format!("{f}");
+    }
+    let whole = format!("{}", f as i64);
+    let digits = whole.trim_start_matches('-');
+    let shortened = digits.len() > 15 && digits.bytes().skip(15).all(|b| b == b'0');
+    if f.abs() >= EXACT || shortened {
         format!("{f:E}").replacen('E', "E+", 1)
-    } else if f.fract() == 0.0 {
-        format!("{}", f as i64)
     } else {
-        format!("{f}")
+        whole
     }
 }
 
-/// Whether a number format shows more than the number's digits beside a positive number
-/// (`"HC-"000`, `00\-000`, `00-000`, `000 000`, `0%`): text in quotes, a character escaped with
-/// a backslash, or one Excel shows as it is (`-`, `(`, `$`, ...), in its first section; a space
-/// only between digits (a cell's text is trimmed). Colours and conditions (`[Red]`), the room
-/// `_x` keeps and the fill `*x` show no text; the later sections are for negative numbers, zero
-/// and text.
-fn adds_text(format: &str) -> bool {
-    let mut chars = format.chars();
-    // A digit shown, and a space shown after it.
-    let (mut digit, mut spaced) = (false, false);
-    while let Some(c) = chars.next() {
-        let shown = match c {
-            ';' => return false,
-            '0' | '#' | '?' => {
-                if spaced {
-                    return true;
+/// What a number format shows of a positive number, read from its first section (the later
+/// ones are for negative numbers, zero and text).
+#[derive(Debug, Default, PartialEq)]
+struct Shown {
+    /// Its `0` digit slots, each shown even when the number has no digit for it.
+    zeros: usize,
+    /// Anything else that places or changes digits (`#`, `?`, `.`, `,`, `%`, `E+`), or that is
+    /// not understood (`General`): the number is not read as zeros alone would show it.
+    other: bool,
+    /// It shows text beside the digits (`"HC-"000`, `00\-000`, `00-000`, `000 000`,
+    /// `[$RWF-487]0`): text in quotes, a character escaped with a backslash, one Excel shows as
+    /// it is (`-`, `(`, `$`, ...), a currency symbol, or a space between digits (a cell's text is
+    /// trimmed, so one before or after them shows nothing). Colours, conditions and locales
+    /// (`[Red]`, `[<=99]`, `[$-409]`), the room `_x` keeps and the fill `*x` show no text.
+    text: bool,
+}
+
+impl Shown {
+    fn of(format: &str) -> Self {
+        let mut shown = Shown::default();
+        let mut chars = format.chars();
+        // A digit shown, and a space shown after it.
+        let (mut digit, mut spaced) = (false, false);
+        while let Some(c) = chars.next() {
+            let literal: String = match c {
+                ';' => break,
+                '0' | '#' | '?' => {
+                    shown.text |= spaced;
+                    if c == '0' {
+                        shown.zeros += 1;
+                    } else {
+                        shown.other = true;
+                    }
+                    digit = true;
+                    continue;
                 }
-                digit = true;
-                continue;
-            }
-            '"' => chars.by_ref().take_while(|&c| c != '"').collect(),
-            '\\' => chars.next().map(String::from).unwrap_or_default(),
-            '$' | '-' | '+' | '/' | '(' | ')' | ':' | '!' | '^' | '&' | '\'' | '~' | '{' | '}'
-            | '<' | '>' | '=' | '%' | ' ' => c.to_string(),
-            '_' | '*' => {
-                chars.next();
-                continue;
-            }
-            '[' => {
-                chars.by_ref().find(|&c| c == ']');
-                continue;
-            }
-            _ => continue,
-        };
-        if !shown.trim().is_empty() {
-            return true;
+                '"' => chars.by_ref().take_while(|&c| c != '"').collect(),
+                '\\' => chars.next().map(String::from).unwrap_or_default(),
+                '$' | '-' | '+' | '/' | '(' | ')' | ':' | '!' | '^' | '&' | '\'' | '~' | '{'
+                | '}' | '<' | '>' | '=' | '%' | ' ' => c.to_string(),
+                '_' | '*' => {
+                    chars.next();
+                    continue;
+                }
+                '[' => {
+                    let inside: String = chars.by_ref().take_while(|&c| c != ']').collect();
+                    // `[$RWF-487]`: a currency symbol, shown; `[$-409]`: a locale, not.
+                    let symbol = inside.strip_prefix('$').map(|s| s.split('-').next());
+                    shown.text |= symbol.flatten().is_some_and(|s| !s.is_empty());
+                    continue;
+                }
+                _ => {
+                    shown.other = true;
+                    continue;
+                }
+            };
+            shown.text |= !literal.trim().is_empty();
+            spaced |= digit && !literal.is_empty();
         }
-        spaced |= digit && !shown.is_empty();
+        shown
     }
-    false
 }
 
-/// A whole number shown through a format of zeros alone (`00000`), as Excel keeps codes and
-/// phone numbers with leading zeros, reads as the sheet shows it: `123` as `00123`, as Excel's
-/// own CSV export writes it.
-fn padded(text: String, format: Option<&str>) -> String {
-    // A colour or a condition (`[Blue]00000`) shows no text.
-    let zeros = format.map(|f| {
-        let mut rest = f;
-        while let Some(after) = rest.strip_prefix('[').and_then(|r| r.split_once(']')) {
-            rest = after.1;
-        }
-        rest
-    });
-    match zeros {
-        Some(zeros)
-            if zeros.len() > text.len()
-                && zeros.bytes().all(|b| b == b'0')
-                && text.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            format!("{text:0>width$}", width = zeros.len())
-        }
-        _ => text,
+/// A whole number shown through a format of zeros alone (`00000`, `[Blue]00000;[Red]-00000`),
+/// as Excel keeps codes and phone numbers with leading zeros, reads as the sheet shows it: `123`
+/// as `00123`, as Excel's own CSV export writes it.
+fn padded(text: String, shown: &Shown) -> String {
+    if !shown.text
+        && !shown.other
+        && shown.zeros > text.len()
+        && text.bytes().all(|b| b.is_ascii_digit())
+    {
+        format!("{text:0>width$}", width = shown.zeros)
+    } else {
+        text
     }
 }
 
@@ -828,6 +851,7 @@ struct Grid {
     cut_rows: Vec<u32>,
     dates: HashSet<(u32, usize)>,
     dressed: HashSet<(u32, usize)>,
+    hiding_zeros: HashSet<(u32, usize)>,
 }
 
 impl Grid {
@@ -844,6 +868,7 @@ impl Grid {
             cut_rows: Vec::new(),
             dates: HashSet::new(),
             dressed: HashSet::new(),
+            hiding_zeros: HashSet::new(),
         }
     }
 
@@ -854,11 +879,15 @@ impl Grid {
         self.dates.insert((row + 1, col as usize));
     }
 
-    /// Notes that the number about to be put shows through a format that adds text, counted as
-    /// [`Grid::date`] counts.
-    fn dressed(&mut self, row: u32, col: u32) {
+    /// Notes that the number about to be put shows through a format that adds text, and
+    /// whether that shows zeros the number lacks, counted as [`Grid::date`] counts.
+    fn dressed(&mut self, row: u32, col: u32, hiding_zeros: bool) {
         self.bytes += 2 * std::mem::size_of::<(u32, usize)>();
         self.dressed.insert((row + 1, col as usize));
+        if hiding_zeros {
+            self.bytes += 2 * std::mem::size_of::<(u32, usize)>();
+            self.hiding_zeros.insert((row + 1, col as usize));
+        }
     }
 
     /// Cells arrive row by row, left to right (as spreadsheets store them).
@@ -931,6 +960,7 @@ impl Grid {
             widths: self.widths,
             dates: self.dates,
             dressed: self.dressed,
+            hiding_zeros: self.hiding_zeros,
         })
     }
 }
@@ -1349,6 +1379,14 @@ mod tests {
     fn numbers_read_as_codes_without_a_decimal_point() {
         assert_eq!(float_text(1001.0), "1001");
         assert_eq!(float_text(-1.9456), "-1.9456");
+        // Past 15 digits: as Excel shows a number it shortened, or one too long to be exact;
+        // one written exactly by another program keeps its digits.
+        assert_eq!(float_text(1_234_567_890_123_450.0), "1.23456789012345E+15");
+        assert_eq!(
+            float_text(1_234_567_890_123_456_789.0),
+            "1.2345678901234568E+18"
+        );
+        assert_eq!(float_text(1_234_567_890_123_456.0), "1234567890123456");
     }
 
     #[test]

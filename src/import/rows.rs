@@ -510,9 +510,15 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
             }
         }
         // A code stored as a number and shown through a format that adds text: Excel shows
-        // `HC-012`, and writes it so in a CSV, but the cell holds `12`.
-        for column in [Column::Code, Column::CouncilCode, Column::ContactPhone] {
-            if marked(&sheet.dressed, column) {
+        // `HC-012`, and writes it so in a CSV, but the cell holds `12`. A phone so shown keeps
+        // its digits (`"+"000 000 000 000`), unless the format shows zeros the number lacks:
+        // `0000 000 000` shows the cell's `788123456` as `0788 123 456`.
+        for (column, cells) in [
+            (Column::Code, &sheet.dressed),
+            (Column::CouncilCode, &sheet.dressed),
+            (Column::ContactPhone, &sheet.hiding_zeros),
+        ] {
+            if marked(cells, column) {
                 err(
                     column,
                     format!(
@@ -523,19 +529,29 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                 );
             }
         }
-        // A CSV phone with no digit in it: most likely the end of an address whose separator
-        // is not in quotes (`KG 11 Ave, Kimironko`), carried into an empty phone column last
-        // on the line, where it shifts nothing past the header.
-        let phone = get(Column::ContactPhone);
-        if sheet.format == Format::Csv
-            && !phone.is_empty()
-            && !phone.chars().any(|c| c.is_ascii_digit())
-        {
+        // The end of an address whose separator is not in quotes (`KG 11 Ave, Kimironko`),
+        // carried into an empty phone column just after it and last on the line, where it
+        // shifts nothing past the header: a CSV phone with no digit that begins with the space
+        // the address had after its comma. (`N/A` or `none`, as typed, is a phone kept as it is.)
+        let carried = match (map.get(&Column::Address), map.get(&Column::ContactPhone)) {
+            (Some(&address), Some(&phone)) => {
+                let raw = cells.get(phone).map_or("", String::as_str);
+                phone == address + 1
+                    && phone + 1 == sheet.headers.len()
+                    && !get(Column::Address).is_empty()
+                    && raw.starts_with(char::is_whitespace)
+                    && !raw.trim().is_empty()
+                    && !raw.chars().any(|c| c.is_ascii_digit())
+            }
+            _ => false,
+        };
+        if sheet.format == Format::Csv && carried {
             err(
                 Column::ContactPhone,
                 format!(
-                    "`{}` has no digit in it: is a separator inside an earlier value that is                      not in quotes? Quote that value",
-                    shown(phone)
+                    "`{}` has no digit in it: is it the end of the address, after a comma that \
+                     is not in quotes? Quote the address",
+                    shown(get(Column::ContactPhone))
                 ),
             );
         }
@@ -870,6 +886,11 @@ mod tests {
             r"000\ 000",
             "[Blue]00000",
             r"0\ ",
+            // Zeros alone in the first section, beside room kept or a section for negatives;
+            // a currency symbol shows text.
+            "00000;[Red]-00000",
+            "00000_)",
+            "[$RWF-487]00000",
         ];
         for (i, format) in formats.iter().enumerate() {
             let row = i as u32 + 1;
@@ -890,7 +911,8 @@ mod tests {
                 (2, Some("code")),
                 (3, Some("code")),
                 (9, Some("code")),
-                (10, Some("code"))
+                (10, Some("code")),
+                (15, Some("code"))
             ]
         );
         assert!(
@@ -899,7 +921,12 @@ mod tests {
             checked.errors
         );
         let kept: Vec<&str> = checked.valid.iter().map(|r| r.code.as_str()).collect();
-        assert_eq!(kept, ["00015", "16", "17", "18", "19", "00022", "23"]);
+        assert_eq!(
+            kept,
+            [
+                "00015", "16", "17", "18", "19", "00022", "23", "00024", "00025"
+            ]
+        );
     }
 
     #[test]
@@ -918,7 +945,7 @@ mod tests {
         for (col, header) in headers.iter().enumerate() {
             sheet.write_string(0, col as u16, *header).unwrap();
         }
-        for row in 1..=3u32 {
+        for row in 1..=4u32 {
             sheet.write_string(row, 1, "Facility").unwrap();
             sheet.write_number(row, 2, -1.9).unwrap();
             sheet.write_number(row, 3, 30.1).unwrap();
@@ -932,13 +959,19 @@ mod tests {
             .unwrap();
         // A code of 19 digits typed into a number cell: Excel kept the first 15.
         sheet
-            .write_number(2, 0, 1_234_567_890_123_456_789.0)
+            .write_number(2, 0, 1_234_567_890_123_450_000.0)
             .unwrap();
         // Shown `0788123456`, which is what is read.
         sheet.write_string(3, 0, "C").unwrap();
         let zeros = rust_xlsxwriter::Format::new().set_num_format("0000000000");
         sheet
             .write_number_with_format(3, 5, 788_123_456.0, &zeros)
+            .unwrap();
+        // Shown `+250 788 123 456`: every digit is in the cell, which is what is read.
+        sheet.write_string(4, 0, "D").unwrap();
+        let dressed = rust_xlsxwriter::Format::new().set_num_format(r#""+"000 000 000 000"#);
+        sheet
+            .write_number_with_format(4, 5, 250_788_123_456.0, &dressed)
             .unwrap();
         let bytes = workbook.save_to_buffer().unwrap();
         let checked = check(&read(&bytes).unwrap(), &councils).unwrap();
@@ -958,7 +991,10 @@ mod tests {
             .iter()
             .map(|r| (r.code.as_str(), r.contact_phone.as_deref()))
             .collect();
-        assert_eq!(kept, [("C", Some("0788123456"))]);
+        assert_eq!(
+            kept,
+            [("C", Some("0788123456")), ("D", Some("250788123456"))]
+        );
     }
 
     #[test]
@@ -967,18 +1003,29 @@ mod tests {
         let sheet = read(
             b"name,code,latitude,longitude,council_name,address,contact_phone\n\
               Clinic A,HC-1,-1.9,30.1,Gasabo,KG 11 Ave, Kimironko\n\
-              Clinic B,HC-2,-1.9,30.1,Gasabo,\"KG 11 Ave, Kimironko\",+250 788 000 001\n",
+              Clinic B,HC-2,-1.9,30.1,Gasabo,\"KG 11 Ave, Kimironko\",+250 788 000 001\n\
+              Clinic C,HC-3,-1.9,30.1,Gasabo,KG 9 Ave,N/A\n",
         )
         .unwrap();
         let checked = check(&sheet, &councils).unwrap();
         assert_eq!(places(&checked), vec![(2, Some("contact_phone"))]);
-        assert!(checked.errors[0].message.contains("Kimironko"));
+        assert_eq!(
+            checked.errors[0].message,
+            "`Kimironko` has no digit in it: is it the end of the address, after a comma that is \
+             not in quotes? Quote the address"
+        );
         let kept: Vec<(&str, Option<&str>)> = checked
             .valid
             .iter()
             .map(|r| (r.address.as_deref().unwrap(), r.contact_phone.as_deref()))
             .collect();
-        assert_eq!(kept, [("KG 11 Ave, Kimironko", Some("+250 788 000 001"))]);
+        assert_eq!(
+            kept,
+            [
+                ("KG 11 Ave, Kimironko", Some("+250 788 000 001")),
+                ("KG 9 Ave", Some("N/A"))
+            ]
+        );
     }
 
     #[test]
