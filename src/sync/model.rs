@@ -51,7 +51,8 @@ pub struct LocationIn {
 }
 
 /// The attendance fields a device sends. `clock_out_at` and `clock_out_location` come together
-/// or not at all, and a clock-out is no earlier than its clock-in; a record otherwise is
+/// or not at all, and a clock-out is no earlier than its clock-in (one stamped less than
+/// `CLOCK_FUTURE_TOLERANCE_SECS` before it ends the shift where it began); a record otherwise is
 /// `rejected`, as is one the time rules or an enforced geofence refuse.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]

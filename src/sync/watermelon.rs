@@ -497,6 +497,14 @@ pub async fn push_changes(
     // push takes it, so refusing the whole push would keep the device's shifts from the server
     // for good.
     for (table, set) in changes.iter().filter(|(table, _)| *table != "attendance") {
+        // Refusals are keyed `<table>.<id>`, and read back so.
+        if table.contains('.') {
+            problems.insert(
+                format!("changes.{table}"),
+                vec!["is not a table name".into()],
+            );
+            continue;
+        }
         let reason = if table == "facilities" {
             "facilities are read-only for devices"
         } else {

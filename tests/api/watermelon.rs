@@ -275,6 +275,16 @@ async fn bad_records_other_users_records_and_unknown_timestamps_are_refused() {
     .unwrap();
     assert_ne!(stored.0, "renamed");
     assert_eq!(stored.1.as_deref(), Some("beside"));
+    // A table whose name no app's schema could hold, which the refusals' keys could not tell
+    // from a record's: a malformed push.
+    let (status, body) = push(
+        &app,
+        &owner,
+        t,
+        json!({"local.drafts": {"created": [{"id": Uuid::new_v4()}]}}),
+    )
+    .await;
+    assert_invalid(status, &body, "changes.local.drafts");
     // One record twice in a push: one write would undo the other.
     let twice = Uuid::new_v4();
     for changes in [

@@ -116,7 +116,7 @@ struct Current {
         (status = 400, description = "Malformed JSON or id", body = ErrorEnvelope),
         (status = 403, description = "The caller may not change these fields", body = ErrorEnvelope),
         (status = 404, description = "No such user, or not visible to the caller", body = ErrorEnvelope),
-        (status = 409, description = "Email or employee id taken (`duplicate`), a field role for someone who still supervises others, a role below one of the users they supervise, or the last active admin's role or status (`conflict`; only when the caller has just lost the admin role, while its token's state is still cached, up to 30 s)", body = ErrorEnvelope),
+        (status = 409, description = "Email or employee id taken (`duplicate`), a field role for someone who still supervises others, a role below one of the users they supervise, or the last active admin's role or status (`conflict`; only when the caller has just lost the admin role or been deactivated, while its token's state is still cached, up to 30 s)", body = ErrorEnvelope),
         (status = 422, description = "Invalid fields, a supervisor cycle, a supervisor whose role is below the user's, changing one's own role, or deactivating oneself", body = ErrorEnvelope),
     ))]
 async fn update_user(
@@ -421,7 +421,7 @@ fn changed_fields(req: &UpdateUser) -> Vec<&'static str> {
         (status = 400, description = "Malformed id", body = ErrorEnvelope),
         (status = 403, description = "Admins only", body = ErrorEnvelope),
         (status = 404, description = "No such user", body = ErrorEnvelope),
-        (status = 409, description = "The last active admin (`conflict`): only when the caller has just lost the admin role, while its token's state is still cached (up to 30 s)", body = ErrorEnvelope),
+        (status = 409, description = "The last active admin (`conflict`): only when the caller has just lost the admin role or been deactivated, while its token's state is still cached (up to 30 s)", body = ErrorEnvelope),
         (status = 422, description = "An admin cannot deactivate themself", body = ErrorEnvelope),
     ))]
 async fn deactivate_user(
