@@ -366,6 +366,10 @@ async fn update_facility(
     invalid.finish()?;
     let mut tx = crate::import::apply::begin_beside_imports(&state.db).await?;
     let before = before_edit(&mut tx, id).await?;
+    // A code sent as the facility has it is left as it is stored: one kept unnormalised, since
+    // normalising it would have made it another's, would otherwise be refused as that one's.
+    let code =
+        code.filter(|sent| before["code"].as_str().map(facility_code).as_ref() != Some(sent));
     let after: Value = sqlx::query_scalar(
         "UPDATE facilities SET
              code = coalesce($2, code), name = coalesce($3, name), type = coalesce($4, type),
