@@ -556,6 +556,19 @@ impl TestApp {
         self.facility_at(-1.9456, 30.1270).await
     }
 
+    /// Deletes an attendance record as the server does (an admin's or another device's), so
+    /// that pulls tell of it.
+    pub async fn delete_on_server(&self, id: &str) {
+        sqlx::query(
+            "UPDATE attendance SET deleted_at = now(), sync_version = sync_version + 1
+             WHERE id = $1::uuid",
+        )
+        .bind(id)
+        .execute(&self.db)
+        .await
+        .unwrap();
+    }
+
     /// The Prometheus exposition text of `GET /metrics`, as an admin.
     pub async fn metrics(&self, admin: &TestUser) -> String {
         self.get("/metrics")

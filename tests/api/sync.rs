@@ -2396,14 +2396,7 @@ async fn a_deletion_reaches_a_supervisor_whose_worker_moved_away_and_back_while_
     for _ in 0..2 {
         closed_shift(&app, supervisor.id, facility).await;
     }
-    sqlx::query(
-        "UPDATE attendance SET deleted_at = now(), sync_version = sync_version + 1
-         WHERE id = $1::uuid",
-    )
-    .bind(&record)
-    .execute(&app.db)
-    .await
-    .unwrap();
+    app.delete_on_server(&record).await;
     // The first page fixes what the pull reads up to; the worker is moved to another team and
     // back before the rest.
     let mut page = pull_page(&app, &supervisor.token, Some(&first), 1).await;

@@ -41,6 +41,35 @@ async fn clock_in_online(app: &TestApp, user: &TestUser) -> Value {
     online
 }
 
+/// `n` closed shifts of the user's, one every two hours back from now, written as a sync would.
+async fn closed_history(app: &TestApp, user: &TestUser, facility: Uuid, n: usize) {
+    sqlx::query(
+        "INSERT INTO attendance (user_id, facility_id, status, clock_in_at, clock_out_at,
+                                 clock_in_latitude, clock_in_longitude, clock_out_latitude,
+                                 clock_out_longitude, distance_m, source)
+         SELECT $1, $2, 'closed', now() - make_interval(hours => 2 * g + 2),
+                now() - make_interval(hours => 2 * g + 1), -1.9456, 30.127, -1.9456, 30.127,
+                0, 'sync'
+         FROM generate_series(1, $3) g",
+    )
+    .bind(user.id)
+    .bind(facility)
+    .bind(n as i32)
+    .execute(&app.db)
+    .await
+    .unwrap();
+}
+
+/// The ids of a pull's attendance records (all come as `updated`), in the order sent.
+fn updated_ids(body: &Value) -> Vec<String> {
+    body["changes"]["attendance"]["updated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 async fn push(app: &TestApp, user: &TestUser, last: i64, changes: Value) -> (StatusCode, Value) {
     send(
         app.post(&format!("/api/sync/watermelon?last_pulled_at={last}"))
@@ -1037,29 +1066,7 @@ async fn a_pull_larger_than_a_page_completes_over_several_syncs_each_going_on() 
     let stranger = app.quick_user("focal", None, facility).await;
     let page = field_attendance::sync::watermelon::PULL_PAGE;
     let total = page + 700;
-    sqlx::query(
-        "INSERT INTO attendance (user_id, facility_id, status, clock_in_at, clock_out_at,
-                                 clock_in_latitude, clock_in_longitude, clock_out_latitude,
-                                 clock_out_longitude, distance_m, source)
-         SELECT $1, $2, 'closed', now() - make_interval(hours => 2 * g + 2),
-                now() - make_interval(hours => 2 * g + 1), -1.9456, 30.127, -1.9456, 30.127,
-                0, 'sync'
-         FROM generate_series(1, $3) g",
-    )
-    .bind(user.id)
-    .bind(facility)
-    .bind(total as i32)
-    .execute(&app.db)
-    .await
-    .unwrap();
-    let ids = |body: &Value| -> Vec<String> {
-        body["changes"]["attendance"]["updated"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["id"].as_str().unwrap().to_string())
-            .collect()
-    };
+    closed_history(&app, &user, facility, total).await;
 
     // Other devices' timestamps around this one's, for the thinning below.
     for _ in 0..2 {
@@ -1071,7 +1078,7 @@ async fn a_pull_larger_than_a_page_completes_over_several_syncs_each_going_on() 
     for _ in 0..4 {
         pull(&app, &stranger, None).await;
     }
-    let mut seen = ids(&first);
+    let mut seen = updated_ids(&first);
     // The facilities come first, which a new device needs to clock in; the history fills the
     // rest of the page.
     let facilities = first["changes"]["facilities"]["updated"]
@@ -1113,7 +1120,7 @@ async fn a_pull_larger_than_a_page_completes_over_several_syncs_each_going_on() 
     assert_eq!(status, StatusCode::OK, "{}", migrated["timestamp"]);
     assert_eq!(migrated["has_more"], false);
     // All but the record edited since the pages began, which the next pull sends.
-    assert_eq!(ids(&migrated).len(), total - 1);
+    assert_eq!(updated_ids(&migrated).len(), total - 1);
     // Another user cannot go on with it.
     let (status, body) = send(
         app.get(&format!("/api/sync/watermelon?last_pulled_at={t1}"))
@@ -1129,7 +1136,7 @@ async fn a_pull_larger_than_a_page_completes_over_several_syncs_each_going_on() 
 
     let second = pull(&app, &user, Some(t1)).await;
     assert_eq!(second["has_more"], false, "{}", second["timestamp"]);
-    let rest = ids(&second);
+    let rest = updated_ids(&second);
     assert!(
         rest.iter().all(|id| !seen.contains(id)),
         "no record twice across the pages"
@@ -1315,14 +1322,9 @@ async fn an_upgraded_app_gets_the_migrated_tables_whole_and_what_was_deleted_sin
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let mut updated: Vec<Uuid> = body["changes"]["attendance"]["updated"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().parse().unwrap())
-        .collect();
+    let mut updated = updated_ids(&body);
     updated.sort();
-    let mut whole = vec![kept, later];
+    let mut whole = vec![kept.to_string(), later.to_string()];
     whole.sort();
     assert_eq!(updated, whole, "{body}");
     assert_eq!(body["changes"]["attendance"]["deleted"], json!([gone]));
@@ -1352,47 +1354,18 @@ async fn a_sync_after_more_changes_than_a_page_goes_on_from_where_it_stopped() {
     // user pushed, say).
     let page = field_attendance::sync::watermelon::PULL_PAGE;
     let total = page + 300;
-    sqlx::query(
-        "INSERT INTO attendance (user_id, facility_id, status, clock_in_at, clock_out_at,
-                                 clock_in_latitude, clock_in_longitude, clock_out_latitude,
-                                 clock_out_longitude, distance_m, source)
-         SELECT $1, $2, 'closed', now() - make_interval(hours => 2 * g + 2),
-                now() - make_interval(hours => 2 * g + 1), -1.9456, 30.127, -1.9456, 30.127,
-                0, 'sync'
-         FROM generate_series(1, $3) g",
-    )
-    .bind(user.id)
-    .bind(facility)
-    .bind(total as i32)
-    .execute(&app.db)
-    .await
-    .unwrap();
-    let ids = |body: &Value| -> Vec<String> {
-        body["changes"]["attendance"]["updated"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["id"].as_str().unwrap().to_string())
-            .collect()
-    };
+    closed_history(&app, &user, facility, total).await;
     let first = pull(&app, &user, Some(t0)).await;
     assert_eq!(first["has_more"], true);
-    let mut seen = ids(&first);
+    let mut seen = updated_ids(&first);
     assert_eq!(seen.len(), page);
     // Between the pages, a record of the first page is deleted on the server.
     let deleted = seen[0].clone();
-    sqlx::query(
-        "UPDATE attendance SET deleted_at = now(), sync_version = sync_version + 1
-         WHERE id = $1::uuid",
-    )
-    .bind(&deleted)
-    .execute(&app.db)
-    .await
-    .unwrap();
+    app.delete_on_server(&deleted).await;
     let t1 = first["timestamp"].as_i64().unwrap();
     let second = pull(&app, &user, Some(t1)).await;
     assert_eq!(second["has_more"], false);
-    let rest = ids(&second);
+    let rest = updated_ids(&second);
     assert!(
         rest.iter().all(|id| !seen.contains(id)),
         "no record twice across the pages"
@@ -1406,6 +1379,6 @@ async fn a_sync_after_more_changes_than_a_page_goes_on_from_where_it_stopped() {
     assert_eq!(third["has_more"], false);
     let t3 = third["timestamp"].as_i64().unwrap();
     let quiet = pull(&app, &user, Some(t3)).await;
-    assert_eq!(ids(&quiet), Vec::<String>::new());
+    assert_eq!(updated_ids(&quiet), Vec::<String>::new());
     assert_eq!(quiet["changes"]["attendance"]["deleted"], json!([]));
 }
