@@ -328,6 +328,7 @@ pub async fn begin_with(
 ) -> Result<Tx, sqlx::Error> {
     let conn = pool.acquire().await?;
     let statement = statement.into();
+    // What the pool's own `begin_with` runs once it has the connection.
     let begun = tokio::spawn(sqlx::Transaction::begin(conn, Some(statement)));
     match begun.await {
         Ok(tx) => tx,
