@@ -1045,44 +1045,36 @@ pub(crate) fn change_digest(
     stamp: DateTime<Utc>,
 ) -> i64 {
     use sha2::{Digest, Sha256};
-    fn text(hash: &mut Sha256, text: Option<&str>) {
-        match text {
-            Some(t) => {
+    /// A value that may be absent, told apart from every present one.
+    fn optional<T>(hash: &mut Sha256, value: Option<T>, write: impl FnOnce(&mut Sha256, T)) {
+        match value {
+            Some(value) => {
                 hash.update([1]);
-                hash.update((t.len() as u64).to_be_bytes());
-                hash.update(t.as_bytes());
+                write(hash, value);
             }
             None => hash.update([0]),
         }
+    }
+    fn text(hash: &mut Sha256, text: Option<&str>) {
+        optional(hash, text, |hash, t| {
+            hash.update((t.len() as u64).to_be_bytes());
+            hash.update(t.as_bytes());
+        });
     }
     fn time(hash: &mut Sha256, at: Option<DateTime<Utc>>) {
-        match at {
-            Some(at) => {
-                hash.update([1]);
-                hash.update(at.timestamp_micros().to_be_bytes());
-            }
-            None => hash.update([0]),
-        }
+        optional(hash, at, |hash, at| {
+            hash.update(at.timestamp_micros().to_be_bytes())
+        });
     }
     fn number(hash: &mut Sha256, n: Option<f64>) {
-        match n {
-            Some(n) => {
-                hash.update([1]);
-                hash.update(n.to_bits().to_be_bytes());
-            }
-            None => hash.update([0]),
-        }
+        optional(hash, n, |hash, n| hash.update(n.to_bits().to_be_bytes()));
     }
     fn place(hash: &mut Sha256, at: Option<&Location>) {
-        match at {
-            Some(at) => {
-                hash.update([1]);
-                number(hash, Some(at.latitude));
-                number(hash, Some(at.longitude));
-                number(hash, at.accuracy_m);
-            }
-            None => hash.update([0]),
-        }
+        optional(hash, at, |hash, at| {
+            number(hash, Some(at.latitude));
+            number(hash, Some(at.longitude));
+            number(hash, at.accuracy_m);
+        });
     }
     let mut hash = Sha256::new();
     text(&mut hash, Some(device_id));
@@ -1272,28 +1264,26 @@ mod tests {
             clock_out: None,
             notes: None,
         };
-        let digest =
-            |device: &str, op: Op, c: Option<&Content>, stamp| change_digest(device, op, c, stamp);
-        let sent = digest("phone", Op::Upsert, Some(&content), at);
+        let sent = change_digest("phone", Op::Upsert, Some(&content), at);
         assert_eq!(
             sent,
-            digest("phone", Op::Upsert, Some(&content.clone()), at)
+            change_digest("phone", Op::Upsert, Some(&content.clone()), at)
         );
         let mut noted = content.clone();
         noted.notes = Some(String::new());
         let mut moved = content.clone();
         moved.clock_in.accuracy_m = None;
         let others = [
-            digest("tablet", Op::Upsert, Some(&content), at),
-            digest("phone", Op::Delete, None, at),
-            digest(
+            change_digest("tablet", Op::Upsert, Some(&content), at),
+            change_digest("phone", Op::Delete, None, at),
+            change_digest(
                 "phone",
                 Op::Upsert,
                 Some(&content),
                 at + chrono::Duration::microseconds(1),
             ),
-            digest("phone", Op::Upsert, Some(&noted), at),
-            digest("phone", Op::Upsert, Some(&moved), at),
+            change_digest("phone", Op::Upsert, Some(&noted), at),
+            change_digest("phone", Op::Upsert, Some(&moved), at),
         ];
         assert!(others.iter().all(|d| *d != sent), "{others:?} vs {sent}");
     }

@@ -1008,10 +1008,7 @@ async fn a_clock_in_whose_client_gave_up_while_it_waited_is_not_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_stuck_past_the_request_timeout_give_their_slots_back() {
-    let app = TestApp::spawn_with(|env| {
-        env.insert("REQUEST_TIMEOUT_SECS".into(), "1".into());
-    })
-    .await;
+    let app = TestApp::spawn_timing_out_after_a_second().await;
     gate_clock_ins(&app).await;
     let facility = app.facility().await;
     let later = app.quick_user("focal", None, facility).await;
@@ -2802,10 +2799,7 @@ async fn a_clock_in_cut_off_mid_statement_answers_503_stores_nothing_and_its_ret
 #[tokio::test]
 async fn a_summary_past_the_request_timeout_is_cancelled_in_the_database_too() {
     // Arrange: the table locked, so that the summary's query waits.
-    let app = TestApp::spawn_with(|env| {
-        env.insert("REQUEST_TIMEOUT_SECS".into(), "1".into());
-    })
-    .await;
+    let app = TestApp::spawn_timing_out_after_a_second().await;
     let admin = app.admin().await;
     let mut lock = app.db.begin().await.unwrap();
     sqlx::query("LOCK TABLE attendance IN ACCESS EXCLUSIVE MODE")

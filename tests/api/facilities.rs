@@ -1629,10 +1629,7 @@ async fn a_facility_created_while_an_import_applies_waits_for_it() {
 
 #[tokio::test]
 async fn a_facility_write_cut_while_an_import_applies_leaves_no_transaction_behind() {
-    let app = TestApp::spawn_with(|env| {
-        env.insert("REQUEST_TIMEOUT_SECS".into(), "1".into());
-    })
-    .await;
+    let app = TestApp::spawn_timing_out_after_a_second().await;
     let admin = app.admin().await;
     let council = gasabo(&app).await;
     let before = facility_count(&app).await;
@@ -1937,10 +1934,7 @@ async fn facility_search_sets_accents_and_case_aside() {
 
 #[tokio::test]
 async fn a_file_coming_up_slower_than_the_request_time_limit_is_still_imported() {
-    let app = TestApp::spawn_with(|env| {
-        env.insert("REQUEST_TIMEOUT_SECS".into(), "1".into());
-    })
-    .await;
+    let app = TestApp::spawn_timing_out_after_a_second().await;
     let admin = app.admin().await;
     let boundary = "slow-link";
     let head = format!(

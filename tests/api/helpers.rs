@@ -252,6 +252,14 @@ impl TestApp {
         Self::spawn_with(|_| {}).await
     }
 
+    /// Spawns with a request time limit of one second, for tests that cut a request at it.
+    pub async fn spawn_timing_out_after_a_second() -> Self {
+        Self::spawn_with(|env| {
+            env.insert("REQUEST_TIMEOUT_SECS".into(), "1".into());
+        })
+        .await
+    }
+
     /// Spawns with configuration overrides (`env["RATE_LIMIT_ENABLED"] = "true"`, ...).
     pub async fn spawn_with(customise: impl FnOnce(&mut HashMap<String, String>)) -> Self {
         let test_db = TestDb::new().await;

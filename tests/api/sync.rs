@@ -768,10 +768,7 @@ async fn a_deletion_sent_again_after_another_device_restored_the_record_undoes_n
 
 #[tokio::test]
 async fn a_push_cut_by_the_request_time_limit_stops_waiting_in_the_database_too() {
-    let app = TestApp::spawn_with(|env| {
-        env.insert("REQUEST_TIMEOUT_SECS".into(), "1".into());
-    })
-    .await;
+    let app = TestApp::spawn_timing_out_after_a_second().await;
     let (user, facility) = setup(&app).await;
     let record = shift(Uuid::new_v4(), facility, 1, 6, 1);
     let (_, body) = push(&app, &user, vec![record.clone()]).await;

@@ -60,6 +60,16 @@ async fn closed_history(app: &TestApp, user: &TestUser, facility: Uuid, n: usize
     .unwrap();
 }
 
+/// Adds a page's records to those of the pages before it, none of which it may send again.
+fn add_unseen(seen: &mut Vec<String>, page: &Value) {
+    let rest = updated_ids(page);
+    assert!(
+        rest.iter().all(|id| !seen.contains(id)),
+        "no record twice across the pages"
+    );
+    seen.extend(rest);
+}
+
 /// The ids of a pull's attendance records (all come as `updated`), in the order sent.
 fn updated_ids(body: &Value) -> Vec<String> {
     body["changes"]["attendance"]["updated"]
@@ -79,6 +89,12 @@ async fn push(app: &TestApp, user: &TestUser, last: i64, changes: Value) -> (Sta
     .await
 }
 
+/// Pushes `changes`, which the server must apply whole (204).
+async fn push_whole(app: &TestApp, user: &TestUser, last: i64, changes: Value) {
+    let (status, body) = push(app, user, last, changes).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+}
+
 #[tokio::test]
 async fn push_and_pull_follow_the_watermelondb_backend_rules() {
     let app = TestApp::spawn().await;
@@ -95,10 +111,9 @@ async fn push_and_pull_follow_the_watermelondb_backend_rules() {
     // Created records, an update of a record the server never had (created), a delete of a
     // missing one (ignored).
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-    let (status, body) = push(&app, &user, t1, json!({"attendance": {
+    push_whole(&app, &user, t1, json!({"attendance": {
         "created": [raw(a, facility, "a")], "updated": [raw(b, facility, "b")], "deleted": [Uuid::new_v4()]
     }})).await;
-    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
 
     // Pushing "created" again (the earlier push landed unseen) updates, never duplicates.
     let (status, _) = push(&app, &user, pull(&app, &user, Some(t1)).await["timestamp"].as_i64().unwrap(),
@@ -607,7 +622,7 @@ async fn old_timestamps_once_thinned_still_pull_every_change_since() {
     let user = app.quick_user("focal", None, facility).await;
     let t1 = pull(&app, &user, None).await["timestamp"].as_i64().unwrap();
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-    let (status, _) = push(
+    push_whole(
         &app,
         &user,
         t1,
@@ -616,11 +631,10 @@ async fn old_timestamps_once_thinned_still_pull_every_change_since() {
         }}),
     )
     .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
     let t2 = pull(&app, &user, Some(t1)).await["timestamp"]
         .as_i64()
         .unwrap();
-    let (status, _) = push(
+    push_whole(
         &app,
         &user,
         t2,
@@ -629,7 +643,6 @@ async fn old_timestamps_once_thinned_still_pull_every_change_since() {
         }}),
     )
     .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
     let exact: Vec<Vec<String>> = vec![
         pulled_ids(&pull(&app, &user, Some(t1)).await),
         pulled_ids(&pull(&app, &user, Some(t2)).await),
@@ -718,8 +731,7 @@ async fn a_clock_out_stamped_just_before_an_online_clock_in_ends_the_shift_where
     record["clock_out_at"] = json!(clock_in - 60_000);
     record["clock_out_latitude"] = json!(-1.9456);
     record["clock_out_longitude"] = json!(30.127);
-    let (status, body) = push(&app, &user, t, json!({"attendance": {"updated": [record]}})).await;
-    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    push_whole(&app, &user, t, json!({"attendance": {"updated": [record]}})).await;
     let (status, closed) = send(
         app.get(&format!(
             "/api/attendance/{}",
@@ -763,8 +775,7 @@ async fn a_pulled_record_edited_on_the_device_is_not_checked_again_as_new_times(
     assert_eq!(record["id"], json!(id));
     // The app adds a note and sends the record back, its times in milliseconds as pulled.
     record["notes"] = json!("signed by the in-charge");
-    let (status, body) = push(&app, &user, t, json!({"attendance": {"updated": [record]}})).await;
-    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    push_whole(&app, &user, t, json!({"attendance": {"updated": [record]}})).await;
     let (notes, stored_in): (String, chrono::DateTime<Utc>) =
         sqlx::query_as("SELECT notes, clock_in_at FROM attendance WHERE id = $1")
             .bind(id)
@@ -793,14 +804,13 @@ async fn deleting_the_servers_open_shift_leaves_the_devices_own_open() {
     own["clock_out_at"] = Value::Null;
     own["clock_out_latitude"] = Value::Null;
     own["clock_out_longitude"] = Value::Null;
-    let (status, body) = push(
+    push_whole(
         &app,
         &user,
         t,
         json!({"attendance": {"created": [own], "deleted": [online["id"]]}}),
     )
     .await;
-    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     let (own_status, online_deleted): (String, bool) = sqlx::query_as(
         "SELECT (SELECT status FROM attendance WHERE id = $1),
                 (SELECT deleted_at IS NOT NULL FROM attendance WHERE id = $2)",
@@ -873,14 +883,13 @@ async fn a_supervisors_device_sending_back_team_records_has_them_refused_and_its
     let mut second = raw(deleted, facility, "second");
     second["clock_in_at"] = json!((Utc::now() - Duration::hours(30)).timestamp_millis());
     second["clock_out_at"] = json!((Utc::now() - Duration::hours(29)).timestamp_millis());
-    let (status, body) = push(
+    push_whole(
         &app,
         &worker,
         t,
         json!({"attendance": {"created": [raw(edited, facility, "worker's"), second]}}),
     )
     .await;
-    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
 
     // The supervisor's app pulls the team's records, edits one, deletes another, and clocks
     // its own user in offline; it sends all of that, and a new record it filled in for the
@@ -1136,12 +1145,7 @@ async fn a_pull_larger_than_a_page_completes_over_several_syncs_each_going_on() 
 
     let second = pull(&app, &user, Some(t1)).await;
     assert_eq!(second["has_more"], false, "{}", second["timestamp"]);
-    let rest = updated_ids(&second);
-    assert!(
-        rest.iter().all(|id| !seen.contains(id)),
-        "no record twice across the pages"
-    );
-    seen.extend(rest);
+    add_unseen(&mut seen, &second);
     // Every record came once over the two pages.
     assert_eq!(seen.len(), total);
     assert_eq!(second["changes"]["facilities"]["updated"], json!([]));
@@ -1159,21 +1163,19 @@ async fn a_record_the_server_holds_may_be_named_in_capitals_as_an_older_service_
     let user = app.quick_user("focal", None, facility).await;
     let t = pull(&app, &user, None).await["timestamp"].as_i64().unwrap();
     let id = Uuid::new_v4();
-    let (status, body) = push(
+    push_whole(
         &app,
         &user,
         t,
         json!({"attendance": {"created": [raw(id, facility, "first")]}}),
     )
     .await;
-    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     let t = pull(&app, &user, Some(t)).await["timestamp"]
         .as_i64()
         .unwrap();
     let mut edited = raw(id, facility, "edited");
     edited["id"] = json!(id.to_string().to_uppercase());
-    let (status, body) = push(&app, &user, t, json!({"attendance": {"updated": [edited]}})).await;
-    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    push_whole(&app, &user, t, json!({"attendance": {"updated": [edited]}})).await;
     let notes: String = sqlx::query_scalar("SELECT notes FROM attendance WHERE id = $1")
         .bind(id)
         .fetch_one(&app.db)
@@ -1284,26 +1286,18 @@ async fn an_upgraded_app_gets_the_migrated_tables_whole_and_what_was_deleted_sin
     let user = app.quick_user("focal", None, facility).await;
     let t0 = pull(&app, &user, None).await["timestamp"].as_i64().unwrap();
     let (kept, gone, later) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    let (status, body) = push(
-        &app,
-        &user,
-        t0,
-        json!({"attendance": {"created": [raw(kept, facility, "kept"), raw(gone, facility, "gone")]}}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    push_whole(&app, &user, t0, json!({"attendance": {"created": [raw(kept, facility, "kept"), raw(gone, facility, "gone")]}})).await;
     let t1 = pull(&app, &user, Some(t0)).await["timestamp"]
         .as_i64()
         .unwrap();
     // Since t1: one record deleted, another created, on another device of the user.
-    let (status, body) = push(
+    push_whole(
         &app,
         &user,
         t1,
         json!({"attendance": {"created": [raw(later, facility, "later")], "deleted": [gone]}}),
     )
     .await;
-    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     let migrated = |migration: &str| {
         send(
             app.get("/api/sync/watermelon")
@@ -1365,12 +1359,7 @@ async fn a_sync_after_more_changes_than_a_page_goes_on_from_where_it_stopped() {
     let t1 = first["timestamp"].as_i64().unwrap();
     let second = pull(&app, &user, Some(t1)).await;
     assert_eq!(second["has_more"], false);
-    let rest = updated_ids(&second);
-    assert!(
-        rest.iter().all(|id| !seen.contains(id)),
-        "no record twice across the pages"
-    );
-    seen.extend(rest);
+    add_unseen(&mut seen, &second);
     assert_eq!(seen.len(), total);
     // The deletion made while the pages were read comes with the next sync, not lost.
     let t2 = second["timestamp"].as_i64().unwrap();
