@@ -1,7 +1,7 @@
 //! Building and running the service: prepare the database, bind the listener (so the port is
 //! known before serving, and tests never race for one), then serve until told to stop.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 
 use anyhow::Context;
@@ -70,6 +70,11 @@ impl Application {
     /// and 5 s more of the signal: what is left then (a client reading a download very slowly,
     /// or a file still coming up to an import over a slow link, say) is dropped as the process
     /// ends. A second SIGINT or SIGTERM ends the wait at once.
+    ///
+    /// A client has the request timeout to send a request's line and headers, and a kept-alive
+    /// connection that long between requests, before its connection is closed: the request
+    /// timeout starts only once the headers are in, so without this a client sending them byte by
+    /// byte, or a connection left open and idle, would hold its socket for ever.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -78,16 +83,15 @@ impl Application {
         tracing::info!(addr = %self.local_addr(), "listening");
         let grace = self.state.config.request_timeout + std::time::Duration::from_secs(5);
         let (told, stopping) = tokio::sync::oneshot::channel::<()>();
-        let serve = axum::serve(
+        let serve = serve(
             self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = told.send(());
-        })
-        .into_future();
+            self.router,
+            self.state.config.request_timeout,
+            async move {
+                shutdown.await;
+                let _ = told.send(());
+            },
+        );
         let tasks = self.state.tasks.clone();
         // Everything after the signal: requests drain, then the work they began ends.
         let drained = async move {
@@ -124,6 +128,54 @@ impl Application {
             tokio::time::timeout(std::time::Duration::from_secs(2), self.state.db.close()).await;
         result
     }
+}
+
+/// Accepts connections and serves `router` on each over HTTP/1.1 (as `axum::serve` does, with a
+/// timer for hyper's header read timeout, which `axum::serve` gives it none of) until `shutdown`
+/// completes; then stops accepting, closes idle connections, and returns once the rest have
+/// answered what they were asked.
+async fn serve(
+    mut listener: TcpListener,
+    router: Router,
+    header_read_timeout: std::time::Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::Listener;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use tower::ServiceExt;
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (io, peer) = tokio::select! {
+            accepted = Listener::accept(&mut listener) => accepted,
+            () = &mut shutdown => break,
+        };
+        let service = router
+            .clone()
+            .map_request(move |mut req: axum::extract::Request<_>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            });
+        let connection = http.serve_connection(
+            TokioIo::new(io),
+            hyper_util::service::TowerToHyperService::new(service),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, "connection ended: {err}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Waits up to `DB_STARTUP_WAIT_SECS` for the database at `url` (named by `key`) to answer.

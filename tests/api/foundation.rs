@@ -20,6 +20,45 @@ async fn health_answers_ok() {
 }
 
 #[tokio::test]
+async fn a_client_that_never_finishes_its_headers_or_stays_idle_is_cut_off_after_the_request_timeout()
+ {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = TestApp::spawn_timing_out_after_a_second().await;
+    // Headers begun and never finished, as a client holding sockets open would send them.
+    let mut stalled = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: ")
+        .await
+        .unwrap();
+    // A kept-alive connection that asked once and then nothing more.
+    let mut idle = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 1024];
+    let read = idle.read(&mut answer).await.unwrap();
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
+
+    for (which, stream) in [("stalled", &mut stalled), ("idle", &mut idle)] {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+            .await
+            .unwrap_or_else(|_| panic!("the {which} connection was still open after 10 s"));
+        // Closed (or reset) with nothing more sent.
+        if closed.is_ok() {
+            assert!(
+                rest.is_empty(),
+                "the {which} connection got an answer: {rest:?}"
+            );
+        }
+    }
+    // Serving goes on for everyone else.
+    let (status, _) = send(app.get("/health")).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn the_system_report_counts_the_rows_of_every_table() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
