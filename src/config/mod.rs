@@ -123,6 +123,10 @@ pub struct AuthSettings {
     pub metrics_token: Option<SecretString>,
 }
 
+/// The largest `MAX_SHIFT_HOURS`, and so the longest a closed shift can be under any
+/// configuration: one longer is stored `incomplete`.
+pub const LONGEST_SHIFT_HOURS: u64 = 72;
+
 #[derive(Debug, Clone)]
 pub struct AttendanceSettings {
     pub default_geofence_m: i32,

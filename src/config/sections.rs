@@ -200,7 +200,9 @@ pub(super) fn attendance(r: &mut Reader<'_>) -> AttendanceSettings {
             0..=86_400,
         )),
         max_age: Duration::from_secs(r.ranged("CLOCK_MAX_AGE_DAYS", 30u64, 1..=3650) * 86_400),
-        max_shift: Duration::from_secs(r.ranged("MAX_SHIFT_HOURS", 16u64, 1..=72) * 3600),
+        max_shift: Duration::from_secs(
+            r.ranged("MAX_SHIFT_HOURS", 16u64, 1..=super::LONGEST_SHIFT_HOURS) * 3600,
+        ),
         sweep_interval: Duration::from_secs(r.ranged("SWEEP_INTERVAL_SECS", 300, 1..=86_400)),
         timezone,
     }

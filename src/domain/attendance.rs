@@ -109,8 +109,8 @@ pub fn neutralise_cell(value: &str) -> std::borrow::Cow<'_, str> {
     loop {
         let (piece, tail) = rest.split_at(rest.find(boundary).unwrap_or(rest.len()));
         let text = piece.trim_start_matches(' ');
+        out.push_str(&piece[..piece.len() - text.len()]);
         if runs(piece) {
-            out.push_str(&piece[..piece.len() - text.len()]);
             out.push('\'');
         }
         out.push_str(text);
@@ -193,5 +193,11 @@ mod tests {
         );
         assert_eq!(neutralise_cell("ok\r\n+1\r-2"), "ok\r\n'+1\r'-2");
         assert_eq!(neutralise_cell("line one\nline two"), "line one\nline two");
+        // Pieces left as they are keep their leading spaces beside one that is neutralised.
+        assert_eq!(
+            neutralise_cell("-15 min; see supervisor"),
+            "'-15 min; see supervisor"
+        );
+        assert_eq!(neutralise_cell("- item\n  sub"), "'- item\n  sub");
     }
 }

@@ -8,6 +8,7 @@ use sqlx::{Executor, PgConnection};
 use uuid::Uuid;
 
 use crate::audit::Activity;
+use crate::auth::ClientInfo;
 use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow};
 use crate::sync::push::{Plan, Write};
 
@@ -323,25 +324,41 @@ pub(crate) async fn apply_plan(
         .execute(&mut *tx)
         .await?;
     }
-    if !plan.withdrawn.is_empty() {
-        // Each in the audit trail as a resolution, by the user whose device withdrew it.
-        sqlx::query(
-            "WITH withdrawn AS (
-                 UPDATE sync_conflicts SET status = 'resolved', resolution = 'server', resolved_at = now()
-                 WHERE status = 'pending' AND user_id = $1 AND record_id = ANY($2)
-                 RETURNING id, record_id
-             )
-             INSERT INTO activities (actor_id, actor_email, action, entity_type, entity_id, details)
-             SELECT $1, (SELECT email FROM users WHERE id = $1), 'sync.conflict_resolve',
-                    'sync_conflict', w.id,
-                    jsonb_build_object('record_id', w.record_id, 'keep', 'server',
-                                       'withdrawn', 'the device deleted its copy')
-             FROM withdrawn w",
-        )
-        .bind(user_id)
-        .bind(&plan.withdrawn)
-        .execute(&mut *tx)
-        .await?;
-    }
     Ok(written)
+}
+
+/// Withdraws from the conflict queue the user's copies of `records` waiting there (their device
+/// deleted them), each in the audit trail as a resolution by the user, from `client`, within
+/// the caller's transaction.
+pub(crate) async fn withdraw_conflicts(
+    tx: &mut PgConnection,
+    user_id: Uuid,
+    records: &[Uuid],
+    client: &ClientInfo,
+) -> Result<(), sqlx::Error> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "WITH withdrawn AS (
+             UPDATE sync_conflicts SET status = 'resolved', resolution = 'server', resolved_at = now()
+             WHERE status = 'pending' AND user_id = $1 AND record_id = ANY($2)
+             RETURNING id, record_id
+         )
+         INSERT INTO activities (actor_id, actor_email, action, entity_type, entity_id, details,
+                                 ip, user_agent)
+         SELECT $1, (SELECT email FROM users WHERE id = $1), 'sync.conflict_resolve',
+                'sync_conflict', w.id,
+                jsonb_build_object('record_id', w.record_id, 'keep', 'server',
+                                   'withdrawn', 'the device deleted its copy'),
+                $3, $4
+         FROM withdrawn w",
+    )
+    .bind(user_id)
+    .bind(records)
+    .bind(&client.ip)
+    .bind(&client.user_agent)
+    .execute(tx)
+    .await?;
+    Ok(())
 }

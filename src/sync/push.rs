@@ -18,7 +18,7 @@ use crate::db::is_deadlock;
 use crate::domain::GeoPoint;
 use crate::domain::attendance::{MAX_RECORD_NOTES, TimeRules, forgotten_before, settle_clock_out};
 use crate::error::ApiError;
-use crate::sync::apply::{apply_plan, insert_created};
+use crate::sync::apply::{apply_plan, insert_created, withdraw_conflicts};
 use crate::sync::decide::{Decision, ServerCopy, decide};
 use crate::sync::model::{
     Content, Op, PushRecord, PushResponse, PushResult, ResultError, ResultStatus, Strategy,
@@ -415,6 +415,7 @@ async fn push_locked(
     }
     let (plan, outcomes) = decide_all(batch, &seen, user_id, device_id, now, ctx.config);
     let written = apply_plan(&mut tx, &plan, user_id, device_id, now).await?;
+    withdraw_conflicts(&mut tx, user_id, &plan.withdrawn, ctx.client).await?;
     let counts = count(&outcomes);
     activity(ctx, device_id, &counts).record(&mut *tx).await?;
     tx.commit().await?;

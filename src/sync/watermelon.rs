@@ -29,7 +29,7 @@ use crate::db::attendance::{self as records, AttendanceRecord, AttendanceRow, Lo
 use crate::db::facilities::Facility;
 use crate::domain::attendance::{TimeRules, forgotten_before, settle_clock_out};
 use crate::error::{ApiError, ErrorCode, FieldErrors, ResultExt};
-use crate::sync::apply::apply_plan;
+use crate::sync::apply::{apply_plan, withdraw_conflicts};
 use crate::sync::model::Content;
 use crate::sync::pull::{self, Changes, Cursor};
 use crate::sync::push::{
@@ -790,6 +790,7 @@ async fn apply_changes(
                 "the push would leave two open shifts for one user",
             )
         })?;
+    withdraw_conflicts(&mut tx, user.id, &plan.withdrawn, client).await?;
     // The refused records by id, with the service's reasons; an id that is not a UUID (any text
     // a device sent) is only counted.
     let refused: HashMap<Uuid, &Vec<String>> = rejected

@@ -2468,17 +2468,22 @@ async fn time_that_shifts_of_one_worker_overlap_counts_once_in_the_summary() {
     // Oct 5: one shift stored twice (online, and from a phone that recorded it offline): 8 h.
     // Oct 6: 06-10 and 08-12: 6 h. Oct 7: 06-14 and, within it, 08-10: 8 h. A night shift
     // stored twice, one copy begun at 23:00 on Oct 8, the other at midnight: 8 h, on Oct 8.
-    for (from, to) in [
-        (utc(5, 6), utc(5, 14)),
-        (utc(5, 6), utc(5, 14)),
-        (utc(6, 6), utc(6, 10)),
-        (utc(6, 8), utc(6, 12)),
-        (utc(7, 6), utc(7, 14)),
-        (utc(7, 8), utc(7, 10)),
-        (utc(8, 23), utc(9, 7)),
-        (utc(9, 0), utc(9, 7)),
+    // Oct 12: 06-14 at another facility, then 08-16 at the worker's own: 10 h, 2 of them at
+    // the worker's own.
+    let elsewhere = app.facility().await;
+    for (at, from, to) in [
+        (facility, utc(5, 6), utc(5, 14)),
+        (facility, utc(5, 6), utc(5, 14)),
+        (facility, utc(6, 6), utc(6, 10)),
+        (facility, utc(6, 8), utc(6, 12)),
+        (facility, utc(7, 6), utc(7, 14)),
+        (facility, utc(7, 8), utc(7, 10)),
+        (facility, utc(8, 23), utc(9, 7)),
+        (facility, utc(9, 0), utc(9, 7)),
+        (elsewhere, utc(12, 6), utc(12, 14)),
+        (facility, utc(12, 8), utc(12, 16)),
     ] {
-        app.insert_attendance(worker.id, facility, from, Some(to), "closed")
+        app.insert_attendance(worker.id, at, from, Some(to), "closed")
             .await;
     }
     app.insert_attendance(
@@ -2498,21 +2503,41 @@ async fn time_that_shifts_of_one_worker_overlap_counts_once_in_the_summary() {
     let rows = by_user["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "only the supervisor's team: {by_user}");
     assert_eq!(rows[0]["key"], json!(worker.id.to_string()));
-    assert_eq!(rows[0]["records"], 8);
-    assert_eq!(rows[0]["hours_worked"], 30.0);
-    let (_, by_day) = send(
-        app.get("/api/attendance/summary?from=2026-10-01&to=2026-10-31&group_by=day&tz=UTC")
-            .bearer_auth(&supervisor.token),
-    )
-    .await;
-    let hours: Vec<f64> = by_day["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["hours_worked"].as_f64().unwrap())
-        .collect();
+    assert_eq!(rows[0]["records"], 10);
+    assert_eq!(rows[0]["hours_worked"], 40.0);
+    let hours = |query: &str| {
+        let request = app
+            .get(&format!("/api/attendance/summary?tz=UTC&{query}"))
+            .bearer_auth(&supervisor.token);
+        async move {
+            let (status, body) = send(request).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let rows = body["rows"].as_array().unwrap();
+            rows.iter()
+                .map(|r| r["hours_worked"].as_f64().unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
     // The days add up to the worker's hours: the copy begun on Oct 9 adds nothing there.
-    assert_eq!(hours, [8.0, 6.0, 8.0, 8.0, 0.0]);
+    assert_eq!(
+        hours("from=2026-10-01&to=2026-10-31&group_by=day").await,
+        [8.0, 6.0, 8.0, 8.0, 0.0, 10.0]
+    );
+    // A day, or a facility, asked for alone counts as it does among the others: the shift
+    // begun before the period, or elsewhere, still covers its time.
+    assert_eq!(
+        hours("from=2026-10-09&to=2026-10-09&group_by=day").await,
+        [0.0]
+    );
+    let own = format!("from=2026-10-12&to=2026-10-12&group_by=facility&facility_id={facility}");
+    assert_eq!(hours(&own).await, [2.0]);
+    assert_eq!(
+        hours("from=2026-10-12&to=2026-10-12&group_by=facility")
+            .await
+            .iter()
+            .sum::<f64>(),
+        10.0
+    );
 }
 
 #[tokio::test]

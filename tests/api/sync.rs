@@ -1218,7 +1218,13 @@ async fn a_queued_shift_its_device_deleted_leaves_the_queue_and_cannot_be_kept()
     // The user discards the shift on the phone.
     let delete = json!({"kind": "attendance", "op": "delete", "id": offline["id"], "sync_version": 1,
                         "client_timestamp": Utc::now().to_rfc3339()});
-    let (_, body) = push(&app, &user, vec![delete]).await;
+    let (_, body) = send(
+        app.post("/api/sync/push")
+            .bearer_auth(&user.token)
+            .header("User-Agent", "FieldApp/2.1 (Android 13)")
+            .json(&json!({"device_id": "device-A", "records": [delete]})),
+    )
+    .await;
     assert_eq!(statuses(&body), vec!["deleted"]);
     let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
     assert_eq!(queue["total"], 0, "withdrawn from the queue: {queue}");
@@ -1231,6 +1237,9 @@ async fn a_queued_shift_its_device_deleted_leaves_the_queue_and_cannot_be_kept()
     .await;
     assert_eq!(trail["total"], 1, "{trail}");
     assert_eq!(trail["data"][0]["actor_id"], json!(user.id));
+    // From where the push came, as every resolution is.
+    assert_eq!(trail["data"][0]["ip"], "127.0.0.1");
+    assert_eq!(trail["data"][0]["user_agent"], "FieldApp/2.1 (Android 13)");
     let (status, body) = send(
         app.post(&format!("/api/sync/conflicts/{conflict}/resolve"))
             .bearer_auth(&admin.token)

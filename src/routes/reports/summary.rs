@@ -148,7 +148,9 @@ async fn summary(
     };
     // Each closed shift counts from where the user's earlier closed shifts end (`covered`), so
     // that overlapping time counts once, the union of the intervals, and in the group of the
-    // shift that began first: the groups add up to the user's hours.
+    // shift that began first: the groups add up to the user's hours. Those earlier shifts are
+    // read whatever their facility, and back to the longest a closed shift can be before the
+    // period, so that a day or a facility asked for alone counts as it does among the others.
     let mut qb = QueryBuilder::new(format!(
         "SELECT {key} AS key, {label} AS label, count(*) AS records,
                 count(DISTINCT (a.clock_in_at AT TIME ZONE tz.name)::date) AS days_present,
@@ -168,17 +170,15 @@ async fn summary(
     ));
     let zone = database_zone(tz).to_string();
     qb.push_bind(zone.clone()).push("::text AS name) tz");
-    push_filters(
-        &mut qb,
-        &user,
-        q.user_id,
-        q.facility_id,
-        Some(from),
-        Some(to),
-    );
+    let earlier = from - chrono::Duration::hours(crate::config::LONGEST_SHIFT_HOURS as i64);
+    push_filters(&mut qb, &user, q.user_id, None, Some(earlier), Some(to));
     qb.push(format_args!(") a {join} CROSS JOIN (SELECT "))
         .push_bind(zone)
-        .push("::text AS name) tz");
+        .push("::text AS name) tz WHERE a.clock_in_at >= ")
+        .push_bind(from);
+    if let Some(id) = q.facility_id {
+        qb.push(" AND a.facility_id = ").push_bind(id);
+    }
     qb.push(format_args!(" GROUP BY {key} ORDER BY {key}"));
     // A summary over years of records can outlast the request.
     let mut tx = crate::db::bounded(&state.db, state.config.request_timeout).await?;
