@@ -7,11 +7,16 @@ if [ -f "$dir/pid" ]; then
   pid=$(cat "$dir/pid")
   if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q 'field-attendance serve'; then
     kill "$pid" 2>/dev/null || true
-    # Until it has finished, so that its port is free for the next.
-    for _ in $(seq 1 60); do
+    # Until it has finished, so that its port is free for the next: past its own grace (the
+    # request timeout and 5 s, then 2 s to close its pool) it is killed.
+    for _ in $(seq 1 90); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.5
     done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "the service was still running 45 s after SIGTERM; killing it" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
   fi
   rm -f "$dir/pid"
 fi
