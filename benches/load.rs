@@ -569,6 +569,10 @@ async fn run() -> anyhow::Result<()> {
         ("LOG_FORMAT", "json".into()),
         ("MAX_UPLOAD_BYTES", (64 * 1024 * 1024).to_string()),
         ("REQUEST_TIMEOUT_SECS", "300".into()),
+        // One client serves every scenario, whose connections wait through the scenarios
+        // before theirs (a 100,000-row import, say): none is closed meanwhile, so that each
+        // scenario meets its connections open, as it always did.
+        ("IDLE_TIMEOUT_SECS", "900".into()),
     ];
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_field-attendance"))
         .arg("serve")

@@ -71,7 +71,7 @@ impl Application {
     /// or a file still coming up to an import over a slow link, say) is dropped as the process
     /// ends. A second SIGINT or SIGTERM ends the wait at once.
     ///
-    /// A client has the request timeout to send a request's line and headers, and a kept-alive
+    /// A client has `IDLE_TIMEOUT_SECS` to send a request's line and headers, and a kept-alive
     /// connection that long between requests, before its connection is closed: the request
     /// timeout starts only once the headers are in, so without this a client sending them byte by
     /// byte, or a connection left open and idle, would hold its socket for ever.
@@ -86,7 +86,7 @@ impl Application {
         let serve = serve(
             self.listener,
             self.router,
-            self.state.config.request_timeout,
+            self.state.config.idle_timeout,
             async move {
                 shutdown.await;
                 let _ = told.send(());

@@ -162,6 +162,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_upload_bytes: usize,
     pub request_timeout: Duration,
+    /// How long a client may take to send a request's line and headers, or leave a kept-alive
+    /// connection idle, before the connection is closed: longer than a proxy in front keeps an
+    /// idle connection to the service (60 s for nginx upstreams and AWS load balancers), so that
+    /// the proxy closes it first and never sends a request down one the service is closing.
+    pub idle_timeout: Duration,
     /// A facility import's request, its upload included: an admin's file may come over a slow
     /// link.
     pub upload_timeout: Duration,
@@ -249,6 +254,7 @@ impl Config {
             max_upload_bytes: r.ranged("MAX_UPLOAD_BYTES", 10 * 1024 * 1024usize, 1024..=1 << 30),
             request_timeout: Duration::from_secs(r.ranged("REQUEST_TIMEOUT_SECS", 30, 1..=3600)),
             upload_timeout: Duration::from_secs(r.ranged("UPLOAD_TIMEOUT_SECS", 300, 1..=3600)),
+            idle_timeout: Duration::from_secs(r.ranged("IDLE_TIMEOUT_SECS", 90, 1..=3600)),
             rate_limits: sections::rate_limits(&mut r),
             attendance: sections::attendance(&mut r),
             sync_max_batch: r.ranged("SYNC_MAX_BATCH", 500usize, 1..=10_000),

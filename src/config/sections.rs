@@ -119,10 +119,16 @@ pub(super) fn auth(r: &mut Reader<'_>, dev: bool) -> AuthSettings {
     let admin_password = (r.lookup)("ADMIN_PASSWORD")
         .map(|p| p.trim_end_matches(['\r', '\n']).to_string())
         .filter(|p| !p.trim().is_empty());
-    if let Some(p) = &admin_password
-        && let Err(reason) = Password::parse(p, admin_email.as_deref().unwrap_or_default())
-    {
-        r.problems.push(format!("ADMIN_PASSWORD {reason}"));
+    if let Some(p) = &admin_password {
+        if let Err(reason) = Password::parse(p, admin_email.as_deref().unwrap_or_default()) {
+            r.problems.push(format!("ADMIN_PASSWORD {reason}"));
+        } else if !dev && is_a_sample(p) {
+            r.problems.push(
+                "ADMIN_PASSWORD is a sample value; choose one of your own for the admin \
+                 (for example `openssl rand -base64 18`)"
+                    .to_string(),
+            );
+        }
     }
     AuthSettings {
         jwt_secret: SecretString::from(jwt_secret),

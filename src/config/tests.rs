@@ -157,6 +157,7 @@ fn production_refuses_a_placeholder_secret_and_settings_that_refuse_everything()
         ("MAX_SHIFT_HOURS", "0"),
         ("MAX_SHIFT_HOURS", "10000000000"),
         ("REQUEST_TIMEOUT_SECS", "0"),
+        ("IDLE_TIMEOUT_SECS", "0"),
         ("SYNC_MAX_BATCH", "0"),
         ("METRICS_TOKEN", "prometheus"),
         ("LOG_RETENTION_DAYS", "0"),

@@ -20,11 +20,14 @@ async fn health_answers_ok() {
 }
 
 #[tokio::test]
-async fn a_client_that_never_finishes_its_headers_or_stays_idle_is_cut_off_after_the_request_timeout()
- {
+async fn a_client_that_never_finishes_its_headers_or_stays_idle_is_cut_off_after_the_idle_timeout()
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let app = TestApp::spawn_timing_out_after_a_second().await;
+    let app = TestApp::spawn_with(|env| {
+        env.insert("IDLE_TIMEOUT_SECS".into(), "1".into());
+    })
+    .await;
     // Headers begun and never finished, as a client holding sockets open would send them.
     let mut stalled = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     stalled
@@ -56,6 +59,59 @@ async fn a_client_that_never_finishes_its_headers_or_stays_idle_is_cut_off_after
     // Serving goes on for everyone else.
     let (status, _) = send(app.get("/health")).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn at_shutdown_a_request_in_flight_is_answered_while_idle_connections_close_and_no_new_one_is_taken()
+ {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let facility = app.facility().await;
+    // A kept-alive connection, idle after one request.
+    let mut idle = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 1024];
+    let read = idle.read(&mut answer).await.unwrap();
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
+    // An edit in flight, waiting on the facility's row.
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM facilities WHERE id = $1 FOR UPDATE")
+        .bind(facility)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let edit = tokio::spawn(send(
+        app.patch(&format!("/api/facilities/{facility}"))
+            .bearer_auth(&admin.token)
+            .json(&serde_json::json!({"name": "Renamed at shutdown"})),
+    ));
+    app.until_waiting_on_locks(1, "the edit waits on the facility")
+        .await;
+
+    app.signal_shutdown();
+
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the idle connection is closed at once");
+    assert!(rest.is_empty(), "{rest:?}");
+    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+        while tokio::net::TcpStream::connect(app.addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "no new connection is taken");
+    // The service waits for the edit, which is answered once its row is free.
+    assert!(!app.stopped_within(Duration::from_millis(300)).await);
+    holder.commit().await.unwrap();
+    let (status, body) = edit.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["name"], "Renamed at shutdown");
+    assert!(app.stopped_within(Duration::from_secs(10)).await);
 }
 
 #[tokio::test]
@@ -858,29 +914,20 @@ async fn tls_that_cannot_be_agreed_stops_start_up_at_once_naming_it() {
 }
 
 #[tokio::test]
-async fn a_sample_admin_password_makes_no_admin_outside_development() {
-    // Arrange: a database with no admin yet, and the README's old example password.
-    let test_db = crate::helpers::TestDb::new().await;
-    let mut env = crate::helpers::test_env(&test_db.url());
+async fn a_sample_admin_password_stops_start_up_outside_development_before_the_database_is_touched()
+{
+    // The README's old example password.
+    let mut env = crate::helpers::test_env("postgres://postgres@127.0.0.1:1/never_reached");
     env.insert("ADMIN_PASSWORD".into(), "change-me-now".into());
-    let config = Config::from_map(&env).unwrap();
-
-    // Act
-    let err = Application::build(config)
-        .await
-        .err()
-        .expect("the service does not make an admin with a published password");
-
-    // Assert
-    let message = format!("{err:#}");
+    let message = match Config::from_map(&env) {
+        Err(err) => format!("{err:#}"),
+        Ok(_) => panic!("the service does not make an admin with a published password"),
+    };
     assert!(
         message.contains("ADMIN_PASSWORD") && message.contains("a sample value"),
         "{message}"
     );
-    let pool = test_db.pool().await;
-    let admins: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE role = 'admin'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(admins, 0);
+    // In development, where the sample configuration is meant to run as it is, it is taken.
+    env.insert("APP_ENV".into(), "development".into());
+    assert!(Config::from_map(&env).is_ok());
 }

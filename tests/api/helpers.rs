@@ -243,6 +243,8 @@ pub struct TestApp {
     /// The service's own pool, to hold its connections.
     pub service_pool: PgPool,
     server: tokio::task::JoinHandle<()>,
+    /// Told, the service stops as at SIGTERM.
+    shutdown: Arc<tokio::sync::Notify>,
     // Dropped last: the database outlives the server that uses it.
     pub test_db: TestDb,
 }
@@ -300,8 +302,12 @@ impl TestApp {
         let config = app.state().config.clone();
         let batches = app.state().batches.clone();
         let service_pool = app.state().db.clone();
+        let shutdown = Arc::new(tokio::sync::Notify::new());
+        let told = shutdown.clone();
         let server = tokio::spawn(async move {
-            app.run_until(std::future::pending()).await.expect("server");
+            app.run_until(async move { told.notified().await })
+                .await
+                .expect("server");
         });
         let db = test_db.pool().await;
         Self {
@@ -315,8 +321,19 @@ impl TestApp {
             batches,
             service_pool,
             server,
+            shutdown,
             test_db,
         }
+    }
+
+    /// Tells the service to stop, as SIGTERM does.
+    pub fn signal_shutdown(&self) {
+        self.shutdown.notify_one();
+    }
+
+    /// Whether the service has stopped within `within`.
+    pub async fn stopped_within(&mut self, within: std::time::Duration) -> bool {
+        tokio::time::timeout(within, &mut self.server).await.is_ok()
     }
 
     pub fn url(&self, path: &str) -> String {
