@@ -2469,7 +2469,8 @@ async fn time_that_shifts_of_one_worker_overlap_counts_once_in_the_summary() {
     // Oct 6: 06-10 and 08-12: 6 h. Oct 7: 06-14 and, within it, 08-10: 8 h. A night shift
     // stored twice, one copy begun at 23:00 on Oct 8, the other at midnight: 8 h, on Oct 8.
     // Oct 12: 06-14 at another facility, then 08-16 at the worker's own: 10 h, 2 of them at
-    // the worker's own.
+    // the worker's own. Oct 14: a shift of 60 h (as long as a closed one can be under a
+    // `MAX_SHIFT_HOURS` of 72), and on Oct 16, within it, 06-10: 60 h, on Oct 14.
     let elsewhere = app.facility().await;
     for (at, from, to) in [
         (facility, utc(5, 6), utc(5, 14)),
@@ -2482,6 +2483,8 @@ async fn time_that_shifts_of_one_worker_overlap_counts_once_in_the_summary() {
         (facility, utc(9, 0), utc(9, 7)),
         (elsewhere, utc(12, 6), utc(12, 14)),
         (facility, utc(12, 8), utc(12, 16)),
+        (facility, utc(14, 0), utc(16, 12)),
+        (facility, utc(16, 6), utc(16, 10)),
     ] {
         app.insert_attendance(worker.id, at, from, Some(to), "closed")
             .await;
@@ -2503,8 +2506,8 @@ async fn time_that_shifts_of_one_worker_overlap_counts_once_in_the_summary() {
     let rows = by_user["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "only the supervisor's team: {by_user}");
     assert_eq!(rows[0]["key"], json!(worker.id.to_string()));
-    assert_eq!(rows[0]["records"], 10);
-    assert_eq!(rows[0]["hours_worked"], 40.0);
+    assert_eq!(rows[0]["records"], 12);
+    assert_eq!(rows[0]["hours_worked"], 100.0);
     let hours = |query: &str| {
         let request = app
             .get(&format!("/api/attendance/summary?tz=UTC&{query}"))
@@ -2521,12 +2524,16 @@ async fn time_that_shifts_of_one_worker_overlap_counts_once_in_the_summary() {
     // The days add up to the worker's hours: the copy begun on Oct 9 adds nothing there.
     assert_eq!(
         hours("from=2026-10-01&to=2026-10-31&group_by=day").await,
-        [8.0, 6.0, 8.0, 8.0, 0.0, 10.0]
+        [8.0, 6.0, 8.0, 8.0, 0.0, 10.0, 60.0, 0.0]
     );
     // A day, or a facility, asked for alone counts as it does among the others: the shift
     // begun before the period, or elsewhere, still covers its time.
     assert_eq!(
         hours("from=2026-10-09&to=2026-10-09&group_by=day").await,
+        [0.0]
+    );
+    assert_eq!(
+        hours("from=2026-10-16&to=2026-10-16&group_by=day").await,
         [0.0]
     );
     let own = format!("from=2026-10-12&to=2026-10-12&group_by=facility&facility_id={facility}");

@@ -172,6 +172,20 @@ async fn summary(
     qb.push_bind(zone.clone()).push("::text AS name) tz");
     let earlier = from - chrono::Duration::hours(crate::config::LONGEST_SHIFT_HOURS as i64);
     push_filters(&mut qb, &user, q.user_id, None, Some(earlier), Some(to));
+    if let Some(id) = q.facility_id {
+        // Only the shifts of users with one at the facility in the period, as its index finds
+        // them, rather than every shift in the viewer's tree.
+        qb.push(
+            " AND a.user_id IN (SELECT f.user_id FROM attendance f
+                                WHERE f.deleted_at IS NULL AND f.facility_id = ",
+        )
+        .push_bind(id)
+        .push(" AND f.clock_in_at >= ")
+        .push_bind(from)
+        .push(" AND f.clock_in_at < ")
+        .push_bind(to)
+        .push(")");
+    }
     qb.push(format_args!(") a {join} CROSS JOIN (SELECT "))
         .push_bind(zone)
         .push("::text AS name) tz WHERE a.clock_in_at >= ")
