@@ -1254,6 +1254,77 @@ async fn a_queued_shift_its_device_deleted_leaves_the_queue_and_cannot_be_kept()
 }
 
 #[tokio::test]
+async fn two_admins_resolving_one_conflict_at_once_settle_it_once() {
+    let app = TestApp::spawn().await;
+    let first = app.admin().await;
+    let second = app.user("admin", None).await;
+    let (user, facility) = setup(&app).await;
+    let (offline, online) = queued_beside_online(&app, &user, facility).await;
+    let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&first.token)).await;
+    let conflict = queue["data"][0]["id"].as_str().unwrap().to_string();
+    // Both answers are let through at once: each waits for the conflict.
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM sync_conflicts WHERE id = $1::uuid FOR UPDATE")
+        .bind(&conflict)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let resolve = |admin: &TestUser, keep: &str, agent: &str| {
+        send(
+            app.post(&format!("/api/sync/conflicts/{conflict}/resolve"))
+                .bearer_auth(&admin.token)
+                .header("User-Agent", agent)
+                .json(&json!({ "keep": keep })),
+        )
+    };
+    let release = async {
+        app.until_waiting_on_locks(2, "both answers wait on the conflict")
+            .await;
+        holder.commit().await.unwrap();
+    };
+    let ((client_status, _), (server_status, _), ()) = tokio::join!(
+        resolve(&first, "client", "console-first"),
+        resolve(&second, "server", "console-second"),
+        release
+    );
+    let (winner, keep, agent) = match (client_status, server_status) {
+        (StatusCode::OK, StatusCode::CONFLICT) => (&first, "client", "console-first"),
+        (StatusCode::CONFLICT, StatusCode::OK) => (&second, "server", "console-second"),
+        other => panic!("one answer settles it, the other is refused: {other:?}"),
+    };
+    let (_, settled) = send(
+        app.get("/api/sync/conflicts?status=resolved")
+            .bearer_auth(&first.token),
+    )
+    .await;
+    assert_eq!(settled["total"], 1, "{settled}");
+    assert_eq!(settled["data"][0]["resolution"], keep);
+    assert_eq!(settled["data"][0]["resolved_by"], json!(winner.id));
+    // One resolution in the trail, the winner's, from where it came.
+    let (_, trail) = send(
+        app.get(&format!(
+            "/api/activities?action=sync.conflict_resolve&entity_id={conflict}"
+        ))
+        .bearer_auth(&first.token),
+    )
+    .await;
+    assert_eq!(trail["total"], 1, "{trail}");
+    assert_eq!(trail["data"][0]["actor_id"], json!(winner.id));
+    assert_eq!(trail["data"][0]["ip"], "127.0.0.1");
+    assert_eq!(trail["data"][0]["user_agent"], agent);
+    // The records are as the winner's answer left them.
+    let (_, kept) = stored_record(&app, &user, &online).await;
+    let (queued, _) = stored_record(&app, &user, &offline).await;
+    if keep == "client" {
+        assert_eq!(kept["status"], "incomplete");
+        assert_eq!(queued, StatusCode::OK);
+    } else {
+        assert_eq!(kept["status"], "open");
+        assert_eq!(queued, StatusCode::NOT_FOUND);
+    }
+}
+
+#[tokio::test]
 async fn a_full_conflict_queue_rejects_the_next_manual_conflict_until_it_is_worked_through() {
     let app = TestApp::spawn().await;
     let (user, facility) = setup(&app).await;
