@@ -45,7 +45,10 @@ pub fn decide(
         Op::Upsert => {
             if !server.deleted && incoming == Some(&server.content) {
                 Decision::Duplicate
-            } else if current {
+            } else if current && !server.deleted {
+                // A deleted record is not brought back by an edit on its tombstone's version (a
+                // device told of that version by a conflict answer, before it pulled the
+                // deletion): only as a conflict its strategy settles.
                 Decision::Update
             } else {
                 Decision::Conflict(strategy)
@@ -170,16 +173,18 @@ mod tests {
                 Decision::Conflict(s)
             );
         }
-        // An edit of a record deleted since is a conflict too.
-        assert_eq!(
-            decide(
-                Op::Upsert,
-                1,
-                Some(&c),
-                Some(&server(2, "b", true)),
-                Strategy::Manual
-            ),
-            Decision::Conflict(Strategy::Manual)
-        );
+        // An edit of a record deleted since is a conflict too, even on the deletion's version.
+        for v in [1, 2] {
+            assert_eq!(
+                decide(
+                    Op::Upsert,
+                    v,
+                    Some(&c),
+                    Some(&server(2, "b", true)),
+                    Strategy::Manual
+                ),
+                Decision::Conflict(Strategy::Manual)
+            );
+        }
     }
 }
