@@ -32,12 +32,11 @@ struct Columns {
     version: Vec<i32>,
     notes: Vec<Option<String>>,
     pushed: Vec<Option<i64>>,
-    pushed_on: Vec<Option<i64>>,
 }
 
 impl Columns {
-    /// The change each write was sent with, and what it built on, where a push sent it.
-    fn of<'w>(writes: impl Iterator<Item = &'w Write>, plan: &Plan) -> Self {
+    /// `pushed`: the change each write was sent with, where a push sent it.
+    fn of<'w>(writes: impl Iterator<Item = &'w Write>, pushed: &HashMap<Uuid, i64>) -> Self {
         let mut c = Columns {
             id: vec![],
             facility_id: vec![],
@@ -57,7 +56,6 @@ impl Columns {
             version: vec![],
             notes: vec![],
             pushed: vec![],
-            pushed_on: vec![],
         };
         for w in writes {
             c.id.push(w.id);
@@ -80,8 +78,7 @@ impl Columns {
             c.client_ts.push(w.client_timestamp);
             c.version.push(w.version);
             c.notes.push(w.content.notes.clone());
-            c.pushed.push(plan.pushed.get(&w.id).copied());
-            c.pushed_on.push(plan.pushed_on.get(&w.id).copied());
+            c.pushed.push(pushed.get(&w.id).copied());
         }
         c
     }
@@ -109,7 +106,6 @@ impl Columns {
             .bind(self.version)
             .bind(self.notes)
             .bind(self.pushed)
-            .bind(self.pushed_on)
     }
 }
 
@@ -117,22 +113,20 @@ const UNNEST: &str =
     "UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::timestamptz[],
     $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::float8[],
     $12::float8[], $13::float8[], $14::bool[], $15::timestamptz[], $16::int4[], $17::text[],
-    $18::int8[], $19::int8[])
+    $18::int8[])
     AS w (id, facility_id, status, clock_in_at, clock_out_at, in_lat, in_lng, in_acc, out_lat,
-          out_lng, out_acc, distance, out_distance, outside, client_ts, version, notes, pushed,
-          pushed_on)";
+          out_lng, out_acc, distance, out_distance, outside, client_ts, version, notes, pushed)";
 
-/// Inserts the writes bound by `Columns` ($1..$19) for device $20, user $21, stamped $22 (to the
-/// microsecond): the stored rows are known without reading them back (`Write::row`). A new
-/// record built on nothing stored, so its `pushed_on` stays empty.
+/// Inserts the writes bound by `Columns` ($1..$18) for device $19, user $20, stamped $21 (to the
+/// microsecond): the stored rows are known without reading them back (`Write::row`).
 const INSERT: &str = "INSERT INTO attendance (id, user_id, facility_id, status, clock_in_at,
         clock_out_at, clock_in_latitude, clock_in_longitude, clock_in_accuracy_m, clock_out_latitude,
         clock_out_longitude, clock_out_accuracy_m, distance_m, clock_out_distance_m,
         outside_geofence, client_timestamp, sync_version, notes, source, device_id,
         server_timestamp, created_at, updated_at, pushed)
-    SELECT w.id, $21, w.facility_id, w.status, w.clock_in_at, w.clock_out_at, w.in_lat, w.in_lng,
+    SELECT w.id, $20, w.facility_id, w.status, w.clock_in_at, w.clock_out_at, w.in_lat, w.in_lng,
         w.in_acc, w.out_lat, w.out_lng, w.out_acc, w.distance, w.out_distance, w.outside,
-        w.client_ts, w.version, w.notes, 'sync', $20, $22, $22, $22,
+        w.client_ts, w.version, w.notes, 'sync', $19, $21, $21, $21,
         CASE WHEN w.pushed IS NOT NULL THEN ARRAY[w.pushed] END";
 
 /// The latest changes pushes applied to a record (`a.pushed`), with `$new` (NULL: none) last:
@@ -158,7 +152,7 @@ fn bind_insert<'q, O>(
     device_id: &'q str,
     at: DateTime<Utc>,
 ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-    Columns::of(plan.inserts.iter(), plan)
+    Columns::of(plan.inserts.iter(), &plan.pushed)
         .bind(query)
         .bind(device_id)
         .bind(user_id)
@@ -192,7 +186,7 @@ pub(crate) async fn insert_created(
 ) -> Result<HashMap<Uuid, AttendanceRecord>, sqlx::Error> {
     let sql = format!(
         "WITH a AS ({INSERT} FROM {UNNEST}), {} SELECT 1",
-        Activity::cte(23)
+        Activity::cte(22)
     );
     let query = bind_insert(
         sqlx::query_as::<_, (i32,)>(&sql),
@@ -244,15 +238,11 @@ pub(crate) async fn apply_plan(
     if !plan.deletes.is_empty() {
         let (ids, versions): (Vec<Uuid>, Vec<i32>) = plan.deletes.iter().copied().unzip();
         let pushed: Vec<Option<i64>> = ids.iter().map(|id| plan.pushed.get(id).copied()).collect();
-        let pushed_on: Vec<Option<i64>> = ids
-            .iter()
-            .map(|id| plan.pushed_on.get(id).copied())
-            .collect();
         let sql = format!(
             "UPDATE attendance a SET deleted_at = now(), sync_version = d.version, server_timestamp = now(),
-                    pushed = {}, pushed_on = d.pushed_on
-             FROM UNNEST($1::uuid[], $2::int4[], $3::int8[], $4::int8[]) AS d (id, version, pushed, pushed_on)
-             WHERE a.id = d.id AND a.user_id = $5 RETURNING {}",
+                    pushed = {}
+             FROM UNNEST($1::uuid[], $2::int4[], $3::int8[]) AS d (id, version, pushed)
+             WHERE a.id = d.id AND a.user_id = $4 RETURNING {}",
             with_pushed("d.pushed"),
             records::COLUMNS
         );
@@ -260,7 +250,6 @@ pub(crate) async fn apply_plan(
             .bind(ids)
             .bind(versions)
             .bind(pushed)
-            .bind(pushed_on)
             .bind(user_id)
             .fetch_all(&mut *tx)
             .await?;
@@ -282,13 +271,13 @@ pub(crate) async fn apply_plan(
                     distance_m = w.distance, clock_out_distance_m = w.out_distance, outside_geofence = w.outside,
                     sync_version = w.version, notes = w.notes,
                     source = 'sync', server_timestamp = now(), deleted_at = NULL,
-                    pushed = {}, pushed_on = w.pushed_on
+                    pushed = {}
              FROM {UNNEST}
-             WHERE a.id = w.id AND a.user_id = $20 RETURNING {}",
+             WHERE a.id = w.id AND a.user_id = $19 RETURNING {}",
             with_pushed("w.pushed"),
             records::COLUMNS
         );
-        let rows: Vec<AttendanceRow> = Columns::of(group.into_iter(), plan)
+        let rows: Vec<AttendanceRow> = Columns::of(group.into_iter(), &plan.pushed)
             .bind(sqlx::query_as(&sql))
             .bind(user_id)
             .fetch_all(&mut *tx)

@@ -206,8 +206,6 @@ pub(crate) struct Plan {
     /// The change each written record was sent with ([`change_digest`]), kept with the record
     /// so that it is known when sent again.
     pub pushed: HashMap<Uuid, i64>,
-    /// What each stored record a push changes was changed on ([`pushed_on_digest`]).
-    pub pushed_on: HashMap<Uuid, i64>,
 }
 
 impl Plan {
@@ -702,7 +700,6 @@ fn decide_all(
                 by_stamp,
                 open,
                 pushed,
-                pushed_on,
             },
         sites,
         queued,
@@ -800,25 +797,8 @@ fn decide_all(
         // lost): the same change, not a stale edit for the strategy to settle.
         let change = change_digest(device_id, record.op, content.as_ref(), stamp);
         let applied_before = pushed.get(&id).is_some_and(|c| c.contains(&change));
-        // A change on the version the device holds, of a record that stands as this device's own
-        // push on that version left it: that push's answer was lost, and this is the device's
-        // next change (a clock-out after a note), not a stale edit. (A record its own push
-        // deleted is not brought back so.)
-        let own_last = existing.is_some_and(|row| {
-            pushed_on.get(&id)
-                == Some(&pushed_on_digest(
-                    device_id,
-                    record.sync_version,
-                    row.sync_version,
-                ))
-                && (row.deleted_at.is_none() || record.op == Op::Delete)
-        });
         let decision = match decision {
             Decision::Conflict(_) if applied_before => Decision::Duplicate,
-            Decision::Conflict(_) if own_last => match record.op {
-                Op::Upsert => Decision::Update,
-                Op::Delete => Decision::Delete,
-            },
             other => other,
         };
         let server_version = existing.map(|r| r.sync_version);
@@ -961,11 +941,6 @@ fn decide_all(
         };
         if let Outcome::Written(..) = outcome {
             plan.pushed.insert(id, change);
-            // A stored record is written on the version after the server's.
-            if let Some(version) = server_version {
-                let made = pushed_on_digest(device_id, record.sync_version, version + 1);
-                plan.pushed_on.insert(id, made);
-            }
         }
         outcomes[i] = Some(outcome);
     }
@@ -1125,24 +1100,6 @@ pub(crate) fn change_digest(
     )
 }
 
-/// What a push that changed a stored record built on: a hash of the device that sent it, the
-/// version the change was based on (`sync_version` as sent), and the version it made (see the
-/// `attendance_pushed_on` migration).
-pub(crate) fn pushed_on_digest(device_id: &str, based_on: i32, made: i32) -> i64 {
-    use sha2::{Digest, Sha256};
-    let mut hash = Sha256::new();
-    hash.update((device_id.len() as u64).to_be_bytes());
-    hash.update(device_id.as_bytes());
-    hash.update(based_on.to_be_bytes());
-    hash.update(made.to_be_bytes());
-    let digest = hash.finalize();
-    i64::from_be_bytes(
-        digest[..8]
-            .try_into()
-            .expect("a SHA-256 digest has 32 bytes"),
-    )
-}
-
 /// The most conflicts of one user that wait for an admin at once. Past it, a record that would
 /// be queued is rejected, to be sent again once the admin has caught up: one device cannot bury
 /// the queue, and nothing it sent is lost.
@@ -1217,8 +1174,6 @@ struct Touched {
     open: Option<AttendanceRow>,
     /// The latest changes pushes applied to each record of the batch ([`change_digest`]).
     pushed: HashMap<Uuid, Vec<i64>>,
-    /// What the latest push that changed each record of the batch built on ([`pushed_on_digest`]).
-    pushed_on: HashMap<Uuid, i64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -1229,7 +1184,6 @@ struct TouchedRow {
     by_stamp: bool,
     is_open: bool,
     pushed_changes: Option<Vec<i64>>,
-    pushed_on: Option<i64>,
 }
 
 impl Touched {
@@ -1248,7 +1202,7 @@ impl Touched {
             "SELECT {}, a.id = ANY($1) AS by_id,
                     coalesce(a.user_id = $2 AND a.device_id = $3 AND a.client_timestamp = ANY($4), false) AS by_stamp,
                     (a.user_id = $2 AND a.status = 'open' AND a.deleted_at IS NULL) AS is_open,
-                    a.pushed AS pushed_changes, a.pushed_on
+                    a.pushed AS pushed_changes
              FROM attendance a
              WHERE a.id = ANY($1)
                 OR (a.device_id = $3 AND a.client_timestamp = ANY($4))
@@ -1269,7 +1223,6 @@ impl Touched {
             by_stamp: HashMap::new(),
             open: None,
             pushed: HashMap::new(),
-            pushed_on: HashMap::new(),
         };
         for r in rows {
             if r.is_open {
@@ -1283,9 +1236,6 @@ impl Touched {
             if r.by_id {
                 if let Some(changes) = r.pushed_changes {
                     touched.pushed.insert(r.row.id, changes);
-                }
-                if let Some(on) = r.pushed_on {
-                    touched.pushed_on.insert(r.row.id, on);
                 }
                 touched.by_id.insert(r.row.id, r.row);
             }

@@ -1,1 +1,0 @@
-ALTER TABLE attendance DROP COLUMN IF EXISTS pushed_on;
