@@ -1798,6 +1798,8 @@ async fn uploads_past_their_own_limit_are_refused_with_when_to_try_again() {
     let app = TestApp::spawn_with(|env| {
         env.insert("RATE_LIMIT_ENABLED".into(), "true".into());
         env.insert("RATE_LIMIT_UPLOAD".into(), "2/15m".into());
+        // As few as the uploads: were they spent from it too, nothing would be left after them.
+        env.insert("RATE_LIMIT_API".into(), "2/15m".into());
     })
     .await;
     let admin = app.admin().await;
@@ -1833,9 +1835,15 @@ async fn uploads_past_their_own_limit_are_refused_with_when_to_try_again() {
     assert!((1..=450).contains(&retry_after), "{retry_after}");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limited");
-    // The general API still answers the same admin: uploads have their own budget.
-    let (status, _) = send(app.get("/api/facilities").bearer_auth(&admin.token)).await;
-    assert_eq!(status, StatusCode::OK);
+    // The general API still answers the same admin, its budget whole: uploads have their own.
+    let response = app
+        .get("/api/facilities")
+        .bearer_auth(&admin.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-ratelimit-remaining"], "1");
 }
 
 #[tokio::test]

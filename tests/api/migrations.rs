@@ -15,12 +15,65 @@ async fn user_tables(conn: &mut PgConnection) -> Vec<String> {
     .unwrap()
 }
 
+/// Everything the migrations define in `public`, one line each: columns, indexes, constraints,
+/// triggers, functions (with a digest of their body), types and sequences; not what the
+/// extensions they create bring (extensions stay, as other databases of the server may use them).
+async fn schema(conn: &mut PgConnection) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT item FROM (
+           SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type || ' '
+                  || is_nullable || ' ' || coalesce(column_default, '') AS item
+           FROM information_schema.columns
+           WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'
+           UNION ALL
+           SELECT 'index ' || indexdef FROM pg_indexes
+           WHERE schemaname = 'public' AND tablename <> '_sqlx_migrations'
+           UNION ALL
+           SELECT 'constraint ' || c.conrelid::regclass::text || ' ' || c.conname || ' '
+                  || pg_get_constraintdef(c.oid)
+           FROM pg_constraint c
+           WHERE c.connamespace = 'public'::regnamespace
+             AND c.conrelid <> '_sqlx_migrations'::regclass
+           UNION ALL
+           SELECT 'trigger ' || pg_get_triggerdef(t.oid)
+           FROM pg_trigger t JOIN pg_class r ON r.oid = t.tgrelid
+           WHERE r.relnamespace = 'public'::regnamespace AND NOT t.tgisinternal
+           UNION ALL
+           SELECT 'function ' || p.oid::regprocedure::text || ' ' || md5(p.prosrc)
+           FROM pg_proc p
+           WHERE p.pronamespace = 'public'::regnamespace
+             AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                             WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                               AND d.deptype = 'e')
+           UNION ALL
+           SELECT 'type ' || t.typname FROM pg_type t
+           WHERE t.typnamespace = 'public'::regnamespace AND t.typtype IN ('e', 'd', 'r')
+             AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                             WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid
+                               AND d.deptype = 'e')
+           UNION ALL
+           SELECT 'sequence ' || sequence_name FROM information_schema.sequences
+           WHERE sequence_schema = 'public'
+         ) s ORDER BY 1",
+    )
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn migrations_applied_twice_are_a_no_op_and_every_down_reverts_cleanly() {
     let db = TestDb::empty().await;
     field_attendance::db::migrate(&db.url()).await.unwrap();
     let mut conn = PgConnection::connect(&db.url()).await.unwrap();
     let tables = user_tables(&mut conn).await;
+    let defined = schema(&mut conn).await;
+    for kind in ["column", "index", "constraint", "trigger", "function"] {
+        assert!(
+            defined.iter().any(|item| item.starts_with(&format!("{kind} "))),
+            "no {kind} in {defined:#?}"
+        );
+    }
     for expected in [
         "activities",
         "attendance",
@@ -51,23 +104,17 @@ async fn migrations_applied_twice_are_a_no_op_and_every_down_reverts_cleanly() {
             .filter(|m| m.migration_type.is_up_migration())
             .count()
     );
-    assert_eq!(user_tables(&mut conn).await, tables);
+    assert_eq!(schema(&mut conn).await, defined);
 
-    // Down to nothing: every table and function is gone.
+    // Down to nothing: every table, index, function, trigger and type is gone.
     MIGRATOR.undo(&mut conn, 0).await.unwrap();
     assert!(user_tables(&mut conn).await.is_empty());
-    let functions: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-         WHERE n.nspname = 'public' AND p.proname IN ('set_updated_at', 'stamp_change', 'uuid_v7', 'search_key')",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!(functions, 0);
+    let left = schema(&mut conn).await;
+    assert!(left.is_empty(), "left behind: {left:#?}");
 
-    // And back up again.
+    // And back up again, to the same schema.
     MIGRATOR.run(&mut conn).await.unwrap();
-    assert_eq!(user_tables(&mut conn).await, tables);
+    assert_eq!(schema(&mut conn).await, defined);
     let latest: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
         .fetch_one(&mut conn)
         .await

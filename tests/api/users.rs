@@ -283,19 +283,19 @@ async fn a_supervisor_id_must_name_a_supervisor_and_never_make_a_cycle() {
     ))
     .await;
     assert_invalid(status, &body, "supervisor_id");
-    let (status, _) = send(patch(
+    let (status, body) = send(patch(
         t.supervisor.id,
         json!({"supervisor_id": t.supervisor.id}),
     ))
     .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_invalid(status, &body, "supervisor_id");
     // A field worker cannot supervise.
-    let (status, _) = send(patch(
+    let (status, body) = send(patch(
         t.other_worker.id,
         json!({"supervisor_id": t.field.id}),
     ))
     .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_invalid(status, &body, "supervisor_id");
     // Moving a worker to another supervisor is fine; null clears it.
     let (status, body) = send(patch(t.worker.id, json!({"supervisor_id": t.unrelated.id}))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -499,13 +499,13 @@ async fn an_admin_cannot_deactivate_themself() {
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation_failed",
     );
-    let (status, _) = send(
+    let (status, body) = send(
         app.patch(&format!("/api/users/{}", admin.id))
             .bearer_auth(&admin.token)
             .json(&json!({"status": "inactive"})),
     )
     .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_invalid(status, &body, "status");
     assert_eq!(
         send(app.get("/api/users/me").bearer_auth(&admin.token))
             .await
@@ -901,6 +901,13 @@ async fn authorization_matrix() {
         }
         let (status, response) = send(request).await;
         assert_eq!(status.as_u16(), want, "delete as {name}: {response}");
+        let status: String = sqlx::query_scalar("SELECT status FROM users WHERE id = $1")
+            .bind(t.other_worker.id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        let expected = if want == 204 { "inactive" } else { "active" };
+        assert_eq!(status, expected, "delete as {name}");
     }
 }
 
