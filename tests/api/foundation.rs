@@ -19,6 +19,21 @@ async fn health_answers_ok() {
     assert_eq!(body, serde_json::json!({"status": "ok"}));
 }
 
+/// A connection to the service kept alive after one request answered in full.
+async fn kept_alive_after_one_request(app: &TestApp) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut connection = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    connection
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 1024];
+    let read = connection.read(&mut answer).await.unwrap();
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
+    connection
+}
+
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_or_stays_idle_is_cut_off_after_the_idle_timeout()
 {
@@ -35,13 +50,7 @@ async fn a_client_that_never_finishes_its_headers_or_stays_idle_is_cut_off_after
         .await
         .unwrap();
     // A kept-alive connection that asked once and then nothing more.
-    let mut idle = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = [0u8; 1024];
-    let read = idle.read(&mut answer).await.unwrap();
-    assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
+    let mut idle = kept_alive_after_one_request(&app).await;
 
     for (which, stream) in [("stalled", &mut stalled), ("idle", &mut idle)] {
         let mut rest = Vec::new();
@@ -64,19 +73,13 @@ async fn a_client_that_never_finishes_its_headers_or_stays_idle_is_cut_off_after
 #[tokio::test]
 async fn at_shutdown_a_request_in_flight_is_answered_while_idle_connections_close_and_no_new_one_is_taken()
  {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
 
     let mut app = TestApp::spawn().await;
     let admin = app.admin().await;
     let facility = app.facility().await;
     // A kept-alive connection, idle after one request.
-    let mut idle = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = [0u8; 1024];
-    let read = idle.read(&mut answer).await.unwrap();
-    assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
+    let mut idle = kept_alive_after_one_request(&app).await;
     // An edit in flight, waiting on the facility's row.
     let mut holder = app.db.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM facilities WHERE id = $1 FOR UPDATE")

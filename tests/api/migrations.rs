@@ -70,7 +70,9 @@ async fn migrations_applied_twice_are_a_no_op_and_every_down_reverts_cleanly() {
     let defined = schema(&mut conn).await;
     for kind in ["column", "index", "constraint", "trigger", "function"] {
         assert!(
-            defined.iter().any(|item| item.starts_with(&format!("{kind} "))),
+            defined
+                .iter()
+                .any(|item| item.starts_with(&format!("{kind} "))),
             "no {kind} in {defined:#?}"
         );
     }

@@ -1257,13 +1257,7 @@ async fn a_queued_shift_its_device_deleted_leaves_the_queue_and_cannot_be_kept()
     assert_eq!(statuses(&body), vec!["deleted"]);
     let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
     assert_eq!(queue["total"], 0, "withdrawn from the queue: {queue}");
-    let (_, trail) = send(
-        app.get(&format!(
-            "/api/activities?action=sync.conflict_resolve&entity_id={conflict}"
-        ))
-        .bearer_auth(&admin.token),
-    )
-    .await;
+    let trail = resolutions_of(&app, &admin, &conflict).await;
     assert_eq!(trail["total"], 1, "{trail}");
     assert_eq!(trail["data"][0]["actor_id"], json!(user.id));
     // From where the push came, as every resolution is.
@@ -1330,13 +1324,7 @@ async fn two_admins_resolving_one_conflict_at_once_settle_it_once() {
     assert_eq!(settled["data"][0]["resolution"], keep);
     assert_eq!(settled["data"][0]["resolved_by"], json!(winner.id));
     // One resolution in the trail, the winner's, from where it came.
-    let (_, trail) = send(
-        app.get(&format!(
-            "/api/activities?action=sync.conflict_resolve&entity_id={conflict}"
-        ))
-        .bearer_auth(&first.token),
-    )
-    .await;
+    let trail = resolutions_of(&app, &first, &conflict).await;
     assert_eq!(trail["total"], 1, "{trail}");
     assert_eq!(trail["data"][0]["actor_id"], json!(winner.id));
     assert_eq!(trail["data"][0]["ip"], "127.0.0.1");
@@ -1458,6 +1446,19 @@ async fn queued_beside_one_clocked_out(
     let (offline, online) = queued_beside_online(app, user, facility).await;
     let closed = clock_out_online(app, user).await;
     (offline, online, closed)
+}
+
+/// The audit trail's resolutions of one conflict, as the admin reads them.
+async fn resolutions_of(app: &TestApp, admin: &TestUser, conflict: &str) -> Value {
+    let (status, trail) = send(
+        app.get(&format!(
+            "/api/activities?action=sync.conflict_resolve&entity_id={conflict}"
+        ))
+        .bearer_auth(&admin.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{trail}");
+    trail
 }
 
 /// Resolves the oldest pending conflict as the admin, keeping `keep` (`client` or `server`).
