@@ -231,7 +231,7 @@ async fn a_service_whose_pool_is_all_busy_is_still_ready() {
 #[tokio::test]
 async fn the_service_waits_at_start_for_a_database_that_comes_up_later() {
     // Postgres refuses every connection for the first two seconds, as while a machine boots.
-    let proxy = FlakyProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = FlakyProxy::start(crate::helpers::postgres_addr()).await;
     proxy.cut();
     let (test_db, env) = TestApp::env_through(&proxy, |env| {
         env.insert("RUN_MIGRATIONS".into(), "true".into());
@@ -262,7 +262,7 @@ async fn the_service_waits_at_start_for_a_database_that_comes_up_later() {
 
 #[tokio::test]
 async fn the_service_gives_up_on_a_database_that_stays_away_and_says_why() {
-    let proxy = FlakyProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = FlakyProxy::start(crate::helpers::postgres_addr()).await;
     proxy.cut();
     let (_test_db, env) = TestApp::env_through(&proxy, |env| {
         env.insert("DB_STARTUP_WAIT_SECS".into(), "1".into());
@@ -336,7 +336,8 @@ fn a_dot_env_file_with_a_bad_line_stops_the_command_naming_it() {
 async fn a_database_url_whose_login_is_refused_stops_start_up_at_once_naming_it() {
     let test_db = crate::helpers::TestDb::new().await;
     let message = refused_at_once(&format!(
-        "postgres://no_such_role@127.0.0.1:5432/{}",
+        "postgres://no_such_role@{}/{}",
+        crate::helpers::postgres_addr(),
         test_db.name
     ))
     .await;

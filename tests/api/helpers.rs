@@ -27,6 +27,19 @@ pub fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
 }
 
+/// The address of the Postgres server at [`postgres_url`], for a proxy in front of it.
+pub fn postgres_addr() -> SocketAddr {
+    use std::net::ToSocketAddrs;
+    let options: sqlx::postgres::PgConnectOptions = postgres_url()
+        .parse()
+        .expect("TEST_DATABASE_URL is a Postgres URL");
+    (options.get_host(), options.get_port())
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .expect("TEST_DATABASE_URL names a host and port a proxy can reach")
+}
+
 /// PgBouncer in transaction mode in front of the same server, when one runs.
 pub fn pgbouncer_url() -> Option<String> {
     std::env::var("PGBOUNCER_URL")
@@ -276,7 +289,7 @@ impl TestApp {
     pub async fn spawn_through_proxy(
         customise: impl FnOnce(&mut HashMap<String, String>),
     ) -> (FlakyProxy, Self) {
-        let proxy = FlakyProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+        let proxy = FlakyProxy::start(postgres_addr()).await;
         let (test_db, env) = Self::env_through(&proxy, customise).await;
         (proxy, Self::spawn_on(test_db, env).await)
     }
