@@ -655,6 +655,19 @@ fn read_worksheet(bytes: &[u8]) -> Result<Pass, ReadError> {
     let mut cells = workbook
         .worksheet_cells_reader(&name)
         .map_err(|e| ReadError::Unreadable(e.to_string()))?;
+    // What each style's number format shows, read once rather than at every cell of it.
+    let shown_by_style: Vec<Shown> = cells
+        .styles()
+        .iter()
+        .map(|style| {
+            style
+                .number_format
+                .as_ref()
+                .map(|format| Shown::of(&format.format_code))
+                .unwrap_or_default()
+        })
+        .collect();
+    let plain = Shown::default();
     let mut grid = Grid::new(Format::Xlsx);
     loop {
         let (cell, style) = match cells.next_cell_with_style_id() {
@@ -685,17 +698,12 @@ fn read_worksheet(bytes: &[u8]) -> Result<Pass, ReadError> {
         check_length(row, col, text.unwrap_or_default())?;
         let text = match value {
             DataRef::Float(_) | DataRef::Int(_) => {
-                let format = cells
-                    .styles()
-                    .get(style)
-                    .and_then(|style| style.number_format.as_ref())
-                    .map(|format| format.format_code.as_str());
                 let text = cell_text(value);
-                let shown = format.map(Shown::of).unwrap_or_default();
+                let shown = shown_by_style.get(style).unwrap_or(&plain);
                 if shown.text {
                     grid.dressed(row, col, shown.zeros > text.len());
                 }
-                padded(text, &shown)
+                padded(text, shown)
             }
             DataRef::DateTime(_) | DataRef::DateTimeIso(_) => {
                 grid.date(row, col);

@@ -534,7 +534,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
         // shifts nothing past the header: a CSV phone with no digit that begins with the space
         // the address had after its comma. (`N/A` or `none`, as typed, is a phone kept as it is.)
         let carried = match (map.get(&Column::Address), map.get(&Column::ContactPhone)) {
-            (Some(&address), Some(&phone)) => {
+            (Some(&address), Some(&phone)) if sheet.format == Format::Csv => {
                 let raw = cells.get(phone).map_or("", String::as_str);
                 phone == address + 1
                     && phone + 1 == sheet.headers.len()
@@ -545,7 +545,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
             }
             _ => false,
         };
-        if sheet.format == Format::Csv && carried {
+        if carried {
             err(
                 Column::ContactPhone,
                 format!(

@@ -408,6 +408,11 @@ fn refuse(rejected: &mut Rejected, table: &str, id: impl std::fmt::Display, reas
         .push(reason);
 }
 
+/// Refuses an attendance record of a push (see [`refuse`]).
+fn refuse_attendance(rejected: &mut Rejected, id: impl std::fmt::Display, reason: String) {
+    refuse(rejected, "attendance", id, reason);
+}
+
 /// A raw attendance record as pushed, to the contract's content.
 fn content_of(raw: &Map<String, Value>) -> Result<(Uuid, Content), String> {
     let (id, _) = record_id(raw.get("id").and_then(Value::as_str).unwrap_or_default())?;
@@ -559,7 +564,7 @@ pub async fn push_changes(
             // A record the device can be told of by its id is left out; one without an id is
             // a malformed push.
             Err(reason) => match raw.get("id").and_then(Value::as_str) {
-                Some(label) => refuse(&mut rejected, "attendance", label, reason),
+                Some(label) => refuse_attendance(&mut rejected, label, reason),
                 None => {
                     problems
                         .entry("attendance.?".into())
@@ -578,7 +583,7 @@ pub async fn push_changes(
                 }
                 deletes.push(uuid);
             }
-            Err(reason) => refuse(&mut rejected, "attendance", id, reason.into()),
+            Err(reason) => refuse_attendance(&mut rejected, id, reason.into()),
         }
     }
     // WatermelonDB sends a record once per push; twice (created and updated, or updated and
@@ -717,12 +722,12 @@ async fn apply_changes(
     let mut plan = Plan::default();
     for id in upserts.iter().map(|(id, _)| id).chain(deletes) {
         if foreign.contains(id) {
-            refuse(rejected, "attendance", named(id), ANOTHER_USERS.into());
+            refuse_attendance(rejected, named(id), ANOTHER_USERS.into());
         }
     }
     for (id, content) in upserts.iter().filter(|(id, _)| !foreign.contains(id)) {
         if new_but_not_as_pulled(id) {
-            refuse(rejected, "attendance", named(id), NOT_AS_PULLED.into());
+            refuse_attendance(rejected, named(id), NOT_AS_PULLED.into());
             continue;
         }
         let current = existing.get(id);
@@ -737,20 +742,15 @@ async fn apply_changes(
             continue;
         }
         if let Err(reason) = check_new_times(content, current, rules, now) {
-            refuse(rejected, "attendance", named(id), reason);
+            refuse_attendance(rejected, named(id), reason);
             continue;
         }
         let Some(site) = sites.get(&content.facility_id) else {
-            refuse(
-                rejected,
-                "attendance",
-                named(id),
-                "facility_id: no such facility".into(),
-            );
+            refuse_attendance(rejected, named(id), "facility_id: no such facility".into());
             continue;
         };
         if let Some(refusal) = site_refuses(site, content, current, config) {
-            refuse(rejected, "attendance", named(id), refusal.message());
+            refuse_attendance(rejected, named(id), refusal.message());
             continue;
         }
         let version = current.map_or(1, |r| r.sync_version + 1);

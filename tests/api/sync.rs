@@ -44,6 +44,12 @@ fn open_shift(facility: Uuid, minutes_ago: i64) -> Value {
     open
 }
 
+/// The deletion, on version 1, of the record `id`, stamped `minutes_ago` on the device.
+fn deletion(id: &Value, minutes_ago: i64) -> Value {
+    json!({"kind": "attendance", "op": "delete", "id": id, "sync_version": 1,
+           "client_timestamp": (Utc::now() - Duration::minutes(minutes_ago)).to_rfc3339()})
+}
+
 async fn push(app: &TestApp, user: &TestUser, records: Vec<Value>) -> (StatusCode, Value) {
     send(
         app.post("/api/sync/push")
@@ -745,8 +751,7 @@ async fn an_edit_on_the_version_a_conflict_answer_gave_never_brings_back_a_delet
     let (_, body) = push(&app, &user, vec![record.clone()]).await;
     assert_eq!(statuses(&body), ["created"], "{body}");
     // The tablet deletes it.
-    let delete = json!({"kind": "attendance", "op": "delete", "id": record["id"], "sync_version": 1,
-                        "client_timestamp": (Utc::now() - Duration::minutes(20)).to_rfc3339()});
+    let delete = deletion(&record["id"], 20);
     let (_, body) = push_from(&app, &user, "device-B", vec![delete]).await;
     assert_eq!(statuses(&body), ["deleted"], "{body}");
     // The phone, not having pulled the deletion, edits it: a conflict the server's copy wins.
@@ -774,9 +779,8 @@ async fn a_deletion_sent_again_after_another_device_restored_the_record_undoes_n
     let (_, body) = push(&app, &user, vec![record.clone()]).await;
     assert_eq!(statuses(&body), ["created"], "{body}");
     // The phone deletes it; the answer is lost.
-    let delete = json!({"kind": "attendance", "op": "delete", "id": record["id"], "sync_version": 1,
-                        "client_timestamp": (Utc::now() - Duration::minutes(10)).to_rfc3339(),
-                        "conflict_strategy": "client_wins"});
+    let mut delete = deletion(&record["id"], 10);
+    delete["conflict_strategy"] = json!("client_wins");
     let (_, body) = push(&app, &user, vec![delete.clone()]).await;
     assert_eq!(statuses(&body), ["deleted"], "{body}");
     // The tablet, not having pulled the deletion, keeps its edit of it.
@@ -982,8 +986,7 @@ async fn deletes_are_tombstones_that_pull_as_ids() {
             .len(),
         1
     );
-    let mut delete = json!({"kind": "attendance", "op": "delete", "id": record["id"], "sync_version": 1,
-                            "client_timestamp": Utc::now().to_rfc3339()});
+    let mut delete = deletion(&record["id"], 0);
     let (_, body) = push(&app, &user, vec![delete.clone()]).await;
     assert_eq!(statuses(&body), vec!["deleted"]);
     delete["client_timestamp"] = json!(Utc::now().to_rfc3339());
@@ -1245,8 +1248,7 @@ async fn a_queued_shift_its_device_deleted_leaves_the_queue_and_cannot_be_kept()
     let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
     let conflict = queue["data"][0]["id"].as_str().unwrap().to_string();
     // The user discards the shift on the phone.
-    let delete = json!({"kind": "attendance", "op": "delete", "id": offline["id"], "sync_version": 1,
-                        "client_timestamp": Utc::now().to_rfc3339()});
+    let delete = deletion(&offline["id"], 0);
     let (_, body) = send(
         app.post("/api/sync/push")
             .bearer_auth(&user.token)
@@ -1795,8 +1797,7 @@ async fn a_locked_push_that_meets_a_write_it_could_not_see_is_decided_again() {
             .await;
         other.commit().await.unwrap();
     };
-    let delete = json!({"kind": "attendance", "op": "delete", "id": stored["id"],
-                        "sync_version": 1, "client_timestamp": Utc::now().to_rfc3339()});
+    let delete = deletion(&stored["id"], 0);
     let ((status, body), ()) = tokio::join!(push(&app, &user, vec![delete, created]), commit);
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(statuses(&body), vec!["deleted", "updated"], "{body}");
@@ -2345,8 +2346,7 @@ async fn a_supervisor_made_an_admin_pulls_every_record_they_lacked_and_the_delet
         std::slice::from_ref(&team_record)
     );
     // The team member's device deletes the record after the supervisor's device pulled it.
-    let delete = json!({"kind": "attendance", "op": "delete", "id": team_record,
-                        "sync_version": 1, "client_timestamp": Utc::now().to_rfc3339()});
+    let delete = deletion(&json!(team_record), 0);
     let (_, body) = push(&app, &member, vec![delete]).await;
     assert_eq!(statuses(&body), ["deleted"], "{body}");
     // A worker moved under the supervisor meanwhile, with a record as old.
