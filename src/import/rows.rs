@@ -308,6 +308,8 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
     let mut failed = 0;
     // Each code's first row, and whether that row was valid.
     let mut seen_codes: HashMap<String, (u32, bool)> = HashMap::new();
+    // Each repeated code's second row, by its key.
+    let mut repeated: HashMap<String, u32> = HashMap::new();
 
     for (i, (row, cells)) in sheet.rows.iter().enumerate() {
         // Only the first errors are reported (`failed` counts every row): a file of 200,000
@@ -397,8 +399,9 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                 ),
             );
         } else if let Some(&(first, valid)) = seen_codes.get(&key) {
+            repeated.entry(key.clone()).or_insert(row);
             let refused = if valid {
-                ""
+                ", refused as well: keep the right one of the two"
             } else {
                 ", itself refused: correct that row, or remove one of the two"
             };
@@ -622,6 +625,27 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
             failed += 1;
             errors.extend(row_errors);
         }
+    }
+    // Which of the rows of a repeated code is right is for the admin to say (the later one, a
+    // correction typed below, as often as the first): none of them is applied.
+    if !repeated.is_empty() {
+        valid.retain(|r| match repeated.get(&code_key(&r.code)) {
+            Some(again) => {
+                errors.push(RowError {
+                    row: r.row,
+                    column: Some(Column::Code.name().to_string()),
+                    message: format!(
+                        "`{}` is repeated in the file (again at row {again}): keep the right \
+                         one of the rows, and import again",
+                        shown(&r.code)
+                    ),
+                });
+                failed += 1;
+                false
+            }
+            None => true,
+        });
+        errors.sort_by_key(|e| e.row);
     }
     errors.truncate(MAX_REPORTED_ERRORS);
     Ok(Checked {
@@ -1107,23 +1131,31 @@ mod tests {
         .unwrap();
         let checked = check(&sheet, &councils).unwrap();
         assert_eq!(checked.total_rows, 6);
+        // Neither row of the repeated code is applied: which is right is not for the service to
+        // guess.
         assert_eq!(
             checked.valid.iter().map(|r| r.row).collect::<Vec<_>>(),
-            vec![2, 7]
+            vec![7]
         );
-        assert_eq!(checked.failed, 4);
+        assert_eq!(checked.failed, 5);
         let found = places(&checked);
         assert_eq!(
             found,
             vec![
+                (2, Some("code")),
                 (3, Some("code")),
                 (4, Some("latitude")),
                 (5, Some("council_name")),
                 (6, Some("code"))
             ]
         );
-        assert!(checked.errors[3].message.contains("first at row 2"));
-        assert_eq!(checked.valid[1].point.latitude, -1.95);
+        assert!(checked.errors[0].message.contains("again at row 6"));
+        assert!(
+            checked.errors[4]
+                .message
+                .contains("first at row 2, refused as well")
+        );
+        assert_eq!(checked.valid[0].point.latitude, -1.95);
     }
 
     #[test]
@@ -1140,8 +1172,14 @@ mod tests {
         let checked = check(&sheet, &councils).unwrap();
         assert_eq!(
             places(&checked),
-            vec![(2, Some("latitude")), (3, Some("code")), (5, Some("code"))]
+            vec![
+                (2, Some("latitude")),
+                (3, Some("code")),
+                (4, Some("code")),
+                (5, Some("code"))
+            ]
         );
+        assert!(checked.valid.is_empty());
         assert!(
             checked.errors[1]
                 .message
@@ -1150,7 +1188,14 @@ mod tests {
             checked.errors
         );
         assert!(
-            checked.errors[2].message.ends_with("(first at row 4)"),
+            checked.errors[2].message.contains("(again at row 5)"),
+            "{:?}",
+            checked.errors
+        );
+        assert!(
+            checked.errors[3]
+                .message
+                .contains("(first at row 4, refused as well"),
             "{:?}",
             checked.errors
         );

@@ -574,6 +574,57 @@ async fn reimporting_skips_everything_and_update_touches_only_changed_rows() {
 }
 
 #[tokio::test]
+async fn a_code_given_twice_in_a_file_applies_neither_row() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    import(
+        &app,
+        &admin.token,
+        "f.csv",
+        fixture("facilities_utf8.csv"),
+        "",
+    )
+    .await;
+    let stored = || async {
+        sqlx::query_as::<_, (String, f64)>(
+            "SELECT name, latitude FROM facilities WHERE code = 'KGL-HC-002'",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+    };
+    let before = stored().await;
+    // A correction typed below the stale row, as often as above it.
+    let file = "name,code,latitude,longitude,council_name\n\
+                Kacyiru (old),KGL-HC-002,-1.90,30.10,Gasabo\n\
+                Kacyiru (fixed),kgl-hc-002,-1.95,30.13,Gasabo\n\
+                Remera Annex,KGL-HC-900,-1.95,30.11,Gasabo\n";
+    let (status, report) = import(
+        &app,
+        &admin.token,
+        "f.csv",
+        file.as_bytes().to_vec(),
+        "?on_duplicate=update",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        (
+            report["created"].as_u64(),
+            report["updated"].as_u64(),
+            report["failed"].as_u64()
+        ),
+        (Some(1), Some(0), Some(2)),
+        "{report}"
+    );
+    assert_eq!(
+        errors(&report),
+        vec![(2, "code".to_string()), (3, "code".to_string())]
+    );
+    assert_eq!(stored().await, before);
+}
+
+#[tokio::test]
 async fn an_update_keeps_what_the_file_leaves_out() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
