@@ -260,6 +260,7 @@ pub struct FacilityFilter {
     pub q: Option<String>,
     pub council_id: Option<Uuid>,
     pub region_id: Option<Uuid>,
+    /// A type, keyed as it is stored (`Health Center` finds `health_center`).
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub facility_type: Option<String>,
@@ -419,15 +420,49 @@ fn bounding_box(point: GeoPoint, radius: f64) -> ((f64, f64), Longitudes) {
     (latitudes, longitudes)
 }
 
-/// A facility type as stored and filtered: "Health Center", "health-center" and
-/// "health_center" are one type, whether typed into a form or a spreadsheet.
+/// A facility type as stored and filtered: "Health Center", "health-center", "health_center"
+/// and "Health\u{A0} Center" (spaces pasted from a web page) are one type, whether typed into a
+/// form or a spreadsheet: characters that show nothing are dropped, and each run of spaces,
+/// hyphens and underscores is one underscore. (One made of those alone is kept as typed.)
 pub fn type_key(t: &str) -> String {
-    t.trim().to_lowercase().replace([' ', '-'], "_")
+    let shown: String = t
+        .chars()
+        .filter(|&c| c.is_whitespace() || !crate::domain::shows_nothing(c))
+        .collect();
+    let words: Vec<&str> = shown
+        .split(|c: char| c.is_whitespace() || c == '_' || c == '-')
+        .filter(|w| !w.is_empty())
+        .collect();
+    if words.is_empty() {
+        t.trim().to_lowercase()
+    } else {
+        words.join("_").to_lowercase()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_type_is_keyed_the_same_however_its_spaces_and_hyphens_are_typed() {
+        for typed in [
+            "Health Center",
+            " health-center ",
+            "health_center",
+            "Health  Center",
+            "Health\u{A0}Center",
+            "Health \u{2013}\u{200B} Center"
+                .replace('\u{2013}', "-")
+                .as_str(),
+            "health__center",
+            "Health - Center",
+        ] {
+            assert_eq!(type_key(typed), "health_center", "{typed:?}");
+        }
+        assert_eq!(type_key("Hôpital"), "hôpital");
+        assert_eq!(type_key(" - "), "-");
+    }
 
     fn inside(((south, north), longitudes): &((f64, f64), Longitudes), p: GeoPoint) -> bool {
         let lat_ok = (*south..=*north).contains(&p.latitude);

@@ -1209,7 +1209,7 @@ async fn a_facility_type_is_one_type_however_it_is_written() {
     let council = gasabo(&app).await;
     let (status, created) = send(app.post("/api/facilities").bearer_auth(&admin.token).json(
         &json!({
-            "code": "KGL-DH-1", "name": "Kibagabaga", "council_id": council, "type": "District Hospital",
+            "code": "KGL-DH-1", "name": "Kibagabaga", "council_id": council, "type": "District \u{A0}Hospital",
             "latitude": -1.93, "longitude": 30.11,
         }),
     ))
@@ -1231,6 +1231,8 @@ async fn a_facility_type_is_one_type_however_it_is_written() {
         "referral_hospital",
         "Referral%20Hospital",
         "referral-hospital",
+        "Referral%20%C2%A0Hospital",
+        "referral__hospital",
     ] {
         let (_, page) = send(
             app.get(&format!("/api/facilities?type={filter}"))

@@ -326,3 +326,48 @@ async fn codes_stored_with_other_spaces_are_respaced_unless_two_would_meet() {
         assert_eq!(&field_attendance::domain::facility_code(code), code);
     }
 }
+
+#[tokio::test]
+async fn types_stored_with_doubled_or_other_spaces_are_keyed_as_the_service_keys_them() {
+    let db = TestDb::new().await;
+    let mut conn = PgConnection::connect(&db.url()).await.unwrap();
+    let rekeying = 20261212000024;
+    MIGRATOR.undo(&mut conn, rekeying - 1).await.unwrap();
+    // As the service stored them before: lower-cased, each space or hyphen one underscore.
+    let stored = [
+        "health__center",
+        "health\u{a0}center",
+        "_district\u{200b}_hospital_",
+        "hôpital",
+        "_",
+    ];
+    for (i, kind) in stored.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO facilities (code, name, type, council_id, latitude, longitude)
+             SELECT $1, 'Facility', $2, id, -1.9, 30.1 FROM councils WHERE name = 'Gasabo'",
+        )
+        .bind(format!("HC-{i}"))
+        .bind(kind)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    field_attendance::db::migrate(&db.url()).await.unwrap();
+    let types: Vec<String> = sqlx::query_scalar("SELECT type FROM facilities ORDER BY code")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        types,
+        [
+            "health_center",
+            "health_center",
+            "district_hospital",
+            "hôpital",
+            "_"
+        ]
+    );
+    for (kind, before) in types.iter().zip(stored) {
+        assert_eq!(&field_attendance::db::facilities::type_key(before), kind);
+    }
+}

@@ -94,7 +94,8 @@ pub struct CreateFacility {
     #[schema(example = "Remera Health Centre")]
     #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
-    /// Default `health_center`.
+    /// Default `health_center`. Stored as a key: lower case, each run of spaces, hyphens and
+    /// underscores one underscore (`Health Center` is `health_center`).
     #[serde(rename = "type")]
     #[schema(min_length = 1, max_length = 50, pattern = r"\S")]
     pub facility_type: Option<String>,
