@@ -140,6 +140,41 @@ async fn issued(db: &PgPool, id: i64) -> Result<Option<Issued>, ApiError> {
 
 /// What `last_pulled_at` names for `viewer`: 422 for a number this service never issued, or
 /// one that ends a page of another user's pull.
+/// What a push's timestamp says its device has seen: the records of `snapshot`, but for those
+/// a first sync stopped partway has yet to send.
+struct Seen {
+    snapshot: String,
+    undelivered: Undelivered,
+}
+
+/// The records of a timestamp's snapshot that its pull has not sent yet.
+enum Undelivered {
+    None,
+    /// A first sync stopped before the attendance records.
+    All,
+    /// A first sync sent the records up to this one, in its order (`change_xid`, `id`).
+    After(String, Uuid),
+}
+
+impl Issued {
+    fn seen(self) -> Seen {
+        // A later sync stopped partway names the snapshot the device held before it (the
+        // records its pages sent since read as changed); a first sync's names the snapshot its
+        // pages are read at, of which the device holds only the pages sent.
+        let undelivered = match self.resume.map(|r| r.0) {
+            Some(r) if r.base.is_none() && !r.attendance_done => match r.attendance_after {
+                Some((xid, id)) => Undelivered::After(xid, id),
+                None => Undelivered::All,
+            },
+            _ => Undelivered::None,
+        };
+        Seen {
+            snapshot: self.snapshot,
+            undelivered,
+        }
+    }
+}
+
 async fn issued_to(db: &PgPool, viewer: &AuthUser, id: i64) -> Result<Issued, ApiError> {
     match issued(db, id).await? {
         Some(row) if row.resume.is_none() || row.viewer_id == Some(viewer.id) => Ok(row),
@@ -493,7 +528,7 @@ pub async fn push_changes(
     } = ctx;
     // To the microsecond, as Postgres keeps it (new rows are stamped with it).
     let now = Utc::now().trunc_subsecs(6);
-    let snapshot = issued_to(db, user, last_pulled_at).await?.snapshot;
+    let known = issued_to(db, user, last_pulled_at).await?.seen();
     let mut problems = FieldErrors::new();
     let mut rejected = Rejected::new();
     // Records of a table devices do not write, or of one the server does not sync (the app's
@@ -609,7 +644,7 @@ pub async fn push_changes(
         let mut outcome = rejected.clone();
         match apply_changes(
             &ctx,
-            &snapshot,
+            &known,
             &upserts,
             &deletes,
             &sent_as,
@@ -627,12 +662,12 @@ pub async fn push_changes(
 }
 
 /// Applies checked records in one transaction holding the user's lock, refused whole when one
-/// changed on the server after `snapshot`. Records the rules refuse are added to `rejected`
+/// changed on the server since the device's `seen`. Records the rules refuse are added to `rejected`
 /// and left out.
 #[allow(clippy::too_many_arguments)]
 async fn apply_changes(
     ctx: &PushContext<'_>,
-    snapshot: &str,
+    seen: &Seen,
     upserts: &[(Uuid, Content)],
     deletes: &[Uuid],
     sent_as: &HashMap<Uuid, String>,
@@ -671,13 +706,24 @@ async fn apply_changes(
     // meanwhile). Checked before this push closes forgotten shifts, which would hide another
     // device's edit of one behind this transaction's own write. A record that already holds
     // what is pushed (this very push, sent again after its answer was lost) is no conflict:
-    // nothing of the server's would be lost.
+    // nothing of the server's would be lost. A record a first sync has yet to send is as good as
+    // changed: the device holds an older copy (kept from before its sync began over), which
+    // would overwrite the server's whole.
+    let (undelivered, after) = match &seen.undelivered {
+        Undelivered::None => (false, None),
+        Undelivered::All => (true, None),
+        Undelivered::After(xid, id) => (true, Some((xid, id))),
+    };
     let changed: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM attendance WHERE id = ANY($1)
-           AND NOT pg_visible_in_snapshot(change_xid, $2::pg_snapshot)",
+           AND (NOT pg_visible_in_snapshot(change_xid, $2::pg_snapshot)
+                OR ($3 AND ($4::text IS NULL OR (change_xid, id) > ($4::xid8, $5))))",
     )
     .bind(&ids)
-    .bind(snapshot)
+    .bind(&seen.snapshot)
+    .bind(undelivered)
+    .bind(after.map(|(xid, _)| xid))
+    .bind(after.map(|(_, id)| id))
     .fetch_all(&mut *tx)
     .await?;
     let pushed: HashMap<Uuid, &Content> = upserts.iter().map(|(id, c)| (*id, c)).collect();

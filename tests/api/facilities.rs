@@ -307,7 +307,11 @@ async fn failed_formulas_control_characters_and_case_twins_are_row_errors_not_a_
             (1504, "latitude".into()),
             (1504, "council_name".into()),
             (1505, "council_name".into()),
+            // Case twins (as Postgres's lower() reads them) are one code given twice: neither
+            // row goes in.
+            (1506, "code".into()),
             (1507, "code".into()),
+            (1508, "code".into()),
             (1509, "code".into()),
         ],
         "{report}"
@@ -324,9 +328,9 @@ async fn failed_formulas_control_characters_and_case_twins_are_row_errors_not_a_
     assert!(!messages.contains("##"), "{messages}");
     assert_eq!(
         (report["created"].as_u64(), report["failed"].as_u64()),
-        (Some(1502), Some(6))
+        (Some(1500), Some(8))
     );
-    assert_eq!(facility_count(&app).await, 1502);
+    assert_eq!(facility_count(&app).await, 1500);
     let stored: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM facilities WHERE name LIKE '%#%' OR code LIKE '%#%'",
     )

@@ -1107,6 +1107,34 @@ async fn a_pull_larger_than_a_page_completes_over_several_syncs_each_going_on() 
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    // A record the pages have yet to send: the device's copy is older than the server's (kept
+    // from before its sync began over), and would overwrite it whole.
+    let unsent: Uuid = sqlx::query_scalar(
+        "SELECT id FROM attendance WHERE user_id = $1 AND NOT (id::text = ANY($2))
+         ORDER BY change_xid DESC, id DESC LIMIT 1",
+    )
+    .bind(user.id)
+    .bind(&seen)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    let version = || async {
+        sqlx::query_scalar::<_, i32>("SELECT sync_version FROM attendance WHERE id = $1")
+            .bind(unsent)
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+    let before = version().await;
+    let (status, body) = push(
+        &app,
+        &user,
+        t1,
+        json!({"attendance": {"updated": [raw(unsent, facility, "kept on the phone")]}}),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    assert_eq!(version().await, before);
     // Thinning old timestamps (in pairs: this one shares its pair with another device's)
     // leaves a pull that stopped partway where it was.
     let thinned =
