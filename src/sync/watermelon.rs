@@ -567,7 +567,7 @@ pub async fn push_changes(
     }
     let attendance = changes.get("attendance");
     let rules = config.attendance.time_rules();
-    let mut upserts: Vec<(Uuid, Content)> = Vec::new();
+    let mut upserts: Vec<(Uuid, Content, Lacks)> = Vec::new();
     // Ids sent otherwise than as pulls send them, as sent.
     let mut sent_as: HashMap<Uuid, String> = HashMap::new();
     for raw in attendance
@@ -589,12 +589,12 @@ pub async fn push_changes(
             })
         };
         match checked {
-            Ok(pair) => {
+            Ok((id, content)) => {
                 let sent = raw.get("id").and_then(Value::as_str).unwrap_or_default();
-                if sent != pair.0.hyphenated().to_string() {
-                    sent_as.insert(pair.0, sent.to_string());
+                if sent != id.hyphenated().to_string() {
+                    sent_as.insert(id, sent.to_string());
                 }
-                upserts.push(pair);
+                upserts.push((id, content, Lacks::of(raw)));
             }
             // A record the device can be told of by its id is left out; one without an id is
             // a malformed push.
@@ -624,7 +624,7 @@ pub async fn push_changes(
     // WatermelonDB sends a record once per push; twice (created and updated, or updated and
     // deleted) one write would undo the other.
     let mut seen = HashSet::new();
-    for id in upserts.iter().map(|(id, _)| id).chain(&deletes) {
+    for id in upserts.iter().map(|(id, ..)| id).chain(&deletes) {
         if !seen.insert(*id) {
             problems
                 .entry(format!("attendance.{id}"))
@@ -668,7 +668,7 @@ pub async fn push_changes(
 async fn apply_changes(
     ctx: &PushContext<'_>,
     seen: &Seen,
-    upserts: &[(Uuid, Content)],
+    upserts: &[(Uuid, Content, Lacks)],
     deletes: &[Uuid],
     sent_as: &HashMap<Uuid, String>,
     last_pulled_at: i64,
@@ -686,7 +686,7 @@ async fn apply_changes(
     let mut tx = begin_for_user(db, user.id, config.request_timeout).await?;
     let ids: Vec<Uuid> = upserts
         .iter()
-        .map(|(id, _)| *id)
+        .map(|(id, ..)| *id)
         .chain(deletes.iter().copied())
         .collect();
     // A team member's record a supervisor's device pulled, and sent back as changed, is refused
@@ -726,13 +726,16 @@ async fn apply_changes(
     .bind(after.map(|(_, id)| id))
     .fetch_all(&mut *tx)
     .await?;
-    let pushed: HashMap<Uuid, &Content> = upserts.iter().map(|(id, c)| (*id, c)).collect();
+    let pushed: HashMap<Uuid, (&Content, Lacks)> = upserts
+        .iter()
+        .map(|(id, c, lacks)| (*id, (c, *lacks)))
+        .collect();
     let tolerance = config.attendance.future_tolerance;
     let holds_the_push = |id: &Uuid| {
         existing.get(id).is_some_and(|row| match pushed.get(id) {
-            Some(content) => {
+            Some(&(content, lacks)) => {
                 row.deleted_at.is_none()
-                    && Content::from_row(row) == with_stored_times(content, row, tolerance)
+                    && Content::from_row(row) == as_stored(content, lacks, row, tolerance)
             }
             None => row.deleted_at.is_some(),
         })
@@ -763,15 +766,15 @@ async fn apply_changes(
     // Refused records are named as the device sent them, which is how it finds them.
     let named = |id: &Uuid| sent_as.get(id).cloned().unwrap_or_else(|| id.to_string());
     let new_but_not_as_pulled = |id: &Uuid| sent_as.contains_key(id) && !existing.contains_key(id);
-    let facility_ids: Vec<Uuid> = upserts.iter().map(|(_, c)| c.facility_id).collect();
+    let facility_ids: Vec<Uuid> = upserts.iter().map(|(_, c, _)| c.facility_id).collect();
     let sites = sites.get_many(&mut *tx, &facility_ids).await?;
     let mut plan = Plan::default();
-    for id in upserts.iter().map(|(id, _)| id).chain(deletes) {
+    for id in upserts.iter().map(|(id, ..)| id).chain(deletes) {
         if foreign.contains(id) {
             refuse_attendance(rejected, named(id), ANOTHER_USERS.into());
         }
     }
-    for (id, content) in upserts.iter().filter(|(id, _)| !foreign.contains(id)) {
+    for (id, content, lacks) in upserts.iter().filter(|(id, ..)| !foreign.contains(id)) {
         if new_but_not_as_pulled(id) {
             refuse_attendance(rejected, named(id), NOT_AS_PULLED.into());
             continue;
@@ -781,7 +784,7 @@ async fn apply_changes(
         if current.is_some_and(|r| r.deleted_at.is_some()) {
             continue;
         }
-        let adopted = current.map(|r| with_stored_times(content, r, tolerance));
+        let adopted = current.map(|r| as_stored(content, *lacks, r, tolerance));
         let content = adopted.as_ref().unwrap_or(content);
         // Unchanged content needs no write (and keeps its version).
         if current.is_some_and(|r| &Content::from_row(r) == content) {
@@ -856,18 +859,53 @@ async fn apply_changes(
     Ok(())
 }
 
-/// The pushed content with the stored clock times where it sends them back as pulled: a pull
-/// gives milliseconds, the server keeps microseconds, and a record edited on the device (a note)
-/// must not read as new times, which the time rules would check again (and refuse, once the
-/// shift is older than they allow). The clock-out is settled again against the clock-in adopted
-/// (one ended where the shift began, as sent, would fall a fraction of a millisecond before it).
-fn with_stored_times(
+/// The optional columns a pushed raw record has no key for, as an app whose schema lacks them
+/// sends it (WatermelonDB lets a server send columns an app does not have yet): a record the
+/// server holds keeps its own values of them, where an explicit null clears one.
+#[derive(Clone, Copy, Debug, Default)]
+struct Lacks {
+    notes: bool,
+    clock_in_accuracy: bool,
+    clock_out_accuracy: bool,
+}
+
+impl Lacks {
+    fn of(raw: &Map<String, Value>) -> Self {
+        Lacks {
+            notes: !raw.contains_key("notes"),
+            clock_in_accuracy: !raw.contains_key("clock_in_accuracy_m"),
+            clock_out_accuracy: !raw.contains_key("clock_out_accuracy_m"),
+        }
+    }
+}
+
+/// The pushed content as it would be stored over `stored`: the columns the record `lacks` keep
+/// their stored values, and the stored clock times stay where it sends them back as pulled: a
+/// pull gives milliseconds, the server keeps microseconds, and a record edited on the device (a
+/// note) must not read as new times, which the time rules would check again (and refuse, once
+/// the shift is older than they allow). The clock-out is settled again against the clock-in
+/// adopted (one ended where the shift began, as sent, would fall a fraction of a millisecond
+/// before it).
+fn as_stored(
     content: &Content,
+    lacks: Lacks,
     stored: &AttendanceRow,
     tolerance: std::time::Duration,
 ) -> Content {
     let same = |sent: DateTime<Utc>, kept: DateTime<Utc>| sent == kept.trunc_subsecs(3);
     let mut content = content.clone();
+    let kept = Content::from_row(stored);
+    if lacks.notes {
+        content.notes = kept.notes;
+    }
+    if lacks.clock_in_accuracy {
+        content.clock_in.accuracy_m = kept.clock_in.accuracy_m;
+    }
+    if lacks.clock_out_accuracy
+        && let Some(out) = content.clock_out.as_mut()
+    {
+        out.accuracy_m = kept.clock_out.and_then(|l| l.accuracy_m);
+    }
     if same(content.clock_in_at, stored.clock_in_at) {
         content.clock_in_at = stored.clock_in_at;
     }

@@ -1213,6 +1213,61 @@ async fn a_record_the_server_holds_may_be_named_in_capitals_as_an_older_service_
 }
 
 #[tokio::test]
+async fn columns_an_apps_schema_lacks_keep_their_stored_values_and_a_null_clears_one() {
+    let app = TestApp::spawn().await;
+    let facility = app.facility_at(-1.9456, 30.127).await;
+    let user = app.quick_user("focal", None, facility).await;
+    let (status, online) = send(
+        app.post("/api/attendance/clock-in")
+            .bearer_auth(&user.token)
+            .json(
+                &json!({"latitude": -1.9456, "longitude": 30.127, "accuracy_m": 8.5,
+                          "notes": "flat tyre"}),
+            ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{online}");
+    let id: Uuid = online["id"].as_str().unwrap().parse().unwrap();
+    let first = pull(&app, &user, None).await;
+    let t = first["timestamp"].as_i64().unwrap();
+    let mut record = first["changes"]["attendance"]["updated"][0].clone();
+    assert_eq!(record["id"], json!(id));
+    // An older app, whose schema has neither notes nor accuracies, clocks the shift out.
+    let record = record.as_object_mut().unwrap();
+    for column in ["notes", "clock_in_accuracy_m", "clock_out_accuracy_m"] {
+        record.remove(column);
+    }
+    let out = Utc::now().timestamp_millis();
+    record.insert("clock_out_at".into(), json!(out));
+    record.insert("clock_out_latitude".into(), json!(-1.9456));
+    record.insert("clock_out_longitude".into(), json!(30.127));
+    push_whole(&app, &user, t, json!({"attendance": {"updated": [record]}})).await;
+    let kept: (Option<String>, Option<f64>, Option<chrono::DateTime<Utc>>) = sqlx::query_as(
+        "SELECT notes, clock_in_accuracy_m, clock_out_at FROM attendance WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(kept.0.as_deref(), Some("flat tyre"));
+    assert_eq!(kept.1, Some(8.5));
+    assert_eq!(kept.2.map(|t| t.timestamp_millis()), Some(out));
+
+    // An app that has the column and sends it null clears it.
+    let second = pull(&app, &user, Some(t)).await;
+    let t = second["timestamp"].as_i64().unwrap();
+    let mut record = second["changes"]["attendance"]["updated"][0].clone();
+    record["notes"] = Value::Null;
+    push_whole(&app, &user, t, json!({"attendance": {"updated": [record]}})).await;
+    let notes: Option<String> = sqlx::query_scalar("SELECT notes FROM attendance WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(notes, None);
+}
+
+#[tokio::test]
 async fn columns_the_app_did_not_declare_optional_push_as_unset() {
     // Arrange: WatermelonDB fills an unset column not declared optional with "" or 0.
     let app = TestApp::spawn().await;
