@@ -54,6 +54,11 @@ pub struct Cursor {
     /// The sync epoch the cursor was issued in (see the `sync_epoch` migration).
     #[serde(rename = "e", default, skip_serializing_if = "is_zero")]
     pub epoch: i64,
+    /// The user a `/sync/pull` cursor was issued to: another user's pull would start where this
+    /// one's stood, and miss for good that user's own records from before it (a shared phone
+    /// that kept the cursor when its user changed). None in cursors of an earlier version.
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    pub viewer: Option<Uuid>,
 }
 
 fn is_zero(n: &i64) -> bool {
@@ -397,6 +402,7 @@ pub async fn pull(
         attendance_done: cursor.attendance_done,
         reset_after: None,
         epoch,
+        viewer: None,
     };
     let mut remaining = limit;
 
@@ -649,6 +655,7 @@ mod tests {
             attendance_done: false,
             reset_after: Some(Uuid::nil()),
             epoch: 2,
+            viewer: Some(Uuid::max()),
         };
         let issued = cursor.encode(&keys);
         assert_eq!(Cursor::decode(&issued, &keys).unwrap(), cursor);

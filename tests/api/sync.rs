@@ -210,6 +210,26 @@ async fn two_users_of_one_shared_device_never_duplicate_each_other() {
     assert_eq!(statuses(&body), vec!["created"], "{body}");
     assert_eq!(body["results"][0]["record"]["user_id"], json!(second.id));
     assert_eq!(app.attendance_rows().await, 2);
+
+    // The phone kept the first user's cursor when the second signed in: going on from it would
+    // start where the first user stood, and miss the second's record for good.
+    let (status, pulled) = send(app.get("/api/sync/pull").bearer_auth(&first.token)).await;
+    assert_eq!(status, StatusCode::OK, "{pulled}");
+    let kept = pulled["cursor"].as_str().unwrap();
+    let (status, body) = pull_at(&app, &second.token, kept).await;
+    assert_invalid(status, &body, "cursor");
+    assert_eq!(
+        body["error"]["details"]["cursor"][0],
+        "was issued to another user: pull again without a cursor"
+    );
+    let (status, own) = send(app.get("/api/sync/pull").bearer_auth(&second.token)).await;
+    assert_eq!(status, StatusCode::OK, "{own}");
+    assert_eq!(
+        own["changes"]["attendance"]["created"][0]["user_id"],
+        json!(second.id)
+    );
+    let (status, body) = pull_at(&app, &second.token, own["cursor"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 #[tokio::test]

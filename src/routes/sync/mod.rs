@@ -112,7 +112,7 @@ pub struct PullQuery {
     responses(
         (status = 200, description = "A page of changes", body = PullResponse),
         (status = 400, description = "Bad query string", body = ErrorEnvelope),
-        (status = 422, description = "A cursor this service did not issue (or issued under another `JWT_SECRET`: push what the app holds, clear its synced copies and pull again without a cursor), or a bad limit", body = ErrorEnvelope),
+        (status = 422, description = "A cursor this service did not issue (or issued under another `JWT_SECRET`: push what the app holds, clear its synced copies and pull again without a cursor), one issued to another user, or a bad limit", body = ErrorEnvelope),
     ))]
 async fn pull_changes(
     State(state): State<AppState>,
@@ -127,6 +127,12 @@ async fn pull_changes(
         Some(text) => Cursor::decode(text, &state.jwt)?,
         None => Cursor::default(),
     };
+    if cursor.viewer.is_some_and(|issued_to| issued_to != user.id) {
+        return Err(ApiError::invalid(
+            "cursor",
+            "was issued to another user: pull again without a cursor",
+        ));
+    }
     let mut tx = crate::db::begin(&state.db).await?;
     let (changes, next, has_more) = pull::pull(
         &mut tx,
@@ -138,6 +144,10 @@ async fn pull_changes(
     )
     .await?;
     tx.commit().await?;
+    let next = Cursor {
+        viewer: Some(user.id),
+        ..next
+    };
     Ok(Json(PullResponse {
         changes,
         cursor: next.encode(&state.jwt),
