@@ -17,41 +17,58 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
             .attendance
             .sweep_interval
             .max(Duration::from_secs(1));
+        // Past its statements' own limits and the wait for a connection: a run still going then
+        // waits on a connection that died unseen (no keepalive: a dropped network path).
+        let acquire = state.config.db.acquire_timeout;
+        let upkeep = acquire + crate::db::UPKEEP_LIMIT * 2;
+        let backlog = (acquire + crate::db::BACKLOG_LIMIT) * 2;
         let mut jobs = tokio::task::JoinSet::new();
-        jobs.spawn(every(sweep_every, state.clone(), |state| async move {
-            close_forgotten_clock_outs(&state).await
-        }));
+        jobs.spawn(every(
+            sweep_every,
+            upkeep,
+            state.clone(),
+            |state| async move { close_forgotten_clock_outs(&state).await },
+        ));
         jobs.spawn(every(
             Duration::from_secs(5),
+            upkeep,
             state.clone(),
             |state| async move { state.metrics.run_upkeep() },
         ));
         jobs.spawn(every(
             Duration::from_secs(3600),
+            backlog,
             state.clone(),
             |state| async move { prune(&state).await },
         ));
         jobs.spawn(every(
             Duration::from_secs(60),
+            upkeep,
             state.clone(),
             |state| async move { end_stolen_sessions(&state).await },
         ));
-        jobs.spawn(every(Duration::from_secs(60), state, |state| async move {
-            // Forget rate-limit keys whose quota has refilled, so memory stays bounded.
-            if let Some(limiters) = &state.limiters {
-                for limiter in limiters.all() {
-                    limiter.limiter().retain_recent();
+        jobs.spawn(every(
+            Duration::from_secs(60),
+            upkeep,
+            state,
+            |state| async move {
+                // Forget rate-limit keys whose quota has refilled, so memory stays bounded.
+                if let Some(limiters) = &state.limiters {
+                    for limiter in limiters.all() {
+                        limiter.limiter().retain_recent();
+                    }
                 }
-            }
-        }));
+            },
+        ));
         // Dropped with this task when it is aborted, the set aborts every job.
         while jobs.join_next().await.is_some() {}
     })
 }
 
 /// Runs `job` at once and then every `period`; a run that overruns its period delays the next.
-/// A run that panics is logged, and the job runs again at its next turn.
-async fn every<S, F, Fut>(period: Duration, state: S, job: F)
+/// A run that panics, or is still going after `deadline` (and is then dropped, its transaction
+/// with it), is logged, and the job runs again at its next turn.
+async fn every<S, F, Fut>(period: Duration, deadline: Duration, state: S, job: F)
 where
     S: Clone,
     F: Fn(S) -> Fut,
@@ -63,13 +80,21 @@ where
     loop {
         tick.tick().await;
         let run = std::panic::AssertUnwindSafe(job(state.clone()));
-        if let Err(panic) = run.catch_unwind().await {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(panic = %what, ?period, "a background job panicked; it runs again at its next turn");
+        match tokio::time::timeout(deadline, run.catch_unwind()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(panic)) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %what, ?period, "a background job panicked; it runs again at its next turn");
+            }
+            Err(_) => tracing::error!(
+                ?deadline,
+                ?period,
+                "a background job was still running at its deadline and was stopped; it runs again at its next turn"
+            ),
         }
     }
 }
@@ -151,6 +176,7 @@ mod tests {
         let runs = Arc::new(AtomicUsize::new(0));
         let job = tokio::spawn(every(
             Duration::from_millis(20),
+            Duration::from_secs(60),
             runs.clone(),
             |runs| async move {
                 if runs.fetch_add(1, Ordering::SeqCst) == 0 {
@@ -167,6 +193,31 @@ mod tests {
             .await
             .expect("the job runs on after its panic");
         assert!(!job.is_finished());
+        job.abort();
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_run_never_ends_is_stopped_at_its_deadline_and_runs_again() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let job = tokio::spawn(every(
+            Duration::from_millis(20),
+            Duration::from_millis(200),
+            runs.clone(),
+            |runs| async move {
+                if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                    // A statement on a connection that died unseen.
+                    std::future::pending::<()>().await;
+                }
+            },
+        ));
+        let again = async {
+            while runs.load(Ordering::SeqCst) < 3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), again)
+            .await
+            .expect("the job runs on after its stuck run");
         job.abort();
     }
 }
