@@ -181,20 +181,27 @@ pub async fn close_forgotten<'e>(
 ) -> Result<u64, sqlx::Error> {
     // Two statements rather than `($1 IS NULL OR user_id = $1)`, which a cached generic plan
     // could not answer from the user's index.
-    fn close(only_user: &str) -> String {
+    fn close(which: &str) -> String {
         format!(
             "WITH closed AS (
                  UPDATE attendance SET status = 'incomplete'
-                 WHERE status = 'open' AND deleted_at IS NULL AND clock_in_at < $1{only_user}
+                 WHERE {which}
                  RETURNING id, user_id, clock_in_at
              ), audit AS ({})
              SELECT count(*) FROM closed",
             crate::audit::auto_close_audit("no clock-out within the maximum shift")
         )
     }
+    const DUE: &str = "status = 'open' AND deleted_at IS NULL AND clock_in_at < $1";
     static ONE_USER: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| close(" AND user_id = $2"));
-    static EVERYONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| close(""));
+        std::sync::LazyLock::new(|| close(&format!("{DUE} AND user_id = $2")));
+    // The sweep passes over a shift another session holds (a push of that user's, a session
+    // left open in `psql`) until a later turn, rather than fail for every user on its account.
+    static EVERYONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        close(&format!(
+            "id IN (SELECT id FROM attendance WHERE {DUE} FOR UPDATE SKIP LOCKED)"
+        ))
+    });
     let closed: i64 = match user_id {
         Some(user_id) => {
             sqlx::query_scalar(ONE_USER.as_str())

@@ -210,61 +210,53 @@ async fn a_clock_out_sent_again_after_the_next_clock_in_leaves_the_new_shift_ope
 }
 
 #[tokio::test]
-async fn the_periodic_sweep_closes_a_forgotten_shift_and_gives_up_on_a_held_row() {
+async fn the_periodic_sweep_passes_over_a_held_shift_until_it_is_free() {
     let app = TestApp::spawn_with(|env| {
         env.insert("SWEEP_INTERVAL_SECS".into(), "1".into());
     })
     .await;
     let (user, facility) = user_at_site(&app, "focal", None).await;
-    let forgotten = app.forgotten_shift(user.id, facility).await;
-    // A session left open in `psql`, holding the row: the sweep waits for it only a while,
-    // and closes the shift at a later turn, once the row is free.
+    let (other, _) = user_at_site(&app, "focal", None).await;
+    let held = app.forgotten_shift(user.id, facility).await;
+    let free = app.forgotten_shift(other.id, facility).await;
+    // A session left open in `psql`, holding one row: the sweep closes every other forgotten
+    // shift meanwhile, and that one at a later turn, once the row is free.
     let mut holder = app.db.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM attendance WHERE id = $1 FOR UPDATE")
-        .bind(forgotten)
+        .bind(held)
         .execute(&mut *holder)
         .await
         .unwrap();
-    // When the statement waiting for the row began: a new one is the sweep's next turn.
-    let waiting_since = || async {
-        sqlx::query_scalar::<_, Option<chrono::DateTime<Utc>>>(
-            "SELECT max(query_start) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&app.db)
-        .await
-        .unwrap()
+    let status = |id: uuid::Uuid| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status FROM attendance WHERE id = $1")
+                .bind(id)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
     };
     let started = std::time::Instant::now();
-    let first = loop {
-        if let Some(since) = waiting_since().await {
-            break since;
-        }
+    while status(free).await != "incomplete" {
         assert!(
             started.elapsed() < std::time::Duration::from_secs(10),
-            "the sweep never ran"
+            "a held row kept the sweep from every other shift"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
-    // It gives up within its lock timeout, rather than hold the shifts it had locked, and tries
-    // again at its next turn.
-    while waiting_since().await.is_none_or(|since| since == first) {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(20),
-            "the sweep waited on a held row for good"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    assert_eq!(status(held).await, "open");
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(waiting, 0, "the sweep waits on the held row");
     holder.rollback().await.unwrap();
-    let status = || async {
-        sqlx::query_scalar::<_, String>("SELECT status FROM attendance WHERE id = $1")
-            .bind(forgotten)
-            .fetch_one(&app.db)
-            .await
-            .unwrap()
-    };
     let freed = std::time::Instant::now();
-    while status().await != "incomplete" {
+    while status(held).await != "incomplete" {
         assert!(
             freed.elapsed() < std::time::Duration::from_secs(10),
             "never swept"
