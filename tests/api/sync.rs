@@ -1364,6 +1364,46 @@ async fn two_admins_resolving_one_conflict_at_once_settle_it_once() {
 }
 
 #[tokio::test]
+async fn a_resolve_meeting_a_push_that_withdraws_the_conflict_waits_for_it_rather_than_deadlock() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (user, facility) = setup(&app).await;
+    let (_, online) = queued_beside_online(&app, &user, facility).await;
+    let (_, queue) = send(app.get("/api/sync/conflicts").bearer_auth(&admin.token)).await;
+    let conflict = queue["data"][0]["id"].as_str().unwrap().to_string();
+    // A push of the user's, as the service makes one: the user's sync lock, then the open shift.
+    let mut pushing = app.db.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(user.id.to_string())
+        .execute(&mut *pushing)
+        .await
+        .unwrap();
+    sqlx::query("SELECT 1 FROM attendance WHERE id = $1::uuid FOR UPDATE")
+        .bind(online["id"].as_str().unwrap())
+        .execute(&mut *pushing)
+        .await
+        .unwrap();
+    let resolve = send(
+        app.post(&format!("/api/sync/conflicts/{conflict}/resolve"))
+            .bearer_auth(&admin.token)
+            .json(&json!({ "keep": "client" })),
+    );
+    // Then it withdraws the conflict (its device deleted the queued copy), and commits.
+    let withdraw = async {
+        app.until_waiting_on_locks(1, "the resolve waits").await;
+        sqlx::query("UPDATE sync_conflicts SET status = status WHERE id = $1::uuid")
+            .bind(&conflict)
+            .execute(&mut *pushing)
+            .await
+            .unwrap();
+        pushing.commit().await.unwrap();
+    };
+    let ((status, body), ()) = tokio::join!(resolve, withdraw);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["conflict"]["resolution"], "client", "{body}");
+}
+
+#[tokio::test]
 async fn a_full_conflict_queue_rejects_the_next_manual_conflict_until_it_is_worked_through() {
     let app = TestApp::spawn().await;
     let (user, facility) = setup(&app).await;

@@ -171,7 +171,16 @@ async fn resolve_conflict(
     Path(id): Path<Uuid>,
     Json(req): Json<ResolveRequest>,
 ) -> Result<Json<Resolution>, ApiError> {
-    let mut tx = crate::db::begin(&state.db).await?;
+    // The user's sync lock first, as a push takes it before the rows it then locks: a push of
+    // that user withdrawing this conflict (its device deleted the queued copy) holds the open
+    // shift and waits on the conflict, which this would otherwise hold while waiting on the
+    // shift, and Postgres would end one of the two.
+    let user_id: Uuid = sqlx::query_scalar("SELECT user_id FROM sync_conflicts WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let mut tx = push::begin_for_user(&state.db, user_id, state.config.request_timeout).await?;
     let conflict: SyncConflict = sqlx::query_as(&format!(
         "SELECT {CONFLICT_COLUMNS} FROM sync_conflicts WHERE id = $1 FOR UPDATE"
     ))
