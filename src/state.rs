@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::FromRef;
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::auth::extractor::AuthCache;
 use crate::auth::jwt::JwtKeys;
@@ -15,6 +16,7 @@ use crate::db::clock_ins::ClockIns;
 use crate::db::clock_outs::{OpenShifts, ShiftCloses};
 use crate::db::coalesce::Coalescer;
 use crate::db::facilities::SiteCache;
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 /// One limiter per rate-limit class of the contract.
@@ -115,6 +117,35 @@ impl AppState {
             imports: Arc::new(tokio::sync::Semaphore::new(1)),
             tasks: tokio_util::task::TaskTracker::new(),
         }))
+    }
+
+    /// Runs `work` on a task of its own, to its end whatever becomes of the request awaiting it
+    /// (its time limit, its client gone); shutdown waits for it.
+    pub async fn to_the_end<T, F>(&self, work: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, ApiError>> + Send + 'static,
+    {
+        use tracing::Instrument;
+        // Its log lines keep the request's id.
+        self.tasks
+            .spawn(work.in_current_span())
+            .await
+            .map_err(anyhow::Error::from)?
+    }
+
+    /// Commits a change to user `id`'s account (role, status, password, team) and forgets what
+    /// this instance cached of it, to the end ([`Self::to_the_end`]): a request ended meanwhile
+    /// cannot leave the old state cached, for the user's tokens to be read against, once the
+    /// change is committed.
+    pub async fn commit_for_user(&self, tx: crate::db::Tx, id: Uuid) -> Result<(), ApiError> {
+        let cache = self.auth_cache.clone();
+        self.to_the_end(async move {
+            let committed = tx.commit().await;
+            cache.invalidate(id);
+            Ok(committed?)
+        })
+        .await
     }
 }
 

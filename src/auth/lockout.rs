@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::audit::Activity;
 use crate::config::AuthSettings;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// A counted password check, to be settled as [`Attempt::failed`] or [`Attempt::succeeded`];
 /// dropped unsettled, it is taken back.
@@ -132,6 +133,23 @@ impl Drop for Attempt {
             }
         });
     }
+}
+
+/// Records a failed check's rows (and the lockout's, when it set one) in one transaction, to the
+/// end ([`AppState::to_the_end`]): the count, and any lock, committed when the check began, a
+/// request ended meanwhile (its time limit, its client gone) cannot leave them out of the trail.
+pub async fn record_to_the_end(state: &AppState, rows: Vec<Activity>) -> Result<(), ApiError> {
+    let db = state.db.clone();
+    state
+        .to_the_end(async move {
+            let mut tx = crate::db::begin(&db).await?;
+            for row in rows {
+                row.record(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
 }
 
 /// The audit entry of the lock a wrong password set, if it set one.

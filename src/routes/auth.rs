@@ -426,27 +426,28 @@ fn masked_address(email: &str) -> Option<String> {
 }
 
 /// Records a failed login (the account's count was kept when the attempt began), and the
-/// lockout when this attempt set it.
+/// lockout when this attempt set it: to the end, as the lock is already set.
 async fn record_failure(
     state: &AppState,
     client: &ClientInfo,
     email: &str,
     failure: Option<lockout::Failure>,
 ) -> Result<(), ApiError> {
-    let mut tx = crate::db::begin(&state.db).await?;
     let reason = if failure.is_some() {
         "wrong_password"
     } else {
         "unknown_email"
     };
-    login_failed(client, email, failure.map(|f| f.user_id), reason)
-        .record(&mut *tx)
-        .await?;
+    let mut rows = vec![login_failed(
+        client,
+        email,
+        failure.map(|f| f.user_id),
+        reason,
+    )];
     if let Some(lock) = failure.and_then(|f| lockout::lock_activity(f, email, &state.config.auth)) {
-        lock.from(client).record(&mut *tx).await?;
+        rows.push(lock.from(client));
     }
-    tx.commit().await?;
-    Ok(())
+    lockout::record_to_the_end(state, rows).await
 }
 
 fn token_response(

@@ -1977,3 +1977,43 @@ async fn a_login_with_an_email_longer_than_any_address_is_refused_and_not_record
             .unwrap();
     assert_eq!(recorded, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lockout_whose_client_left_before_its_trail_was_written_is_still_in_the_trail() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("LOGIN_MAX_FAILURES".into(), "1".into());
+    })
+    .await;
+    let user = app.user("focal", None).await;
+    // The audit trail is slow to take the rows: the wrong password has set the lock, and its
+    // client gives up before the rows are written.
+    let mut trail = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE activities IN SHARE MODE")
+        .execute(&mut *trail)
+        .await
+        .unwrap();
+    let request = app
+        .post("/api/auth/login")
+        .json(&json!({"email": user.email, "password": "not-the-password-1"}));
+    let leaving = tokio::spawn(request.send());
+    app.until_waiting_on_locks(1, "the failed login writes its trail")
+        .await;
+    leaving.abort();
+    assert!(leaving.await.unwrap_err().is_cancelled());
+    // The service sees the connection close and drops the request (nothing shows when it has:
+    // a second is ample on a busy machine).
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    trail.commit().await.unwrap();
+
+    let (status, body) = app.login(&user.email, "not-the-password-1").await;
+    assert_error(status, &body, StatusCode::LOCKED, "account_locked");
+    app.until_counted(
+        &format!(
+            "SELECT count(*) FROM activities WHERE action = 'auth.lockout' AND entity_id = '{}'",
+            user.id
+        ),
+        1,
+        "the lockout is in the trail",
+    )
+    .await;
+}

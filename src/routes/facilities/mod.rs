@@ -478,13 +478,10 @@ async fn deactivate_facility(
 async fn commit_and_forget(state: &AppState, tx: crate::db::Tx, id: Uuid) -> Result<(), ApiError> {
     let sites = state.sites.clone();
     state
-        .tasks
-        .spawn(async move {
+        .to_the_end(async move {
             let committed = tx.commit().await;
             sites.forget(id);
-            committed
+            Ok(committed?)
         })
         .await
-        .map_err(anyhow::Error::from)??;
-    Ok(())
 }

@@ -384,8 +384,7 @@ async fn update_user(
             .await?;
     }
     let user = users::find(&mut *tx, id).await?.ok_or(ApiError::NotFound)?;
-    tx.commit().await?;
-    state.auth_cache.invalidate(id);
+    state.commit_for_user(tx, id).await?;
     Ok(Json(user))
 }
 
@@ -466,7 +465,6 @@ async fn deactivate_user(
         .details(serde_json::json!({ "from": previous }))
         .record(&mut *tx)
         .await?;
-    tx.commit().await?;
-    state.auth_cache.invalidate(id);
+    state.commit_for_user(tx, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

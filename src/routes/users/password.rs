@@ -128,18 +128,17 @@ async fn change_password(
         .await?;
     if !current_ok {
         let failure = attempt.failed();
-        let mut tx = crate::db::begin(&state.db).await?;
-        Activity::new("user.password_change_failed")
-            .by(&user)
-            .on("user", user.id)
-            .from(&client)
-            .details(serde_json::json!({ "reason": "wrong_password" }))
-            .record(&mut *tx)
-            .await?;
+        let mut rows = vec![
+            Activity::new("user.password_change_failed")
+                .by(&user)
+                .on("user", user.id)
+                .from(&client)
+                .details(serde_json::json!({ "reason": "wrong_password" })),
+        ];
         if let Some(lock) = lockout::lock_activity(failure, &user.email, &state.config.auth) {
-            lock.by(&user).from(&client).record(&mut *tx).await?;
+            rows.push(lock.by(&user).from(&client));
         }
-        tx.commit().await?;
+        lockout::record_to_the_end(&state, rows).await?;
         return Err(ApiError::invalid("current_password", "is incorrect"));
     }
     let new_hash = state.hasher.hash(new_password.into_secret()).await?;
@@ -157,9 +156,8 @@ async fn change_password(
         .from(&client)
         .record(&mut *tx)
         .await?;
-    tx.commit().await?;
+    state.commit_for_user(tx, user.id).await?;
     attempt.cleared();
-    state.auth_cache.invalidate(user.id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -213,8 +211,7 @@ async fn reset_password(
         .from(&client)
         .record(&mut *tx)
         .await?;
-    tx.commit().await?;
-    state.auth_cache.invalidate(id);
+    state.commit_for_user(tx, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

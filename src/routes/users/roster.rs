@@ -202,8 +202,7 @@ async fn decide(
         .record(&mut *tx)
         .await?;
     let user = users::find(&mut *tx, id).await?.ok_or(ApiError::NotFound)?;
-    tx.commit().await?;
-    state.auth_cache.invalidate(id);
+    state.commit_for_user(tx, id).await?;
     Ok(Json(UserEnvelope { user }))
 }
 
