@@ -579,8 +579,8 @@ async fn logout(
 
 /// After a rotated refresh token came back: whoever holds, or held, the chain's newer tokens
 /// may hold an access token from it too, so every access token of the user stops working (once
-/// per stolen chain). Devices with another, unrevoked chain refresh and carry on. Done on a task
-/// of its own, so that a client hanging up cannot cancel it; should it fail, the chain's next
+/// per stolen chain). Devices with another, unrevoked chain refresh and carry on. Done to the end
+/// ([`AppState::to_the_end`]), so that a client hanging up cannot cancel it; should it fail, the chain's next
 /// reuse tries again, and a background job does within a minute or two.
 async fn end_access_tokens(
     state: &AppState,
@@ -588,12 +588,11 @@ async fn end_access_tokens(
     family_id: Uuid,
 ) -> Result<(), ApiError> {
     let (db, cache) = (state.db.clone(), state.auth_cache.clone());
-    tokio::spawn(async move {
-        refresh::end_access_tokens(&db, user_id, family_id).await?;
-        cache.invalidate(user_id);
-        Ok::<_, sqlx::Error>(())
-    })
-    .await
-    .map_err(anyhow::Error::from)??;
-    Ok(())
+    state
+        .to_the_end(async move {
+            refresh::end_access_tokens(&db, user_id, family_id).await?;
+            cache.invalidate(user_id);
+            Ok(())
+        })
+        .await
 }
