@@ -19,9 +19,10 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
             .max(Duration::from_secs(1));
         // Past its statements' own limits and the wait for a connection: a run still going then
         // waits on a connection that died unseen (no keepalive: a dropped network path).
+        // A run makes a few statements (with their commits), each under its limit: ample.
         let acquire = state.config.db.acquire_timeout;
-        let upkeep = acquire + crate::db::UPKEEP_LIMIT * 2;
-        let backlog = (acquire + crate::db::BACKLOG_LIMIT) * 2;
+        let upkeep = acquire + crate::db::UPKEEP_LIMIT * 5;
+        let backlog = (acquire + crate::db::BACKLOG_LIMIT * 3) * 2;
         let mut jobs = tokio::task::JoinSet::new();
         jobs.spawn(every(
             sweep_every,

@@ -139,10 +139,12 @@ impl Drop for Attempt {
 /// end ([`AppState::to_the_end`]): the count, and any lock, committed when the check began, a
 /// request ended meanwhile (its time limit, its client gone) cannot leave them out of the trail.
 pub async fn record_to_the_end(state: &AppState, rows: Vec<Activity>) -> Result<(), ApiError> {
-    let db = state.db.clone();
+    let (db, limit) = (state.db.clone(), state.config.request_timeout);
     state
         .to_the_end(async move {
-            let mut tx = crate::db::begin(&db).await?;
+            // Bounded as the request was: a trail that stays locked does not keep the
+            // connection (nor shutdown) waiting for ever.
+            let mut tx = crate::db::bounded(&db, limit).await?;
             for row in rows {
                 row.record(&mut *tx).await?;
             }

@@ -76,6 +76,12 @@ pub struct AttendanceRecord {
     pub notes: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the server deleted the record: present only on a deleted one, as a push's answer
+    /// gives it (a deletion applied or sent again, or an edit of a deleted record refused as a
+    /// conflict): the device removes its copy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 /// How a record reached the server: `online` (clock-in and clock-out) or `sync` (pushed by a
@@ -151,6 +157,7 @@ impl From<AttendanceRow> for AttendanceRecord {
             notes: r.notes,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            deleted_at: r.deleted_at,
         }
     }
 }

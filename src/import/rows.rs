@@ -278,6 +278,25 @@ fn parse_number(text: &str) -> Option<f64> {
     t.parse::<f64>().ok().filter(|f| f.is_finite())
 }
 
+/// Notes a row's code: its first row, and whether that row was valid, or, for a code seen
+/// before, the row that repeats it (the first such).
+fn note_code(
+    seen: &mut HashMap<String, (u32, bool)>,
+    repeated: &mut HashMap<String, u32>,
+    key: String,
+    row: u32,
+    valid: bool,
+) {
+    match seen.entry(key) {
+        std::collections::hash_map::Entry::Occupied(first) => {
+            repeated.entry(first.key().clone()).or_insert(row);
+        }
+        std::collections::hash_map::Entry::Vacant(first) => {
+            first.insert((row, valid));
+        }
+    }
+}
+
 pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>> {
     let map = columns(&sheet.headers).map_err(|mut problems| {
         if problems.iter().any(|p| p.starts_with("missing")) {
@@ -350,7 +369,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                 ),
             });
             if !code.is_empty() {
-                seen_codes.entry(key).or_insert((row, false));
+                note_code(&mut seen_codes, &mut repeated, key, row, false);
             }
             failed += 1;
             continue;
@@ -371,7 +390,7 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                 ),
             }));
             if !code.is_empty() && !excel_error(&code) {
-                seen_codes.entry(key).or_insert((row, false));
+                note_code(&mut seen_codes, &mut repeated, key, row, false);
             }
             failed += 1;
             continue;
@@ -399,9 +418,8 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
                 ),
             );
         } else if let Some(&(first, valid)) = seen_codes.get(&key) {
-            repeated.entry(key.clone()).or_insert(row);
             let refused = if valid {
-                ", refused as well: keep the right one of the two"
+                ", refused as well: keep the right one of the rows"
             } else {
                 ", itself refused: correct that row, or remove one of the two"
             };
@@ -603,9 +621,13 @@ pub fn check(sheet: &Sheet, councils: &Councils) -> Result<Checked, Vec<String>>
         let optional = |c: Column| Some(get(c).to_string()).filter(|s| !s.is_empty());
 
         if !code.is_empty() {
-            seen_codes
-                .entry(key)
-                .or_insert((row, row_errors.is_empty()));
+            note_code(
+                &mut seen_codes,
+                &mut repeated,
+                key,
+                row,
+                row_errors.is_empty(),
+            );
         }
         if row_errors.is_empty() {
             let (Some(lat), Some(lng), Some(council_id)) = (latitude, longitude, council_id) else {
@@ -1199,6 +1221,39 @@ mod tests {
             "{:?}",
             checked.errors
         );
+    }
+
+    #[test]
+    fn a_code_repeated_by_a_row_refused_for_another_reason_refuses_the_first_too() {
+        let (councils, _) = councils();
+        // The correction below the stale row holds a formula's error, or a value shifted past
+        // the header: the stale row is not applied on its own either.
+        let sheet = read(
+            b"code,name,latitude,longitude,council_name\n\
+              B,Stale,-1.9,30.1,Gasabo\n\
+              B,Fixed,#N/A,30.1,Gasabo\n\
+              C,Stale,-1.9,30.1,Gasabo\n\
+              C,Fixed,-1.9,30.1,Gasabo,KG 11 Ave\n\
+              D,Alone,-1.9,30.1,Gasabo\n",
+        )
+        .unwrap();
+        let checked = check(&sheet, &councils).unwrap();
+        assert_eq!(
+            checked.valid.iter().map(|r| r.row).collect::<Vec<_>>(),
+            vec![6]
+        );
+        assert_eq!(
+            places(&checked),
+            vec![
+                (2, Some("code")),
+                (3, Some("latitude")),
+                (4, Some("code")),
+                (5, None)
+            ]
+        );
+        assert!(checked.errors[0].message.contains("again at row 3"));
+        assert!(checked.errors[2].message.contains("again at row 5"));
+        assert_eq!(checked.failed, 4);
     }
 
     #[test]

@@ -153,7 +153,8 @@ pub struct PushResult {
     /// rejected record, or a new one in conflict with another.
     #[schema(required = true)]
     pub server_version: Option<i32>,
-    /// The server's record: after a change, or the one kept in a conflict or duplicate.
+    /// The server's record: after a change, or the one kept in a conflict or duplicate. One the
+    /// server holds deleted carries `deleted_at`: the device removes its copy.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub record: Option<AttendanceRecord>,

@@ -138,8 +138,6 @@ async fn issued(db: &PgPool, id: i64) -> Result<Option<Issued>, ApiError> {
     .await?)
 }
 
-/// What `last_pulled_at` names for `viewer`: 422 for a number this service never issued, or
-/// one that ends a page of another user's pull.
 /// What a push's timestamp says its device has seen: the records of `snapshot`, but for those
 /// a first sync stopped partway has yet to send.
 struct Seen {
@@ -175,6 +173,8 @@ impl Issued {
     }
 }
 
+/// What `last_pulled_at` names for `viewer`: 422 for a number this service never issued, or
+/// one that ends a page of another user's pull.
 async fn issued_to(db: &PgPool, viewer: &AuthUser, id: i64) -> Result<Issued, ApiError> {
     match issued(db, id).await? {
         Some(row) if row.resume.is_none() || row.viewer_id == Some(viewer.id) => Ok(row),

@@ -770,17 +770,30 @@ async fn an_edit_on_the_version_a_conflict_answer_gave_never_brings_back_a_delet
     let record = shift(Uuid::new_v4(), facility, 1, 6, 1);
     let (_, body) = push(&app, &user, vec![record.clone()]).await;
     assert_eq!(statuses(&body), ["created"], "{body}");
+    // A live record's answer has no deletion time at all (not even a null).
+    let created = body["results"][0]["record"].as_object().unwrap();
+    assert!(!created.contains_key("deleted_at"), "{body}");
     // The tablet deletes it.
     let delete = deletion(&record["id"], 20);
     let (_, body) = push_from(&app, &user, "device-B", vec![delete]).await;
     assert_eq!(statuses(&body), ["deleted"], "{body}");
-    // The phone, not having pulled the deletion, edits it: a conflict the server's copy wins.
+    assert!(
+        body["results"][0]["record"]["deleted_at"].is_string(),
+        "{body}"
+    );
+    // The phone, not having pulled the deletion, edits it: a conflict the server's copy wins,
+    // and the copy it answers with says it is a deletion, which the phone applies.
     let mut edit = record.clone();
     edit["data"]["notes"] = json!("edited on the phone");
     edit["client_timestamp"] = json!((Utc::now() - Duration::minutes(10)).to_rfc3339());
     let (_, body) = push(&app, &user, vec![edit.clone()]).await;
     assert_eq!(statuses(&body), ["conflict"], "{body}");
     assert_eq!(body["results"][0]["server_version"], 2);
+    assert_eq!(body["results"][0]["resolution"], "server_wins");
+    assert!(
+        body["results"][0]["record"]["deleted_at"].is_string(),
+        "{body}"
+    );
     // Its next edit, on the version that answer gave it, does not undo the deletion either.
     edit["sync_version"] = json!(2);
     edit["data"]["notes"] = json!("edited again");

@@ -5,7 +5,6 @@ use axum::extract::{Multipart, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -122,27 +121,21 @@ async fn import_facilities(
     // In a task of its own, so that an import runs to its end, report and all, even when its
     // request times out or its client leaves: what it applied is always in the import list, the
     // geofences it moved are never left cached, and a file refused whole is in the trail.
-    let applied = {
+    let work = {
         let (state, admin, client) = (state.clone(), admin.clone(), client.clone());
-        let tasks = state.tasks.clone();
-        tasks.spawn(
-            async move {
-                let shown_name = filename.clone();
-                let applied =
-                    apply::run(&state, bytes, filename, options, Some((&admin, &client))).await;
-                if let Err(refusal) = &applied
-                    && refusal.status().is_client_error()
-                {
-                    record_refusal(&state, &admin, &client, shown_name, refusal).await;
-                }
-                applied
+        async move {
+            let shown_name = filename.clone();
+            let applied =
+                apply::run(&state, bytes, filename, options, Some((&admin, &client))).await;
+            if let Err(refusal) = &applied
+                && refusal.status().is_client_error()
+            {
+                record_refusal(&state, &admin, &client, shown_name, refusal).await;
             }
-            // Its log lines keep the request's id.
-            .in_current_span(),
-        )
+            applied
+        }
     };
-    let report = applied.await.map_err(anyhow::Error::from)??;
-    Ok(Json(report))
+    Ok(Json(state.to_the_end(work).await?))
 }
 
 /// A file refused whole (unreadable, hostile, of another kind, missing columns) is not an import
@@ -180,6 +173,18 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     }
 }
 
+/// The kind of file a stored import read: `xls` and `ods` only in reports of an earlier version,
+/// which read those files too.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // A schema only: stored reports hold the text.
+enum StoredFormat {
+    Csv,
+    Xlsx,
+    Xls,
+    Ods,
+}
+
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
 pub struct ImportRecord {
     pub id: Uuid,
@@ -189,7 +194,7 @@ pub struct ImportRecord {
     pub uploaded_by: Option<Uuid>,
     #[schema(required = true)]
     pub filename: Option<String>,
-    #[schema(value_type = crate::import::read::Format)]
+    #[schema(value_type = StoredFormat)]
     pub format: String,
     #[schema(value_type = crate::import::apply::OnDuplicate)]
     pub on_duplicate: String,

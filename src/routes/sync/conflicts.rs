@@ -143,7 +143,7 @@ pub struct ResolveRequest {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Resolution {
     pub conflict: SyncConflict,
-    /// The record as it now stands (null when the client's deletion was kept).
+    /// The record as it now stands (null when the copy kept is a deletion, or the record is gone).
     #[schema(required = true)]
     pub record: Option<AttendanceRecord>,
 }
