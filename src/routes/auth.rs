@@ -37,6 +37,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
+    /// At most 254 bytes in UTF-8, the limit mail delivery sets: fewer characters when some are
+    /// not ASCII.
     #[schema(example = "amina.uwase@example.org")]
     #[schema(min_length = 3, max_length = 254, pattern = r"^[^@\s]+@[^@\s]+$")]
     pub email: String,

@@ -46,7 +46,7 @@ pub enum ExportFormat {
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
     /// `csv` (default) or `xlsx`.
-    #[param(inline)]
+    #[param(inline, default = "csv")]
     pub format: Option<ExportFormat>,
     /// A date (YYYY-MM-DD, in the time zone) or an RFC 3339 instant.
     pub from: Option<String>,

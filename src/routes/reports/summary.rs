@@ -40,7 +40,7 @@ pub struct SummaryQuery {
     /// A date (inclusive) or an RFC 3339 instant (exclusive); default now.
     pub to: Option<String>,
     /// What each row sums; default `user`.
-    #[param(inline)]
+    #[param(inline, default = "user")]
     pub group_by: Option<GroupBy>,
     /// IANA time zone that decides which day a shift belongs to; default `APP_TIMEZONE`.
     pub tz: Option<String>,

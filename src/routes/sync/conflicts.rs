@@ -67,7 +67,7 @@ pub enum ConflictStatus {
 #[serde(deny_unknown_fields)]
 pub struct ConflictQuery {
     /// `pending` (default) or `resolved`.
-    #[param(inline)]
+    #[param(inline, default = "pending")]
     pub status: Option<ConflictStatus>,
     #[param(minimum = 1, maximum = 100000, default = 1)]
     pub page: Option<u32>,

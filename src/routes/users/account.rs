@@ -49,6 +49,8 @@ async fn get_user(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
+    /// At most 254 bytes in UTF-8, the limit mail delivery sets: fewer characters when some are
+    /// not ASCII.
     #[schema(
         nullable = false,
         min_length = 3,

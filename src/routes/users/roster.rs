@@ -48,6 +48,8 @@ async fn list_users(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    /// At most 254 bytes in UTF-8, the limit mail delivery sets: fewer characters when some are
+    /// not ASCII.
     #[schema(min_length = 3, max_length = 254, pattern = r"^[^@\s]+@[^@\s]+$")]
     pub email: String,
     #[schema(min_length = 10, max_length = 128)]
