@@ -172,16 +172,25 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    #[tokio::test]
-    async fn a_job_that_panics_runs_again_at_its_next_turn() {
+    /// Runs a job every 20 ms whose first run goes `wrong` (and the others end at once), and
+    /// waits for its third run: the job ran on after the first.
+    async fn runs_again_after<F>(deadline: Duration, wrong: F)
+    where
+        F: Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static,
+    {
         let runs = Arc::new(AtomicUsize::new(0));
+        let wrong = Arc::new(wrong);
         let job = tokio::spawn(every(
             Duration::from_millis(20),
-            Duration::from_secs(60),
+            deadline,
             runs.clone(),
-            |runs| async move {
-                if runs.fetch_add(1, Ordering::SeqCst) == 0 {
-                    panic!("the first run fails");
+            move |runs| {
+                let first = runs.fetch_add(1, Ordering::SeqCst) == 0;
+                let wrong = wrong.clone();
+                async move {
+                    if first {
+                        wrong().await;
+                    }
                 }
             },
         ));
@@ -192,33 +201,25 @@ mod tests {
         };
         tokio::time::timeout(Duration::from_secs(10), again)
             .await
-            .expect("the job runs on after its panic");
+            .expect("the job runs on after its first run");
         assert!(!job.is_finished());
         job.abort();
     }
 
     #[tokio::test]
+    async fn a_job_that_panics_runs_again_at_its_next_turn() {
+        runs_again_after(Duration::from_secs(60), || {
+            Box::pin(async { panic!("the first run fails") })
+        })
+        .await;
+    }
+
+    #[tokio::test]
     async fn a_job_whose_run_never_ends_is_stopped_at_its_deadline_and_runs_again() {
-        let runs = Arc::new(AtomicUsize::new(0));
-        let job = tokio::spawn(every(
-            Duration::from_millis(20),
-            Duration::from_millis(200),
-            runs.clone(),
-            |runs| async move {
-                if runs.fetch_add(1, Ordering::SeqCst) == 0 {
-                    // A statement on a connection that died unseen.
-                    std::future::pending::<()>().await;
-                }
-            },
-        ));
-        let again = async {
-            while runs.load(Ordering::SeqCst) < 3 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), again)
-            .await
-            .expect("the job runs on after its stuck run");
-        job.abort();
+        // A statement on a connection that died unseen.
+        runs_again_after(Duration::from_millis(200), || {
+            Box::pin(std::future::pending::<()>())
+        })
+        .await;
     }
 }
