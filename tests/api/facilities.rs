@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, assert_invalid, send};
+use crate::helpers::{TestApp, TestUser, assert_error, assert_invalid, send};
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("tests/fixtures/{name}")).unwrap()
@@ -166,6 +166,20 @@ async fn import(
             .multipart(form),
     )
     .await
+}
+
+/// The admin imports the sample file (four facilities and a row for a council that does not
+/// exist), as the tests building on stored facilities begin.
+async fn import_sample(app: &TestApp, admin: &TestUser) {
+    let (status, report) = import(
+        app,
+        &admin.token,
+        "f.csv",
+        fixture("facilities_utf8.csv"),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
 }
 
 async fn facility_count(app: &TestApp) -> i64 {
@@ -581,14 +595,7 @@ async fn reimporting_skips_everything_and_update_touches_only_changed_rows() {
 async fn a_code_given_twice_in_a_file_applies_neither_row() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
-    import(
-        &app,
-        &admin.token,
-        "f.csv",
-        fixture("facilities_utf8.csv"),
-        "",
-    )
-    .await;
+    import_sample(&app, &admin).await;
     let stored = || async {
         sqlx::query_as::<_, (String, f64)>(
             "SELECT name, latitude FROM facilities WHERE code = 'KGL-HC-002'",
@@ -632,14 +639,7 @@ async fn a_code_given_twice_in_a_file_applies_neither_row() {
 async fn an_update_keeps_what_the_file_leaves_out() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
-    import(
-        &app,
-        &admin.token,
-        "f.csv",
-        fixture("facilities_utf8.csv"),
-        "",
-    )
-    .await;
+    import_sample(&app, &admin).await;
     // No address or phone column, and a blank type: the hospital moves, and keeps the rest.
     let (status, update) = import(
         &app,
@@ -1542,14 +1542,7 @@ async fn the_trail_names_each_status_change_as_it_happened_and_an_edit_changing_
 async fn near_sorts_by_great_circle_distance_within_a_metre_of_the_reference() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
-    import(
-        &app,
-        &admin.token,
-        "f.csv",
-        fixture("facilities_utf8.csv"),
-        "",
-    )
-    .await;
+    import_sample(&app, &admin).await;
     import(
         &app,
         &admin.token,
